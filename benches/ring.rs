@@ -1,0 +1,2 @@
+//! ring benches
+fn main() {}

@@ -1,0 +1,176 @@
+//! The pointer-based region homes: heap memory and a shared mapping.
+//!
+//! This is one of the few modules allowed `unsafe`. Its contract: a
+//! [`RawBytes`] is a pointer to `len` bytes, aligned to [`REGION_ALIGN`], that
+//! stays valid as long as the value (and whatever keeps the memory alive,
+//! the heap allocation or the mapping owner) lives. Every access is bounds-
+//! checked against `len` before the pointer is offset.
+#![allow(unsafe_code)]
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::any::Any;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use crate::region::{REGION_ALIGN, Region, check_word};
+use crate::sync::{AtomicU32, AtomicU64};
+
+/// A pointer to `len` bytes that the owner keeps valid and aligned.
+struct RawBytes {
+    /// Start of the bytes. Invariant: aligned to `REGION_ALIGN`, valid for
+    /// reads and writes of `len` bytes while `self` lives.
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the bytes are only accessed through atomics or through slices whose
+// exclusivity the ring protocol provides; the pointer itself is plain data.
+unsafe impl Send for RawBytes {}
+// SAFETY: as above; shared access from several threads goes through atomics.
+unsafe impl Sync for RawBytes {}
+
+impl RawBytes {
+    #[inline]
+    fn u64_at(&self, off: usize) -> &AtomicU64 {
+        check_word(off, 8, self.len);
+        // SAFETY: `off + 8 <= len` and `off` is 8-aligned (checked above), the
+        // base is 128-aligned (invariant), so the word is in bounds and
+        // aligned; the memory lives as long as `self`.
+        unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(off).cast()) }
+    }
+
+    #[inline]
+    fn u32_at(&self, off: usize) -> &AtomicU32 {
+        check_word(off, 4, self.len);
+        // SAFETY: as in `u64_at`, with 4-byte size and alignment.
+        unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(off).cast()) }
+    }
+
+    /// # Safety
+    /// `off + len <= self.len`; see [`Region::bytes`].
+    #[inline]
+    unsafe fn bytes(&self, off: usize, len: usize) -> &[u8] {
+        debug_assert!(off.checked_add(len).is_some_and(|end| end <= self.len));
+        // SAFETY: in bounds by the caller's contract; aliasing per `Region::bytes`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off), len) }
+    }
+
+    /// # Safety
+    /// `off + len <= self.len`; see [`Region::bytes_mut`].
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn bytes_mut(&self, off: usize, len: usize) -> &mut [u8] {
+        debug_assert!(off.checked_add(len).is_some_and(|end| end <= self.len));
+        // SAFETY: in bounds by the caller's contract; exclusive per
+        // `Region::bytes_mut`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(off), len) }
+    }
+}
+
+/// A zeroed, 128-byte-aligned heap buffer: the home for unit tests, proptest,
+/// miri and in-process benchmarks.
+pub struct HeapRegion {
+    raw: RawBytes,
+    layout: Layout,
+}
+
+impl HeapRegion {
+    /// Allocates `len` zeroed bytes.
+    ///
+    /// # Panics
+    ///
+    /// If `len` is zero or the allocation fails (like `Vec`).
+    pub fn new(len: usize) -> Self {
+        assert!(len > 0, "a region needs at least one byte");
+        let layout = Layout::from_size_align(len, REGION_ALIGN).expect("region too large");
+        // SAFETY: `layout` has a non-zero size (asserted above).
+        let ptr = unsafe { alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(ptr) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        HeapRegion {
+            raw: RawBytes { ptr, len },
+            layout,
+        }
+    }
+}
+
+impl Drop for HeapRegion {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with exactly this layout, freed once.
+        unsafe { dealloc(self.raw.ptr.as_ptr(), self.layout) }
+    }
+}
+
+impl std::fmt::Debug for HeapRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeapRegion").field("len", &self.raw.len).finish()
+    }
+}
+
+/// A window of a shared mapping (a memfd mapped by two processes), kept alive
+/// by an owner handle, usually the mapping itself behind an `Arc`.
+pub struct SharedRegion {
+    raw: RawBytes,
+    _owner: Arc<dyn Any + Send + Sync>,
+}
+
+impl SharedRegion {
+    /// Wraps `len` bytes at `ptr` that `owner` keeps mapped.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is aligned to [`REGION_ALIGN`] and valid for reads and writes of
+    /// `len` bytes for as long as `owner` lives (e.g. `owner` holds the
+    /// `MAP_SHARED` mapping that contains them, and the mapped file cannot
+    /// shrink, e.g. because it is sealed against it). No Rust reference to
+    /// those bytes exists outside of regions created this way.
+    pub unsafe fn new(ptr: NonNull<u8>, len: usize, owner: Arc<dyn Any + Send + Sync>) -> Self {
+        debug_assert!((ptr.as_ptr() as usize).is_multiple_of(REGION_ALIGN));
+        SharedRegion {
+            raw: RawBytes { ptr, len },
+            _owner: owner,
+        }
+    }
+}
+
+impl std::fmt::Debug for SharedRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedRegion").field("len", &self.raw.len).finish()
+    }
+}
+
+macro_rules! impl_region {
+    ($t:ty) => {
+        // SAFETY: `RawBytes` upholds the `Region` contract: aligned base
+        // (invariant of both constructors), bounds-checked word access, and
+        // memory kept alive by the allocation / owner for the value's life.
+        unsafe impl Region for $t {
+            #[inline]
+            fn len(&self) -> usize {
+                self.raw.len
+            }
+            #[inline]
+            fn u64_at(&self, off: usize) -> &AtomicU64 {
+                self.raw.u64_at(off)
+            }
+            #[inline]
+            fn u32_at(&self, off: usize) -> &AtomicU32 {
+                self.raw.u32_at(off)
+            }
+            #[inline]
+            unsafe fn bytes(&self, off: usize, len: usize) -> &[u8] {
+                // SAFETY: forwarded contract.
+                unsafe { self.raw.bytes(off, len) }
+            }
+            #[inline]
+            unsafe fn bytes_mut(&self, off: usize, len: usize) -> &mut [u8] {
+                // SAFETY: forwarded contract.
+                unsafe { self.raw.bytes_mut(off, len) }
+            }
+        }
+    };
+}
+
+impl_region!(HeapRegion);
+impl_region!(SharedRegion);

@@ -1,0 +1,7 @@
+//! isocall: zero-copy shared-memory IPC between processes on one host.
+//!
+//! This facade re-exports the public API of the workspace crates.
+#![deny(unsafe_code)]
+
+pub use isocall_engine as engine;
+pub use isocall_ringbuf as ringbuf;

@@ -1,0 +1,2 @@
+//! isocall CLI
+fn main() {}
