@@ -14,6 +14,7 @@
 
 use crate::sync::{AtomicU32, AtomicU64};
 
+#[cfg(not(loom))]
 pub use crate::raw::{HeapRegion, SharedRegion};
 
 /// Alignment every region guarantees for its first byte.
@@ -86,4 +87,31 @@ pub(crate) fn check_word(off: usize, size: usize, len: usize) {
         off.is_multiple_of(size) && off.checked_add(size).is_some_and(|end| end <= len),
         "ring bug: word at offset {off} (size {size}) outside region of {len} bytes"
     );
+}
+
+// SAFETY: forwards every call to the shared `T`, which upholds the contract;
+// the `Arc` keeps it (and so its memory) alive.
+unsafe impl<T: Region> Region for std::sync::Arc<T> {
+    #[inline]
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    #[inline]
+    fn u64_at(&self, off: usize) -> &AtomicU64 {
+        (**self).u64_at(off)
+    }
+    #[inline]
+    fn u32_at(&self, off: usize) -> &AtomicU32 {
+        (**self).u32_at(off)
+    }
+    #[inline]
+    unsafe fn bytes(&self, off: usize, len: usize) -> &[u8] {
+        // SAFETY: forwarded contract.
+        unsafe { (**self).bytes(off, len) }
+    }
+    #[inline]
+    unsafe fn bytes_mut(&self, off: usize, len: usize) -> &mut [u8] {
+        // SAFETY: forwarded contract.
+        unsafe { (**self).bytes_mut(off, len) }
+    }
 }

@@ -1,0 +1,290 @@
+//! The consumer half: peek -> read -> release.
+//!
+//! Allows `unsafe` for one block: handing out a published payload as a
+//! slice, justified by the ring protocol (see [`Frame::payload`]).
+#![allow(unsafe_code)]
+
+use std::time::Instant;
+
+use crate::error::{AttachError, Corrupt};
+use crate::layout::*;
+use crate::region::Region;
+use crate::ring::RingRef;
+use crate::sync::{Ordering, fence};
+use crate::wait::{NOT_WAITING, Parker, Spinner, WaitError, WaitStrategy};
+
+/// The reading side of a ring. One per ring; `Send`, not `Clone`.
+pub struct Consumer<R: Region, P: Parker> {
+    ring: RingRef<R>,
+    parker: P,
+    /// Position of the next frame to read. Invariant: a multiple of 16; only
+    /// this side moves it, and it is stored to the shared head on release.
+    head: u64,
+    stats: ConsumerStats,
+}
+
+/// Counters the consumer keeps (mirrored into the ring's control block).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConsumerStats {
+    /// Frames released.
+    pub frames: u64,
+    /// Payload bytes released.
+    pub bytes: u64,
+    /// Wake-ups issued to a producer sleeping on a full ring.
+    pub wakes: u64,
+    /// Times this side slept on an empty ring.
+    pub sleeps: u64,
+}
+
+impl<R: Region, P: Parker> Consumer<R, P> {
+    /// Attaches the consumer to a ring region (zeroed when new).
+    ///
+    /// # Errors
+    ///
+    /// [`AttachError::BadRegionSize`] if the region is not a ring region;
+    /// [`AttachError::Corrupt`] if its counters are inconsistent.
+    pub fn attach(region: R, parker: P) -> Result<Self, AttachError> {
+        let ring = RingRef::new(region)?;
+        let (head, _tail) = ring.counters_at_attach()?;
+        Ok(Consumer {
+            ring,
+            parker,
+            head,
+            stats: ConsumerStats::default(),
+        })
+    }
+
+    /// Data capacity of the ring in bytes.
+    pub fn capacity(&self) -> usize {
+        self.ring.capacity as usize
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ConsumerStats {
+        self.stats
+    }
+
+    /// The next frame, if one is published. The frame stays in the ring
+    /// until [`Frame::release`]; dropping it unreleased leaves it there.
+    ///
+    /// # Errors
+    ///
+    /// [`Corrupt`] if the next header is not a valid frame.
+    #[inline]
+    pub fn peek(&mut self) -> Result<Option<Frame<'_, R, P>>, Corrupt> {
+        Ok(self.poll()?.map(|header| Frame {
+            consumer: self,
+            header,
+        }))
+    }
+
+    /// Waits by `strategy` for the next frame, until `deadline` or until
+    /// `stop()` returns true.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::Timeout`], [`WaitError::Stopped`], or
+    /// [`WaitError::Corrupt`].
+    pub fn wait(
+        &mut self,
+        strategy: WaitStrategy,
+        deadline: Option<Instant>,
+        stop: impl Fn() -> bool,
+    ) -> Result<Frame<'_, R, P>, WaitError> {
+        let header = self.wait_header(strategy, deadline, stop)?;
+        Ok(Frame {
+            consumer: self,
+            header,
+        })
+    }
+
+    /// Loads the header at `head` once and checks it; skips a padding frame.
+    #[inline]
+    fn poll(&mut self) -> Result<Option<Header>, Corrupt> {
+        loop {
+            let cap = self.ring.capacity;
+            let off = self.head & (cap - 1);
+            // Acquire: pairs with the producer's Release store in `publish`,
+            // making the payload (and later frames of the batch) visible.
+            let word = self.ring.header(self.head).load(Ordering::Acquire);
+            if word == 0 {
+                return Ok(None);
+            }
+            let header = Header::decode(word);
+            if header.kind == KIND_PAD {
+                let expected = cap - off - FRAME_HEADER_BYTES as u64;
+                if off == 0 || u64::from(header.len) != expected {
+                    return Err(Corrupt::BadPad {
+                        pos: self.head,
+                        len: header.len,
+                        expected,
+                    });
+                }
+                self.advance(cap - off);
+                continue;
+            }
+            if header.kind == 0 || header.kind > MAX_USER_KIND {
+                return Err(Corrupt::BadKind {
+                    pos: self.head,
+                    kind: header.kind,
+                });
+            }
+            let size = frame_size(header.len as usize) as u64;
+            if off + size > cap || size + FRAME_ALIGN as u64 > cap {
+                return Err(Corrupt::BadLength {
+                    pos: self.head,
+                    len: header.len,
+                    room: (cap - off).saturating_sub(FRAME_HEADER_BYTES as u64),
+                });
+            }
+            return Ok(Some(header));
+        }
+    }
+
+    /// Moves past `size` bytes, publishes the new head, and wakes the
+    /// producer if it sleeps on a full ring.
+    #[inline]
+    fn advance(&mut self, size: u64) {
+        self.head += size;
+        // Release: pairs with the producer's Acquire load of head in
+        // `load_head`: our reads of the frame happen before it reuses it.
+        self.ring.word(HEAD).store(self.head, Ordering::Release);
+        // SeqCst fence: pairs with the producer's fence after it announces
+        // sleep on a full ring.
+        fence(Ordering::SeqCst);
+        if self.ring.wait_word(PROD_WAIT).load(Ordering::Relaxed) != NOT_WAITING {
+            self.wake_producer();
+        }
+    }
+
+    #[cold]
+    fn wake_producer(&mut self) {
+        let word = self.ring.wait_word(PROD_WAIT);
+        let announced = word.swap(NOT_WAITING, Ordering::Relaxed);
+        if announced != NOT_WAITING {
+            self.stats.wakes += 1;
+            self.ring
+                .word(CONS_WAKES)
+                .store(self.stats.wakes, Ordering::Relaxed);
+            self.parker.unpark(word, announced);
+        }
+    }
+
+    fn wait_header(
+        &mut self,
+        strategy: WaitStrategy,
+        deadline: Option<Instant>,
+        stop: impl Fn() -> bool,
+    ) -> Result<Header, WaitError> {
+        if let Some(h) = self.poll()? {
+            return Ok(h);
+        }
+        let mut spinner = Spinner::new(strategy);
+        loop {
+            if stop() {
+                return Err(WaitError::Stopped);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(WaitError::Timeout);
+            }
+            if !spinner.spin() {
+                let announce = self.parker.announce();
+                self.ring
+                    .wait_word(CONS_WAIT)
+                    .store(announce, Ordering::Relaxed);
+                // SeqCst fence: pairs with the producer's fence in `publish`.
+                fence(Ordering::SeqCst);
+                let found = self.poll();
+                if !matches!(found, Ok(None)) || stop() {
+                    self.ring
+                        .wait_word(CONS_WAIT)
+                        .store(NOT_WAITING, Ordering::Relaxed);
+                    return match found? {
+                        Some(h) => Ok(h),
+                        None => Err(WaitError::Stopped),
+                    };
+                }
+                self.parker
+                    .park(self.ring.wait_word(CONS_WAIT), announce, deadline);
+                self.stats.sleeps += 1;
+                self.ring
+                    .word(CONS_SLEEPS)
+                    .store(self.stats.sleeps, Ordering::Relaxed);
+            }
+            if let Some(h) = self.poll()? {
+                return Ok(h);
+            }
+        }
+    }
+}
+
+impl<R: Region, P: Parker> std::fmt::Debug for Consumer<R, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("capacity", &self.ring.capacity)
+            .field("head", &self.head)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A published frame, read in place. [`release`](Frame::release) it to free
+/// its bytes for the producer.
+pub struct Frame<'a, R: Region, P: Parker> {
+    consumer: &'a mut Consumer<R, P>,
+    header: Header,
+}
+
+impl<R: Region, P: Parker> Frame<'_, R, P> {
+    /// The frame's kind (`1..=MAX_USER_KIND`).
+    #[inline]
+    pub fn kind(&self) -> u16 {
+        self.header.kind
+    }
+
+    /// The frame's user flags.
+    #[inline]
+    pub fn flags(&self) -> u16 {
+        self.header.flags
+    }
+
+    /// Payload length in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.header.len as usize
+    }
+
+    /// Whether the payload is empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.header.len == 0
+    }
+
+    /// The payload, in place in the ring, starting on a 16-byte boundary.
+    /// The bytes come from the peer: treat them as untrusted input.
+    #[inline]
+    pub fn payload(&self) -> &[u8] {
+        let c = &*self.consumer;
+        let start = c.ring.payload_offset(c.head);
+        // SAFETY: `poll` checked that the frame (header + `len` bytes) lies
+        // inside the data area before the ring's end. The producer published
+        // it (Acquire in `poll`) and does not write it again until our head
+        // passes it, which happens only in `release`, after this borrow ends.
+        unsafe { c.ring.region.bytes(start, self.len()) }
+    }
+
+    /// Frees the frame's bytes for the producer.
+    #[inline]
+    pub fn release(self) {
+        let size = frame_size(self.len()) as u64;
+        let c = self.consumer;
+        c.stats.frames += 1;
+        c.stats.bytes += u64::from(self.header.len);
+        c.ring
+            .word(CONS_FRAMES)
+            .store(c.stats.frames, Ordering::Relaxed);
+        c.ring
+            .word(CONS_BYTES)
+            .store(c.stats.bytes, Ordering::Relaxed);
+        c.advance(size);
+    }
+}

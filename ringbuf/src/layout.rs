@@ -1,0 +1,181 @@
+//! Where everything sits in a ring's region, and how a frame header is coded.
+//!
+//! ```text
+//! offset  size  what                                   written by
+//!      0   128  producer line: tail, frame/byte/wake/  producer
+//!               sleep/full-stall counters
+//!    128   128  consumer line: head, frame/byte/wake/  consumer
+//!               sleep counters
+//!    256   128  wait line: consumer-waiting word (256), the side about to sleep
+//!               producer-waiting word (320)
+//!    504     C  frame data (C = capacity, a power of two)
+//! ```
+//!
+//! Data starts at 504, 8 bytes before a 16-byte boundary, so that every frame
+//! header (8 bytes, at a multiple of 16 in the data) is followed by a payload
+//! that starts on a 16-byte boundary of the region: an archived value can be
+//! read in place. The region is `RING_CONTROL_BYTES + C` bytes; its last 8
+//! bytes are slack.
+//!
+//! A frame is `header (8 bytes) + payload`, padded so the whole frame is a
+//! multiple of 16 bytes. The header is one little-endian `u64` word:
+//! `len: u32 | kind: u16 << 32 | flags: u16 << 48`. The word `0` means "no
+//! frame here yet": the producer zeroes the header slot after each frame it
+//! writes (the *terminator*) before it makes that frame visible, so the
+//! consumer discovers a new frame by loading the one word it is about to read
+//! anyway, and a small frame and its publication travel in the same cache
+//! line. The consumer never reads the producer's tail counter.
+
+/// Bytes of a ring's control block; the region of a ring with capacity `C`
+/// is `RING_CONTROL_BYTES + C` bytes.
+pub const RING_CONTROL_BYTES: usize = 512;
+
+/// Smallest ring capacity accepted.
+pub const MIN_CAPACITY: usize = 128;
+/// Largest ring capacity accepted (1 GiB).
+pub const MAX_CAPACITY: usize = 1 << 30;
+
+/// Size of a frame header in bytes.
+pub const FRAME_HEADER_BYTES: usize = 8;
+/// Every frame starts at a multiple of this and its size is a multiple of it.
+pub const FRAME_ALIGN: usize = 16;
+
+/// Frame kind reserved by the ring for padding before a wrap.
+pub const KIND_PAD: u16 = 0xFFFF;
+/// Largest frame kind a user may send; kinds `1..=MAX_USER_KIND` are the
+/// user's, `0` and everything above are the ring's. A frame whose kind is
+/// neither a user kind nor [`KIND_PAD`] is corrupt.
+pub const MAX_USER_KIND: u16 = 0x7FFF;
+
+/// Offset of the producer's published tail counter (`u64`).
+pub const TAIL: usize = 0;
+/// Offset of the producer's published-frames counter.
+pub const PROD_FRAMES: usize = 8;
+/// Offset of the producer's published-bytes counter.
+pub const PROD_BYTES: usize = 16;
+/// Offset of the producer's wake-ups-issued counter.
+pub const PROD_WAKES: usize = 24;
+/// Offset of the producer's sleeps counter.
+pub const PROD_SLEEPS: usize = 32;
+/// Offset of the producer's full-ring stalls counter.
+pub const PROD_FULL_STALLS: usize = 40;
+
+/// Offset of the consumer's head counter (`u64`).
+pub const HEAD: usize = 128;
+/// Offset of the consumer's released-frames counter.
+pub const CONS_FRAMES: usize = 136;
+/// Offset of the consumer's released-bytes counter.
+pub const CONS_BYTES: usize = 144;
+/// Offset of the consumer's wake-ups-issued counter.
+pub const CONS_WAKES: usize = 152;
+/// Offset of the consumer's sleeps counter.
+pub const CONS_SLEEPS: usize = 160;
+
+/// Offset of the consumer's wait word (`u32`).
+pub const CONS_WAIT: usize = 256;
+/// Offset of the producer's wait word (`u32`).
+pub const PROD_WAIT: usize = 320;
+
+/// Offset of the frame data; frame position `p` has its header at `DATA + p % capacity`.
+pub const DATA: usize = RING_CONTROL_BYTES - FRAME_HEADER_BYTES;
+
+const _: () = {
+    assert!(PROD_FULL_STALLS + 8 <= HEAD);
+    assert!(CONS_SLEEPS + 8 <= CONS_WAIT);
+    assert!(PROD_WAIT + 4 <= DATA);
+    assert!((DATA + FRAME_HEADER_BYTES).is_multiple_of(FRAME_ALIGN));
+};
+
+/// Region size for a ring of `capacity` data bytes, or `None` if the capacity
+/// is not a power of two in `MIN_CAPACITY..=MAX_CAPACITY`.
+pub fn ring_region_size(capacity: usize) -> Option<usize> {
+    valid_capacity(capacity).then_some(RING_CONTROL_BYTES + capacity)
+}
+
+pub(crate) fn valid_capacity(capacity: usize) -> bool {
+    capacity.is_power_of_two() && (MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity)
+}
+
+/// Largest payload one frame of a ring with this capacity can carry: a frame
+/// must leave one 16-byte slot free for the terminator.
+pub fn max_payload(capacity: usize) -> usize {
+    capacity - FRAME_ALIGN - FRAME_HEADER_BYTES
+}
+
+/// Bytes a frame with `len` payload bytes occupies in the ring.
+#[inline]
+pub fn frame_size(len: usize) -> usize {
+    (FRAME_HEADER_BYTES + len + FRAME_ALIGN - 1) & !(FRAME_ALIGN - 1)
+}
+
+/// A decoded frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Payload length in bytes.
+    pub len: u32,
+    /// Frame kind.
+    pub kind: u16,
+    /// User flags.
+    pub flags: u16,
+}
+
+impl Header {
+    /// Codes the header as the word stored in the ring.
+    #[inline]
+    pub fn encode(self) -> u64 {
+        u64::from(self.len) | (u64::from(self.kind) << 32) | (u64::from(self.flags) << 48)
+    }
+
+    /// Decodes a header word (any bit pattern decodes; validity is checked by
+    /// the consumer).
+    #[inline]
+    pub fn decode(word: u64) -> Header {
+        Header {
+            len: word as u32,
+            kind: (word >> 32) as u16,
+            flags: (word >> 48) as u16,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_sizes_round_up_to_16_including_the_header() {
+        assert_eq!(frame_size(0), 16);
+        assert_eq!(frame_size(8), 16);
+        assert_eq!(frame_size(9), 32);
+        assert_eq!(frame_size(64), 80);
+        assert_eq!(frame_size(4096), 4112);
+    }
+
+    #[test]
+    fn header_round_trips_every_field() {
+        let h = Header {
+            len: 0xDEAD_BEEF,
+            kind: 0x1234,
+            flags: 0xABCD,
+        };
+        assert_eq!(Header::decode(h.encode()), h);
+        assert_eq!(h.encode().to_le_bytes()[..4], 0xDEAD_BEEFu32.to_le_bytes());
+    }
+
+    #[test]
+    fn capacities_must_be_powers_of_two_in_range() {
+        assert_eq!(ring_region_size(4096), Some(4096 + RING_CONTROL_BYTES));
+        assert_eq!(ring_region_size(4095), None);
+        assert_eq!(ring_region_size(64), None);
+        assert_eq!(ring_region_size(MAX_CAPACITY * 2), None);
+        assert_eq!(max_payload(128), 104);
+        assert!(frame_size(max_payload(128)) + FRAME_ALIGN <= 128);
+    }
+
+    #[test]
+    fn payload_is_16_aligned_in_the_region() {
+        for slot in 0..8 {
+            assert_eq!((DATA + slot * FRAME_ALIGN + FRAME_HEADER_BYTES) % 16, 0);
+        }
+    }
+}

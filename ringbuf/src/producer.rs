@@ -1,0 +1,460 @@
+//! The producer half: reserve -> write -> commit -> publish.
+//!
+//! Allows `unsafe` for one block: handing out reserved free space as a
+//! mutable slice, justified by the ring protocol (see [`Grant::bytes_mut`]).
+#![allow(unsafe_code)]
+
+use std::time::Instant;
+
+use crate::error::{AttachError, Corrupt, ReserveError};
+use crate::layout::*;
+use crate::region::Region;
+use crate::ring::RingRef;
+use crate::sync::{Ordering, fence};
+use crate::wait::{NOT_WAITING, Parker, Spinner, WaitError, WaitStrategy};
+
+/// The writing side of a ring. One per ring; it is `Send` but not `Clone`.
+pub struct Producer<R: Region, P: Parker> {
+    ring: RingRef<R>,
+    parker: P,
+    /// End of the committed frames (next frame starts here). Invariant:
+    /// `published <= tail <= head_cache + capacity`, all multiples of 16.
+    tail: u64,
+    /// End of the frames the consumer may see.
+    published: u64,
+    /// Header of the first committed frame not yet published: its slot still
+    /// holds 0 in the ring, so the consumer stops there until `publish`.
+    pending: Option<(u64, u64)>,
+    /// Last head read from the consumer (never ahead of the real one).
+    head_cache: u64,
+    stats: ProducerStats,
+    pending_frames: u64,
+    pending_bytes: u64,
+}
+
+/// Counters the producer keeps (mirrored into the ring's control block).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProducerStats {
+    /// Frames published.
+    pub frames: u64,
+    /// Payload bytes published.
+    pub bytes: u64,
+    /// Wake-ups issued to a sleeping consumer.
+    pub wakes: u64,
+    /// Times this side slept on a full ring.
+    pub sleeps: u64,
+    /// Times this side found the ring full and had to wait.
+    pub full_stalls: u64,
+}
+
+impl<R: Region, P: Parker> Producer<R, P> {
+    /// Attaches the producer to a ring region (zeroed when new).
+    ///
+    /// # Errors
+    ///
+    /// [`AttachError::BadRegionSize`] if the region is not a ring region;
+    /// [`AttachError::Corrupt`] if its counters are inconsistent.
+    pub fn attach(region: R, parker: P) -> Result<Self, AttachError> {
+        let ring = RingRef::new(region)?;
+        let (head, tail) = ring.counters_at_attach()?;
+        Ok(Producer {
+            ring,
+            parker,
+            tail,
+            published: tail,
+            pending: None,
+            head_cache: head,
+            stats: ProducerStats::default(),
+            pending_frames: 0,
+            pending_bytes: 0,
+        })
+    }
+
+    /// Data capacity of the ring in bytes.
+    pub fn capacity(&self) -> usize {
+        self.ring.capacity as usize
+    }
+
+    /// Largest payload a frame can carry in this ring.
+    pub fn max_payload(&self) -> usize {
+        max_payload(self.capacity())
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ProducerStats {
+        self.stats
+    }
+
+    /// Reserves room for a frame of `kind` with up to `len` payload bytes and
+    /// returns a [`Grant`] to write it in place. Nothing is visible to the
+    /// consumer until the grant is committed and [`publish`](Self::publish)ed;
+    /// dropping the grant discards it.
+    ///
+    /// # Errors
+    ///
+    /// [`ReserveError::Full`] when there is no room now (publish, then retry
+    /// or use [`reserve_wait`](Self::reserve_wait)); `TooLarge`, `BadKind`;
+    /// `Corrupt` if the consumer's head counter is inconsistent.
+    pub fn reserve(&mut self, kind: u16, len: usize) -> Result<Grant<'_, R, P>, ReserveError> {
+        self.make_room(kind, len)?;
+        Ok(self.grant(kind, len))
+    }
+
+    /// Like [`reserve`](Self::reserve), but when the ring is full it publishes
+    /// what is pending and waits by `strategy` until there is room, the
+    /// `deadline` passes or `stop()` returns true.
+    ///
+    /// # Errors
+    ///
+    /// `Timeout`, `Stopped`, or `Corrupt`; a frame that can never fit or a bad
+    /// kind is reported as `Corrupt`-free [`ReserveWaitError::Reserve`].
+    pub fn reserve_wait(
+        &mut self,
+        kind: u16,
+        len: usize,
+        strategy: WaitStrategy,
+        deadline: Option<Instant>,
+        stop: impl Fn() -> bool,
+    ) -> Result<Grant<'_, R, P>, ReserveWaitError> {
+        self.wait_room(kind, len, strategy, deadline, stop)?;
+        Ok(self.grant(kind, len))
+    }
+
+    /// Copies `payload` into a new frame and commits it (not yet published).
+    ///
+    /// # Errors
+    ///
+    /// As [`reserve`](Self::reserve).
+    pub fn push(&mut self, kind: u16, payload: &[u8]) -> Result<(), ReserveError> {
+        let mut grant = self.reserve(kind, payload.len())?;
+        grant.bytes_mut().copy_from_slice(payload);
+        grant.commit_all();
+        Ok(())
+    }
+
+    /// Makes every committed frame visible to the consumer with one Release
+    /// store, and wakes the consumer if it announced that it sleeps.
+    #[inline]
+    pub fn publish(&mut self) {
+        let Some((pos, word)) = self.pending.take() else {
+            return;
+        };
+        // Release: pairs with the consumer's Acquire load of this header
+        // word; it publishes this frame's payload, every later committed
+        // frame's header and payload, and the terminator after the last one.
+        self.ring.header(pos).store(word, Ordering::Release);
+        self.published = self.tail;
+        self.stats.frames += self.pending_frames;
+        self.stats.bytes += self.pending_bytes;
+        self.pending_frames = 0;
+        self.pending_bytes = 0;
+        let ctl = &self.ring;
+        ctl.word(TAIL).store(self.tail, Ordering::Relaxed);
+        ctl.word(PROD_FRAMES).store(self.stats.frames, Ordering::Relaxed);
+        ctl.word(PROD_BYTES).store(self.stats.bytes, Ordering::Relaxed);
+        // SeqCst fence: pairs with the one the consumer issues after
+        // announcing sleep (see `wait`): either it sees our header, or we see
+        // its announcement.
+        fence(Ordering::SeqCst);
+        if self.ring.wait_word(CONS_WAIT).load(Ordering::Relaxed) != NOT_WAITING {
+            self.wake_consumer();
+        }
+    }
+
+    #[cold]
+    fn wake_consumer(&mut self) {
+        let word = self.ring.wait_word(CONS_WAIT);
+        let announced = word.swap(NOT_WAITING, Ordering::Relaxed);
+        if announced != NOT_WAITING {
+            self.stats.wakes += 1;
+            self.ring
+                .word(PROD_WAKES)
+                .store(self.stats.wakes, Ordering::Relaxed);
+            self.parker.unpark(word, announced);
+        }
+    }
+
+    /// Copies `payload` into a frame, commits and publishes it, waiting for
+    /// room per `strategy`.
+    ///
+    /// # Errors
+    ///
+    /// As [`reserve_wait`](Self::reserve_wait).
+    pub fn send(
+        &mut self,
+        kind: u16,
+        payload: &[u8],
+        strategy: WaitStrategy,
+        deadline: Option<Instant>,
+        stop: impl Fn() -> bool,
+    ) -> Result<(), ReserveWaitError> {
+        let mut grant = self.reserve_wait(kind, payload.len(), strategy, deadline, stop)?;
+        grant.bytes_mut().copy_from_slice(payload);
+        grant.commit_all();
+        self.publish();
+        Ok(())
+    }
+
+    fn grant(&mut self, kind: u16, len: usize) -> Grant<'_, R, P> {
+        Grant {
+            producer: self,
+            kind,
+            flags: 0,
+            len,
+        }
+    }
+
+    /// Ensures a frame of `len` fits at `tail` (writing a padding frame first
+    /// if it would cross the ring's end).
+    fn make_room(&mut self, kind: u16, len: usize) -> Result<(), ReserveError> {
+        if kind == 0 || kind > MAX_USER_KIND {
+            return Err(ReserveError::BadKind { kind });
+        }
+        let max = self.max_payload();
+        if len > max {
+            return Err(ReserveError::TooLarge { len, max });
+        }
+        let cap = self.ring.capacity;
+        let size = frame_size(len) as u64;
+        let off = self.tail & (cap - 1);
+        if off + size > cap {
+            let pad = cap - off;
+            self.ensure_free(pad + FRAME_ALIGN as u64)?;
+            let header = Header {
+                len: (pad - FRAME_HEADER_BYTES as u64) as u32,
+                kind: KIND_PAD,
+                flags: 0,
+            };
+            self.commit_header(header, pad);
+        }
+        self.ensure_free(size + FRAME_ALIGN as u64)
+    }
+
+    /// Ensures `need` bytes are free from `tail`, reloading the consumer's head
+    /// only if the cached one says there are not.
+    #[inline]
+    fn ensure_free(&mut self, need: u64) -> Result<(), ReserveError> {
+        let cap = self.ring.capacity;
+        if self.tail + need <= self.head_cache + cap {
+            return Ok(());
+        }
+        self.head_cache = self.load_head()?;
+        if self.tail + need <= self.head_cache + cap {
+            Ok(())
+        } else {
+            Err(ReserveError::Full)
+        }
+    }
+
+    /// Loads the consumer's head once and checks it before use.
+    fn load_head(&self) -> Result<u64, Corrupt> {
+        // Acquire: pairs with the consumer's Release store of head, so the
+        // consumer is done reading the bytes we are about to reuse.
+        let head = self.ring.word(HEAD).load(Ordering::Acquire);
+        if head < self.head_cache {
+            return Err(Corrupt::HeadBackwards {
+                old: self.head_cache,
+                new: head,
+            });
+        }
+        if head > self.published {
+            return Err(Corrupt::HeadPastTail {
+                head,
+                tail: self.published,
+            });
+        }
+        if !head.is_multiple_of(FRAME_ALIGN as u64) {
+            return Err(Corrupt::HeadMisaligned { head });
+        }
+        Ok(head)
+    }
+
+    /// Writes the terminator after a frame of `size` at `tail`, then its
+    /// header (held back if it is the first unpublished one), and advances.
+    #[inline]
+    fn commit_header(&mut self, header: Header, size: u64) {
+        debug_assert!(size.is_multiple_of(FRAME_ALIGN as u64));
+        debug_assert!(self.tail + size + FRAME_ALIGN as u64 <= self.head_cache + self.ring.capacity);
+        let end = self.tail + size;
+        // The terminator slot is free space (checked by `ensure_free`); it
+        // holds bytes of an older lap, which the consumer must not mistake
+        // for a header. Ordered before the consumer's read by the Release
+        // store in `publish`.
+        self.ring.header(end).store(0, Ordering::Relaxed);
+        let word = header.encode();
+        if self.pending.is_none() {
+            self.pending = Some((self.tail, word));
+        } else {
+            // Not yet reachable by the consumer: it stops at the pending
+            // header, which `publish` stores last.
+            self.ring.header(self.tail).store(word, Ordering::Relaxed);
+        }
+        self.tail = end;
+    }
+
+    fn wait_room(
+        &mut self,
+        kind: u16,
+        len: usize,
+        strategy: WaitStrategy,
+        deadline: Option<Instant>,
+        stop: impl Fn() -> bool,
+    ) -> Result<(), ReserveWaitError> {
+        match self.make_room(kind, len) {
+            Err(ReserveError::Full) => {}
+            other => return Ok(other?),
+        }
+        self.stats.full_stalls += 1;
+        self.ring
+            .word(PROD_FULL_STALLS)
+            .store(self.stats.full_stalls, Ordering::Relaxed);
+        // The consumer can only free room by reading what we committed.
+        self.publish();
+        let mut spinner = Spinner::new(strategy);
+        loop {
+            if stop() {
+                return Err(WaitError::Stopped.into());
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(WaitError::Timeout.into());
+            }
+            if !spinner.spin() {
+                // `make_room` may have committed a padding frame before it
+                // found no room for the frame itself: the consumer must see
+                // it to skip it, or a frame that needs the padded bytes
+                // would wait forever.
+                self.publish();
+                let announce = self.parker.announce();
+                self.ring
+                    .wait_word(PROD_WAIT)
+                    .store(announce, Ordering::Relaxed);
+                // SeqCst fence: pairs with the consumer's fence after it
+                // stores head (see `Consumer::advance`).
+                fence(Ordering::SeqCst);
+                let room = self.make_room(kind, len);
+                if room == Err(ReserveError::Full) && self.pending.is_some() {
+                    // The re-check committed a padding frame: never sleep
+                    // with it unpublished (the consumer would wait for it
+                    // while we wait for the room behind it). Publish it on
+                    // the next turn, then announce again.
+                    self.ring
+                        .wait_word(PROD_WAIT)
+                        .store(NOT_WAITING, Ordering::Relaxed);
+                    continue;
+                }
+                let stopped = stop();
+                if room != Err(ReserveError::Full) || stopped {
+                    self.ring
+                        .wait_word(PROD_WAIT)
+                        .store(NOT_WAITING, Ordering::Relaxed);
+                    return match room {
+                        Err(ReserveError::Full) => Err(WaitError::Stopped.into()),
+                        other => Ok(other?),
+                    };
+                }
+                self.parker
+                    .park(self.ring.wait_word(PROD_WAIT), announce, deadline);
+                self.stats.sleeps += 1;
+                self.ring
+                    .word(PROD_SLEEPS)
+                    .store(self.stats.sleeps, Ordering::Relaxed);
+                continue;
+            }
+            match self.make_room(kind, len) {
+                Err(ReserveError::Full) => {}
+                other => return Ok(other?),
+            }
+        }
+    }
+}
+
+impl<R: Region, P: Parker> std::fmt::Debug for Producer<R, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("capacity", &self.ring.capacity)
+            .field("tail", &self.tail)
+            .field("published", &self.published)
+            .field("head_cache", &self.head_cache)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why [`Producer::reserve_wait`] gave no grant.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReserveWaitError {
+    /// The frame cannot be reserved at all (too large, bad kind, corrupt).
+    #[error(transparent)]
+    Reserve(#[from] ReserveError),
+    /// Waiting for room ended without it.
+    #[error(transparent)]
+    Wait(#[from] WaitError),
+}
+
+/// Room for one frame, written in place. Commit it with
+/// [`commit`](Grant::commit); drop it to discard.
+pub struct Grant<'a, R: Region, P: Parker> {
+    producer: &'a mut Producer<R, P>,
+    kind: u16,
+    flags: u16,
+    len: usize,
+}
+
+impl<R: Region, P: Parker> Grant<'_, R, P> {
+    /// The reserved payload bytes (their previous contents are unspecified).
+    #[inline]
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        let p = &*self.producer;
+        let start = p.ring.payload_offset(p.tail);
+        // SAFETY: `make_room` checked that `frame_size(len)` bytes from
+        // `tail` (header and payload, not crossing the ring's end) are free
+        // space: the consumer's head is at most `capacity` behind, so the
+        // consumer reads none of them, and this grant (holding the producer
+        // mutably) is the only writer.
+        unsafe { p.ring.region.bytes_mut(start, self.len) }
+    }
+
+    /// Sets the frame's user flags.
+    pub fn set_flags(&mut self, flags: u16) {
+        self.flags = flags;
+    }
+
+    /// Length of the reservation.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the reservation has no payload bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Commits the first `used` bytes as a frame (visible after `publish`).
+    ///
+    /// # Panics
+    ///
+    /// If `used` exceeds the reserved length (a bug in the caller).
+    #[inline]
+    pub fn commit(self, used: usize) {
+        assert!(
+            used <= self.len,
+            "committed {used} bytes of a {}-byte grant",
+            self.len
+        );
+        let header = Header {
+            len: used as u32,
+            kind: self.kind,
+            flags: self.flags,
+        };
+        self.producer
+            .commit_header(header, frame_size(used) as u64);
+        self.producer.pending_frames += 1;
+        self.producer.pending_bytes += used as u64;
+    }
+
+    /// Commits the whole reservation.
+    #[inline]
+    pub fn commit_all(self) {
+        let len = self.len;
+        self.commit(len);
+    }
+}

@@ -1,0 +1,189 @@
+//! Sleeping and waking without a syscall on the fast path.
+//!
+//! Each ring has two 32-bit wait words: the consumer's (set when it is about
+//! to sleep on an empty ring) and the producer's (set when it is about to
+//! sleep on a full ring). The protocol, for the consumer (the producer's is
+//! the mirror image):
+//!
+//! 1. find nothing to read; spin for a while ([`WaitStrategy`]);
+//! 2. *announce*: store the parker's [`Parker::announce`] value into the word,
+//!    then a `SeqCst` fence;
+//! 3. *re-check* the ring; if a frame arrived, clear the word and go on;
+//! 4. otherwise [`Parker::park`] while the word still holds the value.
+//!
+//! After publishing, the producer issues a `SeqCst` fence and loads the word;
+//! only if it is non-zero does it swap it to zero and call [`Parker::unpark`]
+//! with the announced value. The two fences order "publish, then look for a
+//! sleeper" against "announce, then look for work": at least one side sees
+//! the other's store, so no wake-up is lost (checked by the loom model in
+//! `tests/loom.rs`). A side that never finds the ring empty or full makes no
+//! syscall.
+//!
+//! The ring knows nothing about futexes or eventfds: a [`Parker`] supplies
+//! them (isocall-engine has the futex and eventfd ones), and
+//! [`CondvarParker`] serves threads of one process.
+
+use std::time::{Duration, Instant};
+
+use crate::sync::AtomicU32;
+
+/// Value of a wait word when nobody is about to sleep.
+pub const NOT_WAITING: u32 = 0;
+/// Announced by a waiter that sleeps on the word itself (a futex).
+pub const WAITING_FUTEX: u32 = 1;
+/// Announced by a waiter that sleeps on a doorbell (an eventfd).
+pub const WAITING_DOORBELL: u32 = 2;
+
+/// How a side waits when the ring gives it nothing to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WaitStrategy {
+    /// Spin until there is work or the deadline passes: lowest latency, burns
+    /// a core, never sleeps.
+    BusySpin,
+    /// Spin for `spin`, then sleep (the default: 50 µs of spinning, about the
+    /// cost of one sleep/wake cycle, so spinning never costs more than twice
+    /// the best choice).
+    #[default]
+    Adaptive,
+    /// Sleep at once.
+    Blocking,
+}
+
+impl WaitStrategy {
+    /// How long this strategy spins before it sleeps (`None`: forever).
+    pub fn spin_budget(self) -> Option<Duration> {
+        match self {
+            WaitStrategy::BusySpin => None,
+            WaitStrategy::Adaptive => Some(ADAPTIVE_SPIN),
+            WaitStrategy::Blocking => Some(Duration::ZERO),
+        }
+    }
+}
+
+/// Spin time of [`WaitStrategy::Adaptive`].
+pub const ADAPTIVE_SPIN: Duration = Duration::from_micros(50);
+
+/// Puts a thread to sleep on a wait word and wakes it.
+///
+/// Implementations must tolerate spurious returns from `park` (the ring
+/// re-checks) and must not lose a wake that comes after the word was set.
+pub trait Parker {
+    /// The value this parker announces in a wait word before it parks
+    /// ([`WAITING_FUTEX`] or [`WAITING_DOORBELL`]).
+    fn announce(&self) -> u32;
+
+    /// Blocks while `word` holds `expected`, until unparked or `deadline`.
+    /// May return early for any reason.
+    fn park(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>);
+
+    /// Wakes the sleeper that announced `announced` on `word` (the word has
+    /// already been reset to [`NOT_WAITING`]).
+    fn unpark(&self, word: &AtomicU32, announced: u32);
+}
+
+/// A parker for threads of one process: a mutex and condition variable that
+/// the producer and consumer share (clone it for the other side).
+#[derive(Clone, Default)]
+pub struct CondvarParker {
+    inner: std::sync::Arc<CondvarInner>,
+}
+
+#[derive(Default)]
+struct CondvarInner {
+    lock: crate::sync::Mutex<()>,
+    cond: crate::sync::Condvar,
+}
+
+impl std::fmt::Debug for CondvarParker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CondvarParker")
+    }
+}
+
+impl Parker for CondvarParker {
+    fn announce(&self) -> u32 {
+        WAITING_FUTEX
+    }
+
+    fn park(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>) {
+        let guard = self.inner.lock.lock().unwrap_or_else(|e| e.into_inner());
+        // The check happens under the lock and `unpark` takes the lock after
+        // resetting the word, so a wake between check and wait is not lost
+        // (the same argument as the futex's in-kernel check).
+        if word.load(crate::sync::Ordering::Acquire) != expected {
+            return;
+        }
+        match deadline {
+            None => drop(self.inner.cond.wait(guard)),
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if !left.is_zero() {
+                    drop(self.inner.cond.wait_timeout(guard, left));
+                }
+            }
+        }
+    }
+
+    fn unpark(&self, _word: &AtomicU32, _announced: u32) {
+        let _guard = self.inner.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.inner.cond.notify_all();
+    }
+}
+
+/// A parker that never sleeps: for sides that only ever busy-spin. Its
+/// `park` returns at once, so waiting degenerates into spinning.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SpinParker;
+
+impl Parker for SpinParker {
+    fn announce(&self) -> u32 {
+        WAITING_FUTEX
+    }
+
+    fn park(&self, _word: &AtomicU32, _expected: u32, _deadline: Option<Instant>) {
+        crate::sync::spin_hint();
+    }
+
+    fn unpark(&self, _word: &AtomicU32, _announced: u32) {}
+}
+
+/// Why waiting for a frame or for room ended without one.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WaitError {
+    /// The deadline passed.
+    #[error("timed out waiting on the ring")]
+    Timeout,
+    /// The caller's stop condition became true (e.g. the peer died).
+    #[error("stopped while waiting on the ring (peer gone)")]
+    Stopped,
+    /// The ring's shared state is corrupt.
+    #[error(transparent)]
+    Corrupt(#[from] crate::Corrupt),
+}
+
+/// Tracks the spin phase of one wait.
+pub(crate) struct Spinner {
+    until: Option<Instant>,
+    spins: u32,
+}
+
+impl Spinner {
+    pub(crate) fn new(strategy: WaitStrategy) -> Spinner {
+        let until = strategy.spin_budget().map(|b| Instant::now() + b);
+        Spinner { until, spins: 0 }
+    }
+
+    /// Spins once; returns false when the spin budget is spent. The clock
+    /// is read on the first call and every 64th after it.
+    #[inline]
+    pub(crate) fn spin(&mut self) -> bool {
+        if let Some(until) = self.until {
+            if self.spins.is_multiple_of(64) && Instant::now() >= until {
+                return false;
+            }
+            self.spins = self.spins.wrapping_add(1);
+        }
+        crate::sync::spin_hint();
+        true
+    }
+}
