@@ -191,14 +191,14 @@ impl<R: Region, P: Parker> Consumer<R, P> {
                 let announce = self.parker.announce();
                 self.ring
                     .wait_word(CONS_WAIT)
-                    .store(announce, Ordering::Relaxed);
+                    .swap(announce, Ordering::Relaxed);
                 // SeqCst fence: pairs with the producer's fence in `publish`.
                 fence(Ordering::SeqCst);
                 let found = self.poll();
                 if !matches!(found, Ok(None)) || stop() {
                     self.ring
                         .wait_word(CONS_WAIT)
-                        .store(NOT_WAITING, Ordering::Relaxed);
+                        .swap(NOT_WAITING, Ordering::Relaxed);
                     return match found? {
                         Some(h) => Ok(h),
                         None => Err(WaitError::Stopped),

@@ -327,7 +327,7 @@ impl<R: Region, P: Parker> Producer<R, P> {
                 let announce = self.parker.announce();
                 self.ring
                     .wait_word(PROD_WAIT)
-                    .store(announce, Ordering::Relaxed);
+                    .swap(announce, Ordering::Relaxed);
                 // SeqCst fence: pairs with the consumer's fence after it
                 // stores head (see `Consumer::advance`).
                 fence(Ordering::SeqCst);
@@ -339,14 +339,14 @@ impl<R: Region, P: Parker> Producer<R, P> {
                     // the next turn, then announce again.
                     self.ring
                         .wait_word(PROD_WAIT)
-                        .store(NOT_WAITING, Ordering::Relaxed);
+                        .swap(NOT_WAITING, Ordering::Relaxed);
                     continue;
                 }
                 let stopped = stop();
                 if room != Err(ReserveError::Full) || stopped {
                     self.ring
                         .wait_word(PROD_WAIT)
-                        .store(NOT_WAITING, Ordering::Relaxed);
+                        .swap(NOT_WAITING, Ordering::Relaxed);
                     return match room {
                         Err(ReserveError::Full) => Err(WaitError::Stopped.into()),
                         other => Ok(other?),

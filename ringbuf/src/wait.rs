@@ -6,7 +6,7 @@
 //! the mirror image):
 //!
 //! 1. find nothing to read; spin for a while ([`WaitStrategy`]);
-//! 2. *announce*: store the parker's [`Parker::announce`] value into the word,
+//! 2. *announce*: swap the parker's [`Parker::announce`] value into the word,
 //!    then a `SeqCst` fence;
 //! 3. *re-check* the ring; if a frame arrived, clear the word and go on;
 //! 4. otherwise [`Parker::park`] while the word still holds the value.
@@ -16,8 +16,12 @@
 //! with the announced value. The two fences order "publish, then look for a
 //! sleeper" against "announce, then look for work": at least one side sees
 //! the other's store, so no wake-up is lost (checked by the loom model in
-//! `tests/loom.rs`). A side that never finds the ring empty or full makes no
-//! syscall.
+//! `tests/loom.rs`). Every write to a wait word is a read-modify-write (the
+//! announce, the waiter's own clear, the waker's swap), so the word's
+//! modification order is the order those happened in; with plain stores a
+//! waiter's stale clear could hide a newer announce from the waker (loom
+//! found that). They are all off the fast path. A side that never finds the
+//! ring empty or full makes no syscall.
 //!
 //! The ring knows nothing about futexes or eventfds: a [`Parker`] supplies
 //! them (isocall-engine has the futex and eventfd ones), and
