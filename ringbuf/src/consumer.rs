@@ -11,15 +11,22 @@ use crate::layout::*;
 use crate::region::Region;
 use crate::ring::RingRef;
 use crate::sync::{Ordering, fence};
-use crate::wait::{NOT_WAITING, Parker, Spinner, WaitError, WaitStrategy};
+use crate::wait::{NOT_WAITING, Parker, Spinner, WAITING_DOORBELL, WaitError, WaitStrategy};
 
 /// The reading side of a ring. One per ring; `Send`, not `Clone`.
 pub struct Consumer<R: Region, P: Parker> {
     ring: RingRef<R>,
     parker: P,
     /// Position of the next frame to read. Invariant: a multiple of 16; only
-    /// this side moves it, and it is stored to the shared head on release.
+    /// this side moves it.
     head: u64,
+    /// Head as last stored to the shared counter (`<= head`). Releases are
+    /// batched: the shared head is stored when `head - head_shared` reaches
+    /// `flush_at`, or when the ring is found empty (so a producer waiting
+    /// for room is never held up by a consumer that is waiting for frames).
+    head_shared: u64,
+    /// A quarter of the capacity.
+    flush_at: u64,
     stats: ConsumerStats,
 }
 
@@ -46,10 +53,13 @@ impl<R: Region, P: Parker> Consumer<R, P> {
     pub fn attach(region: R, parker: P) -> Result<Self, AttachError> {
         let ring = RingRef::new(region)?;
         let (head, _tail) = ring.counters_at_attach()?;
+        let flush_at = ring.capacity / 4;
         Ok(Consumer {
             ring,
             parker,
             head,
+            head_shared: head,
+            flush_at,
             stats: ConsumerStats::default(),
         })
     }
@@ -98,6 +108,29 @@ impl<R: Region, P: Parker> Consumer<R, P> {
         })
     }
 
+    /// Announces that the caller is about to sleep outside the ring, e.g. in
+    /// epoll on the ring's doorbell, so the producer rings it on its next
+    /// publish. Returns true if a frame is already there: then do not sleep,
+    /// read it. The announcement ends when the producer rings.
+    ///
+    /// # Errors
+    ///
+    /// [`Corrupt`] if the next header is not a valid frame.
+    pub fn arm_doorbell(&mut self) -> Result<bool, Corrupt> {
+        self.ring
+            .wait_word(CONS_WAIT)
+            .swap(WAITING_DOORBELL, Ordering::Relaxed);
+        // SeqCst fence: pairs with the producer's fence in `publish`.
+        fence(Ordering::SeqCst);
+        let ready = self.poll()?.is_some();
+        if ready {
+            self.ring
+                .wait_word(CONS_WAIT)
+                .swap(NOT_WAITING, Ordering::Relaxed);
+        }
+        Ok(ready)
+    }
+
     /// Loads the header at `head` once and checks it; skips a padding frame.
     #[inline]
     fn poll(&mut self) -> Result<Option<Header>, Corrupt> {
@@ -108,6 +141,9 @@ impl<R: Region, P: Parker> Consumer<R, P> {
             // making the payload (and later frames of the batch) visible.
             let word = self.ring.header(self.head).load(Ordering::Acquire);
             if word == 0 {
+                if self.head != self.head_shared {
+                    self.flush();
+                }
                 return Ok(None);
             }
             let header = Header::decode(word);
@@ -141,14 +177,29 @@ impl<R: Region, P: Parker> Consumer<R, P> {
         }
     }
 
-    /// Moves past `size` bytes, publishes the new head, and wakes the
-    /// producer if it sleeps on a full ring.
+    /// Moves past `size` bytes; publishes the new head once a quarter of the
+    /// ring has been released since the last time.
     #[inline]
     fn advance(&mut self, size: u64) {
         self.head += size;
+        if self.head - self.head_shared >= self.flush_at {
+            self.flush();
+        }
+    }
+
+    /// Returns every released byte to the producer now (releases are
+    /// otherwise batched, see [`Frame::release`]), and wakes the producer if
+    /// it sleeps on a full ring.
+    pub fn flush(&mut self) {
+        self.head_shared = self.head;
+        let ctl = &self.ring;
+        ctl.word(CONS_FRAMES)
+            .store(self.stats.frames, Ordering::Relaxed);
+        ctl.word(CONS_BYTES)
+            .store(self.stats.bytes, Ordering::Relaxed);
         // Release: pairs with the producer's Acquire load of head in
-        // `load_head`: our reads of the frame happen before it reuses it.
-        self.ring.word(HEAD).store(self.head, Ordering::Release);
+        // `load_head`: our reads of the frames happen before it reuses them.
+        ctl.word(HEAD).store(self.head, Ordering::Release);
         // SeqCst fence: pairs with the producer's fence after it announces
         // sleep on a full ring.
         fence(Ordering::SeqCst);
@@ -272,19 +323,16 @@ impl<R: Region, P: Parker> Frame<'_, R, P> {
         unsafe { c.ring.region.bytes(start, self.len()) }
     }
 
-    /// Frees the frame's bytes for the producer.
+    /// Frees the frame's bytes for the producer. Releases are batched: the
+    /// producer sees them once a quarter of the ring has been released, when
+    /// this consumer next finds the ring empty, or on [`Consumer::flush`],
+    /// whichever comes first; this saves a store and a fence per frame.
     #[inline]
     pub fn release(self) {
         let size = frame_size(self.len()) as u64;
         let c = self.consumer;
         c.stats.frames += 1;
         c.stats.bytes += u64::from(self.header.len);
-        c.ring
-            .word(CONS_FRAMES)
-            .store(c.stats.frames, Ordering::Relaxed);
-        c.ring
-            .word(CONS_BYTES)
-            .store(c.stats.bytes, Ordering::Relaxed);
         c.advance(size);
     }
 }

@@ -51,15 +51,17 @@ use std::sync::Arc;
 
 pub use consumer::{Consumer, ConsumerStats, Frame};
 pub use error::{AttachError, Corrupt, ReserveError};
-pub use layout::{
-    MAX_USER_KIND, RING_CONTROL_BYTES, frame_size, max_payload, ring_region_size,
-};
+pub use layout::{MAX_USER_KIND, RING_CONTROL_BYTES, frame_size, max_payload, ring_region_size};
 pub use producer::{Grant, Producer, ProducerStats, ReserveWaitError};
 pub use region::Region;
 #[cfg(not(loom))]
 pub use region::{HeapRegion, SharedRegion};
 pub use ring::{RingSnapshot, snapshot};
 pub use wait::{Parker, WaitError, WaitStrategy};
+
+/// Both halves of a ring in a heap region, as [`channel`] returns them.
+#[cfg(not(loom))]
+pub type HeapChannel<P> = (Producer<Arc<HeapRegion>, P>, Consumer<Arc<HeapRegion>, P>);
 
 #[cfg(not(loom))]
 /// A ring in a fresh heap region, split into its two halves, each side
@@ -73,7 +75,7 @@ pub use wait::{Parker, WaitError, WaitStrategy};
 pub fn channel<P: Parker + Clone>(
     capacity: usize,
     parker: P,
-) -> Result<(Producer<Arc<HeapRegion>, P>, Consumer<Arc<HeapRegion>, P>), AttachError> {
+) -> Result<HeapChannel<P>, AttachError> {
     let len = ring_region_size(capacity).ok_or(AttachError::BadRegionSize {
         len: capacity.saturating_add(RING_CONTROL_BYTES),
     })?;

@@ -150,8 +150,10 @@ impl<R: Region, P: Parker> Producer<R, P> {
         self.pending_bytes = 0;
         let ctl = &self.ring;
         ctl.word(TAIL).store(self.tail, Ordering::Relaxed);
-        ctl.word(PROD_FRAMES).store(self.stats.frames, Ordering::Relaxed);
-        ctl.word(PROD_BYTES).store(self.stats.bytes, Ordering::Relaxed);
+        ctl.word(PROD_FRAMES)
+            .store(self.stats.frames, Ordering::Relaxed);
+        ctl.word(PROD_BYTES)
+            .store(self.stats.bytes, Ordering::Relaxed);
         // SeqCst fence: pairs with the one the consumer issues after
         // announcing sleep (see `wait`): either it sees our header, or we see
         // its announcement.
@@ -274,7 +276,9 @@ impl<R: Region, P: Parker> Producer<R, P> {
     #[inline]
     fn commit_header(&mut self, header: Header, size: u64) {
         debug_assert!(size.is_multiple_of(FRAME_ALIGN as u64));
-        debug_assert!(self.tail + size + FRAME_ALIGN as u64 <= self.head_cache + self.ring.capacity);
+        debug_assert!(
+            self.tail + size + FRAME_ALIGN as u64 <= self.head_cache + self.ring.capacity
+        );
         let end = self.tail + size;
         // The terminator slot is free space (checked by `ensure_free`); it
         // holds bytes of an older lap, which the consumer must not mistake
@@ -445,8 +449,7 @@ impl<R: Region, P: Parker> Grant<'_, R, P> {
             kind: self.kind,
             flags: self.flags,
         };
-        self.producer
-            .commit_header(header, frame_size(used) as u64);
+        self.producer.commit_header(header, frame_size(used) as u64);
         self.producer.pending_frames += 1;
         self.producer.pending_bytes += used as u64;
     }

@@ -104,7 +104,9 @@ impl Drop for HeapRegion {
 
 impl std::fmt::Debug for HeapRegion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeapRegion").field("len", &self.raw.len).finish()
+        f.debug_struct("HeapRegion")
+            .field("len", &self.raw.len)
+            .finish()
     }
 }
 
@@ -136,7 +138,9 @@ impl SharedRegion {
 
 impl std::fmt::Debug for SharedRegion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedRegion").field("len", &self.raw.len).finish()
+        f.debug_struct("SharedRegion")
+            .field("len", &self.raw.len)
+            .finish()
     }
 }
 

@@ -81,6 +81,7 @@ pub unsafe trait Region: Send + Sync {
     unsafe fn bytes_mut(&self, off: usize, len: usize) -> &mut [u8];
 }
 
+#[cfg(not(loom))]
 #[inline]
 pub(crate) fn check_word(off: usize, size: usize, len: usize) {
     assert!(

@@ -130,3 +130,11 @@ fn wrap_with_padding_and_full_ring_wakes_the_producer() {
     // terminator slot, the third waits for room and the fourth wraps.
     stream(&[40, 40, 40, 40], 1);
 }
+
+#[test]
+fn batched_releases_reach_a_producer_waiting_for_room() {
+    // 16-byte frames: the consumer publishes its head every second release
+    // (a quarter of 128 bytes) or when it finds the ring empty; the producer
+    // fills the ring and must still be woken.
+    stream(&[8, 8, 8, 8, 8, 8, 8, 8, 8], 1);
+}

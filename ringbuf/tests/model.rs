@@ -11,10 +11,18 @@ use proptest::prelude::*;
 enum Op {
     /// Reserve `len` bytes; commit `used` of them (or drop the grant if
     /// `commit` is false).
-    Reserve { len: usize, used_pct: u8, commit: bool, kind: u16, flags: u16 },
+    Reserve {
+        len: usize,
+        used_pct: u8,
+        commit: bool,
+        kind: u16,
+        flags: u16,
+    },
     Publish,
     /// Peek and release up to `n` frames.
-    Consume { n: usize },
+    Consume {
+        n: usize,
+    },
     /// Peek without releasing.
     Peek,
 }
@@ -30,7 +38,9 @@ fn op(max_len: usize) -> impl Strategy<Value = Op> {
 }
 
 fn pattern(seq: u64, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (seq as usize * 31 + i * 7) as u8).collect()
+    (0..len)
+        .map(|i| (seq as usize * 31 + i * 7) as u8)
+        .collect()
 }
 
 fn run(capacity: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
@@ -42,7 +52,13 @@ fn run(capacity: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut seq = 0u64;
     for op in ops {
         match op {
-            Op::Reserve { len, used_pct, commit, kind, flags } => {
+            Op::Reserve {
+                len,
+                used_pct,
+                commit,
+                kind,
+                flags,
+            } => {
                 let len = len.min(max + 8);
                 match tx.reserve(kind, len) {
                     Ok(mut grant) => {
@@ -86,7 +102,8 @@ fn run(capacity: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
                             break;
                         }
                         Some(frame) => {
-                            let (kind, flags, data) = published.pop_front().expect("frame not in model");
+                            let (kind, flags, data) =
+                                published.pop_front().expect("frame not in model");
                             prop_assert_eq!(frame.kind(), kind);
                             prop_assert_eq!(frame.flags(), flags);
                             prop_assert_eq!(frame.payload(), &data[..]);
