@@ -1,4 +1,5 @@
 //! The ring against a `VecDeque` model: random reserve/commit/publish/peek/
+#![cfg(not(loom))]
 //! release sequences with random sizes, through wrap-around and a full ring.
 
 use std::collections::VecDeque;
