@@ -1,6 +1,7 @@
 //! The ring against a `VecDeque` model: random reserve/commit/publish/peek/
-#![cfg(not(loom))]
 //! release sequences with random sizes, through wrap-around and a full ring.
+
+#![cfg(not(loom))]
 
 use std::collections::VecDeque;
 
