@@ -1,1 +1,18 @@
-//! isocall-engine
+//! isocall-engine: processes, memory and wake-ups around the rings.
+//!
+//! A connection between two processes owns one [`segment::Segment`]: a
+//! sealed memfd with a validated header, a ring each way and (later) a blob
+//! pool, mapped by both. Each side attaches a [`endpoint::Sender`] to the
+//! ring it writes and a [`endpoint::Receiver`] to the ring it reads; they
+//! wait by the chosen `WaitStrategy`, sleep on a shared futex (or an eventfd
+//! doorbell for event loops) only when there is nothing to do, and a
+//! [`liveness::PeerWatch`] on the peer's pidfd turns the peer's death into a
+//! prompt `PeerDied` for every waiter. Everything the engine needs from the
+//! OS is in [`sys`], behind safe functions.
+#![deny(unsafe_code)]
+
+pub mod endpoint;
+pub mod liveness;
+pub mod segment;
+pub mod sys;
+pub mod wake;

@@ -1,0 +1,313 @@
+//! One side of a shared-memory channel: a [`Sender`] on the ring this side
+//! writes and a [`Receiver`] on the ring it reads, over one [`Segment`],
+//! with a wait strategy and the peer's liveness.
+//!
+//! This is the transport the connection layer builds on; it moves frames of
+//! bytes and knows nothing about calls.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use isocall_ringbuf::{
+    Consumer, Corrupt, Frame, Grant, Producer, ReserveError, ReserveWaitError, SharedRegion,
+    WaitError, WaitStrategy,
+};
+
+use crate::liveness::Liveness;
+pub use crate::segment::Side;
+use crate::segment::{Direction, Segment};
+use crate::sys::EventFd;
+use crate::wake::RingParker;
+
+/// The doorbells of a segment's two rings, one per ring, owned by the ring's
+/// consumer and rung by its producer.
+#[derive(Clone, Debug)]
+pub struct Doorbells {
+    /// Doorbell of the client-to-server ring (the server sleeps on it).
+    pub c2s: Arc<EventFd>,
+    /// Doorbell of the server-to-client ring (the client sleeps on it).
+    pub s2c: Arc<EventFd>,
+}
+
+impl Doorbells {
+    /// Two new eventfds.
+    ///
+    /// # Errors
+    ///
+    /// The OS refused an eventfd.
+    pub fn new() -> std::io::Result<Doorbells> {
+        Ok(Doorbells {
+            c2s: Arc::new(EventFd::new()?),
+            s2c: Arc::new(EventFd::new()?),
+        })
+    }
+
+    /// The doorbell of the ring going in `dir`.
+    pub fn of(&self, dir: Direction) -> &Arc<EventFd> {
+        match dir {
+            Direction::ClientToServer => &self.c2s,
+            Direction::ServerToClient => &self.s2c,
+        }
+    }
+}
+
+/// Why a frame could not be sent or received.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The peer process died (or closed the connection).
+    #[error("peer died")]
+    PeerDied,
+    /// The deadline passed first.
+    #[error("timed out")]
+    Timeout,
+    /// The ring is full and the caller asked not to wait.
+    #[error("ring full")]
+    Full,
+    /// A frame this large can never fit in the ring.
+    #[error("frame of {len} bytes exceeds the ring's largest payload of {max} bytes")]
+    TooLarge {
+        /// Requested payload length.
+        len: usize,
+        /// Largest payload the ring carries.
+        max: usize,
+    },
+    /// The kind is not a user kind.
+    #[error("frame kind {kind:#06x} is reserved")]
+    BadKind {
+        /// Kind requested.
+        kind: u16,
+    },
+    /// The peer corrupted the ring; close the connection.
+    #[error(transparent)]
+    Corrupt(#[from] Corrupt),
+}
+
+impl From<ReserveError> for TransportError {
+    fn from(e: ReserveError) -> Self {
+        match e {
+            ReserveError::Full => TransportError::Full,
+            ReserveError::TooLarge { len, max } => TransportError::TooLarge { len, max },
+            ReserveError::BadKind { kind } => TransportError::BadKind { kind },
+            ReserveError::Corrupt(c) => TransportError::Corrupt(c),
+        }
+    }
+}
+
+impl From<WaitError> for TransportError {
+    fn from(e: WaitError) -> Self {
+        match e {
+            WaitError::Timeout => TransportError::Timeout,
+            WaitError::Stopped => TransportError::PeerDied,
+            WaitError::Corrupt(c) => TransportError::Corrupt(c),
+        }
+    }
+}
+
+impl From<ReserveWaitError> for TransportError {
+    fn from(e: ReserveWaitError) -> Self {
+        match e {
+            ReserveWaitError::Reserve(r) => r.into(),
+            ReserveWaitError::Wait(w) => w.into(),
+        }
+    }
+}
+
+/// Why an endpoint could not be built on a segment.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// A ring region of the segment is unusable.
+    #[error("ring in segment unusable: {0}")]
+    Ring(#[from] isocall_ringbuf::AttachError),
+}
+
+/// The writing half of an endpoint.
+#[derive(Debug)]
+pub struct Sender {
+    tx: Producer<SharedRegion, RingParker>,
+    strategy: WaitStrategy,
+    liveness: Liveness,
+    _segment: Arc<Segment>,
+}
+
+/// The reading half of an endpoint.
+#[derive(Debug)]
+pub struct Receiver {
+    rx: Consumer<SharedRegion, RingParker>,
+    strategy: WaitStrategy,
+    liveness: Liveness,
+    doorbell: Arc<EventFd>,
+    _segment: Arc<Segment>,
+}
+
+/// Builds this side's sender and receiver on `segment`.
+///
+/// `strategy` decides how each half waits; the receiver sleeps on the futex
+/// (the doorbell is still rung for callers that [`Receiver::arm_doorbell`]).
+///
+/// # Errors
+///
+/// [`EndpointError::Ring`] if a ring region is not a valid ring.
+pub fn endpoint(
+    segment: Arc<Segment>,
+    side: Side,
+    doorbells: &Doorbells,
+    strategy: WaitStrategy,
+    liveness: Liveness,
+) -> Result<(Sender, Receiver), EndpointError> {
+    let tx_bell = doorbells.of(side.tx()).clone();
+    let rx_bell = doorbells.of(side.rx()).clone();
+    let tx = Producer::attach(
+        segment.ring_region(side.tx()),
+        RingParker::futex(Some(tx_bell)),
+    )?;
+    let rx = Consumer::attach(
+        segment.ring_region(side.rx()),
+        RingParker::futex(Some(rx_bell.clone())),
+    )?;
+    Ok((
+        Sender {
+            tx,
+            strategy,
+            liveness: liveness.clone(),
+            _segment: segment.clone(),
+        },
+        Receiver {
+            rx,
+            strategy,
+            liveness,
+            doorbell: rx_bell,
+            _segment: segment,
+        },
+    ))
+}
+
+impl Sender {
+    /// Reserves room for a frame, waiting per the strategy until `deadline`.
+    ///
+    /// # Errors
+    ///
+    /// `PeerDied`, `Timeout`, `TooLarge`, `BadKind`, `Corrupt`.
+    #[inline]
+    pub fn reserve(
+        &mut self,
+        kind: u16,
+        len: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Grant<'_, SharedRegion, RingParker>, TransportError> {
+        if self.liveness.is_dead() {
+            return Err(TransportError::PeerDied);
+        }
+        let live = &self.liveness;
+        Ok(self
+            .tx
+            .reserve_wait(kind, len, self.strategy, deadline, || live.is_dead())?)
+    }
+
+    /// Reserves without waiting.
+    ///
+    /// # Errors
+    ///
+    /// `Full` when there is no room now; otherwise as [`reserve`](Self::reserve).
+    #[inline]
+    pub fn try_reserve(
+        &mut self,
+        kind: u16,
+        len: usize,
+    ) -> Result<Grant<'_, SharedRegion, RingParker>, TransportError> {
+        if self.liveness.is_dead() {
+            return Err(TransportError::PeerDied);
+        }
+        Ok(self.tx.reserve(kind, len)?)
+    }
+
+    /// Makes committed frames visible and wakes the peer if it sleeps.
+    #[inline]
+    pub fn publish(&mut self) {
+        self.tx.publish();
+    }
+
+    /// Copies `payload` into a frame and publishes it.
+    ///
+    /// # Errors
+    ///
+    /// As [`reserve`](Self::reserve).
+    #[inline]
+    pub fn send(
+        &mut self,
+        kind: u16,
+        payload: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(), TransportError> {
+        let mut grant = self.reserve(kind, payload.len(), deadline)?;
+        grant.bytes_mut().copy_from_slice(payload);
+        grant.commit_all();
+        self.tx.publish();
+        Ok(())
+    }
+
+    /// The producer's counters.
+    pub fn stats(&self) -> isocall_ringbuf::ProducerStats {
+        self.tx.stats()
+    }
+
+    /// Largest payload one frame can carry.
+    pub fn max_payload(&self) -> usize {
+        self.tx.max_payload()
+    }
+}
+
+impl Receiver {
+    /// Waits per the strategy for the next frame, until `deadline`.
+    ///
+    /// # Errors
+    ///
+    /// `PeerDied` (after every frame the peer published was read),
+    /// `Timeout`, `Corrupt`.
+    #[inline]
+    pub fn recv(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<Frame<'_, SharedRegion, RingParker>, TransportError> {
+        let live = &self.liveness;
+        Ok(self.rx.wait(self.strategy, deadline, || live.is_dead())?)
+    }
+
+    /// The next frame if one is there now.
+    ///
+    /// # Errors
+    ///
+    /// `Corrupt`; `PeerDied` when the ring is empty and the peer is dead.
+    #[inline]
+    pub fn try_recv(
+        &mut self,
+    ) -> Result<Option<Frame<'_, SharedRegion, RingParker>>, TransportError> {
+        let dead = self.liveness.is_dead();
+        match self.rx.peek()? {
+            Some(f) => Ok(Some(f)),
+            None if dead => Err(TransportError::PeerDied),
+            None => Ok(None),
+        }
+    }
+
+    /// Announces that the caller will sleep on [`doorbell`](Self::doorbell)
+    /// (in epoll or tokio) instead of in [`recv`](Self::recv). Returns true if
+    /// a frame is already there: read it instead of sleeping.
+    ///
+    /// # Errors
+    ///
+    /// `Corrupt`.
+    pub fn arm_doorbell(&mut self) -> Result<bool, TransportError> {
+        Ok(self.rx.arm_doorbell()?)
+    }
+
+    /// The doorbell this receiver's producer rings; poll it for readability
+    /// in an event loop after [`arm_doorbell`](Self::arm_doorbell).
+    pub fn doorbell(&self) -> &EventFd {
+        &self.doorbell
+    }
+
+    /// The consumer's counters.
+    pub fn stats(&self) -> isocall_ringbuf::ConsumerStats {
+        self.rx.stats()
+    }
+}

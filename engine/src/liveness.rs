@@ -1,0 +1,122 @@
+//! Knowing when the peer process died, and waking whoever waits on it.
+//!
+//! A [`PeerWatch`] is one thread blocked in `poll` on the peer's pidfd (and
+//! on a stop eventfd): it costs no CPU while the peer lives. When the peer
+//! dies it raises the shared [`Liveness`] flag, then resets this side's wait
+//! words and wakes their futexes and the doorbell, so a side asleep on a
+//! ring the dead peer will never touch again returns at once with
+//! `PeerDied` instead of hanging.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use isocall_ringbuf::layout::{CONS_WAIT, PROD_WAIT};
+use isocall_ringbuf::wait::NOT_WAITING;
+use isocall_ringbuf::{Region, SharedRegion};
+
+use crate::segment::{Direction, Segment};
+use crate::sys::{EventFd, PidFd, futex_wake, poll_readable};
+
+/// Shared flag: has the peer died? Cheap to check on every wait loop turn.
+#[derive(Clone, Debug, Default)]
+pub struct Liveness {
+    dead: Arc<AtomicBool>,
+}
+
+impl Liveness {
+    /// A flag saying the peer is alive.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the peer is known to be dead.
+    #[inline]
+    pub fn is_dead(&self) -> bool {
+        // Acquire: pairs with the Release in `mark_dead`.
+        self.dead.load(Ordering::Acquire)
+    }
+
+    /// Records that the peer died.
+    pub fn mark_dead(&self) {
+        self.dead.store(true, Ordering::Release);
+    }
+}
+
+/// A thread that watches the peer's pidfd. Dropping it stops and joins the
+/// thread.
+#[derive(Debug)]
+pub struct PeerWatch {
+    stop: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl PeerWatch {
+    /// Watches the process behind `pidfd`. On its death: marks `liveness`
+    /// dead, then wakes this side's waiters on `segment`'s rings (`side_tx`
+    /// is the ring this side produces into) and rings `doorbell` (the
+    /// doorbell this side's consumer may sleep on).
+    ///
+    /// # Errors
+    ///
+    /// The OS refused an eventfd or a thread.
+    pub fn spawn(
+        pidfd: PidFd,
+        liveness: Liveness,
+        segment: Arc<Segment>,
+        side_tx: Direction,
+        doorbell: Option<Arc<EventFd>>,
+    ) -> std::io::Result<PeerWatch> {
+        let stop = Arc::new(EventFd::new()?);
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("isocall-peer-watch".into())
+            .spawn(move || {
+                let _span = tracing::debug_span!("peer_watch").entered();
+                loop {
+                    use std::os::fd::AsFd;
+                    match poll_readable(&[pidfd.as_fd(), stop2.as_fd()], None) {
+                        Ok(ready) if ready.first() == Some(&true) => break,
+                        Ok(ready) if ready.get(1) == Some(&true) => return,
+                        Ok(_) => continue,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "peer watch poll failed; treating peer as dead");
+                            break;
+                        }
+                    }
+                }
+                tracing::debug!("peer died");
+                liveness.mark_dead();
+                wake_all(&segment, side_tx, doorbell.as_deref());
+            })?;
+        Ok(PeerWatch {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for PeerWatch {
+    fn drop(&mut self) {
+        let _ = self.stop.notify();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Resets and wakes the wait words this side may sleep on: the producer's
+/// word of the ring it writes and the consumer's word of the ring it reads.
+pub(crate) fn wake_all(segment: &Segment, side_tx: Direction, doorbell: Option<&EventFd>) {
+    let wake = |region: &SharedRegion, off: usize| {
+        let word = region.u32_at(off);
+        word.swap(NOT_WAITING, Ordering::AcqRel);
+        let _ = futex_wake(word, i32::MAX as u32);
+    };
+    wake(&segment.ring_region(side_tx), PROD_WAIT);
+    wake(&segment.ring_region(side_tx.reverse()), CONS_WAIT);
+    if let Some(bell) = doorbell {
+        let _ = bell.notify();
+    }
+}

@@ -1,0 +1,47 @@
+//! CPU affinity.
+
+use std::io;
+
+use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
+
+/// Pins the calling thread to CPU `cpu`.
+///
+/// # Errors
+///
+/// `InvalidInput` if `cpu` is beyond what the OS supports; the OS's error if
+/// it refuses (e.g. the CPU is not in the allowed set).
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    if cpu >= CpuSet::MAX_CPU {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "cpu {cpu} is beyond the largest supported ({})",
+                CpuSet::MAX_CPU - 1
+            ),
+        ));
+    }
+    let mut set = CpuSet::new();
+    set.set(cpu);
+    Ok(sched_setaffinity(None, &set)?)
+}
+
+/// How many CPUs this process may run on (its affinity mask), at least 1.
+pub fn available_cpus() -> usize {
+    sched_getaffinity(None).map_or(1, |set| set.count().max(1) as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinning_to_an_allowed_cpu_works_and_a_huge_one_is_refused() {
+        assert!(available_cpus() >= 1);
+        let allowed = sched_getaffinity(None).unwrap();
+        let first = (0..CpuSet::MAX_CPU).find(|&c| allowed.is_set(c)).unwrap();
+        std::thread::spawn(move || pin_current_thread(first).unwrap())
+            .join()
+            .unwrap();
+        assert!(pin_current_thread(1 << 20).is_err());
+    }
+}

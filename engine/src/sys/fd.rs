@@ -1,0 +1,300 @@
+//! Descriptor-based primitives: the eventfd doorbell, the pidfd, polling,
+//! and passing descriptors over a Unix socket.
+
+use std::io;
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use rustix::event::{EventfdFlags, PollFd, PollFlags, eventfd, poll};
+use rustix::io::Errno;
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, recvmsg, sendmsg,
+};
+use rustix::process::{Pid, PidfdFlags, pidfd_open};
+
+fn timespec(t: Duration) -> rustix::time::Timespec {
+    rustix::time::Timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(t.subsec_nanos()),
+    }
+}
+
+/// Waits until any of `fds` is readable (or hung up, or in error), or
+/// `timeout` passes; returns which are. `EINTR` returns all false.
+///
+/// # Errors
+///
+/// A failure of `poll` other than `EINTR`.
+pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::IN))
+        .collect();
+    let ts = timeout.map(timespec);
+    match poll(&mut pfds, ts.as_ref()) {
+        Ok(_) => Ok(pfds
+            .iter()
+            .map(|p| {
+                p.revents()
+                    .intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL)
+            })
+            .collect()),
+        Err(Errno::INTR) => Ok(vec![false; fds.len()]),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// An eventfd used as a doorbell: one side rings it, the other polls it (in
+/// its own loop, epoll or tokio). Non-blocking and close-on-exec.
+#[derive(Debug)]
+pub struct EventFd {
+    fd: OwnedFd,
+}
+
+impl EventFd {
+    /// A new doorbell, not ringing.
+    ///
+    /// # Errors
+    ///
+    /// The OS refused the eventfd (e.g. out of descriptors).
+    pub fn new() -> io::Result<EventFd> {
+        Ok(EventFd {
+            fd: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?,
+        })
+    }
+
+    /// Adopts an eventfd received from another process.
+    pub fn from_owned(fd: OwnedFd) -> EventFd {
+        EventFd { fd }
+    }
+
+    /// Rings the doorbell. A doorbell already rung 2^64-2 times without
+    /// being drained stays rung (`EAGAIN` is not an error).
+    ///
+    /// # Errors
+    ///
+    /// The descriptor is not an eventfd (e.g. a peer passed something else).
+    pub fn notify(&self) -> io::Result<()> {
+        match rustix::io::write(&self.fd, &1u64.to_ne_bytes()) {
+            Ok(_) | Err(Errno::AGAIN) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Waits until the doorbell rings or `timeout` passes, then drains it.
+    /// Returns whether it rang.
+    ///
+    /// # Errors
+    ///
+    /// A failure of `poll` or `read`.
+    pub fn wait(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        let ready = poll_readable(&[self.fd.as_fd()], timeout)?[0];
+        if ready {
+            self.drain()?;
+        }
+        Ok(ready)
+    }
+
+    /// Resets the doorbell without waiting; returns whether it had rung.
+    ///
+    /// # Errors
+    ///
+    /// A failure of `read` other than "not rung" (`EAGAIN`).
+    pub fn drain(&self) -> io::Result<bool> {
+        let mut buf = [0u8; 8];
+        match rustix::io::read(&self.fd, &mut buf) {
+            Ok(_) => Ok(true),
+            Err(Errno::AGAIN) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl AsFd for EventFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// A handle on a process that becomes readable when the process exits (it
+/// cannot be fooled by pid reuse).
+#[derive(Debug)]
+pub struct PidFd {
+    fd: OwnedFd,
+}
+
+impl PidFd {
+    /// Opens a pidfd on process `pid`.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for pid 0; `ESRCH` if no such process exists (it may
+    /// already be gone).
+    pub fn open(pid: u32) -> io::Result<PidFd> {
+        let pid = i32::try_from(pid)
+            .ok()
+            .and_then(Pid::from_raw)
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("invalid pid {pid}"))
+            })?;
+        Ok(PidFd {
+            fd: pidfd_open(pid, PidfdFlags::empty())?,
+        })
+    }
+
+    /// Whether the process has exited (without waiting).
+    ///
+    /// # Errors
+    ///
+    /// A failure of `poll`.
+    pub fn has_exited(&self) -> io::Result<bool> {
+        self.wait_exit(Some(Duration::ZERO))
+    }
+
+    /// Waits until the process exits or `timeout` passes; returns whether it
+    /// exited.
+    ///
+    /// # Errors
+    ///
+    /// A failure of `poll`.
+    pub fn wait_exit(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        Ok(poll_readable(&[self.fd.as_fd()], timeout)?[0])
+    }
+}
+
+impl AsFd for PidFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Most descriptors one message carries.
+pub const MAX_FDS: usize = 16;
+
+/// Sends `data` with `fds` attached (`SCM_RIGHTS`) in one message.
+///
+/// # Errors
+///
+/// `InvalidInput` for more than [`MAX_FDS`] descriptors or empty `data`; a
+/// failure of `sendmsg`; `WriteZero` if the message was cut short.
+pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    if fds.len() > MAX_FDS || data.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a message carries 1+ bytes and at most {MAX_FDS} fds (got {} bytes, {} fds)",
+                data.len(),
+                fds.len()
+            ),
+        ));
+    }
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("ancillary buffer too small"));
+    }
+    let sent = sendmsg(
+        sock,
+        &[IoSlice::new(data)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    if sent != data.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("sent {sent} of {} bytes with fds", data.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Receives one message into `buf` with up to `max_fds` descriptors
+/// (close-on-exec). Returns the bytes received (0: the peer closed) and the
+/// descriptors.
+///
+/// # Errors
+///
+/// A failure of `recvmsg`; `InvalidData` if descriptors were cut off
+/// (`MSG_CTRUNC`: more than `max_fds` were sent; the extra ones are closed)
+/// or more than `max_fds` arrived.
+pub fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let max = max_fds.min(MAX_FDS);
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = recvmsg(
+        sock,
+        &mut [IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
+    }
+    if msg.flags.contains(ReturnFlags::CTRUNC) || fds.len() > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("peer sent more descriptors than the {max} expected"),
+        ));
+    }
+    Ok((msg.bytes, fds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn doorbell_rings_once_and_drains() {
+        let bell = EventFd::new().unwrap();
+        assert!(!bell.wait(Some(Duration::ZERO)).unwrap());
+        bell.notify().unwrap();
+        bell.notify().unwrap();
+        assert!(bell.wait(Some(Duration::from_secs(5))).unwrap());
+        assert!(!bell.drain().unwrap());
+    }
+
+    #[test]
+    fn fds_cross_a_socket_and_still_work() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let bell = EventFd::new().unwrap();
+        send_with_fds(a.as_fd(), b"bell", &[bell.as_fd()]).unwrap();
+        let mut buf = [0u8; 16];
+        let (n, mut fds) = recv_with_fds(b.as_fd(), &mut buf, 1).unwrap();
+        assert_eq!(&buf[..n], b"bell");
+        let theirs = EventFd::from_owned(fds.pop().unwrap());
+        theirs.notify().unwrap();
+        assert!(bell.wait(Some(Duration::from_secs(5))).unwrap());
+    }
+
+    #[test]
+    fn too_many_fds_is_an_error() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let bells: Vec<EventFd> = (0..3).map(|_| EventFd::new().unwrap()).collect();
+        let fds: Vec<BorrowedFd<'_>> = bells.iter().map(|e| e.as_fd()).collect();
+        send_with_fds(a.as_fd(), b"x", &fds).unwrap();
+        let mut buf = [0u8; 4];
+        let err = recv_with_fds(b.as_fd(), &mut buf, 2).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn pidfd_sees_a_child_exit() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pidfd = PidFd::open(child.id()).unwrap();
+        assert!(pidfd.wait_exit(Some(Duration::from_secs(30))).unwrap());
+        assert!(pidfd.has_exited().unwrap());
+        child.wait().unwrap();
+        assert!(PidFd::open(0).is_err());
+    }
+}

@@ -1,0 +1,28 @@
+//! The platform contract: everything isocall needs from the operating
+//! system, and nothing else, behind safe functions and types. Other modules
+//! of the engine (and the tools, through this public module) never call the
+//! OS directly and never see a raw file descriptor number.
+//!
+//! What an OS must provide:
+//! - a futex on a 32-bit word in memory shared between processes
+//!   ([`futex_wait`], [`futex_wake`]);
+//! - a doorbell that an event loop can poll ([`EventFd`]);
+//! - anonymous shared memory that can be sealed against resizing, passed to
+//!   another process as a descriptor and mapped by it ([`SharedMem`]);
+//! - passing descriptors over a Unix socket ([`send_with_fds`],
+//!   [`recv_with_fds`]);
+//! - a handle on another process that becomes readable when it exits
+//!   ([`PidFd`]), and waiting on several descriptors ([`poll_readable`]);
+//! - pinning a thread to a CPU ([`pin_current_thread`], [`available_cpus`]).
+//!
+//! Only Linux is implemented.
+
+mod cpu;
+mod fd;
+mod futex;
+mod shm;
+
+pub use cpu::{available_cpus, pin_current_thread};
+pub use fd::{EventFd, PidFd, poll_readable, recv_with_fds, send_with_fds};
+pub use futex::{futex_wait, futex_wake};
+pub use shm::SharedMem;

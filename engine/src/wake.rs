@@ -1,0 +1,83 @@
+//! The engine's [`Parker`]: futex sleep on the ring's wait word, or an
+//! eventfd doorbell for callers that wait in epoll or tokio.
+//!
+//! Each ring has one doorbell, owned by its consumer. A producer that finds
+//! the consumer announced [`WAITING_DOORBELL`] rings it; one that finds
+//! [`WAITING_FUTEX`] wakes the futex. A producer waiting for room always
+//! sleeps on the futex.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use isocall_ringbuf::sync::AtomicU32;
+use isocall_ringbuf::wait::{Parker, WAITING_DOORBELL, WAITING_FUTEX};
+
+use crate::sys::{EventFd, futex_wait, futex_wake};
+
+/// Wakes and parks one side of a ring in a shared segment.
+#[derive(Clone, Debug)]
+pub struct RingParker {
+    /// The ring's doorbell: waited on by its consumer in doorbell mode, rung
+    /// by its producer.
+    doorbell: Option<Arc<EventFd>>,
+    /// Whether this side sleeps on the doorbell (else on the futex).
+    sleep_on_doorbell: bool,
+}
+
+impl RingParker {
+    /// A parker that sleeps on the futex and wakes the peer by futex or by
+    /// `doorbell` (the ring's doorbell, if it has one).
+    pub fn futex(doorbell: Option<Arc<EventFd>>) -> Self {
+        RingParker {
+            doorbell,
+            sleep_on_doorbell: false,
+        }
+    }
+
+    /// A parker for a consumer that sleeps on the ring's doorbell.
+    pub fn doorbell(doorbell: Arc<EventFd>) -> Self {
+        RingParker {
+            doorbell: Some(doorbell),
+            sleep_on_doorbell: true,
+        }
+    }
+}
+
+impl Parker for RingParker {
+    fn announce(&self) -> u32 {
+        if self.sleep_on_doorbell {
+            WAITING_DOORBELL
+        } else {
+            WAITING_FUTEX
+        }
+    }
+
+    fn park(&self, word: &AtomicU32, expected: u32, deadline: Option<Instant>) {
+        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if timeout.is_some_and(|t| t.is_zero()) {
+            return;
+        }
+        // Errors (EINTR, EAGAIN, timeout) all mean "re-check"; the ring loops.
+        match (&self.doorbell, self.sleep_on_doorbell) {
+            (Some(bell), true) => {
+                let _ = bell.wait(timeout);
+            }
+            _ => {
+                let _ = futex_wait(word, expected, timeout);
+            }
+        }
+    }
+
+    fn unpark(&self, word: &AtomicU32, announced: u32) {
+        // A hostile peer may announce anything: a value we do not know gets
+        // both wake-ups, which is harmless.
+        if announced != WAITING_FUTEX
+            && let Some(bell) = &self.doorbell
+        {
+            let _ = bell.notify();
+        }
+        if announced != WAITING_DOORBELL {
+            let _ = futex_wake(word, i32::MAX as u32);
+        }
+    }
+}
