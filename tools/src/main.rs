@@ -1,2 +1,49 @@
-//! isocall CLI
-fn main() {}
+//! `isocall`: the command-line tool of isocall.
+//!
+//! - `isocall bench [PATTERN] [--quick] [--json] [--markdown]`: round-trip
+//!   and throughput figures between two processes, beside the floors and
+//!   baselines measured in the same run.
+#![forbid(unsafe_code)]
+
+mod bench;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "isocall",
+    version,
+    about = "isocall: zero-copy shared-memory IPC tools"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measure isocall against its floors and baselines, two processes.
+    Bench(bench::BenchArgs),
+    /// The peer side of a benchmark figure (internal: the bench re-executes
+    /// itself with this).
+    #[command(name = "__bench-peer", hide = true)]
+    BenchPeer {
+        /// Figure the peer serves.
+        figure: String,
+        /// CPU to pin to, if any.
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Bench(args) => bench::run(&args),
+        Command::BenchPeer { figure, cpu } => bench::peer_main(&figure, cpu),
+    };
+    if let Err(e) = result {
+        eprintln!("isocall: {e}");
+        std::process::exit(1);
+    }
+}

@@ -30,6 +30,15 @@ pub fn available_cpus() -> usize {
     sched_getaffinity(None).map_or(1, |set| set.count().max(1) as usize)
 }
 
+/// The ids of the CPUs this process may run on, in order (empty if the OS
+/// will not say).
+pub fn allowed_cpus() -> Vec<usize> {
+    sched_getaffinity(None).map_or_else(
+        |_| Vec::new(),
+        |set| (0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ mod fd;
 mod futex;
 mod shm;
 
-pub use cpu::{available_cpus, pin_current_thread};
+pub use cpu::{allowed_cpus, available_cpus, pin_current_thread};
 pub use fd::{EventFd, PidFd, poll_readable, recv_with_fds, send_with_fds};
 pub use futex::{futex_wait, futex_wake};
 pub use shm::SharedMem;

@@ -1,0 +1,176 @@
+//! Timing: latency histograms (one clock read per round trip) and rates.
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use super::Res;
+
+/// How long each figure runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    /// Untimed warm-up per latency figure.
+    pub warmup: Duration,
+    /// Timed part per latency figure.
+    pub measure: Duration,
+    /// Messages per stream repetition, for 64-byte messages (scaled down
+    /// for larger ones).
+    pub stream_msgs: u64,
+    /// Repetitions of each stream; the median is reported.
+    pub stream_reps: usize,
+}
+
+impl Budget {
+    /// The `--quick` budget (the whole run well under 30 s).
+    pub fn quick() -> Budget {
+        Budget {
+            warmup: Duration::from_millis(100),
+            measure: Duration::from_millis(500),
+            stream_msgs: 1_000_000,
+            stream_reps: 3,
+        }
+    }
+
+    /// The default budget.
+    pub fn full() -> Budget {
+        Budget {
+            warmup: Duration::from_millis(300),
+            measure: Duration::from_secs(2),
+            stream_msgs: 5_000_000,
+            stream_reps: 5,
+        }
+    }
+}
+
+/// One measured figure.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Measured {
+    /// Median latency, ns.
+    pub p50: Option<f64>,
+    /// 99th percentile, ns.
+    pub p99: Option<f64>,
+    /// 99.9th percentile, ns.
+    pub p999: Option<f64>,
+    /// A rate (msg/s).
+    pub value: Option<f64>,
+    /// Bytes per second of payload, as GB/s, for streams.
+    pub gbps: Option<f64>,
+    /// Samples (round trips) or messages measured.
+    pub samples: u64,
+}
+
+/// Runs `round_trip(seq)` for the warm-up, then for the measured time,
+/// recording each round trip's duration.
+pub fn latency(budget: &Budget, mut round_trip: impl FnMut(u64) -> Res<()>) -> Res<Measured> {
+    let mut seq = 1u64;
+    let warm_end = Instant::now() + budget.warmup;
+    while Instant::now() < warm_end {
+        for _ in 0..64 {
+            round_trip(seq)?;
+            seq += 1;
+        }
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3)?;
+    let start = Instant::now();
+    let mut last = start;
+    loop {
+        round_trip(seq)?;
+        seq += 1;
+        let now = Instant::now();
+        hist.saturating_record((now - last).as_nanos() as u64);
+        last = now;
+        if now - start >= budget.measure || hist.len() >= 20_000_000 {
+            break;
+        }
+    }
+    Ok(Measured {
+        p50: Some(hist.value_at_quantile(0.5) as f64),
+        p99: Some(hist.value_at_quantile(0.99) as f64),
+        p999: Some(hist.value_at_quantile(0.999) as f64),
+        samples: hist.len(),
+        ..Measured::default()
+    })
+}
+
+/// The median of several stream repetitions, each `(messages, elapsed)`.
+pub fn rate(reps: &mut [(u64, Duration)], msg_bytes: usize) -> Measured {
+    let mut rates: Vec<f64> = reps
+        .iter()
+        .map(|(n, t)| *n as f64 / t.as_secs_f64().max(1e-9))
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    let median = rates[rates.len() / 2];
+    Measured {
+        value: Some(median),
+        gbps: Some(median * msg_bytes as f64 / 1e9),
+        samples: reps.iter().map(|r| r.0).sum(),
+        ..Measured::default()
+    }
+}
+
+/// Fills a 64-byte message for round trip `seq`: every byte written.
+#[inline]
+pub fn fill64(buf: &mut [u8], seq: u64) {
+    let b = seq as u8;
+    buf.fill(b);
+    buf[..8].copy_from_slice(&seq.to_le_bytes());
+}
+
+/// Reads every byte of a message; returns the sum of its bytes.
+#[inline]
+pub fn read_all(buf: &[u8]) -> u64 {
+    buf.iter().map(|&b| u64::from(b)).sum()
+}
+
+/// Checks a reply to [`fill64`]'s request `seq` made by [`answer64`].
+#[inline]
+pub fn check_reply(buf: &[u8], seq: u64) -> Res<()> {
+    let sum = read_all(&buf[16..]);
+    let got_seq = u64::from_le_bytes(buf[..8].try_into()?);
+    let got_sum = u64::from_le_bytes(buf[8..16].try_into()?);
+    let expect_req_sum = request_sum(seq, buf.len());
+    if got_seq != seq
+        || got_sum != expect_req_sum
+        || sum != u64::from(seq as u8 ^ 0x5A) * (buf.len() as u64 - 16)
+    {
+        return Err(
+            format!("reply to round trip {seq} is wrong (seq {got_seq}, sum {got_sum})").into(),
+        );
+    }
+    Ok(())
+}
+
+/// Sum of the bytes of request `seq` of `len` bytes.
+#[inline]
+pub fn request_sum(seq: u64, len: usize) -> u64 {
+    let b = u64::from(seq as u8);
+    seq.to_le_bytes().iter().map(|&x| u64::from(x)).sum::<u64>() + b * (len as u64 - 8)
+}
+
+/// Writes the answer to a request: its seq, the sum of every byte read, and
+/// a filled body.
+#[inline]
+pub fn answer64(request: &[u8], reply: &mut [u8]) {
+    let seq = u64::from_le_bytes(request[..8].try_into().unwrap_or([0; 8]));
+    let sum = read_all(request);
+    reply[16..].fill(seq as u8 ^ 0x5A);
+    reply[..8].copy_from_slice(&seq.to_le_bytes());
+    reply[8..16].copy_from_slice(&sum.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_answered_checks_out_and_a_wrong_one_does_not() {
+        let mut req = [0u8; 64];
+        let mut rep = [0u8; 64];
+        fill64(&mut req, 300);
+        answer64(&req, &mut rep);
+        check_reply(&rep, 300).unwrap();
+        assert!(check_reply(&rep, 301).is_err());
+        rep[40] ^= 1;
+        assert!(check_reply(&rep, 300).is_err());
+    }
+}

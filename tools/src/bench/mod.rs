@@ -1,0 +1,366 @@
+//! `isocall bench`: every figure of DESIGN.md's "How we measure" that exists
+//! so far, measured between two processes in one run, each beside the floor
+//! it is compared to.
+
+mod floors;
+mod measure;
+mod peer;
+mod report;
+mod ring;
+mod sockets;
+
+use std::time::Instant;
+
+use isocall_ringbuf::WaitStrategy;
+
+pub use measure::Measured;
+
+/// Errors of the bench (a binary: boxed errors that say what failed).
+pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Arguments of `isocall bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Run only the figures whose names match this glob (`*` matches any
+    /// run of characters), plus the floors they are compared to.
+    pub pattern: Option<String>,
+    /// Fewer samples: the whole run stays under 30 seconds.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print one JSON array of figures on stdout (nothing else).
+    #[arg(long, conflicts_with = "markdown")]
+    pub json: bool,
+    /// Print the table as Markdown (for the README).
+    #[arg(long)]
+    pub markdown: bool,
+}
+
+/// Unit of a figure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// Nanoseconds per round trip (percentiles).
+    Ns,
+    /// Messages per second (a rate in `value`).
+    MsgPerSec,
+}
+
+impl Unit {
+    /// As written in the JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Ns => "ns",
+            Unit::MsgPerSec => "msg/s",
+        }
+    }
+}
+
+/// One figure: its stable name, unit, what it is compared to, and how to
+/// measure it.
+pub struct Figure {
+    /// Stable name (DESIGN.md).
+    pub name: &'static str,
+    /// Unit.
+    pub unit: Unit,
+    /// The figure it is divided by for its ratio, if any.
+    pub floor: Option<&'static str>,
+    /// Other figures it is also compared to (ratios in the JSON).
+    pub also: &'static [&'static str],
+    run: fn(&measure::Budget) -> Res<Measured>,
+    peer: fn(peer::Control) -> Res<()>,
+}
+
+/// Every figure, in the order they run (floors first).
+pub fn figures() -> Vec<Figure> {
+    use Unit::*;
+    vec![
+        Figure {
+            name: "floor.spin.rtt",
+            unit: Ns,
+            floor: None,
+            also: &[],
+            run: floors::spin_rtt,
+            peer: floors::spin_peer,
+        },
+        Figure {
+            name: "floor.futex.rtt",
+            unit: Ns,
+            floor: None,
+            also: &[],
+            run: floors::futex_rtt,
+            peer: floors::futex_peer,
+        },
+        Figure {
+            name: "floor.ring_ceiling.64",
+            unit: MsgPerSec,
+            floor: None,
+            also: &[],
+            run: floors::ring_ceiling,
+            peer: floors::ring_ceiling_peer,
+        },
+        Figure {
+            name: "uds.rtt.64",
+            unit: Ns,
+            floor: Some("floor.futex.rtt"),
+            also: &[],
+            run: sockets::uds_rtt,
+            peer: sockets::uds_peer,
+        },
+        Figure {
+            name: "pipe.rtt.64",
+            unit: Ns,
+            floor: Some("floor.futex.rtt"),
+            also: &[],
+            run: sockets::pipe_rtt,
+            peer: sockets::pipe_peer,
+        },
+        Figure {
+            name: "tcp.rtt.64",
+            unit: Ns,
+            floor: Some("floor.futex.rtt"),
+            also: &[],
+            run: sockets::tcp_rtt,
+            peer: sockets::tcp_peer,
+        },
+        Figure {
+            name: "uds.stream.64",
+            unit: MsgPerSec,
+            floor: Some("floor.ring_ceiling.64"),
+            also: &[],
+            run: sockets::uds_stream,
+            peer: sockets::uds_stream_peer,
+        },
+        Figure {
+            name: "ring.rtt.busy.64",
+            unit: Ns,
+            floor: Some("floor.spin.rtt"),
+            also: &["uds.rtt.64"],
+            run: |b| ring::rtt(b, WaitStrategy::BusySpin),
+            peer: ring::rtt_peer,
+        },
+        Figure {
+            name: "ring.rtt.blocking.64",
+            unit: Ns,
+            floor: Some("floor.futex.rtt"),
+            also: &["uds.rtt.64"],
+            run: |b| ring::rtt(b, WaitStrategy::Blocking),
+            peer: ring::rtt_peer,
+        },
+        Figure {
+            name: "ring.stream.64",
+            unit: MsgPerSec,
+            floor: Some("floor.ring_ceiling.64"),
+            also: &["uds.stream.64"],
+            run: |b| ring::stream(b, 64),
+            peer: ring::stream_peer,
+        },
+        Figure {
+            name: "ring.stream.4096",
+            unit: MsgPerSec,
+            floor: None,
+            also: &[],
+            run: |b| ring::stream(b, 4096),
+            peer: ring::stream_peer,
+        },
+    ]
+}
+
+/// Whether `name` matches the glob `pattern` (`*` = any run of characters).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut pi, mut ni) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ni < n.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if pi < p.len() && p[pi] == n[ni] {
+            pi += 1;
+            ni += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// The figures a pattern selects: the matching ones and every figure they
+/// are compared to, in registry order.
+pub fn select<'a>(all: &'a [Figure], pattern: Option<&str>) -> Vec<&'a Figure> {
+    let Some(pattern) = pattern else {
+        return all.iter().collect();
+    };
+    let mut wanted: Vec<&str> = all
+        .iter()
+        .filter(|f| glob_match(pattern, f.name))
+        .flat_map(|f| {
+            std::iter::once(f.name)
+                .chain(f.floor)
+                .chain(f.also.iter().copied())
+        })
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    all.iter().filter(|f| wanted.contains(&f.name)).collect()
+}
+
+/// A measured figure with its comparisons.
+pub struct Row {
+    /// The figure.
+    pub name: &'static str,
+    /// Its unit.
+    pub unit: Unit,
+    /// Its measurement.
+    pub m: Measured,
+    /// Name and ratio to its floor.
+    pub floor: Option<(&'static str, f64)>,
+    /// Other comparisons.
+    pub also: Vec<(&'static str, f64)>,
+}
+
+/// `self / other` for latencies (p50), `self / other` for rates (value).
+fn ratio(unit: Unit, m: &Measured, other: &Measured) -> Option<f64> {
+    match unit {
+        Unit::Ns => Some(m.p50? / other.p50?),
+        Unit::MsgPerSec => Some(m.value? / other.value?),
+    }
+}
+
+/// Runs `isocall bench`.
+pub fn run(args: &BenchArgs) -> Res<()> {
+    let all = figures();
+    let chosen = select(&all, args.pattern.as_deref());
+    if chosen.is_empty() {
+        let names: Vec<&str> = all.iter().map(|f| f.name).collect();
+        return Err(format!(
+            "no figure matches {:?}; figures: {}",
+            args.pattern.as_deref().unwrap_or(""),
+            names.join(", ")
+        )
+        .into());
+    }
+    let budget = if args.quick {
+        measure::Budget::quick()
+    } else {
+        measure::Budget::full()
+    };
+    if let Some((a, _)) = peer::cpus() {
+        peer::pin(Some(a));
+    } else {
+        eprintln!("isocall bench: fewer than 2 CPUs allowed; the two processes are not pinned");
+    }
+    let started = Instant::now();
+    let mut done: Vec<(&Figure, Measured)> = Vec::new();
+    for (i, f) in chosen.iter().enumerate() {
+        eprintln!("isocall bench: [{}/{}] {}", i + 1, chosen.len(), f.name);
+        let m = (f.run)(&budget).map_err(|e| format!("{}: {e}", f.name))?;
+        done.push((f, m));
+    }
+    let find = |name: &str| done.iter().find(|(f, _)| f.name == name).map(|(_, m)| *m);
+    let rows: Vec<Row> = done
+        .iter()
+        .map(|(f, m)| Row {
+            name: f.name,
+            unit: f.unit,
+            m: *m,
+            floor: f
+                .floor
+                .and_then(|fl| Some((fl, ratio(f.unit, m, &find(fl)?)?))),
+            also: f
+                .also
+                .iter()
+                .filter_map(|o| Some((*o, ratio(f.unit, m, &find(o)?)?)))
+                .collect(),
+        })
+        .collect();
+    eprintln!(
+        "isocall bench: done in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let out = if args.json {
+        report::json(&rows)
+    } else if args.markdown {
+        report::markdown(&rows)
+    } else {
+        report::table(&rows)
+    };
+    println!("{out}");
+    Ok(())
+}
+
+/// The peer process of figure `name`.
+pub fn peer_main(name: &str, cpu: Option<usize>) -> Res<()> {
+    peer::pin(cpu);
+    let all = figures();
+    let f = all
+        .iter()
+        .find(|f| f.name == name)
+        .ok_or_else(|| format!("no figure named {name}"))?;
+    let ctl = peer::Control::receive()?;
+    (f.peer)(ctl).map_err(|e| format!("peer of {name}: {e}").into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_stars_anywhere() {
+        assert!(glob_match("ring.*", "ring.rtt.busy.64"));
+        assert!(glob_match("*.64", "uds.rtt.64"));
+        assert!(glob_match("uds.rtt.64", "uds.rtt.64"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("r*t*4", "ring.rtt.busy.64"));
+        assert!(!glob_match("ring.*", "floor.spin.rtt"));
+        assert!(!glob_match("uds.rtt.6", "uds.rtt.64"));
+    }
+
+    #[test]
+    fn a_pattern_brings_its_floors_along() {
+        let all = figures();
+        let names: Vec<&str> = select(&all, Some("ring.rtt.busy.64"))
+            .iter()
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(names, ["floor.spin.rtt", "uds.rtt.64", "ring.rtt.busy.64"]);
+        let names: Vec<&str> = select(&all, Some("ring.stream.*"))
+            .iter()
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "floor.ring_ceiling.64",
+                "uds.stream.64",
+                "ring.stream.64",
+                "ring.stream.4096"
+            ]
+        );
+        assert!(select(&all, Some("nope")).is_empty());
+        assert_eq!(select(&all, None).len(), all.len());
+    }
+
+    #[test]
+    fn names_are_unique_and_floors_exist() {
+        let all = figures();
+        for f in &all {
+            assert_eq!(
+                all.iter().filter(|g| g.name == f.name).count(),
+                1,
+                "{}",
+                f.name
+            );
+            for r in f.floor.iter().chain(f.also) {
+                assert!(
+                    all.iter().any(|g| g.name == *r),
+                    "{} refers to missing {r}",
+                    f.name
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The benchmark's peer process: this binary re-executed with
+//! `__bench-peer FIGURE`, its stdin a Unix socket over which the parent sends
+//! parameters and file descriptors and the peer answers. The peer is killed
+//! and reaped when its handle drops, so an error never leaves it behind.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use isocall_engine::sys::{allowed_cpus, pin_current_thread, recv_with_fds, send_with_fds};
+
+use super::Res;
+
+/// How long any single exchange with the peer may take before the bench
+/// gives up on it (a dead or stuck peer is an error, not a hang).
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The two CPUs the sides run on, when the machine has two to give. Read
+/// once, before this process pins itself (after that its mask is one CPU).
+pub fn cpus() -> Option<(usize, usize)> {
+    static CPUS: std::sync::OnceLock<Option<(usize, usize)>> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| {
+        let cpus = allowed_cpus();
+        (cpus.len() >= 2).then(|| (cpus[0], cpus[1]))
+    })
+}
+
+/// Pins the calling thread to `cpu` if there is one; failure only warns.
+pub fn pin(cpu: Option<usize>) {
+    if let Some(c) = cpu
+        && let Err(e) = pin_current_thread(c)
+    {
+        eprintln!("isocall bench: could not pin to cpu {c}: {e}");
+    }
+}
+
+/// A running peer; killed and reaped on drop.
+pub struct Peer {
+    child: Child,
+    ctl: UnixStream,
+    reader: BufReader<UnixStream>,
+    figure: String,
+}
+
+impl Peer {
+    /// Starts the peer for `figure` and sends it `params` and `fds`.
+    pub fn start(figure: &str, params: &str, fds: &[BorrowedFd<'_>]) -> Res<Peer> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args(["__bench-peer", figure]);
+        if let Some((_, cpu)) = cpus() {
+            cmd.args(["--cpu", &cpu.to_string()]);
+        }
+        let child = cmd
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("{figure}: cannot start peer: {e}"))?;
+        ours.set_read_timeout(Some(PEER_TIMEOUT))?;
+        let reader = BufReader::new(ours.try_clone()?);
+        let msg = if params.is_empty() { "-" } else { params };
+        let peer = Peer {
+            child,
+            ctl: ours,
+            reader,
+            figure: figure.to_string(),
+        };
+        send_with_fds(peer.ctl.as_fd(), msg.as_bytes(), fds)
+            .map_err(|e| format!("{figure}: cannot hand the peer its descriptors: {e}"))?;
+        Ok(peer)
+    }
+
+    /// Reads one line the peer wrote on the control socket.
+    pub fn read_line(&mut self) -> Res<String> {
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .map_err(|e| format!("{}: no answer from peer: {e}", self.figure))?;
+        if n == 0 {
+            let status = self.child.try_wait().ok().flatten();
+            return Err(
+                format!("{}: peer closed its socket (exit: {status:?})", self.figure).into(),
+            );
+        }
+        Ok(line.trim_end().to_string())
+    }
+
+    /// Writes one line to the peer.
+    pub fn write_line(&mut self, line: &str) -> Res<()> {
+        writeln!(self.ctl, "{line}")
+            .map_err(|e| format!("{}: cannot reach peer: {e}", self.figure))?;
+        Ok(())
+    }
+
+    /// Waits for the peer to exit successfully.
+    pub fn finish(mut self) -> Res<()> {
+        let status = self.child.wait()?;
+        if !status.success() {
+            return Err(format!("{}: peer failed: {status}", self.figure).into());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The peer's side of the control socket (its stdin).
+pub struct Control {
+    sock: UnixStream,
+    reader: BufReader<UnixStream>,
+    /// Parameters the parent sent.
+    pub params: String,
+    /// Descriptors the parent sent.
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Control {
+    /// Receives the parameters and descriptors from the parent.
+    pub fn receive() -> Res<Control> {
+        let sock = UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+        sock.set_read_timeout(Some(PEER_TIMEOUT))?;
+        let mut buf = vec![0u8; 4096];
+        let (n, fds) = recv_with_fds(sock.as_fd(), &mut buf, 8)?;
+        let params = String::from_utf8(buf[..n].to_vec())?;
+        let reader = BufReader::new(sock.try_clone()?);
+        Ok(Control {
+            sock,
+            reader,
+            params,
+            fds,
+        })
+    }
+
+    /// The value of `key=value` in the parameters.
+    pub fn param(&self, key: &str) -> Res<u64> {
+        self.params
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+            .ok_or_else(|| format!("peer: parameter {key} missing from {:?}", self.params))?
+            .parse()
+            .map_err(|e| format!("peer: parameter {key}: {e}").into())
+    }
+
+    /// Writes one line to the parent.
+    pub fn write_line(&mut self, line: &str) -> Res<()> {
+        writeln!(self.sock, "{line}")?;
+        Ok(())
+    }
+
+    /// Reads one line from the parent.
+    pub fn read_line(&mut self) -> Res<String> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err("peer: parent closed the control socket".into());
+        }
+        Ok(line.trim_end().to_string())
+    }
+}

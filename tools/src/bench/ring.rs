@@ -1,0 +1,175 @@
+//! isocall's ring between two processes over a real segment: round trips of
+//! 64-byte frames in BusySpin and in Blocking, and one-way streams. The
+//! parent is the segment's server side, the peer its client.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use isocall_engine::endpoint::{Doorbells, Receiver, Sender, Side, endpoint};
+use isocall_engine::liveness::Liveness;
+use isocall_engine::segment::{Segment, SegmentLayout};
+use isocall_engine::sys::EventFd;
+use isocall_ringbuf::WaitStrategy;
+
+use super::Res;
+use super::measure::{Budget, Measured, answer64, check_reply, fill64, latency, rate};
+use super::peer::{Control, PEER_TIMEOUT, Peer};
+
+const DATA: u16 = 1;
+const STOP: u16 = 2;
+const RING: usize = 1 << 20;
+
+fn strategy_name(s: WaitStrategy) -> &'static str {
+    match s {
+        WaitStrategy::BusySpin => "busy",
+        WaitStrategy::Adaptive => "adaptive",
+        WaitStrategy::Blocking => "blocking",
+    }
+}
+
+fn strategy_from(n: u64) -> WaitStrategy {
+    match n {
+        0 => WaitStrategy::BusySpin,
+        1 => WaitStrategy::Adaptive,
+        _ => WaitStrategy::Blocking,
+    }
+}
+
+fn strategy_code(s: WaitStrategy) -> u64 {
+    match s {
+        WaitStrategy::BusySpin => 0,
+        WaitStrategy::Adaptive => 1,
+        WaitStrategy::Blocking => 2,
+    }
+}
+
+fn deadline() -> Option<Instant> {
+    Some(Instant::now() + PEER_TIMEOUT)
+}
+
+/// Creates a segment and starts the peer of `figure` on it.
+fn setup(figure: &str, params: &str, strategy: WaitStrategy) -> Res<(Peer, Sender, Receiver)> {
+    let layout = SegmentLayout {
+        ring_capacity: RING,
+        blob_pool_bytes: 0,
+    };
+    let seg = Segment::create(&format!("isocall:bench:{figure}"), &layout)?;
+    let bells = Doorbells::new()?;
+    let params = format!("{params} strategy={}", strategy_code(strategy));
+    let peer = Peer::start(
+        figure,
+        &params,
+        &[seg.fd(), bells.c2s.as_fd(), bells.s2c.as_fd()],
+    )?;
+    let seg = Arc::new(seg);
+    seg.attach_side(Side::Server);
+    let (tx, rx) = endpoint(seg, Side::Server, &bells, strategy, Liveness::new())?;
+    Ok((peer, tx, rx))
+}
+
+/// The peer's client side on the segment the parent sent.
+fn attach(ctl: &mut Control) -> Res<(Sender, Receiver)> {
+    let s2c = EventFd::from_owned(ctl.fds.pop().ok_or("no doorbell")?);
+    let c2s = EventFd::from_owned(ctl.fds.pop().ok_or("no doorbell")?);
+    let seg = Arc::new(Segment::open(ctl.fds.pop().ok_or("no memfd")?)?);
+    seg.attach_side(Side::Client);
+    let bells = Doorbells {
+        c2s: Arc::new(c2s),
+        s2c: Arc::new(s2c),
+    };
+    let strategy = strategy_from(ctl.param("strategy")?);
+    Ok(endpoint(
+        seg,
+        Side::Client,
+        &bells,
+        strategy,
+        Liveness::new(),
+    )?)
+}
+
+/// `ring.rtt.{busy,blocking}.64`: write a 64-byte request in place, the peer
+/// reads every byte and writes a 64-byte reply in place, we read it.
+pub fn rtt(budget: &Budget, strategy: WaitStrategy) -> Res<Measured> {
+    let figure = format!("ring.rtt.{}.64", strategy_name(strategy));
+    let (peer, mut tx, mut rx) = setup(&figure, "", strategy)?;
+    let m = latency(budget, |seq| {
+        let mut g = tx.reserve(DATA, 64, deadline())?;
+        fill64(g.bytes_mut(), seq);
+        g.commit_all();
+        tx.publish();
+        let f = rx.recv(deadline())?;
+        let r = check_reply(f.payload(), seq);
+        f.release();
+        r
+    })?;
+    tx.send(STOP, &[], deadline())?;
+    peer.finish()?;
+    Ok(m)
+}
+
+/// Peer of `ring.rtt.*`.
+pub fn rtt_peer(mut ctl: Control) -> Res<()> {
+    let (mut tx, mut rx) = attach(&mut ctl)?;
+    loop {
+        let f = rx.recv(deadline())?;
+        if f.kind() == STOP {
+            return Ok(());
+        }
+        let mut g = tx.reserve(DATA, 64, deadline())?;
+        answer64(f.payload(), g.bytes_mut());
+        g.commit_all();
+        f.release();
+        tx.publish();
+    }
+}
+
+/// `ring.stream.{64,4096}`: one-way frames of `len` bytes, each written
+/// whole and published on its own; the peer reads every byte.
+pub fn stream(budget: &Budget, len: usize) -> Res<Measured> {
+    let figure = format!("ring.stream.{len}");
+    let (mut peer, mut tx, mut rx) = setup(&figure, &format!("len={len}"), WaitStrategy::BusySpin)?;
+    let n = (budget.stream_msgs * 64 / len as u64).max(1000);
+    let mut reps = Vec::new();
+    for _ in 0..budget.stream_reps {
+        peer.write_line(&format!("go {n}"))?;
+        let start = Instant::now();
+        let mut sum = 0u64;
+        for i in 0..n {
+            let mut g = tx.reserve(DATA, len, deadline())?;
+            let b = g.bytes_mut();
+            b.fill(i as u8);
+            sum += u64::from(i as u8) * len as u64;
+            g.commit_all();
+            tx.publish();
+        }
+        let f = rx.recv(Some(Instant::now() + PEER_TIMEOUT + Duration::from_secs(5)))?;
+        let got = u64::from_le_bytes(f.payload().try_into()?);
+        f.release();
+        reps.push((n, start.elapsed()));
+        if got != sum {
+            return Err(format!("{figure}: reader got wrong bytes").into());
+        }
+    }
+    peer.write_line("stop")?;
+    peer.finish()?;
+    Ok(rate(&mut reps, len))
+}
+
+/// Peer of `ring.stream.*`.
+pub fn stream_peer(mut ctl: Control) -> Res<()> {
+    let (mut tx, mut rx) = attach(&mut ctl)?;
+    loop {
+        let line = ctl.read_line()?;
+        let Some(n) = line.strip_prefix("go ") else {
+            return Ok(());
+        };
+        let mut sum = 0u64;
+        for _ in 0..n.parse::<u64>()? {
+            let f = rx.recv(deadline())?;
+            sum += f.payload().iter().map(|&b| u64::from(b)).sum::<u64>();
+            f.release();
+        }
+        tx.send(DATA, &sum.to_le_bytes(), deadline())?;
+    }
+}
