@@ -156,13 +156,16 @@ pub fn endpoint(
 ) -> Result<(Sender, Receiver), EndpointError> {
     let tx_bell = doorbells.of(side.tx()).clone();
     let rx_bell = doorbells.of(side.rx()).clone();
+    // Both halves fence asymmetrically where the OS allows: the hot paths
+    // (publish, release) then carry no fence instruction, and a side pays
+    // a heavy barrier only when it is about to sleep.
     let tx = Producer::attach(
         segment.ring_region(side.tx()),
-        RingParker::futex(Some(tx_bell)),
+        RingParker::futex(Some(tx_bell)).asymmetric_if_available(),
     )?;
     let rx = Consumer::attach(
         segment.ring_region(side.rx()),
-        RingParker::futex(Some(rx_bell.clone())),
+        RingParker::futex(Some(rx_bell.clone())).asymmetric_if_available(),
     )?;
     Ok((
         Sender {

@@ -12,7 +12,7 @@ use std::time::Instant;
 use isocall_ringbuf::sync::AtomicU32;
 use isocall_ringbuf::wait::{Parker, WAITING_DOORBELL, WAITING_FUTEX};
 
-use crate::sys::{EventFd, futex_wait, futex_wake};
+use crate::sys::{EventFd, futex_wait, futex_wake, heavy_barrier, heavy_barrier_available};
 
 /// Wakes and parks one side of a ring in a shared segment.
 #[derive(Clone, Debug)]
@@ -22,6 +22,9 @@ pub struct RingParker {
     doorbell: Option<Arc<EventFd>>,
     /// Whether this side sleeps on the doorbell (else on the futex).
     sleep_on_doorbell: bool,
+    /// Whether this side fences asymmetrically (heavy barrier before it
+    /// sleeps, so the peer's hot path needs only a compiler fence).
+    asymmetric: bool,
 }
 
 impl RingParker {
@@ -31,7 +34,15 @@ impl RingParker {
         RingParker {
             doorbell,
             sleep_on_doorbell: false,
+            asymmetric: false,
         }
+    }
+
+    /// The same parker, fencing asymmetrically if this process can issue
+    /// heavy barriers (`membarrier`); see `isocall_ringbuf::wait`.
+    pub fn asymmetric_if_available(mut self) -> Self {
+        self.asymmetric = heavy_barrier_available();
+        self
     }
 
     /// A parker for a consumer that sleeps on the ring's doorbell.
@@ -39,6 +50,7 @@ impl RingParker {
         RingParker {
             doorbell: Some(doorbell),
             sleep_on_doorbell: true,
+            asymmetric: false,
         }
     }
 }
@@ -66,6 +78,14 @@ impl Parker for RingParker {
                 let _ = futex_wait(word, expected, timeout);
             }
         }
+    }
+
+    fn asymmetric(&self) -> bool {
+        self.asymmetric
+    }
+
+    fn heavy_fence(&self) {
+        heavy_barrier();
     }
 
     fn unpark(&self, word: &AtomicU32, announced: u32) {

@@ -10,7 +10,7 @@ use crate::error::{AttachError, Corrupt};
 use crate::layout::*;
 use crate::region::Region;
 use crate::ring::RingRef;
-use crate::sync::{Ordering, fence};
+use crate::sync::{Ordering, fence, light_fence};
 use crate::wait::{NOT_WAITING, Parker, Spinner, WAITING_DOORBELL, WaitError, WaitStrategy};
 
 /// The reading side of a ring. One per ring; `Send`, not `Clone`.
@@ -27,6 +27,9 @@ pub struct Consumer<R: Region, P: Parker> {
     head_shared: u64,
     /// A quarter of the capacity.
     flush_at: u64,
+    /// Whether this side announced asymmetric fencing (heavy barrier before
+    /// sleeping); fixed at attach.
+    asym: bool,
     stats: ConsumerStats,
 }
 
@@ -54,7 +57,11 @@ impl<R: Region, P: Parker> Consumer<R, P> {
         let ring = RingRef::new(region)?;
         let (head, _tail) = ring.counters_at_attach()?;
         let flush_at = ring.capacity / 4;
+        let asym = parker.asymmetric();
+        ring.wait_word(CONS_FENCING)
+            .store(if asym { FENCING_ASYMMETRIC } else { 0 }, Ordering::Release);
         Ok(Consumer {
+            asym,
             ring,
             parker,
             head,
@@ -120,8 +127,7 @@ impl<R: Region, P: Parker> Consumer<R, P> {
         self.ring
             .wait_word(CONS_WAIT)
             .swap(WAITING_DOORBELL, Ordering::Relaxed);
-        // SeqCst fence: pairs with the producer's fence in `publish`.
-        fence(Ordering::SeqCst);
+        self.sleep_fence();
         let ready = self.poll()?.is_some();
         if ready {
             self.ring
@@ -129,6 +135,18 @@ impl<R: Region, P: Parker> Consumer<R, P> {
                 .swap(NOT_WAITING, Ordering::Relaxed);
         }
         Ok(ready)
+    }
+
+    /// The fence after announcing sleep: pairs with the producer's fence in
+    /// `publish` (a heavy barrier if the producer only uses a compiler
+    /// fence because we declared ourselves asymmetric).
+    #[cold]
+    fn sleep_fence(&self) {
+        if self.asym {
+            self.parker.heavy_fence();
+        } else {
+            fence(Ordering::SeqCst);
+        }
     }
 
     /// Loads the header at `head` once and checks it; skips a padding frame.
@@ -200,9 +218,14 @@ impl<R: Region, P: Parker> Consumer<R, P> {
         // Release: pairs with the producer's Acquire load of head in
         // `load_head`: our reads of the frames happen before it reuses them.
         ctl.word(HEAD).store(self.head, Ordering::Release);
-        // SeqCst fence: pairs with the producer's fence after it announces
-        // sleep on a full ring.
-        fence(Ordering::SeqCst);
+        // Pairs with the producer's fence after it announces sleep on a full
+        // ring: a full fence, or a compiler fence if the producer declared
+        // that it issues a heavy barrier there.
+        if ctl.wait_word(PROD_FENCING).load(Ordering::Relaxed) == FENCING_ASYMMETRIC {
+            light_fence();
+        } else {
+            fence(Ordering::SeqCst);
+        }
         if self.ring.wait_word(PROD_WAIT).load(Ordering::Relaxed) != NOT_WAITING {
             self.wake_producer();
         }
@@ -231,20 +254,25 @@ impl<R: Region, P: Parker> Consumer<R, P> {
             return Ok(h);
         }
         let mut spinner = Spinner::new(strategy);
+        let mut turn = 0u32;
         loop {
-            if stop() {
-                return Err(WaitError::Stopped);
+            // The stop condition and the clock are read every 64th turn: a
+            // clock read costs more than a poll of the ring.
+            if turn.is_multiple_of(64) {
+                if stop() {
+                    return Err(WaitError::Stopped);
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(WaitError::Timeout);
+                }
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(WaitError::Timeout);
-            }
+            turn = turn.wrapping_add(1);
             if !spinner.spin() {
                 let announce = self.parker.announce();
                 self.ring
                     .wait_word(CONS_WAIT)
                     .swap(announce, Ordering::Relaxed);
-                // SeqCst fence: pairs with the producer's fence in `publish`.
-                fence(Ordering::SeqCst);
+                self.sleep_fence();
                 let found = self.poll();
                 if !matches!(found, Ok(None)) || stop() {
                     self.ring

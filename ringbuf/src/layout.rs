@@ -6,8 +6,9 @@
 //!               sleep/full-stall counters
 //!    128   128  consumer line: head, frame/byte/wake/  consumer
 //!               sleep counters
-//!    256   128  wait line: consumer-waiting word (256), the side about to sleep
-//!               producer-waiting word (320)
+//!    256   128  wait line: consumer-waiting word (256), the side about to sleep,
+//!               fencing words (264, 268), or (fencing) written
+//!               producer-waiting word (320)      once at attach
 //!    504     C  frame data (C = capacity, a power of two)
 //! ```
 //!
@@ -75,6 +76,14 @@ pub const CONS_SLEEPS: usize = 160;
 pub const CONS_WAIT: usize = 256;
 /// Offset of the producer's wait word (`u32`).
 pub const PROD_WAIT: usize = 320;
+/// Offset of the consumer's fencing word (`u32`): `FENCING_ASYMMETRIC` if
+/// the consumer issues a heavy barrier before it sleeps, so the producer may
+/// publish with a compiler fence; anything else: the producer fences.
+pub const CONS_FENCING: usize = 264;
+/// Offset of the producer's fencing word (`u32`), the mirror image.
+pub const PROD_FENCING: usize = 268;
+/// Value of a fencing word that allows the peer the light fence.
+pub const FENCING_ASYMMETRIC: u32 = 1;
 
 /// Offset of the frame data; frame position `p` has its header at `DATA + p % capacity`.
 pub const DATA: usize = RING_CONTROL_BYTES - FRAME_HEADER_BYTES;

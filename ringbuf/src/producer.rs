@@ -10,7 +10,7 @@ use crate::error::{AttachError, Corrupt, ReserveError};
 use crate::layout::*;
 use crate::region::Region;
 use crate::ring::RingRef;
-use crate::sync::{Ordering, fence};
+use crate::sync::{Ordering, fence, light_fence};
 use crate::wait::{NOT_WAITING, Parker, Spinner, WaitError, WaitStrategy};
 
 /// The writing side of a ring. One per ring; it is `Send` but not `Clone`.
@@ -30,6 +30,8 @@ pub struct Producer<R: Region, P: Parker> {
     stats: ProducerStats,
     pending_frames: u64,
     pending_bytes: u64,
+    /// Whether this side announced asymmetric fencing; fixed at attach.
+    asym: bool,
 }
 
 /// Counters the producer keeps (mirrored into the ring's control block).
@@ -57,7 +59,11 @@ impl<R: Region, P: Parker> Producer<R, P> {
     pub fn attach(region: R, parker: P) -> Result<Self, AttachError> {
         let ring = RingRef::new(region)?;
         let (head, tail) = ring.counters_at_attach()?;
+        let asym = parker.asymmetric();
+        ring.wait_word(PROD_FENCING)
+            .store(if asym { FENCING_ASYMMETRIC } else { 0 }, Ordering::Release);
         Ok(Producer {
+            asym,
             ring,
             parker,
             tail,
@@ -154,10 +160,15 @@ impl<R: Region, P: Parker> Producer<R, P> {
             .store(self.stats.frames, Ordering::Relaxed);
         ctl.word(PROD_BYTES)
             .store(self.stats.bytes, Ordering::Relaxed);
-        // SeqCst fence: pairs with the one the consumer issues after
-        // announcing sleep (see `wait`): either it sees our header, or we see
-        // its announcement.
-        fence(Ordering::SeqCst);
+        // Pairs with the fence the consumer issues after announcing sleep
+        // (see `Consumer::wait`): either it sees our header, or we see its
+        // announcement. A compiler fence suffices if the consumer declared
+        // that its fence there is a heavy barrier (fencing our CPU too).
+        if self.ring.wait_word(CONS_FENCING).load(Ordering::Relaxed) == FENCING_ASYMMETRIC {
+            light_fence();
+        } else {
+            fence(Ordering::SeqCst);
+        }
         if self.ring.wait_word(CONS_WAIT).load(Ordering::Relaxed) != NOT_WAITING {
             self.wake_consumer();
         }
@@ -315,13 +326,18 @@ impl<R: Region, P: Parker> Producer<R, P> {
         // The consumer can only free room by reading what we committed.
         self.publish();
         let mut spinner = Spinner::new(strategy);
+        let mut turn = 0u32;
         loop {
-            if stop() {
-                return Err(WaitError::Stopped.into());
+            // Stop condition and clock every 64th turn (see the consumer).
+            if turn.is_multiple_of(64) {
+                if stop() {
+                    return Err(WaitError::Stopped.into());
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(WaitError::Timeout.into());
+                }
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(WaitError::Timeout.into());
-            }
+            turn = turn.wrapping_add(1);
             if !spinner.spin() {
                 // `make_room` may have committed a padding frame before it
                 // found no room for the frame itself: the consumer must see
@@ -332,9 +348,13 @@ impl<R: Region, P: Parker> Producer<R, P> {
                 self.ring
                     .wait_word(PROD_WAIT)
                     .swap(announce, Ordering::Relaxed);
-                // SeqCst fence: pairs with the consumer's fence after it
-                // stores head (see `Consumer::advance`).
-                fence(Ordering::SeqCst);
+                // Pairs with the consumer's fence after it stores head (see
+                // `Consumer::flush`): heavy if we let it use a light one.
+                if self.asym {
+                    self.parker.heavy_fence();
+                } else {
+                    fence(Ordering::SeqCst);
+                }
                 let room = self.make_room(kind, len);
                 if room == Err(ReserveError::Full) && self.pending.is_some() {
                     // The re-check committed a padding frame: never sleep

@@ -7,6 +7,18 @@ pub use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 #[cfg(not(loom))]
 pub use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
+/// The hot side of an asymmetric handshake: a compiler-only fence, which is
+/// enough when the other side issues a heavy barrier (`membarrier`) before
+/// relying on it. Loom cannot model a heavy barrier, so there it is a
+/// `SeqCst` fence.
+#[inline]
+pub fn light_fence() {
+    #[cfg(loom)]
+    fence(Ordering::SeqCst);
+    #[cfg(not(loom))]
+    core::sync::atomic::compiler_fence(Ordering::SeqCst);
+}
+
 /// Hint to the CPU that we are spinning (loom: yield to the model's scheduler).
 #[inline]
 pub fn spin_hint() {

@@ -12,6 +12,10 @@
 //! 4. otherwise [`Parker::park`] while the word still holds the value.
 //!
 //! After publishing, the producer issues a `SeqCst` fence and loads the word;
+//! (if the consumer declared itself asymmetric, see [`Parker::asymmetric`],
+//! the producer's fence is a compiler fence and the consumer's fence after
+//! announcing is a heavy barrier that fences the producer's CPU too: the
+//! hot path then has no fence instruction at all);
 //! only if it is non-zero does it swap it to zero and call [`Parker::unpark`]
 //! with the announced value. The two fences order "publish, then look for a
 //! sleeper" against "announce, then look for work": at least one side sees
@@ -83,6 +87,20 @@ pub trait Parker {
     /// Wakes the sleeper that announced `announced` on `word` (the word has
     /// already been reset to [`NOT_WAITING`]).
     fn unpark(&self, word: &AtomicU32, announced: u32);
+
+    /// Whether this side fences asymmetrically: it issues
+    /// [`heavy_fence`](Self::heavy_fence) after announcing sleep, so its peer
+    /// may use a compiler-only fence on its hot path. Fixed for the life of
+    /// the side; the default is no.
+    fn asymmetric(&self) -> bool {
+        false
+    }
+
+    /// A barrier that also fences every running thread of the peer (e.g.
+    /// `membarrier`). Only called if [`asymmetric`](Self::asymmetric).
+    fn heavy_fence(&self) {
+        crate::sync::fence(crate::sync::Ordering::SeqCst);
+    }
 }
 
 /// A parker for threads of one process: a mutex and condition variable that

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use isocall_ringbuf::layout::{DATA, RING_CONTROL_BYTES};
 use isocall_ringbuf::sync::{AtomicU32, AtomicU64};
-use isocall_ringbuf::wait::{CondvarParker, WaitStrategy};
+use isocall_ringbuf::wait::{CondvarParker, Parker, WaitStrategy};
 use isocall_ringbuf::{Consumer, Producer, Region};
 
 const CAPACITY: usize = 128;
@@ -22,7 +22,7 @@ const CAPACITY: usize = 128;
 struct LoomRegion {
     control: Vec<AtomicU64>,
     slots: Vec<AtomicU64>,
-    waits: [AtomicU32; 2],
+    waits: [AtomicU32; 4],
     bytes: UnsafeCell<Vec<u8>>,
 }
 
@@ -37,7 +37,7 @@ impl LoomRegion {
         LoomRegion {
             control: (0..DATA / 8).map(|_| AtomicU64::new(0)).collect(),
             slots: (0..CAPACITY / 16).map(|_| AtomicU64::new(0)).collect(),
-            waits: [AtomicU32::new(0), AtomicU32::new(0)],
+            waits: [(); 4].map(|_| AtomicU32::new(0)),
             bytes: UnsafeCell::new(vec![0; RING_CONTROL_BYTES + CAPACITY]),
         }
     }
@@ -62,6 +62,8 @@ unsafe impl Region for LoomRegion {
         match off {
             isocall_ringbuf::layout::CONS_WAIT => &self.waits[0],
             isocall_ringbuf::layout::PROD_WAIT => &self.waits[1],
+            isocall_ringbuf::layout::CONS_FENCING => &self.waits[2],
+            isocall_ringbuf::layout::PROD_FENCING => &self.waits[3],
             _ => panic!("no wait word at {off}"),
         }
     }
@@ -82,12 +84,40 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
     b.check(f);
 }
 
+/// A parker that declares asymmetric fencing, so the ring takes its
+/// light-fence paths (modelled by loom as full fences).
+#[derive(Clone, Default)]
+struct AsymParker(CondvarParker);
+
+impl Parker for AsymParker {
+    fn announce(&self) -> u32 {
+        self.0.announce()
+    }
+    fn park(&self, word: &AtomicU32, expected: u32, deadline: Option<std::time::Instant>) {
+        self.0.park(word, expected, deadline)
+    }
+    fn unpark(&self, word: &AtomicU32, announced: u32) {
+        self.0.unpark(word, announced)
+    }
+    fn asymmetric(&self) -> bool {
+        true
+    }
+}
+
 /// Sends `lens.len()` frames, in `batch`-sized publishes, each filled with
 /// its index; the consumer checks order and contents.
 fn stream(lens: &'static [usize], batch: usize) {
+    stream_with(lens, batch, CondvarParker::default);
+}
+
+fn stream_with<P: Parker + Clone + Send + 'static>(
+    lens: &'static [usize],
+    batch: usize,
+    parker: fn() -> P,
+) {
     model(move || {
         let region = Arc::new(LoomRegion::new());
-        let parker = CondvarParker::default();
+        let parker = parker();
         let mut tx = Producer::attach(region.clone(), parker.clone()).unwrap();
         let mut rx = Consumer::attach(region, parker).unwrap();
         let producer = loom::thread::spawn(move || {
@@ -137,4 +167,9 @@ fn batched_releases_reach_a_producer_waiting_for_room() {
     // (a quarter of 128 bytes) or when it finds the ring empty; the producer
     // fills the ring and must still be woken.
     stream(&[8, 8, 8, 8, 8, 8, 8, 8, 8], 1);
+}
+
+#[test]
+fn asymmetric_fencing_paths_keep_every_wake_up() {
+    stream_with(&[40, 40, 40, 40], 1, AsymParker::default);
 }

@@ -13,15 +13,19 @@
 //!   [`recv_with_fds`]);
 //! - a handle on another process that becomes readable when it exits
 //!   ([`PidFd`]), and waiting on several descriptors ([`poll_readable`]);
+//! - a heavy memory barrier that fences the running threads of other
+//!   processes ([`heavy_barrier`]), so hot paths can use compiler fences;
 //! - pinning a thread to a CPU ([`pin_current_thread`], [`available_cpus`]).
 //!
 //! Only Linux is implemented.
 
+mod barrier;
 mod cpu;
 mod fd;
 mod futex;
 mod shm;
 
+pub use barrier::{heavy_barrier, heavy_barrier_available};
 pub use cpu::{allowed_cpus, available_cpus, pin_current_thread};
 pub use fd::{EventFd, PidFd, poll_readable, recv_with_fds, send_with_fds};
 pub use futex::{futex_wait, futex_wake};
