@@ -17,7 +17,7 @@ use crate::wait::{NOT_WAITING, Parker, Spinner, WAITING_DOORBELL, WaitError, Wai
 pub struct Consumer<R: Region, P: Parker> {
     ring: RingRef<R>,
     parker: P,
-    /// Position of the next frame to read. Invariant: a multiple of 16; only
+    /// Position of the next frame to read. Invariant: a multiple of `FRAME_ALIGN`; only
     /// this side moves it.
     head: u64,
     /// Head as last stored to the shared counter (`<= head`). Releases are

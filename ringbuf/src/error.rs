@@ -22,7 +22,7 @@ pub enum Corrupt {
         tail: u64,
     },
     /// The head counter is not on a frame boundary.
-    #[error("ring corrupt: head {head} is not a multiple of 16")]
+    #[error("ring corrupt: head {head} is not on a frame boundary (a multiple of 64)")]
     HeadMisaligned {
         /// Head read.
         head: u64,

@@ -6,26 +6,26 @@
 //!               sleep/full-stall counters
 //!    128   128  consumer line: head, frame/byte/wake/  consumer
 //!               sleep counters
-//!    256   128  wait line: consumer-waiting word (256), the side about to sleep,
-//!               fencing words (264, 268), or (fencing) written
-//!               producer-waiting word (320)      once at attach
-//!    504     C  frame data (C = capacity, a power of two)
+//!    256   128  wait line: consumer-waiting word (256), the side about to sleep
+//!               fencing words (264, 268),            (fencing: once, at attach)
+//!               producer-waiting word (320)
+//!    512     C  frame data (C = capacity, a power of two)
 //! ```
 //!
-//! Data starts at 504, 8 bytes before a 16-byte boundary, so that every frame
-//! header (8 bytes, at a multiple of 16 in the data) is followed by a payload
-//! that starts on a 16-byte boundary of the region: an archived value can be
-//! read in place. The region is `RING_CONTROL_BYTES + C` bytes; its last 8
-//! bytes are slack.
+//! A frame starts on a 64-byte (cache-line) boundary: a 16-byte header slot
+//! (the 8-byte header word, then 8 reserved bytes) and the payload, which so
+//! starts on a 16-byte boundary and can hold an archived value in place. The
+//! frame is padded to a multiple of 64 bytes, so two frames never share a
+//! cache line: the consumer reading one frame never takes a line away from
+//! the producer writing the next, and a payload of up to 48 bytes travels
+//! with its header in one line.
 //!
-//! A frame is `header (8 bytes) + payload`, padded so the whole frame is a
-//! multiple of 16 bytes. The header is one little-endian `u64` word:
-//! `len: u32 | kind: u16 << 32 | flags: u16 << 48`. The word `0` means "no
-//! frame here yet": the producer zeroes the header slot after each frame it
-//! writes (the *terminator*) before it makes that frame visible, so the
-//! consumer discovers a new frame by loading the one word it is about to read
-//! anyway, and a small frame and its publication travel in the same cache
-//! line. The consumer never reads the producer's tail counter.
+//! The header word is little-endian `len: u32 | kind: u16 << 32 | flags: u16
+//! << 48`. The word `0` means "no frame here yet": the producer zeroes the
+//! header slot after each frame it writes (the *terminator*) before it makes
+//! that frame visible, so the consumer discovers a new frame by loading the
+//! one word it is about to read anyway and never reads the producer's tail
+//! counter.
 
 /// Bytes of a ring's control block; the region of a ring with capacity `C`
 /// is `RING_CONTROL_BYTES + C` bytes.
@@ -36,10 +36,13 @@ pub const MIN_CAPACITY: usize = 128;
 /// Largest ring capacity accepted (1 GiB).
 pub const MAX_CAPACITY: usize = 1 << 30;
 
-/// Size of a frame header in bytes.
-pub const FRAME_HEADER_BYTES: usize = 8;
-/// Every frame starts at a multiple of this and its size is a multiple of it.
-pub const FRAME_ALIGN: usize = 16;
+/// Bytes before a frame's payload: the 8-byte header word, then 8 bytes
+/// that keep the payload 16-byte aligned (reserved; their contents are
+/// unspecified).
+pub const FRAME_HEADER_BYTES: usize = 16;
+/// Every frame starts at a multiple of this (a cache line) and its size is
+/// a multiple of it.
+pub const FRAME_ALIGN: usize = 64;
 
 /// Frame kind reserved by the ring for padding before a wrap.
 pub const KIND_PAD: u16 = 0xFFFF;
@@ -86,13 +89,13 @@ pub const PROD_FENCING: usize = 268;
 pub const FENCING_ASYMMETRIC: u32 = 1;
 
 /// Offset of the frame data; frame position `p` has its header at `DATA + p % capacity`.
-pub const DATA: usize = RING_CONTROL_BYTES - FRAME_HEADER_BYTES;
+pub const DATA: usize = RING_CONTROL_BYTES;
 
 const _: () = {
     assert!(PROD_FULL_STALLS + 8 <= HEAD);
     assert!(CONS_SLEEPS + 8 <= CONS_WAIT);
     assert!(PROD_WAIT + 4 <= DATA);
-    assert!((DATA + FRAME_HEADER_BYTES).is_multiple_of(FRAME_ALIGN));
+    assert!((DATA + FRAME_HEADER_BYTES).is_multiple_of(16));
 };
 
 /// Region size for a ring of `capacity` data bytes, or `None` if the capacity
@@ -106,7 +109,7 @@ pub(crate) fn valid_capacity(capacity: usize) -> bool {
 }
 
 /// Largest payload one frame of a ring with this capacity can carry: a frame
-/// must leave one 16-byte slot free for the terminator.
+/// must leave one frame slot (64 bytes) free for the terminator.
 pub fn max_payload(capacity: usize) -> usize {
     capacity - FRAME_ALIGN - FRAME_HEADER_BYTES
 }
@@ -152,12 +155,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn frame_sizes_round_up_to_16_including_the_header() {
-        assert_eq!(frame_size(0), 16);
-        assert_eq!(frame_size(8), 16);
-        assert_eq!(frame_size(9), 32);
-        assert_eq!(frame_size(64), 80);
-        assert_eq!(frame_size(4096), 4112);
+    fn frame_sizes_round_up_to_a_cache_line_including_the_header() {
+        assert_eq!(frame_size(0), 64);
+        assert_eq!(frame_size(48), 64);
+        assert_eq!(frame_size(49), 128);
+        assert_eq!(frame_size(64), 128);
+        assert_eq!(frame_size(4096), 4160);
     }
 
     #[test]
@@ -177,13 +180,14 @@ mod tests {
         assert_eq!(ring_region_size(4095), None);
         assert_eq!(ring_region_size(64), None);
         assert_eq!(ring_region_size(MAX_CAPACITY * 2), None);
-        assert_eq!(max_payload(128), 104);
+        assert_eq!(max_payload(128), 48);
         assert!(frame_size(max_payload(128)) + FRAME_ALIGN <= 128);
     }
 
     #[test]
-    fn payload_is_16_aligned_in_the_region() {
+    fn frames_are_line_aligned_and_payloads_16_aligned_in_the_region() {
         for slot in 0..8 {
+            assert_eq!((DATA + slot * FRAME_ALIGN) % 64, 0);
             assert_eq!((DATA + slot * FRAME_ALIGN + FRAME_HEADER_BYTES) % 16, 0);
         }
     }

@@ -18,7 +18,8 @@ pub struct Producer<R: Region, P: Parker> {
     ring: RingRef<R>,
     parker: P,
     /// End of the committed frames (next frame starts here). Invariant:
-    /// `published <= tail <= head_cache + capacity`, all multiples of 16.
+    /// `published <= tail <= head_cache + capacity`, all multiples of
+    /// `FRAME_ALIGN`.
     tail: u64,
     /// End of the frames the consumer may see.
     published: u64,

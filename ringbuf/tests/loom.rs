@@ -15,7 +15,7 @@ use isocall_ringbuf::sync::{AtomicU32, AtomicU64};
 use isocall_ringbuf::wait::{CondvarParker, Parker, WaitStrategy};
 use isocall_ringbuf::{Consumer, Producer, Region};
 
-const CAPACITY: usize = 128;
+const CAPACITY: usize = 256;
 
 /// A ring region whose shared words are loom atomics (so loom explores their
 /// orderings) and whose payload bytes are plain memory.
@@ -156,20 +156,21 @@ fn a_batch_becomes_visible_with_one_publish() {
 
 #[test]
 fn wrap_with_padding_and_full_ring_wakes_the_producer() {
-    // 40-byte payloads are 48-byte frames: two fit in 128 bytes with the
-    // terminator slot, the third waits for room and the fourth wraps.
-    stream(&[40, 40, 40, 40], 1);
+    // In 256 bytes: a 128-byte frame, a 64-byte one, then a 128-byte one
+    // that does not fit before the end: a padding frame, then it waits for
+    // room at the start.
+    stream(&[100, 8, 100], 1);
 }
 
 #[test]
 fn batched_releases_reach_a_producer_waiting_for_room() {
-    // 16-byte frames: the consumer publishes its head every second release
-    // (a quarter of 128 bytes) or when it finds the ring empty; the producer
+    // 64-byte frames: the consumer publishes its head every release (a
+    // quarter of 256 bytes) or when it finds the ring empty; the producer
     // fills the ring and must still be woken.
     stream(&[8, 8, 8, 8, 8, 8, 8, 8, 8], 1);
 }
 
 #[test]
 fn asymmetric_fencing_paths_keep_every_wake_up() {
-    stream_with(&[40, 40, 40, 40], 1, AsymParker::default);
+    stream_with(&[100, 8, 100], 1, AsymParker::default);
 }
