@@ -5,3 +5,8 @@
 
 pub use isocall_engine as engine;
 pub use isocall_ringbuf as ringbuf;
+
+/// The README's code, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

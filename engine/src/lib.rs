@@ -11,6 +11,11 @@
 //! OS is in [`sys`], behind safe functions.
 #![deny(unsafe_code)]
 
+/// The ring the endpoints are built on, re-exported so that users of the
+/// engine (the tools, the bindings) need no other crate.
+pub use isocall_ringbuf as ring;
+pub use isocall_ringbuf::WaitStrategy;
+
 pub mod endpoint;
 pub mod liveness;
 pub mod segment;

@@ -11,7 +11,7 @@ mod sockets;
 
 use std::time::Instant;
 
-use isocall_ringbuf::WaitStrategy;
+use isocall_engine::WaitStrategy;
 
 pub use measure::Measured;
 

@@ -6,11 +6,11 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use isocall_engine::WaitStrategy;
 use isocall_engine::endpoint::{Doorbells, Receiver, Sender, Side, endpoint};
 use isocall_engine::liveness::Liveness;
 use isocall_engine::segment::{Segment, SegmentLayout};
 use isocall_engine::sys::EventFd;
-use isocall_ringbuf::WaitStrategy;
 
 use super::Res;
 use super::measure::{Budget, Measured, answer64, check_reply, fill64, latency, rate};

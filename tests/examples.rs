@@ -1,0 +1,47 @@
+//! The examples are real programs: run each one (cargo test builds them) and
+//! check that it succeeds and says what it did.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn example(name: &str) -> PathBuf {
+    // target/<profile>/deps/<this test> -> target/<profile>/examples/<name>
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "example {name} not built at {}",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn pingpong_runs_and_checks_every_reply() {
+    for mode in ["adaptive", "blocking"] {
+        let out = Command::new(example("pingpong"))
+            .arg(mode)
+            .output()
+            .expect("run pingpong");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "pingpong {mode} failed: {}\n{stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("100000 round trips"), "{stdout}");
+        assert!(stdout.contains("every reply checked"), "{stdout}");
+    }
+}
+
+#[test]
+fn pingpong_refuses_an_unknown_mode() {
+    let out = Command::new(example("pingpong"))
+        .arg("sideways")
+        .output()
+        .expect("run pingpong");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown mode"));
+}
