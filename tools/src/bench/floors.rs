@@ -229,12 +229,7 @@ pub fn ring_ceiling_peer(mut ctl: Control) -> Res<()> {
     let mem = SharedMem::open(ctl.fds.pop().ok_or("no memfd")?)?;
     let w = mem.u64_words();
     let mut pos = 0u64;
-    loop {
-        let line = ctl.read_line()?;
-        let Some(n) = line.strip_prefix("go ") else {
-            return Ok(());
-        };
-        let n: u64 = n.parse()?;
+    ctl.serve_reps(|n| {
         let mut sum = 0u64;
         for _ in 0..n {
             let s = slot(w, pos);
@@ -245,6 +240,6 @@ pub fn ring_ceiling_peer(mut ctl: Control) -> Res<()> {
             s[0].store(pos + SLOTS as u64, Ordering::Release);
             pos += 1;
         }
-        ctl.write_line(&sum.to_string())?;
-    }
+        Ok(sum)
+    })
 }

@@ -158,6 +158,20 @@ impl Control {
         Ok(())
     }
 
+    /// Serves the parent's repetitions of a stream: for each `go N` line,
+    /// runs `rep(N)` and answers with the checksum it returns; stops at any
+    /// other line.
+    pub fn serve_reps(&mut self, mut rep: impl FnMut(u64) -> Res<u64>) -> Res<()> {
+        loop {
+            let line = self.read_line()?;
+            let Some(n) = line.strip_prefix("go ") else {
+                return Ok(());
+            };
+            let sum = rep(n.parse()?)?;
+            self.write_line(&sum.to_string())?;
+        }
+    }
+
     /// Reads one line from the parent.
     pub fn read_line(&mut self) -> Res<String> {
         let mut line = String::new();

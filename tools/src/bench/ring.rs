@@ -44,8 +44,30 @@ fn strategy_code(s: WaitStrategy) -> u64 {
     }
 }
 
-fn deadline() -> Option<Instant> {
-    Some(Instant::now() + PEER_TIMEOUT)
+/// A deadline refreshed every 4096 calls: reading the clock per message
+/// would cost more than the message (20+ ns), so a long-lived deadline is
+/// what a latency-sensitive caller passes.
+struct Deadline {
+    at: Instant,
+    calls: u32,
+}
+
+impl Deadline {
+    fn new() -> Self {
+        Deadline {
+            at: Instant::now() + PEER_TIMEOUT,
+            calls: 0,
+        }
+    }
+
+    #[inline]
+    fn get(&mut self) -> Option<Instant> {
+        self.calls = self.calls.wrapping_add(1);
+        if self.calls.is_multiple_of(4096) {
+            self.at = Instant::now() + PEER_TIMEOUT;
+        }
+        Some(self.at)
+    }
 }
 
 /// Creates a segment and starts the peer of `figure` on it.
@@ -93,17 +115,18 @@ fn attach(ctl: &mut Control) -> Res<(Sender, Receiver)> {
 pub fn rtt(budget: &Budget, strategy: WaitStrategy) -> Res<Measured> {
     let figure = format!("ring.rtt.{}.64", strategy_name(strategy));
     let (peer, mut tx, mut rx) = setup(&figure, "", strategy)?;
+    let mut dl = Deadline::new();
     let m = latency(budget, |seq| {
-        let mut g = tx.reserve(DATA, 64, deadline())?;
+        let mut g = tx.reserve(DATA, 64, dl.get())?;
         fill64(g.bytes_mut(), seq);
         g.commit_all();
         tx.publish();
-        let f = rx.recv(deadline())?;
+        let f = rx.recv(dl.get())?;
         let r = check_reply(f.payload(), seq);
         f.release();
         r
     })?;
-    tx.send(STOP, &[], deadline())?;
+    tx.send(STOP, &[], dl.get())?;
     peer.finish()?;
     Ok(m)
 }
@@ -111,12 +134,13 @@ pub fn rtt(budget: &Budget, strategy: WaitStrategy) -> Res<Measured> {
 /// Peer of `ring.rtt.*`.
 pub fn rtt_peer(mut ctl: Control) -> Res<()> {
     let (mut tx, mut rx) = attach(&mut ctl)?;
+    let mut dl = Deadline::new();
     loop {
-        let f = rx.recv(deadline())?;
+        let f = rx.recv(dl.get())?;
         if f.kind() == STOP {
             return Ok(());
         }
-        let mut g = tx.reserve(DATA, 64, deadline())?;
+        let mut g = tx.reserve(DATA, 64, dl.get())?;
         answer64(f.payload(), g.bytes_mut());
         g.commit_all();
         f.release();
@@ -131,12 +155,13 @@ pub fn stream(budget: &Budget, len: usize) -> Res<Measured> {
     let (mut peer, mut tx, mut rx) = setup(&figure, &format!("len={len}"), WaitStrategy::BusySpin)?;
     let n = (budget.stream_msgs * 64 / len as u64).max(1000);
     let mut reps = Vec::new();
+    let mut dl = Deadline::new();
     for _ in 0..budget.stream_reps {
         peer.write_line(&format!("go {n}"))?;
         let start = Instant::now();
         let mut sum = 0u64;
         for i in 0..n {
-            let mut g = tx.reserve(DATA, len, deadline())?;
+            let mut g = tx.reserve(DATA, len, dl.get())?;
             let b = g.bytes_mut();
             b.fill(i as u8);
             sum += u64::from(i as u8) * len as u64;
@@ -159,6 +184,7 @@ pub fn stream(budget: &Budget, len: usize) -> Res<Measured> {
 /// Peer of `ring.stream.*`.
 pub fn stream_peer(mut ctl: Control) -> Res<()> {
     let (mut tx, mut rx) = attach(&mut ctl)?;
+    let mut dl = Deadline::new();
     loop {
         let line = ctl.read_line()?;
         let Some(n) = line.strip_prefix("go ") else {
@@ -166,10 +192,12 @@ pub fn stream_peer(mut ctl: Control) -> Res<()> {
         };
         let mut sum = 0u64;
         for _ in 0..n.parse::<u64>()? {
-            let f = rx.recv(deadline())?;
+            let f = rx.recv(dl.get())?;
             sum += f.payload().iter().map(|&b| u64::from(b)).sum::<u64>();
             f.release();
         }
-        tx.send(DATA, &sum.to_le_bytes(), deadline())?;
+        // The checksum goes back through the ring, so the parent's clock
+        // stops when the last frame was read, not when a socket woke it.
+        tx.send(DATA, &sum.to_le_bytes(), dl.get())?;
     }
 }

@@ -143,16 +143,12 @@ pub fn uds_stream_peer(mut ctl: Control) -> Res<()> {
     let s = UnixStream::from(ctl.fds.pop().ok_or("no socket")?);
     let mut r = BufReader::with_capacity(1 << 16, &s);
     let mut msg = [0u8; 64];
-    loop {
-        let line = ctl.read_line()?;
-        let Some(n) = line.strip_prefix("go ") else {
-            return Ok(());
-        };
+    ctl.serve_reps(|n| {
         let mut sum = 0u64;
-        for _ in 0..n.parse::<u64>()? {
+        for _ in 0..n {
             r.read_exact(&mut msg)?;
             sum += msg.iter().map(|&b| u64::from(b)).sum::<u64>();
         }
-        ctl.write_line(&sum.to_string())?;
-    }
+        Ok(sum)
+    })
 }
