@@ -254,7 +254,7 @@ impl<R: Region, P: Parker> Consumer<R, P> {
             return Ok(h);
         }
         let mut spinner = Spinner::new(strategy);
-        let mut turn = 0u32;
+        let mut turn = 1u32;
         loop {
             // The stop condition and the clock are read every 64th turn: a
             // clock read costs more than a poll of the ring.

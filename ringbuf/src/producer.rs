@@ -327,7 +327,7 @@ impl<R: Region, P: Parker> Producer<R, P> {
         // The consumer can only free room by reading what we committed.
         self.publish();
         let mut spinner = Spinner::new(strategy);
-        let mut turn = 0u32;
+        let mut turn = 1u32;
         loop {
             // Stop condition and clock every 64th turn (see the consumer).
             if turn.is_multiple_of(64) {

@@ -183,27 +183,39 @@ pub enum WaitError {
     Corrupt(#[from] crate::Corrupt),
 }
 
-/// Tracks the spin phase of one wait.
+/// Tracks the spin phase of one wait. The clock is first read after 64
+/// spins (a clock read costs more than a look at the ring, and most waits
+/// end sooner), then every 64th spin.
 pub(crate) struct Spinner {
+    budget: Option<std::time::Duration>,
     until: Option<Instant>,
     spins: u32,
 }
 
 impl Spinner {
     pub(crate) fn new(strategy: WaitStrategy) -> Spinner {
-        let until = strategy.spin_budget().map(|b| Instant::now() + b);
-        Spinner { until, spins: 0 }
+        Spinner {
+            budget: strategy.spin_budget(),
+            until: None,
+            spins: 0,
+        }
     }
 
-    /// Spins once; returns false when the spin budget is spent. The clock
-    /// is read on the first call and every 64th after it.
+    /// Spins once; returns false when the spin budget is spent.
     #[inline]
     pub(crate) fn spin(&mut self) -> bool {
-        if let Some(until) = self.until {
-            if self.spins.is_multiple_of(64) && Instant::now() >= until {
+        if let Some(budget) = self.budget {
+            if budget.is_zero() {
                 return false;
             }
             self.spins = self.spins.wrapping_add(1);
+            if self.spins.is_multiple_of(64) {
+                let now = Instant::now();
+                let until = *self.until.get_or_insert(now + budget);
+                if now >= until {
+                    return false;
+                }
+            }
         }
         crate::sync::spin_hint();
         true
