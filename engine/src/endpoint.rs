@@ -248,6 +248,12 @@ impl Sender {
         Ok(())
     }
 
+    /// Latency mode (default) or streaming mode: see
+    /// [`Producer::set_zero_ahead`](isocall_ringbuf::Producer::set_zero_ahead).
+    pub fn set_latency_mode(&mut self, on: bool) {
+        self.tx.set_zero_ahead(on);
+    }
+
     /// The producer's counters.
     pub fn stats(&self) -> isocall_ringbuf::ProducerStats {
         self.tx.stats()

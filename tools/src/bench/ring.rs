@@ -149,10 +149,13 @@ pub fn rtt_peer(mut ctl: Control) -> Res<()> {
 }
 
 /// `ring.stream.{64,4096}`: one-way frames of `len` bytes, each written
-/// whole and published on its own; the peer reads every byte.
+/// whole and published on its own (no batching); the peer reads every byte.
+/// The sender runs in streaming mode (`Sender::set_latency_mode(false)`).
 pub fn stream(budget: &Budget, len: usize) -> Res<Measured> {
     let figure = format!("ring.stream.{len}");
     let (mut peer, mut tx, mut rx) = setup(&figure, &format!("len={len}"), WaitStrategy::BusySpin)?;
+    // A stream sends back to back: the sender's streaming setting.
+    tx.set_latency_mode(false);
     let n = (budget.stream_msgs * 64 / len as u64).max(1000);
     let mut reps = Vec::new();
     let mut dl = Deadline::new();
