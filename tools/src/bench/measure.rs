@@ -16,28 +16,37 @@ pub struct Budget {
     /// Messages per stream repetition, for 64-byte messages (scaled down
     /// for larger ones).
     pub stream_msgs: u64,
-    /// Repetitions of each stream; the median is reported.
+    /// Repetitions of each stream per round; the median is kept.
     pub stream_reps: usize,
+    /// Rounds: every selected figure is measured once per round, and each
+    /// figure reports the median over rounds of its values and of its ratio
+    /// to its floor *within* a round. On a shared machine the speed of
+    /// cross-core traffic drifts for seconds at a time; a figure and its
+    /// floor measured seconds apart can land in different phases, so a
+    /// ratio across the whole run would compare apples with oranges.
+    pub rounds: usize,
 }
 
 impl Budget {
     /// The `--quick` budget (the whole run well under 30 s).
     pub fn quick() -> Budget {
         Budget {
-            warmup: Duration::from_millis(100),
-            measure: Duration::from_millis(500),
-            stream_msgs: 1_000_000,
-            stream_reps: 3,
+            warmup: Duration::from_millis(50),
+            measure: Duration::from_millis(200),
+            stream_msgs: 2_000_000,
+            stream_reps: 1,
+            rounds: 5,
         }
     }
 
     /// The default budget.
     pub fn full() -> Budget {
         Budget {
-            warmup: Duration::from_millis(300),
-            measure: Duration::from_secs(2),
+            warmup: Duration::from_millis(100),
+            measure: Duration::from_millis(500),
             stream_msgs: 5_000_000,
-            stream_reps: 5,
+            stream_reps: 1,
+            rounds: 9,
         }
     }
 }
@@ -90,6 +99,28 @@ pub fn latency(budget: &Budget, mut round_trip: impl FnMut(u64) -> Res<()>) -> R
         samples: hist.len(),
         ..Measured::default()
     })
+}
+
+/// The median of `xs` (`None` if empty).
+pub fn median(xs: &mut [f64]) -> Option<f64> {
+    xs.sort_by(f64::total_cmp);
+    (!xs.is_empty()).then(|| xs[xs.len() / 2])
+}
+
+/// The per-field median of several rounds of one figure.
+pub fn median_of(rounds: &[Measured]) -> Measured {
+    let field = |f: fn(&Measured) -> Option<f64>| {
+        let mut v: Vec<f64> = rounds.iter().filter_map(f).collect();
+        median(&mut v)
+    };
+    Measured {
+        p50: field(|m| m.p50),
+        p99: field(|m| m.p99),
+        p999: field(|m| m.p999),
+        value: field(|m| m.value),
+        gbps: field(|m| m.gbps),
+        samples: rounds.iter().map(|m| m.samples).sum(),
+    }
 }
 
 /// The median of several stream repetitions, each `(messages, elapsed)`.

@@ -254,27 +254,43 @@ pub fn run(args: &BenchArgs) -> Res<()> {
         eprintln!("isocall bench: fewer than 2 CPUs allowed; the two processes are not pinned");
     }
     let started = Instant::now();
-    let mut done: Vec<(&Figure, Measured)> = Vec::new();
-    for (i, f) in chosen.iter().enumerate() {
-        eprintln!("isocall bench: [{}/{}] {}", i + 1, chosen.len(), f.name);
-        let m = (f.run)(&budget).map_err(|e| format!("{}: {e}", f.name))?;
-        done.push((f, m));
+    // rounds[r][i]: figure i of `chosen` measured in round r.
+    let mut rounds: Vec<Vec<Measured>> = Vec::with_capacity(budget.rounds);
+    for r in 0..budget.rounds {
+        let mut this = Vec::with_capacity(chosen.len());
+        for f in &chosen {
+            eprintln!(
+                "isocall bench: round {}/{}: {}",
+                r + 1,
+                budget.rounds,
+                f.name
+            );
+            this.push((f.run)(&budget).map_err(|e| format!("{}: {e}", f.name))?);
+        }
+        rounds.push(this);
     }
-    let find = |name: &str| done.iter().find(|(f, _)| f.name == name).map(|(_, m)| *m);
-    let rows: Vec<Row> = done
+    let index = |name: &str| chosen.iter().position(|f| f.name == name);
+    // The median over rounds of the ratio measured within each round.
+    let ratio_to = |i: usize, other: &'static str| -> Option<(&'static str, f64)> {
+        let j = index(other)?;
+        let mut per_round: Vec<f64> = rounds
+            .iter()
+            .filter_map(|round| ratio(chosen[i].unit, &round[i], &round[j]))
+            .collect();
+        Some((other, measure::median(&mut per_round)?))
+    };
+    let rows: Vec<Row> = chosen
         .iter()
-        .map(|(f, m)| Row {
-            name: f.name,
-            unit: f.unit,
-            m: *m,
-            floor: f
-                .floor
-                .and_then(|fl| Some((fl, ratio(f.unit, m, &find(fl)?)?))),
-            also: f
-                .also
-                .iter()
-                .filter_map(|o| Some((*o, ratio(f.unit, m, &find(o)?)?)))
-                .collect(),
+        .enumerate()
+        .map(|(i, f)| {
+            let per_round: Vec<Measured> = rounds.iter().map(|round| round[i]).collect();
+            Row {
+                name: f.name,
+                unit: f.unit,
+                m: measure::median_of(&per_round),
+                floor: f.floor.and_then(|fl| ratio_to(i, fl)),
+                also: f.also.iter().filter_map(|o| ratio_to(i, o)).collect(),
+            }
         })
         .collect();
     eprintln!(
