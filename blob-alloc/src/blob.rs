@@ -1,0 +1,228 @@
+//! Handles and the blobs they name.
+//!
+//! A [`BlobMut`] is a slot this side holds, to write (and read) in place; a
+//! [`Blob`] one to read. Either turns into a [`BlobHandle`] when sent, which
+//! moves ownership to the peer; the peer turns the handle back into a blob
+//! with [`Pool::accept`] or [`Pool::accept_mut`]. Dropping a blob frees its
+//! slot.
+
+use std::ops::{Deref, DerefMut};
+
+use bytemuck::{Pod, Zeroable};
+use isocall_ringbuf::Region;
+
+use crate::error::BlobError;
+use crate::pool::Pool;
+use crate::raw;
+
+/// Names a blob in a pool: what travels in a message instead of its bytes.
+/// Plain data: every use is checked against the slot (range, generation,
+/// state), so a forged or stale handle is an error, never a wrong blob.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct BlobHandle {
+    /// Size class index.
+    pub class: u32,
+    /// Slot index within the class.
+    pub slot: u32,
+    /// Generation of the slot when the blob was allocated.
+    pub generation: u32,
+    /// Length of the blob in bytes.
+    pub len: u32,
+}
+
+const _: () = {
+    assert!(std::mem::size_of::<BlobHandle>() == 16);
+    assert!(std::mem::align_of::<BlobHandle>() == 4);
+};
+
+/// A slot this side holds.
+pub(crate) struct SlotRef<'p, R: Region> {
+    pub pool: &'p Pool<R>,
+    pub class: usize,
+    pub slot: usize,
+    pub generation: u32,
+    /// Invariant: `len <= capacity`.
+    pub len: usize,
+    /// Byte offset of the slot in the region. Invariant: `offset + capacity`
+    /// lies in the region (checked when the pool was opened).
+    pub offset: usize,
+    pub capacity: usize,
+}
+
+impl<R: Region> Clone for SlotRef<'_, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<R: Region> Copy for SlotRef<'_, R> {}
+
+impl<R: Region> SlotRef<'_, R> {
+    fn handle(&self) -> BlobHandle {
+        BlobHandle {
+            class: self.class as u32,
+            slot: self.slot as u32,
+            generation: self.generation,
+            len: self.len as u32,
+        }
+    }
+}
+
+/// A blob this side holds, to write and read in place. Dropping it frees
+/// it; [`send`](Self::send) hands it to the peer.
+pub struct BlobMut<'p, R: Region> {
+    s: SlotRef<'p, R>,
+}
+
+/// A blob this side holds, to read in place. Dropping it frees it.
+pub struct Blob<'p, R: Region> {
+    s: SlotRef<'p, R>,
+}
+
+impl<'p, R: Region> BlobMut<'p, R> {
+    pub(crate) fn new(s: SlotRef<'p, R>) -> Self {
+        debug_assert!(s.len <= s.capacity);
+        BlobMut { s }
+    }
+
+    /// Bytes the slot can hold (the blob may grow up to it).
+    pub fn capacity(&self) -> usize {
+        self.s.capacity
+    }
+
+    /// Sets the blob's length (e.g. after the callee wrote its answer in
+    /// place). Bytes past the old length hold whatever the slot held.
+    ///
+    /// # Errors
+    ///
+    /// [`BlobError::Overflow`] beyond [`capacity`](Self::capacity).
+    pub fn set_len(&mut self, len: usize) -> Result<(), BlobError> {
+        if len > self.s.capacity {
+            return Err(BlobError::Overflow {
+                len,
+                capacity: self.s.capacity,
+            });
+        }
+        self.s.len = len;
+        Ok(())
+    }
+
+    /// The handle naming this blob (its identity; not a transfer).
+    pub fn handle(&self) -> BlobHandle {
+        self.s.handle()
+    }
+
+    /// Hands the blob to the peer: the slot becomes in flight to it, and the
+    /// returned handle is what to put in the message.
+    ///
+    /// # Errors
+    ///
+    /// [`BlobError::WrongState`] or [`BlobError::Stale`] if the slot's state
+    /// word was changed behind this side's back (a hostile peer, or a
+    /// `reclaim` that judged this side dead); the blob is then dropped
+    /// without freeing.
+    pub fn send(self) -> Result<BlobHandle, BlobError> {
+        let h = self.s.handle();
+        let pool = self.s.pool;
+        std::mem::forget(self);
+        pool.send(&h)?;
+        Ok(h)
+    }
+
+    /// Keeps the blob, read-only from now on.
+    pub fn freeze(self) -> Blob<'p, R> {
+        let this = std::mem::ManuallyDrop::new(self);
+        Blob { s: this.s }
+    }
+}
+
+impl<R: Region> Blob<'_, R> {
+    /// The handle naming this blob (its identity; not a transfer).
+    pub fn handle(&self) -> BlobHandle {
+        self.s.handle()
+    }
+
+    /// Hands the blob to the peer, as [`BlobMut::send`].
+    ///
+    /// # Errors
+    ///
+    /// As [`BlobMut::send`].
+    pub fn send(self) -> Result<BlobHandle, BlobError> {
+        let h = self.s.handle();
+        let pool = self.s.pool;
+        std::mem::forget(self);
+        pool.send(&h)?;
+        Ok(h)
+    }
+}
+
+impl<R: Region> Deref for BlobMut<'_, R> {
+    type Target = [u8];
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        raw::slot_bytes(
+            self.s.pool.region(),
+            self.s.offset,
+            self.s.len,
+            self.s.capacity,
+        )
+    }
+}
+
+impl<R: Region> DerefMut for BlobMut<'_, R> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut [u8] {
+        raw::slot_bytes_mut(
+            self.s.pool.region(),
+            self.s.offset,
+            self.s.len,
+            self.s.capacity,
+        )
+    }
+}
+
+impl<R: Region> Deref for Blob<'_, R> {
+    type Target = [u8];
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        raw::slot_bytes(
+            self.s.pool.region(),
+            self.s.offset,
+            self.s.len,
+            self.s.capacity,
+        )
+    }
+}
+
+impl<R: Region> Drop for BlobMut<'_, R> {
+    fn drop(&mut self) {
+        self.s
+            .pool
+            .free(self.s.class, self.s.slot, self.s.generation);
+    }
+}
+
+impl<R: Region> Drop for Blob<'_, R> {
+    fn drop(&mut self) {
+        self.s
+            .pool
+            .free(self.s.class, self.s.slot, self.s.generation);
+    }
+}
+
+impl<R: Region> std::fmt::Debug for BlobMut<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobMut")
+            .field("handle", &self.handle())
+            .finish()
+    }
+}
+
+impl<R: Region> std::fmt::Debug for Blob<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blob")
+            .field("handle", &self.handle())
+            .finish()
+    }
+}

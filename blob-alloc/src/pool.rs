@@ -1,0 +1,560 @@
+//! The pool: size classes of slots over a region, shared by two sides.
+//!
+//! # How a slot changes hands
+//!
+//! A slot's state word ([`state`](crate::state)) is the authority on its
+//! owner; each class's bitmap is only an index of slots that are probably
+//! free. Allocation finds a set bit, clears it (`fetch_and`), then claims
+//! the slot by a compare-and-swap of its state word from `Free(g)` to
+//! `Held(me, g + 1)`. Freeing swaps `Held(me, g)` back to `Free(g)` and then
+//! sets the bit (`fetch_or`). Sending swaps `Held(me, g)` to
+//! `InFlight(peer, g)`; accepting swaps `InFlight(me, g)` to `Held(me, g)`.
+//!
+//! Why a bitmap index and not a Treiber stack: a stack's pop and the
+//! ownership mark are two steps, and a process killed between them leaves a
+//! slot that is neither on the list nor owned. Repairing that requires
+//! knowing whether the slot is on the list, which races with the survivor's
+//! own pushes and pops (and pushing it twice corrupts the list). Bits are
+//! idempotent: a bit wrongly set is skipped by the next allocator (its
+//! state CAS fails), a bit wrongly clear is set again by
+//! [`Pool::reclaim`]. So a `SIGKILL` at any instruction loses nothing, and
+//! there is no ABA problem to tag against.
+//!
+//! Memory ordering: the state CAS that frees or sends a slot is Release, the
+//! one that claims or accepts it is Acquire, so the bytes written by one
+//! owner happen before the next owner touches them. Setting a bit is
+//! Release and clearing it Acquire, so an allocator that finds a bit set by
+//! a free also sees that free's `Free` state word (with Relaxed bits, a
+//! weakly ordered CPU could show it the old `Held` word, and the allocator
+//! would drop the bit as stale and lose the slot; loom found this).
+
+use core::sync::atomic::{AtomicUsize, Ordering as LocalOrdering};
+
+use crossbeam_utils::CachePadded;
+use isocall_ringbuf::Region;
+
+use crate::blob::{Blob, BlobHandle, BlobMut, SlotRef};
+use crate::error::BlobError;
+use crate::layout::{self, ClassLayout, PoolConfig};
+use crate::state::{Side, SlotState, Word};
+use crate::sync::Ordering;
+
+/// A blob pool in a region, as seen by one side.
+///
+/// `Sync`: the threads of one process may allocate, send, accept and free
+/// at once, and so may the other side's process.
+pub struct Pool<R: Region> {
+    region: R,
+    side: Side,
+    /// Validated copy of the class descriptors, taken once.
+    classes: Box<[ClassLayout]>,
+    /// Per class, the bitmap word where this process last found a free
+    /// slot. Process-local, a hint only.
+    cursors: Box<[CachePadded<AtomicUsize>]>,
+}
+
+impl<R: Region> std::fmt::Debug for Pool<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("side", &self.side)
+            .field("classes", &self.classes.len())
+            .field("bytes", &self.region.len())
+            .finish()
+    }
+}
+
+/// One class of a pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassInfo {
+    /// Bytes per slot.
+    pub slot_size: usize,
+    /// Number of slots.
+    pub count: usize,
+}
+
+/// A census of one class: every slot counted once, by its state word.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassStats {
+    /// Bytes per slot.
+    pub slot_size: usize,
+    /// Number of slots.
+    pub count: usize,
+    /// Free slots.
+    pub free: usize,
+    /// Slots held by side A and by side B.
+    pub held: [usize; 2],
+    /// Slots sent to side A and to side B, not yet accepted.
+    pub in_flight: [usize; 2],
+    /// Slots whose state word holds a code no correct party writes.
+    pub invalid: usize,
+}
+
+impl ClassStats {
+    /// Slots not free.
+    pub fn used(&self) -> usize {
+        self.count - self.free
+    }
+}
+
+/// A census of the pool ([`Pool::stats`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Per class, smallest first.
+    pub classes: Vec<ClassStats>,
+}
+
+impl PoolStats {
+    /// Slots not free, over all classes.
+    pub fn used(&self) -> usize {
+        self.classes.iter().map(ClassStats::used).sum()
+    }
+
+    /// Slots held by `side` or in flight to it, over all classes.
+    pub fn owned_by(&self, side: Side) -> usize {
+        let i = side_index(side);
+        self.classes
+            .iter()
+            .map(|c| c.held[i] + c.in_flight[i])
+            .sum()
+    }
+}
+
+/// What [`Pool::reclaim`] returned to the free lists.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Slots the dead side held.
+    pub held: usize,
+    /// Slots sent to the dead side that it never accepted.
+    pub in_flight_to_dead: usize,
+    /// Slots the dead side sent that the survivor never accepted.
+    pub in_flight_from_dead: usize,
+    /// Free slots missing from the index (a process died between freeing
+    /// or claiming a slot and updating the bitmap), put back.
+    pub repaired: usize,
+}
+
+impl Reclaimed {
+    /// Slots freed (repairs not counted).
+    pub fn freed(&self) -> usize {
+        self.held + self.in_flight_to_dead + self.in_flight_from_dead
+    }
+}
+
+pub(crate) fn side_index(s: Side) -> usize {
+    match s {
+        Side::A => 0,
+        Side::B => 1,
+    }
+}
+
+impl<R: Region> Pool<R> {
+    /// Formats a pool in `region` and returns it as seen by `side`. The
+    /// region's previous contents are overwritten; the other side then
+    /// [`open`](Self::open)s the same region.
+    ///
+    /// # Errors
+    ///
+    /// [`BlobError::BadConfig`] for invalid classes or a region smaller than
+    /// [`PoolConfig::region_size`].
+    pub fn create(region: R, config: &PoolConfig, side: Side) -> Result<Self, BlobError> {
+        let (classes, need) = config.plan()?;
+        if region.len() < need {
+            return Err(BlobError::BadConfig(format!(
+                "the pool needs {need} bytes, the region has {}",
+                region.len()
+            )));
+        }
+        layout::write(&region, &classes, region.len());
+        Ok(Self::with(region, side, classes))
+    }
+
+    /// Opens a pool formatted by the other side (or by this one earlier),
+    /// checking its header against the region first.
+    ///
+    /// # Errors
+    ///
+    /// [`BlobError::Corrupt`] naming what is wrong: magic, version, class
+    /// count, a slot size or count, a part that does not fit or overlaps.
+    pub fn open(region: R, side: Side) -> Result<Self, BlobError> {
+        let classes = layout::read(&region)?;
+        Ok(Self::with(region, side, classes))
+    }
+
+    fn with(region: R, side: Side, classes: Vec<ClassLayout>) -> Self {
+        let cursors = classes
+            .iter()
+            .map(|_| CachePadded::new(AtomicUsize::new(0)))
+            .collect();
+        Pool {
+            region,
+            side,
+            classes: classes.into_boxed_slice(),
+            cursors,
+        }
+    }
+
+    /// The side this handle acts for.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The classes, smallest first.
+    pub fn classes(&self) -> impl ExactSizeIterator<Item = ClassInfo> + '_ {
+        self.classes.iter().map(|c| ClassInfo {
+            slot_size: c.slot_size,
+            count: c.count,
+        })
+    }
+
+    /// The largest blob this pool can hold.
+    pub fn max_blob(&self) -> usize {
+        self.classes.last().map_or(0, |c| c.slot_size)
+    }
+
+    /// The region the pool lives in.
+    pub fn region(&self) -> &R {
+        &self.region
+    }
+
+    /// Allocates a blob of `len` bytes from the smallest class that holds
+    /// it, to be written in place. Its bytes are whatever the slot held
+    /// before. Dropping it frees it.
+    ///
+    /// # Errors
+    ///
+    /// [`BlobError::TooLarge`] beyond the largest class;
+    /// [`BlobError::Exhausted`] when that class has no free slot (a larger
+    /// class is not tried: a full class is a sizing problem worth seeing).
+    pub fn alloc(&self, len: usize) -> Result<BlobMut<'_, R>, BlobError> {
+        let ci =
+            self.classes
+                .iter()
+                .position(|c| c.slot_size >= len)
+                .ok_or(BlobError::TooLarge {
+                    len,
+                    max: self.max_blob(),
+                })?;
+        let (slot, generation) = self.claim_free(ci).ok_or(BlobError::Exhausted {
+            class: ci,
+            slot_size: self.classes[ci].slot_size,
+        })?;
+        Ok(BlobMut::new(self.slot_ref(ci, slot, generation, len)))
+    }
+
+    /// Finds a free slot of class `ci` and claims it for this side.
+    fn claim_free(&self, ci: usize) -> Option<(usize, u32)> {
+        let c = &self.classes[ci];
+        let words = c.words();
+        let start = self.cursors[ci].load(LocalOrdering::Relaxed);
+        let start = if start < words { start } else { 0 };
+        for k in 0..words {
+            let mut wi = start + k;
+            if wi >= words {
+                wi -= words;
+            }
+            let word = self.region.u64_at(c.bitmap + wi * 8);
+            let mut bits = word.load(Ordering::Relaxed);
+            while bits != 0 {
+                let b = bits.trailing_zeros() as usize;
+                let mask = 1u64 << b;
+                // Acquire: pairs with the Release `fetch_or` of the free
+                // that set the bit, so the state load below sees `Free`.
+                let prev = word.fetch_and(!mask, Ordering::Acquire);
+                if prev & mask != 0 {
+                    // The bit was ours to clear. A bit past the last slot is
+                    // garbage from the peer: dropping it is the repair.
+                    let slot = wi * 64 + b;
+                    if slot < c.count
+                        && let Some(generation) = self.claim(c, slot)
+                    {
+                        if k != 0 {
+                            self.cursors[ci].store(wi, LocalOrdering::Relaxed);
+                        }
+                        return Some((slot, generation));
+                    }
+                }
+                bits = prev & !mask;
+            }
+        }
+        None
+    }
+
+    /// `Free(g)` -> `Held(me, g + 1)`; `None` if the slot is not free (the
+    /// bit was stale).
+    fn claim(&self, c: &ClassLayout, slot: usize) -> Option<u32> {
+        let word = self.region.u64_at(c.state_at(slot));
+        let mut cur = word.load(Ordering::Relaxed);
+        loop {
+            let w = Word::decode(cur);
+            if w.state != SlotState::Free {
+                return None;
+            }
+            let generation = w.generation.wrapping_add(1);
+            // Acquire: pairs with the Release of the free that made it Free,
+            // so the previous owner's accesses happen before ours.
+            match word.compare_exchange(
+                cur,
+                Word::encode(generation, SlotState::Held(self.side)),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(generation),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    fn slot_ref(&self, ci: usize, slot: usize, generation: u32, len: usize) -> SlotRef<'_, R> {
+        let c = &self.classes[ci];
+        SlotRef {
+            pool: self,
+            class: ci,
+            slot,
+            generation,
+            len,
+            offset: c.data_at(slot),
+            capacity: c.slot_size,
+        }
+    }
+
+    /// Checks that `h` names a slot of this pool with a length it can hold.
+    fn check(&self, h: &BlobHandle) -> Result<(usize, usize, usize), BlobError> {
+        let (ci, slot, len) = (h.class as usize, h.slot as usize, h.len as usize);
+        let c = self.classes.get(ci).ok_or_else(|| {
+            BlobError::BadHandle(format!("class {ci} (the pool has {})", self.classes.len()))
+        })?;
+        if slot >= c.count {
+            return Err(BlobError::BadHandle(format!(
+                "slot {slot} of class {ci}, which has {}",
+                c.count
+            )));
+        }
+        if len > c.slot_size {
+            return Err(BlobError::BadHandle(format!(
+                "length {len} in class {ci} of {}-byte slots",
+                c.slot_size
+            )));
+        }
+        Ok((ci, slot, len))
+    }
+
+    /// Swaps the state of the slot `h` names from `from` to `to`, checking
+    /// the generation. Returns the class, slot and length.
+    fn transition(
+        &self,
+        h: &BlobHandle,
+        from: SlotState,
+        to: SlotState,
+        expected: &'static str,
+        success: Ordering,
+    ) -> Result<(usize, usize, usize), BlobError> {
+        let (ci, slot, len) = self.check(h)?;
+        let word = self.region.u64_at(self.classes[ci].state_at(slot));
+        let mut cur = word.load(Ordering::Relaxed);
+        loop {
+            let w = Word::decode(cur);
+            if w.generation != h.generation {
+                return Err(BlobError::Stale {
+                    class: ci,
+                    slot,
+                    handle: h.generation,
+                    now: w.generation,
+                });
+            }
+            if w.state != from {
+                return Err(BlobError::WrongState {
+                    class: ci,
+                    slot,
+                    found: w.state,
+                    expected,
+                });
+            }
+            match word.compare_exchange(
+                cur,
+                Word::encode(h.generation, to),
+                success,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok((ci, slot, len)),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Accepts a blob the peer sent, to read in place. Dropping it frees it.
+    ///
+    /// # Errors
+    ///
+    /// [`BlobError::BadHandle`] for a handle naming no slot of this pool,
+    /// [`BlobError::Stale`] for an earlier life of the slot,
+    /// [`BlobError::WrongState`] for a blob not in flight to this side
+    /// (accepted already, or never sent).
+    pub fn accept(&self, h: &BlobHandle) -> Result<Blob<'_, R>, BlobError> {
+        self.accept_mut(h).map(BlobMut::freeze)
+    }
+
+    /// Accepts a blob the peer sent, to read and answer in place (the
+    /// caller-allocated in/out buffer): write into it and send it back.
+    ///
+    /// # Errors
+    ///
+    /// As [`accept`](Self::accept).
+    pub fn accept_mut(&self, h: &BlobHandle) -> Result<BlobMut<'_, R>, BlobError> {
+        // Acquire: pairs with the Release of the sender's `send`.
+        let (ci, slot, len) = self.transition(
+            h,
+            SlotState::InFlight(self.side),
+            SlotState::Held(self.side),
+            "in flight to this side",
+            Ordering::Acquire,
+        )?;
+        Ok(BlobMut::new(self.slot_ref(ci, slot, h.generation, len)))
+    }
+
+    /// Takes back a blob this side sent that the peer has not accepted (a
+    /// message that could not be delivered).
+    ///
+    /// # Errors
+    ///
+    /// As [`accept`](Self::accept), for a blob not in flight to the peer.
+    pub fn recall(&self, h: &BlobHandle) -> Result<BlobMut<'_, R>, BlobError> {
+        let (ci, slot, len) = self.transition(
+            h,
+            SlotState::InFlight(self.side.peer()),
+            SlotState::Held(self.side),
+            "in flight to the peer",
+            Ordering::Acquire,
+        )?;
+        Ok(BlobMut::new(self.slot_ref(ci, slot, h.generation, len)))
+    }
+
+    /// `Held(me)` -> `InFlight(peer)`, Release: pairs with the Acquire of
+    /// the peer's `accept`.
+    pub(crate) fn send(&self, h: &BlobHandle) -> Result<(), BlobError> {
+        self.transition(
+            h,
+            SlotState::Held(self.side),
+            SlotState::InFlight(self.side.peer()),
+            "held by this side",
+            Ordering::Release,
+        )
+        .map(drop)
+    }
+
+    /// `Held(me, g)` -> `Free(g)` (Release: pairs with the next claim's
+    /// Acquire), then marks the slot in the index. If the word changed under
+    /// us (only a hostile peer or a wrong `reclaim` does that) the slot is
+    /// left as it is.
+    pub(crate) fn free(&self, class: usize, slot: usize, generation: u32) {
+        let c = &self.classes[class];
+        let ok = self
+            .region
+            .u64_at(c.state_at(slot))
+            .compare_exchange(
+                Word::encode(generation, SlotState::Held(self.side)),
+                Word::encode(generation, SlotState::Free),
+                Ordering::Release,
+                Ordering::Relaxed,
+            )
+            .is_ok();
+        if ok {
+            self.mark_free(c, slot);
+        }
+    }
+
+    fn mark_free(&self, c: &ClassLayout, slot: usize) {
+        self.region
+            .u64_at(c.bitmap + slot / 64 * 8)
+            .fetch_or(1 << (slot % 64), Ordering::Release);
+    }
+
+    /// Frees every slot the `dead` side held, every slot in flight to it,
+    /// and every slot it sent that this side has not accepted; and puts back
+    /// into the index free slots a crash left out of it.
+    ///
+    /// Call it once the dead side is known dead (its pid exited) and after
+    /// reading what it sent: blobs in flight from it that are not accepted
+    /// by then are freed. Slots this side holds are untouched, so its
+    /// threads may keep working meanwhile. Calling it while `dead` is alive
+    /// frees blobs under its feet: its later frees and sends then fail
+    /// quietly and its bytes may be overwritten.
+    pub fn reclaim(&self, dead: Side) -> Reclaimed {
+        let mut r = Reclaimed::default();
+        for c in self.classes.iter() {
+            for slot in 0..c.count {
+                let word = self.region.u64_at(c.state_at(slot));
+                let mut cur = word.load(Ordering::Acquire);
+                loop {
+                    let w = Word::decode(cur);
+                    let counter = match w.state {
+                        SlotState::Held(s) if s == dead => &mut r.held,
+                        SlotState::InFlight(s) if s == dead => &mut r.in_flight_to_dead,
+                        SlotState::InFlight(_) => &mut r.in_flight_from_dead,
+                        SlotState::Free => {
+                            let bit = 1u64 << (slot % 64);
+                            let bits = self.region.u64_at(c.bitmap + slot / 64 * 8);
+                            if bits.load(Ordering::Relaxed) & bit == 0 {
+                                // A stale set bit is harmless (the claim CAS
+                                // fails), so setting it cannot double-allocate.
+                                bits.fetch_or(bit, Ordering::Relaxed);
+                                r.repaired += 1;
+                            }
+                            break;
+                        }
+                        _ => break,
+                    };
+                    match word.compare_exchange(
+                        cur,
+                        Word::encode(w.generation, SlotState::Free),
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => {
+                            *counter += 1;
+                            self.mark_free(c, slot);
+                            break;
+                        }
+                        Err(now) => cur = now,
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    /// A census of every class: each slot's state word read once. Exact
+    /// when no side is changing the pool; a moving pool gives a snapshot in
+    /// which each slot is counted exactly once.
+    pub fn stats(&self) -> PoolStats {
+        let classes = self
+            .classes
+            .iter()
+            .map(|c| {
+                let mut s = ClassStats {
+                    slot_size: c.slot_size,
+                    count: c.count,
+                    ..ClassStats::default()
+                };
+                for slot in 0..c.count {
+                    let w = self.region.u64_at(c.state_at(slot)).load(Ordering::Relaxed);
+                    match Word::decode(w).state {
+                        SlotState::Free => s.free += 1,
+                        SlotState::Held(x) => s.held[side_index(x)] += 1,
+                        SlotState::InFlight(x) => s.in_flight[side_index(x)] += 1,
+                        SlotState::Invalid(_) => s.invalid += 1,
+                    }
+                }
+                s
+            })
+            .collect();
+        PoolStats { classes }
+    }
+
+    /// The state of one slot (for tests and the inspector), or `None` if
+    /// there is no such slot.
+    pub fn slot_state(&self, class: usize, slot: usize) -> Option<(SlotState, u32)> {
+        let c = self.classes.get(class).filter(|c| slot < c.count)?;
+        let w = Word::decode(self.region.u64_at(c.state_at(slot)).load(Ordering::Relaxed));
+        Some((w.state, w.generation))
+    }
+}

@@ -1,0 +1,297 @@
+//! The pool's behaviour on a heap region: lifecycle, bad handles, limits,
+//! reclaim and census.
+#![cfg(not(loom))]
+
+use std::sync::Arc;
+
+use isocall_blob::{BlobError, BlobHandle, Pool, PoolConfig, Side, SlotState};
+use isocall_ringbuf::HeapRegion;
+
+type P = Pool<Arc<HeapRegion>>;
+
+fn pair(config: &PoolConfig) -> (P, P) {
+    let region = Arc::new(HeapRegion::new(config.region_size().unwrap()));
+    let a = Pool::create(region.clone(), config, Side::A).unwrap();
+    let b = Pool::open(region, Side::B).unwrap();
+    (a, b)
+}
+
+fn small() -> PoolConfig {
+    PoolConfig::new().class(64, 3).class(256, 130)
+}
+
+#[test]
+fn lifecycle_moves_ownership() {
+    let (a, b) = pair(&small());
+    let mut m = a.alloc(100).unwrap();
+    assert_eq!(m.len(), 100);
+    assert_eq!(m.capacity(), 256);
+    m.fill(7);
+    let h = m.handle();
+    assert_eq!(
+        a.slot_state(h.class as usize, h.slot as usize).unwrap().0,
+        SlotState::Held(Side::A)
+    );
+    let h = m.send().unwrap();
+    assert_eq!(
+        a.slot_state(1, h.slot as usize).unwrap().0,
+        SlotState::InFlight(Side::B)
+    );
+    let st = a.stats();
+    assert_eq!(st.classes[1].in_flight, [0, 1]);
+    assert_eq!(st.owned_by(Side::B), 1);
+
+    let mut got = b.accept_mut(&h).unwrap();
+    assert!(got.iter().all(|&x| x == 7));
+    got.set_len(3).unwrap();
+    got.copy_from_slice(b"abc");
+    assert!(matches!(
+        got.set_len(257),
+        Err(BlobError::Overflow {
+            len: 257,
+            capacity: 256
+        })
+    ));
+    let back = got.send().unwrap();
+    assert_eq!(back.len, 3);
+    let r = a.accept(&back).unwrap();
+    assert_eq!(&r[..], b"abc");
+    drop(r);
+    assert_eq!(a.stats().used(), 0);
+}
+
+#[test]
+fn stale_double_and_forged_handles_are_rejected() {
+    let (a, b) = pair(&small());
+    let h = a.alloc(10).unwrap().send().unwrap();
+    // Not in flight to A: A cannot accept its own send.
+    assert!(matches!(
+        a.accept(&h),
+        Err(BlobError::WrongState {
+            expected: "in flight to this side",
+            ..
+        })
+    ));
+    drop(b.accept(&h).unwrap());
+    // Accepting again (a double free through the handle) is refused.
+    let e = b.accept(&h).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            BlobError::WrongState {
+                found: SlotState::Free,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // The slot's next life makes the old handle stale.
+    let again = a.alloc(10).unwrap();
+    let h2 = again.handle();
+    assert_eq!((h2.class, h2.slot), (h.class, h.slot));
+    assert_eq!(h2.generation, h.generation + 1);
+    let h2 = again.send().unwrap();
+    let e = b.accept(&h).unwrap_err();
+    assert!(
+        matches!(e, BlobError::Stale { handle, now, .. } if handle == h.generation && now == h2.generation),
+        "{e}"
+    );
+    assert!(e.to_string().contains("stale"));
+    // Forged: class, slot and length out of range.
+    for forged in [
+        BlobHandle { class: 9, ..h2 },
+        BlobHandle { slot: 3, ..h2 },
+        BlobHandle {
+            slot: u32::MAX,
+            ..h2
+        },
+        BlobHandle { len: 65, ..h2 },
+    ] {
+        let e = b.accept(&forged).unwrap_err();
+        assert!(matches!(e, BlobError::BadHandle(_)), "{forged:?}: {e}");
+    }
+    // A forged generation on a real slot is stale.
+    assert!(matches!(
+        b.accept(&BlobHandle {
+            generation: 77,
+            ..h2
+        }),
+        Err(BlobError::Stale { .. })
+    ));
+    // The genuine one still works, exactly once.
+    drop(b.accept(&h2).unwrap());
+    assert_eq!(a.stats().used(), 0);
+}
+
+#[test]
+fn exhaustion_and_size_limits() {
+    let (a, _b) = pair(&small());
+    let held: Vec<_> = (0..3).map(|_| a.alloc(64).unwrap()).collect();
+    let e = a.alloc(1).unwrap_err();
+    assert_eq!(
+        e,
+        BlobError::Exhausted {
+            class: 0,
+            slot_size: 64
+        }
+    );
+    assert!(e.to_string().contains("class 0 (64 bytes)"));
+    assert_eq!(
+        a.alloc(257).unwrap_err(),
+        BlobError::TooLarge { len: 257, max: 256 }
+    );
+    drop(held);
+    // 130 slots cross two bitmap words; all of them are found.
+    let all: Vec<_> = (0..130).map(|_| a.alloc(200).unwrap()).collect();
+    let mut slots: Vec<_> = all.iter().map(|b| b.handle().slot).collect();
+    slots.sort_unstable();
+    slots.dedup();
+    assert_eq!(slots.len(), 130);
+    assert!(matches!(
+        a.alloc(200),
+        Err(BlobError::Exhausted { class: 1, .. })
+    ));
+    assert_eq!(a.stats().classes[1].held, [130, 0]);
+    drop(all);
+    assert_eq!(a.stats().used(), 0);
+    let zero = a.alloc(0).unwrap();
+    assert!(zero.is_empty());
+}
+
+#[test]
+fn recall_takes_back_an_undelivered_blob() {
+    let (a, b) = pair(&small());
+    let h = a.alloc(5).unwrap().send().unwrap();
+    assert!(matches!(b.recall(&h), Err(BlobError::WrongState { .. })));
+    let back = a.recall(&h).unwrap();
+    assert_eq!(back.handle(), h);
+    assert!(b.accept(&h).is_err());
+    drop(back);
+    assert_eq!(a.stats().used(), 0);
+}
+
+#[test]
+fn reclaim_returns_what_the_dead_side_held() {
+    let (a, b) = pair(&small());
+    // B holds two, has one in flight to A, A has one in flight to B.
+    let b1 = b.alloc(10).unwrap();
+    let b2 = b.alloc(100).unwrap();
+    let to_a = b.alloc(10).unwrap().send().unwrap();
+    let to_b = a.alloc(10).unwrap().send().unwrap();
+    let mine = a.alloc(200).unwrap();
+    std::mem::forget(b1);
+    std::mem::forget(b2); // B "dies" holding them
+    let r = a.reclaim(Side::B);
+    assert_eq!(
+        (r.held, r.in_flight_to_dead, r.in_flight_from_dead),
+        (2, 1, 1)
+    );
+    assert_eq!(r.freed(), 4);
+    let st = a.stats();
+    assert_eq!(st.used(), 1, "only A's own blob is left: {st:?}");
+    assert_eq!(st.classes.iter().map(|c| c.held[0]).sum::<usize>(), 1);
+    assert!(a.accept(&to_a).is_err());
+    assert!(b.accept(&to_b).is_err());
+    drop(mine);
+    assert_eq!(a.stats().used(), 0);
+    // Everything is allocatable again.
+    let all: Vec<_> = (0..3).map(|_| a.alloc(64).unwrap()).collect();
+    assert_eq!(all.len(), 3);
+}
+
+#[test]
+fn reclaim_repairs_a_bit_lost_in_a_crash() {
+    let (a, _b) = pair(&small());
+    // A slot whose bit was cleared by an allocator that died before its
+    // claim: free by its state word, missing from the index.
+    let region = a.region().clone();
+    let m = a.alloc(64).unwrap();
+    let slot = m.handle().slot as usize;
+    drop(m);
+    let bitmap_word = region_bitmap_word(&a, 0);
+    bitmap_word.fetch_and(!(1 << slot), std::sync::atomic::Ordering::Relaxed);
+    let _x: Vec<_> = (0..2).map(|_| a.alloc(64).unwrap()).collect();
+    assert!(
+        a.alloc(64).is_err(),
+        "the lost slot is not found before the repair"
+    );
+    let r = a.reclaim(Side::B);
+    assert_eq!(r.repaired, 1);
+    assert_eq!(r.freed(), 0);
+    assert!(a.alloc(64).is_ok());
+    drop(region);
+}
+
+/// The first bitmap word of class `ci` (offsets from the layout module).
+fn region_bitmap_word(p: &P, ci: usize) -> &std::sync::atomic::AtomicU64 {
+    use isocall_ringbuf::Region;
+    let desc = 64 + 64 * ci;
+    let off = p
+        .region()
+        .u64_at(desc + 16)
+        .load(std::sync::atomic::Ordering::Relaxed) as usize;
+    p.region().u64_at(off)
+}
+
+#[test]
+fn open_refuses_bad_headers() {
+    use isocall_ringbuf::Region;
+    use std::sync::atomic::Ordering::Relaxed;
+    let config = small();
+    let len = config.region_size().unwrap();
+    let fresh = || {
+        let r = Arc::new(HeapRegion::new(len));
+        drop(Pool::create(r.clone(), &config, Side::A).unwrap());
+        r
+    };
+    let refused = |r: Arc<HeapRegion>| Pool::open(r, Side::B).unwrap_err().to_string();
+    assert!(refused(Arc::new(HeapRegion::new(len))).contains("bad magic"));
+    let cases: [(usize, u64, &str); 7] = [
+        (8, 2 | (2 << 32), "layout version 2"),
+        (8, 1 | (17 << 32), "17 classes"),
+        (16, 12345, "header says 12345 bytes"),
+        (64, 100, "slot size 100"),
+        (64 + 8, 0, "0 slots"),
+        (64 + 64 + 32, 1 << 40, "slot memory at offset"),
+        (64 + 16, 64, "overlap"),
+    ];
+    for (off, value, what) in cases {
+        let r = fresh();
+        r.u64_at(off).store(value, Relaxed);
+        let e = refused(r);
+        assert!(e.contains(what), "{what}: {e}");
+    }
+    // A region too small for what the config needs.
+    let e = Pool::create(Arc::new(HeapRegion::new(128)), &config, Side::A).unwrap_err();
+    assert!(matches!(e, BlobError::BadConfig(_)), "{e}");
+}
+
+#[test]
+fn threads_share_a_pool() {
+    let (a, b) = pair(&PoolConfig::new().class(64, 8));
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let (tx, rx) = std::sync::mpsc::sync_channel::<BlobHandle>(4);
+    let sender = {
+        let a = a.clone();
+        std::thread::spawn(move || {
+            for i in 0..20_000u32 {
+                let mut m = loop {
+                    match a.alloc(4) {
+                        Ok(m) => break m,
+                        Err(BlobError::Exhausted { .. }) => std::thread::yield_now(),
+                        Err(e) => panic!("{e}"),
+                    }
+                };
+                m.copy_from_slice(&i.to_le_bytes());
+                tx.send(m.send().unwrap()).unwrap();
+            }
+        })
+    };
+    for i in 0..20_000u32 {
+        let h = rx.recv().unwrap();
+        let blob = b.accept(&h).unwrap();
+        assert_eq!(u32::from_le_bytes(blob[..].try_into().unwrap()), i);
+    }
+    sender.join().unwrap();
+    assert_eq!(b.stats().used(), 0);
+}
