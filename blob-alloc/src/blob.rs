@@ -27,7 +27,9 @@ pub struct BlobHandle {
     pub slot: u32,
     /// Generation of the slot when the blob was allocated.
     pub generation: u32,
-    /// Length of the blob in bytes.
+    /// Length of the blob in bytes: the sender's word, checked against the
+    /// slot's size (a lying length can only shorten or lengthen the view of
+    /// a blob that is the receiver's anyway, never reach past its slot).
     pub len: u32,
 }
 

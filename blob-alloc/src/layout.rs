@@ -165,7 +165,10 @@ impl PoolConfig {
         let mut out = Vec::with_capacity(self.n);
         let mut prev = 0;
         for (i, c) in self.classes().iter().enumerate() {
-            if c.slot_size < MIN_SLOT || c.slot_size > MAX_SLOT || !c.slot_size.is_multiple_of(MIN_SLOT) {
+            if c.slot_size < MIN_SLOT
+                || c.slot_size > MAX_SLOT
+                || !c.slot_size.is_multiple_of(MIN_SLOT)
+            {
                 return Err(BlobError::BadConfig(format!(
                     "class {i}: slot size {} is not a multiple of {MIN_SLOT} from {MIN_SLOT} to {MAX_SLOT}",
                     c.slot_size
