@@ -38,7 +38,7 @@ fn main() -> Result<(), Error> {
     // that is its stdin.
     let layout = SegmentLayout {
         ring_capacity: 64 * 1024,
-        blob_pool_bytes: 0,
+        blobs: Default::default(),
     };
     let segment = Arc::new(Segment::create("isocall:pingpong:0", &layout)?);
     let bells = Doorbells::new()?;

@@ -3,6 +3,7 @@
 //! This facade re-exports the public API of the workspace crates.
 #![deny(unsafe_code)]
 
+pub use isocall_blob as blob;
 pub use isocall_engine as engine;
 pub use isocall_ringbuf as ringbuf;
 

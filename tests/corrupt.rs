@@ -23,7 +23,7 @@ type Rx = Consumer<SharedRegion, RingParker>;
 fn ring(name: &str) -> (Arc<Segment>, Tx, Rx) {
     let layout = SegmentLayout {
         ring_capacity: 4096,
-        blob_pool_bytes: 0,
+        blobs: Default::default(),
     };
     let seg = Arc::new(Segment::create(name, &layout).expect("segment"));
     let tx = Producer::attach(

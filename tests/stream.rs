@@ -72,7 +72,7 @@ fn attach(
 fn start(role: &str, params: &str, strat: WaitStrategy) -> (Peer, Side_) {
     let layout = SegmentLayout {
         ring_capacity: RING,
-        blob_pool_bytes: 0,
+        blobs: Default::default(),
     };
     let segment = Segment::create("isocall:test:stream", &layout).expect("create segment");
     let bells = Doorbells::new().expect("doorbells");

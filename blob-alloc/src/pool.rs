@@ -206,6 +206,13 @@ impl<R: Region> Pool<R> {
         })
     }
 
+    /// The configuration the pool was made with (as read from its header).
+    pub fn config(&self) -> PoolConfig {
+        self.classes
+            .iter()
+            .fold(PoolConfig::new(), |c, l| c.class(l.slot_size, l.count))
+    }
+
     /// The largest blob this pool can hold.
     pub fn max_blob(&self) -> usize {
         self.classes.last().map_or(0, |c| c.slot_size)

@@ -13,6 +13,7 @@
 
 /// The ring the endpoints are built on, re-exported so that users of the
 /// engine (the tools, the bindings) need no other crate.
+pub use isocall_blob as blob;
 pub use isocall_ringbuf as ring;
 pub use isocall_ringbuf::WaitStrategy;
 

@@ -1,5 +1,5 @@
 //! The shared segment of one connection: a sealed memfd holding a header,
-//! a ring each way and (later) the blob pool.
+//! a ring each way and the blob pool.
 //!
 //! ```text
 //! 0        SegmentHeader (one 4 KiB page)
@@ -21,6 +21,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
 use bytemuck::{Pod, Zeroable};
+use isocall_blob::{BlobError, Pool, PoolConfig};
 use isocall_ringbuf::{SharedRegion, ring_region_size};
 
 use crate::sys::SharedMem;
@@ -160,15 +161,26 @@ impl Side {
 pub struct SegmentLayout {
     /// Data capacity of each ring: a power of two from 4 KiB to 1 GiB.
     pub ring_capacity: usize,
-    /// Bytes of blob pool (0: none; blobs arrive with a later version).
-    pub blob_pool_bytes: usize,
+    /// Size classes of the blob pool (no classes: no pool).
+    pub blobs: PoolConfig,
 }
 
 impl Default for SegmentLayout {
+    /// 1 MiB rings and no blob pool.
     fn default() -> Self {
         SegmentLayout {
             ring_capacity: 1 << 20,
-            blob_pool_bytes: 0,
+            blobs: PoolConfig::new(),
+        }
+    }
+}
+
+impl From<Side> for isocall_blob::Side {
+    /// The client is the pool's side A, the server side B.
+    fn from(s: Side) -> Self {
+        match s {
+            Side::Client => isocall_blob::Side::A,
+            Side::Server => isocall_blob::Side::B,
         }
     }
 }
@@ -235,6 +247,9 @@ pub enum SegmentError {
         /// The other.
         b: &'static str,
     },
+    /// The blob pool's configuration or header is not valid.
+    #[error("segment refused: {0}")]
+    Blobs(#[from] BlobError),
     /// The ring capacity or ring part sizes are not valid.
     #[error("segment refused: ring capacity {capacity} with ring parts of {c2s} and {s2c} bytes")]
     BadRings {
@@ -253,6 +268,8 @@ pub struct Segment {
     mem: SharedMem,
     /// Validated copy of the header, taken once.
     header: SegmentHeader,
+    /// The blob pool's classes, validated at open (empty: no pool).
+    blobs: PoolConfig,
 }
 
 fn round_up(n: u64) -> u64 {
@@ -277,12 +294,11 @@ impl Segment {
                     "ring capacity {cap} is not a power of two from 4 KiB to 1 GiB"
                 ))
             })? as u64;
-        if layout.blob_pool_bytes > 1 << 40 {
-            return Err(SegmentError::BadLayout(format!(
-                "blob pool of {} bytes exceeds 1 TiB",
-                layout.blob_pool_bytes
-            )));
-        }
+        let blob_bytes = if layout.blobs.is_empty() {
+            0
+        } else {
+            layout.blobs.region_size()?
+        };
         let c2s = PartDesc {
             offset: PAGE,
             size: ring,
@@ -293,7 +309,7 @@ impl Segment {
         };
         let blobs = PartDesc {
             offset: s2c.offset + round_up(ring),
-            size: layout.blob_pool_bytes as u64,
+            size: blob_bytes as u64,
         };
         let total = blobs.offset + round_up(blobs.size);
         let mem = SharedMem::create(name, total as usize)?;
@@ -310,6 +326,12 @@ impl Segment {
             _pad: 0,
             sides: [SideState::default(); 2],
         };
+        if blob_bytes > 0 {
+            let region = mem
+                .region(blobs.offset as usize, blob_bytes)
+                .ok_or_else(|| SegmentError::BadLayout("blob pool outside the segment".into()))?;
+            Pool::create(region, &layout.blobs, Side::Server.into())?;
+        }
         let words: [u64; HEADER_WORDS] = bytemuck::cast(header);
         let shared = mem.u64_words();
         // Everything but the magic/version word first, then the version,
@@ -319,8 +341,12 @@ impl Segment {
         }
         shared[1].store(words[1], Ordering::Relaxed);
         shared[0].store(MAGIC, Ordering::Release);
-        tracing::debug!(name, total, cap, "segment created");
-        Ok(Segment { mem, header })
+        tracing::debug!(name, total, cap, blob_bytes, "segment created");
+        Ok(Segment {
+            mem,
+            header,
+            blobs: layout.blobs,
+        })
     }
 
     /// Opens a segment received from the peer: checks the seals, then the
@@ -359,8 +385,18 @@ impl Segment {
         })?;
         let header = read_header(&mem)?;
         validate(&header, mem.len() as u64)?;
+        let mut seg = Segment {
+            mem,
+            header,
+            blobs: PoolConfig::new(),
+        };
+        // A read-only opener (the inspector) reads the pool with its own
+        // checks; a writer validates it before anything uses it.
+        if header.blobs.size > 0 && seg.mem.is_writable() {
+            seg.blobs = seg.open_pool(Side::Client)?.config();
+        }
         tracing::debug!(total = header.total_size, "segment opened");
-        Ok(Segment { mem, header })
+        Ok(seg)
     }
 
     /// The memfd, to pass to the peer.
@@ -377,8 +413,32 @@ impl Segment {
     pub fn layout(&self) -> SegmentLayout {
         SegmentLayout {
             ring_capacity: self.header.ring_capacity as usize,
-            blob_pool_bytes: self.header.blobs.size as usize,
+            blobs: self.blobs,
         }
+    }
+
+    fn open_pool(&self, side: Side) -> Result<Pool<SharedRegion>, BlobError> {
+        let p = self.header.blobs;
+        let region = self
+            .mem
+            .region(p.offset as usize, p.size as usize)
+            .ok_or_else(|| BlobError::Corrupt("no writable blob pool in this segment".into()))?;
+        Pool::open(region, side.into())
+    }
+
+    /// The blob pool as seen by `side`, or `None` if the segment has none.
+    /// Each call opens a new handle on the same pool (cheap; do it once per
+    /// connection).
+    ///
+    /// # Errors
+    ///
+    /// [`SegmentError::Blobs`] if the segment was opened read-only, or if
+    /// the pool header no longer checks out (the peer rewrote it).
+    pub fn blob_pool(&self, side: Side) -> Result<Option<Pool<SharedRegion>>, SegmentError> {
+        if self.header.blobs.size == 0 {
+            return Ok(None);
+        }
+        Ok(Some(self.open_pool(side)?))
     }
 
     fn part(&self, dir: Direction) -> PartDesc {
@@ -532,7 +592,7 @@ mod tests {
             "isocall:test:seg",
             &SegmentLayout {
                 ring_capacity: 4096,
-                blob_pool_bytes: 8192,
+                blobs: PoolConfig::new().class(64, 16),
             },
         )
         .unwrap()
@@ -559,7 +619,7 @@ mod tests {
             o.layout(),
             SegmentLayout {
                 ring_capacity: 4096,
-                blob_pool_bytes: 8192
+                blobs: PoolConfig::new().class(64, 16)
             }
         );
         s.ring_region(Direction::ClientToServer)
@@ -577,11 +637,33 @@ mod tests {
     }
 
     #[test]
+    fn the_blob_pool_is_shared_and_checked_at_open() {
+        let s = fresh();
+        let o = reopen(&s).unwrap();
+        let server = s.blob_pool(Side::Server).unwrap().unwrap();
+        let client = o.blob_pool(Side::Client).unwrap().unwrap();
+        let mut b = client.alloc(5).unwrap();
+        b.copy_from_slice(b"hello");
+        let h = b.send().unwrap();
+        assert_eq!(&server.accept(&h).unwrap()[..], b"hello");
+        // A scribbled pool header: the next opener refuses the segment.
+        let p = s.header().blobs.offset as usize / 8;
+        let scribbler = SharedMem::open(s.fd().try_clone_to_owned().unwrap()).unwrap();
+        scribbler.u64_words()[p].store(7, Ordering::Release);
+        let e = reopen(&s).unwrap_err();
+        assert!(matches!(e, SegmentError::Blobs(_)), "{e}");
+        assert!(e.to_string().contains("bad magic"), "{e}");
+        // No pool: `None`.
+        let none = Segment::create("isocall:test:nopool", &SegmentLayout::default()).unwrap();
+        assert!(none.blob_pool(Side::Client).unwrap().is_none());
+    }
+
+    #[test]
     fn bad_layouts_are_errors() {
         for cap in [0, 1000, 2048, 4095, 1 << 31] {
             let l = SegmentLayout {
                 ring_capacity: cap,
-                blob_pool_bytes: 0,
+                blobs: PoolConfig::new(),
             };
             assert!(
                 matches!(Segment::create("x", &l), Err(SegmentError::BadLayout(_))),

@@ -74,7 +74,7 @@ impl Deadline {
 fn setup(figure: &str, params: &str, strategy: WaitStrategy) -> Res<(Peer, Sender, Receiver)> {
     let layout = SegmentLayout {
         ring_capacity: RING,
-        blob_pool_bytes: 0,
+        blobs: Default::default(),
     };
     let seg = Segment::create(&format!("isocall:bench:{figure}"), &layout)?;
     let bells = Doorbells::new()?;
