@@ -33,6 +33,19 @@ pub struct BlobHandle {
     pub len: u32,
 }
 
+impl BlobHandle {
+    /// The handle's 16 bytes, to put in a message.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        bytemuck::cast(*self)
+    }
+
+    /// A handle read from a message (any alignment), or `None` if `bytes`
+    /// is not 16 bytes long. Any 16 bytes make a handle; using it checks it.
+    pub fn from_bytes(bytes: &[u8]) -> Option<BlobHandle> {
+        (bytes.len() == 16).then(|| bytemuck::pod_read_unaligned(bytes))
+    }
+}
+
 const _: () = {
     assert!(std::mem::size_of::<BlobHandle>() == 16);
     assert!(std::mem::align_of::<BlobHandle>() == 4);
