@@ -2,31 +2,35 @@
 //!
 //! # How a slot changes hands
 //!
-//! A slot's state word ([`state`](crate::state)) is the authority on its
-//! owner; each class's bitmap is only an index of slots that are probably
-//! free. Allocation finds a set bit, clears it (`fetch_and`), then claims
-//! the slot by a compare-and-swap of its state word from `Free(g)` to
-//! `Held(me, g + 1)`. Freeing swaps `Held(me, g)` back to `Free(g)` and then
-//! sets the bit (`fetch_or`). Sending swaps `Held(me, g)` to
-//! `InFlight(peer, g)`; accepting swaps `InFlight(me, g)` to `Held(me, g)`.
+//! A slot's state word ([`state`](crate::state)) is the only authority on
+//! its owner, and every allocation is one compare-and-swap on it, from
+//! `Free(g)` to `Held(me, g + 1)`. Freeing stores `Free(g)`; sending swaps
+//! `Held(me, g)` for `InFlight(peer, g)`; accepting swaps `InFlight(me, g)`
+//! for `Held(me, g)`.
 //!
-//! Why a bitmap index and not a Treiber stack: a stack's pop and the
+//! Each class also has a bitmap of hints, one bit per slot, meaning "maybe
+//! free". An allocator tries the slots whose bits are set; a bit whose slot
+//! turns out to be taken is cleared on the way; a free sets its slot's bit
+//! if it is clear. A claimed slot keeps its bit, so a slot that one thread
+//! allocates and frees again and again costs one locked instruction per
+//! pair (the claim), where malloc's thread cache costs none and a Treiber
+//! stack two. Hints can be wrong both ways and nothing depends on them: a
+//! set bit on a taken slot costs a look, and a free slot whose bit a racing
+//! scan cleared is found by the slow path, a scan of the state words, which
+//! runs before any `Exhausted` is reported.
+//!
+//! Why not a Treiber stack (index and ABA tag in one word): its pop and the
 //! ownership mark are two steps, and a process killed between them leaves a
-//! slot that is neither on the list nor owned. Repairing that requires
+//! slot that is neither on the list nor owned; repairing that requires
 //! knowing whether the slot is on the list, which races with the survivor's
-//! own pushes and pops (and pushing it twice corrupts the list). Bits are
-//! idempotent: a bit wrongly set is skipped by the next allocator (its
-//! state CAS fails), a bit wrongly clear is set again by
-//! [`Pool::reclaim`]. So a `SIGKILL` at any instruction loses nothing, and
-//! there is no ABA problem to tag against.
+//! own pushes and pops, and pushing it twice corrupts the list. Here a
+//! `SIGKILL` at any instruction leaves each slot in exactly one state, which
+//! [`Pool::reclaim`] reads; there is no list to corrupt and no ABA problem.
 //!
-//! Memory ordering: the state CAS that frees or sends a slot is Release, the
-//! one that claims or accepts it is Acquire, so the bytes written by one
-//! owner happen before the next owner touches them. Setting a bit is
-//! Release and clearing it Acquire, so an allocator that finds a bit set by
-//! a free also sees that free's `Free` state word (with Relaxed bits, a
-//! weakly ordered CPU could show it the old `Held` word, and the allocator
-//! would drop the bit as stale and lose the slot; loom found this).
+//! Memory ordering: the store or CAS that frees or sends a slot is Release,
+//! the CAS that claims or accepts it is Acquire, so the bytes written by
+//! one owner happen before the next owner touches them. The hint bits carry
+//! no data and are Relaxed.
 
 use core::sync::atomic::{AtomicUsize, Ordering as LocalOrdering};
 
@@ -37,7 +41,7 @@ use crate::blob::{Blob, BlobHandle, BlobMut, SlotRef};
 use crate::error::BlobError;
 use crate::layout::{self, ClassLayout, PoolConfig};
 use crate::state::{Side, SlotState, Word};
-use crate::sync::Ordering;
+use crate::sync::{AtomicU64, Ordering};
 
 /// A blob pool in a region, as seen by one side.
 ///
@@ -138,6 +142,18 @@ impl Reclaimed {
     pub fn freed(&self) -> usize {
         self.held + self.in_flight_to_dead + self.in_flight_from_dead
     }
+}
+
+/// A Release store of a state word. Under loom it is a swap: loom lets a
+/// plain store land between the read and the write of a concurrent
+/// read-modify-write (tokio-rs/loom#254, a history C11 forbids), which
+/// would show the models lost frees that cannot happen.
+#[inline]
+fn store_release(word: &AtomicU64, v: u64) {
+    #[cfg(loom)]
+    word.swap(v, Ordering::Release);
+    #[cfg(not(loom))]
+    word.store(v, Ordering::Release);
 }
 
 pub(crate) fn side_index(s: Side) -> usize {
@@ -248,7 +264,10 @@ impl<R: Region> Pool<R> {
         Ok(BlobMut::new(self.slot_ref(ci, slot, generation, len)))
     }
 
-    /// Finds a free slot of class `ci` and claims it for this side.
+    /// Finds a free slot of class `ci` and claims it for this side: first
+    /// through the bitmap's hints, then, if none of them leads to a free
+    /// slot, by reading every state word, so that `None` (exhausted) means
+    /// no slot was free when the scan passed it.
     fn claim_free(&self, ci: usize) -> Option<(usize, u32)> {
         let c = &self.classes[ci];
         let words = c.words();
@@ -264,33 +283,48 @@ impl<R: Region> Pool<R> {
             while bits != 0 {
                 let b = bits.trailing_zeros() as usize;
                 let mask = 1u64 << b;
-                // Acquire: pairs with the Release `fetch_or` of the free
-                // that set the bit, so the state load below sees `Free`.
-                let prev = word.fetch_and(!mask, Ordering::Acquire);
-                if prev & mask != 0 {
-                    // The bit was ours to clear. A bit past the last slot is
-                    // garbage from the peer: dropping it is the repair.
-                    let slot = wi * 64 + b;
-                    if slot < c.count
-                        && let Some(generation) = self.claim(c, slot)
-                    {
-                        if k != 0 {
-                            self.cursors[ci].store(wi, LocalOrdering::Relaxed);
-                        }
-                        return Some((slot, generation));
+                let slot = wi * 64 + b;
+                if slot < c.count
+                    && let Some(generation) = self.claim(c, slot)
+                {
+                    if k != 0 {
+                        self.cursors[ci].store(wi, LocalOrdering::Relaxed);
                     }
+                    return Some((slot, generation));
                 }
-                bits = prev & !mask;
+                // A stale hint (the slot is taken, or there is no such
+                // slot): clear it so that later scans skip it.
+                word.fetch_and(!mask, Ordering::Relaxed);
+                bits &= !mask;
             }
         }
-        None
+        // Every hint was stale. A slot freed while a scan cleared its bit
+        // is free without a hint; find it the slow way.
+        let from = start * 64 % c.count;
+        (from..c.count).chain(0..from).find_map(|slot| {
+            let generation = self.claim_fresh(c, slot)?;
+            self.cursors[ci].store(slot / 64, LocalOrdering::Relaxed);
+            Some((slot, generation))
+        })
     }
 
-    /// `Free(g)` -> `Held(me, g + 1)`; `None` if the slot is not free (the
-    /// bit was stale).
+    /// `Free(g)` -> `Held(me, g + 1)` by compare-and-swap: the only way a
+    /// slot is allocated. `None` if the slot is not free.
     fn claim(&self, c: &ClassLayout, slot: usize) -> Option<u32> {
         let word = self.region.u64_at(c.state_at(slot));
-        let mut cur = word.load(Ordering::Relaxed);
+        self.claim_from(word, word.load(Ordering::Relaxed))
+    }
+
+    /// As [`claim`](Self::claim), but reading the state word with a
+    /// read-modify-write, which sees the latest value: a plain load may show
+    /// a state older than a free another process made, and the slow path
+    /// must not call a pool exhausted on such a view (loom found this).
+    fn claim_fresh(&self, c: &ClassLayout, slot: usize) -> Option<u32> {
+        let word = self.region.u64_at(c.state_at(slot));
+        self.claim_from(word, word.fetch_add(0, Ordering::Relaxed))
+    }
+
+    fn claim_from(&self, word: &AtomicU64, mut cur: u64) -> Option<u32> {
         loop {
             let w = Word::decode(cur);
             if w.state != SlotState::Free {
@@ -449,30 +483,32 @@ impl<R: Region> Pool<R> {
     }
 
     /// `Held(me, g)` -> `Free(g)` (Release: pairs with the next claim's
-    /// Acquire), then marks the slot in the index. If the word changed under
-    /// us (only a hostile peer or a wrong `reclaim` does that) the slot is
-    /// left as it is.
+    /// Acquire), then sets the slot's hint bit.
+    ///
+    /// A plain store, not a compare-and-swap: only the blob that holds the
+    /// slot frees it, and nothing else changes a held slot's word except a
+    /// hostile peer (which may write any word anyway; the claim's CAS and
+    /// `accept`'s CAS keep this process from handing out one slot twice) or
+    /// a `reclaim` wrongly run while this side lives. With the claim's hint
+    /// left set, an alloc+free pair then costs a single locked instruction.
     pub(crate) fn free(&self, class: usize, slot: usize, generation: u32) {
         let c = &self.classes[class];
-        let ok = self
-            .region
-            .u64_at(c.state_at(slot))
-            .compare_exchange(
-                Word::encode(generation, SlotState::Held(self.side)),
-                Word::encode(generation, SlotState::Free),
-                Ordering::Release,
-                Ordering::Relaxed,
-            )
-            .is_ok();
-        if ok {
-            self.mark_free(c, slot);
-        }
+        store_release(
+            self.region.u64_at(c.state_at(slot)),
+            Word::encode(generation, SlotState::Free),
+        );
+        self.mark_free(c, slot);
     }
 
+    /// Sets the slot's hint bit, unless it is set already (a claimed slot
+    /// keeps its bit until a scan finds it taken, so a slot allocated and
+    /// freed by one thread costs no bitmap write at all).
     fn mark_free(&self, c: &ClassLayout, slot: usize) {
-        self.region
-            .u64_at(c.bitmap + slot / 64 * 8)
-            .fetch_or(1 << (slot % 64), Ordering::Release);
+        let mask = 1u64 << (slot % 64);
+        let word = self.region.u64_at(c.bitmap + slot / 64 * 8);
+        if word.load(Ordering::Relaxed) & mask == 0 {
+            word.fetch_or(mask, Ordering::Relaxed);
+        }
     }
 
     /// Frees every slot the `dead` side held, every slot in flight to it,

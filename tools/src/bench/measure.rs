@@ -189,6 +189,42 @@ pub fn answer64(request: &[u8], reply: &mut [u8]) {
     reply[8..16].copy_from_slice(&sum.to_le_bytes());
 }
 
+/// Times `op` in batches of `batch` calls for the budget's measured time
+/// (after its warm-up); each batch's mean is one sample, so the clock's own
+/// cost (20+ ns) does not swamp an operation of a few nanoseconds.
+pub fn per_op(budget: &Budget, batch: u32, mut op: impl FnMut() -> Res<()>) -> Res<Measured> {
+    // A quarter of the budget: one process, no peer to warm up, and tens of
+    // millions of calls in that time already.
+    let warm_end = Instant::now() + budget.warmup / 4;
+    while Instant::now() < warm_end {
+        for _ in 0..batch {
+            op()?;
+        }
+    }
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    loop {
+        let t = Instant::now();
+        for _ in 0..batch {
+            op()?;
+        }
+        let now = Instant::now();
+        samples.push((now - t).as_nanos() as f64 / f64::from(batch));
+        if now - start >= budget.measure / 4 {
+            break;
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+    Ok(Measured {
+        p50: Some(at(0.5)),
+        p99: Some(at(0.99)),
+        p999: Some(at(0.999)),
+        samples: samples.len() as u64 * u64::from(batch),
+        ..Measured::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 //! so far, measured between two processes in one run, each beside the floor
 //! it is compared to.
 
+mod blob;
 mod floors;
 mod measure;
 mod peer;
@@ -161,7 +162,100 @@ pub fn figures() -> Vec<Figure> {
             run: |b| ring::stream(b, 4096),
             peer: ring::stream_peer,
         },
+        Figure {
+            name: "malloc.alloc_free.256",
+            unit: Ns,
+            floor: None,
+            also: &[],
+            run: |b| blob::malloc_free(b, 256),
+            peer: no_peer,
+        },
+        Figure {
+            name: "malloc.alloc_free.65536",
+            unit: Ns,
+            floor: None,
+            also: &[],
+            run: |b| blob::malloc_free(b, 65536),
+            peer: no_peer,
+        },
+        Figure {
+            name: "blob.alloc_free.256",
+            unit: Ns,
+            floor: Some("malloc.alloc_free.256"),
+            also: &[],
+            run: |b| blob::alloc_free(b, 256),
+            peer: no_peer,
+        },
+        Figure {
+            name: "blob.alloc_free.65536",
+            unit: Ns,
+            floor: Some("malloc.alloc_free.65536"),
+            also: &[],
+            run: |b| blob::alloc_free(b, 65536),
+            peer: no_peer,
+        },
+        Figure {
+            name: "blob.rtt.handle.4096",
+            unit: Ns,
+            floor: Some("floor.spin.rtt"),
+            also: &[],
+            run: |b| blob::rtt(b, 4096, false),
+            peer: blob::rtt_peer,
+        },
+        Figure {
+            name: "blob.rtt.handle.1048576",
+            unit: Ns,
+            floor: Some("blob.rtt.handle.4096"),
+            also: &[],
+            run: |b| blob::rtt(b, 1 << 20, false),
+            peer: blob::rtt_peer,
+        },
+        Figure {
+            name: "blob.rtt.handle.16777216",
+            unit: Ns,
+            floor: Some("blob.rtt.handle.4096"),
+            also: &[],
+            run: |b| blob::rtt(b, 16 << 20, false),
+            peer: blob::rtt_peer,
+        },
+        Figure {
+            name: "uds.rtt.65536",
+            unit: Ns,
+            floor: None,
+            also: &[],
+            run: |b| sockets::uds_rtt_bytes(b, 65536),
+            peer: sockets::uds_bytes_peer,
+        },
+        Figure {
+            name: "uds.rtt.1048576",
+            unit: Ns,
+            floor: None,
+            also: &[],
+            run: |b| sockets::uds_rtt_bytes(b, 1 << 20),
+            peer: sockets::uds_bytes_peer,
+        },
+        Figure {
+            name: "blob.rtt.e2e.65536",
+            unit: Ns,
+            floor: Some("uds.rtt.65536"),
+            also: &[],
+            run: |b| blob::rtt(b, 65536, true),
+            peer: blob::rtt_peer,
+        },
+        Figure {
+            name: "blob.rtt.e2e.1048576",
+            unit: Ns,
+            floor: Some("uds.rtt.1048576"),
+            also: &[],
+            run: |b| blob::rtt(b, 1 << 20, true),
+            peer: blob::rtt_peer,
+        },
     ]
+}
+
+/// The peer of a figure measured in one process: there is none.
+fn no_peer(_: peer::Control) -> Res<()> {
+    Err("this figure runs in one process and has no peer".into())
 }
 
 /// Whether `name` matches the glob `pattern` (`*` = any run of characters).

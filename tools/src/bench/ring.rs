@@ -47,21 +47,23 @@ fn strategy_code(s: WaitStrategy) -> u64 {
 /// A deadline refreshed every 4096 calls: reading the clock per message
 /// would cost more than the message (20+ ns), so a long-lived deadline is
 /// what a latency-sensitive caller passes.
-struct Deadline {
+pub struct Deadline {
     at: Instant,
     calls: u32,
 }
 
 impl Deadline {
-    fn new() -> Self {
+    /// A deadline `PEER_TIMEOUT` from now.
+    pub fn new() -> Self {
         Deadline {
             at: Instant::now() + PEER_TIMEOUT,
             calls: 0,
         }
     }
 
+    /// The deadline, refreshed every 4096 calls.
     #[inline]
-    fn get(&mut self) -> Option<Instant> {
+    pub fn get(&mut self) -> Option<Instant> {
         self.calls = self.calls.wrapping_add(1);
         if self.calls.is_multiple_of(4096) {
             self.at = Instant::now() + PEER_TIMEOUT;
@@ -76,7 +78,19 @@ fn setup(figure: &str, params: &str, strategy: WaitStrategy) -> Res<(Peer, Sende
         ring_capacity: RING,
         blobs: Default::default(),
     };
-    let seg = Segment::create(&format!("isocall:bench:{figure}"), &layout)?;
+    let (peer, _, tx, rx) = setup_with(figure, params, strategy, &layout)?;
+    Ok((peer, tx, rx))
+}
+
+/// Creates a segment of `layout` and starts the peer of `figure` on it; we
+/// are the server side.
+pub fn setup_with(
+    figure: &str,
+    params: &str,
+    strategy: WaitStrategy,
+    layout: &SegmentLayout,
+) -> Res<(Peer, Arc<Segment>, Sender, Receiver)> {
+    let seg = Segment::create(&format!("isocall:bench:{figure}"), layout)?;
     let bells = Doorbells::new()?;
     let params = format!("{params} strategy={}", strategy_code(strategy));
     let peer = Peer::start(
@@ -86,12 +100,18 @@ fn setup(figure: &str, params: &str, strategy: WaitStrategy) -> Res<(Peer, Sende
     )?;
     let seg = Arc::new(seg);
     seg.attach_side(Side::Server);
-    let (tx, rx) = endpoint(seg, Side::Server, &bells, strategy, Liveness::new())?;
-    Ok((peer, tx, rx))
+    let (tx, rx) = endpoint(seg.clone(), Side::Server, &bells, strategy, Liveness::new())?;
+    Ok((peer, seg, tx, rx))
 }
 
 /// The peer's client side on the segment the parent sent.
 fn attach(ctl: &mut Control) -> Res<(Sender, Receiver)> {
+    let (_, tx, rx) = attach_segment(ctl)?;
+    Ok((tx, rx))
+}
+
+/// The peer's client side on the segment the parent sent, with the segment.
+pub fn attach_segment(ctl: &mut Control) -> Res<(Arc<Segment>, Sender, Receiver)> {
     let s2c = EventFd::from_owned(ctl.fds.pop().ok_or("no doorbell")?);
     let c2s = EventFd::from_owned(ctl.fds.pop().ok_or("no doorbell")?);
     let seg = Arc::new(Segment::open(ctl.fds.pop().ok_or("no memfd")?)?);
@@ -101,13 +121,8 @@ fn attach(ctl: &mut Control) -> Res<(Sender, Receiver)> {
         s2c: Arc::new(s2c),
     };
     let strategy = strategy_from(ctl.param("strategy")?);
-    Ok(endpoint(
-        seg,
-        Side::Client,
-        &bells,
-        strategy,
-        Liveness::new(),
-    )?)
+    let (tx, rx) = endpoint(seg.clone(), Side::Client, &bells, strategy, Liveness::new())?;
+    Ok((seg, tx, rx))
 }
 
 /// `ring.rtt.{busy,blocking}.64`: write a 64-byte request in place, the peer

@@ -152,3 +152,65 @@ pub fn uds_stream_peer(mut ctl: Control) -> Res<()> {
         Ok(sum)
     })
 }
+
+/// `uds.rtt.{65536,1048576}`: the bytes of `blob.rtt.e2e.*` through a Unix
+/// socket. We write every byte of the request and send it, the peer
+/// receives it, reads every byte, writes every byte of its answer and sends
+/// it back, and we read every byte of the answer.
+pub fn uds_rtt_bytes(budget: &Budget, len: usize) -> Res<Measured> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let peer = Peer::start(
+        &format!("uds.rtt.{len}"),
+        &format!("len={len}"),
+        &[theirs.as_fd()],
+    )?;
+    drop(theirs);
+    ours.set_read_timeout(Some(PEER_TIMEOUT))?;
+    let mut req = vec![0u8; len];
+    let mut rep = vec![0u8; len];
+    let m = latency(budget, |seq| {
+        let w = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        fill_words(&mut req, w);
+        (&ours).write_all(&req)?;
+        (&ours).read_exact(&mut rep)?;
+        if sum_words(&rep) != (w.wrapping_mul((len / 8) as u64)).wrapping_mul((len / 8) as u64) {
+            return Err(format!("uds.rtt.{len}: wrong reply to {seq}").into());
+        }
+        Ok(())
+    })?;
+    drop(ours);
+    peer.finish()?;
+    Ok(m)
+}
+
+/// Peer of `uds.rtt.{65536,1048576}`.
+pub fn uds_bytes_peer(mut ctl: Control) -> Res<()> {
+    let len = ctl.param("len")? as usize;
+    let s = UnixStream::from(ctl.fds.pop().ok_or("no socket")?);
+    let mut buf = vec![0u8; len];
+    loop {
+        match (&s).read_exact(&mut buf) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        let sum = sum_words(&buf);
+        fill_words(&mut buf, sum);
+        (&s).write_all(&buf)?;
+    }
+}
+
+/// Writes `w` into every 8-byte word of `buf`.
+pub fn fill_words(buf: &mut [u8], w: u64) {
+    let w = w.to_le_bytes();
+    for c in buf.chunks_exact_mut(8) {
+        c.copy_from_slice(&w);
+    }
+}
+
+/// The wrapping sum of the 8-byte words of `buf` (reads every byte).
+pub fn sum_words(buf: &[u8]) -> u64 {
+    buf.chunks_exact(8).fold(0u64, |s, c| {
+        s.wrapping_add(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+    })
+}
