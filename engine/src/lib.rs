@@ -19,6 +19,7 @@ pub use isocall_ringbuf::WaitStrategy;
 
 pub mod endpoint;
 pub mod liveness;
+pub mod rpc;
 pub mod segment;
 pub mod sys;
 pub mod wake;

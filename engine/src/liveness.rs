@@ -67,6 +67,25 @@ impl PeerWatch {
         side_tx: Direction,
         doorbell: Option<Arc<EventFd>>,
     ) -> std::io::Result<PeerWatch> {
+        Self::spawn_on(pidfd.into(), liveness, segment, side_tx, doorbell)
+    }
+
+    /// As [`spawn`](Self::spawn), but the peer counts as dead as soon as
+    /// `watched` becomes readable: a pidfd, or the connection's socket
+    /// (which carries nothing after the handshake, so readable means EOF:
+    /// the peer closed it or died).
+    ///
+    /// # Errors
+    ///
+    /// The OS refused an eventfd or a thread.
+    pub fn spawn_on(
+        watched: std::os::fd::OwnedFd,
+        liveness: Liveness,
+        segment: Arc<Segment>,
+        side_tx: Direction,
+        doorbell: Option<Arc<EventFd>>,
+    ) -> std::io::Result<PeerWatch> {
+        let pidfd = watched;
         let stop = Arc::new(EventFd::new()?);
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()

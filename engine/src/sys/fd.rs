@@ -126,6 +126,12 @@ pub struct PidFd {
     fd: OwnedFd,
 }
 
+impl From<PidFd> for OwnedFd {
+    fn from(p: PidFd) -> OwnedFd {
+        p.fd
+    }
+}
+
 impl PidFd {
     /// Opens a pidfd on process `pid`.
     ///

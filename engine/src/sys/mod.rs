@@ -10,7 +10,8 @@
 //! - anonymous shared memory that can be sealed against resizing, passed to
 //!   another process as a descriptor and mapped by it ([`SharedMem`]);
 //! - passing descriptors over a Unix socket ([`send_with_fds`],
-//!   [`recv_with_fds`]);
+//!   [`recv_with_fds`]), on seqpacket sockets that report the peer's
+//!   credentials ([`listen_seqpacket`], [`connect_seqpacket`], [`peer_cred`]);
 //! - a handle on another process that becomes readable when it exits
 //!   ([`PidFd`]), and waiting on several descriptors ([`poll_readable`]);
 //! - a heavy memory barrier that fences the running threads of other
@@ -24,9 +25,14 @@ mod cpu;
 mod fd;
 mod futex;
 mod shm;
+mod sock;
 
 pub use barrier::{heavy_barrier, heavy_barrier_available};
 pub use cpu::{allowed_cpus, available_cpus, pin_current_thread};
 pub use fd::{EventFd, PidFd, poll_readable, recv_with_fds, send_with_fds};
 pub use futex::{futex_wait, futex_wake};
 pub use shm::SharedMem;
+pub use sock::{
+    PeerCred, SocketName, accept_seqpacket, connect_seqpacket, listen_seqpacket, peer_cred,
+    recv_message, unlink_socket,
+};

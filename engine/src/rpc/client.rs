@@ -1,0 +1,619 @@
+//! The calling side of a connection.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use isocall_blob::{BlobError, BlobHandle, Pool};
+use isocall_ringbuf::SharedRegion;
+use rkyv::util::AlignedVec;
+
+use super::archive::{self, Body};
+use super::wire::{
+    self, CallHead, ClientHello, HELLO_MAGIC, PROTOCOL_VERSION, ServerHello, Status, kind,
+};
+use crate::WaitStrategy;
+use crate::endpoint::{Doorbells, Receiver, Sender, Side, TransportError, endpoint};
+use crate::liveness::{Liveness, PeerWatch};
+use crate::segment::{Segment, SegmentError};
+use crate::sys::{EventFd, SocketName, connect_seqpacket, recv_message, send_with_fds};
+
+/// How a client connects and waits.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientOptions {
+    /// How the client waits for replies (default `Adaptive`).
+    pub strategy: WaitStrategy,
+    /// How long the handshake may take (default 5 s).
+    pub handshake_timeout: Duration,
+    /// Deadline of a call that names none (default 30 s).
+    pub call_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            strategy: WaitStrategy::Adaptive,
+            handshake_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The socket could not be reached (no server, permission).
+    #[error("cannot connect to {socket}: {source}")]
+    Connect {
+        /// The socket.
+        socket: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The server's policy refused this process.
+    #[error("the server refused the connection: {0}")]
+    Refused(String),
+    /// Client and server speak different protocol versions.
+    #[error("protocol version mismatch: this client speaks {ours}, the server {theirs}")]
+    VersionMismatch {
+        /// This client's version.
+        ours: u32,
+        /// The server's.
+        theirs: u32,
+    },
+    /// The server did not finish the handshake in time.
+    #[error("the server did not answer the handshake within {0:?}")]
+    Timeout(Duration),
+    /// The server's hello is malformed (missing descriptors, bad fields).
+    #[error("bad handshake from the server: {0}")]
+    Handshake(String),
+    /// The segment the server sent is refused (seals, magic, layout).
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    /// An OS error during the handshake.
+    #[error("handshake: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The server died or closed the connection.
+    #[error("the server died or closed the connection")]
+    PeerDied,
+    /// No reply before the deadline (the call may still run).
+    #[error("no reply before the deadline")]
+    Timeout,
+    /// The server has no method of that name.
+    #[error("the server has no method {0:?}")]
+    NoSuchMethod(String),
+    /// The server answered that it does not know the method id.
+    #[error("the server does not know method id {0}")]
+    UnknownMethod(u32),
+    /// The handler returned an error.
+    #[error("the handler failed: {0}")]
+    App(String),
+    /// The handler panicked (the server keeps serving).
+    #[error("the handler panicked: {0}")]
+    HandlerPanicked(String),
+    /// The server found the request invalid.
+    #[error("the server refused the request: {0}")]
+    BadRequest(String),
+    /// A request or reply larger than the connection allows.
+    #[error("message too large: {0}")]
+    TooLarge(String),
+    /// The reply is malformed (failed validation, bad frame).
+    #[error("bad reply from the server: {0}")]
+    BadReply(String),
+    /// A blob could not be handled.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    /// The ring failed (corrupt counters or frame).
+    #[error(transparent)]
+    Transport(TransportError),
+}
+
+impl From<TransportError> for CallError {
+    fn from(e: TransportError) -> Self {
+        match e {
+            TransportError::PeerDied => CallError::PeerDied,
+            TransportError::Timeout => CallError::Timeout,
+            other => CallError::Transport(other),
+        }
+    }
+}
+
+/// A method of the server, resolved once from its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MethodId(pub(crate) u32);
+
+/// A call in flight, to be waited for with [`Client::wait`].
+#[derive(Debug, PartialEq, Eq, Hash)]
+#[must_use = "a pending call's reply is kept until it is waited for"]
+pub struct Pending {
+    id: u64,
+}
+
+struct Stashed {
+    status: u32,
+    blobs: Vec<BlobHandle>,
+    body: AlignedVec<16>,
+}
+
+/// A connection to a server, for calls from one thread (`&mut self`).
+pub struct Client {
+    tx: Sender,
+    rx: Receiver,
+    pool: Option<Arc<Pool<SharedRegion>>>,
+    methods: HashMap<String, u32>,
+    max_frame: usize,
+    next_id: u64,
+    in_flight: HashSet<u64>,
+    stash: HashMap<u64, Stashed>,
+    trusted: bool,
+    options: ClientOptions,
+    server_pid: u32,
+    // Dropped last: the watch thread, then the socket (the server's EOF).
+    _watch: PeerWatch,
+    _sock: OwnedFd,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("server_pid", &self.server_pid)
+            .field("methods", &self.methods.len())
+            .field("in_flight", &self.in_flight.len())
+            .finish()
+    }
+}
+
+/// Parses the hello that follows the tag byte.
+fn parse_hello(msg: &[u8]) -> Result<(ServerHello, Vec<String>), String> {
+    const N: usize = std::mem::size_of::<ServerHello>();
+    let hello: ServerHello = msg
+        .get(..N)
+        .map(bytemuck::pod_read_unaligned)
+        .ok_or("hello too short")?;
+    if hello.magic != HELLO_MAGIC {
+        return Err(format!("bad magic {:#x}", hello.magic));
+    }
+    let mut names = Vec::new();
+    let mut at = N;
+    for _ in 0..hello.nmethods.min(4096) {
+        let len = msg
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+            .ok_or("method table cut short")?;
+        let name = msg
+            .get(at + 2..at + 2 + len)
+            .ok_or("method name cut short")?;
+        names.push(String::from_utf8(name.to_vec()).map_err(|_| "method name is not UTF-8")?);
+        at += 2 + len;
+    }
+    if names.len() != hello.nmethods as usize {
+        return Err(format!("{} methods announced, too many", hello.nmethods));
+    }
+    Ok((hello, names))
+}
+
+fn abort(sock: &OwnedFd, reason: &str) {
+    let mut m = vec![wire::ABORT];
+    m.extend_from_slice(reason.as_bytes());
+    let _ = send_with_fds(sock.as_fd(), &m, &[]);
+}
+
+impl Client {
+    /// Connects with the default options.
+    ///
+    /// # Errors
+    ///
+    /// See [`ConnectError`]: no server, refused, version mismatch, a bad
+    /// or late hello, a segment that fails its checks.
+    pub fn connect(socket: &SocketName) -> Result<Client, ConnectError> {
+        Self::connect_with(socket, ClientOptions::default())
+    }
+
+    /// Connects with `options`.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub fn connect_with(
+        socket: &SocketName,
+        options: ClientOptions,
+    ) -> Result<Client, ConnectError> {
+        let span = tracing::debug_span!("isocall_connect", %socket);
+        let _enter = span.enter();
+        let deadline = Instant::now() + options.handshake_timeout;
+        let sock = connect_seqpacket(socket).map_err(|source| ConnectError::Connect {
+            socket: socket.to_string(),
+            source,
+        })?;
+        let hello = ClientHello {
+            magic: HELLO_MAGIC,
+            version: PROTOCOL_VERSION,
+            _reserved: 0,
+        };
+        send_with_fds(sock.as_fd(), bytemuck::bytes_of(&hello), &[])?;
+        let mut buf = vec![0u8; 1 << 16];
+        let (n, mut fds) =
+            recv_message(sock.as_fd(), &mut buf, 3, deadline).map_err(|e| match e.kind() {
+                io::ErrorKind::TimedOut => ConnectError::Timeout(options.handshake_timeout),
+                io::ErrorKind::UnexpectedEof => {
+                    ConnectError::Handshake("the server closed the socket without a hello".into())
+                }
+                _ => ConnectError::Io(e),
+            })?;
+        let msg = &buf[..n];
+        match msg[0] {
+            wire::REFUSED => {
+                return Err(ConnectError::Refused(
+                    String::from_utf8_lossy(&msg[1..]).into_owned(),
+                ));
+            }
+            wire::HELLO => {}
+            t => {
+                return Err(ConnectError::Handshake(format!(
+                    "unexpected message tag {t:#x}"
+                )));
+            }
+        }
+        let (hello, names) = parse_hello(&msg[1..]).map_err(|e| {
+            abort(&sock, &e);
+            ConnectError::Handshake(e)
+        })?;
+        if hello.version != PROTOCOL_VERSION {
+            abort(
+                &sock,
+                &format!(
+                    "protocol version mismatch: client {PROTOCOL_VERSION}, server {}",
+                    hello.version
+                ),
+            );
+            return Err(ConnectError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: hello.version,
+            });
+        }
+        if fds.len() != 3 {
+            let e = format!(
+                "expected a memfd and two eventfds, got {} descriptors",
+                fds.len()
+            );
+            abort(&sock, &e);
+            return Err(ConnectError::Handshake(e));
+        }
+        let s2c = EventFd::from_owned(fds.pop().expect("3 fds"));
+        let c2s = EventFd::from_owned(fds.pop().expect("3 fds"));
+        // Seals, magic, version and layout are checked before anything is
+        // used.
+        let segment = Segment::open(fds.pop().expect("3 fds"))
+            .inspect_err(|e| abort(&sock, &e.to_string()))?;
+        let segment = Arc::new(segment);
+        segment.attach_side(Side::Client);
+        let bells = Doorbells {
+            c2s: Arc::new(c2s),
+            s2c: Arc::new(s2c),
+        };
+        let liveness = Liveness::new();
+        let (tx, rx) = endpoint(
+            segment.clone(),
+            Side::Client,
+            &bells,
+            options.strategy,
+            liveness.clone(),
+        )
+        .map_err(|e| {
+            abort(&sock, &e.to_string());
+            ConnectError::Handshake(e.to_string())
+        })?;
+        let pool = segment.blob_pool(Side::Client)?.map(Arc::new);
+        let watch = PeerWatch::spawn_on(
+            sock.try_clone()?,
+            liveness,
+            segment.clone(),
+            Side::Client.tx(),
+            Some(bells.s2c.clone()),
+        )?;
+        send_with_fds(sock.as_fd(), &[wire::READY], &[])?;
+        let server_pid = crate::sys::peer_cred(sock.as_fd()).map_or(0, |c| c.pid);
+        tracing::debug!(
+            server_pid,
+            methods = names.len(),
+            conn = hello.conn,
+            "connected"
+        );
+        Ok(Client {
+            tx,
+            rx,
+            pool,
+            methods: names
+                .into_iter()
+                .enumerate()
+                .map(|(i, n)| (n, i as u32))
+                .collect(),
+            max_frame: (hello.max_frame as usize).max(wire::HEAD),
+            next_id: 1,
+            in_flight: HashSet::new(),
+            stash: HashMap::new(),
+            trusted: false,
+            options,
+            server_pid,
+            _watch: watch,
+            _sock: sock,
+        })
+    }
+
+    /// Skips bytecheck validation of replies on this connection.
+    ///
+    /// # Safety
+    ///
+    /// The server must only ever send valid archives of each method's
+    /// reply type (e.g. it is the same binary, built from the same types):
+    /// an invalid archive read unchecked is undefined behaviour.
+    #[allow(unsafe_code)] // declares a contract; the unchecked read is in `archive`
+    pub unsafe fn set_trusted(&mut self) {
+        self.trusted = true;
+    }
+
+    /// The id of the method `name`, resolved from the table the server sent
+    /// at the handshake.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError::NoSuchMethod`].
+    pub fn method(&self, name: &str) -> Result<MethodId, CallError> {
+        self.methods
+            .get(name)
+            .map(|&i| MethodId(i))
+            .ok_or_else(|| CallError::NoSuchMethod(name.to_string()))
+    }
+
+    /// The connection's blob pool (allocate request blobs from it), if the
+    /// server gave the connection one.
+    pub fn pool(&self) -> Option<&Arc<Pool<SharedRegion>>> {
+        self.pool.as_ref()
+    }
+
+    /// The server's process id.
+    pub fn server_pid(&self) -> u32 {
+        self.server_pid
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.options.call_timeout
+    }
+
+    /// Writes one frame: head, blob handles, and the body `encode` writes.
+    fn put<T: Body>(
+        &mut self,
+        frame_kind: u16,
+        id: u64,
+        m: MethodId,
+        body: &T,
+        blobs: &[BlobHandle],
+        deadline: Instant,
+    ) -> Result<(), CallError> {
+        if blobs.len() > wire::MAX_BLOBS {
+            return Err(CallError::TooLarge(format!(
+                "{} blobs in one call (at most {})",
+                blobs.len(),
+                wire::MAX_BLOBS
+            )));
+        }
+        let body_at = wire::HEAD + blobs.len() * wire::HANDLE;
+        let max = self.max_frame.min(self.tx.max_payload());
+        // Most bodies are small: try a small grant, then the largest.
+        for room in [max.min(body_at + 4096), max] {
+            let mut g = self.tx.reserve(frame_kind, room, Some(deadline))?;
+            match archive::write_into(body, &mut g.bytes_mut()[body_at..]) {
+                Ok(n) => {
+                    let head = CallHead {
+                        id,
+                        method: m.0,
+                        status: 0,
+                        nblobs: blobs.len() as u32,
+                        body_len: n as u32,
+                        _reserved: 0,
+                    };
+                    wire::write_head(g.bytes_mut(), &head, blobs);
+                    g.commit(body_at + n);
+                    self.tx.publish();
+                    return Ok(());
+                }
+                // Dropping the grant publishes nothing.
+                Err(_) if room < max => continue,
+                Err(e) => {
+                    return Err(CallError::TooLarge(format!(
+                        "the body does not fit a {max}-byte frame: {e}"
+                    )));
+                }
+            }
+        }
+        unreachable!("the loop returns on its last turn")
+    }
+
+    /// Starts a call and returns at once; many calls may be in flight.
+    /// `blobs` are handles of blobs already [sent](isocall_blob::BlobMut::send)
+    /// to the server.
+    ///
+    /// # Errors
+    ///
+    /// `PeerDied`, `Timeout` (the ring stayed full), `TooLarge`.
+    pub fn start<Req: Body>(
+        &mut self,
+        m: MethodId,
+        request: &Req,
+        blobs: &[BlobHandle],
+    ) -> Result<Pending, CallError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let deadline = self.deadline();
+        self.put(kind::REQUEST, id, m, request, blobs, deadline)?;
+        self.in_flight.insert(id);
+        Ok(Pending { id })
+    }
+
+    /// Waits for the reply of `pending` until `deadline` (`None`: the
+    /// client's call timeout), reads it in place as `Resp` (validated unless
+    /// trusted) and returns what `read` makes of it and of the reply's blob
+    /// handles (accept them from [`pool`](Self::pool)).
+    ///
+    /// # Errors
+    ///
+    /// `PeerDied`, `Timeout` (the call is then abandoned; its reply is
+    /// dropped when it comes), the server's statuses (`App`,
+    /// `UnknownMethod`, `HandlerPanicked`, `BadRequest`, `TooLarge`),
+    /// `BadReply` for a reply that fails validation.
+    pub fn wait<Resp: Body, T>(
+        &mut self,
+        pending: Pending,
+        deadline: Option<Instant>,
+        read: impl FnOnce(&Resp::Archived, &[BlobHandle]) -> T,
+    ) -> Result<T, CallError> {
+        let deadline = deadline.unwrap_or_else(|| self.deadline());
+        let id = pending.id;
+        let trusted = self.trusted;
+        let decode = |status: u32, blobs: &[BlobHandle], body: &[u8]| -> Result<T, CallError> {
+            match Status::from_u32(status) {
+                Some(Status::Ok) => {
+                    let r = archive::read::<Resp::Archived>(body, trusted)
+                        .map_err(CallError::BadReply)?;
+                    Ok(read(r, blobs))
+                }
+                Some(s) => Err(status_error(s, body)),
+                None => Err(CallError::BadReply(format!("unknown status {status}"))),
+            }
+        };
+        if let Some(s) = self.stash.remove(&id) {
+            self.in_flight.remove(&id);
+            return decode(s.status, &s.blobs, &s.body);
+        }
+        loop {
+            let frame = match self.rx.recv(Some(deadline)) {
+                Ok(f) => f,
+                Err(TransportError::Timeout) => {
+                    self.in_flight.remove(&id);
+                    return Err(CallError::Timeout);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if frame.kind() != kind::RESPONSE {
+                let k = frame.kind();
+                frame.release();
+                if k == kind::CLOSE {
+                    return Err(CallError::PeerDied);
+                }
+                return Err(CallError::BadReply(format!("unexpected frame kind {k}")));
+            }
+            let p = wire::parse(frame.payload()).map_err(CallError::BadReply)?;
+            let mut handles = [BlobHandle::default(); wire::MAX_BLOBS];
+            let mut nb = 0;
+            for h in wire::handles(p.blobs) {
+                handles[nb] = h;
+                nb += 1;
+            }
+            let rid = p.head.id;
+            if rid == id {
+                let out = decode(p.head.status, &handles[..nb], p.body);
+                frame.release();
+                self.in_flight.remove(&id);
+                return out;
+            }
+            if self.in_flight.contains(&rid) {
+                let mut body = AlignedVec::<16>::with_capacity(p.body.len());
+                body.extend_from_slice(p.body);
+                self.stash.insert(
+                    rid,
+                    Stashed {
+                        status: p.head.status,
+                        blobs: handles[..nb].to_vec(),
+                        body,
+                    },
+                );
+            }
+            // Otherwise the reply of an abandoned call: dropped.
+            frame.release();
+        }
+    }
+
+    /// Calls `m` and waits for its reply, read in place: see
+    /// [`start`](Self::start) and [`wait`](Self::wait).
+    ///
+    /// # Errors
+    ///
+    /// As `start` and `wait`.
+    pub fn call<Req: Body, Resp: Body, T>(
+        &mut self,
+        m: MethodId,
+        request: &Req,
+        read: impl FnOnce(&Resp::Archived) -> T,
+    ) -> Result<T, CallError> {
+        let p = self.start(m, request, &[])?;
+        self.wait::<Resp, T>(p, None, |r, _| read(r))
+    }
+
+    /// Calls `m` with blobs and a deadline; `read` also gets the reply's
+    /// blob handles.
+    ///
+    /// # Errors
+    ///
+    /// As `start` and `wait`.
+    pub fn call_with<Req: Body, Resp: Body, T>(
+        &mut self,
+        m: MethodId,
+        request: &Req,
+        blobs: &[BlobHandle],
+        deadline: Option<Instant>,
+        read: impl FnOnce(&Resp::Archived, &[BlobHandle]) -> T,
+    ) -> Result<T, CallError> {
+        let p = self.start(m, request, blobs)?;
+        self.wait::<Resp, T>(p, deadline, read)
+    }
+
+    /// Sends a one-way message to method `m` (no reply).
+    ///
+    /// # Errors
+    ///
+    /// `PeerDied`, `Timeout` (the ring stayed full), `TooLarge`.
+    pub fn send_message<Msg: Body>(
+        &mut self,
+        m: MethodId,
+        message: &Msg,
+        blobs: &[BlobHandle],
+    ) -> Result<(), CallError> {
+        let deadline = self.deadline();
+        self.put(kind::MESSAGE, 0, m, message, blobs, deadline)
+    }
+
+    /// Calls in flight (started and not yet waited for).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+}
+
+fn status_error(s: Status, body: &[u8]) -> CallError {
+    let msg = String::from_utf8_lossy(body).into_owned();
+    match s {
+        Status::Ok => CallError::BadReply("ok status taken as an error".into()),
+        Status::AppError => CallError::App(msg),
+        Status::UnknownMethod => CallError::UnknownMethod(msg.parse().unwrap_or(u32::MAX)),
+        Status::HandlerPanicked => CallError::HandlerPanicked(msg),
+        Status::BadRequest => CallError::BadRequest(msg),
+        Status::TooLarge => CallError::TooLarge(msg),
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // A clean close: the server stops serving this connection at once.
+        if let Ok(g) = self.tx.try_reserve(kind::CLOSE, 0) {
+            g.commit_all();
+            self.tx.publish();
+        }
+        tracing::debug!(server_pid = self.server_pid, "connection closed");
+    }
+}

@@ -1,0 +1,186 @@
+//! Unix `SOCK_SEQPACKET` sockets: the connection's control channel. A
+//! seqpacket socket keeps message boundaries (one handshake message is one
+//! `recvmsg`), carries descriptors, reports the peer's credentials, and
+//! reads 0 bytes once the peer is gone, which is how a side learns that the
+//! other process died.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rustix::net::{
+    AddressFamily, SocketAddrUnix, SocketFlags, SocketType, accept_with, bind, connect, listen,
+    socket_with, sockopt,
+};
+
+use super::fd::{poll_readable, recv_with_fds};
+
+/// Where a server listens.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum SocketName {
+    /// A path in the file system (the socket file is created by `bind`).
+    Path(PathBuf),
+    /// A name in Linux's abstract namespace (no file; gone with the
+    /// listener).
+    Abstract(String),
+}
+
+impl SocketName {
+    fn addr(&self) -> io::Result<SocketAddrUnix> {
+        Ok(match self {
+            SocketName::Path(p) => SocketAddrUnix::new(p.as_path())?,
+            SocketName::Abstract(n) => SocketAddrUnix::new_abstract_name(n.as_bytes())?,
+        })
+    }
+}
+
+impl std::fmt::Display for SocketName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SocketName::Path(p) => write!(f, "{}", p.display()),
+            SocketName::Abstract(n) => write!(f, "@{n}"),
+        }
+    }
+}
+
+/// The credentials of the process at the other end of a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Its process id.
+    pub pid: u32,
+    /// Its user id.
+    pub uid: u32,
+    /// Its group id.
+    pub gid: u32,
+}
+
+fn new_socket() -> io::Result<OwnedFd> {
+    Ok(socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Binds and listens on `name`. A socket file left by a dead server (no one
+/// accepts on it) is replaced; one a live server listens on is not.
+///
+/// # Errors
+///
+/// `AddrInUse` naming the socket when a live server holds it; other OS
+/// errors of `socket`, `bind`, `listen`.
+pub fn listen_seqpacket(name: &SocketName) -> io::Result<OwnedFd> {
+    let addr = name.addr()?;
+    let fd = new_socket()?;
+    match bind(&fd, &addr) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::ADDRINUSE) => {
+            let SocketName::Path(path) = name else {
+                return Err(in_use(name));
+            };
+            // Is anyone there? A refused connection means a stale file.
+            match connect_seqpacket(name) {
+                Ok(_) => return Err(in_use(name)),
+                Err(e)
+                    if e.raw_os_error() == Some(rustix::io::Errno::CONNREFUSED.raw_os_error()) =>
+                {
+                    std::fs::remove_file(path)?;
+                    bind(&fd, &addr)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    listen(&fd, 128)?;
+    Ok(fd)
+}
+
+fn in_use(name: &SocketName) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!("a live server already listens on {name}"),
+    )
+}
+
+/// Connects to a listening seqpacket socket.
+///
+/// # Errors
+///
+/// The OS error of `connect` (`NotFound` for a missing path,
+/// `ConnectionRefused` when no one listens).
+pub fn connect_seqpacket(name: &SocketName) -> io::Result<OwnedFd> {
+    let fd = new_socket()?;
+    connect(&fd, &name.addr()?)?;
+    Ok(fd)
+}
+
+/// Accepts one connection (close-on-exec).
+///
+/// # Errors
+///
+/// The OS error of `accept`.
+pub fn accept_seqpacket(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    Ok(accept_with(listener, SocketFlags::CLOEXEC)?)
+}
+
+/// The credentials of the peer of a connected Unix socket (`SO_PEERCRED`).
+///
+/// # Errors
+///
+/// The OS error of `getsockopt`.
+pub fn peer_cred(sock: BorrowedFd<'_>) -> io::Result<PeerCred> {
+    let c = sockopt::socket_peercred(sock)?;
+    Ok(PeerCred {
+        pid: c.pid.as_raw_nonzero().get() as u32,
+        uid: c.uid.as_raw(),
+        gid: c.gid.as_raw(),
+    })
+}
+
+/// Receives one message with up to `max_fds` descriptors, waiting until
+/// `deadline`.
+///
+/// # Errors
+///
+/// `TimedOut` at the deadline; `UnexpectedEof` if the peer closed; as
+/// [`recv_with_fds`](super::recv_with_fds) otherwise.
+pub fn recv_message(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    max_fds: usize,
+    deadline: Instant,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left == Duration::ZERO {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no answer before the deadline",
+            ));
+        }
+        match poll_readable(&[sock.as_fd()], Some(left)) {
+            Ok(r) if r.first() == Some(&true) => break,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let (n, fds) = recv_with_fds(sock, buf, max_fds)?;
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the peer closed the socket",
+        ));
+    }
+    Ok((n, fds))
+}
+
+/// Removes a socket file (a path name) when the listener goes away.
+pub fn unlink_socket(name: &SocketName) {
+    if let SocketName::Path(p) = name {
+        let _ = std::fs::remove_file(Path::new(p));
+    }
+}
