@@ -45,3 +45,21 @@ fn pingpong_refuses_an_unknown_mode() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown mode"));
 }
+
+#[test]
+fn snprintf_formats_a_million_strings_in_another_process() {
+    let out = Command::new(example("snprintf"))
+        .output()
+        .expect("run snprintf");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "snprintf failed: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("1000000 strings formatted in another process, every one checked"),
+        "{stdout}"
+    );
+}

@@ -129,6 +129,14 @@ impl From<TransportError> for CallError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MethodId(pub(crate) u32);
 
+impl MethodId {
+    /// A method id as a number (for a layer that forwards calls, or a test
+    /// that sends an id the server does not have).
+    pub fn from_raw(id: u32) -> MethodId {
+        MethodId(id)
+    }
+}
+
 /// A call in flight, to be waited for with [`Client::wait`].
 #[derive(Debug, PartialEq, Eq, Hash)]
 #[must_use = "a pending call's reply is kept until it is waited for"]

@@ -1,0 +1,84 @@
+//! No descriptor or thread outlives its connection: 1,000 connect, call,
+//! disconnect cycles against an in-process server, then the process's fd
+//! and thread counts are back where they started. Its own test binary, so
+//! that no other test opens descriptors or starts threads meanwhile.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::wait_until;
+use isocall::engine::rpc::{CallCtx, Client, ServerBuilder, SocketName};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[derive(rkyv::Archive, rkyv::Serialize)]
+struct Add {
+    a: u64,
+    b: u64,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize)]
+struct Sum {
+    sum: u64,
+}
+
+fn add(c: &mut Client, a: u64, b: u64) -> u64 {
+    let m = c.method("add").unwrap();
+    c.call::<Add, Sum, _>(m, &Add { a, b }, |r| r.sum.to_native())
+        .unwrap()
+}
+
+fn unique(tag: &str) -> SocketName {
+    static N: AtomicU64 = AtomicU64::new(0);
+    SocketName::Abstract(format!(
+        "isocall-test-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+fn builder(socket: SocketName) -> ServerBuilder {
+    ServerBuilder::new(socket).method::<Add, Sum, _>(
+        "add",
+        |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
+            Ok(Sum {
+                sum: r.a.to_native() + r.b.to_native(),
+            })
+        },
+    )
+}
+
+fn count_dir(path: &str) -> usize {
+    std::fs::read_dir(path).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn a_thousand_connections_leak_no_fds_or_threads() {
+    let socket = unique("cycles");
+    let server = builder(socket.clone()).spawn().unwrap();
+    // Warm up once (lazy statics, the first worker wake-up).
+    drop(Client::connect(&socket).unwrap());
+    wait_until(LIMIT, "the first close", || {
+        (server.stats().closed == 1).then_some(())
+    });
+    let fds = count_dir("/proc/self/fd");
+    let threads = count_dir("/proc/self/task");
+    for i in 0..1000u64 {
+        let mut c = Client::connect(&socket).unwrap();
+        assert_eq!(add(&mut c, i, 1), i + 1);
+    }
+    wait_until(LIMIT, "every connection closed by the server", || {
+        (server.stats().closed == 1001).then_some(())
+    });
+    wait_until(
+        LIMIT,
+        "fd and thread counts back where they started",
+        || {
+            (count_dir("/proc/self/fd") == fds && count_dir("/proc/self/task") == threads)
+                .then_some(())
+        },
+    );
+    assert_eq!(server.stats().accepted, 1001);
+}
