@@ -129,6 +129,9 @@ pub struct Sender {
     _segment: Arc<Segment>,
 }
 
+/// A frame read from a [`Receiver`].
+pub type RxFrame<'a> = isocall_ringbuf::Frame<'a, SharedRegion, RingParker>;
+
 /// The reading half of an endpoint.
 #[derive(Debug)]
 pub struct Receiver {

@@ -144,6 +144,49 @@ pub struct Pending {
     id: u64,
 }
 
+/// Call ids are distinct sequential numbers: a multiplicative hash is
+/// enough, and costs a fraction of SipHash on the per-call path.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type Ids<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
+type IdSet = HashSet<u64, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// Tries a ring operation without a deadline first (no clock read on the
+/// fast path), spinning a while unless the strategy is `Blocking`, and only
+/// then computes the deadline and waits for real.
+const SPINS_BEFORE_DEADLINE: u32 = 1 << 12;
+
+fn next_frame<'r>(
+    rx: &'r mut Receiver,
+    strategy: WaitStrategy,
+    deadline: impl FnOnce() -> Instant,
+) -> Result<crate::endpoint::RxFrame<'r>, TransportError> {
+    if strategy != WaitStrategy::Blocking {
+        for _ in 0..SPINS_BEFORE_DEADLINE {
+            if rx.try_recv()?.is_some() {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+    }
+    rx.recv(Some(deadline()))
+}
+
 struct Stashed {
     status: u32,
     blobs: Vec<BlobHandle>,
@@ -158,8 +201,8 @@ pub struct Client {
     methods: HashMap<String, u32>,
     max_frame: usize,
     next_id: u64,
-    in_flight: HashSet<u64>,
-    stash: HashMap<u64, Stashed>,
+    in_flight: IdSet,
+    stash: Ids<Stashed>,
     trusted: bool,
     options: ClientOptions,
     server_pid: u32,
@@ -345,8 +388,8 @@ impl Client {
                 .collect(),
             max_frame: (hello.max_frame as usize).max(wire::HEAD),
             next_id: 1,
-            in_flight: HashSet::new(),
-            stash: HashMap::new(),
+            in_flight: IdSet::default(),
+            stash: Ids::default(),
             trusted: false,
             options,
             server_pid,
@@ -391,10 +434,6 @@ impl Client {
         self.server_pid
     }
 
-    fn deadline(&self) -> Instant {
-        Instant::now() + self.options.call_timeout
-    }
-
     /// Writes one frame: head, blob handles, and the body `encode` writes.
     fn put<T: Body>(
         &mut self,
@@ -403,7 +442,7 @@ impl Client {
         m: MethodId,
         body: &T,
         blobs: &[BlobHandle],
-        deadline: Instant,
+        deadline: impl Fn() -> Instant,
     ) -> Result<(), CallError> {
         if blobs.len() > wire::MAX_BLOBS {
             return Err(CallError::TooLarge(format!(
@@ -416,7 +455,11 @@ impl Client {
         let max = self.max_frame.min(self.tx.max_payload());
         // Most bodies are small: try a small grant, then the largest.
         for room in [max.min(body_at + 4096), max] {
-            let mut g = self.tx.reserve(frame_kind, room, Some(deadline))?;
+            let mut g = match self.tx.try_reserve(frame_kind, room) {
+                Ok(g) => g,
+                Err(TransportError::Full) => self.tx.reserve(frame_kind, room, Some(deadline()))?,
+                Err(e) => return Err(e.into()),
+            };
             match archive::write_into(body, &mut g.bytes_mut()[body_at..]) {
                 Ok(n) => {
                     let head = CallHead {
@@ -459,8 +502,10 @@ impl Client {
     ) -> Result<Pending, CallError> {
         let id = self.next_id;
         self.next_id += 1;
-        let deadline = self.deadline();
-        self.put(kind::REQUEST, id, m, request, blobs, deadline)?;
+        let timeout = self.options.call_timeout;
+        self.put(kind::REQUEST, id, m, request, blobs, || {
+            Instant::now() + timeout
+        })?;
         self.in_flight.insert(id);
         Ok(Pending { id })
     }
@@ -482,7 +527,9 @@ impl Client {
         deadline: Option<Instant>,
         read: impl FnOnce(&Resp::Archived, &[BlobHandle]) -> T,
     ) -> Result<T, CallError> {
-        let deadline = deadline.unwrap_or_else(|| self.deadline());
+        let timeout = self.options.call_timeout;
+        let deadline = move || deadline.unwrap_or_else(|| Instant::now() + timeout);
+        let strategy = self.options.strategy;
         let id = pending.id;
         let trusted = self.trusted;
         let decode = |status: u32, blobs: &[BlobHandle], body: &[u8]| -> Result<T, CallError> {
@@ -501,7 +548,7 @@ impl Client {
             return decode(s.status, &s.blobs, &s.body);
         }
         loop {
-            let frame = match self.rx.recv(Some(deadline)) {
+            let frame = match next_frame(&mut self.rx, strategy, deadline) {
                 Ok(f) => f,
                 Err(TransportError::Timeout) => {
                     self.in_flight.remove(&id);
@@ -593,8 +640,10 @@ impl Client {
         message: &Msg,
         blobs: &[BlobHandle],
     ) -> Result<(), CallError> {
-        let deadline = self.deadline();
-        self.put(kind::MESSAGE, 0, m, message, blobs, deadline)
+        let timeout = self.options.call_timeout;
+        self.put(kind::MESSAGE, 0, m, message, blobs, || {
+            Instant::now() + timeout
+        })
     }
 
     /// Calls in flight (started and not yet waited for).

@@ -3,6 +3,7 @@
 //! it is compared to.
 
 mod blob;
+mod call;
 mod floors;
 mod measure;
 mod peer;
@@ -43,6 +44,8 @@ pub enum Unit {
     Ns,
     /// Messages per second (a rate in `value`).
     MsgPerSec,
+    /// Calls per second (a rate in `value`).
+    CallPerSec,
 }
 
 impl Unit {
@@ -51,6 +54,7 @@ impl Unit {
         match self {
             Unit::Ns => "ns",
             Unit::MsgPerSec => "msg/s",
+            Unit::CallPerSec => "call/s",
         }
     }
 }
@@ -250,6 +254,54 @@ pub fn figures() -> Vec<Figure> {
             run: |b| blob::rtt(b, 1 << 20, true),
             peer: blob::rtt_peer,
         },
+        Figure {
+            name: "uds.call.64",
+            unit: Ns,
+            floor: Some("floor.futex.rtt"),
+            also: &[],
+            run: call::uds_call,
+            peer: call::uds_call_peer,
+        },
+        Figure {
+            name: "call.rtt.busy.64",
+            unit: Ns,
+            floor: Some("floor.spin.rtt"),
+            also: &["uds.call.64"],
+            run: |b| call::rtt(b, WaitStrategy::BusySpin),
+            peer: call::server_peer,
+        },
+        Figure {
+            name: "call.rtt.adaptive.64",
+            unit: Ns,
+            floor: Some("floor.spin.rtt"),
+            also: &["uds.call.64"],
+            run: |b| call::rtt(b, WaitStrategy::Adaptive),
+            peer: call::server_peer,
+        },
+        Figure {
+            name: "call.rtt.blocking.64",
+            unit: Ns,
+            floor: Some("floor.futex.rtt"),
+            also: &["uds.call.64"],
+            run: |b| call::rtt(b, WaitStrategy::Blocking),
+            peer: call::server_peer,
+        },
+        Figure {
+            name: "call.pipelined.64",
+            unit: CallPerSec,
+            floor: None,
+            also: &[],
+            run: call::pipelined,
+            peer: call::server_peer,
+        },
+        Figure {
+            name: "call.rtt.blob.1048576",
+            unit: Ns,
+            floor: Some("call.rtt.busy.64"),
+            also: &[],
+            run: call::rtt_blob,
+            peer: call::server_peer,
+        },
     ]
 }
 
@@ -320,7 +372,7 @@ pub struct Row {
 fn ratio(unit: Unit, m: &Measured, other: &Measured) -> Option<f64> {
     match unit {
         Unit::Ns => Some(m.p50? / other.p50?),
-        Unit::MsgPerSec => Some(m.value? / other.value?),
+        Unit::MsgPerSec | Unit::CallPerSec => Some(m.value? / other.value?),
     }
 }
 

@@ -68,7 +68,7 @@ fn cells(r: &Row) -> [String; 6] {
             fmt_ns(r.m.p999),
             "-".into(),
         ),
-        Unit::MsgPerSec => ("-".into(), "-".into(), "-".into(), fmt_rate(r)),
+        Unit::MsgPerSec | Unit::CallPerSec => ("-".into(), "-".into(), "-".into(), fmt_rate(r)),
     };
     let mut cmp: Vec<String> = r
         .floor
