@@ -31,8 +31,8 @@ impl Budget {
     /// The `--quick` budget (the whole run well under 30 s).
     pub fn quick() -> Budget {
         Budget {
-            warmup: Duration::from_millis(50),
-            measure: Duration::from_millis(200),
+            warmup: Duration::from_millis(30),
+            measure: Duration::from_millis(120),
             stream_msgs: 2_000_000,
             stream_reps: 1,
             rounds: 5,
