@@ -8,9 +8,9 @@ mod common;
 
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::calc::*;
 use common::*;
 use isocall::engine::WaitStrategy;
 use isocall::engine::rpc::wire::{self, ClientHello, HELLO_MAGIC};
@@ -23,28 +23,8 @@ use isocall::engine::sys::{connect_seqpacket, recv_message, send_with_fds};
 const LIMIT: Duration = Duration::from_secs(30);
 
 #[derive(rkyv::Archive, rkyv::Serialize)]
-struct Add {
-    a: u64,
-    b: u64,
-}
-
-#[derive(rkyv::Archive, rkyv::Serialize)]
-struct Sum {
-    sum: u64,
-}
-
-#[derive(rkyv::Archive, rkyv::Serialize)]
 struct Text {
     text: String,
-}
-
-fn unique(tag: &str) -> SocketName {
-    static N: AtomicU64 = AtomicU64::new(0);
-    SocketName::Abstract(format!(
-        "isocall-test-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ))
 }
 
 /// The methods every test server offers.
@@ -84,11 +64,6 @@ fn builder(socket: SocketName) -> ServerBuilder {
             }
         })
         .message::<Add, _>("note", |_: &ArchivedAdd, _: &mut CallCtx<'_>| {})
-}
-
-fn add(c: &mut Client, a: u64, b: u64) -> Result<u64, CallError> {
-    let m = c.method("add")?;
-    c.call::<Add, Sum, _>(m, &Add { a, b }, |r| r.sum.to_native())
 }
 
 /// A server in a child process on `socket`; returns once it listens.

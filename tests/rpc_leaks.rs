@@ -5,39 +5,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use common::calc::*;
 use common::wait_until;
 use isocall::engine::rpc::{CallCtx, Client, ServerBuilder, SocketName};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-#[derive(rkyv::Archive, rkyv::Serialize)]
-struct Add {
-    a: u64,
-    b: u64,
-}
-
-#[derive(rkyv::Archive, rkyv::Serialize)]
-struct Sum {
-    sum: u64,
-}
-
-fn add(c: &mut Client, a: u64, b: u64) -> u64 {
-    let m = c.method("add").unwrap();
-    c.call::<Add, Sum, _>(m, &Add { a, b }, |r| r.sum.to_native())
-        .unwrap()
-}
-
-fn unique(tag: &str) -> SocketName {
-    static N: AtomicU64 = AtomicU64::new(0);
-    SocketName::Abstract(format!(
-        "isocall-test-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ))
-}
 
 fn builder(socket: SocketName) -> ServerBuilder {
     ServerBuilder::new(socket).method::<Add, Sum, _>(
@@ -67,7 +41,7 @@ fn a_thousand_connections_leak_no_fds_or_threads() {
     let threads = count_dir("/proc/self/task");
     for i in 0..1000u64 {
         let mut c = Client::connect(&socket).unwrap();
-        assert_eq!(add(&mut c, i, 1), i + 1);
+        assert_eq!(add(&mut c, i, 1).unwrap(), i + 1);
     }
     wait_until(LIMIT, "every connection closed by the server", || {
         (server.stats().closed == 1001).then_some(())

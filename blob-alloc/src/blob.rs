@@ -74,6 +74,14 @@ impl<R: Region> Clone for SlotRef<'_, R> {
 impl<R: Region> Copy for SlotRef<'_, R> {}
 
 impl<R: Region> SlotRef<'_, R> {
+    /// Moves the slot to the peer (the caller has given up its blob
+    /// without running its drop).
+    fn send(&self) -> Result<BlobHandle, BlobError> {
+        let h = self.handle();
+        self.pool.send(&h)?;
+        Ok(h)
+    }
+
     fn handle(&self) -> BlobHandle {
         BlobHandle {
             class: self.class as u32,
@@ -138,11 +146,7 @@ impl<'p, R: Region> BlobMut<'p, R> {
     /// `reclaim` that judged this side dead); the blob is then dropped
     /// without freeing.
     pub fn send(self) -> Result<BlobHandle, BlobError> {
-        let h = self.s.handle();
-        let pool = self.s.pool;
-        std::mem::forget(self);
-        pool.send(&h)?;
-        Ok(h)
+        std::mem::ManuallyDrop::new(self).s.send()
     }
 
     /// Keeps the blob, read-only from now on.
@@ -164,11 +168,7 @@ impl<R: Region> Blob<'_, R> {
     ///
     /// As [`BlobMut::send`].
     pub fn send(self) -> Result<BlobHandle, BlobError> {
-        let h = self.s.handle();
-        let pool = self.s.pool;
-        std::mem::forget(self);
-        pool.send(&h)?;
-        Ok(h)
+        std::mem::ManuallyDrop::new(self).s.send()
     }
 }
 

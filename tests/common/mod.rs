@@ -3,6 +3,8 @@
 //! socket, deadlines instead of sleeps, and a deterministic payload stream.
 #![allow(dead_code)]
 
+pub mod calc;
+
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;

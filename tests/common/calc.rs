@@ -1,0 +1,34 @@
+//! The little `add` service the call tests share.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use isocall::engine::rpc::{CallError, Client, SocketName};
+
+/// Request of `add`.
+#[derive(rkyv::Archive, rkyv::Serialize)]
+pub struct Add {
+    pub a: u64,
+    pub b: u64,
+}
+
+/// Reply of `add`.
+#[derive(rkyv::Archive, rkyv::Serialize)]
+pub struct Sum {
+    pub sum: u64,
+}
+
+/// Calls `add`.
+pub fn add(c: &mut Client, a: u64, b: u64) -> Result<u64, CallError> {
+    let m = c.method("add")?;
+    c.call::<Add, Sum, _>(m, &Add { a, b }, |r| r.sum.to_native())
+}
+
+/// An abstract socket name no other test uses.
+pub fn unique(tag: &str) -> SocketName {
+    static N: AtomicU64 = AtomicU64::new(0);
+    SocketName::Abstract(format!(
+        "isocall-test-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
