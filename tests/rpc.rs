@@ -130,6 +130,14 @@ fn typed_calls_pipelining_messages_and_statuses() {
         assert_eq!(sum, i as u64 + 1000);
     }
     assert_eq!(c.in_flight(), 0);
+    let all: Vec<_> = (0..10u64)
+        .map(|i| c.start(m, &Add { a: i, b: i }, &[]).unwrap())
+        .collect();
+    let sums = c.wait_all::<Sum, _>(all, None, |r, _| r.sum.to_native());
+    assert_eq!(
+        sums.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+        (0..10).map(|i| 2 * i).collect::<Vec<_>>()
+    );
     // One-way messages, then a call proves they were consumed in order.
     let note = c.method("note").unwrap();
     for i in 0..1000 {
@@ -452,4 +460,95 @@ fn a_killed_client_s_blobs_are_reclaimed() {
         37,
         "exactly the blobs the client held"
     );
+}
+
+/// Does the client half of the handshake by hand and returns the raw
+/// endpoint, so the test can write whatever it likes into the ring.
+fn raw_client(
+    socket: &SocketName,
+) -> (
+    std::os::fd::OwnedFd,
+    isocall::engine::endpoint::Sender,
+    isocall::engine::endpoint::Receiver,
+) {
+    use isocall::engine::endpoint::{Doorbells, Side, endpoint};
+    use isocall::engine::liveness::Liveness;
+    use isocall::engine::segment::Segment;
+    use isocall::engine::sys::EventFd;
+    let sock = connect_seqpacket(socket).unwrap();
+    let hello = ClientHello {
+        magic: HELLO_MAGIC,
+        version: wire::PROTOCOL_VERSION,
+        _reserved: 0,
+    };
+    send_with_fds(sock.as_fd(), bytemuck::bytes_of(&hello), &[]).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let (_, mut fds) = recv_message(sock.as_fd(), &mut buf, 3, Instant::now() + LIMIT).unwrap();
+    assert_eq!(buf[0], wire::HELLO);
+    let s2c = EventFd::from_owned(fds.pop().unwrap());
+    let c2s = EventFd::from_owned(fds.pop().unwrap());
+    let seg = Arc::new(Segment::open(fds.pop().unwrap()).unwrap());
+    let bells = Doorbells {
+        c2s: Arc::new(c2s),
+        s2c: Arc::new(s2c),
+    };
+    let (tx, rx) = endpoint(
+        seg,
+        Side::Client,
+        &bells,
+        WaitStrategy::Adaptive,
+        Liveness::new(),
+    )
+    .unwrap();
+    send_with_fds(sock.as_fd(), &[wire::READY], &[]).unwrap();
+    (sock, tx, rx)
+}
+
+#[test]
+fn a_client_sending_garbage_is_closed_and_the_others_keep_working() {
+    let socket = unique("garbage");
+    let server = builder(socket.clone()).spawn().unwrap();
+    let mut good = Client::connect(&socket).unwrap();
+    assert_eq!(add(&mut good, 1, 1).unwrap(), 2);
+    let garbage: [&[u8]; 3] = [
+        // Shorter than a call head.
+        &[1, 2, 3],
+        // A head that claims 1000 blobs.
+        &{
+            let mut h = [0u8; 32];
+            h[16..20].copy_from_slice(&1000u32.to_le_bytes());
+            h
+        },
+        // A head whose body runs past the frame.
+        &{
+            let mut h = [0u8; 48];
+            h[20..24].copy_from_slice(&4096u32.to_le_bytes());
+            h
+        },
+    ];
+    for (i, g) in garbage.iter().enumerate() {
+        let (_sock, mut tx, _rx) = raw_client(&socket);
+        tx.send(wire::kind::REQUEST, g, Some(Instant::now() + LIMIT))
+            .unwrap();
+        wait_until(LIMIT, "the server closing the garbage connection", || {
+            (server.stats().closed == i as u64 + 1).then_some(())
+        });
+        assert_eq!(
+            add(&mut good, i as u64, 1).unwrap(),
+            i as u64 + 1,
+            "the good client is served"
+        );
+    }
+    // A frame kind a client never sends.
+    let (_sock, mut tx, _rx) = raw_client(&socket);
+    tx.send(
+        wire::kind::RESPONSE,
+        &[0u8; 32],
+        Some(Instant::now() + LIMIT),
+    )
+    .unwrap();
+    wait_until(LIMIT, "the server closing the connection", || {
+        (server.stats().closed == 4).then_some(())
+    });
+    assert_eq!(add(&mut good, 7, 7).unwrap(), 14);
 }

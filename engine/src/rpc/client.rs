@@ -552,6 +552,17 @@ impl Client {
                 Ok(f) => f,
                 Err(TransportError::Timeout) => {
                     self.in_flight.remove(&id);
+                    // Tell the server (best effort: a full ring skips it);
+                    // a reply that still comes is dropped.
+                    if let Ok(mut g) = self.tx.try_reserve(kind::CANCEL, wire::HEAD) {
+                        let head = CallHead {
+                            id,
+                            ..CallHead::default()
+                        };
+                        wire::write_head(g.bytes_mut(), &head, &[]);
+                        g.commit_all();
+                        self.tx.publish();
+                    }
                     return Err(CallError::Timeout);
                 }
                 Err(e) => return Err(e.into()),
@@ -593,6 +604,20 @@ impl Client {
             // Otherwise the reply of an abandoned call: dropped.
             frame.release();
         }
+    }
+
+    /// Waits for every call of `pending`, in order, each until `deadline`;
+    /// one result per call.
+    pub fn wait_all<Resp: Body, T>(
+        &mut self,
+        pending: Vec<Pending>,
+        deadline: Option<Instant>,
+        mut read: impl FnMut(&Resp::Archived, &[BlobHandle]) -> T,
+    ) -> Vec<Result<T, CallError>> {
+        pending
+            .into_iter()
+            .map(|p| self.wait::<Resp, T>(p, deadline, &mut read))
+            .collect()
     }
 
     /// Calls `m` and waits for its reply, read in place: see
