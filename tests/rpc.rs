@@ -63,6 +63,17 @@ fn builder(socket: SocketName) -> ServerBuilder {
                 std::thread::park();
             }
         })
+        .method::<Text, Sum, _>("large_sum", |_: &ArchivedText, ctx: &mut CallCtx<'_>| {
+            // Reads every byte of the large blob and answers in place.
+            let bytes = ctx.large(0).map_err(|e| e.to_string())?;
+            let mut sum = 0u64;
+            for b in bytes.iter_mut() {
+                sum += u64::from(*b);
+                *b = b.wrapping_add(1);
+            }
+            ctx.reply_large(0).map_err(|e| e.to_string())?;
+            Ok(Sum { sum })
+        })
         .message::<Add, _>("note", |_: &ArchivedAdd, _: &mut CallCtx<'_>| {})
 }
 
@@ -551,4 +562,70 @@ fn a_client_sending_garbage_is_closed_and_the_others_keep_working() {
         (server.stats().closed == 4).then_some(())
     });
     assert_eq!(add(&mut good, 7, 7).unwrap(), 14);
+}
+
+#[test]
+fn large_blobs_travel_as_memfds_mapped_once() {
+    let socket = unique("large");
+    let server = builder(socket.clone()).spawn().unwrap();
+    let mut c = Client::connect(&socket).unwrap();
+    let largest = c.pool().unwrap().classes().last().unwrap().slot_size;
+    assert!(matches!(
+        c.pool().unwrap().alloc(largest + 1),
+        Err(isocall::blob::BlobError::TooLarge { .. })
+    ));
+    // 32 MiB: far beyond the largest class.
+    let mut big = c.alloc_large(32 << 20).unwrap();
+    for (i, b) in big.as_mut_slice().iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    let want: u64 = big.as_slice().iter().map(|&b| u64::from(b)).sum();
+    let m = c.method("large_sum").unwrap();
+    for round in 0..3u64 {
+        let h = c.share_large(&mut big).unwrap();
+        let (sum, back) = c
+            .call_with::<Text, Sum, _>(
+                m,
+                &Text {
+                    text: String::new(),
+                },
+                &[h],
+                None,
+                |r, b| (r.sum.to_native(), b.to_vec()),
+            )
+            .unwrap();
+        assert_eq!(
+            isocall::engine::rpc::large_id(&back[0]),
+            isocall::engine::rpc::large_id(&h)
+        );
+        // Each round the server added 1 to every byte, in place.
+        let n = big.len() as u64;
+        assert_eq!(sum, want + round * n, "round {round}");
+    }
+    assert!(
+        big.as_slice()
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == ((i % 251) as u8).wrapping_add(3))
+    );
+    assert_eq!(
+        server.stats().large_mapped,
+        1,
+        "the memfd crossed the socket once"
+    );
+    // A large handle that was never shared is refused; the connection lives.
+    let forged = isocall::engine::rpc::LargeBlob::handle(&c.alloc_large(10).unwrap());
+    let e = c
+        .call_with::<Text, Sum, _>(
+            m,
+            &Text {
+                text: String::new(),
+            },
+            &[forged],
+            None,
+            |_, _| (),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("never shared"), "{e}");
+    assert_eq!(add(&mut c, 2, 2).unwrap(), 4);
 }

@@ -16,7 +16,7 @@ use isocall_ringbuf::wait::NOT_WAITING;
 use isocall_ringbuf::{Region, SharedRegion};
 
 use crate::segment::{Direction, Segment};
-use crate::sys::{EventFd, PidFd, futex_wake, poll_readable};
+use crate::sys::{EventFd, PidFd, Ready, futex_wake, poll_ready};
 
 /// Shared flag: has the peer died? Cheap to check on every wait loop turn.
 #[derive(Clone, Debug, Default)]
@@ -67,19 +67,28 @@ impl PeerWatch {
         side_tx: Direction,
         doorbell: Option<Arc<EventFd>>,
     ) -> std::io::Result<PeerWatch> {
-        Self::spawn_on(pidfd.into(), liveness, segment, side_tx, doorbell)
+        Self::spawn_on(
+            pidfd.into(),
+            Ready::Readable,
+            liveness,
+            segment,
+            side_tx,
+            doorbell,
+        )
     }
 
     /// As [`spawn`](Self::spawn), but the peer counts as dead as soon as
-    /// `watched` becomes readable: a pidfd, or the connection's socket
-    /// (which carries nothing after the handshake, so readable means EOF:
-    /// the peer closed it or died).
+    /// `watched` is ready as `ready` says: a pidfd becomes readable when
+    /// its process exits; the connection's socket hangs up when the peer
+    /// closes it or dies (it may carry messages meanwhile, so for a socket
+    /// pass [`Ready::HangUp`]).
     ///
     /// # Errors
     ///
     /// The OS refused an eventfd or a thread.
     pub fn spawn_on(
         watched: std::os::fd::OwnedFd,
+        ready: Ready,
         liveness: Liveness,
         segment: Arc<Segment>,
         side_tx: Direction,
@@ -94,7 +103,7 @@ impl PeerWatch {
                 let _span = tracing::debug_span!("peer_watch").entered();
                 loop {
                     use std::os::fd::AsFd;
-                    match poll_readable(&[pidfd.as_fd(), stop2.as_fd()], None) {
+                    match poll_ready(&[(pidfd.as_fd(), ready), (stop2.as_fd(), Ready::Readable)], None) {
                         Ok(ready) if ready.first() == Some(&true) => break,
                         Ok(ready) if ready.get(1) == Some(&true) => return,
                         Ok(_) => continue,

@@ -113,6 +113,9 @@ pub enum CallError {
     /// The ring failed (corrupt counters or frame).
     #[error(transparent)]
     Transport(TransportError),
+    /// The OS refused memory or a descriptor.
+    #[error("os: {0}")]
+    Os(io::Error),
 }
 
 impl From<TransportError> for CallError {
@@ -205,6 +208,7 @@ pub struct Client {
     stash: Ids<Stashed>,
     trusted: bool,
     options: ClientOptions,
+    next_large: u64,
     server_pid: u32,
     // Dropped last: the watch thread, then the socket (the server's EOF).
     _watch: PeerWatch,
@@ -364,6 +368,7 @@ impl Client {
         let pool = segment.blob_pool(Side::Client)?.map(Arc::new);
         let watch = PeerWatch::spawn_on(
             sock.try_clone()?,
+            crate::sys::Ready::HangUp,
             liveness,
             segment.clone(),
             Side::Client.tx(),
@@ -392,6 +397,7 @@ impl Client {
             stash: Ids::default(),
             trusted: false,
             options,
+            next_large: 1,
             server_pid,
             _watch: watch,
             _sock: sock,
@@ -427,6 +433,51 @@ impl Client {
     /// server gave the connection one.
     pub fn pool(&self) -> Option<&Arc<Pool<SharedRegion>>> {
         self.pool.as_ref()
+    }
+
+    /// A large blob of `len` bytes (beyond the pool's largest class): a
+    /// sealed memfd of its own, zero-filled, mapped here. Share it with
+    /// [`share_large`](Self::share_large) to send it in calls.
+    ///
+    /// # Errors
+    ///
+    /// `TooLarge` for 0 bytes or 4 GiB and more; `Os` if the memory cannot
+    /// be had.
+    pub fn alloc_large(&mut self, len: usize) -> Result<super::LargeBlob, CallError> {
+        if len == 0 || len > u32::MAX as usize {
+            return Err(CallError::TooLarge(format!(
+                "a large blob of {len} bytes (1 byte to 4 GiB - 1)"
+            )));
+        }
+        let id = self.next_large;
+        self.next_large += 1;
+        let mem = crate::sys::SharedMem::create(&format!("isocall:large:{id}"), len)
+            .map_err(CallError::Os)?;
+        Ok(super::LargeBlob {
+            id,
+            mem,
+            shared: false,
+        })
+    }
+
+    /// The handle of `blob` for a call, sending its memfd to the server
+    /// the first time (the server maps it once and keeps the mapping for
+    /// the connection's life).
+    ///
+    /// # Errors
+    ///
+    /// `PeerDied` if the socket is gone.
+    pub fn share_large(&mut self, blob: &mut super::LargeBlob) -> Result<BlobHandle, CallError> {
+        if !blob.shared {
+            let mut msg = [0u8; 17];
+            msg[0] = super::large::LARGE_MSG;
+            msg[1..9].copy_from_slice(&blob.id.to_le_bytes());
+            msg[9..17].copy_from_slice(&(blob.len() as u64).to_le_bytes());
+            send_with_fds(self._sock.as_fd(), &msg, &[blob.mem.fd()])
+                .map_err(|_| CallError::PeerDied)?;
+            blob.shared = true;
+        }
+        Ok(blob.handle())
     }
 
     /// The server's process id.

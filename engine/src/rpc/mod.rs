@@ -19,6 +19,7 @@
 
 mod archive;
 pub mod client;
+pub mod large;
 pub mod policy;
 pub mod server;
 pub mod wire;
@@ -28,6 +29,7 @@ use std::path::PathBuf;
 
 pub use archive::{Body, Ser};
 pub use client::{CallError, Client, ClientOptions, ConnectError, MethodId, Pending};
+pub use large::{LARGE_CLASS, LargeBlob, large_id};
 pub use policy::Policy;
 pub use server::{CallCtx, Server, ServerBuilder, ServerError, ServerStats};
 pub use wire::Status;

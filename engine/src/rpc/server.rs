@@ -22,6 +22,7 @@ use isocall_blob::{BlobError, BlobHandle, BlobMut, Pool};
 use isocall_ringbuf::SharedRegion;
 
 use super::archive::{self, Body};
+use super::large::LargeCache;
 use super::policy::Policy;
 use super::wire::{
     self, CallHead, ClientHello, HELLO_MAGIC, PROTOCOL_VERSION, ServerHello, Status, kind,
@@ -63,6 +64,8 @@ pub struct CallCtx<'a> {
     blobs: &'a [BlobHandle],
     pool: Option<&'a Pool<SharedRegion>>,
     reply_blobs: Vec<BlobHandle>,
+    large: &'a mut LargeCache,
+    sock: std::os::fd::BorrowedFd<'a>,
 }
 
 impl<'a> CallCtx<'a> {
@@ -97,6 +100,57 @@ impl<'a> CallCtx<'a> {
             .pool
             .ok_or_else(|| BlobError::BadHandle("the connection has no blob pool".into()))?;
         pool.accept_mut(h)
+    }
+
+    /// The bytes of request blob `i` when it is a large blob (see
+    /// [`LargeBlob`](super::LargeBlob)), to read and write in place; mapped
+    /// on first use, cached for the connection's life.
+    ///
+    /// # Errors
+    ///
+    /// `BadHandle` if blob `i` is missing, not a large blob, was never
+    /// shared, or is longer than its memfd.
+    pub fn large(&mut self, i: usize) -> Result<&mut [u8], BlobError> {
+        let h = *self
+            .blobs
+            .get(i)
+            .ok_or_else(|| BlobError::BadHandle(format!("the request has no blob {i}")))?;
+        let id = super::large_id(&h).ok_or_else(|| {
+            BlobError::BadHandle(format!("blob {i} is a pool blob, not a large one"))
+        })?;
+        let mem = self
+            .large
+            .get(self.sock, id)
+            .map_err(BlobError::BadHandle)?;
+        let bytes = mem
+            .bytes_mut()
+            .ok_or_else(|| BlobError::BadHandle("large blob mapped read-only".into()))?;
+        bytes.get_mut(..h.len as usize).ok_or_else(|| {
+            BlobError::BadHandle(format!("large blob {id} is shorter than {} bytes", h.len))
+        })
+    }
+
+    /// Returns request blob `i`, a large blob, with the reply (its bytes
+    /// are the client's; this only names it in the answer).
+    ///
+    /// # Errors
+    ///
+    /// `BadHandle` if blob `i` is not a large blob, or past the reply's
+    /// blob limit.
+    pub fn reply_large(&mut self, i: usize) -> Result<(), BlobError> {
+        let h = *self
+            .blobs
+            .get(i)
+            .filter(|h| super::large_id(h).is_some())
+            .ok_or_else(|| BlobError::BadHandle(format!("request blob {i} is not a large blob")))?;
+        if self.reply_blobs.len() >= wire::MAX_BLOBS {
+            return Err(BlobError::BadHandle(format!(
+                "more than {} reply blobs",
+                wire::MAX_BLOBS
+            )));
+        }
+        self.reply_blobs.push(h);
+        Ok(())
     }
 
     /// Sends `blob` back with the reply.
@@ -353,6 +407,7 @@ struct Counters {
     closed: AtomicU64,
     calls: AtomicU64,
     reclaimed: AtomicU64,
+    large_mapped: AtomicU64,
 }
 
 struct Shared {
@@ -386,6 +441,8 @@ pub struct ServerStats {
     pub calls: u64,
     /// Blob slots reclaimed from dead or closed clients.
     pub reclaimed: u64,
+    /// Large blobs mapped (each once per connection, however often used).
+    pub large_mapped: u64,
 }
 
 /// A running server. Dropping it stops the threads, closes every
@@ -421,6 +478,7 @@ impl Server {
             closed: l(&c.closed),
             calls: l(&c.calls),
             reclaimed: l(&c.reclaimed),
+            large_mapped: l(&c.large_mapped),
         }
     }
 
@@ -519,6 +577,7 @@ fn refuse(sock: &OwnedFd, reason: String) -> Refusal {
 /// One connection, served by a worker.
 struct Conn {
     id: u32,
+    large: LargeCache,
     peer: PeerCred,
     tx: Sender,
     rx: Receiver,
@@ -617,6 +676,7 @@ fn handshake(shared: &Shared, sock: OwnedFd, id: u32) -> Result<Conn, Refusal> {
         .map_err(|e| failed("blob pool", &e))?;
     let watch = PeerWatch::spawn_on(
         sock.try_clone().map_err(|e| failed("dup", &e))?,
+        crate::sys::Ready::HangUp,
         liveness,
         segment,
         Side::Server.tx(),
@@ -626,6 +686,7 @@ fn handshake(shared: &Shared, sock: OwnedFd, id: u32) -> Result<Conn, Refusal> {
     tracing::debug!(pid = peer.pid, uid = peer.uid, "connection accepted");
     Ok(Conn {
         id,
+        large: LargeCache::default(),
         peer,
         tx,
         rx,
@@ -762,11 +823,14 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<usize, 
         scratch.handles.extend(wire::handles(p.blobs));
         scratch.calls += 1;
         let method = shared.methods.get(head.method as usize);
+        let mapped = c.large.mapped;
         let mut ctx = CallCtx {
             peer: c.peer,
             blobs: &scratch.handles,
             pool: c.pool.as_ref(),
             reply_blobs: Vec::new(),
+            large: &mut c.large,
+            sock: c._sock.as_fd(),
         };
         if k == kind::MESSAGE {
             if let Some(m) = method.filter(|m| m.one_way) {
@@ -809,13 +873,19 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<usize, 
         };
         let reply_blobs = std::mem::take(&mut ctx.reply_blobs);
         drop(ctx);
+        if c.large.mapped != mapped {
+            shared
+                .stats
+                .large_mapped
+                .fetch_add(c.large.mapped - mapped, Ordering::Relaxed);
+        }
         frame.release();
         free_unaccepted(c.pool.as_ref(), &scratch.handles);
         let (status, len) = match outcome {
             Ok(len) => (Status::Ok, len),
             Err((status, msg)) => {
                 // An error carries no blobs; the ones sent are recalled.
-                for h in &reply_blobs {
+                for h in reply_blobs.iter().filter(|h| super::large_id(h).is_none()) {
                     if let Some(pool) = &c.pool {
                         drop(pool.recall(h));
                     }
@@ -860,7 +930,7 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<usize, 
 /// Frees request blobs the handler neither accepted nor sent back.
 fn free_unaccepted(pool: Option<&Pool<SharedRegion>>, handles: &[BlobHandle]) {
     if let Some(pool) = pool {
-        for h in handles {
+        for h in handles.iter().filter(|h| super::large_id(h).is_none()) {
             drop(pool.accept(h));
         }
     }

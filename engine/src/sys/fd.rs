@@ -22,6 +22,50 @@ fn timespec(t: Duration) -> rustix::time::Timespec {
     }
 }
 
+/// What [`poll_ready`] waits for on one descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// Readable (or hung up, or in error).
+    Readable,
+    /// Hung up by the peer (`POLLRDHUP`/`POLLHUP`) or in error; data waiting
+    /// to be read does not count. For a socket that may carry messages
+    /// while its end is what matters.
+    HangUp,
+}
+
+/// Waits until any of `fds` is ready as asked, or `timeout` passes; returns
+/// which are. `EINTR` returns all false.
+///
+/// # Errors
+///
+/// A failure of `poll` other than `EINTR`.
+pub fn poll_ready(
+    fds: &[(BorrowedFd<'_>, Ready)],
+    timeout: Option<Duration>,
+) -> io::Result<Vec<bool>> {
+    let gone = PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL;
+    let mut pfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|(fd, r)| match r {
+            Ready::Readable => PollFd::new(fd, PollFlags::IN),
+            Ready::HangUp => PollFd::new(fd, PollFlags::RDHUP),
+        })
+        .collect();
+    let ts = timeout.map(timespec);
+    match poll(&mut pfds, ts.as_ref()) {
+        Ok(_) => Ok(pfds
+            .iter()
+            .zip(fds)
+            .map(|(p, (_, r))| match r {
+                Ready::Readable => p.revents().intersects(PollFlags::IN | gone),
+                Ready::HangUp => p.revents().intersects(PollFlags::RDHUP | gone),
+            })
+            .collect()),
+        Err(Errno::INTR) => Ok(vec![false; fds.len()]),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Waits until any of `fds` is readable (or hung up, or in error), or
 /// `timeout` passes; returns which are. `EINTR` returns all false.
 ///
@@ -29,22 +73,8 @@ fn timespec(t: Duration) -> rustix::time::Timespec {
 ///
 /// A failure of `poll` other than `EINTR`.
 pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
-    let mut pfds: Vec<PollFd<'_>> = fds
-        .iter()
-        .map(|fd| PollFd::new(fd, PollFlags::IN))
-        .collect();
-    let ts = timeout.map(timespec);
-    match poll(&mut pfds, ts.as_ref()) {
-        Ok(_) => Ok(pfds
-            .iter()
-            .map(|p| {
-                p.revents()
-                    .intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL)
-            })
-            .collect()),
-        Err(Errno::INTR) => Ok(vec![false; fds.len()]),
-        Err(e) => Err(e.into()),
-    }
+    let fds: Vec<_> = fds.iter().map(|fd| (*fd, Ready::Readable)).collect();
+    poll_ready(&fds, timeout)
 }
 
 /// An eventfd used as a doorbell: one side rings it, the other polls it (in

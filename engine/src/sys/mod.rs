@@ -29,7 +29,7 @@ mod sock;
 
 pub use barrier::{heavy_barrier, heavy_barrier_available};
 pub use cpu::{allowed_cpus, available_cpus, pin_current_thread};
-pub use fd::{EventFd, PidFd, poll_readable, recv_with_fds, send_with_fds};
+pub use fd::{EventFd, PidFd, Ready, poll_readable, poll_ready, recv_with_fds, send_with_fds};
 pub use futex::{futex_wait, futex_wake};
 pub use shm::SharedMem;
 pub use sock::{

@@ -150,6 +150,28 @@ impl SharedMem {
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU64>(), self.len() / 8) }
     }
 
+    /// The whole mapping as bytes, to read. The other process may write them
+    /// meanwhile: treat what is read as untrusted input (the same rule as
+    /// `Region::bytes`).
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` bytes and lives as long as `self`;
+        // this process writes it only through `bytes_mut`, which needs
+        // `&mut self`, so no `&mut` slice of it coexists with this one.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.len()) }
+    }
+
+    /// The whole mapping as bytes, to write; `None` if it is read-only.
+    pub fn bytes_mut(&mut self) -> Option<&mut [u8]> {
+        if !self.writable {
+            return None;
+        }
+        // SAFETY: a writable mapping of `len` bytes that lives as long as
+        // `self`; `&mut self` makes this the only slice of it in this
+        // process (regions handed out by `region` cover rings and pools,
+        // never a `SharedMem` used through `bytes_mut`).
+        Some(unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr(), self.len()) })
+    }
+
     /// The mapping as 32-bit atomic words (see [`u64_words`](Self::u64_words)).
     pub fn u32_words(&self) -> &[AtomicU32] {
         // SAFETY: as in `u64_words`, with 4-byte words.
