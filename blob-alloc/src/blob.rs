@@ -82,6 +82,12 @@ impl<R: Region> SlotRef<'_, R> {
         Ok(h)
     }
 
+    /// The blob's bytes, to read.
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        raw::slot_bytes(self.pool.region(), self.offset, self.len, self.capacity)
+    }
+
     fn handle(&self) -> BlobHandle {
         BlobHandle {
             class: self.class as u32,
@@ -176,12 +182,7 @@ impl<R: Region> Deref for BlobMut<'_, R> {
     type Target = [u8];
     #[inline]
     fn deref(&self) -> &[u8] {
-        raw::slot_bytes(
-            self.s.pool.region(),
-            self.s.offset,
-            self.s.len,
-            self.s.capacity,
-        )
+        self.s.bytes()
     }
 }
 
@@ -201,12 +202,7 @@ impl<R: Region> Deref for Blob<'_, R> {
     type Target = [u8];
     #[inline]
     fn deref(&self) -> &[u8] {
-        raw::slot_bytes(
-            self.s.pool.region(),
-            self.s.offset,
-            self.s.len,
-            self.s.capacity,
-        )
+        self.s.bytes()
     }
 }
 
