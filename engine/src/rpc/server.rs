@@ -736,7 +736,7 @@ fn worker(shared: &Shared, inbox: &Inbox) {
         match shared.strategy {
             WaitStrategy::BusySpin => std::hint::spin_loop(),
             WaitStrategy::Adaptive if idle < 4096 => std::hint::spin_loop(),
-            _ => sleep(&mut conns, inbox),
+            _ => wait_for_work(&mut conns, inbox),
         }
     }
     for c in conns {
@@ -746,7 +746,7 @@ fn worker(shared: &Shared, inbox: &Inbox) {
 
 /// Sleeps until a connection has a frame (its doorbell rings), a new
 /// connection arrives, or the server stops.
-fn sleep(conns: &mut [Conn], inbox: &Inbox) {
+fn wait_for_work(conns: &mut [Conn], inbox: &Inbox) {
     for c in conns.iter_mut() {
         match c.rx.arm_doorbell() {
             Ok(false) => {}
