@@ -197,9 +197,24 @@ impl<R: Region, P: Parker> Consumer<R, P> {
 
     /// Moves past `size` bytes; publishes the new head once a quarter of the
     /// ring has been released since the last time.
+    ///
+    /// Before moving past a frame it zeroes the header slot at each cache
+    /// line start the frame covered (every position where a later lap may
+    /// put a header). So free space is zero at every line start, and the
+    /// producer needs no terminator after a frame it published: the line
+    /// the consumer polls next is written once, by the next header, instead
+    /// of twice (a zero, then the header) while the consumer reads it. The
+    /// zeroes are ordered before the producer's reuse of the space by the
+    /// Release store of `head` in `flush`.
     #[inline]
     fn advance(&mut self, size: u64) {
-        self.head += size;
+        let mut p = self.head;
+        let end = self.head + size;
+        while p < end {
+            self.ring.header(p).store(0, Ordering::Relaxed);
+            p += FRAME_ALIGN as u64;
+        }
+        self.head = end;
         if self.head - self.head_shared >= self.flush_at {
             self.flush();
         }

@@ -41,6 +41,12 @@ pub struct Producer<R: Region, P: Parker> {
     clean_to: u64,
     /// Whether `publish` zeroes slots ahead (latency mode, the default).
     zero_ahead: bool,
+    /// Header slots at or past `dirty_to` in free space are zero: the
+    /// consumer zeroes every line start of what it releases, and this side
+    /// writes bytes only inside grants, each of which raises `dirty_to` to
+    /// its end. So a frame that ends at or past `dirty_to` needs no
+    /// terminator store.
+    dirty_to: u64,
     /// A grant was handed out and not committed (yet, or ever: it may have
     /// been dropped after writing over header slots `zero_ahead` cleared).
     /// The next reserve or publish then forgets what was clean.
@@ -83,6 +89,9 @@ impl<R: Region, P: Parker> Producer<R, P> {
         Ok(Producer {
             asym,
             clean_to: tail,
+            // Whatever an earlier producer left past the tail is unknown:
+            // terminators for the first lap.
+            dirty_to: tail + ring.capacity,
             zero_ahead: true,
             grant_open: false,
             ring,
@@ -267,6 +276,7 @@ impl<R: Region, P: Parker> Producer<R, P> {
 
     fn grant(&mut self, kind: u16, len: usize) -> Grant<'_, R, P> {
         self.grant_open = true;
+        self.dirty_to = self.dirty_to.max(self.tail + frame_size(len) as u64);
         Grant {
             producer: self,
             kind,
@@ -365,7 +375,7 @@ impl<R: Region, P: Parker> Producer<R, P> {
         // mistake for a header. Unless `zero_ahead` already cleared it, zero
         // it now; either way the zero is ordered before the consumer's read
         // by the Release store in `publish`.
-        if end >= self.clean_to {
+        if end >= self.clean_to && end < self.dirty_to {
             self.ring.header(end).store(0, Ordering::Relaxed);
         }
         let word = header.encode();

@@ -68,6 +68,10 @@ fn run(capacity: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         let used = len * used_pct as usize / 100;
                         let data = pattern(seq, used);
                         seq += 1;
+                        // Dirty the whole grant first: bytes past the
+                        // committed length (or of a dropped grant) land on
+                        // future header slots and must never look like one.
+                        grant.bytes_mut().fill(0xA5);
                         grant.bytes_mut()[..used].copy_from_slice(&data);
                         grant.set_flags(flags);
                         if commit {
