@@ -21,11 +21,15 @@
 //! with its header in one line.
 //!
 //! The header word is little-endian `len: u32 | kind: u16 << 32 | flags: u16
-//! << 48`. The word `0` means "no frame here yet": the producer zeroes the
-//! header slot after each frame it writes (the *terminator*) before it makes
-//! that frame visible, so the consumer discovers a new frame by loading the
-//! one word it is about to read anyway and never reads the producer's tail
-//! counter.
+//! << 48`. The word `0` means "no frame here yet", so the consumer discovers
+//! a new frame by loading the one word it is about to read anyway and never
+//! reads the producer's tail counter. Free space is kept zero at every line
+//! start: the consumer zeroes the header slot of each line it releases
+//! (before the Release store of its head hands the space back), and the
+//! producer writes a zero *terminator* after a frame only where its own
+//! bytes may have landed (inside an earlier, larger or dropped grant). A
+//! streaming producer therefore writes each line the consumer polls once,
+//! with the frame itself.
 
 /// Bytes of a ring's control block; the region of a ring with capacity `C`
 /// is `RING_CONTROL_BYTES + C` bytes.
