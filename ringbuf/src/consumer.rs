@@ -25,6 +25,11 @@ pub struct Consumer<R: Region, P: Parker> {
     /// `flush_at`, or when the ring is found empty (so a producer waiting
     /// for room is never held up by a consumer that is waiting for frames).
     head_shared: u64,
+    /// The producer's [`CONS_ZEROES`] request as last read: refreshed at
+    /// every `flush` (so at least every quarter of the ring), not per
+    /// frame. The producer allows for that lag (see
+    /// `Producer::set_zero_ahead`).
+    zeroes: bool,
     /// A quarter of the capacity.
     flush_at: u64,
     /// Whether this side announced asymmetric fencing (heavy barrier before
@@ -66,6 +71,7 @@ impl<R: Region, P: Parker> Consumer<R, P> {
             parker,
             head,
             head_shared: head,
+            zeroes: false,
             flush_at,
             stats: ConsumerStats::default(),
         })
@@ -198,21 +204,25 @@ impl<R: Region, P: Parker> Consumer<R, P> {
     /// Moves past `size` bytes; publishes the new head once a quarter of the
     /// ring has been released since the last time.
     ///
-    /// Before moving past a frame it zeroes the header slot at each cache
-    /// line start the frame covered (every position where a later lap may
-    /// put a header). So free space is zero at every line start, and the
-    /// producer needs no terminator after a frame it published: the line
-    /// the consumer polls next is written once, by the next header, instead
-    /// of twice (a zero, then the header) while the consumer reads it. The
-    /// zeroes are ordered before the producer's reuse of the space by the
-    /// Release store of `head` in `flush`.
+    /// While the producer streams ([`CONS_ZEROES`] set, as of the last
+    /// `flush`), it first zeroes the
+    /// header slot at each cache line start the frame covered (every
+    /// position where a later lap may put a header), so the producer needs
+    /// no terminator after its frames: the line this side polls next is
+    /// written once per frame instead of twice. The zeroes are ordered
+    /// before the producer's reuse of the space by the Release store of
+    /// `head` in `flush`. In latency mode this side writes no data line
+    /// (the producer zeroes ahead itself, and lines it finds only read here
+    /// are cheaper for it to take back).
     #[inline]
     fn advance(&mut self, size: u64) {
-        let mut p = self.head;
         let end = self.head + size;
-        while p < end {
-            self.ring.header(p).store(0, Ordering::Relaxed);
-            p += FRAME_ALIGN as u64;
+        if self.zeroes {
+            let mut p = self.head;
+            while p < end {
+                self.ring.header(p).store(0, Ordering::Relaxed);
+                p += FRAME_ALIGN as u64;
+            }
         }
         self.head = end;
         if self.head - self.head_shared >= self.flush_at {
@@ -225,6 +235,7 @@ impl<R: Region, P: Parker> Consumer<R, P> {
     /// it sleeps on a full ring.
     pub fn flush(&mut self) {
         self.head_shared = self.head;
+        self.zeroes = self.ring.wait_word(CONS_ZEROES).load(Ordering::Relaxed) != 0;
         let ctl = &self.ring;
         ctl.word(CONS_FRAMES)
             .store(self.stats.frames, Ordering::Relaxed);

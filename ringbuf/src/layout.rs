@@ -23,13 +23,16 @@
 //! The header word is little-endian `len: u32 | kind: u16 << 32 | flags: u16
 //! << 48`. The word `0` means "no frame here yet", so the consumer discovers
 //! a new frame by loading the one word it is about to read anyway and never
-//! reads the producer's tail counter. Free space is kept zero at every line
-//! start: the consumer zeroes the header slot of each line it releases
-//! (before the Release store of its head hands the space back), and the
-//! producer writes a zero *terminator* after a frame only where its own
-//! bytes may have landed (inside an earlier, larger or dropped grant). A
-//! streaming producer therefore writes each line the consumer polls once,
-//! with the frame itself.
+//! reads the producer's tail counter. The producer writes a zero
+//! *terminator* after the frames it publishes. In latency mode (the
+//! default) it zeroes header slots ahead of the tail after each publish, so
+//! the terminator is usually written already and the next frame's lines are
+//! its own. In streaming mode it sets [`CONS_ZEROES`] and the consumer
+//! zeroes the header slot of each line it releases (before the Release
+//! store of its head hands the space back); free space is then zero at
+//! every line start and the producer writes a terminator only where its own
+//! bytes may have landed (inside an earlier, larger or dropped grant), so
+//! each line the consumer polls is written once, with the frame itself.
 
 /// Bytes of a ring's control block; the region of a ring with capacity `C`
 /// is `RING_CONTROL_BYTES + C` bytes.
@@ -91,6 +94,12 @@ pub const CONS_FENCING: usize = 264;
 pub const PROD_FENCING: usize = 268;
 /// Value of a fencing word that allows the peer the light fence.
 pub const FENCING_ASYMMETRIC: u32 = 1;
+/// Offset of the streaming word (`u32`), written by the producer: nonzero
+/// while it streams (latency mode off) and counts on the consumer to zero
+/// the header slot of every line it releases, so that it can skip the
+/// terminator after each frame; zero otherwise (the producer zeroes ahead
+/// and writes terminators itself, and the consumer writes no data line).
+pub const CONS_ZEROES: usize = 272;
 
 /// Offset of the frame data; frame position `p` has its header at `DATA + p % capacity`.
 pub const DATA: usize = RING_CONTROL_BYTES;

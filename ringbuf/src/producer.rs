@@ -86,12 +86,12 @@ impl<R: Region, P: Parker> Producer<R, P> {
         let asym = parker.asymmetric();
         ring.wait_word(PROD_FENCING)
             .store(if asym { FENCING_ASYMMETRIC } else { 0 }, Ordering::Release);
+        ring.wait_word(CONS_ZEROES).store(0, Ordering::Relaxed);
         Ok(Producer {
             asym,
             clean_to: tail,
-            // Whatever an earlier producer left past the tail is unknown:
-            // terminators for the first lap.
-            dirty_to: tail + ring.capacity,
+            // Latency mode: terminators always (see `set_zero_ahead`).
+            dirty_to: u64::MAX,
             zero_ahead: true,
             grant_open: false,
             ring,
@@ -215,8 +215,30 @@ impl<R: Region, P: Parker> Producer<R, P> {
     /// one or two extra stores per frame; a producer that streams frames
     /// back to back, for throughput rather than latency, does better with
     /// it off (the consumer's prefetching then competes for those lines).
+    ///
+    /// With it off the producer also asks the consumer to zero the lines it
+    /// releases ([`CONS_ZEROES`]) and then skips the terminator after each
+    /// frame, once two laps have passed since the switch (space the
+    /// consumer released before it saw the request may hold old bytes).
     pub fn set_zero_ahead(&mut self, on: bool) {
+        if on == self.zero_ahead {
+            return;
+        }
         self.zero_ahead = on;
+        let streaming = self.ring.wait_word(CONS_ZEROES);
+        if on {
+            streaming.store(0, Ordering::Relaxed);
+            self.dirty_to = u64::MAX;
+        } else {
+            // Ordered before the consumer's acquisition of every frame we
+            // publish from now on by that frame's Release publication. The
+            // consumer rereads the word at each flush, at least every
+            // quarter ring it releases: within half a ring of frames past
+            // this tail it zeroes what it releases, so a lap and a half
+            // later free space is clean. Two laps, to be plain about it.
+            streaming.store(1, Ordering::Relaxed);
+            self.dirty_to = self.tail + 2 * self.ring.capacity;
+        }
     }
 
     /// Zeroes a few header slots past the tail, within free space and at

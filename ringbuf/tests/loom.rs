@@ -22,7 +22,7 @@ const CAPACITY: usize = 256;
 struct LoomRegion {
     control: Vec<AtomicU64>,
     slots: Vec<AtomicU64>,
-    waits: [AtomicU32; 4],
+    waits: [AtomicU32; 5],
     bytes: UnsafeCell<Vec<u8>>,
 }
 
@@ -37,7 +37,7 @@ impl LoomRegion {
         LoomRegion {
             control: (0..DATA / 8).map(|_| AtomicU64::new(0)).collect(),
             slots: (0..CAPACITY / 16).map(|_| AtomicU64::new(0)).collect(),
-            waits: [(); 4].map(|_| AtomicU32::new(0)),
+            waits: [(); 5].map(|_| AtomicU32::new(0)),
             bytes: UnsafeCell::new(vec![0; RING_CONTROL_BYTES + CAPACITY]),
         }
     }
@@ -64,6 +64,7 @@ unsafe impl Region for LoomRegion {
             isocall_ringbuf::layout::PROD_WAIT => &self.waits[1],
             isocall_ringbuf::layout::CONS_FENCING => &self.waits[2],
             isocall_ringbuf::layout::PROD_FENCING => &self.waits[3],
+            isocall_ringbuf::layout::CONS_ZEROES => &self.waits[4],
             _ => panic!("no wait word at {off}"),
         }
     }

@@ -27,6 +27,9 @@ enum Op {
     },
     /// Peek without releasing.
     Peek,
+    /// Latency mode on (zero ahead, terminators) or off (streaming: the
+    /// consumer zeroes what it releases, terminators skipped).
+    LatencyMode(bool),
 }
 
 fn op(max_len: usize) -> impl Strategy<Value = Op> {
@@ -36,6 +39,7 @@ fn op(max_len: usize) -> impl Strategy<Value = Op> {
         2 => Just(Op::Publish),
         2 => (1usize..6).prop_map(|n| Op::Consume { n }),
         1 => Just(Op::Peek),
+        1 => any::<bool>().prop_map(Op::LatencyMode),
     ]
 }
 
@@ -123,6 +127,7 @@ fn run(capacity: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let got = rx.peek().unwrap().map(|f| f.payload().to_vec());
                 prop_assert_eq!(got, published.front().map(|f| f.2.clone()));
             }
+            Op::LatencyMode(on) => tx.set_zero_ahead(on),
         }
     }
     // Drain: everything committed comes out, in order, and the ring is
