@@ -470,6 +470,26 @@ impl Segment {
         &self.mem.u64_words()[start..start + p.size as usize / 8]
     }
 
+    /// The ring going in `dir`, read-only (works on a segment opened
+    /// read-only): for `isocall_ringbuf::snapshot` and frame dumps.
+    pub fn ring_view(&self, dir: Direction) -> isocall_ringbuf::ReadOnlyRegion {
+        let p = self.part(dir);
+        self.mem
+            .region_read_only(p.offset as usize, p.size as usize)
+            .expect("ring part of a validated segment")
+    }
+
+    /// The blob pool, read-only, or `None` if the segment has none: open it
+    /// with `Pool::open` for a census (only loads are valid on it).
+    pub fn blob_view(&self) -> Option<isocall_ringbuf::ReadOnlyRegion> {
+        let p = self.header.blobs;
+        if p.size == 0 {
+            return None;
+        }
+        self.mem
+            .region_read_only(p.offset as usize, p.size as usize)
+    }
+
     /// Records this process as `side`, attached.
     pub fn attach_side(&self, side: Side) {
         self.set_side(side, std::process::id(), SIDE_ATTACHED);

@@ -55,7 +55,7 @@ pub use layout::{MAX_USER_KIND, RING_CONTROL_BYTES, frame_size, max_payload, rin
 pub use producer::{Grant, Producer, ProducerStats, ReserveWaitError};
 pub use region::Region;
 #[cfg(not(loom))]
-pub use region::{HeapRegion, SharedRegion};
+pub use region::{HeapRegion, ReadOnlyRegion, SharedRegion};
 pub use ring::{RingSnapshot, snapshot};
 pub use wait::{Parker, WaitError, WaitStrategy};
 

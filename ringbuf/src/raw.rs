@@ -144,6 +144,64 @@ impl std::fmt::Debug for SharedRegion {
     }
 }
 
+/// A window of a mapping this process may only read: an inspector's view
+/// of a live ring or pool. Use it only with code that only loads
+/// ([`snapshot`](crate::snapshot), a pool census): a store through one of
+/// its words faults (`SIGSEGV`), and [`Region::bytes_mut`] panics.
+pub struct ReadOnlyRegion {
+    raw: RawBytes,
+    _owner: Arc<dyn Any + Send + Sync>,
+}
+
+impl ReadOnlyRegion {
+    /// Wraps `len` bytes at `ptr` that `owner` keeps mapped, readable.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is aligned to [`REGION_ALIGN`] and valid for reads of `len`
+    /// bytes for as long as `owner` lives (the mapped file cannot shrink).
+    pub unsafe fn new(ptr: NonNull<u8>, len: usize, owner: Arc<dyn Any + Send + Sync>) -> Self {
+        debug_assert!((ptr.as_ptr() as usize).is_multiple_of(REGION_ALIGN));
+        ReadOnlyRegion {
+            raw: RawBytes { ptr, len },
+            _owner: owner,
+        }
+    }
+}
+
+impl std::fmt::Debug for ReadOnlyRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadOnlyRegion")
+            .field("len", &self.raw.len)
+            .finish()
+    }
+}
+
+// SAFETY: as `impl_region!`, for reads; `bytes_mut` never hands out a
+// slice (it panics), so no write goes through this region's bytes.
+unsafe impl Region for ReadOnlyRegion {
+    #[inline]
+    fn len(&self) -> usize {
+        self.raw.len
+    }
+    #[inline]
+    fn u64_at(&self, off: usize) -> &AtomicU64 {
+        self.raw.u64_at(off)
+    }
+    #[inline]
+    fn u32_at(&self, off: usize) -> &AtomicU32 {
+        self.raw.u32_at(off)
+    }
+    #[inline]
+    unsafe fn bytes(&self, off: usize, len: usize) -> &[u8] {
+        // SAFETY: forwarded contract; the memory is readable.
+        unsafe { self.raw.bytes(off, len) }
+    }
+    unsafe fn bytes_mut(&self, _off: usize, _len: usize) -> &mut [u8] {
+        panic!("a read-only region has no writable bytes")
+    }
+}
+
 macro_rules! impl_region {
     ($t:ty) => {
         // SAFETY: `RawBytes` upholds the `Region` contract: aligned base

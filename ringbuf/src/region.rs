@@ -15,7 +15,7 @@
 use crate::sync::{AtomicU32, AtomicU64};
 
 #[cfg(not(loom))]
-pub use crate::raw::{HeapRegion, SharedRegion};
+pub use crate::raw::{HeapRegion, ReadOnlyRegion, SharedRegion};
 
 /// Alignment every region guarantees for its first byte.
 pub const REGION_ALIGN: usize = 128;

@@ -3,9 +3,12 @@
 //! - `isocall bench [PATTERN] [--quick] [--json] [--markdown]`: round-trip
 //!   and throughput figures between two processes, beside the floors and
 //!   baselines measured in the same run.
+//! - `isocall inspect [PID] [--json] [--dump-frame N]`: the live segments of
+//!   a process (or of every process), read-only.
 #![forbid(unsafe_code)]
 
 mod bench;
+mod inspect;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +27,8 @@ struct Cli {
 enum Command {
     /// Measure isocall against its floors and baselines, two processes.
     Bench(bench::BenchArgs),
+    /// Show the live isocall segments of a process (or of all), read-only.
+    Inspect(inspect::InspectArgs),
     /// The peer side of a benchmark figure (internal: the bench re-executes
     /// itself with this).
     #[command(name = "__bench-peer", hide = true)]
@@ -40,6 +45,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(args) => bench::run(&args),
+        Command::Inspect(args) => inspect::run(&args),
         Command::BenchPeer { figure, cpu } => bench::peer_main(&figure, cpu),
     };
     if let Err(e) = result {

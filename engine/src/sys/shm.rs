@@ -14,8 +14,8 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
-use isocall_ringbuf::SharedRegion;
 use isocall_ringbuf::region::REGION_ALIGN;
+use isocall_ringbuf::{ReadOnlyRegion, SharedRegion};
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
 
@@ -195,6 +195,25 @@ impl SharedMem {
         // REGION_ALIGN (page base + aligned `off`), and `owner` keeps the
         // mapping alive for the region's life.
         Some(unsafe { SharedRegion::new(ptr, len, owner) })
+    }
+}
+
+impl SharedMem {
+    /// The bytes `off..off + len` as a read-only region (writable or not),
+    /// for inspection: only loads are valid on it. `None` if out of bounds
+    /// or misaligned.
+    pub fn region_read_only(&self, off: usize, len: usize) -> Option<ReadOnlyRegion> {
+        let end = off.checked_add(len)?;
+        if end > self.len() || !off.is_multiple_of(REGION_ALIGN) {
+            return None;
+        }
+        // SAFETY: `off < end <= len` (checked): inside the mapping, non-null.
+        let ptr = unsafe { NonNull::new_unchecked(self.map.as_ptr().add(off).cast_mut()) };
+        let owner: Arc<dyn std::any::Any + Send + Sync> = Arc::new(MapOwner(self.map.clone()));
+        // SAFETY: the range is inside a readable `MAP_SHARED` mapping of a
+        // memfd sealed against shrinking, aligned to REGION_ALIGN, and
+        // `owner` keeps the mapping alive for the region's life.
+        Some(unsafe { ReadOnlyRegion::new(ptr, len, owner) })
     }
 }
 

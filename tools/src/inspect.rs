@@ -1,0 +1,354 @@
+//! `isocall inspect [PID]`: every live isocall segment a process holds (or
+//! every process this user may read), mapped read-only: both sides and
+//! whether they live, each ring's positions, pending frames and counters,
+//! and the blob pool's census. It never writes and never blocks the
+//! processes it looks at; a segment that vanishes or does not check out is
+//! reported and skipped.
+//!
+//! `--json` prints one object: `{"segments": [...], "errors": [...]}`; each
+//! segment is `{"name", "pid_seen_in", "size", "layout_version",
+//! "creator_pid", "sides": {"client"|"server": {"pid", "state", "alive"}},
+//! "rings": {"c2s"|"s2c": {"capacity", "head", "tail", "pending_bytes",
+//! "pending_frames", "first_frames": [{"kind", "kind_name", "len",
+//! "call_id"?, "method"?}], "consumer_waiting", "producer_waiting",
+//! "frames_published", "frames_consumed", "bytes_published",
+//! "bytes_consumed", "producer_wakes", "consumer_wakes", "producer_sleeps",
+//! "consumer_sleeps", "full_stalls"}}, "blobs": null | {"classes":
+//! [{"slot_size", "count", "free", "held_client", "held_server",
+//! "in_flight_to_client", "in_flight_to_server", "invalid",
+//! "held_by_dead"}]}}`; each error is `{"name", "pid", "error"}`.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::Ordering;
+
+use isocall_engine::blob::{Pool, Side as BlobSide};
+use isocall_engine::ring::layout::{DATA, FRAME_ALIGN, FRAME_HEADER_BYTES, KIND_PAD};
+use isocall_engine::ring::{ReadOnlyRegion, Region, snapshot};
+use isocall_engine::segment::{Direction, SIDE_ATTACHED, SIDE_CLOSED, Segment, Side};
+use serde_json::{Value, json};
+
+use crate::bench::Res;
+
+/// Arguments of `isocall inspect`.
+#[derive(clap::Args, Debug)]
+pub struct InspectArgs {
+    /// The process to look at (default: every process this user may read).
+    pub pid: Option<u32>,
+    /// Print JSON (schema in `isocall inspect --help` of the source).
+    #[arg(long)]
+    pub json: bool,
+    /// Hex-dump the payload of up to this many pending frames per ring.
+    #[arg(long, value_name = "N")]
+    pub dump_frame: Option<usize>,
+}
+
+/// Frames shown per ring.
+const FIRST_FRAMES: usize = 4;
+
+struct Found {
+    pid: u32,
+    name: String,
+    file: File,
+}
+
+/// The isocall memfds of `pid` (`/proc/PID/fd` links named
+/// `/memfd:isocall:...`), large blobs excepted.
+fn memfds(pid: u32, out: &mut Vec<Found>, seen: &mut HashSet<(u64, u64)>) {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let Ok(link) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let link = link.to_string_lossy().into_owned();
+        let Some(rest) = link.strip_prefix("/memfd:isocall:") else {
+            continue;
+        };
+        if rest.starts_with("large:") {
+            continue;
+        }
+        let name = format!("isocall:{}", rest.trim_end_matches(" (deleted)"));
+        // Opening the link gives our own descriptor on the same memfd; it
+        // may be gone by now, which is fine.
+        let Ok(file) = File::open(entry.path()) else {
+            continue;
+        };
+        let Ok(meta) = file.metadata() else {
+            continue;
+        };
+        if seen.insert((meta.dev(), meta.ino())) {
+            out.push(Found { pid, name, file });
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    pid != 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn kind_name(kind: u16) -> &'static str {
+    match kind {
+        1 => "REQUEST",
+        2 => "RESPONSE",
+        3 => "MESSAGE",
+        4 => "CANCEL",
+        5 => "CLOSE",
+        KIND_PAD => "PAD",
+        _ => "user",
+    }
+}
+
+/// The first pending frames of a ring, read from its view.
+fn pending_frames(ring: &ReadOnlyRegion, head: u64, tail: u64, dump: usize) -> Vec<Value> {
+    let cap = (ring.len() - DATA) as u64;
+    let mut out = Vec::new();
+    let mut pos = head;
+    let mut steps = 0;
+    while pos < tail && out.len() < FIRST_FRAMES.max(dump) && steps < 64 {
+        steps += 1;
+        let off = DATA + (pos % cap) as usize;
+        let word = ring.u64_at(off).load(Ordering::Acquire);
+        if word == 0 {
+            break;
+        }
+        let (len, kind) = (word as u32 as u64, (word >> 32) as u16);
+        if kind == KIND_PAD {
+            pos += cap - pos % cap;
+            continue;
+        }
+        let size =
+            (FRAME_HEADER_BYTES as u64 + len).div_ceil(FRAME_ALIGN as u64) * FRAME_ALIGN as u64;
+        if (pos % cap) + size > cap {
+            out.push(json!({"kind": kind, "kind_name": "corrupt", "len": len}));
+            break;
+        }
+        let payload_off = off + FRAME_HEADER_BYTES;
+        let shown = (len as usize).min(256);
+        let bytes = read_bytes(ring, payload_off, shown);
+        let mut f = json!({"kind": kind, "kind_name": kind_name(kind), "len": len});
+        if (1..=5).contains(&kind) && bytes.len() >= 16 {
+            f["call_id"] = json!(u64::from_le_bytes(
+                bytes[..8].try_into().unwrap_or_default()
+            ));
+            f["method"] = json!(u32::from_le_bytes(
+                bytes[8..12].try_into().unwrap_or_default()
+            ));
+        }
+        if out.len() < dump {
+            f["hex"] = json!(hex(&bytes));
+        }
+        out.push(f);
+        pos += size;
+    }
+    out
+}
+
+/// Copies bytes out of the view word by word (atomic loads: the producer
+/// may be writing them).
+fn read_bytes(ring: &ReadOnlyRegion, off: usize, len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len.next_multiple_of(8));
+    let mut at = off;
+    while v.len() < len && at + 8 <= ring.len() {
+        v.extend_from_slice(&ring.u64_at(at).load(Ordering::Relaxed).to_le_bytes());
+        at += 8;
+    }
+    v.truncate(len);
+    v
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn ring_json(seg: &Segment, dir: Direction, dump: usize) -> Value {
+    let view = seg.ring_view(dir);
+    let Ok(s) = snapshot(&view) else {
+        return json!({"error": "not a ring"});
+    };
+    json!({
+        "capacity": s.capacity,
+        "head": s.head,
+        "tail": s.tail,
+        "pending_bytes": s.tail.saturating_sub(s.head),
+        "pending_frames": s.frames_published.saturating_sub(s.frames_consumed),
+        "first_frames": pending_frames(&view, s.head, s.tail, dump),
+        "consumer_waiting": s.consumer_waiting != 0,
+        "producer_waiting": s.producer_waiting != 0,
+        "frames_published": s.frames_published,
+        "frames_consumed": s.frames_consumed,
+        "bytes_published": s.bytes_published,
+        "bytes_consumed": s.bytes_consumed,
+        "producer_wakes": s.producer_wakes,
+        "consumer_wakes": s.consumer_wakes,
+        "producer_sleeps": s.producer_sleeps,
+        "consumer_sleeps": s.consumer_sleeps,
+        "full_stalls": s.full_stalls,
+    })
+}
+
+fn segment_json(f: &Found, seg: &Segment, dump: usize) -> Value {
+    let h = seg.header();
+    let side = |s: Side| {
+        let st = seg.side_state(s);
+        json!({
+            "pid": st.pid,
+            "state": match st.state { SIDE_ATTACHED => "attached", SIDE_CLOSED => "closed", 0 => "absent", _ => "unknown" },
+            "alive": alive(st.pid),
+        })
+    };
+    let dead = [
+        !alive(seg.side_state(Side::Client).pid),
+        !alive(seg.side_state(Side::Server).pid),
+    ];
+    let blobs = seg.blob_view().and_then(|v| Pool::open(v, BlobSide::A).ok()).map(|pool| {
+        let st = pool.stats();
+        json!({"classes": st.classes.iter().map(|c| json!({
+            "slot_size": c.slot_size,
+            "count": c.count,
+            "free": c.free,
+            "held_client": c.held[0],
+            "held_server": c.held[1],
+            "in_flight_to_client": c.in_flight[0],
+            "in_flight_to_server": c.in_flight[1],
+            "invalid": c.invalid,
+            "held_by_dead": if dead[0] { c.held[0] } else { 0 } + if dead[1] { c.held[1] } else { 0 },
+        })).collect::<Vec<_>>()})
+    });
+    json!({
+        "name": f.name,
+        "pid_seen_in": f.pid,
+        "size": h.total_size,
+        "layout_version": h.version,
+        "creator_pid": h.creator_pid,
+        "sides": {"client": side(Side::Client), "server": side(Side::Server)},
+        "rings": {
+            "c2s": ring_json(seg, Direction::ClientToServer, dump),
+            "s2c": ring_json(seg, Direction::ServerToClient, dump),
+        },
+        "blobs": blobs,
+    })
+}
+
+/// Inspects and returns the JSON document.
+pub fn collect(args: &InspectArgs) -> Value {
+    let mut found = Vec::new();
+    let mut seen = HashSet::new();
+    match args.pid {
+        Some(pid) => memfds(pid, &mut found, &mut seen),
+        None => {
+            if let Ok(dir) = std::fs::read_dir("/proc") {
+                for e in dir.flatten() {
+                    if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse().ok()) {
+                        memfds(pid, &mut found, &mut seen);
+                    }
+                }
+            }
+        }
+    }
+    let mut segments = Vec::new();
+    let mut errors = Vec::new();
+    for f in found {
+        let (name, pid) = (f.name.clone(), f.pid);
+        match Segment::open_read_only(OwnedFd::from(f.file.try_clone().expect("dup"))) {
+            Ok(seg) => segments.push(segment_json(&f, &seg, args.dump_frame.unwrap_or(0))),
+            Err(e) => errors.push(json!({"name": name, "pid": pid, "error": e.to_string()})),
+        }
+    }
+    json!({"segments": segments, "errors": errors})
+}
+
+/// Runs `isocall inspect`.
+pub fn run(args: &InspectArgs) -> Res<()> {
+    let doc = collect(args);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    print!("{}", text(&doc));
+    Ok(())
+}
+
+/// The readable form.
+fn text(doc: &Value) -> String {
+    let mut s = String::new();
+    let empty = Vec::new();
+    let segs = doc["segments"].as_array().unwrap_or(&empty);
+    if segs.is_empty() {
+        s.push_str("no isocall segments found\n");
+    }
+    for g in segs {
+        let sd = |k: &str| {
+            let x = &g["sides"][k];
+            format!(
+                "{} pid {} {}{}",
+                k,
+                x["pid"],
+                x["state"].as_str().unwrap_or("?"),
+                if x["alive"].as_bool() == Some(true) {
+                    ""
+                } else {
+                    " (dead)"
+                }
+            )
+        };
+        s.push_str(&format!(
+            "{}  ({} bytes, layout v{}; {}, {})\n",
+            g["name"].as_str().unwrap_or("?"),
+            g["size"],
+            g["layout_version"],
+            sd("client"),
+            sd("server")
+        ));
+        for dir in ["c2s", "s2c"] {
+            let r = &g["rings"][dir];
+            s.push_str(&format!(
+                "  ring {dir}: cap {} head {} tail {}  pending {} B / {} frames  waiting: consumer {} producer {}  frames {}/{} wakes {}/{} sleeps {}/{} full {}\n",
+                r["capacity"], r["head"], r["tail"], r["pending_bytes"], r["pending_frames"],
+                r["consumer_waiting"], r["producer_waiting"], r["frames_published"], r["frames_consumed"],
+                r["producer_wakes"], r["consumer_wakes"], r["producer_sleeps"], r["consumer_sleeps"], r["full_stalls"]
+            ));
+            for f in r["first_frames"].as_array().unwrap_or(&empty) {
+                s.push_str(&format!(
+                    "    {} len {}{}{}\n",
+                    f["kind_name"].as_str().unwrap_or("?"),
+                    f["len"],
+                    f.get("call_id")
+                        .map(|c| format!(" call {c}"))
+                        .unwrap_or_default(),
+                    f.get("method")
+                        .map(|m| format!(" method {m}"))
+                        .unwrap_or_default()
+                ));
+                if let Some(h) = f["hex"].as_str() {
+                    s.push_str(&format!("      {h}\n"));
+                }
+            }
+        }
+        if let Some(classes) = g["blobs"]["classes"].as_array() {
+            for c in classes {
+                s.push_str(&format!(
+                    "  blobs {:>8} B: {} slots, {} free, held client {} server {}, in flight to client {} server {}, held by dead {}\n",
+                    c["slot_size"], c["count"], c["free"], c["held_client"], c["held_server"],
+                    c["in_flight_to_client"], c["in_flight_to_server"], c["held_by_dead"]
+                ));
+            }
+        }
+    }
+    for e in doc["errors"].as_array().unwrap_or(&empty) {
+        s.push_str(&format!(
+            "{} (in pid {}): {}\n",
+            e["name"].as_str().unwrap_or("?"),
+            e["pid"],
+            e["error"].as_str().unwrap_or("?")
+        ));
+    }
+    s
+}
