@@ -402,18 +402,35 @@ pub fn run(args: &BenchArgs) -> Res<()> {
     let started = Instant::now();
     // rounds[r][i]: figure i of `chosen` measured in round r.
     let mut rounds: Vec<Vec<Measured>> = Vec::with_capacity(budget.rounds);
+    // On a terminal, a progress bar on stderr; otherwise (CI, pipes) one
+    // line per measurement.
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let bar = indicatif::ProgressBar::new((budget.rounds * chosen.len()) as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "isocall bench {bar:30} {pos}/{len} {elapsed} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
     for r in 0..budget.rounds {
         let mut this = Vec::with_capacity(chosen.len());
         for f in &chosen {
-            eprintln!(
-                "isocall bench: round {}/{}: {}",
-                r + 1,
-                budget.rounds,
-                f.name
-            );
+            let what = format!("round {}/{}: {}", r + 1, budget.rounds, f.name);
+            match &bar {
+                Some(b) => b.set_message(what),
+                None => eprintln!("isocall bench: {what}"),
+            }
             this.push((f.run)(&budget).map_err(|e| format!("{}: {e}", f.name))?);
+            if let Some(b) = &bar {
+                b.inc(1);
+            }
         }
         rounds.push(this);
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     let index = |name: &str| chosen.iter().position(|f| f.name == name);
     // The median over rounds of the ratio measured within each round.
