@@ -3,7 +3,7 @@
 //! whether they live, each ring's positions, pending frames and counters,
 //! and the blob pool's census. It never writes and never blocks the
 //! processes it looks at; a segment that vanishes or does not check out is
-//! reported and skipped.
+//! reported and skipped. `--watch` is a live view (see `watch`).
 //!
 //! `--json` prints one object: `{"segments": [...], "errors": [...]}`; each
 //! segment is `{"name", "pid_seen_in", "size", "layout_version",
@@ -43,6 +43,9 @@ pub struct InspectArgs {
     /// Hex-dump the payload of up to this many pending frames per ring.
     #[arg(long, value_name = "N")]
     pub dump_frame: Option<usize>,
+    /// A live view, redrawn every second, with rates (q quits).
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
 }
 
 /// Frames shown per ring.
@@ -267,6 +270,9 @@ pub fn collect(args: &InspectArgs) -> Value {
 
 /// Runs `isocall inspect`.
 pub fn run(args: &InspectArgs) -> Res<()> {
+    if args.watch {
+        return crate::watch::run(args);
+    }
     let doc = collect(args);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&doc)?);

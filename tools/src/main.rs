@@ -9,6 +9,7 @@
 
 mod bench;
 mod inspect;
+mod watch;
 
 use clap::{Parser, Subcommand};
 
