@@ -104,6 +104,10 @@ const _: () = {
 };
 
 const HEADER_WORDS: usize = std::mem::size_of::<SegmentHeader>() / 8;
+/// Where the method table starts in the header page (after the header,
+/// which it never overlaps).
+const METHODS_AT: usize = 512;
+const _: () = assert!(std::mem::size_of::<SegmentHeader>() <= METHODS_AT);
 const SIDES_WORD32: usize = std::mem::offset_of!(SegmentHeader, sides) / 4;
 
 /// A ring's direction.
@@ -490,6 +494,58 @@ impl Segment {
             .region_read_only(p.offset as usize, p.size as usize)
     }
 
+    /// Writes the names of the connection's methods into the free part of
+    /// the header page (for the inspector, which has no handshake to learn
+    /// them from). Names that do not fit are left out.
+    pub fn write_method_table(&self, names: &[&str]) {
+        if !self.mem.is_writable() {
+            return;
+        }
+        let room = (PAGE as usize) - METHODS_AT - 4;
+        let mut buf = Vec::with_capacity(room);
+        let mut count = 0u32;
+        for n in names {
+            let n = &n.as_bytes()[..n.len().min(255)];
+            if buf.len() + 1 + n.len() > room {
+                break;
+            }
+            buf.push(n.len() as u8);
+            buf.extend_from_slice(n);
+            count += 1;
+        }
+        let mut all = count.to_le_bytes().to_vec();
+        all.extend_from_slice(&buf);
+        let words = self.mem.u64_words();
+        for (i, chunk) in all.chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            words[METHODS_AT / 8 + i].store(u64::from_le_bytes(w), Ordering::Relaxed);
+        }
+    }
+
+    /// The method names the server wrote with
+    /// [`write_method_table`](Self::write_method_table) (read now, so the
+    /// peer's words: display only; malformed entries end the list).
+    pub fn method_table(&self) -> Vec<String> {
+        let words = &self.mem.u64_words()[METHODS_AT / 8..PAGE as usize / 8];
+        let bytes: Vec<u8> = words
+            .iter()
+            .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+            .collect();
+        let count = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        let mut names = Vec::new();
+        let mut at = 4;
+        while names.len() < count.min(1024) {
+            let Some(&len) = bytes.get(at) else { break };
+            let Some(name) = bytes.get(at + 1..at + 1 + len as usize) else {
+                break;
+            };
+            names.push(String::from_utf8_lossy(name).into_owned());
+            at += 1 + len as usize;
+        }
+        names
+    }
+
     /// Records this process as `side`, attached.
     pub fn attach_side(&self, side: Side) {
         self.set_side(side, std::process::id(), SIDE_ATTACHED);
@@ -676,6 +732,23 @@ mod tests {
         // No pool: `None`.
         let none = Segment::create("isocall:test:nopool", &SegmentLayout::default()).unwrap();
         assert!(none.blob_pool(Side::Client).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_method_table_round_trips() {
+        let s = fresh();
+        s.write_method_table(&["add", "format", ""]);
+        let o = reopen(&s).unwrap();
+        assert_eq!(o.method_table(), ["add", "format", ""]);
+        // More than fits: a prefix.
+        let long: Vec<String> = (0..100)
+            .map(|i| format!("method-number-{i:04}-{}", "x".repeat(40)))
+            .collect();
+        let refs: Vec<&str> = long.iter().map(String::as_str).collect();
+        s.write_method_table(&refs);
+        let got = o.method_table();
+        assert!(!got.is_empty() && got.len() < 100);
+        assert_eq!(got[..], long[..got.len()]);
     }
 
     #[test]

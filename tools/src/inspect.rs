@@ -10,7 +10,7 @@
 //! "creator_pid", "sides": {"client"|"server": {"pid", "state", "alive"}},
 //! "rings": {"c2s"|"s2c": {"capacity", "head", "tail", "pending_bytes",
 //! "pending_frames", "first_frames": [{"kind", "kind_name", "len",
-//! "call_id"?, "method"?}], "consumer_waiting", "producer_waiting",
+//! "call_id"?, "method"?, "method_name"?, "hex"?}], "consumer_waiting", "producer_waiting",
 //! "frames_published", "frames_consumed", "bytes_published",
 //! "bytes_consumed", "producer_wakes", "consumer_wakes", "producer_sleeps",
 //! "consumer_sleeps", "full_stalls"}}, "blobs": null | {"classes":
@@ -106,7 +106,13 @@ fn kind_name(kind: u16) -> &'static str {
 }
 
 /// The first pending frames of a ring, read from its view.
-fn pending_frames(ring: &ReadOnlyRegion, head: u64, tail: u64, dump: usize) -> Vec<Value> {
+fn pending_frames(
+    ring: &ReadOnlyRegion,
+    head: u64,
+    tail: u64,
+    dump: usize,
+    methods: &[String],
+) -> Vec<Value> {
     let cap = (ring.len() - DATA) as u64;
     let mut out = Vec::new();
     let mut pos = head;
@@ -137,9 +143,13 @@ fn pending_frames(ring: &ReadOnlyRegion, head: u64, tail: u64, dump: usize) -> V
             f["call_id"] = json!(u64::from_le_bytes(
                 bytes[..8].try_into().unwrap_or_default()
             ));
-            f["method"] = json!(u32::from_le_bytes(
-                bytes[8..12].try_into().unwrap_or_default()
-            ));
+            let m = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default());
+            f["method"] = json!(m);
+            if matches!(kind, 1 | 3)
+                && let Some(name) = methods.get(m as usize)
+            {
+                f["method_name"] = json!(name);
+            }
         }
         if out.len() < dump {
             f["hex"] = json!(hex(&bytes));
@@ -171,7 +181,7 @@ fn hex(bytes: &[u8]) -> String {
         .join(" ")
 }
 
-fn ring_json(seg: &Segment, dir: Direction, dump: usize) -> Value {
+fn ring_json(seg: &Segment, dir: Direction, dump: usize, methods: &[String]) -> Value {
     let view = seg.ring_view(dir);
     let Ok(s) = snapshot(&view) else {
         return json!({"error": "not a ring"});
@@ -182,7 +192,7 @@ fn ring_json(seg: &Segment, dir: Direction, dump: usize) -> Value {
         "tail": s.tail,
         "pending_bytes": s.tail.saturating_sub(s.head),
         "pending_frames": s.frames_published.saturating_sub(s.frames_consumed),
-        "first_frames": pending_frames(&view, s.head, s.tail, dump),
+        "first_frames": pending_frames(&view, s.head, s.tail, dump, methods),
         "consumer_waiting": s.consumer_waiting != 0,
         "producer_waiting": s.producer_waiting != 0,
         "frames_published": s.frames_published,
@@ -199,6 +209,7 @@ fn ring_json(seg: &Segment, dir: Direction, dump: usize) -> Value {
 
 fn segment_json(f: &Found, seg: &Segment, dump: usize) -> Value {
     let h = seg.header();
+    let methods = seg.method_table();
     let side = |s: Side| {
         let st = seg.side_state(s);
         json!({
@@ -233,8 +244,8 @@ fn segment_json(f: &Found, seg: &Segment, dump: usize) -> Value {
         "creator_pid": h.creator_pid,
         "sides": {"client": side(Side::Client), "server": side(Side::Server)},
         "rings": {
-            "c2s": ring_json(seg, Direction::ClientToServer, dump),
-            "s2c": ring_json(seg, Direction::ServerToClient, dump),
+            "c2s": ring_json(seg, Direction::ClientToServer, dump, &methods),
+            "s2c": ring_json(seg, Direction::ServerToClient, dump, &methods),
         },
         "blobs": blobs,
     })
@@ -329,8 +340,10 @@ fn text(doc: &Value) -> String {
                     f.get("call_id")
                         .map(|c| format!(" call {c}"))
                         .unwrap_or_default(),
-                    f.get("method")
+                    f.get("method_name")
+                        .and_then(Value::as_str)
                         .map(|m| format!(" method {m}"))
+                        .or_else(|| f.get("method").map(|m| format!(" method {m}")))
                         .unwrap_or_default()
                 ));
                 if let Some(h) = f["hex"].as_str() {

@@ -105,3 +105,93 @@ fn inspect_reports_pending_frames_blobs_and_garbage() {
     assert!(text.contains("isocall:garbage:1 (in pid"), "{text}");
     drop(held);
 }
+
+#[derive(rkyv::Archive, rkyv::Serialize)]
+struct Num {
+    n: u64,
+}
+
+#[test]
+fn inspect_shows_calls_queued_behind_a_stalled_handler_by_method_name() {
+    use isocall_engine::rpc::{CallCtx, Client, ServerBuilder, SocketName};
+    use std::sync::{Condvar, Mutex};
+    /// Opens the gate when dropped, so a failing assertion cannot leave the
+    /// server's worker stuck in `stall` (and the test hung in its drop).
+    struct Gate(Arc<(Mutex<bool>, Condvar)>);
+    impl Drop for Gate {
+        fn drop(&mut self) {
+            *self.0.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            self.0.1.notify_all();
+        }
+    }
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let g = gate.clone();
+    let socket = SocketName::Abstract(format!("inspect-test-{}", std::process::id()));
+    let _server = ServerBuilder::new(socket.clone())
+        .method::<Num, Num, _>("add", |r: &ArchivedNum, _: &mut CallCtx<'_>| {
+            Ok(Num {
+                n: r.n.to_native() + 1,
+            })
+        })
+        .method::<Num, Num, _>("stall", move |_: &ArchivedNum, _: &mut CallCtx<'_>| {
+            let (lock, cv) = &*g;
+            let open = cv.wait_while(lock.lock().unwrap(), |open| !*open).unwrap();
+            drop(open);
+            Ok(Num { n: 0 })
+        })
+        .spawn()
+        .unwrap();
+    let opener = Gate(gate.clone());
+    let mut c = Client::connect(&socket).unwrap();
+    let (add, stall) = (c.method("add").unwrap(), c.method("stall").unwrap());
+    let mut pending = vec![c.start(stall, &Num { n: 0 }, &[]).unwrap()];
+    for i in 0..3 {
+        pending.push(c.start(add, &Num { n: i }, &[]).unwrap());
+    }
+    let pid = std::process::id().to_string();
+    let name = format!("isocall:inspect-test-{}:1", std::process::id());
+    // The worker takes the stall request at its own pace: look until the
+    // server is inside the handler (its request still unreleased) and the
+    // three adds wait behind it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let frames = loop {
+        let (ok, out) = inspect(&[&pid, "--json"]);
+        assert!(ok);
+        let doc: Value = serde_json::from_str(&out).unwrap();
+        let seg = doc["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned();
+        if let Some(seg) = seg {
+            let f = seg["rings"]["c2s"]["first_frames"]
+                .as_array()
+                .unwrap()
+                .clone();
+            if f.len() == 4 {
+                break f;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no segment {name} with 4 pending frames: {out}"
+        );
+        std::thread::yield_now();
+    };
+    let names: Vec<&str> = frames
+        .iter()
+        .map(|f| f["method_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["stall", "add", "add", "add"]);
+    assert_eq!(frames[1]["call_id"], 2);
+    let (_, text) = inspect(&[&pid]);
+    assert!(
+        text.contains("REQUEST len") && text.contains("method stall"),
+        "{text}"
+    );
+    drop(opener);
+    let results = c.wait_all::<Num, _>(pending, None, |r, _| r.n.to_native());
+    let got: Vec<u64> = results.into_iter().map(Result::unwrap).collect();
+    assert_eq!(got, [0, 1, 2, 3]);
+}

@@ -628,6 +628,8 @@ fn handshake(shared: &Shared, sock: OwnedFd, id: u32) -> Result<Conn, Refusal> {
     }
     let name = format!("isocall:{}:{id}", shared.service);
     let segment = Segment::create(&name, &shared.layout).map_err(|e| failed("segment", &e))?;
+    let names: Vec<&str> = shared.methods.iter().map(|m| m.name.as_str()).collect();
+    segment.write_method_table(&names);
     let bells = Doorbells::new().map_err(|e| failed("doorbells", &e))?;
     let mut msg = vec![wire::HELLO];
     let sh = ServerHello {
