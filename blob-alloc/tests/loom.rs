@@ -49,6 +49,8 @@ unsafe impl Region for LoomRegion {
     fn u32_at(&self, _off: usize) -> &AtomicU32 {
         unreachable!("the pool uses no u32 words")
     }
+    // SAFETY: `Region::bytes` contract; the body checks nothing more than the
+    // caller promised (bounds) and the model never writes these bytes.
     unsafe fn bytes(&self, off: usize, len: usize) -> &[u8] {
         // SAFETY: in bounds by the caller's contract; never written here.
         unsafe { &(&*self.bytes.get())[off..off + len] }

@@ -127,6 +127,8 @@ impl SharedRegion {
     /// `MAP_SHARED` mapping that contains them, and the mapped file cannot
     /// shrink, e.g. because it is sealed against it). No Rust reference to
     /// those bytes exists outside of regions created this way.
+    // SAFETY: the caller guarantees the pointer, length and lifetime listed
+    // above; every later access is bounds-checked against `len`.
     pub unsafe fn new(ptr: NonNull<u8>, len: usize, owner: Arc<dyn Any + Send + Sync>) -> Self {
         debug_assert!((ptr.as_ptr() as usize).is_multiple_of(REGION_ALIGN));
         SharedRegion {
@@ -192,6 +194,7 @@ unsafe impl Region for ReadOnlyRegion {
     fn u32_at(&self, off: usize) -> &AtomicU32 {
         self.raw.u32_at(off)
     }
+    // SAFETY: forwards `Region::bytes`; the caller keeps the range in bounds.
     #[inline]
     unsafe fn bytes(&self, off: usize, len: usize) -> &[u8] {
         // SAFETY: forwarded contract; the memory is readable.
@@ -220,6 +223,8 @@ macro_rules! impl_region {
             fn u32_at(&self, off: usize) -> &AtomicU32 {
                 self.raw.u32_at(off)
             }
+            // SAFETY: forwards `Region::bytes`; the caller keeps the range in
+            // bounds and honours the aliasing rule.
             #[inline]
             unsafe fn bytes(&self, off: usize, len: usize) -> &[u8] {
                 // SAFETY: forwarded contract.

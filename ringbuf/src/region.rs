@@ -68,6 +68,7 @@ pub unsafe trait Region: Send + Sync {
     /// caller trusts writes it (the ring protocol hands each byte to one side
     /// at a time). An untrusted peer may still write it; the caller then reads
     /// garbage bytes, which it must treat as untrusted input.
+    // SAFETY: a contract for callers, stated in `# Safety` above.
     unsafe fn bytes(&self, off: usize, len: usize) -> &[u8];
 
     /// The bytes `off..off + len`, to write.
@@ -77,6 +78,7 @@ pub unsafe trait Region: Send + Sync {
     /// The range is in bounds, and for the life of the slice this side owns
     /// it exclusively under the ring protocol: no other slice of it exists in
     /// this process.
+    // SAFETY: a contract for callers, stated in `# Safety` above.
     #[allow(clippy::mut_from_ref)]
     unsafe fn bytes_mut(&self, off: usize, len: usize) -> &mut [u8];
 }
@@ -105,6 +107,7 @@ unsafe impl<T: Region> Region for std::sync::Arc<T> {
     fn u32_at(&self, off: usize) -> &AtomicU32 {
         (**self).u32_at(off)
     }
+    // SAFETY: forwards the caller's `Region::bytes` promise to `T`.
     #[inline]
     unsafe fn bytes(&self, off: usize, len: usize) -> &[u8] {
         // SAFETY: forwarded contract.

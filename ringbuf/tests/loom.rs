@@ -68,6 +68,8 @@ unsafe impl Region for LoomRegion {
             _ => panic!("no wait word at {off}"),
         }
     }
+    // SAFETY: `Region::bytes` contract; the ring hands each byte to one side
+    // at a time, which is what the model checks.
     unsafe fn bytes(&self, off: usize, len: usize) -> &[u8] {
         // SAFETY: in bounds per the caller's contract; no concurrent writer
         // per the ring protocol.

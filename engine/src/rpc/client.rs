@@ -411,6 +411,8 @@ impl Client {
     /// The server must only ever send valid archives of each method's
     /// reply type (e.g. it is the same binary, built from the same types):
     /// an invalid archive read unchecked is undefined behaviour.
+    // SAFETY: the caller's promise (see `# Safety`) is what makes the
+    // unchecked reads in `archive::read` sound; this only records it.
     #[allow(unsafe_code)] // declares a contract; the unchecked read is in `archive`
     pub unsafe fn set_trusted(&mut self) {
         self.trusted = true;

@@ -264,6 +264,8 @@ impl ServerBuilder {
     ///
     /// Every client must only send valid archives of each method's request
     /// type: an invalid archive read unchecked is undefined behaviour.
+    // SAFETY: the caller's promise (see `# Safety`) is what makes the
+    // unchecked reads in `archive::read` sound; this only records it.
     #[must_use]
     #[allow(unsafe_code)] // declares a contract; the unchecked read is in `archive`
     pub unsafe fn trusted(mut self) -> Self {
