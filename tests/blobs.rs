@@ -15,7 +15,6 @@ use isocall::blob::{BlobError, BlobHandle, Pool, PoolConfig};
 use isocall::engine::endpoint::{Doorbells, Receiver, Sender, Side, TransportError, endpoint};
 use isocall::engine::liveness::Liveness;
 use isocall::engine::segment::{Segment, SegmentLayout};
-use isocall::engine::sys::EventFd;
 use isocall::ringbuf::{SharedRegion, WaitStrategy};
 
 const BLOB: u16 = 1;
@@ -195,14 +194,8 @@ fn blob_peer_entry() {
     let Ok(role) = std::env::var(ROLE_ENV) else {
         return;
     };
-    let (msg, mut fds, mut sock) = receive_from_parent();
-    let s2c = EventFd::from_owned(fds.pop().unwrap());
-    let c2s = EventFd::from_owned(fds.pop().unwrap());
-    let segment = Segment::open(fds.pop().unwrap()).expect("open segment");
-    let bells = Doorbells {
-        c2s: Arc::new(c2s),
-        s2c: Arc::new(s2c),
-    };
+    let (msg, fds, mut sock) = receive_from_parent();
+    let (segment, bells) = segment_from_parent(fds);
     let mut e = ends(segment, Side::Client, &bells);
     let pool = e.segment.blob_pool(Side::Client).unwrap().expect("a pool");
     let n: u64 = param(&msg, "n").parse().unwrap();

@@ -15,7 +15,7 @@ use common::*;
 use isocall::engine::endpoint::{Doorbells, Receiver, Sender, Side, TransportError, endpoint};
 use isocall::engine::liveness::{Liveness, PeerWatch};
 use isocall::engine::segment::{Segment, SegmentLayout};
-use isocall::engine::sys::{EventFd, PidFd};
+use isocall::engine::sys::PidFd;
 use isocall::ringbuf::WaitStrategy;
 
 const DATA: u16 = 1;
@@ -94,15 +94,8 @@ fn peer_entry() {
     let Ok(role) = std::env::var(ROLE_ENV) else {
         return;
     };
-    let (msg, mut fds, _sock) = receive_from_parent();
-    assert_eq!(fds.len(), 3, "expected memfd and two doorbells");
-    let s2c = EventFd::from_owned(fds.pop().unwrap());
-    let c2s = EventFd::from_owned(fds.pop().unwrap());
-    let segment = Segment::open(fds.pop().unwrap()).expect("open segment");
-    let bells = Doorbells {
-        c2s: Arc::new(c2s),
-        s2c: Arc::new(s2c),
-    };
+    let (msg, fds, _sock) = receive_from_parent();
+    let (segment, bells) = segment_from_parent(fds);
     let strat = strategy(param(&msg, "strategy"));
     let mut me = attach(
         segment,

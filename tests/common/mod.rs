@@ -99,6 +99,28 @@ pub fn receive_from_parent() -> (String, Vec<OwnedFd>, UnixStream) {
     )
 }
 
+/// In a peer: the segment and doorbells the parent sent (memfd, c2s bell,
+/// s2c bell, in that order), the segment checked by `Segment::open`.
+pub fn segment_from_parent(
+    mut fds: Vec<OwnedFd>,
+) -> (
+    isocall::engine::segment::Segment,
+    isocall::engine::endpoint::Doorbells,
+) {
+    use isocall::engine::sys::EventFd;
+    use std::sync::Arc;
+    assert_eq!(fds.len(), 3, "expected memfd and two doorbells");
+    let s2c = EventFd::from_owned(fds.pop().unwrap());
+    let c2s = EventFd::from_owned(fds.pop().unwrap());
+    let segment =
+        isocall::engine::segment::Segment::open(fds.pop().unwrap()).expect("open segment");
+    let bells = isocall::engine::endpoint::Doorbells {
+        c2s: Arc::new(c2s),
+        s2c: Arc::new(s2c),
+    };
+    (segment, bells)
+}
+
 /// Polls `f` until it returns `Some`, failing the test with what was
 /// missing after `limit`. Yields between polls; never sleeps a fixed time.
 pub fn wait_until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
