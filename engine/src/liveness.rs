@@ -1,7 +1,8 @@
 //! Knowing when the peer process died, and waking whoever waits on it.
 //!
-//! A [`PeerWatch`] is one thread blocked in `poll` on the peer's pidfd (and
-//! on a stop eventfd): it costs no CPU while the peer lives. When the peer
+//! A [`PeerWatch`] is one thread blocked in `poll` on the peer's pidfd, or
+//! on the connection's socket waiting for its hang-up (and on a stop
+//! eventfd): it costs no CPU while the peer lives. When the peer
 //! dies it raises the shared [`Liveness`] flag, then resets this side's wait
 //! words and wakes their futexes and the doorbell, so a side asleep on a
 //! ring the dead peer will never touch again returns at once with
@@ -94,7 +95,6 @@ impl PeerWatch {
         side_tx: Direction,
         doorbell: Option<Arc<EventFd>>,
     ) -> std::io::Result<PeerWatch> {
-        let pidfd = watched;
         let stop = Arc::new(EventFd::new()?);
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -103,7 +103,7 @@ impl PeerWatch {
                 let _span = tracing::debug_span!("peer_watch").entered();
                 loop {
                     use std::os::fd::AsFd;
-                    match poll_ready(&[(pidfd.as_fd(), ready), (stop2.as_fd(), Ready::Readable)], None) {
+                    match poll_ready(&[(watched.as_fd(), ready), (stop2.as_fd(), Ready::Readable)], None) {
                         Ok(ready) if ready.first() == Some(&true) => break,
                         Ok(ready) if ready.get(1) == Some(&true) => return,
                         Ok(_) => continue,
