@@ -286,7 +286,12 @@ impl<R: Region, P: Parker> Consumer<R, P> {
             // clock read costs more than a poll of the ring.
             if turn.is_multiple_of(64) {
                 if stop() {
-                    return Err(WaitError::Stopped);
+                    // A frame published just before the stop (the peer's
+                    // last reply before it died) is still delivered.
+                    return match self.poll()? {
+                        Some(h) => Ok(h),
+                        None => Err(WaitError::Stopped),
+                    };
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Err(WaitError::Timeout);
