@@ -469,6 +469,34 @@ impl<R: Region> Pool<R> {
         Ok(BlobMut::new(self.slot_ref(ci, slot, h.generation, len)))
     }
 
+    /// Takes back a blob this side sent to a peer that has since died,
+    /// whether the peer accepted it or not (in flight to the peer, or held
+    /// by it): to send its bytes again elsewhere, e.g. when a call is
+    /// retried on a restarted server. Its bytes are what the peer left.
+    ///
+    /// Call it only once the peer is known dead: taking a blob from a live
+    /// peer that holds it pulls it from under its feet.
+    ///
+    /// # Errors
+    ///
+    /// As [`accept`](Self::accept), for a blob neither in flight to the
+    /// peer nor held by it.
+    pub fn take_back(&self, h: &BlobHandle) -> Result<BlobMut<'_, R>, BlobError> {
+        match self.recall(h) {
+            Err(BlobError::WrongState { .. }) => {
+                let (ci, slot, len) = self.transition(
+                    h,
+                    SlotState::Held(self.side.peer()),
+                    SlotState::Held(self.side),
+                    "in flight to the peer or held by it",
+                    Ordering::Acquire,
+                )?;
+                Ok(BlobMut::new(self.slot_ref(ci, slot, h.generation, len)))
+            }
+            other => other,
+        }
+    }
+
     /// `Held(me)` -> `InFlight(peer)`, Release: pairs with the Acquire of
     /// the peer's `accept`.
     pub(crate) fn send(&self, h: &BlobHandle) -> Result<(), BlobError> {
