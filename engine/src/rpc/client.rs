@@ -116,6 +116,11 @@ pub enum CallError {
     /// The OS refused memory or a descriptor.
     #[error("os: {0}")]
     Os(io::Error),
+    /// The supervisor gave up on the service (restart-intensity limit, a
+    /// service that cannot be started or handshaken) or is stopping; the
+    /// message names the service and its last exit status or signal.
+    #[error("{0}")]
+    ServiceFailed(String),
 }
 
 impl From<TransportError> for CallError {
@@ -145,6 +150,14 @@ impl MethodId {
 #[must_use = "a pending call's reply is kept until it is waited for"]
 pub struct Pending {
     id: u64,
+}
+
+impl Pending {
+    /// The same call, to wait for again after a wait that did not consume
+    /// it (the supervised client's retries).
+    pub(crate) fn again(&self) -> Pending {
+        Pending { id: self.id }
+    }
 }
 
 /// Call ids are distinct sequential numbers: a multiplicative hash is
@@ -202,6 +215,7 @@ pub struct Client {
     rx: Receiver,
     pool: Option<Arc<Pool<SharedRegion>>>,
     methods: HashMap<String, u32>,
+    idempotent: Vec<bool>,
     max_frame: usize,
     next_id: u64,
     in_flight: IdSet,
@@ -210,6 +224,8 @@ pub struct Client {
     options: ClientOptions,
     next_large: u64,
     server_pid: u32,
+    layout: crate::segment::SegmentLayout,
+    liveness: Liveness,
     // Dropped last: the watch thread, then the socket (the server's EOF).
     _watch: PeerWatch,
     _sock: OwnedFd,
@@ -225,8 +241,9 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// Parses the hello that follows the tag byte.
-fn parse_hello(msg: &[u8]) -> Result<(ServerHello, Vec<String>), String> {
+/// Parses the hello that follows the tag byte: the hello and the method
+/// table (name, idempotent).
+fn parse_hello(msg: &[u8]) -> Result<(ServerHello, Vec<(String, bool)>), String> {
     const N: usize = std::mem::size_of::<ServerHello>();
     let hello: ServerHello = msg
         .get(..N)
@@ -238,15 +255,16 @@ fn parse_hello(msg: &[u8]) -> Result<(ServerHello, Vec<String>), String> {
     let mut names = Vec::new();
     let mut at = N;
     for _ in 0..hello.nmethods.min(4096) {
-        let len = msg
-            .get(at..at + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+        let (len, flags) = msg
+            .get(at..at + 3)
+            .map(|b| (u16::from_le_bytes([b[0], b[1]]) as usize, b[2]))
             .ok_or("method table cut short")?;
         let name = msg
-            .get(at + 2..at + 2 + len)
+            .get(at + 3..at + 3 + len)
             .ok_or("method name cut short")?;
-        names.push(String::from_utf8(name.to_vec()).map_err(|_| "method name is not UTF-8")?);
-        at += 2 + len;
+        let name = String::from_utf8(name.to_vec()).map_err(|_| "method name is not UTF-8")?;
+        names.push((name, flags & wire::METHOD_IDEMPOTENT != 0));
+        at += 3 + len;
     }
     if names.len() != hello.nmethods as usize {
         return Err(format!("{} methods announced, too many", hello.nmethods));
@@ -282,11 +300,22 @@ impl Client {
     ) -> Result<Client, ConnectError> {
         let span = tracing::debug_span!("isocall_connect", %socket);
         let _enter = span.enter();
-        let deadline = Instant::now() + options.handshake_timeout;
         let sock = connect_seqpacket(socket).map_err(|source| ConnectError::Connect {
             socket: socket.to_string(),
             source,
         })?;
+        Self::over_socket(sock, options)
+    }
+
+    /// Runs the handshake over `sock`, a `SOCK_SEQPACKET` socket already
+    /// connected to a server (one end of a socketpair whose other end the
+    /// server received, or a socket a name service handed over).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect), but for reaching the socket.
+    pub fn over_socket(sock: OwnedFd, options: ClientOptions) -> Result<Client, ConnectError> {
+        let deadline = Instant::now() + options.handshake_timeout;
         let hello = ClientHello {
             magic: HELLO_MAGIC,
             version: PROTOCOL_VERSION,
@@ -366,10 +395,11 @@ impl Client {
             ConnectError::Handshake(e.to_string())
         })?;
         let pool = segment.blob_pool(Side::Client)?.map(Arc::new);
+        let layout = segment.layout();
         let watch = PeerWatch::spawn_on(
             sock.try_clone()?,
             crate::sys::Ready::HangUp,
-            liveness,
+            liveness.clone(),
             segment.clone(),
             Side::Client.tx(),
             Some(bells.s2c.clone()),
@@ -386,10 +416,11 @@ impl Client {
             tx,
             rx,
             pool,
+            idempotent: names.iter().map(|(_, i)| *i).collect(),
             methods: names
                 .into_iter()
                 .enumerate()
-                .map(|(i, n)| (n, i as u32))
+                .map(|(i, (n, _))| (n, i as u32))
                 .collect(),
             max_frame: (hello.max_frame as usize).max(wire::HEAD),
             next_id: 1,
@@ -399,6 +430,8 @@ impl Client {
             options,
             next_large: 1,
             server_pid,
+            layout,
+            liveness,
             _watch: watch,
             _sock: sock,
         })
@@ -429,6 +462,12 @@ impl Client {
             .get(name)
             .map(|&i| MethodId(i))
             .ok_or_else(|| CallError::NoSuchMethod(name.to_string()))
+    }
+
+    /// Whether the server declared method `m` idempotent when it
+    /// registered it (see `ServerBuilder::idempotent_method`).
+    pub fn is_idempotent(&self, m: MethodId) -> bool {
+        self.idempotent.get(m.0 as usize).copied().unwrap_or(false)
     }
 
     /// The connection's blob pool (allocate request blobs from it), if the
@@ -482,20 +521,38 @@ impl Client {
         Ok(blob.handle())
     }
 
-    /// The server's process id.
+    /// The server's process id, from the socket's credentials (`0` if
+    /// unknown). Over a socketpair (see [`over_socket`](Self::over_socket))
+    /// this is the pid of the process that created the pair.
     pub fn server_pid(&self) -> u32 {
         self.server_pid
     }
 
-    /// Writes one frame: head, blob handles, and the body `encode` writes.
-    fn put<T: Body>(
+    /// The layout of the connection's segment (ring capacity, blob
+    /// classes), as the server chose it.
+    pub fn layout(&self) -> crate::segment::SegmentLayout {
+        self.layout
+    }
+
+    /// False once the server is known dead or gone (its end of the
+    /// connection's socket hung up).
+    pub fn is_alive(&self) -> bool {
+        !self.liveness.is_dead()
+    }
+
+    /// Writes one frame: head, blob handles, and the body `encode` writes
+    /// into the grant (returning its length); a copy of the body goes to
+    /// `keep` if given.
+    #[allow(clippy::too_many_arguments)] // one private writer for every frame
+    fn put(
         &mut self,
         frame_kind: u16,
         id: u64,
         m: MethodId,
-        body: &T,
+        mut encode: impl FnMut(&mut [u8]) -> Result<usize, String>,
         blobs: &[BlobHandle],
         deadline: impl Fn() -> Instant,
+        keep: Option<&mut Vec<u8>>,
     ) -> Result<(), CallError> {
         if blobs.len() > wire::MAX_BLOBS {
             return Err(CallError::TooLarge(format!(
@@ -513,8 +570,12 @@ impl Client {
                 Err(TransportError::Full) => self.tx.reserve(frame_kind, room, Some(deadline()))?,
                 Err(e) => return Err(e.into()),
             };
-            match archive::write_into(body, &mut g.bytes_mut()[body_at..]) {
+            match encode(&mut g.bytes_mut()[body_at..]) {
                 Ok(n) => {
+                    if let Some(keep) = keep {
+                        keep.clear();
+                        keep.extend_from_slice(&g.bytes_mut()[body_at..body_at + n]);
+                    }
                     let head = CallHead {
                         id,
                         method: m.0,
@@ -553,14 +614,50 @@ impl Client {
         request: &Req,
         blobs: &[BlobHandle],
     ) -> Result<Pending, CallError> {
+        self.start_encoded(m, |buf| archive::write_into(request, buf), blobs, None)
+    }
+
+    /// Starts a call whose body `encode` writes; the body is also copied
+    /// to `keep` (for a retry on another connection).
+    pub(crate) fn start_encoded(
+        &mut self,
+        m: MethodId,
+        encode: impl FnMut(&mut [u8]) -> Result<usize, String>,
+        blobs: &[BlobHandle],
+        keep: Option<&mut Vec<u8>>,
+    ) -> Result<Pending, CallError> {
         let id = self.next_id;
         self.next_id += 1;
         let timeout = self.options.call_timeout;
-        self.put(kind::REQUEST, id, m, request, blobs, || {
-            Instant::now() + timeout
-        })?;
+        self.put(
+            kind::REQUEST,
+            id,
+            m,
+            encode,
+            blobs,
+            || Instant::now() + timeout,
+            keep,
+        )?;
         self.in_flight.insert(id);
         Ok(Pending { id })
+    }
+
+    /// Starts a call whose body is `body`, an archive already made (kept
+    /// from an earlier attempt).
+    pub(crate) fn start_raw(
+        &mut self,
+        m: MethodId,
+        body: &[u8],
+        blobs: &[BlobHandle],
+    ) -> Result<Pending, CallError> {
+        let copy = |buf: &mut [u8]| match buf.get_mut(..body.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(body);
+                Ok(body.len())
+            }
+            None => Err(format!("{} bytes do not fit", body.len())),
+        };
+        self.start_encoded(m, copy, blobs, None)
     }
 
     /// Waits for the reply of `pending` until `deadline` (`None`: the
@@ -719,9 +816,15 @@ impl Client {
         blobs: &[BlobHandle],
     ) -> Result<(), CallError> {
         let timeout = self.options.call_timeout;
-        self.put(kind::MESSAGE, 0, m, message, blobs, || {
-            Instant::now() + timeout
-        })
+        self.put(
+            kind::MESSAGE,
+            0,
+            m,
+            |buf| archive::write_into(message, buf),
+            blobs,
+            || Instant::now() + timeout,
+            None,
+        )
     }
 
     /// Calls in flight (started and not yet waited for).

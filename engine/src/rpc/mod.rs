@@ -17,7 +17,7 @@
 //! The client and server API does not mention rings or segments, so a
 //! socket transport can sit under the same API later.
 
-mod archive;
+pub(crate) mod archive;
 pub mod client;
 pub mod large;
 pub mod policy;

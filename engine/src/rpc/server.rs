@@ -11,7 +11,7 @@
 //! sends garbage, closes, or whose client dies is dropped (its blobs
 //! reclaimed); the others are not disturbed.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,7 +33,7 @@ use crate::liveness::{Liveness, PeerWatch};
 use crate::segment::{Segment, SegmentLayout};
 use crate::sys::{
     EventFd, PeerCred, SocketName, accept_seqpacket, listen_seqpacket, peer_cred, poll_readable,
-    recv_message, send_with_fds, unlink_socket,
+    recv_message, recv_with_fds, send_with_fds, unlink_socket,
 };
 
 /// Most frames one connection gets served per turn of its worker.
@@ -53,6 +53,10 @@ pub enum ServerError {
     /// The configuration is not valid.
     #[error("bad server configuration: {0}")]
     Config(String),
+    /// [`ServerBuilder::supervised`] in a process no supervisor started,
+    /// or whose supervisor is gone.
+    #[error("not a supervised service: {0}")]
+    NotSupervised(String),
     /// The OS refused a thread or an eventfd.
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
@@ -177,12 +181,23 @@ type Erased =
 struct Method {
     name: String,
     one_way: bool,
+    idempotent: bool,
     run: Box<Erased>,
+}
+
+/// Where a server's connections come from.
+enum Source {
+    /// A socket it binds and accepts on.
+    Listen(SocketName),
+    /// The control socket a [`Supervisor`](crate::supervise::Supervisor)
+    /// handed down: each message carries one connected socket.
+    Supervisor(OwnedFd),
 }
 
 /// Builds a [`Server`]: its socket, policy, methods and threads.
 pub struct ServerBuilder {
-    socket: SocketName,
+    source: Source,
+    service: String,
     policy: Policy,
     workers: usize,
     strategy: WaitStrategy,
@@ -199,8 +214,44 @@ impl ServerBuilder {
     /// worker, `Adaptive` waits, 1 MiB rings and an 8 MiB blob pool per
     /// connection, 5 s handshakes, frames up to 64 KiB.
     pub fn new(socket: SocketName) -> Self {
+        let service = match &socket {
+            SocketName::Path(p) => p
+                .file_name()
+                .map_or("server".into(), |n| n.to_string_lossy().into_owned()),
+            SocketName::Abstract(n) => n.clone(),
+        };
+        Self::with_source(Source::Listen(socket), service)
+    }
+
+    /// A server for a process a [`Supervisor`](crate::supervise::Supervisor)
+    /// started: it takes the control socket the supervisor handed down
+    /// (as standard input, which is then pointed at `/dev/null`) and
+    /// serves the connections the supervisor sends over it. The process is
+    /// killed when the supervisor dies (`PR_SET_PDEATHSIG`, checked
+    /// against a supervisor that died before this call) and
+    /// [`Server::run`] returns when the supervisor retires it.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::NotSupervised`] naming what is missing: the
+    /// environment the supervisor sets, a control socket on standard
+    /// input, or a supervisor that is still alive.
+    pub fn supervised() -> Result<Self, ServerError> {
+        let child = crate::supervise::ChildEnv::take().map_err(ServerError::NotSupervised)?;
+        Ok(Self::with_source(
+            Source::Supervisor(child.control),
+            child.service,
+        ))
+    }
+
+    fn with_source(source: Source, service: String) -> Self {
+        // Register for membarrier now, while the process most likely has
+        // one thread: registering later, with threads running, waits for
+        // an RCU grace period (milliseconds) on the first connection.
+        crate::sys::heavy_barrier_available();
         ServerBuilder {
-            socket,
+            source,
+            service,
             policy: Policy::default(),
             workers: 1,
             strategy: WaitStrategy::Adaptive,
@@ -287,6 +338,7 @@ impl ServerBuilder {
         self.methods.push(Method {
             name: name.to_string(),
             one_way: false,
+            idempotent: false,
             run: Box::new(move |body, ctx, out| {
                 let req = archive::read::<Req::Archived>(body, trusted)
                     .map_err(|e| (Status::BadRequest, e))?;
@@ -294,6 +346,25 @@ impl ServerBuilder {
                 archive::write_into(&resp, out).map_err(|e| (Status::TooLarge, e))
             }),
         });
+        self
+    }
+
+    /// Registers method `name` as [`method`](Self::method) does, and
+    /// declares it idempotent: running it twice has the effect of running
+    /// it once, so a supervised client retries it on the restarted service
+    /// when the server dies during the call. Undeclared methods are never
+    /// run twice.
+    #[must_use]
+    pub fn idempotent_method<Req, Resp, F>(mut self, name: &str, handler: F) -> Self
+    where
+        Req: Body,
+        Resp: Body,
+        F: Fn(&Req::Archived, &mut CallCtx<'_>) -> Result<Resp, String> + Send + Sync + 'static,
+    {
+        self = self.method::<Req, Resp, F>(name, handler);
+        if let Some(m) = self.methods.last_mut() {
+            m.idempotent = true;
+        }
         self
     }
 
@@ -308,6 +379,7 @@ impl ServerBuilder {
         self.methods.push(Method {
             name: name.to_string(),
             one_way: true,
+            idempotent: false,
             run: Box::new(move |body, ctx, _| {
                 let msg = archive::read::<Msg::Archived>(body, trusted)
                     .map_err(|e| (Status::BadRequest, e))?;
@@ -338,16 +410,17 @@ impl ServerBuilder {
                 "a method name longer than 1024 bytes".into(),
             ));
         }
-        let listener = listen_seqpacket(&self.socket).map_err(|source| ServerError::Listen {
-            socket: self.socket.to_string(),
-            source,
-        })?;
-        let service = match &self.socket {
-            SocketName::Path(p) => p
-                .file_name()
-                .map_or("server".into(), |n| n.to_string_lossy().into_owned()),
-            SocketName::Abstract(n) => n.clone(),
+        let (socket, conns) = match self.source {
+            Source::Listen(name) => {
+                let listener = listen_seqpacket(&name).map_err(|source| ServerError::Listen {
+                    socket: name.to_string(),
+                    source,
+                })?;
+                (Some(name), Conns::Listener(listener))
+            }
+            Source::Supervisor(control) => (None, Conns::Supervisor(control)),
         };
+        let service = self.service;
         let stop = Arc::new(EventFd::new()?);
         let workers: Vec<Arc<Inbox>> = (0..self.workers)
             .map(|_| {
@@ -359,7 +432,7 @@ impl ServerBuilder {
             .collect::<std::io::Result<_>>()?;
         let shared = Arc::new(Shared {
             service,
-            socket: self.socket,
+            socket,
             policy: self.policy,
             strategy: self.strategy,
             layout: self.layout,
@@ -385,9 +458,9 @@ impl ServerBuilder {
         threads.push(
             std::thread::Builder::new()
                 .name("isocall-accept".into())
-                .spawn(move || accept_loop(&sh, &listener, &st))?,
+                .spawn(move || accept_loop(&sh, &conns, &st))?,
         );
-        tracing::debug!(socket = %shared.socket, "server listening");
+        tracing::debug!(service = %shared.service, "server listening");
         Ok(Server {
             shared,
             stop,
@@ -414,7 +487,7 @@ struct Counters {
 
 struct Shared {
     service: String,
-    socket: SocketName,
+    socket: Option<SocketName>,
     policy: Policy,
     strategy: WaitStrategy,
     layout: SegmentLayout,
@@ -458,15 +531,17 @@ pub struct Server {
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
+            .field("service", &self.shared.service)
             .field("socket", &self.shared.socket)
             .finish()
     }
 }
 
 impl Server {
-    /// The socket it listens on.
-    pub fn socket(&self) -> &SocketName {
-        &self.shared.socket
+    /// The socket it listens on (`None` for a supervised server, which
+    /// gets its connections from its supervisor).
+    pub fn socket(&self) -> Option<&SocketName> {
+        self.shared.socket.as_ref()
     }
 
     /// Its counters.
@@ -484,8 +559,9 @@ impl Server {
         }
     }
 
-    /// Blocks until the server is dropped from another thread's point of
-    /// view, i.e. forever: for a process whose only job is serving.
+    /// Blocks while the server accepts connections: forever for a server
+    /// on a socket (for a process whose only job is serving), until its
+    /// supervisor retires it for a supervised one.
     pub fn run(mut self) {
         if let Some(t) = self.threads.pop() {
             let _ = t.join();
@@ -503,16 +579,56 @@ impl Drop for Server {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        unlink_socket(&self.shared.socket);
-        tracing::debug!(socket = %self.shared.socket, "server stopped");
+        if let Some(s) = &self.shared.socket {
+            unlink_socket(s);
+        }
+        tracing::debug!(service = %self.shared.service, "server stopped");
     }
 }
 
-fn accept_loop(shared: &Arc<Shared>, listener: &OwnedFd, stop: &EventFd) {
+/// Where the accept thread gets connected sockets.
+enum Conns {
+    Listener(OwnedFd),
+    Supervisor(OwnedFd),
+}
+
+impl Conns {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Conns::Listener(f) | Conns::Supervisor(f) => f.as_fd(),
+        }
+    }
+
+    /// The next connected socket, with the segment the supervisor made
+    /// for it if it sent one; `Ok(None)` when the supervisor hung up (the
+    /// server is retired), `Err` for one that failed (skipped).
+    fn next(&self) -> std::io::Result<Option<(OwnedFd, Option<OwnedFd>)>> {
+        match self {
+            Conns::Listener(l) => accept_seqpacket(l.as_fd()).map(|s| Some((s, None))),
+            Conns::Supervisor(c) => {
+                let mut tag = [0u8; 8];
+                let (n, fds) = recv_with_fds(c.as_fd(), &mut tag, 2)?;
+                if n == 0 && fds.is_empty() {
+                    return Ok(None);
+                }
+                let mut fds = fds.into_iter();
+                match (tag[0], fds.next()) {
+                    (crate::supervise::CONNECT, Some(sock)) => Ok(Some((sock, fds.next()))),
+                    (t, _) => Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("supervisor message {t:#x} without a socket"),
+                    )),
+                }
+            }
+        }
+    }
+}
+
+fn accept_loop(shared: &Arc<Shared>, conns: &Conns, stop: &EventFd) {
     let mut handshakes: Vec<JoinHandle<()>> = Vec::new();
     let mut conn_id = 0u32;
     while !shared.stopping.load(Ordering::Acquire) {
-        match poll_readable(&[listener.as_fd(), stop.as_fd()], None) {
+        match poll_readable(&[conns.fd(), stop.as_fd()], None) {
             Ok(r) if r.get(1) == Some(&true) => break,
             Ok(r) if r.first() == Some(&true) => {}
             Ok(_) => continue,
@@ -522,8 +638,12 @@ fn accept_loop(shared: &Arc<Shared>, listener: &OwnedFd, stop: &EventFd) {
                 break;
             }
         }
-        let sock = match accept_seqpacket(listener.as_fd()) {
-            Ok(s) => s,
+        let (sock, premade) = match conns.next() {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                tracing::debug!(service = %shared.service, "the supervisor retired this server");
+                break;
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "accept failed");
                 continue;
@@ -534,7 +654,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &OwnedFd, stop: &EventFd) {
         handshakes.retain(|h| !h.is_finished());
         match std::thread::Builder::new()
             .name("isocall-handshake".into())
-            .spawn(move || match handshake(&sh, sock, id) {
+            .spawn(move || match handshake(&sh, sock, id, premade) {
                 Ok(conn) => {
                     sh.stats.accepted.fetch_add(1, Ordering::Relaxed);
                     let w = sh.next_worker.fetch_add(1, Ordering::Relaxed) % sh.workers.len();
@@ -588,7 +708,25 @@ struct Conn {
     _sock: OwnedFd,
 }
 
-fn handshake(shared: &Shared, sock: OwnedFd, id: u32) -> Result<Conn, Refusal> {
+/// A segment the supervisor made ahead of need, if it is fit for this
+/// server: this server's layout, and neither side attached yet. Anything
+/// else in it is checked like everything a client writes.
+fn premade_segment(shared: &Shared, fd: OwnedFd) -> Option<Segment> {
+    let seg = Segment::open(fd)
+        .inspect_err(|e| tracing::debug!(error = %e, "premade segment refused"))
+        .ok()?;
+    let fresh = [Side::Client, Side::Server]
+        .iter()
+        .all(|&s| seg.side_state(s).state == crate::segment::SIDE_ABSENT);
+    (fresh && seg.layout() == shared.layout).then_some(seg)
+}
+
+fn handshake(
+    shared: &Shared,
+    sock: OwnedFd,
+    id: u32,
+    premade: Option<OwnedFd>,
+) -> Result<Conn, Refusal> {
     let span = tracing::debug_span!("isocall_handshake", conn = id);
     let _enter = span.enter();
     let failed = |what: &str, e: &dyn std::fmt::Display| Refusal::Failed(format!("{what}: {e}"));
@@ -629,7 +767,13 @@ fn handshake(shared: &Shared, sock: OwnedFd, id: u32) -> Result<Conn, Refusal> {
         ));
     }
     let name = format!("isocall:{}:{id}", shared.service);
-    let segment = Segment::create(&name, &shared.layout).map_err(|e| failed("segment", &e))?;
+    // Creating a segment costs milliseconds (its memory is reserved and
+    // zeroed): a supervisor sends one made ahead of need.
+    let segment = match premade.and_then(|fd| premade_segment(shared, fd)) {
+        Some(s) => s,
+        None => Segment::create(&name, &shared.layout).map_err(|e| failed("segment", &e))?,
+    };
+
     let names: Vec<&str> = shared.methods.iter().map(|m| m.name.as_str()).collect();
     segment.write_method_table(&names);
     let bells = Doorbells::new().map_err(|e| failed("doorbells", &e))?;
@@ -644,6 +788,11 @@ fn handshake(shared: &Shared, sock: OwnedFd, id: u32) -> Result<Conn, Refusal> {
     msg.extend_from_slice(bytemuck::bytes_of(&sh));
     for m in &shared.methods {
         msg.extend_from_slice(&(m.name.len() as u16).to_le_bytes());
+        msg.push(if m.idempotent {
+            wire::METHOD_IDEMPOTENT
+        } else {
+            0
+        });
         msg.extend_from_slice(m.name.as_bytes());
     }
     send_with_fds(
@@ -688,6 +837,7 @@ fn handshake(shared: &Shared, sock: OwnedFd, id: u32) -> Result<Conn, Refusal> {
     )
     .map_err(|e| failed("peer watch", &e))?;
     tracing::debug!(pid = peer.pid, uid = peer.uid, "connection accepted");
+
     Ok(Conn {
         id,
         large: LargeCache::default(),

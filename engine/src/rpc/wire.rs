@@ -11,7 +11,7 @@ use bytemuck::{Pod, Zeroable};
 use isocall_blob::BlobHandle;
 
 /// Version of the connection protocol; both sides must speak the same.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// `b"ISOCALLH"`: first word of every handshake message.
 pub const HELLO_MAGIC: u64 = u64::from_le_bytes(*b"ISOCALLH");
 
@@ -166,9 +166,9 @@ pub struct ClientHello {
     pub _reserved: u32,
 }
 
-/// The server's answer when it accepts: followed by the method names (each
-/// a `u16` length and UTF-8 bytes), with the memfd and the two doorbell
-/// eventfds attached.
+/// The server's answer when it accepts: followed by the method table (per
+/// method a `u16` length, a flags byte ([`METHOD_IDEMPOTENT`]) and the
+/// name in UTF-8), with the memfd and the two doorbell eventfds attached.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct ServerHello {
@@ -183,6 +183,11 @@ pub struct ServerHello {
     /// Connection number on this server.
     pub conn: u32,
 }
+
+/// Method flag in the hello's table: the server declared the method
+/// idempotent (running it twice has the effect of running it once), so a
+/// supervised client may retry it on a restarted server.
+pub const METHOD_IDEMPOTENT: u8 = 1;
 
 /// Tag of a refusal (followed by the reason in UTF-8).
 pub const REFUSED: u8 = b'R';

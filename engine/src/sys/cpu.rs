@@ -25,6 +25,27 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     Ok(sched_setaffinity(None, &set)?)
 }
 
+/// Lets the calling thread run on any CPU of `cpus` (e.g. to undo a pin
+/// before starting processes that inherit the mask).
+///
+/// # Errors
+///
+/// `InvalidInput` for an empty set or a CPU beyond the largest supported;
+/// the OS's error from `sched_setaffinity`.
+pub fn allow_current_thread(cpus: &[usize]) -> io::Result<()> {
+    if cpus.is_empty() || cpus.iter().any(|&c| c >= CpuSet::MAX_CPU) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("no usable CPU in {cpus:?}"),
+        ));
+    }
+    let mut set = CpuSet::new();
+    for &c in cpus {
+        set.set(c);
+    }
+    Ok(sched_setaffinity(None, &set)?)
+}
+
 /// How many CPUs this process may run on (its affinity mask), at least 1.
 pub fn available_cpus() -> usize {
     sched_getaffinity(None).map_or(1, |set| set.count().max(1) as usize)

@@ -28,11 +28,11 @@ mod shm;
 mod sock;
 
 pub use barrier::{heavy_barrier, heavy_barrier_available};
-pub use cpu::{allowed_cpus, available_cpus, pin_current_thread};
+pub use cpu::{allow_current_thread, allowed_cpus, available_cpus, pin_current_thread};
 pub use fd::{EventFd, PidFd, Ready, poll_readable, poll_ready, recv_with_fds, send_with_fds};
 pub use futex::{futex_wait, futex_wake};
 pub use shm::SharedMem;
 pub use sock::{
-    PeerCred, SocketName, accept_seqpacket, connect_seqpacket, listen_seqpacket, peer_cred,
-    recv_message, unlink_socket,
+    PeerCred, SocketName, accept_seqpacket, connect_seqpacket, is_seqpacket, listen_seqpacket,
+    peer_cred, recv_message, seqpacket_pair, unlink_socket,
 };

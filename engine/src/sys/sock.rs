@@ -64,6 +64,26 @@ fn new_socket() -> io::Result<OwnedFd> {
     )?)
 }
 
+/// A connected pair of `SOCK_SEQPACKET` sockets (close-on-exec): how a
+/// supervisor talks to the child it started.
+///
+/// # Errors
+///
+/// The OS refused the sockets.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Whether `fd` is a Unix `SOCK_SEQPACKET` socket.
+pub fn is_seqpacket(fd: BorrowedFd<'_>) -> bool {
+    sockopt::socket_type(fd).is_ok_and(|t| t == SocketType::SEQPACKET)
+}
+
 /// Binds and listens on `name`. A socket file left by a dead server (no one
 /// accepts on it) is replaced; one a live server listens on is not.
 ///
