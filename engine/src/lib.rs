@@ -21,5 +21,6 @@ pub mod endpoint;
 pub mod liveness;
 pub mod rpc;
 pub mod segment;
+pub mod supervise;
 pub mod sys;
 pub mod wake;
