@@ -43,6 +43,8 @@ enum Command {
 }
 
 fn main() {
+    // A service the bench supervises (this binary re-entered in a role).
+    bench::serve_role();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(args) => bench::run(&args),

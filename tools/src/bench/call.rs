@@ -19,10 +19,10 @@ use super::peer::{Control, PEER_TIMEOUT, Peer};
 /// A 64-byte request or reply.
 #[derive(rkyv::Archive, rkyv::Serialize)]
 pub struct Bytes64 {
-    data: [u8; 64],
+    pub data: [u8; 64],
 }
 
-fn request(seq: u64) -> Bytes64 {
+pub fn request(seq: u64) -> Bytes64 {
     let mut data = [0u8; 64];
     for (i, c) in data.chunks_exact_mut(8).enumerate() {
         c.copy_from_slice(&(seq.wrapping_mul(0x9E37_79B9) ^ i as u64).to_le_bytes());
@@ -32,14 +32,14 @@ fn request(seq: u64) -> Bytes64 {
 
 /// The server's answer: every request byte read, a reply of 64 bytes
 /// whose first word is their sum.
-fn answer(req: &[u8; 64]) -> Bytes64 {
+pub fn answer(req: &[u8; 64]) -> Bytes64 {
     let sum = req.iter().fold(0u64, |s, &b| s + u64::from(b));
     let mut data = [0u8; 64];
     data[..8].copy_from_slice(&sum.to_le_bytes());
     Bytes64 { data }
 }
 
-fn check(reply: &[u8; 64], seq: u64) -> Res<()> {
+pub fn check(reply: &[u8; 64], seq: u64) -> Res<()> {
     let want = request(seq)
         .data
         .iter()

@@ -101,6 +101,33 @@ pub fn latency(budget: &Budget, mut round_trip: impl FnMut(u64) -> Res<()>) -> R
     })
 }
 
+/// Runs `sample()` (which times what it measures itself and returns the
+/// duration) once untimed, then until the budget's measured time is spent
+/// or `max` samples are taken: for figures of milliseconds each, where
+/// setting up a sample must not count.
+pub fn timed_samples(
+    budget: &Budget,
+    max: u64,
+    mut sample: impl FnMut() -> Res<Duration>,
+) -> Res<Measured> {
+    sample()?;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 100_000_000_000, 3)?;
+    let start = Instant::now();
+    while hist.len() < max.max(1) {
+        hist.saturating_record(sample()?.as_nanos() as u64);
+        if start.elapsed() >= budget.measure {
+            break;
+        }
+    }
+    Ok(Measured {
+        p50: Some(hist.value_at_quantile(0.5) as f64),
+        p99: Some(hist.value_at_quantile(0.99) as f64),
+        p999: Some(hist.value_at_quantile(0.999) as f64),
+        samples: hist.len(),
+        ..Measured::default()
+    })
+}
+
 /// The median of `xs` (`None` if empty).
 pub fn median(xs: &mut [f64]) -> Option<f64> {
     xs.sort_by(f64::total_cmp);

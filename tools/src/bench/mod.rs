@@ -10,6 +10,9 @@ mod peer;
 mod report;
 mod ring;
 mod sockets;
+mod supervise;
+
+pub use supervise::serve_role;
 
 use std::time::Instant;
 
@@ -301,6 +304,30 @@ pub fn figures() -> Vec<Figure> {
             also: &[],
             run: call::rtt_blob,
             peer: call::server_peer,
+        },
+        Figure {
+            name: "floor.spawn",
+            unit: Ns,
+            floor: None,
+            also: &[],
+            run: supervise::floor_spawn,
+            peer: no_peer,
+        },
+        Figure {
+            name: "supervise.recovery",
+            unit: Ns,
+            floor: Some("floor.spawn"),
+            also: &[],
+            run: |b| supervise::recovery(b, 0),
+            peer: no_peer,
+        },
+        Figure {
+            name: "supervise.recovery.standby",
+            unit: Ns,
+            floor: Some("floor.spawn"),
+            also: &[],
+            run: |b| supervise::recovery(b, 1),
+            peer: no_peer,
         },
     ]
 }
