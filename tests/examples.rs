@@ -63,3 +63,30 @@ fn snprintf_formats_a_million_strings_in_another_process() {
         "{stdout}"
     );
 }
+
+#[test]
+fn snprintf_crashy_gets_every_answer_from_a_service_that_keeps_crashing() {
+    let out = Command::new(example("snprintf_crashy"))
+        .output()
+        .expect("run snprintf_crashy");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "snprintf_crashy failed: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("100000 of 100000 strings formatted right"),
+        "{stdout}"
+    );
+    // About one call in forty crashed the service: thousands of crashes.
+    let crashes: u64 = stdout
+        .split("crashed ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no crash count in {stdout}"));
+    assert!(crashes > 1000, "{stdout}");
+    assert!(stdout.contains("calls/s") && stdout.contains("mean recovery"));
+}

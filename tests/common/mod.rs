@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod calc;
+pub mod services;
 
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

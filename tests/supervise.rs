@@ -1,0 +1,348 @@
+//! Supervision with real processes: services (this test binary re-executed
+//! as a command line) that abort now and then, crash at once, or are killed
+//! with `SIGKILL` from outside, behind a `Supervisor`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::calc::{Add, Sum};
+use common::services::{self, Bump, CRASH_ONE_IN, FILE, supervisor, temp_file};
+use common::wait_until;
+use isocall::engine::blob::SlotState;
+use isocall::engine::rpc::{CallError, ClientOptions, ServerBuilder, ServerError};
+use isocall::engine::segment::Side;
+use isocall::engine::supervise::{SupervisedClient, SupervisorState};
+use isocall::engine::sys::PidFd;
+use rustix::process::{Pid, Signal, kill_process};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// The entry the supervised children run (see `common::services`).
+#[test]
+#[ignore = "run by the supervision tests as a supervised child"]
+fn service() {
+    services::serve();
+}
+
+fn sigkill(pid: u32) {
+    kill_process(Pid::from_raw(pid as i32).expect("pid"), Signal::KILL).expect("kill");
+}
+
+fn add(c: &mut SupervisedClient, a: u64, b: u64) -> Result<u64, CallError> {
+    let m = c.method("add")?;
+    c.call::<Add, Sum, _>(m, &Add { a, b }, |r| r.sum.to_native())
+}
+
+fn served_pid(c: &mut SupervisedClient) -> u32 {
+    let m = c.method("pid").expect("pid method");
+    c.call::<Add, Sum, _>(m, &Add { a: 0, b: 0 }, |r| r.sum.to_native() as u32)
+        .expect("pid call")
+}
+
+/// Segments of connections this process maps (memfds named `isocall:*`,
+/// not the supervisor's counters).
+fn mapped_segments() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|l| {
+                    let l = l.to_string_lossy();
+                    l.starts_with("/memfd:isocall:") && !l.contains("isocall:supervisor:")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn pipelined_idempotent_calls_through_a_crashing_service_all_answer_right() {
+    let sup = supervisor("crashy-pipelined", "crashy")
+        .env(CRASH_ONE_IN, "40")
+        .retries(20)
+        .standby(1)
+        .spawn()
+        .expect("supervisor");
+    let mut c = sup.client();
+    let m = c.method("add").expect("add");
+    assert!(m.is_idempotent(), "the server declared add idempotent");
+    let mut done = 0u64;
+    for window in 0..250u64 {
+        let pending: Vec<_> = (0..16u64)
+            .map(|k| {
+                let i = window * 16 + k;
+                (i, c.start(m, &Add { a: i, b: 1000 }, &[]).expect("start"))
+            })
+            .collect();
+        for (i, p) in pending {
+            let sum = c
+                .wait::<Sum, _>(p, None, |r, _| r.sum.to_native())
+                .unwrap_or_else(|e| panic!("call {i} failed: {e}"));
+            assert_eq!(sum, i + 1000, "call {i}");
+            done += 1;
+        }
+    }
+    assert_eq!(done, 4000);
+    let s = sup.stats();
+    assert!(s.crashes > 10, "one call in 40 crashes: {s:?}");
+    assert!(s.retries >= s.crashes / 2, "{s:?}");
+    assert_eq!(s.calls_failed, 0, "{s:?}");
+    assert_eq!(s.state, SupervisorState::Running);
+}
+
+#[test]
+fn calls_that_are_not_idempotent_run_at_most_once_across_crashes() {
+    let log = temp_file("bump");
+    let sup = supervisor("at-most-once", "counter")
+        .env(CRASH_ONE_IN, "10")
+        .env(FILE, &log)
+        .spawn()
+        .expect("supervisor");
+    let mut c = sup.client();
+    let m = c.method("bump").expect("bump");
+    assert!(!m.is_idempotent());
+    let (mut ok, mut died) = (Vec::new(), Vec::new());
+    let mut id = 0u64;
+    for _ in 0..100 {
+        // Eight pipelined, each on its own.
+        let pending: Vec<_> = (0..8)
+            .map(|_| {
+                id += 1;
+                (id, c.start(m, &Bump { id }, &[]).expect("start"))
+            })
+            .collect();
+        for (id, p) in pending {
+            match c.wait::<Sum, _>(p, None, |r, _| r.sum.to_native()) {
+                Ok(v) => {
+                    assert_eq!(v, id);
+                    ok.push(id);
+                }
+                Err(CallError::PeerDied) => died.push(id),
+                Err(e) => panic!("call {id}: unexpected {e}"),
+            }
+        }
+    }
+    let text = std::fs::read_to_string(&log).expect("the service's log");
+    let _ = std::fs::remove_file(&log);
+    let mut runs: HashMap<u64, u32> = HashMap::new();
+    for line in text.lines() {
+        *runs.entry(line.parse().expect("an id")).or_default() += 1;
+    }
+    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "calls ran twice: {twice:?}");
+    for id in &ok {
+        assert_eq!(runs.get(id), Some(&1), "call {id} succeeded: it ran once");
+    }
+    assert_eq!(ok.len() + died.len(), 800);
+    assert!(!died.is_empty(), "one call in ten crashes the service");
+    let s = sup.stats();
+    assert_eq!(s.retries, 0, "nothing is retried: {s:?}");
+    assert_eq!(s.calls_failed, died.len() as u64, "{s:?}");
+    assert!(s.crashes > 0);
+}
+
+#[test]
+fn a_service_that_crashes_at_start_hits_the_intensity_limit_with_a_clear_error() {
+    let sup = supervisor("doomed", "crash-at-start")
+        .intensity(3, Duration::from_secs(30))
+        .backoff(Duration::from_millis(1), Duration::from_millis(20))
+        .client_options(ClientOptions {
+            call_timeout: LIMIT,
+            ..ClientOptions::default()
+        })
+        .spawn()
+        .expect("supervisor");
+    let mut c = sup.client();
+    let t = Instant::now();
+    let e = c.method("add").expect_err("the service never comes up");
+    assert!(
+        t.elapsed() < LIMIT,
+        "the limit stopped it, not the deadline"
+    );
+    let msg = e.to_string();
+    assert!(matches!(e, CallError::ServiceFailed(_)), "{e:?}");
+    assert!(msg.contains("\"doomed\""), "names the service: {msg}");
+    assert!(msg.contains("restarted 3 times"), "{msg}");
+    assert!(
+        msg.contains("killed by signal 6"),
+        "names the last exit: {msg}"
+    );
+    let s = sup.stats();
+    assert_eq!(s.state, SupervisorState::Failed);
+    assert_eq!(s.starts, 4, "{s:?}");
+    assert_eq!(s.crashes, 4, "{s:?}");
+    // Every later call fails the same way, at once.
+    let again = add(&mut c, 1, 2).expect_err("still failed");
+    assert_eq!(again.to_string(), msg);
+}
+
+#[test]
+fn a_service_killed_while_idle_is_replaced_before_the_next_call() {
+    let sup = supervisor("killed-idle", "plain")
+        .spawn()
+        .expect("supervisor");
+    let mut c = sup.client();
+    assert_eq!(add(&mut c, 2, 3).unwrap(), 5);
+    let first = served_pid(&mut c);
+    assert_eq!(c.server_pid(), Some(first));
+    let segments = mapped_segments();
+    sigkill(first);
+    // The next call (idempotent) goes to the successor.
+    assert_eq!(add(&mut c, 20, 22).unwrap(), 42);
+    let second = served_pid(&mut c);
+    assert_ne!(first, second);
+    // The dead instance's segment is released (dropped in the background).
+    wait_until(LIMIT, "the dead segment unmapped", || {
+        (mapped_segments() <= segments).then_some(())
+    });
+    let s = sup.stats();
+    assert_eq!((s.starts, s.crashes, s.restarts), (2, 1, 1), "{s:?}");
+    assert_eq!(s.service_pid, second);
+}
+
+#[test]
+fn a_call_that_is_not_idempotent_fails_when_its_server_is_killed_during_it() {
+    let marker = temp_file("hold");
+    let sup = supervisor("killed-in-call", "plain")
+        .env(FILE, &marker)
+        .spawn()
+        .expect("supervisor");
+    let mut c = sup.client();
+    let hold = c.method("hold").expect("hold");
+    let pool = c.pool().unwrap().expect("a pool");
+    let mut blob = pool.alloc(1000).unwrap();
+    blob.fill(7);
+    let h = blob.send().unwrap();
+    let p = c.start(hold, &Add { a: 1, b: 1 }, &[h]).unwrap();
+    wait_until(LIMIT, "the server holding the blob", || {
+        let (state, _) = pool.slot_state(h.class as usize, h.slot as usize)?;
+        (state == SlotState::Held(Side::Server.into()) && marker.exists()).then_some(())
+    });
+    let pid = c.server_pid().unwrap();
+    sigkill(pid);
+    let e = c
+        .wait::<Sum, _>(p, None, |r, _| r.sum.to_native())
+        .unwrap_err();
+    assert!(matches!(e, CallError::PeerDied), "{e:?}");
+    let _ = std::fs::remove_file(&marker);
+    drop(pool);
+    // The successor serves.
+    assert_eq!(add(&mut c, 1, 1).unwrap(), 2);
+    assert_ne!(served_pid(&mut c), pid);
+    assert_eq!(sup.stats().calls_failed, 1);
+}
+
+#[test]
+fn an_idempotent_call_whose_server_dies_holding_its_blob_is_retried_with_the_blob() {
+    let marker = temp_file("sum-blob");
+    let sup = supervisor("killed-holding", "plain")
+        .env(FILE, &marker)
+        .spawn()
+        .expect("supervisor");
+    let mut c = sup.client();
+    let m = c.method("sum_blob").expect("sum_blob");
+    let pool = c.pool().unwrap().expect("a pool");
+    let mut blob = pool.alloc(4096).unwrap();
+    for (i, b) in blob.iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    blob[0] = 1;
+    let want: u64 = blob.iter().map(|&b| u64::from(b)).sum();
+    let h = blob.send().unwrap();
+    let p = c.start(m, &Add { a: 0, b: 0 }, &[h]).unwrap();
+    wait_until(LIMIT, "the first instance holding the blob", || {
+        marker.exists().then_some(())
+    });
+    let pid = c.server_pid().unwrap();
+    sigkill(pid);
+    // Retried on the successor, with the blob's bytes copied over.
+    let sum = c.wait::<Sum, _>(p, None, |r, _| r.sum.to_native()).unwrap();
+    assert_eq!(sum, want);
+    assert_ne!(served_pid(&mut c), pid);
+    let _ = std::fs::remove_file(&marker);
+    let s = sup.stats();
+    assert_eq!((s.retries, s.calls_failed), (1, 0), "{s:?}");
+    // A handle of the dead instance's pool is refused on the new one.
+    let e = c
+        .call_with::<Add, Sum, _>(m, &Add { a: 0, b: 0 }, &[h], None, |_, _| ())
+        .unwrap_err();
+    assert!(e.to_string().contains("not in flight"), "{e}");
+}
+
+#[test]
+fn a_warm_spare_takes_over_and_is_replaced() {
+    let sup = supervisor("standby", "plain")
+        .standby(1)
+        .spawn()
+        .expect("supervisor");
+    assert!(sup.wait_spares_ready(1, LIMIT));
+    let spare = sup.spare_pids();
+    assert_eq!(spare.len(), 1);
+    let mut c = sup.client();
+    let first = served_pid(&mut c);
+    assert!(!spare.contains(&first));
+    sigkill(first);
+    assert_eq!(add(&mut c, 4, 4).unwrap(), 8);
+    assert_eq!(served_pid(&mut c), spare[0], "the spare took over");
+    // A new spare is started and handshaken in the background.
+    assert!(sup.wait_spares_ready(1, LIMIT));
+    let new_spare = sup.spare_pids();
+    assert_eq!(new_spare.len(), 1);
+    assert!(!new_spare.contains(&spare[0]) && !new_spare.contains(&first));
+}
+
+#[test]
+fn the_service_dies_with_its_supervisor() {
+    // The supervisor lives in a helper process, which is killed.
+    let mut host = common::Peer::spawn("supervisor_host", "host");
+    let line = host.read_line(LIMIT);
+    let pid: u32 = line
+        .strip_prefix("service ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("host said {line:?}"));
+    let service = PidFd::open(pid).expect("pidfd of the service");
+    sigkill(host.child.id());
+    let _ = host.wait(LIMIT);
+    assert!(
+        service.wait_exit(Some(LIMIT)).expect("wait"),
+        "the service outlived its supervisor"
+    );
+}
+
+/// The helper process of `the_service_dies_with_its_supervisor`.
+#[test]
+#[ignore = "run by the_service_dies_with_its_supervisor"]
+fn supervisor_host() {
+    if std::env::var(common::ROLE_ENV).is_err() {
+        return;
+    }
+    // Stdin is the socket to the test; take it before the supervisor
+    // starts children (they get their own stdin).
+    let sock = std::os::fd::AsFd::as_fd(&std::io::stdin())
+        .try_clone_to_owned()
+        .expect("dup stdin");
+    let mut sock = std::os::unix::net::UnixStream::from(sock);
+    let sup = supervisor("host", "plain").spawn().expect("supervisor");
+    let pid = sup.wait_serving(LIMIT).expect("serving");
+    std::io::Write::write_all(&mut sock, format!("service {pid}\n").as_bytes()).expect("tell");
+    // Until killed.
+    let mut buf = [0u8; 1];
+    let _ = std::io::Read::read(&mut sock, &mut buf);
+}
+
+#[test]
+fn a_server_not_started_by_a_supervisor_says_so() {
+    // This test process has no supervisor environment.
+    let e = ServerBuilder::supervised().err().expect("not supervised");
+    assert!(matches!(e, ServerError::NotSupervised(_)), "{e:?}");
+    assert!(e.to_string().contains("ISOCALL_SERVICE"), "{e}");
+}
+
+#[test]
+fn a_bad_supervisor_configuration_is_refused() {
+    let e = supervisor("", "plain").spawn().unwrap_err();
+    assert!(e.to_string().contains("service name"), "{e}");
+    let e = supervisor("a/b", "plain").spawn().unwrap_err();
+    assert!(e.to_string().contains("service name"), "{e}");
+}
