@@ -195,3 +195,55 @@ fn inspect_shows_calls_queued_behind_a_stalled_handler_by_method_name() {
     let got: Vec<u64> = results.into_iter().map(Result::unwrap).collect();
     assert_eq!(got, [0, 1, 2, 3]);
 }
+
+#[test]
+fn inspect_shows_a_supervisors_counters() {
+    use isocall_engine::supervise::{ENV_ROLE, Supervisor};
+    // The service: this package's `isocall` binary in its bench echo role.
+    let sup = Supervisor::command(
+        "inspected",
+        env!("CARGO_BIN_EXE_isocall"),
+        Vec::<String>::new(),
+    )
+    .env(ENV_ROLE, "bench-echo")
+    .spawn()
+    .expect("supervisor");
+    let limit = std::time::Duration::from_secs(30);
+    let first = sup.wait_serving(limit).expect("serving");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(first as i32).expect("pid"),
+        rustix::process::Signal::KILL,
+    )
+    .expect("kill");
+    // The successor serves once the death is seen and a new one started.
+    let deadline = std::time::Instant::now() + limit;
+    let second = loop {
+        let pid = sup.wait_serving(limit).expect("serving again");
+        if pid != first && sup.stats().crashes == 1 {
+            break pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "no restart");
+        std::thread::yield_now();
+    };
+    let me = std::process::id().to_string();
+    let (ok, out) = inspect(&[&me, "--json"]);
+    assert!(ok, "{out}");
+    let doc: Value = serde_json::from_str(&out).expect("json");
+    let sups = doc["supervisors"].as_array().expect("supervisors");
+    let s = sups
+        .iter()
+        .find(|s| s["service"] == "inspected")
+        .unwrap_or_else(|| panic!("no supervisor in {out}"));
+    assert_eq!(s["state"], "running");
+    assert_eq!(s["service_pid"], second);
+    assert_eq!(s["starts"], 2);
+    assert_eq!(s["crashes"], 1);
+    assert_eq!(s["restarts"], 1);
+    assert_eq!(s["supervisor_pid"], std::process::id());
+    let (ok, text) = inspect(&[&me]);
+    assert!(ok);
+    assert!(
+        text.contains("supervisor of inspected") && text.contains("crashes 1 restarts 1"),
+        "{text}"
+    );
+}
