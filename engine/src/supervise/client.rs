@@ -128,6 +128,10 @@ impl SupervisedClient {
         if self.current.is_none() {
             let Connection { client, live } = self.inner.connect(deadline)?;
             let ids = resolve(&client, &self.names);
+            if self.died_at.is_none() {
+                // Not a recovery: nothing to slow down.
+                self.inner.refill_premade();
+            }
             tracing::debug!(target: "isocall::supervise", service = %self.inner.service(),
                 pid = live.pid, "connected to an instance");
             self.current = Some(Conn { client, live, ids });
@@ -318,6 +322,8 @@ impl SupervisedClient {
                         let ns = t.elapsed().as_nanos() as u64;
                         self.inner.stats.add(Word::Recoveries, 1);
                         self.inner.stats.add(Word::RecoveryNanos, ns);
+                        // Recovered: the work held back may go on.
+                        self.inner.recovered();
                     }
                     break Ok(v);
                 }

@@ -51,6 +51,9 @@ use crate::rpc::{CallError, Client, ClientOptions, ConnectError};
 use crate::segment::{Segment, SegmentLayout};
 use crate::sys::{EventFd, PidFd, is_seqpacket, poll_readable, send_with_fds, seqpacket_pair};
 
+/// Longest a spare's replacement waits for the recovery it would slow.
+const SPARE_HOLD: Duration = Duration::from_millis(20);
+
 /// Tag of a supervisor's control message carrying one connected socket.
 pub const CONNECT: u8 = b'C';
 
@@ -332,6 +335,11 @@ struct State {
     /// Ids of instances known dead (reported by a client or reaped), the
     /// last 64.
     dead: VecDeque<u64>,
+    /// A spare was promoted: its replacement waits until the promoted one
+    /// answered (a client reports the recovery) or until this instant, so
+    /// that starting a process does not compete for the CPU with the
+    /// recovery.
+    hold_spares_until: Option<Instant>,
 }
 
 impl State {
@@ -352,6 +360,9 @@ impl State {
         self.spares.retain(|l| l.id != id);
         if self.active.is_none() {
             self.active = self.spares.pop_front();
+            if self.active.is_some() {
+                self.hold_spares_until = Some(Instant::now() + SPARE_HOLD);
+            }
         }
         let (gone, kept) = std::mem::take(&mut self.ready)
             .into_iter()
@@ -407,6 +418,16 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A client's call succeeded on the successor of a dead instance: the
+    /// background work held back for the recovery may go on.
+    pub(crate) fn recovered(self: &Arc<Self>) {
+        let held = self.lock().hold_spares_until.take().is_some();
+        if held {
+            let _ = self.wake.notify();
+        }
+        self.refill_premade();
+    }
+
     /// Hands a dead connection to the monitor thread to drop.
     pub(crate) fn dispose(&self, client: Client) {
         self.graveyard
@@ -426,9 +447,10 @@ impl Inner {
     }
 
     /// Has the next segment made in the background, at the lowest CPU
-    /// priority (it must not slow the instance that is starting), unless
-    /// one is ready or being made.
-    fn refill_premade(self: &Arc<Self>) {
+    /// priority, unless one is ready or being made. Called once the
+    /// connection that took the last one has answered a call (not during
+    /// a recovery, which it would slow down).
+    pub(crate) fn refill_premade(self: &Arc<Self>) {
         let mut p = self.premade.lock().unwrap_or_else(|p| p.into_inner());
         if p.ready.is_some() {
             return;
@@ -471,9 +493,9 @@ impl Inner {
         if p.layout != Some(layout) {
             p.layout = Some(layout);
             p.ready = None;
+            drop(p);
+            self.refill_premade();
         }
-        drop(p);
-        self.refill_premade();
     }
 
     /// Sends a new connection to `live` (with a segment made ahead, if
@@ -834,9 +856,21 @@ impl Monitor {
             };
             let live = self.children.iter().filter(|r| !r.replaced).count();
             let mut timeout = None;
+            let (serving, hold) = {
+                let mut st = self.inner.lock();
+                if st.hold_spares_until.is_some_and(|t| Instant::now() >= t) {
+                    st.hold_spares_until = None;
+                }
+                (st.active.is_some(), st.hold_spares_until)
+            };
+            // Only spares missing, and a recovery under way: later.
+            let not_before = match hold {
+                Some(t) if serving => self.not_before.max(t),
+                _ => self.not_before,
+            };
             if !failed && live < wanted {
                 let now = Instant::now();
-                if now >= self.not_before {
+                if now >= not_before {
                     if let Err(e) = self.start() {
                         self.fail(format!(
                             "service {:?} cannot be started: {e}",
@@ -845,7 +879,7 @@ impl Monitor {
                     }
                     continue;
                 }
-                timeout = Some(self.not_before - now);
+                timeout = Some(not_before - now);
             }
             let mut fds = vec![self.inner.wake.as_fd()];
             fds.extend(self.children.iter().map(|c| c.pidfd.as_fd()));
@@ -996,6 +1030,7 @@ impl Monitor {
                     Ok(c) if !st.dead.contains(&live.id) && !st.stopping => {
                         live.served.store(true, Ordering::Relaxed);
                         st.ready.push((live.id, c));
+                        inner.refill_premade();
                     }
                     Ok(_) => {}
                     Err(e) => {
