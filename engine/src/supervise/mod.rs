@@ -791,7 +791,9 @@ struct Monitor {
     /// Not before this instant is the next instance started.
     not_before: Instant,
     last_exit: Option<String>,
-    first_started: bool,
+    /// Starts left before every start replaces a dead instance (the
+    /// first instance and the first spares are not restarts).
+    initial: usize,
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -810,6 +812,7 @@ fn describe(status: ExitStatus) -> String {
 
 impl Monitor {
     fn new(inner: Arc<Inner>) -> Self {
+        let initial = 1 + inner.config.standby;
         Monitor {
             inner,
             children: Vec::new(),
@@ -818,7 +821,7 @@ impl Monitor {
             backoff_level: 0,
             not_before: Instant::now(),
             last_exit: None,
-            first_started: false,
+            initial,
         }
     }
 
@@ -936,7 +939,8 @@ impl Monitor {
 
     fn start(&mut self) -> std::io::Result<()> {
         let cfg = &self.inner.config;
-        if self.first_started {
+        let restart = self.initial == 0;
+        if restart {
             let now = Instant::now();
             let (limit, period) = cfg.intensity;
             while self
@@ -983,7 +987,7 @@ impl Monitor {
         let pidfd = PidFd::open(pid)?;
         let id = self.next_id;
         self.next_id += 1;
-        self.first_started = true;
+        self.initial = self.initial.saturating_sub(1);
         let live = Arc::new(Live {
             id,
             pid,
@@ -1003,7 +1007,13 @@ impl Monitor {
             spare
         };
         self.inner.stats.set_state(SupervisorState::Running);
-        tracing::info!(target: "isocall::supervise", service = %self.service(), pid, spare, "service started");
+        if restart {
+            tracing::info!(target: "isocall::supervise", service = %self.service(), pid, spare,
+                "service restarted");
+        } else {
+            tracing::info!(target: "isocall::supervise", service = %self.service(), pid, spare,
+                "service started");
+        }
         self.inner.changed.notify_all();
         if spare {
             self.prepare_spare(live.clone());
