@@ -107,7 +107,9 @@ const HEADER_WORDS: usize = std::mem::size_of::<SegmentHeader>() / 8;
 /// Where the method table starts in the header page (after the header,
 /// which it never overlaps).
 const METHODS_AT: usize = 512;
-const _: () = assert!(std::mem::size_of::<SegmentHeader>() <= METHODS_AT);
+/// Byte offset of the two sides' lifeline words (see `sys::lifeline`).
+const LIFELINES_AT: usize = 448;
+const _: () = assert!(std::mem::size_of::<SegmentHeader>() <= LIFELINES_AT);
 const SIDES_WORD32: usize = std::mem::offset_of!(SegmentHeader, sides) / 4;
 
 /// A ring's direction.
@@ -150,6 +152,14 @@ impl Side {
     /// The ring this side reads.
     pub fn rx(self) -> Direction {
         self.tx().reverse()
+    }
+
+    /// The other side.
+    pub fn peer(self) -> Side {
+        match self {
+            Side::Client => Side::Server,
+            Side::Server => Side::Client,
+        }
     }
 
     fn index(self) -> usize {
@@ -492,6 +502,13 @@ impl Segment {
         }
         self.mem
             .region_read_only(p.offset as usize, p.size as usize)
+    }
+
+    /// The lifeline word of `side` (see [`crate::sys::lifeline`]): held
+    /// by a thread of that side for the connection's life, so the other
+    /// side learns of its death before its address space is torn down.
+    pub fn lifeline(&self, side: Side) -> &std::sync::atomic::AtomicU32 {
+        &self.mem.u32_words()[LIFELINES_AT / 4 + side.index()]
     }
 
     /// Writes the names of the connection's methods into the free part of

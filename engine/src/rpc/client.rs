@@ -396,12 +396,11 @@ impl Client {
         })?;
         let pool = segment.blob_pool(Side::Client)?.map(Arc::new);
         let layout = segment.layout();
-        let watch = PeerWatch::spawn_on(
+        let watch = PeerWatch::connection(
             sock.try_clone()?,
-            crate::sys::Ready::HangUp,
             liveness.clone(),
             segment.clone(),
-            Side::Client.tx(),
+            Side::Client,
             Some(bells.s2c.clone()),
         )?;
         send_with_fds(sock.as_fd(), &[wire::READY], &[])?;

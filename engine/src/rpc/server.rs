@@ -827,12 +827,11 @@ fn handshake(
     let pool = segment
         .blob_pool(Side::Server)
         .map_err(|e| failed("blob pool", &e))?;
-    let watch = PeerWatch::spawn_on(
+    let watch = PeerWatch::connection(
         sock.try_clone().map_err(|e| failed("dup", &e))?,
-        crate::sys::Ready::HangUp,
         liveness,
         segment,
-        Side::Server.tx(),
+        Side::Server,
         Some(bells.c2s.clone()),
     )
     .map_err(|e| failed("peer watch", &e))?;

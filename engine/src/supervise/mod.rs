@@ -532,9 +532,16 @@ impl Inner {
         let mut st = self.lock();
         if let Some(gone) = st.mark_dead(id) {
             self.publish_pids(&st);
+            // With a spare promoted nothing is urgent: the monitor learns
+            // of the death from the pidfd, rather than contend for the
+            // state with the recovering client now. Without one it must
+            // start the successor at once.
+            let urgent = st.active.is_none();
             drop(st);
             self.changed.notify_all();
-            let _ = self.wake.notify();
+            if urgent {
+                let _ = self.wake.notify();
+            }
             drop(gone);
         }
     }
@@ -588,7 +595,7 @@ impl Inner {
                     live.served.store(true, Ordering::Relaxed);
                     return Ok(Connection { client, live });
                 }
-                Err(e) if instance_gone(&e) => {
+                Err(e) if instance_gone(&e) || process_gone(live.pid) => {
                     tracing::debug!(target: "isocall::supervise", service = %self.config.service,
                         pid = live.pid, error = %e, "instance gone during the handshake");
                     avoid = Some(live.id);
@@ -603,6 +610,14 @@ impl Inner {
             }
         }
     }
+}
+
+/// Whether process `pid` has exited (or is no more): a handshake that
+/// failed in any way with a dead instance is retried on its successor.
+fn process_gone(pid: u32) -> bool {
+    // Our child: its pid is not reused before the monitor reaps it, so
+    // ESRCH or an exited pidfd both mean this instance.
+    PidFd::open(pid).map_or(true, |p| p.has_exited().unwrap_or(true))
 }
 
 /// A connection error that means the instance died (or is dying).

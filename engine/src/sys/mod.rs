@@ -24,6 +24,7 @@ mod barrier;
 mod cpu;
 mod fd;
 mod futex;
+pub mod lifeline;
 mod shm;
 mod sock;
 

@@ -1,0 +1,258 @@
+//! Lifelines: the earliest sign a process can give of its death, a robust
+//! futex.
+//!
+//! When a process is killed, its sockets hang up and its pidfd becomes
+//! readable only after the kernel has torn down its address space (for a
+//! process with a shared segment mapped, hundreds of microseconds). Before
+//! that teardown, in `exit_mm`, every exiting thread's *robust futex list*
+//! is walked: each listed word that holds the thread's id gets
+//! `FUTEX_OWNER_DIED` set and, if `FUTEX_WAITERS` is set, one waiter is
+//! woken. A lifeline is one such word in a shared segment, held by a thread
+//! that lives as long as the connection: the peer waits on it and learns of
+//! the death as soon as it begins.
+//!
+//! The holder registers a robust list of its own (one entry: the word) for
+//! its thread, saving the C library's registration, and restores it when it
+//! lets go ([`Lifeline::release`]), marking the word as a dead owner would
+//! be marked, so a clean close looks the same to the peer.
+#![allow(unsafe_code)] // the robust-list syscalls and their boxes: see SAFETY
+
+use std::io;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use super::futex::{futex_wait, futex_wake};
+
+/// Bits of the thread id in a robust futex word.
+pub const TID_MASK: u32 = 0x3fff_ffff;
+/// Set by the kernel when the holder died (or by [`Lifeline::release`]).
+pub const OWNER_DIED: u32 = 0x4000_0000;
+/// Set by a waiter: the kernel wakes one waiter on the holder's death.
+pub const WAITERS: u32 = 0x8000_0000;
+
+/// `struct robust_list` of the kernel ABI.
+#[repr(C)]
+struct RobustList {
+    next: *mut RobustList,
+}
+
+/// `struct robust_list_head` of the kernel ABI.
+#[repr(C)]
+struct RobustHead {
+    list: RobustList,
+    futex_offset: isize,
+    list_op_pending: *mut RobustList,
+}
+
+/// The calling thread's hold on a lifeline word. Not `Send`: the robust
+/// list is the holding thread's.
+#[derive(Debug)]
+pub struct Lifeline<'w> {
+    word: &'w AtomicU32,
+    tid: u32,
+    /// The registration this thread had before (the C library's).
+    previous: usize,
+    previous_len: usize,
+    /// Our head and entry: boxed, so they stay put while registered.
+    head: *mut RobustHead,
+    entry: *mut RobustList,
+    _not_send: PhantomData<*const ()>,
+}
+
+fn last_os_error_if(r: libc::c_long) -> io::Result<()> {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+impl<'w> Lifeline<'w> {
+    /// Holds `word` (which must live in memory the peer maps, and outlive
+    /// the hold) on the calling thread: stores the thread's id in it and
+    /// registers it as this thread's robust list.
+    ///
+    /// # Errors
+    ///
+    /// The kernel refused the robust list (`ENOSYS` in some sandboxes); the
+    /// peer then only sees the socket hang up.
+    pub fn hold(word: &'w AtomicU32) -> io::Result<Lifeline<'w>> {
+        let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32 & TID_MASK;
+        let mut previous: *mut libc::c_void = std::ptr::null_mut();
+        let mut previous_len: libc::size_t = 0;
+        // SAFETY: get_robust_list(0, ...) writes the calling thread's head
+        // pointer and its length into the two locals passed by address.
+        last_os_error_if(unsafe {
+            libc::syscall(
+                libc::SYS_get_robust_list,
+                0 as libc::c_long,
+                &mut previous as *mut *mut libc::c_void,
+                &mut previous_len as *mut libc::size_t,
+            )
+        })?;
+        let entry = Box::into_raw(Box::new(RobustList {
+            next: std::ptr::null_mut(),
+        }));
+        let head = Box::into_raw(Box::new(RobustHead {
+            list: RobustList { next: entry },
+            futex_offset: word as *const AtomicU32 as isize - entry as isize,
+            list_op_pending: std::ptr::null_mut(),
+        }));
+        // SAFETY: both pointers come from `Box::into_raw` just above, so
+        // they are valid and unaliased; the entry's `next` closes the list
+        // on the head, as the kernel expects.
+        unsafe {
+            (*entry).next = &mut (*head).list;
+        }
+        // The word holds our id before the kernel may look at it.
+        word.fetch_update(Ordering::Release, Ordering::Relaxed, |w| {
+            Some(w & WAITERS | tid)
+        })
+        .ok();
+        // SAFETY: `head` points to a valid `robust_list_head` whose list
+        // holds one entry whose word (`entry + futex_offset`) is `word`;
+        // head and entry stay allocated until `release` unregisters them,
+        // and the caller keeps `word`'s mapping alive for the hold ('w).
+        // If the thread dies holding, the kernel walks them in exit_mm,
+        // while the memory is still mapped.
+        let r = last_os_error_if(unsafe {
+            libc::syscall(
+                libc::SYS_set_robust_list,
+                head,
+                std::mem::size_of::<RobustHead>(),
+            )
+        });
+        if let Err(e) = r {
+            // SAFETY: not registered; the boxes are ours to free.
+            unsafe {
+                drop(Box::from_raw(head));
+                drop(Box::from_raw(entry));
+            }
+            word.fetch_and(!TID_MASK, Ordering::Relaxed);
+            return Err(e);
+        }
+        Ok(Lifeline {
+            word,
+            tid,
+            previous: previous as usize,
+            previous_len,
+            head,
+            entry,
+            _not_send: PhantomData,
+        })
+    }
+
+    /// Lets go: restores the thread's previous robust list, then marks the
+    /// word as the kernel marks a dead holder's and wakes the waiter.
+    pub fn release(self) {
+        let (word, tid) = (self.word, self.tid);
+        // Unregisters and frees (Drop).
+        drop(self);
+        let _ = word.fetch_update(Ordering::Release, Ordering::Relaxed, |w| {
+            (w & TID_MASK == tid).then_some(w & WAITERS | OWNER_DIED)
+        });
+        let _ = futex_wake(word, u32::MAX >> 1);
+    }
+}
+
+impl Drop for Lifeline<'_> {
+    fn drop(&mut self) {
+        // SAFETY: restores the registration this thread had before `hold`
+        // (a head the C library keeps alive for the thread's life, or
+        // none); Lifeline is not Send, so this is the holder's thread.
+        unsafe {
+            libc::syscall(
+                libc::SYS_set_robust_list,
+                self.previous as *mut libc::c_void,
+                self.previous_len,
+            );
+        }
+        // SAFETY: unregistered above; the pointers come from
+        // `Box::into_raw` in `hold` and are freed once, here.
+        unsafe {
+            drop(Box::from_raw(self.head));
+            drop(Box::from_raw(self.entry));
+        }
+    }
+}
+
+/// What a waiter learns from a lifeline word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LifelineState {
+    /// No one holds it (yet): the peer has not registered it.
+    Unheld,
+    /// Held by a live thread.
+    Held,
+    /// The holder died or let go.
+    Gone,
+}
+
+/// The state of a lifeline word.
+pub fn lifeline_state(word: &AtomicU32) -> LifelineState {
+    let w = word.load(Ordering::Acquire);
+    if w & OWNER_DIED != 0 {
+        LifelineState::Gone
+    } else if w & TID_MASK == 0 {
+        LifelineState::Unheld
+    } else {
+        LifelineState::Held
+    }
+}
+
+/// Waits (at most `timeout`) for the holder of `word` to die or let go, or
+/// for anyone to wake the word ([`futex_wake`]: how a waiter is told to
+/// stop). Returns the state seen last.
+pub fn wait_lifeline(word: &AtomicU32, timeout: Option<Duration>) -> LifelineState {
+    let old = word.fetch_or(WAITERS, Ordering::AcqRel);
+    if old & OWNER_DIED != 0 {
+        return LifelineState::Gone;
+    }
+    if old & TID_MASK == 0 {
+        return LifelineState::Unheld;
+    }
+    let _ = futex_wait(word, old | WAITERS, timeout);
+    lifeline_state(word)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_released_lifeline_wakes_its_waiter() {
+        let word = Arc::new(AtomicU32::new(0));
+        assert_eq!(lifeline_state(&word), LifelineState::Unheld);
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let w = word.clone();
+        let holder = std::thread::spawn(move || {
+            let l = Lifeline::hold(&w).expect("robust list");
+            held_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            l.release();
+        });
+        held_rx.recv().unwrap();
+        assert_eq!(lifeline_state(&word), LifelineState::Held);
+        go_tx.send(()).unwrap();
+        let mut st = LifelineState::Held;
+        while st == LifelineState::Held {
+            st = wait_lifeline(&word, Some(Duration::from_secs(10)));
+        }
+        assert_eq!(st, LifelineState::Gone);
+        holder.join().unwrap();
+    }
+
+    #[test]
+    fn a_thread_that_exits_holding_a_lifeline_is_marked_dead_by_the_kernel() {
+        let word: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
+        let holder = std::thread::spawn(move || {
+            let l = Lifeline::hold(word).expect("robust list");
+            // Exit without letting go: the kernel walks the list at exit.
+            std::mem::forget(l);
+        });
+        holder.join().unwrap();
+        assert_eq!(lifeline_state(word), LifelineState::Gone);
+    }
+}
