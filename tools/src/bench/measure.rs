@@ -92,13 +92,18 @@ pub fn latency(budget: &Budget, mut round_trip: impl FnMut(u64) -> Res<()>) -> R
             break;
         }
     }
-    Ok(Measured {
+    Ok(percentiles(&hist))
+}
+
+/// The percentiles of a latency histogram.
+fn percentiles(hist: &Histogram<u64>) -> Measured {
+    Measured {
         p50: Some(hist.value_at_quantile(0.5) as f64),
         p99: Some(hist.value_at_quantile(0.99) as f64),
         p999: Some(hist.value_at_quantile(0.999) as f64),
         samples: hist.len(),
         ..Measured::default()
-    })
+    }
 }
 
 /// Runs `sample()` (which times what it measures itself and returns the
@@ -119,13 +124,7 @@ pub fn timed_samples(
             break;
         }
     }
-    Ok(Measured {
-        p50: Some(hist.value_at_quantile(0.5) as f64),
-        p99: Some(hist.value_at_quantile(0.99) as f64),
-        p999: Some(hist.value_at_quantile(0.999) as f64),
-        samples: hist.len(),
-        ..Measured::default()
-    })
+    Ok(percentiles(&hist))
 }
 
 /// The median of `xs` (`None` if empty).
