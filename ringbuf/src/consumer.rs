@@ -101,6 +101,32 @@ impl<R: Region, P: Parker> Consumer<R, P> {
         }))
     }
 
+    /// The next frame if one is published; if none is, asks `stop()`, and
+    /// when it says stop, looks once more (so a frame published just before
+    /// the peer died is still delivered) and gives
+    /// [`WaitError::Stopped`]. `stop` is only called on an empty ring, so
+    /// the path that finds a frame costs what [`peek`](Self::peek) does.
+    ///
+    /// # Errors
+    ///
+    /// [`WaitError::Stopped`], or [`WaitError::Corrupt`] if the next header
+    /// is not a valid frame.
+    #[inline]
+    pub fn try_next(
+        &mut self,
+        stop: impl FnOnce() -> bool,
+    ) -> Result<Option<Frame<'_, R, P>>, WaitError> {
+        let header = match self.poll()? {
+            Some(h) => Some(h),
+            None if stop() => Some(self.poll()?.ok_or(WaitError::Stopped)?),
+            None => None,
+        };
+        Ok(header.map(|header| Frame {
+            consumer: self,
+            header,
+        }))
+    }
+
     /// Waits by `strategy` for the next frame, until `deadline` or until
     /// `stop()` returns true.
     ///

@@ -57,7 +57,7 @@ pub use region::Region;
 #[cfg(not(loom))]
 pub use region::{HeapRegion, ReadOnlyRegion, SharedRegion};
 pub use ring::{RingSnapshot, snapshot};
-pub use wait::{Parker, WaitError, WaitStrategy};
+pub use wait::{Parker, Spinner, WaitError, WaitStrategy};
 
 /// Both halves of a ring in a heap region, as [`channel`] returns them.
 #[cfg(not(loom))]

@@ -28,6 +28,16 @@ pub fn spin_hint() {
     core::hint::spin_loop();
 }
 
+/// Gives the CPU to another runnable thread, if there is one (loom: yield
+/// to the model's scheduler).
+#[inline]
+pub fn yield_now() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    std::thread::yield_now();
+}
+
 #[cfg(loom)]
 pub(crate) use loom::sync::{Condvar, Mutex};
 

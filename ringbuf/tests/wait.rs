@@ -1,0 +1,94 @@
+//! The consumer's look-without-waiting (`try_next`) and the spin phase
+//! (`Spinner`) that every wait of the ring, and the engine's loops, use.
+
+#![cfg(not(loom))]
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use isocall_ringbuf::wait::{ADAPTIVE_SPIN, SpinParker};
+use isocall_ringbuf::{HeapRegion, Producer, Spinner, WaitError, WaitStrategy, channel};
+
+fn send(tx: &mut Producer<Arc<HeapRegion>, SpinParker>, b: &[u8]) {
+    let mut g = tx.reserve(1, b.len()).unwrap();
+    g.bytes_mut().copy_from_slice(b);
+    g.commit_all();
+    tx.publish();
+}
+
+#[test]
+fn try_next_returns_a_published_frame_without_asking_stop() {
+    let (mut tx, mut rx) = channel(4096, SpinParker).unwrap();
+    send(&mut tx, b"reply");
+    let asked = Cell::new(false);
+    let f = rx
+        .try_next(|| {
+            asked.set(true);
+            true
+        })
+        .unwrap()
+        .expect("a frame");
+    assert_eq!(f.payload(), b"reply");
+    f.release();
+    assert!(!asked.get(), "stop is only asked on an empty ring");
+}
+
+#[test]
+fn try_next_on_an_empty_ring_is_none_or_stopped_as_stop_says() {
+    let (_tx, mut rx) = channel(4096, SpinParker).unwrap();
+    assert!(rx.try_next(|| false).unwrap().is_none());
+    assert!(matches!(rx.try_next(|| true), Err(WaitError::Stopped)));
+}
+
+#[test]
+fn try_next_delivers_a_frame_published_just_before_the_stop() {
+    // The peer's last reply lands between the first look and the stop
+    // condition turning true (its death): it is still delivered.
+    let (mut tx, mut rx) = channel(4096, SpinParker).unwrap();
+    let f = rx
+        .try_next(|| {
+            send(&mut tx, b"last words");
+            true
+        })
+        .unwrap()
+        .expect("the frame published before the stop");
+    assert_eq!(f.payload(), b"last words");
+    f.release();
+    assert!(matches!(rx.try_next(|| true), Err(WaitError::Stopped)));
+}
+
+#[test]
+fn blocking_has_no_spin_phase() {
+    assert!(!Spinner::new(WaitStrategy::Blocking).spin());
+}
+
+#[test]
+fn busy_spin_never_ends_its_spin_phase() {
+    let mut s = Spinner::new(WaitStrategy::BusySpin);
+    assert!((0..200_000).all(|_| s.spin()));
+}
+
+#[test]
+fn adaptive_spins_for_its_budget_then_stops() {
+    let mut s = Spinner::new(WaitStrategy::Adaptive);
+    let t0 = Instant::now();
+    let mut spins = 0u64;
+    while s.spin() {
+        spins += 1;
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the spin phase of Adaptive did not end ({spins} spins)"
+        );
+    }
+    // The budget is read from the clock every 64th spin, from the first
+    // such read: at least that many spins, and at least the budget.
+    assert!(spins >= 64, "ended after {spins} spins");
+    assert!(
+        t0.elapsed() >= ADAPTIVE_SPIN,
+        "ended after {:?}, before its budget of {ADAPTIVE_SPIN:?}",
+        t0.elapsed()
+    );
+    // Spent: a spinner does not start over.
+    assert!(!s.spin());
+}
