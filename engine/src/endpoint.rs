@@ -206,7 +206,7 @@ impl Sender {
         let live = &self.liveness;
         Ok(self
             .tx
-            .reserve_wait(kind, len, self.strategy, deadline, || live.is_dead())?)
+            .reserve_wait(kind, len, self.strategy, deadline, || live.peer_gone())?)
     }
 
     /// Reserves without waiting.
@@ -281,7 +281,7 @@ impl Receiver {
         deadline: Option<Instant>,
     ) -> Result<Frame<'_, SharedRegion, RingParker>, TransportError> {
         let live = &self.liveness;
-        Ok(self.rx.wait(self.strategy, deadline, || live.is_dead())?)
+        Ok(self.rx.wait(self.strategy, deadline, || live.peer_gone())?)
     }
 
     /// The next frame if one is there now.
@@ -293,12 +293,8 @@ impl Receiver {
     pub fn try_recv(
         &mut self,
     ) -> Result<Option<Frame<'_, SharedRegion, RingParker>>, TransportError> {
-        let dead = self.liveness.is_dead();
-        match self.rx.peek()? {
-            Some(f) => Ok(Some(f)),
-            None if dead => Err(TransportError::PeerDied),
-            None => Ok(None),
-        }
+        let live = &self.liveness;
+        Ok(self.rx.try_next(|| live.peer_gone())?)
     }
 
     /// Announces that the caller will sleep on [`doorbell`](Self::doorbell)

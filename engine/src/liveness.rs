@@ -29,9 +29,19 @@ use crate::sys::lifeline::{Lifeline, LifelineState, lifeline_state, wait_lifelin
 use crate::sys::{EventFd, PidFd, Ready, futex_wake, poll_ready};
 
 /// Shared flag: has the peer died? Cheap to check on every wait loop turn.
+///
+/// The flag is raised by the [`PeerWatch`] thread. A connection's liveness
+/// ([`Liveness::connection`]) can also ask the peer's lifeline in the
+/// segment ([`peer_gone`](Self::peer_gone)): the kernel marks it while the
+/// dying peer is still being torn down, before the watch thread can be
+/// scheduled (on a busy machine that thread may wait for the CPU behind the
+/// teardown itself, hundreds of microseconds).
 #[derive(Clone, Debug, Default)]
 pub struct Liveness {
     dead: Arc<AtomicBool>,
+    /// A connection's: its segment and the peer's side, whose lifeline the
+    /// kernel marks when the peer dies.
+    peer_lifeline: Option<(Arc<Segment>, Side)>,
 }
 
 impl Liveness {
@@ -40,11 +50,44 @@ impl Liveness {
         Self::default()
     }
 
-    /// Whether the peer is known to be dead.
+    /// The liveness of `side`'s peer on the connection of `segment`: the
+    /// flag, and the peer's lifeline word for [`peer_gone`](Self::peer_gone).
+    pub fn connection(segment: Arc<Segment>, side: Side) -> Self {
+        Liveness {
+            dead: Arc::default(),
+            peer_lifeline: Some((segment, side.peer())),
+        }
+    }
+
+    /// Whether the peer is known to be dead (the watch thread said so, or
+    /// [`peer_gone`](Self::peer_gone) saw its lifeline gone): one load of a
+    /// flag in this process, for the paths that do not wait.
     #[inline]
     pub fn is_dead(&self) -> bool {
         // Acquire: pairs with the Release in `mark_dead`.
         self.dead.load(Ordering::Acquire)
+    }
+
+    /// Whether the peer is dead, asking its lifeline too (a load of a
+    /// shared word no one writes while the peer lives): for the paths that
+    /// wait on the peer, where this learns of a death as soon as the
+    /// kernel marks it instead of after a thread wake-up. A peer that
+    /// marks its own lifeline gone (it may: the segment is its to write)
+    /// only closes its connection, as a hang-up would. Raises the flag when
+    /// it finds the lifeline gone.
+    #[inline]
+    pub fn peer_gone(&self) -> bool {
+        if self.is_dead() {
+            return true;
+        }
+        let gone = self
+            .peer_lifeline
+            .as_ref()
+            .is_some_and(|(seg, peer)| lifeline_state(seg.lifeline(*peer)) == LifelineState::Gone);
+        if gone {
+            self.mark_dead();
+        }
+        gone
     }
 
     /// Records that the peer died.
@@ -253,5 +296,54 @@ pub(crate) fn wake_all(segment: &Segment, side_tx: Direction, doorbell: Option<&
     wake(&segment.ring_region(side_tx.reverse()), CONS_WAIT);
     if let Some(bell) = doorbell {
         let _ = bell.notify();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::SegmentLayout;
+
+    fn segment() -> Arc<Segment> {
+        let layout = SegmentLayout {
+            ring_capacity: 4096,
+            ..SegmentLayout::default()
+        };
+        Arc::new(Segment::create("isocall:test:liveness", &layout).unwrap())
+    }
+
+    #[test]
+    fn a_connection_learns_of_a_death_from_the_lifeline_without_its_watch() {
+        let seg = segment();
+        let client = Liveness::connection(seg.clone(), Side::Client);
+        // The server's lifeline, held by a thread that ends holding it, as
+        // a killed process's thread does: the kernel marks it.
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let s = seg.clone();
+        let holder = std::thread::spawn(move || {
+            let hold = Lifeline::hold(s.lifeline(Side::Server)).expect("robust list");
+            held_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            std::mem::forget(hold);
+        });
+        held_rx.recv().unwrap();
+        assert!(!client.peer_gone(), "the holder lives");
+        assert!(!client.is_dead());
+        go_tx.send(()).unwrap();
+        holder.join().unwrap();
+        // No watch thread runs: the word alone says so, and the flag is
+        // raised for the paths that only read the flag.
+        assert!(client.peer_gone());
+        assert!(client.is_dead());
+        assert!(client.clone().is_dead(), "clones share the flag");
+    }
+
+    #[test]
+    fn an_unheld_lifeline_is_not_a_death() {
+        let seg = segment();
+        let server = Liveness::connection(seg, Side::Server);
+        assert!(!server.peer_gone(), "a client without a lifeline lives");
+        assert!(!Liveness::new().peer_gone());
     }
 }

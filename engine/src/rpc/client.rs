@@ -183,9 +183,10 @@ type Ids<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
 type IdSet = HashSet<u64, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// Tries a ring operation without a deadline first (no clock read on the
-/// fast path), spinning a while unless the strategy is `Blocking`, and only
-/// then computes the deadline and waits for real.
-const SPINS_BEFORE_DEADLINE: u32 = 1 << 12;
+/// fast path), spinning a little (about 1.5 µs) unless the strategy is
+/// `Blocking`, and only then computes the deadline and waits for real (the
+/// rest of the strategy's spin, then sleep).
+const SPINS_BEFORE_DEADLINE: u32 = 64;
 
 fn next_frame<'r>(
     rx: &'r mut Receiver,
@@ -382,7 +383,7 @@ impl Client {
             c2s: Arc::new(c2s),
             s2c: Arc::new(s2c),
         };
-        let liveness = Liveness::new();
+        let liveness = Liveness::connection(segment.clone(), Side::Client);
         let (tx, rx) = endpoint(
             segment.clone(),
             Side::Client,
@@ -536,7 +537,7 @@ impl Client {
     /// False once the server is known dead or gone (its end of the
     /// connection's socket hung up).
     pub fn is_alive(&self) -> bool {
-        !self.liveness.is_dead()
+        !self.liveness.peer_gone()
     }
 
     /// Writes one frame: head, blob handles, and the body `encode` writes

@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use isocall_blob::{BlobError, BlobHandle, BlobMut, Pool};
-use isocall_ringbuf::SharedRegion;
+use isocall_ringbuf::{SharedRegion, Spinner};
 
 use super::archive::{self, Body};
 use super::large::LargeCache;
@@ -815,7 +815,7 @@ fn handshake(
     }
     let segment = Arc::new(segment);
     segment.attach_side(Side::Server);
-    let liveness = Liveness::new();
+    let liveness = Liveness::connection(segment.clone(), Side::Server);
     let (tx, rx) = endpoint(
         segment.clone(),
         Side::Server,
@@ -851,7 +851,9 @@ fn handshake(
 
 fn worker(shared: &Shared, inbox: &Inbox) {
     let mut conns: Vec<Conn> = Vec::new();
-    let mut idle = 0u32;
+    // The idle spin before sleeping: as long as a ring's wait spins, with
+    // the CPU given up now and then (the client may be waiting for it).
+    let mut spinner = Spinner::new(shared.strategy);
     let mut scratch = Scratch::default();
     loop {
         if shared.stopping.load(Ordering::Acquire) {
@@ -882,14 +884,11 @@ fn worker(shared: &Shared, inbox: &Inbox) {
                 .fetch_add(std::mem::take(&mut scratch.calls), Ordering::Relaxed);
         }
         if worked {
-            idle = 0;
+            spinner = Spinner::new(shared.strategy);
             continue;
         }
-        idle = idle.saturating_add(1);
-        match shared.strategy {
-            WaitStrategy::BusySpin => std::hint::spin_loop(),
-            WaitStrategy::Adaptive if idle < 4096 => std::hint::spin_loop(),
-            _ => wait_for_work(&mut conns, inbox),
+        if !spinner.spin() {
+            wait_for_work(&mut conns, inbox);
         }
     }
     for c in conns {
