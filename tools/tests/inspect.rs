@@ -199,13 +199,13 @@ fn inspect_shows_calls_queued_behind_a_stalled_handler_by_method_name() {
 #[test]
 fn inspect_shows_a_supervisors_counters() {
     use isocall_engine::supervise::{ENV_ROLE, Supervisor};
-    // The service: this package's `isocall` binary in its bench echo role.
+    // The service: this package's `isocall` binary in a bench role.
     let sup = Supervisor::command(
         "inspected",
         env!("CARGO_BIN_EXE_isocall"),
         Vec::<String>::new(),
     )
-    .env(ENV_ROLE, "bench-echo")
+    .env(ENV_ROLE, "bench-crash-if")
     .spawn()
     .expect("supervisor");
     let limit = std::time::Duration::from_secs(30);

@@ -318,7 +318,7 @@ pub fn figures() -> Vec<Figure> {
             unit: Ns,
             floor: Some("floor.spawn"),
             also: &[],
-            run: |b| supervise::recovery(b, 0),
+            run: |b| supervise::recovery(b, 0, supervise::Crash::InCall),
             peer: no_peer,
         },
         Figure {
@@ -326,7 +326,15 @@ pub fn figures() -> Vec<Figure> {
             unit: Ns,
             floor: Some("floor.spawn"),
             also: &[],
-            run: |b| supervise::recovery(b, 1),
+            run: |b| supervise::recovery(b, 1, supervise::Crash::InCall),
+            peer: no_peer,
+        },
+        Figure {
+            name: "supervise.recovery.standby.kill",
+            unit: Ns,
+            floor: Some("floor.spawn"),
+            also: &[],
+            run: |b| supervise::recovery(b, 1, supervise::Crash::Killed),
             peer: no_peer,
         },
     ]

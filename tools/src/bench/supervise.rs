@@ -3,9 +3,15 @@
 //!
 //! - `floor.spawn`: spawn and reap the service binary (this executable,
 //!   entered in a role that exits before any isocall work), ns.
-//! - `supervise.recovery`: from `SIGKILL` of the serving instance to the
-//!   first successful (idempotent, retried) call on its successor, ns.
+//! - `supervise.recovery`: from a crash of the serving instance inside a
+//!   call (its handler kills its own process with `SIGKILL`: a crash, as
+//!   the seed's `snprintf` has, without a core dump in the timing) to that
+//!   call's answer from the successor, to which the client sends it again
+//!   (the method is idempotent), ns.
 //! - `supervise.recovery.standby`: the same with one warm spare.
+//! - `supervise.recovery.standby.kill`: with one warm spare, from a
+//!   `SIGKILL` sent from outside (by the measuring thread, between calls)
+//!   to the first answered call on the successor.
 //!
 //! The supervisor runs in the bench process; the services are its
 //! children, allowed on every CPU the bench may use.
@@ -14,18 +20,19 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use isocall_engine::rpc::{CallCtx, ServerBuilder};
-use isocall_engine::supervise::{ENV_ROLE, ENV_SERVICE, ENV_SUPERVISOR_PID, Supervisor};
+use isocall_engine::supervise::{
+    ENV_ROLE, ENV_SERVICE, ENV_SUPERVISOR_PID, SupervisedClient, Supervisor,
+};
 use rustix::process::{Pid, Signal, kill_process};
 
 use super::Res;
-use super::call::{ArchivedBytes64, Bytes64, answer, check, request};
 use super::measure::{Budget, Measured, timed_samples};
 use super::peer;
 
 /// Role that exits at once (the spawn floor).
 const NOTHING: &str = "bench-nothing";
-/// Role that serves `echo64`, declared idempotent.
-const ECHO: &str = "bench-echo";
+/// Role that serves `crash_if`, declared idempotent.
+const SERVICE: &str = "bench-crash-if";
 
 /// Most samples per round (each takes about a millisecond or more).
 const MAX_SAMPLES: u64 = 200;
@@ -38,7 +45,7 @@ pub fn serve_role() {
     };
     let code = match role.as_str() {
         NOTHING => 0,
-        ECHO => match serve_echo() {
+        SERVICE => match serve() {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("isocall bench service: {e}");
@@ -53,11 +60,35 @@ pub fn serve_role() {
     std::process::exit(code);
 }
 
-fn serve_echo() -> Res<()> {
+/// A call that crashes the instance whose pid it names (0: none).
+#[derive(rkyv::Archive, rkyv::Serialize)]
+struct CrashIf {
+    pid: u32,
+    seq: u64,
+}
+
+/// The answer: which instance answered, to which call.
+#[derive(rkyv::Archive, rkyv::Serialize)]
+struct Answered {
+    pid: u32,
+    seq: u64,
+}
+
+fn serve() -> Res<()> {
+    let me = std::process::id();
     ServerBuilder::supervised()?
-        .idempotent_method::<Bytes64, Bytes64, _>(
-            "echo64",
-            |r: &ArchivedBytes64, _: &mut CallCtx<'_>| Ok(answer(&r.data)),
+        .idempotent_method::<CrashIf, Answered, _>(
+            "crash_if",
+            move |r: &ArchivedCrashIf, _: &mut CallCtx<'_>| {
+                if r.pid.to_native() == me {
+                    // The crash: nothing after this runs.
+                    let _ = kill_process(rustix::process::getpid(), Signal::KILL);
+                }
+                Ok(Answered {
+                    pid: me,
+                    seq: r.seq.to_native(),
+                })
+            },
         )
         .spawn()?
         .run();
@@ -100,29 +131,41 @@ pub fn floor_spawn(budget: &Budget) -> Res<Measured> {
     })
 }
 
-/// `supervise.recovery` (`standby` 0) and `supervise.recovery.standby` (1).
-pub fn recovery(budget: &Budget, standby: usize) -> Res<Measured> {
+/// How the serving instance dies in a recovery sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Crash {
+    /// Its handler kills its own process during the measured call.
+    InCall,
+    /// The measuring thread sends it `SIGKILL` just before the call.
+    Killed,
+}
+
+/// `supervise.recovery` (`standby` 0), `supervise.recovery.standby` (1),
+/// and with [`Crash::Killed`] `supervise.recovery.standby.kill`.
+pub fn recovery(budget: &Budget, standby: usize, crash: Crash) -> Res<Measured> {
     unpinned(|| {
-        let sup = Supervisor::role("bench-recovery", ECHO)?
+        let service = format!("bench-recovery-{standby}-{crash:?}");
+        let sup = Supervisor::role(&service, SERVICE)?
             .intensity(u32::MAX, Duration::from_secs(1))
             .standby(standby)
             .spawn()?;
         let mut client = sup.client();
-        let echo = client.method("echo64")?;
-        if !echo.is_idempotent() {
-            return Err("echo64 should be declared idempotent".into());
+        let method = client.method("crash_if")?;
+        if !method.is_idempotent() {
+            return Err("crash_if should be declared idempotent".into());
         }
         let mut seq = 0u64;
-        let mut call = |client: &mut isocall_engine::supervise::SupervisedClient| -> Res<()> {
+        let mut call = |client: &mut SupervisedClient, pid: u32| -> Res<u32> {
             seq += 1;
             let s = seq;
-            let ok = client
-                .call::<Bytes64, Bytes64, _>(echo, &request(s), |r| check(&r.data, s).is_ok())?;
-            if ok {
-                Ok(())
-            } else {
-                Err(format!("wrong reply to call {s}").into())
+            let (by, got) =
+                client.call::<CrashIf, Answered, _>(method, &CrashIf { pid, seq: s }, |r| {
+                    (r.pid.to_native(), r.seq.to_native())
+                })?;
+            if got != s || (pid != 0 && by == pid) {
+                return Err(format!("wrong answer to call {s}: call {got} by pid {by}").into());
             }
+            Ok(by)
         };
         timed_samples(budget, MAX_SAMPLES, || {
             // The steady state of a long-running service: spares ready, a
@@ -131,12 +174,13 @@ pub fn recovery(budget: &Budget, standby: usize) -> Res<Measured> {
                 return Err("the supervisor did not settle within 10 s".into());
             }
             // Connected to the serving instance, which has answered.
-            call(&mut client)?;
-            let pid = client.server_pid().ok_or("not connected")?;
-            let pid = Pid::from_raw(pid as i32).ok_or("pid 0")?;
+            let pid = call(&mut client, 0)?;
             let t0 = Instant::now();
-            kill_process(pid, Signal::KILL)?;
-            call(&mut client)?;
+            if crash == Crash::Killed {
+                let p = Pid::from_raw(pid as i32).ok_or("pid 0")?;
+                kill_process(p, Signal::KILL)?;
+            }
+            call(&mut client, pid)?;
             Ok(t0.elapsed())
         })
     })
