@@ -337,7 +337,9 @@ impl<R: Region, P: Parker> Consumer<R, P> {
                         .swap(NOT_WAITING, Ordering::Relaxed);
                     return match found? {
                         Some(h) => Ok(h),
-                        None => Err(WaitError::Stopped),
+                        // Stopped after that look: a frame published in
+                        // between is still delivered, as above.
+                        None => self.poll()?.ok_or(WaitError::Stopped),
                     };
                 }
                 self.parker
@@ -346,6 +348,15 @@ impl<R: Region, P: Parker> Consumer<R, P> {
                 self.ring
                     .word(CONS_SLEEPS)
                     .store(self.stats.sleeps, Ordering::Relaxed);
+                // Woken by the deadline: say so now, rather than after up to
+                // 63 more rounds of announcing (the spin budget is spent).
+                if let Some(h) = self.poll()? {
+                    return Ok(h);
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(WaitError::Timeout);
+                }
+                continue;
             }
             if let Some(h) = self.poll()? {
                 return Ok(h);

@@ -486,6 +486,11 @@ impl<R: Region, P: Parker> Producer<R, P> {
                 self.ring
                     .word(PROD_SLEEPS)
                     .store(self.stats.sleeps, Ordering::Relaxed);
+                // Woken by the deadline: say so now, rather than after up to
+                // 63 more rounds of announcing (the spin budget is spent).
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(WaitError::Timeout.into());
+                }
                 continue;
             }
             match self.make_room(kind, len) {

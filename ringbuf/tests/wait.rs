@@ -92,3 +92,33 @@ fn adaptive_spins_for_its_budget_then_stops() {
     // Spent: a spinner does not start over.
     assert!(!s.spin());
 }
+
+#[test]
+fn a_waiter_about_to_sleep_delivers_a_frame_published_as_the_stop_came() {
+    // Blocking goes straight to the sleep path: announce, look, ask stop.
+    // The frame lands between that look and the stop turning true.
+    let (tx, mut rx) = channel(4096, SpinParker).unwrap();
+    let tx = std::cell::RefCell::new(tx);
+    let f = rx
+        .wait(WaitStrategy::Blocking, None, || {
+            send(&mut tx.borrow_mut(), b"last reply");
+            true
+        })
+        .expect("the frame published before the stop");
+    assert_eq!(f.payload(), b"last reply");
+    f.release();
+}
+
+#[test]
+fn a_wait_that_times_out_sleeps_once() {
+    use isocall_ringbuf::wait::CondvarParker;
+    let (_tx, mut rx) = channel(4096, CondvarParker::default()).unwrap();
+    let t0 = Instant::now();
+    let limit = Duration::from_millis(20);
+    let r = rx.wait(WaitStrategy::Blocking, Some(t0 + limit), || false);
+    assert!(matches!(r, Err(WaitError::Timeout)), "{:?}", r.err());
+    assert!(t0.elapsed() >= limit);
+    // One sleep until the deadline (two if woken spuriously), not one per
+    // turn until the next clock read.
+    assert!(rx.stats().sleeps <= 2, "slept {} times", rx.stats().sleeps);
+}
