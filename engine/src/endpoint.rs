@@ -273,7 +273,8 @@ impl Receiver {
     ///
     /// # Errors
     ///
-    /// `PeerDied` (after every frame the peer published was read),
+    /// `PeerDied` (once every frame the peer published before its death
+    /// was known has been read),
     /// `Timeout`, `Corrupt`.
     #[inline]
     pub fn recv(

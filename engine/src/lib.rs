@@ -5,9 +5,11 @@
 //! pool, mapped by both. Each side attaches a [`endpoint::Sender`] to the
 //! ring it writes and a [`endpoint::Receiver`] to the ring it reads; they
 //! wait by the chosen `WaitStrategy`, sleep on a shared futex (or an eventfd
-//! doorbell for event loops) only when there is nothing to do, and a
-//! [`liveness::PeerWatch`] on the peer's pidfd turns the peer's death into a
-//! prompt `PeerDied` for every waiter. Everything the engine needs from the
+//! doorbell for event loops) only when there is nothing to do, and the
+//! peer's death becomes a prompt `PeerDied` for every waiter: a waiter reads
+//! the peer's lifeline in the segment (a robust futex the kernel marks as
+//! the peer dies) and a [`liveness::PeerWatch`] thread wakes the sleepers
+//! (on that lifeline, the socket's hang-up or a pidfd). Everything the engine needs from the
 //! OS is in [`sys`], behind safe functions.
 #![deny(unsafe_code)]
 

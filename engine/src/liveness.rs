@@ -25,7 +25,9 @@ use isocall_ringbuf::wait::NOT_WAITING;
 use isocall_ringbuf::{Region, SharedRegion};
 
 use crate::segment::{Direction, Segment, Side};
-use crate::sys::lifeline::{Lifeline, LifelineState, lifeline_state, wait_lifeline};
+use crate::sys::lifeline::{
+    Lifeline, LifelineState, cancel_waiters, lifeline_state, wait_lifeline,
+};
 use crate::sys::{EventFd, PidFd, Ready, futex_wake, poll_ready};
 
 /// Shared flag: has the peer died? Cheap to check on every wait loop turn.
@@ -69,7 +71,8 @@ impl Liveness {
     }
 
     /// Whether the peer is dead, asking its lifeline too (a load of a
-    /// shared word no one writes while the peer lives): for the paths that
+    /// line written only when the connection starts and ends, so it stays
+    /// in the caches of both sides): for the paths that
     /// wait on the peer, where this learns of a death as soon as the
     /// kernel marks it instead of after a thread wake-up. A peer that
     /// marks its own lifeline gone (it may: the segment is its to write)
@@ -246,9 +249,9 @@ fn watch_connection(
         match lifeline_state(peer) {
             LifelineState::Gone => return true,
             LifelineState::Held => {
-                if wait_lifeline(peer, None) == LifelineState::Gone {
-                    return true;
-                }
+                // Until the peer's death or close, or until told to stop
+                // (`cancel_waiters` in drop): the loop looks again.
+                let _ = wait_lifeline(peer, None, || stopped.load(Ordering::Acquire));
             }
             LifelineState::Unheld => {
                 let fds = [
@@ -274,8 +277,9 @@ impl Drop for PeerWatch {
     fn drop(&mut self) {
         if let Some((stopped, seg, side)) = &self.lifeline {
             stopped.store(true, Ordering::Release);
-            // The thread may be asleep on the peer's lifeline.
-            let _ = futex_wake(seg.lifeline(side.peer()), u32::MAX >> 1);
+            // The thread may be asleep on the peer's lifeline, or about to
+            // be: it looks at `stopped` once it has announced itself there.
+            cancel_waiters(seg.lifeline(side.peer()));
         }
         let _ = self.stop.notify();
         if let Some(t) = self.thread.take() {
@@ -345,5 +349,40 @@ mod tests {
         let server = Liveness::connection(seg, Side::Server);
         assert!(!server.peer_gone(), "a client without a lifeline lives");
         assert!(!Liveness::new().peer_gone());
+    }
+
+    #[test]
+    fn dropping_a_connection_watch_returns_while_the_peer_lives() {
+        // The peer (a thread here) holds its lifeline throughout; each drop
+        // must stop the watch however its thread is placed in its loop.
+        let seg = segment();
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let s = seg.clone();
+        let peer = std::thread::spawn(move || {
+            let hold = Lifeline::hold(s.lifeline(Side::Server)).expect("robust list");
+            held_tx.send(()).unwrap();
+            let _ = done_rx.recv();
+            hold.release();
+        });
+        held_rx.recv().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = seg.clone();
+        std::thread::spawn(move || {
+            for _ in 0..200 {
+                let (a, _b) = crate::sys::seqpacket_pair().expect("socketpair");
+                let watch =
+                    PeerWatch::connection(a, Liveness::new(), s.clone(), Side::Client, None)
+                        .expect("watch");
+                drop(watch);
+            }
+            let _ = tx.send(());
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_secs(60)).is_ok(),
+            "dropping a watch hung while its peer held its lifeline"
+        );
+        done_tx.send(()).unwrap();
+        peer.join().unwrap();
     }
 }

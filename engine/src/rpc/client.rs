@@ -183,7 +183,7 @@ type Ids<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
 type IdSet = HashSet<u64, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// Tries a ring operation without a deadline first (no clock read on the
-/// fast path), spinning a little (about 1.5 µs) unless the strategy is
+/// fast path), spinning a little (64 spin hints, a microsecond or two) unless the strategy is
 /// `Blocking`, and only then computes the deadline and waits for real (the
 /// rest of the strategy's spin, then sleep).
 const SPINS_BEFORE_DEADLINE: u32 = 64;
@@ -534,8 +534,9 @@ impl Client {
         self.layout
     }
 
-    /// False once the server is known dead or gone (its end of the
-    /// connection's socket hung up).
+    /// False once the server is known dead or gone: the kernel marked its
+    /// lifeline in the segment (it died), it let go of it (it closed), or
+    /// its end of the connection's socket hung up.
     pub fn is_alive(&self) -> bool {
         !self.liveness.peer_gone()
     }

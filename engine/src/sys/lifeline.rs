@@ -200,10 +200,19 @@ pub fn lifeline_state(word: &AtomicU32) -> LifelineState {
     }
 }
 
-/// Waits (at most `timeout`) for the holder of `word` to die or let go, or
-/// for anyone to wake the word ([`futex_wake`]: how a waiter is told to
-/// stop). Returns the state seen last.
-pub fn wait_lifeline(word: &AtomicU32, timeout: Option<Duration>) -> LifelineState {
+/// Waits (at most `timeout`) for the holder of `word` to die or let go,
+/// or until `cancelled()` is true. Returns the state seen last.
+///
+/// `cancelled` is asked after this waiter has announced itself in the word
+/// (the `WAITERS` bit), so a [`cancel_waiters`] that made it true is never
+/// missed: either this waiter sees it, or the word changed under it and the
+/// futex refuses to sleep, or the wake finds it asleep.
+pub fn wait_lifeline(
+    word: &AtomicU32,
+    timeout: Option<Duration>,
+    cancelled: impl Fn() -> bool,
+) -> LifelineState {
+    // AcqRel: pairs with the AcqRel `fetch_and` of `cancel_waiters`.
     let old = word.fetch_or(WAITERS, Ordering::AcqRel);
     if old & OWNER_DIED != 0 {
         return LifelineState::Gone;
@@ -211,8 +220,23 @@ pub fn wait_lifeline(word: &AtomicU32, timeout: Option<Duration>) -> LifelineSta
     if old & TID_MASK == 0 {
         return LifelineState::Unheld;
     }
+    if cancelled() {
+        return lifeline_state(word);
+    }
     let _ = futex_wait(word, old | WAITERS, timeout);
     lifeline_state(word)
+}
+
+/// Ends the waits of [`wait_lifeline`] on `word` whose `cancelled()` the
+/// caller has just made true: clears the waiter bit, so that a waiter about
+/// to sleep finds the word changed, and wakes those asleep. The holder is
+/// not affected (its death is still marked; no waiter is woken for it).
+pub fn cancel_waiters(word: &AtomicU32) {
+    // AcqRel: the caller's store to the flag `cancelled` reads is
+    // sequenced before this, and a waiter's `fetch_or` that comes after it
+    // in the word's order acquires it.
+    word.fetch_and(!WAITERS, Ordering::AcqRel);
+    let _ = futex_wake(word, u32::MAX >> 1);
 }
 
 #[cfg(test)]
@@ -238,7 +262,7 @@ mod tests {
         go_tx.send(()).unwrap();
         let mut st = LifelineState::Held;
         while st == LifelineState::Held {
-            st = wait_lifeline(&word, Some(Duration::from_secs(10)));
+            st = wait_lifeline(&word, Some(Duration::from_secs(10)), || false);
         }
         assert_eq!(st, LifelineState::Gone);
         holder.join().unwrap();
@@ -254,5 +278,69 @@ mod tests {
         });
         holder.join().unwrap();
         assert_eq!(lifeline_state(word), LifelineState::Gone);
+    }
+
+    /// Runs `wait_lifeline` on `word` (held by another thread) in a thread
+    /// and says whether it returned within ten seconds.
+    fn returns(
+        word: &'static AtomicU32,
+        cancelled: &'static std::sync::atomic::AtomicBool,
+    ) -> bool {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let st = wait_lifeline(word, None, || cancelled.load(Ordering::Acquire));
+            let _ = tx.send(st);
+        });
+        rx.recv_timeout(Duration::from_secs(10)) == Ok(LifelineState::Held)
+    }
+
+    fn held_word() -> &'static AtomicU32 {
+        let word: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _hold = Lifeline::hold(word).expect("robust list");
+            tx.send(()).unwrap();
+            // Holds it for the rest of the test process.
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().unwrap();
+        word
+    }
+
+    #[test]
+    fn a_cancel_before_the_wait_is_not_missed() {
+        let word = held_word();
+        let cancelled: &'static _ = Box::leak(Box::new(std::sync::atomic::AtomicBool::new(false)));
+        cancelled.store(true, Ordering::Release);
+        cancel_waiters(word);
+        assert!(
+            returns(word, cancelled),
+            "the waiter slept through a cancel"
+        );
+        assert_eq!(lifeline_state(word), LifelineState::Held);
+    }
+
+    #[test]
+    fn a_cancel_wakes_a_sleeping_waiter() {
+        let word = held_word();
+        let cancelled: &'static _ = Box::leak(Box::new(std::sync::atomic::AtomicBool::new(false)));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(wait_lifeline(word, None, || {
+                cancelled.load(Ordering::Acquire)
+            }));
+        });
+        // Whether it is asleep yet or not, the cancel ends its wait.
+        while word.load(Ordering::Acquire) & WAITERS == 0 {
+            std::thread::yield_now();
+        }
+        cancelled.store(true, Ordering::Release);
+        cancel_waiters(word);
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)),
+            Ok(LifelineState::Held)
+        );
     }
 }
