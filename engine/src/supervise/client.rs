@@ -1,11 +1,11 @@
 //! A client of a supervised service: a [`Client`](crate::rpc::Client) that
 //! reconnects to the successor after a crash and retries idempotent calls.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use isocall_blob::{BlobError, BlobHandle, Pool, SlotState};
+use isocall_blob::{Blob, BlobError, BlobHandle, BlobMut, Pool, SlotState};
 use isocall_ringbuf::SharedRegion;
 
 use super::stats::Word;
@@ -48,6 +48,74 @@ pub struct SupervisedPending {
     seq: u64,
 }
 
+/// The blobs a reply carries, with the pool they live in: the pool of the
+/// instance that answered, which after a crash may no longer be the one
+/// [`SupervisedClient::pool`] gives (a reply that arrived before the crash
+/// is delivered from the dead instance's ring).
+#[derive(Clone, Copy, Debug)]
+pub struct ReplyBlobs<'a> {
+    handles: &'a [BlobHandle],
+    pool: Option<&'a Arc<Pool<SharedRegion>>>,
+}
+
+impl<'a> ReplyBlobs<'a> {
+    /// The handles, in the order the server attached them.
+    pub fn handles(&self) -> &'a [BlobHandle] {
+        self.handles
+    }
+
+    /// How many blobs the reply carries.
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Whether the reply carries no blob.
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// The pool the blobs are in (clone the `Arc` to accept them after the
+    /// read closure returned); `None` if the service has no blob pool.
+    pub fn pool(&self) -> Option<&'a Arc<Pool<SharedRegion>>> {
+        self.pool
+    }
+
+    /// Accepts blob `i` to read it in place (dropping it frees the slot).
+    ///
+    /// # Errors
+    ///
+    /// `BadHandle` if there is no blob `i` or no pool; as
+    /// [`Pool::accept`] for a handle the pool refuses.
+    pub fn accept(&self, i: usize) -> Result<Blob<'a, SharedRegion>, BlobError> {
+        let (pool, h) = self.get(i)?;
+        pool.accept(h)
+    }
+
+    /// Accepts blob `i` to read and write it in place (and, say, send it
+    /// back with the next call).
+    ///
+    /// # Errors
+    ///
+    /// As [`accept`](Self::accept).
+    pub fn accept_mut(&self, i: usize) -> Result<BlobMut<'a, SharedRegion>, BlobError> {
+        let (pool, h) = self.get(i)?;
+        pool.accept_mut(h)
+    }
+
+    fn get(&self, i: usize) -> Result<(&'a Arc<Pool<SharedRegion>>, &'a BlobHandle), BlobError> {
+        let h = self.handles.get(i).ok_or_else(|| {
+            BlobError::BadHandle(format!(
+                "the reply carries {} blob(s), not one at index {i}",
+                self.handles.len()
+            ))
+        })?;
+        let pool = self.pool.ok_or_else(|| {
+            BlobError::BadHandle("the service's connection has no blob pool".into())
+        })?;
+        Ok((pool, h))
+    }
+}
+
 /// A connection to one instance.
 struct Conn {
     client: Client,
@@ -88,6 +156,10 @@ pub struct SupervisedClient {
     /// before the crash are still in their rings).
     old: Vec<Conn>,
     calls: HashMap<u64, InFlight>,
+    /// Calls given up on: on a dead connection past their deadline, never
+    /// waited for (their `SupervisedPending` was dropped, or is waited for
+    /// late). Waiting for one gives `Timeout`.
+    expired: HashSet<u64>,
     next: u64,
     /// When a connection was last seen dead, until a call succeeds again.
     died_at: Option<Instant>,
@@ -115,6 +187,7 @@ impl SupervisedClient {
             current: None,
             old: Vec::new(),
             calls: HashMap::new(),
+            expired: HashSet::new(),
             next: 1,
             died_at: None,
         }
@@ -158,10 +231,25 @@ impl SupervisedClient {
     }
 
     /// Drops dead connections no call waits on (their segments and blobs
-    /// go with them).
+    /// go with them). A call on a dead connection whose deadline passed is
+    /// given up (it would time out if waited for), so that a started call
+    /// never waited for does not keep a dead segment mapped.
     fn drop_idle_old(&mut self) {
         if self.old.is_empty() {
             return;
+        }
+        let now = Instant::now();
+        let old_ids: Vec<u64> = self.old.iter().map(|c| c.live.id).collect();
+        let gone: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, k)| k.deadline <= now && old_ids.contains(&k.conn))
+            .map(|(&seq, _)| seq)
+            .collect();
+        for seq in gone {
+            self.calls.remove(&seq);
+            self.expired.insert(seq);
+            self.inner.stats.add(Word::CallsFailed, 1);
         }
         let (keep, idle): (Vec<Conn>, Vec<Conn>) = std::mem::take(&mut self.old)
             .into_iter()
@@ -241,11 +329,18 @@ impl SupervisedClient {
     /// Starts a call; see [`Client::start`]. An idempotent call keeps a
     /// copy of its request for a retry.
     ///
+    /// A request that cannot be sent because the server died (found dead
+    /// here, or dying while the ring was full) was not sent: it goes to the
+    /// successor, whatever the method, and so do blobs sent on an instance
+    /// that died since (they are copied into the successor's pool).
+    ///
     /// # Errors
     ///
     /// As [`Client::start`]; `ServiceFailed` if the supervisor gave up;
-    /// `Blob(BadHandle)` for a blob that is not in flight on the current
-    /// connection (e.g. allocated before a crash).
+    /// `PeerDied` if the successors kept dying until the deadline or the
+    /// retry budget ran out; `Blob(BadHandle)` for a blob in flight on no
+    /// connection of this client (e.g. sent on an instance whose connection
+    /// was dropped since).
     pub fn start<Req: Body>(
         &mut self,
         m: ServiceMethod,
@@ -253,51 +348,96 @@ impl SupervisedClient {
         blobs: &[BlobHandle],
     ) -> Result<SupervisedPending, CallError> {
         let deadline = Instant::now() + self.inner.call_timeout();
-        self.ensure(deadline)?;
-        let conn = self.current.as_ref().expect("ensured");
-        let id = self.method_id(conn, m)?;
-        check_blobs(conn, blobs)?;
-        self.drop_idle_old();
-        let mut keep = m.idempotent.then(Vec::new);
-        let conn = self.current.as_mut().expect("ensured");
-        let pending = conn.client.start_encoded(
-            id,
-            |buf| archive::write_into(request, buf),
-            blobs,
-            keep.as_mut(),
-        )?;
-        let seq = self.next;
-        self.next += 1;
-        self.calls.insert(
-            seq,
-            InFlight {
-                conn: conn.live.id,
-                pending,
-                method: m,
-                body: keep,
-                blobs: blobs.to_vec(),
-                deadline,
-                attempts: 0,
-            },
-        );
-        Ok(SupervisedPending { seq })
+        let r = self.start_until(m, request, blobs, deadline);
+        if matches!(r, Err(CallError::PeerDied | CallError::ServiceFailed(_))) {
+            self.inner.stats.add(Word::CallsFailed, 1);
+        }
+        r
+    }
+
+    fn start_until<Req: Body>(
+        &mut self,
+        m: ServiceMethod,
+        request: &Req,
+        blobs: &[BlobHandle],
+        deadline: Instant,
+    ) -> Result<SupervisedPending, CallError> {
+        let mut blobs = blobs.to_vec();
+        let mut tries = 0u32;
+        loop {
+            self.ensure(deadline)?;
+            let conn = self.current.as_ref().expect("ensured");
+            let id = self.method_id(conn, m)?;
+            if let Err(e) = check_blobs(conn, &blobs) {
+                // Sent on an instance that died since: take them along.
+                let from = self
+                    .old
+                    .iter()
+                    .find(|c| check_blobs(c, &blobs).is_ok())
+                    .map(|c| c.live.id)
+                    .ok_or(e)?;
+                blobs = self.move_blobs(from, &blobs)?;
+            }
+            self.drop_idle_old();
+            let mut keep = m.idempotent.then(Vec::new);
+            let conn = self.current.as_mut().expect("ensured");
+            let sent = conn.client.start_encoded(
+                id,
+                |buf| archive::write_into(request, buf),
+                &blobs,
+                keep.as_mut(),
+            );
+            match sent {
+                Ok(pending) => {
+                    let seq = self.next;
+                    self.next += 1;
+                    let conn = conn.live.id;
+                    self.calls.insert(
+                        seq,
+                        InFlight {
+                            conn,
+                            pending,
+                            method: m,
+                            body: keep,
+                            blobs,
+                            deadline,
+                            attempts: 0,
+                        },
+                    );
+                    return Ok(SupervisedPending { seq });
+                }
+                // Nothing was published: the successor gets it.
+                Err(CallError::PeerDied)
+                    if tries < self.inner.retries() && Instant::now() < deadline =>
+                {
+                    tries += 1;
+                    self.retire_current();
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Waits for a started call; see [`Client::wait`]. If the server died,
     /// an idempotent call is sent again on the successor (blobs copied
-    /// over) and waited for there.
+    /// over) and waited for there. `read` gets the reply and its blobs,
+    /// with the pool they are in ([`ReplyBlobs`]).
     ///
     /// # Errors
     ///
     /// As [`Client::wait`]: `PeerDied` for a call that is not idempotent
     /// (or out of retries) whose server died; `ServiceFailed` if the
-    /// supervisor gave up.
+    /// supervisor gave up; `Timeout` also for a call given up on while it
+    /// was not waited for (on a dead connection past its deadline).
     pub fn wait<Resp: Body, T>(
         &mut self,
         pending: SupervisedPending,
         deadline: Option<Instant>,
-        read: impl FnOnce(&Resp::Archived, &[BlobHandle]) -> T,
+        read: impl FnOnce(&Resp::Archived, &ReplyBlobs<'_>) -> T,
     ) -> Result<T, CallError> {
+        if self.expired.remove(&pending.seq) {
+            return Err(CallError::Timeout);
+        }
         let mut call = self
             .calls
             .remove(&pending.seq)
@@ -307,11 +447,20 @@ impl SupervisedClient {
         let result = loop {
             let conn_id = call.conn;
             let outcome = match self.conn_mut(conn_id) {
-                Some(conn) => conn.client.wait::<Resp, Option<T>>(
-                    call.pending.again(),
-                    Some(deadline),
-                    |r, b| read.take().map(|f| f(r, b)),
-                ),
+                Some(conn) => {
+                    let pool = conn.client.pool().cloned();
+                    conn.client.wait::<Resp, Option<T>>(
+                        call.pending.again(),
+                        Some(deadline),
+                        |r, handles| {
+                            let blobs = ReplyBlobs {
+                                handles,
+                                pool: pool.as_ref(),
+                            };
+                            read.take().map(|f| f(r, &blobs))
+                        },
+                    )
+                }
                 None => Err(CallError::PeerDied),
             };
             match outcome {
@@ -357,24 +506,30 @@ impl SupervisedClient {
         result
     }
 
-    /// Sends `call` again on the serving instance (connecting to it).
+    /// Sends `call` again on the serving instance (connecting to it), its
+    /// blobs copied over from the instance it was last sent to; tries the
+    /// next successor if that one is found dead before the request is out,
+    /// within `deadline`. Counts one attempt per request sent.
     fn resend(&mut self, call: &mut InFlight, deadline: Instant) -> Result<(), CallError> {
         let body = call.body.take().unwrap_or_default();
-        let from = call.conn;
-        let r = (|| {
+        let r = (|| loop {
             self.ensure(deadline)?;
             let to = self.current.as_ref().expect("ensured");
             let id = self.method_id(to, call.method)?;
-            let blobs = self.move_blobs(from, &call.blobs)?;
+            if call.conn != to.live.id {
+                call.blobs = self.move_blobs(call.conn, &call.blobs)?;
+                call.conn = self.current.as_ref().expect("ensured").live.id;
+            }
             let to = self.current.as_mut().expect("ensured");
-            let p = to.client.start_raw(id, &body, &blobs)?;
-            Ok::<_, CallError>((p, blobs, to.live.id))
+            match to.client.start_raw(id, &body, &call.blobs) {
+                Ok(p) => return Ok::<_, CallError>(p),
+                // Not sent: the next successor, while there is time.
+                Err(CallError::PeerDied) if Instant::now() < deadline => self.retire_current(),
+                Err(e) => return Err(e),
+            }
         })();
         call.body = Some(body);
-        let (p, blobs, conn) = r?;
-        call.pending = p;
-        call.blobs = blobs;
-        call.conn = conn;
+        call.pending = r?;
         call.attempts += 1;
         self.inner.stats.add(Word::Retries, 1);
         tracing::debug!(target: "isocall::supervise", service = %self.inner.service(),
@@ -421,7 +576,7 @@ impl SupervisedClient {
         &mut self,
         pending: Vec<SupervisedPending>,
         deadline: Option<Instant>,
-        mut read: impl FnMut(&Resp::Archived, &[BlobHandle]) -> T,
+        mut read: impl FnMut(&Resp::Archived, &ReplyBlobs<'_>) -> T,
     ) -> Vec<Result<T, CallError>> {
         pending
             .into_iter()
@@ -456,7 +611,7 @@ impl SupervisedClient {
         request: &Req,
         blobs: &[BlobHandle],
         deadline: Option<Instant>,
-        read: impl FnOnce(&Resp::Archived, &[BlobHandle]) -> T,
+        read: impl FnOnce(&Resp::Archived, &ReplyBlobs<'_>) -> T,
     ) -> Result<T, CallError> {
         let p = self.start(m, request, blobs)?;
         self.wait::<Resp, T>(p, deadline, read)

@@ -43,7 +43,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use client::{ServiceMethod, SupervisedClient, SupervisedPending};
+pub use client::{ReplyBlobs, ServiceMethod, SupervisedClient, SupervisedPending};
 pub use stats::{MEMFD_PREFIX, SupervisorState, SupervisorStats, read_stats};
 use stats::{StatsBlock, Word};
 
