@@ -157,3 +157,38 @@ pub fn serve() {
     });
     b.spawn().expect("server").run();
 }
+
+/// Service kind of [`log_start_and_exit`] (dispatched by the test's
+/// `service` entry, not by [`serve`]).
+pub const LOG_START_AND_EXIT: &str = "log-start-and-exit";
+
+/// A service that never serves: appends the `CLOCK_MONOTONIC` instant of
+/// its start (nanoseconds, one line) to the file, then exits with status 1.
+pub fn log_start_and_exit() -> ! {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let ns = now.tv_sec as u128 * 1_000_000_000 + now.tv_nsec as u128;
+    let mut out = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(file())
+        .expect("the service's file");
+    // One write of a short line to a file opened for appending: lines of
+    // different instances never interleave.
+    out.write_all(format!("{ns}\n").as_bytes())
+        .expect("append the start");
+    std::process::exit(1);
+}
+
+/// Service kind of [`slow_start`] (dispatched by the test's `service`
+/// entry, not by [`serve`]).
+pub const SLOW_START: &str = "slow-start";
+
+/// How long [`slow_start`] takes before it answers a handshake.
+pub const SLOW_START_DELAY: Duration = Duration::from_millis(500);
+
+/// A service slow to start (a long initialisation, simulated by waiting
+/// [`SLOW_START_DELAY`]): then serves as [`serve`] does.
+pub fn slow_start() {
+    std::thread::sleep(SLOW_START_DELAY);
+    serve();
+}

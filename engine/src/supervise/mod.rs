@@ -36,7 +36,7 @@ mod stats;
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -128,6 +128,16 @@ enum Program {
         exe: PathBuf,
         role: String,
     },
+}
+
+impl Program {
+    /// The file executed.
+    fn path(&self) -> &Path {
+        match self {
+            Program::Command { program, .. } => program,
+            Program::Role { exe, .. } => exe,
+        }
+    }
 }
 
 /// Why a supervisor could not start.
@@ -225,6 +235,10 @@ impl SupervisorBuilder {
 
     /// The restart-intensity limit: more than `restarts` restarts within
     /// `period` stop the supervisor with an error (default 10 in 10 s).
+    ///
+    /// `restarts == 0` means never restart: the first death of an instance
+    /// (or the first start that fails) fails the supervisor, naming that
+    /// exit. A `period` of 0 is refused by [`spawn`](Self::spawn).
     #[must_use]
     pub fn intensity(mut self, restarts: u32, period: Duration) -> Self {
         self.intensity = (restarts, period);
@@ -267,10 +281,13 @@ impl SupervisorBuilder {
     ///
     /// # Errors
     ///
-    /// A bad configuration (empty service name, an intensity of 0 restarts
-    /// over 0 s); the OS refusing the counters' memfd, an eventfd or the
-    /// thread. A service that cannot be started shows up as failed calls
-    /// (after the intensity limit), with the reason.
+    /// A bad configuration (empty service name, an intensity period of
+    /// 0); the OS refusing the counters' memfd, an eventfd or the thread.
+    /// A service that cannot be started shows up as failed calls, with the
+    /// reason: at once for a program that cannot run at all (missing, not
+    /// executable), after the intensity limit for a passing shortage
+    /// (`EAGAIN`, `ENOMEM`, `EMFILE`, `ENFILE`, `EINTR`), which is retried
+    /// with the backoff.
     pub fn spawn(self) -> Result<Supervisor, SuperviseError> {
         if self.service.is_empty() || self.service.contains(['\0', '/']) {
             return Err(SuperviseError::Config(format!(
@@ -297,6 +314,7 @@ impl SupervisorBuilder {
             stats,
             premade: Mutex::new(Premade::default()),
             graveyard: Mutex::new(Vec::new()),
+            helpers: Mutex::new(Some(Vec::new())),
         });
         let sh = inner.clone();
         let monitor = std::thread::Builder::new()
@@ -393,6 +411,10 @@ pub(crate) struct Inner {
     /// unmap and the release of a segment's memory take milliseconds that
     /// must not delay the call that found the death.
     graveyard: Mutex<Vec<Client>>,
+    /// Background threads (a spare's handshake, a segment made ahead),
+    /// joined when the supervisor is dropped; `None` from then on, when
+    /// no more are started.
+    helpers: Mutex<Option<Vec<JoinHandle<()>>>>,
 }
 
 /// A segment made ahead of need for the next connection, so that an
@@ -416,6 +438,43 @@ pub(crate) struct Connection {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes the waiters on `changed` after a change made outside the
+    /// state lock (the premade segment, the graveyard). A waiter checks
+    /// those while holding the state lock and then waits: taking the lock
+    /// here, after the change, means the waiter either saw the change or
+    /// is already waiting, so the notification cannot fall in between.
+    fn notify_changed(&self) {
+        drop(self.lock());
+        self.changed.notify_all();
+    }
+
+    /// Starts a background helper thread, to be joined when the
+    /// supervisor is dropped. Returns `Ok(false)` (and starts nothing)
+    /// once the supervisor is being dropped.
+    fn spawn_helper(&self, name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<bool> {
+        let mut helpers = self.helpers.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = helpers.as_mut() else {
+            return Ok(false);
+        };
+        // Finished ones need no join: forget them, so the list stays short.
+        list.retain(|t| !t.is_finished());
+        list.push(std::thread::Builder::new().name(name.into()).spawn(f)?);
+        Ok(true)
+    }
+
+    /// Joins every helper thread and lets no new one start.
+    fn join_helpers(&self) {
+        let list = self
+            .helpers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default();
+        for t in list {
+            let _ = t.join();
+        }
     }
 
     /// A client's call succeeded on the successor of a dead instance: the
@@ -460,27 +519,24 @@ impl Inner {
             p.made += 1;
             let name = format!("isocall:{}:premade{}", self.config.service, p.made);
             let inner = self.clone();
-            let r = std::thread::Builder::new()
-                .name("isocall-premade".into())
-                .spawn(move || {
-                    // This thread only: nice 19.
-                    let _ =
-                        rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19);
-                    let seg = Segment::create(&name, &layout)
-                        .inspect_err(|e| {
-                            tracing::debug!(target: "isocall::supervise", error = %e,
+            let r = self.spawn_helper("isocall-premade", move || {
+                // This thread only: nice 19.
+                let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19);
+                let seg = Segment::create(&name, &layout)
+                    .inspect_err(|e| {
+                        tracing::debug!(target: "isocall::supervise", error = %e,
                             "no segment made ahead")
-                        })
-                        .ok();
-                    let mut p = inner.premade.lock().unwrap_or_else(|p| p.into_inner());
-                    p.making = false;
-                    if p.layout == Some(layout) {
-                        p.ready = seg;
-                    }
-                    drop(p);
-                    inner.changed.notify_all();
-                });
-            if r.is_err() {
+                    })
+                    .ok();
+                let mut p = inner.premade.lock().unwrap_or_else(|p| p.into_inner());
+                p.making = false;
+                if p.layout == Some(layout) {
+                    p.ready = seg;
+                }
+                drop(p);
+                inner.notify_changed();
+            });
+            if !matches!(r, Ok(true)) {
                 p.making = false;
             }
         }
@@ -499,8 +555,13 @@ impl Inner {
     }
 
     /// Sends a new connection to `live` (with a segment made ahead, if
-    /// there is one) and handshakes over it.
-    fn connect_to(self: &Arc<Self>, live: &Live) -> Result<Client, ConnectError> {
+    /// there is one) and handshakes over it, waiting at most
+    /// `handshake_timeout` for the hello.
+    fn connect_to(
+        self: &Arc<Self>,
+        live: &Live,
+        handshake_timeout: Duration,
+    ) -> Result<Client, ConnectError> {
         let (ours, theirs) = seqpacket_pair()?;
         let seg = self.take_premade();
         let mut fds = vec![theirs.as_fd()];
@@ -509,7 +570,11 @@ impl Inner {
         drop(fds);
         drop(theirs);
         drop(seg);
-        let client = Client::over_socket(ours, self.config.client)?;
+        let options = ClientOptions {
+            handshake_timeout,
+            ..self.config.client
+        };
+        let client = Client::over_socket(ours, options)?;
         self.learn_layout(client.layout());
         Ok(client)
     }
@@ -590,7 +655,13 @@ impl Inner {
                         .0;
                 }
             };
-            match self.connect_to(&live) {
+            // The handshake waits no longer than the caller.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(CallError::Timeout);
+            }
+            let handshake = self.config.client.handshake_timeout.min(left);
+            match self.connect_to(&live, handshake) {
                 Ok(client) => {
                     live.served.store(true, Ordering::Relaxed);
                     return Ok(Connection { client, live });
@@ -600,6 +671,16 @@ impl Inner {
                         pid = live.pid, error = %e, "instance gone during the handshake");
                     avoid = Some(live.id);
                     self.report_dead(live.id);
+                }
+                Err(ConnectError::Timeout(_)) => {
+                    // Alive but slow (still starting, or busy): the same
+                    // instance is asked again, until the caller's
+                    // deadline.
+                    tracing::debug!(target: "isocall::supervise", service = %self.config.service,
+                        pid = live.pid, ?handshake, "handshake timed out; asking again");
+                    if Instant::now() >= deadline {
+                        return Err(CallError::Timeout);
+                    }
                 }
                 Err(e) => {
                     return Err(CallError::ServiceFailed(format!(
@@ -779,8 +860,15 @@ impl Drop for Supervisor {
         if let Some(m) = self.monitor.take() {
             let _ = m.join();
         }
+        // The instances are gone, so a spare's handshake still under way
+        // ends at once; no helper outlives the supervisor.
+        self.inner.join_helpers();
     }
 }
+
+/// How long, at most, the intensity limit waits for the instances already
+/// known dead to be reaped, so that the exit it names is the latest.
+const REAP_BEFORE_FAILING: Duration = Duration::from_millis(200);
 
 /// A child the monitor owns.
 struct Running {
@@ -790,8 +878,11 @@ struct Running {
     /// Known gone (a client saw it die, or it was reaped): a successor
     /// is on its way.
     replaced: bool,
-    /// Told to exit (its control socket shut down).
-    asked: bool,
+    /// When it was told to exit (its control socket shut down); it is
+    /// killed if it is still there the grace period later.
+    asked: Option<Instant>,
+    /// Killed by the monitor, after the grace period.
+    killed: bool,
 }
 
 /// The monitor thread: starts, reaps and restarts.
@@ -805,6 +896,8 @@ struct Monitor {
     backoff_level: u32,
     /// Not before this instant is the next instance started.
     not_before: Instant,
+    /// The exit status (or the reason a start failed) of the instance
+    /// reaped last, for the intensity limit's message.
     last_exit: Option<String>,
     /// Starts left before every start replaces a dead instance (the
     /// first instance and the first spares are not restarts).
@@ -823,6 +916,29 @@ fn describe(status: ExitStatus) -> String {
         }
         _ => status.to_string(),
     }
+}
+
+/// Whether a failure to start a process may pass (a shortage of
+/// processes, memory or descriptors, or a signal), so that the start is
+/// tried again after the backoff. Any other (`ENOENT`, `EACCES`,
+/// `ENOEXEC`, `ENOTDIR`, `EISDIR`, `ELOOP`, `ENAMETOOLONG`, `E2BIG`, or an
+/// error without an errno) would fail the same way again.
+fn is_transient(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        Errno::from_io_error(e),
+        Some(Errno::AGAIN | Errno::NOMEM | Errno::MFILE | Errno::NFILE | Errno::INTR)
+    )
+}
+
+/// The instant `d` from now; a delay too long to add (a backoff of
+/// `Duration::MAX`) is a century.
+fn after(d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    let now = Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
 }
 
 impl Monitor {
@@ -860,7 +976,7 @@ impl Monitor {
                 for r in &mut self.children {
                     if !r.replaced && st.dead.contains(&r.live.id) {
                         r.replaced = true;
-                        r.asked = true;
+                        r.asked = Some(Instant::now());
                         let _ = rustix::net::shutdown(&r.live.control, rustix::net::Shutdown::Both);
                         gone.push(r.live.served.load(Ordering::Relaxed));
                     }
@@ -889,15 +1005,15 @@ impl Monitor {
             if !failed && live < wanted {
                 let now = Instant::now();
                 if now >= not_before {
-                    if let Err(e) = self.start() {
-                        self.fail(format!(
-                            "service {:?} cannot be started: {e}",
-                            self.service()
-                        ));
-                    }
+                    self.start();
                     continue;
                 }
                 timeout = Some(not_before - now);
+            }
+            // An instance told to exit that is still there after the grace
+            // period is killed (then reaped below, from its pidfd).
+            if let Some(next) = self.kill_overdue() {
+                timeout = Some(timeout.map_or(next, |t: Duration| t.min(next)));
             }
             let mut fds = vec![self.inner.wake.as_fd()];
             fds.extend(self.children.iter().map(|c| c.pidfd.as_fd()));
@@ -921,7 +1037,7 @@ impl Monitor {
                 let any = !dead.is_empty();
                 drop(dead);
                 if any {
-                    self.inner.changed.notify_all();
+                    self.inner.notify_changed();
                 }
             }
             let exited: Vec<usize> = (0..self.children.len())
@@ -936,6 +1052,30 @@ impl Monitor {
         self.retire_all();
     }
 
+    /// Kills the instances told to exit a grace period ago that are still
+    /// there; returns how long until the next one is due, if any is
+    /// waited for.
+    fn kill_overdue(&mut self) -> Option<Duration> {
+        let grace = self.inner.config.grace;
+        let now = Instant::now();
+        let mut next: Option<Duration> = None;
+        for r in self.children.iter_mut().filter(|r| !r.killed) {
+            let Some(due) = r.asked.and_then(|t| t.checked_add(grace)) else {
+                continue;
+            };
+            if now >= due {
+                tracing::warn!(target: "isocall::supervise", service = %self.inner.config.service,
+                    pid = r.live.pid, ?grace, "service did not exit when told to; killing it");
+                let _ = r.child.kill();
+                r.killed = true;
+            } else {
+                let left = due - now;
+                next = Some(next.map_or(left, |n| n.min(left)));
+            }
+        }
+        next
+    }
+
     fn fail(&mut self, msg: String) {
         tracing::error!(target: "isocall::supervise", service = %self.service(), "{msg}");
         let mut st = self.inner.lock();
@@ -947,17 +1087,19 @@ impl Monitor {
         self.inner.stats.set_state(SupervisorState::Failed);
         self.inner.changed.notify_all();
         // The instances still alive are retired.
-        for r in std::mem::take(&mut self.children) {
-            self.retire(r);
-        }
+        let rest = std::mem::take(&mut self.children);
+        self.retire(rest);
     }
 
-    fn start(&mut self) -> std::io::Result<()> {
-        let cfg = &self.inner.config;
+    /// Starts an instance (the service or a spare), unless the restart
+    /// intensity limit says to give up. A start the OS refuses for now
+    /// counts as an instance that died before it served; one that can
+    /// never succeed fails the supervisor.
+    fn start(&mut self) {
         let restart = self.initial == 0;
         if restart {
             let now = Instant::now();
-            let (limit, period) = cfg.intensity;
+            let (limit, period) = self.inner.config.intensity;
             while self
                 .restarts
                 .front()
@@ -966,6 +1108,10 @@ impl Monitor {
                 self.restarts.pop_front();
             }
             if self.restarts.len() >= limit as usize {
+                // The successor of an instance a client saw die may be due
+                // before that instance is reaped: reap it first, so that
+                // the exit named is the latest, not an older one.
+                self.reap_replaced(REAP_BEFORE_FAILING);
                 self.fail(format!(
                     "service {:?} restarted {} times within {:?} (limit {limit}); giving up. Last exit: {}",
                     self.service(),
@@ -973,33 +1119,16 @@ impl Monitor {
                     period,
                     self.last_exit.as_deref().unwrap_or("none")
                 ));
-                return Ok(());
+                return;
             }
             self.restarts.push_back(now);
             self.inner.stats.add(Word::Restarts, 1);
         }
-        let (ours, theirs) = seqpacket_pair()?;
-        let mut cmd = match &cfg.program {
-            Program::Command { program, args } => {
-                let mut c = Command::new(program);
-                c.args(args);
-                c
-            }
-            Program::Role { exe, role } => {
-                let mut c = Command::new(exe);
-                c.env(ENV_ROLE, role);
-                c
-            }
+        let (child, pidfd, ours) = match self.spawn_child() {
+            Ok(c) => c,
+            Err(e) => return self.cannot_start(e),
         };
-        cmd.envs(cfg.envs.iter().map(|(k, v)| (k, v)))
-            .env(ENV_SERVICE, &cfg.service)
-            .env(ENV_SUPERVISOR_PID, std::process::id().to_string())
-            .stdin(Stdio::from(theirs));
-        let child = cmd.spawn()?;
-
-        drop(cmd);
         let pid = child.id();
-        let pidfd = PidFd::open(pid)?;
         let id = self.next_id;
         self.next_id += 1;
         self.initial = self.initial.saturating_sub(1);
@@ -1038,37 +1167,108 @@ impl Monitor {
             child,
             pidfd,
             replaced: false,
-            asked: false,
+            asked: None,
+            killed: false,
         });
-        Ok(())
+    }
+
+    /// Starts the program with its control socket as standard input;
+    /// returns it with its pidfd and the supervisor's end of the socket.
+    fn spawn_child(&self) -> std::io::Result<(Child, PidFd, OwnedFd)> {
+        let cfg = &self.inner.config;
+        let (ours, theirs) = seqpacket_pair()?;
+        let mut cmd = match &cfg.program {
+            Program::Command { program, args } => {
+                let mut c = Command::new(program);
+                c.args(args);
+                c
+            }
+            Program::Role { exe, role } => {
+                let mut c = Command::new(exe);
+                c.env(ENV_ROLE, role);
+                c
+            }
+        };
+        cmd.envs(cfg.envs.iter().map(|(k, v)| (k, v)))
+            .env(ENV_SERVICE, &cfg.service)
+            .env(ENV_SUPERVISOR_PID, std::process::id().to_string())
+            .stdin(Stdio::from(theirs));
+        let mut child = cmd.spawn()?;
+        drop(cmd);
+        match PidFd::open(child.id()) {
+            Ok(pidfd) => Ok((child, pidfd, ours)),
+            Err(e) => {
+                // Without a pidfd the loop would never see it exit: it is
+                // killed and reaped here (not yet reaped, its pid cannot
+                // have been reused).
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
+        }
+    }
+
+    /// A start failed with `e`: a passing shortage counts as an instance
+    /// that died before it served (backoff, intensity limit); anything
+    /// else fails the supervisor at once.
+    fn cannot_start(&mut self, e: std::io::Error) {
+        let program = self.inner.config.program.path().display().to_string();
+        if is_transient(&e) {
+            // The next start replaces this one.
+            self.initial = self.initial.saturating_sub(1);
+            self.last_exit = Some(format!("cannot be started: {e}"));
+            tracing::warn!(target: "isocall::supervise", service = %self.service(), %program,
+                error = %e, "service cannot be started now; trying again");
+            self.schedule_successor(false);
+        } else {
+            self.fail(format!(
+                "service {:?} cannot be started: {program}: {e}",
+                self.service()
+            ));
+        }
     }
 
     /// Handshakes a connection with a new spare, in the background.
     fn prepare_spare(&self, live: Arc<Live>) {
         let inner = self.inner.clone();
-        let r = std::thread::Builder::new()
-            .name("isocall-spare".into())
-            .spawn(move || {
-                let conn = inner.connect_to(&live);
-                let mut st = inner.lock();
-                match conn {
-                    Ok(c) if !st.dead.contains(&live.id) && !st.stopping => {
-                        live.served.store(true, Ordering::Relaxed);
-                        st.ready.push((live.id, c));
-                        inner.refill_premade();
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(target: "isocall::supervise", pid = live.pid, error = %e,
-                            "spare handshake failed");
-                    }
+        let r = self.inner.spawn_helper("isocall-spare", move || {
+            let conn = inner.connect_to(&live, inner.config.client.handshake_timeout);
+            let mut st = inner.lock();
+            match conn {
+                Ok(c) if !st.dead.contains(&live.id) && !st.stopping => {
+                    live.served.store(true, Ordering::Relaxed);
+                    st.ready.push((live.id, c));
+                    inner.refill_premade();
                 }
-                inner.publish_pids(&st);
-                drop(st);
-                inner.changed.notify_all();
-            });
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(target: "isocall::supervise", pid = live.pid, error = %e,
+                        "spare handshake failed");
+                }
+            }
+            inner.publish_pids(&st);
+            drop(st);
+            inner.changed.notify_all();
+        });
         if let Err(e) = r {
             tracing::warn!(target: "isocall::supervise", error = %e, "no thread to prepare a spare");
+        }
+    }
+
+    /// Reaps the instances already known dead but not reaped yet (a
+    /// client saw them die), waiting for them at most `bound` in all.
+    fn reap_replaced(&mut self, bound: Duration) {
+        let deadline = after(bound);
+        let mut i = 0;
+        while i < self.children.len() {
+            let r = &self.children[i];
+            let left = deadline.saturating_duration_since(Instant::now());
+            if r.replaced && r.pidfd.wait_exit(Some(left)).unwrap_or(false) {
+                let r = self.children.swap_remove(i);
+                self.reaped(r);
+            } else {
+                i += 1;
+            }
         }
     }
 
@@ -1077,12 +1277,12 @@ impl Monitor {
             Ok(s) => (describe(s), s.success()),
             Err(e) => (format!("unknown ({e})"), false),
         };
-        let asked = self.inner.lock().stopping || r.asked;
+        let asked = self.inner.lock().stopping || r.asked.is_some();
         self.inner.stats.add(Word::Exits, 1);
         let served = r.live.served.load(Ordering::Relaxed);
+        self.last_exit = Some(format!("pid {} {status}", r.live.pid));
         if !(asked && clean) {
             self.inner.stats.add(Word::Crashes, 1);
-            self.last_exit = Some(format!("pid {} {status}", r.live.pid));
             tracing::warn!(target: "isocall::supervise", service = %self.service(), pid = r.live.pid,
                 %status, served, "service exited");
         } else {
@@ -1108,36 +1308,50 @@ impl Monitor {
                 .saturating_mul(1u32 << self.backoff_level.min(20))
                 .min(max);
             self.backoff_level += 1;
-            self.not_before = Instant::now() + delay;
+            self.not_before = after(delay);
             tracing::info!(target: "isocall::supervise", service = %self.service(), ?delay,
                 "backing off before the restart");
         }
     }
 
-    /// Closes an instance's control socket (the child's server returns
-    /// from `run`), waits the grace period, kills it if it is still there,
-    /// and reaps it.
-    fn retire(&self, r: Running) {
-        let Running {
-            live,
-            mut child,
-            pidfd,
-            ..
-        } = r;
-        // Every client's copy of the control socket sees the shutdown: the
+    /// Retires instances: closes their control sockets (each child's
+    /// server returns from `run`), waits one grace period for all of them,
+    /// kills those still there, and reaps them, recording each status.
+    fn retire(&mut self, rs: Vec<Running>) {
+        // Every client's copy of a control socket sees the shutdown: the
         // child's server stops accepting and returns from `run`.
-        let _ = rustix::net::shutdown(&live.control, rustix::net::Shutdown::Both);
-        drop(live);
-        if !pidfd
-            .wait_exit(Some(self.inner.config.grace))
-            .unwrap_or(false)
-        {
-            let _ = child.kill();
+        for r in &rs {
+            let _ = rustix::net::shutdown(&r.live.control, rustix::net::Shutdown::Both);
         }
-        let status = child.wait().map_or_else(|e| e.to_string(), describe);
-        self.inner.stats.add(Word::Exits, 1);
-        tracing::info!(target: "isocall::supervise", service = %self.service(), pid = child.id(),
-            %status, "service retired");
+        let deadline = Instant::now().checked_add(self.inner.config.grace);
+        for r in rs {
+            let Running {
+                live,
+                mut child,
+                pidfd,
+                killed,
+                ..
+            } = r;
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let kill = !killed && !pidfd.wait_exit(left).unwrap_or(false);
+            if kill {
+                let _ = child.kill();
+            }
+            let (status, clean) = match child.wait() {
+                Ok(s) => (describe(s), s.success()),
+                Err(e) => (format!("unknown ({e})"), false),
+            };
+            self.inner.stats.add(Word::Exits, 1);
+            // Killed by the supervisor (now or earlier) is asked for; any
+            // other unclean exit (it died before, or while retiring) is a
+            // crash.
+            if !(clean || kill || killed) {
+                self.inner.stats.add(Word::Crashes, 1);
+            }
+            self.last_exit = Some(format!("pid {} {status}", live.pid));
+            tracing::info!(target: "isocall::supervise", service = %self.service(), pid = live.pid,
+                %status, "service retired");
+        }
     }
 
     fn retire_all(&mut self) {
@@ -1149,8 +1363,35 @@ impl Monitor {
         };
         drop(gone);
         self.inner.stats.set_state(SupervisorState::Stopped);
-        for r in std::mem::take(&mut self.children) {
-            self.retire(r);
+        let rest = std::mem::take(&mut self.children);
+        self.retire(rest);
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        // Children are left only if the monitor thread panicked: they
+        // would die with it (PR_SET_PDEATHSIG) and stay zombies, so they
+        // are killed and reaped; and the calls fail rather than wait for
+        // an instance that will never start.
+        for r in &mut self.children {
+            let _ = r.child.kill();
+            let _ = r.child.wait();
+        }
+        if std::thread::panicking() {
+            let mut st = self.inner.lock();
+            if st.failed.is_none() {
+                st.failed = Some(format!(
+                    "the supervisor of {:?} stopped: its monitor thread panicked",
+                    self.inner.config.service
+                ));
+            }
+            let gone = st.clear();
+            self.inner.publish_pids(&st);
+            drop(st);
+            drop(gone);
+            self.inner.stats.set_state(SupervisorState::Failed);
+            self.inner.changed.notify_all();
         }
     }
 }
