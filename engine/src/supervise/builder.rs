@@ -1,0 +1,227 @@
+//! Building a supervisor: what it starts, how it restarts it, and how its
+//! clients connect.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use super::monitor::Monitor;
+use super::stats::StatsBlock;
+use super::{Inner, Premade, State, Supervisor};
+use crate::rpc::ClientOptions;
+use crate::sys::EventFd;
+
+/// What the supervisor starts.
+#[derive(Clone, Debug)]
+pub(super) enum Program {
+    Command {
+        program: PathBuf,
+        args: Vec<OsString>,
+    },
+    Role {
+        exe: PathBuf,
+        role: String,
+    },
+}
+
+impl Program {
+    /// The file executed.
+    pub(super) fn path(&self) -> &Path {
+        match self {
+            Program::Command { program, .. } => program,
+            Program::Role { exe, .. } => exe,
+        }
+    }
+}
+
+/// Why a supervisor could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    /// The configuration is not valid.
+    #[error("bad supervisor configuration: {0}")]
+    Config(String),
+    /// The OS refused a descriptor, a thread or the first process.
+    #[error("supervisor of {service:?}: {source}")]
+    Io {
+        /// The service.
+        service: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Builds a [`Supervisor`].
+#[derive(Clone, Debug)]
+pub struct SupervisorBuilder {
+    pub(super) service: String,
+    pub(super) program: Program,
+    pub(super) envs: Vec<(OsString, OsString)>,
+    pub(super) backoff: (Duration, Duration),
+    pub(super) intensity: (u32, Duration),
+    pub(super) standby: usize,
+    pub(super) retries: u32,
+    pub(super) client: ClientOptions,
+    pub(super) grace: Duration,
+}
+
+impl SupervisorBuilder {
+    fn new(service: &str, program: Program) -> Self {
+        SupervisorBuilder {
+            service: service.to_string(),
+            program,
+            envs: Vec::new(),
+            backoff: (Duration::from_millis(10), Duration::from_secs(1)),
+            intensity: (10, Duration::from_secs(10)),
+            standby: 0,
+            retries: 3,
+            client: ClientOptions::default(),
+            grace: Duration::from_secs(2),
+        }
+    }
+
+    /// Supervises `program` run with `args`. The program must build its
+    /// server with `ServerBuilder::supervised()`.
+    pub fn command(
+        service: &str,
+        program: impl Into<PathBuf>,
+        args: impl IntoIterator<Item = impl Into<OsString>>,
+    ) -> Self {
+        Self::new(
+            service,
+            Program::Command {
+                program: program.into(),
+                args: args.into_iter().map(Into::into).collect(),
+            },
+        )
+    }
+
+    /// Supervises this executable re-entered in `role` (see [`role`]).
+    ///
+    /// # Errors
+    ///
+    /// The path of the current executable cannot be found.
+    pub fn role(service: &str, role: &str) -> std::io::Result<Self> {
+        Ok(Self::new(
+            service,
+            Program::Role {
+                exe: std::env::current_exe()?,
+                role: role.to_string(),
+            },
+        ))
+    }
+
+    /// Sets an environment variable for the service's processes.
+    #[must_use]
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    /// Backoff before restarting an instance that died before it served:
+    /// `initial`, doubling with each such death in a row, at most `max`
+    /// (defaults 10 ms and 1 s). An instance that answered a handshake is
+    /// replaced at once.
+    #[must_use]
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.backoff = (initial, max.max(initial));
+        self
+    }
+
+    /// The restart-intensity limit: more than `restarts` restarts within
+    /// `period` stop the supervisor with an error (default 10 in 10 s).
+    ///
+    /// `restarts == 0` means never restart: the first death of an instance
+    /// (or the first start that fails) fails the supervisor, naming that
+    /// exit. A `period` of 0 is refused by [`spawn`](Self::spawn).
+    #[must_use]
+    pub fn intensity(mut self, restarts: u32, period: Duration) -> Self {
+        self.intensity = (restarts, period);
+        self
+    }
+
+    /// Keeps `n` spare instances started and handshaken (default 0).
+    #[must_use]
+    pub fn standby(mut self, n: usize) -> Self {
+        self.standby = n;
+        self
+    }
+
+    /// How many times one idempotent call is sent again after its server
+    /// died (default 3), within its deadline.
+    #[must_use]
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// Options of the clients' connections (wait strategy, handshake and
+    /// call timeouts).
+    #[must_use]
+    pub fn client_options(mut self, o: ClientOptions) -> Self {
+        self.client = o;
+        self
+    }
+
+    /// How long a retired instance may take to exit before it is killed
+    /// (default 2 s).
+    #[must_use]
+    pub fn grace(mut self, d: Duration) -> Self {
+        self.grace = d;
+        self
+    }
+
+    /// Starts the monitor thread, which starts the service (and the
+    /// spares) at once.
+    ///
+    /// # Errors
+    ///
+    /// A bad configuration (empty service name, an intensity period of
+    /// 0); the OS refusing the counters' memfd, an eventfd or the thread.
+    /// A service that cannot be started shows up as failed calls, with the
+    /// reason: at once for a program that cannot run at all (missing, not
+    /// executable), after the intensity limit for a passing shortage
+    /// (`EAGAIN`, `ENOMEM`, `EMFILE`, `ENFILE`, `EINTR`), which is retried
+    /// with the backoff.
+    pub fn spawn(self) -> Result<Supervisor, SuperviseError> {
+        if self.service.is_empty() || self.service.contains(['\0', '/']) {
+            return Err(SuperviseError::Config(format!(
+                "service name {:?} must be non-empty, without '/' or NUL",
+                self.service
+            )));
+        }
+        if self.intensity.1.is_zero() {
+            return Err(SuperviseError::Config(
+                "the intensity period must be longer than 0".into(),
+            ));
+        }
+        let io = |source| SuperviseError::Io {
+            service: self.service.clone(),
+            source,
+        };
+        let stats = StatsBlock::create(&self.service, self.standby).map_err(io)?;
+        let wake = EventFd::new().map_err(io)?;
+        let inner = Arc::new(Inner {
+            config: self,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            wake,
+            stats,
+            premade: Mutex::new(Premade::default()),
+            graveyard: Mutex::new(Vec::new()),
+            helpers: Mutex::new(Some(Vec::new())),
+        });
+        let sh = inner.clone();
+        let monitor = std::thread::Builder::new()
+            .name(format!("isocall-supervise-{}", inner.config.service))
+            .spawn(move || Monitor::new(sh).run())
+            .map_err(|source| SuperviseError::Io {
+                service: inner.config.service.clone(),
+                source,
+            })?;
+        Ok(Supervisor {
+            inner,
+            monitor: Some(monitor),
+        })
+    }
+}
