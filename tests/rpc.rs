@@ -372,6 +372,7 @@ fn a_live_socket_is_not_stolen_and_a_stale_one_is_replaced() {
     assert_eq!(add(&mut c, 1, 2).unwrap(), 3);
     drop(c);
     drop(second);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -461,16 +462,18 @@ fn a_killed_client_s_blobs_are_reclaimed() {
     assert_eq!(client.read_line(LIMIT), "holding 37");
     client.child.kill().unwrap();
     client.wait(LIMIT);
-    wait_until(
+    // One snapshot: `stats` loads `closed` (Acquire) before `reclaimed`,
+    // and the server counts a close only after reclaiming its blobs.
+    let stats = wait_until(
         LIMIT,
         "the server closing the dead client's connection",
-        || (server.stats().closed == 1).then_some(()),
+        || {
+            let s = server.stats();
+            (s.closed == 1).then_some(s)
+        },
     );
-    assert_eq!(
-        server.stats().reclaimed,
-        37,
-        "exactly the blobs the client held"
-    );
+    assert_eq!(stats.accepted, 1, "the one client was accepted");
+    assert_eq!(stats.reclaimed, 37, "exactly the blobs the client held");
 }
 
 /// Does the client half of the handshake by hand and returns the raw

@@ -552,7 +552,9 @@ impl Server {
             accepted: l(&c.accepted),
             refused: l(&c.refused),
             failed: l(&c.failed),
-            closed: l(&c.closed),
+            // Acquire: pairs with the Release add in `close`, so the
+            // `reclaimed` loaded below includes every counted close.
+            closed: c.closed.load(Ordering::Acquire),
             calls: l(&c.calls),
             reclaimed: l(&c.reclaimed),
             large_mapped: l(&c.large_mapped),
@@ -922,7 +924,8 @@ fn wait_for_work(conns: &mut [Conn], inbox: &Inbox) {
 }
 
 fn close(shared: &Shared, c: Conn, reason: &str) {
-    shared.stats.closed.fetch_add(1, Ordering::Relaxed);
+    // Reclaim and count first, then count the close: whoever sees this
+    // connection in `closed` also sees its slots in `reclaimed`.
     if let Some(pool) = &c.pool {
         let r = pool.reclaim(isocall_blob::Side::A);
         shared
@@ -930,6 +933,9 @@ fn close(shared: &Shared, c: Conn, reason: &str) {
             .reclaimed
             .fetch_add(r.freed() as u64, Ordering::Relaxed);
     }
+    // Release: pairs with the Acquire load of `closed` in `Server::stats`,
+    // which loads `reclaimed` after it.
+    shared.stats.closed.fetch_add(1, Ordering::Release);
     tracing::debug!(conn = c.id, pid = c.peer.pid, reason, "connection closed");
 }
 
