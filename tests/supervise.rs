@@ -5,12 +5,14 @@
 mod common;
 
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use common::calc::{Add, Sum};
 use common::services::{self, Bump, CRASH_ONE_IN, FILE, supervisor, temp_file};
 use common::wait_until;
-use isocall::engine::blob::SlotState;
+use isocall::engine::blob::{Pool, SlotState};
+use isocall::engine::ring::{Region, SharedRegion};
 use isocall::engine::rpc::{CallError, ClientOptions, ServerBuilder, ServerError};
 use isocall::engine::segment::Side;
 use isocall::engine::supervise::{SupervisedClient, SupervisorState};
@@ -41,19 +43,78 @@ fn served_pid(c: &mut SupervisedClient) -> u32 {
         .expect("pid call")
 }
 
-/// Segments of connections this process maps (memfds named `isocall:*`,
-/// not the supervisor's counters).
-fn mapped_segments() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| {
-            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .filter(|l| {
-                    let l = l.to_string_lossy();
-                    l.starts_with("/memfd:isocall:") && !l.contains("isocall:supervisor:")
-                })
-                .count()
+/// The inode of the segment (an `isocall:*` memfd) that `pool` lives in,
+/// from the mapping of this process that holds the pool's first word.
+fn segment_inode(pool: &Pool<SharedRegion>) -> u64 {
+    let addr = std::ptr::from_ref(pool.region().u64_at(0)).addr();
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
+    for line in maps.lines() {
+        // start-end perms offset dev inode path
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let Some((start, end)) = f.first().and_then(|r| r.split_once('-')) else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        if (start..end).contains(&addr) {
+            let path = f.get(5).copied().unwrap_or("");
+            assert!(
+                path.starts_with("/memfd:isocall:"),
+                "the pool at {addr:#x} is in {line:?}, not a segment"
+            );
+            return f[4].parse().expect("an inode number");
+        }
+    }
+    panic!("no mapping holds the pool at {addr:#x}");
+}
+
+/// The segment of `c`'s current connection (connecting if needed).
+fn current_segment(c: &mut SupervisedClient) -> u64 {
+    let pool = c.pool().expect("connected").expect("a pool");
+    segment_inode(&pool)
+}
+
+/// Where this process still holds the memfd `inode`: its mappings
+/// (`/proc/self/maps`) and descriptors (`/proc/self/fd`).
+fn holders_of(inode: u64) -> Vec<String> {
+    let ino = inode.to_string();
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
+    let mut held: Vec<String> = maps
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(4) == Some(&ino.as_str())
+                && f.get(5).is_some_and(|p| p.starts_with("/memfd:isocall:"))
         })
-        .unwrap_or(0)
+        .map(|l| format!("mapped: {l}"))
+        .collect();
+    for e in std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .flatten()
+    {
+        let Ok(link) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        if link.to_string_lossy().starts_with("/memfd:isocall:")
+            && std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == inode)
+        {
+            held.push(format!("open: fd {:?} -> {link:?}", e.file_name()));
+        }
+    }
+    held
+}
+
+/// Waits until this process holds the segment `inode` no more.
+fn wait_released(inode: u64, what: &str) {
+    wait_until(
+        LIMIT,
+        &format!("{what} (memfd inode {inode}) unmapped and closed"),
+        || holders_of(inode).is_empty().then_some(()),
+    );
 }
 
 #[test]
@@ -186,16 +247,16 @@ fn a_service_killed_while_idle_is_replaced_before_the_next_call() {
     assert_eq!(add(&mut c, 2, 3).unwrap(), 5);
     let first = served_pid(&mut c);
     assert_eq!(c.server_pid(), Some(first));
-    let segments = mapped_segments();
+    let dead = current_segment(&mut c);
+    assert!(!holders_of(dead).is_empty(), "the live segment is found");
     sigkill(first);
     // The next call (idempotent) goes to the successor.
     assert_eq!(add(&mut c, 20, 22).unwrap(), 42);
     let second = served_pid(&mut c);
     assert_ne!(first, second);
+    assert_ne!(current_segment(&mut c), dead, "the successor has its own");
     // The dead instance's segment is released (dropped in the background).
-    wait_until(LIMIT, "the dead segment unmapped", || {
-        (mapped_segments() <= segments).then_some(())
-    });
+    wait_released(dead, "the dead instance's segment");
     let s = sup.stats();
     assert_eq!((s.starts, s.crashes, s.restarts), (2, 1, 1), "{s:?}");
     assert_eq!(s.service_pid, second);
@@ -220,6 +281,7 @@ fn a_call_that_is_not_idempotent_fails_when_its_server_is_killed_during_it() {
         (state == SlotState::Held(Side::Server.into()) && marker.exists()).then_some(())
     });
     let pid = c.server_pid().unwrap();
+    let dead = segment_inode(&pool);
     sigkill(pid);
     let e = c
         .wait::<Sum, _>(p, None, |r, _| r.sum.to_native())
@@ -231,6 +293,9 @@ fn a_call_that_is_not_idempotent_fails_when_its_server_is_killed_during_it() {
     assert_eq!(add(&mut c, 1, 1).unwrap(), 2);
     assert_ne!(served_pid(&mut c), pid);
     assert_eq!(sup.stats().calls_failed, 1);
+    // The dead instance's segment, with the blob it held, is gone.
+    assert_ne!(current_segment(&mut c), dead, "the successor has its own");
+    wait_released(dead, "the dead instance's segment");
 }
 
 #[test]
@@ -255,6 +320,7 @@ fn an_idempotent_call_whose_server_dies_holding_its_blob_is_retried_with_the_blo
         marker.exists().then_some(())
     });
     let pid = c.server_pid().unwrap();
+    let dead = segment_inode(&pool);
     sigkill(pid);
     // Retried on the successor, with the blob's bytes copied over.
     let sum = c.wait::<Sum, _>(p, None, |r, _| r.sum.to_native()).unwrap();
@@ -268,6 +334,11 @@ fn an_idempotent_call_whose_server_dies_holding_its_blob_is_retried_with_the_blo
         .call_with::<Add, Sum, _>(m, &Add { a: 0, b: 0 }, &[h], None, |_, _| ())
         .unwrap_err();
     assert!(e.to_string().contains("not in flight"), "{e}");
+    // After the recovery the dead instance's segment, with its blobs, is
+    // gone from this process (the test's `pool` held it last).
+    assert_ne!(current_segment(&mut c), dead, "the successor has its own");
+    drop(pool);
+    wait_released(dead, "the dead instance's segment");
 }
 
 #[test]
