@@ -10,7 +10,9 @@
 //! "creator_pid", "sides": {"client"|"server": {"pid", "state", "alive"}},
 //! "rings": {"c2s"|"s2c": {"capacity", "head", "tail", "pending_bytes",
 //! "pending_frames", "first_frames": [{"kind", "kind_name", "len",
-//! "call_id"?, "method"?, "method_name"?, "hex"?}], "consumer_waiting", "producer_waiting",
+//! "call_id"?, "method"?, "method_name"?, "hex"?}] (a frame position that
+//! is not on a frame boundary ends the list with {"kind_name": "corrupt",
+//! "misaligned_at"}), "consumer_waiting", "producer_waiting",
 //! "frames_published", "frames_consumed", "bytes_published",
 //! "bytes_consumed", "producer_wakes", "consumer_wakes", "producer_sleeps",
 //! "consumer_sleeps", "full_stalls"}}, "blobs": null | {"classes":
@@ -66,8 +68,10 @@ struct Found {
 }
 
 /// The isocall memfds of `pid` (`/proc/PID/fd` links named
-/// `/memfd:isocall:...`), large blobs excepted.
-fn memfds(pid: u32, out: &mut Vec<Found>, seen: &mut HashSet<(u64, u64)>) {
+/// `/memfd:isocall:...`), large blobs excepted. One that is gone by the
+/// time it is opened is skipped; one that cannot be opened otherwise (out
+/// of descriptors, say) is an entry of `errors`.
+fn memfds(pid: u32, out: &mut Vec<Found>, seen: &mut HashSet<(u64, u64)>, errors: &mut Vec<Value>) {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return;
     };
@@ -89,11 +93,22 @@ fn memfds(pid: u32, out: &mut Vec<Found>, seen: &mut HashSet<(u64, u64)>) {
         let name = format!("isocall:{}", rest.trim_end_matches(" (deleted)"));
         // Opening the link gives our own descriptor on the same memfd; it
         // may be gone by now, which is fine.
-        let Ok(file) = File::open(entry.path()) else {
-            continue;
+        let file = match File::open(entry.path()) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                errors
+                    .push(json!({"name": name, "pid": pid, "error": format!("cannot open: {e}")}));
+                continue;
+            }
         };
-        let Ok(meta) = file.metadata() else {
-            continue;
+        let meta = match file.metadata() {
+            Ok(meta) => meta,
+            Err(e) => {
+                errors
+                    .push(json!({"name": name, "pid": pid, "error": format!("cannot stat: {e}")}));
+                continue;
+            }
         };
         if seen.insert((meta.dev(), meta.ino())) {
             out.push(Found { pid, name, file });
@@ -131,6 +146,12 @@ fn pending_frames(
     let mut steps = 0;
     while pos < tail && out.len() < FIRST_FRAMES.max(dump) && steps < 64 {
         steps += 1;
+        // `head` is the peer's word: a frame starts on a FRAME_ALIGN
+        // boundary, and a word read elsewhere would be misaligned.
+        if !pos.is_multiple_of(FRAME_ALIGN as u64) {
+            out.push(json!({"kind_name": "corrupt", "misaligned_at": pos}));
+            break;
+        }
         let off = DATA + (pos % cap) as usize;
         let word = ring.u64_at(off).load(Ordering::Acquire);
         if word == 0 {
@@ -138,7 +159,10 @@ fn pending_frames(
         }
         let (len, kind) = (word as u32 as u64, (word >> 32) as u16);
         if kind == KIND_PAD {
-            pos += cap - pos % cap;
+            match pos.checked_add(cap - pos % cap) {
+                Some(next) => pos = next,
+                None => break,
+            }
             continue;
         }
         let size =
@@ -167,7 +191,10 @@ fn pending_frames(
             f["hex"] = json!(hex(&bytes));
         }
         out.push(f);
-        pos += size;
+        match pos.checked_add(size) {
+            Some(next) => pos = next,
+            None => break,
+        }
     }
     out
 }
@@ -219,7 +246,7 @@ fn ring_json(seg: &Segment, dir: Direction, dump: usize, methods: &[String]) -> 
     })
 }
 
-fn segment_json(f: &Found, seg: &Segment, dump: usize) -> Value {
+fn segment_json(name: &str, pid: u32, seg: &Segment, dump: usize) -> Value {
     let h = seg.header();
     let methods = seg.method_table();
     let side = |s: Side| {
@@ -249,8 +276,8 @@ fn segment_json(f: &Found, seg: &Segment, dump: usize) -> Value {
         })).collect::<Vec<_>>()})
     });
     json!({
-        "name": f.name,
-        "pid_seen_in": f.pid,
+        "name": name,
+        "pid_seen_in": pid,
         "size": h.total_size,
         "layout_version": h.version,
         "creator_pid": h.creator_pid,
@@ -267,13 +294,14 @@ fn segment_json(f: &Found, seg: &Segment, dump: usize) -> Value {
 pub fn collect(args: &InspectArgs) -> Value {
     let mut found = Vec::new();
     let mut seen = HashSet::new();
+    let mut errors = Vec::new();
     match args.pid {
-        Some(pid) => memfds(pid, &mut found, &mut seen),
+        Some(pid) => memfds(pid, &mut found, &mut seen, &mut errors),
         None => {
             if let Ok(dir) = std::fs::read_dir("/proc") {
                 for e in dir.flatten() {
                     if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse().ok()) {
-                        memfds(pid, &mut found, &mut seen);
+                        memfds(pid, &mut found, &mut seen, &mut errors);
                     }
                 }
             }
@@ -281,18 +309,18 @@ pub fn collect(args: &InspectArgs) -> Value {
     }
     let mut segments = Vec::new();
     let mut supervisors = Vec::new();
-    let mut errors = Vec::new();
-    for f in found {
-        let (name, pid) = (f.name.clone(), f.pid);
+    for Found { pid, name, file } in found {
+        // The descriptor moves into the reader: no duplicate is needed, so
+        // running out of descriptors here is impossible.
         if let Some(service) = name.strip_prefix(supervise::MEMFD_PREFIX) {
-            match supervise::read_stats(OwnedFd::from(f.file)) {
+            match supervise::read_stats(OwnedFd::from(file)) {
                 Ok(st) => supervisors.push(supervisor_json(service, pid, &st)),
                 Err(e) => errors.push(json!({"name": name, "pid": pid, "error": e.to_string()})),
             }
             continue;
         }
-        match Segment::open_read_only(OwnedFd::from(f.file.try_clone().expect("dup"))) {
-            Ok(seg) => segments.push(segment_json(&f, &seg, args.dump_frame.unwrap_or(0))),
+        match Segment::open_read_only(OwnedFd::from(file)) {
+            Ok(seg) => segments.push(segment_json(&name, pid, &seg, args.dump_frame.unwrap_or(0))),
             Err(e) => errors.push(json!({"name": name, "pid": pid, "error": e.to_string()})),
         }
     }
@@ -395,9 +423,12 @@ fn text(doc: &Value) -> String {
             ));
             for f in r["first_frames"].as_array().unwrap_or(&empty) {
                 s.push_str(&format!(
-                    "    {} len {}{}{}\n",
+                    "    {}{}{}{}\n",
                     f["kind_name"].as_str().unwrap_or("?"),
-                    f["len"],
+                    f.get("len")
+                        .map(|l| format!(" len {l}"))
+                        .or_else(|| f.get("misaligned_at").map(|p| format!(" at {p}")))
+                        .unwrap_or_default(),
                     f.get("call_id")
                         .map(|c| format!(" call {c}"))
                         .unwrap_or_default(),
@@ -431,4 +462,43 @@ fn text(doc: &Value) -> String {
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use isocall_engine::segment::SegmentLayout;
+
+    fn segment() -> Segment {
+        Segment::create("isocall:test:inspect", &SegmentLayout::default()).expect("segment")
+    }
+
+    #[test]
+    fn a_misaligned_head_from_the_peer_is_reported_not_a_panic() {
+        let seg = segment();
+        let view = seg.ring_view(Direction::ClientToServer);
+        let frames = pending_frames(&view, 3, 1000, 4, &[]);
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert_eq!(frames[0]["kind_name"], "corrupt");
+        assert_eq!(frames[0]["misaligned_at"], 3);
+    }
+
+    #[test]
+    fn positions_at_the_end_of_the_u64_range_do_not_overflow() {
+        let seg = segment();
+        let ring = seg.ring_region(Direction::ClientToServer);
+        let cap = (ring.len() - DATA) as u64;
+        let head = u64::MAX - (FRAME_ALIGN as u64 - 1);
+        // A pad frame whose skip to the ring's end passes u64::MAX.
+        let off = DATA + (head % cap) as usize;
+        ring.u64_at(off)
+            .store(u64::from(KIND_PAD) << 32, Ordering::Release);
+        let view = seg.ring_view(Direction::ClientToServer);
+        assert!(pending_frames(&view, head, u64::MAX, 4, &[]).is_empty());
+        // A frame whose size runs past u64::MAX.
+        ring.u64_at(off).store(1 << 32 | 8, Ordering::Release);
+        let frames = pending_frames(&view, head, u64::MAX, 4, &[]);
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert_eq!(frames[0]["kind_name"], "REQUEST");
+    }
 }
