@@ -280,3 +280,21 @@ fn a_call_never_waited_for_on_a_dead_instance_is_given_up_at_its_deadline() {
     drop(sup);
     let _ = std::fs::remove_file(file);
 }
+
+#[test]
+fn a_timeout_of_duration_max_means_no_limit() {
+    let (b, file) = retry_service("retry-no-limit");
+    let options = ClientOptions {
+        call_timeout: Duration::MAX,
+        handshake_timeout: Duration::MAX,
+        ..ClientOptions::default()
+    };
+    let sup = b.client_options(options).spawn().expect("supervisor");
+    let pid = sup.wait_serving(Duration::MAX).expect("serving");
+    let mut c = sup.client();
+    assert_eq!(pid_of(&mut c), pid);
+    assert!(sup.wait_idle(Duration::MAX));
+    drop(c);
+    drop(sup);
+    let _ = std::fs::remove_file(file);
+}

@@ -26,3 +26,27 @@ pub mod segment;
 pub mod supervise;
 pub mod sys;
 pub mod wake;
+
+/// The instant `d` from now, for a deadline: a duration too long to add to
+/// the clock (a timeout of `Duration::MAX` meaning "no limit") gives a
+/// century from now instead of a panic.
+pub(crate) fn deadline_in(d: std::time::Duration) -> std::time::Instant {
+    const CENTURY: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
+    let now = std::time::Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_deadline_of_no_limit_is_far_away_not_a_panic() {
+        let now = Instant::now();
+        assert!(super::deadline_in(Duration::MAX) > now + Duration::from_secs(86_400));
+        let soon = super::deadline_in(Duration::from_millis(5));
+        assert!(soon >= now + Duration::from_millis(5));
+    }
+}

@@ -316,7 +316,7 @@ impl Client {
     ///
     /// As [`connect`](Self::connect), but for reaching the socket.
     pub fn over_socket(sock: OwnedFd, options: ClientOptions) -> Result<Client, ConnectError> {
-        let deadline = Instant::now() + options.handshake_timeout;
+        let deadline = crate::deadline_in(options.handshake_timeout);
         let hello = ClientHello {
             magic: HELLO_MAGIC,
             version: PROTOCOL_VERSION,
@@ -636,7 +636,7 @@ impl Client {
             m,
             encode,
             blobs,
-            || Instant::now() + timeout,
+            || crate::deadline_in(timeout),
             keep,
         )?;
         self.in_flight.insert(id);
@@ -679,7 +679,7 @@ impl Client {
         read: impl FnOnce(&Resp::Archived, &[BlobHandle]) -> T,
     ) -> Result<T, CallError> {
         let timeout = self.options.call_timeout;
-        let deadline = move || deadline.unwrap_or_else(|| Instant::now() + timeout);
+        let deadline = move || deadline.unwrap_or_else(|| crate::deadline_in(timeout));
         let strategy = self.options.strategy;
         let id = pending.id;
         let trusted = self.trusted;
@@ -823,7 +823,7 @@ impl Client {
             m,
             |buf| archive::write_into(message, buf),
             blobs,
-            || Instant::now() + timeout,
+            || crate::deadline_in(timeout),
             None,
         )
     }

@@ -16,7 +16,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use isocall_blob::{BlobError, BlobHandle, BlobMut, Pool};
 use isocall_ringbuf::{SharedRegion, Spinner};
@@ -732,7 +732,7 @@ fn handshake(
     let span = tracing::debug_span!("isocall_handshake", conn = id);
     let _enter = span.enter();
     let failed = |what: &str, e: &dyn std::fmt::Display| Refusal::Failed(format!("{what}: {e}"));
-    let deadline = Instant::now() + shared.handshake_timeout;
+    let deadline = crate::deadline_in(shared.handshake_timeout);
     let peer = peer_cred(sock.as_fd()).map_err(|e| failed("SO_PEERCRED", &e))?;
     let mut buf = [0u8; 256];
     let (n, _) = recv_message(sock.as_fd(), &mut buf, 0, deadline)
@@ -1012,7 +1012,7 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<usize, 
                 c.tx.reserve(
                     kind::RESPONSE,
                     room,
-                    Some(Instant::now() + shared.reply_timeout),
+                    Some(crate::deadline_in(shared.reply_timeout)),
                 )
                 .map_err(|e| format!("the client does not read its replies: {e}"))?
             }

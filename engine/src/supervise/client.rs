@@ -267,7 +267,7 @@ impl SupervisedClient {
     /// `NoSuchMethod`; as a call for the connection (`ServiceFailed`,
     /// `Timeout`).
     pub fn method(&mut self, name: &str) -> Result<ServiceMethod, CallError> {
-        let deadline = Instant::now() + self.inner.call_timeout();
+        let deadline = crate::deadline_in(self.inner.call_timeout());
         let conn = self.ensure(deadline)?;
         let id = conn.client.method(name)?;
         let idempotent = conn.client.is_idempotent(id);
@@ -295,7 +295,7 @@ impl SupervisedClient {
     ///
     /// As a call for the connection.
     pub fn pool(&mut self) -> Result<Option<Arc<Pool<SharedRegion>>>, CallError> {
-        let deadline = Instant::now() + self.inner.call_timeout();
+        let deadline = crate::deadline_in(self.inner.call_timeout());
         Ok(self.ensure(deadline)?.client.pool().cloned())
     }
 
@@ -347,7 +347,7 @@ impl SupervisedClient {
         request: &Req,
         blobs: &[BlobHandle],
     ) -> Result<SupervisedPending, CallError> {
-        let deadline = Instant::now() + self.inner.call_timeout();
+        let deadline = crate::deadline_in(self.inner.call_timeout());
         let r = self.start_until(m, request, blobs, deadline);
         if matches!(r, Err(CallError::PeerDied | CallError::ServiceFailed(_))) {
             self.inner.stats.add(Word::CallsFailed, 1);
@@ -628,7 +628,7 @@ impl SupervisedClient {
         message: &Msg,
         blobs: &[BlobHandle],
     ) -> Result<(), CallError> {
-        let deadline = Instant::now() + self.inner.call_timeout();
+        let deadline = crate::deadline_in(self.inner.call_timeout());
         self.ensure(deadline)?;
         let conn = self.current.as_ref().expect("ensured");
         let id = self.method_id(conn, m)?;

@@ -513,7 +513,7 @@ impl Supervisor {
     ///
     /// As a call: `ServiceFailed`, `Timeout`.
     pub fn wait_serving(&self, timeout: Duration) -> Result<u32, CallError> {
-        let conn = self.inner.connect(Instant::now() + timeout)?;
+        let conn = self.inner.connect(crate::deadline_in(timeout))?;
         Ok(conn.live.pid)
     }
 
@@ -521,7 +521,7 @@ impl Supervisor {
     /// (see [`SupervisorBuilder::standby`]); false if that did not happen
     /// within `timeout` (or the supervisor failed).
     pub fn wait_spares_ready(&self, n: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline_in(timeout);
         let mut st = self.inner.lock();
         loop {
             if st.ready.len() >= n {
@@ -547,7 +547,7 @@ impl Supervisor {
     /// the steady state a long-running service would be in. False if that
     /// did not happen within `timeout`.
     pub fn wait_idle(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline_in(timeout);
         let inner = &self.inner;
         let mut st = inner.lock();
         loop {

@@ -80,16 +80,6 @@ fn is_transient(e: &std::io::Error) -> bool {
     )
 }
 
-/// The instant `d` from now; a delay too long to add (a backoff of
-/// `Duration::MAX`) is a century.
-fn after(d: Duration) -> Instant {
-    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
-    let now = Instant::now();
-    now.checked_add(d)
-        .or_else(|| now.checked_add(CENTURY))
-        .unwrap_or(now)
-}
-
 impl Monitor {
     pub(super) fn new(inner: Arc<Inner>) -> Self {
         let initial = 1 + inner.config.standby;
@@ -407,7 +397,7 @@ impl Monitor {
     /// Reaps the instances already known dead but not reaped yet (a
     /// client saw them die), waiting for them at most `bound` in all.
     fn reap_replaced(&mut self, bound: Duration) {
-        let deadline = after(bound);
+        let deadline = crate::deadline_in(bound);
         let mut i = 0;
         while i < self.children.len() {
             let r = &self.children[i];
@@ -457,7 +447,7 @@ impl Monitor {
                 .saturating_mul(1u32 << self.backoff_level.min(20))
                 .min(max);
             self.backoff_level += 1;
-            self.not_before = after(delay);
+            self.not_before = crate::deadline_in(delay);
             tracing::info!(target: "isocall::supervise", service = %self.service(), ?delay,
                 "backing off before the restart");
         }
