@@ -349,6 +349,20 @@ impl Inner {
         }
     }
 
+    /// Fails the supervisor (the first reason given stays): every call
+    /// gets `ServiceFailed` with `msg`, the connections waiting are
+    /// dropped and the counters say so.
+    pub(super) fn set_failed(&self, msg: String) {
+        let mut st = self.lock();
+        st.failed.get_or_insert(msg);
+        let gone = st.clear();
+        self.publish_pids(&st);
+        drop(st);
+        drop(gone);
+        self.stats.set_state(SupervisorState::Failed);
+        self.changed.notify_all();
+    }
+
     fn publish_pids(&self, st: &State) {
         self.stats.set(
             Word::ServicePid,

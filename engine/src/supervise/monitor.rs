@@ -217,14 +217,7 @@ impl Monitor {
 
     fn fail(&mut self, msg: String) {
         tracing::error!(target: "isocall::supervise", service = %self.service(), "{msg}");
-        let mut st = self.inner.lock();
-        st.failed = Some(msg);
-        let gone = st.clear();
-        self.inner.publish_pids(&st);
-        drop(st);
-        drop(gone);
-        self.inner.stats.set_state(SupervisorState::Failed);
-        self.inner.changed.notify_all();
+        self.inner.set_failed(msg);
         // The instances still alive are retired.
         let rest = std::mem::take(&mut self.children);
         self.retire(rest);
@@ -518,19 +511,10 @@ impl Drop for Monitor {
             let _ = r.child.wait();
         }
         if std::thread::panicking() {
-            let mut st = self.inner.lock();
-            if st.failed.is_none() {
-                st.failed = Some(format!(
-                    "the supervisor of {:?} stopped: its monitor thread panicked",
-                    self.inner.config.service
-                ));
-            }
-            let gone = st.clear();
-            self.inner.publish_pids(&st);
-            drop(st);
-            drop(gone);
-            self.inner.stats.set_state(SupervisorState::Failed);
-            self.inner.changed.notify_all();
+            self.inner.set_failed(format!(
+                "the supervisor of {:?} stopped: its monitor thread panicked",
+                self.inner.config.service
+            ));
         }
     }
 }
