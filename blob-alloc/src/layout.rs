@@ -12,7 +12,7 @@
 //!
 //! Every field is a little-endian `u64` read with one atomic load. The
 //! creator writes the header, then the version word, then the magic with
-//! Release; [`read`] loads the magic with Acquire, copies every field once,
+//! Release; `read` loads the magic with Acquire, copies every field once,
 //! and checks them all against the region before the pool is used. The
 //! shared copy is never read again, so a peer that scribbles on the header
 //! later changes nothing.

@@ -2,7 +2,7 @@
 //!
 //! # How a slot changes hands
 //!
-//! A slot's state word ([`state`](crate::state)) is the only authority on
+//! A slot's state word (`state`) is the only authority on
 //! its owner, and every allocation is one compare-and-swap on it, from
 //! `Free(g)` to `Held(me, g + 1)`. Freeing stores `Free(g)`; sending swaps
 //! `Held(me, g)` for `InFlight(peer, g)`; accepting swaps `InFlight(me, g)`

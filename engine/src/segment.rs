@@ -467,8 +467,8 @@ impl Segment {
     ///
     /// # Panics
     ///
-    /// If the segment was opened read-only (use [`ring_words`]
-    /// (Self::ring_words) to inspect it).
+    /// If the segment was opened read-only (use
+    /// [`ring_words`](Self::ring_words) to inspect it).
     pub fn ring_region(&self, dir: Direction) -> SharedRegion {
         let p = self.part(dir);
         self.mem

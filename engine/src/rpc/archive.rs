@@ -51,7 +51,7 @@ where
     Ok(w.len())
 }
 
-/// The serializer [`write_into`] uses: rkyv's high-level serializer writing
+/// The serializer `write_into` uses: rkyv's high-level serializer writing
 /// into a frame.
 pub type Ser<'a, 'b> = rkyv::api::high::HighSerializer<
     rkyv::ser::writer::Buffer<'b>,

@@ -96,7 +96,7 @@ impl SupervisorBuilder {
         )
     }
 
-    /// Supervises this executable re-entered in `role` (see [`role`]).
+    /// Supervises this executable re-entered in `role` (see [`role`](super::role)).
     ///
     /// # Errors
     ///

@@ -214,7 +214,7 @@ pub const MAX_FDS: usize = 16;
 ///
 /// # Errors
 ///
-/// `InvalidInput` for more than [`MAX_FDS`] descriptors or empty `data`; a
+/// `InvalidInput` for more than `MAX_FDS` descriptors or empty `data`; a
 /// failure of `sendmsg`; `WriteZero` if the message was cut short.
 pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     if fds.len() > MAX_FDS || data.is_empty() {

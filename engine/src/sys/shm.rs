@@ -41,7 +41,7 @@ fn invalid(msg: String) -> io::Error {
 impl SharedMem {
     /// Creates a memfd named `name`, `len` bytes long, with its memory
     /// reserved now (so a full tmpfs fails here, not with a `SIGBUS` later),
-    /// sealed with [`REQUIRED_SEALS`], and maps it.
+    /// sealed with `REQUIRED_SEALS`, and maps it.
     ///
     /// # Errors
     ///
@@ -65,7 +65,7 @@ impl SharedMem {
     }
 
     /// Maps a memfd received from another process, read-write. Refuses one
-    /// without [`REQUIRED_SEALS`]: the sender could shrink it under us.
+    /// without `REQUIRED_SEALS`: the sender could shrink it under us.
     ///
     /// # Errors
     ///
