@@ -189,6 +189,8 @@ pub const SLOW_START_DELAY: Duration = Duration::from_millis(500);
 /// A service slow to start (a long initialisation, simulated by waiting
 /// [`SLOW_START_DELAY`]): then serves as [`serve`] does.
 pub fn slow_start() {
+    // The slowness is what the test is about (a start longer than the
+    // handshake timeout), not a way to wait for something.
     std::thread::sleep(SLOW_START_DELAY);
     serve();
 }

@@ -110,12 +110,11 @@ impl<'w> Lifeline<'w> {
             Some(w & WAITERS | tid)
         })
         .ok();
-        // SAFETY: `head` points to a valid `robust_list_head` whose list
-        // holds one entry whose word (`entry + futex_offset`) is `word`;
-        // head and entry stay allocated until `release` unregisters them,
-        // and the caller keeps `word`'s mapping alive for the hold ('w).
-        // If the thread dies holding, the kernel walks them in exit_mm,
-        // while the memory is still mapped.
+        // SAFETY: `head` is a valid `robust_list_head` listing one entry
+        // whose word (`entry + futex_offset`) is `word`; both stay allocated
+        // until `release` unregisters them, and `word`'s mapping outlives
+        // the hold ('w), so the kernel's walk at exit (in exit_mm, memory
+        // still mapped) finds them.
         let r = last_os_error_if(unsafe {
             libc::syscall(
                 libc::SYS_set_robust_list,
