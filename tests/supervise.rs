@@ -5,19 +5,17 @@
 mod common;
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use common::calc::{Add, Sum};
 use common::services::{self, Bump, CRASH_ONE_IN, FILE, supervisor, temp_file};
+use common::supervised::{add, current_segment, holders_of, segment_inode, sigkill, wait_released};
 use common::wait_until;
-use isocall::engine::blob::{Pool, SlotState};
-use isocall::engine::ring::{Region, SharedRegion};
+use isocall::engine::blob::SlotState;
 use isocall::engine::rpc::{CallError, ClientOptions, ServerBuilder, ServerError};
 use isocall::engine::segment::Side;
 use isocall::engine::supervise::{SupervisedClient, SupervisorState};
 use isocall::engine::sys::PidFd;
-use rustix::process::{Pid, Signal, kill_process};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -28,93 +26,10 @@ fn service() {
     services::serve();
 }
 
-fn sigkill(pid: u32) {
-    kill_process(Pid::from_raw(pid as i32).expect("pid"), Signal::KILL).expect("kill");
-}
-
-fn add(c: &mut SupervisedClient, a: u64, b: u64) -> Result<u64, CallError> {
-    let m = c.method("add")?;
-    c.call::<Add, Sum, _>(m, &Add { a, b }, |r| r.sum.to_native())
-}
-
 fn served_pid(c: &mut SupervisedClient) -> u32 {
     let m = c.method("pid").expect("pid method");
     c.call::<Add, Sum, _>(m, &Add { a: 0, b: 0 }, |r| r.sum.to_native() as u32)
         .expect("pid call")
-}
-
-/// The inode of the segment (an `isocall:*` memfd) that `pool` lives in,
-/// from the mapping of this process that holds the pool's first word.
-fn segment_inode(pool: &Pool<SharedRegion>) -> u64 {
-    let addr = std::ptr::from_ref(pool.region().u64_at(0)).addr();
-    let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
-    for line in maps.lines() {
-        // start-end perms offset dev inode path
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let Some((start, end)) = f.first().and_then(|r| r.split_once('-')) else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (
-            usize::from_str_radix(start, 16),
-            usize::from_str_radix(end, 16),
-        ) else {
-            continue;
-        };
-        if (start..end).contains(&addr) {
-            let path = f.get(5).copied().unwrap_or("");
-            assert!(
-                path.starts_with("/memfd:isocall:"),
-                "the pool at {addr:#x} is in {line:?}, not a segment"
-            );
-            return f[4].parse().expect("an inode number");
-        }
-    }
-    panic!("no mapping holds the pool at {addr:#x}");
-}
-
-/// The segment of `c`'s current connection (connecting if needed).
-fn current_segment(c: &mut SupervisedClient) -> u64 {
-    let pool = c.pool().expect("connected").expect("a pool");
-    segment_inode(&pool)
-}
-
-/// Where this process still holds the memfd `inode`: its mappings
-/// (`/proc/self/maps`) and descriptors (`/proc/self/fd`).
-fn holders_of(inode: u64) -> Vec<String> {
-    let ino = inode.to_string();
-    let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
-    let mut held: Vec<String> = maps
-        .lines()
-        .filter(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.get(4) == Some(&ino.as_str())
-                && f.get(5).is_some_and(|p| p.starts_with("/memfd:isocall:"))
-        })
-        .map(|l| format!("mapped: {l}"))
-        .collect();
-    for e in std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .flatten()
-    {
-        let Ok(link) = std::fs::read_link(e.path()) else {
-            continue;
-        };
-        if link.to_string_lossy().starts_with("/memfd:isocall:")
-            && std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == inode)
-        {
-            held.push(format!("open: fd {:?} -> {link:?}", e.file_name()));
-        }
-    }
-    held
-}
-
-/// Waits until this process holds the segment `inode` no more.
-fn wait_released(inode: u64, what: &str) {
-    wait_until(
-        LIMIT,
-        &format!("{what} (memfd inode {inode}) unmapped and closed"),
-        || holders_of(inode).is_empty().then_some(()),
-    );
 }
 
 #[test]

@@ -9,17 +9,14 @@ mod common;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use common::calc::{Add, Sum};
 use common::services::{
     self, FILE, LOG_START_AND_EXIT, SERVICE, SLOW_START, supervisor, temp_file,
 };
+use common::supervised::{add, sigkill};
 use common::wait_until;
 use isocall::engine::rpc::{CallError, ClientOptions};
-use isocall::engine::supervise::{
-    ENV_SERVICE, ENV_SUPERVISOR_PID, SupervisedClient, Supervisor, SupervisorState,
-};
+use isocall::engine::supervise::{ENV_SERVICE, ENV_SUPERVISOR_PID, Supervisor, SupervisorState};
 use isocall::engine::sys::{PidFd, seqpacket_pair};
-use rustix::process::{Pid, Signal, kill_process};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -32,15 +29,6 @@ fn service() {
         Ok(SLOW_START) => services::slow_start(),
         _ => services::serve(),
     }
-}
-
-fn sigkill(pid: u32) {
-    kill_process(Pid::from_raw(pid as i32).expect("pid"), Signal::KILL).expect("kill");
-}
-
-fn add(c: &mut SupervisedClient, a: u64, b: u64) -> Result<u64, CallError> {
-    let m = c.method("add")?;
-    c.call::<Add, Sum, _>(m, &Add { a, b }, |r| r.sum.to_native())
 }
 
 /// A child this test started itself: killed and reaped if the test

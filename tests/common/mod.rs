@@ -5,6 +5,7 @@
 
 pub mod calc;
 pub mod services;
+pub mod supervised;
 
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

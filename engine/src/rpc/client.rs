@@ -757,6 +757,13 @@ impl Client {
         }
     }
 
+    /// Gives up on a call without waiting for it: its reply, if it came or
+    /// comes, is dropped.
+    pub(crate) fn forget(&mut self, pending: Pending) {
+        self.in_flight.remove(&pending.id);
+        self.stash.remove(&pending.id);
+    }
+
     /// Waits for every call of `pending`, in order, each until `deadline`;
     /// one result per call.
     pub fn wait_all<Resp: Body, T>(

@@ -1,7 +1,7 @@
 //! A client of a supervised service: a [`Client`](crate::rpc::Client) that
 //! reconnects to the successor after a crash and retries idempotent calls.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -41,11 +41,27 @@ impl ServiceMethod {
     }
 }
 
-/// A call started with [`SupervisedClient::start`], to wait for.
+/// A call started with [`SupervisedClient::start`], to wait for. Dropping
+/// it gives the call up: its reply is dropped when it comes (or was), and
+/// a dead instance's connection is not kept for it.
 #[derive(Debug)]
 #[must_use = "a started call is waited for with SupervisedClient::wait"]
 pub struct SupervisedPending {
     seq: u64,
+    /// Where a dropped call is recorded (`None` once waited for).
+    given_up: Option<GivenUp>,
+}
+
+/// The calls whose [`SupervisedPending`] was dropped, for the client to
+/// forget at its next call.
+type GivenUp = Arc<std::sync::Mutex<Vec<u64>>>;
+
+impl Drop for SupervisedPending {
+    fn drop(&mut self) {
+        if let Some(g) = self.given_up.take() {
+            g.lock().unwrap_or_else(|p| p.into_inner()).push(self.seq);
+        }
+    }
 }
 
 /// The blobs a reply carries, with the pool they live in: the pool of the
@@ -119,6 +135,9 @@ impl<'a> ReplyBlobs<'a> {
 /// A connection to one instance.
 struct Conn {
     client: Client,
+    /// Its blob pool (the client's, held here to lend to a reply's reader
+    /// while the client is busy waiting).
+    pool: Option<Arc<Pool<SharedRegion>>>,
     live: Arc<Live>,
     /// Method ids on this connection, by [`ServiceMethod::index`].
     ids: Vec<Option<MethodId>>,
@@ -156,10 +175,8 @@ pub struct SupervisedClient {
     /// before the crash are still in their rings).
     old: Vec<Conn>,
     calls: HashMap<u64, InFlight>,
-    /// Calls given up on: on a dead connection past their deadline, never
-    /// waited for (their `SupervisedPending` was dropped, or is waited for
-    /// late). Waiting for one gives `Timeout`.
-    expired: HashSet<u64>,
+    /// Calls whose `SupervisedPending` was dropped, not yet forgotten.
+    given_up: GivenUp,
     next: u64,
     /// When a connection was last seen dead, until a call succeeds again.
     died_at: Option<Instant>,
@@ -187,7 +204,7 @@ impl SupervisedClient {
             current: None,
             old: Vec::new(),
             calls: HashMap::new(),
-            expired: HashSet::new(),
+            given_up: GivenUp::default(),
             next: 1,
             died_at: None,
         }
@@ -207,7 +224,13 @@ impl SupervisedClient {
             }
             tracing::debug!(target: "isocall::supervise", service = %self.inner.service(),
                 pid = live.pid, "connected to an instance");
-            self.current = Some(Conn { client, live, ids });
+            let pool = client.pool().cloned();
+            self.current = Some(Conn {
+                client,
+                pool,
+                live,
+                ids,
+            });
         }
         Ok(self.current.as_mut().expect("connected above"))
     }
@@ -230,26 +253,21 @@ impl SupervisedClient {
         self.old.iter_mut().find(|c| c.live.id == id)
     }
 
-    /// Drops dead connections no call waits on (their segments and blobs
-    /// go with them). A call on a dead connection whose deadline passed is
-    /// given up (it would time out if waited for), so that a started call
-    /// never waited for does not keep a dead segment mapped.
+    /// Forgets the calls whose `SupervisedPending` was dropped, then drops
+    /// dead connections no call waits on (their segments and blobs go with
+    /// them).
     fn drop_idle_old(&mut self) {
+        let given_up =
+            std::mem::take(&mut *self.given_up.lock().unwrap_or_else(|p| p.into_inner()));
+        for seq in given_up {
+            if let Some(call) = self.calls.remove(&seq)
+                && let Some(conn) = self.conn_mut(call.conn)
+            {
+                conn.client.forget(call.pending);
+            }
+        }
         if self.old.is_empty() {
             return;
-        }
-        let now = Instant::now();
-        let old_ids: Vec<u64> = self.old.iter().map(|c| c.live.id).collect();
-        let gone: Vec<u64> = self
-            .calls
-            .iter()
-            .filter(|(_, k)| k.deadline <= now && old_ids.contains(&k.conn))
-            .map(|(&seq, _)| seq)
-            .collect();
-        for seq in gone {
-            self.calls.remove(&seq);
-            self.expired.insert(seq);
-            self.inner.stats.add(Word::CallsFailed, 1);
         }
         let (keep, idle): (Vec<Conn>, Vec<Conn>) = std::mem::take(&mut self.old)
             .into_iter()
@@ -289,7 +307,9 @@ impl SupervisedClient {
 
     /// The pool of the current connection (connecting first if needed):
     /// allocate request blobs here and pass their handles to the next
-    /// call. After a crash, blobs of the dead connection are refused.
+    /// call. Blobs sent on an instance that died since go with the next
+    /// call to the successor (copied) while the dead connection is kept
+    /// (a call waits on it); once it is dropped they are refused.
     ///
     /// # Errors
     ///
@@ -404,7 +424,10 @@ impl SupervisedClient {
                             attempts: 0,
                         },
                     );
-                    return Ok(SupervisedPending { seq });
+                    return Ok(SupervisedPending {
+                        seq,
+                        given_up: Some(self.given_up.clone()),
+                    });
                 }
                 // Nothing was published: the successor gets it.
                 Err(CallError::PeerDied)
@@ -427,17 +450,16 @@ impl SupervisedClient {
     ///
     /// As [`Client::wait`]: `PeerDied` for a call that is not idempotent
     /// (or out of retries) whose server died; `ServiceFailed` if the
-    /// supervisor gave up; `Timeout` also for a call given up on while it
-    /// was not waited for (on a dead connection past its deadline).
+    /// supervisor gave up.
     pub fn wait<Resp: Body, T>(
         &mut self,
         pending: SupervisedPending,
         deadline: Option<Instant>,
         read: impl FnOnce(&Resp::Archived, &ReplyBlobs<'_>) -> T,
     ) -> Result<T, CallError> {
-        if self.expired.remove(&pending.seq) {
-            return Err(CallError::Timeout);
-        }
+        let mut pending = pending;
+        // Waited for: not given up.
+        pending.given_up = None;
         let mut call = self
             .calls
             .remove(&pending.seq)
@@ -448,15 +470,12 @@ impl SupervisedClient {
             let conn_id = call.conn;
             let outcome = match self.conn_mut(conn_id) {
                 Some(conn) => {
-                    let pool = conn.client.pool().cloned();
+                    let pool = conn.pool.as_ref();
                     conn.client.wait::<Resp, Option<T>>(
                         call.pending.again(),
                         Some(deadline),
                         |r, handles| {
-                            let blobs = ReplyBlobs {
-                                handles,
-                                pool: pool.as_ref(),
-                            };
+                            let blobs = ReplyBlobs { handles, pool };
                             read.take().map(|f| f(r, &blobs))
                         },
                     )

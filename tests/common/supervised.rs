@@ -1,0 +1,95 @@
+//! Helpers of the supervision tests: killing an instance, a typed call,
+//! and where this process still holds a connection's segment.
+
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use isocall::engine::blob::Pool;
+use isocall::engine::ring::{Region, SharedRegion};
+use isocall::engine::rpc::CallError;
+use isocall::engine::supervise::SupervisedClient;
+use rustix::process::{Pid, Signal, kill_process};
+
+use super::calc::{Add, Sum};
+use super::wait_until;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Sends `SIGKILL` to `pid`.
+pub fn sigkill(pid: u32) {
+    kill_process(Pid::from_raw(pid as i32).expect("pid"), Signal::KILL).expect("kill");
+}
+
+/// Calls the common services' `add`.
+pub fn add(c: &mut SupervisedClient, a: u64, b: u64) -> Result<u64, CallError> {
+    let m = c.method("add")?;
+    c.call::<Add, Sum, _>(m, &Add { a, b }, |r| r.sum.to_native())
+}
+
+/// The isocall segments this process maps: (start, end, inode, line) of
+/// each `/proc/self/maps` line of a `/memfd:isocall:` file.
+fn mapped_segments() -> Vec<(usize, usize, u64, String)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
+    maps.lines()
+        .filter_map(|line| {
+            // start-end perms offset dev inode path
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if !f.get(5)?.starts_with("/memfd:isocall:") {
+                return None;
+            }
+            let (start, end) = f.first()?.split_once('-')?;
+            let start = usize::from_str_radix(start, 16).ok()?;
+            let end = usize::from_str_radix(end, 16).ok()?;
+            Some((start, end, f.get(4)?.parse().ok()?, line.to_string()))
+        })
+        .collect()
+}
+
+/// The inode of the segment (memfd) that holds `pool`.
+pub fn segment_inode(pool: &Pool<SharedRegion>) -> u64 {
+    let addr = std::ptr::from_ref(pool.region().u64_at(0)).addr();
+    mapped_segments()
+        .into_iter()
+        .find(|(start, end, _, _)| (*start..*end).contains(&addr))
+        .map(|(_, _, inode, _)| inode)
+        .unwrap_or_else(|| panic!("no isocall segment holds the pool at {addr:#x}"))
+}
+
+/// The segment of `c`'s current connection (connecting if needed).
+pub fn current_segment(c: &mut SupervisedClient) -> u64 {
+    let pool = c.pool().expect("connected").expect("a pool");
+    segment_inode(&pool)
+}
+
+/// Where this process still holds the memfd `inode`: its mappings and its
+/// descriptors (`/proc/self/fd`).
+pub fn holders_of(inode: u64) -> Vec<String> {
+    let mut held: Vec<String> = mapped_segments()
+        .into_iter()
+        .filter(|(_, _, i, _)| *i == inode)
+        .map(|(_, _, _, l)| format!("mapped: {l}"))
+        .collect();
+    for e in std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .flatten()
+    {
+        let Ok(link) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        if link.to_string_lossy().starts_with("/memfd:isocall:")
+            && std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == inode)
+        {
+            held.push(format!("open: fd {:?} -> {link:?}", e.file_name()));
+        }
+    }
+    held
+}
+
+/// Waits until this process holds the segment `inode` no more.
+pub fn wait_released(inode: u64, what: &str) {
+    wait_until(
+        LIMIT,
+        &format!("{what} (memfd inode {inode}) unmapped and closed"),
+        || holders_of(inode).is_empty().then_some(()),
+    );
+}
