@@ -228,6 +228,11 @@ impl PeerWatch {
     }
 }
 
+/// Longest a connection's watch sleeps on the peer's lifeline before it
+/// looks at its stop flag again (a bound on dropping a connection whose
+/// hostile peer keeps rewriting its lifeline word).
+const LIFELINE_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Waits for the peer of `side` to die or close; false if told to stop.
 fn watch_connection(
     seg: &Segment,
@@ -250,8 +255,13 @@ fn watch_connection(
             LifelineState::Gone => return true,
             LifelineState::Held => {
                 // Until the peer's death or close, or until told to stop
-                // (`cancel_waiters` in drop): the loop looks again.
-                let _ = wait_lifeline(peer, None, || stopped.load(Ordering::Acquire));
+                // (`cancel_waiters` in drop): the loop looks again. The
+                // word is the peer's to write: one that puts the waiter
+                // bit back as drop clears it could make the wake miss, so
+                // the wait also ends after a second, to look at `stopped`.
+                let _ = wait_lifeline(peer, Some(LIFELINE_RECHECK), || {
+                    stopped.load(Ordering::Acquire)
+                });
             }
             LifelineState::Unheld => {
                 let fds = [

@@ -332,7 +332,12 @@ mod tests {
             }));
         });
         // Whether it is asleep yet or not, the cancel ends its wait.
+        let limit = std::time::Instant::now() + Duration::from_secs(10);
         while word.load(Ordering::Acquire) & WAITERS == 0 {
+            assert!(
+                std::time::Instant::now() < limit,
+                "the waiter never announced itself in the word"
+            );
             std::thread::yield_now();
         }
         cancelled.store(true, Ordering::Release);
