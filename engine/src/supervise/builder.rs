@@ -156,7 +156,10 @@ impl SupervisorBuilder {
     }
 
     /// Options of the clients' connections (wait strategy, handshake and
-    /// call timeouts).
+    /// call timeouts). The handshake timeout bounds the handshake with a
+    /// spare made in the background; a call that connects to an instance
+    /// waits for its handshake as long as the call may (an instance still
+    /// starting is waited for), then fails with `Timeout`.
     #[must_use]
     pub fn client_options(mut self, o: ClientOptions) -> Self {
         self.client = o;
@@ -209,6 +212,7 @@ impl SupervisorBuilder {
             stats,
             premade: Mutex::new(Premade::default()),
             graveyard: Mutex::new(Vec::new()),
+            burying: std::sync::atomic::AtomicBool::new(false),
             helpers: Mutex::new(Some(Vec::new())),
         });
         let sh = inner.clone();

@@ -149,6 +149,8 @@ pub(crate) struct Inner {
     /// unmap and the release of a segment's memory take milliseconds that
     /// must not delay the call that found the death.
     graveyard: Mutex<Vec<Client>>,
+    /// The monitor is dropping connections it took from the graveyard.
+    burying: AtomicBool,
     /// Background threads (a spare's handshake, a segment made ahead),
     /// joined when the supervisor is dropped; `None` from then on, when
     /// no more are started.
@@ -407,13 +409,14 @@ impl Inner {
                         .0;
                 }
             };
-            // The handshake waits no longer than the caller.
+            // The handshake waits as long as the caller may: an instance
+            // still starting (slower than the handshake timeout) is waited
+            // for, with one connection sent to it, not one per timeout.
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(CallError::Timeout);
             }
-            let handshake = self.config.client.handshake_timeout.min(left);
-            match self.connect_to(&live, handshake) {
+            match self.connect_to(&live, left) {
                 Ok(client) => {
                     live.served.store(true, Ordering::Relaxed);
                     return Ok(Connection { client, live });
@@ -424,16 +427,8 @@ impl Inner {
                     avoid = Some(live.id);
                     self.report_dead(live.id);
                 }
-                Err(ConnectError::Timeout(_)) => {
-                    // Alive but slow (still starting, or busy): the same
-                    // instance is asked again, until the caller's
-                    // deadline.
-                    tracing::debug!(target: "isocall::supervise", service = %self.config.service,
-                        pid = live.pid, ?handshake, "handshake timed out; asking again");
-                    if Instant::now() >= deadline {
-                        return Err(CallError::Timeout);
-                    }
-                }
+                // Alive but not answering by the caller's deadline.
+                Err(ConnectError::Timeout(_)) => return Err(CallError::Timeout),
                 Err(e) => {
                     return Err(CallError::ServiceFailed(format!(
                         "handshake with service {:?} (pid {}): {e}",
@@ -569,11 +564,12 @@ impl Supervisor {
                 let p = inner.premade.lock().unwrap_or_else(|p| p.into_inner());
                 p.layout.is_none() || p.ready.is_some()
             };
-            let buried = inner
-                .graveyard
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_empty();
+            let buried = {
+                let g = inner.graveyard.lock().unwrap_or_else(|p| p.into_inner());
+                // Acquire: pairs with the monitor's Release store after it
+                // dropped what it took (read under the lock it is set in).
+                g.is_empty() && !inner.burying.load(Ordering::Acquire)
+            };
             if st.active.is_some()
                 && st.ready.len() >= inner.config.standby
                 && premade_ready

@@ -15,10 +15,6 @@ use super::stats::Word;
 use super::{ENV_ROLE, ENV_SERVICE, ENV_SUPERVISOR_PID, Inner, Live, SupervisorState};
 use crate::sys::{PidFd, poll_readable, seqpacket_pair};
 
-/// How long, at most, the intensity limit waits for the instances already
-/// known dead to be reaped, so that the exit it names is the latest.
-const REAP_BEFORE_FAILING: Duration = Duration::from_millis(200);
-
 /// A child the monitor owns.
 struct Running {
     live: Arc<Live>,
@@ -78,6 +74,14 @@ fn is_transient(e: &std::io::Error) -> bool {
         Errno::from_io_error(e),
         Some(Errno::AGAIN | Errno::NOMEM | Errno::MFILE | Errno::NFILE | Errno::INTR)
     )
+}
+
+/// Reaps `child`: its status in words, and whether it exited with 0.
+fn wait_status(child: &mut Child) -> (String, bool) {
+    match child.wait() {
+        Ok(s) => (describe(s), s.success()),
+        Err(e) => (format!("unknown ({e})"), false),
+    }
 }
 
 impl Monitor {
@@ -166,16 +170,21 @@ impl Monitor {
             };
             if ready[0] {
                 let _ = self.inner.wake.drain();
-                let dead = std::mem::take(
-                    &mut *self
+                let dead = {
+                    let mut g = self
                         .inner
                         .graveyard
                         .lock()
-                        .unwrap_or_else(|p| p.into_inner()),
-                );
-                let any = !dead.is_empty();
-                drop(dead);
-                if any {
+                        .unwrap_or_else(|p| p.into_inner());
+                    // Set under the lock that empties the graveyard:
+                    // `wait_idle` never sees it empty while its
+                    // connections are still being dropped.
+                    self.inner.burying.store(!g.is_empty(), Ordering::Release);
+                    std::mem::take(&mut *g)
+                };
+                if !dead.is_empty() {
+                    drop(dead);
+                    self.inner.burying.store(false, Ordering::Release);
                     self.inner.notify_changed();
                 }
             }
@@ -243,7 +252,7 @@ impl Monitor {
                 // The successor of an instance a client saw die may be due
                 // before that instance is reaped: reap it first, so that
                 // the exit named is the latest, not an older one.
-                self.reap_replaced(REAP_BEFORE_FAILING);
+                self.reap_replaced(self.inner.config.grace);
                 self.fail(format!(
                     "service {:?} restarted {} times within {:?} (limit {limit}); giving up. Last exit: {}",
                     self.service(),
@@ -405,15 +414,13 @@ impl Monitor {
     }
 
     fn reaped(&mut self, mut r: Running) {
-        let (status, clean) = match r.child.wait() {
-            Ok(s) => (describe(s), s.success()),
-            Err(e) => (format!("unknown ({e})"), false),
-        };
+        let (status, clean) = wait_status(&mut r.child);
         let asked = self.inner.lock().stopping || r.asked.is_some();
         self.inner.stats.add(Word::Exits, 1);
         let served = r.live.served.load(Ordering::Relaxed);
         self.last_exit = Some(format!("pid {} {status}", r.live.pid));
-        if !(asked && clean) {
+        // Killed by the monitor after the grace period is asked for too.
+        if !(asked && (clean || r.killed)) {
             self.inner.stats.add(Word::Crashes, 1);
             tracing::warn!(target: "isocall::supervise", service = %self.service(), pid = r.live.pid,
                 %status, served, "service exited");
@@ -469,10 +476,7 @@ impl Monitor {
             if kill {
                 let _ = child.kill();
             }
-            let (status, clean) = match child.wait() {
-                Ok(s) => (describe(s), s.success()),
-                Err(e) => (format!("unknown ({e})"), false),
-            };
+            let (status, clean) = wait_status(&mut child);
             self.inner.stats.add(Word::Exits, 1);
             // Killed by the supervisor (now or earlier) is asked for; any
             // other unclean exit (it died before, or while retiring) is a
