@@ -189,6 +189,11 @@ impl PeerWatch {
     /// socket, while the peer holds none. Then does what
     /// [`spawn`](Self::spawn) does on a death.
     ///
+    /// Returns once the thread holds the lifeline (or found it cannot):
+    /// the handshake finishes after both sides' watches started, so a peer
+    /// that answered anything holds its lifeline, and its death is marked
+    /// by the kernel rather than learnt later from the socket.
+    ///
     /// # Errors
     ///
     /// The OS refused an eventfd or a thread.
@@ -202,6 +207,7 @@ impl PeerWatch {
         let stop = Arc::new(EventFd::new()?);
         let stopped = Arc::new(AtomicBool::new(false));
         let (stop2, stopped2, seg) = (stop.clone(), stopped.clone(), segment.clone());
+        let (held_tx, held_rx) = std::sync::mpsc::sync_channel::<()>(1);
         let thread = std::thread::Builder::new()
             .name("isocall-peer-watch".into())
             .spawn(move || {
@@ -209,6 +215,7 @@ impl PeerWatch {
                 let hold = Lifeline::hold(seg.lifeline(side))
                     .inspect_err(|e| tracing::debug!(error = %e, "no lifeline held"))
                     .ok();
+                let _ = held_tx.send(());
                 let dead = watch_connection(&seg, side, &sock, &stop2, &stopped2);
                 if let Some(h) = hold {
                     h.release();
@@ -220,6 +227,9 @@ impl PeerWatch {
                     wake_all(&seg, side.tx(), doorbell.as_deref());
                 }
             })?;
+        // The thread sends once it tried to hold the lifeline; if it died
+        // before (it cannot panic there), the channel is closed.
+        let _ = held_rx.recv();
         Ok(PeerWatch {
             stop,
             lifeline: Some((stopped, segment, side)),
