@@ -351,6 +351,11 @@ impl<R: Region, P: Parker> Consumer<R, P> {
                 // Woken by the deadline: say so now, rather than after up to
                 // 63 more rounds of announcing (the spin budget is spent).
                 if let Some(h) = self.poll()? {
+                    // Woken early or for nothing, the announcement may still
+                    // stand: withdraw it, or the next publish wakes no one.
+                    self.ring
+                        .wait_word(CONS_WAIT)
+                        .swap(NOT_WAITING, Ordering::Relaxed);
                     return Ok(h);
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {

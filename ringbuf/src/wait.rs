@@ -50,8 +50,8 @@ pub enum WaitStrategy {
     BusySpin,
     /// Spin for a while, then sleep (the default: 50 µs of spinning, about
     /// the cost of one sleep/wake cycle, so spinning never costs more than
-    /// twice the best choice). While it spins it gives up the CPU every 64th
-    /// turn to any thread waiting for it (see [`Spinner`]).
+    /// twice the best choice). After its first ~12 µs it gives up the CPU
+    /// every 64th turn to any thread waiting for it (see [`Spinner`]).
     #[default]
     Adaptive,
     /// Sleep at once.
@@ -184,10 +184,15 @@ pub enum WaitError {
     Corrupt(#[from] crate::Corrupt),
 }
 
+/// Spins before the first yield of an Adaptive spin (about 12 µs of spin
+/// hints): a wait shorter than that makes no syscall.
+const YIELD_AFTER_SPINS: u32 = 512;
+
 /// The spin phase of one wait, as a [`WaitStrategy`] sets it: a spin hint a
 /// turn, and every 64th turn a look at the clock (a clock read costs more
-/// than a look at a ring, and most waits end sooner) and, unless the
-/// strategy is [`BusySpin`](WaitStrategy::BusySpin), a yield of the CPU.
+/// than a look at a ring, and most waits end sooner) and, once the wait has
+/// lasted 512 turns (about 12 µs) and unless the strategy is
+/// [`BusySpin`](WaitStrategy::BusySpin), a yield of the CPU.
 ///
 /// The yield is for machines with fewer cores than busy threads: the thread
 /// this one waits for may be runnable on this very CPU (a server woken onto
@@ -234,7 +239,10 @@ impl Spinner {
                 self.budget = Some(Duration::ZERO);
                 return false;
             }
-            crate::sync::yield_now();
+            // Short waits (the reply of a short call) make no syscall.
+            if self.spins >= YIELD_AFTER_SPINS {
+                crate::sync::yield_now();
+            }
         } else {
             crate::sync::spin_hint();
         }
