@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 
 use common::calc::{Add, Sum};
 use common::services::{self, Bump, CRASH_ONE_IN, FILE, supervisor, temp_file};
-use common::supervised::{add, current_segment, holders_of, segment_inode, sigkill, wait_released};
+use common::supervised::{
+    add, current_segment, holders_of, patient, segment_inode, sigkill, wait_released,
+};
 use common::wait_until;
 use isocall::engine::blob::SlotState;
-use isocall::engine::rpc::{CallError, ClientOptions, ServerBuilder, ServerError};
+use isocall::engine::rpc::{CallError, ServerBuilder, ServerError};
 use isocall::engine::segment::Side;
 use isocall::engine::supervise::{SupervisedClient, SupervisorState};
 use isocall::engine::sys::PidFd;
@@ -123,10 +125,7 @@ fn a_service_that_crashes_at_start_hits_the_intensity_limit_with_a_clear_error()
     let sup = supervisor("doomed", "crash-at-start")
         .intensity(3, Duration::from_secs(30))
         .backoff(Duration::from_millis(1), Duration::from_millis(20))
-        .client_options(ClientOptions {
-            call_timeout: LIMIT,
-            ..ClientOptions::default()
-        })
+        .client_options(patient())
         .spawn()
         .expect("supervisor");
     let mut c = sup.client();

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::services::{
     self, FILE, LOG_START_AND_EXIT, SERVICE, SLOW_START, supervisor, temp_file,
 };
-use common::supervised::{add, sigkill};
+use common::supervised::{add, patient, sigkill};
 use common::wait_until;
 use isocall::engine::rpc::{CallError, ClientOptions};
 use isocall::engine::supervise::{ENV_SERVICE, ENV_SUPERVISOR_PID, Supervisor, SupervisorState};
@@ -159,10 +159,7 @@ fn a_program_that_does_not_exist_fails_the_first_call_at_once_naming_it() {
         // Were it retried, the first retry alone would take 10 s.
         .backoff(Duration::from_secs(10), Duration::from_secs(10))
         .intensity(3, Duration::from_secs(60))
-        .client_options(ClientOptions {
-            call_timeout: LIMIT,
-            ..ClientOptions::default()
-        })
+        .client_options(patient())
         .spawn()
         .expect("supervisor");
     let mut c = sup.client();
@@ -193,10 +190,7 @@ fn the_intensity_limit_names_the_death_a_client_just_saw() {
     // instance; the message must still name that instance's exit.
     let sup = supervisor("never-restart", "plain")
         .intensity(0, Duration::from_secs(60))
-        .client_options(ClientOptions {
-            call_timeout: LIMIT,
-            ..ClientOptions::default()
-        })
+        .client_options(patient())
         .spawn()
         .expect("supervisor");
     let mut c = sup.client();

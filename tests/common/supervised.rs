@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use isocall::engine::blob::Pool;
 use isocall::engine::ring::{Region, SharedRegion};
-use isocall::engine::rpc::CallError;
+use isocall::engine::rpc::{CallError, ClientOptions};
 use isocall::engine::supervise::SupervisedClient;
 use rustix::process::{Pid, Signal, kill_process};
 
@@ -14,6 +14,15 @@ use super::calc::{Add, Sum};
 use super::wait_until;
 
 const LIMIT: Duration = Duration::from_secs(30);
+
+/// Client options whose calls may take the tests' time limit (a call that
+/// waits for the intensity limit or a slow start is not cut short).
+pub fn patient() -> ClientOptions {
+    ClientOptions {
+        call_timeout: LIMIT,
+        ..ClientOptions::default()
+    }
+}
 
 /// Sends `SIGKILL` to `pid`.
 pub fn sigkill(pid: u32) {
