@@ -30,23 +30,57 @@
 //!
 //! Everything is a `const`: [`Fingerprint`] is a `const fn` hash with
 //! combinators, and [`NameBuf`] a `const fn` string builder for the names of
-//! generic types.
+//! generic types. `#[derive(Schema)]` (feature `derive`, on by default)
+//! writes the impl for a struct or an enum:
 //!
 //! ```
 //! use isocall_schema::Schema;
 //!
+//! // Through the `isocall` facade the derive needs no `crate` attribute;
+//! // depending on this crate directly, name it.
+//! mod client {
+//!     #[derive(isocall_schema::Schema)]
+//!     #[schema(crate = "isocall_schema")]
+//!     pub struct Add { pub a: u64, pub b: u64 }
+//! }
+//! mod server {
+//!     #[derive(isocall_schema::Schema)]
+//!     #[schema(crate = "isocall_schema")]
+//!     pub struct Add { pub a: u64, pub b: u64 }
+//! }
+//! mod server_v2 {
+//!     #[derive(isocall_schema::Schema)]
+//!     #[schema(crate = "isocall_schema")]
+//!     pub struct Add { pub a: u64, pub b: u64, pub saturating: bool }
+//! }
+//!
+//! // The same definition in two places: the same fingerprint.
+//! assert_eq!(client::Add::FINGERPRINT, server::Add::FINGERPRINT);
+//! // One more field: another type, and the names say which.
+//! assert_ne!(client::Add::FINGERPRINT, server_v2::Add::FINGERPRINT);
+//! assert_eq!(client::Add::NAME, "Add");
+//!
 //! // Generic types are named and fingerprinted with their arguments.
 //! assert_eq!(<Vec<Option<u32>> as Schema>::NAME, "Vec<Option<u32>>");
 //! assert_ne!(<Vec<u32>>::FINGERPRINT, <Vec<i32>>::FINGERPRINT);
-//! // What rkyv archives alike fingerprints alike.
-//! assert_eq!(usize::FINGERPRINT, u32::FINGERPRINT);
 //!
 //! // And it is all known at compile time.
-//! const _: () = assert!(<Vec<u32>>::FINGERPRINT != <Vec<i32>>::FINGERPRINT);
+//! const _: () = assert!(client::Add::FINGERPRINT != server_v2::Add::FINGERPRINT);
 //! ```
+//!
+//! The derive's attributes: `#[schema(crate = "path")]` on the type names
+//! the crate or module that exports `Schema`, `Fingerprint` and `NameBuf`
+//! (default `::isocall`); `#[schema(rename = "Name")]` on the type, a field
+//! or a variant names it in `NAME` and the fingerprint in place of its Rust
+//! name, so a fingerprint survives a rename in the source; `#[schema(opaque
+//! = "name")]` on a field whose type has no `Schema` hashes that string in
+//! place of the type's fingerprint. The macro's own documentation says more.
 //!
 //! # Features
 //!
+//! - `derive` (default): re-exports `#[derive(Schema)]` from
+//!   `isocall-derive`, so that `use isocall_schema::Schema;` brings the trait
+//!   and the derive.
 //! - `pointer_width_16`, `pointer_width_64`: fingerprint `usize` and `isize`
 //!   (and `NonZero` of them) as the 16- or 64-bit integers. Enable the one
 //!   enabled on rkyv, whose features of the same names make it archive
@@ -58,12 +92,15 @@ mod impls;
 mod name;
 
 pub use fingerprint::Fingerprint;
+#[cfg(feature = "derive")]
+pub use isocall_derive::Schema;
 pub use name::NameBuf;
 
 /// A type that can cross an isocall connection, described by its name and a
 /// structural fingerprint.
 ///
-/// This crate implements it for the standard types an rkyv body holds: integers,
+/// Derive it for your own structs and enums (`#[derive(Schema)]`); this
+/// crate implements it for the standard types an rkyv body holds: integers,
 /// floats, `bool`, `char`, `String`, `Vec`, `VecDeque`, `Box`, `Arc`, `Rc`,
 /// `Option`, `Result`, arrays, slices (as in `Box<[T]>`), `str` (as in
 /// `Box<str>`), tuples of up to twelve elements, `HashMap`, `BTreeMap`,
