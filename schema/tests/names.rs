@@ -1,4 +1,6 @@
 //! `Schema::NAME`: as written, no module path, with generic arguments.
+// The types below exist to be described, never built or read.
+#![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::marker::PhantomData;
@@ -50,6 +52,47 @@ fn standard_types() {
     assert_eq!(name::<IpAddr>(), "IpAddr");
     assert_eq!(name::<SocketAddr>(), "SocketAddr");
     assert_eq!(name::<std::ops::Range<u64>>(), "Range<u64>");
+}
+
+#[derive(Schema)]
+#[schema(crate = "isocall_schema")]
+struct Plain {
+    x: u8,
+}
+
+#[derive(Schema)]
+#[schema(crate = "isocall_schema")]
+struct Generic<'a, T, const N: usize, U = u8>
+where
+    T: Copy,
+{
+    t: [T; N],
+    u: U,
+    #[schema(opaque = "lifetime")]
+    marker: PhantomData<&'a ()>,
+}
+
+#[derive(Schema)]
+#[schema(crate = "isocall_schema", rename = "Renamed")]
+struct Original<T>(T);
+
+#[derive(Schema)]
+#[schema(crate = "isocall_schema")]
+#[allow(non_camel_case_types)]
+struct r#type {
+    r#match: u8,
+}
+
+#[test]
+fn derived_types() {
+    assert_eq!(Plain::NAME, "Plain");
+    assert_eq!(
+        <Generic<'static, u16, 3, String>>::NAME,
+        "Generic<u16, 3, String>"
+    );
+    assert_eq!(<Generic<'static, u16, 3>>::NAME, "Generic<u16, 3, u8>");
+    assert_eq!(<Original<Plain>>::NAME, "Renamed<Plain>");
+    assert_eq!(<r#type>::NAME, "type");
 }
 
 #[test]

@@ -77,3 +77,18 @@ fn same_archived_type_same_fingerprint() {
         <HashSet<u8>>::FINGERPRINT
     );
 }
+
+mod shadow {
+    /// A unit struct named like the standard `Vec`.
+    #[derive(isocall_schema::Schema)]
+    #[schema(crate = "isocall_schema")]
+    pub struct Vec;
+}
+
+#[test]
+fn a_struct_is_not_the_standard_type_of_its_name() {
+    use isocall_schema::Fingerprint;
+    assert_eq!(shadow::Vec::NAME, "Vec");
+    assert_ne!(shadow::Vec::FINGERPRINT, Fingerprint::new("Vec").finish());
+    assert_ne!(shadow::Vec::FINGERPRINT, <Vec<()>>::FINGERPRINT);
+}
