@@ -1,5 +1,10 @@
-//! Descriptor-based primitives: the eventfd doorbell, the pidfd, polling,
-//! and passing descriptors over a Unix socket.
+//! Descriptor-based primitives: a private eventfd, the pidfd, polling, and
+//! passing descriptors over a Unix socket.
+//!
+//! Nothing here blocks on a descriptor the peer can reach: sends and
+//! receives on a connection's socket pass `MSG_DONTWAIT` (its flags are
+//! shared with nobody, but a full peer buffer must not hold us) and wait in
+//! `poll` with a deadline instead.
 
 use std::io;
 use std::io::{IoSlice, IoSliceMut};
@@ -77,8 +82,12 @@ pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::R
     poll_ready(&fds, timeout)
 }
 
-/// An eventfd used as a doorbell: one side rings it, the other polls it (in
-/// its own loop, epoll or tokio). Non-blocking and close-on-exec.
+/// An eventfd that this process keeps to itself: one of its threads rings
+/// it, another polls it (a stop signal, a worker's inbox). It is never
+/// passed to another process: a peer that held it could clear its
+/// `O_NONBLOCK` flag (flags live in the shared file description) and make
+/// [`notify`](Self::notify) block. Doorbells between processes are
+/// [`Doorbell`](super::Doorbell)s. Non-blocking and close-on-exec.
 #[derive(Debug)]
 pub struct EventFd {
     fd: OwnedFd,
@@ -96,17 +105,12 @@ impl EventFd {
         })
     }
 
-    /// Adopts an eventfd received from another process.
-    pub fn from_owned(fd: OwnedFd) -> EventFd {
-        EventFd { fd }
-    }
-
-    /// Rings the doorbell. A doorbell already rung 2^64-2 times without
-    /// being drained stays rung (`EAGAIN` is not an error).
+    /// Rings it. One already rung 2^64-2 times without being drained stays
+    /// rung (`EAGAIN` is not an error).
     ///
     /// # Errors
     ///
-    /// The descriptor is not an eventfd (e.g. a peer passed something else).
+    /// A failure of `write` (not expected on an eventfd).
     pub fn notify(&self) -> io::Result<()> {
         match rustix::io::write(&self.fd, &1u64.to_ne_bytes()) {
             Ok(_) | Err(Errno::AGAIN) => Ok(()),
@@ -114,7 +118,7 @@ impl EventFd {
         }
     }
 
-    /// Waits until the doorbell rings or `timeout` passes, then drains it.
+    /// Waits until it rings or `timeout` passes, then drains it.
     /// Returns whether it rang.
     ///
     /// # Errors
@@ -128,7 +132,7 @@ impl EventFd {
         Ok(ready)
     }
 
-    /// Resets the doorbell without waiting; returns whether it had rung.
+    /// Resets it without waiting; returns whether it had rung.
     ///
     /// # Errors
     ///
@@ -163,6 +167,11 @@ impl From<PidFd> for OwnedFd {
 }
 
 impl PidFd {
+    /// Adopts a pidfd (e.g. one `SO_PEERPIDFD` returned).
+    pub(crate) fn from_owned(fd: OwnedFd) -> PidFd {
+        PidFd { fd }
+    }
+
     /// Opens a pidfd on process `pid`.
     ///
     /// # Errors
@@ -210,13 +219,21 @@ impl AsFd for PidFd {
 /// Most descriptors one message carries.
 pub const MAX_FDS: usize = 16;
 
-/// Sends `data` with `fds` attached (`SCM_RIGHTS`) in one message.
+/// Sends `data` with `fds` attached (`SCM_RIGHTS`) in one message, waiting
+/// (until `deadline`) for room if the peer's buffer is full; never blocks
+/// past the deadline, whatever the peer does.
 ///
 /// # Errors
 ///
-/// `InvalidInput` for more than `MAX_FDS` descriptors or empty `data`; a
-/// failure of `sendmsg`; `WriteZero` if the message was cut short.
-pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+/// `InvalidInput` for more than `MAX_FDS` descriptors or empty `data`;
+/// `TimedOut` at the deadline; a failure of `sendmsg` (`EPIPE` once the
+/// peer is gone); `WriteZero` if the message was cut short.
+pub fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+    deadline: std::time::Instant,
+) -> io::Result<()> {
     if fds.len() > MAX_FDS || data.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -227,33 +244,56 @@ pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) 
             ),
         ));
     }
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(io::Error::other("ancillary buffer too small"));
+    loop {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::other("ancillary buffer too small"));
+        }
+        match sendmsg(
+            sock,
+            &[IoSlice::new(data)],
+            &mut control,
+            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        ) {
+            Ok(sent) if sent == data.len() => return Ok(()),
+            Ok(sent) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("sent {sent} of {} bytes with fds", data.len()),
+                ));
+            }
+            Err(Errno::AGAIN) => wait_writable(sock, deadline)?,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
-    let sent = sendmsg(
-        sock,
-        &[IoSlice::new(data)],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )?;
-    if sent != data.len() {
+}
+
+/// Waits until `sock` has room to send, or the deadline.
+fn wait_writable(sock: BorrowedFd<'_>, deadline: std::time::Instant) -> io::Result<()> {
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    if left.is_zero() {
         return Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            format!("sent {sent} of {} bytes with fds", data.len()),
+            io::ErrorKind::TimedOut,
+            "the peer did not take the message before the deadline",
         ));
     }
-    Ok(())
+    let mut pfd = [PollFd::new(&sock, PollFlags::OUT)];
+    match poll(&mut pfd, Some(&timespec(left))) {
+        Ok(_) | Err(Errno::INTR) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Receives one message into `buf` with up to `max_fds` descriptors
-/// (close-on-exec). Returns the bytes received (0: the peer closed) and the
-/// descriptors.
+/// (close-on-exec), without waiting. Returns the bytes received (0: the
+/// peer closed) and the descriptors.
 ///
 /// # Errors
 ///
-/// A failure of `recvmsg`; `InvalidData` if descriptors were cut off
+/// A failure of `recvmsg` (`WouldBlock` when no message is there);
+/// `InvalidData` if descriptors were cut off
 /// (`MSG_CTRUNC`: more than `max_fds` were sent; the extra ones are closed)
 /// or more than `max_fds` arrived.
 pub fn recv_with_fds(
@@ -268,7 +308,7 @@ pub fn recv_with_fds(
         sock,
         &mut [IoSliceMut::new(buf)],
         &mut control,
-        RecvFlags::CMSG_CLOEXEC,
+        RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
     )?;
     let mut fds = Vec::new();
     for m in control.drain() {
@@ -300,17 +340,34 @@ mod tests {
         assert!(!bell.drain().unwrap());
     }
 
+    fn soon() -> std::time::Instant {
+        std::time::Instant::now() + Duration::from_secs(10)
+    }
+
     #[test]
     fn fds_cross_a_socket_and_still_work() {
         let (a, b) = UnixStream::pair().unwrap();
-        let bell = EventFd::new().unwrap();
-        send_with_fds(a.as_fd(), b"bell", &[bell.as_fd()]).unwrap();
+        let (ours, theirs) = super::super::Doorbell::pair().unwrap();
+        send_with_fds(a.as_fd(), b"bell", &[theirs.as_fd()], soon()).unwrap();
         let mut buf = [0u8; 16];
         let (n, mut fds) = recv_with_fds(b.as_fd(), &mut buf, 1).unwrap();
         assert_eq!(&buf[..n], b"bell");
-        let theirs = EventFd::from_owned(fds.pop().unwrap());
-        theirs.notify().unwrap();
-        assert!(bell.wait(Some(Duration::from_secs(5))).unwrap());
+        let got = super::super::Doorbell::from_peer_end(fds.pop().unwrap()).unwrap();
+        got.ring_peer();
+        assert!(ours.wait(Some(Duration::from_secs(5))).unwrap());
+    }
+
+    #[test]
+    fn a_peer_that_never_reads_makes_a_send_time_out_not_hang() {
+        let (a, _b) = super::super::seqpacket_pair().unwrap();
+        let big = vec![7u8; 64 << 10];
+        let deadline = std::time::Instant::now() + Duration::from_millis(200);
+        let err = loop {
+            if let Err(e) = send_with_fds(a.as_fd(), &big, &[], deadline) {
+                break e;
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
     }
 
     #[test]
@@ -318,7 +375,7 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let bells: Vec<EventFd> = (0..3).map(|_| EventFd::new().unwrap()).collect();
         let fds: Vec<BorrowedFd<'_>> = bells.iter().map(|e| e.as_fd()).collect();
-        send_with_fds(a.as_fd(), b"x", &fds).unwrap();
+        send_with_fds(a.as_fd(), b"x", &fds, soon()).unwrap();
         let mut buf = [0u8; 4];
         let err = recv_with_fds(b.as_fd(), &mut buf, 2).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);

@@ -15,10 +15,22 @@
 //! its thread, saving the C library's registration, and restores it when it
 //! lets go ([`Lifeline::release`]), marking the word as a dead owner would
 //! be marked, so a clean close looks the same to the peer.
+//!
+//! The kernel keeps a pointer to the word (and to the list) for as long as
+//! the registration stands, and writes through it when the thread exits.
+//! So a hold owns what keeps the word's memory alive (an `Arc` of its
+//! mapping): a hold that is forgotten (`mem::forget`) instead of dropped
+//! leaks that memory with it, and the kernel's late write still lands in
+//! memory that exists. The word is shared with the peer, which may write
+//! anything into it: it is only ever accessed as an atomic, and what is
+//! read from it is a hint checked against the kernel's own signs (see
+//! `liveness`).
 #![allow(unsafe_code)] // the robust-list syscalls and their boxes: see SAFETY
 
+use std::any::Any;
 use std::io;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -47,9 +59,13 @@ struct RobustHead {
 
 /// The calling thread's hold on a lifeline word. Not `Send`: the robust
 /// list is the holding thread's.
-#[derive(Debug)]
-pub struct Lifeline<'w> {
-    word: &'w AtomicU32,
+pub struct Lifeline {
+    /// The word, inside `owner`'s memory. Invariant: valid as long as
+    /// `owner` lives, which is as long as this hold (or, if the hold is
+    /// forgotten, forever: the `Arc` leaks with it).
+    word: *const AtomicU32,
+    /// Keeps the word's memory alive while the kernel may write it.
+    _owner: Arc<dyn Any + Send + Sync>,
     tid: u32,
     /// The registration this thread had before (the C library's).
     previous: usize,
@@ -68,16 +84,33 @@ fn last_os_error_if(r: libc::c_long) -> io::Result<()> {
     }
 }
 
-impl<'w> Lifeline<'w> {
-    /// Holds `word` (which must live in memory the peer maps, and outlive
-    /// the hold) on the calling thread: stores the thread's id in it and
-    /// registers it as this thread's robust list.
+impl std::fmt::Debug for Lifeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lifeline").field("tid", &self.tid).finish()
+    }
+}
+
+impl Lifeline {
+    /// Holds the word that `word` finds in `owner` (typically a shared
+    /// segment, whose lifeline words the peer watches) on the calling
+    /// thread: stores the thread's id in it and registers it as this
+    /// thread's robust list. The hold keeps `owner` alive.
     ///
     /// # Errors
     ///
     /// The kernel refused the robust list (`ENOSYS` in some sandboxes); the
     /// peer then only sees the socket hang up.
-    pub fn hold(word: &'w AtomicU32) -> io::Result<Lifeline<'w>> {
+    pub fn hold<O: Any + Send + Sync>(
+        owner: Arc<O>,
+        word: impl for<'a> FnOnce(&'a O) -> &'a AtomicU32,
+    ) -> io::Result<Lifeline> {
+        let word: *const AtomicU32 = word(&owner);
+        // SAFETY: `word` was borrowed from `*owner`, which the `Arc` keeps
+        // alive (and never hands out `&mut`: we hold a clone) for as long as
+        // this function and the hold it returns use it; an atomic permits
+        // the peer's concurrent writes.
+        let w: &AtomicU32 = unsafe { &*word };
+        let owner: Arc<dyn Any + Send + Sync> = owner;
         let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32 & TID_MASK;
         let mut previous: *mut libc::c_void = std::ptr::null_mut();
         let mut previous_len: libc::size_t = 0;
@@ -96,7 +129,7 @@ impl<'w> Lifeline<'w> {
         }));
         let head = Box::into_raw(Box::new(RobustHead {
             list: RobustList { next: entry },
-            futex_offset: word as *const AtomicU32 as isize - entry as isize,
+            futex_offset: word as isize - entry as isize,
             list_op_pending: std::ptr::null_mut(),
         }));
         // SAFETY: both pointers come from `Box::into_raw` just above, so
@@ -106,15 +139,16 @@ impl<'w> Lifeline<'w> {
             (*entry).next = &mut (*head).list;
         }
         // The word holds our id before the kernel may look at it.
-        word.fetch_update(Ordering::Release, Ordering::Relaxed, |w| {
-            Some(w & WAITERS | tid)
+        w.fetch_update(Ordering::Release, Ordering::Relaxed, |v| {
+            Some(v & WAITERS | tid)
         })
         .ok();
         // SAFETY: `head` is a valid `robust_list_head` listing one entry
         // whose word (`entry + futex_offset`) is `word`; both stay allocated
-        // until `release` unregisters them, and `word`'s mapping outlives
-        // the hold ('w), so the kernel's walk at exit (in exit_mm, memory
-        // still mapped) finds them.
+        // until `Drop` unregisters them (forever if the hold is forgotten),
+        // and `word`'s memory lives as long as `owner`, which the hold keeps
+        // (and leaks if forgotten), so the kernel's walk at exit (in
+        // exit_mm, memory still mapped) finds them.
         let r = last_os_error_if(unsafe {
             libc::syscall(
                 libc::SYS_set_robust_list,
@@ -128,11 +162,12 @@ impl<'w> Lifeline<'w> {
                 drop(Box::from_raw(head));
                 drop(Box::from_raw(entry));
             }
-            word.fetch_and(!TID_MASK, Ordering::Relaxed);
+            w.fetch_and(!TID_MASK, Ordering::Relaxed);
             return Err(e);
         }
         Ok(Lifeline {
             word,
+            _owner: owner,
             tid,
             previous: previous as usize,
             previous_len,
@@ -145,17 +180,22 @@ impl<'w> Lifeline<'w> {
     /// Lets go: restores the thread's previous robust list, then marks the
     /// word as the kernel marks a dead holder's and wakes the waiter.
     pub fn release(self) {
+        // Keeps the word's memory alive past the drop below.
+        let owner = self._owner.clone();
         let (word, tid) = (self.word, self.tid);
         // Unregisters and frees (Drop).
         drop(self);
+        // SAFETY: `owner` (cloned above) keeps the word's memory alive.
+        let word: &AtomicU32 = unsafe { &*word };
         let _ = word.fetch_update(Ordering::Release, Ordering::Relaxed, |w| {
             (w & TID_MASK == tid).then_some(w & WAITERS | OWNER_DIED)
         });
         let _ = futex_wake(word, u32::MAX >> 1);
+        drop(owner);
     }
 }
 
-impl Drop for Lifeline<'_> {
+impl Drop for Lifeline {
     fn drop(&mut self) {
         // SAFETY: restores the registration this thread had before `hold`
         // (a head the C library keeps alive for the thread's life, or
@@ -187,16 +227,22 @@ pub enum LifelineState {
     Gone,
 }
 
+impl LifelineState {
+    /// The state a lifeline word's value says.
+    pub fn of(w: u32) -> LifelineState {
+        if w & OWNER_DIED != 0 {
+            LifelineState::Gone
+        } else if w & TID_MASK == 0 {
+            LifelineState::Unheld
+        } else {
+            LifelineState::Held
+        }
+    }
+}
+
 /// The state of a lifeline word.
 pub fn lifeline_state(word: &AtomicU32) -> LifelineState {
-    let w = word.load(Ordering::Acquire);
-    if w & OWNER_DIED != 0 {
-        LifelineState::Gone
-    } else if w & TID_MASK == 0 {
-        LifelineState::Unheld
-    } else {
-        LifelineState::Held
-    }
+    LifelineState::of(word.load(Ordering::Acquire))
 }
 
 /// Waits (at most `timeout`) for the holder of `word` to die or let go,
@@ -251,7 +297,7 @@ mod tests {
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let w = word.clone();
         let holder = std::thread::spawn(move || {
-            let l = Lifeline::hold(&w).expect("robust list");
+            let l = Lifeline::hold(w, |w| w).expect("robust list");
             held_tx.send(()).unwrap();
             go_rx.recv().unwrap();
             l.release();
@@ -269,14 +315,18 @@ mod tests {
 
     #[test]
     fn a_thread_that_exits_holding_a_lifeline_is_marked_dead_by_the_kernel() {
-        let word: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
+        let word = Arc::new(AtomicU32::new(0));
+        let w = word.clone();
         let holder = std::thread::spawn(move || {
-            let l = Lifeline::hold(word).expect("robust list");
+            let l = Lifeline::hold(w, |w| w).expect("robust list");
             // Exit without letting go: the kernel walks the list at exit.
             std::mem::forget(l);
         });
         holder.join().unwrap();
-        assert_eq!(lifeline_state(word), LifelineState::Gone);
+        assert_eq!(lifeline_state(&word), LifelineState::Gone);
+        // The forgotten hold leaked its clone of the owner: the kernel's
+        // write landed in memory that still exists.
+        assert_eq!(Arc::strong_count(&word), 2);
     }
 
     /// Runs `wait_lifeline` on `word` (held by another thread) in a thread
@@ -297,7 +347,7 @@ mod tests {
         let word: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let _hold = Lifeline::hold(word).expect("robust list");
+            let _hold = Lifeline::hold(Arc::new(()), |_| word).expect("robust list");
             tx.send(()).unwrap();
             // Holds it for the rest of the test process.
             loop {

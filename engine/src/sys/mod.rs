@@ -6,12 +6,16 @@
 //! What an OS must provide:
 //! - a futex on a 32-bit word in memory shared between processes
 //!   ([`futex_wait`], [`futex_wake`]);
-//! - a doorbell that an event loop can poll ([`EventFd`]);
+//! - a doorbell between two processes that an event loop can poll and that
+//!   the peer cannot turn blocking ([`Doorbell`]), and a private one for
+//!   this process's own threads ([`EventFd`]);
 //! - anonymous shared memory that can be sealed against resizing, passed to
-//!   another process as a descriptor and mapped by it ([`SharedMem`]);
+//!   another process as a descriptor and mapped by it ([`SharedMem`], and
+//!   [`BlobMem`] for one blob's bytes);
 //! - passing descriptors over a Unix socket ([`send_with_fds`],
 //!   [`recv_with_fds`]), on seqpacket sockets that report the peer's
-//!   credentials ([`listen_seqpacket`], [`connect_seqpacket`], [`peer_cred`]);
+//!   credentials ([`listen_seqpacket`], [`connect_seqpacket`], [`peer_cred`],
+//!   [`peer_pidfd`]); no send waits past a deadline;
 //! - a handle on another process that becomes readable when it exits
 //!   ([`PidFd`]), and waiting on several descriptors ([`poll_readable`]);
 //! - a heavy memory barrier that fences the running threads of other
@@ -22,18 +26,24 @@
 
 mod barrier;
 mod cpu;
+mod doorbell;
 mod fd;
 mod futex;
 pub mod lifeline;
+mod peer;
 mod shm;
 mod sock;
 
 pub use barrier::{heavy_barrier, heavy_barrier_available};
 pub use cpu::{allow_current_thread, allowed_cpus, available_cpus, pin_current_thread};
-pub use fd::{EventFd, PidFd, Ready, poll_readable, poll_ready, recv_with_fds, send_with_fds};
+pub use doorbell::Doorbell;
+pub use fd::{
+    EventFd, MAX_FDS, PidFd, Ready, poll_readable, poll_ready, recv_with_fds, send_with_fds,
+};
 pub use futex::{futex_wait, futex_wake};
-pub use shm::SharedMem;
+pub use peer::{PeerCred, peer_cred, peer_pidfd};
+pub use shm::{BlobMem, SharedMem};
 pub use sock::{
-    PeerCred, SocketName, accept_seqpacket, connect_seqpacket, is_seqpacket, listen_seqpacket,
-    peer_cred, recv_message, seqpacket_pair, unlink_socket,
+    SocketName, accept_seqpacket, connect_seqpacket, is_seqpacket, listen_seqpacket,
+    recv_message, seqpacket_pair, unlink_socket,
 };

@@ -4,8 +4,19 @@
 //! [`SharedMem`] owns a mapping of exactly `len` bytes of a memfd that is
 //! sealed against shrinking, so the mapping stays valid (no `SIGBUS`) for as
 //! long as the `SharedMem` (or an `Arc` clone of its mapping handed to a
-//! region) lives. The memory is only ever accessed through atomics or
-//! through `SharedRegion`s, whose own contract governs the bytes.
+//! region) lives. Its memory is only ever accessed through atomics or
+//! through `SharedRegion`s, whose own contract governs the bytes: a
+//! `SharedMem` never hands out a byte slice, so no view it gives can alias
+//! another. A [`BlobMem`] is the other kind: one mapping whose bytes are
+//! handed out as a slice, `&self` to read and `&mut self` to write, so the
+//! borrow checker keeps those views apart.
+//!
+//! Memory is committed lazily: a memfd lives on the kernel's internal shmem
+//! mount, which has no size limit, so a page that cannot be had is an
+//! out-of-memory condition (the same as for any allocation), never the
+//! `SIGBUS` of a full tmpfs. Reserving every connection's whole segment up
+//! front (`fallocate`) only made each held connection cost its full size in
+//! RAM; now a connection costs the pages its traffic touched.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -17,7 +28,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 use isocall_ringbuf::region::REGION_ALIGN;
 use isocall_ringbuf::{ReadOnlyRegion, SharedRegion};
 use memmap2::{MmapOptions, MmapRaw};
-use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
+use rustix::fs::{MemfdFlags, SealFlags};
 
 /// The seals every isocall memfd carries: it can neither shrink (a shrunk
 /// mapping is a `SIGBUS` in the other process) nor grow, and no seal can be
@@ -38,29 +49,45 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
+/// A new sealed memfd of `len` zero bytes.
+fn new_memfd(name: &str, len: usize) -> io::Result<OwnedFd> {
+    if len == 0 || name.len() > 249 || name.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "shared memory needs a length > 0 and a name of at most 249 bytes without NUL (got {len} bytes, name {name:?})"
+            ),
+        ));
+    }
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    rustix::fs::ftruncate(&fd, len as u64)?;
+    rustix::fs::fcntl_add_seals(&fd, REQUIRED_SEALS)?;
+    Ok(fd)
+}
+
+/// The size of a memfd received from a peer, after checking its seals.
+fn sealed_size(fd: &OwnedFd) -> io::Result<u64> {
+    let seals = rustix::fs::fcntl_get_seals(fd)?;
+    let missing = REQUIRED_SEALS.difference(seals);
+    if !missing.is_empty() {
+        return Err(invalid(format!(
+            "shared memory is not sealed: missing {missing:?} (has {seals:?})"
+        )));
+    }
+    let len = rustix::fs::fstat(fd)?.st_size;
+    u64::try_from(len).map_err(|_| invalid(format!("shared memory has unusable size {len}")))
+}
+
 impl SharedMem {
-    /// Creates a memfd named `name`, `len` bytes long, with its memory
-    /// reserved now (so a full tmpfs fails here, not with a `SIGBUS` later),
-    /// sealed with `REQUIRED_SEALS`, and maps it.
+    /// Creates a memfd named `name`, `len` bytes long (zero, committed as
+    /// it is touched), sealed with `REQUIRED_SEALS`, and maps it.
     ///
     /// # Errors
     ///
     /// `InvalidInput` for a zero length or a name with a NUL byte or longer
-    /// than 249 bytes; the OS's error otherwise (e.g. `ENOSPC` from
-    /// `fallocate` when memory is short).
+    /// than 249 bytes; the OS's error otherwise.
     pub fn create(name: &str, len: usize) -> io::Result<SharedMem> {
-        if len == 0 || name.len() > 249 || name.contains('\0') {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "shared memory needs a length > 0 and a name of at most 249 bytes without NUL (got {len} bytes, name {name:?})"
-                ),
-            ));
-        }
-        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-        rustix::fs::ftruncate(&fd, len as u64)?;
-        rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, len as u64)?;
-        rustix::fs::fcntl_add_seals(&fd, REQUIRED_SEALS)?;
+        let fd = new_memfd(name, len)?;
         Self::map(fd, len, true)
     }
 
@@ -86,14 +113,7 @@ impl SharedMem {
     }
 
     fn open_mode(fd: OwnedFd, writable: bool) -> io::Result<SharedMem> {
-        let seals = rustix::fs::fcntl_get_seals(&fd)?;
-        let missing = REQUIRED_SEALS.difference(seals);
-        if !missing.is_empty() {
-            return Err(invalid(format!(
-                "shared memory is not sealed: missing {missing:?} (has {seals:?})"
-            )));
-        }
-        let len = rustix::fs::fstat(&fd)?.st_size;
+        let len = sealed_size(&fd)?;
         let len = usize::try_from(len)
             .ok()
             .filter(|&l| l > 0)
@@ -139,42 +159,41 @@ impl SharedMem {
         self.writable
     }
 
-    /// The mapping as 64-bit atomic words.
-    ///
-    /// A read-only mapping must only be loaded from: a store faults
-    /// (`SIGSEGV`). Use [`is_writable`](Self::is_writable) before storing.
-    pub fn u64_words(&self) -> &[AtomicU64] {
-        // SAFETY: the mapping is page-aligned (so 8-aligned), `len / 8` words
-        // lie inside it, it lives as long as `self` (the Arc), and atomics
-        // permit the concurrent access other processes make.
-        unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU64>(), self.len() / 8) }
-    }
-
-    /// The whole mapping as bytes, to read. The other process may write them
-    /// meanwhile: treat what is read as untrusted input (the same rule as
-    /// `Region::bytes`).
-    pub fn bytes(&self) -> &[u8] {
-        // SAFETY: the mapping is `len` bytes and lives as long as `self`;
-        // this process writes it only through `bytes_mut`, which needs
-        // `&mut self`, so no `&mut` slice of it coexists with this one.
-        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.len()) }
-    }
-
-    /// The whole mapping as bytes, to write; `None` if it is read-only.
-    pub fn bytes_mut(&mut self) -> Option<&mut [u8]> {
-        if !self.writable {
-            return None;
-        }
-        // SAFETY: a writable mapping of `len` bytes that lives as long as
-        // `self`; `&mut self` makes this the only slice of it in this
-        // process (regions handed out by `region` cover rings and pools,
-        // never a `SharedMem` used through `bytes_mut`).
-        Some(unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr(), self.len()) })
+    /// The mapping as 64-bit atomic words, to load and store; `None` for a
+    /// read-only mapping (a store there would be undefined behaviour: use
+    /// [`load_u64`](Self::load_u64)).
+    pub fn u64_words(&self) -> Option<&[AtomicU64]> {
+        self.writable.then(|| self.all_u64())
     }
 
     /// The mapping as 32-bit atomic words (see [`u64_words`](Self::u64_words)).
-    pub fn u32_words(&self) -> &[AtomicU32] {
-        // SAFETY: as in `u64_words`, with 4-byte words.
+    pub fn u32_words(&self) -> Option<&[AtomicU32]> {
+        self.writable.then(|| self.all_u32())
+    }
+
+    /// Loads 64-bit word `i` (any mapping, read-only too); `None` past the
+    /// end.
+    pub fn load_u64(&self, i: usize, order: std::sync::atomic::Ordering) -> Option<u64> {
+        self.all_u64().get(i).map(|w| w.load(order))
+    }
+
+    /// Loads 32-bit word `i` (any mapping); `None` past the end.
+    pub fn load_u32(&self, i: usize, order: std::sync::atomic::Ordering) -> Option<u32> {
+        self.all_u32().get(i).map(|w| w.load(order))
+    }
+
+    /// Every 64-bit word. Only loaded from when the mapping is read-only
+    /// (atomic loads of read-only memory are allowed; stores are not).
+    fn all_u64(&self) -> &[AtomicU64] {
+        // SAFETY: the mapping is page-aligned (so 8-aligned), `len / 8` words
+        // lie inside it, it lives as long as `self` (the Arc), and atomics
+        // permit the concurrent access other processes make. Read-only
+        // mappings reach callers only through `load_u64`.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU64>(), self.len() / 8) }
+    }
+
+    fn all_u32(&self) -> &[AtomicU32] {
+        // SAFETY: as in `all_u64`, with 4-byte words.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU32>(), self.len() / 4) }
     }
 
@@ -217,6 +236,79 @@ impl SharedMem {
     }
 }
 
+/// A memfd of its own mapped read-write, whose bytes are handed out as a
+/// slice: a large blob. The creator fills it and passes the memfd to the
+/// peer, which maps it too ([`open_len`](Self::open_len)), only as far as
+/// the creator announced.
+#[derive(Debug)]
+pub struct BlobMem {
+    fd: OwnedFd,
+    map: MmapRaw,
+}
+
+impl BlobMem {
+    /// A new sealed memfd named `name` of `len` zero bytes, mapped.
+    ///
+    /// # Errors
+    ///
+    /// As [`SharedMem::create`].
+    pub fn create(name: &str, len: usize) -> io::Result<BlobMem> {
+        let fd = new_memfd(name, len)?;
+        let map = MmapOptions::new().len(len).map_raw(&fd)?;
+        Ok(BlobMem { fd, map })
+    }
+
+    /// Maps the first `len` bytes of a memfd a peer sent: refuses one
+    /// without the seals (it could shrink under the mapping) or shorter
+    /// than `len`; maps no more than `len`, whatever the file's size.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidData` naming the missing seals or the sizes; the OS's error
+    /// for a descriptor that is not a sealable file or a mapping refused.
+    pub fn open_len(fd: OwnedFd, len: usize) -> io::Result<BlobMem> {
+        let size = sealed_size(&fd)?;
+        if len == 0 || (size as u128) < len as u128 {
+            return Err(invalid(format!(
+                "a memfd of {size} bytes cannot hold the {len} bytes announced"
+            )));
+        }
+        let map = MmapOptions::new().len(len).map_raw(&fd)?;
+        Ok(BlobMem { fd, map })
+    }
+
+    /// The memfd, to pass to the peer.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Length of the mapping.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether it is empty (never: creation refuses it).
+    pub fn is_empty(&self) -> bool {
+        self.map.len() == 0
+    }
+
+    /// The bytes, to read. The peer may write them meanwhile (it maps the
+    /// same memfd): treat what is read as untrusted input.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes that live as long as
+        // `self`; this process writes them only through `as_mut_slice`,
+        // which borrows `self` mutably, so no `&mut` view coexists.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.len()) }
+    }
+
+    /// The bytes, to write.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, writable; `&mut self` makes this the only
+        // view of the bytes in this process for its lifetime.
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr(), self.len()) }
+    }
+}
+
 /// Keeps a mapping alive for a region.
 struct MapOwner(#[allow(dead_code)] Arc<MmapRaw>);
 
@@ -235,12 +327,26 @@ mod tests {
     fn two_mappings_of_one_memfd_share_writes() {
         let a = SharedMem::create("isocall:test:shm", 8192).unwrap();
         let b = SharedMem::open(a.fd().try_clone_to_owned().unwrap()).unwrap();
-        a.u64_words()[3].store(0xDEAD, Ordering::Release);
-        assert_eq!(b.u64_words()[3].load(Ordering::Acquire), 0xDEAD);
+        a.u64_words().unwrap()[3].store(0xDEAD, Ordering::Release);
+        assert_eq!(b.load_u64(3, Ordering::Acquire), Some(0xDEAD));
         assert_eq!(b.len(), 8192);
         let ro = SharedMem::open_read_only(a.fd().try_clone_to_owned().unwrap()).unwrap();
-        assert_eq!(ro.u64_words()[3].load(Ordering::Acquire), 0xDEAD);
+        assert_eq!(ro.load_u64(3, Ordering::Acquire), Some(0xDEAD));
+        assert!(ro.u64_words().is_none(), "no atomics to store through");
         assert!(ro.region(0, 128).is_none());
+        assert_eq!(ro.load_u64(1024, Ordering::Relaxed), None);
+    }
+
+    #[test]
+    fn a_blob_memfd_is_mapped_only_as_far_as_announced() {
+        let mut a = BlobMem::create("isocall:test:blob", 3 << 20).unwrap();
+        a.as_mut_slice()[..4].copy_from_slice(b"abcd");
+        let b = BlobMem::open_len(a.fd().try_clone_to_owned().unwrap(), 4096).unwrap();
+        assert_eq!(b.len(), 4096);
+        assert_eq!(&b.as_slice()[..4], b"abcd");
+        let e = BlobMem::open_len(a.fd().try_clone_to_owned().unwrap(), 4 << 20).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("cannot hold"), "{e}");
     }
 
     #[test]

@@ -44,22 +44,11 @@ impl std::fmt::Display for SocketName {
     }
 }
 
-/// The credentials of the process at the other end of a socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PeerCred {
-    /// Its process id.
-    pub pid: u32,
-    /// Its user id.
-    pub uid: u32,
-    /// Its group id.
-    pub gid: u32,
-}
-
-fn new_socket() -> io::Result<OwnedFd> {
+fn new_socket(flags: SocketFlags) -> io::Result<OwnedFd> {
     Ok(socket_with(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
+        SocketFlags::CLOEXEC | flags,
         None,
     )?)
 }
@@ -84,8 +73,10 @@ pub fn is_seqpacket(fd: BorrowedFd<'_>) -> bool {
     sockopt::socket_type(fd).is_ok_and(|t| t == SocketType::SEQPACKET)
 }
 
-/// Binds and listens on `name`. A socket file left by a dead server (no one
-/// accepts on it) is replaced; one a live server listens on is not.
+/// Binds and listens on `name`, non-blocking (an `accept` with nothing
+/// queued fails with `WouldBlock` instead of waiting). A socket file left
+/// by a dead server (no one accepts on it) is replaced; one a live server
+/// listens on is not.
 ///
 /// # Errors
 ///
@@ -93,7 +84,7 @@ pub fn is_seqpacket(fd: BorrowedFd<'_>) -> bool {
 /// errors of `socket`, `bind`, `listen`.
 pub fn listen_seqpacket(name: &SocketName) -> io::Result<OwnedFd> {
     let addr = name.addr()?;
-    let fd = new_socket()?;
+    let fd = new_socket(SocketFlags::NONBLOCK)?;
     match bind(&fd, &addr) {
         Ok(()) => {}
         Err(rustix::io::Errno::ADDRINUSE) => {
@@ -132,7 +123,7 @@ fn in_use(name: &SocketName) -> io::Error {
 /// The OS error of `connect` (`NotFound` for a missing path,
 /// `ConnectionRefused` when no one listens).
 pub fn connect_seqpacket(name: &SocketName) -> io::Result<OwnedFd> {
-    let fd = new_socket()?;
+    let fd = new_socket(SocketFlags::empty())?;
     connect(&fd, &name.addr()?)?;
     Ok(fd)
 }
@@ -141,38 +132,29 @@ pub fn connect_seqpacket(name: &SocketName) -> io::Result<OwnedFd> {
 ///
 /// # Errors
 ///
-/// The OS error of `accept`.
+/// The OS error of `accept`: `WouldBlock` when none is queued on a
+/// non-blocking listener, `EMFILE`/`ENFILE` when out of descriptors.
 pub fn accept_seqpacket(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(accept_with(listener, SocketFlags::CLOEXEC)?)
 }
 
-/// The credentials of the peer of a connected Unix socket (`SO_PEERCRED`).
-///
-/// # Errors
-///
-/// The OS error of `getsockopt`.
-pub fn peer_cred(sock: BorrowedFd<'_>) -> io::Result<PeerCred> {
-    let c = sockopt::socket_peercred(sock)?;
-    Ok(PeerCred {
-        pid: c.pid.as_raw_nonzero().get() as u32,
-        uid: c.uid.as_raw(),
-        gid: c.gid.as_raw(),
-    })
-}
-
 /// Receives one message with up to `max_fds` descriptors, waiting until
-/// `deadline`.
+/// `deadline`, or until `stop` (a private eventfd) is readable.
 ///
 /// # Errors
 ///
-/// `TimedOut` at the deadline; `UnexpectedEof` if the peer closed; as
+/// `TimedOut` at the deadline; `ConnectionAborted` when `stop` rang;
+/// `UnexpectedEof` if the peer closed; as
 /// [`recv_with_fds`](super::recv_with_fds) otherwise.
 pub fn recv_message(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
     max_fds: usize,
     deadline: Instant,
+    stop: Option<BorrowedFd<'_>>,
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut fds = vec![sock.as_fd()];
+    fds.extend(stop);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left == Duration::ZERO {
@@ -181,21 +163,31 @@ pub fn recv_message(
                 "no answer before the deadline",
             ));
         }
-        match poll_readable(&[sock.as_fd()], Some(left)) {
-            Ok(r) if r.first() == Some(&true) => break,
+        match poll_readable(&fds, Some(left)) {
+            Ok(r) if r.get(1) == Some(&true) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "stopped while waiting for the peer",
+                ));
+            }
+            Ok(r) if r.first() == Some(&true) => {}
             Ok(_) => continue,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
+        match recv_with_fds(sock, buf, max_fds) {
+            Ok((0, _)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the peer closed the socket",
+                ));
+            }
+            Ok(got) => return Ok(got),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
     }
-    let (n, fds) = recv_with_fds(sock, buf, max_fds)?;
-    if n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the peer closed the socket",
-        ));
-    }
-    Ok((n, fds))
 }
 
 /// Removes a socket file (a path name) when the listener goes away.
