@@ -15,41 +15,9 @@ use isocall_ringbuf::{
 
 use crate::liveness::Liveness;
 pub use crate::segment::Side;
-use crate::segment::{Direction, Segment};
-use crate::sys::EventFd;
+use crate::segment::Segment;
+use crate::sys::Doorbell;
 use crate::wake::RingParker;
-
-/// The doorbells of a segment's two rings, one per ring, owned by the ring's
-/// consumer and rung by its producer.
-#[derive(Clone, Debug)]
-pub struct Doorbells {
-    /// Doorbell of the client-to-server ring (the server sleeps on it).
-    pub c2s: Arc<EventFd>,
-    /// Doorbell of the server-to-client ring (the client sleeps on it).
-    pub s2c: Arc<EventFd>,
-}
-
-impl Doorbells {
-    /// Two new eventfds.
-    ///
-    /// # Errors
-    ///
-    /// The OS refused an eventfd.
-    pub fn new() -> std::io::Result<Doorbells> {
-        Ok(Doorbells {
-            c2s: Arc::new(EventFd::new()?),
-            s2c: Arc::new(EventFd::new()?),
-        })
-    }
-
-    /// The doorbell of the ring going in `dir`.
-    pub fn of(&self, dir: Direction) -> &Arc<EventFd> {
-        match dir {
-            Direction::ClientToServer => &self.c2s,
-            Direction::ServerToClient => &self.s2c,
-        }
-    }
-}
 
 /// Why a frame could not be sent or received.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -138,14 +106,15 @@ pub struct Receiver {
     rx: Consumer<SharedRegion, RingParker>,
     strategy: WaitStrategy,
     liveness: Liveness,
-    doorbell: Arc<EventFd>,
+    doorbell: Arc<Doorbell>,
     _segment: Arc<Segment>,
 }
 
 /// Builds this side's sender and receiver on `segment`.
 ///
 /// `strategy` decides how each half waits; the receiver sleeps on the futex
-/// (the doorbell is still rung for callers that [`Receiver::arm_doorbell`]).
+/// (the peer still rings `doorbell`, this side's end of the connection's
+/// doorbell pair, for callers that [`Receiver::arm_doorbell`]).
 ///
 /// # Errors
 ///
@@ -153,22 +122,20 @@ pub struct Receiver {
 pub fn endpoint(
     segment: Arc<Segment>,
     side: Side,
-    doorbells: &Doorbells,
+    doorbell: Arc<Doorbell>,
     strategy: WaitStrategy,
     liveness: Liveness,
 ) -> Result<(Sender, Receiver), EndpointError> {
-    let tx_bell = doorbells.of(side.tx()).clone();
-    let rx_bell = doorbells.of(side.rx()).clone();
     // Both halves fence asymmetrically where the OS allows: the hot paths
     // (publish, release) then carry no fence instruction, and a side pays
     // a heavy barrier only when it is about to sleep.
     let tx = Producer::attach(
         segment.ring_region(side.tx()),
-        RingParker::futex(Some(tx_bell)).asymmetric_if_available(),
+        RingParker::futex(Some(doorbell.clone())).asymmetric_if_available(),
     )?;
     let rx = Consumer::attach(
         segment.ring_region(side.rx()),
-        RingParker::futex(Some(rx_bell.clone())).asymmetric_if_available(),
+        RingParker::futex(Some(doorbell.clone())).asymmetric_if_available(),
     )?;
     Ok((
         Sender {
@@ -181,7 +148,7 @@ pub fn endpoint(
             rx,
             strategy,
             liveness,
-            doorbell: rx_bell,
+            doorbell,
             _segment: segment,
         },
     ))
@@ -309,9 +276,11 @@ impl Receiver {
         Ok(self.rx.arm_doorbell()?)
     }
 
-    /// The doorbell this receiver's producer rings; poll it for readability
-    /// in an event loop after [`arm_doorbell`](Self::arm_doorbell).
-    pub fn doorbell(&self) -> &EventFd {
+    /// This side's doorbell, which the peer's producer rings; poll it for
+    /// readability in an event loop after
+    /// [`arm_doorbell`](Self::arm_doorbell). It also turns readable for
+    /// good when the peer's end goes away or the connection is over.
+    pub fn doorbell(&self) -> &Doorbell {
         &self.doorbell
     }
 

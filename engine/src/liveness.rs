@@ -1,34 +1,60 @@
 //! Knowing when the peer process died, and waking whoever waits on it.
 //!
-//! A [`PeerWatch`] is one thread blocked in `poll` on the peer's pidfd, or
-//! on the connection's socket waiting for its hang-up (and on a stop
-//! eventfd): it costs no CPU while the peer lives. When the peer
-//! dies it raises the shared [`Liveness`] flag, then resets this side's wait
-//! words and wakes their futexes and the doorbell, so a side asleep on a
-//! ring the dead peer will never touch again returns at once with
-//! `PeerDied` instead of hanging.
+//! Death is learnt from the kernel, not from the peer. A [`PeerWatch`] is
+//! one thread per connection that waits for the kernel's signs of the
+//! peer's end: the hang-up of the connection's socket and, where the kernel
+//! gives one, the peer's pidfd becoming readable. When either comes it
+//! raises the shared [`Liveness`] flag, then resets this side's wait words
+//! and wakes their futexes and the doorbell, so a side asleep on a ring the
+//! dead peer will never touch again returns at once with `PeerDied`.
 //!
-//! A connection's watch ([`PeerWatch::connection`]) also holds this side's
-//! lifeline in the segment (a robust futex, see [`crate::sys::lifeline`])
-//! and waits on the peer's: the kernel marks a killed process's lifelines
-//! before it tears down its address space, which is the only moment
-//! earlier than the socket's hang-up (hundreds of microseconds earlier for a
-//! process with a segment mapped). A peer that holds no lifeline is watched
-//! through its socket as before.
+//! Those signs come late for a killed process: its sockets hang up only
+//! after the kernel has torn down its address space (hundreds of
+//! microseconds for a process with a segment mapped). The *lifeline* is
+//! the early hint: each side's watch holds a robust futex word in the
+//! segment (see [`crate::sys::lifeline`]), which the kernel marks as the
+//! holder dies, before the teardown; the watch sleeps on the peer's word,
+//! and waiting sides read it themselves ([`Liveness::peer_gone`]). But the
+//! word is the peer's to write, so it is only ever a hint toward death:
+//!
+//! - a peer that writes "gone" into its own word only closes its own
+//!   connection, as a hang-up would;
+//! - a peer that writes a thread id not its own and dies leaves a word that
+//!   reads "held" forever: the watch's sleep on it is bounded
+//!   ([`RECHECK`]), and after every sleep it asks the kernel (socket and
+//!   pidfd) without waiting, so that death is still learnt, within
+//!   [`RECHECK`];
+//! - a peer that keeps changing its word makes each futex sleep end early:
+//!   after a sleep that ended early without a death, the watch waits on the
+//!   kernel's signs alone for a while that doubles up to [`RECHECK`], so a
+//!   flapping word costs at most a few wake-ups a second, never a spin.
+//!
+//! Dropping a watch stops its thread within a bounded time whatever the
+//! peer does: its waits all end on a private stop eventfd, a cancel of the
+//! lifeline wait, or [`RECHECK`].
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use isocall_ringbuf::layout::{CONS_WAIT, PROD_WAIT};
 use isocall_ringbuf::wait::NOT_WAITING;
 use isocall_ringbuf::{Region, SharedRegion};
 
 use crate::segment::{Direction, Segment, Side};
-use crate::sys::lifeline::{
-    Lifeline, LifelineState, cancel_waiters, lifeline_state, wait_lifeline,
-};
-use crate::sys::{EventFd, PidFd, Ready, futex_wake, poll_ready};
+use crate::sys::lifeline::{Lifeline, LifelineState, cancel_waiters, wait_lifeline};
+use crate::sys::{Doorbell, EventFd, PidFd, Ready, futex_wake, poll_ready};
+
+/// Longest a watch sleeps on the peer's lifeline before it asks the kernel
+/// whether the peer lives: the bound on learning the death of a peer that
+/// lied in its lifeline, and on a flapping lifeline's wake-ups.
+pub const RECHECK: Duration = Duration::from_millis(500);
+
+/// First pause on the kernel's signs alone after a lifeline sleep that
+/// ended early without a death (it doubles up to [`RECHECK`]).
+const FLAP_PAUSE: Duration = Duration::from_millis(5);
 
 /// Shared flag: has the peer died? Cheap to check on every wait loop turn.
 ///
@@ -70,23 +96,21 @@ impl Liveness {
         self.dead.load(Ordering::Acquire)
     }
 
-    /// Whether the peer is dead, asking its lifeline too (a load of a
+    /// Whether the peer is dead, asking its lifeline too (one load of a
     /// line written only when the connection starts and ends, so it stays
-    /// in the caches of both sides): for the paths that
-    /// wait on the peer, where this learns of a death as soon as the
-    /// kernel marks it instead of after a thread wake-up. A peer that
-    /// marks its own lifeline gone (it may: the segment is its to write)
-    /// only closes its connection, as a hang-up would. Raises the flag when
-    /// it finds the lifeline gone.
+    /// in the caches of both sides): for the paths that wait on the peer,
+    /// where this learns of a death as soon as the kernel marks it instead
+    /// of after a thread wake-up. A peer that marks its own lifeline gone
+    /// (it may: the segment is its to write) only closes its connection, as
+    /// a hang-up would. Raises the flag when it finds the lifeline gone.
     #[inline]
     pub fn peer_gone(&self) -> bool {
         if self.is_dead() {
             return true;
         }
-        let gone = self
-            .peer_lifeline
-            .as_ref()
-            .is_some_and(|(seg, peer)| lifeline_state(seg.lifeline(*peer)) == LifelineState::Gone);
+        let gone = self.peer_lifeline.as_ref().is_some_and(|(seg, peer)| {
+            LifelineState::of(seg.lifeline_word(*peer)) == LifelineState::Gone
+        });
         if gone {
             self.mark_dead();
         }
@@ -99,8 +123,19 @@ impl Liveness {
     }
 }
 
-/// A thread that watches the peer's pidfd. Dropping it stops and joins the
-/// thread.
+/// What a [`PeerWatch`] waits on: the kernel's signs of the peer's end.
+#[derive(Debug, Default)]
+pub struct Watched {
+    /// The connection's socket (a duplicate of this side's end): its
+    /// hang-up means the peer closed it or died.
+    pub sock: Option<OwnedFd>,
+    /// The peer's pidfd: readable once the peer process exited (whatever
+    /// became of its descriptors, e.g. inherited by a child it forked).
+    pub pidfd: Option<PidFd>,
+}
+
+/// A thread that learns of the peer's death (see the module doc). Dropping
+/// it stops and joins the thread.
 #[derive(Debug)]
 pub struct PeerWatch {
     stop: Arc<EventFd>,
@@ -110,71 +145,64 @@ pub struct PeerWatch {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Stack of a watch thread: it calls nothing deep.
+const WATCH_STACK: usize = 128 << 10;
+
+/// What a watch does once the peer is found dead.
+struct OnDeath {
+    liveness: Liveness,
+    segment: Arc<Segment>,
+    side_tx: Direction,
+    doorbell: Option<Arc<Doorbell>>,
+}
+
+impl OnDeath {
+    fn run(&self) {
+        self.liveness.mark_dead();
+        wake_all(&self.segment, self.side_tx, self.doorbell.as_deref());
+    }
+}
+
 impl PeerWatch {
-    /// Watches the process behind `pidfd`. On its death: marks `liveness`
-    /// dead, then wakes this side's waiters on `segment`'s rings (`side_tx`
-    /// is the ring this side produces into) and rings `doorbell` (the
-    /// doorbell this side's consumer may sleep on).
+    /// Watches the peer through `watched` only (no lifeline): on its death
+    /// marks `liveness` dead, then wakes this side's waiters on `segment`'s
+    /// rings (`side_tx` is the ring this side produces into) and wakes
+    /// `doorbell` (this side's end) for good.
     ///
     /// # Errors
     ///
-    /// The OS refused an eventfd or a thread.
+    /// The OS refused an eventfd or a thread; `InvalidInput` when `watched`
+    /// names nothing to watch.
     pub fn spawn(
-        pidfd: PidFd,
+        watched: Watched,
         liveness: Liveness,
         segment: Arc<Segment>,
         side_tx: Direction,
-        doorbell: Option<Arc<EventFd>>,
+        doorbell: Option<Arc<Doorbell>>,
     ) -> std::io::Result<PeerWatch> {
-        Self::spawn_on(
-            pidfd.into(),
-            Ready::Readable,
+        if watched.sock.is_none() && watched.pidfd.is_none() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a peer watch needs a socket or a pidfd",
+            ));
+        }
+        let stop = Arc::new(EventFd::new()?);
+        let stop2 = stop.clone();
+        let on_death = OnDeath {
             liveness,
             segment,
             side_tx,
             doorbell,
-        )
-    }
-
-    /// As [`spawn`](Self::spawn), but the peer counts as dead as soon as
-    /// `watched` is ready as `ready` says: a pidfd becomes readable when
-    /// its process exits; the connection's socket hangs up when the peer
-    /// closes it or dies (it may carry messages meanwhile, so for a socket
-    /// pass [`Ready::HangUp`]).
-    ///
-    /// # Errors
-    ///
-    /// The OS refused an eventfd or a thread.
-    pub fn spawn_on(
-        watched: std::os::fd::OwnedFd,
-        ready: Ready,
-        liveness: Liveness,
-        segment: Arc<Segment>,
-        side_tx: Direction,
-        doorbell: Option<Arc<EventFd>>,
-    ) -> std::io::Result<PeerWatch> {
-        let stop = Arc::new(EventFd::new()?);
-        let stop2 = stop.clone();
+        };
         let thread = std::thread::Builder::new()
             .name("isocall-peer-watch".into())
+            .stack_size(WATCH_STACK)
             .spawn(move || {
                 let _span = tracing::debug_span!("peer_watch").entered();
-                loop {
-                    use std::os::fd::AsFd;
-                    match poll_ready(&[(watched.as_fd(), ready), (stop2.as_fd(), Ready::Readable)], None) {
-                        Ok(ready) if ready.first() == Some(&true) => break,
-                        Ok(ready) if ready.get(1) == Some(&true) => return,
-                        Ok(_) => continue,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "peer watch poll failed; treating peer as dead");
-                            break;
-                        }
-                    }
+                if kernel_signs(&watched, &stop2, None) == Sign::Dead {
+                    tracing::debug!("peer died");
+                    on_death.run();
                 }
-                tracing::debug!("peer died");
-                liveness.mark_dead();
-                wake_all(&segment, side_tx, doorbell.as_deref());
             })?;
         Ok(PeerWatch {
             stop,
@@ -184,10 +212,10 @@ impl PeerWatch {
     }
 
     /// The watch of a connection's `side`: holds this side's lifeline for
-    /// the connection's life and waits for the peer's to go (death or
-    /// close); falls back to the hang-up of `sock`, the connection's
-    /// socket, while the peer holds none. Then does what
-    /// [`spawn`](Self::spawn) does on a death.
+    /// the connection's life and waits for the peer's death or close: its
+    /// lifeline as the early hint, the socket and pidfd in `watched` as the
+    /// truth (see the module doc). Then does what [`spawn`](Self::spawn)
+    /// does on a death.
     ///
     /// Returns once the thread holds the lifeline (or found it cannot):
     /// the handshake finishes after both sides' watches started, so a peer
@@ -198,33 +226,43 @@ impl PeerWatch {
     ///
     /// The OS refused an eventfd or a thread.
     pub fn connection(
-        sock: std::os::fd::OwnedFd,
+        watched: Watched,
         liveness: Liveness,
         segment: Arc<Segment>,
         side: Side,
-        doorbell: Option<Arc<EventFd>>,
+        doorbell: Option<Arc<Doorbell>>,
     ) -> std::io::Result<PeerWatch> {
         let stop = Arc::new(EventFd::new()?);
         let stopped = Arc::new(AtomicBool::new(false));
         let (stop2, stopped2, seg) = (stop.clone(), stopped.clone(), segment.clone());
         let (held_tx, held_rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let on_death = OnDeath {
+            liveness,
+            segment: segment.clone(),
+            side_tx: side.tx(),
+            doorbell,
+        };
         let thread = std::thread::Builder::new()
             .name("isocall-peer-watch".into())
+            .stack_size(WATCH_STACK)
             .spawn(move || {
                 let _span = tracing::debug_span!("peer_watch", ?side).entered();
-                let hold = Lifeline::hold(seg.lifeline(side))
+                let hold = match seg.lifeline(side) {
+                    Some(_) => Lifeline::hold(seg.clone(), |s: &Segment| {
+                        s.lifeline(side).expect("a writable segment has lifelines")
+                    })
                     .inspect_err(|e| tracing::debug!(error = %e, "no lifeline held"))
-                    .ok();
+                    .ok(),
+                    None => None,
+                };
                 let _ = held_tx.send(());
-                let dead = watch_connection(&seg, side, &sock, &stop2, &stopped2);
+                let dead = watch_connection(&seg, side, &watched, &stop2, &stopped2);
                 if let Some(h) = hold {
                     h.release();
                 }
                 if dead {
                     tracing::debug!("peer died or closed");
-
-                    liveness.mark_dead();
-                    wake_all(&seg, side.tx(), doorbell.as_deref());
+                    on_death.run();
                 }
             })?;
         // The thread sends once it tried to hold the lifeline; if it died
@@ -238,55 +276,100 @@ impl PeerWatch {
     }
 }
 
-/// Longest a connection's watch sleeps on the peer's lifeline before it
-/// looks at its stop flag again (a bound on dropping a connection whose
-/// hostile peer keeps rewriting its lifeline word).
-const LIFELINE_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+/// What the kernel's signs said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sign {
+    /// The peer's end is gone (hang-up, exit) or cannot be watched.
+    Dead,
+    /// Told to stop.
+    Stop,
+    /// Nothing yet (the timeout passed).
+    Quiet,
+}
+
+/// Waits up to `timeout` (`None`: forever) for the socket's hang-up, the
+/// pidfd's exit or the stop eventfd.
+fn kernel_signs(w: &Watched, stop: &EventFd, timeout: Option<Duration>) -> Sign {
+    let mut fds = Vec::with_capacity(3);
+    fds.push((stop.as_fd(), Ready::Readable));
+    if let Some(s) = &w.sock {
+        fds.push((s.as_fd(), Ready::HangUp));
+    }
+    if let Some(p) = &w.pidfd {
+        fds.push((p.as_fd(), Ready::Readable));
+    }
+    let deadline = timeout.map(crate::deadline_in);
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        match poll_ready(&fds, left) {
+            Ok(r) if r[0] => return Sign::Stop,
+            Ok(r) if r[1..].iter().any(|&x| x) => return Sign::Dead,
+            Ok(_) if left.is_some_and(|l| l.is_zero()) => return Sign::Quiet,
+            Ok(_) if deadline.is_some_and(|d| Instant::now() >= d) => return Sign::Quiet,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "peer watch poll failed; treating peer as dead");
+                return Sign::Dead;
+            }
+        }
+    }
+}
 
 /// Waits for the peer of `side` to die or close; false if told to stop.
 fn watch_connection(
     seg: &Segment,
     side: Side,
-    sock: &std::os::fd::OwnedFd,
+    watched: &Watched,
     stop: &EventFd,
     stopped: &AtomicBool,
 ) -> bool {
-    use std::os::fd::AsFd;
     let peer = seg.lifeline(side.peer());
-    // While the peer holds no lifeline (it registers during the handshake,
-    // or never), its socket's hang-up is the sign; the lifeline is looked
-    // at again after a timeout that doubles up to a second.
-    let mut recheck = std::time::Duration::from_millis(1);
+    let mut pause = FLAP_PAUSE;
     loop {
         if stopped.load(Ordering::Acquire) {
             return false;
         }
-        match lifeline_state(peer) {
+        let state = peer.map_or(LifelineState::Unheld, |w| {
+            LifelineState::of(w.load(Ordering::Acquire))
+        });
+        match state {
             LifelineState::Gone => return true,
             LifelineState::Held => {
-                // Until the peer's death or close, or until told to stop
-                // (`cancel_waiters` in drop): the loop looks again. The
-                // word is the peer's to write: one that puts the waiter
-                // bit back as drop clears it could make the wake miss, so
-                // the wait also ends after a second, to look at `stopped`.
-                let _ = wait_lifeline(peer, Some(LIFELINE_RECHECK), || {
-                    stopped.load(Ordering::Acquire)
-                });
+                let word = peer.expect("a held lifeline has a word");
+                let began = Instant::now();
+                let st = wait_lifeline(word, Some(RECHECK), || stopped.load(Ordering::Acquire));
+                if st == LifelineState::Gone {
+                    return true;
+                }
+                // Whatever the word says, ask the kernel without waiting.
+                match kernel_signs(watched, stop, Some(Duration::ZERO)) {
+                    Sign::Dead => return true,
+                    Sign::Stop => return false,
+                    Sign::Quiet => {}
+                }
+                if began.elapsed() < RECHECK && !stopped.load(Ordering::Acquire) {
+                    // Woken early without a death: a spurious wake-up, or a
+                    // peer rewriting its word. Wait on the kernel alone for
+                    // a while, longer each time, so a flapping word cannot
+                    // make this thread spin.
+                    match kernel_signs(watched, stop, Some(pause)) {
+                        Sign::Dead => return true,
+                        Sign::Stop => return false,
+                        Sign::Quiet => pause = (pause * 2).min(RECHECK),
+                    }
+                } else {
+                    pause = FLAP_PAUSE;
+                }
             }
             LifelineState::Unheld => {
-                let fds = [
-                    (sock.as_fd(), Ready::HangUp),
-                    (stop.as_fd(), Ready::Readable),
-                ];
-                match poll_ready(&fds, Some(recheck)) {
-                    Ok(r) if r.first() == Some(&true) => return true,
-                    Ok(r) if r.get(1) == Some(&true) => return false,
-                    Ok(_) => recheck = (recheck * 2).min(std::time::Duration::from_secs(1)),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "peer watch poll failed; treating peer as dead");
-                        return true;
-                    }
+                // The peer holds no lifeline (it registers during the
+                // handshake, or never): the kernel's signs alone, looking
+                // at the word again now and then.
+                match kernel_signs(watched, stop, Some(pause)) {
+                    Sign::Dead => return true,
+                    Sign::Stop => return false,
+                    Sign::Quiet => pause = (pause * 2).min(RECHECK),
                 }
             }
         }
@@ -299,7 +382,9 @@ impl Drop for PeerWatch {
             stopped.store(true, Ordering::Release);
             // The thread may be asleep on the peer's lifeline, or about to
             // be: it looks at `stopped` once it has announced itself there.
-            cancel_waiters(seg.lifeline(side.peer()));
+            if let Some(w) = seg.lifeline(side.peer()) {
+                cancel_waiters(w);
+            }
         }
         let _ = self.stop.notify();
         if let Some(t) = self.thread.take() {
@@ -308,9 +393,10 @@ impl Drop for PeerWatch {
     }
 }
 
-/// Resets and wakes the wait words this side may sleep on: the producer's
-/// word of the ring it writes and the consumer's word of the ring it reads.
-pub(crate) fn wake_all(segment: &Segment, side_tx: Direction, doorbell: Option<&EventFd>) {
+/// Resets and wakes the wait words this side may sleep on (the producer's
+/// word of the ring it writes and the consumer's word of the ring it reads)
+/// and wakes this side's doorbell for good. Never blocks.
+pub(crate) fn wake_all(segment: &Segment, side_tx: Direction, doorbell: Option<&Doorbell>) {
     let wake = |region: &SharedRegion, off: usize| {
         let word = region.u32_at(off);
         word.swap(NOT_WAITING, Ordering::AcqRel);
@@ -319,7 +405,7 @@ pub(crate) fn wake_all(segment: &Segment, side_tx: Direction, doorbell: Option<&
     wake(&segment.ring_region(side_tx), PROD_WAIT);
     wake(&segment.ring_region(side_tx.reverse()), CONS_WAIT);
     if let Some(bell) = doorbell {
-        let _ = bell.notify();
+        bell.wake_for_good();
     }
 }
 
@@ -336,6 +422,11 @@ mod tests {
         Arc::new(Segment::create("isocall:test:liveness", &layout).unwrap())
     }
 
+    fn hold_server(s: &Arc<Segment>) -> Lifeline {
+        Lifeline::hold(s.clone(), |s: &Segment| s.lifeline(Side::Server).unwrap())
+            .expect("robust list")
+    }
+
     #[test]
     fn a_connection_learns_of_a_death_from_the_lifeline_without_its_watch() {
         let seg = segment();
@@ -346,7 +437,7 @@ mod tests {
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let s = seg.clone();
         let holder = std::thread::spawn(move || {
-            let hold = Lifeline::hold(s.lifeline(Side::Server)).expect("robust list");
+            let hold = hold_server(&s);
             held_tx.send(()).unwrap();
             go_rx.recv().unwrap();
             std::mem::forget(hold);
@@ -371,6 +462,115 @@ mod tests {
         assert!(!Liveness::new().peer_gone());
     }
 
+    /// Waits until `f` holds, at most ten seconds.
+    fn within_10s(what: &str, f: impl Fn() -> bool) {
+        let limit = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < limit, "{what} within 10 s");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_lying_lifeline_does_not_hide_a_hang_up() {
+        // The "peer" writes a thread id that is not its own into its word
+        // (so it reads held forever) and then hangs up.
+        let seg = segment();
+        seg.lifeline(Side::Server).unwrap().store(12345, Ordering::Release);
+        let (ours, theirs) = crate::sys::seqpacket_pair().unwrap();
+        let live = Liveness::connection(seg.clone(), Side::Client);
+        let watch = PeerWatch::connection(
+            Watched {
+                sock: Some(ours),
+                pidfd: None,
+            },
+            live.clone(),
+            seg,
+            Side::Client,
+            None,
+        )
+        .unwrap();
+        drop(theirs);
+        within_10s("the hang-up is learnt", || live.is_dead());
+        drop(watch);
+    }
+
+    #[test]
+    fn a_flapping_lifeline_neither_spins_the_watch_nor_hangs_its_drop() {
+        let seg = segment();
+        let word = seg.lifeline(Side::Server).unwrap();
+        word.store(12345, Ordering::Release);
+        let (ours, _theirs) = crate::sys::seqpacket_pair().unwrap();
+        let live = Liveness::connection(seg.clone(), Side::Client);
+        let watch = PeerWatch::connection(
+            Watched {
+                sock: Some(ours),
+                pidfd: None,
+            },
+            live.clone(),
+            seg.clone(),
+            Side::Client,
+            None,
+        )
+        .unwrap();
+        // The "peer" rewrites its word and wakes the futex as fast as it
+        // can for a while; each write is a held word, never a death.
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s2, st2) = (seg.clone(), stop.clone());
+        let flapper = std::thread::spawn(move || {
+            let w = s2.lifeline(Side::Server).unwrap();
+            let mut n = 0u32;
+            while !st2.load(Ordering::Acquire) {
+                n = n.wrapping_add(1);
+                w.store(1000 + (n & 0xff), Ordering::Release);
+                let _ = futex_wake(w, u32::MAX >> 1);
+            }
+        });
+        let t0 = Instant::now();
+        let watch_cpu = thread_cpu_of("isocall-peer-wa");
+        // A short look: the watch thread's CPU time stays far below the
+        // wall-clock time that passed (a spinning watch would use it all).
+        while t0.elapsed() < Duration::from_millis(300) {
+            std::thread::yield_now();
+        }
+        let used = thread_cpu_of("isocall-peer-wa").saturating_sub(watch_cpu);
+        stop.store(true, Ordering::Release);
+        flapper.join().unwrap();
+        assert!(!live.is_dead(), "a flapping word is no death");
+        assert!(
+            used < Duration::from_millis(100),
+            "the watch used {used:?} of CPU in 300 ms of flapping"
+        );
+        let t = Instant::now();
+        drop(watch);
+        assert!(t.elapsed() < Duration::from_secs(5), "drop took {:?}", t.elapsed());
+    }
+
+    /// CPU time used so far by the threads of this process named `name`.
+    fn thread_cpu_of(name: &str) -> Duration {
+        let mut total = 0u64;
+        let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+            return Duration::ZERO;
+        };
+        for t in dir.flatten() {
+            let p = t.path();
+            let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+            if comm.trim() != name {
+                continue;
+            }
+            let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
+            // Fields after the command: utime and stime are 14th and 15th.
+            if let Some(rest) = stat.rsplit(')').next() {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let ticks: u64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0)
+                    + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0);
+                total += ticks;
+            }
+        }
+        // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
+        Duration::from_millis(total * 10)
+    }
+
     #[test]
     fn dropping_a_connection_watch_returns_while_the_peer_lives() {
         // The peer (a thread here) holds its lifeline throughout; each drop
@@ -380,7 +580,7 @@ mod tests {
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let s = seg.clone();
         let peer = std::thread::spawn(move || {
-            let hold = Lifeline::hold(s.lifeline(Side::Server)).expect("robust list");
+            let hold = hold_server(&s);
             held_tx.send(()).unwrap();
             let _ = done_rx.recv();
             hold.release();
@@ -391,15 +591,23 @@ mod tests {
         std::thread::spawn(move || {
             for _ in 0..200 {
                 let (a, _b) = crate::sys::seqpacket_pair().expect("socketpair");
-                let watch =
-                    PeerWatch::connection(a, Liveness::new(), s.clone(), Side::Client, None)
-                        .expect("watch");
+                let watch = PeerWatch::connection(
+                    Watched {
+                        sock: Some(a),
+                        pidfd: None,
+                    },
+                    Liveness::new(),
+                    s.clone(),
+                    Side::Client,
+                    None,
+                )
+                .expect("watch");
                 drop(watch);
             }
             let _ = tx.send(());
         });
         assert!(
-            rx.recv_timeout(std::time::Duration::from_secs(60)).is_ok(),
+            rx.recv_timeout(Duration::from_secs(60)).is_ok(),
             "dropping a watch hung while its peer held its lifeline"
         );
         done_tx.send(()).unwrap();

@@ -1,10 +1,13 @@
-//! The engine's [`Parker`]: futex sleep on the ring's wait word, or an
-//! eventfd doorbell for callers that wait in epoll or tokio.
+//! The engine's [`Parker`]: futex sleep on the ring's wait word, or the
+//! connection's [`Doorbell`] for callers that wait in `poll`, epoll or
+//! tokio.
 //!
-//! Each ring has one doorbell, owned by its consumer. A producer that finds
-//! the consumer announced [`WAITING_DOORBELL`] rings it; one that finds
-//! [`WAITING_FUTEX`] wakes the futex. A producer waiting for room always
-//! sleeps on the futex.
+//! Each side owns its end of the doorbell pair. A producer that finds the
+//! consumer announced [`WAITING_DOORBELL`] rings the peer through its own
+//! end; one that finds [`WAITING_FUTEX`] wakes the futex. A producer
+//! waiting for room always sleeps on the futex. Neither wake-up can block:
+//! a futex wake never does, and a doorbell ring never waits (see
+//! [`Doorbell`]). Every sleep has the caller's deadline.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,14 +15,15 @@ use std::time::Instant;
 use isocall_ringbuf::sync::AtomicU32;
 use isocall_ringbuf::wait::{Parker, WAITING_DOORBELL, WAITING_FUTEX};
 
-use crate::sys::{EventFd, futex_wait, futex_wake, heavy_barrier, heavy_barrier_available};
+use crate::sys::{Doorbell, futex_wait, futex_wake, heavy_barrier, heavy_barrier_available};
 
 /// Wakes and parks one side of a ring in a shared segment.
 #[derive(Clone, Debug)]
 pub struct RingParker {
-    /// The ring's doorbell: waited on by its consumer in doorbell mode, rung
-    /// by its producer.
-    doorbell: Option<Arc<EventFd>>,
+    /// This side's end of the connection's doorbell pair: polled by this
+    /// side's consumer in doorbell mode, and the way this side's producer
+    /// rings the peer.
+    doorbell: Option<Arc<Doorbell>>,
     /// Whether this side sleeps on the doorbell (else on the futex).
     sleep_on_doorbell: bool,
     /// Whether this side fences asymmetrically (heavy barrier before it
@@ -28,9 +32,9 @@ pub struct RingParker {
 }
 
 impl RingParker {
-    /// A parker that sleeps on the futex and wakes the peer by futex or by
-    /// `doorbell` (the ring's doorbell, if it has one).
-    pub fn futex(doorbell: Option<Arc<EventFd>>) -> Self {
+    /// A parker that sleeps on the futex and wakes the peer by futex or
+    /// through `doorbell` (this side's end, if the connection has one).
+    pub fn futex(doorbell: Option<Arc<Doorbell>>) -> Self {
         RingParker {
             doorbell,
             sleep_on_doorbell: false,
@@ -45,8 +49,8 @@ impl RingParker {
         self
     }
 
-    /// A parker for a consumer that sleeps on the ring's doorbell.
-    pub fn doorbell(doorbell: Arc<EventFd>) -> Self {
+    /// A parker for a consumer that sleeps on this side's doorbell.
+    pub fn doorbell(doorbell: Arc<Doorbell>) -> Self {
         RingParker {
             doorbell: Some(doorbell),
             sleep_on_doorbell: true,
@@ -94,7 +98,7 @@ impl Parker for RingParker {
         if announced != WAITING_FUTEX
             && let Some(bell) = &self.doorbell
         {
-            let _ = bell.notify();
+            bell.ring_peer();
         }
         if announced != WAITING_DOORBELL {
             let _ = futex_wake(word, i32::MAX as u32);
