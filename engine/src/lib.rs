@@ -1,31 +1,81 @@
-//! isocall-engine: processes, memory and wake-ups around the rings.
+//! isocall-engine: calls between processes over shared memory, and the
+//! machinery under them.
 //!
-//! A connection between two processes owns one [`segment::Segment`]: a
-//! sealed memfd with a validated header, a ring each way and (later) a blob
-//! pool, mapped by both. Each side attaches a [`endpoint::Sender`] to the
-//! ring it writes and a [`endpoint::Receiver`] to the ring it reads; they
-//! wait by the chosen `WaitStrategy`, sleep on a shared futex (or an eventfd
-//! doorbell for event loops) only when there is nothing to do, and the
-//! peer's death becomes a prompt `PeerDied` for every waiter: a waiter reads
-//! the peer's lifeline in the segment (a robust futex the kernel marks as
-//! the peer dies) and a [`liveness::PeerWatch`] thread wakes the sleepers
-//! (on that lifeline, the socket's hang-up or a pidfd). Everything the engine needs from the
-//! OS is in [`sys`], behind safe functions.
+//! The API most programs need is at the root: a [`Server`] built with a
+//! [`ServerBuilder`] serves typed [`Method`]s; a [`Client`] (one thread)
+//! or [`SharedClient`] (many threads) calls them and gets [`Reply`] guards;
+//! a [`Supervisor`] runs a crash-prone server as a child process and a
+//! [`SupervisedClient`] rides through its crashes. All three clients
+//! implement [`Caller`].
+//!
+//! Under them, a connection owns one segment: a sealed memfd with a
+//! validated header, a ring each way and a blob pool, mapped by both
+//! processes. Each side sends on the ring it writes and receives on the one
+//! it reads; they wait by the chosen [`WaitStrategy`], sleep on a shared
+//! futex (or the connection's doorbell for event loops) only when there is
+//! nothing to do, and the peer's death becomes a prompt `PeerDied` for
+//! every waiter. That machinery is in [`raw`], for programs that move
+//! frames themselves (and for the inspector, the benchmarks and the
+//! hostile-peer tests); it is not covered by the stability of the call
+//! API. Everything the engine needs from the OS is in one contract module
+//! (`sys`), behind safe functions.
 #![deny(unsafe_code)]
 
-/// The ring the endpoints are built on, re-exported so that users of the
-/// engine (the tools, the bindings) need no other crate.
+mod endpoint;
+mod liveness;
+pub mod rpc;
+mod segment;
+pub mod supervise;
+mod sys;
+mod wake;
+
 pub use isocall_blob as blob;
 pub use isocall_ringbuf as ring;
 pub use isocall_ringbuf::WaitStrategy;
+pub use isocall_schema::{Fingerprint, NameBuf, Schema};
 
-pub mod endpoint;
-pub mod liveness;
-pub mod rpc;
-pub mod segment;
-pub mod supervise;
-pub mod sys;
-pub mod wake;
+pub use rpc::{
+    AppError, Body, CallCtx, CallError, Caller, Client, ClientOptions, CloseReason, ConnectError,
+    Limits, Message, MessageRef, Method, MethodRef, PeerCred, Pending, Policy, Refusal, Reply,
+    Server, ServerBuilder, ServerError, ServerStats, SharedClient, SocketName, default_socket,
+};
+pub use supervise::{
+    ServiceFailure, SuperviseError, SupervisedClient, SupervisedError, Supervisor,
+    SupervisorBuilder,
+};
+
+/// The low level under the call API: segments, endpoints that move frames,
+/// liveness, wake-ups, the wire formats and the OS layer.
+///
+/// For programs that move frames themselves, and for tools (the inspector,
+/// the benchmarks) and tests (hostile peers, fuzzing) that must reach the
+/// bytes. Not covered by the stability of the call API.
+pub mod raw {
+    pub use crate::endpoint::{
+        EndpointError, Receiver, RxFrame, Sender, Side, TransportError, endpoint,
+    };
+    pub use crate::liveness::{Liveness, PeerWatch, RECHECK, Watched};
+    pub use crate::rpc::{body, handshake, large, wire};
+    pub use crate::segment::{
+        Direction, LAYOUT_VERSION, MAGIC, PAGE, PartDesc, SIDE_ABSENT, SIDE_ATTACHED,
+        SIDE_CLOSED, Segment, SegmentError, SegmentHeader, SegmentLayout, SideState,
+    };
+    pub use crate::wake::RingParker;
+
+    /// The OS layer: shared memory, doorbells, futexes, sockets, pidfds,
+    /// peer credentials, CPU pinning.
+    pub mod sys {
+        pub use crate::sys::lifeline;
+        pub use crate::sys::{
+            BlobMem, Doorbell, EventFd, MAX_FDS, PeerCred, PidFd, Ready, SharedMem, SocketName,
+            accept_seqpacket, allow_current_thread, allowed_cpus, available_cpus,
+            connect_seqpacket, futex_wait, futex_wake, heavy_barrier, heavy_barrier_available,
+            is_seqpacket, listen_seqpacket, peer_cred, peer_pidfd, pin_current_thread,
+            poll_readable, poll_ready, recv_message, recv_with_fds, send_with_fds,
+            seqpacket_pair, unlink_socket,
+        };
+    }
+}
 
 /// The instant `d` from now, for a deadline: a duration too long to add to
 /// the clock (a timeout of `Duration::MAX` meaning "no limit") gives a

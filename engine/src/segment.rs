@@ -347,7 +347,9 @@ impl Segment {
             Pool::create(region, &layout.blobs, Side::Server.into())?;
         }
         let words: [u64; HEADER_WORDS] = bytemuck::cast(header);
-        let shared = mem.u64_words();
+        let shared = mem
+            .u64_words()
+            .ok_or_else(|| SegmentError::BadLayout("a new segment is mapped read-only".into()))?;
         // Everything but the magic/version word first, then the version,
         // then the magic with Release: pairs with the Acquire in `open`.
         for (i, w) in words.iter().enumerate().skip(2) {
@@ -468,20 +470,12 @@ impl Segment {
     /// # Panics
     ///
     /// If the segment was opened read-only (use
-    /// [`ring_words`](Self::ring_words) to inspect it).
+    /// [`ring_view`](Self::ring_view) to inspect it).
     pub fn ring_region(&self, dir: Direction) -> SharedRegion {
         let p = self.part(dir);
         self.mem
             .region(p.offset as usize, p.size as usize)
             .expect("ring region of a writable, validated segment")
-    }
-
-    /// The ring going in `dir` as 64-bit words (read-only use, e.g. by the
-    /// inspector; offsets within the slice are ring region offsets / 8).
-    pub fn ring_words(&self, dir: Direction) -> &[std::sync::atomic::AtomicU64] {
-        let p = self.part(dir);
-        let start = p.offset as usize / 8;
-        &self.mem.u64_words()[start..start + p.size as usize / 8]
     }
 
     /// The ring going in `dir`, read-only (works on a segment opened
@@ -507,17 +501,29 @@ impl Segment {
     /// The lifeline word of `side` (see [`crate::sys::lifeline`]): held
     /// by a thread of that side for the connection's life, so the other
     /// side learns of its death before its address space is torn down.
-    pub fn lifeline(&self, side: Side) -> &std::sync::atomic::AtomicU32 {
-        &self.mem.u32_words()[LIFELINES_AT / 4 + side.index()]
+    /// `None` on a segment opened read-only (see
+    /// [`lifeline_word`](Self::lifeline_word)).
+    pub fn lifeline(&self, side: Side) -> Option<&std::sync::atomic::AtomicU32> {
+        self.mem
+            .u32_words()
+            .and_then(|w| w.get(LIFELINES_AT / 4 + side.index()))
+    }
+
+    /// The lifeline word of `side` as it reads now (any segment, read-only
+    /// too): the peer's word, display only.
+    pub fn lifeline_word(&self, side: Side) -> u32 {
+        self.mem
+            .load_u32(LIFELINES_AT / 4 + side.index(), Ordering::Acquire)
+            .unwrap_or(0)
     }
 
     /// Writes the names of the connection's methods into the free part of
     /// the header page (for the inspector, which has no handshake to learn
     /// them from). Names that do not fit are left out.
     pub fn write_method_table(&self, names: &[&str]) {
-        if !self.mem.is_writable() {
+        let Some(words) = self.mem.u64_words() else {
             return;
-        }
+        };
         let room = (PAGE as usize) - METHODS_AT - 4;
         let mut buf = Vec::with_capacity(room);
         let mut count = 0u32;
@@ -532,7 +538,6 @@ impl Segment {
         }
         let mut all = count.to_le_bytes().to_vec();
         all.extend_from_slice(&buf);
-        let words = self.mem.u64_words();
         for (i, chunk) in all.chunks(8).enumerate() {
             let mut w = [0u8; 8];
             w[..chunk.len()].copy_from_slice(chunk);
@@ -544,10 +549,13 @@ impl Segment {
     /// [`write_method_table`](Self::write_method_table) (read now, so the
     /// peer's words: display only; malformed entries end the list).
     pub fn method_table(&self) -> Vec<String> {
-        let words = &self.mem.u64_words()[METHODS_AT / 8..PAGE as usize / 8];
-        let bytes: Vec<u8> = words
-            .iter()
-            .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+        let bytes: Vec<u8> = (METHODS_AT / 8..PAGE as usize / 8)
+            .flat_map(|i| {
+                self.mem
+                    .load_u64(i, Ordering::Relaxed)
+                    .unwrap_or(0)
+                    .to_le_bytes()
+            })
             .collect();
         let count = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
         let mut names = Vec::new();
@@ -574,10 +582,10 @@ impl Segment {
     }
 
     fn set_side(&self, side: Side, pid: u32, state: u32) {
-        if !self.mem.is_writable() {
+        let Some(words) = self.mem.u32_words() else {
             return;
-        }
-        let w = &self.mem.u32_words()[SIDES_WORD32 + 2 * side.index()..];
+        };
+        let w = &words[SIDES_WORD32 + 2 * side.index()..];
         w[0].store(pid, Ordering::Relaxed);
         w[1].store(state, Ordering::Release);
     }
@@ -585,10 +593,10 @@ impl Segment {
     /// The live per-side state (read now from shared memory, so the peer's
     /// word: display only).
     pub fn side_state(&self, side: Side) -> SideState {
-        let w = &self.mem.u32_words()[SIDES_WORD32 + 2 * side.index()..];
+        let at = SIDES_WORD32 + 2 * side.index();
         SideState {
-            state: w[1].load(Ordering::Acquire),
-            pid: w[0].load(Ordering::Relaxed),
+            state: self.mem.load_u32(at + 1, Ordering::Acquire).unwrap_or(0),
+            pid: self.mem.load_u32(at, Ordering::Relaxed).unwrap_or(0),
         }
     }
 }
@@ -596,21 +604,20 @@ impl Segment {
 /// Copies the header out of shared memory with one atomic load per word,
 /// magic first (Acquire).
 fn read_header(mem: &SharedMem) -> Result<SegmentHeader, SegmentError> {
-    let shared = mem.u64_words();
-    if shared.len() < HEADER_WORDS {
+    if mem.len() < PAGE as usize {
         return Err(SegmentError::SizeMismatch {
             header: PAGE,
             file: mem.len() as u64,
         });
     }
-    let magic = shared[0].load(Ordering::Acquire);
+    let magic = mem.load_u64(0, Ordering::Acquire).unwrap_or(0);
     if magic != MAGIC {
         return Err(SegmentError::BadMagic { found: magic });
     }
     let mut words = [0u64; HEADER_WORDS];
     words[0] = magic;
     for (i, w) in words.iter_mut().enumerate().skip(1) {
-        *w = shared[i].load(Ordering::Relaxed);
+        *w = mem.load_u64(i, Ordering::Relaxed).unwrap_or(0);
     }
     Ok(bytemuck::cast(words))
 }
@@ -699,7 +706,7 @@ mod tests {
     fn corrupt(word: usize, value: u64) -> SegmentError {
         let s = fresh();
         let scribbler = SharedMem::open(s.fd().try_clone_to_owned().unwrap()).unwrap();
-        scribbler.u64_words()[word].store(value, Ordering::Release);
+        scribbler.u64_words().unwrap()[word].store(value, Ordering::Release);
         reopen(&s).unwrap_err()
     }
 
@@ -742,7 +749,7 @@ mod tests {
         // A scribbled pool header: the next opener refuses the segment.
         let p = s.header().blobs.offset as usize / 8;
         let scribbler = SharedMem::open(s.fd().try_clone_to_owned().unwrap()).unwrap();
-        scribbler.u64_words()[p].store(7, Ordering::Release);
+        scribbler.u64_words().unwrap()[p].store(7, Ordering::Release);
         let e = reopen(&s).unwrap_err();
         assert!(matches!(e, SegmentError::Blobs(_)), "{e}");
         assert!(e.to_string().contains("bad magic"), "{e}");
@@ -845,7 +852,7 @@ mod tests {
         let s = fresh();
         let ro = Segment::open_read_only(s.fd().try_clone_to_owned().unwrap()).unwrap();
         assert_eq!(
-            ro.ring_words(Direction::ServerToClient).len() * 8,
+            ro.ring_view(Direction::ServerToClient).len(),
             ring_region_size(4096).unwrap()
         );
     }

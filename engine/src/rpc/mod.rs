@@ -1,40 +1,55 @@
-//! Calls between processes: a server that listens on a Unix socket and
-//! serves methods, a client that connects and calls them as if they were
-//! local.
+//! Calls between processes: a server that serves methods, a client that
+//! calls them as if they were local.
 //!
-//! A connection starts on a seqpacket Unix socket: the client says its
-//! protocol version, the server checks the client's credentials
-//! (`SO_PEERCRED`) against its [`Policy`], creates the connection's
-//! segment (two rings and a blob pool) and sends a hello with the method
-//! table and the segment's memfd and doorbells attached; the client checks
-//! the seals and the layout before it maps anything, then says it is
-//! ready. From then on calls travel on the rings only: a REQUEST frame
-//! (call id, method id, blob handles, rkyv body), answered by a RESPONSE
-//! (call id, status, blob handles, body). The socket stays open and idle;
-//! its end (EOF) is how each side learns that the other died, and every
-//! waiter then gets `PeerDied`.
+//! A connection starts on a seqpacket Unix socket: the server checks the
+//! client's credentials (`SO_PEERCRED`) against its [`Policy`] and its
+//! caps right after `accept`, the client checks the server's against its
+//! own; the server creates the connection's segment (two rings and a blob
+//! pool) and sends a hello with its method table (each method's name, kind
+//! and type fingerprints) and the segment's memfd and this connection's
+//! doorbell attached; the client checks the seals and the layout before it
+//! maps anything, then says it is ready. From then on calls travel on the
+//! rings only: a REQUEST frame (call id, method id, blob handles, rkyv
+//! body), answered by a RESPONSE (call id, status, blob handles, body).
 //!
-//! The client and server API does not mention rings or segments, so a
-//! socket transport can sit under the same API later.
+//! Methods are typed values declared once ([`Method`], [`Message`]);
+//! resolving one on a client ([`Client::method`]) checks the server's
+//! types. Replies are guards ([`Reply`]) that deref to the validated
+//! archived value and free what they hold when dropped. Bodies are read
+//! only from private memory (see [`body`]'s copy rule). Any peer may be
+//! hostile: every wait on it has a deadline, every shared descriptor is
+//! used so it cannot block us, and its death is learnt from the kernel.
 
-pub(crate) mod archive;
-pub mod client;
+pub mod body;
+pub(crate) mod client;
+mod error;
+pub mod handshake;
 pub mod large;
-pub mod policy;
-pub mod server;
+mod link;
+pub(crate) mod method;
+mod policy;
+mod server;
 pub mod wire;
 
 use std::io;
 use std::path::PathBuf;
 
-pub use archive::{Body, Ser};
-pub use client::{CallError, Client, ClientOptions, ConnectError, MethodId, Pending};
-pub use large::{LARGE_CLASS, LargeBlob, large_id};
-pub use policy::Policy;
-pub use server::{CallCtx, Server, ServerBuilder, ServerError, ServerStats};
-pub use wire::Status;
+pub use body::{Body, EncodeError, ValidationError};
+pub use client::{Caller, Client, ClientOptions, Pending, Reply, SharedClient};
+pub use error::{AppError, CallError, ConnectError, Refusal, ReplyError, ServerError, TypeMismatch};
+pub use handshake::HandshakeError;
+pub use large::{LARGE_CLASS, LargeBlob, LargeError, LargeLimits, large_id};
+pub use method::{Message, MessageRef, Method, MethodKind, MethodRef, Signature, TypeSig};
+pub use policy::{Check, Policy, PolicyRefusal};
+pub use server::{
+    BATCH, BlobAccessError, CallCtx, HANDOFF, Limits, Server, ServerBuilder, ServerStats, Source,
+    hand_off,
+};
+pub use wire::{CloseReason, FrameError, Status};
 
 pub use crate::sys::{PeerCred, SocketName};
+
+
 
 /// The default socket of a service: `$XDG_RUNTIME_DIR/isocall/<service>`
 /// (or `/tmp/isocall-<uid>/<service>` without `XDG_RUNTIME_DIR`), in a
@@ -42,8 +57,9 @@ pub use crate::sys::{PeerCred, SocketName};
 ///
 /// # Errors
 ///
-/// The directory cannot be created, or exists and is not owned by this
-/// user with mode 0700.
+/// `InvalidInput` for an empty name or one with `/`; the directory cannot
+/// be created, or exists and is not a directory (a symlink is refused, not
+/// followed) owned by this user with mode 0700.
 pub fn default_socket(service: &str) -> io::Result<SocketName> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     if service.is_empty() || service.contains('/') {
@@ -62,12 +78,14 @@ pub fn default_socket(service: &str) -> io::Result<SocketName> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
     }
-    let meta = std::fs::metadata(&dir)?;
-    if meta.uid() != uid || meta.permissions().mode() & 0o077 != 0 {
+    // Not `metadata`: a symlink planted at the path by another user must
+    // be refused, not followed to a directory of theirs.
+    let meta = std::fs::symlink_metadata(&dir)?;
+    if !meta.is_dir() || meta.uid() != uid || meta.permissions().mode() & 0o077 != 0 {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
-                "{} is not a directory owned by uid {uid} with mode 0700",
+                "{} is not a directory (not a symlink) owned by uid {uid} with mode 0700",
                 dir.display()
             ),
         ));

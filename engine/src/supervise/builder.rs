@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use super::error::SuperviseError;
 use super::monitor::Monitor;
 use super::stats::StatsBlock;
 use super::{Inner, Premade, State, Supervisor};
@@ -33,22 +34,6 @@ impl Program {
             Program::Role { exe, .. } => exe,
         }
     }
-}
-
-/// Why a supervisor could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum SuperviseError {
-    /// The configuration is not valid.
-    #[error("bad supervisor configuration: {0}")]
-    Config(String),
-    /// The OS refused a descriptor, a thread or the first process.
-    #[error("supervisor of {service:?}: {source}")]
-    Io {
-        /// The service.
-        service: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
 }
 
 /// Builds a [`Supervisor`].
@@ -188,15 +173,12 @@ impl SupervisorBuilder {
     /// with the backoff.
     pub fn spawn(self) -> Result<Supervisor, SuperviseError> {
         if self.service.is_empty() || self.service.contains(['\0', '/']) {
-            return Err(SuperviseError::Config(format!(
-                "service name {:?} must be non-empty, without '/' or NUL",
-                self.service
-            )));
+            return Err(SuperviseError::BadName {
+                name: self.service.clone(),
+            });
         }
         if self.intensity.1.is_zero() {
-            return Err(SuperviseError::Config(
-                "the intensity period must be longer than 0".into(),
-            ));
+            return Err(SuperviseError::ZeroPeriod);
         }
         let io = |source| SuperviseError::Io {
             service: self.service.clone(),

@@ -5,7 +5,65 @@
 use std::os::fd::{AsFd, OwnedFd};
 
 use super::{ENV_ROLE, ENV_SERVICE, ENV_SUPERVISOR_PID};
+use crate::rpc::{ServerBuilder, Source};
 use crate::sys::is_seqpacket;
+
+/// Why a process cannot serve as a supervised child.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotSupervised {
+    /// An environment variable the supervisor sets is missing or bad.
+    #[error("{var} is missing: this process was not started by an isocall Supervisor")]
+    MissingEnv {
+        /// The variable.
+        var: &'static str,
+    },
+    /// The supervisor died before this process armed its death signal.
+    #[error("the supervisor (pid {supervisor}) of service {service:?} is gone (parent is now {parent})")]
+    SupervisorGone {
+        /// The supervisor's pid.
+        supervisor: i32,
+        /// The service.
+        service: String,
+        /// This process's parent now.
+        parent: i32,
+    },
+    /// Standard input is not the supervisor's control socket.
+    #[error("standard input is not the supervisor's control socket (a SOCK_SEQPACKET socket)")]
+    NoControlSocket,
+    /// An OS call failed while taking over.
+    #[error("{what}: {source}")]
+    Os {
+        /// The call.
+        what: &'static str,
+        /// Its error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ServerBuilder {
+    /// A server for a process a [`Supervisor`](super::Supervisor) started:
+    /// it takes the control socket the supervisor handed down (as standard
+    /// input, which is then pointed at `/dev/null`) and serves the
+    /// connections the supervisor sends over it. The process is killed when
+    /// the supervisor dies (`PR_SET_PDEATHSIG`, checked against a
+    /// supervisor that died before this call) and [`Server::run`](crate::rpc::Server::run)
+    /// returns when the supervisor retires it.
+    ///
+    /// # Errors
+    ///
+    /// [`NotSupervised`] naming what is missing: the environment the
+    /// supervisor sets, a control socket on standard input, or a supervisor
+    /// that is still alive.
+    pub fn supervised() -> Result<ServerBuilder, NotSupervised> {
+        let child = ChildEnv::take()?;
+        Ok(ServerBuilder::with_source(
+            Source::Handoff(child.control),
+            child.service,
+        ))
+    }
+}
 
 /// The service role this process was started in by a
 /// [`Supervisor`](super::Supervisor) built with
@@ -27,36 +85,48 @@ impl ChildEnv {
     /// Takes the control socket from standard input (pointing standard
     /// input at `/dev/null` instead), arms `PR_SET_PDEATHSIG` and checks
     /// that the supervisor did not die before it was armed.
-    pub(crate) fn take() -> Result<ChildEnv, String> {
-        let not_supervised =
-            |what: &str| format!("{what}: this process was not started by an isocall Supervisor");
-        let service = std::env::var(ENV_SERVICE).map_err(|_| not_supervised(ENV_SERVICE))?;
+    pub(crate) fn take() -> Result<ChildEnv, NotSupervised> {
+        let service = std::env::var(ENV_SERVICE)
+            .map_err(|_| NotSupervised::MissingEnv { var: ENV_SERVICE })?;
         let parent: i32 = std::env::var(ENV_SUPERVISOR_PID)
             .ok()
             .and_then(|p| p.parse().ok())
-            .ok_or_else(|| not_supervised(ENV_SUPERVISOR_PID))?;
+            .ok_or(NotSupervised::MissingEnv {
+                var: ENV_SUPERVISOR_PID,
+            })?;
         rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-            .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+            .map_err(|e| NotSupervised::Os {
+                what: "PR_SET_PDEATHSIG",
+                source: e.into(),
+            })?;
         // Armed now; a supervisor that died before has made us someone
         // else's child.
         let ppid = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
         if ppid != parent {
-            return Err(format!(
-                "the supervisor (pid {parent}) of service {service:?} is gone (parent is now {ppid})"
-            ));
+            return Err(NotSupervised::SupervisorGone {
+                supervisor: parent,
+                service,
+                parent: ppid,
+            });
         }
         let control = std::io::stdin()
             .as_fd()
             .try_clone_to_owned()
-            .map_err(|e| format!("standard input: {e}"))?;
+            .map_err(|source| NotSupervised::Os {
+                what: "standard input",
+                source,
+            })?;
         if !is_seqpacket(control.as_fd()) {
-            return Err(
-                "standard input is not the supervisor's control socket (a SOCK_SEQPACKET socket)"
-                    .into(),
-            );
+            return Err(NotSupervised::NoControlSocket);
         }
-        let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
-        rustix::stdio::dup2_stdin(&null).map_err(|e| format!("dup2 onto stdin: {e}"))?;
+        let null = std::fs::File::open("/dev/null").map_err(|source| NotSupervised::Os {
+            what: "/dev/null",
+            source,
+        })?;
+        rustix::stdio::dup2_stdin(&null).map_err(|e| NotSupervised::Os {
+            what: "dup2 onto stdin",
+            source: e.into(),
+        })?;
         Ok(ChildEnv { control, service })
     }
 }

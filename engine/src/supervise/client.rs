@@ -1,154 +1,49 @@
-//! A client of a supervised service: a [`Client`](crate::rpc::Client) that
-//! reconnects to the successor after a crash and retries idempotent calls.
+//! A client of a supervised service: the calls of a [`Client`], through
+//! whichever instance serves, reconnecting after a crash and retrying
+//! idempotent calls.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use isocall_blob::{Blob, BlobError, BlobHandle, BlobMut, Pool, SlotState};
+use isocall_blob::{BlobHandle, Pool, SlotState};
 use isocall_ringbuf::SharedRegion;
 
+use super::error::SupervisedError;
 use super::stats::Word;
 use super::{Connection, Inner, Live};
-use crate::rpc::archive::{self, Body};
-use crate::rpc::{CallError, Client, LARGE_CLASS, MethodId, Pending};
+use crate::rpc::body::{self, Body};
+use crate::rpc::client::reply::Abandoned;
+use crate::rpc::{
+    CallError, Caller, Client, LARGE_CLASS, Message, MessageRef, Method,
+    MethodRef, Pending, Reply, Signature,
+};
 use crate::segment::Side;
 
-/// A method of a supervised service, resolved by name, with whether calls
-/// to it are retried after a crash.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ServiceMethod {
-    index: u32,
-    idempotent: bool,
-}
-
-impl ServiceMethod {
-    /// The same method with its calls declared idempotent (`true`: retried
-    /// on the successor when the server dies during the call) or not
-    /// (`false`: such a call fails with `PeerDied` and never runs twice).
-    /// By default, what the server declared when it registered it.
-    #[must_use]
-    pub fn idempotent(self, yes: bool) -> Self {
-        ServiceMethod {
-            idempotent: yes,
-            ..self
-        }
-    }
-
-    /// Whether its calls are retried.
-    pub fn is_idempotent(&self) -> bool {
-        self.idempotent
-    }
-}
-
-/// A call started with [`SupervisedClient::start`], to wait for. Dropping
-/// it gives the call up: its reply is dropped when it comes (or was), and
-/// a dead instance's connection is not kept for it.
-#[derive(Debug)]
-#[must_use = "a started call is waited for with SupervisedClient::wait"]
-pub struct SupervisedPending {
-    seq: u64,
-    /// Where a dropped call is recorded (`None` once waited for).
-    given_up: Option<GivenUp>,
-}
-
-/// The calls whose [`SupervisedPending`] was dropped, for the client to
-/// forget at its next call.
-type GivenUp = Arc<std::sync::Mutex<Vec<u64>>>;
-
-impl Drop for SupervisedPending {
-    fn drop(&mut self) {
-        if let Some(g) = self.given_up.take() {
-            g.lock().unwrap_or_else(|p| p.into_inner()).push(self.seq);
-        }
-    }
-}
-
-/// The blobs a reply carries, with the pool they live in: the pool of the
-/// instance that answered, which after a crash may no longer be the one
-/// [`SupervisedClient::pool`] gives (a reply that arrived before the crash
-/// is delivered from the dead instance's ring).
-#[derive(Clone, Copy, Debug)]
-pub struct ReplyBlobs<'a> {
-    handles: &'a [BlobHandle],
-    pool: Option<&'a Arc<Pool<SharedRegion>>>,
-}
-
-impl<'a> ReplyBlobs<'a> {
-    /// The handles, in the order the server attached them.
-    pub fn handles(&self) -> &'a [BlobHandle] {
-        self.handles
-    }
-
-    /// How many blobs the reply carries.
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
-    /// Whether the reply carries no blob.
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
-    }
-
-    /// The pool the blobs are in (clone the `Arc` to accept them after the
-    /// read closure returned); `None` if the service has no blob pool.
-    pub fn pool(&self) -> Option<&'a Arc<Pool<SharedRegion>>> {
-        self.pool
-    }
-
-    /// Accepts blob `i` to read it in place (dropping it frees the slot).
-    ///
-    /// # Errors
-    ///
-    /// `BadHandle` if there is no blob `i` or no pool; as
-    /// [`Pool::accept`] for a handle the pool refuses.
-    pub fn accept(&self, i: usize) -> Result<Blob<'a, SharedRegion>, BlobError> {
-        let (pool, h) = self.get(i)?;
-        pool.accept(h)
-    }
-
-    /// Accepts blob `i` to read and write it in place (and, say, send it
-    /// back with the next call).
-    ///
-    /// # Errors
-    ///
-    /// As [`accept`](Self::accept).
-    pub fn accept_mut(&self, i: usize) -> Result<BlobMut<'a, SharedRegion>, BlobError> {
-        let (pool, h) = self.get(i)?;
-        pool.accept_mut(h)
-    }
-
-    fn get(&self, i: usize) -> Result<(&'a Arc<Pool<SharedRegion>>, &'a BlobHandle), BlobError> {
-        let h = self.handles.get(i).ok_or_else(|| {
-            BlobError::BadHandle(format!(
-                "the reply carries {} blob(s), not one at index {i}",
-                self.handles.len()
-            ))
-        })?;
-        let pool = self.pool.ok_or_else(|| {
-            BlobError::BadHandle("the service's connection has no blob pool".into())
-        })?;
-        Ok((pool, h))
-    }
+/// A method this client resolved: its name and signature, resolved again
+/// on each instance.
+struct Known {
+    name: &'static str,
+    signature: Signature,
 }
 
 /// A connection to one instance.
 struct Conn {
     client: Client,
-    /// Its blob pool (the client's, held here to lend to a reply's reader
-    /// while the client is busy waiting).
-    pool: Option<Arc<Pool<SharedRegion>>>,
     live: Arc<Live>,
-    /// Method ids on this connection, by [`ServiceMethod::index`].
-    ids: Vec<Option<MethodId>>,
+    /// Server method ids on this connection, by the index of [`Known`].
+    ids: Vec<Option<u32>>,
 }
 
 /// A call in flight.
 struct InFlight {
     /// The instance it was last sent to.
     conn: u64,
-    pending: Pending,
-    method: ServiceMethod,
+    /// Its id on that instance's connection.
+    call: u64,
+    /// Index of its method in `known`.
+    method: u32,
+    idempotent: bool,
     /// The request's archive, kept for a retry (idempotent calls only).
     body: Option<Vec<u8>>,
     blobs: Vec<BlobHandle>,
@@ -156,27 +51,30 @@ struct InFlight {
     attempts: u32,
 }
 
-/// A client of a supervised service: the calls of
+/// A client of a supervised service: the calls of a
 /// [`Client`](crate::rpc::Client), through whichever instance is serving.
 ///
 /// It connects on first use. When the server dies, every call in flight
-/// meets `PeerDied`: an idempotent one is sent again on the successor (at
-/// most [`retries`](super::SupervisorBuilder::retries) times, within its
-/// deadline) and its caller sees only the answer; any other fails with
-/// `PeerDied` and is never sent again (it ran at most once). A reply that
-/// arrived before the crash is still delivered. Blobs of a retried call
-/// are copied into the successor's pool. The next call after a crash goes
-/// to the successor.
+/// meets `PeerDied`: an idempotent one (the server declared it so, or the
+/// caller said so with [`MethodRef::with_idempotent`]) is sent again on the
+/// successor (at most [`retries`](super::SupervisorBuilder::retries)
+/// times, within its deadline) and its caller sees only the answer; any
+/// other fails with `PeerDied` and is never sent again (it ran at most
+/// once). A reply that arrived before the crash is still delivered, with
+/// the blobs of the pool it came in. Blobs of a retried call are copied
+/// into the successor's pool. The next call after a crash goes to the
+/// successor.
 pub struct SupervisedClient {
     inner: Arc<Inner>,
-    names: Vec<String>,
+    tag: u32,
+    known: Vec<Known>,
     current: Option<Conn>,
     /// Dead connections with calls still to wait for (their replies from
     /// before the crash are still in their rings).
     old: Vec<Conn>,
     calls: HashMap<u64, InFlight>,
-    /// Calls whose `SupervisedPending` was dropped, not yet forgotten.
-    given_up: GivenUp,
+    abandoned: Arc<Abandoned>,
+    given_up: Vec<u64>,
     next: u64,
     /// When a connection was last seen dead, until a call succeeds again.
     died_at: Option<Instant>,
@@ -192,45 +90,44 @@ impl std::fmt::Debug for SupervisedClient {
     }
 }
 
-fn resolve(client: &Client, names: &[String]) -> Vec<Option<MethodId>> {
-    names.iter().map(|n| client.method(n).ok()).collect()
-}
-
 impl SupervisedClient {
     pub(super) fn new(inner: Arc<Inner>) -> Self {
         SupervisedClient {
             inner,
-            names: Vec::new(),
+            tag: crate::rpc::method::next_client_tag(),
+            known: Vec::new(),
             current: None,
             old: Vec::new(),
             calls: HashMap::new(),
-            given_up: GivenUp::default(),
+            abandoned: Arc::default(),
+            given_up: Vec::new(),
             next: 1,
             died_at: None,
         }
     }
 
+    fn resolve_all(&self, client: &Client) -> Vec<Option<u32>> {
+        self.known
+            .iter()
+            .map(|k| client.resolve_sig(k.name, &k.signature).map(|(id, _)| id))
+            .collect()
+    }
+
     /// The serving connection, (re)connecting if there is none or it died.
-    fn ensure(&mut self, deadline: Instant) -> Result<&mut Conn, CallError> {
+    fn ensure(&mut self, deadline: Instant) -> Result<&mut Conn, SupervisedError> {
         if self.current.as_ref().is_some_and(|c| !c.client.is_alive()) {
             self.retire_current();
         }
         if self.current.is_none() {
             let Connection { client, live } = self.inner.connect(deadline)?;
-            let ids = resolve(&client, &self.names);
+            let ids = self.resolve_all(&client);
             if self.died_at.is_none() {
                 // Not a recovery: nothing to slow down.
                 self.inner.refill_premade();
             }
             tracing::debug!(target: "isocall::supervise", service = %self.inner.service(),
                 pid = live.pid, "connected to an instance");
-            let pool = client.pool().cloned();
-            self.current = Some(Conn {
-                client,
-                pool,
-                live,
-                ids,
-            });
+            self.current = Some(Conn { client, live, ids });
         }
         Ok(self.current.as_mut().expect("connected above"))
     }
@@ -253,75 +150,125 @@ impl SupervisedClient {
         self.old.iter_mut().find(|c| c.live.id == id)
     }
 
-    /// Forgets the calls whose `SupervisedPending` was dropped, then drops
-    /// dead connections no call waits on (their segments and blobs go with
-    /// them).
-    fn drop_idle_old(&mut self) {
-        let given_up =
-            std::mem::take(&mut *self.given_up.lock().unwrap_or_else(|p| p.into_inner()));
-        for seq in given_up {
+    /// Forgets the calls whose `Pending` was dropped, then drops dead
+    /// connections no call waits on (their segments and blobs go with
+    /// them), but `keep`.
+    fn drop_idle_old(&mut self, keep: Option<u64>) {
+        self.abandoned.take(&mut self.given_up);
+        for seq in std::mem::take(&mut self.given_up) {
             if let Some(call) = self.calls.remove(&seq)
                 && let Some(conn) = self.conn_mut(call.conn)
             {
-                conn.client.forget(call.pending);
+                conn.client.give_up(call.call);
             }
         }
         if self.old.is_empty() {
             return;
         }
-        let (keep, idle): (Vec<Conn>, Vec<Conn>) = std::mem::take(&mut self.old)
-            .into_iter()
-            .partition(|c| self.calls.values().any(|k| k.conn == c.live.id));
-        self.old = keep;
+        let (kept, idle): (Vec<Conn>, Vec<Conn>) =
+            std::mem::take(&mut self.old).into_iter().partition(|c| {
+                Some(c.live.id) == keep || self.calls.values().any(|k| k.conn == c.live.id)
+            });
+        self.old = kept;
         for c in idle {
             self.inner.dispose(c.client);
         }
     }
 
-    /// The method `name`, connecting first if needed.
+    fn default_deadline(&self) -> Instant {
+        crate::deadline_in(self.inner.call_timeout())
+    }
+
+    /// Resolves `m` on the serving instance (connecting first if needed):
+    /// the server must have registered it with the same types. It is
+    /// resolved again on each successor.
     ///
     /// # Errors
     ///
-    /// `NoSuchMethod`; as a call for the connection (`ServiceFailed`,
-    /// `Timeout`).
-    pub fn method(&mut self, name: &str) -> Result<ServiceMethod, CallError> {
-        let deadline = crate::deadline_in(self.inner.call_timeout());
+    /// `NoSuchMethod`, `TypeMismatch`; as a call for the connection
+    /// (`Service`, `Timeout`).
+    pub fn method<Req: Body, Resp: Body>(
+        &mut self,
+        m: Method<Req, Resp>,
+    ) -> Result<MethodRef<Req, Resp>, SupervisedError> {
+        let deadline = self.default_deadline();
         let conn = self.ensure(deadline)?;
-        let id = conn.client.method(name)?;
-        let idempotent = conn.client.is_idempotent(id);
-        let index = match self.names.iter().position(|n| n == name) {
-            Some(i) => i,
-            None => {
-                self.names.push(name.to_string());
+        let r = conn.client.method(m)?;
+        let signature = m.signature();
+        let index = match self.known.iter().position(|k| k.name == m.name()) {
+            Some(i) if self.known[i].signature == signature => i,
+            Some(i) => {
+                // Re-declared with other types: the latest declaration wins.
+                self.known[i].signature = signature;
                 for c in self.current.iter_mut().chain(self.old.iter_mut()) {
-                    c.ids.push(c.client.method(name).ok());
+                    c.ids[i] = c.client.resolve_sig(m.name(), &m.signature()).map(|x| x.0);
                 }
-                self.names.len() - 1
+                i
+            }
+            None => {
+                self.known.push(Known {
+                    name: m.name(),
+                    signature,
+                });
+                for c in self.current.iter_mut().chain(self.old.iter_mut()) {
+                    c.ids
+                        .push(c.client.resolve_sig(m.name(), &m.signature()).map(|x| x.0));
+                }
+                self.known.len() - 1
             }
         };
-        Ok(ServiceMethod {
-            index: index as u32,
-            idempotent,
-        })
+        Ok(MethodRef::new(
+            index as u32,
+            self.tag,
+            m.name(),
+            r.is_idempotent(),
+        ))
+    }
+
+    /// Resolves the one-way `m` (sent at most once, never retried).
+    ///
+    /// # Errors
+    ///
+    /// As [`method`](Self::method).
+    pub fn message<M: Body>(&mut self, m: Message<M>) -> Result<MessageRef<M>, SupervisedError> {
+        let deadline = self.default_deadline();
+        let conn = self.ensure(deadline)?;
+        conn.client.message(m)?;
+        let signature = m.signature();
+        let index = match self.known.iter().position(|k| k.name == m.name()) {
+            Some(i) => i,
+            None => {
+                self.known.push(Known {
+                    name: m.name(),
+                    signature: signature.clone(),
+                });
+                for c in self.current.iter_mut().chain(self.old.iter_mut()) {
+                    c.ids
+                        .push(c.client.resolve_sig(m.name(), &signature).map(|x| x.0));
+                }
+                self.known.len() - 1
+            }
+        };
+        Ok(MessageRef::new(index as u32, self.tag, m.name()))
     }
 
     /// The pool of the current connection (connecting first if needed):
     /// allocate request blobs here and pass their handles to the next
     /// call. Blobs sent on an instance that died since go with the next
-    /// call to the successor (copied) while the dead connection is kept
-    /// (a call waits on it); once it is dropped they are refused.
+    /// call to the successor (copied) while the dead connection is kept (a
+    /// call waits on it); once it is dropped they are refused.
     ///
     /// # Errors
     ///
     /// As a call for the connection.
-    pub fn pool(&mut self) -> Result<Option<Arc<Pool<SharedRegion>>>, CallError> {
-        let deadline = crate::deadline_in(self.inner.call_timeout());
+    pub fn pool(&mut self) -> Result<Option<Arc<Pool<SharedRegion>>>, SupervisedError> {
+        let deadline = self.default_deadline();
         Ok(self.ensure(deadline)?.client.pool().cloned())
     }
 
     /// The pid of the instance this client talks to now, if connected.
     pub fn server_pid(&self) -> Option<u32> {
-        // Not `Client::server_pid`: the credentials of a socketpair are its
+        // Not the socket's credentials: those of a socketpair are its
         // creator's (this process), so the supervisor's record is the truth.
         self.current.as_ref().map(|c| c.live.pid)
     }
@@ -331,19 +278,25 @@ impl SupervisedClient {
         self.calls.len()
     }
 
-    fn method_id(&self, conn: &Conn, m: ServiceMethod) -> Result<MethodId, CallError> {
+    fn server_id(&self, conn: &Conn, method: u32) -> Result<u32, CallError> {
         conn.ids
-            .get(m.index as usize)
+            .get(method as usize)
             .copied()
             .flatten()
-            .ok_or_else(|| {
-                CallError::NoSuchMethod(
-                    self.names
-                        .get(m.index as usize)
-                        .cloned()
-                        .unwrap_or_else(|| format!("#{}", m.index)),
-                )
+            .ok_or_else(|| CallError::NoSuchMethod {
+                name: self
+                    .known
+                    .get(method as usize)
+                    .map_or_else(|| format!("#{method}"), |k| k.name.to_string()),
             })
+    }
+
+    fn check_ref(&self, client: u32, method: &'static str) -> Result<(), CallError> {
+        if client == self.tag {
+            Ok(())
+        } else {
+            Err(CallError::ForeignMethod { method })
+        }
     }
 
     /// Starts a call; see [`Client::start`]. An idempotent call keeps a
@@ -356,38 +309,50 @@ impl SupervisedClient {
     ///
     /// # Errors
     ///
-    /// As [`Client::start`]; `ServiceFailed` if the supervisor gave up;
+    /// As [`Client::start`]; `Service` if the supervisor gave up;
     /// `PeerDied` if the successors kept dying until the deadline or the
-    /// retry budget ran out; `Blob(BadHandle)` for a blob in flight on no
-    /// connection of this client (e.g. sent on an instance whose connection
-    /// was dropped since).
-    pub fn start<Req: Body>(
+    /// retry budget ran out; `Blob` for a blob in flight on no connection
+    /// of this client (e.g. sent on an instance whose connection was
+    /// dropped since).
+    pub fn start<Req: Body, Resp: Body>(
         &mut self,
-        m: ServiceMethod,
+        m: MethodRef<Req, Resp>,
         request: &Req,
         blobs: &[BlobHandle],
-    ) -> Result<SupervisedPending, CallError> {
-        let deadline = crate::deadline_in(self.inner.call_timeout());
-        let r = self.start_until(m, request, blobs, deadline);
-        if matches!(r, Err(CallError::PeerDied | CallError::ServiceFailed(_))) {
+    ) -> Result<Pending<Resp>, SupervisedError> {
+        self.check_ref(m.client, m.name)?;
+        let deadline = self.default_deadline();
+        let r = self.start_until(m.id, m.idempotent, request, blobs, deadline);
+        if matches!(
+            r,
+            Err(SupervisedError::Call(CallError::PeerDied) | SupervisedError::Service(_))
+        ) {
             self.inner.stats.add(Word::CallsFailed, 1);
         }
-        r
+        let seq = r?;
+        Ok(Pending {
+            id: seq,
+            client: self.tag,
+            method: m.name,
+            abandoned: Some(self.abandoned.clone()),
+            _t: std::marker::PhantomData,
+        })
     }
 
     fn start_until<Req: Body>(
         &mut self,
-        m: ServiceMethod,
+        method: u32,
+        idempotent: bool,
         request: &Req,
         blobs: &[BlobHandle],
         deadline: Instant,
-    ) -> Result<SupervisedPending, CallError> {
+    ) -> Result<u64, SupervisedError> {
         let mut blobs = blobs.to_vec();
         let mut tries = 0u32;
         loop {
             self.ensure(deadline)?;
             let conn = self.current.as_ref().expect("ensured");
-            let id = self.method_id(conn, m)?;
+            let id = self.server_id(conn, method)?;
             if let Err(e) = check_blobs(conn, &blobs) {
                 // Sent on an instance that died since: take them along.
                 let from = self
@@ -398,17 +363,17 @@ impl SupervisedClient {
                     .ok_or(e)?;
                 blobs = self.move_blobs(from, &blobs)?;
             }
-            self.drop_idle_old();
-            let mut keep = m.idempotent.then(Vec::new);
+            self.drop_idle_old(None);
+            let mut keep = idempotent.then(Vec::new);
             let conn = self.current.as_mut().expect("ensured");
-            let sent = conn.client.start_encoded(
+            let sent = conn.client.start_keep(
                 id,
-                |buf| archive::write_into(request, buf),
+                |buf| body::encode(request, buf),
                 &blobs,
                 keep.as_mut(),
             );
             match sent {
-                Ok(pending) => {
+                Ok(call) => {
                     let seq = self.next;
                     self.next += 1;
                     let conn = conn.live.id;
@@ -416,18 +381,16 @@ impl SupervisedClient {
                         seq,
                         InFlight {
                             conn,
-                            pending,
-                            method: m,
+                            call,
+                            method,
+                            idempotent,
                             body: keep,
                             blobs,
                             deadline,
                             attempts: 0,
                         },
                     );
-                    return Ok(SupervisedPending {
-                        seq,
-                        given_up: Some(self.given_up.clone()),
-                    });
+                    return Ok(seq);
                 }
                 // Nothing was published: the successor gets it.
                 Err(CallError::PeerDied)
@@ -436,119 +399,114 @@ impl SupervisedClient {
                     tries += 1;
                     self.retire_current();
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
     }
 
     /// Waits for a started call; see [`Client::wait`]. If the server died,
     /// an idempotent call is sent again on the successor (blobs copied
-    /// over) and waited for there. `read` gets the reply and its blobs,
-    /// with the pool they are in ([`ReplyBlobs`]).
+    /// over) and waited for there. The reply's blobs are in the pool of the
+    /// instance that answered.
     ///
     /// # Errors
     ///
     /// As [`Client::wait`]: `PeerDied` for a call that is not idempotent
-    /// (or out of retries) whose server died; `ServiceFailed` if the
-    /// supervisor gave up.
-    pub fn wait<Resp: Body, T>(
+    /// (or out of retries) whose server died; `Service` if the supervisor
+    /// gave up.
+    pub fn wait<Resp: Body>(
         &mut self,
-        pending: SupervisedPending,
+        pending: Pending<Resp>,
         deadline: Option<Instant>,
-        read: impl FnOnce(&Resp::Archived, &ReplyBlobs<'_>) -> T,
-    ) -> Result<T, CallError> {
-        let mut pending = pending;
-        // Waited for: not given up.
-        pending.given_up = None;
+    ) -> Result<Reply<'_, Resp>, SupervisedError> {
+        let (seq, client) = pending.defuse();
+        self.check_ref(client, "a pending call")?;
         let mut call = self
             .calls
-            .remove(&pending.seq)
-            .ok_or_else(|| CallError::BadReply("not a call of this client".into()))?;
+            .remove(&seq)
+            .ok_or(CallError::ForeignMethod {
+                method: "a call waited for twice",
+            })?;
         let deadline = deadline.unwrap_or(call.deadline);
-        let mut read = Some(read);
-        let result = loop {
+        let outcome = loop {
             let conn_id = call.conn;
-            let outcome = match self.conn_mut(conn_id) {
-                Some(conn) => {
-                    let pool = conn.pool.as_ref();
-                    conn.client.wait::<Resp, Option<T>>(
-                        call.pending.again(),
-                        Some(deadline),
-                        |r, handles| {
-                            let blobs = ReplyBlobs { handles, pool };
-                            read.take().map(|f| f(r, &blobs))
-                        },
-                    )
-                }
+            let r = match self.conn_mut(conn_id) {
+                Some(conn) => conn.client.await_reply(call.call, Some(deadline)),
                 None => Err(CallError::PeerDied),
             };
-            match outcome {
-                Ok(Some(v)) => {
-                    if self.current.as_ref().is_some_and(|c| c.live.id == conn_id)
-                        && let Some(t) = self.died_at.take()
-                    {
-                        let ns = t.elapsed().as_nanos() as u64;
-                        self.inner.stats.add(Word::Recoveries, 1);
-                        self.inner.stats.add(Word::RecoveryNanos, ns);
-                        // Recovered: the work held back may go on.
-                        self.inner.recovered();
-                    }
-                    break Ok(v);
-                }
-                Ok(None) => break Err(CallError::BadReply("reply read twice".into())),
+            match r {
+                Ok(()) => break Ok(conn_id),
                 Err(CallError::PeerDied) => {
                     if self.current.as_ref().is_some_and(|c| c.live.id == conn_id) {
                         self.retire_current();
                     }
-                    let retry = call.method.idempotent
+                    let retry = call.idempotent
                         && call.attempts < self.inner.retries()
                         && Instant::now() < deadline;
                     if !retry {
-                        self.inner.stats.add(Word::CallsFailed, 1);
-                        break Err(CallError::PeerDied);
+                        break Err(SupervisedError::Call(CallError::PeerDied));
                     }
                     if let Err(e) = self.resend(&mut call, deadline) {
-                        if matches!(e, CallError::PeerDied | CallError::ServiceFailed(_)) {
-                            self.inner.stats.add(Word::CallsFailed, 1);
-                        }
                         break Err(e);
                     }
                 }
-                Err(CallError::ServiceFailed(e)) => {
-                    self.inner.stats.add(Word::CallsFailed, 1);
-                    break Err(CallError::ServiceFailed(e));
-                }
-                Err(e) => break Err(e),
+                Err(e) => break Err(e.into()),
             }
         };
-        self.drop_idle_old();
-        result
+        let conn_id = match outcome {
+            Ok(c) => c,
+            Err(e) => {
+                if matches!(
+                    e,
+                    SupervisedError::Call(CallError::PeerDied) | SupervisedError::Service(_)
+                ) {
+                    self.inner.stats.add(Word::CallsFailed, 1);
+                }
+                if let Some(conn) = self.conn_mut(call.conn) {
+                    conn.client.give_up(call.call);
+                }
+                self.drop_idle_old(None);
+                return Err(e);
+            }
+        };
+        self.drop_idle_old(Some(conn_id));
+        let recovering = self.current.as_ref().is_some_and(|c| c.live.id == conn_id)
+            && self.died_at.is_some();
+        if recovering && let Some(t) = self.died_at.take() {
+            let ns = t.elapsed().as_nanos() as u64;
+            self.inner.stats.add(Word::Recoveries, 1);
+            self.inner.stats.add(Word::RecoveryNanos, ns);
+            // Recovered: the work held back may go on.
+            self.inner.recovered();
+        }
+        let conn = self.conn_mut(conn_id).expect("kept above");
+        Ok(conn.client.wait_id::<Resp>(call.call, None)?)
     }
 
     /// Sends `call` again on the serving instance (connecting to it), its
     /// blobs copied over from the instance it was last sent to; tries the
     /// next successor if that one is found dead before the request is out,
     /// within `deadline`. Counts one attempt per request sent.
-    fn resend(&mut self, call: &mut InFlight, deadline: Instant) -> Result<(), CallError> {
+    fn resend(&mut self, call: &mut InFlight, deadline: Instant) -> Result<(), SupervisedError> {
         let body = call.body.take().unwrap_or_default();
         let r = (|| loop {
             self.ensure(deadline)?;
             let to = self.current.as_ref().expect("ensured");
-            let id = self.method_id(to, call.method)?;
+            let id = self.server_id(to, call.method)?;
             if call.conn != to.live.id {
                 call.blobs = self.move_blobs(call.conn, &call.blobs)?;
                 call.conn = self.current.as_ref().expect("ensured").live.id;
             }
             let to = self.current.as_mut().expect("ensured");
             match to.client.start_raw(id, &body, &call.blobs) {
-                Ok(p) => return Ok::<_, CallError>(p),
+                Ok(c) => return Ok::<_, SupervisedError>(c),
                 // Not sent: the next successor, while there is time.
                 Err(CallError::PeerDied) if Instant::now() < deadline => self.retire_current(),
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         })();
         call.body = Some(body);
-        call.pending = r?;
+        call.call = r?;
         call.attempts += 1;
         self.inner.stats.add(Word::Retries, 1);
         tracing::debug!(target: "isocall::supervise", service = %self.inner.service(),
@@ -562,7 +520,7 @@ impl SupervisedClient {
         &mut self,
         from: u64,
         handles: &[BlobHandle],
-    ) -> Result<Vec<BlobHandle>, CallError> {
+    ) -> Result<Vec<BlobHandle>, SupervisedError> {
         if handles.is_empty() {
             return Ok(Vec::new());
         }
@@ -574,49 +532,34 @@ impl SupervisedClient {
             .and_then(|c| c.client.pool().cloned());
         let new_pool = self.current.as_ref().and_then(|c| c.client.pool().cloned());
         let (Some(old_pool), Some(new_pool)) = (old_pool, new_pool) else {
-            return Err(CallError::PeerDied);
+            return Err(CallError::PeerDied.into());
         };
         let mut out = Vec::with_capacity(handles.len());
         for h in handles {
             if h.class == LARGE_CLASS {
                 // A large blob's memfd went to the dead server only.
-                return Err(CallError::PeerDied);
+                return Err(CallError::PeerDied.into());
             }
-            let old = old_pool.take_back(h)?;
-            let mut new = new_pool.alloc(old.len())?;
+            let old = old_pool.take_back(h).map_err(CallError::from)?;
+            let mut new = new_pool.alloc(old.len()).map_err(CallError::from)?;
             new.copy_from_slice(&old);
-            out.push(new.send()?);
+            out.push(new.send().map_err(CallError::from)?);
         }
         Ok(out)
     }
 
-    /// Waits for every call of `pending`, in order.
-    pub fn wait_all<Resp: Body, T>(
-        &mut self,
-        pending: Vec<SupervisedPending>,
-        deadline: Option<Instant>,
-        mut read: impl FnMut(&Resp::Archived, &ReplyBlobs<'_>) -> T,
-    ) -> Vec<Result<T, CallError>> {
-        pending
-            .into_iter()
-            .map(|p| self.wait::<Resp, T>(p, deadline, &mut read))
-            .collect()
-    }
-
-    /// Calls `m` and waits for its reply, read in place; see
-    /// [`Client::call`].
+    /// Calls `m` and waits for its reply; see [`Client::call`].
     ///
     /// # Errors
     ///
     /// As [`start`](Self::start) and [`wait`](Self::wait).
-    pub fn call<Req: Body, Resp: Body, T>(
+    pub fn call<Req: Body, Resp: Body>(
         &mut self,
-        m: ServiceMethod,
+        m: MethodRef<Req, Resp>,
         request: &Req,
-        read: impl FnOnce(&Resp::Archived) -> T,
-    ) -> Result<T, CallError> {
+    ) -> Result<Reply<'_, Resp>, SupervisedError> {
         let p = self.start(m, request, &[])?;
-        self.wait::<Resp, T>(p, None, |r, _| read(r))
+        self.wait(p, None)
     }
 
     /// Calls `m` with blobs and a deadline; see [`Client::call_with`].
@@ -624,36 +567,37 @@ impl SupervisedClient {
     /// # Errors
     ///
     /// As [`start`](Self::start) and [`wait`](Self::wait).
-    pub fn call_with<Req: Body, Resp: Body, T>(
+    pub fn call_with<Req: Body, Resp: Body>(
         &mut self,
-        m: ServiceMethod,
+        m: MethodRef<Req, Resp>,
         request: &Req,
         blobs: &[BlobHandle],
         deadline: Option<Instant>,
-        read: impl FnOnce(&Resp::Archived, &ReplyBlobs<'_>) -> T,
-    ) -> Result<T, CallError> {
+    ) -> Result<Reply<'_, Resp>, SupervisedError> {
         let p = self.start(m, request, blobs)?;
-        self.wait::<Resp, T>(p, deadline, read)
+        self.wait(p, deadline)
     }
 
     /// Sends a one-way message (never retried: at most once).
     ///
     /// # Errors
     ///
-    /// As [`Client::send_message`].
-    pub fn send_message<Msg: Body>(
+    /// As [`Client::send`].
+    pub fn send<M: Body>(
         &mut self,
-        m: ServiceMethod,
-        message: &Msg,
+        m: MessageRef<M>,
+        message: &M,
         blobs: &[BlobHandle],
-    ) -> Result<(), CallError> {
-        let deadline = crate::deadline_in(self.inner.call_timeout());
+    ) -> Result<(), SupervisedError> {
+        self.check_ref(m.client, m.name)?;
+        let deadline = self.default_deadline();
         self.ensure(deadline)?;
         let conn = self.current.as_ref().expect("ensured");
-        let id = self.method_id(conn, m)?;
+        let id = self.server_id(conn, m.id)?;
         check_blobs(conn, blobs)?;
         let conn = self.current.as_mut().expect("ensured");
-        conn.client.send_message(id, message, blobs)
+        let m = MessageRef::<M>::new(id, conn.client.tag(), m.name);
+        Ok(conn.client.send(m, message, blobs)?)
     }
 }
 
@@ -670,12 +614,78 @@ fn check_blobs(conn: &Conn, blobs: &[BlobHandle]) -> Result<(), CallError> {
                 s == SlotState::InFlight(Side::Server.into()) && g == h.generation
             });
         if !ok {
-            return Err(CallError::Blob(BlobError::BadHandle(format!(
-                "blob {}:{} (generation {}) is not in flight to the server on the current connection: \
-                 after a restart, allocate from pool() again",
-                h.class, h.slot, h.generation
-            ))));
+            return Err(CallError::Blob(isocall_blob::BlobError::WrongState {
+                class: h.class as usize,
+                slot: h.slot as usize,
+                found: pool
+                    .slot_state(h.class as usize, h.slot as usize)
+                    .map_or(SlotState::Invalid(0), |s| s.0),
+                expected: "in flight to the server on the current connection (after a restart, allocate from pool() again)",
+            }));
         }
     }
     Ok(())
+}
+
+impl Caller for SupervisedClient {
+    type Error = SupervisedError;
+
+    fn method<Req: Body, Resp: Body>(
+        &mut self,
+        m: Method<Req, Resp>,
+    ) -> Result<MethodRef<Req, Resp>, SupervisedError> {
+        SupervisedClient::method(self, m)
+    }
+
+    fn message<M: Body>(&mut self, m: Message<M>) -> Result<MessageRef<M>, SupervisedError> {
+        SupervisedClient::message(self, m)
+    }
+
+    fn call<Req: Body, Resp: Body>(
+        &mut self,
+        m: MethodRef<Req, Resp>,
+        request: &Req,
+    ) -> Result<Reply<'_, Resp>, SupervisedError> {
+        SupervisedClient::call(self, m, request)
+    }
+
+    fn call_with<Req: Body, Resp: Body>(
+        &mut self,
+        m: MethodRef<Req, Resp>,
+        request: &Req,
+        blobs: &[BlobHandle],
+        deadline: Option<Instant>,
+    ) -> Result<Reply<'_, Resp>, SupervisedError> {
+        SupervisedClient::call_with(self, m, request, blobs, deadline)
+    }
+
+    fn start<Req: Body, Resp: Body>(
+        &mut self,
+        m: MethodRef<Req, Resp>,
+        request: &Req,
+        blobs: &[BlobHandle],
+    ) -> Result<Pending<Resp>, SupervisedError> {
+        SupervisedClient::start(self, m, request, blobs)
+    }
+
+    fn wait<Resp: Body>(
+        &mut self,
+        pending: Pending<Resp>,
+        deadline: Option<Instant>,
+    ) -> Result<Reply<'_, Resp>, SupervisedError> {
+        SupervisedClient::wait(self, pending, deadline)
+    }
+
+    fn send<M: Body>(
+        &mut self,
+        m: MessageRef<M>,
+        message: &M,
+        blobs: &[BlobHandle],
+    ) -> Result<(), SupervisedError> {
+        SupervisedClient::send(self, m, message, blobs)
+    }
+
+    fn pool(&mut self) -> Result<Option<Arc<Pool<SharedRegion>>>, SupervisedError> {
+        SupervisedClient::pool(self)
+    }
 }

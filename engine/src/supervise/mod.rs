@@ -18,8 +18,8 @@
 //! after an instance that served (answered a handshake), after an
 //! exponential backoff after one that died before serving. More than N
 //! restarts within T seconds stop the loop: the supervisor fails every
-//! call with [`CallError::ServiceFailed`](crate::rpc::CallError::ServiceFailed)
-//! naming the service and its last exit status or signal.
+//! call with [`SupervisedError::Service`] naming the service and its last
+//! exit status or signal.
 //!
 //! With [`standby(n)`](SupervisorBuilder::standby) the supervisor also keeps
 //! n spare instances started, each with a connection already handshaken:
@@ -33,6 +33,7 @@
 mod builder;
 mod child;
 mod client;
+mod error;
 mod monitor;
 mod stats;
 
@@ -45,22 +46,19 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use builder::{SuperviseError, SupervisorBuilder};
-pub(crate) use child::ChildEnv;
-pub use child::role;
-pub use client::{ReplyBlobs, ServiceMethod, SupervisedClient, SupervisedPending};
+pub use builder::SupervisorBuilder;
+pub use child::{NotSupervised, role};
+pub use client::SupervisedClient;
+pub use error::{LastExit, ServiceFailure, SuperviseError, SupervisedError};
 pub use stats::{MEMFD_PREFIX, SupervisorState, SupervisorStats, read_stats};
 use stats::{StatsBlock, Word};
 
-use crate::rpc::{CallError, Client, ClientOptions, ConnectError};
+use crate::rpc::{CallError, Client, ConnectError, HandshakeError, hand_off};
 use crate::segment::{Segment, SegmentLayout};
-use crate::sys::{EventFd, PidFd, send_with_fds, seqpacket_pair};
+use crate::sys::{EventFd, PidFd, seqpacket_pair};
 
 /// Longest a spare's replacement waits for the recovery it would slow.
 const SPARE_HOLD: Duration = Duration::from_millis(20);
-
-/// Tag of a supervisor's control message carrying one connected socket.
-pub const CONNECT: u8 = b'C';
 
 /// Environment variable naming the service a supervised child serves.
 pub const ENV_SERVICE: &str = "ISOCALL_SERVICE";
@@ -86,7 +84,7 @@ struct State {
     spares: VecDeque<Arc<Live>>,
     /// Connections handshaken ahead of need, by instance id.
     ready: Vec<(u64, Client)>,
-    failed: Option<String>,
+    failed: Option<ServiceFailure>,
     stopping: bool,
     /// Ids of instances known dead (reported by a client or reaped), the
     /// last 64.
@@ -304,16 +302,22 @@ impl Inner {
     ) -> Result<Client, ConnectError> {
         let (ours, theirs) = seqpacket_pair()?;
         let seg = self.take_premade();
-        let mut fds = vec![theirs.as_fd()];
-        fds.extend(seg.as_ref().map(Segment::fd));
-        send_with_fds(live.control.as_fd(), &[CONNECT], &fds)?;
-        drop(fds);
+        hand_off(
+            live.control.as_fd(),
+            theirs.as_fd(),
+            seg.as_ref().map(Segment::fd),
+            crate::deadline_in(handshake_timeout),
+        )?;
         drop(theirs);
         drop(seg);
-        let options = ClientOptions {
-            handshake_timeout,
-            ..self.config.client
-        };
+        // The socket is ours (a socketpair made here and handed only to
+        // our own child): its credentials are this process's own.
+        let options = self
+            .config
+            .client
+            .clone()
+            .handshake_timeout(handshake_timeout)
+            .server_policy(crate::rpc::Policy::Anyone);
         let client = Client::over_socket(ours, options)?;
         self.learn_layout(client.layout());
         Ok(client)
@@ -352,11 +356,11 @@ impl Inner {
     }
 
     /// Fails the supervisor (the first reason given stays): every call
-    /// gets `ServiceFailed` with `msg`, the connections waiting are
-    /// dropped and the counters say so.
-    pub(super) fn set_failed(&self, msg: String) {
+    /// gets `Service` with `failure`, the connections waiting are dropped
+    /// and the counters say so.
+    pub(super) fn set_failed(&self, failure: ServiceFailure) {
         let mut st = self.lock();
-        st.failed.get_or_insert(msg);
+        st.failed.get_or_insert(failure);
         let gone = st.clear();
         self.publish_pids(&st);
         drop(st);
@@ -375,20 +379,23 @@ impl Inner {
 
     /// A connection to the serving instance, waiting (until `deadline`) for
     /// one to be started if none is.
-    pub(crate) fn connect(self: &Arc<Self>, deadline: Instant) -> Result<Connection, CallError> {
+    pub(crate) fn connect(
+        self: &Arc<Self>,
+        deadline: Instant,
+    ) -> Result<Connection, SupervisedError> {
         let mut avoid: Option<u64> = None;
         loop {
             let live = {
                 let mut st = self.lock();
                 loop {
                     if let Some(f) = &st.failed {
-                        return Err(CallError::ServiceFailed(f.clone()));
+                        return Err(f.clone().into());
                     }
                     if st.stopping {
-                        return Err(CallError::ServiceFailed(format!(
-                            "the supervisor of {:?} is stopping",
-                            self.config.service
-                        )));
+                        return Err(ServiceFailure::Stopping {
+                            service: self.config.service.clone(),
+                        }
+                        .into());
                     }
                     if let Some(a) = st.active.clone().filter(|a| Some(a.id) != avoid) {
                         if let Some(pos) = st.ready.iter().position(|(id, _)| *id == a.id) {
@@ -400,7 +407,7 @@ impl Inner {
                     }
                     let now = Instant::now();
                     if now >= deadline {
-                        return Err(CallError::Timeout);
+                        return Err(CallError::Timeout.into());
                     }
                     st = self
                         .changed
@@ -414,7 +421,7 @@ impl Inner {
             // for, with one connection sent to it, not one per timeout.
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(CallError::Timeout);
+                return Err(CallError::Timeout.into());
             }
             match self.connect_to(&live, left) {
                 Ok(client) => {
@@ -428,12 +435,14 @@ impl Inner {
                     self.report_dead(live.id);
                 }
                 // Alive but not answering by the caller's deadline.
-                Err(ConnectError::Timeout(_)) => return Err(CallError::Timeout),
+                Err(ConnectError::Timeout(_)) => return Err(CallError::Timeout.into()),
                 Err(e) => {
-                    return Err(CallError::ServiceFailed(format!(
-                        "handshake with service {:?} (pid {}): {e}",
-                        self.config.service, live.pid
-                    )));
+                    return Err(ServiceFailure::Handshake {
+                        service: self.config.service.clone(),
+                        pid: live.pid,
+                        source: Arc::new(e),
+                    }
+                    .into());
                 }
             }
         }
@@ -451,7 +460,7 @@ fn process_gone(pid: u32) -> bool {
 /// A connection error that means the instance died (or is dying).
 fn instance_gone(e: &ConnectError) -> bool {
     match e {
-        ConnectError::Handshake(_) => true,
+        ConnectError::Handshake(HandshakeError::Closed) => true,
         ConnectError::Io(io) | ConnectError::Connect { source: io, .. } => matches!(
             io.kind(),
             std::io::ErrorKind::BrokenPipe
@@ -520,8 +529,8 @@ impl Supervisor {
     ///
     /// # Errors
     ///
-    /// As a call: `ServiceFailed`, `Timeout`.
-    pub fn wait_serving(&self, timeout: Duration) -> Result<u32, CallError> {
+    /// As a call: `Service`, `Timeout`.
+    pub fn wait_serving(&self, timeout: Duration) -> Result<u32, SupervisedError> {
         let conn = self.inner.connect(crate::deadline_in(timeout))?;
         Ok(conn.live.pid)
     }

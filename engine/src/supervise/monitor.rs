@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::builder::Program;
+use super::error::{LastExit, ServiceFailure};
 use super::stats::Word;
 use super::{ENV_ROLE, ENV_SERVICE, ENV_SUPERVISOR_PID, Inner, Live, SupervisorState};
 use crate::sys::{PidFd, poll_readable, seqpacket_pair};
@@ -43,7 +44,7 @@ pub(super) struct Monitor {
     not_before: Instant,
     /// The exit status (or the reason a start failed) of the instance
     /// reaped last, for the intensity limit's message.
-    last_exit: Option<String>,
+    last_exit: LastExit,
     /// Starts left before every start replaces a dead instance (the
     /// first instance and the first spares are not restarts).
     initial: usize,
@@ -76,11 +77,20 @@ fn is_transient(e: &std::io::Error) -> bool {
     )
 }
 
-/// Reaps `child`: its status in words, and whether it exited with 0.
-fn wait_status(child: &mut Child) -> (String, bool) {
+/// Reaps `child`: its status in words, how it ended, and whether it
+/// exited with 0.
+fn wait_status(child: &mut Child, pid: u32) -> (String, LastExit, bool) {
+    use std::os::unix::process::ExitStatusExt;
     match child.wait() {
-        Ok(s) => (describe(s), s.success()),
-        Err(e) => (format!("unknown ({e})"), false),
+        Ok(s) => {
+            let last = match (s.code(), s.signal()) {
+                (Some(code), _) => LastExit::Exited { pid, code },
+                (None, Some(signal)) => LastExit::Signaled { pid, signal },
+                _ => LastExit::None,
+            };
+            (describe(s), last, s.success())
+        }
+        Err(e) => (format!("unknown ({e})"), LastExit::StartFailed(Arc::new(e)), false),
     }
 }
 
@@ -94,7 +104,7 @@ impl Monitor {
             restarts: VecDeque::new(),
             backoff_level: 0,
             not_before: Instant::now(),
-            last_exit: None,
+            last_exit: LastExit::None,
             initial,
         }
     }
@@ -164,7 +174,11 @@ impl Monitor {
                 Ok(r) => r,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    self.fail(format!("supervisor poll failed: {e}"));
+                    tracing::error!(target: "isocall::supervise", error = %e, "supervisor poll failed");
+                    self.fail(ServiceFailure::Monitor {
+                        service: self.service().to_string(),
+                        cause: "its poll failed",
+                    });
                     break;
                 }
             };
@@ -224,9 +238,9 @@ impl Monitor {
         next
     }
 
-    fn fail(&mut self, msg: String) {
-        tracing::error!(target: "isocall::supervise", service = %self.service(), "{msg}");
-        self.inner.set_failed(msg);
+    fn fail(&mut self, failure: ServiceFailure) {
+        tracing::error!(target: "isocall::supervise", service = %self.service(), "{failure}");
+        self.inner.set_failed(failure);
         // The instances still alive are retired.
         let rest = std::mem::take(&mut self.children);
         self.retire(rest);
@@ -253,13 +267,13 @@ impl Monitor {
                 // before that instance is reaped: reap it first, so that
                 // the exit named is the latest, not an older one.
                 self.reap_replaced(self.inner.config.grace);
-                self.fail(format!(
-                    "service {:?} restarted {} times within {:?} (limit {limit}); giving up. Last exit: {}",
-                    self.service(),
-                    self.restarts.len(),
-                    period,
-                    self.last_exit.as_deref().unwrap_or("none")
-                ));
+                self.fail(ServiceFailure::TooManyRestarts {
+                    service: self.service().to_string(),
+                    restarts: self.restarts.len(),
+                    within: period,
+                    limit,
+                    last_exit: self.last_exit.clone(),
+                });
                 return;
             }
             self.restarts.push_back(now);
@@ -357,15 +371,17 @@ impl Monitor {
         if is_transient(&e) {
             // The next start replaces this one.
             self.initial = self.initial.saturating_sub(1);
-            self.last_exit = Some(format!("cannot be started: {e}"));
+            let e = std::sync::Arc::new(e);
+            self.last_exit = LastExit::StartFailed(e.clone());
             tracing::warn!(target: "isocall::supervise", service = %self.service(), %program,
                 error = %e, "service cannot be started now; trying again");
             self.schedule_successor(false);
         } else {
-            self.fail(format!(
-                "service {:?} cannot be started: {program}: {e}",
-                self.service()
-            ));
+            self.fail(ServiceFailure::CannotStart {
+                service: self.service().to_string(),
+                program,
+                source: std::sync::Arc::new(e),
+            });
         }
     }
 
@@ -414,11 +430,11 @@ impl Monitor {
     }
 
     fn reaped(&mut self, mut r: Running) {
-        let (status, clean) = wait_status(&mut r.child);
+        let (status, last, clean) = wait_status(&mut r.child, r.live.pid);
         let asked = self.inner.lock().stopping || r.asked.is_some();
         self.inner.stats.add(Word::Exits, 1);
         let served = r.live.served.load(Ordering::Relaxed);
-        self.last_exit = Some(format!("pid {} {status}", r.live.pid));
+        self.last_exit = last;
         // Killed by the monitor after the grace period is asked for too.
         if !(asked && (clean || r.killed)) {
             self.inner.stats.add(Word::Crashes, 1);
@@ -476,7 +492,7 @@ impl Monitor {
             if kill {
                 let _ = child.kill();
             }
-            let (status, clean) = wait_status(&mut child);
+            let (status, last, clean) = wait_status(&mut child, live.pid);
             self.inner.stats.add(Word::Exits, 1);
             // Killed by the supervisor (now or earlier) is asked for; any
             // other unclean exit (it died before, or while retiring) is a
@@ -484,7 +500,7 @@ impl Monitor {
             if !(clean || kill || killed) {
                 self.inner.stats.add(Word::Crashes, 1);
             }
-            self.last_exit = Some(format!("pid {} {status}", live.pid));
+            self.last_exit = last;
             tracing::info!(target: "isocall::supervise", service = %self.service(), pid = live.pid,
                 %status, "service retired");
         }
@@ -515,10 +531,10 @@ impl Drop for Monitor {
             let _ = r.child.wait();
         }
         if std::thread::panicking() {
-            self.inner.set_failed(format!(
-                "the supervisor of {:?} stopped: its monitor thread panicked",
-                self.inner.config.service
-            ));
+            self.inner.set_failed(ServiceFailure::Monitor {
+                service: self.inner.config.service.clone(),
+                cause: "its monitor thread panicked",
+            });
         }
     }
 }

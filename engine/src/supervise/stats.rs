@@ -133,7 +133,10 @@ impl StatsBlock {
     }
 
     fn word(&self, w: Word) -> &AtomicU64 {
-        &self.mem.u64_words()[w as usize]
+        &self
+            .mem
+            .u64_words()
+            .expect("the supervisor's own block is writable")[w as usize]
     }
 
     pub(crate) fn add(&self, w: Word, n: u64) {
@@ -151,7 +154,7 @@ impl StatsBlock {
     pub(crate) fn snapshot(&self) -> SupervisorStats {
         // Not strict: another process of this user could scribble on the
         // block; what it wrote is then reported, never trusted.
-        decode(self.mem.u64_words(), false).unwrap_or(SupervisorStats {
+        decode(&self.mem, false).unwrap_or(SupervisorStats {
             supervisor_pid: std::process::id(),
             service_pid: 0,
             state: SupervisorState::Running,
@@ -169,11 +172,11 @@ impl StatsBlock {
     }
 }
 
-fn decode(words: &[AtomicU64], strict: bool) -> Option<SupervisorStats> {
-    if words.len() < WORDS {
+fn decode(mem: &SharedMem, strict: bool) -> Option<SupervisorStats> {
+    if mem.len() / 8 < WORDS {
         return None;
     }
-    let g = |w: Word| words[w as usize].load(Ordering::Acquire);
+    let g = |w: Word| mem.load_u64(w as usize, Ordering::Acquire).unwrap_or(0);
     if strict && (g(Word::Magic) != MAGIC || g(Word::Version) != VERSION) {
         return None;
     }
@@ -207,7 +210,7 @@ fn decode(words: &[AtomicU64], strict: bool) -> Option<SupervisorStats> {
 /// supervisor's block (magic, version or state word wrong).
 pub fn read_stats(fd: OwnedFd) -> io::Result<SupervisorStats> {
     let mem = SharedMem::open_read_only(fd)?;
-    decode(mem.u64_words(), true).ok_or_else(|| {
+    decode(&mem, true).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             "not an isocall supervisor block (bad magic, version or state)",

@@ -1,0 +1,205 @@
+//! Request and reply bodies: rkyv archives written in place into a frame,
+//! and read back only from memory the peer cannot reach.
+//!
+//! # The copy rule
+//!
+//! A body arrives in a ring the peer can still write. A check of those
+//! bytes proves nothing about the next read of them: a peer that rewrites a
+//! `String`'s relative pointer after bytecheck passed makes the reader
+//! follow it out of bounds (a double fetch). So every body is first copied
+//! into private, 16-aligned memory owned by this process ([`Inbox`], reused
+//! from call to call), then validated there with bytecheck, then read
+//! there. Validation of what nobody else can write holds for as long as it
+//! is read: [`Checked`] is that fact as a type. For the bodies of calls
+//! (tens to hundreds of bytes) the copy costs less than the validation.
+//!
+//! Only a connection whose owner declared the peer trusted (an `unsafe`
+//! promise that it writes only valid archives of the right types) reads
+//! bodies in place in the ring, without copy or validation.
+#![allow(unsafe_code)] // `access_unchecked` on bytes checked before: see SAFETY
+
+use std::marker::PhantomData;
+
+use rkyv::Portable;
+use rkyv::api::high::HighValidator;
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+
+/// The serializer bodies are written with: rkyv's high-level serializer
+/// writing into a frame.
+pub type Ser<'a, 'b> = rkyv::api::high::HighSerializer<
+    rkyv::ser::writer::Buffer<'b>,
+    rkyv::ser::allocator::ArenaHandle<'a>,
+    rancor::Error,
+>;
+
+/// The validator bodies are checked with; its errors keep their message.
+pub type Validator<'a> = HighValidator<'a, rancor::BoxedError>;
+
+/// What a type must be to travel as a request, reply or message body:
+/// rkyv serializable into a frame, its archive checkable with bytecheck,
+/// and described by a [`Schema`](isocall_schema::Schema) so that both
+/// sides can check at connect time that they agree on it.
+/// `#[derive(rkyv::Archive, rkyv::Serialize, isocall::Schema)]` gives all
+/// three.
+pub trait Body:
+    for<'a, 'b> rkyv::Serialize<Ser<'a, 'b>>
+    + rkyv::Archive<Archived: Portable + for<'a> CheckBytes<Validator<'a>>>
+    + isocall_schema::Schema
+{
+}
+
+impl<T> Body for T where
+    T: for<'a, 'b> rkyv::Serialize<Ser<'a, 'b>>
+        + rkyv::Archive<Archived: Portable + for<'a> CheckBytes<Validator<'a>>>
+        + isocall_schema::Schema
+{
+}
+
+/// Why a body could not be written into a frame: it does not fit (or rkyv
+/// could not serialize it).
+#[derive(Debug, thiserror::Error)]
+#[error("the body does not fit the {room} bytes a frame has for it")]
+pub struct EncodeError {
+    /// Bytes that were available.
+    pub room: usize,
+    /// rkyv's error, if rkyv was writing it.
+    #[source]
+    pub source: Option<rancor::Error>,
+}
+
+/// Serializes `value` into `buf`; returns the archive's length.
+///
+/// # Errors
+///
+/// The archive does not fit `buf` (or the value cannot be serialized).
+#[inline]
+pub(crate) fn encode<T>(value: &T, buf: &mut [u8]) -> Result<usize, EncodeError>
+where
+    T: for<'a, 'b> rkyv::Serialize<Ser<'a, 'b>>,
+{
+    let room = buf.len();
+    rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, rkyv::ser::writer::Buffer::from(buf))
+        .map(|w| w.len())
+        .map_err(|source| EncodeError {
+            room,
+            source: Some(source),
+        })
+}
+
+/// Why a body failed validation: the archive is not a valid `T`.
+#[derive(Debug, thiserror::Error)]
+#[error("not a valid archive of {type_name}: {source}")]
+pub struct ValidationError {
+    /// The type it was checked as.
+    pub type_name: String,
+    /// bytecheck's account of what is wrong.
+    #[source]
+    pub source: rancor::BoxedError,
+}
+
+/// Private, 16-aligned memory a body is copied into before it is checked
+/// and read (see the module doc). Reused: after the first calls it grows no
+/// more.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    buf: AlignedVec<16>,
+}
+
+impl Inbox {
+    /// An empty inbox.
+    pub fn new() -> Inbox {
+        Inbox::default()
+    }
+
+    /// Copies `bytes` (the peer's) in, replacing what was there.
+    #[inline]
+    pub fn fill(&mut self, bytes: &[u8]) {
+        self.buf.clear();
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The bytes copied in last.
+    #[inline]
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Checks the bytes copied in as an archive of `T`.
+    ///
+    /// # Errors
+    ///
+    /// [`ValidationError`] naming the type and what is wrong.
+    #[inline]
+    pub fn check<T: Body>(&self) -> Result<Checked<'_, T>, ValidationError> {
+        check::<T>(&self.buf)
+    }
+}
+
+/// Bytes checked to hold a valid archive of `T`, in memory nobody else can
+/// write for as long as this borrow lives (private memory, or the frame of
+/// a connection declared trusted).
+pub struct Checked<'a, T: Body> {
+    bytes: &'a [u8],
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Body> Clone for Checked<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: Body> Copy for Checked<'_, T> {}
+
+impl<'a, T: Body> Checked<'a, T> {
+    /// The archived value.
+    #[inline]
+    pub fn get(&self) -> &'a T::Archived {
+        // SAFETY: `bytes` passed bytecheck as a `T::Archived` when this
+        // value was made (`check`), or the peer is trusted to write only
+        // valid archives (`trusted`); either way the bytes cannot change
+        // while borrowed: they are private to this process (the copy rule)
+        // or the frame of a trusted peer.
+        unsafe { rkyv::access_unchecked::<T::Archived>(self.bytes) }
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Bytes of a trusted peer, taken as valid without a check.
+    ///
+    /// # Safety
+    ///
+    /// `bytes` hold a valid archive of `T` (the connection was declared
+    /// trusted: its peer writes only valid archives of the method's
+    /// types) and are not written while this value lives.
+    pub unsafe fn trusted(bytes: &'a [u8]) -> Checked<'a, T> {
+        Checked {
+            bytes,
+            _t: PhantomData,
+        }
+    }
+}
+
+/// Checks `bytes` (which must be private to this process) as an archive of
+/// `T`.
+///
+/// # Errors
+///
+/// [`ValidationError`] naming the type and what is wrong.
+#[inline]
+pub(crate) fn check<T: Body>(bytes: &[u8]) -> Result<Checked<'_, T>, ValidationError> {
+    match rkyv::access::<T::Archived, rancor::BoxedError>(bytes) {
+        Ok(_) => Ok(Checked {
+            bytes,
+            _t: PhantomData,
+        }),
+        Err(source) => Err(ValidationError {
+            type_name: <T as isocall_schema::Schema>::NAME.to_string(),
+            source,
+        }),
+    }
+}

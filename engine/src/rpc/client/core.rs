@@ -1,0 +1,281 @@
+//! What every client does the same way: the client's end of the
+//! handshake, resolving methods against the server's table, writing a
+//! request frame, and turning an error status into a [`CallError`].
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use isocall_blob::BlobHandle;
+
+use super::ClientOptions;
+use crate::endpoint::{Sender, TransportError};
+use crate::rpc::body::{Body, EncodeError};
+use crate::rpc::error::{AppError, CallError, ConnectError, TypeMismatch};
+use crate::rpc::handshake::{
+    self, ClientHello, HELLO, HandshakeError, MethodInfo, READY, REFUSED,
+};
+use crate::rpc::link::Link;
+use crate::rpc::method::{Message, MessageRef, Method, MethodRef, next_client_tag};
+use crate::rpc::wire::{self, CallHead, ErrorBody, MAX_BLOBS, PROTOCOL_VERSION, Status};
+use crate::segment::{Segment, SegmentLayout, Side};
+use crate::sys::{Doorbell, PeerCred, peer_cred, recv_message, send_with_fds};
+
+/// What a client knows of its connection, fixed at the handshake.
+#[derive(Debug)]
+pub(crate) struct Info {
+    /// Tells this client's method refs from others'.
+    pub(crate) tag: u32,
+    pub(crate) methods: Vec<MethodInfo>,
+    pub(crate) by_name: HashMap<String, u32>,
+    pub(crate) max_frame: usize,
+    pub(crate) server: PeerCred,
+    pub(crate) layout: SegmentLayout,
+    pub(crate) options: ClientOptions,
+}
+
+/// Runs the client's end of the handshake over `sock`.
+pub(crate) fn handshake(sock: OwnedFd, options: ClientOptions) -> Result<(Link, Info), ConnectError> {
+    let deadline = crate::deadline_in(options.handshake_timeout);
+    let server = peer_cred(sock.as_fd())?;
+    options
+        .server_policy
+        .check(&server)
+        .map_err(ConnectError::ServerRefused)?;
+    send_with_fds(
+        sock.as_fd(),
+        bytemuck::bytes_of(&ClientHello::ours()),
+        &[],
+        deadline,
+    )?;
+    let mut buf = vec![0u8; handshake::MAX_MESSAGE + 1];
+    let (n, mut fds) =
+        recv_message(sock.as_fd(), &mut buf, 2, deadline, None).map_err(|e| match e.kind() {
+            io::ErrorKind::TimedOut => ConnectError::Timeout(options.handshake_timeout),
+            io::ErrorKind::UnexpectedEof => ConnectError::Handshake(HandshakeError::Closed),
+            _ => ConnectError::Io(e),
+        })?;
+    let msg = &buf[..n];
+    let abort = |reason: &str| {
+        let _ = send_with_fds(
+            sock.as_fd(),
+            &handshake::encode_abort(reason),
+            &[],
+            Instant::now() + Duration::from_millis(100),
+        );
+    };
+    match msg[0] {
+        REFUSED => {
+            return Err(ConnectError::Refused(handshake::decode_refusal(&msg[1..])?));
+        }
+        HELLO => {}
+        tag => return Err(HandshakeError::UnexpectedTag { tag }.into()),
+    }
+    let hello = handshake::decode_hello(&msg[1..]).inspect_err(|e| abort(&e.to_string()))?;
+    if hello.head.version != PROTOCOL_VERSION {
+        abort("protocol version mismatch");
+        return Err(ConnectError::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs: hello.head.version,
+        });
+    }
+    if fds.len() != 2 {
+        let e = HandshakeError::Descriptors {
+            expected: 2,
+            got: fds.len(),
+        };
+        abort(&e.to_string());
+        return Err(e.into());
+    }
+    let bell = fds.pop().expect("2 fds");
+    let memfd = fds.pop().expect("2 fds");
+    let doorbell = Doorbell::from_peer_end(bell).map_err(|_| {
+        abort("the doorbell is not a seqpacket socket");
+        HandshakeError::NotADoorbell
+    })?;
+    // Seals, magic, version and layout are checked before anything is
+    // used.
+    let segment = Segment::open(memfd).inspect_err(|e| abort(&e.to_string()))?;
+    let layout = segment.layout();
+    let link = Link::attach(
+        segment,
+        Side::Client,
+        doorbell,
+        options.strategy,
+        sock,
+        &server,
+    )
+    .map_err(|e| {
+        io::Error::other(e.to_string())
+    })?;
+    send_with_fds(link.sock.as_fd(), &[READY], &[], deadline)?;
+    let by_name = hello
+        .methods
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.name.clone(), i as u32))
+        .collect();
+    tracing::debug!(
+        server_pid = ?server.pid,
+        methods = hello.methods.len(),
+        conn = hello.head.conn,
+        "connected"
+    );
+    let info = Info {
+        tag: next_client_tag(),
+        methods: hello.methods,
+        by_name,
+        max_frame: (hello.head.max_frame as usize).max(wire::HEAD),
+        server,
+        layout,
+        options,
+    };
+    Ok((link, info))
+}
+
+impl Info {
+    fn find(&self, name: &str) -> Result<(u32, &MethodInfo), CallError> {
+        let id = *self.by_name.get(name).ok_or_else(|| CallError::NoSuchMethod {
+            name: name.to_string(),
+        })?;
+        Ok((id, &self.methods[id as usize]))
+    }
+
+    /// Resolves `m` against the server's table: same name, kind and types.
+    pub(crate) fn resolve<Req: Body, Resp: Body>(
+        &self,
+        m: Method<Req, Resp>,
+    ) -> Result<MethodRef<Req, Resp>, CallError> {
+        let (id, info) = self.find(m.name())?;
+        let ours = m.signature();
+        if info.signature != ours {
+            return Err(TypeMismatch {
+                method: m.name().to_string(),
+                ours,
+                theirs: info.signature.clone(),
+            }
+            .into());
+        }
+        Ok(MethodRef::new(id, self.tag, m.name(), info.idempotent))
+    }
+
+    /// Resolves the one-way `m` against the server's table.
+    pub(crate) fn resolve_message<M: Body>(
+        &self,
+        m: Message<M>,
+    ) -> Result<MessageRef<M>, CallError> {
+        let (id, info) = self.find(m.name())?;
+        let ours = m.signature();
+        if info.signature != ours {
+            return Err(TypeMismatch {
+                method: m.name().to_string(),
+                ours,
+                theirs: info.signature.clone(),
+            }
+            .into());
+        }
+        Ok(MessageRef::new(id, self.tag, m.name()))
+    }
+
+    /// The name of method `id` (for errors).
+    pub(crate) fn method_name(&self, id: u32) -> String {
+        self.methods
+            .get(id as usize)
+            .map_or_else(|| format!("#{id}"), |m| m.name.clone())
+    }
+
+    /// The error an error RESPONSE to method `id` says.
+    pub(crate) fn status_error(&self, id: u32, status: u32, body: &[u8]) -> CallError {
+        let (code, message) = ErrorBody::read(body);
+        match Status::from_u32(status) {
+            Some(Status::AppError) => CallError::App(AppError { code, message }),
+            Some(Status::UnknownMethod) => CallError::UnknownMethod { id },
+            Some(Status::HandlerPanicked) => CallError::HandlerPanicked {
+                method: self.method_name(id),
+                message,
+            },
+            Some(Status::BadRequest) => CallError::BadRequest {
+                method: self.method_name(id),
+                expected: self
+                    .methods
+                    .get(id as usize)
+                    .map_or_else(String::new, |m| m.signature.request.name.clone()),
+                detail: message,
+            },
+            Some(Status::TooLarge) => CallError::ReplyTooLarge {
+                method: self.method_name(id),
+                detail: message,
+            },
+            Some(Status::Ok) | None => {
+                CallError::BadReply(crate::rpc::error::ReplyError::UnknownStatus { status })
+            }
+        }
+    }
+
+    /// Checks that a method ref was resolved on this client.
+    #[inline]
+    pub(crate) fn check_ref(&self, client: u32, method: &'static str) -> Result<(), CallError> {
+        if client == self.tag {
+            Ok(())
+        } else {
+            Err(CallError::ForeignMethod { method })
+        }
+    }
+}
+
+/// Writes one frame: head, blob handles, and the body `encode` writes into
+/// the grant (returning its length), then publishes it. When the ring is
+/// full `on_full` runs (it drains replies so the server can go on, and
+/// waits a little, or fails at the call's deadline); then it tries again.
+#[allow(clippy::too_many_arguments)] // one private writer for every frame
+pub(crate) fn put(
+    tx: &mut Sender,
+    max_frame: usize,
+    frame_kind: u16,
+    id: u64,
+    method: u32,
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+    blobs: &[BlobHandle],
+    mut on_full: impl FnMut(&mut Sender) -> Result<(), CallError>,
+) -> Result<(), CallError> {
+    if blobs.len() > MAX_BLOBS {
+        return Err(CallError::TooManyBlobs {
+            count: blobs.len(),
+            max: MAX_BLOBS,
+        });
+    }
+    let body_at = wire::HEAD + blobs.len() * wire::HANDLE;
+    let max = max_frame.min(tx.max_payload());
+    // Most bodies are small: try a small grant first, then the largest.
+    let mut room = max.min(body_at + 4096);
+    loop {
+        let mut g = match tx.try_reserve(frame_kind, room) {
+            Ok(g) => g,
+            Err(TransportError::Full) => {
+                on_full(tx)?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match encode(&mut g.bytes_mut()[body_at..]) {
+            Ok(n) => {
+                let head = CallHead {
+                    id,
+                    method,
+                    status: 0,
+                    nblobs: blobs.len() as u32,
+                    body_len: n as u32,
+                    _reserved: 0,
+                };
+                wire::write_head(g.bytes_mut(), &head, blobs);
+                g.commit(body_at + n);
+                tx.publish();
+                return Ok(());
+            }
+            // Dropping the grant publishes nothing.
+            Err(_) if room < max => room = max,
+            Err(e) => return Err(CallError::RequestTooLarge(e)),
+        }
+    }
+}

@@ -1,0 +1,894 @@
+//! The calling side of a connection: [`Client`] for one thread,
+//! [`SharedClient`] for many, and the [`Caller`] trait both (and the
+//! supervised client) implement.
+//!
+//! A call writes its request in place into the ring, then waits for the
+//! reply with the client's strategy: whoever waits reads the replies of
+//! every call in flight and keeps the ones that are not its own for their
+//! callers. A reply's body is copied into the client's private memory,
+//! validated there, and handed out as a [`Reply`] guard (see the copy rule
+//! in [`crate::rpc::body`]).
+
+mod caller;
+mod core;
+pub(crate) mod reply;
+mod shared;
+mod window;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use isocall_blob::{BlobHandle, Pool};
+use isocall_ringbuf::{SharedRegion, Spinner};
+use rkyv::util::AlignedVec;
+
+pub use caller::Caller;
+pub use reply::{Pending, Reply};
+pub use shared::SharedClient;
+
+use self::core::{Info, put};
+use self::reply::{Abandoned, ReplyBlobSet, ReplyBytes};
+use self::window::{Entry, Stashed, Window};
+use crate::WaitStrategy;
+use crate::endpoint::{Receiver, RxFrame, TransportError};
+use crate::rpc::body::{self, Body, Inbox};
+use crate::rpc::error::{CallError, ConnectError, Refusal, ReplyError};
+use crate::rpc::large::LargeBlob;
+use crate::rpc::link::Link;
+use crate::rpc::method::{Message, MessageRef, Method, MethodRef};
+use crate::rpc::policy::Policy;
+use crate::rpc::wire::{self, CloseReason, Status, kind};
+use crate::segment::SegmentLayout;
+use crate::sys::{PeerCred, SocketName, connect_seqpacket, send_with_fds};
+
+/// How a client connects and waits.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ClientOptions {
+    /// How the client waits for replies (default `Adaptive`).
+    pub strategy: WaitStrategy,
+    /// How long the handshake may take (default 5 s).
+    pub handshake_timeout: Duration,
+    /// Deadline of a call that names none (default 30 s).
+    pub call_timeout: Duration,
+    /// Who the server may be (default: a process of this user), checked
+    /// against the socket's credentials before anything is sent: a process
+    /// squatting on the server's name is refused.
+    pub server_policy: Policy,
+    /// Most calls in flight at once (default 1024).
+    pub max_in_flight: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            strategy: WaitStrategy::Adaptive,
+            handshake_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(30),
+            server_policy: Policy::SameUid,
+            max_in_flight: 1024,
+        }
+    }
+}
+
+impl ClientOptions {
+    /// The options with `strategy`.
+    #[must_use]
+    pub fn strategy(mut self, s: WaitStrategy) -> Self {
+        self.strategy = s;
+        self
+    }
+
+    /// The options with `d` as the handshake timeout.
+    #[must_use]
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.handshake_timeout = d;
+        self
+    }
+
+    /// The options with `d` as the default call timeout.
+    #[must_use]
+    pub fn call_timeout(mut self, d: Duration) -> Self {
+        self.call_timeout = d;
+        self
+    }
+
+    /// The options with `p` as the policy on the server's credentials.
+    #[must_use]
+    pub fn server_policy(mut self, p: Policy) -> Self {
+        self.server_policy = p;
+        self
+    }
+
+    /// The options with `n` as the most calls in flight.
+    #[must_use]
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+}
+
+/// Connects to `socket` and runs the handshake, trying again while the
+/// server says it is busy (too many handshakes under way), within the
+/// handshake timeout.
+fn connect_link(socket: &SocketName, options: &ClientOptions) -> Result<(Link, Info), ConnectError> {
+    let span = tracing::debug_span!("isocall_connect", %socket);
+    let _enter = span.enter();
+    let deadline = crate::deadline_in(options.handshake_timeout);
+    let mut pause = Duration::from_micros(200);
+    loop {
+        let sock = connect_seqpacket(socket).map_err(|source| ConnectError::Connect {
+            socket: socket.to_string(),
+            source,
+        })?;
+        match core::handshake(sock, options.clone()) {
+            Err(ConnectError::Refused(Refusal::Busy { .. }))
+                if Instant::now() + pause < deadline =>
+            {
+                // A handshake slot frees within a handshake's time; the
+                // server asked us to come back.
+                wait_quietly(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Waits `d` without a busy loop (a futex wait on a private word nobody
+/// wakes).
+fn wait_quietly(d: Duration) {
+    let word = std::sync::atomic::AtomicU32::new(0);
+    let _ = crate::sys::futex_wait(&word, 0, Some(d));
+}
+
+/// A connection to a server, for calls from one thread at a time
+/// (`&mut self`). For many threads on one connection, see
+/// [`SharedClient`].
+///
+/// ```no_run
+/// use isocall_engine::rpc::{Client, Method};
+/// # #[derive(rkyv::Archive, rkyv::Serialize, isocall_schema::Schema)]
+/// # #[schema(crate = "isocall_schema")]
+/// # struct Add { a: u64, b: u64 }
+/// # #[derive(rkyv::Archive, rkyv::Serialize, isocall_schema::Schema)]
+/// # #[schema(crate = "isocall_schema")]
+/// # struct Sum { sum: u64 }
+/// const ADD: Method<Add, Sum> = Method::new("add");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut client = Client::connect(&isocall_engine::rpc::default_socket("adder")?)?;
+/// let add = client.method(ADD)?;                  // checked against the server once
+/// let sum = client.call(add, &Add { a: 2, b: 40 })?.sum;
+/// assert_eq!(sum, 42);
+/// # Ok(()) }
+/// ```
+pub struct Client {
+    link: Link,
+    info: Info,
+    window: Window,
+    abandoned: Arc<Abandoned>,
+    given_up: Vec<u64>,
+    inbox: Inbox,
+    spares: Mutex<Vec<AlignedVec<16>>>,
+    trusted: bool,
+    next_large: u64,
+    closed: Option<CloseReason>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("server", &self.info.server)
+            .field("methods", &self.info.methods.len())
+            .field("in_flight", &self.window.len())
+            .finish()
+    }
+}
+
+/// Tries a ring operation without a deadline first (no clock read on the
+/// fast path), spinning a little (64 spin hints, a microsecond or two)
+/// unless the strategy is `Blocking`, and only then computes the deadline
+/// (once per call) and waits for real.
+const SPINS_BEFORE_DEADLINE: u32 = 64;
+
+pub(crate) fn next_frame<'r>(
+    rx: &'r mut Receiver,
+    strategy: WaitStrategy,
+    deadline: &mut Option<Instant>,
+    timeout: Duration,
+) -> Result<RxFrame<'r>, TransportError> {
+    if strategy != WaitStrategy::Blocking {
+        for _ in 0..SPINS_BEFORE_DEADLINE {
+            if rx.try_recv()?.is_some() {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+    }
+    let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
+    rx.recv(Some(d))
+}
+
+impl Client {
+    /// Connects with the default options.
+    ///
+    /// # Errors
+    ///
+    /// See [`ConnectError`]: no server, refused (either way), version
+    /// mismatch, a bad or late hello, a segment that fails its checks.
+    pub fn connect(socket: &SocketName) -> Result<Client, ConnectError> {
+        Self::connect_with(socket, ClientOptions::default())
+    }
+
+    /// Connects with `options`.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub fn connect_with(socket: &SocketName, options: ClientOptions) -> Result<Client, ConnectError> {
+        let (link, info) = connect_link(socket, &options)?;
+        Ok(Self::from_parts(link, info))
+    }
+
+    /// Runs the handshake over `sock`, a `SOCK_SEQPACKET` socket already
+    /// connected to a server (one end of a socketpair whose other end the
+    /// server received over its handoff socket, or a socket a name service
+    /// handed over).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect), but for reaching the socket.
+    pub fn over_socket(sock: OwnedFd, options: ClientOptions) -> Result<Client, ConnectError> {
+        let (link, info) = core::handshake(sock, options)?;
+        Ok(Self::from_parts(link, info))
+    }
+
+    fn from_parts(link: Link, info: Info) -> Client {
+        Client {
+            link,
+            info,
+            window: Window::new(),
+            abandoned: Arc::default(),
+            given_up: Vec::new(),
+            inbox: Inbox::new(),
+            spares: Mutex::new(Vec::new()),
+            trusted: false,
+            next_large: 1,
+            closed: None,
+        }
+    }
+
+    /// Reads replies in place in the ring, without copying them out or
+    /// validating them.
+    ///
+    /// # Safety
+    ///
+    /// The server must only ever send valid archives of each method's
+    /// reply type and never write a frame after publishing it: an invalid
+    /// archive read unchecked is undefined behaviour.
+    // SAFETY: the caller's promise (see `# Safety`) is what makes the
+    // unchecked reads of `Reply` sound; this only records it.
+    #[allow(unsafe_code)] // declares a contract; the unchecked read is in `Reply`
+    pub unsafe fn set_trusted(&mut self) {
+        self.trusted = true;
+    }
+
+    /// Resolves `m` on this connection: the server must have registered a
+    /// call of that name with the same request and reply types (their
+    /// fingerprints travel in the hello).
+    ///
+    /// # Errors
+    ///
+    /// `NoSuchMethod`; `TypeMismatch` naming both sides' types.
+    pub fn method<Req: Body, Resp: Body>(
+        &self,
+        m: Method<Req, Resp>,
+    ) -> Result<MethodRef<Req, Resp>, CallError> {
+        self.info.resolve(m)
+    }
+
+    /// Resolves the one-way `m` on this connection.
+    ///
+    /// # Errors
+    ///
+    /// As [`method`](Self::method).
+    pub fn message<M: Body>(&self, m: Message<M>) -> Result<MessageRef<M>, CallError> {
+        self.info.resolve_message(m)
+    }
+
+    /// The connection's blob pool (allocate request blobs from it), if the
+    /// server gave the connection one.
+    pub fn pool(&self) -> Option<&Arc<Pool<SharedRegion>>> {
+        self.link.pool.as_ref()
+    }
+
+    /// The server's credentials, from the socket (over a socketpair, those
+    /// of the process that made the pair).
+    pub fn server(&self) -> PeerCred {
+        self.info.server
+    }
+
+    /// The layout of the connection's segment (ring capacity, blob
+    /// classes), as the server chose it.
+    pub fn layout(&self) -> SegmentLayout {
+        self.info.layout
+    }
+
+    /// False once the server is known dead or gone: the kernel marked its
+    /// lifeline in the segment (it died), it let go of it (it closed), or
+    /// the watch saw its socket hang up.
+    pub fn is_alive(&self) -> bool {
+        self.closed.is_none() && !self.link.liveness.peer_gone()
+    }
+
+    /// Calls in flight (started and not yet waited for or given up).
+    pub fn in_flight(&self) -> usize {
+        self.window.waiting()
+    }
+
+    /// A large blob of `len` bytes (beyond the pool's largest class): a
+    /// sealed memfd of its own, zero-filled, mapped here. Share it with
+    /// [`share_large`](Self::share_large) to send it in calls.
+    ///
+    /// # Errors
+    ///
+    /// `Os` if the memory cannot be had (a length of 0 or 4 GiB and more is
+    /// `InvalidInput`).
+    pub fn alloc_large(&mut self, len: usize) -> Result<LargeBlob, CallError> {
+        if len == 0 || len > u32::MAX as usize {
+            return Err(CallError::Os(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("a large blob of {len} bytes (1 byte to 4 GiB - 1)"),
+            )));
+        }
+        let id = self.next_large;
+        self.next_large += 1;
+        let mem = crate::sys::BlobMem::create(&format!("isocall:large:{id}"), len)?;
+        Ok(LargeBlob {
+            id,
+            mem,
+            shared: false,
+        })
+    }
+
+    /// The handle of `blob` for a call, sending its memfd to the server
+    /// the first time (the server maps it once and keeps the mapping for
+    /// the connection's life).
+    ///
+    /// # Errors
+    ///
+    /// `PeerDied` if the socket is gone; `Timeout` if the server does not
+    /// take the message within the call timeout.
+    pub fn share_large(&mut self, blob: &mut LargeBlob) -> Result<BlobHandle, CallError> {
+        if !blob.shared {
+            let deadline = crate::deadline_in(self.info.options.call_timeout);
+            send_with_fds(
+                self.link.sock.as_fd(),
+                &blob.share_message(),
+                &[blob.mem.fd()],
+                deadline,
+            )
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::TimedOut => CallError::Timeout,
+                _ => CallError::PeerDied,
+            })?;
+            blob.shared = true;
+        }
+        Ok(blob.handle())
+    }
+
+    /// Forgets the calls whose [`Pending`] was dropped.
+    fn forget_given_up(&mut self) {
+        self.abandoned.take(&mut self.given_up);
+        for id in self.given_up.drain(..) {
+            if let Some(stash) = self.window.give_up(id) {
+                free_blobs(self.link.pool.as_deref(), &stash.blobs[..stash.nblobs]);
+                recycle(&self.spares, stash.body);
+            }
+        }
+    }
+
+    fn check_open(&self) -> Result<(), CallError> {
+        match self.closed {
+            Some(r) => Err(CallError::Closed(r)),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes a frame, draining replies while the ring is full.
+    fn send_frame(
+        &mut self,
+        frame_kind: u16,
+        id: u64,
+        method: u32,
+        encode: impl FnMut(&mut [u8]) -> Result<usize, body::EncodeError>,
+        blobs: &[BlobHandle],
+    ) -> Result<(), CallError> {
+        let Client {
+            link,
+            info,
+            window,
+            spares,
+            closed,
+            ..
+        } = self;
+        let timeout = info.options.call_timeout;
+        let mut deadline: Option<Instant> = None;
+        let mut spinner = Spinner::new(info.options.strategy);
+        let on_full = |tx: &mut crate::endpoint::Sender| -> Result<(), CallError> {
+            // The server may wait for room for our replies: read them.
+            let mut drained = false;
+            while let Some(frame) = link.rx.try_recv()? {
+                drained = true;
+                route(frame, window, info, spares, link.pool.as_deref(), closed)?;
+            }
+            if drained || spinner.spin() {
+                return Ok(());
+            }
+            let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
+            let now = Instant::now();
+            if now >= d {
+                return Err(CallError::Timeout);
+            }
+            // Sleep until the server frees room, at most a millisecond
+            // (then read replies again).
+            let nap = (now + Duration::from_millis(1)).min(d);
+            match tx.reserve(frame_kind, 0, Some(nap)) {
+                Ok(_) | Err(TransportError::Timeout) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        };
+        put(
+            &mut link.tx,
+            info.max_frame,
+            frame_kind,
+            id,
+            method,
+            encode,
+            blobs,
+            on_full,
+        )
+    }
+
+    /// Starts a call with `blobs` (handles of blobs already
+    /// [sent](isocall_blob::BlobMut::send) to the server, or shared large
+    /// blobs) and returns at once; many calls may be in flight.
+    ///
+    /// # Errors
+    ///
+    /// `ForeignMethod`, `TooManyInFlight`, `TooManyBlobs`,
+    /// `RequestTooLarge`, `PeerDied`, `Closed`, `Timeout` (the ring stayed
+    /// full).
+    pub fn start<Req: Body, Resp: Body>(
+        &mut self,
+        m: MethodRef<Req, Resp>,
+        request: &Req,
+        blobs: &[BlobHandle],
+    ) -> Result<Pending<Resp>, CallError> {
+        let id = self.start_id(m, request, blobs)?;
+        Ok(Pending {
+            id,
+            client: self.info.tag,
+            method: m.name,
+            abandoned: Some(self.abandoned.clone()),
+            _t: std::marker::PhantomData,
+        })
+    }
+
+    fn start_id<Req: Body, Resp: Body>(
+        &mut self,
+        m: MethodRef<Req, Resp>,
+        request: &Req,
+        blobs: &[BlobHandle],
+    ) -> Result<u64, CallError> {
+        self.info.check_ref(m.client, m.name)?;
+        self.start_keep(m.id, |buf| body::encode(request, buf), blobs, None)
+    }
+
+    /// Starts a call of server method `method` whose body `encode` writes;
+    /// a copy of the body goes to `keep` if given (for a retry on another
+    /// connection). Returns the call's id.
+    pub(crate) fn start_keep(
+        &mut self,
+        method: u32,
+        mut encode: impl FnMut(&mut [u8]) -> Result<usize, body::EncodeError>,
+        blobs: &[BlobHandle],
+        mut keep: Option<&mut Vec<u8>>,
+    ) -> Result<u64, CallError> {
+        self.check_open()?;
+        self.forget_given_up();
+        if self.window.waiting() >= self.info.options.max_in_flight {
+            return Err(CallError::TooManyInFlight {
+                limit: self.info.options.max_in_flight,
+            });
+        }
+        let id = self.window.next_id();
+        let enc = |buf: &mut [u8]| -> Result<usize, body::EncodeError> {
+            let n = encode(buf)?;
+            if let Some(k) = keep.as_deref_mut() {
+                k.clear();
+                k.extend_from_slice(&buf[..n]);
+            }
+            Ok(n)
+        };
+        self.send_frame(kind::REQUEST, id, method, enc, blobs)?;
+        self.window.push(method);
+        Ok(id)
+    }
+
+    /// Starts a call whose body is `body`, an archive already made (kept
+    /// from an attempt on another connection). Returns the call's id.
+    pub(crate) fn start_raw(
+        &mut self,
+        method: u32,
+        body: &[u8],
+        blobs: &[BlobHandle],
+    ) -> Result<u64, CallError> {
+        let copy = |buf: &mut [u8]| -> Result<usize, body::EncodeError> {
+            let room = buf.len();
+            let dst = buf.get_mut(..body.len()).ok_or(body::EncodeError {
+                room,
+                source: None,
+            })?;
+            dst.copy_from_slice(body);
+            Ok(body.len())
+        };
+        self.start_keep(method, copy, blobs, None)
+    }
+
+    /// The server's id of the method `name` if it has signature `sig`, and
+    /// whether the server declared it idempotent.
+    pub(crate) fn resolve_sig(
+        &self,
+        name: &str,
+        sig: &crate::rpc::method::Signature,
+    ) -> Option<(u32, bool)> {
+        let id = *self.info.by_name.get(name)?;
+        let m = &self.info.methods[id as usize];
+        (m.signature == *sig).then_some((id, m.idempotent))
+    }
+
+    /// This client's tag (what its method refs carry).
+    pub(crate) fn tag(&self) -> u32 {
+        self.info.tag
+    }
+
+    /// Gives call `id` up: its reply is discarded (blobs freed) when it
+    /// comes, or now if it came.
+    pub(crate) fn give_up(&mut self, id: u64) {
+        if let Some(stash) = self.window.give_up(id) {
+            free_blobs(self.link.pool.as_deref(), &stash.blobs[..stash.nblobs]);
+            recycle(&self.spares, stash.body);
+        }
+    }
+
+    /// Waits until the reply of call `id` has come (it is then kept, to be
+    /// taken with `wait_id`), without handing it out: for a caller that
+    /// may go on to another connection when this one dies.
+    pub(crate) fn await_reply(
+        &mut self,
+        id: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(), CallError> {
+        let Client {
+            link,
+            info,
+            window,
+            spares,
+            closed,
+            ..
+        } = self;
+        let pool = link.pool.as_deref();
+        let mut deadline = deadline;
+        let timeout = info.options.call_timeout;
+        let strategy = info.options.strategy;
+        loop {
+            match window.get(id) {
+                Some(Entry::Stashed(_)) => return Ok(()),
+                Some(Entry::Waiting { .. }) => {}
+                Some(Entry::Gone) | None => {
+                    return Err(closed.map_or(CallError::PeerDied, CallError::Closed));
+                }
+            }
+            let frame = match next_frame(&mut link.rx, strategy, &mut deadline, timeout) {
+                Ok(f) => f,
+                Err(e) => return Err(closed.map_or_else(|| e.into(), CallError::Closed)),
+            };
+            route(frame, window, info, spares, pool, closed)?;
+        }
+    }
+
+    /// Waits for the reply of `pending` until `deadline` (`None`: the
+    /// client's call timeout, from now).
+    ///
+    /// # Errors
+    ///
+    /// `PeerDied`, `Closed`, `Timeout` (the call is then given up: its
+    /// reply is discarded when it comes), the server's statuses (`App`,
+    /// `UnknownMethod`, `HandlerPanicked`, `BadRequest`, `ReplyTooLarge`),
+    /// `BadReply` for a reply that fails validation.
+    pub fn wait<Resp: Body>(
+        &mut self,
+        pending: Pending<Resp>,
+        deadline: Option<Instant>,
+    ) -> Result<Reply<'_, Resp>, CallError> {
+        let (id, client) = pending.defuse();
+        self.info.check_ref(client, "a pending call")?;
+        self.wait_id::<Resp>(id, deadline)
+    }
+
+    /// Calls `m` and waits for its reply: [`start`](Self::start) then
+    /// [`wait`](Self::wait).
+    ///
+    /// # Errors
+    ///
+    /// As `start` and `wait`.
+    #[inline]
+    pub fn call<Req: Body, Resp: Body>(
+        &mut self,
+        m: MethodRef<Req, Resp>,
+        request: &Req,
+    ) -> Result<Reply<'_, Resp>, CallError> {
+        let id = self.start_id(m, request, &[])?;
+        self.wait_id::<Resp>(id, None)
+    }
+
+    /// Calls `m` with blobs and a deadline.
+    ///
+    /// # Errors
+    ///
+    /// As `start` and `wait`.
+    pub fn call_with<Req: Body, Resp: Body>(
+        &mut self,
+        m: MethodRef<Req, Resp>,
+        request: &Req,
+        blobs: &[BlobHandle],
+        deadline: Option<Instant>,
+    ) -> Result<Reply<'_, Resp>, CallError> {
+        let id = self.start_id(m, request, blobs)?;
+        self.wait_id::<Resp>(id, deadline)
+    }
+
+    /// Sends the one-way message `m` (no reply).
+    ///
+    /// # Errors
+    ///
+    /// `ForeignMethod`, `TooManyBlobs`, `RequestTooLarge`, `PeerDied`,
+    /// `Closed`, `Timeout` (the ring stayed full).
+    pub fn send<M: Body>(
+        &mut self,
+        m: MessageRef<M>,
+        message: &M,
+        blobs: &[BlobHandle],
+    ) -> Result<(), CallError> {
+        self.info.check_ref(m.client, m.name)?;
+        self.check_open()?;
+        self.forget_given_up();
+        self.send_frame(
+            kind::MESSAGE,
+            0,
+            m.id,
+            |buf| body::encode(message, buf),
+            blobs,
+        )
+    }
+
+    pub(crate) fn wait_id<Resp: Body>(
+        &mut self,
+        id: u64,
+        deadline: Option<Instant>,
+    ) -> Result<Reply<'_, Resp>, CallError> {
+        let Client {
+            link,
+            info,
+            window,
+            inbox,
+            spares,
+            trusted,
+            closed,
+            ..
+        } = self;
+        let pool = link.pool.as_deref();
+        // A reply that came while another call was waited for.
+        match window.get(id) {
+            Some(Entry::Stashed(_)) => {
+                let s = window.take_stash(id).expect("stashed");
+                return stashed_reply(s, info, spares, pool);
+            }
+            Some(Entry::Waiting { .. }) => {}
+            Some(Entry::Gone) | None => {
+                return Err(closed.map_or(CallError::PeerDied, CallError::Closed));
+            }
+        }
+        let mut deadline = deadline;
+        let timeout = info.options.call_timeout;
+        let strategy = info.options.strategy;
+        let blobs = loop {
+            let frame = match next_frame(&mut link.rx, strategy, &mut deadline, timeout) {
+                Ok(f) => f,
+                Err(TransportError::Timeout) => {
+                    window.give_up(id);
+                    // Tell the server (best effort: a full ring skips it);
+                    // a reply that still comes is discarded.
+                    if let Ok(mut g) = link.tx.try_reserve(kind::CANCEL, wire::HEAD) {
+                        let head = wire::CallHead {
+                            id,
+                            ..wire::CallHead::default()
+                        };
+                        wire::write_head(g.bytes_mut(), &head, &[]);
+                        g.commit_all();
+                        link.tx.publish();
+                    }
+                    return Err(CallError::Timeout);
+                }
+                Err(e) => {
+                    window.give_up(id);
+                    return Err(closed.map_or_else(|| e.into(), CallError::Closed));
+                }
+            };
+            let p = match mine(&frame, id) {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    if let Err(e) = route(frame, window, info, spares, pool, closed) {
+                        window.give_up(id);
+                        return Err(e);
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    window.give_up(id);
+                    return Err(handle_other(frame, e, closed));
+                }
+            };
+            let method = window.finish(id).unwrap_or(p.head.method);
+            let blobs = ReplyBlobSet::new(p.blobs(), pool);
+            if p.head.status != Status::Ok as u32 {
+                let e = info.status_error(method, p.head.status, p.body);
+                drop(blobs);
+                frame.release();
+                return Err(e);
+            }
+            if *trusted {
+                // Read in place: the frame stays in the ring (dropped, not
+                // released) and is taken again below, outside the loop.
+                let range = body_range(&frame, &p);
+                drop(p);
+                drop(frame);
+                let frame = link
+                    .rx
+                    .try_recv()?
+                    .ok_or(CallError::PeerDied)?;
+                return Ok(Reply::new(ReplyBytes::Frame(Some(frame), range), blobs));
+            }
+            // The copy rule: out of the ring, then checked.
+            inbox.fill(p.body);
+            frame.release();
+            break blobs;
+        };
+        match inbox.check::<Resp>() {
+            Ok(c) => Ok(Reply::new(ReplyBytes::Borrowed(c.bytes()), blobs)),
+            Err(e) => Err(CallError::BadReply(ReplyError::Invalid(e))),
+        }
+    }
+}
+
+/// Where the body of a parsed frame sits in its payload.
+fn body_range(frame: &RxFrame<'_>, p: &wire::Parsed<'_>) -> std::ops::Range<usize> {
+    let start = p.body.as_ptr() as usize - frame.payload().as_ptr() as usize;
+    start..start + p.body.len()
+}
+
+/// The parsed frame if it is the RESPONSE to `id`; `None` if it is
+/// another's; an error for a frame that is not a response.
+fn mine<'f>(frame: &'f RxFrame<'_>, id: u64) -> Result<Option<wire::Parsed<'f>>, CallError> {
+    if frame.kind() != kind::RESPONSE {
+        return Err(CallError::BadReply(ReplyError::UnexpectedKind {
+            kind: frame.kind(),
+        }));
+    }
+    let p = wire::parse(frame.payload()).map_err(|e| CallError::BadReply(e.into()))?;
+    Ok((p.head.id == id).then_some(p))
+}
+
+/// A frame that is not a response: a CLOSE says why the server closed;
+/// anything else is a broken protocol.
+fn handle_other(frame: RxFrame<'_>, e: CallError, closed: &mut Option<CloseReason>) -> CallError {
+    if frame.kind() == kind::CLOSE {
+        let p = frame.payload();
+        let code = p
+            .get(..4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let r = CloseReason::from_code(code);
+        frame.release();
+        *closed = Some(r);
+        return CallError::Closed(r);
+    }
+    frame.release();
+    e
+}
+
+/// Handles a frame that is not the one waited for: a reply of another
+/// call in flight is stashed (copied out) for its caller; one nobody waits
+/// for is discarded, its blobs freed.
+fn route(
+    frame: RxFrame<'_>,
+    window: &mut Window,
+    info: &Info,
+    spares: &Mutex<Vec<AlignedVec<16>>>,
+    pool: Option<&Pool<SharedRegion>>,
+    closed: &mut Option<CloseReason>,
+) -> Result<(), CallError> {
+    let p = match mine(&frame, u64::MAX) {
+        Ok(_) => wire::parse(frame.payload()).map_err(|e| CallError::BadReply(e.into()))?,
+        Err(e) => return Err(handle_other(frame, e, closed)),
+    };
+    let _ = info;
+    if window.is_waiting(p.head.id) {
+        let mut body = spares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default();
+        body.clear();
+        body.extend_from_slice(p.body);
+        let s = Stashed {
+            method: p.head.method,
+            status: p.head.status,
+            blobs: p.blobs,
+            nblobs: p.head.nblobs as usize,
+            body,
+        };
+        window.stash(p.head.id, s);
+    } else {
+        free_blobs(pool, p.blobs());
+    }
+    frame.release();
+    Ok(())
+}
+
+/// The reply made from a stashed one (checked now, in its private buffer).
+fn stashed_reply<'c, Resp: Body>(
+    s: Stashed,
+    info: &Info,
+    spares: &'c Mutex<Vec<AlignedVec<16>>>,
+    pool: Option<&'c Pool<SharedRegion>>,
+) -> Result<Reply<'c, Resp>, CallError> {
+    let blobs = ReplyBlobSet::new(&s.blobs[..s.nblobs], pool);
+    if s.status != Status::Ok as u32 {
+        let e = info.status_error(s.method, s.status, &s.body);
+        recycle(spares, s.body);
+        return Err(e);
+    }
+    if let Err(e) = body::check::<Resp>(&s.body) {
+        recycle(spares, s.body);
+        return Err(CallError::BadReply(ReplyError::Invalid(e)));
+    }
+    Ok(Reply::new(ReplyBytes::Owned(s.body, Some(spares)), blobs))
+}
+
+/// Keeps a buffer for a later stash.
+fn recycle(spares: &Mutex<Vec<AlignedVec<16>>>, v: AlignedVec<16>) {
+    let mut s = spares.lock().unwrap_or_else(|p| p.into_inner());
+    if s.len() < 64 {
+        s.push(v);
+    }
+}
+
+/// Frees the pool blobs a discarded reply carried.
+fn free_blobs(pool: Option<&Pool<SharedRegion>>, blobs: &[BlobHandle]) {
+    drop(ReplyBlobSet::new(blobs, pool));
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // A clean close: the server stops serving this connection at once.
+        if let Ok(mut g) = self.link.tx.try_reserve(kind::CLOSE, 4) {
+            g.bytes_mut()
+                .copy_from_slice(&CloseReason::ClientClosed.code().to_le_bytes());
+            g.commit_all();
+            self.link.tx.publish();
+        }
+        tracing::debug!(server_pid = ?self.info.server.pid, "connection closed");
+    }
+}

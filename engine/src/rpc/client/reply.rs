@@ -1,0 +1,260 @@
+//! What a call gives back: a [`Reply`] guard over the validated reply and
+//! its blobs, and a [`Pending`] call to wait for.
+
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
+
+use isocall_blob::{Blob, BlobHandle, BlobMut, Pool};
+use isocall_ringbuf::SharedRegion;
+use rkyv::util::AlignedVec;
+
+use crate::endpoint::RxFrame;
+use crate::rpc::body::{Body, Checked};
+use crate::rpc::large::large_id;
+use crate::rpc::server::BlobAccessError;
+use crate::rpc::wire::MAX_BLOBS;
+
+/// Where a reply's bytes are.
+pub(crate) enum ReplyBytes<'c> {
+    /// In the client's private inbox.
+    Borrowed(&'c [u8]),
+    /// In a buffer of their own (a reply stashed while another was waited
+    /// for, or delivered to a shared client's caller), given back to
+    /// `spares` when the reply is dropped.
+    Owned(AlignedVec<16>, Option<&'c Mutex<Vec<AlignedVec<16>>>>),
+    /// In place in the ring (a trusted connection): the frame is released
+    /// when the reply is dropped.
+    Frame(Option<RxFrame<'c>>, std::ops::Range<usize>),
+}
+
+impl ReplyBytes<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            ReplyBytes::Borrowed(b) => b,
+            ReplyBytes::Owned(v, _) => v,
+            ReplyBytes::Frame(f, r) => f.as_ref().map_or(&[][..], |f| &f.payload()[r.clone()]),
+        }
+    }
+}
+
+impl Drop for ReplyBytes<'_> {
+    fn drop(&mut self) {
+        match self {
+            ReplyBytes::Owned(v, Some(spares)) => {
+                let v = std::mem::take(v);
+                if v.capacity() > 0 {
+                    let mut s = spares.lock().unwrap_or_else(|p| p.into_inner());
+                    if s.len() < 64 {
+                        s.push(v);
+                    }
+                }
+            }
+            ReplyBytes::Frame(f, _) => {
+                if let Some(f) = f.take() {
+                    f.release();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The blobs a reply carries, with the pool they are in. Those the caller
+/// does not take are freed when the reply is dropped.
+pub(crate) struct ReplyBlobSet<'c> {
+    pub(crate) handles: [BlobHandle; MAX_BLOBS],
+    pub(crate) count: usize,
+    /// Bit `i`: blob `i` was taken (or needs no freeing).
+    pub(crate) taken: u32,
+    pub(crate) pool: Option<&'c Pool<SharedRegion>>,
+}
+
+impl<'c> ReplyBlobSet<'c> {
+    pub(crate) fn new(blobs: &[BlobHandle], pool: Option<&'c Pool<SharedRegion>>) -> Self {
+        let mut handles = [BlobHandle::default(); MAX_BLOBS];
+        let count = blobs.len().min(MAX_BLOBS);
+        handles[..count].copy_from_slice(&blobs[..count]);
+        ReplyBlobSet {
+            handles,
+            count,
+            taken: 0,
+            pool,
+        }
+    }
+
+    fn take(&mut self, index: usize) -> Result<(&'c Pool<SharedRegion>, BlobHandle), BlobAccessError> {
+        let h = *self.handles[..self.count]
+            .get(index)
+            .ok_or(BlobAccessError::NoSuchBlob {
+                index,
+                count: self.count,
+            })?;
+        if large_id(&h).is_some() {
+            return Err(BlobAccessError::IsLarge { index });
+        }
+        let pool = self.pool.ok_or(BlobAccessError::NoPool)?;
+        self.taken |= 1 << index;
+        Ok((pool, h))
+    }
+}
+
+impl Drop for ReplyBlobSet<'_> {
+    fn drop(&mut self) {
+        let Some(pool) = self.pool else {
+            return;
+        };
+        for (i, h) in self.handles[..self.count].iter().enumerate() {
+            if self.taken & (1 << i) == 0 && large_id(h).is_none() {
+                // Accepting and dropping frees it; a handle the pool
+                // refuses (stale, forged) is nobody's to free.
+                drop(pool.accept(h));
+            }
+        }
+    }
+}
+
+/// A call's reply: derefs to the validated archived value, gives the
+/// reply's blobs, and frees what it holds when dropped (its buffer, its
+/// frame, and the blobs the caller did not take).
+///
+/// It borrows the client it came from: on a [`Client`](super::Client) the
+/// next call waits until the reply is dropped.
+pub struct Reply<'c, Resp: Body> {
+    pub(crate) bytes: ReplyBytes<'c>,
+    pub(crate) blobs: ReplyBlobSet<'c>,
+    pub(crate) _t: PhantomData<fn() -> Resp>,
+}
+
+impl<'c, Resp: Body> Reply<'c, Resp> {
+    /// A reply over `bytes`, which must have been checked as an archive of
+    /// `Resp` (or come from a trusted connection) and be private.
+    pub(crate) fn new(checked: ReplyBytes<'c>, blobs: ReplyBlobSet<'c>) -> Self {
+        Reply {
+            bytes: checked,
+            blobs,
+            _t: PhantomData,
+        }
+    }
+
+    /// The reply's blob handles, in the order the server attached them.
+    pub fn blob_handles(&self) -> &[BlobHandle] {
+        &self.blobs.handles[..self.blobs.count]
+    }
+
+    /// Takes blob `index` to read in place (dropping it frees it).
+    ///
+    /// # Errors
+    ///
+    /// `NoSuchBlob`, `IsLarge`, `NoPool`; the pool's errors for a handle it
+    /// refuses (stale, forged, taken already).
+    pub fn blob(&mut self, index: usize) -> Result<Blob<'c, SharedRegion>, BlobAccessError> {
+        let (pool, h) = self.blobs.take(index)?;
+        Ok(pool.accept(&h)?)
+    }
+
+    /// Takes blob `index` to read and write in place (e.g. to send it with
+    /// the next call).
+    ///
+    /// # Errors
+    ///
+    /// As [`blob`](Self::blob).
+    pub fn blob_mut(&mut self, index: usize) -> Result<BlobMut<'c, SharedRegion>, BlobAccessError> {
+        let (pool, h) = self.blobs.take(index)?;
+        Ok(pool.accept_mut(&h)?)
+    }
+
+    /// The reply's archived bytes (private to this process).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.bytes()
+    }
+}
+
+impl<Resp: Body> Deref for Reply<'_, Resp> {
+    type Target = Resp::Archived;
+
+    #[inline]
+    fn deref(&self) -> &Resp::Archived {
+        // SAFETY: every `Reply` is made over bytes that passed bytecheck as
+        // a `Resp` archive in private memory (the client's inbox or a
+        // buffer of its own), or over the frame of a connection declared
+        // trusted (`unsafe fn Client::set_trusted`); the reply owns or
+        // borrows them, so they do not change while it lives.
+        #[allow(unsafe_code)]
+        unsafe {
+            Checked::<Resp>::trusted(self.bytes.bytes()).get()
+        }
+    }
+}
+
+impl<Resp: Body> std::fmt::Debug for Reply<'_, Resp>
+where
+    Resp::Archived: std::fmt::Debug,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply")
+            .field("value", &**self)
+            .field("blobs", &self.blob_handles())
+            .finish()
+    }
+}
+
+/// Ids of calls whose [`Pending`] was dropped, for the client to forget.
+#[derive(Debug, Default)]
+pub(crate) struct Abandoned {
+    ids: Mutex<Vec<u64>>,
+}
+
+impl Abandoned {
+    pub(crate) fn push(&self, id: u64) {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+    }
+
+    /// Takes the ids, if any (one uncontended lock).
+    pub(crate) fn take(&self, into: &mut Vec<u64>) {
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        into.append(&mut ids);
+    }
+}
+
+/// A call in flight, to wait for with the client's `wait`. Dropping it
+/// gives the call up: its reply is discarded when it comes, with its
+/// blobs freed.
+#[must_use = "a pending call is waited for; dropping it gives the call up"]
+pub struct Pending<Resp> {
+    pub(crate) id: u64,
+    pub(crate) client: u32,
+    pub(crate) method: &'static str,
+    pub(crate) abandoned: Option<Arc<Abandoned>>,
+    pub(crate) _t: PhantomData<fn() -> Resp>,
+}
+
+impl<Resp> Pending<Resp> {
+    /// The method called.
+    pub fn method(&self) -> &'static str {
+        self.method
+    }
+
+    /// Disarms the drop (the call is being waited for).
+    pub(crate) fn defuse(mut self) -> (u64, u32) {
+        self.abandoned = None;
+        (self.id, self.client)
+    }
+}
+
+impl<Resp> std::fmt::Debug for Pending<Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("id", &self.id)
+            .field("method", &self.method)
+            .finish()
+    }
+}
+
+impl<Resp> Drop for Pending<Resp> {
+    fn drop(&mut self) {
+        if let Some(a) = self.abandoned.take() {
+            a.push(self.id);
+        }
+    }
+}

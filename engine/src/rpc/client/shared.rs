@@ -1,0 +1,818 @@
+//! One connection shared by many threads: [`SharedClient`].
+//!
+//! A call takes a *slot* (its reply's home), writes its request under the
+//! sender's lock, and waits. Whoever waits and finds the receiver free
+//! becomes the *leader*: it reads the ring, hands each reply to its slot
+//! (copying the body out of the ring into the slot's buffer, and waking
+//! the slot's caller if it sleeps) until its own reply comes, then leaves,
+//! waking one parked caller to lead in its place. The others spin on
+//! their slot a while, then sleep on it. A lone caller is always the
+//! leader: it pays a few uncontended locks and no thread hand-off.
+//!
+//! Call ids carry their slot's index and the slot's generation, so a late
+//! reply to a call given up (timed out, its [`Pending`] dropped) never
+//! reaches the slot's next call: it is discarded, its blobs freed.
+
+use std::collections::VecDeque;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant};
+
+use isocall_blob::{BlobHandle, Pool};
+use isocall_ringbuf::{SharedRegion, Spinner};
+use rkyv::util::AlignedVec;
+
+use super::core::{Info, put};
+use super::reply::{Abandoned, Pending, Reply, ReplyBlobSet, ReplyBytes};
+use super::{ClientOptions, connect_link, next_frame, recycle};
+use crate::endpoint::{Receiver, Sender, TransportError};
+use crate::liveness::{Liveness, PeerWatch};
+use crate::rpc::body::{self, Body};
+use crate::rpc::error::{CallError, ConnectError, ReplyError};
+use crate::rpc::large::LargeBlob;
+use crate::rpc::link::Link;
+use crate::rpc::method::{Message, MessageRef, Method, MethodRef};
+use crate::rpc::wire::{self, CloseReason, MAX_BLOBS, Status, kind};
+use crate::segment::SegmentLayout;
+use crate::sys::{Doorbell, PeerCred, SocketName, futex_wait, futex_wake, send_with_fds};
+
+/// Slot index bits of a call id.
+const INDEX_BITS: u32 = 16;
+/// Most slots (calls in flight) of a shared client.
+const MAX_SLOTS: usize = 1 << INDEX_BITS;
+
+/// A slot's caller waits for its reply.
+const WAITING: u32 = 0;
+/// The reply is in the slot.
+const READY: u32 = 1;
+/// The slot's caller is asked to lead.
+const LEAD: u32 = 2;
+
+/// Where one call's reply lands.
+#[derive(Default)]
+struct SlotData {
+    status: u32,
+    method: u32,
+    blobs: [BlobHandle; MAX_BLOBS],
+    nblobs: usize,
+    body: AlignedVec<16>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// The call id this slot serves now (0: free). Changed, and compared
+    /// with a reply's id, only under `data`'s lock.
+    id: AtomicU64,
+    /// `WAITING`, `READY` or `LEAD`; the caller sleeps on it.
+    state: AtomicU32,
+    data: Mutex<SlotData>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Rx {
+    rx: Receiver,
+    /// Why the server closed the connection, once it did.
+    closed: Option<CloseReason>,
+    /// The ring failed (corrupt); every later wait fails the same way.
+    broken: Option<String>,
+}
+
+struct Inner {
+    info: Info,
+    tx: Mutex<Sender>,
+    rx: Mutex<Rx>,
+    slots: Box<[Slot]>,
+    free: Mutex<Vec<u32>>,
+    /// Callers asleep on their slot, to be asked to lead.
+    parked: Mutex<VecDeque<u32>>,
+    parked_n: AtomicUsize,
+    abandoned: Arc<Abandoned>,
+    spares: Mutex<Vec<AlignedVec<16>>>,
+    pool: Option<Arc<Pool<SharedRegion>>>,
+    liveness: Liveness,
+    /// A reason code once the server closed (0: open), for the paths that
+    /// do not hold the receiver.
+    closed: AtomicU32,
+    next_large: AtomicU64,
+    // Dropped last: the watch, then the socket.
+    _doorbell: Arc<Doorbell>,
+    _watch: PeerWatch,
+    sock: std::os::fd::OwnedFd,
+}
+
+/// A connection shared by many threads: `Clone + Send + Sync`, `call(&self)`.
+/// Clones are handles on one connection (one segment, one pair of rings);
+/// replies are matched to their callers by call id, and whoever waits reads
+/// the replies for everyone (see the module doc), so a lone caller pays no
+/// hand-off to another thread.
+#[derive(Clone)]
+pub struct SharedClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SharedClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedClient")
+            .field("server", &self.inner.info.server)
+            .field("methods", &self.inner.info.methods.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedClient {
+    /// Connects with the default options.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::connect`](super::Client::connect).
+    pub fn connect(socket: &SocketName) -> Result<SharedClient, ConnectError> {
+        Self::connect_with(socket, ClientOptions::default())
+    }
+
+    /// Connects with `options` (`max_in_flight` is the number of calls the
+    /// threads together may have in flight, at most 65536).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::connect`](super::Client::connect).
+    pub fn connect_with(
+        socket: &SocketName,
+        options: ClientOptions,
+    ) -> Result<SharedClient, ConnectError> {
+        let (link, info) = connect_link(socket, &options)?;
+        Ok(Self::from_parts(link, info))
+    }
+
+    /// Runs the handshake over `sock`, a socket already connected to a
+    /// server.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::over_socket`](super::Client::over_socket).
+    pub fn over_socket(
+        sock: std::os::fd::OwnedFd,
+        options: ClientOptions,
+    ) -> Result<SharedClient, ConnectError> {
+        let (link, info) = super::core::handshake(sock, options)?;
+        Ok(Self::from_parts(link, info))
+    }
+
+    fn from_parts(link: Link, info: Info) -> SharedClient {
+        let n = info.options.max_in_flight.clamp(1, MAX_SLOTS - 1);
+        let Link {
+            tx,
+            rx,
+            pool,
+            liveness,
+            doorbell,
+            watch,
+            sock,
+            ..
+        } = link;
+        SharedClient {
+            inner: Arc::new(Inner {
+                info,
+                tx: Mutex::new(tx),
+                rx: Mutex::new(Rx {
+                    rx,
+                    closed: None,
+                    broken: None,
+                }),
+                // Slot 0 is never used: an id is never 0.
+                slots: (0..=n).map(|_| Slot::default()).collect(),
+                free: Mutex::new((1..=n as u32).rev().collect()),
+                parked: Mutex::new(VecDeque::new()),
+                parked_n: AtomicUsize::new(0),
+                abandoned: Arc::default(),
+                spares: Mutex::new(Vec::new()),
+                pool,
+                liveness,
+                closed: AtomicU32::new(0),
+                next_large: AtomicU64::new(1),
+                _doorbell: doorbell,
+                _watch: watch,
+                sock,
+            }),
+        }
+    }
+
+    /// Resolves `m` on this connection (see
+    /// [`Client::method`](super::Client::method)).
+    ///
+    /// # Errors
+    ///
+    /// `NoSuchMethod`; `TypeMismatch` naming both sides' types.
+    pub fn method<Req: Body, Resp: Body>(
+        &self,
+        m: Method<Req, Resp>,
+    ) -> Result<MethodRef<Req, Resp>, CallError> {
+        self.inner.info.resolve(m)
+    }
+
+    /// Resolves the one-way `m` on this connection.
+    ///
+    /// # Errors
+    ///
+    /// As [`method`](Self::method).
+    pub fn message<M: Body>(&self, m: Message<M>) -> Result<MessageRef<M>, CallError> {
+        self.inner.info.resolve_message(m)
+    }
+
+    /// The connection's blob pool, if it has one.
+    pub fn pool(&self) -> Option<&Arc<Pool<SharedRegion>>> {
+        self.inner.pool.as_ref()
+    }
+
+    /// The server's credentials, from the socket.
+    pub fn server(&self) -> PeerCred {
+        self.inner.info.server
+    }
+
+    /// The layout of the connection's segment.
+    pub fn layout(&self) -> SegmentLayout {
+        self.inner.info.layout
+    }
+
+    /// False once the server is known dead or gone, or closed the
+    /// connection.
+    pub fn is_alive(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire) == 0 && !self.inner.liveness.peer_gone()
+    }
+
+    /// Calls in flight on this connection, from every thread.
+    pub fn in_flight(&self) -> usize {
+        self.inner.slots.len() - 1 - lock(&self.inner.free).len()
+    }
+
+    /// A large blob of `len` bytes (see
+    /// [`Client::alloc_large`](super::Client::alloc_large)).
+    ///
+    /// # Errors
+    ///
+    /// As `Client::alloc_large`.
+    pub fn alloc_large(&self, len: usize) -> Result<LargeBlob, CallError> {
+        if len == 0 || len > u32::MAX as usize {
+            return Err(CallError::Os(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("a large blob of {len} bytes (1 byte to 4 GiB - 1)"),
+            )));
+        }
+        let id = self.inner.next_large.fetch_add(1, Ordering::Relaxed);
+        let mem = crate::sys::BlobMem::create(&format!("isocall:large:{id}"), len)?;
+        Ok(LargeBlob {
+            id,
+            mem,
+            shared: false,
+        })
+    }
+
+    /// The handle of `blob` for a call, sending its memfd to the server the
+    /// first time.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::share_large`](super::Client::share_large).
+    pub fn share_large(&self, blob: &mut LargeBlob) -> Result<BlobHandle, CallError> {
+        if !blob.shared {
+            let deadline = crate::deadline_in(self.inner.info.options.call_timeout);
+            send_with_fds(
+                self.inner.sock.as_fd(),
+                &blob.share_message(),
+                &[blob.mem.fd()],
+                deadline,
+            )
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::TimedOut => CallError::Timeout,
+                _ => CallError::PeerDied,
+            })?;
+            blob.shared = true;
+        }
+        Ok(blob.handle())
+    }
+
+    fn check_open(&self) -> Result<(), CallError> {
+        match self.inner.closed.load(Ordering::Acquire) {
+            0 => Ok(()),
+            c => Err(CallError::Closed(CloseReason::from_code(c))),
+        }
+    }
+
+    /// Gives up the calls whose `Pending` was dropped.
+    fn forget_given_up(&self) {
+        let mut ids = Vec::new();
+        self.inner.abandoned.take(&mut ids);
+        for id in ids {
+            self.inner.release_slot(id);
+        }
+    }
+
+    /// Takes a free slot for a new call and arms it; returns the call id.
+    fn take_slot(&self, method: u32) -> Result<u64, CallError> {
+        let idx = lock(&self.inner.free)
+            .pop()
+            .ok_or(CallError::TooManyInFlight {
+                limit: self.inner.slots.len() - 1,
+            })?;
+        let slot = &self.inner.slots[idx as usize];
+        let mut d = lock(&slot.data);
+        let generation = (slot.id.load(Ordering::Relaxed) >> INDEX_BITS).wrapping_add(1);
+        let id = (generation.max(1) << INDEX_BITS) | u64::from(idx);
+        d.method = method;
+        slot.state.store(WAITING, Ordering::Relaxed);
+        // Under the data lock: a leader delivers only to the id it finds
+        // here, under the same lock.
+        slot.id.store(id, Ordering::Release);
+        Ok(id)
+    }
+
+    /// Starts a call (see [`Client::start`](super::Client::start)); the
+    /// threads together may have `max_in_flight` calls in flight.
+    ///
+    /// # Errors
+    ///
+    /// As `Client::start`.
+    pub fn start<Req: Body, Resp: Body>(
+        &self,
+        m: MethodRef<Req, Resp>,
+        request: &Req,
+        blobs: &[BlobHandle],
+    ) -> Result<Pending<Resp>, CallError> {
+        let id = self.start_id(m, request, blobs)?;
+        Ok(Pending {
+            id,
+            client: self.inner.info.tag,
+            method: m.name,
+            abandoned: Some(self.inner.abandoned.clone()),
+            _t: std::marker::PhantomData,
+        })
+    }
+
+    fn start_id<Req: Body, Resp: Body>(
+        &self,
+        m: MethodRef<Req, Resp>,
+        request: &Req,
+        blobs: &[BlobHandle],
+    ) -> Result<u64, CallError> {
+        self.inner.info.check_ref(m.client, m.name)?;
+        self.check_open()?;
+        self.forget_given_up();
+        let id = self.take_slot(m.id)?;
+        let sent = self.send_frame(kind::REQUEST, id, m.id, |buf| body::encode(request, buf), blobs);
+        if let Err(e) = sent {
+            self.inner.release_slot(id);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    fn send_frame(
+        &self,
+        frame_kind: u16,
+        id: u64,
+        method: u32,
+        encode: impl FnMut(&mut [u8]) -> Result<usize, body::EncodeError>,
+        blobs: &[BlobHandle],
+    ) -> Result<(), CallError> {
+        let inner = &*self.inner;
+        let timeout = inner.info.options.call_timeout;
+        let mut deadline: Option<Instant> = None;
+        let mut spinner = Spinner::new(inner.info.options.strategy);
+        let on_full = |tx: &mut Sender| -> Result<(), CallError> {
+            // Read replies if nobody else does: the server may wait for
+            // room for them before it takes our requests.
+            if let Ok(mut rx) = inner.rx.try_lock() {
+                let mut drained = false;
+                while let Polled::Handled = inner.poll_one(&mut rx)? {
+                    drained = true;
+                }
+                drop(rx);
+                inner.hand_off();
+                if drained {
+                    return Ok(());
+                }
+            }
+            if spinner.spin() {
+                return Ok(());
+            }
+            let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
+            let now = Instant::now();
+            if now >= d {
+                return Err(CallError::Timeout);
+            }
+            let nap = (now + Duration::from_millis(1)).min(d);
+            match tx.reserve(frame_kind, 0, Some(nap)) {
+                Ok(_) | Err(TransportError::Timeout) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        };
+        let mut tx = lock(&inner.tx);
+        put(
+            &mut tx,
+            inner.info.max_frame,
+            frame_kind,
+            id,
+            method,
+            encode,
+            blobs,
+            on_full,
+        )
+    }
+
+    /// Waits for the reply of `pending` (see
+    /// [`Client::wait`](super::Client::wait)).
+    ///
+    /// # Errors
+    ///
+    /// As `Client::wait`.
+    pub fn wait<Resp: Body>(
+        &self,
+        pending: Pending<Resp>,
+        deadline: Option<Instant>,
+    ) -> Result<Reply<'_, Resp>, CallError> {
+        let (id, client) = pending.defuse();
+        self.inner.info.check_ref(client, "a pending call")?;
+        self.wait_id(id, deadline)
+    }
+
+    /// Calls `m` and waits for its reply.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::call`](super::Client::call).
+    #[inline]
+    pub fn call<Req: Body, Resp: Body>(
+        &self,
+        m: MethodRef<Req, Resp>,
+        request: &Req,
+    ) -> Result<Reply<'_, Resp>, CallError> {
+        let id = self.start_id(m, request, &[])?;
+        self.wait_id(id, None)
+    }
+
+    /// Calls `m` with blobs and a deadline.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::call_with`](super::Client::call_with).
+    pub fn call_with<Req: Body, Resp: Body>(
+        &self,
+        m: MethodRef<Req, Resp>,
+        request: &Req,
+        blobs: &[BlobHandle],
+        deadline: Option<Instant>,
+    ) -> Result<Reply<'_, Resp>, CallError> {
+        let id = self.start_id(m, request, blobs)?;
+        self.wait_id(id, deadline)
+    }
+
+    /// Sends the one-way message `m`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::send`](super::Client::send).
+    pub fn send<M: Body>(
+        &self,
+        m: MessageRef<M>,
+        message: &M,
+        blobs: &[BlobHandle],
+    ) -> Result<(), CallError> {
+        self.inner.info.check_ref(m.client, m.name)?;
+        self.check_open()?;
+        self.forget_given_up();
+        self.send_frame(kind::MESSAGE, 0, m.id, |buf| body::encode(message, buf), blobs)
+    }
+
+    fn wait_id<Resp: Body>(
+        &self,
+        id: u64,
+        deadline: Option<Instant>,
+    ) -> Result<Reply<'_, Resp>, CallError> {
+        let inner = &*self.inner;
+        let idx = (id & ((1 << INDEX_BITS) - 1)) as usize;
+        let slot = &inner.slots[idx];
+        let timeout = inner.info.options.call_timeout;
+        let mut deadline = deadline;
+        let mut spinner = Spinner::new(inner.info.options.strategy);
+        loop {
+            if slot.state.load(Ordering::Acquire) == READY {
+                return inner.take_reply(id);
+            }
+            match inner.rx.try_lock() {
+                Ok(mut rx) => {
+                    let r = inner.lead::<Resp>(&mut rx, id, &mut deadline, timeout);
+                    drop(rx);
+                    inner.hand_off();
+                    return match r {
+                        Ok(Some(bytes_and_blobs)) => Ok(bytes_and_blobs),
+                        Ok(None) => inner.take_reply(id),
+                        Err(e) => {
+                            inner.release_slot(id);
+                            Err(e)
+                        }
+                    };
+                }
+                Err(TryLockError::Poisoned(p)) => {
+                    drop(p);
+                    inner.rx.clear_poison();
+                    continue;
+                }
+                Err(TryLockError::WouldBlock) => {}
+            }
+            if spinner.spin() {
+                continue;
+            }
+            // Sleep on the slot until the leader delivers the reply or asks
+            // us to lead; registered before the last look at the receiver,
+            // so a leader leaving now finds us.
+            lock(&inner.parked).push_back(idx as u32);
+            inner.parked_n.fetch_add(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            let free_now = inner.rx.try_lock().is_ok();
+            let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
+            if !free_now {
+                let left = d.saturating_duration_since(Instant::now());
+                // A bounded sleep: every wake-up re-checks everything.
+                let _ = futex_wait(&slot.state, WAITING, Some(left.min(Duration::from_millis(100))));
+            }
+            inner.unpark(idx as u32);
+            let _ = slot
+                .state
+                .compare_exchange(LEAD, WAITING, Ordering::AcqRel, Ordering::Acquire);
+            if Instant::now() >= d && slot.state.load(Ordering::Acquire) != READY {
+                inner.release_slot(id);
+                return Err(CallError::Timeout);
+            }
+            spinner = Spinner::new(inner.info.options.strategy);
+        }
+    }
+}
+
+/// What one look at the ring gave the leader.
+enum Polled {
+    /// The ring is empty.
+    Nothing,
+    /// A frame was handled (delivered to its slot, or discarded).
+    Handled,
+}
+
+impl Inner {
+    /// Reads frames as the leader until `id`'s reply comes (returned
+    /// directly, never stored), or it was delivered to its slot meanwhile
+    /// (`None`), or the deadline passes.
+    fn lead<Resp: Body>(
+        &self,
+        rx: &mut Rx,
+        id: u64,
+        deadline: &mut Option<Instant>,
+        timeout: Duration,
+    ) -> Result<Option<Reply<'_, Resp>>, CallError> {
+        let idx = (id & ((1 << INDEX_BITS) - 1)) as usize;
+        let slot = &self.slots[idx];
+        let strategy = self.info.options.strategy;
+        loop {
+            if slot.state.load(Ordering::Acquire) == READY {
+                return Ok(None);
+            }
+            if let Some(r) = rx.closed {
+                return Err(CallError::Closed(r));
+            }
+            if rx.broken.is_some() {
+                return Err(CallError::PeerDied);
+            }
+            let frame = match next_frame(&mut rx.rx, strategy, deadline, timeout) {
+                Ok(f) => f,
+                Err(TransportError::Timeout) => return Err(CallError::Timeout),
+                Err(TransportError::PeerDied) => {
+                    self.wake_everyone();
+                    return Err(CallError::PeerDied);
+                }
+                Err(e) => {
+                    rx.broken = Some(e.to_string());
+                    self.wake_everyone();
+                    return Err(e.into());
+                }
+            };
+            let k = frame.kind();
+            if k == kind::CLOSE {
+                let p = frame.payload();
+                let code = p
+                    .get(..4)
+                    .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                let r = CloseReason::from_code(code);
+                frame.release();
+                rx.closed = Some(r);
+                self.closed.store(r.code().max(1), Ordering::Release);
+                self.wake_everyone();
+                return Err(CallError::Closed(r));
+            }
+            if k != kind::RESPONSE {
+                frame.release();
+                rx.broken = Some(format!("frame kind {k}"));
+                self.wake_everyone();
+                return Err(CallError::BadReply(ReplyError::UnexpectedKind { kind: k }));
+            }
+            let p = match wire::parse(frame.payload()) {
+                Ok(p) => p,
+                Err(e) => {
+                    drop(frame);
+                    rx.broken = Some(e.to_string());
+                    self.wake_everyone();
+                    return Err(CallError::BadReply(e.into()));
+                }
+            };
+            if p.head.id == id {
+                // Ours: copied out (the copy rule), checked, returned.
+                let mut body = self.spare();
+                body.extend_from_slice(p.body);
+                let (status, method) = (p.head.status, lock(&slot.data).method);
+                let blobs = ReplyBlobSet::new(p.blobs(), self.pool.as_deref());
+                frame.release();
+                self.release_slot_quiet(id);
+                if status != Status::Ok as u32 {
+                    let e = self.info.status_error(method, status, &body);
+                    recycle(&self.spares, body);
+                    return Err(e);
+                }
+                if let Err(e) = body::check::<Resp>(&body) {
+                    recycle(&self.spares, body);
+                    return Err(CallError::BadReply(ReplyError::Invalid(e)));
+                }
+                return Ok(Some(Reply::new(
+                    ReplyBytes::Owned(body, Some(&self.spares)),
+                    blobs,
+                )));
+            }
+            self.deliver(&p);
+            frame.release();
+        }
+    }
+
+    /// One frame for whoever it is (used while waiting for room to send):
+    /// delivered to its slot or discarded.
+    fn poll_one(&self, rx: &mut Rx) -> Result<Polled, CallError> {
+        let frame = match rx.rx.try_recv() {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(Polled::Nothing),
+            Err(e) => return Err(e.into()),
+        };
+        if frame.kind() != kind::RESPONSE {
+            // Leave it for a waiter to report.
+            return Ok(Polled::Nothing);
+        }
+        match wire::parse(frame.payload()) {
+            Ok(p) => self.deliver(&p),
+            Err(_) => return Ok(Polled::Nothing),
+        }
+        frame.release();
+        Ok(Polled::Handled)
+    }
+
+    /// Hands a reply to its slot (copying its body out of the ring) and
+    /// wakes its caller; discards one whose call is gone, freeing its
+    /// blobs.
+    fn deliver(&self, p: &wire::Parsed<'_>) {
+        let idx = (p.head.id & ((1 << INDEX_BITS) - 1)) as usize;
+        if let Some(slot) = self.slots.get(idx).filter(|_| idx != 0) {
+            let mut d = lock(&slot.data);
+            if slot.id.load(Ordering::Acquire) == p.head.id
+                && slot.state.load(Ordering::Acquire) != READY
+            {
+                d.status = p.head.status;
+                d.blobs = p.blobs;
+                d.nblobs = p.head.nblobs as usize;
+                d.body.clear();
+                d.body.extend_from_slice(p.body);
+                slot.state.store(READY, Ordering::Release);
+                drop(d);
+                let _ = futex_wake(&slot.state, 1);
+                return;
+            }
+        }
+        drop(ReplyBlobSet::new(p.blobs(), self.pool.as_deref()));
+    }
+
+    /// The reply delivered to `id`'s slot; frees the slot.
+    fn take_reply<Resp: Body>(&self, id: u64) -> Result<Reply<'_, Resp>, CallError> {
+        let idx = (id & ((1 << INDEX_BITS) - 1)) as usize;
+        let slot = &self.slots[idx];
+        let (status, method, blobs, nblobs, body) = {
+            let mut d = lock(&slot.data);
+            let spare = self.spare();
+            let body = std::mem::replace(&mut d.body, spare);
+            (d.status, d.method, d.blobs, d.nblobs, body)
+        };
+        self.release_slot_quiet(id);
+        let blobs = ReplyBlobSet::new(&blobs[..nblobs], self.pool.as_deref());
+        if status != Status::Ok as u32 {
+            let e = self.info.status_error(method, status, &body);
+            recycle(&self.spares, body);
+            return Err(e);
+        }
+        if let Err(e) = body::check::<Resp>(&body) {
+            recycle(&self.spares, body);
+            return Err(CallError::BadReply(ReplyError::Invalid(e)));
+        }
+        Ok(Reply::new(ReplyBytes::Owned(body, Some(&self.spares)), blobs))
+    }
+
+    fn spare(&self) -> AlignedVec<16> {
+        let mut v = lock(&self.spares).pop().unwrap_or_default();
+        v.clear();
+        v
+    }
+
+    /// Frees `id`'s slot if it still serves `id` (a reply already in it is
+    /// discarded, its blobs freed).
+    fn release_slot(&self, id: u64) {
+        let idx = (id & ((1 << INDEX_BITS) - 1)) as usize;
+        let Some(slot) = self.slots.get(idx).filter(|_| idx != 0) else {
+            return;
+        };
+        let mut d = lock(&slot.data);
+        if slot.id.load(Ordering::Acquire) != id {
+            return;
+        }
+        if slot.state.load(Ordering::Acquire) == READY {
+            let n = d.nblobs;
+            drop(ReplyBlobSet::new(&d.blobs[..n], self.pool.as_deref()));
+            d.nblobs = 0;
+        }
+        slot.id.store(id & !((1 << INDEX_BITS) - 1), Ordering::Release);
+        slot.state.store(WAITING, Ordering::Release);
+        drop(d);
+        lock(&self.free).push(idx as u32);
+    }
+
+    /// Frees `id`'s slot after its reply was taken.
+    fn release_slot_quiet(&self, id: u64) {
+        let idx = (id & ((1 << INDEX_BITS) - 1)) as usize;
+        let slot = &self.slots[idx];
+        {
+            let _d = lock(&slot.data);
+            if slot.id.load(Ordering::Acquire) != id {
+                return;
+            }
+            slot.id.store(id & !((1 << INDEX_BITS) - 1), Ordering::Release);
+            slot.state.store(WAITING, Ordering::Release);
+        }
+        lock(&self.free).push(idx as u32);
+    }
+
+    /// The leader left: asks one parked caller to lead.
+    fn hand_off(&self) {
+        fence(Ordering::SeqCst);
+        if self.parked_n.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let next = lock(&self.parked).pop_front();
+        if let Some(idx) = next {
+            self.parked_n.fetch_sub(1, Ordering::SeqCst);
+            let slot = &self.slots[idx as usize];
+            if slot
+                .state
+                .compare_exchange(WAITING, LEAD, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                let _ = futex_wake(&slot.state, 1);
+            }
+        }
+    }
+
+    /// Removes a parked caller (it woke up).
+    fn unpark(&self, idx: u32) {
+        let mut p = lock(&self.parked);
+        if let Some(pos) = p.iter().position(|&i| i == idx) {
+            p.remove(pos);
+            self.parked_n.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Wakes every parked caller (the connection is over: each finds out).
+    fn wake_everyone(&self) {
+        let parked: Vec<u32> = lock(&self.parked).drain(..).collect();
+        self.parked_n.fetch_sub(parked.len(), Ordering::SeqCst);
+        for idx in parked {
+            let slot = &self.slots[idx as usize];
+            let _ = slot
+                .state
+                .compare_exchange(WAITING, LEAD, Ordering::AcqRel, Ordering::Acquire);
+            let _ = futex_wake(&slot.state, 1);
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let tx = self.tx.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Ok(mut g) = tx.try_reserve(kind::CLOSE, 4) {
+            g.bytes_mut()
+                .copy_from_slice(&CloseReason::ClientClosed.code().to_le_bytes());
+            g.commit_all();
+            tx.publish();
+        }
+    }
+}

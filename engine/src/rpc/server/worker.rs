@@ -1,0 +1,488 @@
+//! A worker thread: serves its connections in turns and never waits on
+//! one of them.
+//!
+//! Each turn serves up to [`BATCH`] frames of each connection. A request is
+//! taken from the ring only once there is room for its reply: when the
+//! client's reply ring is full, the connection is *paused* (its requests
+//! stay queued in its ring) and the worker goes on with the others; it is
+//! looked at again every turn and closed if it stays full past the
+//! server's `reply_timeout`. A request body is copied out of the ring into
+//! the worker's private inbox before it is validated and handed to the
+//! handler (the copy rule of [`crate::rpc::body`]); only a trusted server
+//! reads it in place.
+//!
+//! When no connection has work the worker spins per the strategy, then
+//! sleeps in `poll` on the doorbells of its connections (each announced to
+//! its client first), its inbox and the server's stop signal, with a
+//! timeout when a connection is paused (its client frees room without
+//! ringing) or an idle limit is due.
+
+use std::os::fd::AsFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use isocall_blob::{BlobHandle, Pool};
+use isocall_ringbuf::{SharedRegion, Spinner};
+
+use crate::endpoint::TransportError;
+use crate::rpc::body::Inbox;
+use crate::rpc::large::{LargeCache, large_id};
+use crate::rpc::link::Link;
+use crate::rpc::method::MethodKind;
+use crate::rpc::wire::{self, CallHead, CloseReason, ErrorBody, FAR_BODY, Status, kind};
+use crate::sys::{PeerCred, poll_readable};
+
+use super::admission::Ticket;
+use super::builder::Failure;
+use super::ctx::CallCtx;
+use super::{BATCH, Inbox as WorkerInbox, Shared};
+
+/// Turns between two looks at the clock for idle connections.
+const HOUSEKEEPING_TURNS: u32 = 1024;
+/// Longest sleep while a connection is paused: its client frees room in
+/// the ring without ringing.
+const PAUSED_POLL: Duration = Duration::from_millis(1);
+
+/// One connection, served by a worker.
+pub(crate) struct Conn {
+    id: u32,
+    peer: PeerCred,
+    link: Link,
+    large: LargeCache,
+    /// Counted by the admission until dropped.
+    ticket: Option<Ticket>,
+    /// Served a request or message since the last housekeeping.
+    active: bool,
+    /// When it was last seen active.
+    last_active: Instant,
+    /// Since when its reply ring is full.
+    paused_since: Option<Instant>,
+}
+
+impl Conn {
+    pub(crate) fn new(id: u32, peer: PeerCred, link: Link, large: LargeCache) -> Conn {
+        Conn {
+            id,
+            peer,
+            link,
+            large,
+            ticket: None,
+            active: false,
+            last_active: Instant::now(),
+            paused_since: None,
+        }
+    }
+
+    pub(crate) fn with_ticket(mut self, t: Ticket) -> Conn {
+        self.ticket = Some(t);
+        self
+    }
+}
+
+/// The worker's reused memory.
+#[derive(Default)]
+struct Scratch {
+    inbox: Inbox,
+    reply_blobs: Vec<BlobHandle>,
+    /// Calls served since the last flush into the shared counter (one
+    /// locked add per turn, not per call).
+    calls: u64,
+}
+
+/// How a connection's turn ended.
+enum Turn {
+    /// Served this many frames.
+    Served(usize),
+    /// Its reply ring is full: nothing taken.
+    Paused,
+}
+
+/// Why a connection is closed.
+enum Close {
+    /// The client died or hung up.
+    Dead,
+    /// For this reason, told to the client.
+    Reason(CloseReason, String),
+}
+
+pub(super) fn run(shared: &Shared, inbox: &WorkerInbox) {
+    let mut conns: Vec<Conn> = Vec::new();
+    // The idle spin before sleeping: as long as a ring's wait spins, with
+    // the CPU given up now and then (the client may be waiting for it).
+    let mut spinner = Spinner::new(shared.strategy);
+    let mut scratch = Scratch::default();
+    let mut turn = 0u32;
+    loop {
+        if shared.stopping.load(Ordering::Acquire) {
+            break;
+        }
+        {
+            let mut new = inbox.new.lock().unwrap_or_else(|p| p.into_inner());
+            conns.append(&mut new);
+        }
+        let mut worked = false;
+        let mut i = 0;
+        while i < conns.len() {
+            match serve(shared, &mut conns[i], &mut scratch) {
+                Ok(Turn::Served(n)) => {
+                    worked |= n > 0;
+                    i += 1;
+                }
+                Ok(Turn::Paused) => i += 1,
+                Err(why) => {
+                    let c = conns.swap_remove(i);
+                    close(shared, c, why);
+                }
+            }
+        }
+        if scratch.calls > 0 {
+            shared
+                .stats
+                .calls
+                .fetch_add(std::mem::take(&mut scratch.calls), Ordering::Relaxed);
+        }
+        turn = turn.wrapping_add(1);
+        if turn.is_multiple_of(HOUSEKEEPING_TURNS) {
+            housekeeping(shared, &mut conns);
+        }
+        if worked {
+            spinner = Spinner::new(shared.strategy);
+            continue;
+        }
+        if !spinner.spin() {
+            housekeeping(shared, &mut conns);
+            wait_for_work(shared, &mut conns, inbox);
+        }
+    }
+    for c in conns {
+        close(
+            shared,
+            c,
+            Close::Reason(CloseReason::ServerStopping, String::new()),
+        );
+    }
+}
+
+/// Closes connections idle past the server's limit.
+fn housekeeping(shared: &Shared, conns: &mut Vec<Conn>) {
+    let now = Instant::now();
+    let idle = shared.limits.idle_timeout;
+    let mut i = 0;
+    while i < conns.len() {
+        let c = &mut conns[i];
+        if std::mem::take(&mut c.active) {
+            c.last_active = now;
+        }
+        if idle.is_some_and(|d| now.duration_since(c.last_active) >= d) {
+            let c = conns.swap_remove(i);
+            close(shared, c, Close::Reason(CloseReason::Idle, String::new()));
+            continue;
+        }
+        i += 1;
+    }
+}
+
+/// Sleeps until a connection has a frame (its doorbell rings), a paused
+/// one may have room, an idle limit is due, a new connection arrives, or
+/// the server stops.
+fn wait_for_work(shared: &Shared, conns: &mut [Conn], inbox: &WorkerInbox) {
+    let mut paused = false;
+    for c in conns.iter_mut() {
+        if c.paused_since.is_some() {
+            paused = true;
+            continue;
+        }
+        match c.link.rx.arm_doorbell() {
+            Ok(false) => {}
+            // A frame is there (or the ring is corrupt: `serve` says so).
+            _ => return,
+        }
+    }
+    let mut timeout = paused.then_some(PAUSED_POLL);
+    if let Some(idle) = shared.limits.idle_timeout {
+        let now = Instant::now();
+        for c in conns.iter() {
+            let due = (c.last_active + idle).saturating_duration_since(now);
+            timeout = Some(timeout.map_or(due, |t: Duration| t.min(due)));
+        }
+    }
+    let mut fds = Vec::with_capacity(conns.len() + 2);
+    fds.push(inbox.bell.as_fd());
+    fds.push(shared.stop.as_fd());
+    fds.extend(conns.iter().map(|c| c.link.doorbell.as_fd()));
+    if let Ok(ready) = poll_readable(&fds, timeout) {
+        if ready[0] {
+            let _ = inbox.bell.drain();
+        }
+        for (c, r) in conns.iter_mut().zip(&ready[2..]) {
+            // A doorbell closed for good (the client's end is gone, or
+            // its watch saw it die) is a dead peer: mark it, so `serve`
+            // closes the connection instead of this loop spinning on a
+            // doorbell that stays readable.
+            if *r && !c.link.doorbell.drain() {
+                c.link.liveness.mark_dead();
+            }
+        }
+    }
+}
+
+fn close(shared: &Shared, mut c: Conn, why: Close) {
+    match &why {
+        Close::Dead => {
+            // The client is gone: give back every slot it held (its
+            // blobs), then count the close.
+            if let Some(pool) = &c.link.pool {
+                let r = pool.reclaim(isocall_blob::Side::A);
+                shared
+                    .stats
+                    .reclaimed
+                    .fetch_add(r.freed() as u64, Ordering::Relaxed);
+            }
+        }
+        Close::Reason(reason, _) if *reason != CloseReason::ClientClosed => {
+            // Tell the client why (best effort: a full ring skips it).
+            if let Ok(mut g) = c.link.tx.try_reserve(kind::CLOSE, 4) {
+                g.bytes_mut().copy_from_slice(&reason.code().to_le_bytes());
+                g.commit_all();
+                c.link.tx.publish();
+            }
+            c.link.doorbell.ring_peer();
+        }
+        Close::Reason(..) => {}
+    }
+    // Release: pairs with the Acquire load of `closed` in `Server::stats`,
+    // which loads `reclaimed` after it.
+    shared.stats.closed.fetch_add(1, Ordering::Release);
+    match why {
+        Close::Dead => {
+            tracing::debug!(conn = c.id, pid = ?c.peer.pid, "connection closed: the client died")
+        }
+        Close::Reason(r, detail) => {
+            tracing::debug!(conn = c.id, pid = ?c.peer.pid, reason = %r, %detail, "connection closed")
+        }
+    }
+}
+
+/// Serves up to [`BATCH`] frames of `c`. `Err` closes the connection.
+fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, Close> {
+    let room = shared.max_frame.min(c.link.tx.max_payload());
+    if let Some(since) = c.paused_since {
+        // Room for a reply yet? (A grant dropped unused publishes nothing.)
+        match c.link.tx.try_reserve(kind::RESPONSE, room) {
+            Ok(_) => c.paused_since = None,
+            Err(TransportError::Full) => {
+                if since.elapsed() >= shared.limits.reply_timeout {
+                    return Err(Close::Reason(
+                        CloseReason::RepliesNotRead,
+                        format!("reply ring full for {:?}", since.elapsed()),
+                    ));
+                }
+                if c.link.liveness.peer_gone() {
+                    return Err(Close::Dead);
+                }
+                return Ok(Turn::Paused);
+            }
+            Err(TransportError::PeerDied) => return Err(Close::Dead),
+            Err(e) => {
+                return Err(Close::Reason(
+                    CloseReason::ProtocolViolation,
+                    format!("reply ring: {e}"),
+                ));
+            }
+        }
+    }
+    let Conn {
+        link, large, peer, ..
+    } = c;
+    let Link {
+        tx, rx, pool, sock, ..
+    } = link;
+    let trusted = shared.trusted;
+    let mut unpublished = 0;
+    for n in 0..BATCH {
+        let frame = match rx.try_recv() {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                if unpublished > 0 {
+                    tx.publish();
+                }
+                return Ok(Turn::Served(n));
+            }
+            Err(TransportError::PeerDied) => return Err(Close::Dead),
+            Err(e) => {
+                return Err(Close::Reason(
+                    CloseReason::ProtocolViolation,
+                    format!("ring: {e}"),
+                ));
+            }
+        };
+        let k = frame.kind();
+        match k {
+            kind::REQUEST | kind::MESSAGE => {}
+            kind::CANCEL => {
+                frame.release();
+                continue;
+            }
+            kind::CLOSE => {
+                frame.release();
+                return Err(Close::Reason(CloseReason::ClientClosed, String::new()));
+            }
+            other => {
+                return Err(Close::Reason(
+                    CloseReason::ProtocolViolation,
+                    format!("frame kind {other} from a client"),
+                ));
+            }
+        }
+        // The reply's room first: without it the request stays queued.
+        let mut grant = if k == kind::REQUEST {
+            match tx.try_reserve(kind::RESPONSE, room) {
+                Ok(g) => Some(g),
+                Err(TransportError::Full) => {
+                    drop(frame);
+                    tx.publish();
+                    c.paused_since = Some(Instant::now());
+                    c.active = true;
+                    shared.stats.paused.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Turn::Paused);
+                }
+                Err(TransportError::PeerDied) => return Err(Close::Dead),
+                Err(e) => {
+                    return Err(Close::Reason(
+                        CloseReason::ProtocolViolation,
+                        format!("reply ring: {e}"),
+                    ));
+                }
+            }
+        } else {
+            None
+        };
+        let p = wire::parse(frame.payload()).map_err(|e| {
+            Close::Reason(CloseReason::ProtocolViolation, format!("call frame: {e}"))
+        })?;
+        let (head, blobs) = (p.head, p.blobs);
+        let nblobs = head.nblobs as usize;
+        // The copy rule: the body leaves the ring before it is checked.
+        let body: &[u8] = if trusted {
+            p.body
+        } else {
+            scratch.inbox.fill(p.body);
+            scratch.inbox.bytes()
+        };
+        scratch.calls += 1;
+        scratch.reply_blobs.clear();
+        let method = shared.methods.get(head.method as usize);
+        let mapped = large.mapped;
+        let mut ctx = CallCtx {
+            peer: *peer,
+            blobs: &blobs[..nblobs],
+            pool: pool.as_deref(),
+            reply_blobs: &mut scratch.reply_blobs,
+            large,
+            sock: sock.as_fd(),
+        };
+        let Some(mut g) = grant.take() else {
+            // A one-way message.
+            if let Some(m) = method.filter(|m| m.info.signature.kind == MethodKind::Message) {
+                let r = catch_unwind(AssertUnwindSafe(|| (m.run)(body, trusted, &mut ctx, &mut [])));
+                if !matches!(r, Ok(Ok(_))) {
+                    tracing::debug!(conn = c.id, method = %m.info.name, "one-way message failed");
+                }
+            }
+            drop(ctx);
+            frame.release();
+            free_unaccepted(pool.as_deref(), &blobs[..nblobs]);
+            c.active = true;
+            continue;
+        };
+        // The reply is written in place: the body first lands after room
+        // for every possible handle, then moves down once the handler said
+        // how many blobs it returns.
+        let outcome = match method {
+            Some(m) if m.info.signature.kind == MethodKind::Call => {
+                let out = &mut g.bytes_mut()[FAR_BODY..];
+                match catch_unwind(AssertUnwindSafe(|| (m.run)(body, trusted, &mut ctx, out))) {
+                    Ok(Ok(len)) => Ok(len),
+                    Ok(Err(Failure::App(e))) => Err((Status::AppError, e.code, e.message)),
+                    Ok(Err(Failure::BadRequest(d))) => Err((Status::BadRequest, 0, d)),
+                    Ok(Err(Failure::TooLarge(d))) => Err((Status::TooLarge, 0, d)),
+                    Err(panic) => Err((Status::HandlerPanicked, 0, panic_message(&panic))),
+                }
+            }
+            Some(m) => Err((
+                Status::BadRequest,
+                0,
+                format!("{} is a one-way message, not a call", m.info.name),
+            )),
+            None => Err((Status::UnknownMethod, head.method, String::new())),
+        };
+        drop(ctx);
+        if large.mapped != mapped {
+            shared
+                .stats
+                .large_mapped
+                .fetch_add(large.mapped - mapped, Ordering::Relaxed);
+        }
+        frame.release();
+        free_unaccepted(pool.as_deref(), &blobs[..nblobs]);
+        let (status, len) = match outcome {
+            Ok(len) => (Status::Ok, len),
+            Err((status, code, msg)) => {
+                // An error carries no blobs; the ones sent are recalled.
+                if let Some(pool) = pool.as_deref() {
+                    for h in scratch.reply_blobs.iter().filter(|h| large_id(h).is_none()) {
+                        drop(pool.recall(h));
+                    }
+                }
+                let len = ErrorBody::write(&mut g.bytes_mut()[FAR_BODY..], code, &msg);
+                (status, len)
+            }
+        };
+        let blobs: &[BlobHandle] = if status == Status::Ok {
+            &scratch.reply_blobs
+        } else {
+            &[]
+        };
+        let at = wire::HEAD + blobs.len() * wire::HANDLE;
+        g.bytes_mut().copy_within(FAR_BODY..FAR_BODY + len, at);
+        let reply = CallHead {
+            id: head.id,
+            method: head.method,
+            status: status as u32,
+            nblobs: blobs.len() as u32,
+            body_len: len as u32,
+            _reserved: 0,
+        };
+        wire::write_head(g.bytes_mut(), &reply, blobs);
+        g.commit(at + len);
+        c.active = true;
+        // Replies go out in groups of up to 8 (one publication each), and
+        // at once when no request is waiting: a caller that waits for one
+        // reply gets it without delay, a pipelining caller gets them
+        // batched.
+        unpublished += 1;
+        if unpublished == 8 || !matches!(rx.try_recv(), Ok(Some(_))) {
+            tx.publish();
+            unpublished = 0;
+        }
+    }
+    tx.publish();
+    Ok(Turn::Served(BATCH))
+}
+
+/// Frees request blobs the handler neither accepted nor sent back.
+fn free_unaccepted(pool: Option<&Pool<SharedRegion>>, handles: &[BlobHandle]) {
+    if let Some(pool) = pool {
+        for h in handles.iter().filter(|h| large_id(h).is_none()) {
+            drop(pool.accept(h));
+        }
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
