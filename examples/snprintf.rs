@@ -13,13 +13,13 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use isocall::engine::rpc::{CallCtx, Client, ServerBuilder, SocketName};
+use isocall::{AppError, CallCtx, Client, Method, ServerBuilder, SocketName};
 
 type Error = Box<dyn std::error::Error>;
 
 /// What to format: `"{name}: {value:>width$}"`, the job of the design
 /// note's `snprintf(buf, len, "%s: %*d", name, width, value)`.
-#[derive(rkyv::Archive, rkyv::Serialize)]
+#[derive(rkyv::Archive, rkyv::Serialize, isocall::Schema)]
 struct Format {
     name: String,
     width: u32,
@@ -27,10 +27,14 @@ struct Format {
 }
 
 /// The number of bytes written into the caller's blob.
-#[derive(rkyv::Archive, rkyv::Serialize)]
+#[derive(rkyv::Archive, rkyv::Serialize, isocall::Schema)]
 struct Written {
     len: u32,
 }
+
+/// The method, declared once for both sides: the client's resolution
+/// checks that the server registered it with these very types.
+const FORMAT: Method<Format, Written> = Method::new("format");
 
 fn expected(name: &str, width: u32, value: i64) -> String {
     format!("{name}: {value:>w$}", w = width as usize)
@@ -39,18 +43,19 @@ fn expected(name: &str, width: u32, value: i64) -> String {
 /// The server: `format` writes into the request's blob and sends it back.
 fn serve(socket: &str) -> Result<(), Error> {
     let server = ServerBuilder::new(SocketName::Abstract(socket.into()))
-        .method::<Format, Written, _>("format", |req: &ArchivedFormat, ctx: &mut CallCtx<'_>| {
+        .method(FORMAT, |req: &ArchivedFormat, ctx: &mut CallCtx<'_>| {
             let text = expected(
                 req.name.as_str(),
                 req.width.to_native(),
                 req.value.to_native(),
             );
-            let mut out = ctx.accept_mut(0).map_err(|e| e.to_string())?;
+            let fail = |e: &dyn std::fmt::Display| AppError::new(1, e.to_string());
+            let mut out = ctx.blob_mut(0).map_err(|e| fail(&e))?;
             // snprintf semantics: write what fits, return the full length.
             let n = text.len().min(out.capacity());
-            out.set_len(n).map_err(|e| e.to_string())?;
+            out.set_len(n).map_err(|e| fail(&e))?;
             out.copy_from_slice(&text.as_bytes()[..n]);
-            ctx.reply_blob(out).map_err(|e| e.to_string())?;
+            ctx.reply_blob(out).map_err(|e| fail(&e))?;
             Ok(Written {
                 len: text.len() as u32,
             })
@@ -88,7 +93,7 @@ fn main() -> Result<(), Error> {
     }
 
     let mut client = Client::connect(&SocketName::Abstract(socket))?;
-    let format = client.method("format")?;
+    let format = client.method(FORMAT)?;
     let pool = client.pool().ok_or("the server gave no blob pool")?.clone();
     // One 256-byte buffer, passed to the server and back on every call.
     let mut buf = pool.alloc(256)?;
@@ -103,11 +108,13 @@ fn main() -> Result<(), Error> {
             width,
             value,
         };
-        let (len, back) =
-            client.call_with::<Format, Written, _>(format, &req, &[handle], None, |r, blobs| {
-                (r.len.to_native(), blobs.first().copied())
-            })?;
-        buf = pool.accept_mut(&back.ok_or("the reply carries no blob")?)?;
+        let mut reply = client.call_with(format, &req, &[handle], None)?;
+        let len = reply.len.to_native();
+        // The buffer comes back: accepted from our own handle on the pool,
+        // so it does not borrow the client.
+        let back = reply.take_handle(0)?;
+        drop(reply);
+        buf = pool.accept_mut(&back)?;
         let want = expected(name, width, value);
         if len as usize != want.len() || &buf[..] != want.as_bytes() {
             return Err(format!(

@@ -164,6 +164,18 @@ impl<'c, Resp: Body> Reply<'c, Resp> {
         Ok(pool.accept_mut(&h)?)
     }
 
+    /// Takes blob `index` out of the reply as a handle (it is then not
+    /// freed with the reply): to accept it from a pool handle of the
+    /// caller's own (e.g. a clone of the client's `Arc<Pool>`), so that the
+    /// blob does not borrow the client.
+    ///
+    /// # Errors
+    ///
+    /// `NoSuchBlob`, `IsLarge`, `NoPool`.
+    pub fn take_handle(&mut self, index: usize) -> Result<BlobHandle, BlobAccessError> {
+        Ok(self.blobs.take(index)?.1)
+    }
+
     /// The reply's archived bytes (private to this process).
     pub fn as_bytes(&self) -> &[u8] {
         self.bytes.bytes()
