@@ -2,7 +2,7 @@
 //! it dies, and a client that rides through the restarts.
 //!
 //! A [`Supervisor`] starts the service (a command line, or this executable
-//! re-entered in a named [role](role)) with one end of a `SOCK_SEQPACKET`
+//! re-entered in a named [role]) with one end of a `SOCK_SEQPACKET`
 //! socketpair as its standard input: the control socket. The child builds
 //! its server with [`ServerBuilder::supervised`](crate::rpc::ServerBuilder::supervised),
 //! which takes that socket, arms `PR_SET_PDEATHSIG` (so the child dies with

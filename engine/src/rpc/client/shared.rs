@@ -762,14 +762,17 @@ impl Inner {
         lock(&self.free).push(idx as u32);
     }
 
-    /// The leader left: asks one parked caller to lead.
+    /// The leader left: asks one parked caller to lead (one still waiting:
+    /// a parked caller whose reply came meanwhile is passed over).
     fn hand_off(&self) {
         fence(Ordering::SeqCst);
         if self.parked_n.load(Ordering::SeqCst) == 0 {
             return;
         }
-        let next = lock(&self.parked).pop_front();
-        if let Some(idx) = next {
+        loop {
+            let Some(idx) = lock(&self.parked).pop_front() else {
+                return;
+            };
             self.parked_n.fetch_sub(1, Ordering::SeqCst);
             let slot = &self.slots[idx as usize];
             if slot
@@ -778,6 +781,7 @@ impl Inner {
                 .is_ok()
             {
                 let _ = futex_wake(&slot.state, 1);
+                return;
             }
         }
     }
