@@ -142,7 +142,7 @@ pub fn figures() -> Vec<Figure> {
             unit: Ns,
             floor: Some("floor.spin.rtt"),
             also: &["uds.rtt.64"],
-            run: |b| ring::rtt(b, WaitStrategy::BusySpin),
+            run: |b| ring::rtt(b, WaitStrategy::BusySpin, 64),
             peer: ring::rtt_peer,
         },
         Figure {
@@ -150,7 +150,7 @@ pub fn figures() -> Vec<Figure> {
             unit: Ns,
             floor: Some("floor.futex.rtt"),
             also: &["uds.rtt.64"],
-            run: |b| ring::rtt(b, WaitStrategy::Blocking),
+            run: |b| ring::rtt(b, WaitStrategy::Blocking, 64),
             peer: ring::rtt_peer,
         },
         Figure {
