@@ -79,6 +79,7 @@ fn strategy_from(n: u64) -> WaitStrategy {
 /// A request or reply body of any length (the plot's calls).
 #[derive(rkyv::Archive, rkyv::Serialize)]
 pub struct Bytes {
+    /// The body's bytes.
     pub data: Vec<u8>,
 }
 
@@ -389,4 +390,100 @@ pub fn uds_call_peer(mut ctl: Control) -> Res<()> {
         (&s).write_all(&bytes)?;
     }
     Ok(())
+}
+
+/// Starts an in-process server (BusySpin, one worker) whose `echo64`
+/// handler calls `hook` with the 1-based index of each call before
+/// answering, and connects `conns` BusySpin clients to it
+/// (`--instructions`).
+fn instr_connect(
+    conns: usize,
+    hook: impl Fn(u64) + Send + Sync + 'static,
+) -> Res<(isocall_engine::rpc::Server, Vec<Client>)> {
+    let name = SocketName::Abstract(format!("isocall-bench-instr-{}", std::process::id()));
+    let calls = std::sync::atomic::AtomicU64::new(0);
+    let server = ServerBuilder::new(name.clone())
+        .wait_strategy(WaitStrategy::BusySpin)
+        .workers(1)
+        .method::<Bytes64, Bytes64, _>("echo64", move |r: &ArchivedBytes64, _: &mut CallCtx<'_>| {
+            hook(calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+            Ok(answer(&r.data))
+        })
+        .spawn()?;
+    let opts = ClientOptions {
+        strategy: WaitStrategy::BusySpin,
+        ..ClientOptions::default()
+    };
+    let clients = (0..conns)
+        .map(|_| Client::connect_with(&name, opts))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((server, clients))
+}
+
+/// `--instructions` `call.rtt.64` (`batch` 1 over two connections) and
+/// `call.pipelined.64` (`batch` 64 over one): in turn `j` the client starts
+/// batch `j` of 64-byte calls on connection `j % conns`, passes the baton
+/// and reads the replies of batch `j - 1`; the handler of each batch's
+/// last call passes the baton back, so the engine's worker waits there,
+/// asleep, and never polls an empty ring for long: once it resumes it
+/// writes that call's reply, publishes it (no request is queued behind it
+/// on its connection, as after a round trip), and finds the next batch on
+/// the other (or the same) connection. Over two connections each call is a
+/// round trip on its own connection, without the worker's spin between
+/// two round trips. Iteration `j` is a batch; see [`Marks`](super::instr::Marks).
+pub fn instr_calls(m: super::instr::Marks, batch: u64, conns: usize) -> Res<()> {
+    use super::instr::{
+        Baton, CLIENT, SERVER, instr_handoff, instr_mark_end_server, instr_mark_start_server,
+    };
+    let baton = Baton::new();
+    let b = baton.clone();
+    let (server, mut clients) = instr_connect(conns, move |i| {
+        if i.is_multiple_of(batch) {
+            let j = i / batch;
+            if j == m.warmup + m.n {
+                instr_mark_end_server();
+            }
+            instr_handoff(&b, SERVER, Some(CLIENT));
+            if j == m.warmup {
+                instr_mark_start_server();
+            }
+        }
+    })?;
+    let meth = clients[0].method("echo64")?;
+    let mut prev = Vec::with_capacity(batch as usize);
+    let mut cur = Vec::with_capacity(batch as usize);
+    let mut prev_conn = 0;
+    let mut wrong = None;
+    for j in 1..=m.total() {
+        m.client(j);
+        let conn = j as usize % conns;
+        cur.clear();
+        for k in 1..=batch {
+            let seq = (j - 1) * batch + k;
+            cur.push((clients[conn].start(meth, &request(seq), &[])?, seq));
+        }
+        instr_handoff(&baton, CLIENT, Some(SERVER));
+        for (p, seq) in prev.drain(..) {
+            let c = &mut clients[prev_conn];
+            if !c.wait::<Bytes64, _>(p, None, |r, _| check(&r.data, seq).is_ok())? {
+                wrong = Some(seq);
+            }
+        }
+        std::mem::swap(&mut prev, &mut cur);
+        prev_conn = conn;
+    }
+    // The worker waits in the last batch's last handler: let it go.
+    baton.stop();
+    for (p, seq) in prev {
+        let c = &mut clients[prev_conn];
+        if !c.wait::<Bytes64, _>(p, None, |r, _| check(&r.data, seq).is_ok())? {
+            wrong = Some(seq);
+        }
+    }
+    drop(clients);
+    drop(server);
+    match wrong {
+        Some(seq) => Err(format!("wrong reply to call {seq}").into()),
+        None => Ok(()),
+    }
 }

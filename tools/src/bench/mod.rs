@@ -4,7 +4,9 @@
 
 mod blob;
 mod call;
+mod callgrind;
 mod floors;
+mod instr;
 mod measure;
 mod peer;
 mod plot;
@@ -14,6 +16,7 @@ mod sockets;
 mod supervise;
 mod svg;
 
+pub use instr::child_main as instr_main;
 pub use supervise::serve_role;
 
 use std::time::Instant;
@@ -43,8 +46,13 @@ pub struct BenchArgs {
     /// Instead of the figures: round trip against payload size (64 B to
     /// 16 MiB) for the ring, calls, blobs and UDS, drawn as an SVG into
     /// this file (the pattern, if any, picks among the plot's figures).
-    #[arg(long, value_name = "FILE.svg")]
+    #[arg(long, value_name = "FILE.svg", conflicts_with = "instructions")]
     pub plot: Option<std::path::PathBuf>,
+    /// Instead of the figures: instructions per message on each side of
+    /// the hot paths, counted under valgrind's callgrind (one process, two
+    /// threads; repeatable on a noisy machine).
+    #[arg(long)]
+    pub instructions: bool,
 }
 
 /// Unit of a figure.
@@ -56,6 +64,8 @@ pub enum Unit {
     MsgPerSec,
     /// Calls per second (a rate in `value`).
     CallPerSec,
+    /// Instructions per message (a count in `value`).
+    Instr,
 }
 
 impl Unit {
@@ -65,6 +75,7 @@ impl Unit {
             Unit::Ns => "ns",
             Unit::MsgPerSec => "msg/s",
             Unit::CallPerSec => "call/s",
+            Unit::Instr => "instr",
         }
     }
 }
@@ -414,7 +425,7 @@ pub struct Row {
 fn ratio(unit: Unit, m: &Measured, other: &Measured) -> Option<f64> {
     match unit {
         Unit::Ns => Some(m.p50? / other.p50?),
-        Unit::MsgPerSec | Unit::CallPerSec => Some(m.value? / other.value?),
+        Unit::MsgPerSec | Unit::CallPerSec | Unit::Instr => Some(m.value? / other.value?),
     }
 }
 
@@ -526,6 +537,9 @@ pub fn print_rows(args: &BenchArgs, rows: &[Row]) {
 pub fn run(args: &BenchArgs) -> Res<()> {
     if let Some(path) = &args.plot {
         return plot::run(args, path);
+    }
+    if args.instructions {
+        return instr::run(args);
     }
     let all = figures();
     let chosen = select(&all, args.pattern.as_deref());

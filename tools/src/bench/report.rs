@@ -69,6 +69,12 @@ fn cells(r: &Row) -> [String; 6] {
             "-".into(),
         ),
         Unit::MsgPerSec | Unit::CallPerSec => ("-".into(), "-".into(), "-".into(), fmt_rate(r)),
+        Unit::Instr => (
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            r.m.value.map_or("-".into(), |v| format!("{v:.0} instr")),
+        ),
     };
     let mut cmp: Vec<String> = r
         .floor
