@@ -3,6 +3,8 @@
 //! - `isocall bench [PATTERN] [--quick] [--json] [--markdown]`: round-trip
 //!   and throughput figures between two processes, beside the floors and
 //!   baselines measured in the same run.
+//!   `--plot FILE.svg` draws round trip against payload size instead;
+//!   `--instructions` counts instructions per message under callgrind.
 //! - `isocall inspect [PID] [--json] [--dump-frame N]`: the live segments of
 //!   a process (or of every process), read-only.
 #![forbid(unsafe_code)]
@@ -40,6 +42,19 @@ enum Command {
         #[arg(long)]
         cpu: Option<usize>,
     },
+    /// One path's two-thread loop, run under callgrind by `bench
+    /// --instructions` (internal).
+    #[command(name = "__bench-instr", hide = true)]
+    BenchInstr {
+        /// The path (`ring.rtt.64`, ...) or `baseline`.
+        figure: String,
+        /// Messages (iterations) counted.
+        #[arg(long)]
+        messages: u64,
+        /// Iterations before the counted ones.
+        #[arg(long)]
+        warmup: u64,
+    },
 }
 
 fn main() {
@@ -50,6 +65,11 @@ fn main() {
         Command::Bench(args) => bench::run(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::BenchPeer { figure, cpu } => bench::peer_main(&figure, cpu),
+        Command::BenchInstr {
+            figure,
+            messages,
+            warmup,
+        } => bench::instr_main(&figure, messages, warmup),
     };
     if let Err(e) = result {
         eprintln!("isocall: {e}");

@@ -1,8 +1,14 @@
 //! RPC figures: a 64-byte call and reply through isocall's client and
 //! server (bytecheck validation on) in each wait strategy, 64 calls in
-//! flight, a call carrying a 1 MiB in/out blob, and the same 64-byte call
+//! flight, a call carrying a 1 MiB in/out blob, the same 64-byte call
 //! over a Unix socket (rkyv bodies, validated, one `write` each way) as the
-//! baseline. The server runs in the peer process.
+//! baseline, and the plot's calls of every size (`call.rtt.busy.<len>`:
+//! the body in the frame up to the frame limit, then a blob). The server
+//! runs in the peer process.
+//!
+//! Every use of the engine's `Client`/`Server` API by the bench is in this
+//! file (the instruction counts' call loops included), so that a change of
+//! that API is adapted here alone.
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -10,11 +16,14 @@ use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use isocall_engine::WaitStrategy;
+use isocall_engine::blob::PoolConfig;
 use isocall_engine::rpc::{CallCtx, Client, ClientOptions, ServerBuilder, SocketName};
+use isocall_engine::segment::SegmentLayout;
 
 use super::Res;
 use super::measure::{Budget, Measured, latency, rate};
 use super::peer::{Control, PEER_TIMEOUT, Peer};
+use super::sockets::{fill_words, sum_words};
 
 /// A 64-byte request or reply.
 #[derive(rkyv::Archive, rkyv::Serialize)]
@@ -67,13 +76,41 @@ fn strategy_from(n: u64) -> WaitStrategy {
     }
 }
 
+/// A request or reply body of any length (the plot's calls).
+#[derive(rkyv::Archive, rkyv::Serialize)]
+pub struct Bytes {
+    /// The body's bytes.
+    pub data: Vec<u8>,
+}
+
+/// The largest call frame the server takes and sends: `ServerBuilder`'s
+/// default, which the bench's server keeps.
+const MAX_FRAME: usize = 64 << 10;
+
+/// Whether a body of `len` bytes travels in the call's frame (the rest of
+/// the frame: the call's head, room for blob handles, the archive's own
+/// fields); larger bodies go as a blob.
+pub fn body_fits_frame(len: usize) -> bool {
+    len + 512 <= MAX_FRAME
+}
+
 /// Starts the server peer on a fresh abstract socket and connects to it.
 fn connect(figure: &str, strategy: WaitStrategy) -> Res<(Peer, Client)> {
+    connect_with_blobs(figure, strategy, 0)
+}
+
+/// As `connect`; with `blob_len` > 0 the server's connections have a
+/// blob pool of two `blob_len`-byte slots instead of the default pool.
+fn connect_with_blobs(
+    figure: &str,
+    strategy: WaitStrategy,
+    blob_len: usize,
+) -> Res<(Peer, Client)> {
     let name = format!("isocall-bench-{}-{figure}", std::process::id());
     let mut peer = Peer::start(
         figure,
         &format!(
-            "strategy={} socket_pid={}",
+            "strategy={} socket_pid={} blob_len={blob_len}",
             strategy_code(strategy),
             std::process::id()
         ),
@@ -90,27 +127,56 @@ fn connect(figure: &str, strategy: WaitStrategy) -> Res<(Peer, Client)> {
     Ok((peer, client))
 }
 
-/// Peer of every `call.*` figure: serves `echo64` and `blob` until the
+/// The bench's server: `echo64` (64-byte call), `blob` (a blob passed
+/// through, first and last byte read), `echo` (a body of any length, every
+/// byte read, a reply as long written) and `blob_e2e` (a blob read whole
+/// and written whole in place, then sent back).
+pub fn server(name: SocketName, strategy: WaitStrategy, blob_len: usize) -> ServerBuilder {
+    let mut b = ServerBuilder::new(name).wait_strategy(strategy);
+    if blob_len > 0 {
+        b = b.layout(SegmentLayout {
+            ring_capacity: 1 << 20,
+            blobs: PoolConfig::new().class(blob_len.next_multiple_of(64), 2),
+        });
+    }
+    b.method::<Bytes64, Bytes64, _>("echo64", |r: &ArchivedBytes64, _: &mut CallCtx<'_>| {
+        Ok(answer(&r.data))
+    })
+    .method::<Bytes64, Bytes64, _>("blob", |r: &ArchivedBytes64, ctx: &mut CallCtx<'_>| {
+        let blob = ctx.accept_mut(0).map_err(|e| e.to_string())?;
+        let (first, last) = (blob[0], blob[blob.len() - 1]);
+        ctx.reply_blob(blob).map_err(|e| e.to_string())?;
+        let mut out = answer(&r.data);
+        out.data[8] = first;
+        out.data[9] = last;
+        Ok(out)
+    })
+    .method::<Bytes, Bytes, _>("echo", |r: &ArchivedBytes, _: &mut CallCtx<'_>| {
+        let mut data = vec![0u8; r.data.len()];
+        fill_words(&mut data, sum_words(&r.data));
+        Ok(Bytes { data })
+    })
+    .method::<Bytes, Bytes, _>("blob_e2e", |_: &ArchivedBytes, ctx: &mut CallCtx<'_>| {
+        let mut blob = ctx.accept_mut(0).map_err(|e| e.to_string())?;
+        let sum = sum_words(&blob);
+        fill_words(&mut blob, sum);
+        ctx.reply_blob(blob).map_err(|e| e.to_string())?;
+        Ok(Bytes { data: Vec::new() })
+    })
+}
+
+/// Peer of every `call.*` figure: serves [`server`]'s methods until the
 /// parent closes the control socket.
 pub fn server_peer(mut ctl: Control) -> Res<()> {
     let strategy = strategy_from(ctl.param("strategy")?);
     let figure = std::env::args().nth(2).unwrap_or_default();
     let name = format!("isocall-bench-{}-{figure}", ctl.param("socket_pid")?);
-    let server = ServerBuilder::new(SocketName::Abstract(name))
-        .wait_strategy(strategy)
-        .method::<Bytes64, Bytes64, _>("echo64", |r: &ArchivedBytes64, _: &mut CallCtx<'_>| {
-            Ok(answer(&r.data))
-        })
-        .method::<Bytes64, Bytes64, _>("blob", |r: &ArchivedBytes64, ctx: &mut CallCtx<'_>| {
-            let blob = ctx.accept_mut(0).map_err(|e| e.to_string())?;
-            let (first, last) = (blob[0], blob[blob.len() - 1]);
-            ctx.reply_blob(blob).map_err(|e| e.to_string())?;
-            let mut out = answer(&r.data);
-            out.data[8] = first;
-            out.data[9] = last;
-            Ok(out)
-        })
-        .spawn()?;
+    let server = server(
+        SocketName::Abstract(name),
+        strategy,
+        ctl.param("blob_len")? as usize,
+    )
+    .spawn()?;
     ctl.write_line("ready")?;
     // Until the parent says stop (or closes the socket).
     let _ = ctl.read_line();
@@ -210,6 +276,73 @@ pub fn rtt_blob(budget: &Budget) -> Res<Measured> {
     Ok(out)
 }
 
+/// The word call `seq` of the plot fills its body with.
+fn word(seq: u64) -> u64 {
+    seq.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// What `sum_words` gives for `len` bytes of the word `w`.
+fn sum_of(len: usize, w: u64) -> u64 {
+    w.wrapping_mul((len / 8) as u64)
+}
+
+/// `call.rtt.busy.<len>` of the plot, BusySpin on both sides: 64 bytes is
+/// `call.rtt.busy.64` itself; up to the frame limit the request body
+/// (every byte written) travels in the frame, the server reads every byte
+/// and answers with a body as long (every byte written), which we read
+/// whole; beyond it the body is a blob that we fill, the server reads
+/// whole, writes whole in place and sends back, and we read whole (as
+/// `blob.rtt.e2e.<len>`, with a call around it).
+pub fn rtt_sized(budget: &Budget, len: usize) -> Res<Measured> {
+    if len == 64 {
+        return rtt(budget, WaitStrategy::BusySpin);
+    }
+    if len < 8 || !len.is_multiple_of(8) {
+        return Err(format!("call.rtt.busy: {len} is not a multiple of 8 bytes").into());
+    }
+    let name = format!("call.rtt.busy.{len}");
+    let inline = body_fits_frame(len);
+    let blob_len = if inline { 0 } else { len };
+    let (peer, mut c) = connect_with_blobs(&name, WaitStrategy::BusySpin, blob_len)?;
+    let want = |seq| sum_of(len, sum_of(len, word(seq)));
+    let out = if inline {
+        let m = c.method("echo")?;
+        let mut req = Bytes {
+            data: vec![0u8; len],
+        };
+        latency(budget, |seq| {
+            fill_words(&mut req.data, word(seq));
+            let got = c.call::<Bytes, Bytes, _>(m, &req, |r| sum_words(&r.data))?;
+            if got != want(seq) {
+                return Err(format!("{name}: wrong reply to call {seq}").into());
+            }
+            Ok(())
+        })?
+    } else {
+        let m = c.method("blob_e2e")?;
+        let pool = c.pool().ok_or("no blob pool")?.clone();
+        let mut slot = Some(pool.alloc(len)?);
+        let empty = Bytes { data: Vec::new() };
+        let out = latency(budget, |seq| {
+            let mut blob = slot.take().ok_or("blob lost")?;
+            fill_words(&mut blob, word(seq));
+            let h = blob.send()?;
+            let back =
+                c.call_with::<Bytes, Bytes, _>(m, &empty, &[h], None, |_, b| b.first().copied())?;
+            let back = pool.accept_mut(&back.ok_or("the reply lost the blob")?)?;
+            if sum_words(&back) != want(seq) {
+                return Err(format!("{name}: wrong reply to call {seq}").into());
+            }
+            slot = Some(back);
+            Ok(())
+        })?;
+        drop(slot);
+        out
+    };
+    finish(peer, c)?;
+    Ok(out)
+}
+
 /// `uds.call.64`: the same call over a Unix stream socket: the request
 /// archived with rkyv and written, the peer validates it, answers with an
 /// archived reply, which we validate.
@@ -257,4 +390,100 @@ pub fn uds_call_peer(mut ctl: Control) -> Res<()> {
         (&s).write_all(&bytes)?;
     }
     Ok(())
+}
+
+/// Starts an in-process server (BusySpin, one worker) whose `echo64`
+/// handler calls `hook` with the 1-based index of each call before
+/// answering, and connects `conns` BusySpin clients to it
+/// (`--instructions`).
+fn instr_connect(
+    conns: usize,
+    hook: impl Fn(u64) + Send + Sync + 'static,
+) -> Res<(isocall_engine::rpc::Server, Vec<Client>)> {
+    let name = SocketName::Abstract(format!("isocall-bench-instr-{}", std::process::id()));
+    let calls = std::sync::atomic::AtomicU64::new(0);
+    let server = ServerBuilder::new(name.clone())
+        .wait_strategy(WaitStrategy::BusySpin)
+        .workers(1)
+        .method::<Bytes64, Bytes64, _>("echo64", move |r: &ArchivedBytes64, _: &mut CallCtx<'_>| {
+            hook(calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+            Ok(answer(&r.data))
+        })
+        .spawn()?;
+    let opts = ClientOptions {
+        strategy: WaitStrategy::BusySpin,
+        ..ClientOptions::default()
+    };
+    let clients = (0..conns)
+        .map(|_| Client::connect_with(&name, opts))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((server, clients))
+}
+
+/// `--instructions` `call.rtt.64` (`batch` 1 over two connections) and
+/// `call.pipelined.64` (`batch` 64 over one): in turn `j` the client starts
+/// batch `j` of 64-byte calls on connection `j % conns`, passes the baton
+/// and reads the replies of batch `j - 1`; the handler of each batch's
+/// last call passes the baton back, so the engine's worker waits there,
+/// asleep, and never polls an empty ring for long: once it resumes it
+/// writes that call's reply, publishes it (no request is queued behind it
+/// on its connection, as after a round trip), and finds the next batch on
+/// the other (or the same) connection. Over two connections each call is a
+/// round trip on its own connection, without the worker's spin between
+/// two round trips. Iteration `j` is a batch; see [`Marks`](super::instr::Marks).
+pub fn instr_calls(m: super::instr::Marks, batch: u64, conns: usize) -> Res<()> {
+    use super::instr::{
+        Baton, CLIENT, SERVER, instr_handoff, instr_mark_end_server, instr_mark_start_server,
+    };
+    let baton = Baton::new();
+    let b = baton.clone();
+    let (server, mut clients) = instr_connect(conns, move |i| {
+        if i.is_multiple_of(batch) {
+            let j = i / batch;
+            if j == m.warmup + m.n {
+                instr_mark_end_server();
+            }
+            instr_handoff(&b, SERVER, Some(CLIENT));
+            if j == m.warmup {
+                instr_mark_start_server();
+            }
+        }
+    })?;
+    let meth = clients[0].method("echo64")?;
+    let mut prev = Vec::with_capacity(batch as usize);
+    let mut cur = Vec::with_capacity(batch as usize);
+    let mut prev_conn = 0;
+    let mut wrong = None;
+    for j in 1..=m.total() {
+        m.client(j);
+        let conn = j as usize % conns;
+        cur.clear();
+        for k in 1..=batch {
+            let seq = (j - 1) * batch + k;
+            cur.push((clients[conn].start(meth, &request(seq), &[])?, seq));
+        }
+        instr_handoff(&baton, CLIENT, Some(SERVER));
+        for (p, seq) in prev.drain(..) {
+            let c = &mut clients[prev_conn];
+            if !c.wait::<Bytes64, _>(p, None, |r, _| check(&r.data, seq).is_ok())? {
+                wrong = Some(seq);
+            }
+        }
+        std::mem::swap(&mut prev, &mut cur);
+        prev_conn = conn;
+    }
+    // The worker waits in the last batch's last handler: let it go.
+    baton.stop();
+    for (p, seq) in prev {
+        let c = &mut clients[prev_conn];
+        if !c.wait::<Bytes64, _>(p, None, |r, _| check(&r.data, seq).is_ok())? {
+            wrong = Some(seq);
+        }
+    }
+    drop(clients);
+    drop(server);
+    match wrong {
+        Some(seq) => Err(format!("wrong reply to call {seq}").into()),
+        None => Ok(()),
+    }
 }

@@ -25,6 +25,10 @@ pub struct Budget {
     /// floor measured seconds apart can land in different phases, so a
     /// ratio across the whole run would compare apples with oranges.
     pub rounds: usize,
+    /// Round trips a latency figure measures at least, even past
+    /// `measure` (so that the p99 of a slow figure rests on more than a
+    /// handful of samples); 0 for most figures.
+    pub min_samples: u64,
 }
 
 impl Budget {
@@ -36,6 +40,7 @@ impl Budget {
             stream_msgs: 2_000_000,
             stream_reps: 1,
             rounds: 5,
+            min_samples: 0,
         }
     }
 
@@ -47,6 +52,7 @@ impl Budget {
             stream_msgs: 5_000_000,
             stream_reps: 1,
             rounds: 9,
+            min_samples: 0,
         }
     }
 }
@@ -73,11 +79,15 @@ pub struct Measured {
 pub fn latency(budget: &Budget, mut round_trip: impl FnMut(u64) -> Res<()>) -> Res<Measured> {
     let mut seq = 1u64;
     let warm_end = Instant::now() + budget.warmup;
+    // Batches between clock reads grow to 64, so that a round trip of
+    // milliseconds (16 MiB) does not warm up for 64 of them.
+    let mut batch = 1;
     while Instant::now() < warm_end {
-        for _ in 0..64 {
+        for _ in 0..batch {
             round_trip(seq)?;
             seq += 1;
         }
+        batch = (batch * 2).min(64);
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3)?;
     let start = Instant::now();
@@ -88,7 +98,9 @@ pub fn latency(budget: &Budget, mut round_trip: impl FnMut(u64) -> Res<()>) -> R
         let now = Instant::now();
         hist.saturating_record((now - last).as_nanos() as u64);
         last = now;
-        if now - start >= budget.measure || hist.len() >= 20_000_000 {
+        if (now - start >= budget.measure && hist.len() >= budget.min_samples)
+            || hist.len() >= 20_000_000
+        {
             break;
         }
     }
@@ -165,7 +177,8 @@ pub fn rate(reps: &mut [(u64, Duration)], msg_bytes: usize) -> Measured {
     }
 }
 
-/// Fills a 64-byte message for round trip `seq`: every byte written.
+/// Fills the request of round trip `seq` (64 bytes in most figures, any
+/// length of at least 16): every byte written.
 #[inline]
 pub fn fill64(buf: &mut [u8], seq: u64) {
     let b = seq as u8;
@@ -204,8 +217,8 @@ pub fn request_sum(seq: u64, len: usize) -> u64 {
     seq.to_le_bytes().iter().map(|&x| u64::from(x)).sum::<u64>() + b * (len as u64 - 8)
 }
 
-/// Writes the answer to a request: its seq, the sum of every byte read, and
-/// a filled body.
+/// Writes the answer to a request (as long as the request, at least 16
+/// bytes): its seq, the sum of every byte read, and a filled body.
 #[inline]
 pub fn answer64(request: &[u8], reply: &mut [u8]) {
     let seq = u64::from_le_bytes(request[..8].try_into().unwrap_or([0; 8]));

@@ -4,14 +4,19 @@
 
 mod blob;
 mod call;
+mod callgrind;
 mod floors;
+mod instr;
 mod measure;
 mod peer;
+mod plot;
 mod report;
 mod ring;
 mod sockets;
 mod supervise;
+mod svg;
 
+pub use instr::child_main as instr_main;
 pub use supervise::serve_role;
 
 use std::time::Instant;
@@ -38,6 +43,16 @@ pub struct BenchArgs {
     /// Print the table as Markdown (for the README).
     #[arg(long)]
     pub markdown: bool,
+    /// Instead of the figures: round trip against payload size (64 B to
+    /// 16 MiB) for the ring, calls, blobs and UDS, drawn as an SVG into
+    /// this file (the pattern, if any, picks among the plot's figures).
+    #[arg(long, value_name = "FILE.svg", conflicts_with = "instructions")]
+    pub plot: Option<std::path::PathBuf>,
+    /// Instead of the figures: instructions per message on each side of
+    /// the hot paths, counted under valgrind's callgrind (one process, two
+    /// threads; repeatable on a noisy machine).
+    #[arg(long)]
+    pub instructions: bool,
 }
 
 /// Unit of a figure.
@@ -49,6 +64,8 @@ pub enum Unit {
     MsgPerSec,
     /// Calls per second (a rate in `value`).
     CallPerSec,
+    /// Instructions per message (a count in `value`).
+    Instr,
 }
 
 impl Unit {
@@ -58,6 +75,7 @@ impl Unit {
             Unit::Ns => "ns",
             Unit::MsgPerSec => "msg/s",
             Unit::CallPerSec => "call/s",
+            Unit::Instr => "instr",
         }
     }
 }
@@ -142,7 +160,7 @@ pub fn figures() -> Vec<Figure> {
             unit: Ns,
             floor: Some("floor.spin.rtt"),
             also: &["uds.rtt.64"],
-            run: |b| ring::rtt(b, WaitStrategy::BusySpin),
+            run: |b| ring::rtt(b, WaitStrategy::BusySpin, 64),
             peer: ring::rtt_peer,
         },
         Figure {
@@ -150,7 +168,7 @@ pub fn figures() -> Vec<Figure> {
             unit: Ns,
             floor: Some("floor.futex.rtt"),
             also: &["uds.rtt.64"],
-            run: |b| ring::rtt(b, WaitStrategy::Blocking),
+            run: |b| ring::rtt(b, WaitStrategy::Blocking, 64),
             peer: ring::rtt_peer,
         },
         Figure {
@@ -392,27 +410,137 @@ pub fn select<'a>(all: &'a [Figure], pattern: Option<&str>) -> Vec<&'a Figure> {
 /// A measured figure with its comparisons.
 pub struct Row {
     /// The figure.
-    pub name: &'static str,
+    pub name: String,
     /// Its unit.
     pub unit: Unit,
     /// Its measurement.
     pub m: Measured,
     /// Name and ratio to its floor.
-    pub floor: Option<(&'static str, f64)>,
+    pub floor: Option<(String, f64)>,
     /// Other comparisons.
-    pub also: Vec<(&'static str, f64)>,
+    pub also: Vec<(String, f64)>,
 }
 
 /// `self / other` for latencies (p50), `self / other` for rates (value).
 fn ratio(unit: Unit, m: &Measured, other: &Measured) -> Option<f64> {
     match unit {
         Unit::Ns => Some(m.p50? / other.p50?),
-        Unit::MsgPerSec | Unit::CallPerSec => Some(m.value? / other.value?),
+        Unit::MsgPerSec | Unit::CallPerSec | Unit::Instr => Some(m.value? / other.value?),
     }
+}
+
+/// What [`measure_rounds`] measures of one figure: its name, unit and
+/// the figures it is compared to.
+pub struct Spec {
+    /// Stable name.
+    pub name: String,
+    /// Unit.
+    pub unit: Unit,
+    /// The figure it is divided by for its ratio, if any.
+    pub floor: Option<String>,
+    /// Other figures it is also compared to.
+    pub also: Vec<String>,
+}
+
+/// Measures every figure of `specs` once per round (`run(i)` measures
+/// figure i), with progress on stderr, and gives one row per figure: the
+/// median over rounds, and each ratio as the median of the ratios within
+/// a round (see [`measure::Budget::rounds`]). Ratios to figures not in
+/// `specs` are left out.
+pub fn measure_rounds(
+    specs: &[Spec],
+    rounds: usize,
+    mut run: impl FnMut(usize) -> Res<Measured>,
+) -> Res<Vec<Row>> {
+    if let Some((a, _)) = peer::cpus() {
+        peer::pin(Some(a));
+    } else {
+        eprintln!("isocall bench: fewer than 2 CPUs allowed; the two processes are not pinned");
+    }
+    let started = Instant::now();
+    // measured[r][i]: figure i measured in round r.
+    let mut measured: Vec<Vec<Measured>> = Vec::with_capacity(rounds);
+    // On a terminal, a progress bar on stderr; otherwise (CI, pipes) one
+    // line per measurement.
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let bar = indicatif::ProgressBar::new((rounds * specs.len()) as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "isocall bench {bar:30} {pos}/{len} {elapsed} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    for r in 0..rounds {
+        let mut this = Vec::with_capacity(specs.len());
+        for (i, f) in specs.iter().enumerate() {
+            let what = format!("round {}/{rounds}: {}", r + 1, f.name);
+            match &bar {
+                Some(b) => b.set_message(what),
+                None => eprintln!("isocall bench: {what}"),
+            }
+            this.push(run(i).map_err(|e| format!("{}: {e}", f.name))?);
+            if let Some(b) = &bar {
+                b.inc(1);
+            }
+        }
+        measured.push(this);
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let index = |name: &str| specs.iter().position(|f| f.name == name);
+    // The median over rounds of the ratio measured within each round.
+    let ratio_to = |i: usize, other: &str| -> Option<(String, f64)> {
+        let j = index(other)?;
+        let mut per_round: Vec<f64> = measured
+            .iter()
+            .filter_map(|round| ratio(specs[i].unit, &round[i], &round[j]))
+            .collect();
+        Some((other.to_string(), measure::median(&mut per_round)?))
+    };
+    let rows = specs
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let per_round: Vec<Measured> = measured.iter().map(|round| round[i]).collect();
+            Row {
+                name: f.name.clone(),
+                unit: f.unit,
+                m: measure::median_of(&per_round),
+                floor: f.floor.as_deref().and_then(|fl| ratio_to(i, fl)),
+                also: f.also.iter().filter_map(|o| ratio_to(i, o)).collect(),
+            }
+        })
+        .collect();
+    eprintln!(
+        "isocall bench: done in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(rows)
+}
+
+/// Prints `rows` on stdout as `args` asks: JSON, Markdown or a table.
+pub fn print_rows(args: &BenchArgs, rows: &[Row]) {
+    let out = if args.json {
+        report::json(rows)
+    } else if args.markdown {
+        report::markdown(rows)
+    } else {
+        report::table(rows)
+    };
+    println!("{out}");
 }
 
 /// Runs `isocall bench`.
 pub fn run(args: &BenchArgs) -> Res<()> {
+    if let Some(path) = &args.plot {
+        return plot::run(args, path);
+    }
+    if args.instructions {
+        return instr::run(args);
+    }
     let all = figures();
     let chosen = select(&all, args.pattern.as_deref());
     if chosen.is_empty() {
@@ -429,80 +557,17 @@ pub fn run(args: &BenchArgs) -> Res<()> {
     } else {
         measure::Budget::full()
     };
-    if let Some((a, _)) = peer::cpus() {
-        peer::pin(Some(a));
-    } else {
-        eprintln!("isocall bench: fewer than 2 CPUs allowed; the two processes are not pinned");
-    }
-    let started = Instant::now();
-    // rounds[r][i]: figure i of `chosen` measured in round r.
-    let mut rounds: Vec<Vec<Measured>> = Vec::with_capacity(budget.rounds);
-    // On a terminal, a progress bar on stderr; otherwise (CI, pipes) one
-    // line per measurement.
-    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
-        let bar = indicatif::ProgressBar::new((budget.rounds * chosen.len()) as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "isocall bench {bar:30} {pos}/{len} {elapsed} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
-    });
-    for r in 0..budget.rounds {
-        let mut this = Vec::with_capacity(chosen.len());
-        for f in &chosen {
-            let what = format!("round {}/{}: {}", r + 1, budget.rounds, f.name);
-            match &bar {
-                Some(b) => b.set_message(what),
-                None => eprintln!("isocall bench: {what}"),
-            }
-            this.push((f.run)(&budget).map_err(|e| format!("{}: {e}", f.name))?);
-            if let Some(b) = &bar {
-                b.inc(1);
-            }
-        }
-        rounds.push(this);
-    }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    let index = |name: &str| chosen.iter().position(|f| f.name == name);
-    // The median over rounds of the ratio measured within each round.
-    let ratio_to = |i: usize, other: &'static str| -> Option<(&'static str, f64)> {
-        let j = index(other)?;
-        let mut per_round: Vec<f64> = rounds
-            .iter()
-            .filter_map(|round| ratio(chosen[i].unit, &round[i], &round[j]))
-            .collect();
-        Some((other, measure::median(&mut per_round)?))
-    };
-    let rows: Vec<Row> = chosen
+    let specs: Vec<Spec> = chosen
         .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let per_round: Vec<Measured> = rounds.iter().map(|round| round[i]).collect();
-            Row {
-                name: f.name,
-                unit: f.unit,
-                m: measure::median_of(&per_round),
-                floor: f.floor.and_then(|fl| ratio_to(i, fl)),
-                also: f.also.iter().filter_map(|o| ratio_to(i, o)).collect(),
-            }
+        .map(|f| Spec {
+            name: f.name.to_string(),
+            unit: f.unit,
+            floor: f.floor.map(str::to_string),
+            also: f.also.iter().map(|s| s.to_string()).collect(),
         })
         .collect();
-    eprintln!(
-        "isocall bench: done in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    let out = if args.json {
-        report::json(&rows)
-    } else if args.markdown {
-        report::markdown(&rows)
-    } else {
-        report::table(&rows)
-    };
-    println!("{out}");
+    let rows = measure_rounds(&specs, budget.rounds, |i| (chosen[i].run)(&budget))?;
+    print_rows(args, &rows);
     Ok(())
 }
 
@@ -510,12 +575,14 @@ pub fn run(args: &BenchArgs) -> Res<()> {
 pub fn peer_main(name: &str, cpu: Option<usize>) -> Res<()> {
     peer::pin(cpu);
     let all = figures();
-    let f = all
+    let serve = all
         .iter()
         .find(|f| f.name == name)
+        .map(|f| f.peer)
+        .or_else(|| plot::peer_of(name))
         .ok_or_else(|| format!("no figure named {name}"))?;
     let ctl = peer::Control::receive()?;
-    (f.peer)(ctl).map_err(|e| format!("peer of {name}: {e}").into())
+    serve(ctl).map_err(|e| format!("peer of {name}: {e}").into())
 }
 
 #[cfg(test)]

@@ -26,15 +26,15 @@ pub fn json(rows: &[Row]) -> String {
             if r.m.gbps.is_some() {
                 o["gb_per_s"] = num(r.m.gbps);
             }
-            if let Some((f, x)) = r.floor {
+            if let Some((f, x)) = &r.floor {
                 o["floor"] = json!(f);
-                o["ratio"] = num(Some(x));
+                o["ratio"] = num(Some(*x));
             }
             if !r.also.is_empty() {
                 o["compared"] = r
                     .also
                     .iter()
-                    .map(|(n, x)| (n.to_string(), num(Some(*x))))
+                    .map(|(n, x)| (n.clone(), num(Some(*x))))
                     .collect();
             }
             o
@@ -69,6 +69,12 @@ fn cells(r: &Row) -> [String; 6] {
             "-".into(),
         ),
         Unit::MsgPerSec | Unit::CallPerSec => ("-".into(), "-".into(), "-".into(), fmt_rate(r)),
+        Unit::Instr => (
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            r.m.value.map_or("-".into(), |v| format!("{v:.0} instr")),
+        ),
     };
     let mut cmp: Vec<String> = r
         .floor
@@ -76,7 +82,7 @@ fn cells(r: &Row) -> [String; 6] {
         .map(|(n, x)| format!("{x:.2}× {n}"))
         .collect();
     cmp.extend(r.also.iter().map(|(n, x)| format!("{x:.2}× {n}")));
-    [r.name.to_string(), p50, p99, p999, rate, cmp.join(", ")]
+    [r.name.clone(), p50, p99, p999, rate, cmp.join(", ")]
 }
 
 const HEADERS: [&str; 6] = [

@@ -125,14 +125,24 @@ pub fn attach_segment(ctl: &mut Control) -> Res<(Arc<Segment>, Sender, Receiver)
     Ok((seg, tx, rx))
 }
 
-/// `ring.rtt.{busy,blocking}.64`: write a 64-byte request in place, the peer
-/// reads every byte and writes a 64-byte reply in place, we read it.
-pub fn rtt(budget: &Budget, strategy: WaitStrategy) -> Res<Measured> {
-    let figure = format!("ring.rtt.{}.64", strategy_name(strategy));
-    let (peer, mut tx, mut rx) = setup(&figure, "", strategy)?;
+/// The largest message `rtt` sends in one frame: what a frame of the
+/// bench's ring can carry (larger ones go as blobs).
+pub fn max_frame_payload() -> usize {
+    isocall_engine::ring::max_payload(RING)
+}
+
+/// `ring.rtt.{busy,blocking}.64` (and `ring.rtt.busy.<len>` of the plot):
+/// write a `len`-byte request in place, the peer reads every byte and
+/// writes a `len`-byte reply in place, we read every byte of it.
+pub fn rtt(budget: &Budget, strategy: WaitStrategy, len: usize) -> Res<Measured> {
+    if !(16..=max_frame_payload()).contains(&len) {
+        return Err(format!("ring.rtt: {len} bytes do not fit one frame").into());
+    }
+    let figure = format!("ring.rtt.{}.{len}", strategy_name(strategy));
+    let (peer, mut tx, mut rx) = setup(&figure, &format!("len={len}"), strategy)?;
     let mut dl = Deadline::new();
     let m = latency(budget, |seq| {
-        let mut g = tx.reserve(DATA, 64, dl.get())?;
+        let mut g = tx.reserve(DATA, len, dl.get())?;
         fill64(g.bytes_mut(), seq);
         g.commit_all();
         tx.publish();
@@ -149,13 +159,14 @@ pub fn rtt(budget: &Budget, strategy: WaitStrategy) -> Res<Measured> {
 /// Peer of `ring.rtt.*`.
 pub fn rtt_peer(mut ctl: Control) -> Res<()> {
     let (mut tx, mut rx) = attach(&mut ctl)?;
+    let len = ctl.param("len")? as usize;
     let mut dl = Deadline::new();
     loop {
         let f = rx.recv(dl.get())?;
         if f.kind() == STOP {
             return Ok(());
         }
-        let mut g = tx.reserve(DATA, 64, dl.get())?;
+        let mut g = tx.reserve(DATA, len, dl.get())?;
         answer64(f.payload(), g.bytes_mut());
         g.commit_all();
         f.release();
