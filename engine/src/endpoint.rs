@@ -14,8 +14,8 @@ use isocall_ringbuf::{
 };
 
 use crate::liveness::Liveness;
-pub use crate::segment::Side;
 use crate::segment::Segment;
+pub use crate::segment::Side;
 use crate::sys::Doorbell;
 use crate::wake::RingParker;
 

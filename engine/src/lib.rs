@@ -57,8 +57,8 @@ pub mod raw {
     pub use crate::liveness::{Liveness, PeerWatch, RECHECK, Watched};
     pub use crate::rpc::{body, handshake, large, wire};
     pub use crate::segment::{
-        Direction, LAYOUT_VERSION, MAGIC, PAGE, PartDesc, SIDE_ABSENT, SIDE_ATTACHED,
-        SIDE_CLOSED, Segment, SegmentError, SegmentHeader, SegmentLayout, SideState,
+        Direction, LAYOUT_VERSION, MAGIC, PAGE, PartDesc, SIDE_ABSENT, SIDE_ATTACHED, SIDE_CLOSED,
+        Segment, SegmentError, SegmentHeader, SegmentLayout, SideState,
     };
     pub use crate::wake::RingParker;
 
@@ -71,8 +71,8 @@ pub mod raw {
             accept_seqpacket, allow_current_thread, allowed_cpus, available_cpus,
             connect_seqpacket, futex_wait, futex_wake, heavy_barrier, heavy_barrier_available,
             is_seqpacket, listen_seqpacket, peer_cred, peer_pidfd, pin_current_thread,
-            poll_readable, poll_ready, recv_message, recv_with_fds, send_with_fds,
-            seqpacket_pair, unlink_socket,
+            poll_readable, poll_ready, recv_message, recv_with_fds, send_with_fds, seqpacket_pair,
+            unlink_socket,
         };
     }
 }

@@ -476,7 +476,9 @@ mod tests {
         // The "peer" writes a thread id that is not its own into its word
         // (so it reads held forever) and then hangs up.
         let seg = segment();
-        seg.lifeline(Side::Server).unwrap().store(12345, Ordering::Release);
+        seg.lifeline(Side::Server)
+            .unwrap()
+            .store(12345, Ordering::Release);
         let (ours, theirs) = crate::sys::seqpacket_pair().unwrap();
         let live = Liveness::connection(seg.clone(), Side::Client);
         let watch = PeerWatch::connection(
@@ -543,7 +545,11 @@ mod tests {
         );
         let t = Instant::now();
         drop(watch);
-        assert!(t.elapsed() < Duration::from_secs(5), "drop took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "drop took {:?}",
+            t.elapsed()
+        );
     }
 
     /// CPU time used so far by the threads of this process named `name`.

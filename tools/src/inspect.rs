@@ -34,9 +34,9 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::Ordering;
 
 use isocall_engine::blob::{Pool, Side as BlobSide};
+use isocall_engine::raw::{Direction, SIDE_ATTACHED, SIDE_CLOSED, Segment, Side};
 use isocall_engine::ring::layout::{DATA, FRAME_ALIGN, FRAME_HEADER_BYTES, KIND_PAD};
 use isocall_engine::ring::{ReadOnlyRegion, Region, snapshot};
-use isocall_engine::segment::{Direction, SIDE_ATTACHED, SIDE_CLOSED, Segment, Side};
 use isocall_engine::supervise;
 use serde_json::{Value, json};
 
@@ -467,7 +467,7 @@ fn text(doc: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use isocall_engine::segment::SegmentLayout;
+    use isocall_engine::raw::SegmentLayout;
 
     fn segment() -> Segment {
         Segment::create("isocall:test:inspect", &SegmentLayout::default()).expect("segment")

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use isocall_engine::WaitStrategy;
 use isocall_engine::blob::PoolConfig;
-use isocall_engine::endpoint::{Doorbells, Side, endpoint};
-use isocall_engine::liveness::Liveness;
-use isocall_engine::segment::{Segment, SegmentLayout};
-use isocall_engine::sys::SharedMem;
+use isocall_engine::raw::Liveness;
+use isocall_engine::raw::sys::SharedMem;
+use isocall_engine::raw::{Doorbells, Side, endpoint};
+use isocall_engine::raw::{Segment, SegmentLayout};
 use serde_json::Value;
 
 fn inspect(args: &[&str]) -> (bool, String) {

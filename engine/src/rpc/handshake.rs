@@ -75,12 +75,12 @@ impl ClientHello {
     /// `Truncated`, `BadMagic`.
     pub fn decode(msg: &[u8]) -> Result<ClientHello, HandshakeError> {
         const N: usize = std::mem::size_of::<ClientHello>();
-        let h: ClientHello = msg
-            .get(..N)
-            .map(bytemuck::pod_read_unaligned)
-            .ok_or(HandshakeError::Truncated {
-                what: "client hello",
-            })?;
+        let h: ClientHello =
+            msg.get(..N)
+                .map(bytemuck::pod_read_unaligned)
+                .ok_or(HandshakeError::Truncated {
+                    what: "client hello",
+                })?;
         if h.magic != HELLO_MAGIC {
             return Err(HandshakeError::BadMagic { found: h.magic });
         }
@@ -334,7 +334,9 @@ pub fn encode_refusal(r: &Refusal) -> Vec<u8> {
         Refusal::Policy(PolicyRefusal::NotSameUid { uid, expected }) => {
             (code::NOT_SAME_UID, *uid, *expected, "")
         }
-        Refusal::Policy(PolicyRefusal::NotAllowed { uid, gid }) => (code::NOT_ALLOWED, *uid, *gid, ""),
+        Refusal::Policy(PolicyRefusal::NotAllowed { uid, gid }) => {
+            (code::NOT_ALLOWED, *uid, *gid, "")
+        }
         Refusal::Policy(PolicyRefusal::Custom { reason }) => (code::CUSTOM, 0, 0, reason),
         Refusal::Version { server, client } => (code::VERSION, *server, *client, ""),
         Refusal::TooManyConnections { limit } => (code::TOO_MANY, *limit, 0, ""),

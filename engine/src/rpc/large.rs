@@ -111,7 +111,9 @@ pub enum LargeError {
         limit: usize,
     },
     /// Mapping it would pass the connection's cap on large-blob bytes.
-    #[error("large blob {id} of {len} bytes would pass the connection's cap of {limit} bytes ({mapped} mapped)")]
+    #[error(
+        "large blob {id} of {len} bytes would pass the connection's cap of {limit} bytes ({mapped} mapped)"
+    )]
     TooManyBytes {
         /// Its id.
         id: u64,
@@ -186,7 +188,10 @@ impl LargeCache {
         if !self.maps.contains_key(&id) {
             self.read_queued(sock)?;
         }
-        let mem = self.maps.get_mut(&id).ok_or(LargeError::NeverShared { id })?;
+        let mem = self
+            .maps
+            .get_mut(&id)
+            .ok_or(LargeError::NeverShared { id })?;
         let shared = mem.len();
         mem.as_mut_slice()
             .get_mut(..len as usize)
@@ -222,7 +227,10 @@ impl LargeCache {
                     limit: self.limits.count,
                 });
             }
-            let fits = self.bytes.checked_add(len).is_some_and(|t| t <= self.limits.bytes);
+            let fits = self
+                .bytes
+                .checked_add(len)
+                .is_some_and(|t| t <= self.limits.bytes);
             let (true, Ok(ulen)) = (fits, usize::try_from(len)) else {
                 return Err(LargeError::TooManyBytes {
                     id,
@@ -235,7 +243,8 @@ impl LargeCache {
             // cannot shrink it under us) or shorter than announced, and
             // maps no more than announced.
             let fd = fds.pop().expect("one fd");
-            let mem = BlobMem::open_len(fd, ulen).map_err(|source| LargeError::Map { id, source })?;
+            let mem =
+                BlobMem::open_len(fd, ulen).map_err(|source| LargeError::Map { id, source })?;
             if let Some(old) = self.maps.insert(id, mem) {
                 self.bytes -= old.len() as u64;
             }

@@ -36,7 +36,9 @@ use std::path::PathBuf;
 
 pub use body::{Body, EncodeError, ValidationError};
 pub use client::{Caller, Client, ClientOptions, Pending, Reply, SharedClient};
-pub use error::{AppError, CallError, ConnectError, Refusal, ReplyError, ServerError, TypeMismatch};
+pub use error::{
+    AppError, CallError, ConnectError, Refusal, ReplyError, ServerError, TypeMismatch,
+};
 pub use handshake::HandshakeError;
 pub use large::{LARGE_CLASS, LargeBlob, LargeError, LargeLimits, large_id};
 pub use method::{Message, MessageRef, Method, MethodKind, MethodRef, Signature, TypeSig};
@@ -48,8 +50,6 @@ pub use server::{
 pub use wire::{CloseReason, FrameError, Status};
 
 pub use crate::sys::{PeerCred, SocketName};
-
-
 
 /// The default socket of a service: `$XDG_RUNTIME_DIR/isocall/<service>`
 /// (or `/tmp/isocall-<uid>/<service>` without `XDG_RUNTIME_DIR`), in a

@@ -128,23 +128,38 @@ pub enum FrameError {
     },
 }
 
-/// A call frame's parts, checked against the payload: the head and the
-/// handles are copies, the body is still the frame's bytes.
+/// A call frame's parts, checked against the payload: the head is a copy;
+/// the handles and the body are still the frame's bytes, to be copied out
+/// once ([`copy_blobs`](Parsed::copy_blobs), the body into private memory)
+/// and never read from the frame again.
 #[derive(Debug)]
 pub struct Parsed<'a> {
     /// Its head (a copy).
     pub head: CallHead,
-    /// Its blob handles (copies); only the first `head.nblobs` are set.
-    pub blobs: [BlobHandle; MAX_BLOBS],
+    /// Its blob handles, `head.nblobs` of 16 bytes, in the frame.
+    pub blobs: &'a [u8],
     /// Its body, in the frame.
     pub body: &'a [u8],
 }
 
 impl Parsed<'_> {
-    /// The blob handles the frame carries.
+    /// Copies the blob handles the frame carries into `into` (cleared
+    /// first).
     #[inline]
-    pub fn blobs(&self) -> &[BlobHandle] {
-        &self.blobs[..self.head.nblobs as usize]
+    pub fn copy_blobs(&self, into: &mut Vec<BlobHandle>) {
+        into.clear();
+        into.extend(
+            self.blobs
+                .chunks_exact(HANDLE)
+                .map(bytemuck::pod_read_unaligned::<BlobHandle>),
+        );
+    }
+
+    /// The blob handles the frame carries, copied.
+    pub fn blob_vec(&self) -> Vec<BlobHandle> {
+        let mut v = Vec::new();
+        self.copy_blobs(&mut v);
+        v
     }
 }
 
@@ -173,16 +188,9 @@ pub fn parse(payload: &[u8]) -> Result<Parsed<'_>, FrameError> {
             len: payload.len(),
         });
     }
-    let mut blobs = [BlobHandle::default(); MAX_BLOBS];
-    for (slot, bytes) in blobs
-        .iter_mut()
-        .zip(payload[HEAD..body_at].chunks_exact(HANDLE))
-    {
-        *slot = bytemuck::pod_read_unaligned(bytes);
-    }
     Ok(Parsed {
         head,
-        blobs,
+        blobs: &payload[HEAD..body_at],
         body: &payload[body_at..end],
     })
 }
@@ -326,7 +334,7 @@ mod tests {
         let f = frame(head, &[h], b"hello");
         let p = parse(&f).unwrap();
         assert_eq!(p.head, head);
-        assert_eq!(p.blobs(), &[h]);
+        assert_eq!(p.blob_vec(), vec![h]);
         assert_eq!(p.body, b"hello");
     }
 

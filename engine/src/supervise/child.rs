@@ -19,7 +19,9 @@ pub enum NotSupervised {
         var: &'static str,
     },
     /// The supervisor died before this process armed its death signal.
-    #[error("the supervisor (pid {supervisor}) of service {service:?} is gone (parent is now {parent})")]
+    #[error(
+        "the supervisor (pid {supervisor}) of service {service:?} is gone (parent is now {parent})"
+    )]
     SupervisorGone {
         /// The supervisor's pid.
         supervisor: i32,

@@ -15,8 +15,8 @@ use super::{Connection, Inner, Live};
 use crate::rpc::body::{self, Body};
 use crate::rpc::client::reply::Abandoned;
 use crate::rpc::{
-    CallError, Caller, Client, LARGE_CLASS, Message, MessageRef, Method,
-    MethodRef, Pending, Reply, Signature,
+    CallError, Caller, Client, LARGE_CLASS, Message, MessageRef, Method, MethodRef, Pending, Reply,
+    Signature,
 };
 use crate::segment::Side;
 
@@ -366,12 +366,9 @@ impl SupervisedClient {
             self.drop_idle_old(None);
             let mut keep = idempotent.then(Vec::new);
             let conn = self.current.as_mut().expect("ensured");
-            let sent = conn.client.start_keep(
-                id,
-                |buf| body::encode(request, buf),
-                &blobs,
-                keep.as_mut(),
-            );
+            let sent =
+                conn.client
+                    .start_keep(id, |buf| body::encode(request, buf), &blobs, keep.as_mut());
             match sent {
                 Ok(call) => {
                     let seq = self.next;
@@ -421,12 +418,9 @@ impl SupervisedClient {
     ) -> Result<Reply<'_, Resp>, SupervisedError> {
         let (seq, client) = pending.defuse();
         self.check_ref(client, "a pending call")?;
-        let mut call = self
-            .calls
-            .remove(&seq)
-            .ok_or(CallError::ForeignMethod {
-                method: "a call waited for twice",
-            })?;
+        let mut call = self.calls.remove(&seq).ok_or(CallError::ForeignMethod {
+            method: "a call waited for twice",
+        })?;
         let deadline = deadline.unwrap_or(call.deadline);
         let outcome = loop {
             let conn_id = call.conn;
@@ -470,8 +464,8 @@ impl SupervisedClient {
             }
         };
         self.drop_idle_old(Some(conn_id));
-        let recovering = self.current.as_ref().is_some_and(|c| c.live.id == conn_id)
-            && self.died_at.is_some();
+        let recovering =
+            self.current.as_ref().is_some_and(|c| c.live.id == conn_id) && self.died_at.is_some();
         if recovering && let Some(t) = self.died_at.take() {
             let ns = t.elapsed().as_nanos() as u64;
             self.inner.stats.add(Word::Recoveries, 1);

@@ -90,7 +90,11 @@ fn wait_status(child: &mut Child, pid: u32) -> (String, LastExit, bool) {
             };
             (describe(s), last, s.success())
         }
-        Err(e) => (format!("unknown ({e})"), LastExit::StartFailed(Arc::new(e)), false),
+        Err(e) => (
+            format!("unknown ({e})"),
+            LastExit::StartFailed(Arc::new(e)),
+            false,
+        ),
     }
 }
 

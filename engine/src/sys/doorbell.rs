@@ -166,7 +166,10 @@ mod tests {
         let (c, _d) = Doorbell::pair().unwrap();
         c.wake_for_good();
         assert!(c.wait(Some(Duration::from_secs(5))).unwrap());
-        assert!(c.wait(Some(Duration::from_secs(5))).unwrap(), "still readable");
+        assert!(
+            c.wait(Some(Duration::from_secs(5))).unwrap(),
+            "still readable"
+        );
     }
 
     #[test]

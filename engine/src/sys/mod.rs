@@ -44,6 +44,6 @@ pub use futex::{futex_wait, futex_wake};
 pub use peer::{PeerCred, peer_cred, peer_pidfd};
 pub use shm::{BlobMem, SharedMem};
 pub use sock::{
-    SocketName, accept_seqpacket, connect_seqpacket, is_seqpacket, listen_seqpacket,
-    recv_message, seqpacket_pair, unlink_socket,
+    SocketName, accept_seqpacket, connect_seqpacket, is_seqpacket, listen_seqpacket, recv_message,
+    seqpacket_pair, unlink_socket,
 };

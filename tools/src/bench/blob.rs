@@ -8,9 +8,9 @@ use std::hint::black_box;
 
 use isocall_engine::WaitStrategy;
 use isocall_engine::blob::{BlobHandle, Pool, PoolConfig};
-use isocall_engine::endpoint::Side;
+use isocall_engine::raw::Side;
+use isocall_engine::raw::{Segment, SegmentLayout};
 use isocall_engine::ring::SharedRegion;
-use isocall_engine::segment::{Segment, SegmentLayout};
 
 use super::Res;
 use super::measure::{Budget, Measured, latency, per_op};
@@ -56,11 +56,7 @@ fn layout(len: usize) -> SegmentLayout {
     }
 }
 
-fn send_handle(
-    tx: &mut isocall_engine::endpoint::Sender,
-    h: BlobHandle,
-    dl: &mut Deadline,
-) -> Res<()> {
+fn send_handle(tx: &mut isocall_engine::raw::Sender, h: BlobHandle, dl: &mut Deadline) -> Res<()> {
     let mut g = tx.reserve(HANDLE, 16, dl.get())?;
     g.bytes_mut().copy_from_slice(&h.to_bytes());
     g.commit_all();

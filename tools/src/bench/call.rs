@@ -17,8 +17,10 @@ use std::time::Instant;
 
 use isocall_engine::WaitStrategy;
 use isocall_engine::blob::PoolConfig;
-use isocall_engine::rpc::{CallCtx, Client, ClientOptions, ServerBuilder, SocketName};
-use isocall_engine::segment::SegmentLayout;
+use isocall_engine::raw::SegmentLayout;
+use isocall_engine::rpc::{
+    AppError, CallCtx, Client, ClientOptions, Method, ServerBuilder, SocketName,
+};
 
 use super::Res;
 use super::measure::{Budget, Measured, latency, rate};
@@ -26,7 +28,8 @@ use super::peer::{Control, PEER_TIMEOUT, Peer};
 use super::sockets::{fill_words, sum_words};
 
 /// A 64-byte request or reply.
-#[derive(rkyv::Archive, rkyv::Serialize)]
+#[derive(rkyv::Archive, rkyv::Serialize, isocall_engine::Schema)]
+#[schema(crate = "isocall_engine")]
 pub struct Bytes64 {
     pub data: [u8; 64],
 }
@@ -77,10 +80,25 @@ fn strategy_from(n: u64) -> WaitStrategy {
 }
 
 /// A request or reply body of any length (the plot's calls).
-#[derive(rkyv::Archive, rkyv::Serialize)]
+#[derive(rkyv::Archive, rkyv::Serialize, isocall_engine::Schema)]
+#[schema(crate = "isocall_engine")]
 pub struct Bytes {
     /// The body's bytes.
     pub data: Vec<u8>,
+}
+
+/// A 64-byte call, every byte read, answered with 64 bytes.
+pub const ECHO64: Method<Bytes64, Bytes64> = Method::new("echo64");
+/// A 64-byte call carrying a blob, passed through.
+pub const BLOB: Method<Bytes64, Bytes64> = Method::new("blob");
+/// A body of any length, every byte read, answered as long.
+pub const ECHO: Method<Bytes, Bytes> = Method::new("echo");
+/// A blob read whole and written whole in place, sent back.
+pub const BLOB_E2E: Method<Bytes, Bytes> = Method::new("blob_e2e");
+
+/// A blob error as the handler's application error.
+fn app(e: impl std::fmt::Display) -> AppError {
+    AppError::new(1, e.to_string())
 }
 
 /// The largest call frame the server takes and sends: `ServerBuilder`'s
@@ -119,10 +137,7 @@ fn connect_with_blobs(
     if peer.read_line()? != "ready" {
         return Err(format!("{figure}: the server peer did not start").into());
     }
-    let opts = ClientOptions {
-        strategy,
-        ..ClientOptions::default()
-    };
+    let opts = ClientOptions::default().strategy(strategy);
     let client = Client::connect_with(&SocketName::Abstract(name), opts)?;
     Ok((peer, client))
 }
@@ -139,28 +154,28 @@ pub fn server(name: SocketName, strategy: WaitStrategy, blob_len: usize) -> Serv
             blobs: PoolConfig::new().class(blob_len.next_multiple_of(64), 2),
         });
     }
-    b.method::<Bytes64, Bytes64, _>("echo64", |r: &ArchivedBytes64, _: &mut CallCtx<'_>| {
+    b.method(ECHO64, |r: &ArchivedBytes64, _: &mut CallCtx<'_>| {
         Ok(answer(&r.data))
     })
-    .method::<Bytes64, Bytes64, _>("blob", |r: &ArchivedBytes64, ctx: &mut CallCtx<'_>| {
-        let blob = ctx.accept_mut(0).map_err(|e| e.to_string())?;
+    .method(BLOB, |r: &ArchivedBytes64, ctx: &mut CallCtx<'_>| {
+        let blob = ctx.blob_mut(0).map_err(app)?;
         let (first, last) = (blob[0], blob[blob.len() - 1]);
-        ctx.reply_blob(blob).map_err(|e| e.to_string())?;
+        ctx.reply_blob(blob).map_err(app)?;
         let mut out = answer(&r.data);
         out.data[8] = first;
         out.data[9] = last;
         Ok(out)
     })
-    .method::<Bytes, Bytes, _>("echo", |r: &ArchivedBytes, _: &mut CallCtx<'_>| {
+    .method(ECHO, |r: &ArchivedBytes, _: &mut CallCtx<'_>| {
         let mut data = vec![0u8; r.data.len()];
         fill_words(&mut data, sum_words(&r.data));
         Ok(Bytes { data })
     })
-    .method::<Bytes, Bytes, _>("blob_e2e", |_: &ArchivedBytes, ctx: &mut CallCtx<'_>| {
-        let mut blob = ctx.accept_mut(0).map_err(|e| e.to_string())?;
+    .method(BLOB_E2E, |_: &ArchivedBytes, ctx: &mut CallCtx<'_>| {
+        let mut blob = ctx.blob_mut(0).map_err(app)?;
         let sum = sum_words(&blob);
         fill_words(&mut blob, sum);
-        ctx.reply_blob(blob).map_err(|e| e.to_string())?;
+        ctx.reply_blob(blob).map_err(app)?;
         Ok(Bytes { data: Vec::new() })
     })
 }
@@ -198,11 +213,10 @@ pub fn rtt(budget: &Budget, strategy: WaitStrategy) -> Res<Measured> {
         WaitStrategy::Blocking => "call.rtt.blocking.64",
     };
     let (peer, mut c) = connect(name, strategy)?;
-    let m = c.method("echo64")?;
+    let m = c.method(ECHO64)?;
     let mut wrong = None;
     let out = latency(budget, |seq| {
-        let ok =
-            c.call::<Bytes64, Bytes64, _>(m, &request(seq), |r| check(&r.data, seq).is_ok())?;
+        let ok = check(&c.call(m, &request(seq))?.data, seq).is_ok();
         if !ok {
             wrong = Some(seq);
         }
@@ -218,7 +232,7 @@ pub fn rtt(budget: &Budget, strategy: WaitStrategy) -> Res<Measured> {
 /// `call.pipelined.64`: calls per second with 64 in flight.
 pub fn pipelined(budget: &Budget) -> Res<Measured> {
     let (peer, mut c) = connect("call.pipelined.64", WaitStrategy::BusySpin)?;
-    let m = c.method("echo64")?;
+    let m = c.method(ECHO64)?;
     let n = (budget.stream_msgs / 4).max(10_000);
     let mut reps = Vec::new();
     for _ in 0..budget.stream_reps {
@@ -227,15 +241,15 @@ pub fn pipelined(budget: &Budget) -> Res<Measured> {
         for seq in 0..n {
             if window.len() == 64 {
                 let (p, s) = window.pop_front().ok_or("empty window")?;
-                let ok = c.wait::<Bytes64, _>(p, None, |r, _| check(&r.data, s).is_ok())?;
-                if !ok {
+                let r: isocall_engine::Reply<'_, Bytes64> = c.wait(p, None)?;
+                if check(&r.data, s).is_err() {
                     return Err(format!("call.pipelined.64: wrong reply to {s}").into());
                 }
             }
             window.push_back((c.start(m, &request(seq), &[])?, seq));
         }
         for (p, s) in window {
-            let ok = c.wait::<Bytes64, _>(p, None, |r, _| check(&r.data, s).is_ok())?;
+            let ok = check(&c.wait(p, None)?.data, s).is_ok();
             if !ok {
                 return Err(format!("call.pipelined.64: wrong reply to {s}").into());
             }
@@ -250,7 +264,7 @@ pub fn pipelined(budget: &Budget) -> Res<Measured> {
 /// which the server reads (first and last byte) and sends back.
 pub fn rtt_blob(budget: &Budget) -> Res<Measured> {
     let (peer, mut c) = connect("call.rtt.blob.1048576", WaitStrategy::BusySpin)?;
-    let m = c.method("blob")?;
+    let m = c.method(BLOB)?;
     let pool = c.pool().ok_or("no blob pool")?.clone();
     let mut blob = pool.alloc(1 << 20)?;
     blob.fill(0xA5);
@@ -258,17 +272,14 @@ pub fn rtt_blob(budget: &Budget) -> Res<Measured> {
     let out = latency(budget, |seq| {
         let blob = slot.take().ok_or("blob lost")?;
         let h = blob.send()?;
-        let (ok, back) =
-            c.call_with::<Bytes64, Bytes64, _>(m, &request(seq), &[h], None, |r, b| {
-                (
-                    check(&r.data, seq).is_ok() && r.data[8] == 0xA5 && r.data[9] == 0xA5,
-                    b.first().copied(),
-                )
-            })?;
+        let mut r = c.call_with(m, &request(seq), &[h], None)?;
+        let ok = check(&r.data, seq).is_ok() && r.data[8] == 0xA5 && r.data[9] == 0xA5;
+        let back = r.take_handle(0)?;
+        drop(r);
         if !ok {
             return Err(format!("call.rtt.blob: wrong reply to {seq}").into());
         }
-        slot = Some(pool.accept_mut(&back.ok_or("the reply lost the blob")?)?);
+        slot = Some(pool.accept_mut(&back)?);
         Ok(())
     })?;
     drop(slot);
@@ -306,20 +317,20 @@ pub fn rtt_sized(budget: &Budget, len: usize) -> Res<Measured> {
     let (peer, mut c) = connect_with_blobs(&name, WaitStrategy::BusySpin, blob_len)?;
     let want = |seq| sum_of(len, sum_of(len, word(seq)));
     let out = if inline {
-        let m = c.method("echo")?;
+        let m = c.method(ECHO)?;
         let mut req = Bytes {
             data: vec![0u8; len],
         };
         latency(budget, |seq| {
             fill_words(&mut req.data, word(seq));
-            let got = c.call::<Bytes, Bytes, _>(m, &req, |r| sum_words(&r.data))?;
+            let got = sum_words(&c.call(m, &req)?.data);
             if got != want(seq) {
                 return Err(format!("{name}: wrong reply to call {seq}").into());
             }
             Ok(())
         })?
     } else {
-        let m = c.method("blob_e2e")?;
+        let m = c.method(BLOB_E2E)?;
         let pool = c.pool().ok_or("no blob pool")?.clone();
         let mut slot = Some(pool.alloc(len)?);
         let empty = Bytes { data: Vec::new() };
@@ -327,9 +338,8 @@ pub fn rtt_sized(budget: &Budget, len: usize) -> Res<Measured> {
             let mut blob = slot.take().ok_or("blob lost")?;
             fill_words(&mut blob, word(seq));
             let h = blob.send()?;
-            let back =
-                c.call_with::<Bytes, Bytes, _>(m, &empty, &[h], None, |_, b| b.first().copied())?;
-            let back = pool.accept_mut(&back.ok_or("the reply lost the blob")?)?;
+            let back = c.call_with(m, &empty, &[h], None)?.take_handle(0)?;
+            let back = pool.accept_mut(&back)?;
             if sum_words(&back) != want(seq) {
                 return Err(format!("{name}: wrong reply to call {seq}").into());
             }
@@ -405,17 +415,14 @@ fn instr_connect(
     let server = ServerBuilder::new(name.clone())
         .wait_strategy(WaitStrategy::BusySpin)
         .workers(1)
-        .method::<Bytes64, Bytes64, _>("echo64", move |r: &ArchivedBytes64, _: &mut CallCtx<'_>| {
+        .method(ECHO64, move |r: &ArchivedBytes64, _: &mut CallCtx<'_>| {
             hook(calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
             Ok(answer(&r.data))
         })
         .spawn()?;
-    let opts = ClientOptions {
-        strategy: WaitStrategy::BusySpin,
-        ..ClientOptions::default()
-    };
+    let opts = ClientOptions::default().strategy(WaitStrategy::BusySpin);
     let clients = (0..conns)
-        .map(|_| Client::connect_with(&name, opts))
+        .map(|_| Client::connect_with(&name, opts.clone()))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((server, clients))
 }
@@ -449,7 +456,10 @@ pub fn instr_calls(m: super::instr::Marks, batch: u64, conns: usize) -> Res<()> 
             }
         }
     })?;
-    let meth = clients[0].method("echo64")?;
+    let meths = clients
+        .iter()
+        .map(|c| c.method(ECHO64))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut prev = Vec::with_capacity(batch as usize);
     let mut cur = Vec::with_capacity(batch as usize);
     let mut prev_conn = 0;
@@ -460,12 +470,13 @@ pub fn instr_calls(m: super::instr::Marks, batch: u64, conns: usize) -> Res<()> 
         cur.clear();
         for k in 1..=batch {
             let seq = (j - 1) * batch + k;
-            cur.push((clients[conn].start(meth, &request(seq), &[])?, seq));
+            cur.push((clients[conn].start(meths[conn], &request(seq), &[])?, seq));
         }
         instr_handoff(&baton, CLIENT, Some(SERVER));
         for (p, seq) in prev.drain(..) {
             let c = &mut clients[prev_conn];
-            if !c.wait::<Bytes64, _>(p, None, |r, _| check(&r.data, seq).is_ok())? {
+            let r: isocall_engine::Reply<'_, Bytes64> = c.wait(p, None)?;
+            if check(&r.data, seq).is_err() {
                 wrong = Some(seq);
             }
         }
@@ -476,7 +487,7 @@ pub fn instr_calls(m: super::instr::Marks, batch: u64, conns: usize) -> Res<()> 
     baton.stop();
     for (p, seq) in prev {
         let c = &mut clients[prev_conn];
-        if !c.wait::<Bytes64, _>(p, None, |r, _| check(&r.data, seq).is_ok())? {
+        if check(&c.wait(p, None)?.data, seq).is_err() {
             wrong = Some(seq);
         }
     }

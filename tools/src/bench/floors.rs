@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use isocall_engine::sys::{SharedMem, futex_wait, futex_wake};
+use isocall_engine::raw::sys::{SharedMem, futex_wait, futex_wake};
 
 use super::Res;
 use super::measure::{Budget, Measured, latency, rate};
@@ -70,7 +70,7 @@ fn new_mem(figure: &str) -> Res<SharedMem> {
 pub fn spin_rtt(budget: &Budget) -> Res<Measured> {
     let mem = new_mem("spin")?;
     let peer = Peer::start("floor.spin.rtt", "", &[mem.fd()])?;
-    let w = mem.u64_words();
+    let w = mem.u64_words().ok_or("the floor's memory is read-only")?;
     let m = latency(budget, |seq| {
         write_payload(w, A, seq);
         w[A].store(seq, Ordering::Release);
@@ -88,7 +88,7 @@ pub fn spin_rtt(budget: &Budget) -> Res<Measured> {
 /// Peer of `floor.spin.rtt`.
 pub fn spin_peer(mut ctl: Control) -> Res<()> {
     let mem = SharedMem::open(ctl.fds.pop().ok_or("no memfd")?)?;
-    let w = mem.u64_words();
+    let w = mem.u64_words().ok_or("the floor's memory is read-only")?;
     let mut last = 0;
     loop {
         let mut seq = 0;
@@ -107,9 +107,9 @@ pub fn spin_peer(mut ctl: Control) -> Res<()> {
     }
 }
 
-fn futex_words(mem: &SharedMem) -> (&AtomicU32, &AtomicU32, &AtomicU32) {
-    let w32 = mem.u32_words();
-    (&w32[A * 2], &w32[B * 2], &w32[STOP32])
+fn futex_words(mem: &SharedMem) -> Res<(&AtomicU32, &AtomicU32, &AtomicU32)> {
+    let w32 = mem.u32_words().ok_or("the floor's memory is read-only")?;
+    Ok((&w32[A * 2], &w32[B * 2], &w32[STOP32]))
 }
 
 /// Sleeps until `word` holds `want` (no spinning: the futex floor).
@@ -131,8 +131,8 @@ fn futex_until(word: &AtomicU32, want: u32) -> Res<()> {
 pub fn futex_rtt(budget: &Budget) -> Res<Measured> {
     let mem = new_mem("futex")?;
     let peer = Peer::start("floor.futex.rtt", "", &[mem.fd()])?;
-    let w = mem.u64_words();
-    let (a, b, stop) = futex_words(&mem);
+    let w = mem.u64_words().ok_or("the floor's memory is read-only")?;
+    let (a, b, stop) = futex_words(&mem)?;
     let m = latency(budget, |seq| {
         let s = seq as u32;
         write_payload(w, A + 16, u64::from(s));
@@ -154,8 +154,8 @@ pub fn futex_rtt(budget: &Budget) -> Res<Measured> {
 /// Peer of `floor.futex.rtt`.
 pub fn futex_peer(mut ctl: Control) -> Res<()> {
     let mem = SharedMem::open(ctl.fds.pop().ok_or("no memfd")?)?;
-    let w = mem.u64_words();
-    let (a, b, stop) = futex_words(&mem);
+    let w = mem.u64_words().ok_or("the floor's memory is read-only")?;
+    let (a, b, stop) = futex_words(&mem)?;
     let mut last = 0u32;
     loop {
         let deadline = Instant::now() + PEER_TIMEOUT;
@@ -190,7 +190,7 @@ fn slot(w: &[AtomicU64], pos: u64) -> &[AtomicU64] {
 /// the 64 B and hands the slot back. No variable lengths, no wake-ups.
 pub fn ring_ceiling(budget: &Budget) -> Res<Measured> {
     let mem = new_mem("ceiling")?;
-    let w = mem.u64_words();
+    let w = mem.u64_words().ok_or("the floor's memory is read-only")?;
     for i in 0..SLOTS as u64 {
         slot(w, i)[0].store(i, Ordering::Relaxed);
     }
@@ -227,7 +227,7 @@ pub fn ring_ceiling(budget: &Budget) -> Res<Measured> {
 /// Peer (consumer) of `floor.ring_ceiling.64`.
 pub fn ring_ceiling_peer(mut ctl: Control) -> Res<()> {
     let mem = SharedMem::open(ctl.fds.pop().ok_or("no memfd")?)?;
-    let w = mem.u64_words();
+    let w = mem.u64_words().ok_or("the floor's memory is read-only")?;
     let mut pos = 0u64;
     ctl.serve_reps(|n| {
         let mut sum = 0u64;

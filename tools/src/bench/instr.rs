@@ -60,10 +60,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use isocall_engine::WaitStrategy;
-use isocall_engine::endpoint::{Doorbells, Receiver, Sender, Side, endpoint};
-use isocall_engine::liveness::Liveness;
-use isocall_engine::segment::{Segment, SegmentLayout};
-use isocall_engine::sys::{futex_wait, futex_wake};
+use isocall_engine::raw::Liveness;
+use isocall_engine::raw::sys::{futex_wait, futex_wake};
+use isocall_engine::raw::{Receiver, Sender, Side, endpoint};
+use isocall_engine::raw::{Segment, SegmentLayout};
 
 use super::callgrind;
 use super::measure::{Measured, answer64, check_reply, fill64};
@@ -214,10 +214,17 @@ fn ring_pair() -> Res<((Sender, Receiver), (Sender, Receiver))> {
     let seg = Arc::new(Segment::create("isocall:bench:instr", &layout)?);
     seg.attach_side(Side::Client);
     seg.attach_side(Side::Server);
-    let bells = Doorbells::new()?;
+    let (ours, theirs) = isocall_engine::raw::sys::Doorbell::pair()?;
+    let theirs = isocall_engine::raw::sys::Doorbell::from_peer_end(theirs)?;
     let s = WaitStrategy::BusySpin;
-    let client = endpoint(seg.clone(), Side::Client, &bells, s, Liveness::new())?;
-    let server = endpoint(seg, Side::Server, &bells, s, Liveness::new())?;
+    let client = endpoint(
+        seg.clone(),
+        Side::Client,
+        Arc::new(ours),
+        s,
+        Liveness::new(),
+    )?;
+    let server = endpoint(seg, Side::Server, Arc::new(theirs), s, Liveness::new())?;
     Ok((client, server))
 }
 

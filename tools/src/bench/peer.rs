@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use isocall_engine::sys::{allowed_cpus, pin_current_thread, recv_with_fds, send_with_fds};
+use isocall_engine::raw::sys::{allowed_cpus, pin_current_thread, recv_with_fds, send_with_fds};
 
 use super::Res;
 
@@ -68,7 +68,8 @@ impl Peer {
             reader,
             figure: figure.to_string(),
         };
-        send_with_fds(peer.ctl.as_fd(), msg.as_bytes(), fds)
+        let deadline = std::time::Instant::now() + PEER_TIMEOUT;
+        send_with_fds(peer.ctl.as_fd(), msg.as_bytes(), fds, deadline)
             .map_err(|e| format!("{figure}: cannot hand the peer its descriptors: {e}"))?;
         Ok(peer)
     }

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use isocall_engine::WaitStrategy;
-use isocall_engine::endpoint::{Doorbells, Receiver, Sender, Side, endpoint};
-use isocall_engine::liveness::Liveness;
-use isocall_engine::segment::{Segment, SegmentLayout};
-use isocall_engine::sys::EventFd;
+use isocall_engine::raw::Liveness;
+use isocall_engine::raw::sys::Doorbell;
+use isocall_engine::raw::{Receiver, Sender, Side, endpoint};
+use isocall_engine::raw::{Segment, SegmentLayout};
 
 use super::Res;
 use super::measure::{Budget, Measured, answer64, check_reply, fill64, latency, rate};
@@ -91,16 +91,19 @@ pub fn setup_with(
     layout: &SegmentLayout,
 ) -> Res<(Peer, Arc<Segment>, Sender, Receiver)> {
     let seg = Segment::create(&format!("isocall:bench:{figure}"), layout)?;
-    let bells = Doorbells::new()?;
+    let (bell, theirs) = Doorbell::pair()?;
     let params = format!("{params} strategy={}", strategy_code(strategy));
-    let peer = Peer::start(
-        figure,
-        &params,
-        &[seg.fd(), bells.c2s.as_fd(), bells.s2c.as_fd()],
-    )?;
+    let peer = Peer::start(figure, &params, &[seg.fd(), theirs.as_fd()])?;
+    drop(theirs);
     let seg = Arc::new(seg);
     seg.attach_side(Side::Server);
-    let (tx, rx) = endpoint(seg.clone(), Side::Server, &bells, strategy, Liveness::new())?;
+    let (tx, rx) = endpoint(
+        seg.clone(),
+        Side::Server,
+        Arc::new(bell),
+        strategy,
+        Liveness::new(),
+    )?;
     Ok((peer, seg, tx, rx))
 }
 
@@ -112,16 +115,17 @@ fn attach(ctl: &mut Control) -> Res<(Sender, Receiver)> {
 
 /// The peer's client side on the segment the parent sent, with the segment.
 pub fn attach_segment(ctl: &mut Control) -> Res<(Arc<Segment>, Sender, Receiver)> {
-    let s2c = EventFd::from_owned(ctl.fds.pop().ok_or("no doorbell")?);
-    let c2s = EventFd::from_owned(ctl.fds.pop().ok_or("no doorbell")?);
+    let bell = Doorbell::from_peer_end(ctl.fds.pop().ok_or("no doorbell")?)?;
     let seg = Arc::new(Segment::open(ctl.fds.pop().ok_or("no memfd")?)?);
     seg.attach_side(Side::Client);
-    let bells = Doorbells {
-        c2s: Arc::new(c2s),
-        s2c: Arc::new(s2c),
-    };
     let strategy = strategy_from(ctl.param("strategy")?);
-    let (tx, rx) = endpoint(seg.clone(), Side::Client, &bells, strategy, Liveness::new())?;
+    let (tx, rx) = endpoint(
+        seg.clone(),
+        Side::Client,
+        Arc::new(bell),
+        strategy,
+        Liveness::new(),
+    )?;
     Ok((seg, tx, rx))
 }
 

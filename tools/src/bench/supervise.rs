@@ -19,7 +19,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use isocall_engine::rpc::{CallCtx, ServerBuilder};
+use isocall_engine::rpc::{CallCtx, Method, ServerBuilder};
 use isocall_engine::supervise::{
     ENV_ROLE, ENV_SERVICE, ENV_SUPERVISOR_PID, SupervisedClient, Supervisor,
 };
@@ -61,35 +61,37 @@ pub fn serve_role() {
 }
 
 /// A call that crashes the instance whose pid it names (0: none).
-#[derive(rkyv::Archive, rkyv::Serialize)]
+#[derive(rkyv::Archive, rkyv::Serialize, isocall_engine::Schema)]
+#[schema(crate = "isocall_engine")]
 struct CrashIf {
     pid: u32,
     seq: u64,
 }
 
 /// The answer: which instance answered, to which call.
-#[derive(rkyv::Archive, rkyv::Serialize)]
+#[derive(rkyv::Archive, rkyv::Serialize, isocall_engine::Schema)]
+#[schema(crate = "isocall_engine")]
 struct Answered {
     pid: u32,
     seq: u64,
 }
 
+/// The bench service's one method, idempotent (retried on a crash).
+const CRASH_IF: Method<CrashIf, Answered> = Method::new("crash_if").idempotent();
+
 fn serve() -> Res<()> {
     let me = std::process::id();
     ServerBuilder::supervised()?
-        .idempotent_method::<CrashIf, Answered, _>(
-            "crash_if",
-            move |r: &ArchivedCrashIf, _: &mut CallCtx<'_>| {
-                if r.pid.to_native() == me {
-                    // The crash: nothing after this runs.
-                    let _ = kill_process(rustix::process::getpid(), Signal::KILL);
-                }
-                Ok(Answered {
-                    pid: me,
-                    seq: r.seq.to_native(),
-                })
-            },
-        )
+        .method(CRASH_IF, move |r: &ArchivedCrashIf, _: &mut CallCtx<'_>| {
+            if r.pid.to_native() == me {
+                // The crash: nothing after this runs.
+                let _ = kill_process(rustix::process::getpid(), Signal::KILL);
+            }
+            Ok(Answered {
+                pid: me,
+                seq: r.seq.to_native(),
+            })
+        })
         .spawn()?
         .run();
     Ok(())
@@ -100,7 +102,7 @@ fn serve() -> Res<()> {
 fn unpinned<T>(f: impl FnOnce() -> Res<T>) -> Res<T> {
     let pinned = peer::cpus();
     if let Some((a, b)) = pinned {
-        isocall_engine::sys::allow_current_thread(&[a, b])?;
+        isocall_engine::raw::sys::allow_current_thread(&[a, b])?;
     }
     let out = f();
     if let Some((a, _)) = pinned {
@@ -150,7 +152,7 @@ pub fn recovery(budget: &Budget, standby: usize, crash: Crash) -> Res<Measured> 
             .standby(standby)
             .spawn()?;
         let mut client = sup.client();
-        let method = client.method("crash_if")?;
+        let method = client.method(CRASH_IF)?;
         if !method.is_idempotent() {
             return Err("crash_if should be declared idempotent".into());
         }
@@ -158,10 +160,8 @@ pub fn recovery(budget: &Budget, standby: usize, crash: Crash) -> Res<Measured> 
         let mut call = |client: &mut SupervisedClient, pid: u32| -> Res<u32> {
             seq += 1;
             let s = seq;
-            let (by, got) =
-                client.call::<CrashIf, Answered, _>(method, &CrashIf { pid, seq: s }, |r| {
-                    (r.pid.to_native(), r.seq.to_native())
-                })?;
+            let r = client.call(method, &CrashIf { pid, seq: s })?;
+            let (by, got) = (r.pid.to_native(), r.seq.to_native());
             if got != s || (pid != 0 && by == pid) {
                 return Err(format!("wrong answer to call {s}: call {got} by pid {by}").into());
             }

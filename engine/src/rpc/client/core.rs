@@ -13,9 +13,7 @@ use super::ClientOptions;
 use crate::endpoint::{Sender, TransportError};
 use crate::rpc::body::{Body, EncodeError};
 use crate::rpc::error::{AppError, CallError, ConnectError, TypeMismatch};
-use crate::rpc::handshake::{
-    self, ClientHello, HELLO, HandshakeError, MethodInfo, READY, REFUSED,
-};
+use crate::rpc::handshake::{self, ClientHello, HELLO, HandshakeError, MethodInfo, READY, REFUSED};
 use crate::rpc::link::Link;
 use crate::rpc::method::{Message, MessageRef, Method, MethodRef, next_client_tag};
 use crate::rpc::wire::{self, CallHead, ErrorBody, MAX_BLOBS, PROTOCOL_VERSION, Status};
@@ -36,7 +34,10 @@ pub(crate) struct Info {
 }
 
 /// Runs the client's end of the handshake over `sock`.
-pub(crate) fn handshake(sock: OwnedFd, options: ClientOptions) -> Result<(Link, Info), ConnectError> {
+pub(crate) fn handshake(
+    sock: OwnedFd,
+    options: ClientOptions,
+) -> Result<(Link, Info), ConnectError> {
     let deadline = crate::deadline_in(options.handshake_timeout);
     let server = peer_cred(sock.as_fd())?;
     options
@@ -106,9 +107,7 @@ pub(crate) fn handshake(sock: OwnedFd, options: ClientOptions) -> Result<(Link, 
         sock,
         &server,
     )
-    .map_err(|e| {
-        io::Error::other(e.to_string())
-    })?;
+    .map_err(|e| io::Error::other(e.to_string()))?;
     send_with_fds(link.sock.as_fd(), &[READY], &[], deadline)?;
     let by_name = hello
         .methods
@@ -136,9 +135,12 @@ pub(crate) fn handshake(sock: OwnedFd, options: ClientOptions) -> Result<(Link, 
 
 impl Info {
     fn find(&self, name: &str) -> Result<(u32, &MethodInfo), CallError> {
-        let id = *self.by_name.get(name).ok_or_else(|| CallError::NoSuchMethod {
-            name: name.to_string(),
-        })?;
+        let id = *self
+            .by_name
+            .get(name)
+            .ok_or_else(|| CallError::NoSuchMethod {
+                name: name.to_string(),
+            })?;
         Ok((id, &self.methods[id as usize]))
     }
 

@@ -28,7 +28,7 @@ pub use reply::{Pending, Reply};
 pub use shared::SharedClient;
 
 use self::core::{Info, put};
-use self::reply::{Abandoned, ReplyBlobSet, ReplyBytes};
+use self::reply::{Abandoned, Handles, ReplyBlobSet, ReplyBytes};
 use self::window::{Entry, Stashed, Window};
 use crate::WaitStrategy;
 use crate::endpoint::{Receiver, RxFrame, TransportError};
@@ -112,7 +112,10 @@ impl ClientOptions {
 /// Connects to `socket` and runs the handshake, trying again while the
 /// server says it is busy (too many handshakes under way), within the
 /// handshake timeout.
-fn connect_link(socket: &SocketName, options: &ClientOptions) -> Result<(Link, Info), ConnectError> {
+fn connect_link(
+    socket: &SocketName,
+    options: &ClientOptions,
+) -> Result<(Link, Info), ConnectError> {
     let span = tracing::debug_span!("isocall_connect", %socket);
     let _enter = span.enter();
     let deadline = crate::deadline_in(options.handshake_timeout);
@@ -170,6 +173,8 @@ pub struct Client {
     abandoned: Arc<Abandoned>,
     given_up: Vec<u64>,
     inbox: Inbox,
+    /// The blob handles of the reply handed out last (reused).
+    reply_blobs: Vec<BlobHandle>,
     spares: Mutex<Vec<AlignedVec<16>>>,
     trusted: bool,
     next_large: u64,
@@ -198,16 +203,23 @@ pub(crate) fn next_frame<'r>(
     deadline: &mut Option<Instant>,
     timeout: Duration,
 ) -> Result<RxFrame<'r>, TransportError> {
+    let mut ready = false;
     if strategy != WaitStrategy::Blocking {
         for _ in 0..SPINS_BEFORE_DEADLINE {
             if rx.try_recv()?.is_some() {
+                ready = true;
                 break;
             }
             std::hint::spin_loop();
         }
     }
-    let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
-    rx.recv(Some(d))
+    if ready {
+        // Found while spinning: no clock read at all.
+        rx.try_recv()?.ok_or(TransportError::PeerDied)
+    } else {
+        let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
+        rx.recv(Some(d))
+    }
 }
 
 impl Client {
@@ -226,7 +238,10 @@ impl Client {
     /// # Errors
     ///
     /// As [`connect`](Self::connect).
-    pub fn connect_with(socket: &SocketName, options: ClientOptions) -> Result<Client, ConnectError> {
+    pub fn connect_with(
+        socket: &SocketName,
+        options: ClientOptions,
+    ) -> Result<Client, ConnectError> {
         let (link, info) = connect_link(socket, &options)?;
         Ok(Self::from_parts(link, info))
     }
@@ -252,6 +267,7 @@ impl Client {
             abandoned: Arc::default(),
             given_up: Vec::new(),
             inbox: Inbox::new(),
+            reply_blobs: Vec::new(),
             spares: Mutex::new(Vec::new()),
             trusted: false,
             next_large: 1,
@@ -379,11 +395,15 @@ impl Client {
     }
 
     /// Forgets the calls whose [`Pending`] was dropped.
+    #[inline]
     fn forget_given_up(&mut self) {
         self.abandoned.take(&mut self.given_up);
-        for id in self.given_up.drain(..) {
+        if self.given_up.is_empty() {
+            return;
+        }
+        for id in std::mem::take(&mut self.given_up) {
             if let Some(stash) = self.window.give_up(id) {
-                free_blobs(self.link.pool.as_deref(), &stash.blobs[..stash.nblobs]);
+                ReplyBlobSet::free(&stash.blobs, self.link.pool.as_deref());
                 recycle(&self.spares, stash.body);
             }
         }
@@ -527,10 +547,9 @@ impl Client {
     ) -> Result<u64, CallError> {
         let copy = |buf: &mut [u8]| -> Result<usize, body::EncodeError> {
             let room = buf.len();
-            let dst = buf.get_mut(..body.len()).ok_or(body::EncodeError {
-                room,
-                source: None,
-            })?;
+            let dst = buf
+                .get_mut(..body.len())
+                .ok_or(body::EncodeError { room, source: None })?;
             dst.copy_from_slice(body);
             Ok(body.len())
         };
@@ -558,7 +577,7 @@ impl Client {
     /// comes, or now if it came.
     pub(crate) fn give_up(&mut self, id: u64) {
         if let Some(stash) = self.window.give_up(id) {
-            free_blobs(self.link.pool.as_deref(), &stash.blobs[..stash.nblobs]);
+            ReplyBlobSet::free(&stash.blobs, self.link.pool.as_deref());
             recycle(&self.spares, stash.body);
         }
     }
@@ -684,6 +703,7 @@ impl Client {
             info,
             window,
             inbox,
+            reply_blobs,
             spares,
             trusted,
             closed,
@@ -742,23 +762,19 @@ impl Client {
                 }
             };
             let method = window.finish(id).unwrap_or(p.head.method);
-            let blobs = ReplyBlobSet::new(p.blobs(), pool);
+            p.copy_blobs(reply_blobs);
             if p.head.status != Status::Ok as u32 {
                 let e = info.status_error(method, p.head.status, p.body);
-                drop(blobs);
+                ReplyBlobSet::free(reply_blobs, pool);
                 frame.release();
                 return Err(e);
             }
+            let blobs = ReplyBlobSet::new(Handles::Borrowed(reply_blobs), pool);
             if *trusted {
-                // Read in place: the frame stays in the ring (dropped, not
-                // released) and is taken again below, outside the loop.
+                // Read in place: the frame stays in the ring (not released)
+                // and is taken again here, with the client's borrow.
                 let range = body_range(&frame, &p);
-                drop(p);
-                drop(frame);
-                let frame = link
-                    .rx
-                    .try_recv()?
-                    .ok_or(CallError::PeerDied)?;
+                let frame = link.rx.try_recv()?.ok_or(CallError::PeerDied)?;
                 return Ok(Reply::new(ReplyBytes::Frame(Some(frame), range), blobs));
             }
             // The copy rule: out of the ring, then checked.
@@ -835,13 +851,12 @@ fn route(
         let s = Stashed {
             method: p.head.method,
             status: p.head.status,
-            blobs: p.blobs,
-            nblobs: p.head.nblobs as usize,
+            blobs: p.blob_vec(),
             body,
         };
         window.stash(p.head.id, s);
     } else {
-        free_blobs(pool, p.blobs());
+        ReplyBlobSet::free(&p.blob_vec(), pool);
     }
     frame.release();
     Ok(())
@@ -854,7 +869,7 @@ fn stashed_reply<'c, Resp: Body>(
     spares: &'c Mutex<Vec<AlignedVec<16>>>,
     pool: Option<&'c Pool<SharedRegion>>,
 ) -> Result<Reply<'c, Resp>, CallError> {
-    let blobs = ReplyBlobSet::new(&s.blobs[..s.nblobs], pool);
+    let blobs = ReplyBlobSet::new(Handles::Owned(s.blobs), pool);
     if s.status != Status::Ok as u32 {
         let e = info.status_error(s.method, s.status, &s.body);
         recycle(spares, s.body);
@@ -873,11 +888,6 @@ fn recycle(spares: &Mutex<Vec<AlignedVec<16>>>, v: AlignedVec<16>) {
     if s.len() < 64 {
         s.push(v);
     }
-}
-
-/// Frees the pool blobs a discarded reply carried.
-fn free_blobs(pool: Option<&Pool<SharedRegion>>, blobs: &[BlobHandle]) {
-    drop(ReplyBlobSet::new(blobs, pool));
 }
 
 impl Drop for Client {

@@ -60,35 +60,64 @@ impl Drop for ReplyBytes<'_> {
     }
 }
 
+/// A reply's blob handles: in the client's reused list, or a list of
+/// their own (no allocation for a reply without blobs).
+pub(crate) enum Handles<'c> {
+    Borrowed(&'c [BlobHandle]),
+    Owned(Vec<BlobHandle>),
+}
+
+impl Handles<'_> {
+    fn as_slice(&self) -> &[BlobHandle] {
+        match self {
+            Handles::Borrowed(h) => h,
+            Handles::Owned(v) => v,
+        }
+    }
+}
+
 /// The blobs a reply carries, with the pool they are in. Those the caller
 /// does not take are freed when the reply is dropped.
 pub(crate) struct ReplyBlobSet<'c> {
-    pub(crate) handles: [BlobHandle; MAX_BLOBS],
-    pub(crate) count: usize,
+    pub(crate) handles: Handles<'c>,
     /// Bit `i`: blob `i` was taken (or needs no freeing).
     pub(crate) taken: u32,
     pub(crate) pool: Option<&'c Pool<SharedRegion>>,
 }
 
 impl<'c> ReplyBlobSet<'c> {
-    pub(crate) fn new(blobs: &[BlobHandle], pool: Option<&'c Pool<SharedRegion>>) -> Self {
-        let mut handles = [BlobHandle::default(); MAX_BLOBS];
-        let count = blobs.len().min(MAX_BLOBS);
-        handles[..count].copy_from_slice(&blobs[..count]);
+    pub(crate) fn new(handles: Handles<'c>, pool: Option<&'c Pool<SharedRegion>>) -> Self {
+        debug_assert!(handles.as_slice().len() <= MAX_BLOBS);
         ReplyBlobSet {
             handles,
-            count,
             taken: 0,
             pool,
         }
     }
 
-    fn take(&mut self, index: usize) -> Result<(&'c Pool<SharedRegion>, BlobHandle), BlobAccessError> {
-        let h = *self.handles[..self.count]
+    /// Frees the pool blobs of `handles` now (a reply nobody takes).
+    pub(crate) fn free(handles: &[BlobHandle], pool: Option<&Pool<SharedRegion>>) {
+        if handles.is_empty() {
+            return;
+        }
+        drop(ReplyBlobSet::new(Handles::Borrowed(handles), pool));
+    }
+
+    fn count(&self) -> usize {
+        self.handles.as_slice().len()
+    }
+
+    fn take(
+        &mut self,
+        index: usize,
+    ) -> Result<(&'c Pool<SharedRegion>, BlobHandle), BlobAccessError> {
+        let h = *self
+            .handles
+            .as_slice()
             .get(index)
             .ok_or(BlobAccessError::NoSuchBlob {
                 index,
-                count: self.count,
+                count: self.count(),
             })?;
         if large_id(&h).is_some() {
             return Err(BlobAccessError::IsLarge { index });
@@ -100,11 +129,15 @@ impl<'c> ReplyBlobSet<'c> {
 }
 
 impl Drop for ReplyBlobSet<'_> {
+    #[inline]
     fn drop(&mut self) {
+        if self.handles.as_slice().is_empty() {
+            return;
+        }
         let Some(pool) = self.pool else {
             return;
         };
-        for (i, h) in self.handles[..self.count].iter().enumerate() {
+        for (i, h) in self.handles.as_slice().iter().enumerate() {
             if self.taken & (1 << i) == 0 && large_id(h).is_none() {
                 // Accepting and dropping frees it; a handle the pool
                 // refuses (stale, forged) is nobody's to free.
@@ -139,7 +172,7 @@ impl<'c, Resp: Body> Reply<'c, Resp> {
 
     /// The reply's blob handles, in the order the server attached them.
     pub fn blob_handles(&self) -> &[BlobHandle] {
-        &self.blobs.handles[..self.blobs.count]
+        self.blobs.handles.as_slice()
     }
 
     /// Takes blob `index` to read in place (dropping it frees it).
@@ -215,17 +248,26 @@ where
 #[derive(Debug, Default)]
 pub(crate) struct Abandoned {
     ids: Mutex<Vec<u64>>,
+    /// Set when `ids` may hold something: a call path looks at this flag,
+    /// not at the lock.
+    any: std::sync::atomic::AtomicBool,
 }
 
 impl Abandoned {
     pub(crate) fn push(&self, id: u64) {
         self.ids.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+        // Release: the id pushed above is seen by whoever sees the flag.
+        self.any.store(true, std::sync::atomic::Ordering::Release);
     }
 
-    /// Takes the ids, if any (one uncontended lock).
+    /// Takes the ids, if any (one load when there are none).
+    #[inline]
     pub(crate) fn take(&self, into: &mut Vec<u64>) {
-        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
-        into.append(&mut ids);
+        // Acquire: pairs with the Release in `push`.
+        if self.any.swap(false, std::sync::atomic::Ordering::Acquire) {
+            let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+            into.append(&mut ids);
+        }
     }
 }
 

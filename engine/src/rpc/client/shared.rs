@@ -24,7 +24,7 @@ use isocall_ringbuf::{SharedRegion, Spinner};
 use rkyv::util::AlignedVec;
 
 use super::core::{Info, put};
-use super::reply::{Abandoned, Pending, Reply, ReplyBlobSet, ReplyBytes};
+use super::reply::{Abandoned, Handles, Pending, Reply, ReplyBlobSet, ReplyBytes};
 use super::{ClientOptions, connect_link, next_frame, recycle};
 use crate::endpoint::{Receiver, Sender, TransportError};
 use crate::liveness::{Liveness, PeerWatch};
@@ -33,7 +33,7 @@ use crate::rpc::error::{CallError, ConnectError, ReplyError};
 use crate::rpc::large::LargeBlob;
 use crate::rpc::link::Link;
 use crate::rpc::method::{Message, MessageRef, Method, MethodRef};
-use crate::rpc::wire::{self, CloseReason, MAX_BLOBS, Status, kind};
+use crate::rpc::wire::{self, CloseReason, Status, kind};
 use crate::segment::SegmentLayout;
 use crate::sys::{Doorbell, PeerCred, SocketName, futex_wait, futex_wake, send_with_fds};
 
@@ -54,8 +54,7 @@ const LEAD: u32 = 2;
 struct SlotData {
     status: u32,
     method: u32,
-    blobs: [BlobHandle; MAX_BLOBS],
-    nblobs: usize,
+    blobs: Vec<BlobHandle>,
     body: AlignedVec<16>,
 }
 
@@ -361,7 +360,13 @@ impl SharedClient {
         self.check_open()?;
         self.forget_given_up();
         let id = self.take_slot(m.id)?;
-        let sent = self.send_frame(kind::REQUEST, id, m.id, |buf| body::encode(request, buf), blobs);
+        let sent = self.send_frame(
+            kind::REQUEST,
+            id,
+            m.id,
+            |buf| body::encode(request, buf),
+            blobs,
+        );
         if let Err(e) = sent {
             self.inner.release_slot(id);
             return Err(e);
@@ -483,7 +488,13 @@ impl SharedClient {
         self.inner.info.check_ref(m.client, m.name)?;
         self.check_open()?;
         self.forget_given_up();
-        self.send_frame(kind::MESSAGE, 0, m.id, |buf| body::encode(message, buf), blobs)
+        self.send_frame(
+            kind::MESSAGE,
+            0,
+            m.id,
+            |buf| body::encode(message, buf),
+            blobs,
+        )
     }
 
     fn wait_id<Resp: Body>(
@@ -536,7 +547,11 @@ impl SharedClient {
             if !free_now {
                 let left = d.saturating_duration_since(Instant::now());
                 // A bounded sleep: every wake-up re-checks everything.
-                let _ = futex_wait(&slot.state, WAITING, Some(left.min(Duration::from_millis(100))));
+                let _ = futex_wait(
+                    &slot.state,
+                    WAITING,
+                    Some(left.min(Duration::from_millis(100))),
+                );
             }
             inner.unpark(idx as u32);
             let _ = slot
@@ -618,7 +633,7 @@ impl Inner {
             let p = match wire::parse(frame.payload()) {
                 Ok(p) => p,
                 Err(e) => {
-                    drop(frame);
+                    // The frame stays unreleased: the ring is broken.
                     rx.broken = Some(e.to_string());
                     self.wake_everyone();
                     return Err(CallError::BadReply(e.into()));
@@ -629,7 +644,7 @@ impl Inner {
                 let mut body = self.spare();
                 body.extend_from_slice(p.body);
                 let (status, method) = (p.head.status, lock(&slot.data).method);
-                let blobs = ReplyBlobSet::new(p.blobs(), self.pool.as_deref());
+                let blobs = ReplyBlobSet::new(Handles::Owned(p.blob_vec()), self.pool.as_deref());
                 frame.release();
                 self.release_slot_quiet(id);
                 if status != Status::Ok as u32 {
@@ -682,8 +697,7 @@ impl Inner {
                 && slot.state.load(Ordering::Acquire) != READY
             {
                 d.status = p.head.status;
-                d.blobs = p.blobs;
-                d.nblobs = p.head.nblobs as usize;
+                p.copy_blobs(&mut d.blobs);
                 d.body.clear();
                 d.body.extend_from_slice(p.body);
                 slot.state.store(READY, Ordering::Release);
@@ -692,21 +706,21 @@ impl Inner {
                 return;
             }
         }
-        drop(ReplyBlobSet::new(p.blobs(), self.pool.as_deref()));
+        ReplyBlobSet::free(&p.blob_vec(), self.pool.as_deref());
     }
 
     /// The reply delivered to `id`'s slot; frees the slot.
     fn take_reply<Resp: Body>(&self, id: u64) -> Result<Reply<'_, Resp>, CallError> {
         let idx = (id & ((1 << INDEX_BITS) - 1)) as usize;
         let slot = &self.slots[idx];
-        let (status, method, blobs, nblobs, body) = {
+        let (status, method, blobs, body) = {
             let mut d = lock(&slot.data);
             let spare = self.spare();
             let body = std::mem::replace(&mut d.body, spare);
-            (d.status, d.method, d.blobs, d.nblobs, body)
+            (d.status, d.method, std::mem::take(&mut d.blobs), body)
         };
         self.release_slot_quiet(id);
-        let blobs = ReplyBlobSet::new(&blobs[..nblobs], self.pool.as_deref());
+        let blobs = ReplyBlobSet::new(Handles::Owned(blobs), self.pool.as_deref());
         if status != Status::Ok as u32 {
             let e = self.info.status_error(method, status, &body);
             recycle(&self.spares, body);
@@ -716,7 +730,10 @@ impl Inner {
             recycle(&self.spares, body);
             return Err(CallError::BadReply(ReplyError::Invalid(e)));
         }
-        Ok(Reply::new(ReplyBytes::Owned(body, Some(&self.spares)), blobs))
+        Ok(Reply::new(
+            ReplyBytes::Owned(body, Some(&self.spares)),
+            blobs,
+        ))
     }
 
     fn spare(&self) -> AlignedVec<16> {
@@ -737,11 +754,11 @@ impl Inner {
             return;
         }
         if slot.state.load(Ordering::Acquire) == READY {
-            let n = d.nblobs;
-            drop(ReplyBlobSet::new(&d.blobs[..n], self.pool.as_deref()));
-            d.nblobs = 0;
+            ReplyBlobSet::free(&d.blobs, self.pool.as_deref());
+            d.blobs.clear();
         }
-        slot.id.store(id & !((1 << INDEX_BITS) - 1), Ordering::Release);
+        slot.id
+            .store(id & !((1 << INDEX_BITS) - 1), Ordering::Release);
         slot.state.store(WAITING, Ordering::Release);
         drop(d);
         lock(&self.free).push(idx as u32);
@@ -756,7 +773,8 @@ impl Inner {
             if slot.id.load(Ordering::Acquire) != id {
                 return;
             }
-            slot.id.store(id & !((1 << INDEX_BITS) - 1), Ordering::Release);
+            slot.id
+                .store(id & !((1 << INDEX_BITS) - 1), Ordering::Release);
             slot.state.store(WAITING, Ordering::Release);
         }
         lock(&self.free).push(idx as u32);

@@ -7,15 +7,12 @@ use std::collections::VecDeque;
 use isocall_blob::BlobHandle;
 use rkyv::util::AlignedVec;
 
-use crate::rpc::wire::MAX_BLOBS;
-
 /// A reply that came while another call was waited for: copied out of the
 /// ring (private memory), to be checked when its call is waited for.
 pub(crate) struct Stashed {
     pub(crate) method: u32,
     pub(crate) status: u32,
-    pub(crate) blobs: [BlobHandle; MAX_BLOBS],
-    pub(crate) nblobs: usize,
+    pub(crate) blobs: Vec<BlobHandle>,
     pub(crate) body: AlignedVec<16>,
 }
 
@@ -26,8 +23,9 @@ pub(crate) enum Entry {
         /// The method called.
         method: u32,
     },
-    /// Its reply came and is kept.
-    Stashed(Stashed),
+    /// Its reply came and is kept (boxed: the window's entries stay small,
+    /// so moving one in or out costs a few words).
+    Stashed(Box<Stashed>),
     /// Done, given up, or never used: a reply to it is discarded.
     Gone,
 }
@@ -72,12 +70,14 @@ impl Window {
         self.live += 1;
     }
 
+    #[inline]
     fn index(&self, id: u64) -> Option<usize> {
         id.checked_sub(self.base)
             .and_then(|i| usize::try_from(i).ok())
             .filter(|&i| i < self.entries.len())
     }
 
+    #[inline]
     pub(crate) fn get(&self, id: u64) -> Option<&Entry> {
         self.index(id).map(|i| &self.entries[i])
     }
@@ -91,7 +91,7 @@ impl Window {
     pub(crate) fn stash(&mut self, id: u64, s: Stashed) {
         if let Some(i) = self.index(id) {
             debug_assert!(matches!(self.entries[i], Entry::Waiting { .. }));
-            self.entries[i] = Entry::Stashed(s);
+            self.entries[i] = Entry::Stashed(Box::new(s));
         }
     }
 
@@ -102,7 +102,7 @@ impl Window {
             Entry::Stashed(s) => {
                 self.live -= 1;
                 self.trim();
-                Some(s)
+                Some(*s)
             }
             other => {
                 self.entries[i] = other;
@@ -115,6 +115,18 @@ impl Window {
     /// method if it was waiting.
     #[inline]
     pub(crate) fn finish(&mut self, id: u64) -> Option<u32> {
+        // The usual case: the oldest call finishes (one in flight, or
+        // replies in order).
+        if id == self.base
+            && let Some(Entry::Waiting { method }) = self.entries.front()
+        {
+            let method = *method;
+            self.entries.pop_front();
+            self.base += 1;
+            self.live -= 1;
+            self.trim();
+            return Some(method);
+        }
         let i = self.index(id)?;
         match std::mem::replace(&mut self.entries[i], Entry::Gone) {
             Entry::Waiting { method } => {
@@ -139,7 +151,7 @@ impl Window {
         }
         self.trim();
         match old {
-            Entry::Stashed(s) => Some(s),
+            Entry::Stashed(s) => Some(*s),
             _ => None,
         }
     }
@@ -162,8 +174,7 @@ mod tests {
         Stashed {
             method: 0,
             status: 0,
-            blobs: [BlobHandle::default(); MAX_BLOBS],
-            nblobs: 0,
+            blobs: Vec::new(),
             body: AlignedVec::new(),
         }
     }

@@ -269,7 +269,12 @@ fn handshake(
             };
             return Err(other("client", &e));
         }
-        tag => return Err(other("client ready", &HandshakeError::UnexpectedTag { tag })),
+        tag => {
+            return Err(other(
+                "client ready",
+                &HandshakeError::UnexpectedTag { tag },
+            ));
+        }
     }
     let link = Link::attach(segment, Side::Server, ours, shared.strategy, sock, &cred)
         .map_err(|e| other("link", &e))?;

@@ -74,7 +74,10 @@ impl<'a> CallCtx<'a> {
         self.pool
     }
 
-    fn pool_blob(&self, index: usize) -> Result<(&'a Pool<SharedRegion>, BlobHandle), BlobAccessError> {
+    fn pool_blob(
+        &self,
+        index: usize,
+    ) -> Result<(&'a Pool<SharedRegion>, BlobHandle), BlobAccessError> {
         let h = *self.blobs.get(index).ok_or(BlobAccessError::NoSuchBlob {
             index,
             count: self.blobs.len(),

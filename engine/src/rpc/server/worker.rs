@@ -84,6 +84,7 @@ impl Conn {
 #[derive(Default)]
 struct Scratch {
     inbox: Inbox,
+    req_blobs: Vec<BlobHandle>,
     reply_blobs: Vec<BlobHandle>,
     /// Calls served since the last flush into the shared counter (one
     /// locked add per turn, not per call).
@@ -340,7 +341,8 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
             match tx.try_reserve(kind::RESPONSE, room) {
                 Ok(g) => Some(g),
                 Err(TransportError::Full) => {
-                    drop(frame);
+                    // The request stays in the ring (not released) until
+                    // there is room for its reply.
                     tx.publish();
                     c.paused_since = Some(Instant::now());
                     c.active = true;
@@ -361,8 +363,8 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
         let p = wire::parse(frame.payload()).map_err(|e| {
             Close::Reason(CloseReason::ProtocolViolation, format!("call frame: {e}"))
         })?;
-        let (head, blobs) = (p.head, p.blobs);
-        let nblobs = head.nblobs as usize;
+        let head = p.head;
+        p.copy_blobs(&mut scratch.req_blobs);
         // The copy rule: the body leaves the ring before it is checked.
         let body: &[u8] = if trusted {
             p.body
@@ -376,7 +378,7 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
         let mapped = large.mapped;
         let mut ctx = CallCtx {
             peer: *peer,
-            blobs: &blobs[..nblobs],
+            blobs: &scratch.req_blobs,
             pool: pool.as_deref(),
             reply_blobs: &mut scratch.reply_blobs,
             large,
@@ -385,14 +387,15 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
         let Some(mut g) = grant.take() else {
             // A one-way message.
             if let Some(m) = method.filter(|m| m.info.signature.kind == MethodKind::Message) {
-                let r = catch_unwind(AssertUnwindSafe(|| (m.run)(body, trusted, &mut ctx, &mut [])));
+                let r = catch_unwind(AssertUnwindSafe(|| {
+                    (m.run)(body, trusted, &mut ctx, &mut [])
+                }));
                 if !matches!(r, Ok(Ok(_))) {
                     tracing::debug!(conn = c.id, method = %m.info.name, "one-way message failed");
                 }
             }
-            drop(ctx);
             frame.release();
-            free_unaccepted(pool.as_deref(), &blobs[..nblobs]);
+            free_unaccepted(pool.as_deref(), &scratch.req_blobs);
             c.active = true;
             continue;
         };
@@ -417,7 +420,6 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
             )),
             None => Err((Status::UnknownMethod, head.method, String::new())),
         };
-        drop(ctx);
         if large.mapped != mapped {
             shared
                 .stats
@@ -425,7 +427,7 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
                 .fetch_add(large.mapped - mapped, Ordering::Relaxed);
         }
         frame.release();
-        free_unaccepted(pool.as_deref(), &blobs[..nblobs]);
+        free_unaccepted(pool.as_deref(), &scratch.req_blobs);
         let (status, len) = match outcome {
             Ok(len) => (Status::Ok, len),
             Err((status, code, msg)) => {
