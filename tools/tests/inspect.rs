@@ -10,9 +10,9 @@ use std::sync::Arc;
 use isocall_engine::WaitStrategy;
 use isocall_engine::blob::PoolConfig;
 use isocall_engine::raw::Liveness;
-use isocall_engine::raw::sys::SharedMem;
-use isocall_engine::raw::{Doorbells, Side, endpoint};
+use isocall_engine::raw::sys::{Doorbell, SharedMem};
 use isocall_engine::raw::{Segment, SegmentLayout};
+use isocall_engine::raw::{Side, endpoint};
 use serde_json::Value;
 
 fn inspect(args: &[&str]) -> (bool, String) {
@@ -35,11 +35,11 @@ fn inspect_reports_pending_frames_blobs_and_garbage() {
     };
     let seg = Arc::new(Segment::create("isocall:inspect-test:7", &layout).unwrap());
     seg.attach_side(Side::Client);
-    let bells = Doorbells::new().unwrap();
+    let (bell, _theirs) = Doorbell::pair().unwrap();
     let (mut tx, _rx) = endpoint(
         seg.clone(),
         Side::Client,
-        &bells,
+        Arc::new(bell),
         WaitStrategy::Adaptive,
         Liveness::new(),
     )
@@ -56,7 +56,7 @@ fn inspect_reports_pending_frames_blobs_and_garbage() {
     let _sent = pool.alloc(3000).unwrap().send().unwrap();
     // A memfd with an isocall name and a garbage header.
     let junk = SharedMem::create("isocall:garbage:1", 8192).unwrap();
-    junk.u64_words()[0].store(0xDEAD_BEEF, std::sync::atomic::Ordering::Release);
+    junk.u64_words().unwrap()[0].store(0xDEAD_BEEF, std::sync::atomic::Ordering::Release);
 
     let pid = std::process::id().to_string();
     let (ok, out) = inspect(&[&pid, "--json", "--dump-frame", "1"]);
@@ -106,10 +106,14 @@ fn inspect_reports_pending_frames_blobs_and_garbage() {
     drop(held);
 }
 
-#[derive(rkyv::Archive, rkyv::Serialize)]
+#[derive(rkyv::Archive, rkyv::Serialize, isocall_engine::Schema)]
+#[schema(crate = "isocall_engine")]
 struct Num {
     n: u64,
 }
+
+const ADD: isocall_engine::Method<Num, Num> = isocall_engine::Method::new("add");
+const STALL: isocall_engine::Method<Num, Num> = isocall_engine::Method::new("stall");
 
 #[test]
 fn inspect_shows_calls_queued_behind_a_stalled_handler_by_method_name() {
@@ -128,12 +132,12 @@ fn inspect_shows_calls_queued_behind_a_stalled_handler_by_method_name() {
     let g = gate.clone();
     let socket = SocketName::Abstract(format!("inspect-test-{}", std::process::id()));
     let _server = ServerBuilder::new(socket.clone())
-        .method::<Num, Num, _>("add", |r: &ArchivedNum, _: &mut CallCtx<'_>| {
+        .method(ADD, |r: &ArchivedNum, _: &mut CallCtx<'_>| {
             Ok(Num {
                 n: r.n.to_native() + 1,
             })
         })
-        .method::<Num, Num, _>("stall", move |_: &ArchivedNum, _: &mut CallCtx<'_>| {
+        .method(STALL, move |_: &ArchivedNum, _: &mut CallCtx<'_>| {
             let (lock, cv) = &*g;
             let open = cv.wait_while(lock.lock().unwrap(), |open| !*open).unwrap();
             drop(open);
@@ -143,7 +147,7 @@ fn inspect_shows_calls_queued_behind_a_stalled_handler_by_method_name() {
         .unwrap();
     let opener = Gate(gate.clone());
     let mut c = Client::connect(&socket).unwrap();
-    let (add, stall) = (c.method("add").unwrap(), c.method("stall").unwrap());
+    let (add, stall) = (c.method(ADD).unwrap(), c.method(STALL).unwrap());
     let mut pending = vec![c.start(stall, &Num { n: 0 }, &[]).unwrap()];
     for i in 0..3 {
         pending.push(c.start(add, &Num { n: i }, &[]).unwrap());
@@ -191,8 +195,10 @@ fn inspect_shows_calls_queued_behind_a_stalled_handler_by_method_name() {
         "{text}"
     );
     drop(opener);
-    let results = c.wait_all::<Num, _>(pending, None, |r, _| r.n.to_native());
-    let got: Vec<u64> = results.into_iter().map(Result::unwrap).collect();
+    let got: Vec<u64> = pending
+        .into_iter()
+        .map(|p| c.wait(p, None).unwrap().n.to_native())
+        .collect();
     assert_eq!(got, [0, 1, 2, 3]);
 }
 
