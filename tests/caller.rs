@@ -24,41 +24,26 @@ fn service() {
 /// A plain server (not supervised) in a child process, with the methods
 /// [`exercise`] uses.
 fn server_process(socket: &SocketName) -> Peer {
-    let SocketName::Abstract(name) = socket else {
-        unreachable!()
-    };
-    let mut peer = Peer::spawn("caller_server_entry", "server");
-    peer.send(&format!("socket={name}"), &[]);
-    assert_eq!(peer.read_line(LIMIT), "ready");
-    peer
+    common::server_process("caller_server_entry", socket, "")
 }
 
 #[test]
 #[ignore = "entry point of the server process that the other tests spawn"]
 fn caller_server_entry() {
-    if std::env::var(ROLE_ENV).is_err() {
-        return;
-    }
-    let (msg, _, mut sock) = receive_from_parent();
-    let socket = SocketName::Abstract(param(&msg, "socket").to_string());
-    let server = ServerBuilder::new(socket)
-        .method(ADD, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
-            Ok(Sum {
-                sum: r.a.to_native() + r.b.to_native(),
+    serve_for_parent(|socket, _| {
+        ServerBuilder::new(socket)
+            .method(ADD, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
+                Ok(Sum {
+                    sum: r.a.to_native() + r.b.to_native(),
+                })
             })
-        })
-        .method(SUM_BLOB, |_: &ArchivedAdd, ctx: &mut CallCtx<'_>| {
-            let blob = ctx.blob(0).map_err(blob_failure)?;
-            Ok(Sum {
-                sum: blob.iter().map(|&b| u64::from(b)).sum(),
+            .method(SUM_BLOB, |_: &ArchivedAdd, ctx: &mut CallCtx<'_>| {
+                let blob = ctx.blob(0).map_err(blob_failure)?;
+                Ok(Sum {
+                    sum: blob.iter().map(|&b| u64::from(b)).sum(),
+                })
             })
-        })
-        .spawn()
-        .expect("server");
-    use std::io::{Read, Write};
-    writeln!(sock, "ready").unwrap();
-    let _ = sock.read(&mut [0u8; 1]);
-    drop(server);
+    });
 }
 
 /// Adds `xs` up one call at a time, doubles each of them in calls all in

@@ -128,38 +128,20 @@ fn builder(socket: SocketName) -> ServerBuilder {
 
 /// A server in a child process on `socket`; returns once it listens.
 fn server_process(socket: &SocketName, strategy: &str) -> Peer {
-    let SocketName::Abstract(name) = socket else {
-        unreachable!()
-    };
-    let mut peer = Peer::spawn("rpc_server_entry", "server");
-    peer.send(&format!("socket={name} strategy={strategy}"), &[]);
-    assert_eq!(peer.read_line(LIMIT), "ready");
-    peer
+    common::server_process("rpc_server_entry", socket, &format!("strategy={strategy}"))
 }
 
 #[test]
 #[ignore = "entry point of the server process that the other tests spawn"]
 fn rpc_server_entry() {
-    if std::env::var(ROLE_ENV).is_err() {
-        return;
-    }
-    let (msg, _, mut sock) = receive_from_parent();
-    let socket = SocketName::Abstract(param(&msg, "socket").to_string());
-    let strategy = match param(&msg, "strategy") {
-        "busy" => WaitStrategy::BusySpin,
-        "blocking" => WaitStrategy::Blocking,
-        _ => WaitStrategy::Adaptive,
-    };
-    let server = builder(socket)
-        .wait_strategy(strategy)
-        .workers(2)
-        .spawn()
-        .expect("server");
-    use std::io::{Read, Write};
-    writeln!(sock, "ready").unwrap();
-    // Serve until the parent closes the socket (or kills us).
-    let _ = sock.read(&mut [0u8; 1]);
-    drop(server);
+    serve_for_parent(|socket, msg| {
+        let strategy = match param(msg, "strategy") {
+            "busy" => WaitStrategy::BusySpin,
+            "blocking" => WaitStrategy::Blocking,
+            _ => WaitStrategy::Adaptive,
+        };
+        builder(socket).wait_strategy(strategy).workers(2)
+    });
 }
 
 #[test]

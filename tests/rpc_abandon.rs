@@ -9,13 +9,11 @@
 mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use common::calc::*;
 use common::*;
 use isocall::{AppError, CallCtx, Client, Method, ServerBuilder, SocketName};
 
-const LIMIT: Duration = Duration::from_secs(30);
 const CALLS: u64 = 100_000;
 const WARM_UP: u64 = 10_000;
 
@@ -43,52 +41,37 @@ const CENSUS: Method<Add, Census> = Method::new("census");
 
 /// A server in a child process on `socket`; returns once it listens.
 fn server_process(socket: &SocketName) -> Peer {
-    let SocketName::Abstract(name) = socket else {
-        unreachable!()
-    };
-    let mut peer = Peer::spawn("abandon_server_entry", "server");
-    peer.send(&format!("socket={name}"), &[]);
-    assert_eq!(peer.read_line(LIMIT), "ready");
-    peer
+    common::server_process("abandon_server_entry", socket, "")
 }
 
 #[test]
 #[ignore = "entry point of the server process that the other tests spawn"]
 fn abandon_server_entry() {
-    if std::env::var(ROLE_ENV).is_err() {
-        return;
-    }
     static SENT: AtomicU64 = AtomicU64::new(0);
-    let (msg, _, mut sock) = receive_from_parent();
-    let socket = SocketName::Abstract(param(&msg, "socket").to_string());
-    let server = ServerBuilder::new(socket)
-        .method(ADD, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
-            Ok(Sum {
-                sum: r.a.to_native() + r.b.to_native(),
+    serve_for_parent(|socket, _| {
+        ServerBuilder::new(socket)
+            .method(ADD, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
+                Ok(Sum {
+                    sum: r.a.to_native() + r.b.to_native(),
+                })
             })
-        })
-        .method(BLOB_REPLY, |r: &ArchivedAdd, ctx: &mut CallCtx<'_>| {
-            let fail = |e: &dyn std::fmt::Display| AppError::new(1, e.to_string());
-            let mut blob = ctx.alloc(r.a.to_native() as usize).map_err(|e| fail(&e))?;
-            blob.fill(r.b.to_native() as u8);
-            ctx.reply_blob(blob).map_err(|e| fail(&e))?;
-            SENT.fetch_add(1, Ordering::Relaxed);
-            Ok(Sum {
-                sum: r.b.to_native(),
+            .method(BLOB_REPLY, |r: &ArchivedAdd, ctx: &mut CallCtx<'_>| {
+                let fail = |e: &dyn std::fmt::Display| AppError::new(1, e.to_string());
+                let mut blob = ctx.alloc(r.a.to_native() as usize).map_err(|e| fail(&e))?;
+                blob.fill(r.b.to_native() as u8);
+                ctx.reply_blob(blob).map_err(|e| fail(&e))?;
+                SENT.fetch_add(1, Ordering::Relaxed);
+                Ok(Sum {
+                    sum: r.b.to_native(),
+                })
             })
-        })
-        .method(CENSUS, |_: &ArchivedAdd, ctx: &mut CallCtx<'_>| {
-            Ok(Census {
-                used: ctx.pool().map_or(u64::MAX, |p| p.stats().used() as u64),
-                blobs_sent: SENT.load(Ordering::Relaxed),
+            .method(CENSUS, |_: &ArchivedAdd, ctx: &mut CallCtx<'_>| {
+                Ok(Census {
+                    used: ctx.pool().map_or(u64::MAX, |p| p.stats().used() as u64),
+                    blobs_sent: SENT.load(Ordering::Relaxed),
+                })
             })
-        })
-        .spawn()
-        .expect("server");
-    use std::io::{Read, Write};
-    writeln!(sock, "ready").unwrap();
-    let _ = sock.read(&mut [0u8; 1]);
-    drop(server);
+    });
 }
 
 /// This process's private resident memory in bytes: `RssAnon` of

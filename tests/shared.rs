@@ -7,13 +7,11 @@
 mod common;
 
 use std::collections::VecDeque;
-use std::time::Duration;
 
 use common::calc::*;
 use common::*;
 use isocall::{CallCtx, ServerBuilder, SharedClient, SocketName};
 
-const LIMIT: Duration = Duration::from_secs(30);
 const THREADS: u64 = 8;
 const CALLS: u64 = 10_000;
 /// Calls each thread keeps in flight in the pipelined part.
@@ -21,36 +19,21 @@ const WINDOW: usize = 4;
 
 /// A server in a child process on `socket`; returns once it listens.
 fn server_process(socket: &SocketName) -> Peer {
-    let SocketName::Abstract(name) = socket else {
-        unreachable!()
-    };
-    let mut peer = Peer::spawn("shared_server_entry", "server");
-    peer.send(&format!("socket={name}"), &[]);
-    assert_eq!(peer.read_line(LIMIT), "ready");
-    peer
+    common::server_process("shared_server_entry", socket, "")
 }
 
 #[test]
 #[ignore = "entry point of the server process that the other tests spawn"]
 fn shared_server_entry() {
-    if std::env::var(ROLE_ENV).is_err() {
-        return;
-    }
-    let (msg, _, mut sock) = receive_from_parent();
-    let socket = SocketName::Abstract(param(&msg, "socket").to_string());
-    let server = ServerBuilder::new(socket)
-        .workers(2)
-        .method(ADD, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
-            Ok(Sum {
-                sum: r.a.to_native().wrapping_add(r.b.to_native()),
+    serve_for_parent(|socket, _| {
+        ServerBuilder::new(socket)
+            .workers(2)
+            .method(ADD, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
+                Ok(Sum {
+                    sum: r.a.to_native().wrapping_add(r.b.to_native()),
+                })
             })
-        })
-        .spawn()
-        .expect("server");
-    use std::io::{Read, Write};
-    writeln!(sock, "ready").unwrap();
-    let _ = sock.read(&mut [0u8; 1]);
-    drop(server);
+    });
 }
 
 /// The operands of call `i` of thread `t`: distinct for every thread and

@@ -10,8 +10,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::calc::*;
 use common::*;
 use isocall::rpc::{MethodKind, TypeMismatch, TypeSig};
@@ -19,8 +17,6 @@ use isocall::{
     AppError, CallCtx, CallError, Client, Message, Method, Schema, ServerBuilder, SharedClient,
     SocketName,
 };
-
-const LIMIT: Duration = Duration::from_secs(30);
 
 /// A one-way message of the server.
 const LOG: Message<Add> = Message::new("log");
@@ -92,29 +88,13 @@ fn server(socket: SocketName) -> ServerBuilder {
 
 /// A server in a child process on `socket`; returns once it listens.
 fn server_process(socket: &SocketName) -> Peer {
-    let SocketName::Abstract(name) = socket else {
-        unreachable!()
-    };
-    let mut peer = Peer::spawn("typed_server_entry", "server");
-    peer.send(&format!("socket={name}"), &[]);
-    assert_eq!(peer.read_line(LIMIT), "ready");
-    peer
+    common::server_process("typed_server_entry", socket, "")
 }
 
 #[test]
 #[ignore = "entry point of the server process that the other tests spawn"]
 fn typed_server_entry() {
-    if std::env::var(ROLE_ENV).is_err() {
-        return;
-    }
-    let (msg, _, mut sock) = receive_from_parent();
-    let socket = SocketName::Abstract(param(&msg, "socket").to_string());
-    let server = server(socket).spawn().expect("server");
-    use std::io::{Read, Write};
-    writeln!(sock, "ready").unwrap();
-    // Serve until the parent closes the socket (or kills us).
-    let _ = sock.read(&mut [0u8; 1]);
-    drop(server);
+    serve_for_parent(|socket, _| server(socket));
 }
 
 /// The mismatch `r` must be, for method `name`.

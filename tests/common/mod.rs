@@ -141,6 +141,37 @@ pub fn segment_from_parent(mut fds: Vec<OwnedFd>) -> (isocall::raw::Segment, Arc
     (segment, Arc::new(bell))
 }
 
+/// Starts this test binary's ignored test `entry` as a server process
+/// listening on `socket` (an abstract name), telling it `params` (more
+/// `key=value` words) too; returns once it listens. The entry calls
+/// [`serve_for_parent`].
+pub fn server_process(entry: &str, socket: &isocall::SocketName, params: &str) -> Peer {
+    let isocall::SocketName::Abstract(name) = socket else {
+        panic!("a test server listens on an abstract name, not {socket}")
+    };
+    let mut peer = Peer::spawn(entry, "server");
+    peer.send(&format!("socket={name} {params}"), &[]);
+    assert_eq!(peer.read_line(PARENT_LIMIT), "ready");
+    peer
+}
+
+/// In a server process that [`server_process`] started (and nowhere else:
+/// it returns at once without [`ROLE_ENV`]): spawns the server `build`
+/// makes for the socket and the message the parent sent, says it is
+/// ready, and serves until the parent closes the socket or kills us.
+pub fn serve_for_parent(build: impl FnOnce(isocall::SocketName, &str) -> isocall::ServerBuilder) {
+    if std::env::var(ROLE_ENV).is_err() {
+        return;
+    }
+    let (msg, _, mut sock) = receive_from_parent();
+    let socket = isocall::SocketName::Abstract(param(&msg, "socket").to_string());
+    let server = build(socket, &msg).spawn().expect("server");
+    use std::io::Write;
+    writeln!(sock, "ready").expect("tell the parent");
+    let _ = sock.read(&mut [0u8; 1]);
+    drop(server);
+}
+
 /// Polls `f` until it returns `Some`, failing the test with what was
 /// missing after `limit`. Yields between polls; never sleeps a fixed time.
 pub fn wait_until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
