@@ -13,8 +13,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use isocall_ringbuf::channel;
-use isocall_ringbuf::wait::{SpinParker, WaitStrategy};
+use isocall::WaitStrategy;
+use isocall::ring::channel;
+use isocall::ring::wait::SpinParker;
 
 fn send_recv(c: &mut Criterion) {
     let mut g = c.benchmark_group("ring/send_recv");

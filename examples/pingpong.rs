@@ -14,11 +14,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use isocall::engine::endpoint::{Doorbells, Side, endpoint};
-use isocall::engine::liveness::{Liveness, PeerWatch};
-use isocall::engine::segment::{Segment, SegmentLayout};
-use isocall::engine::sys::{EventFd, PidFd, recv_with_fds, send_with_fds};
-use isocall::ringbuf::WaitStrategy;
+use isocall::WaitStrategy;
+use isocall::raw::sys::{Doorbell, PidFd, recv_message, send_with_fds};
+use isocall::raw::{Liveness, PeerWatch, Segment, SegmentLayout, Side, Watched, endpoint};
 
 const ROUND_TRIPS: u64 = 100_000;
 const REQUEST: u16 = 1;
@@ -34,14 +32,15 @@ fn main() -> Result<(), Error> {
     let mode = args.get(1).cloned().unwrap_or_else(|| "adaptive".into());
     let strategy = parse(&mode)?;
 
-    // The segment and the two doorbells, handed to the child over a socket
-    // that is its stdin.
+    // The segment and the child's end of the doorbell pair, handed to the
+    // child over a socket that is its stdin.
     let layout = SegmentLayout {
         ring_capacity: 64 * 1024,
         blobs: Default::default(),
     };
     let segment = Arc::new(Segment::create("isocall:pingpong:0", &layout)?);
-    let bells = Doorbells::new()?;
+    let (doorbell, kids_end) = Doorbell::pair()?;
+    let doorbell = Arc::new(doorbell);
     let (ours, theirs) = UnixStream::pair()?;
     let mut kid = Command::new(std::env::current_exe()?)
         .args(["--child", &mode])
@@ -50,25 +49,26 @@ fn main() -> Result<(), Error> {
     send_with_fds(
         ours.as_fd(),
         b"segment",
-        &[segment.fd(), bells.c2s.as_fd(), bells.s2c.as_fd()],
+        &[segment.fd(), kids_end.as_fd()],
+        Instant::now() + Duration::from_secs(10),
     )?;
+    drop(kids_end);
 
     // Our side is the server: we write server-to-client.
     let live = Liveness::new();
     let (mut tx, mut rx) = endpoint(
         segment.clone(),
         Side::Server,
-        &bells,
+        doorbell.clone(),
         strategy,
         live.clone(),
     )?;
-    let _watch = PeerWatch::spawn(
-        PidFd::open(kid.id())?,
-        live,
-        segment,
-        Side::Server.tx(),
-        Some(bells.s2c.clone()),
-    )?;
+    // The child's death, from the kernel: its pidfd becomes readable.
+    let watched = Watched {
+        sock: None,
+        pidfd: Some(PidFd::open(kid.id())?),
+    };
+    let _watch = PeerWatch::spawn(watched, live, segment, Side::Server.tx(), Some(doorbell))?;
 
     let deadline = Some(Instant::now() + Duration::from_secs(60));
     let mut times = Vec::with_capacity(ROUND_TRIPS as usize);
@@ -105,29 +105,28 @@ fn main() -> Result<(), Error> {
 fn child(mode: &str) -> Result<(), Error> {
     let sock = UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
     let mut buf = [0u8; 64];
-    let (_, mut fds) = recv_with_fds(sock.as_fd(), &mut buf, 3)?;
-    let s2c = EventFd::from_owned(fds.pop().ok_or("no doorbell")?);
-    let c2s = EventFd::from_owned(fds.pop().ok_or("no doorbell")?);
+    let (_, mut fds) = recv_message(
+        sock.as_fd(),
+        &mut buf,
+        2,
+        Instant::now() + Duration::from_secs(10),
+        None,
+    )?;
+    let doorbell = Arc::new(Doorbell::from_peer_end(fds.pop().ok_or("no doorbell")?)?);
     let segment = Arc::new(Segment::open(fds.pop().ok_or("no memfd")?)?);
-    let bells = Doorbells {
-        c2s: Arc::new(c2s),
-        s2c: Arc::new(s2c),
-    };
     let live = Liveness::new();
     let (mut tx, mut rx) = endpoint(
         segment.clone(),
         Side::Client,
-        &bells,
+        doorbell.clone(),
         parse(mode)?,
         live.clone(),
     )?;
-    let _watch = PeerWatch::spawn(
-        PidFd::open(std::os::unix::process::parent_id())?,
-        live,
-        segment,
-        Side::Client.tx(),
-        Some(bells.s2c.clone()),
-    )?;
+    let watched = Watched {
+        sock: None,
+        pidfd: Some(PidFd::open(std::os::unix::process::parent_id())?),
+    };
+    let _watch = PeerWatch::spawn(watched, live, segment, Side::Client.tx(), Some(doorbell))?;
     loop {
         let request = rx.recv(Some(Instant::now() + Duration::from_secs(60)))?;
         if request.is_empty() {

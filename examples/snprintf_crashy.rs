@@ -15,13 +15,12 @@
 
 use std::time::{Duration, Instant};
 
-use isocall::engine::rpc::{CallCtx, ServerBuilder};
-use isocall::engine::supervise::{self, Supervisor};
+use isocall::{AppError, CallCtx, Method, ServerBuilder, Supervisor, supervise};
 
 type Error = Box<dyn std::error::Error>;
 
 /// What to format: `"{name}: {value:>width$}"`.
-#[derive(rkyv::Archive, rkyv::Serialize)]
+#[derive(rkyv::Archive, rkyv::Serialize, isocall::Schema)]
 struct Format {
     name: String,
     width: u32,
@@ -29,10 +28,14 @@ struct Format {
 }
 
 /// The number of bytes written into the caller's blob.
-#[derive(rkyv::Archive, rkyv::Serialize)]
+#[derive(rkyv::Archive, rkyv::Serialize, isocall::Schema)]
 struct Written {
     len: u32,
 }
+
+/// The method, declared once for both sides, and idempotent: formatting
+/// twice is harmless, so a call whose server crashed is sent again.
+const FORMAT: Method<Format, Written> = Method::new("format").idempotent();
 
 fn expected(name: &str, width: u32, value: i64) -> String {
     format!("{name}: {value:>w$}", w = width as usize)
@@ -72,23 +75,24 @@ impl Flaky {
 fn serve() -> Result<(), Error> {
     let flaky = Flaky::seeded();
     ServerBuilder::supervised()?
-        .idempotent_method::<Format, Written, _>(
-            "format",
+        .method(
+            FORMAT,
             move |req: &ArchivedFormat, ctx: &mut CallCtx<'_>| {
                 let text = expected(
                     req.name.as_str(),
                     req.width.to_native(),
                     req.value.to_native(),
                 );
-                let mut out = ctx.accept_mut(0).map_err(|e| e.to_string())?;
+                let fail = |e: &dyn std::fmt::Display| AppError::new(1, e.to_string());
+                let mut out = ctx.blob_mut(0).map_err(|e| fail(&e))?;
                 let n = text.len().min(out.capacity());
-                out.set_len(n).map_err(|e| e.to_string())?;
+                out.set_len(n).map_err(|e| fail(&e))?;
                 out.copy_from_slice(&text.as_bytes()[..n]);
                 if flaky.crash_now() {
                     // Half-written answer in the caller's blob, then down.
                     std::process::abort();
                 }
-                ctx.reply_blob(out).map_err(|e| e.to_string())?;
+                ctx.reply_blob(out).map_err(|e| fail(&e))?;
                 Ok(Written {
                     len: text.len() as u32,
                 })
@@ -120,7 +124,7 @@ fn main() -> Result<(), Error> {
         .standby(standby)
         .spawn()?;
     let mut client = supervisor.client();
-    let format = client.method("format")?;
+    let format = client.method(FORMAT)?;
     let started = Instant::now();
     for i in 0..calls {
         let name = ["alpha", "beta", "gamma", "delta"][(i % 4) as usize];
@@ -137,19 +141,16 @@ fn main() -> Result<(), Error> {
         let want = expected(name, width, value);
         // The answer is read in place, in the blob of whichever instance
         // answered (the reply knows its pool).
-        let checked =
-            client.call_with::<Format, Written, _>(format, &req, &[handle], None, |r, blobs| {
-                let out = blobs.accept(0).map_err(|e| e.to_string())?;
-                if r.len.to_native() as usize == want.len() && &out[..] == want.as_bytes() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "call {i}: got {:?}, expected {want:?}",
-                        String::from_utf8_lossy(&out)
-                    ))
-                }
-            })?;
-        checked?;
+        let mut reply = client.call_with(format, &req, &[handle], None)?;
+        let len = reply.len.to_native() as usize;
+        let out = reply.blob(0)?;
+        if len != want.len() || &out[..] != want.as_bytes() {
+            return Err(format!(
+                "call {i}: got {:?}, expected {want:?}",
+                String::from_utf8_lossy(&out)
+            )
+            .into());
+        }
     }
     let took = started.elapsed();
     let s = supervisor.stats();

@@ -11,11 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use isocall::WaitStrategy;
 use isocall::blob::{BlobError, BlobHandle, Pool, PoolConfig};
-use isocall::engine::endpoint::{Doorbells, Receiver, Sender, Side, TransportError, endpoint};
-use isocall::engine::liveness::Liveness;
-use isocall::engine::segment::{Segment, SegmentLayout};
-use isocall::ringbuf::{SharedRegion, WaitStrategy};
+use isocall::raw::sys::Doorbell;
+use isocall::raw::{
+    Liveness, Receiver, Segment, SegmentLayout, Sender, Side, TransportError, endpoint,
+};
+use isocall::ring::SharedRegion;
 
 const BLOB: u16 = 1;
 const TOTAL: u64 = 1_000_000;
@@ -37,12 +39,12 @@ struct Ends {
     rx: Receiver,
 }
 
-fn ends(segment: Segment, side: Side, bells: &Doorbells) -> Ends {
+fn ends(segment: Segment, side: Side, doorbell: Arc<Doorbell>) -> Ends {
     let segment = Arc::new(segment);
     let (tx, rx) = endpoint(
         segment.clone(),
         side,
-        bells,
+        doorbell,
         WaitStrategy::Adaptive,
         Liveness::new(),
     )
@@ -177,14 +179,10 @@ fn exchange(
 }
 
 fn start(role: &str, params: &str) -> (Peer, Ends) {
-    let segment = Segment::create("isocall:test:blobs", &layout()).expect("segment");
-    let bells = Doorbells::new().expect("doorbells");
+    let (segment, ours, theirs) = segment_for_peer("isocall:test:blobs", &layout());
     let peer = Peer::spawn("blob_peer_entry", role);
-    peer.send(
-        params,
-        &[segment.fd(), bells.c2s.as_fd(), bells.s2c.as_fd()],
-    );
-    (peer, ends(segment, Side::Server, &bells))
+    peer.send(params, &[segment.fd(), theirs.as_fd()]);
+    (peer, ends(segment, Side::Server, ours))
 }
 
 /// The peer: exchanges blobs with the parent as side A (the client).
@@ -195,8 +193,8 @@ fn blob_peer_entry() {
         return;
     };
     let (msg, fds, mut sock) = receive_from_parent();
-    let (segment, bells) = segment_from_parent(fds);
-    let mut e = ends(segment, Side::Client, &bells);
+    let (segment, doorbell) = segment_from_parent(fds);
+    let mut e = ends(segment, Side::Client, doorbell);
     let pool = e.segment.blob_pool(Side::Client).unwrap().expect("a pool");
     let n: u64 = param(&msg, "n").parse().unwrap();
     let hold: usize = param(&msg, "hold").parse().unwrap();

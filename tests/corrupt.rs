@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use isocall::engine::segment::{Direction, Segment, SegmentLayout};
-use isocall::engine::wake::RingParker;
-use isocall::ringbuf::layout::{DATA, HEAD};
-use isocall::ringbuf::{Consumer, Corrupt, Producer, Region, ReserveError, SharedRegion};
+use isocall::raw::{Direction, RingParker, Segment, SegmentLayout};
+use isocall::ring::layout::{DATA, HEAD};
+use isocall::ring::{Consumer, Corrupt, Producer, Region, ReserveError, SharedRegion};
 
 const LIMIT: Duration = Duration::from_secs(20);
 

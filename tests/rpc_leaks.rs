@@ -9,19 +9,16 @@ use std::time::Duration;
 
 use common::calc::*;
 use common::wait_until;
-use isocall::engine::rpc::{CallCtx, Client, ServerBuilder, SocketName};
+use isocall::{CallCtx, Client, ServerBuilder, SocketName};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
 fn builder(socket: SocketName) -> ServerBuilder {
-    ServerBuilder::new(socket).method::<Add, Sum, _>(
-        "add",
-        |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
-            Ok(Sum {
-                sum: r.a.to_native() + r.b.to_native(),
-            })
-        },
-    )
+    ServerBuilder::new(socket).method(ADD, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
+        Ok(Sum {
+            sum: r.a.to_native() + r.b.to_native(),
+        })
+    })
 }
 
 fn count_dir(path: &str) -> usize {

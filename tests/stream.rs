@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use isocall::engine::endpoint::{Doorbells, Receiver, Sender, Side, TransportError, endpoint};
-use isocall::engine::liveness::{Liveness, PeerWatch};
-use isocall::engine::segment::{Segment, SegmentLayout};
-use isocall::engine::sys::PidFd;
-use isocall::ringbuf::WaitStrategy;
+use isocall::WaitStrategy;
+use isocall::raw::sys::{Doorbell, PidFd};
+use isocall::raw::{
+    Liveness, PeerWatch, Receiver, Segment, SegmentLayout, Sender, Side, TransportError, Watched,
+    endpoint,
+};
 
 const DATA: u16 = 1;
 const END: u16 = 2;
@@ -45,22 +46,21 @@ struct Side_ {
 fn attach(
     segment: Segment,
     side: Side,
-    bells: Doorbells,
+    doorbell: Arc<Doorbell>,
     strat: WaitStrategy,
     peer_pid: u32,
 ) -> Side_ {
     let segment = Arc::new(segment);
     let live = Liveness::new();
-    let (tx, rx) = endpoint(segment.clone(), side, &bells, strat, live.clone()).expect("endpoint");
-    let pidfd = PidFd::open(peer_pid).expect("pidfd of peer");
-    let watch = PeerWatch::spawn(
-        pidfd,
-        live,
-        segment,
-        side.tx(),
-        Some(bells.of(side.rx()).clone()),
-    )
-    .expect("peer watch");
+    let (tx, rx) =
+        endpoint(segment.clone(), side, doorbell.clone(), strat, live.clone()).expect("endpoint");
+    // The peer's death, from the kernel: its pidfd becomes readable.
+    let watched = Watched {
+        sock: None,
+        pidfd: Some(PidFd::open(peer_pid).expect("pidfd of peer")),
+    };
+    let watch =
+        PeerWatch::spawn(watched, live, segment, side.tx(), Some(doorbell)).expect("peer watch");
     Side_ {
         tx,
         rx,
@@ -74,15 +74,11 @@ fn start(role: &str, params: &str, strat: WaitStrategy) -> (Peer, Side_) {
         ring_capacity: RING,
         blobs: Default::default(),
     };
-    let segment = Segment::create("isocall:test:stream", &layout).expect("create segment");
-    let bells = Doorbells::new().expect("doorbells");
+    let (segment, doorbell, theirs) = segment_for_peer("isocall:test:stream", &layout);
     let peer = Peer::spawn("peer_entry", role);
-    peer.send(
-        params,
-        &[segment.fd(), bells.c2s.as_fd(), bells.s2c.as_fd()],
-    );
+    peer.send(params, &[segment.fd(), theirs.as_fd()]);
     let pid = peer.child.id();
-    let ours = attach(segment, Side::Server, bells, strat, pid);
+    let ours = attach(segment, Side::Server, doorbell, strat, pid);
     (peer, ours)
 }
 
@@ -95,12 +91,12 @@ fn peer_entry() {
         return;
     };
     let (msg, fds, _sock) = receive_from_parent();
-    let (segment, bells) = segment_from_parent(fds);
+    let (segment, doorbell) = segment_from_parent(fds);
     let strat = strategy(param(&msg, "strategy"));
     let mut me = attach(
         segment,
         Side::Client,
-        bells,
+        doorbell,
         strat,
         std::os::unix::process::parent_id(),
     );

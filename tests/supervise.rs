@@ -7,17 +7,21 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::calc::{Add, Sum};
-use common::services::{self, Bump, CRASH_ONE_IN, FILE, supervisor, temp_file};
+use common::calc::{ADD, Add};
+use common::services::{
+    self, BUMP, Bump, CRASH_ONE_IN, FILE, HOLD, PID, SUM_BLOB, supervisor, temp_file,
+};
 use common::supervised::{
     add, current_segment, holders_of, patient, segment_inode, sigkill, wait_released,
 };
 use common::wait_until;
-use isocall::engine::blob::SlotState;
-use isocall::engine::rpc::{CallError, ServerBuilder, ServerError};
-use isocall::engine::segment::Side;
-use isocall::engine::supervise::{SupervisedClient, SupervisorState};
-use isocall::engine::sys::PidFd;
+use isocall::blob::{BlobError, SlotState};
+use isocall::raw::Side;
+use isocall::raw::sys::PidFd;
+use isocall::supervise::{ENV_SERVICE, LastExit, NotSupervised, SupervisorState};
+use isocall::{
+    CallError, ServerBuilder, ServiceFailure, SuperviseError, SupervisedClient, SupervisedError,
+};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -29,9 +33,11 @@ fn service() {
 }
 
 fn served_pid(c: &mut SupervisedClient) -> u32 {
-    let m = c.method("pid").expect("pid method");
-    c.call::<Add, Sum, _>(m, &Add { a: 0, b: 0 }, |r| r.sum.to_native() as u32)
+    let m = c.method(PID).expect("pid method");
+    c.call(m, &Add { a: 0, b: 0 })
         .expect("pid call")
+        .sum
+        .to_native() as u32
 }
 
 #[test]
@@ -43,7 +49,7 @@ fn pipelined_idempotent_calls_through_a_crashing_service_all_answer_right() {
         .spawn()
         .expect("supervisor");
     let mut c = sup.client();
-    let m = c.method("add").expect("add");
+    let m = c.method(ADD).expect("add");
     assert!(m.is_idempotent(), "the server declared add idempotent");
     let mut done = 0u64;
     for window in 0..250u64 {
@@ -55,8 +61,10 @@ fn pipelined_idempotent_calls_through_a_crashing_service_all_answer_right() {
             .collect();
         for (i, p) in pending {
             let sum = c
-                .wait::<Sum, _>(p, None, |r, _| r.sum.to_native())
-                .unwrap_or_else(|e| panic!("call {i} failed: {e}"));
+                .wait(p, None)
+                .unwrap_or_else(|e| panic!("call {i} failed: {e}"))
+                .sum
+                .to_native();
             assert_eq!(sum, i + 1000, "call {i}");
             done += 1;
         }
@@ -78,7 +86,7 @@ fn calls_that_are_not_idempotent_run_at_most_once_across_crashes() {
         .spawn()
         .expect("supervisor");
     let mut c = sup.client();
-    let m = c.method("bump").expect("bump");
+    let m = c.method(BUMP).expect("bump");
     assert!(!m.is_idempotent());
     let (mut ok, mut died) = (Vec::new(), Vec::new());
     let mut id = 0u64;
@@ -91,12 +99,12 @@ fn calls_that_are_not_idempotent_run_at_most_once_across_crashes() {
             })
             .collect();
         for (id, p) in pending {
-            match c.wait::<Sum, _>(p, None, |r, _| r.sum.to_native()) {
+            match c.wait(p, None) {
                 Ok(v) => {
-                    assert_eq!(v, id);
+                    assert_eq!(v.sum.to_native(), id);
                     ok.push(id);
                 }
-                Err(CallError::PeerDied) => died.push(id),
+                Err(SupervisedError::Call(CallError::PeerDied)) => died.push(id),
                 Err(e) => panic!("call {id}: unexpected {e}"),
             }
         }
@@ -130,18 +138,27 @@ fn a_service_that_crashes_at_start_hits_the_intensity_limit_with_a_clear_error()
         .expect("supervisor");
     let mut c = sup.client();
     let t = Instant::now();
-    let e = c.method("add").expect_err("the service never comes up");
+    let e = c.method(ADD).expect_err("the service never comes up");
     assert!(
         t.elapsed() < LIMIT,
         "the limit stopped it, not the deadline"
     );
     let msg = e.to_string();
-    assert!(matches!(e, CallError::ServiceFailed(_)), "{e:?}");
-    assert!(msg.contains("\"doomed\""), "names the service: {msg}");
-    assert!(msg.contains("restarted 3 times"), "{msg}");
+    let SupervisedError::Service(ServiceFailure::TooManyRestarts {
+        service,
+        restarts,
+        limit,
+        last_exit,
+        ..
+    }) = &e
+    else {
+        panic!("expected the intensity limit, got {e:?}");
+    };
+    assert_eq!(service, "doomed", "names the service");
+    assert_eq!((*restarts, *limit), (3, 3), "{msg}");
     assert!(
-        msg.contains("killed by signal 6"),
-        "names the last exit: {msg}"
+        matches!(last_exit, LastExit::Signaled { signal: 6, .. }),
+        "names the last exit (SIGABRT): {msg}"
     );
     let s = sup.stats();
     assert_eq!(s.state, SupervisorState::Failed);
@@ -149,7 +166,14 @@ fn a_service_that_crashes_at_start_hits_the_intensity_limit_with_a_clear_error()
     assert_eq!(s.crashes, 4, "{s:?}");
     // Every later call fails the same way, at once.
     let again = add(&mut c, 1, 2).expect_err("still failed");
-    assert_eq!(again.to_string(), msg);
+    assert!(
+        matches!(
+            again,
+            SupervisedError::Service(ServiceFailure::TooManyRestarts { .. })
+        ),
+        "{again:?}"
+    );
+    assert_eq!(again.to_string(), msg, "the same failure");
 }
 
 #[test]
@@ -184,7 +208,7 @@ fn a_call_that_is_not_idempotent_fails_when_its_server_is_killed_during_it() {
         .spawn()
         .expect("supervisor");
     let mut c = sup.client();
-    let hold = c.method("hold").expect("hold");
+    let hold = c.method(HOLD).expect("hold");
     let pool = c.pool().unwrap().expect("a pool");
     let mut blob = pool.alloc(1000).unwrap();
     blob.fill(7);
@@ -197,10 +221,8 @@ fn a_call_that_is_not_idempotent_fails_when_its_server_is_killed_during_it() {
     let pid = c.server_pid().unwrap();
     let dead = segment_inode(&pool);
     sigkill(pid);
-    let e = c
-        .wait::<Sum, _>(p, None, |r, _| r.sum.to_native())
-        .unwrap_err();
-    assert!(matches!(e, CallError::PeerDied), "{e:?}");
+    let e = c.wait(p, None).unwrap_err();
+    assert!(e.is_peer_died(), "{e:?}");
     let _ = std::fs::remove_file(&marker);
     drop(pool);
     // The successor serves.
@@ -220,7 +242,7 @@ fn an_idempotent_call_whose_server_dies_holding_its_blob_is_retried_with_the_blo
         .spawn()
         .expect("supervisor");
     let mut c = sup.client();
-    let m = c.method("sum_blob").expect("sum_blob");
+    let m = c.method(SUM_BLOB).expect("sum_blob");
     let pool = c.pool().unwrap().expect("a pool");
     let mut blob = pool.alloc(4096).unwrap();
     for (i, b) in blob.iter_mut().enumerate() {
@@ -237,17 +259,22 @@ fn an_idempotent_call_whose_server_dies_holding_its_blob_is_retried_with_the_blo
     let dead = segment_inode(&pool);
     sigkill(pid);
     // Retried on the successor, with the blob's bytes copied over.
-    let sum = c.wait::<Sum, _>(p, None, |r, _| r.sum.to_native()).unwrap();
+    let sum = c.wait(p, None).unwrap().sum.to_native();
     assert_eq!(sum, want);
     assert_ne!(served_pid(&mut c), pid);
     let _ = std::fs::remove_file(&marker);
     let s = sup.stats();
     assert_eq!((s.retries, s.calls_failed), (1, 0), "{s:?}");
-    // A handle of the dead instance's pool is refused on the new one.
-    let e = c
-        .call_with::<Add, Sum, _>(m, &Add { a: 0, b: 0 }, &[h], None, |_, _| ())
-        .unwrap_err();
-    assert!(e.to_string().contains("not in flight"), "{e}");
+    // A handle of the dead instance's pool is refused on the new one: its
+    // slot there is not in flight to the server.
+    let e = c.call_with(m, &Add { a: 0, b: 0 }, &[h], None).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            SupervisedError::Call(CallError::Blob(BlobError::WrongState { .. }))
+        ),
+        "{e:?}"
+    );
     // After the recovery the dead instance's segment, with its blobs, is
     // gone from this process (the test's `pool` held it last).
     assert_ne!(current_segment(&mut c), dead, "the successor has its own");
@@ -319,15 +346,23 @@ fn supervisor_host() {
 #[test]
 fn a_server_not_started_by_a_supervisor_says_so() {
     // This test process has no supervisor environment.
-    let e = ServerBuilder::supervised().err().expect("not supervised");
-    assert!(matches!(e, ServerError::NotSupervised(_)), "{e:?}");
-    assert!(e.to_string().contains("ISOCALL_SERVICE"), "{e}");
+    let e = ServerBuilder::supervised().expect_err("not supervised");
+    assert!(
+        matches!(e, NotSupervised::MissingEnv { var } if var == ENV_SERVICE),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn a_bad_supervisor_configuration_is_refused() {
     let e = supervisor("", "plain").spawn().unwrap_err();
-    assert!(e.to_string().contains("service name"), "{e}");
+    assert!(
+        matches!(&e, SuperviseError::BadName { name } if name.is_empty()),
+        "{e}"
+    );
     let e = supervisor("a/b", "plain").spawn().unwrap_err();
-    assert!(e.to_string().contains("service name"), "{e}");
+    assert!(
+        matches!(&e, SuperviseError::BadName { name } if name == "a/b"),
+        "{e}"
+    );
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::calc::{Add, Sum};
+use common::calc::{ADD, Add};
 use common::services::{self, supervisor};
 use common::wait_until;
 use rustix::process::{Pid, Signal, kill_process};
@@ -69,11 +69,13 @@ fn zombies() -> Vec<String> {
 fn a_thousand_restarts_leak_no_process_fd_or_thread() {
     let sup = supervisor("thousand", "plain").spawn().expect("supervisor");
     let mut c = sup.client();
-    let m = c.method("add").expect("add");
-    let call = |c: &mut isocall::engine::supervise::SupervisedClient, i: u64| {
+    let m = c.method(ADD).expect("add");
+    let call = |c: &mut isocall::SupervisedClient, i: u64| {
         let sum = c
-            .call::<Add, Sum, _>(m, &Add { a: i, b: 1 }, |r| r.sum.to_native())
-            .unwrap_or_else(|e| panic!("call {i}: {e}"));
+            .call(m, &Add { a: i, b: 1 })
+            .unwrap_or_else(|e| panic!("call {i}: {e}"))
+            .sum
+            .to_native();
         assert_eq!(sum, i + 1);
     };
     call(&mut c, 0);
@@ -122,7 +124,7 @@ fn a_thousand_restarts_leak_no_process_fd_or_thread() {
     // Dropping the supervisor retires the last instance and reaps it. Its
     // pidfd, taken while it runs, names it even if its pid is reused.
     let last = c.server_pid().expect("connected");
-    let last = isocall::engine::sys::PidFd::open(last).expect("pidfd of the last instance");
+    let last = isocall::raw::sys::PidFd::open(last).expect("pidfd of the last instance");
     drop(c);
     drop(sup);
     assert!(zombies().is_empty(), "zombies after drop: {:?}", zombies());

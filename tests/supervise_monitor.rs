@@ -9,14 +9,15 @@ mod common;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+use common::calc::ADD;
 use common::services::{
-    self, FILE, LOG_START_AND_EXIT, SERVICE, SLOW_START, supervisor, temp_file,
+    self, FILE, LOG_START_AND_EXIT, SERVICE, SLOW_START, SUPERVISOR_GONE, supervisor, temp_file,
 };
 use common::supervised::{add, patient, sigkill};
 use common::wait_until;
-use isocall::engine::rpc::{CallError, ClientOptions};
-use isocall::engine::supervise::{ENV_SERVICE, ENV_SUPERVISOR_PID, Supervisor, SupervisorState};
-use isocall::engine::sys::{PidFd, seqpacket_pair};
+use isocall::raw::sys::{PidFd, seqpacket_pair};
+use isocall::supervise::{ENV_SERVICE, ENV_SUPERVISOR_PID, LastExit, SupervisorState};
+use isocall::{CallError, ClientOptions, ServiceFailure, SupervisedError, Supervisor};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -93,11 +94,16 @@ fn a_supervised_child_whose_supervisor_is_gone_refuses_to_serve() {
     // check would serve on it rather than exit.
     let (status, stderr) = child.finish(LIMIT);
     drop(control);
-    assert!(!status.success(), "it must not serve: {status}; {stderr}");
+    assert_eq!(
+        status.code(),
+        Some(SUPERVISOR_GONE),
+        "it must not serve: {status}; {stderr}"
+    );
+    // The child's `NotSupervised::SupervisorGone`, as it reports it.
     assert!(
-        stderr.contains(&format!("the supervisor (pid {not_parent})"))
-            && stderr.contains("is gone")
-            && stderr.contains(&format!("parent is now {me}")),
+        stderr.contains(&format!(
+            "not supervised: SupervisorGone supervisor={not_parent} parent={me}"
+        )),
         "says its supervisor is gone: {stderr}"
     );
 
@@ -110,7 +116,7 @@ fn a_supervised_child_whose_supervisor_is_gone_refuses_to_serve() {
         status.success(),
         "the control case serves: {status}; {stderr}"
     );
-    assert!(!stderr.contains("is gone"), "{stderr}");
+    assert!(!stderr.contains("SupervisorGone"), "{stderr}");
 }
 
 #[test]
@@ -163,24 +169,37 @@ fn a_program_that_does_not_exist_fails_the_first_call_at_once_naming_it() {
         .spawn()
         .expect("supervisor");
     let mut c = sup.client();
-    let e = c.method("add").expect_err("there is nothing to start");
+    let e = c.method(ADD).expect_err("there is nothing to start");
     let msg = e.to_string();
-    assert!(matches!(e, CallError::ServiceFailed(_)), "{e:?}");
-    assert!(msg.contains(path), "names the program: {msg}");
-    assert!(
-        msg.contains("\"missing-program\""),
-        "names the service: {msg}"
-    );
-    assert!(
-        msg.contains("os error 2"),
+    // Not the intensity limit: the start itself failed, once.
+    let SupervisedError::Service(ServiceFailure::CannotStart {
+        service,
+        program,
+        source,
+    }) = &e
+    else {
+        panic!("expected CannotStart, got {e:?}");
+    };
+    assert_eq!(program, path, "names the program: {msg}");
+    assert_eq!(service, "missing-program", "names the service: {msg}");
+    assert_eq!(
+        source.raw_os_error(),
+        Some(rustix::io::Errno::NOENT.raw_os_error()),
         "names the error (ENOENT): {msg}"
     );
-    assert!(!msg.contains("restarted"), "not the intensity limit: {msg}");
     let s = sup.stats();
     assert_eq!((s.starts, s.restarts), (0, 0), "never retried: {s:?}");
     assert_eq!(s.state, SupervisorState::Failed);
     // Later calls fail the same way.
-    assert_eq!(add(&mut c, 1, 2).unwrap_err().to_string(), msg);
+    let again = add(&mut c, 1, 2).unwrap_err();
+    assert!(
+        matches!(
+            again,
+            SupervisedError::Service(ServiceFailure::CannotStart { .. })
+        ),
+        "{again:?}"
+    );
+    assert_eq!(again.to_string(), msg, "the same failure");
 }
 
 #[test]
@@ -198,12 +217,16 @@ fn the_intensity_limit_names_the_death_a_client_just_saw() {
     let pid = c.server_pid().expect("connected");
     sigkill(pid);
     let e = add(&mut c, 2, 3).expect_err("no restart allowed");
-    let msg = e.to_string();
-    assert!(matches!(e, CallError::ServiceFailed(_)), "{e:?}");
-    assert!(msg.contains("(limit 0)"), "{msg}");
+    let SupervisedError::Service(ServiceFailure::TooManyRestarts {
+        limit, last_exit, ..
+    }) = &e
+    else {
+        panic!("expected the intensity limit, got {e:?}");
+    };
+    assert_eq!(*limit, 0, "{e}");
     assert!(
-        msg.contains(&format!("Last exit: pid {pid} killed by signal 9")),
-        "names the death just seen: {msg}"
+        matches!(last_exit, LastExit::Signaled { pid: p, signal: 9 } if *p == pid),
+        "names the death just seen: {e}"
     );
     let s = sup.stats();
     assert_eq!(
@@ -216,10 +239,10 @@ fn the_intensity_limit_names_the_death_a_client_just_saw() {
 
 #[test]
 fn a_slow_start_is_waited_for_past_the_handshake_timeout_until_the_deadline() {
-    let options = |call_timeout| ClientOptions {
-        handshake_timeout: Duration::from_millis(50),
-        call_timeout,
-        ..ClientOptions::default()
+    let options = |call_timeout| {
+        ClientOptions::default()
+            .handshake_timeout(Duration::from_millis(50))
+            .call_timeout(call_timeout)
     };
     // The service answers its first handshake after about 500 ms, ten
     // handshake timeouts: the call waits for it, on the same instance.
@@ -238,8 +261,11 @@ fn a_slow_start_is_waited_for_past_the_handshake_timeout_until_the_deadline() {
         .client_options(options(Duration::from_millis(100)))
         .spawn()
         .expect("supervisor");
-    let e = late.client().method("add").expect_err("not up yet");
-    assert!(matches!(e, CallError::Timeout), "{e:?}");
+    let e = late.client().method(ADD).expect_err("not up yet");
+    assert!(
+        matches!(e, SupervisedError::Call(CallError::Timeout)),
+        "{e:?}"
+    );
     assert_eq!(late.stats().state, SupervisorState::Running);
 }
 

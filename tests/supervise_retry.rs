@@ -10,16 +10,28 @@ mod common;
 use std::time::Duration;
 
 use common::calc::{Add, ArchivedAdd, Sum};
-use common::services::{self, FILE, SERVICE, supervisor, temp_file};
-use common::supervised::{current_segment, holders_of, wait_released};
-use isocall::engine::rpc::{CallCtx, CallError, ClientOptions, ServerBuilder};
-use isocall::engine::supervise::SupervisedClient;
-use isocall::engine::sys::PidFd;
+use common::services::{self, FILE, PID, SERVICE, blob_failure, supervisor, temp_file};
+use common::supervised::{current_segment, holders_of, segment_at, segment_inode, wait_released};
+use isocall::raw::sys::PidFd;
+use isocall::{
+    CallCtx, CallError, ClientOptions, Method, ServerBuilder, SupervisedClient, SupervisedError,
+    SupervisorBuilder,
+};
 use rustix::process::{Pid, Signal, kill_process};
 
 const LIMIT: Duration = Duration::from_secs(30);
 /// This file's service.
 const RETRY: &str = "retry";
+
+/// `stamp`: writes the instance's pid and `a` into the request's blob and
+/// sends it back (idempotent).
+const STAMP: Method<Add, Sum> = Method::new("stamp").idempotent();
+/// `sum`: the sum of the blob's bytes and who answered (not idempotent).
+const SUM: Method<Add, Sum> = Method::new("sum");
+/// `die_before`: instances numbered below `a` die in it (idempotent).
+const DIE_BEFORE: Method<Add, Sum> = Method::new("die_before").idempotent();
+/// `never`: does not answer.
+const NEVER: Method<Add, Sum> = Method::new("never");
 
 /// The entry the supervised children run: this file's service, or the
 /// common ones.
@@ -62,18 +74,18 @@ fn serve() {
         .expect("started by a supervisor")
         // `stamp`: writes the instance's pid and `a` into the request's
         // blob and sends it back.
-        .idempotent_method::<Add, Sum, _>("stamp", move |r: &ArchivedAdd, ctx: &mut CallCtx<'_>| {
-            let mut blob = ctx.accept_mut(0).map_err(|e| e.to_string())?;
-            blob.set_len(16).map_err(|e| e.to_string())?;
+        .method(STAMP, move |r: &ArchivedAdd, ctx: &mut CallCtx<'_>| {
+            let mut blob = ctx.blob_mut(0).map_err(blob_failure)?;
+            blob.set_len(16).map_err(blob_failure)?;
             blob[..8].copy_from_slice(&me.to_le_bytes());
             blob[8..16].copy_from_slice(&r.a.to_native().to_le_bytes());
-            ctx.reply_blob(blob).map_err(|e| e.to_string())?;
+            ctx.reply_blob(blob).map_err(blob_failure)?;
             Ok(Sum { sum: me })
         })
         // `sum`: not idempotent; the sum of the blob's bytes, and who
         // answered (in `Sum` as pid << 32 | sum).
-        .method::<Add, Sum, _>("sum", move |_: &ArchivedAdd, ctx: &mut CallCtx<'_>| {
-            let blob = ctx.accept_mut(0).map_err(|e| e.to_string())?;
+        .method(SUM, move |_: &ArchivedAdd, ctx: &mut CallCtx<'_>| {
+            let blob = ctx.blob_mut(0).map_err(blob_failure)?;
             let sum: u64 = blob.iter().map(|&b| u64::from(b)).sum();
             Ok(Sum {
                 sum: me << 32 | sum,
@@ -81,22 +93,19 @@ fn serve() {
         })
         // `die_before`: idempotent; instances numbered below `a` kill
         // themselves in it, the others answer with their number.
-        .idempotent_method::<Add, Sum, _>(
-            "die_before",
-            move |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
-                if number < r.a.to_native() {
-                    let _ = kill_process(rustix::process::getpid(), Signal::KILL);
-                }
-                Ok(Sum { sum: number })
-            },
-        )
+        .method(DIE_BEFORE, move |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
+            if number < r.a.to_native() {
+                let _ = kill_process(rustix::process::getpid(), Signal::KILL);
+            }
+            Ok(Sum { sum: number })
+        })
         // `never`: does not answer (the test kills the instance).
-        .method::<Add, Sum, _>("never", |_: &ArchivedAdd, _: &mut CallCtx<'_>| {
+        .method(NEVER, |_: &ArchivedAdd, _: &mut CallCtx<'_>| {
             loop {
                 std::thread::park();
             }
         })
-        .idempotent_method::<Add, Sum, _>("pid", move |_: &ArchivedAdd, _: &mut CallCtx<'_>| {
+        .method(PID, move |_: &ArchivedAdd, _: &mut CallCtx<'_>| {
             Ok(Sum { sum: me })
         })
         .spawn()
@@ -114,17 +123,14 @@ fn sigkill_and_reap_wait(pid: u32) {
 }
 
 fn pid_of(c: &mut SupervisedClient) -> u32 {
-    let m = c.method("pid").expect("pid method");
-    c.call::<Add, Sum, _>(m, &Add { a: 0, b: 0 }, |r| r.sum.to_native() as u32)
+    let m = c.method(PID).expect("pid method");
+    c.call(m, &Add { a: 0, b: 0 })
         .expect("pid call")
+        .sum
+        .to_native() as u32
 }
 
-fn retry_service(
-    tag: &str,
-) -> (
-    isocall::engine::supervise::SupervisorBuilder,
-    std::path::PathBuf,
-) {
+fn retry_service(tag: &str) -> (SupervisorBuilder, std::path::PathBuf) {
     let file = temp_file(tag);
     (supervisor(tag, RETRY).env(FILE, &file), file)
 }
@@ -134,44 +140,52 @@ fn a_reply_from_an_instance_that_died_since_is_read_from_its_pool() {
     let (b, file) = retry_service("retry-reply-pool");
     let sup = b.spawn().expect("supervisor");
     let mut c = sup.client();
-    let stamp = c.method("stamp").unwrap();
+    let stamp = c.method(STAMP).unwrap();
     let first = pid_of(&mut c);
     let pool = c.pool().unwrap().expect("a blob pool");
+    let first_segment = segment_inode(&pool);
     let mut blob = pool.alloc(64).unwrap();
     blob.set_len(64).unwrap();
     let handle = blob.send().unwrap();
+    drop(pool);
     let stamped = c.start(stamp, &Add { a: 77, b: 0 }, &[handle]).unwrap();
     // A later call's answer means the first one's is in the ring too: the
     // client keeps it aside (replies come in order).
-    let m = c.method("pid").unwrap();
+    let m = c.method(PID).unwrap();
     let p = c.start(m, &Add { a: 0, b: 0 }, &[]).unwrap();
-    assert_eq!(
-        c.wait::<Sum, _>(p, None, |r, _| r.sum.to_native()).unwrap(),
-        u64::from(first)
-    );
+    assert_eq!(c.wait(p, None).unwrap().sum.to_native(), u64::from(first));
     sigkill_and_reap_wait(first);
     // The next call goes to the successor, whose pool is now the current
     // one.
     let second = pid_of(&mut c);
     assert_ne!(second, first);
     let current = c.pool().unwrap().expect("pool");
-    let (pid, tag, same_pool) = c
-        .wait::<Sum, _>(stamped, None, |r, blobs| {
-            let out = blobs.accept(0).expect("the reply's blob, in its pool");
-            let pid = u64::from_le_bytes(out[..8].try_into().unwrap());
-            let tag = u64::from_le_bytes(out[8..16].try_into().unwrap());
-            assert_eq!(r.sum.to_native(), pid);
-            let same = std::sync::Arc::ptr_eq(blobs.pool().expect("pool"), &current);
-            (pid, tag, same)
-        })
+    let current_segment = segment_inode(&current);
+    assert_ne!(current_segment, first_segment);
+    drop(current);
+    let mut r = c
+        .wait(stamped, None)
         .expect("the reply that came before the crash");
+    let out = r.blob(0).expect("the reply's blob, in its pool");
+    let pid = u64::from_le_bytes(out[..8].try_into().unwrap());
+    let tag = u64::from_le_bytes(out[8..16].try_into().unwrap());
+    assert_eq!(r.sum.to_native(), pid);
+    // Where the blob's bytes are: in the first instance's segment, which
+    // this process still maps for the reply, not the successor's.
+    let at = segment_at(out.as_ptr().addr());
+    drop(out);
+    drop(r);
     assert_eq!(
         (pid, tag),
         (u64::from(first), 77),
         "stamped by the first instance"
     );
-    assert!(
-        !same_pool,
+    assert_eq!(
+        at, first_segment,
+        "the reply's blob is in the pool of the instance that answered"
+    );
+    assert_ne!(
+        at, current_segment,
         "the reply's blobs are not in the successor's pool"
     );
     drop(c);
@@ -184,7 +198,7 @@ fn a_call_that_could_not_be_sent_goes_to_the_successor_with_its_blob() {
     let (b, file) = retry_service("retry-unsent");
     let sup = b.spawn().expect("supervisor");
     let mut c = sup.client();
-    let sum = c.method("sum").unwrap();
+    let sum = c.method(SUM).unwrap();
     assert!(!sum.is_idempotent());
     let first = pid_of(&mut c);
     let pool = c.pool().unwrap().expect("pool");
@@ -198,10 +212,10 @@ fn a_call_that_could_not_be_sent_goes_to_the_successor_with_its_blob() {
     // The instance dies with the blob sent to it, before the request is.
     sigkill_and_reap_wait(first);
     let got = c
-        .call_with::<Add, Sum, _>(sum, &Add { a: 0, b: 0 }, &[handle], None, |r, _| {
-            r.sum.to_native()
-        })
-        .expect("sent to the successor, which never saw it: not a retry");
+        .call_with(sum, &Add { a: 0, b: 0 }, &[handle], None)
+        .expect("sent to the successor, which never saw it: not a retry")
+        .sum
+        .to_native();
     assert_eq!(got & 0xffff_ffff, want, "the blob's bytes came along");
     assert_ne!(got >> 32, u64::from(first));
     assert_eq!(sup.stats().retries, 0, "nothing was sent twice");
@@ -216,10 +230,12 @@ fn an_idempotent_call_is_sent_again_until_the_retry_budget_is_spent() {
     let (b, file) = retry_service("retry-budget-ok");
     let sup = b.retries(3).spawn().expect("supervisor");
     let mut c = sup.client();
-    let m = c.method("die_before").unwrap();
+    let m = c.method(DIE_BEFORE).unwrap();
     let n = c
-        .call::<Add, Sum, _>(m, &Add { a: 3, b: 0 }, |r| r.sum.to_native())
-        .expect("answered by the third instance");
+        .call(m, &Add { a: 3, b: 0 })
+        .expect("answered by the third instance")
+        .sum
+        .to_native();
     assert_eq!(n, 3);
     assert_eq!(sup.stats().retries, 2);
     drop(c);
@@ -231,9 +247,12 @@ fn an_idempotent_call_is_sent_again_until_the_retry_budget_is_spent() {
     let (b, file) = retry_service("retry-budget-spent");
     let sup = b.retries(2).spawn().expect("supervisor");
     let mut c = sup.client();
-    let m = c.method("die_before").unwrap();
-    let r = c.call::<Add, Sum, _>(m, &Add { a: 5, b: 0 }, |r| r.sum.to_native());
-    assert!(matches!(r, Err(CallError::PeerDied)), "{r:?}");
+    let m = c.method(DIE_BEFORE).unwrap();
+    let r = c.call(m, &Add { a: 5, b: 0 }).map(|r| r.sum.to_native());
+    assert!(
+        matches!(r, Err(SupervisedError::Call(CallError::PeerDied))),
+        "{r:?}"
+    );
     let st = sup.stats();
     assert_eq!(st.retries, 2);
     assert_eq!(st.calls_failed, 1);
@@ -251,7 +270,7 @@ fn a_dropped_call_does_not_keep_the_dead_instance_s_segment() {
     let (b, file) = retry_service("retry-abandoned");
     let sup = b.spawn().expect("supervisor");
     let mut c = sup.client();
-    let never = c.method("never").unwrap();
+    let never = c.method(NEVER).unwrap();
     let first = pid_of(&mut c);
     let dead = current_segment(&mut c);
     let forgotten = c.start(never, &Add { a: 0, b: 0 }, &[]).unwrap();
@@ -269,8 +288,8 @@ fn a_dropped_call_does_not_keep_the_dead_instance_s_segment() {
     );
     // Not idempotent: it fails, and nothing holds the dead segment then.
     assert!(matches!(
-        c.wait::<Sum, _>(kept, None, |r, _| r.sum.to_native()),
-        Err(CallError::PeerDied)
+        c.wait(kept, None).map(|r| r.sum.to_native()),
+        Err(SupervisedError::Call(CallError::PeerDied))
     ));
     assert_eq!(c.in_flight(), 0);
     wait_released(dead, "the dead instance's segment");
@@ -287,11 +306,9 @@ fn a_dropped_call_does_not_keep_the_dead_instance_s_segment() {
 #[test]
 fn a_timeout_of_duration_max_means_no_limit() {
     let (b, file) = retry_service("retry-no-limit");
-    let options = ClientOptions {
-        call_timeout: Duration::MAX,
-        handshake_timeout: Duration::MAX,
-        ..ClientOptions::default()
-    };
+    let options = ClientOptions::default()
+        .call_timeout(Duration::MAX)
+        .handshake_timeout(Duration::MAX);
     let sup = b.client_options(options).spawn().expect("supervisor");
     // Everything here waits without limit: a watchdog bounds the test.
     let (tx, rx) = std::sync::mpsc::channel();

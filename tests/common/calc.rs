@@ -2,25 +2,31 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use isocall::engine::rpc::{CallError, Client, SocketName};
+use isocall::{CallError, Client, Method, SocketName};
 
 /// Request of `add`.
-#[derive(rkyv::Archive, rkyv::Serialize)]
+#[derive(rkyv::Archive, rkyv::Serialize, isocall::Schema)]
+#[rkyv(derive(Debug))]
 pub struct Add {
     pub a: u64,
     pub b: u64,
 }
 
 /// Reply of `add`.
-#[derive(rkyv::Archive, rkyv::Serialize)]
+#[derive(rkyv::Archive, rkyv::Serialize, isocall::Schema)]
+#[rkyv(derive(Debug))]
 pub struct Sum {
     pub sum: u64,
 }
 
+/// `add`: the sum of the request's two numbers. Servers that run it
+/// twice without harm register [`ADD`]`.idempotent()`.
+pub const ADD: Method<Add, Sum> = Method::new("add");
+
 /// Calls `add`.
 pub fn add(c: &mut Client, a: u64, b: u64) -> Result<u64, CallError> {
-    let m = c.method("add")?;
-    c.call::<Add, Sum, _>(m, &Add { a, b }, |r| r.sum.to_native())
+    let m = c.method(ADD)?;
+    Ok(c.call(m, &Add { a, b })?.sum.to_native())
 }
 
 /// An abstract socket name no other test uses.

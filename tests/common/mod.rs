@@ -11,9 +11,10 @@ use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use isocall::engine::sys::{PidFd, recv_with_fds, send_with_fds};
+use isocall::raw::sys::{Doorbell, PidFd, recv_message, send_with_fds};
 
 /// Environment variable that tells a re-executed test binary its role.
 pub const ROLE_ENV: &str = "ISOCALL_TEST_ROLE";
@@ -49,7 +50,13 @@ impl Peer {
 
     /// Sends `msg` and `fds` to the child.
     pub fn send(&self, msg: &str, fds: &[BorrowedFd<'_>]) {
-        send_with_fds(self.sock.as_fd(), msg.as_bytes(), fds).expect("send fds to peer");
+        send_with_fds(
+            self.sock.as_fd(),
+            msg.as_bytes(),
+            fds,
+            Instant::now() + PARENT_LIMIT,
+        )
+        .expect("send fds to peer");
     }
 
     /// Waits for the child to exit (on its pidfd, no polling), failing the
@@ -87,13 +94,24 @@ impl Drop for Peer {
     }
 }
 
+/// How long a peer waits for its parent's first message, and the parent
+/// for room to send it.
+const PARENT_LIMIT: Duration = Duration::from_secs(30);
+
 /// In a peer: the message and descriptors the parent sent on stdin.
 pub fn receive_from_parent() -> (String, Vec<OwnedFd>, UnixStream) {
     let stdin = std::io::stdin();
     let fd = stdin.as_fd().try_clone_to_owned().expect("dup stdin");
     let sock = UnixStream::from(fd);
     let mut buf = vec![0u8; 4096];
-    let (n, fds) = recv_with_fds(sock.as_fd(), &mut buf, 8).expect("receive fds from parent");
+    let (n, fds) = recv_message(
+        sock.as_fd(),
+        &mut buf,
+        8,
+        Instant::now() + PARENT_LIMIT,
+        None,
+    )
+    .expect("receive fds from parent");
     (
         String::from_utf8(buf[..n].to_vec()).expect("utf8 message"),
         fds,
@@ -101,26 +119,57 @@ pub fn receive_from_parent() -> (String, Vec<OwnedFd>, UnixStream) {
     )
 }
 
-/// In a peer: the segment and doorbells the parent sent (memfd, c2s bell,
-/// s2c bell, in that order), the segment checked by `Segment::open`.
-pub fn segment_from_parent(
-    mut fds: Vec<OwnedFd>,
-) -> (
-    isocall::engine::segment::Segment,
-    isocall::engine::endpoint::Doorbells,
-) {
-    use isocall::engine::sys::EventFd;
-    use std::sync::Arc;
-    assert_eq!(fds.len(), 3, "expected memfd and two doorbells");
-    let s2c = EventFd::from_owned(fds.pop().unwrap());
-    let c2s = EventFd::from_owned(fds.pop().unwrap());
-    let segment =
-        isocall::engine::segment::Segment::open(fds.pop().unwrap()).expect("open segment");
-    let bells = isocall::engine::endpoint::Doorbells {
-        c2s: Arc::new(c2s),
-        s2c: Arc::new(s2c),
+/// A segment for a peer and the doorbell pair between the two: this
+/// side's doorbell, and the peer's end to send it (after the memfd, see
+/// [`segment_from_parent`]).
+pub fn segment_for_peer(
+    name: &str,
+    layout: &isocall::raw::SegmentLayout,
+) -> (isocall::raw::Segment, Arc<Doorbell>, OwnedFd) {
+    let segment = isocall::raw::Segment::create(name, layout).expect("create segment");
+    let (ours, theirs) = Doorbell::pair().expect("doorbell pair");
+    (segment, Arc::new(ours), theirs)
+}
+
+/// In a peer: the segment and doorbell end the parent sent (memfd, then
+/// this side's end of the doorbell pair), the segment checked by
+/// `Segment::open`.
+pub fn segment_from_parent(mut fds: Vec<OwnedFd>) -> (isocall::raw::Segment, Arc<Doorbell>) {
+    assert_eq!(fds.len(), 2, "expected a memfd and a doorbell end");
+    let bell = Doorbell::from_peer_end(fds.pop().unwrap()).expect("a doorbell end");
+    let segment = isocall::raw::Segment::open(fds.pop().unwrap()).expect("open segment");
+    (segment, Arc::new(bell))
+}
+
+/// Starts this test binary's ignored test `entry` as a server process
+/// listening on `socket` (an abstract name), telling it `params` (more
+/// `key=value` words) too; returns once it listens. The entry calls
+/// [`serve_for_parent`].
+pub fn server_process(entry: &str, socket: &isocall::SocketName, params: &str) -> Peer {
+    let isocall::SocketName::Abstract(name) = socket else {
+        panic!("a test server listens on an abstract name, not {socket}")
     };
-    (segment, bells)
+    let mut peer = Peer::spawn(entry, "server");
+    peer.send(&format!("socket={name} {params}"), &[]);
+    assert_eq!(peer.read_line(PARENT_LIMIT), "ready");
+    peer
+}
+
+/// In a server process that [`server_process`] started (and nowhere else:
+/// it returns at once without [`ROLE_ENV`]): spawns the server `build`
+/// makes for the socket and the message the parent sent, says it is
+/// ready, and serves until the parent closes the socket or kills us.
+pub fn serve_for_parent(build: impl FnOnce(isocall::SocketName, &str) -> isocall::ServerBuilder) {
+    if std::env::var(ROLE_ENV).is_err() {
+        return;
+    }
+    let (msg, _, mut sock) = receive_from_parent();
+    let socket = isocall::SocketName::Abstract(param(&msg, "socket").to_string());
+    let server = build(socket, &msg).spawn().expect("server");
+    use std::io::Write;
+    writeln!(sock, "ready").expect("tell the parent");
+    let _ = sock.read(&mut [0u8; 1]);
+    drop(server);
 }
 
 /// Polls `f` until it returns `Some`, failing the test with what was

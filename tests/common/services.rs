@@ -6,10 +6,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use isocall::engine::rpc::{CallCtx, ServerBuilder};
-use isocall::engine::supervise::{Supervisor, SupervisorBuilder};
+use isocall::supervise::NotSupervised;
+use isocall::{AppError, CallCtx, Method, ServerBuilder, Supervisor, SupervisorBuilder};
 
-use super::calc::{Add, ArchivedAdd, Sum};
+use super::calc::{ADD, Add, ArchivedAdd, Sum};
 
 /// Environment variable naming the service to run.
 pub const SERVICE: &str = "ISOCALL_TEST_SERVICE";
@@ -19,10 +19,27 @@ pub const CRASH_ONE_IN: &str = "ISOCALL_TEST_CRASH_ONE_IN";
 pub const FILE: &str = "ISOCALL_TEST_FILE";
 
 /// Request of `bump` (not idempotent: each execution is recorded).
-#[derive(rkyv::Archive, rkyv::Serialize)]
+#[derive(rkyv::Archive, rkyv::Serialize, isocall::Schema)]
 pub struct Bump {
     pub id: u64,
 }
+
+/// `pid`: the serving process's pid (idempotent).
+pub const PID: Method<Add, Sum> = Method::new("pid").idempotent();
+/// `bump`: records `id` in the file, may crash, answers `id`.
+pub const BUMP: Method<Bump, Sum> = Method::new("bump");
+/// `hold`: takes the request's blob and never answers.
+pub const HOLD: Method<Add, Sum> = Method::new("hold");
+/// `sum_blob`: the sum of the blob's bytes (idempotent).
+pub const SUM_BLOB: Method<Add, Sum> = Method::new("sum_blob").idempotent();
+
+/// A handler's failure to use a blob, as an application error.
+pub fn blob_failure(e: impl std::fmt::Display) -> AppError {
+    AppError::new(BLOB_FAILURE, e.to_string())
+}
+
+/// The code of [`blob_failure`].
+pub const BLOB_FAILURE: u32 = 1;
 
 /// A supervisor of this test binary running `service`, with the test
 /// harness told to run only the `service` entry (an ignored test that calls
@@ -81,6 +98,26 @@ impl Flaky {
     }
 }
 
+/// The exit status of a service that finds its supervisor gone.
+pub const SUPERVISOR_GONE: i32 = 3;
+
+/// The server builder of a supervised child. A child whose supervisor is
+/// gone says so on stderr, as `not supervised: SupervisorGone
+/// supervisor=<pid> parent=<pid>` (the variant and its fields, for the
+/// test that starts one so), and exits with [`SUPERVISOR_GONE`].
+fn supervised() -> ServerBuilder {
+    match ServerBuilder::supervised() {
+        Ok(b) => b,
+        Err(NotSupervised::SupervisorGone {
+            supervisor, parent, ..
+        }) => {
+            eprintln!("not supervised: SupervisorGone supervisor={supervisor} parent={parent}");
+            std::process::exit(SUPERVISOR_GONE);
+        }
+        Err(e) => panic!("not started by a supervisor: {e}"),
+    }
+}
+
 fn file() -> PathBuf {
     PathBuf::from(std::env::var_os(FILE).expect("the test sets the service's file"))
 }
@@ -94,16 +131,18 @@ pub fn serve() {
     }
     let flaky = std::sync::Arc::new(Flaky::from_env());
     let f = flaky.clone();
-    let mut b = ServerBuilder::supervised()
-        .expect("started by a supervisor")
+    let mut b = supervised()
         // `add`: idempotent, crashes now and then before answering.
-        .idempotent_method::<Add, Sum, _>("add", move |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
-            f.maybe_crash();
-            Ok(Sum {
-                sum: r.a.to_native() + r.b.to_native(),
-            })
-        })
-        .idempotent_method::<Add, Sum, _>("pid", |_: &ArchivedAdd, _: &mut CallCtx<'_>| {
+        .method(
+            ADD.idempotent(),
+            move |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
+                f.maybe_crash();
+                Ok(Sum {
+                    sum: r.a.to_native() + r.b.to_native(),
+                })
+            },
+        )
+        .method(PID, |_: &ArchivedAdd, _: &mut CallCtx<'_>| {
             Ok(Sum {
                 sum: u64::from(std::process::id()),
             })
@@ -111,14 +150,15 @@ pub fn serve() {
     let f = flaky.clone();
     // `bump`: not idempotent; each execution appends its id to the file,
     // then the process may crash before it answers.
-    b = b.method::<Bump, Sum, _>("bump", move |r: &ArchivedBump, _: &mut CallCtx<'_>| {
+    b = b.method(BUMP, move |r: &ArchivedBump, _: &mut CallCtx<'_>| {
+        let io = |e: std::io::Error| AppError::msg(e.to_string());
         let mut out = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
             .open(file())
-            .map_err(|e| e.to_string())?;
+            .map_err(io)?;
         out.write_all(format!("{}\n", r.id.to_native()).as_bytes())
-            .map_err(|e| e.to_string())?;
+            .map_err(io)?;
         drop(out);
         f.maybe_crash();
         Ok(Sum {
@@ -126,8 +166,8 @@ pub fn serve() {
         })
     });
     // `hold`: takes the request's blob and never answers (until killed).
-    b = b.method::<Add, Sum, _>("hold", |_: &ArchivedAdd, ctx: &mut CallCtx<'_>| {
-        let blob = ctx.accept_mut(0).map_err(|e| e.to_string())?;
+    b = b.method(HOLD, |_: &ArchivedAdd, ctx: &mut CallCtx<'_>| {
+        let blob = ctx.blob_mut(0).map_err(blob_failure)?;
         let _ = std::fs::write(file(), b"holding");
         loop {
             std::thread::park();
@@ -137,8 +177,8 @@ pub fn serve() {
     // `sum_blob`: idempotent; the sum of the blob's bytes. The first
     // instance to see a blob starting with 1 holds it forever instead
     // (the test kills it there); later instances answer.
-    b = b.idempotent_method::<Add, Sum, _>("sum_blob", |_: &ArchivedAdd, ctx: &mut CallCtx<'_>| {
-        let blob = ctx.accept_mut(0).map_err(|e| e.to_string())?;
+    b = b.method(SUM_BLOB, |_: &ArchivedAdd, ctx: &mut CallCtx<'_>| {
+        let blob = ctx.blob_mut(0).map_err(blob_failure)?;
         if blob.first() == Some(&1)
             && std::fs::OpenOptions::new()
                 .write(true)

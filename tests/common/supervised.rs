@@ -4,13 +4,12 @@
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-use isocall::engine::blob::Pool;
-use isocall::engine::ring::{Region, SharedRegion};
-use isocall::engine::rpc::{CallError, ClientOptions};
-use isocall::engine::supervise::SupervisedClient;
+use isocall::blob::Pool;
+use isocall::ring::{Region, SharedRegion};
+use isocall::{ClientOptions, SupervisedClient, SupervisedError};
 use rustix::process::{Pid, Signal, kill_process};
 
-use super::calc::{Add, Sum};
+use super::calc::{ADD, Add};
 use super::wait_until;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -18,10 +17,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 /// Client options whose calls may take the tests' time limit (a call that
 /// waits for the intensity limit or a slow start is not cut short).
 pub fn patient() -> ClientOptions {
-    ClientOptions {
-        call_timeout: LIMIT,
-        ..ClientOptions::default()
-    }
+    ClientOptions::default().call_timeout(LIMIT)
 }
 
 /// Sends `SIGKILL` to `pid`.
@@ -30,9 +26,9 @@ pub fn sigkill(pid: u32) {
 }
 
 /// Calls the common services' `add`.
-pub fn add(c: &mut SupervisedClient, a: u64, b: u64) -> Result<u64, CallError> {
-    let m = c.method("add")?;
-    c.call::<Add, Sum, _>(m, &Add { a, b }, |r| r.sum.to_native())
+pub fn add(c: &mut SupervisedClient, a: u64, b: u64) -> Result<u64, SupervisedError> {
+    let m = c.method(ADD)?;
+    Ok(c.call(m, &Add { a, b })?.sum.to_native())
 }
 
 /// The isocall segments this process maps: (start, end, inode, line) of
@@ -56,12 +52,16 @@ fn mapped_segments() -> Vec<(usize, usize, u64, String)> {
 
 /// The inode of the segment (memfd) that holds `pool`.
 pub fn segment_inode(pool: &Pool<SharedRegion>) -> u64 {
-    let addr = std::ptr::from_ref(pool.region().u64_at(0)).addr();
+    segment_at(std::ptr::from_ref(pool.region().u64_at(0)).addr())
+}
+
+/// The inode of the segment (memfd) mapped at `addr` in this process.
+pub fn segment_at(addr: usize) -> u64 {
     mapped_segments()
         .into_iter()
         .find(|(start, end, _, _)| (*start..*end).contains(&addr))
         .map(|(_, _, inode, _)| inode)
-        .unwrap_or_else(|| panic!("no isocall segment holds the pool at {addr:#x}"))
+        .unwrap_or_else(|| panic!("no isocall segment is mapped at {addr:#x}"))
 }
 
 /// The segment of `c`'s current connection (connecting if needed).

@@ -141,10 +141,17 @@ pub fn accept_seqpacket(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 /// Receives one message with up to `max_fds` descriptors, waiting until
 /// `deadline`, or until `stop` (a private eventfd) is readable.
 ///
+/// A peer that closed its end with messages of ours unread makes the
+/// kernel report `ECONNRESET` once, before the messages the peer sent
+/// before it closed (a server that refuses a client closes at once, its
+/// refusal sent and the client's hello unread): those are still received;
+/// the reset is returned only if none is left.
+///
 /// # Errors
 ///
 /// `TimedOut` at the deadline; `ConnectionAborted` when `stop` rang;
-/// `UnexpectedEof` if the peer closed; as
+/// `UnexpectedEof` if the peer closed; `ConnectionReset` if it closed with
+/// our messages unread and sent nothing before; as
 /// [`recv_with_fds`](super::recv_with_fds) otherwise.
 pub fn recv_message(
     sock: BorrowedFd<'_>,
@@ -155,6 +162,8 @@ pub fn recv_message(
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
     let mut fds = vec![sock.as_fd()];
     fds.extend(stop);
+    // The reset the kernel reported (once: reading it clears it).
+    let mut reset: Option<io::Error> = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left == Duration::ZERO {
@@ -177,12 +186,14 @@ pub fn recv_message(
         }
         match recv_with_fds(sock, buf, max_fds) {
             Ok((0, _)) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the peer closed the socket",
-                ));
+                return Err(reset.unwrap_or_else(|| {
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed the socket")
+                }));
             }
             Ok(got) => return Ok(got),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset && reset.is_none() => {
+                reset = Some(e);
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -194,5 +205,35 @@ pub fn recv_message(
 pub fn unlink_socket(name: &SocketName) {
     if let SocketName::Path(p) = name {
         let _ = std::fs::remove_file(Path::new(p));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(10)
+    }
+
+    #[test]
+    fn what_a_peer_sent_before_a_close_that_resets_is_still_received() {
+        let (a, b) = seqpacket_pair().unwrap();
+        super::super::send_with_fds(a.as_fd(), b"hello", &[], soon()).unwrap();
+        super::super::send_with_fds(b.as_fd(), b"refused", &[], soon()).unwrap();
+        // Closed with our hello unread: the kernel reports a reset first.
+        drop(b);
+        let mut buf = [0u8; 16];
+        let (n, _) = recv_message(a.as_fd(), &mut buf, 0, soon(), None).unwrap();
+        assert_eq!(&buf[..n], b"refused");
+        let e = recv_message(a.as_fd(), &mut buf, 0, soon(), None).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+
+        // Nothing sent before the close: the reset is the error.
+        let (a, b) = seqpacket_pair().unwrap();
+        super::super::send_with_fds(a.as_fd(), b"hello", &[], soon()).unwrap();
+        drop(b);
+        let e = recv_message(a.as_fd(), &mut buf, 0, soon(), None).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
     }
 }

@@ -44,19 +44,41 @@ pub(crate) fn handshake(
         .server_policy
         .check(&server)
         .map_err(ConnectError::ServerRefused)?;
-    send_with_fds(
+    // A server that refuses closes the socket right after its refusal,
+    // without reading our hello: the hello may find the socket closed
+    // already. The refusal is still queued for us, and is what to report.
+    let sent = send_with_fds(
         sock.as_fd(),
         bytemuck::bytes_of(&ClientHello::ours()),
         &[],
         deadline,
-    )?;
+    );
+    let closed = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        )
+    };
+    if let Err(e) = &sent
+        && !closed(e)
+    {
+        return Err(sent.unwrap_err().into());
+    }
     let mut buf = vec![0u8; handshake::MAX_MESSAGE + 1];
-    let (n, mut fds) =
-        recv_message(sock.as_fd(), &mut buf, 2, deadline, None).map_err(|e| match e.kind() {
-            io::ErrorKind::TimedOut => ConnectError::Timeout(options.handshake_timeout),
-            io::ErrorKind::UnexpectedEof => ConnectError::Handshake(HandshakeError::Closed),
-            _ => ConnectError::Io(e),
-        })?;
+    let received = recv_message(sock.as_fd(), &mut buf, 2, deadline, None);
+    if let Err(e) = sent {
+        return match received {
+            Ok((n, _)) if n > 0 && buf[0] == REFUSED => Err(ConnectError::Refused(
+                handshake::decode_refusal(&buf[1..n])?,
+            )),
+            _ => Err(e.into()),
+        };
+    }
+    let (n, mut fds) = received.map_err(|e| match e.kind() {
+        io::ErrorKind::TimedOut => ConnectError::Timeout(options.handshake_timeout),
+        io::ErrorKind::UnexpectedEof => ConnectError::Handshake(HandshakeError::Closed),
+        _ => ConnectError::Io(e),
+    })?;
     let msg = &buf[..n];
     let abort = |reason: &str| {
         let _ = send_with_fds(

@@ -1,0 +1,123 @@
+//! One connection shared by many threads: clones of one `SharedClient`
+//! handle, calling a server in another process at once, every answer
+//! checked against the thread's own operands, one call at a time and with
+//! several in flight per thread; and a dropped `Pending` gives its slot
+//! back.
+
+mod common;
+
+use std::collections::VecDeque;
+
+use common::calc::*;
+use common::*;
+use isocall::{CallCtx, ServerBuilder, SharedClient, SocketName};
+
+const THREADS: u64 = 8;
+const CALLS: u64 = 10_000;
+/// Calls each thread keeps in flight in the pipelined part.
+const WINDOW: usize = 4;
+
+/// A server in a child process on `socket`; returns once it listens.
+fn server_process(socket: &SocketName) -> Peer {
+    common::server_process("shared_server_entry", socket, "")
+}
+
+#[test]
+#[ignore = "entry point of the server process that the other tests spawn"]
+fn shared_server_entry() {
+    serve_for_parent(|socket, _| {
+        ServerBuilder::new(socket)
+            .workers(2)
+            .method(ADD, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
+                Ok(Sum {
+                    sum: r.a.to_native().wrapping_add(r.b.to_native()),
+                })
+            })
+    });
+}
+
+/// The operands of call `i` of thread `t`: distinct for every thread and
+/// call, so an answer delivered to the wrong caller cannot pass.
+fn operands(t: u64, i: u64) -> (u64, u64) {
+    (t << 40 | i, (i << 8) ^ t.wrapping_mul(0x9E37_79B9))
+}
+
+#[test]
+fn eight_threads_share_one_connection_and_each_gets_its_own_answers() {
+    let socket = unique("shared");
+    let _server = server_process(&socket);
+    let client = SharedClient::connect(&socket).expect("connect");
+    let add = client.method(ADD).expect("add");
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let c = client.clone();
+            std::thread::Builder::new()
+                .name(format!("caller-{t}"))
+                .spawn(move || {
+                    // One call at a time.
+                    for i in 0..CALLS {
+                        let (a, b) = operands(t, i);
+                        let sum = c
+                            .call(add, &Add { a, b })
+                            .unwrap_or_else(|e| panic!("thread {t} call {i}: {e}"))
+                            .sum
+                            .to_native();
+                        assert_eq!(sum, a + b, "thread {t} call {i}");
+                    }
+                    // Several in flight, waited for now the oldest, now the
+                    // newest.
+                    let mut window = VecDeque::new();
+                    for i in CALLS..2 * CALLS {
+                        let (a, b) = operands(t, i);
+                        let p = c.start(add, &Add { a, b }, &[]).expect("start");
+                        window.push_back((a + b, p));
+                        if window.len() == WINDOW {
+                            let (want, p) = if i % 2 == 0 {
+                                window.pop_front()
+                            } else {
+                                window.pop_back()
+                            }
+                            .expect("a call in flight");
+                            let got = c.wait(p, None).expect("wait").sum.to_native();
+                            assert_eq!(got, want, "thread {t}, pipelined");
+                        }
+                    }
+                    for (want, p) in window {
+                        assert_eq!(c.wait(p, None).expect("wait").sum.to_native(), want);
+                    }
+                })
+                .expect("spawn a caller")
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a caller thread");
+    }
+    assert_eq!(client.in_flight(), 0, "every call was waited for");
+    assert!(client.is_alive());
+}
+
+#[test]
+fn a_dropped_pending_gives_its_slot_back() {
+    let socket = unique("shared-dropped");
+    let _server = server_process(&socket);
+    let client = SharedClient::connect(&socket).expect("connect");
+    let add = client.method(ADD).expect("add");
+    for round in 0..10u64 {
+        let pending: Vec<_> = (0..100u64)
+            .map(|i| client.start(add, &Add { a: i, b: round }, &[]).unwrap())
+            .collect();
+        assert_eq!(client.in_flight(), 100);
+        drop(pending);
+        // The next call gives the dropped ones up; their late replies are
+        // discarded, not delivered to this call, which reuses their slots.
+        assert_eq!(
+            client
+                .call(add, &Add { a: round, b: 1 })
+                .unwrap()
+                .sum
+                .to_native(),
+            round + 1
+        );
+        assert_eq!(client.in_flight(), 0, "round {round}");
+    }
+}
