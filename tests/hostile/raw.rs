@@ -236,6 +236,16 @@ impl RawClient {
     /// Connects and runs the handshake; `Err` with the refusal if the
     /// server refused, or a description of what failed.
     pub fn connect(socket: &SocketName) -> Result<RawClient, Result<Refusal, String>> {
+        Self::connect_with(socket, |_| {})
+    }
+
+    /// As [`connect`](Self::connect), running `before_ready` on the
+    /// connection before it tells the server it is ready (when the
+    /// server's watch on it starts).
+    pub fn connect_with(
+        socket: &SocketName,
+        before_ready: impl FnOnce(&RawLink),
+    ) -> Result<RawClient, Result<Refusal, String>> {
         let deadline = Instant::now() + HANDSHAKE;
         let other = |what: &str, e: &dyn std::fmt::Display| Err(format!("{what}: {e}"));
         let sock = connect_seqpacket(socket).map_err(|e| other("connect", &e))?;
@@ -265,6 +275,7 @@ impl RawClient {
         let doorbell = Doorbell::from_peer_end(bell).map_err(|e| other("doorbell", &e))?;
         let segment = Segment::open(memfd).map_err(|e| other("segment", &e))?;
         let link = RawLink::new(sock, segment, doorbell, Side::Client).map_err(Err)?;
+        before_ready(&link);
         send_with_fds(link.sock.as_fd(), &[READY], &[], deadline)
             .map_err(|e| other("ready", &e))?;
         Ok(RawClient { hello, link })
