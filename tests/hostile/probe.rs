@@ -91,6 +91,23 @@ pub fn snapshot() -> Snapshot {
     s
 }
 
+/// A snapshot taken once a server just spawned in this process has named
+/// its threads (a thread names itself after it starts, so a snapshot taken
+/// at once may miss their names).
+pub fn snapshot_with_server() -> Snapshot {
+    wait_for(
+        Duration::from_secs(10),
+        "the server's threads to take their names",
+        || {
+            let t = threads_named("isocall");
+            (t.contains_key("isocall-accept") && t.contains_key("isocall-worker-"))
+                .then_some(())
+                .ok_or(format!("{t:?}"))
+        },
+    );
+    snapshot()
+}
+
 /// `VmSize` of this process in KiB.
 pub fn vm_size_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
