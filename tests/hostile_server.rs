@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use hostile::probe::{expect_back, snapshot};
 use hostile::proc::{Ctl, Peer, Role, run_role, serial, socket_name, watchdog};
 use hostile::raw::{RawLink, RawServer, archive, c2s, method_info, s2c};
-use hostile::{ADD, Add, ArchivedAdd, ECHO, StringAttack, Sum, Text};
+use hostile::{ADD, Add, ArchivedAdd, Bystander, ECHO, StringAttack, Sum, Text};
 use isocall::blob::{BlobHandle, PoolConfig};
 use isocall::raw::SegmentLayout;
 use isocall::raw::wire::{CallHead, Status, kind};
@@ -161,6 +161,7 @@ fn a_server_rewriting_the_string_it_replied_while_the_client_reads_it() {
     let _dog = watchdog("rewrite_replies", Duration::from_secs(180));
     let socket = socket_name("rewrite-replies");
     let before = snapshot();
+    let bystander = Bystander::start("rewrite_replies");
     let mut server = Peer::spawn("rewrite_replies", &abstract_name(&socket));
     server.expect("listening", Duration::from_secs(20));
     let mut client = Client::connect(&socket).expect("connect");
@@ -190,6 +191,7 @@ fn a_server_rewriting_the_string_it_replied_while_the_client_reads_it() {
     );
     assert!(ok > 0 && bad > 0, "ok={ok} bad={bad}");
     assert!(client.is_alive());
+    bystander.progresses();
     let t = Instant::now();
     drop(client);
     assert!(
@@ -198,6 +200,7 @@ fn a_server_rewriting_the_string_it_replied_while_the_client_reads_it() {
         t.elapsed()
     );
     server.wait_ok(Duration::from_secs(10));
+    bystander.finish();
     expect_back(&before, Duration::from_secs(10), "after the client closed");
 }
 
@@ -250,6 +253,7 @@ fn a_server_that_blocks_and_floods_the_clients_doorbell_delays_no_call() {
     let _dog = watchdog("stuff_doorbell", Duration::from_secs(120));
     let socket = socket_name("stuff-doorbell");
     let before = snapshot();
+    let bystander = Bystander::start("stuff_doorbell");
     let mut server = Peer::spawn("stuff_doorbell", &abstract_name(&socket));
     server.expect("listening", Duration::from_secs(20));
     let mut client = Client::connect_with(
@@ -270,11 +274,13 @@ fn a_server_that_blocks_and_floods_the_clients_doorbell_delays_no_call() {
     eprintln!("stuff_doorbell: 5000 calls, the slowest {slowest:?}");
     assert!(slowest < Duration::from_secs(2), "a call took {slowest:?}");
     // Dropping the client while the server keeps its doorbell stuffed.
+    bystander.progresses();
     let t = Instant::now();
     drop(client);
     let took = t.elapsed();
     assert!(took < Duration::from_secs(5), "client drop took {took:?}");
     server.wait_ok(Duration::from_secs(10));
+    bystander.finish();
     expect_back(&before, Duration::from_secs(10), "after the client closed");
 }
 
@@ -323,6 +329,7 @@ fn stray_replies_every_millisecond_do_not_stretch_a_deadline() {
     let _dog = watchdog("stray_replies", Duration::from_secs(60));
     let socket = socket_name("stray-replies");
     let before = snapshot();
+    let bystander = Bystander::start("stray_replies");
     let mut server = Peer::spawn("stray_replies", &abstract_name(&socket));
     server.expect("listening", Duration::from_secs(20));
     let mut client = Client::connect(&socket).expect("connect");
@@ -349,6 +356,7 @@ fn stray_replies_every_millisecond_do_not_stretch_a_deadline() {
     assert_eq!(r.sum.to_native(), 42);
     drop(r);
     assert!(client.is_alive());
+    bystander.progresses();
     let t = Instant::now();
     drop(client);
     assert!(
@@ -357,6 +365,7 @@ fn stray_replies_every_millisecond_do_not_stretch_a_deadline() {
         t.elapsed()
     );
     server.wait_ok(Duration::from_secs(10));
+    bystander.finish();
     expect_back(&before, Duration::from_secs(10), "after the client closed");
 }
 
@@ -411,6 +420,7 @@ fn a_slot_rewritten_back_to_in_flight_is_not_accepted_twice() {
     let _dog = watchdog("second_accept", Duration::from_secs(60));
     let socket = socket_name("second-accept");
     let before = snapshot();
+    let bystander = Bystander::start("second_accept");
     let mut server = Peer::spawn("second_accept", &abstract_name(&socket));
     server.expect("listening", Duration::from_secs(20));
     let mut client = Client::connect(&socket).expect("connect");
@@ -443,5 +453,6 @@ fn a_slot_rewritten_back_to_in_flight_is_not_accepted_twice() {
     drop(client);
     drop(pool);
     server.wait_ok(Duration::from_secs(10));
+    bystander.finish();
     expect_back(&before, Duration::from_secs(10), "after the client closed");
 }

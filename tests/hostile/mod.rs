@@ -190,6 +190,39 @@ impl Drop for Honest {
     }
 }
 
+/// Another connection of the victim's process, to an honest server in it:
+/// for the tests whose victim is a client, the proof that the process's
+/// other connections keep working while one of its servers attacks it.
+pub struct Bystander {
+    honest: Honest,
+    server: isocall::Server,
+}
+
+impl Bystander {
+    /// An honest server on a socket of its own (`test` makes its name)
+    /// and an honest client calling it.
+    pub fn start(test: &str) -> Bystander {
+        let socket = proc::socket_name(&format!("{test}-bystander"));
+        let server = victim_server(&socket).spawn().expect("bystander server");
+        let honest = Honest::start(&socket, Duration::from_secs(10));
+        honest.progresses(10, Duration::from_secs(10));
+        Bystander { honest, server }
+    }
+
+    /// Fails unless it makes progress now.
+    pub fn progresses(&self) {
+        self.honest.progresses(10, Duration::from_secs(10));
+    }
+
+    /// Stops it; fails if any of its calls failed.
+    pub fn finish(self) {
+        self.progresses();
+        let report = self.honest.finish();
+        assert!(report.failure.is_none(), "bystander: {report:?}");
+        drop(self.server);
+    }
+}
+
 /// The targeted rewrite of an archived [`Text`]: the archive's root is an
 /// `ArchivedString` of two `u32` words (length with its out-of-line flag,
 /// relative offset) at the end of the body. `good` are its words as
