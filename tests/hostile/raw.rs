@@ -187,7 +187,7 @@ impl RawLink {
         };
         let k = frame.kind();
         let out = match wire::parse(frame.payload()) {
-            Ok(p) => (k, p.head, p.blobs().to_vec(), p.body.to_vec()),
+            Ok(p) => (k, p.head, p.blob_vec(), p.body.to_vec()),
             Err(_) => (k, CallHead::default(), Vec::new(), frame.payload().to_vec()),
         };
         frame.release();
@@ -203,7 +203,7 @@ impl RawLink {
         };
         let k = frame.kind();
         let out = match wire::parse(frame.payload()) {
-            Ok(p) => (k, p.head, p.blobs().to_vec(), p.body.to_vec()),
+            Ok(p) => (k, p.head, p.blob_vec(), p.body.to_vec()),
             Err(_) => (k, CallHead::default(), Vec::new(), frame.payload().to_vec()),
         };
         frame.release();
