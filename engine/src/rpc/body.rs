@@ -21,21 +21,23 @@
 use std::marker::PhantomData;
 
 use rkyv::Portable;
-use rkyv::api::high::HighValidator;
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
+use rkyv::ser::allocator::Arena;
 use rkyv::util::AlignedVec;
 
-/// The serializer bodies are written with: rkyv's high-level serializer
-/// writing into a frame.
-pub type Ser<'a, 'b> = rkyv::api::high::HighSerializer<
+/// The serializer bodies are written with: rkyv's low-level serializer,
+/// writing into a frame, with scratch space from an arena the caller keeps
+/// (a client's, a worker's) and no pointer sharing.
+pub type Ser<'a, 'b> = rkyv::api::low::LowSerializer<
     rkyv::ser::writer::Buffer<'b>,
     rkyv::ser::allocator::ArenaHandle<'a>,
     rancor::Error,
 >;
 
-/// The validator bodies are checked with; its errors keep their message.
-pub type Validator<'a> = HighValidator<'a, rancor::BoxedError>;
+/// The validator bodies are checked with (no pointer sharing); its errors
+/// keep their message.
+pub type Validator<'a> = rkyv::api::low::LowValidator<'a, rancor::BoxedError>;
 
 /// What a type must be to travel as a request, reply or message body:
 /// rkyv serializable into a frame, its archive checkable with bytecheck,
@@ -43,6 +45,12 @@ pub type Validator<'a> = HighValidator<'a, rancor::BoxedError>;
 /// sides can check at connect time that they agree on it.
 /// `#[derive(rkyv::Archive, rkyv::Serialize, isocall::Schema)]` gives all
 /// three.
+///
+/// Bodies use rkyv's low-level API: every field is archived on its own,
+/// with no pointer sharing, so a shared pointer (`Rc`, `Arc`) is not a body
+/// field (wrap it with rkyv's `Unshare`, or send what it points to). That
+/// keeps the serializer and the validator of a small body to a few dozen
+/// instructions.
 pub trait Body:
     for<'a, 'b> rkyv::Serialize<Ser<'a, 'b>>
     + rkyv::Archive<Archived: Portable + for<'a> CheckBytes<Validator<'a>>>
@@ -69,19 +77,24 @@ pub struct EncodeError {
     pub source: Option<rancor::Error>,
 }
 
-/// Serializes `value` into `buf`; returns the archive's length.
+/// Serializes `value` into `buf`, with scratch space from `arena`;
+/// returns the archive's length.
 ///
 /// # Errors
 ///
 /// The archive does not fit `buf` (or the value cannot be serialized).
 #[inline]
-pub(crate) fn encode<T>(value: &T, buf: &mut [u8]) -> Result<usize, EncodeError>
+pub(crate) fn encode<T>(value: &T, buf: &mut [u8], arena: &mut Arena) -> Result<usize, EncodeError>
 where
     T: for<'a, 'b> rkyv::Serialize<Ser<'a, 'b>>,
 {
     let room = buf.len();
-    rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, rkyv::ser::writer::Buffer::from(buf))
-        .map(|w| w.len())
+    rkyv::api::low::to_bytes_in_with_alloc::<_, _, rancor::Error>(
+        value,
+        rkyv::ser::writer::Buffer::from(buf),
+        arena.acquire(),
+    )
+    .map(|w| w.len())
         .map_err(|source| EncodeError {
             room,
             source: Some(source),
@@ -192,7 +205,7 @@ impl<'a, T: Body> Checked<'a, T> {
 /// [`ValidationError`] naming the type and what is wrong.
 #[inline]
 pub(crate) fn check<T: Body>(bytes: &[u8]) -> Result<Checked<'_, T>, ValidationError> {
-    match rkyv::access::<T::Archived, rancor::BoxedError>(bytes) {
+    match rkyv::api::low::access::<T::Archived, rancor::BoxedError>(bytes) {
         Ok(_) => Ok(Checked {
             bytes,
             _t: PhantomData,

@@ -368,7 +368,7 @@ impl SupervisedClient {
             let conn = self.current.as_mut().expect("ensured");
             let sent =
                 conn.client
-                    .start_keep(id, |buf| body::encode(request, buf), &blobs, keep.as_mut());
+                    .start_keep(id, |buf, a| body::encode(request, buf, a), &blobs, keep.as_mut());
             match sent {
                 Ok(call) => {
                     let seq = self.next;

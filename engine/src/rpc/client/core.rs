@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use isocall_blob::BlobHandle;
+use rkyv::ser::allocator::Arena;
 
 use super::ClientOptions;
 use crate::endpoint::{Sender, TransportError};
@@ -255,11 +256,12 @@ impl Info {
 #[allow(clippy::too_many_arguments)] // one private writer for every frame
 pub(crate) fn put(
     tx: &mut Sender,
+    arena: &mut Arena,
     max_frame: usize,
     frame_kind: u16,
     id: u64,
     method: u32,
-    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+    mut encode: impl FnMut(&mut [u8], &mut Arena) -> Result<usize, EncodeError>,
     blobs: &[BlobHandle],
     mut on_full: impl FnMut(&mut Sender) -> Result<(), CallError>,
 ) -> Result<(), CallError> {
@@ -282,7 +284,7 @@ pub(crate) fn put(
             }
             Err(e) => return Err(e.into()),
         };
-        match encode(&mut g.bytes_mut()[body_at..]) {
+        match encode(&mut g.bytes_mut()[body_at..], arena) {
             Ok(n) => {
                 let head = CallHead {
                     id,

@@ -175,6 +175,8 @@ pub struct Client {
     inbox: Inbox,
     /// The blob handles of the reply handed out last (reused).
     reply_blobs: Vec<BlobHandle>,
+    /// Scratch space for serializing requests (reused).
+    arena: rkyv::ser::allocator::Arena,
     spares: Mutex<Vec<AlignedVec<16>>>,
     trusted: bool,
     next_large: u64,
@@ -268,6 +270,7 @@ impl Client {
             given_up: Vec::new(),
             inbox: Inbox::new(),
             reply_blobs: Vec::new(),
+            arena: rkyv::ser::allocator::Arena::new(),
             spares: Mutex::new(Vec::new()),
             trusted: false,
             next_large: 1,
@@ -422,7 +425,7 @@ impl Client {
         frame_kind: u16,
         id: u64,
         method: u32,
-        encode: impl FnMut(&mut [u8]) -> Result<usize, body::EncodeError>,
+        encode: impl FnMut(&mut [u8], &mut rkyv::ser::allocator::Arena) -> Result<usize, body::EncodeError>,
         blobs: &[BlobHandle],
     ) -> Result<(), CallError> {
         let Client {
@@ -431,6 +434,7 @@ impl Client {
             window,
             spares,
             closed,
+            arena,
             ..
         } = self;
         let timeout = info.options.call_timeout;
@@ -461,6 +465,7 @@ impl Client {
         };
         put(
             &mut link.tx,
+            arena,
             info.max_frame,
             frame_kind,
             id,
@@ -503,7 +508,7 @@ impl Client {
         blobs: &[BlobHandle],
     ) -> Result<u64, CallError> {
         self.info.check_ref(m.client, m.name)?;
-        self.start_keep(m.id, |buf| body::encode(request, buf), blobs, None)
+        self.start_keep(m.id, |buf, a| body::encode(request, buf, a), blobs, None)
     }
 
     /// Starts a call of server method `method` whose body `encode` writes;
@@ -512,7 +517,10 @@ impl Client {
     pub(crate) fn start_keep(
         &mut self,
         method: u32,
-        mut encode: impl FnMut(&mut [u8]) -> Result<usize, body::EncodeError>,
+        mut encode: impl FnMut(
+            &mut [u8],
+            &mut rkyv::ser::allocator::Arena,
+        ) -> Result<usize, body::EncodeError>,
         blobs: &[BlobHandle],
         mut keep: Option<&mut Vec<u8>>,
     ) -> Result<u64, CallError> {
@@ -524,8 +532,8 @@ impl Client {
             });
         }
         let id = self.window.next_id();
-        let enc = |buf: &mut [u8]| -> Result<usize, body::EncodeError> {
-            let n = encode(buf)?;
+        let enc = |buf: &mut [u8], arena: &mut rkyv::ser::allocator::Arena| {
+            let n = encode(buf, arena)?;
             if let Some(k) = keep.as_deref_mut() {
                 k.clear();
                 k.extend_from_slice(&buf[..n]);
@@ -545,7 +553,7 @@ impl Client {
         body: &[u8],
         blobs: &[BlobHandle],
     ) -> Result<u64, CallError> {
-        let copy = |buf: &mut [u8]| -> Result<usize, body::EncodeError> {
+        let copy = |buf: &mut [u8], _: &mut rkyv::ser::allocator::Arena| {
             let room = buf.len();
             let dst = buf
                 .get_mut(..body.len())
@@ -688,7 +696,7 @@ impl Client {
             kind::MESSAGE,
             0,
             m.id,
-            |buf| body::encode(message, buf),
+            |buf, a| body::encode(message, buf, a),
             blobs,
         )
     }

@@ -82,7 +82,7 @@ struct Rx {
 
 struct Inner {
     info: Info,
-    tx: Mutex<Sender>,
+    tx: Mutex<(Sender, rkyv::ser::allocator::Arena)>,
     rx: Mutex<Rx>,
     slots: Box<[Slot]>,
     free: Mutex<Vec<u32>>,
@@ -175,7 +175,7 @@ impl SharedClient {
         SharedClient {
             inner: Arc::new(Inner {
                 info,
-                tx: Mutex::new(tx),
+                tx: Mutex::new((tx, rkyv::ser::allocator::Arena::new())),
                 rx: Mutex::new(Rx {
                     rx,
                     closed: None,
@@ -364,7 +364,7 @@ impl SharedClient {
             kind::REQUEST,
             id,
             m.id,
-            |buf| body::encode(request, buf),
+            |buf, a| body::encode(request, buf, a),
             blobs,
         );
         if let Err(e) = sent {
@@ -379,7 +379,7 @@ impl SharedClient {
         frame_kind: u16,
         id: u64,
         method: u32,
-        encode: impl FnMut(&mut [u8]) -> Result<usize, body::EncodeError>,
+        encode: impl FnMut(&mut [u8], &mut rkyv::ser::allocator::Arena) -> Result<usize, body::EncodeError>,
         blobs: &[BlobHandle],
     ) -> Result<(), CallError> {
         let inner = &*self.inner;
@@ -414,9 +414,11 @@ impl SharedClient {
                 Err(e) => Err(e.into()),
             }
         };
-        let mut tx = lock(&inner.tx);
+        let mut guard = lock(&inner.tx);
+        let (tx, arena) = &mut *guard;
         put(
-            &mut tx,
+            tx,
+            arena,
             inner.info.max_frame,
             frame_kind,
             id,
@@ -492,7 +494,7 @@ impl SharedClient {
             kind::MESSAGE,
             0,
             m.id,
-            |buf| body::encode(message, buf),
+            |buf, a| body::encode(message, buf, a),
             blobs,
         )
     }
@@ -829,7 +831,7 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let tx = self.tx.get_mut().unwrap_or_else(|p| p.into_inner());
+        let (tx, _) = self.tx.get_mut().unwrap_or_else(|p| p.into_inner());
         if let Ok(mut g) = tx.try_reserve(kind::CLOSE, 4) {
             g.bytes_mut()
                 .copy_from_slice(&CloseReason::ClientClosed.code().to_le_bytes());

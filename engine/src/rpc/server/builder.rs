@@ -74,9 +74,11 @@ pub(crate) enum Failure {
 
 /// A registered method's body runner: the request bytes (private, or the
 /// frame of a trusted connection), whether the connection is trusted, the
-/// call's context, and where to write the reply; returns its length.
-pub(crate) type Run =
-    dyn Fn(&[u8], bool, &mut CallCtx<'_>, &mut [u8]) -> Result<usize, Failure> + Send + Sync;
+/// call's context, where to write the reply and the worker's scratch
+/// arena for serializing it; returns the reply's length.
+pub(crate) type Run = dyn Fn(&[u8], bool, &mut CallCtx<'_>, &mut [u8], &mut rkyv::ser::allocator::Arena) -> Result<usize, Failure>
+    + Send
+    + Sync;
 
 /// A method as the server holds it.
 pub(crate) struct Registered {
@@ -269,10 +271,10 @@ impl ServerBuilder {
                 idempotent: method.is_idempotent(),
                 signature: method.signature(),
             },
-            run: Box::new(move |bytes, trusted, ctx, out| {
+            run: Box::new(move |bytes, trusted, ctx, out, arena| {
                 let req = request::<Req>(bytes, trusted)?;
                 let resp = handler(req.get(), ctx).map_err(Failure::App)?;
-                body::encode(&resp, out).map_err(|e| Failure::TooLarge(e.to_string()))
+                body::encode(&resp, out, arena).map_err(|e| Failure::TooLarge(e.to_string()))
             }),
         });
         self
@@ -291,7 +293,7 @@ impl ServerBuilder {
                 idempotent: false,
                 signature: message.signature(),
             },
-            run: Box::new(move |bytes, trusted, ctx, _| {
+            run: Box::new(move |bytes, trusted, ctx, _, _| {
                 let msg = request::<Msg>(bytes, trusted)?;
                 handler(msg.get(), ctx);
                 Ok(0)

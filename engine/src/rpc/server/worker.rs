@@ -81,9 +81,9 @@ impl Conn {
 }
 
 /// The worker's reused memory.
-#[derive(Default)]
 struct Scratch {
     inbox: Inbox,
+    arena: rkyv::ser::allocator::Arena,
     req_blobs: Vec<BlobHandle>,
     reply_blobs: Vec<BlobHandle>,
     /// Calls served since the last flush into the shared counter (one
@@ -112,7 +112,13 @@ pub(super) fn run(shared: &Shared, inbox: &WorkerInbox) {
     // The idle spin before sleeping: as long as a ring's wait spins, with
     // the CPU given up now and then (the client may be waiting for it).
     let mut spinner = Spinner::new(shared.strategy);
-    let mut scratch = Scratch::default();
+    let mut scratch = Scratch {
+        inbox: Inbox::new(),
+        arena: rkyv::ser::allocator::Arena::new(),
+        req_blobs: Vec::new(),
+        reply_blobs: Vec::new(),
+        calls: 0,
+    };
     let mut turn = 0u32;
     loop {
         if shared.stopping.load(Ordering::Acquire) {
@@ -388,7 +394,7 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
             // A one-way message.
             if let Some(m) = method.filter(|m| m.info.signature.kind == MethodKind::Message) {
                 let r = catch_unwind(AssertUnwindSafe(|| {
-                    (m.run)(body, trusted, &mut ctx, &mut [])
+                    (m.run)(body, trusted, &mut ctx, &mut [], &mut scratch.arena)
                 }));
                 if !matches!(r, Ok(Ok(_))) {
                     tracing::debug!(conn = c.id, method = %m.info.name, "one-way message failed");
@@ -405,7 +411,7 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
         let outcome = match method {
             Some(m) if m.info.signature.kind == MethodKind::Call => {
                 let out = &mut g.bytes_mut()[FAR_BODY..];
-                match catch_unwind(AssertUnwindSafe(|| (m.run)(body, trusted, &mut ctx, out))) {
+                match catch_unwind(AssertUnwindSafe(|| (m.run)(body, trusted, &mut ctx, out, &mut scratch.arena))) {
                     Ok(Ok(len)) => Ok(len),
                     Ok(Err(Failure::App(e))) => Err((Status::AppError, e.code, e.message)),
                     Ok(Err(Failure::BadRequest(d))) => Err((Status::BadRequest, 0, d)),
