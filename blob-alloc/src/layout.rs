@@ -12,14 +12,15 @@
 //!
 //! Every field is a little-endian `u64` read with one atomic load. The
 //! creator writes the header, then the version word, then the magic with
-//! Release; `read` loads the magic with Acquire, copies every field once,
+//! Release; `read` loads the magic (then an Acquire fence: it only loads,
+//! so it also reads a read-only mapping), copies every field once,
 //! and checks them all against the region before the pool is used. The
 //! shared copy is never read again, so a peer that scribbles on the header
 //! later changes nothing.
 
 use crate::error::BlobError;
-use crate::sync::Ordering;
-use isocall_ringbuf::Region;
+use crate::sync::{Ordering, fence};
+use isocall_ringbuf::{ReadRegion, Region};
 
 /// `b"ISOBLOB1"` read as a little-endian `u64`.
 pub const POOL_MAGIC: u64 = u64::from_le_bytes(*b"ISOBLOB1");
@@ -280,8 +281,9 @@ pub(crate) fn write<R: Region>(region: &R, classes: &[ClassLayout], len: usize) 
     region.u64_at(H_MAGIC).store(POOL_MAGIC, Ordering::Release);
 }
 
-/// Reads and checks the header of a pool made by someone else.
-pub(crate) fn read<R: Region>(region: &R) -> Result<Vec<ClassLayout>, BlobError> {
+/// Reads and checks the header of a pool made by someone else, with loads
+/// only.
+pub(crate) fn read<R: ReadRegion + ?Sized>(region: &R) -> Result<Vec<ClassLayout>, BlobError> {
     let corrupt = |what: String| Err(BlobError::Corrupt(what));
     if region.len() < class_desc(1) {
         return corrupt(format!(
@@ -289,13 +291,16 @@ pub(crate) fn read<R: Region>(region: &R) -> Result<Vec<ClassLayout>, BlobError>
             region.len()
         ));
     }
-    let magic = region.u64_at(H_MAGIC).load(Ordering::Acquire);
+    let magic = region.load_u64(H_MAGIC);
+    // Acquire (a fence after a Relaxed load, which a read-only mapping
+    // allows): pairs with the Release store of the magic in `write`.
+    fence(Ordering::Acquire);
     if magic != POOL_MAGIC {
         return corrupt(format!(
             "bad magic {magic:#018x} (expected {POOL_MAGIC:#018x})"
         ));
     }
-    let r = |off: usize| region.u64_at(off).load(Ordering::Relaxed);
+    let r = |off: usize| region.load_u64(off);
     let vw = r(H_VERSION);
     let (version, n) = (vw as u32, (vw >> 32) as usize);
     if version != POOL_VERSION {

@@ -35,7 +35,7 @@
 use core::sync::atomic::{AtomicUsize, Ordering as LocalOrdering};
 
 use crossbeam_utils::CachePadded;
-use isocall_ringbuf::Region;
+use isocall_ringbuf::{ReadRegion, Region};
 
 use crate::blob::{Blob, BlobHandle, BlobMut, SlotRef};
 use crate::error::BlobError;
@@ -597,28 +597,7 @@ impl<R: Region> Pool<R> {
     /// when no side is changing the pool; a moving pool gives a snapshot in
     /// which each slot is counted exactly once.
     pub fn stats(&self) -> PoolStats {
-        let classes = self
-            .classes
-            .iter()
-            .map(|c| {
-                let mut s = ClassStats {
-                    slot_size: c.slot_size,
-                    count: c.count,
-                    ..ClassStats::default()
-                };
-                for slot in 0..c.count {
-                    let w = self.region.u64_at(c.state_at(slot)).load(Ordering::Relaxed);
-                    match Word::decode(w).state {
-                        SlotState::Free => s.free += 1,
-                        SlotState::Held(x) => s.held[side_index(x)] += 1,
-                        SlotState::InFlight(x) => s.in_flight[side_index(x)] += 1,
-                        SlotState::Invalid(_) => s.invalid += 1,
-                    }
-                }
-                s
-            })
-            .collect();
-        PoolStats { classes }
+        count_states(&self.region, &self.classes)
     }
 
     /// The state of one slot (for tests and the inspector), or `None` if
@@ -628,4 +607,51 @@ impl<R: Region> Pool<R> {
         let w = Word::decode(self.region.u64_at(c.state_at(slot)).load(Ordering::Relaxed));
         Some((w.state, w.generation))
     }
+}
+
+/// A census of the pool in `region` without opening it, with loads only: it
+/// works on a read-only mapping (an inspector's view of a live segment),
+/// where a [`Pool`], which writes, cannot be built. The header is checked
+/// exactly as [`Pool::open`] checks it; then each slot's state word is read
+/// once, as [`Pool::stats`] does.
+///
+/// A pool, which writes, cannot be built over a read-only region:
+///
+/// ```compile_fail
+/// fn inspect(view: isocall_ringbuf::ReadOnlyRegion) {
+///     let _ = isocall_blob::Pool::open(view, isocall_blob::Side::A);
+/// }
+/// ```
+///
+/// # Errors
+///
+/// As [`Pool::open`]: the header does not describe a pool that fits the
+/// region.
+pub fn census<R: ReadRegion + ?Sized>(region: &R) -> Result<PoolStats, BlobError> {
+    let classes = layout::read(region)?;
+    Ok(count_states(region, &classes))
+}
+
+/// Counts the slots of `classes` by their state words, one load each.
+fn count_states<R: ReadRegion + ?Sized>(region: &R, classes: &[ClassLayout]) -> PoolStats {
+    let classes = classes
+        .iter()
+        .map(|c| {
+            let mut s = ClassStats {
+                slot_size: c.slot_size,
+                count: c.count,
+                ..ClassStats::default()
+            };
+            for slot in 0..c.count {
+                match Word::decode(region.load_u64(c.state_at(slot))).state {
+                    SlotState::Free => s.free += 1,
+                    SlotState::Held(x) => s.held[side_index(x)] += 1,
+                    SlotState::InFlight(x) => s.in_flight[side_index(x)] += 1,
+                    SlotState::Invalid(_) => s.invalid += 1,
+                }
+            }
+            s
+        })
+        .collect();
+    PoolStats { classes }
 }

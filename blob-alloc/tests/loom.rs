@@ -10,8 +10,8 @@
 use std::cell::UnsafeCell;
 
 use isocall_blob::{Pool, PoolConfig, Side};
-use isocall_ringbuf::Region;
 use isocall_ringbuf::sync::{AtomicU32, AtomicU64, Ordering};
+use isocall_ringbuf::{ReadRegion, Region};
 use std::sync::Arc;
 
 /// A pool region in which every 8-byte word is a loom atomic (so loom
@@ -36,12 +36,24 @@ impl LoomRegion {
     }
 }
 
-// SAFETY: each 8-aligned offset maps to one fixed loom atomic; the pool uses
-// no u32 words; the byte buffer is as long as the region.
-unsafe impl Region for LoomRegion {
+impl ReadRegion for LoomRegion {
     fn len(&self) -> usize {
         self.words.len() * 8
     }
+    fn load_u64(&self, off: usize) -> u64 {
+        self.u64_at(off).load(Ordering::Relaxed)
+    }
+    fn load_u32(&self, _off: usize) -> u32 {
+        unreachable!("the pool uses no u32 words")
+    }
+    fn read_bytes(&self, _off: usize, _buf: &mut [u8]) {
+        unreachable!("the pool reads its bytes in place")
+    }
+}
+
+// SAFETY: each 8-aligned offset maps to one fixed loom atomic; the pool uses
+// no u32 words; the byte buffer is as long as the region.
+unsafe impl Region for LoomRegion {
     fn u64_at(&self, off: usize) -> &AtomicU64 {
         assert_eq!(off % 8, 0);
         &self.words[off / 8]

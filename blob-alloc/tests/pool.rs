@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use isocall_blob::{BlobError, BlobHandle, Pool, PoolConfig, Side, SlotState};
+use isocall_blob::{BlobError, BlobHandle, Pool, PoolConfig, Side, SlotState, census};
 use isocall_ringbuf::HeapRegion;
 
 type P = Pool<Arc<HeapRegion>>;
@@ -261,7 +261,12 @@ fn open_refuses_bad_headers() {
         drop(Pool::create(r.clone(), &config, Side::A).unwrap());
         r
     };
-    let refused = |r: Arc<HeapRegion>| Pool::open(r, Side::B).unwrap_err().to_string();
+    // `census` checks the header exactly as `open` does, with loads only.
+    let refused = |r: Arc<HeapRegion>| {
+        let e = census(&*r).unwrap_err();
+        assert_eq!(Pool::open(r, Side::B).unwrap_err(), e);
+        e.to_string()
+    };
     assert!(refused(Arc::new(HeapRegion::new(len))).contains("bad magic"));
     let cases: [(usize, u64, &str); 7] = [
         (8, 2 | (2 << 32), "layout version 2"),
@@ -311,4 +316,17 @@ fn threads_share_a_pool() {
     }
     sender.join().unwrap();
     assert_eq!(b.stats().used(), 0);
+}
+
+#[test]
+fn census_counts_what_stats_counts_without_a_pool() {
+    let (a, b) = pair(&small());
+    let _mine = a.alloc(10).unwrap();
+    let _theirs = b.alloc(100).unwrap();
+    let _to_b = a.alloc(200).unwrap().send().unwrap();
+    let st = census(&**a.region()).unwrap();
+    assert_eq!(st, a.stats());
+    assert_eq!(st.classes[0].held, [1, 0]);
+    assert_eq!(st.classes[1].held, [0, 1]);
+    assert_eq!(st.classes[1].in_flight, [0, 1]);
 }

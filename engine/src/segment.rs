@@ -493,8 +493,9 @@ impl Segment {
             .expect("ring part of a validated segment")
     }
 
-    /// The blob pool, read-only, or `None` if the segment has none: open it
-    /// with `Pool::open` for a census (only loads are valid on it).
+    /// The blob pool, read-only, or `None` if the segment has none: for
+    /// `isocall_blob::census` (a read-only region only loads; no `Pool` can
+    /// be built over it).
     pub fn blob_view(&self) -> Option<isocall_ringbuf::ReadOnlyRegion> {
         let p = self.header.blobs;
         if p.size == 0 {

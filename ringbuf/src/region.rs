@@ -9,6 +9,14 @@
 //! Words that both sides touch concurrently are only ever accessed as atomics
 //! ([`Region::u64_at`], [`Region::u32_at`]); payload bytes are handed out as
 //! slices under the ring protocol's exclusive-access rules.
+//!
+//! Reading is a trait of its own, [`ReadRegion`]: loads of words and copies
+//! of bytes, nothing else. Every home implements it, and so does a
+//! [`ReadOnlyRegion`], an inspector's read-only mapping, which implements
+//! nothing more: an atomic store (or a compare-and-swap, even one bound to
+//! fail) on read-only memory faults, so code that only holds a
+//! `ReadRegion` (a [`snapshot`](crate::snapshot), a pool census) cannot
+//! write, and a ring or pool cannot be built over it at all.
 
 #![allow(unsafe_code)] // declares the `unsafe` Region trait; implementations live in `raw`
 
@@ -20,31 +28,72 @@ pub use crate::raw::{HeapRegion, ReadOnlyRegion, SharedRegion};
 /// Alignment every region guarantees for its first byte.
 pub const REGION_ALIGN: usize = 128;
 
-/// A run of bytes shared by a producer and a consumer.
+/// A run of bytes this process may read, and only read: loads of words and
+/// copies of bytes. Every home implements it, including a read-only mapping.
 ///
-/// # Safety
-///
-/// An implementation guarantees that:
-/// - its memory starts on a [`REGION_ALIGN`] boundary, is [`len`](Region::len)
-///   bytes long and stays valid, at the same address, as long as the value
-///   lives;
-/// - [`u64_at`](Region::u64_at) and [`u32_at`](Region::u32_at) return the
-///   atomic at that byte offset (or, for loom, a model of it that is the same
-///   object on every call with the same offset);
-/// - [`bytes`](Region::bytes) and [`bytes_mut`](Region::bytes_mut) return the
-///   bytes at that offset.
-///
-/// The ring never uses one offset both as an atomic word and as payload at
-/// the same time, and never as both a `u32` and a `u64` word.
-pub unsafe trait Region: Send + Sync {
+/// Every load is a single `Relaxed` atomic load (the only atomic access that
+/// is defined on read-only memory); a caller that needs Acquire order issues
+/// an Acquire [`fence`](crate::sync::fence) after the load. Nothing in this
+/// trait lets the caller write, so it is safe to implement: no code relies on
+/// it for soundness (a [`Region`], which also implements it, vouches for it).
+pub trait ReadRegion {
     /// Length of the region in bytes.
     fn len(&self) -> usize;
 
-    /// Whether the region is empty (never true for a usable ring).
+    /// Whether the region is empty (never true for a usable ring or pool).
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The 64-bit word at byte offset `off`, loaded once (`Relaxed`).
+    ///
+    /// # Panics
+    ///
+    /// If `off` is not 8-aligned or `off + 8 > len()`: a bug in the caller,
+    /// never something a peer's data can cause.
+    fn load_u64(&self, off: usize) -> u64;
+
+    /// The 32-bit word at byte offset `off`, loaded once (`Relaxed`).
+    ///
+    /// # Panics
+    ///
+    /// If `off` is not 4-aligned or `off + 4 > len()`.
+    fn load_u32(&self, off: usize) -> u32;
+
+    /// Copies the bytes `off..off + buf.len()` into `buf`, with atomic loads:
+    /// a peer may be writing them, so the copy may be torn (each byte is some
+    /// value the peer wrote; treat them as untrusted input).
+    ///
+    /// # Panics
+    ///
+    /// If the range is not inside the region.
+    fn read_bytes(&self, off: usize, buf: &mut [u8]);
+}
+
+/// A run of bytes shared by a producer and a consumer (or by the two sides
+/// of a blob pool), which this process may read and write.
+///
+/// # Safety
+///
+/// An implementation guarantees that:
+/// - its memory starts on a [`REGION_ALIGN`] boundary, is
+///   [`len`](ReadRegion::len) bytes long and stays valid for reads and
+///   writes, at the same address, as long as the value lives, and its
+///   [`ReadRegion`] methods read that memory;
+/// - [`u64_at`](Region::u64_at) and [`u32_at`](Region::u32_at) return the
+///   atomic at that byte offset (or, for loom, a model of it that is the same
+///   object on every call with the same offset);
+/// - [`bytes`](Region::bytes) and [`bytes_mut`](Region::bytes_mut) return the
+///   bytes at that offset;
+/// - two regions of this process whose bytes overlap start at the same
+///   address and have the same length (they are handles on one ring or one
+///   pool): the rings and pools keep process-local registries keyed by the
+///   address of a region's first byte, which is how they know that a side or
+///   a slot is already in use in this process.
+///
+/// The ring never uses one offset both as an atomic word and as payload at
+/// the same time, and never as both a `u32` and a `u64` word.
+pub unsafe trait Region: ReadRegion + Send + Sync {
     /// The 64-bit atomic word at byte offset `off`.
     ///
     /// # Panics
@@ -83,6 +132,18 @@ pub unsafe trait Region: Send + Sync {
     unsafe fn bytes_mut(&self, off: usize, len: usize) -> &mut [u8];
 }
 
+/// The address of the region's first word: the key under which the
+/// process-local registries of rings and pools know a region (see the
+/// [`Region`] safety contract).
+///
+/// # Panics
+///
+/// If the region is shorter than 8 bytes.
+#[inline]
+pub fn base_addr<R: Region + ?Sized>(region: &R) -> usize {
+    std::ptr::from_ref(region.u64_at(0)) as usize
+}
+
 #[cfg(not(loom))]
 #[inline]
 pub(crate) fn check_word(off: usize, size: usize, len: usize) {
@@ -92,13 +153,47 @@ pub(crate) fn check_word(off: usize, size: usize, len: usize) {
     );
 }
 
-// SAFETY: forwards every call to the shared `T`, which upholds the contract;
-// the `Arc` keeps it (and so its memory) alive.
-unsafe impl<T: Region> Region for std::sync::Arc<T> {
+impl<T: ReadRegion + ?Sized> ReadRegion for std::sync::Arc<T> {
     #[inline]
     fn len(&self) -> usize {
         (**self).len()
     }
+    #[inline]
+    fn load_u64(&self, off: usize) -> u64 {
+        (**self).load_u64(off)
+    }
+    #[inline]
+    fn load_u32(&self, off: usize) -> u32 {
+        (**self).load_u32(off)
+    }
+    #[inline]
+    fn read_bytes(&self, off: usize, buf: &mut [u8]) {
+        (**self).read_bytes(off, buf)
+    }
+}
+
+impl<T: ReadRegion + ?Sized> ReadRegion for &T {
+    #[inline]
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    #[inline]
+    fn load_u64(&self, off: usize) -> u64 {
+        (**self).load_u64(off)
+    }
+    #[inline]
+    fn load_u32(&self, off: usize) -> u32 {
+        (**self).load_u32(off)
+    }
+    #[inline]
+    fn read_bytes(&self, off: usize, buf: &mut [u8]) {
+        (**self).read_bytes(off, buf)
+    }
+}
+
+// SAFETY: forwards every call to the shared `T`, which upholds the contract;
+// the `Arc` keeps it (and so its memory) alive.
+unsafe impl<T: Region> Region for std::sync::Arc<T> {
     #[inline]
     fn u64_at(&self, off: usize) -> &AtomicU64 {
         (**self).u64_at(off)

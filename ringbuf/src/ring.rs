@@ -3,7 +3,7 @@
 
 use crate::error::{AttachError, Corrupt};
 use crate::layout::*;
-use crate::region::Region;
+use crate::region::{ReadRegion, Region};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 pub(crate) struct RingRef<R: Region> {
@@ -118,18 +118,19 @@ impl RingSnapshot {
     }
 }
 
-/// Reads the counters of the ring in `region` without attaching to it.
+/// Reads the counters of the ring in `region` without attaching to it, with
+/// loads only: it works on a read-only mapping.
 ///
 /// # Errors
 ///
 /// [`AttachError::BadRegionSize`] if the region is not a ring region.
-pub fn snapshot<R: Region>(region: &R) -> Result<RingSnapshot, AttachError> {
+pub fn snapshot<R: ReadRegion + ?Sized>(region: &R) -> Result<RingSnapshot, AttachError> {
     let len = region.len();
     let capacity = len.wrapping_sub(RING_CONTROL_BYTES);
     if len < RING_CONTROL_BYTES || !valid_capacity(capacity) {
         return Err(AttachError::BadRegionSize { len });
     }
-    let w = |off| region.u64_at(off).load(Ordering::Relaxed);
+    let w = |off| region.load_u64(off);
     Ok(RingSnapshot {
         capacity: capacity as u64,
         head: w(HEAD),
@@ -143,7 +144,7 @@ pub fn snapshot<R: Region>(region: &R) -> Result<RingSnapshot, AttachError> {
         producer_sleeps: w(PROD_SLEEPS),
         consumer_sleeps: w(CONS_SLEEPS),
         full_stalls: w(PROD_FULL_STALLS),
-        consumer_waiting: region.u32_at(CONS_WAIT).load(Ordering::Relaxed),
-        producer_waiting: region.u32_at(PROD_WAIT).load(Ordering::Relaxed),
+        consumer_waiting: region.load_u32(CONS_WAIT),
+        producer_waiting: region.load_u32(PROD_WAIT),
     })
 }

@@ -11,9 +11,9 @@ use std::cell::UnsafeCell;
 use std::sync::Arc;
 
 use isocall_ringbuf::layout::{DATA, RING_CONTROL_BYTES};
-use isocall_ringbuf::sync::{AtomicU32, AtomicU64};
+use isocall_ringbuf::sync::{AtomicU32, AtomicU64, Ordering};
 use isocall_ringbuf::wait::{CondvarParker, Parker, WaitStrategy};
-use isocall_ringbuf::{Consumer, Producer, Region};
+use isocall_ringbuf::{Consumer, Producer, ReadRegion, Region};
 
 const CAPACITY: usize = 256;
 
@@ -43,13 +43,26 @@ impl LoomRegion {
     }
 }
 
+impl ReadRegion for LoomRegion {
+    fn len(&self) -> usize {
+        RING_CONTROL_BYTES + CAPACITY
+    }
+    fn load_u64(&self, off: usize) -> u64 {
+        self.u64_at(off).load(Ordering::Relaxed)
+    }
+    fn load_u32(&self, off: usize) -> u32 {
+        self.u32_at(off).load(Ordering::Relaxed)
+    }
+    fn read_bytes(&self, off: usize, buf: &mut [u8]) {
+        // SAFETY: the models never read bytes this way while a side writes.
+        buf.copy_from_slice(unsafe { &(&*self.bytes.get())[off..off + buf.len()] });
+    }
+}
+
 // SAFETY: every offset maps to one fixed loom atomic (the same object on
 // every call), u32 and u64 words never overlap in the ring's use, and the
 // byte buffer is as long as the region.
 unsafe impl Region for LoomRegion {
-    fn len(&self) -> usize {
-        RING_CONTROL_BYTES + CAPACITY
-    }
     fn u64_at(&self, off: usize) -> &AtomicU64 {
         if off >= DATA {
             assert_eq!((off - DATA) % 16, 0, "header slot off the frame grid");
