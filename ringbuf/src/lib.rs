@@ -56,7 +56,7 @@ pub use producer::{Grant, Producer, ProducerStats, ReserveWaitError};
 #[cfg(not(loom))]
 pub use region::{HeapRegion, ReadOnlyRegion, SharedRegion};
 pub use region::{ReadRegion, Region, base_addr};
-pub use ring::{RingSnapshot, snapshot};
+pub use ring::{RingSide, RingSnapshot, snapshot};
 pub use wait::{Parker, Spinner, WaitError, WaitStrategy};
 
 /// Both halves of a ring in a heap region, as [`channel`] returns them.
@@ -71,7 +71,7 @@ pub type HeapChannel<P> = (Producer<Arc<HeapRegion>, P>, Consumer<Arc<HeapRegion
 /// # Errors
 ///
 /// [`AttachError::BadRegionSize`] if `capacity` is not a power of two from
-/// 128 B to 1 GiB.
+/// 128 B to 1 GiB. (The region is new, so each side attaches once.)
 pub fn channel<P: Parker + Clone>(
     capacity: usize,
     parker: P,

@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::error::{AttachError, Corrupt, ReserveError};
 use crate::layout::*;
 use crate::region::Region;
-use crate::ring::RingRef;
+use crate::ring::{RingRef, RingSide};
 use crate::sync::{Ordering, fence, light_fence};
 use crate::wait::{NOT_WAITING, Parker, Spinner, WaitError, WaitStrategy};
 
@@ -20,6 +20,15 @@ pub struct Producer<R: Region, P: Parker> {
     /// End of the committed frames (next frame starts here). Invariant:
     /// `published <= tail <= head_cache + capacity`, all multiples of
     /// `FRAME_ALIGN`.
+    ///
+    /// Overflow: `tail` starts at most [`MAX_COUNTER_AT_ATTACH`] (2^62,
+    /// checked at attach) and only this side's own frames advance it, by at
+    /// most a capacity (2^30) each; every sum below adds at most two
+    /// capacities to it (or to `head_cache <= published <= tail`). To come
+    /// within that of 2^64 this producer would have to push 3 * 2^62 bytes
+    /// through the ring, over four years at 100 GB/s: plain `+` cannot
+    /// overflow, whatever the peer writes. The stats counters count this
+    /// side's own frames and bytes from zero, likewise.
     tail: u64,
     /// End of the frames the consumer may see.
     published: u64,
@@ -74,14 +83,19 @@ pub struct ProducerStats {
 }
 
 impl<R: Region, P: Parker> Producer<R, P> {
-    /// Attaches the producer to a ring region (zeroed when new).
+    /// Attaches the producer to a ring region (zeroed when new). A ring has
+    /// one producer at a time: until this one is dropped, attaching another
+    /// (in this process or, through the control block, in another) fails.
     ///
     /// # Errors
     ///
     /// [`AttachError::BadRegionSize`] if the region is not a ring region;
-    /// [`AttachError::Corrupt`] if its counters are inconsistent.
+    /// [`AttachError::AlreadyAttached`] if this process has a producer on it
+    /// already; [`AttachError::AttachedElsewhere`] if the control block
+    /// names another attached producer; [`AttachError::Corrupt`] if its
+    /// counters are inconsistent (see [`Corrupt::BadCounters`]).
     pub fn attach(region: R, parker: P) -> Result<Self, AttachError> {
-        let ring = RingRef::new(region)?;
+        let ring = RingRef::attach(region, RingSide::Producer)?;
         let (head, tail) = ring.counters_at_attach()?;
         let asym = parker.asymmetric();
         ring.wait_word(PROD_FENCING)
