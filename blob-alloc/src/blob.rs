@@ -5,6 +5,14 @@
 //! moves ownership to the peer; the peer turns the handle back into a blob
 //! with [`Pool::accept`] or [`Pool::accept_mut`]. Dropping a blob frees its
 //! slot.
+//!
+//! Allows `unsafe` to call the two slice helpers of [`raw`](crate::raw),
+//! whose contract a blob meets: it is the one value in this process that
+//! holds its slot (the pool builds one per successful claim or accept;
+//! blobs are not `Clone`), and it
+//! hands out its bytes only through `&self` (shared) or `&mut self`
+//! (exclusive) borrows of itself.
+#![allow(unsafe_code)]
 
 use std::ops::{Deref, DerefMut};
 
@@ -82,10 +90,15 @@ impl<R: Region> SlotRef<'_, R> {
         Ok(h)
     }
 
-    /// The blob's bytes, to read.
+    /// The blob's bytes, to read. Called only by the blob that holds the
+    /// slot, through a shared borrow of itself.
     #[inline]
     fn bytes(&self) -> &[u8] {
-        raw::slot_bytes(self.pool.region(), self.offset, self.len, self.capacity)
+        // SAFETY: `self` is the slot reference of the blob that holds the
+        // slot (module doc), borrowed shared for the life of the slice, so
+        // no mutable slice of it exists meanwhile (that takes `&mut` of the
+        // blob).
+        unsafe { raw::slot_bytes(self.pool.region(), self.offset, self.len, self.capacity) }
     }
 
     fn handle(&self) -> BlobHandle {
@@ -189,12 +202,17 @@ impl<R: Region> Deref for BlobMut<'_, R> {
 impl<R: Region> DerefMut for BlobMut<'_, R> {
     #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
-        raw::slot_bytes_mut(
-            self.s.pool.region(),
-            self.s.offset,
-            self.s.len,
-            self.s.capacity,
-        )
+        // SAFETY: this blob holds the slot (module doc) and is borrowed
+        // mutably for the life of the slice: no other slice of the slot
+        // exists in this process meanwhile.
+        unsafe {
+            raw::slot_bytes_mut(
+                self.s.pool.region(),
+                self.s.offset,
+                self.s.len,
+                self.s.capacity,
+            )
+        }
     }
 }
 
