@@ -60,7 +60,7 @@ mod state;
 pub(crate) use isocall_ringbuf::sync;
 
 pub use blob::{Blob, BlobHandle, BlobMut};
-pub use error::BlobError;
+pub use error::{BlobError, PoolPart};
 pub use layout::{ClassConfig, MAX_CLASSES, MAX_SLOT, MAX_SLOTS, MIN_SLOT, PoolConfig};
 pub use pool::{ClassInfo, ClassStats, Pool, PoolStats, Reclaimed, census};
 pub use state::{Side, SlotState};

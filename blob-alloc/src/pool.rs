@@ -170,15 +170,15 @@ impl<R: Region> Pool<R> {
     ///
     /// # Errors
     ///
-    /// [`BlobError::BadConfig`] for invalid classes or a region smaller than
-    /// [`PoolConfig::region_size`].
+    /// The configuration's errors (see [`PoolConfig::region_size`]);
+    /// [`BlobError::RegionTooSmall`] for a region smaller than it needs.
     pub fn create(region: R, config: &PoolConfig, side: Side) -> Result<Self, BlobError> {
         let (classes, need) = config.plan()?;
         if region.len() < need {
-            return Err(BlobError::BadConfig(format!(
-                "the pool needs {need} bytes, the region has {}",
-                region.len()
-            )));
+            return Err(BlobError::RegionTooSmall {
+                need,
+                len: region.len(),
+            });
         }
         layout::write(&region, &classes, region.len());
         Ok(Self::with(region, side, classes))
@@ -189,8 +189,15 @@ impl<R: Region> Pool<R> {
     ///
     /// # Errors
     ///
-    /// [`BlobError::Corrupt`] naming what is wrong: magic, version, class
-    /// count, a slot size or count, a part that does not fit or overlaps.
+    /// The variant naming what is wrong with the header:
+    /// [`RegionTooShort`](BlobError::RegionTooShort),
+    /// [`BadMagic`](BlobError::BadMagic), [`BadVersion`](BlobError::BadVersion),
+    /// [`BadClassCount`](BlobError::BadClassCount),
+    /// [`LengthMismatch`](BlobError::LengthMismatch),
+    /// [`HeaderSlotSize`](BlobError::HeaderSlotSize),
+    /// [`HeaderSlotCount`](BlobError::HeaderSlotCount),
+    /// [`PartOutOfBounds`](BlobError::PartOutOfBounds),
+    /// [`PartsOverlap`](BlobError::PartsOverlap).
     pub fn open(region: R, side: Side) -> Result<Self, BlobError> {
         let classes = layout::read(&region)?;
         Ok(Self::with(region, side, classes))
@@ -361,20 +368,23 @@ impl<R: Region> Pool<R> {
     /// Checks that `h` names a slot of this pool with a length it can hold.
     fn check(&self, h: &BlobHandle) -> Result<(usize, usize, usize), BlobError> {
         let (ci, slot, len) = (h.class as usize, h.slot as usize, h.len as usize);
-        let c = self.classes.get(ci).ok_or_else(|| {
-            BlobError::BadHandle(format!("class {ci} (the pool has {})", self.classes.len()))
+        let c = self.classes.get(ci).ok_or(BlobError::NoSuchClass {
+            class: ci,
+            classes: self.classes.len(),
         })?;
         if slot >= c.count {
-            return Err(BlobError::BadHandle(format!(
-                "slot {slot} of class {ci}, which has {}",
-                c.count
-            )));
+            return Err(BlobError::NoSuchSlot {
+                class: ci,
+                slot,
+                count: c.count,
+            });
         }
         if len > c.slot_size {
-            return Err(BlobError::BadHandle(format!(
-                "length {len} in class {ci} of {}-byte slots",
-                c.slot_size
-            )));
+            return Err(BlobError::LengthBeyondSlot {
+                class: ci,
+                len,
+                slot_size: c.slot_size,
+            });
         }
         Ok((ci, slot, len))
     }
@@ -426,8 +436,9 @@ impl<R: Region> Pool<R> {
     ///
     /// # Errors
     ///
-    /// [`BlobError::BadHandle`] for a handle naming no slot of this pool,
-    /// [`BlobError::Stale`] for an earlier life of the slot,
+    /// [`BlobError::NoSuchClass`], [`NoSuchSlot`](BlobError::NoSuchSlot) or
+    /// [`LengthBeyondSlot`](BlobError::LengthBeyondSlot) for a handle naming
+    /// no slot of this pool, [`BlobError::Stale`] for an earlier life of the slot,
     /// [`BlobError::WrongState`] for a blob not in flight to this side
     /// (accepted already, or never sent).
     pub fn accept(&self, h: &BlobHandle) -> Result<Blob<'_, R>, BlobError> {

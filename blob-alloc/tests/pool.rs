@@ -98,17 +98,46 @@ fn stale_double_and_forged_handles_are_rejected() {
     );
     assert!(e.to_string().contains("stale"));
     // Forged: class, slot and length out of range.
-    for forged in [
-        BlobHandle { class: 9, ..h2 },
-        BlobHandle { slot: 3, ..h2 },
-        BlobHandle {
-            slot: u32::MAX,
-            ..h2
-        },
-        BlobHandle { len: 65, ..h2 },
-    ] {
+    let forgeries = [
+        (
+            BlobHandle { class: 9, ..h2 },
+            BlobError::NoSuchClass {
+                class: 9,
+                classes: 2,
+            },
+        ),
+        (
+            BlobHandle { slot: 3, ..h2 },
+            BlobError::NoSuchSlot {
+                class: 0,
+                slot: 3,
+                count: 3,
+            },
+        ),
+        (
+            BlobHandle {
+                slot: u32::MAX,
+                ..h2
+            },
+            BlobError::NoSuchSlot {
+                class: 0,
+                slot: u32::MAX as usize,
+                count: 3,
+            },
+        ),
+        (
+            BlobHandle { len: 65, ..h2 },
+            BlobError::LengthBeyondSlot {
+                class: 0,
+                len: 65,
+                slot_size: 64,
+            },
+        ),
+    ];
+    for (forged, expected) in forgeries {
         let e = b.accept(&forged).unwrap_err();
-        assert!(matches!(e, BlobError::BadHandle(_)), "{forged:?}: {e}");
+        assert_eq!(e, expected, "{forged:?}");
+        assert!(e.to_string().contains("forged"), "{e}");
     }
     // A forged generation on a real slot is stale.
     assert!(matches!(
@@ -285,7 +314,13 @@ fn open_refuses_bad_headers() {
     }
     // A region too small for what the config needs.
     let e = Pool::create(Arc::new(HeapRegion::new(128)), &config, Side::A).unwrap_err();
-    assert!(matches!(e, BlobError::BadConfig(_)), "{e}");
+    assert_eq!(
+        e,
+        BlobError::RegionTooSmall {
+            need: len,
+            len: 128
+        }
+    );
 }
 
 #[test]

@@ -436,7 +436,7 @@ impl Segment {
         let region = self
             .mem
             .region(p.offset as usize, p.size as usize)
-            .ok_or_else(|| BlobError::Corrupt("no writable blob pool in this segment".into()))?;
+            .ok_or(BlobError::NoPool)?;
         Pool::open(region, side.into())
     }
 

@@ -6,6 +6,7 @@ use crate::ring::RingSide;
 /// something scribbled over the region. The ring stops trusting it; the
 /// connection should be closed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Corrupt {
     /// The consumer's head counter went backwards.
     #[error("ring corrupt: head moved backwards from {old} to {new}")]
@@ -79,6 +80,7 @@ pub enum Corrupt {
 
 /// Why a region cannot hold a ring.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AttachError {
     /// The region is not `RING_CONTROL_BYTES + capacity` bytes with a valid
     /// capacity.
@@ -116,6 +118,7 @@ pub enum AttachError {
 
 /// Why [`Producer::reserve`](crate::Producer::reserve) gave no grant.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReserveError {
     /// Not enough free space now; retry after the consumer releases frames
     /// (publish first, or it never will).

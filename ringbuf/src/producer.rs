@@ -528,6 +528,7 @@ impl<R: Region, P: Parker> std::fmt::Debug for Producer<R, P> {
 
 /// Why [`Producer::reserve_wait`] gave no grant.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReserveWaitError {
     /// The frame cannot be reserved at all (too large, bad kind, corrupt).
     #[error(transparent)]

@@ -31,9 +31,8 @@ use crate::layout::*;
 use crate::region::{ReadRegion, Region, base_addr};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
-/// The two sides of a ring.
+/// The two sides of a ring (exactly two, so not `#[non_exhaustive]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum RingSide {
     /// The writing side, [`Producer`](crate::Producer).
     Producer,

@@ -44,6 +44,7 @@ pub const WAITING_DOORBELL: u32 = 2;
 
 /// How a side waits when the ring gives it nothing to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum WaitStrategy {
     /// Spin until there is work or the deadline passes: lowest latency, burns
     /// a core, never sleeps.
@@ -172,6 +173,7 @@ impl Parker for SpinParker {
 
 /// Why waiting for a frame or for room ended without one.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WaitError {
     /// The deadline passed.
     #[error("timed out waiting on the ring")]

@@ -93,16 +93,15 @@ impl<'a> CallCtx<'a> {
     ///
     /// # Errors
     ///
-    /// `BadHandle` if there is no blob `i` or no pool; the pool's errors
-    /// for a handle that is stale or not in flight to the server.
+    /// `NoSuchBlob` if there is no blob `i`, `NoPool` if there is no pool;
+    /// the pool's errors for a handle that is stale or not in flight to the
+    /// server.
     pub fn accept_mut(&self, i: usize) -> Result<BlobMut<'a, SharedRegion>, BlobError> {
-        let h = self
-            .blobs
-            .get(i)
-            .ok_or_else(|| BlobError::BadHandle(format!("the request has no blob {i}")))?;
-        let pool = self
-            .pool
-            .ok_or_else(|| BlobError::BadHandle("the connection has no blob pool".into()))?;
+        let h = self.blobs.get(i).ok_or(BlobError::NoSuchBlob {
+            index: i,
+            count: self.blobs.len(),
+        })?;
+        let pool = self.pool.ok_or(BlobError::NoPool)?;
         pool.accept_mut(h)
     }
 
@@ -112,26 +111,29 @@ impl<'a> CallCtx<'a> {
     ///
     /// # Errors
     ///
-    /// `BadHandle` if blob `i` is missing, not a large blob, was never
-    /// shared, or is longer than its memfd.
+    /// `NoSuchBlob` if blob `i` is missing, `NotLarge` if it is a pool
+    /// blob, `LargeUnavailable` if it was never shared (or its memfd was
+    /// refused), `LargeReadOnly`, `LargeTooShort` if it is longer than its
+    /// memfd.
     pub fn large(&mut self, i: usize) -> Result<&mut [u8], BlobError> {
-        let h = *self
-            .blobs
-            .get(i)
-            .ok_or_else(|| BlobError::BadHandle(format!("the request has no blob {i}")))?;
-        let id = super::large_id(&h).ok_or_else(|| {
-            BlobError::BadHandle(format!("blob {i} is a pool blob, not a large one"))
+        let h = *self.blobs.get(i).ok_or(BlobError::NoSuchBlob {
+            index: i,
+            count: self.blobs.len(),
         })?;
-        let mem = self
-            .large
-            .get(self.sock, id)
-            .map_err(BlobError::BadHandle)?;
-        let bytes = mem
-            .bytes_mut()
-            .ok_or_else(|| BlobError::BadHandle("large blob mapped read-only".into()))?;
-        bytes.get_mut(..h.len as usize).ok_or_else(|| {
-            BlobError::BadHandle(format!("large blob {id} is shorter than {} bytes", h.len))
-        })
+        let id = super::large_id(&h).ok_or(BlobError::NotLarge { index: i })?;
+        let mem = self.large.get(self.sock, id).map_err(|why| {
+            tracing::debug!(id, why, "large blob unavailable");
+            BlobError::LargeUnavailable { id }
+        })?;
+        let bytes = mem.bytes_mut().ok_or(BlobError::LargeReadOnly { id })?;
+        let mapped = bytes.len();
+        bytes
+            .get_mut(..h.len as usize)
+            .ok_or(BlobError::LargeTooShort {
+                id,
+                len: h.len as usize,
+                mapped,
+            })
     }
 
     /// Returns request blob `i`, a large blob, with the reply (its bytes
@@ -139,19 +141,20 @@ impl<'a> CallCtx<'a> {
     ///
     /// # Errors
     ///
-    /// `BadHandle` if blob `i` is not a large blob, or past the reply's
-    /// blob limit.
+    /// `NoSuchBlob` or `NotLarge` if blob `i` is not a large blob,
+    /// `TooManyBlobs` past the reply's blob limit.
     pub fn reply_large(&mut self, i: usize) -> Result<(), BlobError> {
-        let h = *self
-            .blobs
-            .get(i)
-            .filter(|h| super::large_id(h).is_some())
-            .ok_or_else(|| BlobError::BadHandle(format!("request blob {i} is not a large blob")))?;
+        let h = *self.blobs.get(i).ok_or(BlobError::NoSuchBlob {
+            index: i,
+            count: self.blobs.len(),
+        })?;
+        if super::large_id(&h).is_none() {
+            return Err(BlobError::NotLarge { index: i });
+        }
         if self.reply_blobs.len() >= wire::MAX_BLOBS {
-            return Err(BlobError::BadHandle(format!(
-                "more than {} reply blobs",
-                wire::MAX_BLOBS
-            )));
+            return Err(BlobError::TooManyBlobs {
+                max: wire::MAX_BLOBS,
+            });
         }
         self.reply_blobs.push(h);
         Ok(())
@@ -161,13 +164,12 @@ impl<'a> CallCtx<'a> {
     ///
     /// # Errors
     ///
-    /// As [`BlobMut::send`]; `BadHandle` past [`wire::MAX_BLOBS`] blobs.
+    /// As [`BlobMut::send`]; `TooManyBlobs` past [`wire::MAX_BLOBS`] blobs.
     pub fn reply_blob(&mut self, blob: BlobMut<'_, SharedRegion>) -> Result<(), BlobError> {
         if self.reply_blobs.len() >= wire::MAX_BLOBS {
-            return Err(BlobError::BadHandle(format!(
-                "more than {} reply blobs",
-                wire::MAX_BLOBS
-            )));
+            return Err(BlobError::TooManyBlobs {
+                max: wire::MAX_BLOBS,
+            });
         }
         let h = blob.send()?;
         self.reply_blobs.push(h);

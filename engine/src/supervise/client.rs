@@ -100,7 +100,7 @@ impl<'a> ReplyBlobs<'a> {
     ///
     /// # Errors
     ///
-    /// `BadHandle` if there is no blob `i` or no pool; as
+    /// `NoSuchBlob` if there is no blob `i`, `NoPool` if there is no pool; as
     /// [`Pool::accept`] for a handle the pool refuses.
     pub fn accept(&self, i: usize) -> Result<Blob<'a, SharedRegion>, BlobError> {
         let (pool, h) = self.get(i)?;
@@ -119,15 +119,11 @@ impl<'a> ReplyBlobs<'a> {
     }
 
     fn get(&self, i: usize) -> Result<(&'a Arc<Pool<SharedRegion>>, &'a BlobHandle), BlobError> {
-        let h = self.handles.get(i).ok_or_else(|| {
-            BlobError::BadHandle(format!(
-                "the reply carries {} blob(s), not one at index {i}",
-                self.handles.len()
-            ))
+        let h = self.handles.get(i).ok_or(BlobError::NoSuchBlob {
+            index: i,
+            count: self.handles.len(),
         })?;
-        let pool = self.pool.ok_or_else(|| {
-            BlobError::BadHandle("the service's connection has no blob pool".into())
-        })?;
+        let pool = self.pool.ok_or(BlobError::NoPool)?;
         Ok((pool, h))
     }
 }
@@ -358,7 +354,7 @@ impl SupervisedClient {
     ///
     /// As [`Client::start`]; `ServiceFailed` if the supervisor gave up;
     /// `PeerDied` if the successors kept dying until the deadline or the
-    /// retry budget ran out; `Blob(BadHandle)` for a blob in flight on no
+    /// retry budget ran out; `Blob(NotInFlightHere)` for a blob in flight on no
     /// connection of this client (e.g. sent on an instance whose connection
     /// was dropped since).
     pub fn start<Req: Body>(
@@ -670,11 +666,11 @@ fn check_blobs(conn: &Conn, blobs: &[BlobHandle]) -> Result<(), CallError> {
                 s == SlotState::InFlight(Side::Server.into()) && g == h.generation
             });
         if !ok {
-            return Err(CallError::Blob(BlobError::BadHandle(format!(
-                "blob {}:{} (generation {}) is not in flight to the server on the current connection: \
-                 after a restart, allocate from pool() again",
-                h.class, h.slot, h.generation
-            ))));
+            return Err(CallError::Blob(BlobError::NotInFlightHere {
+                class: h.class,
+                slot: h.slot,
+                generation: h.generation,
+            }));
         }
     }
     Ok(())
