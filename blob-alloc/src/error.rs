@@ -89,6 +89,10 @@ pub enum BlobError {
         /// Bytes the region has.
         len: usize,
     },
+    /// A pool handle of this process is open on the region: formatting it
+    /// again would pull the slots this process's blobs hold from under them.
+    #[error("blob pool refused: a pool handle of this process is open on this region")]
+    InUse,
 
     // --- The header of a pool made by someone else (`Pool::open`, `census`) ---
     /// The region cannot hold even a pool header.
@@ -170,6 +174,10 @@ pub enum BlobError {
         /// The part that starts inside it.
         second: PoolPart,
     },
+    /// This process has the pool open already, with another layout: the
+    /// header was rewritten since (a hostile or broken peer).
+    #[error("blob pool refused: its header changed since this process first opened it")]
+    LayoutChanged,
 
     // --- Allocation ---
     /// Every slot of the class that fits the request is in use.
@@ -244,6 +252,16 @@ pub enum BlobError {
         found: SlotState,
         /// What the operation needed.
         expected: &'static str,
+    },
+    /// A blob of this process holds the slot already: its state word was
+    /// rewritten behind this process's back (a hostile or broken peer), and
+    /// a second blob over the same bytes would alias the first.
+    #[error("blob class {class} slot {slot} is held by a blob of this process already")]
+    HeldHere {
+        /// Class index.
+        class: usize,
+        /// Slot index.
+        slot: usize,
     },
     /// A new length beyond the slot.
     #[error("blob length {len} exceeds its slot of {capacity} bytes")]

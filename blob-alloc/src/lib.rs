@@ -52,6 +52,7 @@
 
 mod blob;
 mod error;
+pub mod held;
 pub mod layout;
 pub mod pool;
 mod raw;

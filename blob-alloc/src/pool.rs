@@ -31,14 +31,27 @@
 //! the CAS that claims or accepts it is Acquire, so the bytes written by
 //! one owner happen before the next owner touches them. The hint bits carry
 //! no data and are Relaxed.
+//!
+//! # What the peer cannot make this process do
+//!
+//! The peer can write every state word. Whatever it writes, this process
+//! never hands out two blobs over one slot at once: beside the shared word,
+//! each process keeps a private flag per slot, set while one of its blobs
+//! holds it, taken before the word's compare-and-swap and refused when set
+//! (see [`held`](crate::held)). A peer that rewrites a slot this process
+//! holds to `InFlight(me)` and resends the handle gets
+//! [`BlobError::HeldHere`]; one that rewrites it to `Free` sees the next
+//! allocation pass it by; [`Pool::reclaim`] leaves it alone.
 
 use core::sync::atomic::{AtomicUsize, Ordering as LocalOrdering};
+use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
-use isocall_ringbuf::{ReadRegion, Region};
+use isocall_ringbuf::{ReadRegion, Region, base_addr};
 
 use crate::blob::{Blob, BlobHandle, BlobMut, SlotRef};
 use crate::error::BlobError;
+use crate::held::Held;
 use crate::layout::{self, ClassLayout, PoolConfig};
 use crate::state::{Side, SlotState, Word};
 use crate::sync::{AtomicU64, Ordering};
@@ -48,6 +61,11 @@ use crate::sync::{AtomicU64, Ordering};
 /// `Sync`: the threads of one process may allocate, send, accept and free
 /// at once, and so may the other side's process.
 pub struct Pool<R: Region> {
+    /// Which slots this process's blobs hold, shared by every handle this
+    /// process has on the region (see [`held`](crate::held)). Declared
+    /// before `region`, so dropped first: the record leaves the registry
+    /// before the region's memory can be freed and its address reused.
+    held: Arc<Held>,
     region: R,
     side: Side,
     /// Validated copy of the class descriptors, taken once.
@@ -125,6 +143,7 @@ impl PoolStats {
 
 /// What [`Pool::reclaim`] returned to the free lists.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Reclaimed {
     /// Slots the dead side held.
     pub held: usize,
@@ -135,6 +154,9 @@ pub struct Reclaimed {
     /// Free slots missing from the index (a process died between freeing
     /// or claiming a slot and updating the bitmap), put back.
     pub repaired: usize,
+    /// Slots whose state word says the dead side holds them or one side has
+    /// them in flight, but which a blob of this process holds: left alone.
+    pub held_here: usize,
 }
 
 impl Reclaimed {
@@ -171,7 +193,9 @@ impl<R: Region> Pool<R> {
     /// # Errors
     ///
     /// The configuration's errors (see [`PoolConfig::region_size`]);
-    /// [`BlobError::RegionTooSmall`] for a region smaller than it needs.
+    /// [`BlobError::RegionTooSmall`] for a region smaller than it needs;
+    /// [`BlobError::InUse`] if a pool handle of this process is open on the
+    /// region (drop every one first).
     pub fn create(region: R, config: &PoolConfig, side: Side) -> Result<Self, BlobError> {
         let (classes, need) = config.plan()?;
         if region.len() < need {
@@ -180,8 +204,12 @@ impl<R: Region> Pool<R> {
                 len: region.len(),
             });
         }
+        // Registered before the format: no handle of this process can be
+        // open on the region meanwhile (formatting would free its blobs'
+        // slots), and none can open a half-written header and use it.
+        let held = Held::create(base_addr(&region), &classes)?;
         layout::write(&region, &classes, region.len());
-        Ok(Self::with(region, side, classes))
+        Ok(Self::with(region, side, classes, held))
     }
 
     /// Opens a pool formatted by the other side (or by this one earlier),
@@ -197,13 +225,16 @@ impl<R: Region> Pool<R> {
     /// [`HeaderSlotSize`](BlobError::HeaderSlotSize),
     /// [`HeaderSlotCount`](BlobError::HeaderSlotCount),
     /// [`PartOutOfBounds`](BlobError::PartOutOfBounds),
-    /// [`PartsOverlap`](BlobError::PartsOverlap).
+    /// [`PartsOverlap`](BlobError::PartsOverlap); and
+    /// [`LayoutChanged`](BlobError::LayoutChanged) if this process has the
+    /// pool open already and the header now says something else.
     pub fn open(region: R, side: Side) -> Result<Self, BlobError> {
         let classes = layout::read(&region)?;
-        Ok(Self::with(region, side, classes))
+        let held = Held::open(base_addr(&region), &classes)?;
+        Ok(Self::with(region, side, classes, held))
     }
 
-    fn with(region: R, side: Side, classes: Vec<ClassLayout>) -> Self {
+    fn with(region: R, side: Side, classes: Vec<ClassLayout>, held: Arc<Held>) -> Self {
         let cursors = classes
             .iter()
             .map(|_| CachePadded::new(AtomicUsize::new(0)))
@@ -213,6 +244,7 @@ impl<R: Region> Pool<R> {
             side,
             classes: classes.into_boxed_slice(),
             cursors,
+            held,
         }
     }
 
@@ -292,15 +324,16 @@ impl<R: Region> Pool<R> {
                 let mask = 1u64 << b;
                 let slot = wi * 64 + b;
                 if slot < c.count
-                    && let Some(generation) = self.claim(c, slot)
+                    && let Some(generation) = self.claim(ci, slot, false)
                 {
                     if k != 0 {
                         self.cursors[ci].store(wi, LocalOrdering::Relaxed);
                     }
                     return Some((slot, generation));
                 }
-                // A stale hint (the slot is taken, or there is no such
-                // slot): clear it so that later scans skip it.
+                // A stale hint (the slot is taken, here or by the peer, or
+                // there is no such slot): clear it so that later scans skip
+                // it.
                 word.fetch_and(!mask, Ordering::Relaxed);
                 bits &= !mask;
             }
@@ -309,26 +342,42 @@ impl<R: Region> Pool<R> {
         // is free without a hint; find it the slow way.
         let from = start * 64 % c.count;
         (from..c.count).chain(0..from).find_map(|slot| {
-            let generation = self.claim_fresh(c, slot)?;
+            let generation = self.claim(ci, slot, true)?;
             self.cursors[ci].store(slot / 64, LocalOrdering::Relaxed);
             Some((slot, generation))
         })
     }
 
     /// `Free(g)` -> `Held(me, g + 1)` by compare-and-swap: the only way a
-    /// slot is allocated. `None` if the slot is not free.
-    fn claim(&self, c: &ClassLayout, slot: usize) -> Option<u32> {
-        let word = self.region.u64_at(c.state_at(slot));
-        self.claim_from(word, word.load(Ordering::Relaxed))
-    }
-
-    /// As [`claim`](Self::claim), but reading the state word with a
-    /// read-modify-write, which sees the latest value: a plain load may show
-    /// a state older than a free another process made, and the slow path
-    /// must not call a pool exhausted on such a view (loom found this).
-    fn claim_fresh(&self, c: &ClassLayout, slot: usize) -> Option<u32> {
-        let word = self.region.u64_at(c.state_at(slot));
-        self.claim_from(word, word.fetch_add(0, Ordering::Relaxed))
+    /// slot is allocated. `None` if the slot is not free, or if a blob of
+    /// this process holds it (the peer marked it free behind our back).
+    ///
+    /// `fresh` reads the state word with a read-modify-write (Acquire),
+    /// which sees the latest value: a plain load may show a state older
+    /// than a free another process made, and the slow path must not call a
+    /// pool exhausted on such a view (loom found this); Acquire, so that a
+    /// free it sees orders that free's clear of the held flag before our
+    /// claim of it. The fast path's plain load may be stale either way: the
+    /// compare-and-swap decides.
+    fn claim(&self, ci: usize, slot: usize, fresh: bool) -> Option<u32> {
+        let word = self.region.u64_at(self.classes[ci].state_at(slot));
+        let cur = if fresh {
+            word.fetch_add(0, Ordering::Acquire)
+        } else {
+            word.load(Ordering::Relaxed)
+        };
+        if Word::decode(cur).state != SlotState::Free {
+            return None;
+        }
+        if !self.held.claim(ci, slot) {
+            // Held here: not ours to claim again, nor to clear.
+            return None;
+        }
+        let got = self.claim_from(word, cur);
+        if got.is_none() {
+            self.held.release(ci, slot);
+        }
+        got
     }
 
     fn claim_from(&self, word: &AtomicU64, mut cur: u64) -> Option<u32> {
@@ -389,30 +438,30 @@ impl<R: Region> Pool<R> {
         Ok((ci, slot, len))
     }
 
-    /// Swaps the state of the slot `h` names from `from` to `to`, checking
-    /// the generation. Returns the class, slot and length.
+    /// Swaps the state of slot `slot` of class `ci` from one of `from` to
+    /// `to`, keeping generation `generation`, which the word must hold.
     fn transition(
         &self,
-        h: &BlobHandle,
-        from: SlotState,
+        (ci, slot): (usize, usize),
+        generation: u32,
+        from: &[SlotState],
         to: SlotState,
         expected: &'static str,
         success: Ordering,
-    ) -> Result<(usize, usize, usize), BlobError> {
-        let (ci, slot, len) = self.check(h)?;
+    ) -> Result<(), BlobError> {
         let word = self.region.u64_at(self.classes[ci].state_at(slot));
         let mut cur = word.load(Ordering::Relaxed);
         loop {
             let w = Word::decode(cur);
-            if w.generation != h.generation {
+            if w.generation != generation {
                 return Err(BlobError::Stale {
                     class: ci,
                     slot,
-                    handle: h.generation,
+                    handle: generation,
                     now: w.generation,
                 });
             }
-            if w.state != from {
+            if !from.contains(&w.state) {
                 return Err(BlobError::WrongState {
                     class: ci,
                     slot,
@@ -422,12 +471,42 @@ impl<R: Region> Pool<R> {
             }
             match word.compare_exchange(
                 cur,
-                Word::encode(h.generation, to),
+                Word::encode(generation, to),
                 success,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Ok((ci, slot, len)),
+                Ok(_) => return Ok(()),
                 Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Makes the slot `h` names a blob of this side: marks it held in this
+    /// process, then swaps its state from one of `from` to `Held(me)`
+    /// (Acquire: pairs with the Release that put it in that state).
+    fn acquire(
+        &self,
+        h: &BlobHandle,
+        from: &[SlotState],
+        expected: &'static str,
+    ) -> Result<BlobMut<'_, R>, BlobError> {
+        let (ci, slot, len) = self.check(h)?;
+        if !self.held.claim(ci, slot) {
+            return Err(BlobError::HeldHere { class: ci, slot });
+        }
+        let to = SlotState::Held(self.side);
+        match self.transition(
+            (ci, slot),
+            h.generation,
+            from,
+            to,
+            expected,
+            Ordering::Acquire,
+        ) {
+            Ok(()) => Ok(BlobMut::new(self.slot_ref(ci, slot, h.generation, len))),
+            Err(e) => {
+                self.held.release(ci, slot);
+                Err(e)
             }
         }
     }
@@ -452,15 +531,11 @@ impl<R: Region> Pool<R> {
     ///
     /// As [`accept`](Self::accept).
     pub fn accept_mut(&self, h: &BlobHandle) -> Result<BlobMut<'_, R>, BlobError> {
-        // Acquire: pairs with the Release of the sender's `send`.
-        let (ci, slot, len) = self.transition(
+        self.acquire(
             h,
-            SlotState::InFlight(self.side),
-            SlotState::Held(self.side),
+            &[SlotState::InFlight(self.side)],
             "in flight to this side",
-            Ordering::Acquire,
-        )?;
-        Ok(BlobMut::new(self.slot_ref(ci, slot, h.generation, len)))
+        )
     }
 
     /// Takes back a blob this side sent that the peer has not accepted (a
@@ -470,14 +545,8 @@ impl<R: Region> Pool<R> {
     ///
     /// As [`accept`](Self::accept), for a blob not in flight to the peer.
     pub fn recall(&self, h: &BlobHandle) -> Result<BlobMut<'_, R>, BlobError> {
-        let (ci, slot, len) = self.transition(
-            h,
-            SlotState::InFlight(self.side.peer()),
-            SlotState::Held(self.side),
-            "in flight to the peer",
-            Ordering::Acquire,
-        )?;
-        Ok(BlobMut::new(self.slot_ref(ci, slot, h.generation, len)))
+        let from = [SlotState::InFlight(self.side.peer())];
+        self.acquire(h, &from, "in flight to the peer")
     }
 
     /// Takes back a blob this side sent to a peer that has since died,
@@ -493,45 +562,47 @@ impl<R: Region> Pool<R> {
     /// As [`accept`](Self::accept), for a blob neither in flight to the
     /// peer nor held by it.
     pub fn take_back(&self, h: &BlobHandle) -> Result<BlobMut<'_, R>, BlobError> {
-        match self.recall(h) {
-            Err(BlobError::WrongState { .. }) => {
-                let (ci, slot, len) = self.transition(
-                    h,
-                    SlotState::Held(self.side.peer()),
-                    SlotState::Held(self.side),
-                    "in flight to the peer or held by it",
-                    Ordering::Acquire,
-                )?;
-                Ok(BlobMut::new(self.slot_ref(ci, slot, h.generation, len)))
-            }
-            other => other,
-        }
+        let peer = self.side.peer();
+        let from = [SlotState::InFlight(peer), SlotState::Held(peer)];
+        self.acquire(h, &from, "in flight to the peer or held by it")
     }
 
     /// `Held(me)` -> `InFlight(peer)`, Release: pairs with the Acquire of
-    /// the peer's `accept`.
+    /// the peer's `accept`. The blob is given up whatever comes of it, so
+    /// the slot's held flag is cleared first (before the Release, so that
+    /// whoever accepts it finds the flag clear).
     pub(crate) fn send(&self, h: &BlobHandle) -> Result<(), BlobError> {
+        let (ci, slot, _) = self.check(h)?;
+        self.held.release(ci, slot);
+        let to = SlotState::InFlight(self.side.peer());
+        let from = [SlotState::Held(self.side)];
         self.transition(
-            h,
-            SlotState::Held(self.side),
-            SlotState::InFlight(self.side.peer()),
+            (ci, slot),
+            h.generation,
+            &from,
+            to,
             "held by this side",
             Ordering::Release,
         )
-        .map(drop)
     }
 
     /// `Held(me, g)` -> `Free(g)` (Release: pairs with the next claim's
     /// Acquire), then sets the slot's hint bit.
     ///
+    /// The held flag is cleared before the store: were it after, a claim in
+    /// this process could take the free slot and then find the flag still
+    /// set and pass it by, leaving it `Held` by no one.
+    ///
     /// A plain store, not a compare-and-swap: only the blob that holds the
     /// slot frees it, and nothing else changes a held slot's word except a
-    /// hostile peer (which may write any word anyway; the claim's CAS and
-    /// `accept`'s CAS keep this process from handing out one slot twice) or
-    /// a `reclaim` wrongly run while this side lives. With the claim's hint
-    /// left set, an alloc+free pair then costs a single locked instruction.
+    /// hostile peer (which may write any word anyway; the held flags keep
+    /// this process from handing out one slot twice) or a `reclaim` wrongly
+    /// run while this side lives. With the claim's hint left set, an
+    /// alloc+free pair then costs one locked instruction on the state word
+    /// and one on the process-local flag.
     pub(crate) fn free(&self, class: usize, slot: usize, generation: u32) {
         let c = &self.classes[class];
+        self.held.release(class, slot);
         store_release(
             self.region.u64_at(c.state_at(slot)),
             Word::encode(generation, SlotState::Free),
@@ -560,14 +631,29 @@ impl<R: Region> Pool<R> {
     /// threads may keep working meanwhile. Calling it while `dead` is alive
     /// frees blobs under its feet: its later frees and sends then fail
     /// quietly and its bytes may be overwritten.
+    ///
+    /// A slot a blob of *this process* holds is never freed, whatever its
+    /// state word says (counted in [`Reclaimed::held_here`]): the word was
+    /// rewritten behind our back, or `dead` is a side this very process
+    /// still runs (a test); freeing it would let the dead side's successor
+    /// write bytes this process is using.
     pub fn reclaim(&self, dead: Side) -> Reclaimed {
         let mut r = Reclaimed::default();
-        for c in self.classes.iter() {
+        for (ci, c) in self.classes.iter().enumerate() {
             for slot in 0..c.count {
                 let word = self.region.u64_at(c.state_at(slot));
                 let mut cur = word.load(Ordering::Acquire);
                 loop {
                     let w = Word::decode(cur);
+                    let frees = matches!(w.state, SlotState::Held(s) if s == dead)
+                        || matches!(w.state, SlotState::InFlight(_));
+                    // Checked again on every retry: a blob of this process
+                    // may have taken the slot since (its claim sets the flag
+                    // before its compare-and-swap, which also fails ours).
+                    if frees && self.held.is_held(ci, slot) {
+                        r.held_here += 1;
+                        break;
+                    }
                     let counter = match w.state {
                         SlotState::Held(s) if s == dead => &mut r.held,
                         SlotState::InFlight(s) if s == dead => &mut r.in_flight_to_dead,

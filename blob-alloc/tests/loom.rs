@@ -196,8 +196,15 @@ fn send_accept_while_allocating() {
 fn reclaim_while_the_survivor_allocates() {
     model(|| {
         let (a, b, owners) = setup(2);
-        // B dies holding a slot.
-        std::mem::forget(b.alloc(8).unwrap());
+        // B dies holding a slot: its blob is gone with its process (and its
+        // process's record of it), the state word says B holds the slot.
+        let gone = b.alloc(8).unwrap();
+        let h = gone.handle();
+        drop(gone);
+        let states = a.region().u64_at(64 + 24).load(Ordering::Relaxed) as usize;
+        a.region()
+            .u64_at(states + 8 * h.slot as usize)
+            .store(u64::from(h.generation) << 32 | 2, Ordering::Release);
         let t = {
             let (a, owners) = (a.clone(), owners.clone());
             loom::thread::spawn(move || {

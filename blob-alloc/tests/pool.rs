@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use isocall_blob::{BlobError, BlobHandle, Pool, PoolConfig, Side, SlotState, census};
+use isocall_blob::{BlobError, BlobHandle, BlobMut, Pool, PoolConfig, Side, SlotState, census};
 use isocall_ringbuf::HeapRegion;
 
 type P = Pool<Arc<HeapRegion>>;
@@ -208,13 +208,16 @@ fn reclaim_returns_what_the_dead_side_held() {
     let to_a = b.alloc(10).unwrap().send().unwrap();
     let to_b = a.alloc(10).unwrap().send().unwrap();
     let mine = a.alloc(200).unwrap();
-    std::mem::forget(b1);
-    std::mem::forget(b2); // B "dies" holding them
+    // B "dies" holding them: its process (and the record of what its blobs
+    // hold) is gone, its state words stay.
+    died_holding(&b, b1);
+    died_holding(&b, b2);
     let r = a.reclaim(Side::B);
     assert_eq!(
         (r.held, r.in_flight_to_dead, r.in_flight_from_dead),
         (2, 1, 1)
     );
+    assert_eq!(r.held_here, 0);
     assert_eq!(r.freed(), 4);
     let st = a.stats();
     assert_eq!(st.used(), 1, "only A's own blob is left: {st:?}");
@@ -265,6 +268,35 @@ fn free_slots_without_hints_are_still_found() {
         bits.load(std::sync::atomic::Ordering::Relaxed),
         0b111,
         "frees restore the hints"
+    );
+}
+
+/// The state word of a blob's slot (offsets from the layout module).
+fn state_word<'p>(p: &'p P, h: &BlobHandle) -> &'p std::sync::atomic::AtomicU64 {
+    use isocall_ringbuf::Region;
+    let desc = 64 + 64 * h.class as usize;
+    let states = p
+        .region()
+        .u64_at(desc + 24)
+        .load(std::sync::atomic::Ordering::Relaxed) as usize;
+    p.region().u64_at(states + 8 * h.slot as usize)
+}
+
+/// A blob whose side dies holding it, as another process would: the blob
+/// is gone (with its process's record of it), the state word still says
+/// its side holds the slot. (`mem::forget` is no such death: the blob's
+/// process lives on, and its record keeps the slot held.)
+fn died_holding(pool: &P, blob: BlobMut<'_, Arc<HeapRegion>>) {
+    let h = blob.handle();
+    let side = match pool.slot_state(h.class as usize, h.slot as usize) {
+        Some((SlotState::Held(side), _)) => side,
+        other => panic!("not held: {other:?}"),
+    };
+    drop(blob);
+    let code = if side == Side::A { 1 } else { 2 };
+    state_word(pool, &h).store(
+        u64::from(h.generation) << 32 | code,
+        std::sync::atomic::Ordering::Release,
     );
 }
 
