@@ -162,8 +162,9 @@ impl<'p, R: Region> BlobMut<'p, R> {
     ///
     /// [`BlobError::WrongState`] or [`BlobError::Stale`] if the slot's state
     /// word was changed behind this side's back (a hostile peer, or a
-    /// `reclaim` that judged this side dead); the blob is then dropped
-    /// without freeing.
+    /// `reclaim` that judged this side dead), [`BlobError::Contended`] if
+    /// the peer keeps changing it; the blob is then dropped without
+    /// freeing.
     pub fn send(self) -> Result<BlobHandle, BlobError> {
         std::mem::ManuallyDrop::new(self).s.send()
     }

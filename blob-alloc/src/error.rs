@@ -263,6 +263,16 @@ pub enum BlobError {
         /// Slot index.
         slot: usize,
     },
+    /// The slot's state word kept changing under the compare-and-swap (a
+    /// peer flipping it); the operation gave up after
+    /// [`CAS_RETRIES`](crate::pool::CAS_RETRIES) attempts rather than spin.
+    #[error("blob class {class} slot {slot}: its state word keeps changing (a peer is at it)")]
+    Contended {
+        /// Class index.
+        class: usize,
+        /// Slot index.
+        slot: usize,
+    },
     /// A new length beyond the slot.
     #[error("blob length {len} exceeds its slot of {capacity} bytes")]
     Overflow {

@@ -42,7 +42,14 @@
 //! holds to `InFlight(me)` and resends the handle gets
 //! [`BlobError::HeldHere`]; one that rewrites it to `Free` sees the next
 //! allocation pass it by; [`Pool::reclaim`] leaves it alone.
+//!
+//! Nor can it make this process spin: every compare-and-swap loop on a
+//! state word gives up after [`CAS_RETRIES`] attempts (a claim moves on to
+//! another slot, an accept or send fails with [`BlobError::Contended`],
+//! `reclaim` skips the slot). A correct peer changes a word between our
+//! load and our compare-and-swap only rarely, and never many times running.
 
+use core::ops::ControlFlow;
 use core::sync::atomic::{AtomicUsize, Ordering as LocalOrdering};
 use std::sync::Arc;
 
@@ -157,6 +164,9 @@ pub struct Reclaimed {
     /// Slots whose state word says the dead side holds them or one side has
     /// them in flight, but which a blob of this process holds: left alone.
     pub held_here: usize,
+    /// Slots whose state word kept changing under the scan (a peer flipping
+    /// it, so not a dead one): left alone after [`CAS_RETRIES`] attempts.
+    pub contended: usize,
 }
 
 impl Reclaimed {
@@ -176,6 +186,26 @@ fn store_release(word: &AtomicU64, v: u64) {
     word.swap(v, Ordering::Release);
     #[cfg(not(loom))]
     word.store(v, Ordering::Release);
+}
+
+/// Most compare-and-swap attempts on one state word per operation (the
+/// word is the peer's to write too: one that flips it forever must not keep
+/// us spinning).
+pub const CAS_RETRIES: u32 = 64;
+
+/// Runs a compare-and-swap loop on a peer-writable word, at most
+/// [`CAS_RETRIES`] times. Each attempt gets the value last seen and either
+/// finishes (`Break`) or returns the value its failed compare-and-swap found
+/// (`Continue`). `None`: the word kept changing.
+#[inline]
+fn bounded_cas<T>(mut cur: u64, mut attempt: impl FnMut(u64) -> ControlFlow<T, u64>) -> Option<T> {
+    for _ in 0..CAS_RETRIES {
+        match attempt(cur) {
+            ControlFlow::Break(done) => return Some(done),
+            ControlFlow::Continue(now) => cur = now,
+        }
+    }
+    None
 }
 
 pub(crate) fn side_index(s: Side) -> usize {
@@ -380,12 +410,16 @@ impl<R: Region> Pool<R> {
         got
     }
 
-    fn claim_from(&self, word: &AtomicU64, mut cur: u64) -> Option<u32> {
-        loop {
+    /// The claim's compare-and-swap, retried while the slot stays free;
+    /// `None` if it is taken, or if its word keeps changing (bounded).
+    fn claim_from(&self, word: &AtomicU64, cur: u64) -> Option<u32> {
+        bounded_cas(cur, |cur| {
             let w = Word::decode(cur);
             if w.state != SlotState::Free {
-                return None;
+                return ControlFlow::Break(None);
             }
+            // The generation wraps by design: a handle 2^32 lives old is
+            // as good as new (the state check still guards the slot).
             let generation = w.generation.wrapping_add(1);
             // Acquire: pairs with the Release of the free that made it Free,
             // so the previous owner's accesses happen before ours.
@@ -395,10 +429,11 @@ impl<R: Region> Pool<R> {
                 Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Some(generation),
-                Err(now) => cur = now,
+                Ok(_) => ControlFlow::Break(Some(generation)),
+                Err(now) => ControlFlow::Continue(now),
             }
-        }
+        })
+        .flatten()
     }
 
     fn slot_ref(&self, ci: usize, slot: usize, generation: u32, len: usize) -> SlotRef<'_, R> {
@@ -439,7 +474,8 @@ impl<R: Region> Pool<R> {
     }
 
     /// Swaps the state of slot `slot` of class `ci` from one of `from` to
-    /// `to`, keeping generation `generation`, which the word must hold.
+    /// `to`, keeping generation `generation`, which the word must hold;
+    /// [`BlobError::Contended`] if the word keeps changing under it.
     fn transition(
         &self,
         (ci, slot): (usize, usize),
@@ -450,24 +486,23 @@ impl<R: Region> Pool<R> {
         success: Ordering,
     ) -> Result<(), BlobError> {
         let word = self.region.u64_at(self.classes[ci].state_at(slot));
-        let mut cur = word.load(Ordering::Relaxed);
-        loop {
+        bounded_cas(word.load(Ordering::Relaxed), |cur| {
             let w = Word::decode(cur);
             if w.generation != generation {
-                return Err(BlobError::Stale {
+                return ControlFlow::Break(Err(BlobError::Stale {
                     class: ci,
                     slot,
                     handle: generation,
                     now: w.generation,
-                });
+                }));
             }
             if !from.contains(&w.state) {
-                return Err(BlobError::WrongState {
+                return ControlFlow::Break(Err(BlobError::WrongState {
                     class: ci,
                     slot,
                     found: w.state,
                     expected,
-                });
+                }));
             }
             match word.compare_exchange(
                 cur,
@@ -475,10 +510,11 @@ impl<R: Region> Pool<R> {
                 success,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Ok(()),
-                Err(now) => cur = now,
+                Ok(_) => ControlFlow::Break(Ok(())),
+                Err(now) => ControlFlow::Continue(now),
             }
-        }
+        })
+        .unwrap_or(Err(BlobError::Contended { class: ci, slot }))
     }
 
     /// Makes the slot `h` names a blob of this side: marks it held in this
@@ -519,7 +555,9 @@ impl<R: Region> Pool<R> {
     /// [`LengthBeyondSlot`](BlobError::LengthBeyondSlot) for a handle naming
     /// no slot of this pool, [`BlobError::Stale`] for an earlier life of the slot,
     /// [`BlobError::WrongState`] for a blob not in flight to this side
-    /// (accepted already, or never sent).
+    /// (accepted already, or never sent); [`BlobError::HeldHere`] if a blob
+    /// of this process holds the slot already (the peer rewrote its state
+    /// word); [`BlobError::Contended`] if the peer keeps changing the word.
     pub fn accept(&self, h: &BlobHandle) -> Result<Blob<'_, R>, BlobError> {
         self.accept_mut(h).map(BlobMut::freeze)
     }
@@ -642,8 +680,7 @@ impl<R: Region> Pool<R> {
         for (ci, c) in self.classes.iter().enumerate() {
             for slot in 0..c.count {
                 let word = self.region.u64_at(c.state_at(slot));
-                let mut cur = word.load(Ordering::Acquire);
-                loop {
+                let done = bounded_cas(word.load(Ordering::Acquire), |cur| {
                     let w = Word::decode(cur);
                     let frees = matches!(w.state, SlotState::Held(s) if s == dead)
                         || matches!(w.state, SlotState::InFlight(_));
@@ -652,7 +689,7 @@ impl<R: Region> Pool<R> {
                     // before its compare-and-swap, which also fails ours).
                     if frees && self.held.is_held(ci, slot) {
                         r.held_here += 1;
-                        break;
+                        return ControlFlow::Break(());
                     }
                     let counter = match w.state {
                         SlotState::Held(s) if s == dead => &mut r.held,
@@ -667,9 +704,9 @@ impl<R: Region> Pool<R> {
                                 bits.fetch_or(bit, Ordering::Relaxed);
                                 r.repaired += 1;
                             }
-                            break;
+                            return ControlFlow::Break(());
                         }
-                        _ => break,
+                        _ => return ControlFlow::Break(()),
                     };
                     match word.compare_exchange(
                         cur,
@@ -680,10 +717,13 @@ impl<R: Region> Pool<R> {
                         Ok(_) => {
                             *counter += 1;
                             self.mark_free(c, slot);
-                            break;
+                            ControlFlow::Break(())
                         }
-                        Err(now) => cur = now,
+                        Err(now) => ControlFlow::Continue(now),
                     }
+                });
+                if done.is_none() {
+                    r.contended += 1;
                 }
             }
         }
@@ -751,4 +791,29 @@ fn count_states<R: ReadRegion + ?Sized>(region: &R, classes: &[ClassLayout]) -> 
         })
         .collect();
     PoolStats { classes }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_word_that_keeps_changing_ends_the_loop() {
+        let mut attempts = 0;
+        let got: Option<()> = bounded_cas(0, |cur| {
+            attempts += 1;
+            ControlFlow::Continue(cur + 1)
+        });
+        assert_eq!((got, attempts), (None, CAS_RETRIES));
+        let mut n = 0;
+        let got = bounded_cas(0, |cur| {
+            n += 1;
+            if cur == 3 {
+                ControlFlow::Break(cur)
+            } else {
+                ControlFlow::Continue(cur + 1)
+            }
+        });
+        assert_eq!((got, n), (Some(3), 4));
+    }
 }

@@ -221,6 +221,56 @@ fn a_header_rewritten_since_the_first_open_is_refused() {
     assert_eq!(e, BlobError::LayoutChanged);
 }
 
+#[test]
+fn a_peer_flipping_a_word_cannot_make_us_spin() {
+    // The peer flips a state word as fast as it can, between values each of
+    // which our compare-and-swap loops would retry on; every operation still
+    // returns (each loop gives up after CAS_RETRIES attempts). A watchdog,
+    // not a sleep, bounds the test.
+    let (a, b) = pair(&PoolConfig::new().class(64, 1));
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let h = a.alloc(8).unwrap().send().unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let (a, stop) = (a.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let w = state_word(&a, &h);
+            let g = h.generation;
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Free at ever-new generations (alloc retries on a free
+                // word), then InFlight(B) / Held(B) at the handle's
+                // generation (take_back by A accepts both).
+                let v = match i % 3 {
+                    0 => word(g.wrapping_add(i), SlotState::Free),
+                    1 => word(g, SlotState::InFlight(Side::B)),
+                    _ => word(g, SlotState::Held(Side::B)),
+                };
+                w.store(v, Release);
+                i = i.wrapping_add(1);
+            }
+        })
+    };
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        for _ in 0..2000 {
+            drop(a.alloc(8));
+            drop(a.take_back(&h));
+            drop(b.accept(&h));
+            let _ = a.reclaim(Side::B);
+        }
+        done_tx.send(()).unwrap();
+    });
+    let finished = done_rx.recv_timeout(std::time::Duration::from_secs(60));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flipper.join().unwrap();
+    assert!(
+        finished.is_ok(),
+        "an operation kept spinning on a flipped word"
+    );
+    worker.join().unwrap();
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Alloc(bool, usize),

@@ -27,6 +27,12 @@
 //! found that). They are all off the fast path. A side that never finds the
 //! ring empty or full makes no syscall.
 //!
+//! The peer can write the wait words too. No access to one is a loop: each
+//! is a single swap or load, never a compare-and-swap retried until it
+//! holds, so a peer flipping a word can only cut a sleep short or cost a
+//! wake-up call for nothing. A waiter still re-checks the ring and its stop
+//! condition after every sleep, and ends at its deadline.
+//!
 //! The ring knows nothing about futexes or eventfds: a [`Parker`] supplies
 //! them (isocall-engine has the futex and eventfd ones), and
 //! [`CondvarParker`] serves threads of one process.
