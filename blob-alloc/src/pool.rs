@@ -486,24 +486,38 @@ impl<R: Region> Pool<R> {
         success: Ordering,
     ) -> Result<(), BlobError> {
         let word = self.region.u64_at(self.classes[ci].state_at(slot));
+        // The first look is a plain load, which may show a state older than
+        // the one the handle was sent in (a handle that came by a way that
+        // orders nothing). A refusal is only ever made on a value read by a
+        // read-modify-write (the latest): the first refusal reads again.
+        let mut fresh = false;
         bounded_cas(word.load(Ordering::Relaxed), |cur| {
             let w = Word::decode(cur);
-            if w.generation != generation {
-                return ControlFlow::Break(Err(BlobError::Stale {
+            let refusal = if w.generation != generation {
+                Some(BlobError::Stale {
                     class: ci,
                     slot,
                     handle: generation,
                     now: w.generation,
-                }));
-            }
-            if !from.contains(&w.state) {
-                return ControlFlow::Break(Err(BlobError::WrongState {
+                })
+            } else if !from.contains(&w.state) {
+                Some(BlobError::WrongState {
                     class: ci,
                     slot,
                     found: w.state,
                     expected,
-                }));
+                })
+            } else {
+                None
+            };
+            if let Some(e) = refusal {
+                if fresh {
+                    return ControlFlow::Break(Err(e));
+                }
+                fresh = true;
+                return ControlFlow::Continue(word.fetch_add(0, Ordering::Relaxed));
             }
+            fresh = true;
             match word.compare_exchange(
                 cur,
                 Word::encode(generation, to),
