@@ -14,10 +14,11 @@
 //! (exclusive) borrows of itself.
 #![allow(unsafe_code)]
 
+use std::mem::{ManuallyDrop, take};
 use std::ops::{Deref, DerefMut};
 
 use bytemuck::{Pod, Zeroable};
-use isocall_ringbuf::Region;
+use isocall_ringbuf::{Access, Region};
 
 use crate::error::BlobError;
 use crate::pool::Pool;
@@ -115,17 +116,29 @@ impl<R: Region> SlotRef<'_, R> {
 /// it; [`send`](Self::send) hands it to the peer.
 pub struct BlobMut<'p, R: Region> {
     s: SlotRef<'p, R>,
+    /// This side uses the whole slot for as long as it holds it; the access
+    /// ends before the free's or send's Release (see `end`).
+    access: Access,
 }
 
 /// A blob this side holds, to read in place. Dropping it frees it.
 pub struct Blob<'p, R: Region> {
     s: SlotRef<'p, R>,
+    access: Access,
+}
+
+/// Gives up a blob's slot reference without running its drop: ends its
+/// access first (the access must end before the slot changes hands).
+fn end<'p, R: Region>(s: SlotRef<'p, R>, access: &mut Access) -> SlotRef<'p, R> {
+    drop(take(access));
+    s
 }
 
 impl<'p, R: Region> BlobMut<'p, R> {
     pub(crate) fn new(s: SlotRef<'p, R>) -> Self {
         debug_assert!(s.len <= s.capacity);
-        BlobMut { s }
+        let access = s.pool.region().access(s.offset, s.capacity, true);
+        BlobMut { s, access }
     }
 
     /// Bytes the slot can hold (the blob may grow up to it).
@@ -166,13 +179,17 @@ impl<'p, R: Region> BlobMut<'p, R> {
     /// the peer keeps changing it; the blob is then dropped without
     /// freeing.
     pub fn send(self) -> Result<BlobHandle, BlobError> {
-        std::mem::ManuallyDrop::new(self).s.send()
+        let mut this = ManuallyDrop::new(self);
+        end(this.s, &mut this.access).send()
     }
 
     /// Keeps the blob, read-only from now on.
     pub fn freeze(self) -> Blob<'p, R> {
-        let this = std::mem::ManuallyDrop::new(self);
-        Blob { s: this.s }
+        let mut this = ManuallyDrop::new(self);
+        Blob {
+            s: this.s,
+            access: take(&mut this.access),
+        }
     }
 }
 
@@ -188,7 +205,8 @@ impl<R: Region> Blob<'_, R> {
     ///
     /// As [`BlobMut::send`].
     pub fn send(self) -> Result<BlobHandle, BlobError> {
-        std::mem::ManuallyDrop::new(self).s.send()
+        let mut this = ManuallyDrop::new(self);
+        end(this.s, &mut this.access).send()
     }
 }
 
@@ -227,17 +245,15 @@ impl<R: Region> Deref for Blob<'_, R> {
 
 impl<R: Region> Drop for BlobMut<'_, R> {
     fn drop(&mut self) {
-        self.s
-            .pool
-            .free(self.s.class, self.s.slot, self.s.generation);
+        let s = end(self.s, &mut self.access);
+        s.pool.free(s.class, s.slot, s.generation);
     }
 }
 
 impl<R: Region> Drop for Blob<'_, R> {
     fn drop(&mut self) {
-        self.s
-            .pool
-            .free(self.s.class, self.s.slot, self.s.generation);
+        let s = end(self.s, &mut self.access);
+        s.pool.free(s.class, s.slot, s.generation);
     }
 }
 

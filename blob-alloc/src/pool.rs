@@ -54,7 +54,7 @@ use core::sync::atomic::{AtomicUsize, Ordering as LocalOrdering};
 use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
-use isocall_ringbuf::{ReadRegion, Region, base_addr};
+use isocall_ringbuf::{ReadRegion, Region, region_key};
 
 use crate::blob::{Blob, BlobHandle, BlobMut, SlotRef};
 use crate::error::BlobError;
@@ -237,7 +237,7 @@ impl<R: Region> Pool<R> {
         // Registered before the format: no handle of this process can be
         // open on the region meanwhile (formatting would free its blobs'
         // slots), and none can open a half-written header and use it.
-        let held = Held::create(base_addr(&region), &classes)?;
+        let held = Held::create(region_key(&region), &classes)?;
         layout::write(&region, &classes, region.len());
         Ok(Self::with(region, side, classes, held))
     }
@@ -260,7 +260,7 @@ impl<R: Region> Pool<R> {
     /// pool open already and the header now says something else.
     pub fn open(region: R, side: Side) -> Result<Self, BlobError> {
         let classes = layout::read(&region)?;
-        let held = Held::open(base_addr(&region), &classes)?;
+        let held = Held::open(region_key(&region), &classes)?;
         Ok(Self::with(region, side, classes, held))
     }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::error::{AttachError, Corrupt};
 use crate::layout::*;
-use crate::region::Region;
+use crate::region::{Access, Region};
 use crate::ring::{RingRef, RingSide};
 use crate::sync::{Ordering, fence, light_fence};
 use crate::wait::{NOT_WAITING, Parker, Spinner, WAITING_DOORBELL, WaitError, WaitStrategy};
@@ -106,10 +106,7 @@ impl<R: Region, P: Parker> Consumer<R, P> {
     /// [`Corrupt`] if the next header is not a valid frame.
     #[inline]
     pub fn peek(&mut self) -> Result<Option<Frame<'_, R, P>>, Corrupt> {
-        Ok(self.poll()?.map(|header| Frame {
-            consumer: self,
-            header,
-        }))
+        Ok(self.poll()?.map(|header| Frame::new(self, header)))
     }
 
     /// The next frame if one is published; if none is, asks `stop()`, and
@@ -132,10 +129,7 @@ impl<R: Region, P: Parker> Consumer<R, P> {
             None if stop() => Some(self.poll()?.ok_or(WaitError::Stopped)?),
             None => None,
         };
-        Ok(header.map(|header| Frame {
-            consumer: self,
-            header,
-        }))
+        Ok(header.map(|header| Frame::new(self, header)))
     }
 
     /// Waits by `strategy` for the next frame, until `deadline` or until
@@ -152,10 +146,7 @@ impl<R: Region, P: Parker> Consumer<R, P> {
         stop: impl Fn() -> bool,
     ) -> Result<Frame<'_, R, P>, WaitError> {
         let header = self.wait_header(strategy, deadline, stop)?;
-        Ok(Frame {
-            consumer: self,
-            header,
-        })
+        Ok(Frame::new(self, header))
     }
 
     /// Announces that the caller is about to sleep outside the ring, e.g. in
@@ -399,9 +390,22 @@ impl<R: Region, P: Parker> std::fmt::Debug for Consumer<R, P> {
 pub struct Frame<'a, R: Region, P: Parker> {
     consumer: &'a mut Consumer<R, P>,
     header: Header,
+    /// This side reads the payload for as long as the frame lives (it ends
+    /// before `release` hands the bytes back).
+    access: Access,
 }
 
-impl<R: Region, P: Parker> Frame<'_, R, P> {
+impl<'a, R: Region, P: Parker> Frame<'a, R, P> {
+    fn new(consumer: &'a mut Consumer<R, P>, header: Header) -> Self {
+        let off = consumer.ring.payload_offset(consumer.head);
+        let access = consumer.ring.region.access(off, header.len as usize, false);
+        Frame {
+            consumer,
+            header,
+            access,
+        }
+    }
+
     /// The frame's kind (`1..=MAX_USER_KIND`).
     #[inline]
     pub fn kind(&self) -> u16 {
@@ -446,9 +450,16 @@ impl<R: Region, P: Parker> Frame<'_, R, P> {
     #[inline]
     pub fn release(self) {
         let size = frame_size(self.len()) as u64;
-        let c = self.consumer;
+        let Frame {
+            consumer: c,
+            header,
+            access,
+        } = self;
+        // The reads end before `advance` may hand the bytes back (its
+        // Release store of head).
+        drop(access);
         c.stats.frames += 1;
-        c.stats.bytes += u64::from(self.header.len);
+        c.stats.bytes += u64::from(header.len);
         c.advance(size);
     }
 }

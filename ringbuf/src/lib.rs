@@ -53,9 +53,9 @@ pub use consumer::{Consumer, ConsumerStats, Frame};
 pub use error::{AttachError, Corrupt, ReserveError};
 pub use layout::{MAX_USER_KIND, RING_CONTROL_BYTES, frame_size, max_payload, ring_region_size};
 pub use producer::{Grant, Producer, ProducerStats, ReserveWaitError};
+pub use region::{Access, ReadRegion, Region, region_key};
 #[cfg(not(loom))]
 pub use region::{HeapRegion, ReadOnlyRegion, SharedRegion};
-pub use region::{ReadRegion, Region, base_addr};
 pub use ring::{RingSide, RingSnapshot, snapshot};
 pub use wait::{Parker, Spinner, WaitError, WaitStrategy};
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::error::{AttachError, Corrupt, ReserveError};
 use crate::layout::*;
-use crate::region::Region;
+use crate::region::{Access, Region};
 use crate::ring::{RingRef, RingSide};
 use crate::sync::{Ordering, fence, light_fence};
 use crate::wait::{NOT_WAITING, Parker, Spinner, WaitError, WaitStrategy};
@@ -313,11 +313,13 @@ impl<R: Region, P: Parker> Producer<R, P> {
     fn grant(&mut self, kind: u16, len: usize) -> Grant<'_, R, P> {
         self.grant_open = true;
         self.dirty_to = self.dirty_to.max(self.tail + frame_size(len) as u64);
+        let access = (self.ring.region).access(self.ring.payload_offset(self.tail), len, true);
         Grant {
             producer: self,
             kind,
             flags: 0,
             len,
+            _access: access,
         }
     }
 
@@ -545,6 +547,9 @@ pub struct Grant<'a, R: Region, P: Parker> {
     kind: u16,
     flags: u16,
     len: usize,
+    /// This side writes the reserved bytes for as long as the grant lives
+    /// (it ends before any publish, which needs the producer back).
+    _access: Access,
 }
 
 impl<R: Region, P: Parker> Grant<'_, R, P> {

@@ -10,6 +10,15 @@
 //! ([`Region::u64_at`], [`Region::u32_at`]); payload bytes are handed out as
 //! slices under the ring protocol's exclusive-access rules.
 //!
+//! Those rules are what the loom models check, through [`Region::access`]:
+//! whoever hands out payload slices (a [`Grant`](crate::Grant), a
+//! [`Frame`](crate::Frame), a blob) holds an [`Access`] over the same bytes
+//! for as long as its slices can live. In every real home it is a
+//! zero-sized no-op; the loom home backs each cache line of payload with a
+//! `loom::cell::UnsafeCell`, so that two sides whose windows on the same
+//! bytes are not ordered by the protocol's atomics are reported as a data
+//! race.
+//!
 //! Reading is a trait of its own, [`ReadRegion`]: loads of words and copies
 //! of bytes, nothing else. Every home implements it, and so does a
 //! [`ReadOnlyRegion`], an inspector's read-only mapping, which implements
@@ -130,18 +139,105 @@ pub unsafe trait Region: ReadRegion + Send + Sync {
     // SAFETY: a contract for callers, stated in `# Safety` above.
     #[allow(clippy::mut_from_ref)]
     unsafe fn bytes_mut(&self, off: usize, len: usize) -> &mut [u8];
+
+    /// Declares that the caller reads (or, if `write`, writes) the bytes
+    /// `off..off + len` through slices from [`bytes`](Region::bytes) /
+    /// [`bytes_mut`](Region::bytes_mut) until the returned [`Access`] is
+    /// dropped. Only the loom model tracks it (see the module doc); every
+    /// other home returns [`Access::untracked`], which is zero-sized, so
+    /// the call compiles to nothing.
+    #[inline]
+    fn access(&self, off: usize, len: usize, write: bool) -> Access {
+        let _ = (off, len, write);
+        Access::untracked()
+    }
+
+    /// Loom only: the modelled process this handle belongs to (default 0).
+    /// Handles of one region that give different values stand for two
+    /// processes' mappings of the same bytes: the process-local registries
+    /// (ring sides, blob slots held) keep a separate record for each, as two
+    /// real processes would, so that a model of two processes is not
+    /// ordered by a record only one process could see.
+    #[cfg(loom)]
+    fn process(&self) -> usize {
+        0
+    }
 }
 
-/// The address of the region's first word: the key under which the
-/// process-local registries of rings and pools know a region (see the
-/// [`Region`] safety contract).
+/// A declared window of access to a region's payload bytes (see
+/// [`Region::access`]): zero-sized, and nothing, except in the loom model,
+/// where it holds loom's guards over the cache lines it covers until it is
+/// dropped.
+#[must_use = "the access ends when this is dropped"]
+#[derive(Default)]
+pub struct Access {
+    /// Held for their drop only: the access ends when the guards go.
+    #[cfg(loom)]
+    #[allow(dead_code)]
+    guards: Vec<LoomGuard>,
+}
+
+#[cfg(loom)]
+#[allow(dead_code)] // held for their drop only
+enum LoomGuard {
+    Read(loom::cell::ConstPtr<()>),
+    Write(loom::cell::MutPtr<()>),
+}
+
+// SAFETY: the guards are never dereferenced (they point at `()`); they only
+// mark an access, whose start and end loom attributes to the thread that
+// runs them. Moving the access to another thread moves that end there, as
+// moving a slice would (the move itself is ordered by whatever sends it).
+#[cfg(loom)]
+unsafe impl Send for Access {}
+// SAFETY: as above; a shared `&Access` allows nothing at all.
+#[cfg(loom)]
+unsafe impl Sync for Access {}
+
+impl Access {
+    /// No tracking: what every home but the loom model returns.
+    #[inline]
+    pub fn untracked() -> Access {
+        Access::default()
+    }
+
+    /// Loom only: an access made of read guards, one per cell it covers.
+    #[cfg(loom)]
+    pub fn reads(guards: impl IntoIterator<Item = loom::cell::ConstPtr<()>>) -> Access {
+        Access {
+            guards: guards.into_iter().map(LoomGuard::Read).collect(),
+        }
+    }
+
+    /// Loom only: an access made of write guards, one per cell it covers.
+    #[cfg(loom)]
+    pub fn writes(guards: impl IntoIterator<Item = loom::cell::MutPtr<()>>) -> Access {
+        Access {
+            guards: guards.into_iter().map(LoomGuard::Write).collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Access")
+    }
+}
+
+/// The key under which the process-local registries of rings and pools know
+/// a region: the address of its first word (see the [`Region`] safety
+/// contract). Under loom, the modelled [`process`](Region::process) is
+/// folded into its low bits (always zero in the address of a `u64`).
 ///
 /// # Panics
 ///
 /// If the region is shorter than 8 bytes.
 #[inline]
-pub fn base_addr<R: Region + ?Sized>(region: &R) -> usize {
-    std::ptr::from_ref(region.u64_at(0)) as usize
+pub fn region_key<R: Region + ?Sized>(region: &R) -> usize {
+    let addr = std::ptr::from_ref(region.u64_at(0)) as usize;
+    #[cfg(loom)]
+    let addr = addr | (region.process() & 7);
+    addr
 }
 
 #[cfg(not(loom))]
@@ -212,5 +308,13 @@ unsafe impl<T: Region> Region for std::sync::Arc<T> {
     unsafe fn bytes_mut(&self, off: usize, len: usize) -> &mut [u8] {
         // SAFETY: forwarded contract.
         unsafe { (**self).bytes_mut(off, len) }
+    }
+    #[inline]
+    fn access(&self, off: usize, len: usize, write: bool) -> Access {
+        (**self).access(off, len, write)
+    }
+    #[cfg(loom)]
+    fn process(&self) -> usize {
+        (**self).process()
     }
 }

@@ -28,7 +28,7 @@ use std::sync::{LazyLock, Mutex, PoisonError};
 
 use crate::error::{AttachError, Corrupt};
 use crate::layout::*;
-use crate::region::{ReadRegion, Region, base_addr};
+use crate::region::{ReadRegion, Region, region_key};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// The two sides of a ring (exactly two, so not `#[non_exhaustive]`).
@@ -97,7 +97,7 @@ impl<R: Region> RingRef<R> {
         if len < RING_CONTROL_BYTES || !valid_capacity(capacity) {
             return Err(AttachError::BadRegionSize { len });
         }
-        if !registry().insert((base_addr(&region), side)) {
+        if !registry().insert((region_key(&region), side)) {
             return Err(AttachError::AlreadyAttached { side });
         }
         // From here on, dropping `ring` (on any error below) unregisters.
@@ -182,7 +182,7 @@ impl<R: Region> Drop for RingRef<R> {
                 Ordering::Relaxed,
             );
         }
-        registry().remove(&(base_addr(&self.region), self.side));
+        registry().remove(&(region_key(&self.region), self.side));
     }
 }
 
