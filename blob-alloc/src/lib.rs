@@ -19,9 +19,16 @@
 //! double-freed or forged handle is an error, never somebody else's blob.
 //! See [`pool`] for the protocol and why it is a bitmap, not a stack.
 //!
+//! The peer may write any state word, so each process also keeps a record
+//! of the slots its own blobs hold (see [`held`]): whatever the peer writes,
+//! this process never has two blobs over one slot, and no compare-and-swap
+//! loop on a word the peer can flip runs unbounded.
+//!
 //! Like the ring, the pool is generic over where its bytes live
 //! ([`Region`](isocall_ringbuf::Region)): a heap buffer in tests, a shared
-//! mapping in real use, with the same code.
+//! mapping in real use, with the same code. An inspector with a read-only
+//! mapping ([`ReadRegion`](isocall_ringbuf::ReadRegion)) takes a [`census`]
+//! instead: a `Pool`, which writes, cannot be built over one.
 //!
 //! ```
 //! use std::sync::Arc;

@@ -19,6 +19,12 @@
 //! scribbles on the ring produces a [`Corrupt`] error, never a panic or an
 //! access out of bounds. Sleeping and waking are described in [`wait`].
 //!
+//! A ring has one [`Producer`] and one [`Consumer`] at a time: attaching a
+//! second of either, in this process or (through the control block) in
+//! another, fails with [`AttachError`], so a grant or a frame is never
+//! aliased. An inspector reads a live ring through a [`ReadRegion`] (e.g. a
+//! read-only mapping) with [`snapshot`], which only loads.
+//!
 //! ```
 //! use isocall_ringbuf::{channel, wait::{CondvarParker, WaitStrategy}};
 //!

@@ -226,7 +226,7 @@ impl std::fmt::Debug for Access {
 
 /// The key under which the process-local registries of rings and pools know
 /// a region: the address of its first word (see the [`Region`] safety
-/// contract). Under loom, the modelled [`process`](Region::process) is
+/// contract). Under loom, the modelled process (`Region::process`) is
 /// folded into its low bits (always zero in the address of a `u64`).
 ///
 /// # Panics
