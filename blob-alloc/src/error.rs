@@ -312,7 +312,9 @@ pub enum BlobError {
     /// connection, or the socket that carries it failed or carried
     /// something else, or it was refused (unsealed, too many, shorter than
     /// announced).
-    #[error("large blob {id} cannot be mapped on this connection")]
+    #[error(
+        "large blob {id} cannot be mapped: never shared on this connection, or its memfd (or the socket message carrying it) was refused"
+    )]
     LargeUnavailable {
         /// The large blob's id.
         id: u64,
