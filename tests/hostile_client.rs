@@ -18,6 +18,7 @@ use hostile::{ArchivedDigest, DIGEST, Honest, StringAttack, Text, digest, victim
 use isocall::SocketName;
 use isocall::raw::sys::SharedMem;
 use isocall::raw::wire::{Status, kind::RESPONSE};
+use isocall::ring::ReadRegion;
 use isocall::ring::Region;
 use isocall::ring::layout::CONS_WAIT;
 use isocall::ring::wait::WAITING_DOORBELL;
@@ -431,7 +432,6 @@ fn second_accept(arg: &str, ctl: &mut Ctl) {
 }
 
 #[test]
-#[ignore = "needs the process-local slot record of isocall-blob"]
 fn a_slot_the_server_holds_rewritten_back_to_in_flight_is_not_accepted_twice() {
     let _serial = serial();
     let _dog = watchdog("second_accept", Duration::from_secs(60));

@@ -19,6 +19,7 @@ use hostile::{ADD, Add, ArchivedAdd, Bystander, ECHO, StringAttack, Sum, Text};
 use isocall::blob::{BlobHandle, PoolConfig};
 use isocall::raw::SegmentLayout;
 use isocall::raw::wire::{CallHead, Status, kind};
+use isocall::ring::ReadRegion;
 use isocall::ring::Region;
 use isocall::ring::layout::CONS_WAIT;
 use isocall::ring::wait::WAITING_DOORBELL;
@@ -414,7 +415,6 @@ fn second_accept(arg: &str, ctl: &mut Ctl) {
 }
 
 #[test]
-#[ignore = "needs the process-local slot record of isocall-blob"]
 fn a_slot_rewritten_back_to_in_flight_is_not_accepted_twice() {
     let _serial = serial();
     let _dog = watchdog("second_accept", Duration::from_secs(60));

@@ -5,11 +5,20 @@
 //! moves ownership to the peer; the peer turns the handle back into a blob
 //! with [`Pool::accept`] or [`Pool::accept_mut`]. Dropping a blob frees its
 //! slot.
+//!
+//! Allows `unsafe` to call the two slice helpers of [`raw`](crate::raw),
+//! whose contract a blob meets: it is the one value in this process that
+//! holds its slot (the pool builds one per successful claim or accept;
+//! blobs are not `Clone`), and it
+//! hands out its bytes only through `&self` (shared) or `&mut self`
+//! (exclusive) borrows of itself.
+#![allow(unsafe_code)]
 
+use std::mem::{ManuallyDrop, take};
 use std::ops::{Deref, DerefMut};
 
 use bytemuck::{Pod, Zeroable};
-use isocall_ringbuf::Region;
+use isocall_ringbuf::{Access, Region};
 
 use crate::error::BlobError;
 use crate::pool::Pool;
@@ -82,10 +91,15 @@ impl<R: Region> SlotRef<'_, R> {
         Ok(h)
     }
 
-    /// The blob's bytes, to read.
+    /// The blob's bytes, to read. Called only by the blob that holds the
+    /// slot, through a shared borrow of itself.
     #[inline]
     fn bytes(&self) -> &[u8] {
-        raw::slot_bytes(self.pool.region(), self.offset, self.len, self.capacity)
+        // SAFETY: `self` is the slot reference of the blob that holds the
+        // slot (module doc), borrowed shared for the life of the slice, so
+        // no mutable slice of it exists meanwhile (that takes `&mut` of the
+        // blob).
+        unsafe { raw::slot_bytes(self.pool.region(), self.offset, self.len, self.capacity) }
     }
 
     fn handle(&self) -> BlobHandle {
@@ -102,17 +116,29 @@ impl<R: Region> SlotRef<'_, R> {
 /// it; [`send`](Self::send) hands it to the peer.
 pub struct BlobMut<'p, R: Region> {
     s: SlotRef<'p, R>,
+    /// This side uses the whole slot for as long as it holds it; the access
+    /// ends before the free's or send's Release (see `end`).
+    access: Access,
 }
 
 /// A blob this side holds, to read in place. Dropping it frees it.
 pub struct Blob<'p, R: Region> {
     s: SlotRef<'p, R>,
+    access: Access,
+}
+
+/// Gives up a blob's slot reference without running its drop: ends its
+/// access first (the access must end before the slot changes hands).
+fn end<'p, R: Region>(s: SlotRef<'p, R>, access: &mut Access) -> SlotRef<'p, R> {
+    drop(take(access));
+    s
 }
 
 impl<'p, R: Region> BlobMut<'p, R> {
     pub(crate) fn new(s: SlotRef<'p, R>) -> Self {
         debug_assert!(s.len <= s.capacity);
-        BlobMut { s }
+        let access = s.pool.region().access(s.offset, s.capacity, true);
+        BlobMut { s, access }
     }
 
     /// Bytes the slot can hold (the blob may grow up to it).
@@ -149,16 +175,21 @@ impl<'p, R: Region> BlobMut<'p, R> {
     ///
     /// [`BlobError::WrongState`] or [`BlobError::Stale`] if the slot's state
     /// word was changed behind this side's back (a hostile peer, or a
-    /// `reclaim` that judged this side dead); the blob is then dropped
-    /// without freeing.
+    /// `reclaim` that judged this side dead), [`BlobError::Contended`] if
+    /// the peer keeps changing it; the blob is then dropped without
+    /// freeing.
     pub fn send(self) -> Result<BlobHandle, BlobError> {
-        std::mem::ManuallyDrop::new(self).s.send()
+        let mut this = ManuallyDrop::new(self);
+        end(this.s, &mut this.access).send()
     }
 
     /// Keeps the blob, read-only from now on.
     pub fn freeze(self) -> Blob<'p, R> {
-        let this = std::mem::ManuallyDrop::new(self);
-        Blob { s: this.s }
+        let mut this = ManuallyDrop::new(self);
+        Blob {
+            s: this.s,
+            access: take(&mut this.access),
+        }
     }
 }
 
@@ -174,7 +205,8 @@ impl<R: Region> Blob<'_, R> {
     ///
     /// As [`BlobMut::send`].
     pub fn send(self) -> Result<BlobHandle, BlobError> {
-        std::mem::ManuallyDrop::new(self).s.send()
+        let mut this = ManuallyDrop::new(self);
+        end(this.s, &mut this.access).send()
     }
 }
 
@@ -189,12 +221,17 @@ impl<R: Region> Deref for BlobMut<'_, R> {
 impl<R: Region> DerefMut for BlobMut<'_, R> {
     #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
-        raw::slot_bytes_mut(
-            self.s.pool.region(),
-            self.s.offset,
-            self.s.len,
-            self.s.capacity,
-        )
+        // SAFETY: this blob holds the slot (module doc) and is borrowed
+        // mutably for the life of the slice: no other slice of the slot
+        // exists in this process meanwhile.
+        unsafe {
+            raw::slot_bytes_mut(
+                self.s.pool.region(),
+                self.s.offset,
+                self.s.len,
+                self.s.capacity,
+            )
+        }
     }
 }
 
@@ -208,17 +245,15 @@ impl<R: Region> Deref for Blob<'_, R> {
 
 impl<R: Region> Drop for BlobMut<'_, R> {
     fn drop(&mut self) {
-        self.s
-            .pool
-            .free(self.s.class, self.s.slot, self.s.generation);
+        let s = end(self.s, &mut self.access);
+        s.pool.free(s.class, s.slot, s.generation);
     }
 }
 
 impl<R: Region> Drop for Blob<'_, R> {
     fn drop(&mut self) {
-        self.s
-            .pool
-            .free(self.s.class, self.s.slot, self.s.generation);
+        let s = end(self.s, &mut self.access);
+        s.pool.free(s.class, s.slot, s.generation);
     }
 }
 

@@ -12,14 +12,15 @@
 //!
 //! Every field is a little-endian `u64` read with one atomic load. The
 //! creator writes the header, then the version word, then the magic with
-//! Release; `read` loads the magic with Acquire, copies every field once,
+//! Release; `read` loads the magic (then an Acquire fence: it only loads,
+//! so it also reads a read-only mapping), copies every field once,
 //! and checks them all against the region before the pool is used. The
 //! shared copy is never read again, so a peer that scribbles on the header
 //! later changes nothing.
 
-use crate::error::BlobError;
-use crate::sync::Ordering;
-use isocall_ringbuf::Region;
+use crate::error::{BlobError, PoolPart};
+use crate::sync::{Ordering, fence};
+use isocall_ringbuf::{ReadRegion, Region};
 
 /// `b"ISOBLOB1"` read as a little-endian `u64`.
 pub const POOL_MAGIC: u64 = u64::from_le_bytes(*b"ISOBLOB1");
@@ -70,6 +71,8 @@ pub struct ClassConfig {
 pub struct PoolConfig {
     classes: [ClassConfig; MAX_CLASSES],
     n: usize,
+    /// More than `MAX_CLASSES` classes were added.
+    overflow: bool,
 }
 
 impl Default for PoolConfig {
@@ -89,26 +92,23 @@ impl PoolConfig {
                 count: 0,
             }; MAX_CLASSES],
             n: 0,
+            overflow: false,
         }
     }
 
     /// Adds a class of `count` slots of `slot_size` bytes. Classes may be
     /// added in any order; [`Pool::create`](crate::Pool::create) checks them.
     /// Past [`MAX_CLASSES`] the configuration is marked invalid (and
-    /// `create` says so).
+    /// `create` says so: [`BlobError::TooManyClasses`]).
     #[must_use]
     pub fn class(mut self, slot_size: usize, count: usize) -> Self {
         if self.n < MAX_CLASSES {
             self.classes[self.n] = ClassConfig { slot_size, count };
             self.classes[..=self.n].sort_by_key(|c| c.slot_size);
+            self.n += 1;
         } else {
-            // Remember the overflow as an impossible class.
-            self.classes[MAX_CLASSES - 1] = ClassConfig {
-                slot_size: 0,
-                count: 0,
-            };
+            self.overflow = true;
         }
-        self.n = (self.n + 1).min(MAX_CLASSES);
         self
     }
 
@@ -149,7 +149,12 @@ impl PoolConfig {
     ///
     /// # Errors
     ///
-    /// [`BlobError::BadConfig`] naming the first invalid class.
+    /// [`BlobError::NoClasses`], [`TooManyClasses`](BlobError::TooManyClasses),
+    /// or, naming the first invalid class,
+    /// [`BadSlotSize`](BlobError::BadSlotSize),
+    /// [`BadSlotCount`](BlobError::BadSlotCount),
+    /// [`DuplicateClass`](BlobError::DuplicateClass),
+    /// [`ClassTooLarge`](BlobError::ClassTooLarge).
     pub fn region_size(&self) -> Result<usize, BlobError> {
         Ok(self.plan()?.1)
     }
@@ -157,9 +162,10 @@ impl PoolConfig {
     /// Checks the classes and computes where each part goes.
     pub(crate) fn plan(&self) -> Result<(Vec<ClassLayout>, usize), BlobError> {
         if self.n == 0 {
-            return Err(BlobError::BadConfig(
-                "a pool needs at least one class".into(),
-            ));
+            return Err(BlobError::NoClasses);
+        }
+        if self.overflow {
+            return Err(BlobError::TooManyClasses);
         }
         let mut at = class_desc(self.n);
         let mut out = Vec::with_capacity(self.n);
@@ -169,22 +175,21 @@ impl PoolConfig {
                 || c.slot_size > MAX_SLOT
                 || !c.slot_size.is_multiple_of(MIN_SLOT)
             {
-                return Err(BlobError::BadConfig(format!(
-                    "class {i}: slot size {} is not a multiple of {MIN_SLOT} from {MIN_SLOT} to {MAX_SLOT}",
-                    c.slot_size
-                )));
+                return Err(BlobError::BadSlotSize {
+                    class: i,
+                    slot_size: c.slot_size,
+                });
             }
             if c.count == 0 || c.count > MAX_SLOTS {
-                return Err(BlobError::BadConfig(format!(
-                    "class {i}: {} slots (1 to {MAX_SLOTS} allowed)",
-                    c.count
-                )));
+                return Err(BlobError::BadSlotCount {
+                    class: i,
+                    count: c.count,
+                });
             }
             if c.slot_size == prev {
-                return Err(BlobError::BadConfig(format!(
-                    "two classes of {} bytes",
-                    c.slot_size
-                )));
+                return Err(BlobError::DuplicateClass {
+                    slot_size: c.slot_size,
+                });
             }
             prev = c.slot_size;
             let bitmap = align(at, 64);
@@ -195,7 +200,7 @@ impl PoolConfig {
                 .checked_mul(c.count)
                 .and_then(|b| b.checked_add(data))
                 .filter(|&e| e <= 1 << 46)
-                .ok_or_else(|| BlobError::BadConfig(format!("class {i} is too large")))?;
+                .ok_or(BlobError::ClassTooLarge { class: i })?;
             out.push(ClassLayout {
                 slot_size: c.slot_size,
                 count: c.count,
@@ -280,42 +285,47 @@ pub(crate) fn write<R: Region>(region: &R, classes: &[ClassLayout], len: usize) 
     region.u64_at(H_MAGIC).store(POOL_MAGIC, Ordering::Release);
 }
 
-/// Reads and checks the header of a pool made by someone else.
-pub(crate) fn read<R: Region>(region: &R) -> Result<Vec<ClassLayout>, BlobError> {
-    let corrupt = |what: String| Err(BlobError::Corrupt(what));
+/// Reads and checks the header of a pool made by someone else, with loads
+/// only.
+pub(crate) fn read<R: ReadRegion + ?Sized>(region: &R) -> Result<Vec<ClassLayout>, BlobError> {
     if region.len() < class_desc(1) {
-        return corrupt(format!(
-            "region of {} bytes is too small for a pool",
-            region.len()
-        ));
+        return Err(BlobError::RegionTooShort {
+            len: region.len(),
+            min: class_desc(1),
+        });
     }
-    let magic = region.u64_at(H_MAGIC).load(Ordering::Acquire);
+    let magic = region.load_u64(H_MAGIC);
+    // Acquire (a fence after a Relaxed load, which a read-only mapping
+    // allows): pairs with the Release store of the magic in `write`.
+    fence(Ordering::Acquire);
     if magic != POOL_MAGIC {
-        return corrupt(format!(
-            "bad magic {magic:#018x} (expected {POOL_MAGIC:#018x})"
-        ));
+        return Err(BlobError::BadMagic {
+            found: magic,
+            expected: POOL_MAGIC,
+        });
     }
-    let r = |off: usize| region.u64_at(off).load(Ordering::Relaxed);
+    let r = |off: usize| region.load_u64(off);
     let vw = r(H_VERSION);
     let (version, n) = (vw as u32, (vw >> 32) as usize);
     if version != POOL_VERSION {
-        return corrupt(format!(
-            "layout version {version}, this build speaks {POOL_VERSION}"
-        ));
+        return Err(BlobError::BadVersion {
+            found: version,
+            expected: POOL_VERSION,
+        });
     }
     if n == 0 || n > MAX_CLASSES || class_desc(n) > region.len() {
-        return corrupt(format!("{n} classes (1 to {MAX_CLASSES} allowed)"));
+        return Err(BlobError::BadClassCount { count: n });
     }
     let len = r(H_LEN);
     if len != region.len() as u64 {
-        return corrupt(format!(
-            "header says {len} bytes, the region has {}",
-            region.len()
-        ));
+        return Err(BlobError::LengthMismatch {
+            header: len,
+            region: region.len(),
+        });
     }
     let mut classes = Vec::with_capacity(n);
-    // Every part, as (start, end, name) for the overlap check.
-    let mut spans = vec![(0usize, class_desc(n), "the header".to_string())];
+    // Every part, as (start, end, part) for the overlap check.
+    let mut spans = vec![(0usize, class_desc(n), PoolPart::Header)];
     let mut prev = 0;
     for i in 0..n {
         let d = class_desc(i);
@@ -332,27 +342,44 @@ pub(crate) fn read<R: Region>(region: &R) -> Result<Vec<ClassLayout>, BlobError>
             || !c.slot_size.is_multiple_of(MIN_SLOT)
             || c.slot_size <= prev
         {
-            return corrupt(format!("class {i}: slot size {}", c.slot_size));
+            return Err(BlobError::HeaderSlotSize {
+                class: i,
+                slot_size: c.slot_size,
+            });
         }
         prev = c.slot_size;
         if c.count == 0 || c.count > MAX_SLOTS {
-            return corrupt(format!("class {i}: {} slots", c.count));
+            return Err(BlobError::HeaderSlotCount {
+                class: i,
+                count: c.count,
+            });
         }
+        // Sizes: at most 2^24 slots of at most 2^30 bytes, so none of these
+        // products overflows; the offsets are the peer's, so every sum with
+        // one is checked.
         let parts = [
-            (c.bitmap, c.words() * 8, 64, "bitmap"),
-            (c.states, c.count * 8, 8, "slot states"),
-            (c.data, c.slot_size * c.count, 64, "slot memory"),
+            (c.bitmap, c.words() * 8, 64, PoolPart::Bitmap { class: i }),
+            (c.states, c.count * 8, 8, PoolPart::States { class: i }),
+            (
+                c.data,
+                c.slot_size * c.count,
+                64,
+                PoolPart::Slots { class: i },
+            ),
         ];
-        for (off, bytes, al, name) in parts {
-            let fits =
-                off.is_multiple_of(al) && off.checked_add(bytes).is_some_and(|e| e <= region.len());
-            if !fits {
-                return corrupt(format!(
-                    "class {i}: {name} at offset {off}, {bytes} bytes, does not fit a {}-byte region",
-                    region.len()
-                ));
-            }
-            spans.push((off, off + bytes, format!("class {i} {name}")));
+        for (off, bytes, al, part) in parts {
+            let end = off
+                .checked_add(bytes)
+                .filter(|&e| off.is_multiple_of(al) && e <= region.len());
+            let Some(end) = end else {
+                return Err(BlobError::PartOutOfBounds {
+                    part,
+                    offset: off,
+                    bytes,
+                    region: region.len(),
+                });
+            };
+            spans.push((off, end, part));
         }
         debug_assert!(c.end() <= region.len());
         classes.push(c);
@@ -360,7 +387,10 @@ pub(crate) fn read<R: Region>(region: &R) -> Result<Vec<ClassLayout>, BlobError>
     spans.sort();
     for pair in spans.windows(2) {
         if pair[0].1 > pair[1].0 {
-            return corrupt(format!("{} and {} overlap", pair[0].2, pair[1].2));
+            return Err(BlobError::PartsOverlap {
+                first: pair[0].2,
+                second: pair[1].2,
+            });
         }
     }
     Ok(classes)
@@ -408,12 +438,36 @@ mod tests {
 
     #[test]
     fn bad_configs_are_named() {
-        let e = |c: PoolConfig| c.region_size().unwrap_err().to_string();
-        assert!(e(PoolConfig::new()).contains("at least one class"));
-        assert!(e(PoolConfig::new().class(100, 1)).contains("slot size 100"));
-        assert!(e(PoolConfig::new().class(64, 0)).contains("0 slots"));
-        assert!(e(PoolConfig::new().class(64, 1).class(64, 2)).contains("two classes"));
+        let e = |c: PoolConfig| c.region_size().unwrap_err();
+        assert_eq!(e(PoolConfig::new()), BlobError::NoClasses);
+        assert!(
+            e(PoolConfig::new())
+                .to_string()
+                .contains("at least one class")
+        );
+        let bad = e(PoolConfig::new().class(64, 1).class(100, 1));
+        assert_eq!(
+            bad,
+            BlobError::BadSlotSize {
+                class: 1,
+                slot_size: 100
+            }
+        );
+        assert!(bad.to_string().contains("slot size 100"));
+        assert_eq!(
+            e(PoolConfig::new().class(64, 0)),
+            BlobError::BadSlotCount { class: 0, count: 0 }
+        );
+        let twice = e(PoolConfig::new().class(64, 1).class(64, 2));
+        assert_eq!(twice, BlobError::DuplicateClass { slot_size: 64 });
+        assert!(twice.to_string().contains("two classes"));
+        assert_eq!(
+            e(PoolConfig::new().class(MAX_SLOT, MAX_SLOTS)),
+            BlobError::ClassTooLarge { class: 0 }
+        );
         let many = (1..=17).fold(PoolConfig::new(), |c, i| c.class(64 * i, 1));
-        assert!(e(many).contains("slot size 0"));
+        assert_eq!(many.classes().len(), MAX_CLASSES);
+        assert_eq!(e(many), BlobError::TooManyClasses);
+        assert!(e(many).to_string().contains("more than 16 classes"));
     }
 }

@@ -19,9 +19,16 @@
 //! double-freed or forged handle is an error, never somebody else's blob.
 //! See [`pool`] for the protocol and why it is a bitmap, not a stack.
 //!
+//! The peer may write any state word, so each process also keeps a record
+//! of the slots its own blobs hold (see [`held`]): whatever the peer writes,
+//! this process never has two blobs over one slot, and no compare-and-swap
+//! loop on a word the peer can flip runs unbounded.
+//!
 //! Like the ring, the pool is generic over where its bytes live
 //! ([`Region`](isocall_ringbuf::Region)): a heap buffer in tests, a shared
-//! mapping in real use, with the same code.
+//! mapping in real use, with the same code. An inspector with a read-only
+//! mapping ([`ReadRegion`](isocall_ringbuf::ReadRegion)) takes a [`census`]
+//! instead: a `Pool`, which writes, cannot be built over one.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -52,6 +59,7 @@
 
 mod blob;
 mod error;
+pub mod held;
 pub mod layout;
 pub mod pool;
 mod raw;
@@ -60,7 +68,7 @@ mod state;
 pub(crate) use isocall_ringbuf::sync;
 
 pub use blob::{Blob, BlobHandle, BlobMut};
-pub use error::BlobError;
+pub use error::{BlobError, PoolPart};
 pub use layout::{ClassConfig, MAX_CLASSES, MAX_SLOT, MAX_SLOTS, MIN_SLOT, PoolConfig};
-pub use pool::{ClassInfo, ClassStats, Pool, PoolStats, Reclaimed};
+pub use pool::{ClassInfo, ClassStats, Pool, PoolStats, Reclaimed, census};
 pub use state::{Side, SlotState};

@@ -31,14 +31,34 @@
 //! the CAS that claims or accepts it is Acquire, so the bytes written by
 //! one owner happen before the next owner touches them. The hint bits carry
 //! no data and are Relaxed.
+//!
+//! # What the peer cannot make this process do
+//!
+//! The peer can write every state word. Whatever it writes, this process
+//! never hands out two blobs over one slot at once: beside the shared word,
+//! each process keeps a private flag per slot, set while one of its blobs
+//! holds it, taken before the word's compare-and-swap and refused when set
+//! (see [`held`](crate::held)). A peer that rewrites a slot this process
+//! holds to `InFlight(me)` and resends the handle gets
+//! [`BlobError::HeldHere`]; one that rewrites it to `Free` sees the next
+//! allocation pass it by; [`Pool::reclaim`] leaves it alone.
+//!
+//! Nor can it make this process spin: every compare-and-swap loop on a
+//! state word gives up after [`CAS_RETRIES`] attempts (a claim moves on to
+//! another slot, an accept or send fails with [`BlobError::Contended`],
+//! `reclaim` skips the slot). A correct peer changes a word between our
+//! load and our compare-and-swap only rarely, and never many times running.
 
+use core::ops::ControlFlow;
 use core::sync::atomic::{AtomicUsize, Ordering as LocalOrdering};
+use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
-use isocall_ringbuf::Region;
+use isocall_ringbuf::{ReadRegion, Region, region_key};
 
 use crate::blob::{Blob, BlobHandle, BlobMut, SlotRef};
 use crate::error::BlobError;
+use crate::held::Held;
 use crate::layout::{self, ClassLayout, PoolConfig};
 use crate::state::{Side, SlotState, Word};
 use crate::sync::{AtomicU64, Ordering};
@@ -48,6 +68,11 @@ use crate::sync::{AtomicU64, Ordering};
 /// `Sync`: the threads of one process may allocate, send, accept and free
 /// at once, and so may the other side's process.
 pub struct Pool<R: Region> {
+    /// Which slots this process's blobs hold, shared by every handle this
+    /// process has on the region (see [`held`](crate::held)). Declared
+    /// before `region`, so dropped first: the record leaves the registry
+    /// before the region's memory can be freed and its address reused.
+    held: Arc<Held>,
     region: R,
     side: Side,
     /// Validated copy of the class descriptors, taken once.
@@ -125,6 +150,7 @@ impl PoolStats {
 
 /// What [`Pool::reclaim`] returned to the free lists.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Reclaimed {
     /// Slots the dead side held.
     pub held: usize,
@@ -135,6 +161,12 @@ pub struct Reclaimed {
     /// Free slots missing from the index (a process died between freeing
     /// or claiming a slot and updating the bitmap), put back.
     pub repaired: usize,
+    /// Slots whose state word says the dead side holds them or one side has
+    /// them in flight, but which a blob of this process holds: left alone.
+    pub held_here: usize,
+    /// Slots whose state word kept changing under the scan (a peer flipping
+    /// it, so not a dead one): left alone after [`CAS_RETRIES`] attempts.
+    pub contended: usize,
 }
 
 impl Reclaimed {
@@ -156,6 +188,26 @@ fn store_release(word: &AtomicU64, v: u64) {
     word.store(v, Ordering::Release);
 }
 
+/// Most compare-and-swap attempts on one state word per operation (the
+/// word is the peer's to write too: one that flips it forever must not keep
+/// us spinning).
+pub const CAS_RETRIES: u32 = 64;
+
+/// Runs a compare-and-swap loop on a peer-writable word, at most
+/// [`CAS_RETRIES`] times. Each attempt gets the value last seen and either
+/// finishes (`Break`) or returns the value its failed compare-and-swap found
+/// (`Continue`). `None`: the word kept changing.
+#[inline]
+fn bounded_cas<T>(mut cur: u64, mut attempt: impl FnMut(u64) -> ControlFlow<T, u64>) -> Option<T> {
+    for _ in 0..CAS_RETRIES {
+        match attempt(cur) {
+            ControlFlow::Break(done) => return Some(done),
+            ControlFlow::Continue(now) => cur = now,
+        }
+    }
+    None
+}
+
 pub(crate) fn side_index(s: Side) -> usize {
     match s {
         Side::A => 0,
@@ -170,18 +222,24 @@ impl<R: Region> Pool<R> {
     ///
     /// # Errors
     ///
-    /// [`BlobError::BadConfig`] for invalid classes or a region smaller than
-    /// [`PoolConfig::region_size`].
+    /// The configuration's errors (see [`PoolConfig::region_size`]);
+    /// [`BlobError::RegionTooSmall`] for a region smaller than it needs;
+    /// [`BlobError::InUse`] if a pool handle of this process is open on the
+    /// region (drop every one first).
     pub fn create(region: R, config: &PoolConfig, side: Side) -> Result<Self, BlobError> {
         let (classes, need) = config.plan()?;
         if region.len() < need {
-            return Err(BlobError::BadConfig(format!(
-                "the pool needs {need} bytes, the region has {}",
-                region.len()
-            )));
+            return Err(BlobError::RegionTooSmall {
+                need,
+                len: region.len(),
+            });
         }
+        // Registered before the format: no handle of this process can be
+        // open on the region meanwhile (formatting would free its blobs'
+        // slots), and none can open a half-written header and use it.
+        let held = Held::create(region_key(&region), &classes)?;
         layout::write(&region, &classes, region.len());
-        Ok(Self::with(region, side, classes))
+        Ok(Self::with(region, side, classes, held))
     }
 
     /// Opens a pool formatted by the other side (or by this one earlier),
@@ -189,14 +247,24 @@ impl<R: Region> Pool<R> {
     ///
     /// # Errors
     ///
-    /// [`BlobError::Corrupt`] naming what is wrong: magic, version, class
-    /// count, a slot size or count, a part that does not fit or overlaps.
+    /// The variant naming what is wrong with the header:
+    /// [`RegionTooShort`](BlobError::RegionTooShort),
+    /// [`BadMagic`](BlobError::BadMagic), [`BadVersion`](BlobError::BadVersion),
+    /// [`BadClassCount`](BlobError::BadClassCount),
+    /// [`LengthMismatch`](BlobError::LengthMismatch),
+    /// [`HeaderSlotSize`](BlobError::HeaderSlotSize),
+    /// [`HeaderSlotCount`](BlobError::HeaderSlotCount),
+    /// [`PartOutOfBounds`](BlobError::PartOutOfBounds),
+    /// [`PartsOverlap`](BlobError::PartsOverlap); and
+    /// [`LayoutChanged`](BlobError::LayoutChanged) if this process has the
+    /// pool open already and the header now says something else.
     pub fn open(region: R, side: Side) -> Result<Self, BlobError> {
         let classes = layout::read(&region)?;
-        Ok(Self::with(region, side, classes))
+        let held = Held::open(region_key(&region), &classes)?;
+        Ok(Self::with(region, side, classes, held))
     }
 
-    fn with(region: R, side: Side, classes: Vec<ClassLayout>) -> Self {
+    fn with(region: R, side: Side, classes: Vec<ClassLayout>, held: Arc<Held>) -> Self {
         let cursors = classes
             .iter()
             .map(|_| CachePadded::new(AtomicUsize::new(0)))
@@ -206,6 +274,7 @@ impl<R: Region> Pool<R> {
             side,
             classes: classes.into_boxed_slice(),
             cursors,
+            held,
         }
     }
 
@@ -285,15 +354,16 @@ impl<R: Region> Pool<R> {
                 let mask = 1u64 << b;
                 let slot = wi * 64 + b;
                 if slot < c.count
-                    && let Some(generation) = self.claim(c, slot)
+                    && let Some(generation) = self.claim(ci, slot, false)
                 {
                     if k != 0 {
                         self.cursors[ci].store(wi, LocalOrdering::Relaxed);
                     }
                     return Some((slot, generation));
                 }
-                // A stale hint (the slot is taken, or there is no such
-                // slot): clear it so that later scans skip it.
+                // A stale hint (the slot is taken, here or by the peer, or
+                // there is no such slot): clear it so that later scans skip
+                // it.
                 word.fetch_and(!mask, Ordering::Relaxed);
                 bits &= !mask;
             }
@@ -302,34 +372,54 @@ impl<R: Region> Pool<R> {
         // is free without a hint; find it the slow way.
         let from = start * 64 % c.count;
         (from..c.count).chain(0..from).find_map(|slot| {
-            let generation = self.claim_fresh(c, slot)?;
+            let generation = self.claim(ci, slot, true)?;
             self.cursors[ci].store(slot / 64, LocalOrdering::Relaxed);
             Some((slot, generation))
         })
     }
 
     /// `Free(g)` -> `Held(me, g + 1)` by compare-and-swap: the only way a
-    /// slot is allocated. `None` if the slot is not free.
-    fn claim(&self, c: &ClassLayout, slot: usize) -> Option<u32> {
-        let word = self.region.u64_at(c.state_at(slot));
-        self.claim_from(word, word.load(Ordering::Relaxed))
+    /// slot is allocated. `None` if the slot is not free, or if a blob of
+    /// this process holds it (the peer marked it free behind our back).
+    ///
+    /// `fresh` reads the state word with a read-modify-write (Acquire),
+    /// which sees the latest value: a plain load may show a state older
+    /// than a free another process made, and the slow path must not call a
+    /// pool exhausted on such a view (loom found this); Acquire, so that a
+    /// free it sees orders that free's clear of the held flag before our
+    /// claim of it. The fast path's plain load may be stale either way: the
+    /// compare-and-swap decides.
+    fn claim(&self, ci: usize, slot: usize, fresh: bool) -> Option<u32> {
+        let word = self.region.u64_at(self.classes[ci].state_at(slot));
+        let cur = if fresh {
+            word.fetch_add(0, Ordering::Acquire)
+        } else {
+            word.load(Ordering::Relaxed)
+        };
+        if Word::decode(cur).state != SlotState::Free {
+            return None;
+        }
+        if !self.held.claim(ci, slot) {
+            // Held here: not ours to claim again, nor to clear.
+            return None;
+        }
+        let got = self.claim_from(word, cur);
+        if got.is_none() {
+            self.held.release(ci, slot);
+        }
+        got
     }
 
-    /// As [`claim`](Self::claim), but reading the state word with a
-    /// read-modify-write, which sees the latest value: a plain load may show
-    /// a state older than a free another process made, and the slow path
-    /// must not call a pool exhausted on such a view (loom found this).
-    fn claim_fresh(&self, c: &ClassLayout, slot: usize) -> Option<u32> {
-        let word = self.region.u64_at(c.state_at(slot));
-        self.claim_from(word, word.fetch_add(0, Ordering::Relaxed))
-    }
-
-    fn claim_from(&self, word: &AtomicU64, mut cur: u64) -> Option<u32> {
-        loop {
+    /// The claim's compare-and-swap, retried while the slot stays free;
+    /// `None` if it is taken, or if its word keeps changing (bounded).
+    fn claim_from(&self, word: &AtomicU64, cur: u64) -> Option<u32> {
+        bounded_cas(cur, |cur| {
             let w = Word::decode(cur);
             if w.state != SlotState::Free {
-                return None;
+                return ControlFlow::Break(None);
             }
+            // The generation wraps by design: a handle 2^32 lives old is
+            // as good as new (the state check still guards the slot).
             let generation = w.generation.wrapping_add(1);
             // Acquire: pairs with the Release of the free that made it Free,
             // so the previous owner's accesses happen before ours.
@@ -339,10 +429,11 @@ impl<R: Region> Pool<R> {
                 Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Some(generation),
-                Err(now) => cur = now,
+                Ok(_) => ControlFlow::Break(Some(generation)),
+                Err(now) => ControlFlow::Continue(now),
             }
-        }
+        })
+        .flatten()
     }
 
     fn slot_ref(&self, ci: usize, slot: usize, generation: u32, len: usize) -> SlotRef<'_, R> {
@@ -361,63 +452,111 @@ impl<R: Region> Pool<R> {
     /// Checks that `h` names a slot of this pool with a length it can hold.
     fn check(&self, h: &BlobHandle) -> Result<(usize, usize, usize), BlobError> {
         let (ci, slot, len) = (h.class as usize, h.slot as usize, h.len as usize);
-        let c = self.classes.get(ci).ok_or_else(|| {
-            BlobError::BadHandle(format!("class {ci} (the pool has {})", self.classes.len()))
+        let c = self.classes.get(ci).ok_or(BlobError::NoSuchClass {
+            class: ci,
+            classes: self.classes.len(),
         })?;
         if slot >= c.count {
-            return Err(BlobError::BadHandle(format!(
-                "slot {slot} of class {ci}, which has {}",
-                c.count
-            )));
+            return Err(BlobError::NoSuchSlot {
+                class: ci,
+                slot,
+                count: c.count,
+            });
         }
         if len > c.slot_size {
-            return Err(BlobError::BadHandle(format!(
-                "length {len} in class {ci} of {}-byte slots",
-                c.slot_size
-            )));
+            return Err(BlobError::LengthBeyondSlot {
+                class: ci,
+                len,
+                slot_size: c.slot_size,
+            });
         }
         Ok((ci, slot, len))
     }
 
-    /// Swaps the state of the slot `h` names from `from` to `to`, checking
-    /// the generation. Returns the class, slot and length.
+    /// Swaps the state of slot `slot` of class `ci` from one of `from` to
+    /// `to`, keeping generation `generation`, which the word must hold;
+    /// [`BlobError::Contended`] if the word keeps changing under it.
     fn transition(
         &self,
-        h: &BlobHandle,
-        from: SlotState,
+        (ci, slot): (usize, usize),
+        generation: u32,
+        from: &[SlotState],
         to: SlotState,
         expected: &'static str,
         success: Ordering,
-    ) -> Result<(usize, usize, usize), BlobError> {
-        let (ci, slot, len) = self.check(h)?;
+    ) -> Result<(), BlobError> {
         let word = self.region.u64_at(self.classes[ci].state_at(slot));
-        let mut cur = word.load(Ordering::Relaxed);
-        loop {
+        // The first look is a plain load, which may show a state older than
+        // the one the handle was sent in (a handle that came by a way that
+        // orders nothing). A refusal is only ever made on a value read by a
+        // read-modify-write (the latest): the first refusal reads again.
+        let mut fresh = false;
+        bounded_cas(word.load(Ordering::Relaxed), |cur| {
             let w = Word::decode(cur);
-            if w.generation != h.generation {
-                return Err(BlobError::Stale {
+            let refusal = if w.generation != generation {
+                Some(BlobError::Stale {
                     class: ci,
                     slot,
-                    handle: h.generation,
+                    handle: generation,
                     now: w.generation,
-                });
-            }
-            if w.state != from {
-                return Err(BlobError::WrongState {
+                })
+            } else if !from.contains(&w.state) {
+                Some(BlobError::WrongState {
                     class: ci,
                     slot,
                     found: w.state,
                     expected,
-                });
+                })
+            } else {
+                None
+            };
+            if let Some(e) = refusal {
+                if fresh {
+                    return ControlFlow::Break(Err(e));
+                }
+                fresh = true;
+                return ControlFlow::Continue(word.fetch_add(0, Ordering::Relaxed));
             }
+            fresh = true;
             match word.compare_exchange(
                 cur,
-                Word::encode(h.generation, to),
+                Word::encode(generation, to),
                 success,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Ok((ci, slot, len)),
-                Err(now) => cur = now,
+                Ok(_) => ControlFlow::Break(Ok(())),
+                Err(now) => ControlFlow::Continue(now),
+            }
+        })
+        .unwrap_or(Err(BlobError::Contended { class: ci, slot }))
+    }
+
+    /// Makes the slot `h` names a blob of this side: marks it held in this
+    /// process, then swaps its state from one of `from` to `Held(me)`
+    /// (Acquire: pairs with the Release that put it in that state).
+    fn acquire(
+        &self,
+        h: &BlobHandle,
+        from: &[SlotState],
+        expected: &'static str,
+    ) -> Result<BlobMut<'_, R>, BlobError> {
+        let (ci, slot, len) = self.check(h)?;
+        if !self.held.claim(ci, slot) {
+            return Err(BlobError::HeldHere { class: ci, slot });
+        }
+        let to = SlotState::Held(self.side);
+        match self.transition(
+            (ci, slot),
+            h.generation,
+            from,
+            to,
+            expected,
+            Ordering::Acquire,
+        ) {
+            Ok(()) => Ok(BlobMut::new(self.slot_ref(ci, slot, h.generation, len))),
+            Err(e) => {
+                self.held.release(ci, slot);
+                Err(e)
             }
         }
     }
@@ -426,10 +565,13 @@ impl<R: Region> Pool<R> {
     ///
     /// # Errors
     ///
-    /// [`BlobError::BadHandle`] for a handle naming no slot of this pool,
-    /// [`BlobError::Stale`] for an earlier life of the slot,
+    /// [`BlobError::NoSuchClass`], [`NoSuchSlot`](BlobError::NoSuchSlot) or
+    /// [`LengthBeyondSlot`](BlobError::LengthBeyondSlot) for a handle naming
+    /// no slot of this pool, [`BlobError::Stale`] for an earlier life of the slot,
     /// [`BlobError::WrongState`] for a blob not in flight to this side
-    /// (accepted already, or never sent).
+    /// (accepted already, or never sent); [`BlobError::HeldHere`] if a blob
+    /// of this process holds the slot already (the peer rewrote its state
+    /// word); [`BlobError::Contended`] if the peer keeps changing the word.
     pub fn accept(&self, h: &BlobHandle) -> Result<Blob<'_, R>, BlobError> {
         self.accept_mut(h).map(BlobMut::freeze)
     }
@@ -441,15 +583,11 @@ impl<R: Region> Pool<R> {
     ///
     /// As [`accept`](Self::accept).
     pub fn accept_mut(&self, h: &BlobHandle) -> Result<BlobMut<'_, R>, BlobError> {
-        // Acquire: pairs with the Release of the sender's `send`.
-        let (ci, slot, len) = self.transition(
+        self.acquire(
             h,
-            SlotState::InFlight(self.side),
-            SlotState::Held(self.side),
+            &[SlotState::InFlight(self.side)],
             "in flight to this side",
-            Ordering::Acquire,
-        )?;
-        Ok(BlobMut::new(self.slot_ref(ci, slot, h.generation, len)))
+        )
     }
 
     /// Takes back a blob this side sent that the peer has not accepted (a
@@ -459,14 +597,8 @@ impl<R: Region> Pool<R> {
     ///
     /// As [`accept`](Self::accept), for a blob not in flight to the peer.
     pub fn recall(&self, h: &BlobHandle) -> Result<BlobMut<'_, R>, BlobError> {
-        let (ci, slot, len) = self.transition(
-            h,
-            SlotState::InFlight(self.side.peer()),
-            SlotState::Held(self.side),
-            "in flight to the peer",
-            Ordering::Acquire,
-        )?;
-        Ok(BlobMut::new(self.slot_ref(ci, slot, h.generation, len)))
+        let from = [SlotState::InFlight(self.side.peer())];
+        self.acquire(h, &from, "in flight to the peer")
     }
 
     /// Takes back a blob this side sent to a peer that has since died,
@@ -482,45 +614,47 @@ impl<R: Region> Pool<R> {
     /// As [`accept`](Self::accept), for a blob neither in flight to the
     /// peer nor held by it.
     pub fn take_back(&self, h: &BlobHandle) -> Result<BlobMut<'_, R>, BlobError> {
-        match self.recall(h) {
-            Err(BlobError::WrongState { .. }) => {
-                let (ci, slot, len) = self.transition(
-                    h,
-                    SlotState::Held(self.side.peer()),
-                    SlotState::Held(self.side),
-                    "in flight to the peer or held by it",
-                    Ordering::Acquire,
-                )?;
-                Ok(BlobMut::new(self.slot_ref(ci, slot, h.generation, len)))
-            }
-            other => other,
-        }
+        let peer = self.side.peer();
+        let from = [SlotState::InFlight(peer), SlotState::Held(peer)];
+        self.acquire(h, &from, "in flight to the peer or held by it")
     }
 
     /// `Held(me)` -> `InFlight(peer)`, Release: pairs with the Acquire of
-    /// the peer's `accept`.
+    /// the peer's `accept`. The blob is given up whatever comes of it, so
+    /// the slot's held flag is cleared first (before the Release, so that
+    /// whoever accepts it finds the flag clear).
     pub(crate) fn send(&self, h: &BlobHandle) -> Result<(), BlobError> {
+        let (ci, slot, _) = self.check(h)?;
+        self.held.release(ci, slot);
+        let to = SlotState::InFlight(self.side.peer());
+        let from = [SlotState::Held(self.side)];
         self.transition(
-            h,
-            SlotState::Held(self.side),
-            SlotState::InFlight(self.side.peer()),
+            (ci, slot),
+            h.generation,
+            &from,
+            to,
             "held by this side",
             Ordering::Release,
         )
-        .map(drop)
     }
 
     /// `Held(me, g)` -> `Free(g)` (Release: pairs with the next claim's
     /// Acquire), then sets the slot's hint bit.
     ///
+    /// The held flag is cleared before the store: were it after, a claim in
+    /// this process could take the free slot and then find the flag still
+    /// set and pass it by, leaving it `Held` by no one.
+    ///
     /// A plain store, not a compare-and-swap: only the blob that holds the
     /// slot frees it, and nothing else changes a held slot's word except a
-    /// hostile peer (which may write any word anyway; the claim's CAS and
-    /// `accept`'s CAS keep this process from handing out one slot twice) or
-    /// a `reclaim` wrongly run while this side lives. With the claim's hint
-    /// left set, an alloc+free pair then costs a single locked instruction.
+    /// hostile peer (which may write any word anyway; the held flags keep
+    /// this process from handing out one slot twice) or a `reclaim` wrongly
+    /// run while this side lives. With the claim's hint left set, an
+    /// alloc+free pair then costs one locked instruction on the state word
+    /// and one on the process-local flag.
     pub(crate) fn free(&self, class: usize, slot: usize, generation: u32) {
         let c = &self.classes[class];
+        self.held.release(class, slot);
         store_release(
             self.region.u64_at(c.state_at(slot)),
             Word::encode(generation, SlotState::Free),
@@ -549,14 +683,28 @@ impl<R: Region> Pool<R> {
     /// threads may keep working meanwhile. Calling it while `dead` is alive
     /// frees blobs under its feet: its later frees and sends then fail
     /// quietly and its bytes may be overwritten.
+    ///
+    /// A slot a blob of *this process* holds is never freed, whatever its
+    /// state word says (counted in [`Reclaimed::held_here`]): the word was
+    /// rewritten behind our back, or `dead` is a side this very process
+    /// still runs (a test); freeing it would let the dead side's successor
+    /// write bytes this process is using.
     pub fn reclaim(&self, dead: Side) -> Reclaimed {
         let mut r = Reclaimed::default();
-        for c in self.classes.iter() {
+        for (ci, c) in self.classes.iter().enumerate() {
             for slot in 0..c.count {
                 let word = self.region.u64_at(c.state_at(slot));
-                let mut cur = word.load(Ordering::Acquire);
-                loop {
+                let done = bounded_cas(word.load(Ordering::Acquire), |cur| {
                     let w = Word::decode(cur);
+                    let frees = matches!(w.state, SlotState::Held(s) if s == dead)
+                        || matches!(w.state, SlotState::InFlight(_));
+                    // Checked again on every retry: a blob of this process
+                    // may have taken the slot since (its claim sets the flag
+                    // before its compare-and-swap, which also fails ours).
+                    if frees && self.held.is_held(ci, slot) {
+                        r.held_here += 1;
+                        return ControlFlow::Break(());
+                    }
                     let counter = match w.state {
                         SlotState::Held(s) if s == dead => &mut r.held,
                         SlotState::InFlight(s) if s == dead => &mut r.in_flight_to_dead,
@@ -570,9 +718,9 @@ impl<R: Region> Pool<R> {
                                 bits.fetch_or(bit, Ordering::Relaxed);
                                 r.repaired += 1;
                             }
-                            break;
+                            return ControlFlow::Break(());
                         }
-                        _ => break,
+                        _ => return ControlFlow::Break(()),
                     };
                     match word.compare_exchange(
                         cur,
@@ -583,10 +731,13 @@ impl<R: Region> Pool<R> {
                         Ok(_) => {
                             *counter += 1;
                             self.mark_free(c, slot);
-                            break;
+                            ControlFlow::Break(())
                         }
-                        Err(now) => cur = now,
+                        Err(now) => ControlFlow::Continue(now),
                     }
+                });
+                if done.is_none() {
+                    r.contended += 1;
                 }
             }
         }
@@ -597,28 +748,7 @@ impl<R: Region> Pool<R> {
     /// when no side is changing the pool; a moving pool gives a snapshot in
     /// which each slot is counted exactly once.
     pub fn stats(&self) -> PoolStats {
-        let classes = self
-            .classes
-            .iter()
-            .map(|c| {
-                let mut s = ClassStats {
-                    slot_size: c.slot_size,
-                    count: c.count,
-                    ..ClassStats::default()
-                };
-                for slot in 0..c.count {
-                    let w = self.region.u64_at(c.state_at(slot)).load(Ordering::Relaxed);
-                    match Word::decode(w).state {
-                        SlotState::Free => s.free += 1,
-                        SlotState::Held(x) => s.held[side_index(x)] += 1,
-                        SlotState::InFlight(x) => s.in_flight[side_index(x)] += 1,
-                        SlotState::Invalid(_) => s.invalid += 1,
-                    }
-                }
-                s
-            })
-            .collect();
-        PoolStats { classes }
+        count_states(&self.region, &self.classes)
     }
 
     /// The state of one slot (for tests and the inspector), or `None` if
@@ -627,5 +757,77 @@ impl<R: Region> Pool<R> {
         let c = self.classes.get(class).filter(|c| slot < c.count)?;
         let w = Word::decode(self.region.u64_at(c.state_at(slot)).load(Ordering::Relaxed));
         Some((w.state, w.generation))
+    }
+}
+
+/// A census of the pool in `region` without opening it, with loads only: it
+/// works on a read-only mapping (an inspector's view of a live segment),
+/// where a [`Pool`], which writes, cannot be built. The header is checked
+/// exactly as [`Pool::open`] checks it; then each slot's state word is read
+/// once, as [`Pool::stats`] does.
+///
+/// A pool, which writes, cannot be built over a read-only region:
+///
+/// ```compile_fail
+/// fn inspect(view: isocall_ringbuf::ReadOnlyRegion) {
+///     let _ = isocall_blob::Pool::open(view, isocall_blob::Side::A);
+/// }
+/// ```
+///
+/// # Errors
+///
+/// As [`Pool::open`]: the header does not describe a pool that fits the
+/// region.
+pub fn census<R: ReadRegion + ?Sized>(region: &R) -> Result<PoolStats, BlobError> {
+    let classes = layout::read(region)?;
+    Ok(count_states(region, &classes))
+}
+
+/// Counts the slots of `classes` by their state words, one load each.
+fn count_states<R: ReadRegion + ?Sized>(region: &R, classes: &[ClassLayout]) -> PoolStats {
+    let classes = classes
+        .iter()
+        .map(|c| {
+            let mut s = ClassStats {
+                slot_size: c.slot_size,
+                count: c.count,
+                ..ClassStats::default()
+            };
+            for slot in 0..c.count {
+                match Word::decode(region.load_u64(c.state_at(slot))).state {
+                    SlotState::Free => s.free += 1,
+                    SlotState::Held(x) => s.held[side_index(x)] += 1,
+                    SlotState::InFlight(x) => s.in_flight[side_index(x)] += 1,
+                    SlotState::Invalid(_) => s.invalid += 1,
+                }
+            }
+            s
+        })
+        .collect();
+    PoolStats { classes }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_word_that_keeps_changing_ends_the_loop() {
+        let mut attempts = 0;
+        let got: Option<()> = bounded_cas(0, |cur| {
+            attempts += 1;
+            ControlFlow::Continue(cur + 1)
+        });
+        assert_eq!((got, attempts), (None, CAS_RETRIES));
+        let mut n = 0;
+        let got = bounded_cas(0, |cur| {
+            n += 1;
+            if cur == 3 {
+                ControlFlow::Break(cur)
+            } else {
+                ControlFlow::Continue(cur + 1)
+            }
+        });
+        assert_eq!((got, n), (Some(3), 4));
     }
 }

@@ -1,51 +1,81 @@
-//! The only `unsafe` of the allocator: a held slot's bytes as a slice.
+//! The allocator's `unsafe` core: a held slot's bytes as a slice.
 //!
-//! Contract: these functions are called only by a [`Blob`](crate::Blob) or
-//! [`BlobMut`](crate::BlobMut), for the slot it holds. Holding means this
-//! side won the compare-and-swap that made the slot `Held(side)`, and the
-//! blob is the only value in this process naming that slot (the pool hands
-//! out one blob per successful claim or accept, and blobs are not `Clone`),
-//! so no other slice of these bytes exists in this process. The slot lies in
-//! the region: its offset and size come from descriptors checked against
-//! the region's length when the pool was opened.
+//! Both functions are `unsafe`: they are sound only for the one caller
+//! that holds the slot, which the types cannot tell. Their callers are the
+//! [`Blob`](crate::Blob) and [`BlobMut`](crate::BlobMut) that hold the
+//! slot; a blob is built only after this side won the compare-and-swap that
+//! made the slot `Held(side)`, one per claim or accept, and blobs are not
+//! `Clone`. So no other slice of these bytes exists in this process while
+//! a blob lives.
+//! The slot lies in the region: its offset and size come from descriptors
+//! checked against the region's length when the pool was opened (and the
+//! functions assert it again).
 #![allow(unsafe_code)]
 
 use isocall_ringbuf::Region;
 
 /// The first `len` bytes of the slot at `offset`, to read.
+///
+/// # Safety
+///
+/// The caller holds the slot at `offset` (of `capacity` bytes) as the
+/// module doc says, and for the life of the returned slice no mutable
+/// slice of those bytes exists in this process. A hostile peer may still
+/// write them: the caller treats them as untrusted input.
+///
+/// # Panics
+///
+/// If `len > capacity` or the slot does not lie in the region (a bug in
+/// the pool).
 #[inline]
-pub(crate) fn slot_bytes<R: Region>(
+pub(crate) unsafe fn slot_bytes<R: Region>(
     region: &R,
     offset: usize,
     len: usize,
     capacity: usize,
 ) -> &[u8] {
     assert!(
-        len <= capacity && offset + capacity <= region.len(),
+        len <= capacity
+            && offset
+                .checked_add(capacity)
+                .is_some_and(|e| e <= region.len()),
         "blob outside its pool"
     );
-    // SAFETY: in bounds (asserted); per the module contract this side holds
-    // the slot and this is the only view of it in the process. A hostile
-    // peer may still write the bytes, which the reader treats as untrusted
-    // input, as `Region::bytes` allows.
+    // SAFETY: in bounds (asserted); the caller holds the slot and no
+    // mutable slice of it exists in this process (this function's
+    // contract), as `Region::bytes` asks. A hostile peer may still write the
+    // bytes, which the reader treats as untrusted input, as it allows.
     unsafe { region.bytes(offset, len) }
 }
 
 /// The first `len` bytes of the slot at `offset`, to write.
+///
+/// # Safety
+///
+/// The caller holds the slot at `offset` (of `capacity` bytes) as the
+/// module doc says, and for the life of the returned slice no other slice
+/// of those bytes exists in this process.
+///
+/// # Panics
+///
+/// As [`slot_bytes`].
 #[inline]
 #[allow(clippy::mut_from_ref)]
-pub(crate) fn slot_bytes_mut<R: Region>(
+pub(crate) unsafe fn slot_bytes_mut<R: Region>(
     region: &R,
     offset: usize,
     len: usize,
     capacity: usize,
 ) -> &mut [u8] {
     assert!(
-        len <= capacity && offset + capacity <= region.len(),
+        len <= capacity
+            && offset
+                .checked_add(capacity)
+                .is_some_and(|e| e <= region.len()),
         "blob outside its pool"
     );
-    // SAFETY: in bounds (asserted); the caller is the blob that holds the
-    // slot (module contract) and borrows it mutably, so this is the only
-    // slice of these bytes in the process for its lifetime.
+    // SAFETY: in bounds (asserted); the caller holds the slot and this is
+    // the only slice of these bytes in the process for its life (this
+    // function's contract), as `Region::bytes_mut` asks.
     unsafe { region.bytes_mut(offset, len) }
 }

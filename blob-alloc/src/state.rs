@@ -9,7 +9,8 @@
 //! allocation, so a handle to an earlier life of the slot no longer matches.
 
 /// One of the two parties that share a pool (by convention the client is
-/// `A` and the server `B`).
+/// `A` and the server `B`). A pool has exactly two, so this enum is not
+/// `#[non_exhaustive]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Side {
     /// The first party.
@@ -30,6 +31,7 @@ impl Side {
 
 /// Who owns a slot, as decoded from its state word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum SlotState {
     /// Free: in no one's hands.
     Free,

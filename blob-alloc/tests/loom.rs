@@ -3,6 +3,18 @@
 //! time, nothing lost), and a blob sent from one thread and accepted by the
 //! other while the sender keeps allocating.
 //!
+//! The two sides stand for two processes: each pool handle is on its own
+//! view of the region ([`Region::process`]), so each keeps its own record
+//! of the slots it holds, and only the shared state words order one side's
+//! use of a slot before the other's, as between real processes. Payload
+//! exclusivity is checked: every blob writes its slot, and the region backs
+//! each 64-byte line with a `loom::cell::UnsafeCell<()>` that a blob holds
+//! (through [`Region::access`]) for as long as it lives, so two blobs of a
+//! slot whose lives the protocol does not order are reported as a data
+//! race. (Weakening `send`'s Release to Relaxed makes
+//! `a_handle_passed_without_ordering` fail with "Causality violation:
+//! Concurrent write accesses"; weakening the free's Release, four models.)
+//!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p isocall-blob --release --test loom`.
 #![cfg(loom)]
 #![allow(unsafe_code)]
@@ -10,54 +22,123 @@
 use std::cell::UnsafeCell;
 
 use isocall_blob::{Pool, PoolConfig, Side};
-use isocall_ringbuf::Region;
 use isocall_ringbuf::sync::{AtomicU32, AtomicU64, Ordering};
+use isocall_ringbuf::{Access, ReadRegion, Region};
 use std::sync::Arc;
 
-/// A pool region in which every 8-byte word is a loom atomic (so loom
-/// explores the orderings of the bitmap and state words); slot bytes are
-/// plain memory the tests do not touch.
-struct LoomRegion {
+/// Bytes per tracked line (slots are multiples of it).
+const LINE: usize = 64;
+
+/// What both processes' views of a pool region share: every 8-byte word
+/// as a loom atomic (so loom explores the orderings of the bitmap and state
+/// words), the bytes as plain memory, and one loom cell per line standing
+/// for those bytes in loom's race checks.
+struct Shared {
     words: Vec<AtomicU64>,
-    bytes: UnsafeCell<Vec<u8>>,
+    bytes: Box<[UnsafeCell<u8>]>,
+    lines: Vec<loom::cell::UnsafeCell<()>>,
 }
 
-// SAFETY: the words are loom atomics; the bytes are never accessed.
-unsafe impl Send for LoomRegion {}
+/// One process's view of the region.
+#[derive(Clone)]
+struct LoomRegion {
+    shared: Arc<Shared>,
+    process: usize,
+}
+
+// SAFETY: the words are loom atomics and the line cells loom's; the bytes
+// are accessed only by the blob that holds their slot, which the line cells
+// check.
+unsafe impl Send for Shared {}
 // SAFETY: as above.
-unsafe impl Sync for LoomRegion {}
+unsafe impl Sync for Shared {}
 
 impl LoomRegion {
     fn new(len: usize) -> Self {
         LoomRegion {
-            words: (0..len / 8).map(|_| AtomicU64::new(0)).collect(),
-            bytes: UnsafeCell::new(vec![0; len]),
+            shared: Arc::new(Shared {
+                words: (0..len / 8).map(|_| AtomicU64::new(0)).collect(),
+                bytes: (0..len).map(|_| UnsafeCell::new(0)).collect(),
+                lines: (0..len / LINE)
+                    .map(|_| loom::cell::UnsafeCell::new(()))
+                    .collect(),
+            }),
+            process: 0,
         }
+    }
+
+    /// The same bytes, as mapped by `process`.
+    fn view(&self, process: usize) -> Self {
+        LoomRegion {
+            shared: self.shared.clone(),
+            process,
+        }
+    }
+
+    /// A pointer to byte `off`, after checking that `len` bytes from it lie
+    /// in the region.
+    fn at(&self, off: usize, len: usize) -> *mut u8 {
+        assert!(
+            off + len <= self.shared.bytes.len(),
+            "bytes outside the region"
+        );
+        UnsafeCell::raw_get(self.shared.bytes[off..].as_ptr())
+    }
+}
+
+impl ReadRegion for LoomRegion {
+    fn len(&self) -> usize {
+        self.shared.words.len() * 8
+    }
+    fn load_u64(&self, off: usize) -> u64 {
+        self.u64_at(off).load(Ordering::Relaxed)
+    }
+    fn load_u32(&self, _off: usize) -> u32 {
+        unreachable!("the pool uses no u32 words")
+    }
+    fn read_bytes(&self, _off: usize, _buf: &mut [u8]) {
+        unreachable!("the pool reads its bytes in place")
     }
 }
 
 // SAFETY: each 8-aligned offset maps to one fixed loom atomic; the pool uses
-// no u32 words; the byte buffer is as long as the region.
+// no u32 words; the byte buffer is as long as the region, each byte its own
+// `UnsafeCell`; the views of one region differ only in the modelled process.
 unsafe impl Region for LoomRegion {
-    fn len(&self) -> usize {
-        self.words.len() * 8
-    }
     fn u64_at(&self, off: usize) -> &AtomicU64 {
         assert_eq!(off % 8, 0);
-        &self.words[off / 8]
+        &self.shared.words[off / 8]
     }
     fn u32_at(&self, _off: usize) -> &AtomicU32 {
         unreachable!("the pool uses no u32 words")
     }
-    // SAFETY: `Region::bytes` contract; the body checks nothing more than the
-    // caller promised (bounds) and the model never writes these bytes.
+    // SAFETY: `Region::bytes` contract; a blob's bytes are its alone while
+    // it lives, which the model checks (through `access`).
     unsafe fn bytes(&self, off: usize, len: usize) -> &[u8] {
-        // SAFETY: in bounds by the caller's contract; never written here.
-        unsafe { &(&*self.bytes.get())[off..off + len] }
+        // SAFETY: in bounds (checked by `at`); no concurrent writer per the
+        // caller's contract.
+        unsafe { std::slice::from_raw_parts(self.at(off, len), len) }
     }
     unsafe fn bytes_mut(&self, off: usize, len: usize) -> &mut [u8] {
-        // SAFETY: in bounds and exclusive by the caller's contract.
-        unsafe { &mut (&mut *self.bytes.get())[off..off + len] }
+        // SAFETY: in bounds (checked by `at`) and exclusive per the caller's
+        // contract.
+        unsafe { std::slice::from_raw_parts_mut(self.at(off, len), len) }
+    }
+    fn access(&self, off: usize, len: usize, write: bool) -> Access {
+        let lines = if len == 0 {
+            0..0
+        } else {
+            off / LINE..(off + len - 1) / LINE + 1
+        };
+        let cells = &self.shared.lines[lines];
+        if write {
+            Access::writes(cells.iter().map(loom::cell::UnsafeCell::get_mut))
+        } else {
+            Access::reads(cells.iter().map(loom::cell::UnsafeCell::get))
+        }
+    }
+    fn process(&self) -> usize {
+        self.process
     }
 }
 
@@ -76,28 +157,30 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
     );
 }
 
-/// Two pools (sides A and B) over one loom region with `slots` slots of
-/// 64 bytes, plus a per-slot "owner count" to catch double ownership.
-fn setup(
-    slots: usize,
-) -> (
-    Arc<Pool<Arc<LoomRegion>>>,
-    Arc<Pool<Arc<LoomRegion>>>,
-    Arc<Vec<AtomicU32>>,
-) {
+type P = Pool<LoomRegion>;
+type Owners = Arc<Vec<AtomicU32>>;
+
+/// Two pools (sides A and B, two modelled processes) over one loom region
+/// with `slots` slots of 64 bytes, plus a per-slot "owner count" to catch
+/// double ownership.
+fn setup(slots: usize) -> (Arc<P>, Arc<P>, Owners) {
     let config = PoolConfig::new().class(64, slots);
-    let region = Arc::new(LoomRegion::new(config.region_size().unwrap()));
-    let a = Pool::create(region.clone(), &config, Side::A).unwrap();
-    let b = Pool::open(region, Side::B).unwrap();
+    let region = LoomRegion::new(config.region_size().unwrap());
+    let a = Pool::create(region.view(0), &config, Side::A).unwrap();
+    let b = Pool::open(region.view(1), Side::B).unwrap();
     let owners = (0..slots).map(|_| AtomicU32::new(0)).collect();
     (Arc::new(a), Arc::new(b), Arc::new(owners))
 }
 
-fn use_once(p: &Pool<Arc<LoomRegion>>, owners: &[AtomicU32]) -> bool {
+/// Allocates a blob, writes all of it, checks that it is the slot's only
+/// holder, and frees it.
+fn use_once(p: &P, owners: &[AtomicU32]) -> bool {
     match p.alloc(8) {
-        Ok(blob) => {
+        Ok(mut blob) => {
             let o = &owners[blob.handle().slot as usize];
             assert_eq!(o.fetch_add(1, Ordering::Relaxed), 0, "slot held twice");
+            blob.fill(0xA5);
+            assert!(blob.iter().all(|&x| x == 0xA5));
             o.fetch_sub(1, Ordering::Relaxed);
             drop(blob);
             true
@@ -151,12 +234,15 @@ fn send_accept_while_allocating() {
     model(|| {
         let (a, b, _) = setup(2);
         let mailbox = Arc::new(AtomicU64::new(u64::MAX));
-        let blob = a.alloc(8).unwrap();
+        let mut blob = a.alloc(8).unwrap();
+        blob.copy_from_slice(b"for B...");
         let h = blob.send().unwrap();
         let t = {
             let (b, mailbox) = (b.clone(), mailbox.clone());
             loom::thread::spawn(move || {
-                let got = b.accept(&h).unwrap();
+                let mut got = b.accept_mut(&h).unwrap();
+                assert_eq!(&got[..], b"for B...");
+                got.fill(0);
                 drop(got);
                 mailbox.store(u64::from(h.slot), Ordering::Release);
             })
@@ -164,14 +250,17 @@ fn send_accept_while_allocating() {
         // Meanwhile A allocates, and once B says it freed its blob, finds
         // a second slot too.
         // There is always a free slot for A (B holds at most one).
-        let other = a.alloc(8).unwrap();
+        let mut other = a.alloc(8).unwrap();
+        other.fill(1);
         let freed = mailbox.load(Ordering::Acquire) != u64::MAX;
-        let again = a.alloc(8);
+        let mut again = a.alloc(8);
         if freed {
             assert!(again.is_ok(), "a freed slot was not found");
         }
-        if let Ok(x) = &again {
+        if let Ok(x) = &mut again {
             assert_ne!(x.handle().slot, other.handle().slot, "slot held twice");
+            // The slot B freed: its writes are ordered before ours.
+            x.fill(2);
         }
         drop(again);
         drop(other);
@@ -181,11 +270,68 @@ fn send_accept_while_allocating() {
 }
 
 #[test]
+fn a_handle_passed_without_ordering() {
+    // The handle travels through a Relaxed word, so only the pool's own
+    // orderings (send's Release, accept's Acquire; free's Release, the
+    // claim's Acquire) put A's writes before B's reads and B's writes
+    // before A's next use of the slot. (Weaken either pair and loom reports
+    // the race on the slot's bytes.)
+    model(|| {
+        let (a, b, _) = setup(1);
+        let mailbox = Arc::new(AtomicU64::new(u64::MAX));
+        let t = {
+            let (b, mailbox) = (b.clone(), mailbox.clone());
+            loom::thread::spawn(move || {
+                let v = loop {
+                    match mailbox.load(Ordering::Relaxed) {
+                        u64::MAX => loom::thread::yield_now(),
+                        v => break v,
+                    }
+                };
+                let h = isocall_blob::BlobHandle {
+                    class: 0,
+                    slot: v as u32,
+                    generation: (v >> 32) as u32,
+                    len: 8,
+                };
+                let mut got = b.accept_mut(&h).unwrap();
+                assert_eq!(&got[..], &[7; 8]);
+                got.fill(0);
+            })
+        };
+        let mut blob = a.alloc(8).unwrap();
+        blob.fill(7);
+        let h = blob.send().unwrap();
+        mailbox.store(
+            u64::from(h.generation) << 32 | u64::from(h.slot),
+            Ordering::Relaxed,
+        );
+        // The one slot comes back once B drops its blob.
+        let mut again = loop {
+            match a.alloc(8) {
+                Ok(x) => break x,
+                Err(_) => loom::thread::yield_now(),
+            }
+        };
+        again.fill(9);
+        drop(again);
+        t.join().unwrap();
+    });
+}
+
+#[test]
 fn reclaim_while_the_survivor_allocates() {
     model(|| {
         let (a, b, owners) = setup(2);
-        // B dies holding a slot.
-        std::mem::forget(b.alloc(8).unwrap());
+        // B dies holding a slot: its blob is gone with its process (and its
+        // process's record of it), the state word says B holds the slot.
+        let gone = b.alloc(8).unwrap();
+        let h = gone.handle();
+        drop(gone);
+        let states = a.region().u64_at(64 + 24).load(Ordering::Relaxed) as usize;
+        a.region()
+            .u64_at(states + 8 * h.slot as usize)
+            .store(u64::from(h.generation) << 32 | 2, Ordering::Release);
         let t = {
             let (a, owners) = (a.clone(), owners.clone());
             loom::thread::spawn(move || {

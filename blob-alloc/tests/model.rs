@@ -52,6 +52,22 @@ fn key(h: &BlobHandle) -> (u32, u32) {
     (h.class, h.slot)
 }
 
+/// The state word of the slot `h` names (offsets from the layout module).
+fn state_word<'p>(p: &'p Pool<R>, h: &BlobHandle) -> &'p std::sync::atomic::AtomicU64 {
+    use isocall_ringbuf::Region;
+    let desc = 64 + 64 * h.class as usize;
+    let states = p
+        .region()
+        .u64_at(desc + 24)
+        .load(std::sync::atomic::Ordering::Relaxed) as usize;
+    p.region().u64_at(states + 8 * h.slot as usize)
+}
+
+/// A state word saying `side` holds the slot at `generation`.
+fn held_word(side: Side, generation: u32) -> u64 {
+    u64::from(generation) << 32 | if side == Side::A { 1 } else { 2 }
+}
+
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let config = PoolConfig::new().class(64, 5).class(256, 70).class(1024, 3);
     let classes: Vec<_> = config.classes().to_vec();
@@ -194,8 +210,17 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 for l in live.drain(..) {
                     match l {
                         Live::Held(o, b, _) if o == s => {
-                            dead.push(b.handle());
-                            std::mem::forget(b);
+                            // Its process's record of the blob goes with it
+                            // (a `mem::forget` here would be a leak in a
+                            // live process, which keeps the slot held); the
+                            // state word stays as it left it.
+                            let h = b.handle();
+                            drop(b);
+                            state_word(&pa, &h).store(
+                                held_word(o, h.generation),
+                                std::sync::atomic::Ordering::Release,
+                            );
+                            dead.push(h);
                             expect += 1;
                         }
                         Live::Flight(_, h, _) => {
@@ -209,6 +234,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let r = pool(s.peer()).reclaim(s);
                 prop_assert_eq!(r.freed(), expect);
                 prop_assert_eq!(r.repaired, 0);
+                prop_assert_eq!(r.held_here, 0);
             }
             _ => {}
         }

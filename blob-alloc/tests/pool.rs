@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use isocall_blob::{BlobError, BlobHandle, Pool, PoolConfig, Side, SlotState};
+use isocall_blob::{BlobError, BlobHandle, BlobMut, Pool, PoolConfig, Side, SlotState, census};
 use isocall_ringbuf::HeapRegion;
 
 type P = Pool<Arc<HeapRegion>>;
@@ -98,17 +98,46 @@ fn stale_double_and_forged_handles_are_rejected() {
     );
     assert!(e.to_string().contains("stale"));
     // Forged: class, slot and length out of range.
-    for forged in [
-        BlobHandle { class: 9, ..h2 },
-        BlobHandle { slot: 3, ..h2 },
-        BlobHandle {
-            slot: u32::MAX,
-            ..h2
-        },
-        BlobHandle { len: 65, ..h2 },
-    ] {
+    let forgeries = [
+        (
+            BlobHandle { class: 9, ..h2 },
+            BlobError::NoSuchClass {
+                class: 9,
+                classes: 2,
+            },
+        ),
+        (
+            BlobHandle { slot: 3, ..h2 },
+            BlobError::NoSuchSlot {
+                class: 0,
+                slot: 3,
+                count: 3,
+            },
+        ),
+        (
+            BlobHandle {
+                slot: u32::MAX,
+                ..h2
+            },
+            BlobError::NoSuchSlot {
+                class: 0,
+                slot: u32::MAX as usize,
+                count: 3,
+            },
+        ),
+        (
+            BlobHandle { len: 65, ..h2 },
+            BlobError::LengthBeyondSlot {
+                class: 0,
+                len: 65,
+                slot_size: 64,
+            },
+        ),
+    ];
+    for (forged, expected) in forgeries {
         let e = b.accept(&forged).unwrap_err();
-        assert!(matches!(e, BlobError::BadHandle(_)), "{forged:?}: {e}");
+        assert_eq!(e, expected, "{forged:?}");
+        assert!(e.to_string().contains("forged"), "{e}");
     }
     // A forged generation on a real slot is stale.
     assert!(matches!(
@@ -179,13 +208,16 @@ fn reclaim_returns_what_the_dead_side_held() {
     let to_a = b.alloc(10).unwrap().send().unwrap();
     let to_b = a.alloc(10).unwrap().send().unwrap();
     let mine = a.alloc(200).unwrap();
-    std::mem::forget(b1);
-    std::mem::forget(b2); // B "dies" holding them
+    // B "dies" holding them: its process (and the record of what its blobs
+    // hold) is gone, its state words stay.
+    died_holding(&b, b1);
+    died_holding(&b, b2);
     let r = a.reclaim(Side::B);
     assert_eq!(
         (r.held, r.in_flight_to_dead, r.in_flight_from_dead),
         (2, 1, 1)
     );
+    assert_eq!(r.held_here, 0);
     assert_eq!(r.freed(), 4);
     let st = a.stats();
     assert_eq!(st.used(), 1, "only A's own blob is left: {st:?}");
@@ -239,6 +271,35 @@ fn free_slots_without_hints_are_still_found() {
     );
 }
 
+/// The state word of a blob's slot (offsets from the layout module).
+fn state_word<'p>(p: &'p P, h: &BlobHandle) -> &'p std::sync::atomic::AtomicU64 {
+    use isocall_ringbuf::Region;
+    let desc = 64 + 64 * h.class as usize;
+    let states = p
+        .region()
+        .u64_at(desc + 24)
+        .load(std::sync::atomic::Ordering::Relaxed) as usize;
+    p.region().u64_at(states + 8 * h.slot as usize)
+}
+
+/// A blob whose side dies holding it, as another process would: the blob
+/// is gone (with its process's record of it), the state word still says
+/// its side holds the slot. (`mem::forget` is no such death: the blob's
+/// process lives on, and its record keeps the slot held.)
+fn died_holding(pool: &P, blob: BlobMut<'_, Arc<HeapRegion>>) {
+    let h = blob.handle();
+    let side = match pool.slot_state(h.class as usize, h.slot as usize) {
+        Some((SlotState::Held(side), _)) => side,
+        other => panic!("not held: {other:?}"),
+    };
+    drop(blob);
+    let code = if side == Side::A { 1 } else { 2 };
+    state_word(pool, &h).store(
+        u64::from(h.generation) << 32 | code,
+        std::sync::atomic::Ordering::Release,
+    );
+}
+
 /// The first bitmap word of class `ci` (offsets from the layout module).
 fn region_bitmap_word(p: &P, ci: usize) -> &std::sync::atomic::AtomicU64 {
     use isocall_ringbuf::Region;
@@ -261,7 +322,12 @@ fn open_refuses_bad_headers() {
         drop(Pool::create(r.clone(), &config, Side::A).unwrap());
         r
     };
-    let refused = |r: Arc<HeapRegion>| Pool::open(r, Side::B).unwrap_err().to_string();
+    // `census` checks the header exactly as `open` does, with loads only.
+    let refused = |r: Arc<HeapRegion>| {
+        let e = census(&*r).unwrap_err();
+        assert_eq!(Pool::open(r, Side::B).unwrap_err(), e);
+        e.to_string()
+    };
     assert!(refused(Arc::new(HeapRegion::new(len))).contains("bad magic"));
     let cases: [(usize, u64, &str); 7] = [
         (8, 2 | (2 << 32), "layout version 2"),
@@ -280,7 +346,13 @@ fn open_refuses_bad_headers() {
     }
     // A region too small for what the config needs.
     let e = Pool::create(Arc::new(HeapRegion::new(128)), &config, Side::A).unwrap_err();
-    assert!(matches!(e, BlobError::BadConfig(_)), "{e}");
+    assert_eq!(
+        e,
+        BlobError::RegionTooSmall {
+            need: len,
+            len: 128
+        }
+    );
 }
 
 #[test]
@@ -311,4 +383,17 @@ fn threads_share_a_pool() {
     }
     sender.join().unwrap();
     assert_eq!(b.stats().used(), 0);
+}
+
+#[test]
+fn census_counts_what_stats_counts_without_a_pool() {
+    let (a, b) = pair(&small());
+    let _mine = a.alloc(10).unwrap();
+    let _theirs = b.alloc(100).unwrap();
+    let _to_b = a.alloc(200).unwrap().send().unwrap();
+    let st = census(&**a.region()).unwrap();
+    assert_eq!(st, a.stats());
+    assert_eq!(st.classes[0].held, [1, 0]);
+    assert_eq!(st.classes[1].held, [0, 1]);
+    assert_eq!(st.classes[1].in_flight, [0, 1]);
 }

@@ -57,6 +57,9 @@ impl From<ReserveError> for TransportError {
             ReserveError::TooLarge { len, max } => TransportError::TooLarge { len, max },
             ReserveError::BadKind { kind } => TransportError::BadKind { kind },
             ReserveError::Corrupt(c) => TransportError::Corrupt(c),
+            // A ring error this engine does not know yet: give the
+            // connection up rather than retry.
+            _ => TransportError::PeerDied,
         }
     }
 }
@@ -67,6 +70,7 @@ impl From<WaitError> for TransportError {
             WaitError::Timeout => TransportError::Timeout,
             WaitError::Stopped => TransportError::PeerDied,
             WaitError::Corrupt(c) => TransportError::Corrupt(c),
+            _ => TransportError::PeerDied,
         }
     }
 }
@@ -76,6 +80,7 @@ impl From<ReserveWaitError> for TransportError {
         match e {
             ReserveWaitError::Reserve(r) => r.into(),
             ReserveWaitError::Wait(w) => w.into(),
+            _ => TransportError::PeerDied,
         }
     }
 }

@@ -438,7 +438,7 @@ impl Segment {
         let region = self
             .mem
             .region(p.offset as usize, p.size as usize)
-            .ok_or_else(|| BlobError::Corrupt("no writable blob pool in this segment".into()))?;
+            .ok_or(BlobError::NoPool)?;
         Pool::open(region, side.into())
     }
 
@@ -487,8 +487,9 @@ impl Segment {
             .expect("ring part of a validated segment")
     }
 
-    /// The blob pool, read-only, or `None` if the segment has none: open it
-    /// with `Pool::open` for a census (only loads are valid on it).
+    /// The blob pool, read-only, or `None` if the segment has none: for
+    /// `isocall_blob::census` (a read-only region only loads; no `Pool` can
+    /// be built over it).
     pub fn blob_view(&self) -> Option<isocall_ringbuf::ReadOnlyRegion> {
         let p = self.header.blobs;
         if p.size == 0 {
@@ -685,7 +686,7 @@ fn validate(h: &SegmentHeader, file: u64) -> Result<(), SegmentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use isocall_ringbuf::Region;
+    use isocall_ringbuf::{ReadRegion, Region};
 
     fn fresh() -> Segment {
         Segment::create(

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use crate::error::{AttachError, Corrupt};
 use crate::layout::*;
-use crate::region::Region;
-use crate::ring::RingRef;
+use crate::region::{Access, Region};
+use crate::ring::{RingRef, RingSide};
 use crate::sync::{Ordering, fence, light_fence};
 use crate::wait::{NOT_WAITING, Parker, Spinner, WAITING_DOORBELL, WaitError, WaitStrategy};
 
@@ -17,8 +17,14 @@ use crate::wait::{NOT_WAITING, Parker, Spinner, WAITING_DOORBELL, WaitError, Wai
 pub struct Consumer<R: Region, P: Parker> {
     ring: RingRef<R>,
     parker: P,
-    /// Position of the next frame to read. Invariant: a multiple of `FRAME_ALIGN`; only
-    /// this side moves it.
+    /// Position of the next frame to read. Invariant: a multiple of
+    /// `FRAME_ALIGN`; only this side moves it, by the size of a frame it
+    /// checked (at most the capacity, 2^30).
+    ///
+    /// Overflow: it starts at most [`MAX_COUNTER_AT_ATTACH`] (2^62, checked
+    /// at attach), so `head + size` cannot overflow before this consumer
+    /// has read 3 * 2^62 bytes of frames (over four years at 100 GB/s),
+    /// whatever the peer writes; the stats counters count from zero.
     head: u64,
     /// Head as last stored to the shared counter (`<= head`). Releases are
     /// batched: the shared head is stored when `head - head_shared` reaches
@@ -52,14 +58,19 @@ pub struct ConsumerStats {
 }
 
 impl<R: Region, P: Parker> Consumer<R, P> {
-    /// Attaches the consumer to a ring region (zeroed when new).
+    /// Attaches the consumer to a ring region (zeroed when new). A ring has
+    /// one consumer at a time: until this one is dropped, attaching another
+    /// (in this process or, through the control block, in another) fails.
     ///
     /// # Errors
     ///
     /// [`AttachError::BadRegionSize`] if the region is not a ring region;
-    /// [`AttachError::Corrupt`] if its counters are inconsistent.
+    /// [`AttachError::AlreadyAttached`] if this process has a consumer on it
+    /// already; [`AttachError::AttachedElsewhere`] if the control block
+    /// names another attached consumer; [`AttachError::Corrupt`] if its
+    /// counters are inconsistent (see [`Corrupt::BadCounters`]).
     pub fn attach(region: R, parker: P) -> Result<Self, AttachError> {
-        let ring = RingRef::new(region)?;
+        let ring = RingRef::attach(region, RingSide::Consumer)?;
         let (head, _tail) = ring.counters_at_attach()?;
         let flush_at = ring.capacity / 4;
         let asym = parker.asymmetric();
@@ -95,10 +106,7 @@ impl<R: Region, P: Parker> Consumer<R, P> {
     /// [`Corrupt`] if the next header is not a valid frame.
     #[inline]
     pub fn peek(&mut self) -> Result<Option<Frame<'_, R, P>>, Corrupt> {
-        Ok(self.poll()?.map(|header| Frame {
-            consumer: self,
-            header,
-        }))
+        Ok(self.poll()?.map(|header| Frame::new(self, header)))
     }
 
     /// The next frame if one is published; if none is, asks `stop()`, and
@@ -121,10 +129,7 @@ impl<R: Region, P: Parker> Consumer<R, P> {
             None if stop() => Some(self.poll()?.ok_or(WaitError::Stopped)?),
             None => None,
         };
-        Ok(header.map(|header| Frame {
-            consumer: self,
-            header,
-        }))
+        Ok(header.map(|header| Frame::new(self, header)))
     }
 
     /// Waits by `strategy` for the next frame, until `deadline` or until
@@ -141,10 +146,7 @@ impl<R: Region, P: Parker> Consumer<R, P> {
         stop: impl Fn() -> bool,
     ) -> Result<Frame<'_, R, P>, WaitError> {
         let header = self.wait_header(strategy, deadline, stop)?;
-        Ok(Frame {
-            consumer: self,
-            header,
-        })
+        Ok(Frame::new(self, header))
     }
 
     /// Announces that the caller is about to sleep outside the ring, e.g. in
@@ -198,6 +200,7 @@ impl<R: Region, P: Parker> Consumer<R, P> {
             }
             let header = Header::decode(word);
             if header.kind == KIND_PAD {
+                // `off < cap` and both are multiples of 64: at least 48.
                 let expected = cap - off - FRAME_HEADER_BYTES as u64;
                 if off == 0 || u64::from(header.len) != expected {
                     return Err(Corrupt::BadPad {
@@ -215,7 +218,10 @@ impl<R: Region, P: Parker> Consumer<R, P> {
                     kind: header.kind,
                 });
             }
-            let size = frame_size(header.len as usize) as u64;
+            // `len < 2^32` and `off < cap <= 2^30`: these sums cannot
+            // overflow a u64 (nor a 32-bit usize, which `frame_size` would).
+            let size = (FRAME_HEADER_BYTES as u64 + u64::from(header.len))
+                .next_multiple_of(FRAME_ALIGN as u64);
             if off + size > cap || size + FRAME_ALIGN as u64 > cap {
                 return Err(Corrupt::BadLength {
                     pos: self.head,
@@ -384,9 +390,22 @@ impl<R: Region, P: Parker> std::fmt::Debug for Consumer<R, P> {
 pub struct Frame<'a, R: Region, P: Parker> {
     consumer: &'a mut Consumer<R, P>,
     header: Header,
+    /// This side reads the payload for as long as the frame lives (it ends
+    /// before `release` hands the bytes back).
+    access: Access,
 }
 
-impl<R: Region, P: Parker> Frame<'_, R, P> {
+impl<'a, R: Region, P: Parker> Frame<'a, R, P> {
+    fn new(consumer: &'a mut Consumer<R, P>, header: Header) -> Self {
+        let off = consumer.ring.payload_offset(consumer.head);
+        let access = consumer.ring.region.access(off, header.len as usize, false);
+        Frame {
+            consumer,
+            header,
+            access,
+        }
+    }
+
     /// The frame's kind (`1..=MAX_USER_KIND`).
     #[inline]
     pub fn kind(&self) -> u16 {
@@ -431,9 +450,16 @@ impl<R: Region, P: Parker> Frame<'_, R, P> {
     #[inline]
     pub fn release(self) {
         let size = frame_size(self.len()) as u64;
-        let c = self.consumer;
+        let Frame {
+            consumer: c,
+            header,
+            access,
+        } = self;
+        // The reads end before `advance` may hand the bytes back (its
+        // Release store of head).
+        drop(access);
         c.stats.frames += 1;
-        c.stats.bytes += u64::from(self.header.len);
+        c.stats.bytes += u64::from(header.len);
         c.advance(size);
     }
 }

@@ -1,9 +1,12 @@
 //! The ring's errors: one small enum per operation.
 
+use crate::ring::RingSide;
+
 /// The ring's shared state is inconsistent: the peer is buggy or hostile, or
 /// something scribbled over the region. The ring stops trusting it; the
 /// connection should be closed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Corrupt {
     /// The consumer's head counter went backwards.
     #[error("ring corrupt: head moved backwards from {old} to {new}")]
@@ -59,8 +62,12 @@ pub enum Corrupt {
         /// Length a padding frame there must have.
         expected: u64,
     },
-    /// The control block at attach time is inconsistent.
-    #[error("ring corrupt at attach: head {head}, tail {tail}, capacity {capacity}")]
+    /// The control block at attach time is inconsistent: head past tail,
+    /// more than a capacity apart, off a frame boundary, or beyond
+    /// [`MAX_COUNTER_AT_ATTACH`](crate::layout::MAX_COUNTER_AT_ATTACH).
+    #[error(
+        "ring corrupt at attach: head {head}, tail {tail}, capacity {capacity} (head <= tail <= 2^62, at most a capacity apart, multiples of 64 expected)"
+    )]
     BadCounters {
         /// Head read.
         head: u64,
@@ -73,6 +80,7 @@ pub enum Corrupt {
 
 /// Why a region cannot hold a ring.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AttachError {
     /// The region is not `RING_CONTROL_BYTES + capacity` bytes with a valid
     /// capacity.
@@ -83,6 +91,26 @@ pub enum AttachError {
         /// Region length.
         len: usize,
     },
+    /// This side of the ring is attached already in this process (a second
+    /// producer or consumer would write or read the same bytes as the
+    /// first); it can be attached again once that one is dropped.
+    #[error("the {side} side of this ring is already attached in this process")]
+    AlreadyAttached {
+        /// The side asked for.
+        side: RingSide,
+    },
+    /// The ring's control block says this side is attached already, by
+    /// another process (or through another mapping of this one), or a
+    /// process that died attached.
+    #[error(
+        "the {side} side of this ring is already attached: its attachment word holds {by} (the pid of the process that attached it)"
+    )]
+    AttachedElsewhere {
+        /// The side asked for.
+        side: RingSide,
+        /// The attachment word as read: the pid the holder wrote.
+        by: u64,
+    },
     /// The shared counters are inconsistent.
     #[error(transparent)]
     Corrupt(#[from] Corrupt),
@@ -90,6 +118,7 @@ pub enum AttachError {
 
 /// Why [`Producer::reserve`](crate::Producer::reserve) gave no grant.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReserveError {
     /// Not enough free space now; retry after the consumer releases frames
     /// (publish first, or it never will).

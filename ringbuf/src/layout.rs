@@ -9,6 +9,8 @@
 //!    256   128  wait line: consumer-waiting word (256), the side about to sleep
 //!               fencing words (264, 268),            (fencing: once, at attach)
 //!               producer-waiting word (320)
+//!    384   128  attach line: producer's (384) and    each side, at attach
+//!               consumer's (392) attachment words    and detach
 //!    512     C  frame data (C = capacity, a power of two)
 //! ```
 //!
@@ -101,13 +103,29 @@ pub const FENCING_ASYMMETRIC: u32 = 1;
 /// and writes terminators itself, and the consumer writes no data line).
 pub const CONS_ZEROES: usize = 272;
 
+/// Offset of the producer's attachment word (`u64`): `0` while no producer
+/// is attached, else the pid of the process whose producer is (set by
+/// compare-and-swap at attach, cleared at detach if it still holds that
+/// mark). A second producer is refused while it is set.
+pub const PROD_ATTACHED: usize = 384;
+/// Offset of the consumer's attachment word (`u64`), the mirror image.
+pub const CONS_ATTACHED: usize = 392;
+
+/// Largest head or tail counter a side accepts when it attaches: 2^62, so
+/// that no sum of a counter and the frame sizes this side will ever add to
+/// it can overflow (reaching 2^64 from there takes 3 * 2^62 bytes of frames,
+/// years of traffic at any memory bandwidth). A peer that set a counter
+/// near `u64::MAX` makes attach fail with [`BadCounters`](crate::Corrupt::BadCounters).
+pub const MAX_COUNTER_AT_ATTACH: u64 = 1 << 62;
+
 /// Offset of the frame data; frame position `p` has its header at `DATA + p % capacity`.
 pub const DATA: usize = RING_CONTROL_BYTES;
 
 const _: () = {
     assert!(PROD_FULL_STALLS + 8 <= HEAD);
     assert!(CONS_SLEEPS + 8 <= CONS_WAIT);
-    assert!(PROD_WAIT + 4 <= DATA);
+    assert!(PROD_WAIT + 4 <= PROD_ATTACHED);
+    assert!(CONS_ATTACHED + 8 <= DATA);
     assert!((DATA + FRAME_HEADER_BYTES).is_multiple_of(16));
 };
 

@@ -19,6 +19,12 @@
 //! scribbles on the ring produces a [`Corrupt`] error, never a panic or an
 //! access out of bounds. Sleeping and waking are described in [`wait`].
 //!
+//! A ring has one [`Producer`] and one [`Consumer`] at a time: attaching a
+//! second of either, in this process or (through the control block) in
+//! another, fails with [`AttachError`], so a grant or a frame is never
+//! aliased. An inspector reads a live ring through a [`ReadRegion`] (e.g. a
+//! read-only mapping) with [`snapshot`], which only loads.
+//!
 //! ```
 //! use isocall_ringbuf::{channel, wait::{CondvarParker, WaitStrategy}};
 //!
@@ -53,10 +59,10 @@ pub use consumer::{Consumer, ConsumerStats, Frame};
 pub use error::{AttachError, Corrupt, ReserveError};
 pub use layout::{MAX_USER_KIND, RING_CONTROL_BYTES, frame_size, max_payload, ring_region_size};
 pub use producer::{Grant, Producer, ProducerStats, ReserveWaitError};
-pub use region::Region;
+pub use region::{Access, ReadRegion, Region, region_key};
 #[cfg(not(loom))]
 pub use region::{HeapRegion, ReadOnlyRegion, SharedRegion};
-pub use ring::{RingSnapshot, snapshot};
+pub use ring::{RingSide, RingSnapshot, snapshot};
 pub use wait::{Parker, Spinner, WaitError, WaitStrategy};
 
 /// Both halves of a ring in a heap region, as [`channel`] returns them.
@@ -71,7 +77,7 @@ pub type HeapChannel<P> = (Producer<Arc<HeapRegion>, P>, Consumer<Arc<HeapRegion
 /// # Errors
 ///
 /// [`AttachError::BadRegionSize`] if `capacity` is not a power of two from
-/// 128 B to 1 GiB.
+/// 128 B to 1 GiB. (The region is new, so each side attaches once.)
 pub fn channel<P: Parker + Clone>(
     capacity: usize,
     parker: P,

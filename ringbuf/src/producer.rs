@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use crate::error::{AttachError, Corrupt, ReserveError};
 use crate::layout::*;
-use crate::region::Region;
-use crate::ring::RingRef;
+use crate::region::{Access, Region};
+use crate::ring::{RingRef, RingSide};
 use crate::sync::{Ordering, fence, light_fence};
 use crate::wait::{NOT_WAITING, Parker, Spinner, WaitError, WaitStrategy};
 
@@ -20,6 +20,15 @@ pub struct Producer<R: Region, P: Parker> {
     /// End of the committed frames (next frame starts here). Invariant:
     /// `published <= tail <= head_cache + capacity`, all multiples of
     /// `FRAME_ALIGN`.
+    ///
+    /// Overflow: `tail` starts at most [`MAX_COUNTER_AT_ATTACH`] (2^62,
+    /// checked at attach) and only this side's own frames advance it, by at
+    /// most a capacity (2^30) each; every sum below adds at most two
+    /// capacities to it (or to `head_cache <= published <= tail`). To come
+    /// within that of 2^64 this producer would have to push 3 * 2^62 bytes
+    /// through the ring, over four years at 100 GB/s: plain `+` cannot
+    /// overflow, whatever the peer writes. The stats counters count this
+    /// side's own frames and bytes from zero, likewise.
     tail: u64,
     /// End of the frames the consumer may see.
     published: u64,
@@ -74,14 +83,19 @@ pub struct ProducerStats {
 }
 
 impl<R: Region, P: Parker> Producer<R, P> {
-    /// Attaches the producer to a ring region (zeroed when new).
+    /// Attaches the producer to a ring region (zeroed when new). A ring has
+    /// one producer at a time: until this one is dropped, attaching another
+    /// (in this process or, through the control block, in another) fails.
     ///
     /// # Errors
     ///
     /// [`AttachError::BadRegionSize`] if the region is not a ring region;
-    /// [`AttachError::Corrupt`] if its counters are inconsistent.
+    /// [`AttachError::AlreadyAttached`] if this process has a producer on it
+    /// already; [`AttachError::AttachedElsewhere`] if the control block
+    /// names another attached producer; [`AttachError::Corrupt`] if its
+    /// counters are inconsistent (see [`Corrupt::BadCounters`]).
     pub fn attach(region: R, parker: P) -> Result<Self, AttachError> {
-        let ring = RingRef::new(region)?;
+        let ring = RingRef::attach(region, RingSide::Producer)?;
         let (head, tail) = ring.counters_at_attach()?;
         let asym = parker.asymmetric();
         ring.wait_word(PROD_FENCING)
@@ -299,11 +313,13 @@ impl<R: Region, P: Parker> Producer<R, P> {
     fn grant(&mut self, kind: u16, len: usize) -> Grant<'_, R, P> {
         self.grant_open = true;
         self.dirty_to = self.dirty_to.max(self.tail + frame_size(len) as u64);
+        let access = (self.ring.region).access(self.ring.payload_offset(self.tail), len, true);
         Grant {
             producer: self,
             kind,
             flags: 0,
             len,
+            _access: access,
         }
     }
 
@@ -514,6 +530,7 @@ impl<R: Region, P: Parker> std::fmt::Debug for Producer<R, P> {
 
 /// Why [`Producer::reserve_wait`] gave no grant.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReserveWaitError {
     /// The frame cannot be reserved at all (too large, bad kind, corrupt).
     #[error(transparent)]
@@ -530,6 +547,9 @@ pub struct Grant<'a, R: Region, P: Parker> {
     kind: u16,
     flags: u16,
     len: usize,
+    /// This side writes the reserved bytes for as long as the grant lives
+    /// (it ends before any publish, which needs the producer back).
+    _access: Access,
 }
 
 impl<R: Region, P: Parker> Grant<'_, R, P> {

@@ -12,8 +12,9 @@ use std::any::Any;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use crate::region::{REGION_ALIGN, Region, check_word};
-use crate::sync::{AtomicU32, AtomicU64};
+use crate::region::{REGION_ALIGN, ReadRegion, Region, check_word};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::AtomicU8;
 
 /// A pointer to `len` bytes that the owner keeps valid and aligned.
 struct RawBytes {
@@ -44,6 +45,50 @@ impl RawBytes {
         check_word(off, 4, self.len);
         // SAFETY: as in `u64_at`, with 4-byte size and alignment.
         unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(off).cast()) }
+    }
+
+    /// One `Relaxed` atomic load of the `u64` at `off`, through a shared
+    /// reference and never `from_ptr` (which asks for writable memory): the
+    /// only atomic access defined on read-only memory ("sufficiently small"
+    /// `Relaxed` loads, see `core::sync::atomic`, "Atomic accesses to
+    /// read-only memory").
+    #[inline]
+    fn load_u64(&self, off: usize) -> u64 {
+        check_word(off, 8, self.len);
+        // SAFETY: in bounds and 8-aligned (checked above; the base is
+        // 128-aligned), valid for reads while `self` lives; every access to
+        // the word is atomic, and a shared `&AtomicU64` asserts no
+        // writability.
+        let word = unsafe { &*self.ptr.as_ptr().add(off).cast::<AtomicU64>() };
+        word.load(Ordering::Relaxed)
+    }
+
+    /// As [`load_u64`](Self::load_u64), for a `u32`.
+    #[inline]
+    fn load_u32(&self, off: usize) -> u32 {
+        check_word(off, 4, self.len);
+        // SAFETY: as in `load_u64`, with 4-byte size and alignment.
+        let word = unsafe { &*self.ptr.as_ptr().add(off).cast::<AtomicU32>() };
+        word.load(Ordering::Relaxed)
+    }
+
+    /// Copies bytes out with one `Relaxed` atomic byte load each (a writer
+    /// may be at work on them; see `load_u64` on read-only memory).
+    fn read_bytes(&self, off: usize, buf: &mut [u8]) {
+        assert!(
+            off.checked_add(buf.len())
+                .is_some_and(|end| end <= self.len),
+            "ring bug: {} bytes at offset {off} outside region of {} bytes",
+            buf.len(),
+            self.len
+        );
+        for (i, b) in buf.iter_mut().enumerate() {
+            // SAFETY: `off + i < off + buf.len() <= len` (asserted), so the
+            // byte is in bounds and valid for reads; any alignment suits a
+            // `u8`; accessed atomically, as in `load_u64`.
+            let byte = unsafe { &*self.ptr.as_ptr().add(off + i).cast::<AtomicU8>() };
+            *b = byte.load(Ordering::Relaxed);
+        }
     }
 
     /// # Safety
@@ -126,7 +171,10 @@ impl SharedRegion {
     /// `len` bytes for as long as `owner` lives (e.g. `owner` holds the
     /// `MAP_SHARED` mapping that contains them, and the mapped file cannot
     /// shrink, e.g. because it is sealed against it). No Rust reference to
-    /// those bytes exists outside of regions created this way.
+    /// those bytes exists outside of regions created this way, and every
+    /// `SharedRegion` of this process whose bytes overlap these starts at
+    /// `ptr` and is `len` bytes long (one window per ring or pool, however
+    /// many handles: see the [`Region`] contract).
     // SAFETY: the caller guarantees the pointer, length and lifetime listed
     // above; every later access is bounds-checked against `len`.
     pub unsafe fn new(ptr: NonNull<u8>, len: usize, owner: Arc<dyn Any + Send + Sync>) -> Self {
@@ -147,9 +195,10 @@ impl std::fmt::Debug for SharedRegion {
 }
 
 /// A window of a mapping this process may only read: an inspector's view
-/// of a live ring or pool. Use it only with code that only loads
-/// ([`snapshot`](crate::snapshot), a pool census): a store through one of
-/// its words faults (`SIGSEGV`), and [`Region::bytes_mut`] panics.
+/// of a live ring or pool. It implements [`ReadRegion`] and nothing more
+/// (a store, or even a compare-and-swap, on read-only memory faults), so
+/// only code that loads can use it: [`snapshot`](crate::snapshot), a pool
+/// census, a frame dump through [`ReadRegion::read_bytes`].
 pub struct ReadOnlyRegion {
     raw: RawBytes,
     _owner: Arc<dyn Any + Send + Sync>,
@@ -179,42 +228,52 @@ impl std::fmt::Debug for ReadOnlyRegion {
     }
 }
 
-// SAFETY: as `impl_region!`, for reads; `bytes_mut` never hands out a
-// slice (it panics), so no write goes through this region's bytes.
-unsafe impl Region for ReadOnlyRegion {
+impl ReadRegion for ReadOnlyRegion {
     #[inline]
     fn len(&self) -> usize {
         self.raw.len
     }
     #[inline]
-    fn u64_at(&self, off: usize) -> &AtomicU64 {
-        self.raw.u64_at(off)
+    fn load_u64(&self, off: usize) -> u64 {
+        self.raw.load_u64(off)
     }
     #[inline]
-    fn u32_at(&self, off: usize) -> &AtomicU32 {
-        self.raw.u32_at(off)
+    fn load_u32(&self, off: usize) -> u32 {
+        self.raw.load_u32(off)
     }
-    // SAFETY: forwards `Region::bytes`; the caller keeps the range in bounds.
     #[inline]
-    unsafe fn bytes(&self, off: usize, len: usize) -> &[u8] {
-        // SAFETY: forwarded contract; the memory is readable.
-        unsafe { self.raw.bytes(off, len) }
-    }
-    unsafe fn bytes_mut(&self, _off: usize, _len: usize) -> &mut [u8] {
-        panic!("a read-only region has no writable bytes")
+    fn read_bytes(&self, off: usize, buf: &mut [u8]) {
+        self.raw.read_bytes(off, buf)
     }
 }
 
 macro_rules! impl_region {
     ($t:ty) => {
-        // SAFETY: `RawBytes` upholds the `Region` contract: aligned base
-        // (invariant of both constructors), bounds-checked word access, and
-        // memory kept alive by the allocation / owner for the value's life.
-        unsafe impl Region for $t {
+        impl ReadRegion for $t {
             #[inline]
             fn len(&self) -> usize {
                 self.raw.len
             }
+            #[inline]
+            fn load_u64(&self, off: usize) -> u64 {
+                self.raw.load_u64(off)
+            }
+            #[inline]
+            fn load_u32(&self, off: usize) -> u32 {
+                self.raw.load_u32(off)
+            }
+            #[inline]
+            fn read_bytes(&self, off: usize, buf: &mut [u8]) {
+                self.raw.read_bytes(off, buf)
+            }
+        }
+
+        // SAFETY: `RawBytes` upholds the `Region` contract: aligned base
+        // (invariant of both constructors), bounds-checked word access, and
+        // memory kept alive by the allocation / owner for the value's life;
+        // the overlap rule is the constructors' (`HeapRegion` owns its
+        // memory, `SharedRegion::new` asks it of its caller).
+        unsafe impl Region for $t {
             #[inline]
             fn u64_at(&self, off: usize) -> &AtomicU64 {
                 self.raw.u64_at(off)

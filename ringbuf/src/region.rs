@@ -9,6 +9,23 @@
 //! Words that both sides touch concurrently are only ever accessed as atomics
 //! ([`Region::u64_at`], [`Region::u32_at`]); payload bytes are handed out as
 //! slices under the ring protocol's exclusive-access rules.
+//!
+//! Those rules are what the loom models check, through [`Region::access`]:
+//! whoever hands out payload slices (a [`Grant`](crate::Grant), a
+//! [`Frame`](crate::Frame), a blob) holds an [`Access`] over the same bytes
+//! for as long as its slices can live. In every real home it is a
+//! zero-sized no-op; the loom home backs each cache line of payload with a
+//! `loom::cell::UnsafeCell`, so that two sides whose windows on the same
+//! bytes are not ordered by the protocol's atomics are reported as a data
+//! race.
+//!
+//! Reading is a trait of its own, [`ReadRegion`]: loads of words and copies
+//! of bytes, nothing else. Every home implements it, and so does a
+//! [`ReadOnlyRegion`], an inspector's read-only mapping, which implements
+//! nothing more: an atomic store (or a compare-and-swap, even one bound to
+//! fail) on read-only memory faults, so code that only holds a
+//! `ReadRegion` (a [`snapshot`](crate::snapshot), a pool census) cannot
+//! write, and a ring or pool cannot be built over it at all.
 
 #![allow(unsafe_code)] // declares the `unsafe` Region trait; implementations live in `raw`
 
@@ -20,31 +37,72 @@ pub use crate::raw::{HeapRegion, ReadOnlyRegion, SharedRegion};
 /// Alignment every region guarantees for its first byte.
 pub const REGION_ALIGN: usize = 128;
 
-/// A run of bytes shared by a producer and a consumer.
+/// A run of bytes this process may read, and only read: loads of words and
+/// copies of bytes. Every home implements it, including a read-only mapping.
 ///
-/// # Safety
-///
-/// An implementation guarantees that:
-/// - its memory starts on a [`REGION_ALIGN`] boundary, is [`len`](Region::len)
-///   bytes long and stays valid, at the same address, as long as the value
-///   lives;
-/// - [`u64_at`](Region::u64_at) and [`u32_at`](Region::u32_at) return the
-///   atomic at that byte offset (or, for loom, a model of it that is the same
-///   object on every call with the same offset);
-/// - [`bytes`](Region::bytes) and [`bytes_mut`](Region::bytes_mut) return the
-///   bytes at that offset.
-///
-/// The ring never uses one offset both as an atomic word and as payload at
-/// the same time, and never as both a `u32` and a `u64` word.
-pub unsafe trait Region: Send + Sync {
+/// Every load is a single `Relaxed` atomic load (the only atomic access that
+/// is defined on read-only memory); a caller that needs Acquire order issues
+/// an Acquire [`fence`](crate::sync::fence) after the load. Nothing in this
+/// trait lets the caller write, so it is safe to implement: no code relies on
+/// it for soundness (a [`Region`], which also implements it, vouches for it).
+pub trait ReadRegion {
     /// Length of the region in bytes.
     fn len(&self) -> usize;
 
-    /// Whether the region is empty (never true for a usable ring).
+    /// Whether the region is empty (never true for a usable ring or pool).
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The 64-bit word at byte offset `off`, loaded once (`Relaxed`).
+    ///
+    /// # Panics
+    ///
+    /// If `off` is not 8-aligned or `off + 8 > len()`: a bug in the caller,
+    /// never something a peer's data can cause.
+    fn load_u64(&self, off: usize) -> u64;
+
+    /// The 32-bit word at byte offset `off`, loaded once (`Relaxed`).
+    ///
+    /// # Panics
+    ///
+    /// If `off` is not 4-aligned or `off + 4 > len()`.
+    fn load_u32(&self, off: usize) -> u32;
+
+    /// Copies the bytes `off..off + buf.len()` into `buf`, with atomic loads:
+    /// a peer may be writing them, so the copy may be torn (each byte is some
+    /// value the peer wrote; treat them as untrusted input).
+    ///
+    /// # Panics
+    ///
+    /// If the range is not inside the region.
+    fn read_bytes(&self, off: usize, buf: &mut [u8]);
+}
+
+/// A run of bytes shared by a producer and a consumer (or by the two sides
+/// of a blob pool), which this process may read and write.
+///
+/// # Safety
+///
+/// An implementation guarantees that:
+/// - its memory starts on a [`REGION_ALIGN`] boundary, is
+///   [`len`](ReadRegion::len) bytes long and stays valid for reads and
+///   writes, at the same address, as long as the value lives, and its
+///   [`ReadRegion`] methods read that memory;
+/// - [`u64_at`](Region::u64_at) and [`u32_at`](Region::u32_at) return the
+///   atomic at that byte offset (or, for loom, a model of it that is the same
+///   object on every call with the same offset);
+/// - [`bytes`](Region::bytes) and [`bytes_mut`](Region::bytes_mut) return the
+///   bytes at that offset;
+/// - two regions of this process whose bytes overlap start at the same
+///   address and have the same length (they are handles on one ring or one
+///   pool): the rings and pools keep process-local registries keyed by the
+///   address of a region's first byte, which is how they know that a side or
+///   a slot is already in use in this process.
+///
+/// The ring never uses one offset both as an atomic word and as payload at
+/// the same time, and never as both a `u32` and a `u64` word.
+pub unsafe trait Region: ReadRegion + Send + Sync {
     /// The 64-bit atomic word at byte offset `off`.
     ///
     /// # Panics
@@ -81,6 +139,105 @@ pub unsafe trait Region: Send + Sync {
     // SAFETY: a contract for callers, stated in `# Safety` above.
     #[allow(clippy::mut_from_ref)]
     unsafe fn bytes_mut(&self, off: usize, len: usize) -> &mut [u8];
+
+    /// Declares that the caller reads (or, if `write`, writes) the bytes
+    /// `off..off + len` through slices from [`bytes`](Region::bytes) /
+    /// [`bytes_mut`](Region::bytes_mut) until the returned [`Access`] is
+    /// dropped. Only the loom model tracks it (see the module doc); every
+    /// other home returns [`Access::untracked`], which is zero-sized, so
+    /// the call compiles to nothing.
+    #[inline]
+    fn access(&self, off: usize, len: usize, write: bool) -> Access {
+        let _ = (off, len, write);
+        Access::untracked()
+    }
+
+    /// Loom only: the modelled process this handle belongs to (default 0).
+    /// Handles of one region that give different values stand for two
+    /// processes' mappings of the same bytes: the process-local registries
+    /// (ring sides, blob slots held) keep a separate record for each, as two
+    /// real processes would, so that a model of two processes is not
+    /// ordered by a record only one process could see.
+    #[cfg(loom)]
+    fn process(&self) -> usize {
+        0
+    }
+}
+
+/// A declared window of access to a region's payload bytes (see
+/// [`Region::access`]): zero-sized, and nothing, except in the loom model,
+/// where it holds loom's guards over the cache lines it covers until it is
+/// dropped.
+#[must_use = "the access ends when this is dropped"]
+#[derive(Default)]
+pub struct Access {
+    /// Held for their drop only: the access ends when the guards go.
+    #[cfg(loom)]
+    #[allow(dead_code)]
+    guards: Vec<LoomGuard>,
+}
+
+#[cfg(loom)]
+#[allow(dead_code)] // held for their drop only
+enum LoomGuard {
+    Read(loom::cell::ConstPtr<()>),
+    Write(loom::cell::MutPtr<()>),
+}
+
+// SAFETY: the guards are never dereferenced (they point at `()`); they only
+// mark an access, whose start and end loom attributes to the thread that
+// runs them. Moving the access to another thread moves that end there, as
+// moving a slice would (the move itself is ordered by whatever sends it).
+#[cfg(loom)]
+unsafe impl Send for Access {}
+// SAFETY: as above; a shared `&Access` allows nothing at all.
+#[cfg(loom)]
+unsafe impl Sync for Access {}
+
+impl Access {
+    /// No tracking: what every home but the loom model returns.
+    #[inline]
+    pub fn untracked() -> Access {
+        Access::default()
+    }
+
+    /// Loom only: an access made of read guards, one per cell it covers.
+    #[cfg(loom)]
+    pub fn reads(guards: impl IntoIterator<Item = loom::cell::ConstPtr<()>>) -> Access {
+        Access {
+            guards: guards.into_iter().map(LoomGuard::Read).collect(),
+        }
+    }
+
+    /// Loom only: an access made of write guards, one per cell it covers.
+    #[cfg(loom)]
+    pub fn writes(guards: impl IntoIterator<Item = loom::cell::MutPtr<()>>) -> Access {
+        Access {
+            guards: guards.into_iter().map(LoomGuard::Write).collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Access")
+    }
+}
+
+/// The key under which the process-local registries of rings and pools know
+/// a region: the address of its first word (see the [`Region`] safety
+/// contract). Under loom, the modelled process (`Region::process`) is
+/// folded into its low bits (always zero in the address of a `u64`).
+///
+/// # Panics
+///
+/// If the region is shorter than 8 bytes.
+#[inline]
+pub fn region_key<R: Region + ?Sized>(region: &R) -> usize {
+    let addr = std::ptr::from_ref(region.u64_at(0)) as usize;
+    #[cfg(loom)]
+    let addr = addr | (region.process() & 7);
+    addr
 }
 
 #[cfg(not(loom))]
@@ -92,13 +249,47 @@ pub(crate) fn check_word(off: usize, size: usize, len: usize) {
     );
 }
 
-// SAFETY: forwards every call to the shared `T`, which upholds the contract;
-// the `Arc` keeps it (and so its memory) alive.
-unsafe impl<T: Region> Region for std::sync::Arc<T> {
+impl<T: ReadRegion + ?Sized> ReadRegion for std::sync::Arc<T> {
     #[inline]
     fn len(&self) -> usize {
         (**self).len()
     }
+    #[inline]
+    fn load_u64(&self, off: usize) -> u64 {
+        (**self).load_u64(off)
+    }
+    #[inline]
+    fn load_u32(&self, off: usize) -> u32 {
+        (**self).load_u32(off)
+    }
+    #[inline]
+    fn read_bytes(&self, off: usize, buf: &mut [u8]) {
+        (**self).read_bytes(off, buf)
+    }
+}
+
+impl<T: ReadRegion + ?Sized> ReadRegion for &T {
+    #[inline]
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    #[inline]
+    fn load_u64(&self, off: usize) -> u64 {
+        (**self).load_u64(off)
+    }
+    #[inline]
+    fn load_u32(&self, off: usize) -> u32 {
+        (**self).load_u32(off)
+    }
+    #[inline]
+    fn read_bytes(&self, off: usize, buf: &mut [u8]) {
+        (**self).read_bytes(off, buf)
+    }
+}
+
+// SAFETY: forwards every call to the shared `T`, which upholds the contract;
+// the `Arc` keeps it (and so its memory) alive.
+unsafe impl<T: Region> Region for std::sync::Arc<T> {
     #[inline]
     fn u64_at(&self, off: usize) -> &AtomicU64 {
         (**self).u64_at(off)
@@ -117,5 +308,13 @@ unsafe impl<T: Region> Region for std::sync::Arc<T> {
     unsafe fn bytes_mut(&self, off: usize, len: usize) -> &mut [u8] {
         // SAFETY: forwarded contract.
         unsafe { (**self).bytes_mut(off, len) }
+    }
+    #[inline]
+    fn access(&self, off: usize, len: usize, write: bool) -> Access {
+        (**self).access(off, len, write)
+    }
+    #[cfg(loom)]
+    fn process(&self) -> usize {
+        (**self).process()
     }
 }

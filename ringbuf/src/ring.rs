@@ -1,28 +1,124 @@
 //! The shared part both halves hold: the region and its geometry, taken from
-//! the region's length (never from the shared bytes), and read-only views.
+//! the region's length (never from the shared bytes), the side's
+//! attachment, and read-only views.
+//!
+//! # One producer, one consumer
+//!
+//! A side's [`Grant`](crate::Grant)s and [`Frame`](crate::Frame)s are
+//! slices into the region, sound only while no other handle of this
+//! process writes the same bytes: so a side of a ring may be attached once
+//! at a time. Two records make sure of it:
+//!
+//! - a process-local registry of the `(base address, side)` pairs attached
+//!   now, checked and filled under a lock at attach and emptied when the
+//!   side drops. It is what soundness rests on: whatever the peer writes,
+//!   no second producer or consumer of a ring exists in this process (the
+//!   [`Region`] contract makes every handle of one ring in a process share
+//!   its base address);
+//! - an attachment word per side in the control block
+//!   ([`PROD_ATTACHED`], [`CONS_ATTACHED`]), set by compare-and-swap from
+//!   `0` to this process's pid at attach and cleared at detach if it still
+//!   holds that pid: a second attach from another process is refused too,
+//!   and an inspector can tell who is attached. It is advisory (a peer may
+//!   rewrite it; a process that died attached leaves it set, and the ring
+//!   cannot be attached that way again, as a dead connection's should not).
+
+use std::collections::HashSet;
+use std::sync::{LazyLock, Mutex, PoisonError};
 
 use crate::error::{AttachError, Corrupt};
 use crate::layout::*;
-use crate::region::Region;
+use crate::region::{ReadRegion, Region, region_key};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
+
+/// The two sides of a ring (exactly two, so not `#[non_exhaustive]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RingSide {
+    /// The writing side, [`Producer`](crate::Producer).
+    Producer,
+    /// The reading side, [`Consumer`](crate::Consumer).
+    Consumer,
+}
+
+impl RingSide {
+    /// Offset of this side's attachment word.
+    fn word(self) -> usize {
+        match self {
+            RingSide::Producer => PROD_ATTACHED,
+            RingSide::Consumer => CONS_ATTACHED,
+        }
+    }
+}
+
+impl std::fmt::Display for RingSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RingSide::Producer => "producer",
+            RingSide::Consumer => "consumer",
+        })
+    }
+}
+
+/// The ring sides attached in this process, by region base address. A
+/// plain `std` mutex in every build, loom's too: loom does not model it,
+/// and nothing inside its critical sections is a loom operation, so a
+/// model never switches threads while it is held.
+static ATTACHED: LazyLock<Mutex<HashSet<(usize, RingSide)>>> =
+    LazyLock::new(|| Mutex::new(HashSet::new()));
+
+fn registry() -> std::sync::MutexGuard<'static, HashSet<(usize, RingSide)>> {
+    // A panic while the lock was held left the set as it was before or
+    // after one insert or remove: still a valid set.
+    ATTACHED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// This process's mark in an attachment word: its pid (never 0).
+fn mark() -> u64 {
+    u64::from(std::process::id()).max(1)
+}
 
 pub(crate) struct RingRef<R: Region> {
     pub(crate) region: R,
-    /// Data capacity, a power of two (checked in `new`).
+    /// Data capacity, a power of two (checked in `attach`).
     pub(crate) capacity: u64,
+    /// The side this handle is attached as: its `(base, side)` pair is in
+    /// the registry until drop.
+    side: RingSide,
+    /// Whether the attachment word holds our mark (ours to clear at drop).
+    marked: bool,
 }
 
 impl<R: Region> RingRef<R> {
-    pub(crate) fn new(region: R) -> Result<Self, AttachError> {
+    /// Attaches `side` to the ring in `region`: checks the region's size,
+    /// registers the side in this process, marks it in the control block.
+    pub(crate) fn attach(region: R, side: RingSide) -> Result<Self, AttachError> {
         let len = region.len();
         let capacity = len.wrapping_sub(RING_CONTROL_BYTES);
         if len < RING_CONTROL_BYTES || !valid_capacity(capacity) {
             return Err(AttachError::BadRegionSize { len });
         }
-        Ok(RingRef {
+        if !registry().insert((region_key(&region), side)) {
+            return Err(AttachError::AlreadyAttached { side });
+        }
+        // From here on, dropping `ring` (on any error below) unregisters.
+        let mut ring = RingRef {
             region,
             capacity: capacity as u64,
-        })
+            side,
+            marked: false,
+        };
+        // Acquire: pairs with the Release of the previous holder's detach,
+        // so what it stored (its counters) is visible to this side.
+        match ring.word(side.word()).compare_exchange(
+            0,
+            mark(),
+            Ordering::Acquire,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => ring.marked = true,
+            Err(by) => return Err(AttachError::AttachedElsewhere { side, by }),
+        }
+        Ok(ring)
     }
 
     /// A control word.
@@ -50,11 +146,15 @@ impl<R: Region> RingRef<R> {
         DATA + (pos & (self.capacity - 1)) as usize + FRAME_HEADER_BYTES
     }
 
-    /// Reads head and tail for a side that attaches, and checks them.
+    /// Reads head and tail for a side that attaches, and checks them: in
+    /// order, within a capacity of each other, on frame boundaries, and at
+    /// most [`MAX_COUNTER_AT_ATTACH`] (so that this side's own additions to
+    /// them never overflow; see there).
     pub(crate) fn counters_at_attach(&self) -> Result<(u64, u64), Corrupt> {
         let head = self.word(HEAD).load(Ordering::Acquire);
         let tail = self.word(TAIL).load(Ordering::Acquire);
         let ok = head <= tail
+            && tail <= MAX_COUNTER_AT_ATTACH
             && tail - head <= self.capacity
             && head.is_multiple_of(FRAME_ALIGN as u64)
             && tail.is_multiple_of(FRAME_ALIGN as u64);
@@ -67,6 +167,22 @@ impl<R: Region> RingRef<R> {
                 capacity: self.capacity,
             })
         }
+    }
+}
+
+impl<R: Region> Drop for RingRef<R> {
+    fn drop(&mut self) {
+        if self.marked {
+            // Release: pairs with the Acquire of the next attach. Left alone
+            // if the peer rewrote it: it is no longer our mark to clear.
+            let _ = self.word(self.side.word()).compare_exchange(
+                mark(),
+                0,
+                Ordering::Release,
+                Ordering::Relaxed,
+            );
+        }
+        registry().remove(&(region_key(&self.region), self.side));
     }
 }
 
@@ -103,6 +219,11 @@ pub struct RingSnapshot {
     pub consumer_waiting: u32,
     /// The producer's wait word.
     pub producer_waiting: u32,
+    /// The producer's attachment word: 0, or the pid of the process whose
+    /// producer is attached (as that process wrote it).
+    pub producer_attached: u64,
+    /// The consumer's attachment word, likewise.
+    pub consumer_attached: u64,
 }
 
 impl RingSnapshot {
@@ -118,18 +239,19 @@ impl RingSnapshot {
     }
 }
 
-/// Reads the counters of the ring in `region` without attaching to it.
+/// Reads the counters of the ring in `region` without attaching to it, with
+/// loads only: it works on a read-only mapping.
 ///
 /// # Errors
 ///
 /// [`AttachError::BadRegionSize`] if the region is not a ring region.
-pub fn snapshot<R: Region>(region: &R) -> Result<RingSnapshot, AttachError> {
+pub fn snapshot<R: ReadRegion + ?Sized>(region: &R) -> Result<RingSnapshot, AttachError> {
     let len = region.len();
     let capacity = len.wrapping_sub(RING_CONTROL_BYTES);
     if len < RING_CONTROL_BYTES || !valid_capacity(capacity) {
         return Err(AttachError::BadRegionSize { len });
     }
-    let w = |off| region.u64_at(off).load(Ordering::Relaxed);
+    let w = |off| region.load_u64(off);
     Ok(RingSnapshot {
         capacity: capacity as u64,
         head: w(HEAD),
@@ -143,7 +265,9 @@ pub fn snapshot<R: Region>(region: &R) -> Result<RingSnapshot, AttachError> {
         producer_sleeps: w(PROD_SLEEPS),
         consumer_sleeps: w(CONS_SLEEPS),
         full_stalls: w(PROD_FULL_STALLS),
-        consumer_waiting: region.u32_at(CONS_WAIT).load(Ordering::Relaxed),
-        producer_waiting: region.u32_at(PROD_WAIT).load(Ordering::Relaxed),
+        consumer_waiting: region.load_u32(CONS_WAIT),
+        producer_waiting: region.load_u32(PROD_WAIT),
+        producer_attached: w(PROD_ATTACHED),
+        consumer_attached: w(CONS_ATTACHED),
     })
 }

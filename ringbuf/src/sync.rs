@@ -2,10 +2,10 @@
 //! so that the same ring code runs in the loom model checker.
 
 #[cfg(loom)]
-pub use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+pub use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
 
 #[cfg(not(loom))]
-pub use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+pub use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
 
 /// The hot side of an asymmetric handshake: a compiler-only fence, which is
 /// enough when the other side issues a heavy barrier (`membarrier`) before

@@ -27,6 +27,12 @@
 //! found that). They are all off the fast path. A side that never finds the
 //! ring empty or full makes no syscall.
 //!
+//! The peer can write the wait words too. No access to one is a loop: each
+//! is a single swap or load, never a compare-and-swap retried until it
+//! holds, so a peer flipping a word can only cut a sleep short or cost a
+//! wake-up call for nothing. A waiter still re-checks the ring and its stop
+//! condition after every sleep, and ends at its deadline.
+//!
 //! The ring knows nothing about futexes or eventfds: a [`Parker`] supplies
 //! them (isocall-engine has the futex and eventfd ones), and
 //! [`CondvarParker`] serves threads of one process.
@@ -44,6 +50,7 @@ pub const WAITING_DOORBELL: u32 = 2;
 
 /// How a side waits when the ring gives it nothing to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum WaitStrategy {
     /// Spin until there is work or the deadline passes: lowest latency, burns
     /// a core, never sleeps.
@@ -172,6 +179,7 @@ impl Parker for SpinParker {
 
 /// Why waiting for a frame or for room ended without one.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WaitError {
     /// The deadline passed.
     #[error("timed out waiting on the ring")]

@@ -3,6 +3,17 @@
 //! both wait words (no lost wake-up: a lost one leaves a thread blocked
 //! forever, which loom reports as a deadlock).
 //!
+//! Payload exclusivity is checked too: the region backs each 64-byte line
+//! with a `loom::cell::UnsafeCell<()>`, and the ring declares its windows on
+//! payload bytes ([`Region::access`]: a grant writes its bytes while it
+//! lives, a frame reads its payload while it lives), so a consumer reading
+//! a line the producer's write is not ordered before (or a producer reusing
+//! a line the consumer still reads) is reported as a causality violation.
+//! Frames start on line boundaries and never share a line, so disjoint
+//! frames never look like a race. (Weakening the publish's Release store to
+//! Relaxed makes these models fail with "Causality violation: Concurrent
+//! read and write accesses".)
+//!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p isocall-ringbuf --release --test loom`.
 #![cfg(loom)]
 #![allow(unsafe_code)]
@@ -11,35 +22,76 @@ use std::cell::UnsafeCell;
 use std::sync::Arc;
 
 use isocall_ringbuf::layout::{DATA, RING_CONTROL_BYTES};
-use isocall_ringbuf::sync::{AtomicU32, AtomicU64};
+use isocall_ringbuf::sync::{AtomicU32, AtomicU64, Ordering};
 use isocall_ringbuf::wait::{CondvarParker, Parker, WaitStrategy};
-use isocall_ringbuf::{Consumer, Producer, Region};
+use isocall_ringbuf::{Access, Consumer, Producer, ReadRegion, Region};
 
 const CAPACITY: usize = 256;
 
+/// Bytes per tracked line.
+const LINE: usize = 64;
+
 /// A ring region whose shared words are loom atomics (so loom explores their
-/// orderings) and whose payload bytes are plain memory.
+/// orderings), whose payload bytes are plain memory, and whose lines are
+/// loom cells that stand for those bytes in loom's race checks.
 struct LoomRegion {
     control: Vec<AtomicU64>,
     slots: Vec<AtomicU64>,
     waits: [AtomicU32; 5],
-    bytes: UnsafeCell<Vec<u8>>,
+    /// The bytes, each in its own `UnsafeCell`, so that a slice of some of
+    /// them never asserts anything about the others.
+    bytes: Box<[UnsafeCell<u8>]>,
+    /// One loom cell per line of the region: an access to payload bytes is
+    /// an access to the cells of the lines it covers.
+    lines: Vec<loom::cell::UnsafeCell<()>>,
 }
 
-// SAFETY: the words are loom atomics; the payload bytes are accessed only
-// under the ring's exclusive-access protocol (the property under test).
+// SAFETY: the words are loom atomics and the line cells loom's; the payload
+// bytes are accessed only under the ring's exclusive-access protocol, which
+// the line cells check.
 unsafe impl Send for LoomRegion {}
 // SAFETY: as above.
 unsafe impl Sync for LoomRegion {}
 
 impl LoomRegion {
     fn new() -> Self {
+        let len = RING_CONTROL_BYTES + CAPACITY;
         LoomRegion {
             control: (0..DATA / 8).map(|_| AtomicU64::new(0)).collect(),
             slots: (0..CAPACITY / 16).map(|_| AtomicU64::new(0)).collect(),
             waits: [(); 5].map(|_| AtomicU32::new(0)),
-            bytes: UnsafeCell::new(vec![0; RING_CONTROL_BYTES + CAPACITY]),
+            bytes: (0..len).map(|_| UnsafeCell::new(0)).collect(),
+            lines: (0..len / LINE)
+                .map(|_| loom::cell::UnsafeCell::new(()))
+                .collect(),
         }
+    }
+
+    /// A pointer to byte `off`, after checking that `len` bytes from it lie
+    /// in the region.
+    fn at(&self, off: usize, len: usize) -> *mut u8 {
+        assert!(off + len <= self.bytes.len(), "bytes outside the region");
+        UnsafeCell::raw_get(self.bytes[off..].as_ptr())
+    }
+}
+
+impl ReadRegion for LoomRegion {
+    fn len(&self) -> usize {
+        RING_CONTROL_BYTES + CAPACITY
+    }
+    fn load_u64(&self, off: usize) -> u64 {
+        self.u64_at(off).load(Ordering::Relaxed)
+    }
+    fn load_u32(&self, off: usize) -> u32 {
+        self.u32_at(off).load(Ordering::Relaxed)
+    }
+    fn read_bytes(&self, off: usize, buf: &mut [u8]) {
+        let _reading = self.access(off, buf.len(), false);
+        // SAFETY: in bounds (checked by `at`); the models never read bytes
+        // this way while a side writes them, which the access checks.
+        buf.copy_from_slice(unsafe {
+            std::slice::from_raw_parts(self.at(off, buf.len()), buf.len())
+        });
     }
 }
 
@@ -47,9 +99,6 @@ impl LoomRegion {
 // every call), u32 and u64 words never overlap in the ring's use, and the
 // byte buffer is as long as the region.
 unsafe impl Region for LoomRegion {
-    fn len(&self) -> usize {
-        RING_CONTROL_BYTES + CAPACITY
-    }
     fn u64_at(&self, off: usize) -> &AtomicU64 {
         if off >= DATA {
             assert_eq!((off - DATA) % 16, 0, "header slot off the frame grid");
@@ -69,15 +118,29 @@ unsafe impl Region for LoomRegion {
         }
     }
     // SAFETY: `Region::bytes` contract; the ring hands each byte to one side
-    // at a time, which is what the model checks.
+    // at a time, which is what the model checks (through `access`).
     unsafe fn bytes(&self, off: usize, len: usize) -> &[u8] {
-        // SAFETY: in bounds per the caller's contract; no concurrent writer
-        // per the ring protocol.
-        unsafe { &(&*self.bytes.get())[off..off + len] }
+        // SAFETY: in bounds (checked by `at`); no concurrent writer per the
+        // caller's contract; each byte is its own `UnsafeCell`.
+        unsafe { std::slice::from_raw_parts(self.at(off, len), len) }
     }
     unsafe fn bytes_mut(&self, off: usize, len: usize) -> &mut [u8] {
-        // SAFETY: in bounds and exclusive per the caller's contract.
-        unsafe { &mut (&mut *self.bytes.get())[off..off + len] }
+        // SAFETY: in bounds (checked by `at`) and exclusive per the caller's
+        // contract; each byte is its own `UnsafeCell`.
+        unsafe { std::slice::from_raw_parts_mut(self.at(off, len), len) }
+    }
+    fn access(&self, off: usize, len: usize, write: bool) -> Access {
+        let lines = if len == 0 {
+            0..0
+        } else {
+            off / LINE..(off + len - 1) / LINE + 1
+        };
+        let cells = &self.lines[lines];
+        if write {
+            Access::writes(cells.iter().map(loom::cell::UnsafeCell::get_mut))
+        } else {
+            Access::reads(cells.iter().map(loom::cell::UnsafeCell::get))
+        }
     }
 }
 

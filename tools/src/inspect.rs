@@ -31,12 +31,12 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{Ordering, fence};
 
-use isocall_engine::blob::{Pool, Side as BlobSide};
+use isocall_engine::blob::census;
 use isocall_engine::raw::{Direction, SIDE_ATTACHED, SIDE_CLOSED, Segment, Side};
 use isocall_engine::ring::layout::{DATA, FRAME_ALIGN, FRAME_HEADER_BYTES, KIND_PAD};
-use isocall_engine::ring::{ReadOnlyRegion, Region, snapshot};
+use isocall_engine::ring::{ReadOnlyRegion, ReadRegion, snapshot};
 use isocall_engine::supervise;
 use serde_json::{Value, json};
 
@@ -153,7 +153,10 @@ fn pending_frames(
             break;
         }
         let off = DATA + (pos % cap) as usize;
-        let word = ring.u64_at(off).load(Ordering::Acquire);
+        let word = ring.load_u64(off);
+        // Acquire, as a fence (the view is read-only: only Relaxed loads):
+        // the payload read below is at least as new as the header.
+        fence(Ordering::Acquire);
         if word == 0 {
             break;
         }
@@ -199,16 +202,11 @@ fn pending_frames(
     out
 }
 
-/// Copies bytes out of the view word by word (atomic loads: the producer
-/// may be writing them).
+/// Copies bytes out of the view (atomic loads: the producer may be writing
+/// them), as many as lie inside it.
 fn read_bytes(ring: &ReadOnlyRegion, off: usize, len: usize) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len.next_multiple_of(8));
-    let mut at = off;
-    while v.len() < len && at + 8 <= ring.len() {
-        v.extend_from_slice(&ring.u64_at(at).load(Ordering::Relaxed).to_le_bytes());
-        at += 8;
-    }
-    v.truncate(len);
+    let mut v = vec![0; len.min(ring.len().saturating_sub(off))];
+    ring.read_bytes(off, &mut v);
     v
 }
 
@@ -261,8 +259,7 @@ fn segment_json(name: &str, pid: u32, seg: &Segment, dump: usize) -> Value {
         !alive(seg.side_state(Side::Client).pid),
         !alive(seg.side_state(Side::Server).pid),
     ];
-    let blobs = seg.blob_view().and_then(|v| Pool::open(v, BlobSide::A).ok()).map(|pool| {
-        let st = pool.stats();
+    let blobs = seg.blob_view().and_then(|v| census(&v).ok()).map(|st| {
         json!({"classes": st.classes.iter().map(|c| json!({
             "slot_size": c.slot_size,
             "count": c.count,
@@ -468,6 +465,7 @@ fn text(doc: &Value) -> String {
 mod tests {
     use super::*;
     use isocall_engine::raw::SegmentLayout;
+    use isocall_engine::ring::Region;
 
     fn segment() -> Segment {
         Segment::create("isocall:test:inspect", &SegmentLayout::default()).expect("segment")
@@ -500,5 +498,32 @@ mod tests {
         let frames = pending_frames(&view, head, u64::MAX, 4, &[]);
         assert_eq!(frames.len(), 1, "{frames:?}");
         assert_eq!(frames[0]["kind_name"], "REQUEST");
+    }
+
+    #[test]
+    fn a_read_only_view_gives_the_census_and_the_ring_positions() {
+        use isocall_engine::blob::PoolConfig;
+        let layout = SegmentLayout {
+            ring_capacity: 4096,
+            blobs: PoolConfig::new().class(256, 4).class(4096, 2),
+        };
+        let seg = Segment::create("isocall:test:inspect-census", &layout).expect("segment");
+        let pool = seg.blob_pool(Side::Client).unwrap().expect("a pool");
+        let _held = pool.alloc(10).unwrap();
+        let _sent = pool.alloc(3000).unwrap().send().unwrap();
+        let ring = seg.ring_region(Direction::ClientToServer);
+        ring.u64_at(isocall_engine::ring::layout::TAIL)
+            .store(128, Ordering::Release);
+        // A second mapping of the memfd, read-only: only loads work on it.
+        let fd = seg.fd().try_clone_to_owned().unwrap();
+        let ro = Segment::open_read_only(fd).expect("read-only segment");
+        let st = census(&ro.blob_view().expect("a pool view")).expect("census");
+        assert_eq!(st, pool.stats());
+        assert_eq!(
+            (st.classes[0].held, st.classes[1].in_flight),
+            ([1, 0], [0, 1])
+        );
+        let snap = snapshot(&ro.ring_view(Direction::ClientToServer)).expect("snapshot");
+        assert_eq!((snap.capacity, snap.tail), (4096, 128));
     }
 }

@@ -95,10 +95,10 @@ where
         arena.acquire(),
     )
     .map(|w| w.len())
-        .map_err(|source| EncodeError {
-            room,
-            source: Some(source),
-        })
+    .map_err(|source| EncodeError {
+        room,
+        source: Some(source),
+    })
 }
 
 /// Why a body failed validation: the archive is not a valid `T`.

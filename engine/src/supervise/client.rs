@@ -366,9 +366,12 @@ impl SupervisedClient {
             self.drop_idle_old(None);
             let mut keep = idempotent.then(Vec::new);
             let conn = self.current.as_mut().expect("ensured");
-            let sent =
-                conn.client
-                    .start_keep(id, |buf, a| body::encode(request, buf, a), &blobs, keep.as_mut());
+            let sent = conn.client.start_keep(
+                id,
+                |buf, a| body::encode(request, buf, a),
+                &blobs,
+                keep.as_mut(),
+            );
             match sent {
                 Ok(call) => {
                     let seq = self.next;

@@ -219,8 +219,8 @@ impl SharedMem {
 
 impl SharedMem {
     /// The bytes `off..off + len` as a read-only region (writable or not),
-    /// for inspection: only loads are valid on it. `None` if out of bounds
-    /// or misaligned.
+    /// for inspection: a `ReadOnlyRegion` offers loads only, so no ring or
+    /// pool can be built over it. `None` if out of bounds or misaligned.
     pub fn region_read_only(&self, off: usize, len: usize) -> Option<ReadOnlyRegion> {
         let end = off.checked_add(len)?;
         if end > self.len() || !off.is_multiple_of(REGION_ALIGN) {

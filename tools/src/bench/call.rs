@@ -68,6 +68,8 @@ fn strategy_code(s: WaitStrategy) -> u64 {
         WaitStrategy::BusySpin => 0,
         WaitStrategy::Adaptive => 1,
         WaitStrategy::Blocking => 2,
+        // A strategy this tool does not know: the peer waits the default way.
+        _ => 1,
     }
 }
 
@@ -211,6 +213,7 @@ pub fn rtt(budget: &Budget, strategy: WaitStrategy) -> Res<Measured> {
         WaitStrategy::BusySpin => "call.rtt.busy.64",
         WaitStrategy::Adaptive => "call.rtt.adaptive.64",
         WaitStrategy::Blocking => "call.rtt.blocking.64",
+        _ => "call.rtt.other.64",
     };
     let (peer, mut c) = connect(name, strategy)?;
     let m = c.method(ECHO64)?;

@@ -425,7 +425,10 @@ impl Client {
         frame_kind: u16,
         id: u64,
         method: u32,
-        encode: impl FnMut(&mut [u8], &mut rkyv::ser::allocator::Arena) -> Result<usize, body::EncodeError>,
+        encode: impl FnMut(
+            &mut [u8],
+            &mut rkyv::ser::allocator::Arena,
+        ) -> Result<usize, body::EncodeError>,
         blobs: &[BlobHandle],
     ) -> Result<(), CallError> {
         let Client {

@@ -76,7 +76,13 @@ pub(crate) enum Failure {
 /// frame of a trusted connection), whether the connection is trusted, the
 /// call's context, where to write the reply and the worker's scratch
 /// arena for serializing it; returns the reply's length.
-pub(crate) type Run = dyn Fn(&[u8], bool, &mut CallCtx<'_>, &mut [u8], &mut rkyv::ser::allocator::Arena) -> Result<usize, Failure>
+pub(crate) type Run = dyn Fn(
+        &[u8],
+        bool,
+        &mut CallCtx<'_>,
+        &mut [u8],
+        &mut rkyv::ser::allocator::Arena,
+    ) -> Result<usize, Failure>
     + Send
     + Sync;
 

@@ -411,7 +411,9 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
         let outcome = match method {
             Some(m) if m.info.signature.kind == MethodKind::Call => {
                 let out = &mut g.bytes_mut()[FAR_BODY..];
-                match catch_unwind(AssertUnwindSafe(|| (m.run)(body, trusted, &mut ctx, out, &mut scratch.arena))) {
+                match catch_unwind(AssertUnwindSafe(|| {
+                    (m.run)(body, trusted, &mut ctx, out, &mut scratch.arena)
+                })) {
                     Ok(Ok(len)) => Ok(len),
                     Ok(Err(Failure::App(e))) => Err((Status::AppError, e.code, e.message)),
                     Ok(Err(Failure::BadRequest(d))) => Err((Status::BadRequest, 0, d)),
