@@ -130,9 +130,10 @@ const _: () = {
 };
 
 /// Region size for a ring of `capacity` data bytes, or `None` if the capacity
-/// is not a power of two in `MIN_CAPACITY..=MAX_CAPACITY`.
+/// is not a power of two in `MIN_CAPACITY..=MAX_CAPACITY` (checked before
+/// the sum is made: a peer's `u64::MAX` overflows nothing).
 pub fn ring_region_size(capacity: usize) -> Option<usize> {
-    valid_capacity(capacity).then_some(RING_CONTROL_BYTES + capacity)
+    valid_capacity(capacity).then(|| RING_CONTROL_BYTES + capacity)
 }
 
 pub(crate) fn valid_capacity(capacity: usize) -> bool {
@@ -211,6 +212,7 @@ mod tests {
         assert_eq!(ring_region_size(4095), None);
         assert_eq!(ring_region_size(64), None);
         assert_eq!(ring_region_size(MAX_CAPACITY * 2), None);
+        assert_eq!(ring_region_size(usize::MAX), None);
         assert_eq!(max_payload(128), 48);
         assert!(frame_size(max_payload(128)) + FRAME_ALIGN <= 128);
     }
