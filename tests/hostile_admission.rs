@@ -37,13 +37,6 @@ const OTHER_UID: u32 = 65534;
 const ATTEMPTS: usize = 1000;
 const PER_UID: usize = 100;
 
-fn abstract_name(s: &SocketName) -> String {
-    match s {
-        SocketName::Abstract(n) => n.clone(),
-        SocketName::Path(p) => panic!("abstract sockets only, not {}", p.display()),
-    }
-}
-
 fn uid() -> u32 {
     rustix::process::getuid().as_raw()
 }
@@ -147,7 +140,7 @@ fn a_thousand_connections_from_one_user_are_capped_and_others_still_get_in() {
         .spawn()
         .expect("server");
     let base = snapshot_with_server();
-    let mut flooder = Peer::spawn("flood_conns", &abstract_name(&socket));
+    let mut flooder = Peer::spawn("flood_conns", &hostile::abstract_name(&socket));
     let line = flooder.expect("held", Duration::from_secs(150));
     eprintln!("flood_conns: {line}");
     // Checked at the end, so that the rest is checked too.
@@ -176,7 +169,11 @@ fn a_thousand_connections_from_one_user_are_capped_and_others_still_get_in() {
     );
     // Another user is served meanwhile.
     if is_root() {
-        let mut p = Peer::spawn_as("one_call", &abstract_name(&socket), Some(OTHER_UID));
+        let mut p = Peer::spawn_as(
+            "one_call",
+            &hostile::abstract_name(&socket),
+            Some(OTHER_UID),
+        );
         let l = p.line(Duration::from_secs(30));
         assert!(l.starts_with("ok "), "uid {OTHER_UID}: {l}");
         p.wait_ok(Duration::from_secs(10));
@@ -266,7 +263,7 @@ fn silent_connections_of_another_user_delay_no_one_elses_connect() {
         .spawn()
         .expect("server");
     let base = snapshot_with_server();
-    let mut quiet = Peer::spawn_as("silent", &abstract_name(&socket), Some(OTHER_UID));
+    let mut quiet = Peer::spawn_as("silent", &hostile::abstract_name(&socket), Some(OTHER_UID));
     quiet.expect("silent", Duration::from_secs(30));
     let since = Instant::now();
     // This user connects at once, twenty times, beside them.
@@ -285,7 +282,11 @@ fn silent_connections_of_another_user_delay_no_one_elses_connect() {
     );
     // An honest client of the silent user gets in by retrying `Busy`
     // until the silent handshakes time out.
-    let mut p = Peer::spawn_as("one_call", &abstract_name(&socket), Some(OTHER_UID));
+    let mut p = Peer::spawn_as(
+        "one_call",
+        &hostile::abstract_name(&socket),
+        Some(OTHER_UID),
+    );
     let l = p.line(Duration::from_secs(30));
     eprintln!(
         "silent: uid {OTHER_UID}'s honest client: {l} ({:?} after the silent ones came)",

@@ -36,13 +36,6 @@ fn role() {
     run_role(ROLES);
 }
 
-fn abstract_name(s: &SocketName) -> String {
-    match s {
-        SocketName::Abstract(n) => n.clone(),
-        SocketName::Path(p) => panic!("abstract sockets only, not {}", p.display()),
-    }
-}
-
 /// Calls the attacker makes with a rewritten body.
 const REWRITTEN_CALLS: u64 = 10_000;
 /// The string of every rewritten request (out of line: 100 bytes).
@@ -122,7 +115,7 @@ fn a_client_rewriting_the_string_it_sent_while_the_server_reads_it() {
     let base = snapshot();
 
     let t0 = Instant::now();
-    let mut attacker = Peer::spawn("rewrite_requests", &abstract_name(&socket));
+    let mut attacker = Peer::spawn("rewrite_requests", &hostile::abstract_name(&socket));
     let line = attacker.expect("done", Duration::from_secs(150));
     attacker.wait_ok(Duration::from_secs(10));
     let (ok, bad) = counts(&line);
@@ -233,7 +226,7 @@ fn a_client_that_blocks_and_floods_its_doorbell_delays_no_one() {
         .expect("server");
     let honest = Honest::start(&socket, Duration::from_secs(5));
     honest.progresses(10, Duration::from_secs(10));
-    let mut attacker = Peer::spawn("stuff_doorbell", &abstract_name(&socket));
+    let mut attacker = Peer::spawn("stuff_doorbell", &hostile::abstract_name(&socket));
     let calls = attacker.expect("calls", Duration::from_secs(90));
     assert_eq!(calls, "2000");
     // While the doorbell stays stuffed, the server serves the others.
@@ -345,7 +338,7 @@ fn a_scribbler_over_live_segments_hurts_only_its_own_connections() {
     honest.progresses(10, Duration::from_secs(10));
     let base = snapshot();
     let t0 = Instant::now();
-    let mut attacker = Peer::spawn("scribble", &abstract_name(&socket));
+    let mut attacker = Peer::spawn("scribble", &hostile::abstract_name(&socket));
     let line = attacker.expect("done", Duration::from_secs(150));
     attacker.wait_ok(Duration::from_secs(10));
     eprintln!("scribble: {line} in {:?}", t0.elapsed());
@@ -473,7 +466,7 @@ fn a_slot_the_server_holds_rewritten_back_to_in_flight_is_not_accepted_twice() {
         })
         .spawn()
         .expect("server");
-    let mut attacker = Peer::spawn("second_accept", &abstract_name(&socket));
+    let mut attacker = Peer::spawn("second_accept", &hostile::abstract_name(&socket));
     attacker.expect("rewrote", Duration::from_secs(20));
     let sum = attacker.expect("sum", Duration::from_secs(20));
     attacker.wait_ok(Duration::from_secs(10));

@@ -30,13 +30,6 @@ fn role() {
     run_role(ROLES);
 }
 
-fn abstract_name(s: &SocketName) -> String {
-    match s {
-        SocketName::Abstract(n) => n.clone(),
-        SocketName::Path(p) => panic!("abstract sockets only, not {}", p.display()),
-    }
-}
-
 /// `socket tid` in a role's argument.
 fn socket_and_tid(arg: &str) -> (SocketName, u32) {
     let (s, t) = arg.split_once(' ').expect("`socket tid`");
@@ -90,7 +83,7 @@ fn a_client_that_wrote_a_live_thread_into_its_lifeline_and_died_is_found_dead() 
     let base = snapshot();
     let mut liar = Peer::spawn(
         "fake_lifeline",
-        &format!("{} {}", abstract_name(&socket), gettid()),
+        &format!("{} {}", hostile::abstract_name(&socket), gettid()),
     );
     liar.expect("lying", Duration::from_secs(20));
     wait_for(Duration::from_secs(10), "the liar's connection", || {
@@ -177,7 +170,7 @@ fn a_client_flapping_its_lifeline_burns_no_cpu_of_the_server() {
     honest.progresses(10, Duration::from_secs(10));
     let mut flapper = Peer::spawn(
         "flap_lifeline",
-        &format!("{} {}", abstract_name(&socket), gettid()),
+        &format!("{} {}", hostile::abstract_name(&socket), gettid()),
     );
     flapper.expect("flapping", Duration::from_secs(20));
     // The watch threads (ours of the flapper, and both of the honest

@@ -31,13 +31,6 @@ fn role() {
     run_role(ROLES);
 }
 
-fn abstract_name(s: &SocketName) -> String {
-    match s {
-        SocketName::Abstract(n) => n.clone(),
-        SocketName::Path(p) => panic!("abstract sockets only, not {}", p.display()),
-    }
-}
-
 /// Stalled connections the attacker holds at once, and how many times it
 /// stalls a new set.
 const STALLED: usize = 3;
@@ -124,7 +117,7 @@ fn clients_that_never_read_replies_do_not_slow_the_others() {
     let honest = Honest::start(&socket, Duration::from_secs(10));
     honest.progresses(10, Duration::from_secs(10));
     let base = snapshot();
-    let mut attacker = Peer::spawn("stall", &abstract_name(&socket));
+    let mut attacker = Peer::spawn("stall", &hostile::abstract_name(&socket));
     let mut closed_after = Vec::new();
     for round in 0..ROUNDS {
         attacker.expect("stalled", Duration::from_secs(30));
@@ -331,7 +324,7 @@ fn sparse_huge_memfds_as_large_blobs_are_mapped_only_as_announced_or_refused() {
     let honest = Honest::start(&socket, Duration::from_secs(10));
     honest.progresses(10, Duration::from_secs(10));
     let base = snapshot();
-    let mut attacker = Peer::spawn("huge_blobs", &abstract_name(&socket));
+    let mut attacker = Peer::spawn("huge_blobs", &hostile::abstract_name(&socket));
     for case in cases() {
         let got = attacker.expect("case", Duration::from_secs(30));
         let want_status = if case.code == 0 {

@@ -49,13 +49,6 @@ fn layout() -> SegmentLayout {
     }
 }
 
-fn abstract_name(s: &SocketName) -> String {
-    match s {
-        SocketName::Abstract(n) => n.clone(),
-        SocketName::Path(p) => panic!("abstract sockets only, not {}", p.display()),
-    }
-}
-
 /// In a hostile server: listens on `arg`, says `listening`, accepts one
 /// client (with `echo`, `add` and `give`).
 fn accept_one(
@@ -163,7 +156,7 @@ fn a_server_rewriting_the_string_it_replied_while_the_client_reads_it() {
     let socket = socket_name("rewrite-replies");
     let before = snapshot();
     let bystander = Bystander::start("rewrite_replies");
-    let mut server = Peer::spawn("rewrite_replies", &abstract_name(&socket));
+    let mut server = Peer::spawn("rewrite_replies", &hostile::abstract_name(&socket));
     server.expect("listening", Duration::from_secs(20));
     let mut client = Client::connect(&socket).expect("connect");
     let echo = client.method(ECHO).expect("echo");
@@ -255,7 +248,7 @@ fn a_server_that_blocks_and_floods_the_clients_doorbell_delays_no_call() {
     let socket = socket_name("stuff-doorbell");
     let before = snapshot();
     let bystander = Bystander::start("stuff_doorbell");
-    let mut server = Peer::spawn("stuff_doorbell", &abstract_name(&socket));
+    let mut server = Peer::spawn("stuff_doorbell", &hostile::abstract_name(&socket));
     server.expect("listening", Duration::from_secs(20));
     let mut client = Client::connect_with(
         &socket,
@@ -331,7 +324,7 @@ fn stray_replies_every_millisecond_do_not_stretch_a_deadline() {
     let socket = socket_name("stray-replies");
     let before = snapshot();
     let bystander = Bystander::start("stray_replies");
-    let mut server = Peer::spawn("stray_replies", &abstract_name(&socket));
+    let mut server = Peer::spawn("stray_replies", &hostile::abstract_name(&socket));
     server.expect("listening", Duration::from_secs(20));
     let mut client = Client::connect(&socket).expect("connect");
     let (echo, add) = (
@@ -421,7 +414,7 @@ fn a_slot_rewritten_back_to_in_flight_is_not_accepted_twice() {
     let socket = socket_name("second-accept");
     let before = snapshot();
     let bystander = Bystander::start("second_accept");
-    let mut server = Peer::spawn("second_accept", &abstract_name(&socket));
+    let mut server = Peer::spawn("second_accept", &hostile::abstract_name(&socket));
     server.expect("listening", Duration::from_secs(20));
     let mut client = Client::connect(&socket).expect("connect");
     let pool = client.pool().expect("a pool").clone();

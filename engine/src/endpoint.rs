@@ -21,6 +21,7 @@ use crate::wake::RingParker;
 
 /// Why a frame could not be sent or received.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransportError {
     /// The peer process died (or closed the connection).
     #[error("peer died")]
@@ -87,6 +88,7 @@ impl From<ReserveWaitError> for TransportError {
 
 /// Why an endpoint could not be built on a segment.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EndpointError {
     /// A ring region of the segment is unusable.
     #[error("ring in segment unusable: {0}")]

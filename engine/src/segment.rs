@@ -201,13 +201,27 @@ impl From<Side> for isocall_blob::Side {
 
 /// Why a segment could not be created or opened.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SegmentError {
     /// The OS failed (memfd, fallocate, seals, mmap, fstat).
     #[error("segment: {0}")]
     Os(#[from] io::Error),
-    /// The requested layout is not valid.
-    #[error("bad segment layout: {0}")]
-    BadLayout(String),
+    /// The requested ring capacity is not a power of two from 4 KiB to
+    /// 1 GiB.
+    #[error(
+        "bad segment layout: ring capacity {capacity} is not a power of two from 4 KiB to 1 GiB"
+    )]
+    BadCapacity {
+        /// The capacity asked for.
+        capacity: usize,
+    },
+    /// A segment this process just made is not usable as made (a bug or
+    /// the OS refusing a writable mapping).
+    #[error("the new segment is unusable: {what}")]
+    Unusable {
+        /// What is wrong.
+        what: &'static str,
+    },
     /// The memfd lacks a required seal.
     #[error("segment refused: {0}")]
     NotSealed(io::Error),
@@ -296,18 +310,14 @@ impl Segment {
     ///
     /// # Errors
     ///
-    /// [`SegmentError::BadLayout`] for a ring capacity that is not a power
+    /// [`SegmentError::BadCapacity`] for a ring capacity that is not a power
     /// of two from 4 KiB to 1 GiB or an oversized blob pool;
     /// [`SegmentError::Os`] if the memfd cannot be made (e.g. no memory).
     pub fn create(name: &str, layout: &SegmentLayout) -> Result<Segment, SegmentError> {
         let cap = layout.ring_capacity;
         let ring = ring_region_size(cap)
             .filter(|_| cap >= 4096)
-            .ok_or_else(|| {
-                SegmentError::BadLayout(format!(
-                    "ring capacity {cap} is not a power of two from 4 KiB to 1 GiB"
-                ))
-            })? as u64;
+            .ok_or(SegmentError::BadCapacity { capacity: cap })? as u64;
         let blob_bytes = if layout.blobs.is_empty() {
             0
         } else {
@@ -341,15 +351,17 @@ impl Segment {
             sides: [SideState::default(); 2],
         };
         if blob_bytes > 0 {
-            let region = mem
-                .region(blobs.offset as usize, blob_bytes)
-                .ok_or_else(|| SegmentError::BadLayout("blob pool outside the segment".into()))?;
+            let region =
+                mem.region(blobs.offset as usize, blob_bytes)
+                    .ok_or(SegmentError::Unusable {
+                        what: "its blob pool lies outside it",
+                    })?;
             Pool::create(region, &layout.blobs, Side::Server.into())?;
         }
         let words: [u64; HEADER_WORDS] = bytemuck::cast(header);
-        let shared = mem
-            .u64_words()
-            .ok_or_else(|| SegmentError::BadLayout("a new segment is mapped read-only".into()))?;
+        let shared = mem.u64_words().ok_or(SegmentError::Unusable {
+            what: "it is mapped read-only",
+        })?;
         // Everything but the magic/version word first, then the version,
         // then the magic with Release: pairs with the Acquire in `open`.
         for (i, w) in words.iter().enumerate().skip(2) {
@@ -784,7 +796,10 @@ mod tests {
                 blobs: PoolConfig::new(),
             };
             assert!(
-                matches!(Segment::create("x", &l), Err(SegmentError::BadLayout(_))),
+                matches!(
+                    Segment::create("x", &l),
+                    Err(SegmentError::BadCapacity { .. })
+                ),
                 "{cap}"
             );
         }

@@ -314,3 +314,12 @@ impl StringAttack {
         }
     }
 }
+
+/// The name of an abstract socket (the hostile tests use no others).
+#[allow(dead_code)] // not every test binary names a socket this way
+pub fn abstract_name(s: &isocall::SocketName) -> String {
+    match s {
+        isocall::SocketName::Abstract(n) => n.clone(),
+        other => panic!("abstract sockets only, not {other}"),
+    }
+}

@@ -40,6 +40,7 @@ const WORDS: usize = Word::SparesReady as usize + 1;
 
 /// What the supervisor is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SupervisorState {
     /// Starting or restarting the service, or serving.
     Running,

@@ -29,6 +29,7 @@ fn timespec(t: Duration) -> rustix::time::Timespec {
 
 /// What [`poll_ready`] waits for on one descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Ready {
     /// Readable (or hung up, or in error).
     Readable,

@@ -218,6 +218,7 @@ impl Drop for Lifeline {
 
 /// What a waiter learns from a lifeline word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LifelineState {
     /// No one holds it (yet): the peer has not registered it.
     Unheld,

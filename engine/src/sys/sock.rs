@@ -18,6 +18,7 @@ use super::fd::{poll_readable, recv_with_fds};
 
 /// Where a server listens.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum SocketName {
     /// A path in the file system (the socket file is created by `bind`).
     Path(PathBuf),

@@ -19,7 +19,7 @@ use isocall_engine::WaitStrategy;
 use isocall_engine::blob::PoolConfig;
 use isocall_engine::raw::SegmentLayout;
 use isocall_engine::rpc::{
-    AppError, CallCtx, Client, ClientOptions, Method, ServerBuilder, SocketName,
+    AppError, CallCtx, Client, ClientOptions, Method, ServerBuilder, SharedClient, SocketName,
 };
 
 use super::Res;
@@ -126,6 +126,15 @@ fn connect_with_blobs(
     strategy: WaitStrategy,
     blob_len: usize,
 ) -> Res<(Peer, Client)> {
+    let (peer, socket) = start_server(figure, strategy, blob_len)?;
+    let opts = ClientOptions::default().strategy(strategy);
+    let client = Client::connect_with(&socket, opts)?;
+    Ok((peer, client))
+}
+
+/// Starts the server peer of `figure` on a fresh abstract socket; returns
+/// the peer and the socket once it listens.
+fn start_server(figure: &str, strategy: WaitStrategy, blob_len: usize) -> Res<(Peer, SocketName)> {
     let name = format!("isocall-bench-{}-{figure}", std::process::id());
     let mut peer = Peer::start(
         figure,
@@ -139,9 +148,7 @@ fn connect_with_blobs(
     if peer.read_line()? != "ready" {
         return Err(format!("{figure}: the server peer did not start").into());
     }
-    let opts = ClientOptions::default().strategy(strategy);
-    let client = Client::connect_with(&SocketName::Abstract(name), opts)?;
-    Ok((peer, client))
+    Ok((peer, SocketName::Abstract(name)))
 }
 
 /// The bench's server: `echo64` (64-byte call), `blob` (a blob passed
@@ -260,6 +267,92 @@ pub fn pipelined(budget: &Budget) -> Res<Measured> {
         reps.push((n, start.elapsed()));
     }
     finish(peer, c)?;
+    Ok(rate(&mut reps, 64))
+}
+
+/// `call.shared.rtt.busy.64`: `call.rtt.busy.64` through a
+/// [`SharedClient`] (one call at a time, from one thread: what the handle
+/// shared by threads costs a lone caller).
+pub fn shared_rtt(budget: &Budget) -> Res<Measured> {
+    let figure = "call.shared.rtt.busy.64";
+    let (peer, socket) = start_server(figure, WaitStrategy::BusySpin, 0)?;
+    let c = SharedClient::connect_with(
+        &socket,
+        ClientOptions::default().strategy(WaitStrategy::BusySpin),
+    )?;
+    let m = c.method(ECHO64)?;
+    let mut wrong = None;
+    let out = latency(budget, |seq| {
+        if check(&c.call(m, &request(seq))?.data, seq).is_err() {
+            wrong = Some(seq);
+        }
+        Ok(())
+    })?;
+    if let Some(seq) = wrong {
+        return Err(format!("{figure}: wrong reply to call {seq}").into());
+    }
+    drop(c);
+    let mut peer = peer;
+    peer.write_line("stop")?;
+    peer.finish()?;
+    Ok(out)
+}
+
+/// `call.shared.pipelined.64`: calls per second from two threads sharing
+/// one connection through clones of a [`SharedClient`], 32 calls in flight
+/// each (64 in all, as `call.pipelined.64`).
+pub fn shared_pipelined(budget: &Budget) -> Res<Measured> {
+    let figure = "call.shared.pipelined.64";
+    let (peer, socket) = start_server(figure, WaitStrategy::BusySpin, 0)?;
+    let c = SharedClient::connect_with(
+        &socket,
+        ClientOptions::default().strategy(WaitStrategy::BusySpin),
+    )?;
+    let m = c.method(ECHO64)?;
+    let per_thread = (budget.stream_msgs / 8).max(5_000);
+    let mut reps = Vec::new();
+    for _ in 0..budget.stream_reps {
+        let start = Instant::now();
+        let results: Vec<Res<()>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..2u64)
+                .map(|t| {
+                    let c = c.clone();
+                    s.spawn(move || -> Res<()> {
+                        let mut window = std::collections::VecDeque::with_capacity(32);
+                        for i in 0..per_thread {
+                            let seq = t * per_thread + i;
+                            if window.len() == 32 {
+                                let (p, s) = window.pop_front().ok_or("empty window")?;
+                                let r: isocall_engine::Reply<'_, Bytes64> = c.wait(p, None)?;
+                                check(&r.data, s)?;
+                            }
+                            window.push_back((c.start(m, &request(seq), &[])?, seq));
+                        }
+                        for (p, s) in window {
+                            let r: isocall_engine::Reply<'_, Bytes64> = c.wait(p, None)?;
+                            check(&r.data, s)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("a caller thread panicked".into()))
+                })
+                .collect()
+        });
+        for r in results {
+            r.map_err(|e| format!("{figure}: {e}"))?;
+        }
+        reps.push((2 * per_thread, start.elapsed()));
+    }
+    drop(c);
+    let mut peer = peer;
+    peer.write_line("stop")?;
+    peer.finish()?;
     Ok(rate(&mut reps, 64))
 }
 

@@ -316,6 +316,22 @@ pub fn figures() -> Vec<Figure> {
             peer: call::server_peer,
         },
         Figure {
+            name: "call.shared.rtt.busy.64",
+            unit: Ns,
+            floor: Some("call.rtt.busy.64"),
+            also: &["floor.spin.rtt"],
+            run: call::shared_rtt,
+            peer: call::server_peer,
+        },
+        Figure {
+            name: "call.shared.pipelined.64",
+            unit: CallPerSec,
+            floor: Some("call.pipelined.64"),
+            also: &[],
+            run: call::shared_pipelined,
+            peer: call::server_peer,
+        },
+        Figure {
             name: "call.rtt.blob.1048576",
             unit: Ns,
             floor: Some("call.rtt.busy.64"),
