@@ -1,0 +1,8 @@
+//! Fuzz target `blob_handles`: see `common::blob_handles` for its input and what it checks.
+#![no_main]
+
+#[path = "common.rs"]
+#[allow(dead_code)]
+mod common;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| common::blob_handles(data));

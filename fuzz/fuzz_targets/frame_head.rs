@@ -1,0 +1,8 @@
+//! Fuzz target `frame_head`: see `common::frame_head` for its input and what it checks.
+#![no_main]
+
+#[path = "common.rs"]
+#[allow(dead_code)]
+mod common;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| common::frame_head(data));

@@ -1,0 +1,8 @@
+//! Fuzz target `hello`: see `common::hello` for its input and what it checks.
+#![no_main]
+
+#[path = "common.rs"]
+#[allow(dead_code)]
+mod common;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| common::hello(data));

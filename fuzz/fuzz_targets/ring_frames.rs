@@ -1,0 +1,8 @@
+//! Fuzz target `ring_frames`: see `common::ring_frames` for its input and what it checks.
+#![no_main]
+
+#[path = "common.rs"]
+#[allow(dead_code)]
+mod common;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| common::ring_frames(data));

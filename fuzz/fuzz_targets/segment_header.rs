@@ -1,0 +1,8 @@
+//! Fuzz target `segment_header`: see `common::segment_header` for its input and what it checks.
+#![no_main]
+
+#[path = "common.rs"]
+#[allow(dead_code)]
+mod common;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| common::segment_header(data));
