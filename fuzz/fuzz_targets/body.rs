@@ -1,7 +1,7 @@
 //! Fuzz target `body`: see `common::body` for its input and what it checks.
 #![no_main]
 
-#[path = "common.rs"]
+#[path = "common/mod.rs"]
 #[allow(dead_code)]
 mod common;
 

@@ -1,7 +1,7 @@
 //! Fuzz target `segment_header`: see `common::segment_header` for its input and what it checks.
 #![no_main]
 
-#[path = "common.rs"]
+#[path = "common/mod.rs"]
 #[allow(dead_code)]
 mod common;
 
