@@ -92,9 +92,14 @@ pub fn body(data: &[u8]) {
             }
             let _ = (r.flag, char::from(r.letter));
             shape_inside(&r.shape, buf);
-            for (k, v) in r.index.iter() {
+            for (k, _) in r.index.iter() {
                 assert!(within(k.as_bytes(), buf));
-                assert_eq!(r.index.get(k.as_str()), Some(v));
+                // Lookups must not fail or read outside; but bytecheck does
+                // not check that an entry sits where its hash leads, so a
+                // peer's map may list a key that `get` does not find.
+                if let Some(v) = r.index.get(k.as_str()) {
+                    assert!(slice_within(std::slice::from_ref(v), buf));
+                }
             }
             for (_, v) in r.sorted.iter() {
                 assert!(within(v.as_bytes(), buf));
