@@ -1,7 +1,9 @@
 //! `body`: bytecheck of call bodies ([`Inbox::check`]) as the engine runs
 //! it, on archives of a few types like those calls carry.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
 
 use isocall::raw::body::Inbox;
 
@@ -41,6 +43,10 @@ pub enum Shape {
     Path(Vec<(i32, i32)>),
 }
 
+/// A hasher with fixed keys, so that the seeds are the same on every run
+/// (the archived map is the same whatever the native map's hasher).
+pub type Fixed = BuildHasherDefault<DefaultHasher>;
+
 /// Nested lists, options, chars, bools and maps.
 #[derive(Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, isocall::Schema)]
 pub struct Record {
@@ -55,7 +61,7 @@ pub struct Record {
     /// An enum.
     pub shape: Shape,
     /// A hash map (a swiss table to validate).
-    pub index: HashMap<String, u32>,
+    pub index: HashMap<String, u32, Fixed>,
     /// A B-tree map.
     pub sorted: BTreeMap<u32, String>,
 }
