@@ -2,7 +2,7 @@
 #![no_main]
 
 #[path = "common/mod.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)] // what only the replay test uses
 mod common;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| common::ring_frames(data));
