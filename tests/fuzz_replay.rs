@@ -37,41 +37,7 @@ struct KnownFailure {
 /// The inputs of known bugs, whose replay must fail (where it can: see
 /// `overflow_checks_only`). One that passes means the bug is fixed: remove
 /// its entry, and its guard in `fuzz/fuzz_targets/common/` (`known_bug`).
-const KNOWN_FAILURES: &[KnownFailure] = &[
-    KnownFailure {
-        target: "blob_handles",
-        file: "crash-peer-frees-held-slot-alloc-hands-it-out-twice",
-        overflow_checks_only: false,
-        bug: "blob-alloc: a peer that stores Free over the state word of a slot \
-              this side holds makes the next alloc claim it again (claim_free \
-              trusts the word): two live BlobMut over one slot in one process, \
-              against the contract raw::slot_bytes_mut's SAFETY relies on",
-    },
-    KnownFailure {
-        target: "blob_handles",
-        file: "crash-peer-resends-held-slot-accept-hands-it-out-twice",
-        overflow_checks_only: false,
-        bug: "blob-alloc: the same through accept: the peer stores \
-              InFlight(this side, g) over a slot this side holds at generation g, \
-              and accept_mut of (class, slot, g) succeeds a second time",
-    },
-    KnownFailure {
-        target: "ring_frames",
-        file: "crash-head-near-u64-max-overflows-on-release",
-        overflow_checks_only: true,
-        bug: "ringbuf: Consumer::attach accepts head = tail = 2^64 - 64 from the \
-              control block the peer wrote; releasing the frame there computes \
-              head + size (Consumer::advance), which overflows",
-    },
-    KnownFailure {
-        target: "segment_header",
-        file: "crash-ring-capacity-u64-max-overflows",
-        overflow_checks_only: true,
-        bug: "ringbuf: ring_region_size(capacity) evaluates 512 + capacity \
-              eagerly (bool::then_some) before it knows the capacity is invalid; \
-              Segment::open passes the peer's ring_capacity (u64::MAX) to it",
-    },
-];
+const KNOWN_FAILURES: &[KnownFailure] = &[];
 
 /// Whether this build panics on arithmetic overflow (the known failures
 /// marked `overflow_checks_only` fail only then): Cargo's profiles turn

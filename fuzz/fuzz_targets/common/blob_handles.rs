@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use isocall::blob::{Blob, BlobHandle, BlobMut, Pool, PoolConfig, Side as PoolSide};
-use isocall::ring::{HeapRegion, Region};
+use isocall::ring::{HeapRegion, ReadRegion, Region};
 
-use super::{Input, fill_bytes, known_bug, overlaps, region_base};
+use super::{Input, fill_bytes, overlaps, region_base};
 
 /// `blob_handles`: a pool the peer (side B) formatted, then scribbled on,
 /// opened by this side (A), then a sequence of operations by both sides
@@ -42,7 +42,7 @@ pub fn blob_handles(data: &[u8]) {
     let map = PoolMap::read(&pool);
     let mut live: Vec<Live<'_>> = Vec::new();
     while let Some(op) = input.byte() {
-        run_op(op, &mut input, &pool, &peer, &map, &mut live);
+        run_op(op, &mut input, &pool, &peer, &mut live);
         map.check(&pool, &live);
     }
     drop(live);
@@ -144,7 +144,6 @@ fn run_op<'p>(
     input: &mut Input<'_>,
     pool: &'p Pool<Arc<HeapRegion>>,
     peer: &Pool<Arc<HeapRegion>>,
-    map: &PoolMap,
     live: &mut Vec<Live<'p>>,
 ) {
     let region = pool.region();
@@ -152,18 +151,10 @@ fn run_op<'p>(
         let at = 64 + 64 * class + field;
         (at + 8 <= region.len()).then(|| region.u64_at(at).load(Ordering::Relaxed) as usize)
     };
-    let poke = |off: Option<usize>, v: u64, live: &[Live<'p>]| {
+    let poke = |off: Option<usize>, v: u64| {
         let Some(off) = off.filter(|o| o.is_multiple_of(8) && o + 8 <= region.len()) else {
             return;
         };
-        // Known bug: a peer that rewrites the state word of a slot this side
-        // holds (to free, or in flight to this side) makes `alloc` or
-        // `accept` hand the slot out a second time, while the first blob
-        // still lives: two `BlobMut`s over one slot in this process. See
-        // `known_bug`.
-        if known_bug(live.iter().any(|b| map.state_word(&b.handle()) == off)) {
-            return;
-        }
         region.u64_at(off).store(v, Ordering::Relaxed);
     };
     let keep = |r: Result<BlobMut<'p, Arc<HeapRegion>>, _>, live: &mut Vec<Live<'p>>| match r {
@@ -182,7 +173,6 @@ fn run_op<'p>(
             poke(
                 desc(class as usize, 24).map(|s| s.wrapping_add(8 * slot as usize)),
                 v,
-                live,
             );
         }
         BlobOp::PokeBitmap => {
@@ -191,13 +181,12 @@ fn run_op<'p>(
             poke(
                 desc(class as usize, 16).map(|s| s.wrapping_add(8 * w as usize)),
                 v,
-                live,
             );
         }
         BlobOp::PokeAny => {
             let at = 8 * input.u16() as usize;
             let v = input.u64();
-            poke(Some(at), v, live);
+            poke(Some(at), v);
         }
         BlobOp::Accept => match pool.accept(&input.handle()) {
             Ok(b) => live.push(Live::Ro(b)),
@@ -308,11 +297,6 @@ impl PoolMap {
             len: region.len(),
             classes,
         }
-    }
-
-    /// The offset of the state word of the slot `h` names (a valid handle).
-    fn state_word(&self, h: &BlobHandle) -> usize {
-        self.classes[h.class as usize].meta[1].start + 8 * h.slot as usize
     }
 
     /// The invariants of the blobs this side holds.

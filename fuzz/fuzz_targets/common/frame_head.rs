@@ -28,12 +28,14 @@ pub fn frame_head(data: &[u8]) {
                 body_at,
                 "body not right after the handles"
             );
-            assert_eq!(p.blobs().len(), n);
-            for (i, h) in p.blobs().iter().enumerate() {
+            assert!(within(p.blobs, data), "handles outside the payload");
+            assert_eq!(p.blobs.len(), n * wire::HANDLE);
+            let handles: Vec<BlobHandle> = p.blob_vec();
+            assert_eq!(handles.len(), n);
+            for (i, h) in handles.iter().enumerate() {
                 let at = wire::HEAD + i * wire::HANDLE;
                 assert_eq!(&h.to_bytes()[..], &data[at..at + wire::HANDLE]);
             }
-            assert!(p.blobs[n..].iter().all(|h| *h == BlobHandle::default()));
             if let Some(s) = Status::from_u32(p.head.status) {
                 assert_eq!(s as u32, p.head.status);
             }
