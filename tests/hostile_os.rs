@@ -103,7 +103,7 @@ struct Limit(Rlimit);
 
 impl Drop for Limit {
     fn drop(&mut self) {
-        let _ = setrlimit(Resource::Nofile, self.0.clone());
+        let _ = setrlimit(Resource::Nofile, self.0);
     }
 }
 
@@ -126,7 +126,7 @@ fn a_server_out_of_descriptors_backs_off_and_serves_again() {
     // the next connection fails with EMFILE while it waits in the backlog,
     // so the listener stays readable.
     let old = getrlimit(Resource::Nofile);
-    let restore = Limit(old.clone());
+    let restore = Limit(old);
     let limit = open_fds() + 6;
     setrlimit(
         Resource::Nofile,
