@@ -112,6 +112,9 @@ pub struct ValidationError {
     pub source: rancor::BoxedError,
 }
 
+/// Bodies up to this many bytes are copied by [`Inbox::fill`]'s word loop.
+const SHORT_BODY: usize = 256;
+
 /// Private, 16-aligned memory a body is copied into before it is checked
 /// and read (see the module doc). Reused: after the first calls it grows no
 /// more.
@@ -127,10 +130,30 @@ impl Inbox {
     }
 
     /// Copies `bytes` (the peer's) in, replacing what was there.
+    ///
+    /// Short bodies (the common case: a few words of request) are copied a
+    /// word at a time rather than through the libc `memcpy` call: on the
+    /// Sapphire Rapids hosts we measure on, the call made `call.rtt.busy.64`
+    /// 15-20 % slower than the word loop in A/B runs of the same binary
+    /// otherwise (see docs/performance.md). Long bodies take `memcpy`, whose
+    /// wide moves win once the copy is more than a few lines.
     #[inline]
     pub fn fill(&mut self, bytes: &[u8]) {
         self.buf.clear();
-        self.buf.extend_from_slice(bytes);
+        if bytes.len() > SHORT_BODY {
+            self.buf.extend_from_slice(bytes);
+            return;
+        }
+        self.buf.resize(bytes.len(), 0);
+        let dst: &mut [u8] = &mut self.buf;
+        let mut i = 0;
+        while let (Some(src), Some(out)) = (bytes.get(i..i + 8), dst.get_mut(i..i + 8)) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(src);
+            out.copy_from_slice(&u64::from_ne_bytes(word).to_ne_bytes());
+            i += 8;
+        }
+        dst[i..].copy_from_slice(&bytes[i..]);
     }
 
     /// The bytes copied in last.

@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use isocall_engine::raw::sys::{allowed_cpus, pin_current_thread, recv_with_fds, send_with_fds};
+use isocall_engine::raw::sys::{allowed_cpus, pin_current_thread, recv_message, send_with_fds};
 
 use super::Res;
 
@@ -132,7 +132,9 @@ impl Control {
         let sock = UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
         sock.set_read_timeout(Some(PEER_TIMEOUT))?;
         let mut buf = vec![0u8; 4096];
-        let (n, fds) = recv_with_fds(sock.as_fd(), &mut buf, 8)?;
+        // Waits for the parent's message (`recv_with_fds` alone does not).
+        let deadline = std::time::Instant::now() + PEER_TIMEOUT;
+        let (n, fds) = recv_message(sock.as_fd(), &mut buf, 8, deadline, None)?;
         let params = String::from_utf8(buf[..n].to_vec())?;
         let reader = BufReader::new(sock.try_clone()?);
         Ok(Control {

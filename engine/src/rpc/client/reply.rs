@@ -263,8 +263,12 @@ impl Abandoned {
     /// Takes the ids, if any (one load when there are none).
     #[inline]
     pub(crate) fn take(&self, into: &mut Vec<u64>) {
-        // Acquire: pairs with the Release in `push`.
-        if self.any.swap(false, std::sync::atomic::Ordering::Acquire) {
+        // A plain load first: the call path pays no locked instruction
+        // when nothing was given up. Acquire (the swap): pairs with the
+        // Release in `push`.
+        if self.any.load(std::sync::atomic::Ordering::Relaxed)
+            && self.any.swap(false, std::sync::atomic::Ordering::Acquire)
+        {
             let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
             into.append(&mut ids);
         }
