@@ -74,6 +74,10 @@ pub mod raw {
             poll_readable, poll_ready, recv_message, recv_with_fds, send_with_fds, seqpacket_pair,
             unlink_socket,
         };
+        pub use crate::sys::{
+            StreamTarget, accept_stream, connect_stream, listen_stream, local_inet_addr,
+            poll_stream, recv_nowait, send_nowait, shutdown_stream,
+        };
     }
 }
 
