@@ -25,6 +25,7 @@ mod endpoint;
 mod liveness;
 pub mod rpc;
 mod segment;
+pub mod stream;
 pub mod supervise;
 mod sys;
 mod wake;
