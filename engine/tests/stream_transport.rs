@@ -152,6 +152,17 @@ fn send_and_check(tx: &mut StreamTx, rx: &mut StreamRx, sizes: &[usize]) {
 const SIZES: &[usize] = &[0, 1, 15, 16, 100, 4096, 100_000, 1 << 20];
 
 #[test]
+fn the_halves_move_between_threads() {
+    fn send<T: Send>() {}
+    fn sync<T: Sync>() {}
+    send::<StreamTx>();
+    send::<StreamRx>();
+    send::<Connection>();
+    sync::<Listener>();
+    sync::<isocall_engine::stream::LargeBlobs>();
+}
+
+#[test]
 fn frames_round_trip_over_a_socketpair() {
     let ((mut ctx, mut crx), (mut stx, mut srx)) = unix_pair(&StreamConfig::default());
     send_and_check(&mut ctx, &mut srx, SIZES);
@@ -166,6 +177,21 @@ fn frames_round_trip_over_a_socketpair() {
     assert_eq!(f.payload(), b"again");
     f.release();
     assert!(srx.try_recv().unwrap().is_none());
+    // Limits that do not fit together are refused.
+    let (a, _b) = UnixStream::pair().unwrap();
+    let bad = StreamConfig::default().max_frame(100).max_payload(200);
+    assert_eq!(
+        endpoint(Connection::from_unix(a).unwrap(), Side::Client, &bad)
+            .err()
+            .map(|e| e.to_string()),
+        Some(
+            StreamError::Limits {
+                max_frame: 100,
+                max_payload: 200
+            }
+            .to_string()
+        )
+    );
     // Bad requests are refused at once, and send nothing.
     assert!(matches!(
         ctx.try_reserve(0, 1),

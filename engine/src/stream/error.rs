@@ -131,6 +131,16 @@ pub enum StreamError {
         /// The OS error.
         errno: i32,
     },
+    /// The configuration's limits do not fit together.
+    #[error(
+        "a frame limit of {max_frame} bytes must be at most u32::MAX and hold a payload of {max_payload} bytes with its header"
+    )]
+    Limits {
+        /// The frame limit asked for.
+        max_frame: usize,
+        /// The largest payload asked for.
+        max_payload: usize,
+    },
     /// The name of a TCP address could not be resolved.
     #[error("cannot resolve {host}: {detail}")]
     Resolve {

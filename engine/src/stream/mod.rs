@@ -218,10 +218,9 @@ impl StreamConfig {
 ///
 /// # Errors
 ///
-/// [`StreamError::Blob`] or [`StreamError::Os`] if the pool cannot be
-/// made; [`StreamError::Encode`] with
-/// [`CodecError::FrameTooLarge`] for a frame limit past `u32::MAX` or
-/// below a payload's room.
+/// [`StreamError::Limits`] for a frame limit past `u32::MAX` or too small
+/// for the largest payload; [`StreamError::Blob`] or [`StreamError::Os`]
+/// if the pool cannot be made.
 pub fn endpoint(
     conn: Connection,
     side: Side,
@@ -229,10 +228,10 @@ pub fn endpoint(
 ) -> Result<(StreamTx, StreamRx), StreamError> {
     if config.max_frame > u32::MAX as usize || config.max_frame < config.max_payload + codec::HEADER
     {
-        return Err(StreamError::Encode(CodecError::FrameTooLarge {
-            len: config.max_frame as u64,
-            limit: u32::MAX as usize,
-        }));
+        return Err(StreamError::Limits {
+            max_frame: config.max_frame,
+            max_payload: config.max_payload,
+        });
     }
     let pool = match &config.pool {
         Some(c) => Some(Arc::new(blobs::LocalPool::new(c, side)?)),

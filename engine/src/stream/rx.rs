@@ -59,9 +59,8 @@ enum Place {
 struct Current {
     kind: u16,
     flags: u16,
+    /// Bytes it took on the wire (varint included).
     consumed: usize,
-    /// Bytes it took on the wire.
-    wire: usize,
     place: Place,
 }
 
@@ -411,7 +410,6 @@ impl StreamRx {
             kind: f.kind,
             flags: f.user_flags(),
             consumed: f.consumed,
-            wire: f.consumed,
             place,
         })
     }
@@ -548,6 +546,6 @@ impl StreamFrame<'_> {
         }
         rx.stats.frames += 1;
         rx.stats.payload_bytes += len as u64;
-        rx.stats.wire_bytes += cur.wire as u64;
+        rx.stats.wire_bytes += cur.consumed as u64;
     }
 }
