@@ -19,6 +19,11 @@
 //! hostile-peer tests); it is not covered by the stability of the call
 //! API. Everything the engine needs from the OS is in one contract module
 //! (`sys`), behind safe functions.
+//!
+//! The same frames can also travel over a stream socket (TCP, Unix, under
+//! TLS with the feature `tls`) for a peer on another host: [`stream`] is
+//! that transport, with the ring endpoint's frame-level interface; the
+//! call API does not use it yet.
 #![deny(unsafe_code)]
 
 mod endpoint;

@@ -51,7 +51,7 @@
 //! threshold is compressed when that saves an eighth (a flag in the
 //! header, a compressed length per blob); off on Unix sockets by default,
 //! on for TCP ([`StreamConfig::for_connection`]). With the feature `tls`,
-//! [`TlsClient`] and [`TlsServer`] (rustls, from PEM files) run a
+//! `TlsClient` and `TlsServer` (rustls, from PEM files) run a
 //! handshake on the [`Connection`] before it becomes an endpoint, and each
 //! side knows the other's certificate identity.
 //!

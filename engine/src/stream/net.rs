@@ -264,7 +264,7 @@ impl Incoming {
     ///
     /// # Errors
     ///
-    /// As [`Connection::tls_server`].
+    /// As `Connection::tls_server` (feature `tls`).
     pub fn establish(self, deadline: Instant) -> Result<Connection, StreamError> {
         match self.security {
             #[cfg(feature = "tls")]
