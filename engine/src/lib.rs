@@ -19,12 +19,18 @@
 //! hostile-peer tests); it is not covered by the stability of the call
 //! API. Everything the engine needs from the OS is in one contract module
 //! (`sys`), behind safe functions.
+//!
+//! The same frames can also travel over a stream socket (TCP, Unix, under
+//! TLS with the feature `tls`) for a peer on another host: [`stream`] is
+//! that transport, with the ring endpoint's frame-level interface; the
+//! call API does not use it yet.
 #![deny(unsafe_code)]
 
 mod endpoint;
 mod liveness;
 pub mod rpc;
 mod segment;
+pub mod stream;
 pub mod supervise;
 mod sys;
 mod wake;
@@ -73,6 +79,10 @@ pub mod raw {
             is_seqpacket, listen_seqpacket, peer_cred, peer_pidfd, pin_current_thread,
             poll_readable, poll_ready, recv_message, recv_with_fds, send_with_fds, seqpacket_pair,
             unlink_socket,
+        };
+        pub use crate::sys::{
+            StreamTarget, accept_stream, connect_stream, listen_stream, local_inet_addr,
+            poll_stream, recv_nowait, send_nowait, shutdown_stream,
         };
     }
 }

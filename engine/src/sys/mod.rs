@@ -16,6 +16,11 @@
 //!   [`recv_with_fds`]), on seqpacket sockets that report the peer's
 //!   credentials ([`listen_seqpacket`], [`connect_seqpacket`], [`peer_cred`],
 //!   [`peer_pidfd`]); no send waits past a deadline;
+//! - stream sockets for the socket transport (TCP and Unix `SOCK_STREAM`):
+//!   non-blocking connects with a deadline, listeners, sends that never wait
+//!   nor raise `SIGPIPE`, receives that never wait, and `poll` on one of
+//!   them ([`connect_stream`], [`listen_stream`], [`send_nowait`],
+//!   [`recv_nowait`], [`poll_stream`]);
 //! - a handle on another process that becomes readable when it exits
 //!   ([`PidFd`]), and waiting on several descriptors ([`poll_readable`]);
 //! - a heavy memory barrier that fences the running threads of other
@@ -33,6 +38,7 @@ pub mod lifeline;
 mod peer;
 mod shm;
 mod sock;
+mod stream;
 
 pub use barrier::{heavy_barrier, heavy_barrier_available};
 pub use cpu::{allow_current_thread, allowed_cpus, available_cpus, pin_current_thread};
@@ -46,4 +52,9 @@ pub use shm::{BlobMem, SharedMem};
 pub use sock::{
     SocketName, accept_seqpacket, connect_seqpacket, is_seqpacket, listen_seqpacket, recv_message,
     seqpacket_pair, unlink_socket,
+};
+pub use stream::{
+    StreamTarget, accept_stream, connect_stream, is_inet, listen_stream, local_inet_addr,
+    peer_inet_addr, poll_stream, prepare_stream, recv_nowait, send_nowait, shutdown_stream,
+    shutdown_stream_write,
 };
