@@ -47,6 +47,27 @@ impl RawBytes {
         unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(off).cast()) }
     }
 
+    /// # Safety
+    ///
+    /// `off` is 8-aligned and `off + 8 <= len`.
+    #[inline]
+    unsafe fn u64_at_unchecked(&self, off: usize) -> &AtomicU64 {
+        debug_assert!(off.is_multiple_of(8) && off + 8 <= self.len);
+        // SAFETY: in bounds and aligned by the caller's promise, the base
+        // 128-aligned (invariant); the memory lives as long as `self`.
+        unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(off).cast()) }
+    }
+
+    /// # Safety
+    ///
+    /// `off` is 4-aligned and `off + 4 <= len`.
+    #[inline]
+    unsafe fn u32_at_unchecked(&self, off: usize) -> &AtomicU32 {
+        debug_assert!(off.is_multiple_of(4) && off + 4 <= self.len);
+        // SAFETY: as in `u64_at_unchecked`, with 4-byte size and alignment.
+        unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(off).cast()) }
+    }
+
     /// One `Relaxed` atomic load of the `u64` at `off`, through a shared
     /// reference and never `from_ptr` (which asks for writable memory): the
     /// only atomic access defined on read-only memory ("sufficiently small"
@@ -281,6 +302,16 @@ macro_rules! impl_region {
             #[inline]
             fn u32_at(&self, off: usize) -> &AtomicU32 {
                 self.raw.u32_at(off)
+            }
+            #[inline]
+            unsafe fn u64_at_unchecked(&self, off: usize) -> &AtomicU64 {
+                // SAFETY: forwarded contract.
+                unsafe { self.raw.u64_at_unchecked(off) }
+            }
+            #[inline]
+            unsafe fn u32_at_unchecked(&self, off: usize) -> &AtomicU32 {
+                // SAFETY: forwarded contract.
+                unsafe { self.raw.u32_at_unchecked(off) }
             }
             // SAFETY: forwards `Region::bytes`; the caller keeps the range in
             // bounds and honours the aliasing rule.

@@ -118,6 +118,28 @@ pub unsafe trait Region: ReadRegion + Send + Sync {
     /// If `off` is not 4-aligned or `off + 4 > len()`.
     fn u32_at(&self, off: usize) -> &AtomicU32;
 
+    /// [`u64_at`](Region::u64_at) without the bounds and alignment check,
+    /// for the ring's hot paths, whose offsets are in bounds by
+    /// construction. The default keeps the check.
+    ///
+    /// # Safety
+    ///
+    /// `off` is 8-aligned and `off + 8 <= len()`.
+    #[inline]
+    unsafe fn u64_at_unchecked(&self, off: usize) -> &AtomicU64 {
+        self.u64_at(off)
+    }
+
+    /// [`u32_at`](Region::u32_at) without the check, likewise.
+    ///
+    /// # Safety
+    ///
+    /// `off` is 4-aligned and `off + 4 <= len()`.
+    #[inline]
+    unsafe fn u32_at_unchecked(&self, off: usize) -> &AtomicU32 {
+        self.u32_at(off)
+    }
+
     /// The bytes `off..off + len`, to read.
     ///
     /// # Safety
@@ -297,6 +319,16 @@ unsafe impl<T: Region> Region for std::sync::Arc<T> {
     #[inline]
     fn u32_at(&self, off: usize) -> &AtomicU32 {
         (**self).u32_at(off)
+    }
+    #[inline]
+    unsafe fn u64_at_unchecked(&self, off: usize) -> &AtomicU64 {
+        // SAFETY: forwarded contract.
+        unsafe { (**self).u64_at_unchecked(off) }
+    }
+    #[inline]
+    unsafe fn u32_at_unchecked(&self, off: usize) -> &AtomicU32 {
+        // SAFETY: forwarded contract.
+        unsafe { (**self).u32_at_unchecked(off) }
     }
     // SAFETY: forwards the caller's `Region::bytes` promise to `T`.
     #[inline]

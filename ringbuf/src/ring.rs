@@ -22,6 +22,10 @@
 //!   and an inspector can tell who is attached. It is advisory (a peer may
 //!   rewrite it; a process that died attached leaves it set, and the ring
 //!   cannot be attached that way again, as a dead connection's should not).
+//! Allows `unsafe` for three blocks: the word accessors, whose offsets are
+//! in bounds by construction (layout constants inside the control block,
+//! masked frame positions inside the data area), skip the region's check.
+#![allow(unsafe_code)]
 
 use std::collections::HashSet;
 use std::sync::{LazyLock, Mutex, PoisonError};
@@ -81,6 +85,9 @@ pub(crate) struct RingRef<R: Region> {
     pub(crate) region: R,
     /// Data capacity, a power of two (checked in `attach`).
     pub(crate) capacity: u64,
+    /// `capacity - 1` with the low bits of a frame position cleared: the
+    /// offset in the data area of the header slot of a position.
+    slot_mask: u64,
     /// The side this handle is attached as: its `(base, side)` pair is in
     /// the registry until drop.
     side: RingSide,
@@ -104,6 +111,7 @@ impl<R: Region> RingRef<R> {
         let mut ring = RingRef {
             region,
             capacity: capacity as u64,
+            slot_mask: (capacity as u64 - 1) & !(FRAME_ALIGN as u64 - 1),
             side,
             marked: false,
         };
@@ -121,23 +129,35 @@ impl<R: Region> RingRef<R> {
         Ok(ring)
     }
 
-    /// A control word.
+    /// A control word (`off` is one of the layout's constants: the check
+    /// below folds away when it is inlined).
     #[inline]
     pub(crate) fn word(&self, off: usize) -> &AtomicU64 {
-        self.region.u64_at(off)
+        assert!(off.is_multiple_of(8) && off + 8 <= RING_CONTROL_BYTES);
+        // SAFETY: 8-aligned and inside the control block (checked above),
+        // which `attach` checked the region holds (len >= RING_CONTROL_BYTES).
+        unsafe { self.region.u64_at_unchecked(off) }
     }
 
-    /// A wait word.
+    /// A wait word (a layout constant, as for [`word`](Self::word)).
     #[inline]
     pub(crate) fn wait_word(&self, off: usize) -> &AtomicU32 {
-        self.region.u32_at(off)
+        assert!(off.is_multiple_of(4) && off + 4 <= RING_CONTROL_BYTES);
+        // SAFETY: 4-aligned and inside the control block, as in `word`.
+        unsafe { self.region.u32_at_unchecked(off) }
     }
 
-    /// The header slot of the frame at ring position `pos`.
+    /// The header slot of the frame at ring position `pos` (a multiple of
+    /// `FRAME_ALIGN`; the mask keeps any other value in bounds too).
     #[inline]
     pub(crate) fn header(&self, pos: u64) -> &AtomicU64 {
-        self.region
-            .u64_at(DATA + (pos & (self.capacity - 1)) as usize)
+        debug_assert!(pos.is_multiple_of(FRAME_ALIGN as u64));
+        let off = DATA + (pos & self.slot_mask) as usize;
+        // SAFETY: `slot_mask` is `capacity - 1` without the low six bits,
+        // so `off` is 64-aligned (DATA is) and at most
+        // `DATA + capacity - 64`: the word lies inside the region, whose
+        // length `attach` checked is `DATA + capacity`.
+        unsafe { self.region.u64_at_unchecked(off) }
     }
 
     /// Region offset of the payload of the frame at `pos`.

@@ -120,7 +120,11 @@ const SHORT_BODY: usize = 256;
 /// more.
 #[derive(Debug, Default)]
 pub struct Inbox {
+    /// Initialised up to its length, the longest body copied in so far; the
+    /// body copied in last is `buf[..used]`. Kept that long so a copy
+    /// writes over bytes already there instead of zeroing them first.
     buf: AlignedVec<16>,
+    used: usize,
 }
 
 impl Inbox {
@@ -139,27 +143,32 @@ impl Inbox {
     /// wide moves win once the copy is more than a few lines.
     #[inline]
     pub fn fill(&mut self, bytes: &[u8]) {
-        self.buf.clear();
-        if bytes.len() > SHORT_BODY {
-            self.buf.extend_from_slice(bytes);
+        let n = bytes.len();
+        if n > self.buf.len() {
+            self.buf.resize(n, 0);
+        }
+        self.used = n;
+        let dst = &mut self.buf[..n];
+        if n > SHORT_BODY {
+            dst.copy_from_slice(bytes);
             return;
         }
-        self.buf.resize(bytes.len(), 0);
-        let dst: &mut [u8] = &mut self.buf;
-        let mut i = 0;
-        while let (Some(src), Some(out)) = (bytes.get(i..i + 8), dst.get_mut(i..i + 8)) {
+        let mut src_words = bytes.chunks_exact(8);
+        let mut dst_words = dst.chunks_exact_mut(8);
+        for (d, s) in (&mut dst_words).zip(&mut src_words) {
             let mut word = [0u8; 8];
-            word.copy_from_slice(src);
-            out.copy_from_slice(&u64::from_ne_bytes(word).to_ne_bytes());
-            i += 8;
+            word.copy_from_slice(s);
+            d.copy_from_slice(&u64::from_ne_bytes(word).to_ne_bytes());
         }
-        dst[i..].copy_from_slice(&bytes[i..]);
+        dst_words
+            .into_remainder()
+            .copy_from_slice(src_words.remainder());
     }
 
     /// The bytes copied in last.
     #[inline]
     pub fn bytes(&self) -> &[u8] {
-        &self.buf
+        &self.buf[..self.used]
     }
 
     /// Checks the bytes copied in as an archive of `T`.
@@ -169,7 +178,7 @@ impl Inbox {
     /// [`ValidationError`] naming the type and what is wrong.
     #[inline]
     pub fn check<T: Body>(&self) -> Result<Checked<'_, T>, ValidationError> {
-        check::<T>(&self.buf)
+        check::<T>(self.bytes())
     }
 }
 

@@ -45,17 +45,14 @@ pub fn request(seq: u64) -> Bytes64 {
 /// The server's answer: every request byte read, a reply of 64 bytes
 /// whose first word is their sum.
 pub fn answer(req: &[u8; 64]) -> Bytes64 {
-    let sum = req.iter().fold(0u64, |s, &b| s + u64::from(b));
+    let sum = sum_words(req);
     let mut data = [0u8; 64];
     data[..8].copy_from_slice(&sum.to_le_bytes());
     Bytes64 { data }
 }
 
 pub fn check(reply: &[u8; 64], seq: u64) -> Res<()> {
-    let want = request(seq)
-        .data
-        .iter()
-        .fold(0u64, |s, &b| s + u64::from(b));
+    let want = sum_words(&request(seq).data);
     let got = u64::from_le_bytes(reply[..8].try_into()?);
     if got != want {
         return Err(format!("wrong reply to call {seq}").into());
