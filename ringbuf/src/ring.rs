@@ -22,6 +22,7 @@
 //!   and an inspector can tell who is attached. It is advisory (a peer may
 //!   rewrite it; a process that died attached leaves it set, and the ring
 //!   cannot be attached that way again, as a dead connection's should not).
+//!
 //! Allows `unsafe` for three blocks: the word accessors, whose offsets are
 //! in bounds by construction (layout constants inside the control block,
 //! masked frame positions inside the data area), skip the region's check.
