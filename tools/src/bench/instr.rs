@@ -66,7 +66,7 @@ use isocall_engine::raw::{Receiver, Sender, Side, endpoint};
 use isocall_engine::raw::{Segment, SegmentLayout};
 
 use super::callgrind;
-use super::measure::{Measured, answer64, check_reply, fill64};
+use super::measure::{Measured, answer64, check_reply, fill64, read_all};
 use super::ring::Deadline;
 use super::{BenchArgs, Res, Row, Unit, call, glob_match};
 
@@ -346,7 +346,7 @@ fn ring_stream(m: Marks) -> Res<()> {
                 m.server(i);
                 for _ in 0..BATCH {
                     let f = srx.recv(dl.get())?;
-                    sum += f.payload().iter().map(|&x| u64::from(x)).sum::<u64>();
+                    sum = sum.wrapping_add(read_all(f.payload()));
                     f.release();
                 }
             }

@@ -194,7 +194,7 @@ fn splat(b: u8) -> u64 {
 
 /// Writes `b` to every byte of `buf`, eight at a time.
 #[inline]
-fn fill_pattern(buf: &mut [u8], b: u8) {
+pub fn fill_pattern(buf: &mut [u8], b: u8) {
     let w = splat(b).to_le_bytes();
     let mut words = buf.chunks_exact_mut(8);
     for c in &mut words {
@@ -221,7 +221,7 @@ pub fn read_all(buf: &[u8]) -> u64 {
 
 /// What [`read_all`] gives for `len` bytes that all hold `b`.
 #[inline]
-fn pattern_sum(len: usize, b: u8) -> u64 {
+pub fn pattern_sum(len: usize, b: u8) -> u64 {
     (len as u64 / 8)
         .wrapping_mul(splat(b))
         .wrapping_add((len as u64 % 8) * u64::from(b))

@@ -13,7 +13,9 @@ use isocall_engine::raw::{Receiver, Sender, Side, endpoint};
 use isocall_engine::raw::{Segment, SegmentLayout};
 
 use super::Res;
-use super::measure::{Budget, Measured, answer64, check_reply, fill64, latency, rate};
+use super::measure::{
+    Budget, Measured, answer64, check_reply, fill64, latency, pattern_sum, rate, read_all,
+};
 use super::peer::{Control, PEER_TIMEOUT, Peer};
 
 const DATA: u16 = 1;
@@ -200,7 +202,7 @@ pub fn stream(budget: &Budget, len: usize) -> Res<Measured> {
             let mut g = tx.reserve(DATA, len, dl.get())?;
             let b = g.bytes_mut();
             b.fill(i as u8);
-            sum += u64::from(i as u8) * len as u64;
+            sum = sum.wrapping_add(pattern_sum(len, i as u8));
             g.commit_all();
             tx.publish();
         }
@@ -229,7 +231,7 @@ pub fn stream_peer(mut ctl: Control) -> Res<()> {
         let mut sum = 0u64;
         for _ in 0..n.parse::<u64>()? {
             let f = rx.recv(dl.get())?;
-            sum += f.payload().iter().map(|&b| u64::from(b)).sum::<u64>();
+            sum = sum.wrapping_add(read_all(f.payload()));
             f.release();
         }
         // The checksum goes back through the ring, so the parent's clock

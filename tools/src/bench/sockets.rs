@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use super::Res;
-use super::measure::{Budget, Measured, answer64, check_reply, fill64, latency, rate};
+use super::measure::{Budget, Measured, answer64, check_reply, fill64, latency, rate, read_all};
 use super::peer::{Control, PEER_TIMEOUT, Peer};
 
 /// Round trips of 64 bytes over `(reader, writer)` against a peer that
@@ -123,7 +123,7 @@ pub fn uds_stream(budget: &Budget) -> Res<Measured> {
         let mut sum = 0u64;
         for i in 0..n {
             fill64(&mut msg, i);
-            sum += msg.iter().map(|&b| u64::from(b)).sum::<u64>();
+            sum = sum.wrapping_add(read_all(&msg));
             w.write_all(&msg)?;
         }
         let got: u64 = peer.read_line()?.parse()?;
@@ -147,7 +147,7 @@ pub fn uds_stream_peer(mut ctl: Control) -> Res<()> {
         let mut sum = 0u64;
         for _ in 0..n {
             r.read_exact(&mut msg)?;
-            sum += msg.iter().map(|&b| u64::from(b)).sum::<u64>();
+            sum = sum.wrapping_add(read_all(&msg));
         }
         Ok(sum)
     })
