@@ -58,6 +58,10 @@ pub(crate) struct Conn {
     last_active: Instant,
     /// Since when its reply ring is full.
     paused_since: Option<Instant>,
+    /// Replies per publication while requests keep queuing: 1 when the
+    /// worker keeps up with this client, doubling (up to [`BATCH`]) for
+    /// each group after which more requests were already waiting.
+    group: usize,
 }
 
 impl Conn {
@@ -71,6 +75,7 @@ impl Conn {
             active: false,
             last_active: Instant::now(),
             paused_since: None,
+            group: 1,
         }
     }
 
@@ -300,7 +305,11 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
         }
     }
     let Conn {
-        link, large, peer, ..
+        link,
+        large,
+        peer,
+        group,
+        ..
     } = c;
     let Link {
         tx, rx, pool, sock, ..
@@ -467,14 +476,20 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
         wire::write_head(g.bytes_mut(), &reply, blobs);
         g.commit(at + len);
         c.active = true;
-        // Replies go out in groups of up to 8 (one publication each), and
-        // at once when no request is waiting: a caller that waits for one
-        // reply gets it without delay, a pipelining caller gets them
-        // batched.
+        // Replies go out at once when no request is waiting (a caller
+        // waiting for one reply gets it without delay, and the group
+        // shrinks back to one), else in groups that double while requests
+        // keep queuing: a pipelining caller that is ahead of us gets its
+        // replies in fewer publications, each a cache line it takes once.
         unpublished += 1;
-        if unpublished == 8 || !matches!(rx.try_recv(), Ok(Some(_))) {
+        if !matches!(rx.try_recv(), Ok(Some(_))) {
             tx.publish();
             unpublished = 0;
+            *group = 1;
+        } else if unpublished >= *group {
+            tx.publish();
+            unpublished = 0;
+            *group = (*group * 2).min(BATCH);
         }
     }
     tx.publish();
