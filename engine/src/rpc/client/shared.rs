@@ -48,6 +48,10 @@ const WAITING: u32 = 0;
 const READY: u32 = 1;
 /// The slot's caller is asked to lead.
 const LEAD: u32 = 2;
+/// The slot's caller sleeps on the slot (futex): whoever moves the state
+/// away from this wakes it, and only then (a caller that spins costs its
+/// leader no system call).
+const PARKED: u32 = 3;
 
 /// Where one call's reply lands.
 #[derive(Default)]
@@ -63,7 +67,7 @@ struct Slot {
     /// The call id this slot serves now (0: free). Changed, and compared
     /// with a reply's id, only under `data`'s lock.
     id: AtomicU64,
-    /// `WAITING`, `READY` or `LEAD`; the caller sleeps on it.
+    /// `WAITING`, `READY`, `LEAD` or `PARKED`; the caller sleeps on it.
     state: AtomicU32,
     data: Mutex<SlotData>,
 }
@@ -549,19 +553,31 @@ impl SharedClient {
             fence(Ordering::SeqCst);
             let free_now = inner.rx.try_lock().is_ok();
             let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
-            if !free_now {
+            // Asleep only from WAITING: a reply delivered or a lead asked
+            // for meanwhile fails the exchange, and we look again instead.
+            if !free_now
+                && slot
+                    .state
+                    .compare_exchange(WAITING, PARKED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
                 let left = d.saturating_duration_since(Instant::now());
                 // A bounded sleep: every wake-up re-checks everything.
                 let _ = futex_wait(
                     &slot.state,
-                    WAITING,
+                    PARKED,
                     Some(left.min(Duration::from_millis(100))),
                 );
             }
             inner.unpark(idx as u32);
-            let _ = slot
-                .state
-                .compare_exchange(LEAD, WAITING, Ordering::AcqRel, Ordering::Acquire);
+            for from in [PARKED, LEAD] {
+                let _ = slot.state.compare_exchange(
+                    from,
+                    WAITING,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
             if Instant::now() >= d && slot.state.load(Ordering::Acquire) != READY {
                 inner.release_slot(id);
                 return Err(CallError::Timeout);
@@ -705,9 +721,11 @@ impl Inner {
                 p.copy_blobs(&mut d.blobs);
                 d.body.clear();
                 d.body.extend_from_slice(p.body);
-                slot.state.store(READY, Ordering::Release);
+                let was = slot.state.swap(READY, Ordering::AcqRel);
                 drop(d);
-                let _ = futex_wake(&slot.state, 1);
+                if was == PARKED {
+                    let _ = futex_wake(&slot.state, 1);
+                }
                 return;
             }
         }
@@ -797,13 +815,7 @@ impl Inner {
                 return;
             };
             self.parked_n.fetch_sub(1, Ordering::SeqCst);
-            let slot = &self.slots[idx as usize];
-            if slot
-                .state
-                .compare_exchange(WAITING, LEAD, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                let _ = futex_wake(&slot.state, 1);
+            if self.ask_to_lead(idx) {
                 return;
             }
         }
@@ -823,12 +835,26 @@ impl Inner {
         let parked: Vec<u32> = lock(&self.parked).drain(..).collect();
         self.parked_n.fetch_sub(parked.len(), Ordering::SeqCst);
         for idx in parked {
-            let slot = &self.slots[idx as usize];
-            let _ = slot
-                .state
-                .compare_exchange(WAITING, LEAD, Ordering::AcqRel, Ordering::Acquire);
-            let _ = futex_wake(&slot.state, 1);
+            self.ask_to_lead(idx);
         }
+    }
+
+    /// Asks the caller of slot `idx` to lead, waking it if it sleeps;
+    /// false if its reply came meanwhile (it needs no leader).
+    fn ask_to_lead(&self, idx: u32) -> bool {
+        let state = &self.slots[idx as usize].state;
+        for from in [PARKED, WAITING] {
+            if state
+                .compare_exchange(from, LEAD, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                if from == PARKED {
+                    let _ = futex_wake(state, 1);
+                }
+                return true;
+            }
+        }
+        false
     }
 }
 
