@@ -177,8 +177,10 @@ impl<'p, R: Region> BlobMut<'p, R> {
     /// word was changed behind this side's back (a hostile peer, or a
     /// `reclaim` that judged this side dead), [`BlobError::Contended`] if
     /// the peer keeps changing it; the blob is then dropped without
-    /// freeing.
+    /// freeing. [`BlobError::NotTwoSided`] for a party other than 0 and 1
+    /// (which has no peer): the blob is then freed.
     pub fn send(self) -> Result<BlobHandle, BlobError> {
+        self.s.pool.two_sided()?;
         let mut this = ManuallyDrop::new(self);
         end(this.s, &mut this.access).send()
     }
@@ -205,6 +207,7 @@ impl<R: Region> Blob<'_, R> {
     ///
     /// As [`BlobMut::send`].
     pub fn send(self) -> Result<BlobHandle, BlobError> {
+        self.s.pool.two_sided()?;
         let mut this = ManuallyDrop::new(self);
         end(this.s, &mut this.access).send()
     }

@@ -2,6 +2,7 @@
 //! values that explain it.
 
 use crate::layout::{MAX_CLASSES, MAX_SLOT, MAX_SLOTS, MIN_SLOT};
+use crate::party::Party;
 use crate::state::SlotState;
 
 /// A part of a pool's region, as named by a header check.
@@ -272,6 +273,13 @@ pub enum BlobError {
         class: usize,
         /// Slot index.
         slot: usize,
+    },
+    /// A two-sided call (send, accept, recall, take back) by a party other
+    /// than 0 and 1, which has no peer.
+    #[error("{party} has no peer: only parties 0 and 1 (sides A and B) send and accept")]
+    NotTwoSided {
+        /// The party that asked.
+        party: Party,
     },
     /// A new length beyond the slot.
     #[error("blob length {len} exceeds its slot of {capacity} bytes")]

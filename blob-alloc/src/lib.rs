@@ -61,8 +61,10 @@ mod blob;
 mod error;
 pub mod held;
 pub mod layout;
+mod party;
 pub mod pool;
 mod raw;
+mod reclaim;
 mod state;
 
 pub(crate) use isocall_ringbuf::sync;
@@ -70,5 +72,6 @@ pub(crate) use isocall_ringbuf::sync;
 pub use blob::{Blob, BlobHandle, BlobMut};
 pub use error::{BlobError, PoolPart};
 pub use layout::{ClassConfig, MAX_CLASSES, MAX_SLOT, MAX_SLOTS, MIN_SLOT, PoolConfig};
+pub use party::{MAX_PARTIES, Parties, Party};
 pub use pool::{ClassInfo, ClassStats, Pool, PoolStats, Reclaimed, census};
 pub use state::{Side, SlotState};
