@@ -275,12 +275,16 @@ pub enum BlobError {
         slot: usize,
     },
     /// A two-sided call (send, accept, recall, take back) by a party other
-    /// than 0 and 1, which has no peer.
+    /// than 0 and 1, which has no peer: in a pool of more parties, blobs
+    /// reach the others by [`share`](crate::BlobMut::share).
     #[error("{party} has no peer: only parties 0 and 1 (sides A and B) send and accept")]
     NotTwoSided {
         /// The party that asked.
         party: Party,
     },
+    /// A blob shared with no party.
+    #[error("a blob shared with no party (share it with at least one, or drop it)")]
+    NoHolders,
     /// A new length beyond the slot.
     #[error("blob length {len} exceeds its slot of {capacity} bytes")]
     Overflow {

@@ -13,7 +13,9 @@ use crate::state::Side;
 /// as for every slot, so that a stale handle is refused for 2^32 lives of
 /// its slot), one bit saying "shared", and one bit per party that holds a
 /// reference, all in one `u64`, so that one compare-and-swap decides every
-/// change (see [`pool`](crate::pool)). That leaves 31 bits of holders.
+/// change (see [`pool`](crate::pool)). That leaves 31 bits of holders. (The
+/// process-local record of what this process holds, a `u32` per slot, has
+/// the same 31 bits and one for a blob that holds the slot alone.)
 pub const MAX_PARTIES: usize = 31;
 
 /// One party of a pool: an id below [`MAX_PARTIES`].

@@ -1,5 +1,5 @@
-//! The pool: size classes of slots over a region, shared by two sides (or
-//! by up to [`MAX_PARTIES`] parties).
+//! The pool: size classes of slots over a region, shared by two sides or,
+//! for fan-out, by up to [`MAX_PARTIES`] parties.
 //!
 //! # How a slot changes hands
 //!
@@ -33,6 +33,33 @@
 //! one owner happen before the next owner touches them. The hint bits carry
 //! no data and are Relaxed.
 //!
+//! # Shared slots
+//!
+//! A slot one party holds can be shared, read-only, with a set of parties:
+//! one compare-and-swap (Release) turns `Held(me, g)` into
+//! `Shared(holders, g)`, the holders a bit mask in the same word (see
+//! [`state`](crate::SlotState)). Each holder gets a
+//! [`SharedBlob`](crate::SharedBlob) with [`Pool::accept_shared`], which
+//! changes no shared word: it checks, with an Acquire load, that the word
+//! is `Shared` at the handle's generation with the holder's bit set, after
+//! marking the reference taken in this process's record (so a second
+//! accept of it here is refused). Dropping the guard gives the reference
+//! up: one compare-and-swap (AcqRel, bounded) clears the holder's bit, and
+//! the one that clears the last bit writes `Free(g)` instead, so exactly
+//! one release frees the slot, and every holder's reads happen before
+//! whoever claims it next (each release reads the previous one; the last
+//! is Release, the next claim Acquire). A reference is only ever given up
+//! by its holder, or by [`Pool::reclaim_party`] once the holder is dead.
+//!
+//! Why one word: holders and generation change together, so a release
+//! racing another release, an accept or a reclaim is decided by one
+//! compare-and-swap, and a crash at any instruction leaves the word with
+//! exactly the references not yet given up: a holder killed before its
+//! compare-and-swap still has its bit (which `reclaim_party` clears), one
+//! killed after has none (and its process-local record dies with it). A
+//! count beside a mask, or a count alone, would need two words (or could
+//! not tell whose reference a dead party's was).
+//!
 //! # What the peer cannot make this process do
 //!
 //! The peer can write every state word. Whatever it writes, this process
@@ -42,7 +69,13 @@
 //! (see [`held`](crate::held)). A peer that rewrites a slot this process
 //! holds to `InFlight(me)` and resends the handle gets
 //! [`BlobError::HeldHere`]; one that rewrites it to `Free` sees the next
-//! allocation pass it by; [`Pool::reclaim`] leaves it alone.
+//! allocation pass it by; [`Pool::reclaim`] leaves it alone. The same
+//! record holds one bit per party for shared slots: a reference accepted
+//! here is not accepted again here whatever the word says again, no blob
+//! of this process takes a slot a shared blob of it reads, and dropping a
+//! shared blob clears its party's bit only in a word that still holds it
+//! at its generation: it never gives up another party's reference, nor
+//! frees a slot the peer took from it.
 //!
 //! Nor can it make this process spin: every compare-and-swap loop on a
 //! state word gives up after [`CAS_RETRIES`] attempts (a claim moves on to
@@ -68,8 +101,8 @@ use crate::sync::{AtomicU64, Ordering};
 /// A blob pool in a region, as seen by one party (one side of a two-sided
 /// pool).
 ///
-/// `Sync`: the threads of one process may allocate, send, accept and
-/// free at once, and so may the other parties' processes.
+/// `Sync`: the threads of one process may allocate, send, accept, share
+/// and free at once, and so may the other parties' processes.
 pub struct Pool<R: Region> {
     /// Which slots this process's blobs hold, shared by every handle this
     /// process has on the region (see [`held`](crate::held)). Declared
@@ -195,7 +228,8 @@ impl PoolStats {
     }
 }
 
-/// What [`Pool::reclaim`] or [`Pool::reclaim_party`] gave back.
+/// What [`Pool::reclaim`], [`Pool::reclaim_party`] or [`Pool::leave`]
+/// gave back.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Reclaimed {
@@ -205,11 +239,17 @@ pub struct Reclaimed {
     pub in_flight_to_dead: usize,
     /// Slots the dead side sent that the survivor never accepted.
     pub in_flight_from_dead: usize,
+    /// References of the party in shared slots, given up (accepted by it
+    /// or not).
+    pub references: usize,
+    /// Shared slots freed because the party's reference was the last.
+    pub shared_freed: usize,
     /// Free slots missing from the index (a process died between freeing
     /// or claiming a slot and updating the bitmap), put back.
     pub repaired: usize,
-    /// Slots whose state word says the dead side holds them or one side has
-    /// them in flight, but which a blob of this process holds: left alone.
+    /// Slots whose state word says the dead side holds them, one side has
+    /// them in flight or the party has a reference, but which a blob or
+    /// shared blob of this process holds: left alone.
     pub held_here: usize,
     /// Slots whose state word kept changing under the scan (a peer flipping
     /// it, so not a dead one): left alone after [`CAS_RETRIES`] attempts.
@@ -219,7 +259,7 @@ pub struct Reclaimed {
 impl Reclaimed {
     /// Slots freed (repairs not counted).
     pub fn freed(&self) -> usize {
-        self.held + self.in_flight_to_dead + self.in_flight_from_dead
+        self.held + self.in_flight_to_dead + self.in_flight_from_dead + self.shared_freed
     }
 }
 
@@ -475,7 +515,8 @@ impl<R: Region> Pool<R> {
     }
 
     /// `Free(g)` -> `Held(me, g + 1)` by compare-and-swap: the only way a
-    /// slot is allocated. `None` if the slot is not free, or if a blob of
+    /// slot is allocated (a shared slot only becomes free again when its
+    /// last reference goes). `None` if the slot is not free, or if a blob of
     /// this process holds it (the peer marked it free behind our back).
     ///
     /// `fresh` reads the state word with a read-modify-write (Acquire),
@@ -516,8 +557,9 @@ impl<R: Region> Pool<R> {
             // The generation wraps by design: a handle 2^32 lives old is
             // as good as new (the state check still guards the slot).
             let generation = ((cur >> 32) as u32).wrapping_add(1);
-            // Acquire: pairs with the Release of the free that made it Free,
-            // so the previous owner's accesses happen before ours.
+            // Acquire: pairs with the Release of the free that made it Free
+            // (or of the last release of a shared slot), so the previous
+            // owners' accesses happen before ours.
             match word.compare_exchange(
                 cur,
                 (u64::from(generation) << 32) | self.held_code,
