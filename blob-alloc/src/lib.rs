@@ -22,7 +22,7 @@
 //!
 //! A blob can also be written once and read by many: for fan-out, a pool is
 //! mapped by up to [`MAX_PARTIES`] parties (a publisher, party 0, and
-//! subscribers with ids the publisher gives out). The
+//! subscribers with ids the publisher gives out with a [`Roster`]). The
 //! publisher [`share`](BlobMut::share)s a filled blob with a set of
 //! parties and sends each the returned [`SharedHandle`]; each
 //! [`accept_shared`](Pool::accept_shared)s it as a read-only
@@ -117,6 +117,7 @@ mod party;
 pub mod pool;
 mod raw;
 mod reclaim;
+mod roster;
 pub mod shared;
 mod state;
 
@@ -127,5 +128,6 @@ pub use error::{BlobError, PoolPart};
 pub use layout::{ClassConfig, MAX_CLASSES, MAX_SLOT, MAX_SLOTS, MIN_SLOT, PoolConfig};
 pub use party::{MAX_PARTIES, Parties, Party};
 pub use pool::{ClassInfo, ClassStats, Pool, PoolStats, Reclaimed, census};
+pub use roster::{Member, Roster};
 pub use shared::{SharedBlob, SharedHandle};
 pub use state::{Side, SlotState};

@@ -3,7 +3,8 @@
 //! A pool is mapped by up to [`MAX_PARTIES`] parties, each named by a small
 //! id. A two-sided pool (one connection) has parties 0 and 1, the sides
 //! [`A`](Side::A) and [`B`](Side::B). A pool for fan-out has a publisher,
-//! party 0, and subscribers, each given an id from 1 up when it joins.
+//! party 0, and subscribers, each given an id from 1 up when it joins (see
+//! [`Roster`](crate::Roster), which also says when an id may be given again).
 
 use crate::state::Side;
 

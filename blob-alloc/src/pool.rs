@@ -218,7 +218,7 @@ impl PoolStats {
     /// Everything the pool has of `party`: slots it holds, slots in flight
     /// to it, and its references in shared slots. Zero once a party that
     /// left has given everything up, or was reclaimed: its id may then be
-    /// given to a new party.
+    /// given to a new party (see [`Roster`](crate::Roster)).
     pub fn holds(&self, party: Party) -> usize {
         let p = party.id();
         self.classes

@@ -53,13 +53,16 @@ impl<R: Region> Pool<R> {
     /// slots and references stay theirs, and each of `dead`'s is given
     /// back exactly once (a second run, or one racing this one, finds
     /// nothing left). Call it once `dead` is known dead (its pid exited),
-    /// and before its id is given to another party: run later, it would clear the new party's
+    /// and before its id is given to another party (a [`Roster`] does
+    /// both in order): run later, it would clear the new party's
     /// references. Calling it while `dead` is alive pulls its blobs from
     /// under it (its bytes may then be overwritten while it reads them; its
     /// later releases fail quietly).
     ///
     /// What a blob or shared blob of *this process* holds is never given
     /// up, whatever the word says (counted in [`Reclaimed::held_here`]).
+    ///
+    /// [`Roster`]: crate::Roster
     pub fn reclaim_party(&self, dead: Party) -> Reclaimed {
         self.give_up(dead, true)
     }
@@ -81,7 +84,8 @@ impl<R: Region> Pool<R> {
     /// gives the party's id to another only once the pool holds nothing of
     /// it ([`PoolStats::holds`](crate::PoolStats::holds) is zero: after
     /// this call and the last of its shared blobs dropped) or once its
-    /// process died and was reclaimed. Call it after the publisher has stopped sharing to this
+    /// process died and was reclaimed; a [`Roster`](crate::Roster) keeps
+    /// that rule. Call it after the publisher has stopped sharing to this
     /// party: a reference shared after it runs stays until the next call.
     pub fn leave(&self) -> Reclaimed {
         self.give_up(self.party(), false)

@@ -1,14 +1,15 @@
 //! Shared slots on a heap region: fan-out and the last reference, checked
 //! handles, one reference per party, reclaim of a dead party (exactly
-//! once, the others untouched), a clean leave, the census, and many
-//! threads at once.
+//! once, the others untouched), a clean leave, id reuse through a roster,
+//! the census, and many threads at once.
 #![cfg(not(loom))]
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, Release};
 
 use isocall_blob::{
-    BlobError, Parties, Party, Pool, PoolConfig, SharedBlob, SharedHandle, Side, SlotState, census,
+    BlobError, MAX_PARTIES, Parties, Party, Pool, PoolConfig, Roster, SharedBlob, SharedHandle,
+    Side, SlotState, census,
 };
 use isocall_ringbuf::{HeapRegion, Region};
 
@@ -372,6 +373,60 @@ fn leaving_gives_up_only_what_no_shared_blob_holds() {
     assert_eq!(ps[0].stats().holds(party(1)), 0);
     drop(ps[2].accept_shared(&with_two).unwrap());
     assert_eq!(ps[0].stats().used(), 0);
+}
+
+#[test]
+fn a_roster_gives_an_id_again_only_once_nothing_of_it_is_left() {
+    let config = PoolConfig::new().class(64, 8);
+    let region = Arc::new(HeapRegion::new(config.region_size().unwrap()));
+    let publisher = Pool::create_as(region.clone(), &config, Party::PUBLISHER).unwrap();
+    let mut roster = Roster::new();
+    let alice = roster.join(&publisher).unwrap();
+    assert_eq!(alice.party(), party(1));
+    let a = Pool::open_as(region.clone(), alice.party()).unwrap();
+    let old = publish(&publisher, 64, 1, &[1]);
+    let reading = a.accept_shared(&old).unwrap();
+    let unread = publish(&publisher, 64, 2, &[1]);
+
+    // Alice leaves while she still reads; every other id is taken.
+    assert!(roster.leave(alice));
+    assert!(!roster.is_member(alice) && !roster.leave(alice));
+    let others: Vec<_> = (2..MAX_PARTIES)
+        .map(|_| roster.join(&publisher).unwrap())
+        .collect();
+    assert_eq!(roster.members().len(), MAX_PARTIES - 2);
+    assert!(!roster.members().contains(alice.party()));
+    let e = roster.join(&publisher).unwrap_err();
+    assert_eq!(e, BlobError::NoFreeParty { retiring: 1 });
+    // She gives up what she never accepted: still not free (she reads).
+    assert_eq!(a.leave().references, 1);
+    assert_eq!(state(&publisher, &unread), SlotState::Free);
+    assert!(roster.join(&publisher).is_err());
+    drop(reading);
+    // Now nothing of her is left: her id goes to Bob.
+    let bob = roster.join(&publisher).unwrap();
+    assert_eq!(bob.party(), alice.party());
+    assert_ne!(bob, alice);
+    // Bob inherits nothing: her handles are refused to him.
+    let b = Pool::open_as(region.clone(), bob.party()).unwrap();
+    assert!(b.accept_shared(&old).is_err() && b.accept_shared(&unread).is_err());
+    // A late death notice for Alice does not reclaim Bob's references.
+    let his = publish(&publisher, 64, 5, &[1]);
+    assert_eq!(roster.died(&publisher, alice), None);
+    assert_eq!(state(&publisher, &his), SlotState::Shared(parties(&[1])));
+
+    // Carol dies holding a reference: reclaimed, her id vacant at once.
+    let carol = others[0];
+    let c = Pool::open_as(region, carol.party()).unwrap();
+    let h = publish(&publisher, 64, 6, &[1, carol.party().id()]);
+    died_holding(&publisher, c.accept_shared(&h).unwrap());
+    let r = roster.died(&publisher, carol).unwrap();
+    assert_eq!(r.references, 1);
+    assert_eq!(roster.died(&publisher, carol), None, "once");
+    assert_eq!(roster.join(&publisher).unwrap().party(), carol.party());
+    drop(b.accept_shared(&his).unwrap());
+    drop(b.accept_shared(&h).unwrap());
+    assert_eq!(publisher.stats().used(), 0);
 }
 
 #[test]
