@@ -9,54 +9,20 @@
 //! twice and every live blob keeps its bytes.
 #![cfg(not(loom))]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Release};
+mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Release;
+
+use common::{pair, rewrite, side, state_bits, state_word};
 use isocall_blob::{BlobError, BlobHandle, BlobMut, Pool, PoolConfig, Side, SlotState};
 use isocall_ringbuf::{HeapRegion, Region};
 use proptest::prelude::*;
 
 type R = Arc<HeapRegion>;
-type P = Pool<R>;
-
-fn pair(config: &PoolConfig) -> (P, P) {
-    let region = Arc::new(HeapRegion::new(config.region_size().unwrap()));
-    let a = Pool::create(region.clone(), config, Side::A).unwrap();
-    let b = Pool::open(region, Side::B).unwrap();
-    (a, b)
-}
 
 fn small() -> PoolConfig {
     PoolConfig::new().class(64, 4).class(256, 3)
-}
-
-/// The state word of the slot `h` names (offsets from the layout module).
-fn state_word<'p>(p: &'p P, h: &BlobHandle) -> &'p AtomicU64 {
-    let desc = 64 + 64 * h.class as usize;
-    let states = p
-        .region()
-        .u64_at(desc + 24)
-        .load(std::sync::atomic::Ordering::Relaxed) as usize;
-    p.region().u64_at(states + 8 * h.slot as usize)
-}
-
-/// A state word as the peer would write it (layout of `state.rs`).
-fn word(generation: u32, state: SlotState) -> u64 {
-    let code = match state {
-        SlotState::Free => 0,
-        SlotState::Held(Side::A) => 1,
-        SlotState::Held(Side::B) => 2,
-        SlotState::InFlight(Side::A) => 3,
-        SlotState::InFlight(Side::B) => 4,
-        SlotState::Invalid(c) => u64::from(c),
-        _ => unreachable!("a state this test does not know"),
-    };
-    u64::from(generation) << 32 | code
-}
-
-/// The peer writes `state` (at the handle's generation) into `h`'s slot.
-fn rewrite(p: &P, h: &BlobHandle, state: SlotState) {
-    state_word(p, h).store(word(h.generation, state), Release);
 }
 
 #[test]
@@ -242,9 +208,9 @@ fn a_peer_flipping_a_word_cannot_make_us_spin() {
                 // word), then InFlight(B) / Held(B) at the handle's
                 // generation (take_back by A accepts both).
                 let v = match i % 3 {
-                    0 => word(g.wrapping_add(i), SlotState::Free),
-                    1 => word(g, SlotState::InFlight(Side::B)),
-                    _ => word(g, SlotState::Held(Side::B)),
+                    0 => state_bits(g.wrapping_add(i), SlotState::Free),
+                    1 => state_bits(g, SlotState::InFlight(Side::B)),
+                    _ => state_bits(g, SlotState::Held(Side::B)),
                 };
                 w.store(v, Release);
                 i = i.wrapping_add(1);
@@ -297,10 +263,6 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn side(b: bool) -> Side {
-    if b { Side::A } else { Side::B }
-}
-
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let (pa, pb) = pair(&small());
     let pool = |s: Side| if s == Side::A { &pa } else { &pb };
@@ -343,7 +305,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     _ => SlotState::Invalid(state),
                 };
                 let g = h.generation.wrapping_add(u32::from(dgen));
-                state_word(&pa, &h).store(word(g, state), Release);
+                state_word(&pa, &h).store(state_bits(g, state), Release);
             }
             Op::Recall(i, take) if !handles.is_empty() => {
                 let h = handles[i % handles.len()];

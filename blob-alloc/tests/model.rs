@@ -6,9 +6,12 @@
 //! handle is refused.
 #![cfg(not(loom))]
 
+mod common;
+
 use std::sync::Arc;
 
-use isocall_blob::{BlobError, BlobHandle, BlobMut, Pool, PoolConfig, Side};
+use common::{pair, rewrite, side};
+use isocall_blob::{BlobError, BlobHandle, BlobMut, PoolConfig, Side, SlotState};
 use isocall_ringbuf::HeapRegion;
 use proptest::prelude::*;
 
@@ -39,10 +42,6 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn side(b: bool) -> Side {
-    if b { Side::A } else { Side::B }
-}
-
 enum Live<'p> {
     Held(Side, BlobMut<'p, R>, u8),
     Flight(Side, BlobHandle, u8),
@@ -52,28 +51,10 @@ fn key(h: &BlobHandle) -> (u32, u32) {
     (h.class, h.slot)
 }
 
-/// The state word of the slot `h` names (offsets from the layout module).
-fn state_word<'p>(p: &'p Pool<R>, h: &BlobHandle) -> &'p std::sync::atomic::AtomicU64 {
-    use isocall_ringbuf::Region;
-    let desc = 64 + 64 * h.class as usize;
-    let states = p
-        .region()
-        .u64_at(desc + 24)
-        .load(std::sync::atomic::Ordering::Relaxed) as usize;
-    p.region().u64_at(states + 8 * h.slot as usize)
-}
-
-/// A state word saying `side` holds the slot at `generation`.
-fn held_word(side: Side, generation: u32) -> u64 {
-    u64::from(generation) << 32 | if side == Side::A { 1 } else { 2 }
-}
-
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let config = PoolConfig::new().class(64, 5).class(256, 70).class(1024, 3);
     let classes: Vec<_> = config.classes().to_vec();
-    let region = Arc::new(HeapRegion::new(config.region_size().unwrap()));
-    let pa = Pool::create(region.clone(), &config, Side::A).unwrap();
-    let pb = Pool::open(region, Side::B).unwrap();
+    let (pa, pb) = pair(&config);
     let pool = |s: Side| if s == Side::A { &pa } else { &pb };
     let mut live: Vec<Live<'_>> = Vec::new();
     let mut dead: Vec<BlobHandle> = Vec::new();
@@ -216,10 +197,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             // state word stays as it left it.
                             let h = b.handle();
                             drop(b);
-                            state_word(&pa, &h).store(
-                                held_word(o, h.generation),
-                                std::sync::atomic::Ordering::Release,
-                            );
+                            rewrite(&pa, &h, SlotState::Held(o));
                             dead.push(h);
                             expect += 1;
                         }

@@ -2,19 +2,15 @@
 //! reclaim and census.
 #![cfg(not(loom))]
 
+mod common;
+
 use std::sync::Arc;
 
+use common::{pair, rewrite};
 use isocall_blob::{BlobError, BlobHandle, BlobMut, Pool, PoolConfig, Side, SlotState, census};
 use isocall_ringbuf::HeapRegion;
 
 type P = Pool<Arc<HeapRegion>>;
-
-fn pair(config: &PoolConfig) -> (P, P) {
-    let region = Arc::new(HeapRegion::new(config.region_size().unwrap()));
-    let a = Pool::create(region.clone(), config, Side::A).unwrap();
-    let b = Pool::open(region, Side::B).unwrap();
-    (a, b)
-}
 
 fn small() -> PoolConfig {
     PoolConfig::new().class(64, 3).class(256, 130)
@@ -271,17 +267,6 @@ fn free_slots_without_hints_are_still_found() {
     );
 }
 
-/// The state word of a blob's slot (offsets from the layout module).
-fn state_word<'p>(p: &'p P, h: &BlobHandle) -> &'p std::sync::atomic::AtomicU64 {
-    use isocall_ringbuf::Region;
-    let desc = 64 + 64 * h.class as usize;
-    let states = p
-        .region()
-        .u64_at(desc + 24)
-        .load(std::sync::atomic::Ordering::Relaxed) as usize;
-    p.region().u64_at(states + 8 * h.slot as usize)
-}
-
 /// A blob whose side dies holding it, as another process would: the blob
 /// is gone (with its process's record of it), the state word still says
 /// its side holds the slot. (`mem::forget` is no such death: the blob's
@@ -293,11 +278,7 @@ fn died_holding(pool: &P, blob: BlobMut<'_, Arc<HeapRegion>>) {
         other => panic!("not held: {other:?}"),
     };
     drop(blob);
-    let code = if side == Side::A { 1 } else { 2 };
-    state_word(pool, &h).store(
-        u64::from(h.generation) << 32 | code,
-        std::sync::atomic::Ordering::Release,
-    );
+    rewrite(pool, &h, SlotState::Held(side));
 }
 
 /// The first bitmap word of class `ci` (offsets from the layout module).
