@@ -24,7 +24,7 @@ use isocall_engine::rpc::{
 
 use super::Res;
 use super::measure::{Budget, Measured, latency, rate};
-use super::peer::{Control, PEER_TIMEOUT, Peer};
+use super::peer::{Control, PEER_TIMEOUT, Peer, strategy_code, strategy_from};
 use super::sockets::{fill_words, sum_words};
 
 /// A 64-byte request or reply.
@@ -58,24 +58,6 @@ pub fn check(reply: &[u8; 64], seq: u64) -> Res<()> {
         return Err(format!("wrong reply to call {seq}").into());
     }
     Ok(())
-}
-
-fn strategy_code(s: WaitStrategy) -> u64 {
-    match s {
-        WaitStrategy::BusySpin => 0,
-        WaitStrategy::Adaptive => 1,
-        WaitStrategy::Blocking => 2,
-        // A strategy this tool does not know: the peer waits the default way.
-        _ => 1,
-    }
-}
-
-fn strategy_from(n: u64) -> WaitStrategy {
-    match n {
-        0 => WaitStrategy::BusySpin,
-        1 => WaitStrategy::Adaptive,
-        _ => WaitStrategy::Blocking,
-    }
 }
 
 /// A request or reply body of any length (the plot's calls).

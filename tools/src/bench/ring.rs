@@ -16,7 +16,7 @@ use super::Res;
 use super::measure::{
     Budget, Measured, answer64, check_reply, fill64, latency, pattern_sum, rate, read_all,
 };
-use super::peer::{Control, PEER_TIMEOUT, Peer};
+use super::peer::{Control, PEER_TIMEOUT, Peer, strategy_code, strategy_from};
 
 const DATA: u16 = 1;
 const STOP: u16 = 2;
@@ -28,24 +28,6 @@ fn strategy_name(s: WaitStrategy) -> &'static str {
         WaitStrategy::Adaptive => "adaptive",
         WaitStrategy::Blocking => "blocking",
         _ => "other",
-    }
-}
-
-fn strategy_from(n: u64) -> WaitStrategy {
-    match n {
-        0 => WaitStrategy::BusySpin,
-        1 => WaitStrategy::Adaptive,
-        _ => WaitStrategy::Blocking,
-    }
-}
-
-fn strategy_code(s: WaitStrategy) -> u64 {
-    match s {
-        WaitStrategy::BusySpin => 0,
-        WaitStrategy::Adaptive => 1,
-        WaitStrategy::Blocking => 2,
-        // A strategy this tool does not know: the peer waits the default way.
-        _ => 1,
     }
 }
 
