@@ -111,6 +111,14 @@ fn connect_with_blobs(
     Ok((peer, client))
 }
 
+/// As `connect` (BusySpin), with a [`SharedClient`].
+fn connect_shared(figure: &str) -> Res<(Peer, SharedClient)> {
+    let (peer, socket) = start_server(figure, WaitStrategy::BusySpin, 0)?;
+    let opts = ClientOptions::default().strategy(WaitStrategy::BusySpin);
+    let client = SharedClient::connect_with(&socket, opts)?;
+    Ok((peer, client))
+}
+
 /// Starts the server peer of `figure` on a fresh abstract socket; returns
 /// the peer and the socket once it listens.
 fn start_server(figure: &str, strategy: WaitStrategy, blob_len: usize) -> Res<(Peer, SocketName)> {
@@ -187,7 +195,8 @@ pub fn server_peer(mut ctl: Control) -> Res<()> {
     Ok(())
 }
 
-fn finish(mut peer: Peer, client: Client) -> Res<()> {
+/// Closes the connection (`client`), then stops the server peer.
+fn finish<C>(mut peer: Peer, client: C) -> Res<()> {
     drop(client);
     peer.write_line("stop")?;
     peer.finish()
@@ -254,11 +263,7 @@ pub fn pipelined(budget: &Budget) -> Res<Measured> {
 /// shared by threads costs a lone caller).
 pub fn shared_rtt(budget: &Budget) -> Res<Measured> {
     let figure = "call.shared.rtt.busy.64";
-    let (peer, socket) = start_server(figure, WaitStrategy::BusySpin, 0)?;
-    let c = SharedClient::connect_with(
-        &socket,
-        ClientOptions::default().strategy(WaitStrategy::BusySpin),
-    )?;
+    let (peer, c) = connect_shared(figure)?;
     let m = c.method(ECHO64)?;
     let mut wrong = None;
     let out = latency(budget, |seq| {
@@ -270,10 +275,7 @@ pub fn shared_rtt(budget: &Budget) -> Res<Measured> {
     if let Some(seq) = wrong {
         return Err(format!("{figure}: wrong reply to call {seq}").into());
     }
-    drop(c);
-    let mut peer = peer;
-    peer.write_line("stop")?;
-    peer.finish()?;
+    finish(peer, c)?;
     Ok(out)
 }
 
@@ -282,11 +284,7 @@ pub fn shared_rtt(budget: &Budget) -> Res<Measured> {
 /// each (64 in all, as `call.pipelined.64`).
 pub fn shared_pipelined(budget: &Budget) -> Res<Measured> {
     let figure = "call.shared.pipelined.64";
-    let (peer, socket) = start_server(figure, WaitStrategy::BusySpin, 0)?;
-    let c = SharedClient::connect_with(
-        &socket,
-        ClientOptions::default().strategy(WaitStrategy::BusySpin),
-    )?;
+    let (peer, c) = connect_shared(figure)?;
     let m = c.method(ECHO64)?;
     let per_thread = (budget.stream_msgs / 8).max(5_000);
     let mut reps = Vec::new();
@@ -328,10 +326,7 @@ pub fn shared_pipelined(budget: &Budget) -> Res<Measured> {
         }
         reps.push((2 * per_thread, start.elapsed()));
     }
-    drop(c);
-    let mut peer = peer;
-    peer.write_line("stop")?;
-    peer.finish()?;
+    finish(peer, c)?;
     Ok(rate(&mut reps, 64))
 }
 
