@@ -19,7 +19,8 @@ use isocall_engine::WaitStrategy;
 use isocall_engine::blob::PoolConfig;
 use isocall_engine::raw::SegmentLayout;
 use isocall_engine::rpc::{
-    AppError, CallCtx, Client, ClientOptions, Method, ServerBuilder, SharedClient, SocketName,
+    AppError, CallCtx, Caller, Client, ClientOptions, Method, ServerBuilder, SharedClient,
+    SocketName,
 };
 
 use super::Res;
@@ -210,18 +211,24 @@ pub fn rtt(budget: &Budget, strategy: WaitStrategy) -> Res<Measured> {
         WaitStrategy::Blocking => "call.rtt.blocking.64",
         _ => "call.rtt.other.64",
     };
-    let (peer, mut c) = connect(name, strategy)?;
+    let (peer, c) = connect(name, strategy)?;
+    rtt_through(budget, name, peer, c)
+}
+
+/// The round trips of `figure` through `c`, a client of `peer`'s server:
+/// 64-byte calls one at a time, every reply checked (after the timed
+/// loop); then closes `c` and stops `peer`.
+fn rtt_through<C: Caller>(budget: &Budget, figure: &str, peer: Peer, mut c: C) -> Res<Measured> {
     let m = c.method(ECHO64)?;
     let mut wrong = None;
     let out = latency(budget, |seq| {
-        let ok = check(&c.call(m, &request(seq))?.data, seq).is_ok();
-        if !ok {
+        if check(&c.call(m, &request(seq))?.data, seq).is_err() {
             wrong = Some(seq);
         }
         Ok(())
     })?;
     if let Some(seq) = wrong {
-        return Err(format!("{name}: wrong reply to call {seq}").into());
+        return Err(format!("{figure}: wrong reply to call {seq}").into());
     }
     finish(peer, c)?;
     Ok(out)
@@ -264,19 +271,7 @@ pub fn pipelined(budget: &Budget) -> Res<Measured> {
 pub fn shared_rtt(budget: &Budget) -> Res<Measured> {
     let figure = "call.shared.rtt.busy.64";
     let (peer, c) = connect_shared(figure)?;
-    let m = c.method(ECHO64)?;
-    let mut wrong = None;
-    let out = latency(budget, |seq| {
-        if check(&c.call(m, &request(seq))?.data, seq).is_err() {
-            wrong = Some(seq);
-        }
-        Ok(())
-    })?;
-    if let Some(seq) = wrong {
-        return Err(format!("{figure}: wrong reply to call {seq}").into());
-    }
-    finish(peer, c)?;
-    Ok(out)
+    rtt_through(budget, figure, peer, c)
 }
 
 /// `call.shared.pipelined.64`: calls per second from two threads sharing
