@@ -24,6 +24,7 @@ use crate::segment::{SIDE_ABSENT, Segment, Side};
 use crate::sys::{Doorbell, PeerCred, Ready, peer_cred, poll_ready, recv_message, send_with_fds};
 
 use super::admission::Ticket;
+use super::ctx::Large;
 use super::source::{Conns, Next};
 use super::worker::Conn;
 use super::{Shared, handshake_stack};
@@ -283,6 +284,6 @@ fn handshake(
         id,
         cred,
         link,
-        LargeCache::new(shared.limits.large),
+        Large::Mapped(LargeCache::new(shared.limits.large)),
     ))
 }
