@@ -262,14 +262,6 @@ impl Rx {
             Rx::Stream(r) => Ok(r.arm_doorbell()?),
         }
     }
-
-    /// The stream receiver, if this is one.
-    pub(crate) fn stream(&self) -> Option<&StreamRx> {
-        match self {
-            Rx::Ring(_) => None,
-            Rx::Stream(r) => Some(r),
-        }
-    }
 }
 
 impl Frame<'_> {

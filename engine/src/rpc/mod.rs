@@ -20,6 +20,7 @@
 //! hostile: every wait on it has a deadline, every shared descriptor is
 //! used so it cannot block us, and its death is learnt from the kernel.
 
+mod address;
 pub mod body;
 pub(crate) mod client;
 mod error;
@@ -27,6 +28,7 @@ pub mod handshake;
 pub mod large;
 mod link;
 pub(crate) mod method;
+mod over_stream;
 mod policy;
 mod server;
 pub mod wire;
@@ -34,6 +36,7 @@ pub mod wire;
 use std::io;
 use std::path::PathBuf;
 
+pub use address::{Compression, Endpoint, IntoEndpoint};
 pub use body::{Body, EncodeError, ValidationError};
 pub use client::{Caller, Client, ClientOptions, Pending, Reply, SharedClient};
 pub use error::{

@@ -32,6 +32,8 @@ pub(crate) struct Info {
     pub(crate) server: PeerCred,
     pub(crate) layout: SegmentLayout,
     pub(crate) options: ClientOptions,
+    /// The server's pid as it said (stream) or as the socket says.
+    pub(crate) server_pid: Option<u32>,
 }
 
 /// Runs the client's end of the handshake over `sock`.
@@ -156,6 +158,7 @@ pub(crate) fn handshake(
         server,
         layout,
         options,
+        server_pid: server.pid,
     };
     Ok((link, info))
 }

@@ -13,6 +13,7 @@ mod caller;
 mod core;
 pub(crate) mod reply;
 mod shared;
+mod stream;
 mod window;
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -32,6 +33,7 @@ use self::reply::{Abandoned, Handles, ReplyBlobSet, ReplyBytes};
 use self::window::{Entry, Stashed, Window};
 use crate::WaitStrategy;
 use crate::endpoint::TransportError;
+use crate::rpc::address::{At, IntoEndpoint};
 use crate::rpc::body::{self, Body, Inbox};
 use crate::rpc::error::{CallError, ConnectError, Refusal, ReplyError};
 use crate::rpc::large::LargeBlob;
@@ -111,13 +113,32 @@ impl ClientOptions {
     }
 }
 
+/// Connects to `to` (shared memory or a stream socket) and runs the
+/// handshake.
+fn connect_link(
+    to: impl IntoEndpoint,
+    options: &ClientOptions,
+) -> Result<(Link, Info), ConnectError> {
+    let to = to.into_endpoint()?;
+    match &to.at {
+        At::Stream(address) => stream::connect(address, &to, options),
+        At::Shm(socket) => connect_shm(socket, options),
+        At::Service(_) => {
+            let socket = to.shm_socket().expect("a service name").map_err(|source| {
+                ConnectError::Connect {
+                    socket: to.to_string(),
+                    source,
+                }
+            })?;
+            connect_shm(&socket, options)
+        }
+    }
+}
+
 /// Connects to `socket` and runs the handshake, trying again while the
 /// server says it is busy (too many handshakes under way), within the
 /// handshake timeout.
-fn connect_link(
-    socket: &SocketName,
-    options: &ClientOptions,
-) -> Result<(Link, Info), ConnectError> {
+fn connect_shm(socket: &SocketName, options: &ClientOptions) -> Result<(Link, Info), ConnectError> {
     let span = tracing::debug_span!("isocall_connect", %socket);
     let _enter = span.enter();
     let deadline = crate::deadline_in(options.handshake_timeout);
@@ -242,26 +263,32 @@ fn share_over(
 }
 
 impl Client {
-    /// Connects with the default options.
+    /// Connects to `to` with the default options: a shared-memory socket
+    /// (a [`SocketName`], `"@name"`, a path, a service name) or a stream
+    /// socket (`"tcp://host:port"`, `"unix:/path"`, `"unix-stream:@name"`,
+    /// or an [`Endpoint`](crate::rpc::Endpoint) with TLS or a compression
+    /// choice). The calls are the same over either.
     ///
     /// # Errors
     ///
-    /// See [`ConnectError`]: no server, refused (either way), version
-    /// mismatch, a bad or late hello, a segment that fails its checks.
-    pub fn connect(socket: &SocketName) -> Result<Client, ConnectError> {
-        Self::connect_with(socket, ClientOptions::default())
+    /// See [`ConnectError`]: an endpoint that does not parse, no server,
+    /// refused (either way), version mismatch, a bad or late hello, a
+    /// segment that fails its checks, a TLS handshake that fails (with
+    /// the reason).
+    pub fn connect(to: impl IntoEndpoint) -> Result<Client, ConnectError> {
+        Self::connect_with(to, ClientOptions::default())
     }
 
-    /// Connects with `options`.
+    /// Connects to `to` with `options`.
     ///
     /// # Errors
     ///
     /// As [`connect`](Self::connect).
     pub fn connect_with(
-        socket: &SocketName,
+        to: impl IntoEndpoint,
         options: ClientOptions,
     ) -> Result<Client, ConnectError> {
-        let (link, info) = connect_link(socket, &options)?;
+        let (link, info) = connect_link(to, &options)?;
         Ok(Self::from_parts(link, info))
     }
 

@@ -31,12 +31,13 @@ use crate::rpc::body::{self, Body};
 use crate::rpc::error::{CallError, ConnectError, ReplyError};
 use crate::rpc::large::LargeBlob;
 // The link's enums under the names the ring endpoint's types had here.
+use crate::rpc::address::IntoEndpoint;
 use crate::rpc::link::{Link, RingLink, Rx as Receiver, Tx as Sender, stream_gone};
 use crate::rpc::method::{Message, MessageRef, Method, MethodRef};
 use crate::rpc::wire::{self, CloseReason, Status, kind};
 use crate::segment::SegmentLayout;
 use crate::stream::LargeBlobs;
-use crate::sys::{PeerCred, SocketName, futex_wait, futex_wake};
+use crate::sys::{PeerCred, futex_wait, futex_wake};
 
 /// Slot index bits of a call id.
 const INDEX_BITS: u32 = 16;
@@ -128,8 +129,8 @@ impl SharedClient {
     /// # Errors
     ///
     /// As [`Client::connect`](super::Client::connect).
-    pub fn connect(socket: &SocketName) -> Result<SharedClient, ConnectError> {
-        Self::connect_with(socket, ClientOptions::default())
+    pub fn connect(to: impl IntoEndpoint) -> Result<SharedClient, ConnectError> {
+        Self::connect_with(to, ClientOptions::default())
     }
 
     /// Connects with `options` (`max_in_flight` is the number of calls the
@@ -139,10 +140,10 @@ impl SharedClient {
     ///
     /// As [`Client::connect`](super::Client::connect).
     pub fn connect_with(
-        socket: &SocketName,
+        to: impl IntoEndpoint,
         options: ClientOptions,
     ) -> Result<SharedClient, ConnectError> {
-        let (link, info) = connect_link(socket, &options)?;
+        let (link, info) = connect_link(to, &options)?;
         Ok(Self::from_parts(link, info))
     }
 

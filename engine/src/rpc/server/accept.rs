@@ -23,7 +23,9 @@ use crate::rpc::wire::PROTOCOL_VERSION;
 use crate::segment::{SIDE_ABSENT, Segment, Side};
 use crate::sys::{Doorbell, PeerCred, Ready, peer_cred, poll_ready, recv_message, send_with_fds};
 
-use super::admission::Ticket;
+use super::stream;
+
+use super::admission::{Key, Ticket};
 use super::ctx::Large;
 use super::source::{Conns, Next};
 use super::worker::Conn;
@@ -43,66 +45,77 @@ pub(super) fn run(shared: &Arc<Shared>, conns: &Conns) {
     let mut conn_id = 0u32;
     let mut backoff = BACKOFF_FIRST;
     let mut backing_off = false;
-    while !shared.stopping.load(Ordering::Acquire) {
+    'accepting: while !shared.stopping.load(Ordering::Acquire) {
         // While backing off, only the stop signal is waited on.
-        let fds = if backing_off {
-            vec![(shared.stop.as_fd(), Ready::Readable)]
-        } else {
-            vec![
-                (shared.stop.as_fd(), Ready::Readable),
-                (conns.fd(), Ready::Readable),
-            ]
-        };
+        let mut fds = vec![(shared.stop.as_fd(), Ready::Readable)];
+        if !backing_off {
+            fds.extend(conns.fds().into_iter().map(|fd| (fd, Ready::Readable)));
+        }
         let timeout = backing_off.then_some(backoff);
-        match poll_ready(&fds, timeout) {
+        let ready: Vec<usize> = match poll_ready(&fds, timeout) {
             Ok(r) if r[0] => break,
-            Ok(r) if backing_off => {
-                let _ = r;
+            Ok(_) if backing_off => {
                 backing_off = false;
                 continue;
             }
-            Ok(r) if r.get(1) == Some(&true) => {}
-            Ok(_) => continue,
+            Ok(r) => (1..r.len()).filter(|&i| r[i]).map(|i| i - 1).collect(),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "accept poll failed; the server stops accepting");
                 break;
             }
-        }
-        let (sock, premade) = match conns.next() {
-            Ok(Next::Conn(s, p)) => {
-                backoff = BACKOFF_FIRST;
-                (s, p)
-            }
-            Ok(Next::Nothing) => continue,
-            Ok(Next::Retired) => {
-                tracing::debug!(service = %shared.service, "the handoff peer retired this server");
-                break;
-            }
-            Err(e) => {
-                // Out of descriptors or memory (or another accept error):
-                // back off instead of spinning on it.
-                tracing::warn!(error = %e, pause = ?backoff, "accept failed; pausing");
-                backing_off = true;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
         };
-        let Some(ticket) = admit(shared, &sock) else {
-            continue;
-        };
-        conn_id = conn_id.wrapping_add(1);
-        let (sh, id) = (shared.clone(), conn_id);
-        handshakes.retain(|h| !h.is_finished());
-        let spawned = std::thread::Builder::new()
-            .name("isocall-handshake".into())
-            .stack_size(handshake_stack())
-            .spawn(move || handshake_thread(&sh, sock, premade, id, ticket));
-        match spawned {
-            Ok(h) => handshakes.push(h),
-            Err(e) => {
-                tracing::warn!(error = %e, "no thread for a handshake; connection dropped");
-                shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+        drop(fds);
+        for i in ready {
+            let next = match conns.next(i) {
+                Ok(Next::Nothing) => continue,
+                Ok(Next::Retired) => {
+                    tracing::debug!(service = %shared.service, "the handoff peer retired this server");
+                    break 'accepting;
+                }
+                Ok(next) => {
+                    backoff = BACKOFF_FIRST;
+                    next
+                }
+                Err(e) => {
+                    // Out of descriptors or memory (or another accept
+                    // error): back off instead of spinning on it.
+                    tracing::warn!(error = %e, pause = ?backoff, "accept failed; pausing");
+                    backing_off = true;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    break;
+                }
+            };
+            conn_id = conn_id.wrapping_add(1);
+            let (sh, id) = (shared.clone(), conn_id);
+            let spawned = match next {
+                Next::Conn(sock, premade) => {
+                    let Some(ticket) = admit(shared, &sock) else {
+                        continue;
+                    };
+                    std::thread::Builder::new()
+                        .name("isocall-handshake".into())
+                        .stack_size(handshake_stack())
+                        .spawn(move || handshake_thread(&sh, sock, premade, id, ticket))
+                }
+                Next::Stream(incoming) => {
+                    let Some((ticket, incoming)) = stream::admit(shared, incoming) else {
+                        continue;
+                    };
+                    std::thread::Builder::new()
+                        .name("isocall-handshake".into())
+                        .stack_size(stream::HANDSHAKE_STACK)
+                        .spawn(move || stream::handshake_thread(&sh, incoming, id, ticket))
+                }
+                Next::Nothing | Next::Retired => continue,
+            };
+            handshakes.retain(|h| !h.is_finished());
+            match spawned {
+                Ok(h) => handshakes.push(h),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no thread for a handshake; connection dropped");
+                    shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -125,7 +138,7 @@ fn admit(shared: &Shared, sock: &OwnedFd) -> Option<Ticket> {
     };
     let refusal = match shared.policy.check(&cred) {
         Err(p) => Refusal::Policy(p),
-        Ok(()) => match shared.admission.admit(cred.uid) {
+        Ok(()) => match shared.admission.admit(Key::Uid(cred.uid)) {
             Ok(t) => return Some(t),
             Err(r) => r,
         },
@@ -135,7 +148,7 @@ fn admit(shared: &Shared, sock: &OwnedFd) -> Option<Ticket> {
 }
 
 /// Sends a refusal without waiting for a slow client, and counts it.
-fn refuse(shared: &Shared, sock: &OwnedFd, cred: &PeerCred, r: &Refusal) {
+pub(super) fn refuse(shared: &Shared, sock: &OwnedFd, cred: &PeerCred, r: &Refusal) {
     shared.stats.refused.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(pid = ?cred.pid, uid = cred.uid, refusal = %r, "connection refused");
     let _ = send_with_fds(
@@ -147,7 +160,7 @@ fn refuse(shared: &Shared, sock: &OwnedFd, cred: &PeerCred, r: &Refusal) {
 }
 
 /// Why a handshake did not make a connection.
-enum Failed {
+pub(super) enum Failed {
     /// The client was refused (version); counted as a refusal.
     Refused,
     /// Anything else; counted as a failure.
@@ -159,9 +172,20 @@ fn handshake_thread(
     sock: OwnedFd,
     premade: Option<OwnedFd>,
     id: u32,
+    ticket: Ticket,
+) {
+    finish(shared, handshake(shared, sock, premade, id), id, ticket);
+}
+
+/// Hands a finished handshake's connection to a worker (round-robin), or
+/// counts why there is none.
+pub(super) fn finish(
+    shared: &Arc<Shared>,
+    handshake: Result<Conn, Failed>,
+    id: u32,
     mut ticket: Ticket,
 ) {
-    match handshake(shared, sock, premade, id) {
+    match handshake {
         Ok(conn) => {
             ticket.handshaken();
             shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
