@@ -131,6 +131,42 @@ impl Transport {
     }
 }
 
+/// A stream connection to `at` as transport `t` dials it, before any
+/// handshake of isocall's (under TLS for [`Transport::Tls`]).
+pub fn dial(t: Transport, at: &Endpoint) -> isocall::stream::Connection {
+    let a = at.stream_address().expect("a stream endpoint");
+    let deadline = std::time::Instant::now() + PARENT_LIMIT;
+    match t {
+        #[cfg(feature = "tls")]
+        Transport::Tls => {
+            isocall::stream::connect_tls(a, &super::pki::Pki::get().client(), deadline).unwrap()
+        }
+        _ => isocall::stream::connect(a, deadline).unwrap(),
+    }
+}
+
+/// The words that tell a child process how to dial `at` on transport `t`
+/// (see [`endpoint_from_parent`]).
+pub fn endpoint_params(t: Transport, at: &Endpoint) -> String {
+    #[cfg(feature = "tls")]
+    let pki = format!("pki={}", super::pki::Pki::get().dir.display());
+    #[cfg(not(feature = "tls"))]
+    let pki = String::new();
+    format!("transport={} at={at} {pki}", t.name())
+}
+
+/// In a child process: the endpoint the parent's message names (see
+/// [`endpoint_params`]).
+pub fn endpoint_from_parent(msg: &str) -> Endpoint {
+    let t = Transport::named(param(msg, "transport"));
+    let at = Endpoint::parse(param(msg, "at")).unwrap();
+    match t {
+        #[cfg(feature = "tls")]
+        Transport::Tls => at.tls(super::pki::Pki::at(param(msg, "pki")).client()),
+        _ => t.endpoint(&at),
+    }
+}
+
 /// A server built by `build` (from this transport's base builder) in this
 /// process, and the endpoint to dial it.
 pub fn serve_on(

@@ -7,6 +7,7 @@
 //! thread stops accepting for a while that doubles up to a second instead
 //! of spinning on the error, and accepts again afterwards.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -24,6 +25,7 @@ use crate::segment::{SIDE_ABSENT, Segment, Side};
 use crate::sys::{Doorbell, PeerCred, Ready, peer_cred, poll_ready, recv_message, send_with_fds};
 
 use super::stream;
+use crate::stream::Incoming;
 
 use super::admission::{Key, Ticket};
 use super::ctx::Large;
@@ -38,6 +40,8 @@ const REFUSAL_SEND: Duration = Duration::from_millis(100);
 const BACKOFF_FIRST: Duration = Duration::from_millis(5);
 /// Longest pause.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How often TLS connections that wait for a handshake slot try again.
+const WAITING_RETRY: Duration = Duration::from_millis(2);
 
 /// The accept loop: until the server stops or its handoff peer hangs up.
 pub(super) fn run(shared: &Arc<Shared>, conns: &Conns) {
@@ -45,13 +49,20 @@ pub(super) fn run(shared: &Arc<Shared>, conns: &Conns) {
     let mut conn_id = 0u32;
     let mut backoff = BACKOFF_FIRST;
     let mut backing_off = false;
+    // TLS connections waiting for a handshake slot (they cannot be told
+    // they are early), until their handshake's deadline.
+    let mut waiting: VecDeque<(Instant, Incoming)> = VecDeque::new();
     'accepting: while !shared.stopping.load(Ordering::Acquire) {
         // While backing off, only the stop signal is waited on.
         let mut fds = vec![(shared.stop.as_fd(), Ready::Readable)];
         if !backing_off {
             fds.extend(conns.fds().into_iter().map(|fd| (fd, Ready::Readable)));
         }
-        let timeout = backing_off.then_some(backoff);
+        let timeout = match (backing_off, waiting.is_empty()) {
+            (true, _) => Some(backoff),
+            (false, false) => Some(WAITING_RETRY),
+            (false, true) => None,
+        };
         let ready: Vec<usize> = match poll_ready(&fds, timeout) {
             Ok(r) if r[0] => break,
             Ok(_) if backing_off => {
@@ -66,8 +77,20 @@ pub(super) fn run(shared: &Arc<Shared>, conns: &Conns) {
             }
         };
         drop(fds);
+        let mut nexts: Vec<Next> = Vec::new();
+        for _ in 0..waiting.len() {
+            let Some((until, incoming)) = waiting.pop_front() else {
+                break;
+            };
+            if Instant::now() < until {
+                nexts.push(Next::Stream(incoming));
+            } else {
+                shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("a TLS connection waited for a handshake slot too long; dropped");
+            }
+        }
         for i in ready {
-            let next = match conns.next(i) {
+            nexts.push(match conns.next(i) {
                 Ok(Next::Nothing) => continue,
                 Ok(Next::Retired) => {
                     tracing::debug!(service = %shared.service, "the handoff peer retired this server");
@@ -85,7 +108,9 @@ pub(super) fn run(shared: &Arc<Shared>, conns: &Conns) {
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     break;
                 }
-            };
+            });
+        }
+        for next in nexts {
             conn_id = conn_id.wrapping_add(1);
             let (sh, id) = (shared.clone(), conn_id);
             let spawned = match next {
@@ -99,8 +124,18 @@ pub(super) fn run(shared: &Arc<Shared>, conns: &Conns) {
                         .spawn(move || handshake_thread(&sh, sock, premade, id, ticket))
                 }
                 Next::Stream(incoming) => {
-                    let Some((ticket, incoming)) = stream::admit(shared, incoming) else {
-                        continue;
+                    let (ticket, incoming) = match stream::admit(shared, incoming) {
+                        stream::Admitted::Go(t, i) => (t, i),
+                        stream::Admitted::Wait(i) => {
+                            if waiting.len() < shared.limits.max_handshakes {
+                                waiting.push_back((
+                                    crate::deadline_in(shared.limits.handshake_timeout),
+                                    i,
+                                ));
+                            }
+                            continue;
+                        }
+                        stream::Admitted::Refused => continue,
                     };
                     std::thread::Builder::new()
                         .name("isocall-handshake".into())

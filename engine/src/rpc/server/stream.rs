@@ -42,14 +42,26 @@ pub(super) const HANDSHAKE_STACK: usize = 1 << 20;
 /// How long a refusal may take to send.
 const REFUSAL_SEND: Duration = Duration::from_millis(100);
 
+/// What admission made of a connection just accepted.
+pub(super) enum Admitted {
+    /// Go on with the handshake.
+    Go(Ticket, Incoming),
+    /// Too many handshakes under way, and the client cannot be told
+    /// (before TLS): it waits, accepted, until a handshake ends.
+    Wait(Incoming),
+    /// Refused (and closed).
+    Refused,
+}
+
 /// Applies the policy (Unix sockets) and the caps to a connection just
-/// accepted; refuses it at once (and closes it) or returns its ticket.
-pub(super) fn admit(shared: &Shared, incoming: Incoming) -> Option<(Ticket, Incoming)> {
+/// accepted; refuses it at once (and closes it), has it wait, or returns
+/// its ticket.
+pub(super) fn admit(shared: &Shared, incoming: Incoming) -> Admitted {
     let key = match (incoming.peer_cred(), *incoming.peer()) {
         (Some(cred), _) => {
             if let Err(p) = shared.policy.check(&cred) {
                 refuse_incoming(shared, incoming, &Refusal::Policy(p));
-                return None;
+                return Admitted::Refused;
             }
             Key::Uid(cred.uid)
         }
@@ -57,16 +69,23 @@ pub(super) fn admit(shared: &Shared, incoming: Incoming) -> Option<(Ticket, Inco
         (None, _) => {
             tracing::debug!("no credentials for a Unix stream socket; dropped");
             shared.stats.failed.fetch_add(1, Ordering::Relaxed);
-            return None;
+            return Admitted::Refused;
         }
     };
     match shared.admission.admit(key) {
-        Ok(t) => Some((t, incoming)),
+        Ok(t) => Admitted::Go(t, incoming),
+        Err(Refusal::Busy { .. }) if before_tls(shared, &incoming) => Admitted::Wait(incoming),
         Err(r) => {
             refuse_incoming(shared, incoming, &r);
-            None
+            Admitted::Refused
         }
     }
+}
+
+/// Whether the connection will run TLS, so that nothing can be said to
+/// its client before a TLS handshake.
+fn before_tls(shared: &Shared, incoming: &Incoming) -> bool {
+    incoming.address().is_tcp() && shared.tcp_tls
 }
 
 /// Refuses a connection just accepted: with a refusal message on a plain
@@ -75,7 +94,7 @@ pub(super) fn admit(shared: &Shared, incoming: Incoming) -> Option<(Ticket, Inco
 fn refuse_incoming(shared: &Shared, incoming: Incoming, r: &Refusal) {
     shared.stats.refused.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(peer = %incoming.peer(), refusal = %r, "stream connection refused");
-    if incoming.address().is_tcp() && shared.tcp_tls {
+    if before_tls(shared, &incoming) {
         return;
     }
     if let Ok(conn) = incoming.establish(Instant::now()) {
