@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::calc::*;
-use common::services::{self, SUM_BLOB, blob_failure, supervisor};
-use common::transport::{Transport, serve_transport_for_parent, server_process_on};
+use common::services::{self, SUM_BLOB, blob_failure};
+use common::transport::{Transport, serve_transport_for_parent, server_process_on, supervisor_on};
 use common::*;
 use isocall::rpc::Endpoint;
 use isocall::{CallCtx, CallError, Caller, Client, SharedClient};
@@ -95,7 +95,9 @@ fn one_generic_function_calls_through_every_client(t: Transport) {
         want
     );
 
-    let sup = supervisor("caller", "plain").spawn().expect("supervisor");
+    let sup = supervisor_on(t, "caller", "plain")
+        .spawn()
+        .expect("supervisor");
     let mut supervised = sup.client();
     assert_eq!(
         exercise(&mut supervised, &xs).expect("through a SupervisedClient"),

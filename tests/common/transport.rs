@@ -112,19 +112,14 @@ impl Transport {
     /// The endpoint a client of this transport dials for a server bound
     /// at `bound`.
     pub fn endpoint(self, bound: &Endpoint) -> Endpoint {
-        let e = match (self, bound.stream_address()) {
-            // Dialled by name: the server's certificate is for localhost.
-            (Transport::Tls, Some(isocall::stream::Address::Tcp { port, .. })) => {
-                Endpoint::parse(&format!("tcp://localhost:{port}")).unwrap()
-            }
-            _ => bound.clone(),
-        };
+        let e = bound.clone();
         match self {
             Transport::Shm | Transport::UnixStream => e,
             Transport::Tcp => e.compression(Compression::Off),
             Transport::TcpLz4 => e.compression(Compression::Lz4),
+            // The server's certificate is for localhost.
             #[cfg(feature = "tls")]
-            Transport::Tls => e.tls(super::pki::Pki::get().client()),
+            Transport::Tls => e.tls(super::pki::Pki::get().client().server_name("localhost")),
             #[cfg(not(feature = "tls"))]
             Transport::Tls => panic!("TLS needs the feature tls"),
         }
@@ -162,8 +157,42 @@ pub fn endpoint_from_parent(msg: &str) -> Endpoint {
     let at = Endpoint::parse(param(msg, "at")).unwrap();
     match t {
         #[cfg(feature = "tls")]
-        Transport::Tls => at.tls(super::pki::Pki::at(param(msg, "pki")).client()),
+        Transport::Tls => at.tls(
+            super::pki::Pki::at(param(msg, "pki"))
+                .client()
+                .server_name("localhost"),
+        ),
         _ => t.endpoint(&at),
+    }
+}
+
+/// Environment variable that tells a supervised test service where the
+/// test PKI is (its TLS server's files).
+pub const PKI_ENV: &str = "ISOCALL_TEST_PKI";
+
+/// A supervisor of the test `service` (see `common::services`) whose
+/// instances listen on a fresh address of transport `t` and whose clients
+/// connect there (shared memory: over the socketpairs it hands down).
+pub fn supervisor_on(t: Transport, name: &str, service: &str) -> isocall::SupervisorBuilder {
+    let b = super::services::supervisor(name, service);
+    match t {
+        Transport::Shm => b,
+        Transport::UnixStream => b.address(t.address(name).as_str()),
+        _ => {
+            // A port the instances take over one after the other.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port();
+            let at = Endpoint::parse(&format!("tcp://127.0.0.1:{port}")).unwrap();
+            #[cfg(feature = "tls")]
+            let b = if t == Transport::Tls {
+                b.env(PKI_ENV, super::pki::Pki::get().dir.as_os_str())
+            } else {
+                b
+            };
+            b.address(t.endpoint(&at))
+        }
     }
 }
 
@@ -232,6 +261,26 @@ pub fn serve_transport_for_parent(build: impl FnOnce(ServerBuilder, &str) -> Ser
     writeln!(sock, "ready {}", server.addresses()[0]).expect("tell the parent");
     let _ = sock.read(&mut [0u8; 1]);
     drop(server);
+}
+
+/// As [`on_every_transport!`], for the stream transports only.
+#[macro_export]
+macro_rules! on_stream_transports {
+    ($($name:ident),* $(,)?) => {
+        mod unix_stream {
+            $(#[test] fn $name() { super::$name($crate::common::transport::Transport::UnixStream) })*
+        }
+        mod tcp {
+            $(#[test] fn $name() { super::$name($crate::common::transport::Transport::Tcp) })*
+        }
+        #[cfg(feature = "tls")]
+        mod tls {
+            $(#[test] fn $name() { super::$name($crate::common::transport::Transport::Tls) })*
+        }
+        mod tcp_lz4 {
+            $(#[test] fn $name() { super::$name($crate::common::transport::Transport::TcpLz4) })*
+        }
+    };
 }
 
 /// Makes, for each test function named, one test per transport: modules

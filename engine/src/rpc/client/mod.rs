@@ -625,6 +625,11 @@ impl Client {
         self.info.tag
     }
 
+    /// The server's pid, as its socket (or its stream hello) says.
+    pub(crate) fn server_pid(&self) -> Option<u32> {
+        self.info.server_pid
+    }
+
     /// Gives call `id` up: its reply is discarded (blobs freed) when it
     /// comes, or now if it came.
     pub(crate) fn give_up(&mut self, id: u64) {
