@@ -65,6 +65,17 @@ pub(crate) struct Who<'a> {
     pub(crate) identity: Option<&'a crate::stream::PeerIdentity>,
 }
 
+impl<'a> Who<'a> {
+    /// A peer known by its credentials.
+    pub(crate) fn local(cred: &'a PeerCred) -> Who<'a> {
+        Who {
+            cred: Some(cred),
+            #[cfg(feature = "tls")]
+            identity: None,
+        }
+    }
+}
+
 impl fmt::Debug for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -138,10 +149,7 @@ impl Policy {
     ///
     /// The reason for refusing, naming the peer's ids.
     pub fn check(&self, peer: &PeerCred) -> Result<(), PolicyRefusal> {
-        self.decide(&Who {
-            cred: Some(peer),
-            ..Who::default()
-        })
+        self.decide(&Who::local(peer))
     }
 
     /// Applies the policy to a peer known as `who`.
@@ -179,6 +187,7 @@ impl Policy {
 
     /// Whether some peer could pass: one with credentials (`cred`), or one
     /// with a verified certificate (`cert`).
+    #[cfg_attr(not(feature = "tls"), allow(clippy::only_used_in_recursion))]
     pub(crate) fn admits(&self, cred: bool, cert: bool) -> bool {
         match self {
             Policy::Anyone => true,
@@ -225,10 +234,7 @@ impl Policy {
                 }
             }
             Policy::Custom(f) => f(peer).map_err(|reason| PolicyRefusal::Custom { reason }),
-            _ => self.decide(&Who {
-                cred: Some(peer),
-                ..Who::default()
-            }),
+            _ => self.decide(&Who::local(peer)),
         }
     }
 }

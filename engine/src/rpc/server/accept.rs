@@ -83,7 +83,7 @@ pub(super) fn run(shared: &Arc<Shared>, conns: &Conns) {
                 break;
             };
             if Instant::now() < until {
-                nexts.push(Next::Stream(incoming));
+                nexts.push(Next::Stream(Box::new(incoming)));
             } else {
                 shared.stats.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("a TLS connection waited for a handshake slot too long; dropped");
@@ -124,7 +124,7 @@ pub(super) fn run(shared: &Arc<Shared>, conns: &Conns) {
                         .spawn(move || handshake_thread(&sh, sock, premade, id, ticket))
                 }
                 Next::Stream(incoming) => {
-                    let (ticket, incoming) = match stream::admit(shared, incoming) {
+                    let (ticket, incoming) = match stream::admit(shared, *incoming) {
                         stream::Admitted::Go(t, i) => (t, i),
                         stream::Admitted::Wait(i) => {
                             if waiting.len() < shared.limits.max_handshakes {

@@ -61,7 +61,7 @@ pub(crate) enum Next {
     /// A connected socket, with a premade segment if one came.
     Conn(OwnedFd, Option<OwnedFd>),
     /// A stream connection just accepted (before any TLS handshake).
-    Stream(Incoming),
+    Stream(Box<Incoming>),
     /// Nothing now (a spurious wake-up, a message without a socket).
     Nothing,
     /// The handoff peer hung up: the server is retired.
@@ -185,7 +185,7 @@ impl Conns {
             let n = l.poll_fds().len();
             if i < n {
                 return match l.try_accept() {
-                    Ok(Some(incoming)) => Ok(Next::Stream(incoming)),
+                    Ok(Some(incoming)) => Ok(Next::Stream(Box::new(incoming))),
                     Ok(None) => Ok(Next::Nothing),
                     Err(StreamError::Os { errno }) => Err(io::Error::from_raw_os_error(errno)),
                     Err(e) => Err(io::Error::other(e.to_string())),
