@@ -12,6 +12,12 @@
 //! rings only: a REQUEST frame (call id, method id, blob handles, rkyv
 //! body), answered by a RESPONSE (call id, status, blob handles, body).
 //!
+//! Over a stream socket ([`Endpoint`]: `tcp://`, `unix:`, `unix-stream:`)
+//! the same hello travels in frames, with nothing attached, and the calls
+//! follow on the socket; each side keeps a blob pool of its own and blobs
+//! travel inline ([`crate::stream`]). A TCP peer is known by its TLS
+//! certificate, not by credentials ([`Policy`]).
+//!
 //! Methods are typed values declared once ([`Method`], [`Message`]);
 //! resolving one on a client ([`Client::method`]) checks the server's
 //! types. Replies are guards ([`Reply`]) that deref to the validated

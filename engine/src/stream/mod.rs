@@ -5,8 +5,11 @@
 //! It has the frame-level interface of the ring endpoint
 //! ([`raw::endpoint`](crate::raw::endpoint)): a [`StreamTx`] reserves
 //! grants, commits them and publishes; a [`StreamRx`] hands out frames
-//! whose payload is 16-byte aligned and releases them. The call layer is
-//! not wired to it yet; this module is the transport alone.
+//! whose payload is 16-byte aligned and releases them. The call layer runs
+//! on it (see [`Endpoint`](crate::rpc::Endpoint)): its hello travels in
+//! frames of kind [`HANDSHAKE`](crate::raw::wire::kind::HANDSHAKE) and
+//! negotiates compression and the pool; this module is the transport
+//! alone, for programs that move frames themselves.
 //!
 //! # The wire
 //!

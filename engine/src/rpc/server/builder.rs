@@ -166,7 +166,7 @@ impl ServerBuilder {
     /// named after the first address.
     ///
     /// Over TCP a client has no credentials: the policy must admit it by
-    /// its TLS certificate ([`tls`](Self::tls) and
+    /// its TLS certificate (`tls`, feature `tls`, and
     /// [`Policy::Certificate`](crate::rpc::Policy)), or say
     /// [`Policy::Anyone`] explicitly; otherwise `spawn` refuses to start.
     /// An address that does not parse is reported by `spawn` too.
