@@ -35,6 +35,13 @@ const WARM_UP: u64 = 10_000;
 /// 1.6 MB or more.
 const GROWTH_BOUND: u64 = 1 << 20;
 
+/// What a stream connection may keep besides, reached only when the calls
+/// given up fill the socket: its sender's buffers of bytes the socket did
+/// not take yet (two, swapped at each publish, each kept at up to 1 MiB
+/// once emptied) and its receiver's read buffer. Still far under what a
+/// leak of one allocation per call would grow.
+const STREAM_BUFFERS: u64 = 3 << 20;
+
 /// The pool as the server sees it: slots in use, and blobs it sent back.
 #[derive(rkyv::Archive, rkyv::Serialize, isocall::Schema)]
 struct Census {
@@ -138,8 +145,9 @@ fn dropped_pendings_and_ignored_reply_blobs_leak_nothing(t: Transport) {
         sent >= WARM_UP + CALLS,
         "the server sent {sent} blobs in all"
     );
+    let bound = GROWTH_BOUND + if t.is_stream() { STREAM_BUFFERS } else { 0 };
     assert!(
-        after <= before + GROWTH_BOUND,
+        after <= before + bound,
         "private memory grew from {before} to {after} bytes over {} calls",
         2 * CALLS
     );

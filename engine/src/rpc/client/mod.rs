@@ -58,7 +58,11 @@ pub struct ClientOptions {
     pub call_timeout: Duration,
     /// Who the server may be (default: a process of this user), checked
     /// against the socket's credentials before anything is sent: a process
-    /// squatting on the server's name is refused.
+    /// squatting on the server's name is refused. A server over TCP has no
+    /// credentials: it is identified by TLS (the endpoint's `TlsClient`
+    /// checks its certificate), and this policy applies to it only if it
+    /// decides by certificates (`Policy::Certificate`, or `Anyone`);
+    /// otherwise a TCP address is taken as the server it names.
     pub server_policy: Policy,
     /// Most calls in flight at once (default 1024).
     pub max_in_flight: usize,
@@ -367,13 +371,16 @@ impl Client {
     }
 
     /// The server's credentials, from the socket (over a socketpair, those
-    /// of the process that made the pair).
+    /// of the process that made the pair; over TCP, which carries none,
+    /// [`PeerCred::REMOTE`]).
     pub fn server(&self) -> PeerCred {
         self.info.server
     }
 
     /// The layout of the connection's segment (ring capacity, blob
-    /// classes), as the server chose it.
+    /// classes), as the server chose it. Over a stream socket there is no
+    /// ring (a capacity of 0) and the classes are those of the pool each
+    /// side keeps.
     pub fn layout(&self) -> SegmentLayout {
         self.info.layout
     }

@@ -217,12 +217,14 @@ impl SharedClient {
         self.inner.pool.as_ref()
     }
 
-    /// The server's credentials, from the socket.
+    /// The server's credentials, from the socket ([`PeerCred::REMOTE`]
+    /// over TCP).
     pub fn server(&self) -> PeerCred {
         self.inner.info.server
     }
 
-    /// The layout of the connection's segment.
+    /// The layout of the connection's segment (over a stream socket: no
+    /// ring, and the classes of each side's pool).
     pub fn layout(&self) -> SegmentLayout {
         self.inner.info.layout
     }

@@ -121,7 +121,9 @@ fn stream_large(e: StreamError) -> LargeError {
 }
 
 impl<'a> CallCtx<'a> {
-    /// The calling process's credentials.
+    /// The calling process's credentials ([`PeerCred::REMOTE`] for a client
+    /// over TCP, which has none; its certificate was checked by the
+    /// server's policy when it connected).
     pub fn peer(&self) -> PeerCred {
         self.peer
     }
