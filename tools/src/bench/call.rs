@@ -7,8 +7,9 @@
 //! runs in the peer process.
 //!
 //! Every use of the engine's `Client`/`Server` API by the bench is in this
-//! file (the instruction counts' call loops included), so that a change of
-//! that API is adapted here alone.
+//! file (the instruction counts' call loops included) and, for the socket
+//! transport's figures, in `call_stream.rs`, so that a change of that API
+//! is adapted there alone.
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
