@@ -62,6 +62,215 @@ pub(crate) enum Frame<'a> {
     Stream(StreamFrame<'a>),
 }
 
+/// What a hot loop needs of a connection's sending half. [`Tx`] has it
+/// (dispatching per call), and so has the ring's [`Sender`] alone: a loop
+/// generic over it, instantiated once for the ring, pays nothing for the
+/// stream transport beside it (one dispatch per turn, not one per frame).
+pub(crate) trait SendFrames {
+    /// Room for one frame.
+    type Grant<'g>: WriteFrame
+    where
+        Self: 'g;
+
+    /// As [`Tx::try_reserve`].
+    fn try_reserve(&mut self, kind: u16, len: usize) -> Result<Self::Grant<'_>, TransportError>;
+
+    /// As [`Tx::reserve`].
+    fn reserve(
+        &mut self,
+        kind: u16,
+        len: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Self::Grant<'_>, TransportError>;
+
+    /// As [`Tx::publish`].
+    fn publish(&mut self);
+
+    /// As [`Tx::max_payload`].
+    fn max_payload(&self) -> usize;
+}
+
+/// Room reserved by [`SendFrames`].
+pub(crate) trait WriteFrame {
+    /// As [`Grant::bytes_mut`].
+    fn bytes_mut(&mut self) -> &mut [u8];
+
+    /// As [`Grant::commit`].
+    fn commit(self, used: usize) -> Result<(), TransportError>;
+}
+
+/// What a hot loop needs of a connection's receiving half (see
+/// [`SendFrames`]).
+pub(crate) trait RecvFrames {
+    /// A frame read.
+    type Frame<'f>: ReadFrame
+    where
+        Self: 'f;
+
+    /// As [`Rx::try_recv`].
+    fn try_recv(&mut self) -> Result<Option<Self::Frame<'_>>, TransportError>;
+
+    /// As [`Rx::recv`].
+    fn recv(&mut self, deadline: Option<Instant>) -> Result<Self::Frame<'_>, TransportError>;
+
+    /// As [`Rx::try_recv`], the frame as either transport's (to be kept
+    /// past the loop, in a reply).
+    fn try_recv_any(&mut self) -> Result<Option<Frame<'_>>, TransportError>;
+}
+
+/// A frame read through [`RecvFrames`].
+pub(crate) trait ReadFrame {
+    /// As [`Frame::kind`].
+    fn kind(&self) -> u16;
+
+    /// As [`Frame::payload`].
+    fn payload(&self) -> &[u8];
+
+    /// As [`Frame::release`].
+    fn release(self);
+}
+
+impl SendFrames for Sender {
+    type Grant<'g> = RingGrant<'g, SharedRegion, RingParker>;
+
+    #[inline(always)]
+    fn try_reserve(&mut self, kind: u16, len: usize) -> Result<Self::Grant<'_>, TransportError> {
+        Sender::try_reserve(self, kind, len)
+    }
+
+    fn reserve(
+        &mut self,
+        kind: u16,
+        len: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Self::Grant<'_>, TransportError> {
+        Sender::reserve(self, kind, len, deadline)
+    }
+
+    #[inline(always)]
+    fn publish(&mut self) {
+        Sender::publish(self);
+    }
+
+    #[inline(always)]
+    fn max_payload(&self) -> usize {
+        Sender::max_payload(self)
+    }
+}
+
+impl WriteFrame for RingGrant<'_, SharedRegion, RingParker> {
+    #[inline(always)]
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        RingGrant::bytes_mut(self)
+    }
+
+    #[inline(always)]
+    fn commit(self, used: usize) -> Result<(), TransportError> {
+        RingGrant::commit(self, used);
+        Ok(())
+    }
+}
+
+impl RecvFrames for Receiver {
+    type Frame<'f> = RxFrame<'f>;
+
+    #[inline(always)]
+    fn try_recv(&mut self) -> Result<Option<RxFrame<'_>>, TransportError> {
+        Receiver::try_recv(self)
+    }
+
+    fn recv(&mut self, deadline: Option<Instant>) -> Result<RxFrame<'_>, TransportError> {
+        Receiver::recv(self, deadline)
+    }
+
+    #[inline(always)]
+    fn try_recv_any(&mut self) -> Result<Option<Frame<'_>>, TransportError> {
+        Ok(Receiver::try_recv(self)?.map(Frame::Ring))
+    }
+}
+
+impl ReadFrame for RxFrame<'_> {
+    #[inline(always)]
+    fn kind(&self) -> u16 {
+        RxFrame::kind(self)
+    }
+
+    #[inline(always)]
+    fn payload(&self) -> &[u8] {
+        RxFrame::payload(self)
+    }
+
+    #[inline(always)]
+    fn release(self) {
+        RxFrame::release(self);
+    }
+}
+
+impl SendFrames for Tx {
+    type Grant<'g> = Grant<'g>;
+
+    fn try_reserve(&mut self, kind: u16, len: usize) -> Result<Grant<'_>, TransportError> {
+        Tx::try_reserve(self, kind, len)
+    }
+
+    fn reserve(
+        &mut self,
+        kind: u16,
+        len: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Grant<'_>, TransportError> {
+        Tx::reserve(self, kind, len, deadline)
+    }
+
+    fn publish(&mut self) {
+        Tx::publish(self);
+    }
+
+    fn max_payload(&self) -> usize {
+        Tx::max_payload(self)
+    }
+}
+
+impl WriteFrame for Grant<'_> {
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        Grant::bytes_mut(self)
+    }
+
+    fn commit(self, used: usize) -> Result<(), TransportError> {
+        Grant::commit(self, used)
+    }
+}
+
+impl RecvFrames for Rx {
+    type Frame<'f> = Frame<'f>;
+
+    fn try_recv(&mut self) -> Result<Option<Frame<'_>>, TransportError> {
+        Rx::try_recv(self)
+    }
+
+    fn recv(&mut self, deadline: Option<Instant>) -> Result<Frame<'_>, TransportError> {
+        Rx::recv(self, deadline)
+    }
+
+    fn try_recv_any(&mut self) -> Result<Option<Frame<'_>>, TransportError> {
+        Rx::try_recv(self)
+    }
+}
+
+impl ReadFrame for Frame<'_> {
+    fn kind(&self) -> u16 {
+        Frame::kind(self)
+    }
+
+    fn payload(&self) -> &[u8] {
+        Frame::payload(self)
+    }
+
+    fn release(self) {
+        Frame::release(self);
+    }
+}
+
 impl Tx {
     /// Reserves room for a frame without waiting.
     ///
@@ -69,7 +278,7 @@ impl Tx {
     ///
     /// `Full` when there is no room now; `PeerDied`, `TooLarge`,
     /// `BadKind`, the stream's failure.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn try_reserve(
         &mut self,
         kind: u16,
@@ -77,7 +286,7 @@ impl Tx {
     ) -> Result<Grant<'_>, TransportError> {
         match self {
             Tx::Ring(s) => Ok(Grant::Ring(s.try_reserve(kind, len)?)),
-            Tx::Stream(s, pool) => Ok(Grant::Stream(s.try_reserve(kind, len)?, pool.as_deref())),
+            Tx::Stream(s, pool) => stream_try_reserve(s, pool.as_deref(), kind, len),
         }
     }
 
@@ -106,13 +315,11 @@ impl Tx {
     /// them to the socket, which takes what it can now). A stream's
     /// failure is kept by the connection and returned by the next
     /// operation on either half.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn publish(&mut self) {
         match self {
             Tx::Ring(s) => s.publish(),
-            Tx::Stream(s, _) => {
-                let _ = s.publish();
-            }
+            Tx::Stream(s, _) => stream_publish(s),
         }
     }
 
@@ -145,7 +352,7 @@ impl Tx {
 
 impl<'a> Grant<'a> {
     /// The reserved payload bytes.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         match self {
             Grant::Ring(g) => g.bytes_mut(),
@@ -164,24 +371,14 @@ impl<'a> Grant<'a> {
     ///
     /// The stream's [`StreamError`](crate::stream::StreamError) (as a
     /// [`TransportError`]); the connection goes on.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn commit(self, used: usize) -> Result<(), TransportError> {
         match self {
             Grant::Ring(g) => {
                 g.commit(used);
                 Ok(())
             }
-            Grant::Stream(mut g, pool) => {
-                let (n, handles) = call_blobs(g.kind(), &g.bytes_mut()[..used]);
-                g.commit(used).map_err(|e| {
-                    if let Some(pool) = pool {
-                        for h in handles.iter().take(n).filter(|h| large_id(h).is_none()) {
-                            drop(pool.recall(h));
-                        }
-                    }
-                    TransportError::from(e)
-                })
-            }
+            Grant::Stream(g, pool) => stream_commit(g, pool, used),
         }
     }
 
@@ -195,6 +392,49 @@ impl<'a> Grant<'a> {
         let len = self.bytes_mut().len();
         self.commit(len)
     }
+}
+
+// The stream arms of the hot dispatchers above, kept out of line: the
+// ring arm is inlined into its caller and stays a few instructions behind
+// one predictable branch, whatever the stream side grows into.
+
+#[inline(never)]
+fn stream_try_reserve<'a>(
+    s: &'a mut StreamTx,
+    pool: Option<&'a Pool<SharedRegion>>,
+    kind: u16,
+    len: usize,
+) -> Result<Grant<'a>, TransportError> {
+    Ok(Grant::Stream(s.try_reserve(kind, len)?, pool))
+}
+
+#[inline(never)]
+fn stream_publish(s: &mut StreamTx) {
+    // A failure is kept by the connection and returned by its next
+    // operation.
+    let _ = s.publish();
+}
+
+#[inline(never)]
+fn stream_commit(
+    mut g: StreamGrant<'_>,
+    pool: Option<&Pool<SharedRegion>>,
+    used: usize,
+) -> Result<(), TransportError> {
+    let (n, handles) = call_blobs(g.kind(), &g.bytes_mut()[..used]);
+    g.commit(used).map_err(|e| {
+        if let Some(pool) = pool {
+            for h in handles.iter().take(n).filter(|h| large_id(h).is_none()) {
+                drop(pool.recall(h));
+            }
+        }
+        TransportError::from(e)
+    })
+}
+
+#[inline(never)]
+fn stream_try_recv(r: &mut StreamRx) -> Result<Option<Frame<'_>>, TransportError> {
+    Ok(r.try_recv()?.map(Frame::Stream))
 }
 
 /// The blob handles a call frame's payload names (none for other kinds,
@@ -228,11 +468,11 @@ impl Rx {
     ///
     /// `PeerDied` once the peer is gone and every frame it sent was read;
     /// `Corrupt` (a ring) or the stream's failure.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn try_recv(&mut self) -> Result<Option<Frame<'_>>, TransportError> {
         match self {
             Rx::Ring(r) => Ok(r.try_recv()?.map(Frame::Ring)),
-            Rx::Stream(r) => Ok(r.try_recv()?.map(Frame::Stream)),
+            Rx::Stream(r) => stream_try_recv(r),
         }
     }
 
@@ -266,7 +506,7 @@ impl Rx {
 
 impl Frame<'_> {
     /// The frame's kind.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn kind(&self) -> u16 {
         match self {
             Frame::Ring(f) => f.kind(),
@@ -275,7 +515,7 @@ impl Frame<'_> {
     }
 
     /// The payload (16-byte aligned).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn payload(&self) -> &[u8] {
         match self {
             Frame::Ring(f) => f.payload(),
@@ -284,7 +524,7 @@ impl Frame<'_> {
     }
 
     /// Moves on to the next frame.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn release(self) {
         match self {
             Frame::Ring(f) => f.release(),

@@ -15,7 +15,7 @@ use crate::endpoint::TransportError;
 use crate::rpc::body::{Body, EncodeError};
 use crate::rpc::error::{AppError, CallError, ConnectError, TypeMismatch};
 use crate::rpc::handshake::{self, ClientHello, HELLO, HandshakeError, MethodInfo, READY, REFUSED};
-use crate::rpc::link::{Link, Tx};
+use crate::rpc::link::{Link, SendFrames, WriteFrame};
 use crate::rpc::method::{Message, MessageRef, Method, MethodRef, next_client_tag};
 use crate::rpc::wire::{self, CallHead, ErrorBody, MAX_BLOBS, PROTOCOL_VERSION, Status};
 use crate::segment::{Segment, SegmentLayout, Side};
@@ -261,8 +261,9 @@ impl Info {
 /// full `on_full` runs (it drains replies so the server can go on, and
 /// waits a little, or fails at the call's deadline); then it tries again.
 #[allow(clippy::too_many_arguments)] // one private writer for every frame
-pub(crate) fn put(
-    tx: &mut Tx,
+#[inline(always)]
+pub(crate) fn put<T: SendFrames>(
+    tx: &mut T,
     arena: &mut Arena,
     max_frame: usize,
     frame_kind: u16,
@@ -270,7 +271,7 @@ pub(crate) fn put(
     method: u32,
     mut encode: impl FnMut(&mut [u8], &mut Arena) -> Result<usize, EncodeError>,
     blobs: &[BlobHandle],
-    mut on_full: impl FnMut(&mut Tx) -> Result<(), CallError>,
+    mut on_full: impl FnMut(&mut T) -> Result<(), CallError>,
 ) -> Result<(), CallError> {
     if blobs.len() > MAX_BLOBS {
         return Err(CallError::TooManyBlobs {
@@ -283,32 +284,49 @@ pub(crate) fn put(
     // Most bodies are small: try a small grant first, then the largest.
     let mut room = max.min(body_at + 4096);
     loop {
-        let mut g = match tx.try_reserve(frame_kind, room) {
-            Ok(g) => g,
-            Err(TransportError::Full) => {
-                on_full(tx)?;
-                continue;
-            }
+        // What to do next is decided while the grant (or the failed
+        // reservation) lives, and done once it is gone: `tx` is used again
+        // only after the statement (a transport's grant may have a
+        // destructor that holds its borrow).
+        let next = match tx.try_reserve(frame_kind, room) {
+            Ok(mut g) => match encode(&mut g.bytes_mut()[body_at..], arena) {
+                Ok(n) => {
+                    let head = CallHead {
+                        id,
+                        method,
+                        status: 0,
+                        nblobs: blobs.len() as u32,
+                        body_len: n as u32,
+                        _reserved: 0,
+                    };
+                    wire::write_head(g.bytes_mut(), &head, blobs);
+                    g.commit(body_at + n)?;
+                    Next::Publish
+                }
+                // Dropping the grant publishes nothing.
+                Err(_) if room < max => Next::Grow,
+                Err(e) => return Err(CallError::RequestTooLarge(e)),
+            },
+            Err(TransportError::Full) => Next::Drain,
             Err(e) => return Err(e.into()),
         };
-        match encode(&mut g.bytes_mut()[body_at..], arena) {
-            Ok(n) => {
-                let head = CallHead {
-                    id,
-                    method,
-                    status: 0,
-                    nblobs: blobs.len() as u32,
-                    body_len: n as u32,
-                    _reserved: 0,
-                };
-                wire::write_head(g.bytes_mut(), &head, blobs);
-                g.commit(body_at + n)?;
+        match next {
+            Next::Publish => {
                 tx.publish();
                 return Ok(());
             }
-            // Dropping the grant publishes nothing.
-            Err(_) if room < max => room = max,
-            Err(e) => return Err(CallError::RequestTooLarge(e)),
+            Next::Grow => room = max,
+            Next::Drain => on_full(tx)?,
         }
     }
+}
+
+/// [`put`]'s step after a reservation.
+enum Next {
+    /// The frame is committed: publish it.
+    Publish,
+    /// The body did not fit the small grant: try the largest.
+    Grow,
+    /// The ring is full: let the caller drain and wait.
+    Drain,
 }

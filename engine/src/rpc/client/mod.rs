@@ -39,7 +39,7 @@ use crate::rpc::error::{CallError, ConnectError, Refusal, ReplyError};
 use crate::rpc::large::LargeBlob;
 // The link's enums under the names the ring endpoint's types had here: the
 // transport seam changes no line of the call paths below.
-use crate::rpc::link::{Frame as RxFrame, Link, Rx as Receiver, Tx};
+use crate::rpc::link::{Link, ReadFrame, RecvFrames, Rx, SendFrames, Tx, WriteFrame};
 use crate::rpc::method::{Message, MessageRef, Method, MethodRef};
 use crate::rpc::policy::Policy;
 use crate::rpc::wire::{self, CloseReason, Status, kind};
@@ -226,12 +226,13 @@ impl std::fmt::Debug for Client {
 /// (once per call) and waits for real.
 const SPINS_BEFORE_DEADLINE: u32 = 64;
 
-pub(crate) fn next_frame<'r>(
-    rx: &'r mut Receiver,
+#[inline(always)]
+pub(crate) fn next_frame<'r, R: RecvFrames>(
+    rx: &'r mut R,
     strategy: WaitStrategy,
     deadline: &mut Option<Instant>,
     timeout: Duration,
-) -> Result<RxFrame<'r>, TransportError> {
+) -> Result<R::Frame<'r>, TransportError> {
     let mut ready = false;
     if strategy != WaitStrategy::Blocking {
         for _ in 0..SPINS_BEFORE_DEADLINE {
@@ -488,43 +489,24 @@ impl Client {
             arena,
             ..
         } = self;
-        let timeout = info.options.call_timeout;
-        let mut deadline: Option<Instant> = None;
-        let mut spinner = Spinner::new(info.options.strategy);
-        let on_full = |tx: &mut Tx| -> Result<(), CallError> {
-            // The server may wait for room for our replies: read them.
-            let mut drained = false;
-            while let Some(frame) = link.rx.try_recv()? {
-                drained = true;
-                route(frame, window, info, spares, link.pool.as_deref(), closed)?;
-            }
-            if drained || spinner.spin() {
-                return Ok(());
-            }
-            let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
-            let now = Instant::now();
-            if now >= d {
-                return Err(CallError::Timeout);
-            }
-            // Sleep until the server frees room, at most a millisecond
-            // (then read replies again).
-            let nap = (now + Duration::from_millis(1)).min(d);
-            match tx.reserve(frame_kind, 0, Some(nap)) {
-                Ok(_) | Err(TransportError::Timeout) => Ok(()),
-                Err(e) => Err(e.into()),
-            }
-        };
-        put(
-            &mut link.tx,
-            arena,
-            info.max_frame,
+        let mut to = Outgoing {
             frame_kind,
             id,
             method,
-            encode,
             blobs,
-            on_full,
-        )
+            info,
+            window,
+            spares,
+            pool: link.pool.as_deref(),
+            closed,
+            arena,
+        };
+        // One dispatch per call: the rings' path is built without a branch
+        // on the transport per frame.
+        match (&mut link.tx, &mut link.rx) {
+            (Tx::Ring(tx), Rx::Ring(rx)) => send_on(tx, rx, &mut to, encode),
+            (tx, rx) => send_on(tx, rx, &mut to, encode),
+        }
     }
 
     /// Starts a call with `blobs` (handles of blobs already
@@ -785,83 +767,212 @@ impl Client {
                 return Err(closed.map_or(CallError::PeerDied, CallError::Closed));
             }
         }
-        let mut deadline = deadline;
-        let timeout = info.options.call_timeout;
-        let strategy = info.options.strategy;
-        let blobs = loop {
-            let frame = match next_frame(&mut link.rx, strategy, &mut deadline, timeout) {
-                Ok(f) => f,
-                Err(TransportError::Timeout) => {
-                    window.give_up(id);
-                    // Tell the server (best effort: a full ring skips it);
-                    // a reply that still comes is discarded.
-                    if let Ok(mut g) = link.tx.try_reserve(kind::CANCEL, wire::HEAD) {
-                        let head = wire::CallHead {
-                            id,
-                            ..wire::CallHead::default()
-                        };
-                        wire::write_head(g.bytes_mut(), &head, &[]);
-                        let _ = g.commit_all();
-                        link.tx.publish();
-                    }
-                    return Err(CallError::Timeout);
-                }
-                Err(e) => {
-                    window.give_up(id);
-                    return Err(closed.map_or_else(|| e.into(), CallError::Closed));
-                }
-            };
-            let p = match mine(&frame, id) {
-                Ok(Some(p)) => p,
-                Ok(None) => {
-                    if let Err(e) = route(frame, window, info, spares, pool, closed) {
-                        window.give_up(id);
-                        return Err(e);
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    window.give_up(id);
-                    return Err(handle_other(frame, e, closed));
-                }
-            };
-            let method = window.finish(id).unwrap_or(p.head.method);
-            p.copy_blobs(reply_blobs);
-            if p.head.status != Status::Ok as u32 {
-                let e = info.status_error(method, p.head.status, p.body);
-                ReplyBlobSet::free(reply_blobs, pool);
-                frame.release();
-                return Err(e);
-            }
-            let blobs = ReplyBlobSet::new(Handles::Borrowed(reply_blobs), pool);
-            if *trusted {
-                // Read in place: the frame stays in the ring (not released)
-                // and is taken again here, with the client's borrow.
-                let range = body_range(&frame, &p);
-                let frame = link.rx.try_recv()?.ok_or(CallError::PeerDied)?;
-                return Ok(Reply::new(ReplyBytes::Frame(Some(frame), range), blobs));
-            }
-            // The copy rule: out of the ring, then checked.
-            inbox.fill(p.body);
-            frame.release();
-            break blobs;
+        let w = Waiter {
+            id,
+            info,
+            window,
+            spares,
+            pool,
+            trusted: *trusted,
+            closed,
         };
-        match inbox.check::<Resp>() {
-            Ok(c) => Ok(Reply::new(ReplyBytes::Borrowed(c.bytes()), blobs)),
-            Err(e) => Err(CallError::BadReply(ReplyError::Invalid(e))),
+        // One dispatch per call: the rings' path is built without a branch
+        // on the transport per frame.
+        match (&mut link.tx, &mut link.rx) {
+            (Tx::Ring(tx), Rx::Ring(rx)) => wait_on(tx, rx, inbox, reply_blobs, w, deadline),
+            (tx, rx) => wait_on(tx, rx, inbox, reply_blobs, w, deadline),
         }
     }
 }
 
+/// A reply waited for, and what routing the others meanwhile needs.
+struct Waiter<'a, 'c> {
+    id: u64,
+    info: &'a Info,
+    window: &'a mut Window,
+    spares: &'a Mutex<Vec<AlignedVec<16>>>,
+    pool: Option<&'c Pool<SharedRegion>>,
+    trusted: bool,
+    closed: &'a mut Option<CloseReason>,
+}
+
+/// Waits on `rx` for the reply of `w.id` (a CANCEL goes on `tx` if it
+/// times out); the replies of other calls are routed meanwhile.
+#[inline(always)]
+fn wait_on<'c, Resp: Body, T: SendFrames, R: RecvFrames>(
+    tx: &mut T,
+    rx: &'c mut R,
+    inbox: &'c mut Inbox,
+    reply_blobs: &'c mut Vec<BlobHandle>,
+    w: Waiter<'_, 'c>,
+    deadline: Option<Instant>,
+) -> Result<Reply<'c, Resp>, CallError> {
+    let Waiter {
+        id,
+        info,
+        window,
+        spares,
+        pool,
+        trusted,
+        closed,
+    } = w;
+    let mut deadline = deadline;
+    let timeout = info.options.call_timeout;
+    let strategy = info.options.strategy;
+    let blobs = loop {
+        let frame = match next_frame(&mut *rx, strategy, &mut deadline, timeout) {
+            Ok(f) => f,
+            Err(TransportError::Timeout) => {
+                window.give_up(id);
+                // Tell the server (best effort: a full ring skips it);
+                // a reply that still comes is discarded.
+                let written = if let Ok(mut g) = tx.try_reserve(kind::CANCEL, wire::HEAD) {
+                    let head = wire::CallHead {
+                        id,
+                        ..wire::CallHead::default()
+                    };
+                    wire::write_head(g.bytes_mut(), &head, &[]);
+                    g.commit(wire::HEAD).is_ok()
+                } else {
+                    false
+                };
+                if written {
+                    tx.publish();
+                }
+                return Err(CallError::Timeout);
+            }
+            Err(e) => {
+                window.give_up(id);
+                return Err(closed.map_or_else(|| e.into(), CallError::Closed));
+            }
+        };
+        let p = match mine(&frame, id) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                if let Err(e) = route(frame, window, info, spares, pool, closed) {
+                    window.give_up(id);
+                    return Err(e);
+                }
+                continue;
+            }
+            Err(e) => {
+                window.give_up(id);
+                return Err(handle_other(frame, e, closed));
+            }
+        };
+        let method = window.finish(id).unwrap_or(p.head.method);
+        p.copy_blobs(reply_blobs);
+        if p.head.status != Status::Ok as u32 {
+            let e = info.status_error(method, p.head.status, p.body);
+            ReplyBlobSet::free(reply_blobs, pool);
+            frame.release();
+            return Err(e);
+        }
+        let blobs = ReplyBlobSet::new(Handles::Borrowed(reply_blobs), pool);
+        if trusted {
+            // Read in place: the frame stays in the ring (not released)
+            // and is taken again here, with the client's borrow.
+            let range = body_range(&frame, &p);
+            drop(frame); // not released: taken again, for the reply
+            let frame = rx.try_recv_any()?.ok_or(CallError::PeerDied)?;
+            return Ok(Reply::new(ReplyBytes::Frame(Some(frame), range), blobs));
+        }
+        // The copy rule: out of the ring, then checked.
+        inbox.fill(p.body);
+        frame.release();
+        break blobs;
+    };
+    match inbox.check::<Resp>() {
+        Ok(c) => Ok(Reply::new(ReplyBytes::Borrowed(c.bytes()), blobs)),
+        Err(e) => Err(CallError::BadReply(ReplyError::Invalid(e))),
+    }
+}
+
+/// A frame to send, and what draining replies meanwhile needs.
+struct Outgoing<'a> {
+    frame_kind: u16,
+    id: u64,
+    method: u32,
+    blobs: &'a [BlobHandle],
+    info: &'a Info,
+    window: &'a mut Window,
+    spares: &'a Mutex<Vec<AlignedVec<16>>>,
+    pool: Option<&'a Pool<SharedRegion>>,
+    closed: &'a mut Option<CloseReason>,
+    arena: &'a mut rkyv::ser::allocator::Arena,
+}
+
+/// Writes `to`'s frame on `tx`, reading replies from `rx` while `tx` is
+/// full (the server may wait for room for them).
+#[inline(always)]
+fn send_on<T: SendFrames, R: RecvFrames>(
+    tx: &mut T,
+    rx: &mut R,
+    to: &mut Outgoing<'_>,
+    encode: impl FnMut(&mut [u8], &mut rkyv::ser::allocator::Arena) -> Result<usize, body::EncodeError>,
+) -> Result<(), CallError> {
+    let Outgoing {
+        frame_kind,
+        id,
+        method,
+        blobs,
+        info,
+        window,
+        spares,
+        pool,
+        closed,
+        arena,
+    } = to;
+    let (frame_kind, pool, info) = (*frame_kind, *pool, *info);
+    let timeout = info.options.call_timeout;
+    let mut deadline: Option<Instant> = None;
+    let mut spinner = Spinner::new(info.options.strategy);
+    let on_full = |tx: &mut T| -> Result<(), CallError> {
+        // The server may wait for room for our replies: read them.
+        let mut drained = false;
+        while let Some(frame) = rx.try_recv()? {
+            drained = true;
+            route(frame, window, info, spares, pool, closed)?;
+        }
+        if drained || spinner.spin() {
+            return Ok(());
+        }
+        let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
+        let now = Instant::now();
+        if now >= d {
+            return Err(CallError::Timeout);
+        }
+        // Sleep until the server frees room, at most a millisecond
+        // (then read replies again).
+        let nap = (now + Duration::from_millis(1)).min(d);
+        match tx.reserve(frame_kind, 0, Some(nap)) {
+            Ok(_) | Err(TransportError::Timeout) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    };
+    put(
+        tx,
+        arena,
+        info.max_frame,
+        frame_kind,
+        *id,
+        *method,
+        encode,
+        blobs,
+        on_full,
+    )
+}
+
 /// Where the body of a parsed frame sits in its payload.
-fn body_range(frame: &RxFrame<'_>, p: &wire::Parsed<'_>) -> std::ops::Range<usize> {
+fn body_range<F: ReadFrame>(frame: &F, p: &wire::Parsed<'_>) -> std::ops::Range<usize> {
     let start = p.body.as_ptr() as usize - frame.payload().as_ptr() as usize;
     start..start + p.body.len()
 }
 
 /// The parsed frame if it is the RESPONSE to `id`; `None` if it is
 /// another's; an error for a frame that is not a response.
-fn mine<'f>(frame: &'f RxFrame<'_>, id: u64) -> Result<Option<wire::Parsed<'f>>, CallError> {
+#[inline(always)]
+fn mine<F: ReadFrame>(frame: &F, id: u64) -> Result<Option<wire::Parsed<'_>>, CallError> {
     if frame.kind() != kind::RESPONSE {
         return Err(CallError::BadReply(ReplyError::UnexpectedKind {
             kind: frame.kind(),
@@ -873,7 +984,11 @@ fn mine<'f>(frame: &'f RxFrame<'_>, id: u64) -> Result<Option<wire::Parsed<'f>>,
 
 /// A frame that is not a response: a CLOSE says why the server closed;
 /// anything else is a broken protocol.
-fn handle_other(frame: RxFrame<'_>, e: CallError, closed: &mut Option<CloseReason>) -> CallError {
+fn handle_other<F: ReadFrame>(
+    frame: F,
+    e: CallError,
+    closed: &mut Option<CloseReason>,
+) -> CallError {
     if frame.kind() == kind::CLOSE {
         let p = frame.payload();
         let code = p
@@ -891,8 +1006,8 @@ fn handle_other(frame: RxFrame<'_>, e: CallError, closed: &mut Option<CloseReaso
 /// Handles a frame that is not the one waited for: a reply of another
 /// call in flight is stashed (copied out) for its caller; one nobody waits
 /// for is discarded, its blobs freed.
-fn route(
-    frame: RxFrame<'_>,
+fn route<F: ReadFrame>(
+    frame: F,
     window: &mut Window,
     info: &Info,
     spares: &Mutex<Vec<AlignedVec<16>>>,

@@ -28,7 +28,7 @@ use isocall_ringbuf::{SharedRegion, Spinner};
 use crate::endpoint::TransportError;
 use crate::rpc::body::Inbox;
 use crate::rpc::large::large_id;
-use crate::rpc::link::Link;
+use crate::rpc::link::{Link, ReadFrame, RecvFrames, Rx, SendFrames, Tx, WriteFrame};
 use crate::rpc::method::MethodKind;
 use crate::rpc::wire::{self, CallHead, CloseReason, ErrorBody, FAR_BODY, Status, kind};
 use crate::sys::{PeerCred, Ready, poll_ready};
@@ -307,6 +307,7 @@ fn close(shared: &Shared, mut c: Conn, why: Close) {
 }
 
 /// Serves up to [`BATCH`] frames of `c`. `Err` closes the connection.
+#[inline(always)] // once per turn, from `run` only
 fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, Close> {
     let room = shared.max_frame.min(c.link.tx.max_payload());
     if let Some(since) = c.paused_since {
@@ -335,15 +336,86 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
         }
     }
     let Conn {
+        id,
         link,
         large,
         large_seen,
         peer,
         group,
+        active,
+        paused_since,
         ..
     } = c;
     let Link { tx, rx, pool, ring } = link;
-    let sock = ring.as_ref().map(|r| r.sock.as_fd());
+    let parts = Parts {
+        id: *id,
+        peer,
+        pool: pool.as_deref(),
+        sock: ring.as_ref().map(|r| r.sock.as_fd()),
+        large,
+        large_seen,
+        group,
+        active,
+        paused_since,
+    };
+    // One dispatch per turn: the loop is built once for the rings (no
+    // branch on the transport per frame) and once for any transport.
+    match (tx, rx) {
+        (Tx::Ring(tx), Rx::Ring(rx)) => serve_frames(shared, tx, rx, room, parts, scratch),
+        (tx, rx) => serve_any(shared, tx, rx, room, parts, scratch),
+    }
+}
+
+/// [`serve_frames`] on any transport, out of line (the rings' copy is
+/// the one inlined into the worker's loop).
+#[inline(never)]
+fn serve_any(
+    shared: &Shared,
+    tx: &mut Tx,
+    rx: &mut Rx,
+    room: usize,
+    parts: Parts<'_>,
+    scratch: &mut Scratch,
+) -> Result<Turn, Close> {
+    serve_frames(shared, tx, rx, room, parts, scratch)
+}
+
+/// The rest of a connection, beside its two halves, as [`serve_frames`]
+/// uses it.
+struct Parts<'a> {
+    id: u32,
+    peer: &'a PeerCred,
+    pool: Option<&'a Pool<SharedRegion>>,
+    sock: Option<BorrowedFd<'a>>,
+    large: &'a mut Large,
+    large_seen: &'a mut u64,
+    group: &'a mut usize,
+    active: &'a mut bool,
+    paused_since: &'a mut Option<Instant>,
+}
+
+/// Serves up to [`BATCH`] frames from `rx`, replying on `tx` (`room`: the
+/// largest reply).
+#[inline(always)]
+fn serve_frames<T: SendFrames, R: RecvFrames>(
+    shared: &Shared,
+    tx: &mut T,
+    rx: &mut R,
+    room: usize,
+    parts: Parts<'_>,
+    scratch: &mut Scratch,
+) -> Result<Turn, Close> {
+    let Parts {
+        id,
+        peer,
+        pool,
+        sock,
+        large,
+        large_seen,
+        group,
+        active,
+        paused_since,
+    } = parts;
     let trusted = shared.trusted;
     let mut unpublished = 0;
     for n in 0..BATCH {
@@ -383,17 +455,9 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
         }
         // The reply's room first: without it the request stays queued.
         let mut grant = if k == kind::REQUEST {
-            match tx.try_reserve(kind::RESPONSE, room) {
+            let reserved = match tx.try_reserve(kind::RESPONSE, room) {
                 Ok(g) => Some(g),
-                Err(TransportError::Full) => {
-                    // The request stays in the ring (not released) until
-                    // there is room for its reply.
-                    tx.publish();
-                    c.paused_since = Some(Instant::now());
-                    c.active = true;
-                    shared.stats.paused.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Turn::Paused);
-                }
+                Err(TransportError::Full) => None,
                 Err(TransportError::PeerDied) => return Err(Close::Dead),
                 Err(e) => {
                     return Err(Close::Reason(
@@ -401,7 +465,20 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
                         format!("reply ring: {e}"),
                     ));
                 }
+            };
+            if reserved.is_none() {
+                // (Dropped before `tx` is used again: to the borrow
+                // checker a transport's grant may have a destructor.)
+                drop(reserved);
+                // The request stays in the ring (not released) until
+                // there is room for its reply.
+                tx.publish();
+                *paused_since = Some(Instant::now());
+                *active = true;
+                shared.stats.paused.fetch_add(1, Ordering::Relaxed);
+                return Ok(Turn::Paused);
             }
+            reserved
         } else {
             None
         };
@@ -423,7 +500,7 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
         let mut ctx = CallCtx {
             peer: *peer,
             blobs: &scratch.req_blobs,
-            pool: pool.as_deref(),
+            pool,
             reply_blobs: &mut scratch.reply_blobs,
             large: large.access(sock),
         };
@@ -434,15 +511,16 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
                     (m.run)(body, trusted, &mut ctx, &mut [], &mut scratch.arena)
                 }));
                 if !matches!(r, Ok(Ok(_))) {
-                    tracing::debug!(conn = c.id, method = %m.info.name, "one-way message failed");
+                    tracing::debug!(conn = id, method = %m.info.name, "one-way message failed");
                 }
             }
             drop(ctx);
             frame.release();
-            free_unaccepted(pool.as_deref(), &scratch.req_blobs);
-            c.active = true;
+            free_unaccepted(pool, &scratch.req_blobs);
+            *active = true;
             continue;
         };
+        drop(grant); // empty now; see `reserved` above
         // The reply is written in place: the body first lands after room
         // for every possible handle, then moves down once the handler said
         // how many blobs it returns.
@@ -476,12 +554,12 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
             *large_seen = mapped;
         }
         frame.release();
-        free_unaccepted(pool.as_deref(), &scratch.req_blobs);
+        free_unaccepted(pool, &scratch.req_blobs);
         let (status, len) = match outcome {
             Ok(len) => (Status::Ok, len),
             Err((status, code, msg)) => {
                 // An error carries no blobs; the ones sent are recalled.
-                if let Some(pool) = pool.as_deref() {
+                if let Some(pool) = pool {
                     for h in scratch.reply_blobs.iter().filter(|h| large_id(h).is_none()) {
                         drop(pool.recall(h));
                     }
@@ -511,7 +589,7 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
             // its blobs are freed. The caller learns why.
             reply_failed(tx, room, &reply, &e);
         }
-        c.active = true;
+        *active = true;
         // Replies go out at once when no request is waiting (a caller
         // waiting for one reply gets it without delay, and the group
         // shrinks back to one), else in groups that double while requests
@@ -535,7 +613,7 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
 /// Answers the call of `reply` with `TooLarge` and why its reply could not
 /// be sent (best effort: a full send buffer skips it, and the caller
 /// times out).
-fn reply_failed(tx: &mut crate::rpc::link::Tx, room: usize, reply: &CallHead, e: &TransportError) {
+fn reply_failed<T: SendFrames>(tx: &mut T, room: usize, reply: &CallHead, e: &TransportError) {
     let Ok(mut g) = tx.try_reserve(kind::RESPONSE, room) else {
         return;
     };
