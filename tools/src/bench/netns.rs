@@ -107,10 +107,10 @@ impl Link {
             run(&link.ip, args)?;
         }
         // netem's rate where the kernel has netem, else a token bucket
-        // (burst: a few full-sized segments; queue: 50 ms at the rate).
+        // (burst: a few full-sized segments; queue: 200 ms at the rate, so that a 1 MiB burst is queued, not dropped).
         let choices = [
             vec!["netem", "rate", rate],
-            vec!["tbf", "rate", rate, "burst", "64kb", "latency", "50ms"],
+            vec!["tbf", "rate", rate, "burst", "64kb", "latency", "200ms"],
         ];
         let mut why = Vec::new();
         for qdisc in &choices {
