@@ -293,7 +293,7 @@ pub fn shared_pipelined(budget: &Budget) -> Res<Measured> {
     let figure = "call.shared.pipelined.64";
     let (peer, c) = connect_shared(figure)?;
     let m = c.method(ECHO64)?;
-    let per_thread = (budget.stream_msgs / 8).max(5_000);
+    let per_thread = (budget.stream_msgs / 16).max(5_000);
     let mut reps = Vec::new();
     for _ in 0..budget.stream_reps {
         let start = Instant::now();

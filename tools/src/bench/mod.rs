@@ -36,7 +36,7 @@ pub struct BenchArgs {
     /// Run only the figures whose names match this glob (`*` matches any
     /// run of characters), plus the floors they are compared to.
     pub pattern: Option<String>,
-    /// Fewer samples: the whole run stays under 30 seconds.
+    /// Fewer samples: the whole run stays under a minute.
     #[arg(long)]
     pub quick: bool,
     /// Print one JSON array of figures on stdout (nothing else).
