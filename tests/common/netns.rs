@@ -49,6 +49,31 @@ fn run(tool: &PathBuf, args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// The first /30 of 10.250.0.0/16, from the `start`th on, that no
+/// interface of the default namespace has an address in: its third byte
+/// and the fourth of its network address.
+fn free_subnet(ip: &PathBuf, start: u32) -> Result<(u32, u32), String> {
+    for i in 0..64 {
+        let k = start.wrapping_add(i) % 16384;
+        let (c, d) = (k >> 6, (k & 63) << 2);
+        let out = Command::new(ip)
+            .args([
+                "-4",
+                "-o",
+                "addr",
+                "show",
+                "to",
+                &format!("10.250.{c}.{d}/30"),
+            ])
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", ip.display()))?;
+        if out.status.success() && out.stdout.is_empty() {
+            return Ok((c, d));
+        }
+    }
+    Err("no free /30 in 10.250.0.0/16 near this pid".into())
+}
+
 impl Netns {
     /// Makes the namespace and the pair, both ends up, or says why it
     /// cannot (not root, no `ip`, no `CAP_NET_ADMIN` in a container): the
@@ -63,9 +88,9 @@ impl Netns {
         let n = N.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         // A /30 of 10.250.0.0/16 (16384 of them) from the pid and the
-        // count, so that parallel tests and runs do not meet.
-        let k = (pid.wrapping_mul(16).wrapping_add(n)) % 16384;
-        let (c, d) = (k >> 6, (k & 63) << 2);
+        // count, so that parallel tests and runs do not meet; the next one
+        // if an address of it is in use already.
+        let (c, d) = free_subnet(&ip, pid.wrapping_mul(16).wrapping_add(n))?;
         let ns = Netns {
             name: format!("isocall-{tag}-{pid}-{n}"),
             host_if: format!("isc{pid:x}x{n}h"),

@@ -52,6 +52,31 @@ fn run(tool: &PathBuf, args: &[&str]) -> Res<()> {
     .into())
 }
 
+/// The first /30 of 10.250.0.0/16, from the `start`th on (modulo their
+/// 16384), that no interface of the default namespace has an address in:
+/// its third byte and the fourth of its network address.
+fn free_subnet(ip: &PathBuf, start: u32) -> Res<(u8, u8)> {
+    for i in 0..64 {
+        let k = start.wrapping_add(i) % 16384;
+        let (c, d) = ((k >> 6) as u8, ((k & 63) << 2) as u8);
+        let out = Command::new(ip)
+            .args([
+                "-4",
+                "-o",
+                "addr",
+                "show",
+                "to",
+                &format!("10.250.{c}.{d}/30"),
+            ])
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", ip.display()))?;
+        if out.status.success() && out.stdout.is_empty() {
+            return Ok((c, d));
+        }
+    }
+    Err("no free /30 in 10.250.0.0/16 near this pid".into())
+}
+
 impl Link {
     /// Makes the namespace and the pair, both ends up and limited to
     /// `rate` (as `tc` writes it, e.g. `100mbit`).
@@ -70,8 +95,7 @@ impl Link {
         let ip = find_tool("ip").ok_or("--netem needs `ip` (iproute2)")?;
         let tc = find_tool("tc").ok_or("--netem needs `tc` (iproute2)")?;
         let pid = std::process::id();
-        let k = pid % 16384;
-        let (c, d) = ((k >> 6) as u8, ((k & 63) << 2) as u8);
+        let (c, d) = free_subnet(&ip, pid)?;
         let mut link = Link {
             name: format!("isocall-bench-{pid}"),
             host_if: format!("iscb{pid:x}h"),
