@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::calc::*;
 use common::netns::Netns;
@@ -43,6 +43,10 @@ fn netns_server_entry() {
         })
     });
 }
+
+/// How long any call may take (a hung server fails the test, and the
+/// guards still clean up).
+const LIMIT: Duration = Duration::from_secs(30);
 
 /// The transports that cross the veth pair.
 const OVER_TCP: &[Transport] = &[
@@ -85,14 +89,22 @@ fn calls_reach_a_server_in_another_network_namespace() {
             .map(|i| c.start(m, &Add { a: i, b: 7 }, &[]).unwrap())
             .collect();
         for (i, p) in pending.into_iter().enumerate() {
-            assert_eq!(c.wait(p, None).unwrap().sum.to_native(), i as u64 + 7);
+            let r = c.wait(p, Some(Instant::now() + LIMIT)).unwrap();
+            assert_eq!(r.sum.to_native(), i as u64 + 7);
         }
         // A body larger than a segment of the link, compressible text.
         let upper = c.method(UPPER).unwrap();
         let text: String = (0..2_000)
             .map(|i| format!("line {i} of the log "))
             .collect();
-        let r = c.call(upper, &Text { text: text.clone() }).unwrap();
+        let r = c
+            .call_with(
+                upper,
+                &Text { text: text.clone() },
+                &[],
+                Some(Instant::now() + LIMIT),
+            )
+            .unwrap();
         assert_eq!(r.text.as_str(), text.to_uppercase(), "{t:?}");
         drop(r);
         eprintln!(
