@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod calc;
+pub mod netns;
 #[cfg(feature = "tls")]
 pub mod pki;
 pub mod services;
@@ -33,8 +34,24 @@ impl Peer {
     /// Re-executes this test binary, running only the ignored test `entry`,
     /// with `role` in the environment; the child's stdin is a Unix socket.
     pub fn spawn(entry: &str, role: &str) -> Peer {
+        Peer::spawn_via(&[], entry, role)
+    }
+
+    /// As [`Peer::spawn`], the test binary started by the command
+    /// `launcher` (its program and first arguments; e.g. `ip netns exec
+    /// NAME`, which execs it in a network namespace); empty: directly.
+    pub fn spawn_via(launcher: &[String], entry: &str, role: &str) -> Peer {
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
-        let child = Command::new(std::env::current_exe().expect("current_exe"))
+        let exe = std::env::current_exe().expect("current_exe");
+        let mut cmd = match launcher {
+            [] => Command::new(&exe),
+            [program, args @ ..] => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&exe);
+                c
+            }
+        };
+        let child = cmd
             .args([
                 "--exact",
                 entry,

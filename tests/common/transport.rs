@@ -212,17 +212,25 @@ pub fn serve_on(
 /// transport `t`, telling it `params` too; returns once it listens, with
 /// the endpoint to dial. The entry calls [`serve_transport_for_parent`].
 pub fn server_process_on(entry: &str, t: Transport, tag: &str, params: &str) -> (Peer, Endpoint) {
-    let mut peer = Peer::spawn(entry, "server");
+    server_process_via(&[], entry, t, &t.address(tag), params)
+}
+
+/// As [`server_process_on`], the server process started by the command
+/// `launcher` (see [`Peer::spawn_via`]) and listening on `address`.
+pub fn server_process_via(
+    launcher: &[String],
+    entry: &str,
+    t: Transport,
+    address: &str,
+    params: &str,
+) -> (Peer, Endpoint) {
+    let mut peer = Peer::spawn_via(launcher, entry, "server");
     #[cfg(feature = "tls")]
     let pki = format!("pki={}", super::pki::Pki::get().dir.display());
     #[cfg(not(feature = "tls"))]
     let pki = String::new();
     peer.send(
-        &format!(
-            "transport={} address={} {pki} {params}",
-            t.name(),
-            t.address(tag)
-        ),
+        &format!("transport={} address={address} {pki} {params}", t.name(),),
         &[],
     );
     let line = peer.read_line(PARENT_LIMIT);

@@ -79,6 +79,10 @@ pub const ECHO: Method<Bytes, Bytes> = Method::new("echo");
 /// A blob read whole and written whole in place, sent back.
 pub const BLOB_E2E: Method<Bytes, Bytes> = Method::new("blob_e2e");
 
+/// A 64-byte call carrying a blob of text, read whole; the reply's first
+/// word is the sum of the blob's words (`isocall bench --netem`).
+pub const TEXT: Method<Bytes64, Bytes64> = Method::new("text");
+
 /// A blob error as the handler's application error.
 fn app(e: impl std::fmt::Display) -> AppError {
     AppError::new(1, e.to_string())
@@ -142,8 +146,9 @@ fn start_server(figure: &str, strategy: WaitStrategy, blob_len: usize) -> Res<(P
 
 /// The bench's server: `echo64` (64-byte call), `blob` (a blob passed
 /// through, first and last byte read), `echo` (a body of any length, every
-/// byte read, a reply as long written) and `blob_e2e` (a blob read whole
-/// and written whole in place, then sent back).
+/// byte read, a reply as long written), `blob_e2e` (a blob read whole
+/// and written whole in place, then sent back) and `text` (a blob read
+/// whole, its sum answered).
 pub fn server(name: SocketName, strategy: WaitStrategy, blob_len: usize) -> ServerBuilder {
     let mut b = ServerBuilder::new(name).wait_strategy(strategy);
     if blob_len > 0 {
@@ -168,6 +173,12 @@ pub fn server(name: SocketName, strategy: WaitStrategy, blob_len: usize) -> Serv
         let mut data = vec![0u8; r.data.len()];
         fill_words(&mut data, sum_words(&r.data));
         Ok(Bytes { data })
+    })
+    .method(TEXT, |_: &ArchivedBytes64, ctx: &mut CallCtx<'_>| {
+        let blob = ctx.blob(0).map_err(app)?;
+        let mut data = [0u8; 64];
+        data[..8].copy_from_slice(&sum_words(&blob).to_le_bytes());
+        Ok(Bytes64 { data })
     })
     .method(BLOB_E2E, |_: &ArchivedBytes, ctx: &mut CallCtx<'_>| {
         let mut blob = ctx.blob_mut(0).map_err(app)?;
@@ -282,7 +293,7 @@ pub fn shared_pipelined(budget: &Budget) -> Res<Measured> {
     let figure = "call.shared.pipelined.64";
     let (peer, c) = connect_shared(figure)?;
     let m = c.method(ECHO64)?;
-    let per_thread = (budget.stream_msgs / 8).max(5_000);
+    let per_thread = (budget.stream_msgs / 16).max(5_000);
     let mut reps = Vec::new();
     for _ in 0..budget.stream_reps {
         let start = Instant::now();

@@ -7,18 +7,26 @@
 //! stream address too. Each is compared to the kernel baseline of its
 //! socket (`uds.rtt.64`, `tcp.rtt.64`) or to the plain TCP call.
 //!
+//! `isocall bench --netem` adds `tcp.call.1048576.text.{plain,lz4}`: a
+//! call carrying 1 MiB of log text as a blob, with the server in a network
+//! namespace behind a link limited to 100 Mbit/s (see `netns.rs`), lz4
+//! off and on.
+//!
 //! Both sides wait the `Blocking` way, as the baselines do: a caller
 //! sleeps in `poll` on the socket, the server's worker too.
 
+use std::fmt::Write as _;
 use std::time::Instant;
 
 use isocall_engine::WaitStrategy;
-use isocall_engine::rpc::{Client, ClientOptions, Endpoint, Policy, SocketName};
+use isocall_engine::rpc::{Client, ClientOptions, Compression, Endpoint, Policy, SocketName};
 
 use super::Res;
-use super::call::{Bytes64, ECHO64, check, request, server};
+use super::call::{Bytes64, ECHO64, TEXT, check, request, server};
 use super::measure::{Budget, Measured, latency, rate};
+use super::netns::Link;
 use super::peer::{Control, Peer};
+use super::sockets::sum_words;
 
 /// How both sides wait.
 const STRATEGY: WaitStrategy = WaitStrategy::Blocking;
@@ -32,6 +40,9 @@ pub enum Net {
     Tcp,
     /// TCP under TLS (server certificate checked by the client).
     Tls,
+    /// TCP to the peer's network namespace (`--netem`), the server's pool
+    /// holding 1 MiB blobs.
+    Remote,
 }
 
 impl Net {
@@ -40,6 +51,7 @@ impl Net {
             Net::Unix => 0,
             Net::Tcp => 1,
             Net::Tls => 2,
+            Net::Remote => 3,
         }
     }
 
@@ -47,9 +59,23 @@ impl Net {
         match n {
             0 => Net::Unix,
             1 => Net::Tcp,
-            _ => Net::Tls,
+            2 => Net::Tls,
+            _ => Net::Remote,
         }
     }
+}
+
+/// Starts the server peer of `figure` through `launcher` (see
+/// [`Peer::start_via`]) with `params`; returns it and the stream address
+/// it listens on, once it does.
+fn start_server(figure: &str, launcher: &[String], params: &str) -> Res<(Peer, Endpoint)> {
+    let mut peer = Peer::start_via(launcher, figure, params, &[])?;
+    let line = peer.read_line()?;
+    let bound = line
+        .strip_prefix("ready ")
+        .ok_or_else(|| format!("{figure}: the server peer did not start: {line:?}"))?;
+    let at = Endpoint::parse(bound)?;
+    Ok((peer, at))
 }
 
 /// Starts the server peer of `figure` on `net` and connects to it.
@@ -62,16 +88,11 @@ fn connect(figure: &str, net: Net) -> Res<(Peer, Client)> {
     if net == Net::Tls {
         return Err(format!("{figure}: isocall was built without the feature tls").into());
     }
-    let mut peer = Peer::start(
+    let (peer, at) = start_server(
         figure,
-        &format!("socket_pid={} net={}", std::process::id(), net.code()),
         &[],
+        &format!("socket_pid={} net={}", std::process::id(), net.code()),
     )?;
-    let line = peer.read_line()?;
-    let bound = line
-        .strip_prefix("ready ")
-        .ok_or_else(|| format!("{figure}: the server peer did not start: {line:?}"))?;
-    let at = Endpoint::parse(bound)?;
     #[cfg(feature = "tls")]
     let at = match &pki {
         Some(p) => at.tls(p.client()?),
@@ -91,7 +112,8 @@ pub fn server_peer(mut ctl: Control) -> Res<()> {
     let parent = ctl.param("socket_pid")?;
     let name = format!("isocall-bench-{parent}-{figure}");
     let net = Net::from_code(ctl.param("net")?);
-    let b = server(SocketName::Abstract(name.clone()), STRATEGY, 0);
+    let blob_len = if net == Net::Remote { TEXT_LEN } else { 0 };
+    let b = server(SocketName::Abstract(name.clone()), STRATEGY, blob_len);
     let b = match net {
         Net::Unix => b.add_listener(format!("unix-stream:@{name}-stream").as_str()),
         Net::Tcp => b.add_listener("tcp://127.0.0.1:0").policy(Policy::Anyone),
@@ -102,6 +124,11 @@ pub fn server_peer(mut ctl: Control) -> Res<()> {
             .tls(pki::Pki::at(parent as u32).server()?),
         #[cfg(not(feature = "tls"))]
         Net::Tls => return Err("built without the feature tls".into()),
+        Net::Remote => {
+            let addr = std::net::Ipv4Addr::from(u32::try_from(ctl.param("addr")?)?);
+            b.add_listener(format!("tcp://{addr}:0").as_str())
+                .policy(Policy::Anyone)
+        }
     };
     let server = b.spawn()?;
     let at = server
@@ -127,6 +154,7 @@ pub fn rtt(budget: &Budget, net: Net) -> Res<Measured> {
         Net::Unix => "unix_stream.call.rtt.64",
         Net::Tcp => "tcp.call.rtt.64",
         Net::Tls => "tls.call.rtt.64",
+        Net::Remote => return Err("the remote link has its own figures".into()),
     };
     let (peer, mut c) = connect(name, net)?;
     let m = c.method(ECHO64)?;
@@ -173,6 +201,112 @@ pub fn pipelined(budget: &Budget) -> Res<Measured> {
     }
     finish(peer, c)?;
     Ok(rate(&mut reps, 64))
+}
+
+/// Bytes of text a `--netem` call carries.
+pub const TEXT_LEN: usize = 1 << 20;
+
+/// `len` bytes of log lines (timestamps, levels, module paths, messages,
+/// `key=value` fields with numbers from a PRNG): text as services write
+/// it, which lz4 compresses a few times, not a run of one byte.
+pub fn log_text(len: usize) -> Vec<u8> {
+    const LEVELS: [&str; 5] = ["INFO", "DEBUG", "INFO", "WARN", "TRACE"];
+    const MODULES: [&str; 6] = [
+        "isocall::server",
+        "isocall::client",
+        "app::cache",
+        "app::http",
+        "app::db::pool",
+        "isocall::supervise",
+    ];
+    const EVENTS: [&str; 8] = [
+        "request served",
+        "connection accepted",
+        "cache miss, loading from the database",
+        "query done",
+        "retrying an idempotent call",
+        "blob released",
+        "handshake done",
+        "slow request",
+    ];
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut out = String::with_capacity(len + 256);
+    let mut ms = 0u64;
+    while out.len() < len {
+        let r = next();
+        ms += r % 40;
+        let pick = |n: usize, shift: u32| (r >> shift) as usize % n;
+        let _ = writeln!(
+            out,
+            "2026-12-02T01:{:02}:{:02}.{:03}Z {:5} {}: {} user={} conn={} bytes={} took={}us status={}",
+            ms / 60_000 % 60,
+            ms / 1000 % 60,
+            ms % 1000,
+            LEVELS[pick(LEVELS.len(), 8)],
+            MODULES[pick(MODULES.len(), 12)],
+            EVENTS[pick(EVENTS.len(), 16)],
+            (r >> 20) % 5000,
+            (r >> 32) % 300,
+            (r >> 40) % 70_000,
+            (r >> 24) % 20_000,
+            if (r >> 60) == 0 { 500 } else { 200 },
+        );
+    }
+    out.truncate(len);
+    out.into_bytes()
+}
+
+/// `tcp.call.1048576.text.{plain,lz4}`: a 64-byte call carrying
+/// [`TEXT_LEN`] bytes of [`log_text`] in a blob (written into the blob
+/// for each call), which the server, in `link`'s namespace, reads whole
+/// and answers with its sum; lz4 negotiated or off.
+pub fn text_rtt(budget: &Budget, link: &Link, lz4: bool) -> Res<Measured> {
+    let figure = if lz4 {
+        "tcp.call.1048576.text.lz4"
+    } else {
+        "tcp.call.1048576.text.plain"
+    };
+    let (peer, at) = start_server(
+        figure,
+        &link.launcher(),
+        &format!(
+            "socket_pid={} net={} addr={}",
+            std::process::id(),
+            Net::Remote.code(),
+            u32::from(link.ns_addr)
+        ),
+    )?;
+    let at = at.compression(if lz4 {
+        Compression::Lz4
+    } else {
+        Compression::Off
+    });
+    let mut c = Client::connect_with(at, ClientOptions::default().strategy(STRATEGY))?;
+    let m = c.method(TEXT)?;
+    let pool = c.pool().ok_or("the server gave no blob pool")?.clone();
+    let text = log_text(TEXT_LEN);
+    let want = sum_words(&text);
+    let mut wrong = None;
+    let out = latency(budget, |seq| {
+        let mut blob = pool.alloc(TEXT_LEN)?;
+        blob.copy_from_slice(&text);
+        let r = c.call_with(m, &request(seq), &[blob.send()?], None)?;
+        if r.data[..8] != want.to_le_bytes() {
+            wrong = Some(seq);
+        }
+        Ok(())
+    })?;
+    if let Some(seq) = wrong {
+        return Err(format!("{figure}: wrong reply to call {seq}").into());
+    }
+    finish(peer, c)?;
+    Ok(out)
 }
 
 /// Certificates for `tls.call.rtt.64`: a CA and a server certificate for

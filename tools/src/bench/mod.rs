@@ -9,6 +9,7 @@ mod callgrind;
 mod floors;
 mod instr;
 mod measure;
+mod netns;
 mod peer;
 mod plot;
 mod report;
@@ -35,7 +36,7 @@ pub struct BenchArgs {
     /// Run only the figures whose names match this glob (`*` matches any
     /// run of characters), plus the floors they are compared to.
     pub pattern: Option<String>,
-    /// Fewer samples: the whole run stays under 30 seconds.
+    /// Fewer samples: the whole run stays under a minute.
     #[arg(long)]
     pub quick: bool,
     /// Print one JSON array of figures on stdout (nothing else).
@@ -54,6 +55,12 @@ pub struct BenchArgs {
     /// threads; repeatable on a noisy machine).
     #[arg(long)]
     pub instructions: bool,
+    /// Instead of the figures: calls carrying 1 MiB of text to a server in
+    /// a network namespace over a veth pair limited to 100 Mbit/s with
+    /// `tc`, lz4 on and off (`tcp.call.1048576.text.{lz4,plain}`). Root
+    /// only; the namespace is removed afterwards.
+    #[arg(long, conflicts_with_all = ["plot", "instructions"])]
+    pub netem: bool,
 }
 
 /// Unit of a figure.
@@ -591,6 +598,9 @@ pub fn run(args: &BenchArgs) -> Res<()> {
     if args.instructions {
         return instr::run(args);
     }
+    if args.netem {
+        return run_netem(args);
+    }
     let all = figures();
     let chosen = select(&all, args.pattern.as_deref());
     if chosen.is_empty() {
@@ -621,6 +631,60 @@ pub fn run(args: &BenchArgs) -> Res<()> {
     Ok(())
 }
 
+/// The figures of `--netem`: the plain one first (the lz4 one's floor).
+const NETEM_FIGURES: [&str; 2] = ["tcp.call.1048576.text.plain", "tcp.call.1048576.text.lz4"];
+
+/// The rate `--netem` limits the link to, as `tc` writes it.
+const NETEM_RATE: &str = "100mbit";
+
+/// Runs `isocall bench --netem`: makes the link (root only), measures its
+/// figures (those the pattern picks, plain always: it is the floor) in
+/// rounds, removes the link.
+fn run_netem(args: &BenchArgs) -> Res<()> {
+    let pattern = args.pattern.as_deref().unwrap_or("*");
+    let lz4 = glob_match(pattern, NETEM_FIGURES[1]);
+    if !lz4 && !glob_match(pattern, NETEM_FIGURES[0]) {
+        return Err(format!(
+            "no figure of --netem matches {pattern:?}; figures: {}",
+            NETEM_FIGURES.join(", ")
+        )
+        .into());
+    }
+    let link = netns::Link::create(NETEM_RATE)?;
+    eprintln!(
+        "isocall bench: server in namespace at {}, link limited by `{}` on both ends",
+        link.ns_addr, link.qdisc
+    );
+    let budget = measure::Budget {
+        warmup: std::time::Duration::from_millis(300),
+        measure: std::time::Duration::from_secs(if args.quick { 1 } else { 3 }),
+        stream_msgs: 0,
+        stream_reps: 1,
+        rounds: if args.quick { 1 } else { 3 },
+        min_samples: 5,
+    };
+    let mut specs = vec![Spec {
+        name: NETEM_FIGURES[0].into(),
+        unit: Unit::Ns,
+        floor: None,
+        also: vec![],
+    }];
+    if lz4 {
+        specs.push(Spec {
+            name: NETEM_FIGURES[1].into(),
+            unit: Unit::Ns,
+            floor: Some(NETEM_FIGURES[0].into()),
+            also: vec![],
+        });
+    }
+    let rows = measure_rounds(&specs, budget.rounds, |i| {
+        call_stream::text_rtt(&budget, &link, i == 1)
+    })?;
+    drop(link);
+    print_rows(args, &rows);
+    Ok(())
+}
+
 /// The peer process of figure `name`.
 pub fn peer_main(name: &str, cpu: Option<usize>) -> Res<()> {
     peer::pin(cpu);
@@ -630,6 +694,11 @@ pub fn peer_main(name: &str, cpu: Option<usize>) -> Res<()> {
         .find(|f| f.name == name)
         .map(|f| f.peer)
         .or_else(|| plot::peer_of(name))
+        .or_else(|| {
+            NETEM_FIGURES
+                .contains(&name)
+                .then_some(call_stream::server_peer as fn(peer::Control) -> Res<()>)
+        })
         .ok_or_else(|| format!("no figure named {name}"))?;
     let ctl = peer::Control::receive()?;
     serve(ctl).map_err(|e| format!("peer of {name}: {e}").into())

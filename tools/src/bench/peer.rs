@@ -68,8 +68,28 @@ pub struct Peer {
 impl Peer {
     /// Starts the peer for `figure` and sends it `params` and `fds`.
     pub fn start(figure: &str, params: &str, fds: &[BorrowedFd<'_>]) -> Res<Peer> {
+        Peer::start_via(&[], figure, params, fds)
+    }
+
+    /// As [`Peer::start`], this binary started by the command `launcher`
+    /// (its program and first arguments, e.g. `ip netns exec NAME`, which
+    /// execs it in a network namespace); empty: directly.
+    pub fn start_via(
+        launcher: &[String],
+        figure: &str,
+        params: &str,
+        fds: &[BorrowedFd<'_>],
+    ) -> Res<Peer> {
         let (ours, theirs) = UnixStream::pair()?;
-        let mut cmd = Command::new(std::env::current_exe()?);
+        let exe = std::env::current_exe()?;
+        let mut cmd = match launcher {
+            [] => Command::new(&exe),
+            [program, args @ ..] => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&exe);
+                c
+            }
+        };
         cmd.args(["__bench-peer", figure]);
         if let Some((_, cpu)) = cpus() {
             cmd.args(["--cpu", &cpu.to_string()]);
