@@ -16,6 +16,11 @@
 //! lets go ([`Lifeline::release`]), marking the word as a dead owner would
 //! be marked, so a clean close looks the same to the peer.
 //!
+//! A thread holds one lifeline at a time (the kernel keeps one robust list
+//! per thread): a second [`Lifeline::hold`] on a thread that holds one is
+//! refused. Were it allowed, dropping the two holds out of order would
+//! register the first hold's freed list again.
+//!
 //! The kernel keeps a pointer to the word (and to the list) for as long as
 //! the registration stands, and writes through it when the thread exits.
 //! So a hold owns what keeps the word's memory alive (an `Arc` of its
@@ -28,6 +33,7 @@
 #![allow(unsafe_code)] // the robust-list syscalls and their boxes: see SAFETY
 
 use std::any::Any;
+use std::cell::Cell;
 use std::io;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -42,6 +48,13 @@ pub const TID_MASK: u32 = 0x3fff_ffff;
 pub const OWNER_DIED: u32 = 0x4000_0000;
 /// Set by a waiter: the kernel wakes one waiter on the holder's death.
 pub const WAITERS: u32 = 0x8000_0000;
+
+thread_local! {
+    /// Whether this thread holds a lifeline (its robust list is ours).
+    /// Stays set for a hold that is forgotten: the kernel still points at
+    /// its (leaked) list.
+    static HOLDING: Cell<bool> = const { Cell::new(false) };
+}
 
 /// `struct robust_list` of the kernel ABI.
 #[repr(C)]
@@ -98,12 +111,19 @@ impl Lifeline {
     ///
     /// # Errors
     ///
-    /// The kernel refused the robust list (`ENOSYS` in some sandboxes); the
-    /// peer then only sees the socket hang up.
+    /// `AlreadyExists` if this thread holds a lifeline already (one per
+    /// thread); the kernel refused the robust list (`ENOSYS` in some
+    /// sandboxes), and the peer then only sees the socket hang up.
     pub fn hold<O: Any + Send + Sync>(
         owner: Arc<O>,
         word: impl for<'a> FnOnce(&'a O) -> &'a AtomicU32,
     ) -> io::Result<Lifeline> {
+        if HOLDING.get() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "this thread holds a lifeline already (one per thread: the kernel keeps one robust list per thread)",
+            ));
+        }
         let word: *const AtomicU32 = word(&owner);
         // SAFETY: `word` was borrowed from `*owner`, which the `Arc` keeps
         // alive (and never hands out `&mut`: we hold a clone) for as long as
@@ -165,6 +185,7 @@ impl Lifeline {
             w.fetch_and(!TID_MASK, Ordering::Relaxed);
             return Err(e);
         }
+        HOLDING.set(true);
         Ok(Lifeline {
             word,
             _owner: owner,
@@ -207,6 +228,7 @@ impl Drop for Lifeline {
                 self.previous_len,
             );
         }
+        HOLDING.set(false);
         // SAFETY: unregistered above; the pointers come from
         // `Box::into_raw` in `hold` and are freed once, here.
         unsafe {
@@ -312,6 +334,27 @@ mod tests {
         }
         assert_eq!(st, LifelineState::Gone);
         holder.join().unwrap();
+    }
+
+    #[test]
+    fn a_thread_holds_one_lifeline_at_a_time() {
+        let a = Arc::new(AtomicU32::new(0));
+        let b = Arc::new(AtomicU32::new(0));
+        std::thread::spawn(move || {
+            let first = Lifeline::hold(a.clone(), |w| w).expect("robust list");
+            // A second hold would leave the kernel the first's list once
+            // the two are dropped out of order: refused.
+            let e = Lifeline::hold(b.clone(), |w| w).expect_err("a second hold");
+            assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+            assert_eq!(lifeline_state(&b), LifelineState::Unheld);
+            drop(first);
+            // Let go: the thread may hold again.
+            let again = Lifeline::hold(b.clone(), |w| w).expect("robust list");
+            assert_eq!(lifeline_state(&b), LifelineState::Held);
+            again.release();
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
