@@ -65,7 +65,24 @@ pub mod raw {
         EndpointError, Receiver, RxFrame, Sender, Side, TransportError, endpoint,
     };
     pub use crate::liveness::{Liveness, PeerWatch, RECHECK, Watched};
-    pub use crate::rpc::{body, handshake, large, wire};
+    /// Call bodies: rkyv archives, encoded in place and checked after the
+    /// copy out of shared memory.
+    pub mod body {
+        pub use crate::rpc::body::*;
+    }
+    /// The hello of both ends of a connection, and its errors.
+    pub mod handshake {
+        pub use crate::rpc::handshake::*;
+    }
+    /// Large blobs: memfds shared past the pool, mapped to their
+    /// announced length.
+    pub mod large {
+        pub use crate::rpc::large::*;
+    }
+    /// The call frames' wire format: heads, statuses, close reasons.
+    pub mod wire {
+        pub use crate::rpc::wire::*;
+    }
     pub use crate::segment::{
         Direction, LAYOUT_VERSION, MAGIC, PAGE, PartDesc, SIDE_ABSENT, SIDE_ATTACHED, SIDE_CLOSED,
         Segment, SegmentError, SegmentHeader, SegmentLayout, SideState,

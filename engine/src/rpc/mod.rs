@@ -22,22 +22,22 @@
 //! resolving one on a client ([`Client::method`]) checks the server's
 //! types. Replies are guards ([`Reply`]) that deref to the validated
 //! archived value and free what they hold when dropped. Bodies are read
-//! only from private memory (see [`body`]'s copy rule). Any peer may be
+//! only from private memory (see [`raw::body`](crate::raw::body)'s copy rule). Any peer may be
 //! hostile: every wait on it has a deadline, every shared descriptor is
 //! used so it cannot block us, and its death is learnt from the kernel.
 
 mod address;
-pub mod body;
+pub(crate) mod body;
 pub(crate) mod client;
 mod error;
-pub mod handshake;
-pub mod large;
+pub(crate) mod handshake;
+pub(crate) mod large;
 mod link;
 pub(crate) mod method;
 mod over_stream;
 mod policy;
 mod server;
-pub mod wire;
+pub(crate) mod wire;
 
 use std::io;
 use std::path::PathBuf;
@@ -52,10 +52,8 @@ pub use handshake::HandshakeError;
 pub use large::{LARGE_CLASS, LargeBlob, LargeError, LargeLimits, large_id};
 pub use method::{Message, MessageRef, Method, MethodKind, MethodRef, Signature, TypeSig};
 pub use policy::{Check, Policy, PolicyRefusal};
-pub use server::{
-    BATCH, BlobAccessError, CallCtx, HANDOFF, Limits, Server, ServerBuilder, ServerStats, Source,
-    hand_off,
-};
+pub(crate) use server::hand_off;
+pub use server::{BlobAccessError, CallCtx, Limits, Server, ServerBuilder, ServerStats, Source};
 pub use wire::{CloseReason, FrameError, Status};
 
 pub use crate::sys::{PeerCred, SocketName};

@@ -28,7 +28,7 @@ pub mod kind {
     /// The sender closes the connection; the body is a `u32` close reason.
     pub const CLOSE: u16 = 5;
     /// A handshake message on a stream connection (the body is one message
-    /// of [`handshake`](crate::rpc::handshake), its tag first); never on a
+    /// of [`handshake`](crate::raw::handshake), its tag first); never on a
     /// ring.
     pub const HANDSHAKE: u16 = 6;
 }

@@ -32,7 +32,7 @@ use std::thread::JoinHandle;
 
 pub use builder::{Limits, ServerBuilder};
 pub use ctx::{BlobAccessError, CallCtx};
-pub use source::{HANDOFF, Source, hand_off};
+pub use source::{Source, hand_off};
 
 use crate::WaitStrategy;
 use crate::rpc::address::{Compression, Endpoint};

@@ -22,8 +22,8 @@ pub const HANDOFF: u8 = b'C';
 pub enum Source {
     /// A socket the server binds and accepts on.
     Listen(SocketName),
-    /// A `SOCK_SEQPACKET` socket over which each message ([`hand_off`])
-    /// carries one socket connected to a client. The server serves until
+    /// A `SOCK_SEQPACKET` socket over which each message carries one
+    /// socket connected to a client (a supervisor's hand-off). The server serves until
     /// the other end hangs up.
     Handoff(OwnedFd),
 }
