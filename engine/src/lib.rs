@@ -26,6 +26,7 @@
 //! call API does not use it yet.
 #![deny(unsafe_code)]
 
+pub mod channel;
 mod endpoint;
 mod liveness;
 pub mod rpc;
@@ -63,8 +64,8 @@ pub mod raw {
     pub use crate::liveness::{Liveness, PeerWatch, RECHECK, Watched};
     pub use crate::rpc::{body, handshake, large, wire};
     pub use crate::segment::{
-        Direction, LAYOUT_VERSION, MAGIC, PAGE, PartDesc, SIDE_ABSENT, SIDE_ATTACHED, SIDE_CLOSED,
-        Segment, SegmentError, SegmentHeader, SegmentLayout, SideState,
+        Direction, LAYOUT_VERSION, MAGIC, OWNER_WORDS, PAGE, PartDesc, SIDE_ABSENT, SIDE_ATTACHED,
+        SIDE_CLOSED, Segment, SegmentError, SegmentHeader, SegmentLayout, SideState,
     };
     pub use crate::wake::RingParker;
 
