@@ -571,12 +571,9 @@ impl SharedClient {
             }
             inner.unpark(idx as u32);
             for from in [PARKED, LEAD] {
-                let _ = slot.state.compare_exchange(
-                    from,
-                    WAITING,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
+                let _ =
+                    slot.state
+                        .compare_exchange(from, WAITING, Ordering::AcqRel, Ordering::Acquire);
             }
             if Instant::now() >= d && slot.state.load(Ordering::Acquire) != READY {
                 inner.release_slot(id);
