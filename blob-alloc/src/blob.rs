@@ -4,14 +4,18 @@
 //! [`Blob`] one to read. Either turns into a [`BlobHandle`] when sent, which
 //! moves ownership to the peer; the peer turns the handle back into a blob
 //! with [`Pool::accept`] or [`Pool::accept_mut`]. Dropping a blob frees its
-//! slot.
+//! slot. Either can also be shared, read-only, with several parties (see
+//! [`shared`](crate::shared)).
 //!
 //! Allows `unsafe` to call the two slice helpers of [`raw`](crate::raw),
 //! whose contract a blob meets: it is the one value in this process that
-//! holds its slot (the pool builds one per successful claim or accept;
-//! blobs are not `Clone`), and it
+//! holds its slot (the pool builds one per successful claim or accept,
+//! after marking the slot held alone in this process's record, which no
+//! other blob or shared blob can then mark; blobs are not `Clone`), and it
 //! hands out its bytes only through `&self` (shared) or `&mut self`
-//! (exclusive) borrows of itself.
+//! (exclusive) borrows of itself. A [`SharedBlob`] hands out only shared
+//! slices, and exists only while the record has no blob holding its slot
+//! alone.
 #![allow(unsafe_code)]
 
 use std::mem::{ManuallyDrop, take};
@@ -21,8 +25,10 @@ use bytemuck::{Pod, Zeroable};
 use isocall_ringbuf::{Access, Region};
 
 use crate::error::BlobError;
+use crate::party::Parties;
 use crate::pool::Pool;
 use crate::raw;
+use crate::shared::{self, SharedBlob, SharedHandle};
 
 /// Names a blob in a pool: what travels in a message instead of its bytes.
 /// Plain data: every use is checked against the slot (range, generation,
@@ -92,14 +98,26 @@ impl<R: Region> SlotRef<'_, R> {
     }
 
     /// The blob's bytes, to read. Called only by the blob that holds the
-    /// slot, through a shared borrow of itself.
+    /// slot, or a shared blob that holds a reference to it, through a
+    /// shared borrow of itself.
     #[inline]
-    fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         // SAFETY: `self` is the slot reference of the blob that holds the
         // slot (module doc), borrowed shared for the life of the slice, so
         // no mutable slice of it exists meanwhile (that takes `&mut` of the
-        // blob).
+        // blob); or of a shared blob, while this process's record says no
+        // blob holds the slot alone (module doc), so no mutable slice of it
+        // exists in this process at all.
         unsafe { raw::slot_bytes(self.pool.region(), self.offset, self.len, self.capacity) }
+    }
+
+    pub(crate) fn shared_handle(&self) -> SharedHandle {
+        SharedHandle {
+            class: self.class as u32,
+            slot: self.slot as u32,
+            generation: self.generation,
+            len: self.len as u32,
+        }
     }
 
     fn handle(&self) -> BlobHandle {
@@ -129,7 +147,7 @@ pub struct Blob<'p, R: Region> {
 
 /// Gives up a blob's slot reference without running its drop: ends its
 /// access first (the access must end before the slot changes hands).
-fn end<'p, R: Region>(s: SlotRef<'p, R>, access: &mut Access) -> SlotRef<'p, R> {
+pub(crate) fn end<'p, R: Region>(s: SlotRef<'p, R>, access: &mut Access) -> SlotRef<'p, R> {
     drop(take(access));
     s
 }
@@ -177,10 +195,50 @@ impl<'p, R: Region> BlobMut<'p, R> {
     /// word was changed behind this side's back (a hostile peer, or a
     /// `reclaim` that judged this side dead), [`BlobError::Contended`] if
     /// the peer keeps changing it; the blob is then dropped without
-    /// freeing.
+    /// freeing. [`BlobError::NotTwoSided`] for a party other than 0 and 1
+    /// (which has no peer): the blob is then freed.
     pub fn send(self) -> Result<BlobHandle, BlobError> {
+        self.s.pool.two_sided()?;
         let mut this = ManuallyDrop::new(self);
         end(this.s, &mut this.access).send()
+    }
+
+    /// Shares the blob, read-only from now on, with the parties `to`: the
+    /// slot becomes shared, each of them holding one reference, and the
+    /// returned handle is what to send each of them (they
+    /// [`accept_shared`](Pool::accept_shared) it). The slot is freed when
+    /// the last reference is given up. Naming this blob's own party in
+    /// `to` keeps a reference for it too, to accept like the others (or use
+    /// [`share_keep`](Self::share_keep)).
+    ///
+    /// # Errors
+    ///
+    /// [`BlobError::NoHolders`] if `to` is empty: the blob is then freed.
+    /// [`BlobError::WrongState`] or [`BlobError::Stale`] if the slot's
+    /// state word was changed behind this party's back,
+    /// [`BlobError::Contended`] if a peer keeps changing it; the blob is
+    /// then dropped without freeing.
+    pub fn share(self, to: Parties) -> Result<SharedHandle, BlobError> {
+        if to.is_empty() {
+            return Err(BlobError::NoHolders);
+        }
+        let mut this = ManuallyDrop::new(self);
+        shared::share(this.s, &mut this.access, to)
+    }
+
+    /// Shares the blob with the parties `others` and keeps a reference for
+    /// this blob's party, returned as a shared blob to read (the slot is
+    /// freed when it and every other reference are given up).
+    ///
+    /// # Errors
+    ///
+    /// As [`share`](Self::share) (never [`BlobError::NoHolders`]).
+    pub fn share_keep(
+        self,
+        others: Parties,
+    ) -> Result<(SharedBlob<'p, R>, SharedHandle), BlobError> {
+        let mut this = ManuallyDrop::new(self);
+        shared::share_keep(this.s, &mut this.access, others)
     }
 
     /// Keeps the blob, read-only from now on.
@@ -193,7 +251,7 @@ impl<'p, R: Region> BlobMut<'p, R> {
     }
 }
 
-impl<R: Region> Blob<'_, R> {
+impl<'p, R: Region> Blob<'p, R> {
     /// The handle naming this blob (its identity; not a transfer).
     pub fn handle(&self) -> BlobHandle {
         self.s.handle()
@@ -205,8 +263,36 @@ impl<R: Region> Blob<'_, R> {
     ///
     /// As [`BlobMut::send`].
     pub fn send(self) -> Result<BlobHandle, BlobError> {
+        self.s.pool.two_sided()?;
         let mut this = ManuallyDrop::new(self);
         end(this.s, &mut this.access).send()
+    }
+
+    /// Shares the blob with the parties `to`, as [`BlobMut::share`].
+    ///
+    /// # Errors
+    ///
+    /// As [`BlobMut::share`].
+    pub fn share(self, to: Parties) -> Result<SharedHandle, BlobError> {
+        if to.is_empty() {
+            return Err(BlobError::NoHolders);
+        }
+        let mut this = ManuallyDrop::new(self);
+        shared::share(this.s, &mut this.access, to)
+    }
+
+    /// Shares the blob with `others` and keeps a reference, as
+    /// [`BlobMut::share_keep`].
+    ///
+    /// # Errors
+    ///
+    /// As [`BlobMut::share`] (never [`BlobError::NoHolders`]).
+    pub fn share_keep(
+        self,
+        others: Parties,
+    ) -> Result<(SharedBlob<'p, R>, SharedHandle), BlobError> {
+        let mut this = ManuallyDrop::new(self);
+        shared::share_keep(this.s, &mut this.access, others)
     }
 }
 

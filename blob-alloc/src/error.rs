@@ -2,6 +2,7 @@
 //! values that explain it.
 
 use crate::layout::{MAX_CLASSES, MAX_SLOT, MAX_SLOTS, MIN_SLOT};
+use crate::party::{MAX_PARTIES, Party};
 use crate::state::SlotState;
 
 /// A part of a pool's region, as named by a header check.
@@ -272,6 +273,27 @@ pub enum BlobError {
         class: usize,
         /// Slot index.
         slot: usize,
+    },
+    /// A two-sided call (send, accept, recall, take back) by a party other
+    /// than 0 and 1, which has no peer: in a pool of more parties, blobs
+    /// reach the others by [`share`](crate::BlobMut::share).
+    #[error("{party} has no peer: only parties 0 and 1 (sides A and B) send and accept")]
+    NotTwoSided {
+        /// The party that asked.
+        party: Party,
+    },
+    /// A blob shared with no party.
+    #[error("a blob shared with no party (share it with at least one, or drop it)")]
+    NoHolders,
+    /// Every party id is given out, or still held by a party that left
+    /// and has not given everything up (see [`Roster`](crate::Roster)).
+    #[error(
+        "no party id free: all {} are given out, {retiring} of them to parties that left and still hold blobs",
+        MAX_PARTIES - 1
+    )]
+    NoFreeParty {
+        /// Ids held by parties that left but still hold something.
+        retiring: usize,
     },
     /// A new length beyond the slot.
     #[error("blob length {len} exceeds its slot of {capacity} bytes")]

@@ -1,4 +1,5 @@
-//! The pool: size classes of slots over a region, shared by two sides.
+//! The pool: size classes of slots over a region, shared by two sides or,
+//! for fan-out, by up to [`MAX_PARTIES`] parties.
 //!
 //! # How a slot changes hands
 //!
@@ -32,6 +33,33 @@
 //! one owner happen before the next owner touches them. The hint bits carry
 //! no data and are Relaxed.
 //!
+//! # Shared slots
+//!
+//! A slot one party holds can be shared, read-only, with a set of parties:
+//! one compare-and-swap (Release) turns `Held(me, g)` into
+//! `Shared(holders, g)`, the holders a bit mask in the same word (see
+//! [`state`](crate::SlotState)). Each holder gets a
+//! [`SharedBlob`](crate::SharedBlob) with [`Pool::accept_shared`], which
+//! changes no shared word: it checks, with an Acquire load, that the word
+//! is `Shared` at the handle's generation with the holder's bit set, after
+//! marking the reference taken in this process's record (so a second
+//! accept of it here is refused). Dropping the guard gives the reference
+//! up: one compare-and-swap (AcqRel, bounded) clears the holder's bit, and
+//! the one that clears the last bit writes `Free(g)` instead, so exactly
+//! one release frees the slot, and every holder's reads happen before
+//! whoever claims it next (each release reads the previous one; the last
+//! is Release, the next claim Acquire). A reference is only ever given up
+//! by its holder, or by [`Pool::reclaim_party`] once the holder is dead.
+//!
+//! Why one word: holders and generation change together, so a release
+//! racing another release, an accept or a reclaim is decided by one
+//! compare-and-swap, and a crash at any instruction leaves the word with
+//! exactly the references not yet given up: a holder killed before its
+//! compare-and-swap still has its bit (which `reclaim_party` clears), one
+//! killed after has none (and its process-local record dies with it). A
+//! count beside a mask, or a count alone, would need two words (or could
+//! not tell whose reference a dead party's was).
+//!
 //! # What the peer cannot make this process do
 //!
 //! The peer can write every state word. Whatever it writes, this process
@@ -41,7 +69,13 @@
 //! (see [`held`](crate::held)). A peer that rewrites a slot this process
 //! holds to `InFlight(me)` and resends the handle gets
 //! [`BlobError::HeldHere`]; one that rewrites it to `Free` sees the next
-//! allocation pass it by; [`Pool::reclaim`] leaves it alone.
+//! allocation pass it by; [`Pool::reclaim`] leaves it alone. The same
+//! record holds one bit per party for shared slots: a reference accepted
+//! here is not accepted again here whatever the word says again, no blob
+//! of this process takes a slot a shared blob of it reads, and dropping a
+//! shared blob clears its party's bit only in a word that still holds it
+//! at its generation: it never gives up another party's reference, nor
+//! frees a slot the peer took from it.
 //!
 //! Nor can it make this process spin: every compare-and-swap loop on a
 //! state word gives up after [`CAS_RETRIES`] attempts (a claim moves on to
@@ -60,23 +94,27 @@ use crate::blob::{Blob, BlobHandle, BlobMut, SlotRef};
 use crate::error::BlobError;
 use crate::held::Held;
 use crate::layout::{self, ClassLayout, PoolConfig};
-use crate::state::{Side, SlotState, Word};
+use crate::party::{MAX_PARTIES, Party};
+use crate::state::{Side, SlotState, Word, held_code};
 use crate::sync::{AtomicU64, Ordering};
 
-/// A blob pool in a region, as seen by one side.
+/// A blob pool in a region, as seen by one party (one side of a two-sided
+/// pool).
 ///
-/// `Sync`: the threads of one process may allocate, send, accept and free
-/// at once, and so may the other side's process.
+/// `Sync`: the threads of one process may allocate, send, accept, share
+/// and free at once, and so may the other parties' processes.
 pub struct Pool<R: Region> {
     /// Which slots this process's blobs hold, shared by every handle this
     /// process has on the region (see [`held`](crate::held)). Declared
     /// before `region`, so dropped first: the record leaves the registry
     /// before the region's memory can be freed and its address reused.
-    held: Arc<Held>,
+    pub(crate) held: Arc<Held>,
     region: R,
-    side: Side,
+    party: Party,
+    /// The low half of a state word saying `party` holds a slot.
+    held_code: u64,
     /// Validated copy of the class descriptors, taken once.
-    classes: Box<[ClassLayout]>,
+    pub(crate) classes: Box<[ClassLayout]>,
     /// Per class, the bitmap word where this process last found a free
     /// slot. Process-local, a hint only.
     cursors: Box<[CachePadded<AtomicUsize>]>,
@@ -85,7 +123,7 @@ pub struct Pool<R: Region> {
 impl<R: Region> std::fmt::Debug for Pool<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("side", &self.side)
+            .field("party", &self.party)
             .field("classes", &self.classes.len())
             .field("bytes", &self.region.len())
             .finish()
@@ -101,7 +139,10 @@ pub struct ClassInfo {
     pub count: usize,
 }
 
-/// A census of one class: every slot counted once, by its state word.
+/// A census of one class: every slot counted once, by its state word, in
+/// exactly one of `free`, `held_by`, `in_flight`, `shared` and `invalid`
+/// (`held` is a view of `held_by`; `references` counts the references in
+/// the `shared` slots).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClassStats {
     /// Bytes per slot.
@@ -110,10 +151,18 @@ pub struct ClassStats {
     pub count: usize,
     /// Free slots.
     pub free: usize,
-    /// Slots held by side A and by side B.
+    /// Slots held by side A and by side B (parties 0 and 1: the first two
+    /// of `held_by`).
     pub held: [usize; 2],
     /// Slots sent to side A and to side B, not yet accepted.
     pub in_flight: [usize; 2],
+    /// Slots held by each party, by party id.
+    pub held_by: [usize; MAX_PARTIES],
+    /// Shared slots.
+    pub shared: usize,
+    /// References each party holds (accepted or not) in shared slots, by
+    /// party id.
+    pub references: [usize; MAX_PARTIES],
     /// Slots whose state word holds a code no correct party writes.
     pub invalid: usize,
 }
@@ -122,6 +171,15 @@ impl ClassStats {
     /// Slots not free.
     pub fn used(&self) -> usize {
         self.count - self.free
+    }
+
+    /// Whether every slot is counted exactly once (true of every census:
+    /// a check for tests and inspectors).
+    pub fn is_exact(&self) -> bool {
+        let held: usize = self.held_by.iter().sum();
+        self.held == [self.held_by[0], self.held_by[1]]
+            && self.free + held + self.in_flight[0] + self.in_flight[1] + self.shared + self.invalid
+                == self.count
     }
 }
 
@@ -146,9 +204,32 @@ impl PoolStats {
             .map(|c| c.held[i] + c.in_flight[i])
             .sum()
     }
+
+    /// Shared slots, over all classes.
+    pub fn shared(&self) -> usize {
+        self.classes.iter().map(|c| c.shared).sum()
+    }
+
+    /// References `party` holds in shared slots, over all classes.
+    pub fn references(&self, party: Party) -> usize {
+        self.classes.iter().map(|c| c.references[party.id()]).sum()
+    }
+
+    /// Everything the pool has of `party`: slots it holds, slots in flight
+    /// to it, and its references in shared slots. Zero once a party that
+    /// left has given everything up, or was reclaimed: its id may then be
+    /// given to a new party (see [`Roster`](crate::Roster)).
+    pub fn holds(&self, party: Party) -> usize {
+        let p = party.id();
+        self.classes
+            .iter()
+            .map(|c| c.held_by[p] + c.references[p] + c.in_flight.get(p).copied().unwrap_or(0))
+            .sum()
+    }
 }
 
-/// What [`Pool::reclaim`] returned to the free lists.
+/// What [`Pool::reclaim`], [`Pool::reclaim_party`] or [`Pool::leave`]
+/// gave back.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Reclaimed {
@@ -158,11 +239,17 @@ pub struct Reclaimed {
     pub in_flight_to_dead: usize,
     /// Slots the dead side sent that the survivor never accepted.
     pub in_flight_from_dead: usize,
+    /// References of the party in shared slots, given up (accepted by it
+    /// or not).
+    pub references: usize,
+    /// Shared slots freed because the party's reference was the last.
+    pub shared_freed: usize,
     /// Free slots missing from the index (a process died between freeing
     /// or claiming a slot and updating the bitmap), put back.
     pub repaired: usize,
-    /// Slots whose state word says the dead side holds them or one side has
-    /// them in flight, but which a blob of this process holds: left alone.
+    /// Slots whose state word says the dead side holds them, one side has
+    /// them in flight or the party has a reference, but which a blob or
+    /// shared blob of this process holds: left alone.
     pub held_here: usize,
     /// Slots whose state word kept changing under the scan (a peer flipping
     /// it, so not a dead one): left alone after [`CAS_RETRIES`] attempts.
@@ -172,7 +259,7 @@ pub struct Reclaimed {
 impl Reclaimed {
     /// Slots freed (repairs not counted).
     pub fn freed(&self) -> usize {
-        self.held + self.in_flight_to_dead + self.in_flight_from_dead
+        self.held + self.in_flight_to_dead + self.in_flight_from_dead + self.shared_freed
     }
 }
 
@@ -198,7 +285,10 @@ pub const CAS_RETRIES: u32 = 64;
 /// finishes (`Break`) or returns the value its failed compare-and-swap found
 /// (`Continue`). `None`: the word kept changing.
 #[inline]
-fn bounded_cas<T>(mut cur: u64, mut attempt: impl FnMut(u64) -> ControlFlow<T, u64>) -> Option<T> {
+pub(crate) fn bounded_cas<T>(
+    mut cur: u64,
+    mut attempt: impl FnMut(u64) -> ControlFlow<T, u64>,
+) -> Option<T> {
     for _ in 0..CAS_RETRIES {
         match attempt(cur) {
             ControlFlow::Break(done) => return Some(done),
@@ -227,6 +317,18 @@ impl<R: Region> Pool<R> {
     /// [`BlobError::InUse`] if a pool handle of this process is open on the
     /// region (drop every one first).
     pub fn create(region: R, config: &PoolConfig, side: Side) -> Result<Self, BlobError> {
+        Self::create_as(region, config, side.into())
+    }
+
+    /// Formats a pool in `region` and returns it as seen by `party`
+    /// (usually the publisher, party 0): as [`create`](Self::create), for a
+    /// pool of more than two parties, which each
+    /// [`open_as`](Self::open_as) it.
+    ///
+    /// # Errors
+    ///
+    /// As [`create`](Self::create).
+    pub fn create_as(region: R, config: &PoolConfig, party: Party) -> Result<Self, BlobError> {
         let (classes, need) = config.plan()?;
         if region.len() < need {
             return Err(BlobError::RegionTooSmall {
@@ -239,7 +341,7 @@ impl<R: Region> Pool<R> {
         // slots), and none can open a half-written header and use it.
         let held = Held::create(region_key(&region), &classes)?;
         layout::write(&region, &classes, region.len());
-        Ok(Self::with(region, side, classes, held))
+        Ok(Self::with(region, party, classes, held))
     }
 
     /// Opens a pool formatted by the other side (or by this one earlier),
@@ -259,28 +361,62 @@ impl<R: Region> Pool<R> {
     /// [`LayoutChanged`](BlobError::LayoutChanged) if this process has the
     /// pool open already and the header now says something else.
     pub fn open(region: R, side: Side) -> Result<Self, BlobError> {
-        let classes = layout::read(&region)?;
-        let held = Held::open(region_key(&region), &classes)?;
-        Ok(Self::with(region, side, classes, held))
+        Self::open_as(region, side.into())
     }
 
-    fn with(region: R, side: Side, classes: Vec<ClassLayout>, held: Arc<Held>) -> Self {
+    /// Opens a pool made by another party (or by this one earlier), as
+    /// `party`: as [`open`](Self::open), for a pool of more than two
+    /// parties (a subscriber opens its publisher's pool with the id the
+    /// publisher gave it).
+    ///
+    /// Nothing in the pool records which parties exist: a party is who the
+    /// processes agree it is, and two processes opening the pool as the
+    /// same party would each hold that party's references.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    pub fn open_as(region: R, party: Party) -> Result<Self, BlobError> {
+        let classes = layout::read(&region)?;
+        let held = Held::open(region_key(&region), &classes)?;
+        Ok(Self::with(region, party, classes, held))
+    }
+
+    fn with(region: R, party: Party, classes: Vec<ClassLayout>, held: Arc<Held>) -> Self {
         let cursors = classes
             .iter()
             .map(|_| CachePadded::new(AtomicUsize::new(0)))
             .collect();
         Pool {
             region,
-            side,
+            party,
+            held_code: held_code(party),
             classes: classes.into_boxed_slice(),
             cursors,
             held,
         }
     }
 
-    /// The side this handle acts for.
+    /// The side this handle acts for: [`Side::A`] for party 0,
+    /// [`Side::B`] for every other party. Only parties 0 and 1 can use the
+    /// two-sided calls ([`send`](BlobMut::send), [`accept`](Self::accept),
+    /// [`recall`](Self::recall), [`take_back`](Self::take_back)); the
+    /// others get [`BlobError::NotTwoSided`].
     pub fn side(&self) -> Side {
-        self.side
+        self.party.side().unwrap_or(Side::B)
+    }
+
+    /// The party this handle acts for.
+    pub fn party(&self) -> Party {
+        self.party
+    }
+
+    /// This handle's side, if its party has one (0 or 1): the two-sided
+    /// calls need it.
+    pub(crate) fn two_sided(&self) -> Result<Side, BlobError> {
+        self.party
+            .side()
+            .ok_or(BlobError::NotTwoSided { party: self.party })
     }
 
     /// The classes, smallest first.
@@ -379,7 +515,8 @@ impl<R: Region> Pool<R> {
     }
 
     /// `Free(g)` -> `Held(me, g + 1)` by compare-and-swap: the only way a
-    /// slot is allocated. `None` if the slot is not free, or if a blob of
+    /// slot is allocated (a shared slot only becomes free again when its
+    /// last reference goes). `None` if the slot is not free, or if a blob of
     /// this process holds it (the peer marked it free behind our back).
     ///
     /// `fresh` reads the state word with a read-modify-write (Acquire),
@@ -396,7 +533,7 @@ impl<R: Region> Pool<R> {
         } else {
             word.load(Ordering::Relaxed)
         };
-        if Word::decode(cur).state != SlotState::Free {
+        if !Word::is_free(cur) {
             return None;
         }
         if !self.held.claim(ci, slot) {
@@ -414,18 +551,18 @@ impl<R: Region> Pool<R> {
     /// `None` if it is taken, or if its word keeps changing (bounded).
     fn claim_from(&self, word: &AtomicU64, cur: u64) -> Option<u32> {
         bounded_cas(cur, |cur| {
-            let w = Word::decode(cur);
-            if w.state != SlotState::Free {
+            if !Word::is_free(cur) {
                 return ControlFlow::Break(None);
             }
             // The generation wraps by design: a handle 2^32 lives old is
             // as good as new (the state check still guards the slot).
-            let generation = w.generation.wrapping_add(1);
-            // Acquire: pairs with the Release of the free that made it Free,
-            // so the previous owner's accesses happen before ours.
+            let generation = ((cur >> 32) as u32).wrapping_add(1);
+            // Acquire: pairs with the Release of the free that made it Free
+            // (or of the last release of a shared slot), so the previous
+            // owners' accesses happen before ours.
             match word.compare_exchange(
                 cur,
-                Word::encode(generation, SlotState::Held(self.side)),
+                (u64::from(generation) << 32) | self.held_code,
                 Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
@@ -436,7 +573,13 @@ impl<R: Region> Pool<R> {
         .flatten()
     }
 
-    fn slot_ref(&self, ci: usize, slot: usize, generation: u32, len: usize) -> SlotRef<'_, R> {
+    pub(crate) fn slot_ref(
+        &self,
+        ci: usize,
+        slot: usize,
+        generation: u32,
+        len: usize,
+    ) -> SlotRef<'_, R> {
         let c = &self.classes[ci];
         SlotRef {
             pool: self,
@@ -451,7 +594,18 @@ impl<R: Region> Pool<R> {
 
     /// Checks that `h` names a slot of this pool with a length it can hold.
     fn check(&self, h: &BlobHandle) -> Result<(usize, usize, usize), BlobError> {
-        let (ci, slot, len) = (h.class as usize, h.slot as usize, h.len as usize);
+        self.check_parts(h.class, h.slot, h.len)
+    }
+
+    /// Checks that a handle's class, slot and length name a slot of this
+    /// pool with a length it can hold.
+    pub(crate) fn check_parts(
+        &self,
+        class: u32,
+        slot: u32,
+        len: u32,
+    ) -> Result<(usize, usize, usize), BlobError> {
+        let (ci, slot, len) = (class as usize, slot as usize, len as usize);
         let c = self.classes.get(ci).ok_or(BlobError::NoSuchClass {
             class: ci,
             classes: self.classes.len(),
@@ -476,7 +630,7 @@ impl<R: Region> Pool<R> {
     /// Swaps the state of slot `slot` of class `ci` from one of `from` to
     /// `to`, keeping generation `generation`, which the word must hold;
     /// [`BlobError::Contended`] if the word keeps changing under it.
-    fn transition(
+    pub(crate) fn transition(
         &self,
         (ci, slot): (usize, usize),
         generation: u32,
@@ -544,7 +698,7 @@ impl<R: Region> Pool<R> {
         if !self.held.claim(ci, slot) {
             return Err(BlobError::HeldHere { class: ci, slot });
         }
-        let to = SlotState::Held(self.side);
+        let to = SlotState::held(self.party);
         match self.transition(
             (ci, slot),
             h.generation,
@@ -571,7 +725,8 @@ impl<R: Region> Pool<R> {
     /// [`BlobError::WrongState`] for a blob not in flight to this side
     /// (accepted already, or never sent); [`BlobError::HeldHere`] if a blob
     /// of this process holds the slot already (the peer rewrote its state
-    /// word); [`BlobError::Contended`] if the peer keeps changing the word.
+    /// word); [`BlobError::Contended`] if the peer keeps changing the word;
+    /// [`BlobError::NotTwoSided`] for a party other than 0 and 1.
     pub fn accept(&self, h: &BlobHandle) -> Result<Blob<'_, R>, BlobError> {
         self.accept_mut(h).map(BlobMut::freeze)
     }
@@ -583,11 +738,8 @@ impl<R: Region> Pool<R> {
     ///
     /// As [`accept`](Self::accept).
     pub fn accept_mut(&self, h: &BlobHandle) -> Result<BlobMut<'_, R>, BlobError> {
-        self.acquire(
-            h,
-            &[SlotState::InFlight(self.side)],
-            "in flight to this side",
-        )
+        let side = self.two_sided()?;
+        self.acquire(h, &[SlotState::InFlight(side)], "in flight to this side")
     }
 
     /// Takes back a blob this side sent that the peer has not accepted (a
@@ -597,7 +749,7 @@ impl<R: Region> Pool<R> {
     ///
     /// As [`accept`](Self::accept), for a blob not in flight to the peer.
     pub fn recall(&self, h: &BlobHandle) -> Result<BlobMut<'_, R>, BlobError> {
-        let from = [SlotState::InFlight(self.side.peer())];
+        let from = [SlotState::InFlight(self.two_sided()?.peer())];
         self.acquire(h, &from, "in flight to the peer")
     }
 
@@ -614,7 +766,7 @@ impl<R: Region> Pool<R> {
     /// As [`accept`](Self::accept), for a blob neither in flight to the
     /// peer nor held by it.
     pub fn take_back(&self, h: &BlobHandle) -> Result<BlobMut<'_, R>, BlobError> {
-        let peer = self.side.peer();
+        let peer = self.two_sided()?.peer();
         let from = [SlotState::InFlight(peer), SlotState::Held(peer)];
         self.acquire(h, &from, "in flight to the peer or held by it")
     }
@@ -623,11 +775,14 @@ impl<R: Region> Pool<R> {
     /// the peer's `accept`. The blob is given up whatever comes of it, so
     /// the slot's held flag is cleared first (before the Release, so that
     /// whoever accepts it finds the flag clear).
+    /// The blob checked [`two_sided`](Self::two_sided) before it gave
+    /// itself up (it is freed if that fails).
     pub(crate) fn send(&self, h: &BlobHandle) -> Result<(), BlobError> {
+        let side = self.two_sided()?;
         let (ci, slot, _) = self.check(h)?;
         self.held.release(ci, slot);
-        let to = SlotState::InFlight(self.side.peer());
-        let from = [SlotState::Held(self.side)];
+        let to = SlotState::InFlight(side.peer());
+        let from = [SlotState::Held(side)];
         self.transition(
             (ci, slot),
             h.generation,
@@ -665,83 +820,12 @@ impl<R: Region> Pool<R> {
     /// Sets the slot's hint bit, unless it is set already (a claimed slot
     /// keeps its bit until a scan finds it taken, so a slot allocated and
     /// freed by one thread costs no bitmap write at all).
-    fn mark_free(&self, c: &ClassLayout, slot: usize) {
+    pub(crate) fn mark_free(&self, c: &ClassLayout, slot: usize) {
         let mask = 1u64 << (slot % 64);
         let word = self.region.u64_at(c.bitmap + slot / 64 * 8);
         if word.load(Ordering::Relaxed) & mask == 0 {
             word.fetch_or(mask, Ordering::Relaxed);
         }
-    }
-
-    /// Frees every slot the `dead` side held, every slot in flight to it,
-    /// and every slot it sent that this side has not accepted; and puts back
-    /// into the index free slots a crash left out of it.
-    ///
-    /// Call it once the dead side is known dead (its pid exited) and after
-    /// reading what it sent: blobs in flight from it that are not accepted
-    /// by then are freed. Slots this side holds are untouched, so its
-    /// threads may keep working meanwhile. Calling it while `dead` is alive
-    /// frees blobs under its feet: its later frees and sends then fail
-    /// quietly and its bytes may be overwritten.
-    ///
-    /// A slot a blob of *this process* holds is never freed, whatever its
-    /// state word says (counted in [`Reclaimed::held_here`]): the word was
-    /// rewritten behind our back, or `dead` is a side this very process
-    /// still runs (a test); freeing it would let the dead side's successor
-    /// write bytes this process is using.
-    pub fn reclaim(&self, dead: Side) -> Reclaimed {
-        let mut r = Reclaimed::default();
-        for (ci, c) in self.classes.iter().enumerate() {
-            for slot in 0..c.count {
-                let word = self.region.u64_at(c.state_at(slot));
-                let done = bounded_cas(word.load(Ordering::Acquire), |cur| {
-                    let w = Word::decode(cur);
-                    let frees = matches!(w.state, SlotState::Held(s) if s == dead)
-                        || matches!(w.state, SlotState::InFlight(_));
-                    // Checked again on every retry: a blob of this process
-                    // may have taken the slot since (its claim sets the flag
-                    // before its compare-and-swap, which also fails ours).
-                    if frees && self.held.is_held(ci, slot) {
-                        r.held_here += 1;
-                        return ControlFlow::Break(());
-                    }
-                    let counter = match w.state {
-                        SlotState::Held(s) if s == dead => &mut r.held,
-                        SlotState::InFlight(s) if s == dead => &mut r.in_flight_to_dead,
-                        SlotState::InFlight(_) => &mut r.in_flight_from_dead,
-                        SlotState::Free => {
-                            let bit = 1u64 << (slot % 64);
-                            let bits = self.region.u64_at(c.bitmap + slot / 64 * 8);
-                            if bits.load(Ordering::Relaxed) & bit == 0 {
-                                // A stale set bit is harmless (the claim CAS
-                                // fails), so setting it cannot double-allocate.
-                                bits.fetch_or(bit, Ordering::Relaxed);
-                                r.repaired += 1;
-                            }
-                            return ControlFlow::Break(());
-                        }
-                        _ => return ControlFlow::Break(()),
-                    };
-                    match word.compare_exchange(
-                        cur,
-                        Word::encode(w.generation, SlotState::Free),
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => {
-                            *counter += 1;
-                            self.mark_free(c, slot);
-                            ControlFlow::Break(())
-                        }
-                        Err(now) => ControlFlow::Continue(now),
-                    }
-                });
-                if done.is_none() {
-                    r.contended += 1;
-                }
-            }
-        }
-        r
     }
 
     /// A census of every class: each slot's state word read once. Exact
@@ -796,11 +880,20 @@ fn count_states<R: ReadRegion + ?Sized>(region: &R, classes: &[ClassLayout]) -> 
             for slot in 0..c.count {
                 match Word::decode(region.load_u64(c.state_at(slot))).state {
                     SlotState::Free => s.free += 1,
-                    SlotState::Held(x) => s.held[side_index(x)] += 1,
+                    SlotState::Held(x) => s.held_by[side_index(x)] += 1,
+                    SlotState::HeldBy(p) => s.held_by[p.id()] += 1,
                     SlotState::InFlight(x) => s.in_flight[side_index(x)] += 1,
+                    SlotState::Shared(holders) => {
+                        s.shared += 1;
+                        for p in holders.iter() {
+                            s.references[p.id()] += 1;
+                        }
+                    }
                     SlotState::Invalid(_) => s.invalid += 1,
                 }
             }
+            s.held = [s.held_by[0], s.held_by[1]];
+            debug_assert!(s.is_exact());
             s
         })
         .collect();

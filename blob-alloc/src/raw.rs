@@ -1,12 +1,16 @@
 //! The allocator's `unsafe` core: a held slot's bytes as a slice.
 //!
-//! Both functions are `unsafe`: they are sound only for the one caller
-//! that holds the slot, which the types cannot tell. Their callers are the
+//! Both functions are `unsafe`: they are sound only for a caller that
+//! holds the slot, which the types cannot tell. Their callers are the
 //! [`Blob`](crate::Blob) and [`BlobMut`](crate::BlobMut) that hold the
 //! slot; a blob is built only after this side won the compare-and-swap that
-//! made the slot `Held(side)`, one per claim or accept, and blobs are not
-//! `Clone`. So no other slice of these bytes exists in this process while
-//! a blob lives.
+//! made the slot `Held(side)`, one per claim or accept, after marking the
+//! slot held alone in this process's [`held`](crate::held) record, and
+//! blobs are not `Clone`. So no other slice of these bytes exists in this
+//! process while a blob lives. [`SharedBlob`](crate::SharedBlob)s read
+//! (only read) the slot of a shared reference, and the record lets them
+//! exist only while no blob holds the slot alone here: any number of
+//! shared slices, never a mutable one beside them.
 //! The slot lies in the region: its offset and size come from descriptors
 //! checked against the region's length when the pool was opened (and the
 //! functions assert it again).

@@ -1,9 +1,12 @@
 //! Loom model of the pool's lock-free protocol: allocation and freeing on
 //! one class from two threads at once (each slot claimed by one thread at a
-//! time, nothing lost), and a blob sent from one thread and accepted by the
-//! other while the sender keeps allocating.
+//! time, nothing lost), a blob sent from one thread and accepted by the
+//! other while the sender keeps allocating; and shared slots: the last two
+//! references given up at once (the slot freed exactly once, and after
+//! both reads), a release racing a reclaim of another party's reference,
+//! and an accept racing the publisher's release of its own.
 //!
-//! The two sides stand for two processes: each pool handle is on its own
+//! The sides and parties stand for processes: each pool handle is on its own
 //! view of the region ([`Region::process`]), so each keeps its own record
 //! of the slots it holds, and only the shared state words order one side's
 //! use of a slot before the other's, as between real processes. Payload
@@ -21,7 +24,7 @@
 
 use std::cell::UnsafeCell;
 
-use isocall_blob::{Pool, PoolConfig, Side};
+use isocall_blob::{BlobMut, Parties, Party, Pool, PoolConfig, SharedHandle, Side, SlotState};
 use isocall_ringbuf::sync::{AtomicU32, AtomicU64, Ordering};
 use isocall_ringbuf::{Access, ReadRegion, Region};
 use std::sync::Arc;
@@ -144,7 +147,19 @@ unsafe impl Region for LoomRegion {
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
     // Exhaustive (no preemption bound): the models are small.
-    let b = loom::model::Builder::new();
+    explore(loom::model::Builder::new(), f);
+}
+
+/// For a model of three threads, whose every interleaving is too many to
+/// run: every one with at most `bound` preemptions (the bugs loom finds
+/// need two or three).
+fn model_bounded(bound: usize, f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(bound);
+    explore(b, f);
+}
+
+fn explore(b: loom::model::Builder, f: impl Fn() + Sync + Send + 'static) {
     let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = runs.clone();
     b.check(move || {
@@ -346,5 +361,159 @@ fn reclaim_while_the_survivor_allocates() {
         let x = a.alloc(1).unwrap();
         let y = a.alloc(1).unwrap();
         assert_ne!(x.handle().slot, y.handle().slot);
+    });
+}
+
+fn party(id: usize) -> Party {
+    Party::new(id).unwrap()
+}
+
+/// A publisher (party 0) and two subscribers (parties 1 and 2), each its
+/// own modelled process, over one loom region with `slots` slots of 64
+/// bytes.
+fn fan_out(slots: usize) -> [Arc<P>; 3] {
+    let config = PoolConfig::new().class(64, slots);
+    let region = LoomRegion::new(config.region_size().unwrap());
+    let publisher = Pool::create_as(region.view(0), &config, Party::PUBLISHER).unwrap();
+    let one = Pool::open_as(region.view(1), party(1)).unwrap();
+    let two = Pool::open_as(region.view(2), party(2)).unwrap();
+    [Arc::new(publisher), Arc::new(one), Arc::new(two)]
+}
+
+/// A mailbox for a shared handle (class 0, 64 bytes), passed with Relaxed
+/// stores and loads: it orders nothing, so only the pool's own orderings
+/// put the publisher's writes before the readers' reads.
+struct Mailbox(AtomicU64);
+
+impl Mailbox {
+    fn new() -> Arc<Mailbox> {
+        Arc::new(Mailbox(AtomicU64::new(u64::MAX)))
+    }
+
+    fn post(&self, h: &SharedHandle) {
+        let v = u64::from(h.generation) << 32 | u64::from(h.slot);
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    fn wait(&self) -> SharedHandle {
+        let v = loop {
+            match self.0.load(Ordering::Relaxed) {
+                u64::MAX => loom::thread::yield_now(),
+                v => break v,
+            }
+        };
+        SharedHandle {
+            class: 0,
+            slot: v as u32,
+            generation: (v >> 32) as u32,
+            len: 64,
+        }
+    }
+}
+
+/// A subscriber that waits for a handle, accepts its reference (which must
+/// succeed: nobody else gives it up), reads every byte, and drops it.
+fn reader(pool: Arc<P>, mailbox: Arc<Mailbox>, byte: u8) -> loom::thread::JoinHandle<()> {
+    loom::thread::spawn(move || {
+        let h = mailbox.wait();
+        let got = pool.accept_shared(&h).unwrap();
+        assert!(got.iter().all(|&x| x == byte), "read a byte not written");
+    })
+}
+
+/// Allocates the one slot again once every reference to it is given up
+/// (yielding until then), and writes all of it: loom reports a race if
+/// a reader's reads are not ordered before these writes.
+fn reuse(p: &P) -> BlobMut<'_, LoomRegion> {
+    let mut blob = loop {
+        match p.alloc(64) {
+            Ok(b) => break b,
+            Err(_) => loom::thread::yield_now(),
+        }
+    };
+    blob.fill(9);
+    blob
+}
+
+/// After the readers: the slot is held by the publisher's new blob, one
+/// generation on: not freed a second time under it.
+fn freed_once(p: &P, blob: &BlobMut<'_, LoomRegion>, h: &SharedHandle) {
+    assert_eq!(blob.handle().generation, h.generation + 1);
+    assert_eq!(
+        p.slot_state(0, 0),
+        Some((SlotState::Held(Side::A), h.generation + 1)),
+        "a late release freed the slot again"
+    );
+}
+
+#[test]
+fn the_last_two_references_given_up_at_once() {
+    // The readers get the handle as they start (the two models below pass
+    // it with no ordering: there the share's Release and the accept's
+    // Acquire alone order the bytes); here what is modelled is the two
+    // releases racing, and the publisher waiting for the slot to come back.
+    model_bounded(3, || {
+        let [publisher, one, two] = fan_out(1);
+        let mut blob = publisher.alloc(64).unwrap();
+        blob.fill(7);
+        let h = blob.share(Parties::from(party(1)).with(party(2))).unwrap();
+        let readers = [one, two].map(|p| {
+            loom::thread::spawn(move || {
+                let got = p.accept_shared(&h).unwrap();
+                assert!(got.iter().all(|&x| x == 7), "read a byte not written");
+            })
+        });
+        // The slot comes back exactly once, after both reads.
+        let again = reuse(&publisher);
+        for r in readers {
+            r.join().unwrap();
+        }
+        freed_once(&publisher, &again, &h);
+        drop(again);
+        assert_eq!(publisher.stats().classes[0].free, 1);
+    });
+}
+
+#[test]
+fn a_release_races_a_reclaim_of_another_party() {
+    model(|| {
+        let [publisher, one, _two] = fan_out(1);
+        let mailbox = Mailbox::new();
+        let r1 = reader(one, mailbox.clone(), 7);
+        let mut blob = publisher.alloc(64).unwrap();
+        blob.fill(7);
+        let h = blob.share(Parties::from(party(1)).with(party(2))).unwrap();
+        mailbox.post(&h);
+        // Party 2 died before accepting: its reference is a bit in the
+        // word, which the publisher clears while party 1 reads and gives
+        // its own up. Party 1's is never touched (its accept succeeds),
+        // and whichever of the two goes last frees the slot.
+        let r = publisher.reclaim_party(party(2));
+        assert_eq!((r.references, r.held_here, r.contended), (1, 0, 0));
+        let again = reuse(&publisher);
+        r1.join().unwrap();
+        freed_once(&publisher, &again, &h);
+        // A second reclaim finds nothing.
+        assert_eq!(publisher.reclaim_party(party(2)).references, 0);
+    });
+}
+
+#[test]
+fn an_accept_races_the_publishers_release() {
+    model(|| {
+        let [publisher, one, _two] = fan_out(1);
+        let mailbox = Mailbox::new();
+        let r1 = reader(one, mailbox.clone(), 7);
+        let mut blob = publisher.alloc(64).unwrap();
+        blob.fill(7);
+        // The publisher keeps a reference, reads, and gives it up while
+        // party 1 accepts: party 1's reference keeps the slot.
+        let (mine, h) = blob.share_keep(party(1).into()).unwrap();
+        mailbox.post(&h);
+        assert!(mine.iter().all(|&x| x == 7));
+        drop(mine);
+        let again = reuse(&publisher);
+        r1.join().unwrap();
+        freed_once(&publisher, &again, &h);
     });
 }

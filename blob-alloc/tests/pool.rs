@@ -288,12 +288,13 @@ fn state_word<'p>(p: &'p P, h: &BlobHandle) -> &'p std::sync::atomic::AtomicU64 
 /// process lives on, and its record keeps the slot held.)
 fn died_holding(pool: &P, blob: BlobMut<'_, Arc<HeapRegion>>) {
     let h = blob.handle();
-    let side = match pool.slot_state(h.class as usize, h.slot as usize) {
-        Some((SlotState::Held(side), _)) => side,
+    let code = match pool.slot_state(h.class as usize, h.slot as usize) {
+        Some((SlotState::Held(Side::A), _)) => 1,
+        Some((SlotState::Held(Side::B), _)) => 2,
+        Some((SlotState::HeldBy(p), _)) => 0x40 + p.id() as u64,
         other => panic!("not held: {other:?}"),
     };
     drop(blob);
-    let code = if side == Side::A { 1 } else { 2 };
     state_word(pool, &h).store(
         u64::from(h.generation) << 32 | code,
         std::sync::atomic::Ordering::Release,
@@ -396,4 +397,45 @@ fn census_counts_what_stats_counts_without_a_pool() {
     assert_eq!(st.classes[0].held, [1, 0]);
     assert_eq!(st.classes[1].held, [0, 1]);
     assert_eq!(st.classes[1].in_flight, [0, 1]);
+}
+
+#[test]
+fn a_party_beyond_the_two_sides_holds_alone_and_is_reclaimed() {
+    use isocall_blob::Party;
+    let (a, b) = pair(&small());
+    let five = Party::new(5).unwrap();
+    let p5 = Pool::open_as(a.region().clone(), five).unwrap();
+    assert_eq!((p5.party(), a.party()), (five, Party::from(Side::A)));
+    let mut m = p5.alloc(10).unwrap();
+    m.fill(5);
+    let h = m.handle();
+    assert_eq!(
+        a.slot_state(0, h.slot as usize),
+        Some((SlotState::HeldBy(five), h.generation))
+    );
+    // It has no peer: no send (the blob is freed), no accept.
+    assert_eq!(
+        m.send().unwrap_err(),
+        BlobError::NotTwoSided { party: five }
+    );
+    assert_eq!(a.stats().used(), 0);
+    let to_b = a.alloc(10).unwrap().send().unwrap();
+    assert!(matches!(
+        p5.accept(&to_b),
+        Err(BlobError::NotTwoSided { .. })
+    ));
+    drop(b.accept(&to_b).unwrap());
+    // It dies holding a blob: reclaimed by party 0, exactly once; slots in
+    // flight between A and B are not its to free.
+    let mine = p5.alloc(10).unwrap();
+    let to_b = a.alloc(10).unwrap().send().unwrap();
+    died_holding(&p5, mine);
+    let st = a.stats();
+    assert_eq!((st.classes[0].held_by[5], st.holds(five)), (1, 1));
+    assert!(st.classes.iter().all(|c| c.is_exact()));
+    let r = a.reclaim_party(five);
+    assert_eq!((r.held, r.freed()), (1, 1));
+    assert_eq!(a.reclaim_party(five).freed(), 0);
+    drop(b.accept(&to_b).unwrap());
+    assert_eq!(a.stats().used(), 0);
 }
