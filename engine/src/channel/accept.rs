@@ -16,13 +16,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use isocall_blob::{Member, Party, Pool, Roster};
+use isocall_ringbuf::SharedRegion;
+
 use crate::WaitStrategy;
 use crate::rpc::handshake::{self, ABORT, READY};
 use crate::rpc::{Admission, HandshakeError, Policy, Refusal, Ticket, TypeSig};
 use crate::segment::{Segment, SegmentLayout, Side};
 use crate::sys::{
-    Doorbell, EventFd, PeerCred, Ready, SocketName, accept_seqpacket, peer_cred, poll_ready,
-    recv_message, send_with_fds,
+    Doorbell, EventFd, PeerCred, Ready, SharedMem, SocketName, accept_seqpacket, peer_cred,
+    poll_ready, recv_message, send_with_fds,
 };
 
 use super::conn::Conn;
@@ -84,8 +87,11 @@ pub(crate) struct Shared {
     pub(crate) stopping: AtomicBool,
     /// Rung when the publisher stops: ends every wait of its threads.
     pub(crate) stop: EventFd,
-    /// Ids in use: bit `i` for id `i`.
-    ids: Mutex<u32>,
+    /// Who holds which id.
+    ids: Mutex<Ids>,
+    /// The channel's blob pool, if it has one: its memory (whose memfd
+    /// each hello carries) and the publisher's handle on it.
+    pub(crate) pool: Option<(Arc<SharedMem>, Arc<Pool<SharedRegion>>)>,
     arrivals: Mutex<Vec<Arrival>>,
     /// Set when `arrivals` holds someone: one load on the send path.
     pub(crate) arrived: AtomicBool,
@@ -98,22 +104,80 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A subscriber id, given back when dropped (after its blobs were
-/// reclaimed: the owner drops it last).
+/// Who holds which subscriber id.
+enum Ids {
+    /// No blob pool: bit `i` set while id `i` is given.
+    Plain(u32),
+    /// A blob pool: an id is a party of it, given again only once the pool
+    /// holds nothing of its last holder (see [`Roster`]).
+    Roster(Roster),
+}
+
+/// A subscriber id, given to one subscriber. Dropped without
+/// [`IdLease::finish`] (a handshake that failed), the id is given back at
+/// once: its holder never got anything.
 pub(crate) struct IdLease {
     shared: Arc<Shared>,
     id: u32,
+    member: Option<Member>,
+    done: bool,
 }
 
 impl IdLease {
     pub(crate) fn id(&self) -> u32 {
         self.id
     }
+
+    /// The subscriber's party in the blob pool.
+    pub(crate) fn party(&self) -> Option<Party> {
+        Party::new(self.id as usize)
+    }
+
+    /// The subscriber is gone: if its process `exited`, everything it held
+    /// in the pool is reclaimed and its id is free; if it lives (it closed
+    /// its end), its id comes back once the pool holds nothing of it, and
+    /// the returned member is to be reclaimed with [`Shared::died`] when
+    /// its process exits (it may hold shared blobs until then).
+    pub(crate) fn finish(mut self, exited: bool) -> Option<Member> {
+        self.done = true;
+        self.give_back(exited)
+    }
+
+    fn give_back(&mut self, exited: bool) -> Option<Member> {
+        let mut ids = lock(&self.shared.ids);
+        match &mut *ids {
+            Ids::Plain(bits) => {
+                *bits &= !(1 << self.id);
+                None
+            }
+            Ids::Roster(r) => {
+                let m = self.member?;
+                match (&self.shared.pool, exited) {
+                    (Some((_, pool)), true) => {
+                        if let Some(got) = r.died(pool, m) {
+                            tracing::debug!(
+                                id = self.id,
+                                freed = got.freed(),
+                                "dead subscriber's blobs reclaimed"
+                            );
+                        }
+                        None
+                    }
+                    _ => {
+                        r.leave(m);
+                        Some(m)
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Drop for IdLease {
     fn drop(&mut self) {
-        *lock(&self.shared.ids) &= !(1 << self.id);
+        if !self.done {
+            self.give_back(true);
+        }
     }
 }
 
@@ -129,6 +193,7 @@ pub(crate) struct Setup {
     pub(crate) handshake_timeout: Duration,
     pub(crate) admission: Admission,
     pub(crate) block: PubBlock,
+    pub(crate) pool: Option<(Arc<SharedMem>, Arc<Pool<SharedRegion>>)>,
 }
 
 impl Shared {
@@ -145,7 +210,12 @@ impl Shared {
             admission: s.admission,
             stopping: AtomicBool::new(false),
             stop: EventFd::new()?,
-            ids: Mutex::new(0),
+            ids: Mutex::new(if s.pool.is_some() {
+                Ids::Roster(Roster::new())
+            } else {
+                Ids::Plain(0)
+            }),
+            pool: s.pool,
             arrivals: Mutex::new(Vec::new()),
             arrived: AtomicBool::new(false),
             bell: EventFd::new()?,
@@ -153,15 +223,41 @@ impl Shared {
         })
     }
 
-    /// The lowest free id, taken.
+    /// A free id, taken (the lowest, or the pool's roster's choice).
     fn lease(self: &Arc<Self>) -> Option<IdLease> {
         let mut ids = lock(&self.ids);
-        let id = (1..=MAX_SUBSCRIBERS as u32).find(|i| *ids & (1 << i) == 0)?;
-        *ids |= 1 << id;
+        let (id, member) = match &mut *ids {
+            Ids::Plain(bits) => {
+                let id = (1..=MAX_SUBSCRIBERS as u32).find(|i| *bits & (1 << i) == 0)?;
+                *bits |= 1 << id;
+                (id, None)
+            }
+            Ids::Roster(r) => {
+                let (_, pool) = self.pool.as_ref()?;
+                let m = r
+                    .join(pool)
+                    .inspect_err(|e| tracing::debug!(error = %e, "no party for a subscriber"))
+                    .ok()?;
+                (m.party().id() as u32, Some(m))
+            }
+        };
         Some(IdLease {
             shared: self.clone(),
             id,
+            member,
+            done: false,
         })
+    }
+
+    /// The process of `m`, a subscriber that had closed its end, exited:
+    /// reclaims what it still held in the pool, and frees its id. False if
+    /// the id was given again since (nothing is done then).
+    pub(crate) fn died(&self, m: Member) -> bool {
+        let mut ids = lock(&self.ids);
+        match (&mut *ids, &self.pool) {
+            (Ids::Roster(r), Some((_, pool))) => r.died(pool, m).is_some(),
+            _ => false,
+        }
     }
 
     /// The subscribers that arrived since the last call.

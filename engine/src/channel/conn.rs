@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::WaitStrategy;
 use crate::endpoint::{Receiver, Sender, endpoint};
 use crate::liveness::{Liveness, PeerWatch, Watched};
-use crate::segment::{Segment, Side};
+use crate::segment::{SIDE_CLOSED, Segment, Side};
 use crate::sys::{Doorbell, PeerCred, PidFd, Ready, peer_pidfd, poll_ready};
 
 /// One side of a subscriber's connection. Fields drop in order: the
@@ -25,6 +25,7 @@ pub(crate) struct Conn {
     pub(crate) tx: Sender,
     pub(crate) rx: Receiver,
     pub(crate) liveness: Liveness,
+    pub(crate) segment: Arc<Segment>,
     /// `None` once this side let go of its lifeline (see
     /// [`let_go`](Self::let_go)).
     watch: Option<PeerWatch>,
@@ -80,6 +81,7 @@ impl Conn {
             tx,
             rx,
             liveness,
+            segment,
             watch: Some(watch),
             pidfd,
             sock,
@@ -93,6 +95,26 @@ impl Conn {
     /// turn.
     pub(crate) fn let_go(&mut self) {
         self.watch = None;
+    }
+
+    /// Whether the peer closed its side of the segment cleanly (its word:
+    /// a subscriber says so once it holds nothing of the channel's pool).
+    pub(crate) fn peer_closed_cleanly(&self, peer: Side) -> bool {
+        self.segment.side_state(peer).state == SIDE_CLOSED
+    }
+
+    /// Whether the peer's process has exited, asked without waiting (false
+    /// if the kernel gave no pidfd to ask).
+    pub(crate) fn peer_exited(&self) -> bool {
+        self.pidfd
+            .as_ref()
+            .is_some_and(|p| p.has_exited().unwrap_or(true))
+    }
+
+    /// The peer's pidfd, taken out (to watch for its exit after the
+    /// connection is gone).
+    pub(crate) fn take_pidfd(&mut self) -> Option<PidFd> {
+        self.pidfd.take()
     }
 
     /// Whether the peer closed its end of the socket or exited, asked

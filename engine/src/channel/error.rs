@@ -227,6 +227,10 @@ pub enum RecvError {
     /// skipped.
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// A blob the message names could not be accepted (a stale or forged
+    /// handle, or no pool); the message was skipped.
+    #[error("a blob of the message: {0}")]
+    Blob(#[from] BlobError),
 }
 
 impl From<TransportError> for RecvError {

@@ -59,11 +59,14 @@
 //! ```
 
 mod accept;
+mod builder;
 mod conn;
 mod error;
 pub mod hello;
 mod history;
+mod kept;
 mod loan;
+mod outlet;
 mod policy;
 mod publisher;
 mod sample;
@@ -71,12 +74,13 @@ pub mod stats;
 mod subscriber;
 
 pub use accept::{MAX_SUBSCRIBERS, SubscriberInfo};
+pub use builder::PublisherBuilder;
 pub use error::{
     ChannelTypeMismatch, CloseReason, PublishError, RecvError, SendError, SubscribeError,
 };
-pub use loan::Loan;
+pub use loan::{BlobLoan, Loan};
 pub use policy::{Backpressure, DEFAULT_BACKLOG};
-pub use publisher::{Publisher, PublisherBuilder};
+pub use publisher::Publisher;
 pub use sample::Sample;
 pub use stats::{PublisherStats, SubscriberStats};
 pub use subscriber::{Subscriber, SubscriberOptions};

@@ -160,13 +160,6 @@ impl Backlog {
         }
     }
 
-    /// Drops every queued frame (their buffers are kept for reuse).
-    pub(crate) fn clear(&mut self) {
-        while let Some(b) = self.frames.pop_front() {
-            self.recycle(b);
-        }
-    }
-
     /// The oldest frame.
     pub(crate) fn front(&self) -> Option<&[u8]> {
         self.frames.front().map(Vec::as_slice)
@@ -222,8 +215,5 @@ mod tests {
         let rest: Vec<Vec<u8>> = std::iter::from_fn(|| b.pop()).collect();
         assert_eq!(rest, [b"two".to_vec(), b"three".to_vec(), b"Four".to_vec()]);
         assert!(b.is_empty());
-        b.push(b"five");
-        b.clear();
-        assert_eq!(b.len(), 0);
     }
 }

@@ -11,6 +11,9 @@
 
 use std::ops::Range;
 
+use isocall_blob::SharedBlob;
+use isocall_ringbuf::SharedRegion;
+
 use crate::endpoint::RxFrame;
 use crate::rpc::body::{Body, Checked};
 
@@ -23,17 +26,43 @@ pub(crate) enum Source<'a, T: Body> {
     InRing(Option<RxFrame<'a>>, Range<usize>),
 }
 
-/// A message received from a channel: derefs to the archived value. It
-/// borrows its subscriber; drop it before the next receive.
+/// A message received from a channel: derefs to the archived value, and
+/// holds the message's blobs, read in place in the channel's pool. It
+/// borrows its subscriber; drop it before the next receive. Dropping it
+/// gives up this subscriber's references to the blobs (the last holder's
+/// drop frees a blob's slot).
 pub struct Sample<'a, T: Body> {
     src: Source<'a, T>,
+    blobs: Vec<SharedBlob<'a, SharedRegion>>,
     seq: u64,
     history: bool,
 }
 
 impl<'a, T: Body> Sample<'a, T> {
-    pub(crate) fn new(src: Source<'a, T>, seq: u64, history: bool) -> Self {
-        Sample { src, seq, history }
+    pub(crate) fn new(
+        src: Source<'a, T>,
+        blobs: Vec<SharedBlob<'a, SharedRegion>>,
+        seq: u64,
+        history: bool,
+    ) -> Self {
+        Sample {
+            src,
+            blobs,
+            seq,
+            history,
+        }
+    }
+
+    /// How many blobs the message carries.
+    pub fn blob_count(&self) -> usize {
+        self.blobs.len()
+    }
+
+    /// Blob `i`'s bytes, in place in the pool. They are the publisher's to
+    /// have written: read them as bytes (a hostile publisher could still
+    /// change them while they are read; they are never an address).
+    pub fn blob(&self, i: usize) -> Option<&[u8]> {
+        self.blobs.get(i).map(|b| &b[..])
     }
 
     /// The message's sequence number: how many messages its publisher had
@@ -76,6 +105,8 @@ impl<T: Body> std::ops::Deref for Sample<'_, T> {
 
 impl<T: Body> Drop for Sample<'_, T> {
     fn drop(&mut self) {
+        // The blobs first: the frame (trusted) after.
+        self.blobs.clear();
         if let Source::InRing(frame, _) = &mut self.src
             && let Some(f) = frame.take()
         {
@@ -89,6 +120,7 @@ impl<T: Body> std::fmt::Debug for Sample<'_, T> {
         f.debug_struct("Sample")
             .field("seq", &self.seq)
             .field("history", &self.history)
+            .field("blobs", &self.blobs.len())
             .finish_non_exhaustive()
     }
 }

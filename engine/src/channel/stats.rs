@@ -35,6 +35,10 @@ const VERSION: u64 = 1;
 /// Prefix of the name of a publisher's memfd (followed by the channel's
 /// name).
 pub const PUBLISHER_MEMFD_PREFIX: &str = "isocall:publisher:";
+/// Prefix of the name of a channel's blob pool memfd (followed by the
+/// channel's name): the pool alone, from offset 0, mapped by the publisher
+/// and every subscriber.
+pub const POOL_MEMFD_PREFIX: &str = "isocall:chanpool:";
 /// Prefix of the name of a subscriber's segment (followed by the
 /// channel's name, `:` and the subscriber's id).
 pub const SEGMENT_PREFIX: &str = "isocall:chan:";

@@ -17,6 +17,9 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use isocall_blob::{BlobError, Party, Pool, SharedBlob, SharedHandle};
+use isocall_ringbuf::SharedRegion;
+
 use crate::WaitStrategy;
 use crate::endpoint::{RxFrame, TransportError};
 use crate::rpc::body::{self, Body, Checked, Inbox};
@@ -25,7 +28,8 @@ use crate::rpc::wire;
 use crate::rpc::{HandshakeError, Policy, TypeSig};
 use crate::segment::{Segment, Side};
 use crate::sys::{
-    Doorbell, PeerCred, SocketName, connect_seqpacket, peer_cred, recv_message, send_with_fds,
+    Doorbell, PeerCred, SharedMem, SocketName, connect_seqpacket, peer_cred, recv_message,
+    send_with_fds,
 };
 
 use super::conn::Conn;
@@ -117,6 +121,8 @@ pub struct Subscriber<T: Body> {
     /// `None` once the subscription is over and this side let go.
     conn: Option<Conn>,
     segment: Arc<Segment>,
+    /// The channel's blob pool, as this subscriber's party, if it has one.
+    pool: Option<Pool<SharedRegion>>,
     inbox: Inbox,
     trusted: bool,
     /// Set when a receive found the subscription over.
@@ -177,7 +183,7 @@ impl<T: Body> Subscriber<T> {
         // reading our hello: its refusal is still queued for us.
         let sent = send_with_fds(sock.as_fd(), &msg, &[], deadline);
         let mut buf = vec![0u8; handshake::MAX_MESSAGE + 1];
-        let received = recv_message(sock.as_fd(), &mut buf, 2, deadline, None);
+        let received = recv_message(sock.as_fd(), &mut buf, 3, deadline, None);
         let (n, mut fds) = match (received, sent) {
             (Ok(got), _) => got,
             (Err(_), Err(e)) => return Err(e.into()),
@@ -235,20 +241,28 @@ impl<T: Body> Subscriber<T> {
                 },
             )));
         }
-        if fds.len() != 2 {
+        let want = if accept.pool { 3 } else { 2 };
+        if fds.len() != want {
             let e = HandshakeError::Descriptors {
-                expected: 2,
+                expected: want,
                 got: fds.len(),
             };
             abort(&e.to_string());
             return Err(e.into());
         }
+        let pool_fd = if accept.pool { fds.pop() } else { None };
         let bell = fds.pop().expect("2 fds");
         let memfd = fds.pop().expect("2 fds");
         let doorbell = Doorbell::from_peer_end(bell).map_err(|_| {
             abort("the doorbell is not a seqpacket socket");
             HandshakeError::NotADoorbell
         })?;
+        let pool = match pool_fd {
+            Some(fd) => {
+                Some(open_pool(fd, accept.subscriber).inspect_err(|e| abort(&e.to_string()))?)
+            }
+            None => None,
+        };
         let segment = Arc::new(Segment::open(memfd).inspect_err(|e| abort(&e.to_string()))?);
         let conn = Conn::attach(
             segment.clone(),
@@ -266,6 +280,7 @@ impl<T: Body> Subscriber<T> {
         Ok(Subscriber {
             conn: Some(conn),
             segment,
+            pool,
             inbox: Inbox::new(),
             trusted: false,
             end: None,
@@ -340,7 +355,15 @@ impl<T: Body> Subscriber<T> {
     /// connection (the publisher then frees this subscriber's id).
     fn ended(&mut self) -> Option<RecvError> {
         let end = self.end?;
-        self.conn = None;
+        if let Some(conn) = self.conn.take() {
+            // No sample lives (they borrow the subscriber): this side holds
+            // nothing of the pool any more, and says so before it hangs up.
+            if let Some(pool) = &self.pool {
+                pool.leave();
+            }
+            self.segment.close_side(Side::Client);
+            drop(conn);
+        }
         Some(match end {
             End::Died => RecvError::PeerDied,
             End::Closed(r) => RecvError::Closed(r),
@@ -359,6 +382,7 @@ impl<T: Body> Subscriber<T> {
         let Subscriber {
             conn,
             segment,
+            pool,
             inbox,
             trusted,
             end,
@@ -391,7 +415,7 @@ impl<T: Body> Subscriber<T> {
             }
             Err(e) => return Err(e.into()),
         };
-        read_frame(frame, inbox, *trusted).map(Some)
+        read_frame(frame, inbox, pool.as_ref(), *trusted).map(Some)
     }
 
     /// Its id on the channel (its party in the channel's blob pool).
@@ -416,12 +440,53 @@ impl<T: Body> Subscriber<T> {
     }
 }
 
-/// Turns a ring frame into a sample: checks its kind and head, copies its
-/// body out and validates it (or, trusted, keeps the frame).
+/// Maps the channel's blob pool the publisher sent, as party `id`.
+fn open_pool(fd: std::os::fd::OwnedFd, id: u32) -> Result<Pool<SharedRegion>, SubscribeError> {
+    let mem = SharedMem::open(fd)?;
+    let region = mem
+        .region(0, mem.len())
+        .ok_or(SubscribeError::Blobs(BlobError::NoPool))?;
+    let party = Party::new(id as usize).ok_or(SubscribeError::Blobs(BlobError::NoPool))?;
+    Ok(Pool::open_as(region, party)?)
+}
+
+/// Accepts this party's references to the blobs a frame names; on an
+/// error gives up those accepted.
+fn accept_blobs<'a>(
+    handles: &[u8],
+    pool: Option<&'a Pool<SharedRegion>>,
+) -> Result<Vec<SharedBlob<'a, SharedRegion>>, BlobError> {
+    if handles.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pool = pool.ok_or(BlobError::NoPool)?;
+    let mut out = Vec::with_capacity(handles.len() / wire::HANDLE);
+    let mut failed = None;
+    // Every handle is tried, so that none of this party's references is
+    // left unaccepted (and so never given up) after an error.
+    for c in handles.chunks_exact(wire::HANDLE) {
+        let h = SharedHandle::from_bytes(c).expect("16 bytes");
+        match pool.accept_shared(&h) {
+            Ok(b) => out.push(b),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+/// Turns a ring frame into a sample: checks its kind and head, accepts
+/// its blobs, copies its body out and validates it (or, trusted, keeps
+/// the frame).
 #[inline]
 fn read_frame<'a, T: Body>(
     frame: RxFrame<'a>,
     inbox: &'a mut Inbox,
+    pool: Option<&'a Pool<SharedRegion>>,
     trusted: bool,
 ) -> Result<Sample<'a, T>, RecvError> {
     let kind = frame.kind();
@@ -437,23 +502,43 @@ fn read_frame<'a, T: Body>(
         }
     };
     let (seq, history) = (p.head.id, p.head.status & FLAG_HISTORY != 0);
+    let blobs = match accept_blobs(p.blobs, pool) {
+        Ok(b) => b,
+        Err(e) => {
+            frame.release();
+            return Err(e.into());
+        }
+    };
     if trusted {
         let at = wire::HEAD + p.blobs.len();
         let body = at..at + p.body.len();
-        return Ok(Sample::new(Source::InRing(Some(frame), body), seq, history));
+        return Ok(Sample::new(
+            Source::InRing(Some(frame), body),
+            blobs,
+            seq,
+            history,
+        ));
     }
     // The copy rule: the body leaves the ring before it is checked.
     inbox.fill(p.body);
     frame.release();
     let checked: Checked<'a, T> = body::check::<T>(inbox.bytes())?;
-    Ok(Sample::new(Source::Private(checked), seq, history))
+    Ok(Sample::new(Source::Private(checked), blobs, seq, history))
 }
 
 impl<T: Body> Drop for Subscriber<T> {
     fn drop(&mut self) {
         // Closing our side cleanly: the segment says so, the watch lets
         // go of our lifeline and the socket hangs up.
+        // No sample lives (they borrow the subscriber): the references
+        // shared to this party that it never accepted (messages still in
+        // its ring) are given up, and the segment says this side holds
+        // nothing any more (the publisher then reclaims what was shared to
+        // it since), before the connection closes.
         if self.conn.is_some() {
+            if let Some(pool) = &self.pool {
+                pool.leave();
+            }
             self.segment.close_side(Side::Client);
         }
     }
