@@ -41,6 +41,24 @@ pub fn is_item(got: &ArchivedItem, seq: u64) -> bool {
     got.seq == seq && got.data.as_slice() == want.data.as_slice()
 }
 
+/// Fills the blob of message `seq`: its sequence number, then a pattern
+/// of it.
+pub fn fill_blob(seq: u64, b: &mut [u8]) {
+    for (i, x) in b.iter_mut().enumerate() {
+        *x = (i as u64).wrapping_mul(7).wrapping_add(seq) as u8;
+    }
+    if b.len() >= 8 {
+        b[..8].copy_from_slice(&seq.to_le_bytes());
+    }
+}
+
+/// Whether `b` is the blob of message `seq`, `len` bytes.
+pub fn is_blob(seq: u64, len: usize, b: &[u8]) -> bool {
+    let mut want = vec![0; len];
+    fill_blob(seq, &mut want);
+    b == want.as_slice()
+}
+
 /// What a subscriber received.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tally {
@@ -56,6 +74,8 @@ pub struct Tally {
     pub bad: u64,
     /// History messages.
     pub history: u64,
+    /// Messages that carried a blob (each checked).
+    pub blobs: u64,
     /// How the receiving ended: `count` (got what it wanted), `died`,
     /// `closed:<reason>`, `timeout`, or `error:<e>`.
     pub end: String,
@@ -66,13 +86,14 @@ impl std::fmt::Display for Tally {
         let o = |x: Option<u64>| x.map_or("-".into(), |v| v.to_string());
         write!(
             f,
-            "got={} first={} last={} gaps={} bad={} history={} end={}",
+            "got={} first={} last={} gaps={} bad={} history={} blobs={} end={}",
             self.got,
             o(self.first),
             o(self.last),
             self.gaps,
             self.bad,
             self.history,
+            self.blobs,
             self.end
         )
     }
@@ -91,14 +112,28 @@ impl Tally {
             gaps: n("gaps"),
             bad: n("bad"),
             history: n("history"),
+            blobs: n("blobs"),
             end: p.get("end").cloned().unwrap_or_default(),
         }
     }
 }
 
 /// Receives until `want` messages came (0: until the subscription ends),
-/// or nothing came for `idle`; checks each message and the order.
+/// or nothing came for `idle`; checks each message (and its blob, whose
+/// length is the message's `data` length times 64) and the order.
 pub fn receive(sub: &mut Subscriber<Item>, want: u64, idle: Duration) -> Tally {
+    receive_holding(sub, want, idle, None)
+}
+
+/// [`receive`], and after the first message that carries a blob, calls
+/// `hold` with it still held (the sample, and its blob, live until `hold`
+/// returns).
+pub fn receive_holding(
+    sub: &mut Subscriber<Item>,
+    want: u64,
+    idle: Duration,
+    mut hold: Option<&mut dyn FnMut()>,
+) -> Tally {
     let mut t = Tally::default();
     loop {
         if want > 0 && t.got >= want {
@@ -110,6 +145,16 @@ pub fn receive(sub: &mut Subscriber<Item>, want: u64, idle: Duration) -> Tally {
                 let seq = s.seq();
                 if !is_item(&s, seq) {
                     t.bad += 1;
+                }
+                if s.blob_count() > 0 {
+                    t.blobs += 1;
+                    let len = s.data.len() * 64;
+                    if s.blob_count() != 1 || !s.blob(0).is_some_and(|b| is_blob(seq, len, b)) {
+                        t.bad += 1;
+                    }
+                    if let Some(h) = hold.take() {
+                        h();
+                    }
                 }
                 match t.last {
                     Some(l) if seq <= l => t.bad += 1,
@@ -180,6 +225,15 @@ pub fn subscriber(arg: &str, ctl: &mut Ctl) {
         }
     }
     let idle = Duration::from_millis(num("idle_ms").max(1));
+    if num("hold_blob") == 1 {
+        // Holds the first blob it gets until the parent kills it.
+        let mut hold = || {
+            ctl.say("holding");
+            let _ = ctl.hear();
+        };
+        receive_holding(&mut sub, num("want"), idle, Some(&mut hold));
+        return;
+    }
     let t = receive(&mut sub, num("want"), idle);
     ctl.say(&format!("done {t}"));
 }

@@ -479,14 +479,12 @@ fn handshake(
     let counters = SubCounters::create(segment.clone(), id, policy, shared.ty.fingerprint);
     let (ours, theirs) = Doorbell::pair().map_err(|e| format!("doorbell: {e}"))?;
     let max_frame = isocall_ringbuf::max_payload(shared.layout.ring_capacity) as u32;
-    let msg = hello::encode_hello(id, &shared.ty, max_frame, false);
-    send_with_fds(
-        sock.as_fd(),
-        &msg,
-        &[segment.fd(), theirs.as_fd()],
-        deadline,
-    )
-    .map_err(|e| format!("hello: {e}"))?;
+    let msg = hello::encode_hello(id, &shared.ty, max_frame, shared.pool.is_some());
+    let mut fds = vec![segment.fd(), theirs.as_fd()];
+    if let Some((mem, _)) = &shared.pool {
+        fds.push(mem.fd());
+    }
+    send_with_fds(sock.as_fd(), &msg, &fds, deadline).map_err(|e| format!("hello: {e}"))?;
     drop(theirs);
     let (n, _) = recv_message(sock.as_fd(), &mut buf, 0, deadline, stop)
         .map_err(|e| format!("subscriber ready: {e}"))?;
