@@ -92,7 +92,7 @@ fn main() -> Result<(), Error> {
         return Err(format!("server did not start: {line:?}").into());
     }
 
-    let mut client = Client::connect(&SocketName::Abstract(socket))?;
+    let mut client = Client::connect(SocketName::Abstract(socket))?;
     let format = client.method(FORMAT)?;
     let pool = client.pool().ok_or("the server gave no blob pool")?.clone();
     // One 256-byte buffer, passed to the server and back on every call.

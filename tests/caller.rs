@@ -1,16 +1,20 @@
 //! The `Caller` trait: one generic function calls through a `Client`, a
 //! `SharedClient` and a `SupervisedClient` alike (one call at a time,
 //! pipelined, with a blob and a deadline), each against a server in
-//! another process.
+//! another process, on every transport.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::calc::*;
-use common::services::{self, SUM_BLOB, blob_failure, supervisor};
+use common::services::{self, SUM_BLOB, blob_failure};
+use common::transport::{Transport, serve_transport_for_parent, server_process_on, supervisor_on};
 use common::*;
-use isocall::{CallCtx, CallError, Caller, Client, ServerBuilder, SharedClient, SocketName};
+use isocall::rpc::Endpoint;
+use isocall::{CallCtx, CallError, Caller, Client, SharedClient};
+
+on_every_transport!(one_generic_function_calls_through_every_client);
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -23,26 +27,25 @@ fn service() {
 
 /// A plain server (not supervised) in a child process, with the methods
 /// [`exercise`] uses.
-fn server_process(socket: &SocketName) -> Peer {
-    common::server_process("caller_server_entry", socket, "")
+fn server_process(t: Transport) -> (Peer, Endpoint) {
+    server_process_on("caller_server_entry", t, "caller", "")
 }
 
 #[test]
 #[ignore = "entry point of the server process that the other tests spawn"]
 fn caller_server_entry() {
-    serve_for_parent(|socket, _| {
-        ServerBuilder::new(socket)
-            .method(ADD, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
-                Ok(Sum {
-                    sum: r.a.to_native() + r.b.to_native(),
-                })
+    serve_transport_for_parent(|b, _| {
+        b.method(ADD, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
+            Ok(Sum {
+                sum: r.a.to_native() + r.b.to_native(),
             })
-            .method(SUM_BLOB, |_: &ArchivedAdd, ctx: &mut CallCtx<'_>| {
-                let blob = ctx.blob(0).map_err(blob_failure)?;
-                Ok(Sum {
-                    sum: blob.iter().map(|&b| u64::from(b)).sum(),
-                })
+        })
+        .method(SUM_BLOB, |_: &ArchivedAdd, ctx: &mut CallCtx<'_>| {
+            let blob = ctx.blob(0).map_err(blob_failure)?;
+            Ok(Sum {
+                sum: blob.iter().map(|&b| u64::from(b)).sum(),
             })
+        })
     });
 }
 
@@ -78,13 +81,11 @@ fn exercise<C: Caller>(c: &mut C, xs: &[u64]) -> Result<u64, C::Error> {
     Ok(total)
 }
 
-#[test]
-fn one_generic_function_calls_through_every_client() {
+fn one_generic_function_calls_through_every_client(t: Transport) {
     let xs: Vec<u64> = (1..=50).collect();
     let want: u64 = xs.iter().sum();
 
-    let socket = unique("caller");
-    let _server = server_process(&socket);
+    let (_server, socket) = server_process(t);
     let mut client = Client::connect(&socket).expect("connect");
     assert_eq!(exercise(&mut client, &xs).expect("through a Client"), want);
 
@@ -94,7 +95,9 @@ fn one_generic_function_calls_through_every_client() {
         want
     );
 
-    let sup = supervisor("caller", "plain").spawn().expect("supervisor");
+    let sup = supervisor_on(t, "caller", "plain")
+        .spawn()
+        .expect("supervisor");
     let mut supervised = sup.client();
     assert_eq!(
         exercise(&mut supervised, &xs).expect("through a SupervisedClient"),

@@ -11,8 +11,9 @@ mod hostile;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use hostile::probe::{expect_back, snapshot, snapshot_with_server};
-use hostile::proc::{Ctl, Peer, Role, is_root, run_role, serial, socket_name, wait_for, watchdog};
+use hostile::harness::{Test, wait_for_stats};
+use hostile::probe::{expect_back, snapshot_with_server};
+use hostile::proc::{Ctl, OTHER_UID, Role, field, is_root, run_role};
 use hostile::{ADD, Add, victim_server};
 use isocall::raw::handshake::{self, REFUSED};
 use isocall::raw::sys::{Ready, connect_seqpacket, poll_ready};
@@ -31,8 +32,6 @@ fn role() {
     run_role(ROLES);
 }
 
-/// The second user of the tests that need one (run as root).
-const OTHER_UID: u32 = 65534;
 /// Connections the flooder attempts, and the per-uid cap.
 const ATTEMPTS: usize = 1000;
 const PER_UID: usize = 100;
@@ -122,25 +121,20 @@ fn one_call(arg: &str, ctl: &mut Ctl) {
 }
 
 fn count(line: &str, key: &str) -> usize {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{key} in {line:?}"))
+    field(line, key)
 }
 
 #[test]
 fn a_thousand_connections_from_one_user_are_capped_and_others_still_get_in() {
-    let _serial = serial();
-    let _dog = watchdog("flood_conns", Duration::from_secs(180));
-    let socket = socket_name("flood-conns");
-    let before = snapshot();
-    let server = victim_server(&socket)
+    let test = Test::start("flood_conns", Duration::from_secs(180));
+    let socket = &test.socket;
+    let server = victim_server(socket)
         .policy(two_users())
         .max_connections(2048, PER_UID)
         .spawn()
         .expect("server");
     let base = snapshot_with_server();
-    let mut flooder = Peer::spawn("flood_conns", &hostile::abstract_name(&socket));
+    let mut flooder = test.peer("flood_conns");
     let line = flooder.expect("held", Duration::from_secs(150));
     eprintln!("flood_conns: {line}");
     // Checked at the end, so that the rest is checked too.
@@ -155,7 +149,7 @@ fn a_thousand_connections_from_one_user_are_capped_and_others_still_get_in() {
     }
     // This user is at its cap: refused at once, with the cap named.
     let t = Instant::now();
-    match Client::connect(&socket) {
+    match Client::connect(socket) {
         Err(ConnectError::Refused(Refusal::TooManyForUid { uid: u, limit })) => {
             assert_eq!((u, limit as usize), (uid(), PER_UID));
         }
@@ -169,11 +163,7 @@ fn a_thousand_connections_from_one_user_are_capped_and_others_still_get_in() {
     );
     // Another user is served meanwhile.
     if is_root() {
-        let mut p = Peer::spawn_as(
-            "one_call",
-            &hostile::abstract_name(&socket),
-            Some(OTHER_UID),
-        );
+        let mut p = test.peer_as("one_call", OTHER_UID);
         let l = p.line(Duration::from_secs(30));
         assert!(l.starts_with("ok "), "uid {OTHER_UID}: {l}");
         p.wait_ok(Duration::from_secs(10));
@@ -186,30 +176,21 @@ fn a_thousand_connections_from_one_user_are_capped_and_others_still_get_in() {
     assert!(s.refused >= (ATTEMPTS - PER_UID) as u64, "{s:?}");
     flooder.send("close");
     flooder.expect("closed", Duration::from_secs(30));
-    wait_for(
+    wait_for_stats(
+        &server,
         Duration::from_secs(10),
         "the flood's connections to close",
-        || {
-            let s = server.stats();
-            (s.open == 0).then_some(()).ok_or(format!("{s:?}"))
-        },
+        |s| s.open == 0,
     );
     // The same user, once its connections closed.
-    let mut c = Client::connect(&socket).expect("connect after the flood closed");
+    let mut c = Client::connect(socket).expect("connect after the flood closed");
     let add = c.method(ADD).expect("add");
     assert_eq!(c.call(add, &Add { a: 1, b: 2 }).expect("add").sum, 3);
     drop(c);
     flooder.send("exit");
     flooder.wait_ok(Duration::from_secs(10));
     expect_back(&base, Duration::from_secs(20), "after the flood closed");
-    let t = Instant::now();
-    drop(server);
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "server drop took {:?}",
-        t.elapsed()
-    );
-    expect_back(&before, Duration::from_secs(10), "after the server stopped");
+    test.stop_server(server);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -248,29 +229,27 @@ fn silent(arg: &str, ctl: &mut Ctl) {
 
 #[test]
 fn silent_connections_of_another_user_delay_no_one_elses_connect() {
-    let _serial = serial();
     if !is_root() {
         eprintln!("silent: SKIPPED: needs root to run the silent peer as a second user");
         return;
     }
-    let _dog = watchdog("silent", Duration::from_secs(120));
-    let socket = socket_name("silent");
-    let before = snapshot();
+    let test = Test::start("silent", Duration::from_secs(120));
+    let socket = &test.socket;
     let handshake = Duration::from_secs(1);
-    let server = victim_server(&socket)
+    let server = victim_server(socket)
         .policy(two_users())
         .handshake_timeout(handshake)
         .spawn()
         .expect("server");
     let base = snapshot_with_server();
-    let mut quiet = Peer::spawn_as("silent", &hostile::abstract_name(&socket), Some(OTHER_UID));
+    let mut quiet = test.peer_as("silent", OTHER_UID);
     quiet.expect("silent", Duration::from_secs(30));
     let since = Instant::now();
     // This user connects at once, twenty times, beside them.
     let mut slowest = Duration::ZERO;
     for i in 0..20u64 {
         let t = Instant::now();
-        let mut c = Client::connect(&socket).unwrap_or_else(|e| panic!("connect {i}: {e}"));
+        let mut c = Client::connect(socket).unwrap_or_else(|e| panic!("connect {i}: {e}"));
         slowest = slowest.max(t.elapsed());
         let add = c.method(ADD).expect("add");
         assert_eq!(c.call(add, &Add { a: i, b: 1 }).expect("add").sum, i + 1);
@@ -282,11 +261,7 @@ fn silent_connections_of_another_user_delay_no_one_elses_connect() {
     );
     // An honest client of the silent user gets in by retrying `Busy`
     // until the silent handshakes time out.
-    let mut p = Peer::spawn_as(
-        "one_call",
-        &hostile::abstract_name(&socket),
-        Some(OTHER_UID),
-    );
+    let mut p = test.peer_as("one_call", OTHER_UID);
     let l = p.line(Duration::from_secs(30));
     eprintln!(
         "silent: uid {OTHER_UID}'s honest client: {l} ({:?} after the silent ones came)",
@@ -307,26 +282,17 @@ fn silent_connections_of_another_user_delay_no_one_elses_connect() {
     let s = server.stats();
     eprintln!("silent: server stats {s:?}");
     assert!(s.refused >= 1 && s.failed >= 1, "{s:?}");
-    wait_for(
+    wait_for_stats(
+        &server,
         Duration::from_secs(10),
         "the silent connections to go",
-        || {
-            let s = server.stats();
-            (s.open == 0).then_some(()).ok_or(format!("{s:?}"))
-        },
+        |s| s.open == 0,
     );
     expect_back(
         &base,
         Duration::from_secs(10),
         "after the silent connections went",
     );
-    let t = Instant::now();
-    drop(server);
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "server drop took {:?}",
-        t.elapsed()
-    );
-    expect_back(&before, Duration::from_secs(10), "after the server stopped");
+    test.stop_server(server);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -11,14 +11,17 @@ use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use hostile::harness::Test;
 use hostile::probe::{expect_back, snapshot};
-use hostile::proc::{Ctl, Peer, Role, run_role, serial, socket_name, watchdog};
+use hostile::proc::{Ctl, Role, drop_promptly, field, run_role};
 use hostile::raw::{RawClient, archive, s2c};
-use hostile::{ArchivedDigest, DIGEST, Honest, StringAttack, Text, digest, victim_server};
+use hostile::{
+    ArchivedDigest, DIGEST, Honest, StringAttack, Text, digest, send_and_find_state, slot_word,
+    victim_server,
+};
 use isocall::SocketName;
 use isocall::raw::sys::SharedMem;
 use isocall::raw::wire::{Status, kind::RESPONSE};
-use isocall::ring::ReadRegion;
 use isocall::ring::Region;
 use isocall::ring::layout::CONS_WAIT;
 use isocall::ring::wait::WAITING_DOORBELL;
@@ -93,32 +96,18 @@ fn rewrite_requests(arg: &str, ctl: &mut Ctl) {
     ctl.say(&format!("done ok={ok} bad={bad}"));
 }
 
-fn counts(line: &str) -> (u64, u64) {
-    let get = |k: &str| -> u64 {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{k} in {line:?}"))
-    };
-    (get("ok="), get("bad="))
-}
-
 #[test]
 fn a_client_rewriting_the_string_it_sent_while_the_server_reads_it() {
-    let _serial = serial();
-    let _dog = watchdog("rewrite_requests", Duration::from_secs(180));
-    let socket = socket_name("rewrite");
-    let before = snapshot();
-    let server = victim_server(&socket).spawn().expect("server");
-    let honest = Honest::start(&socket, Duration::from_secs(10));
-    honest.progresses(10, Duration::from_secs(10));
+    let test = Test::start("rewrite_requests", Duration::from_secs(180));
+    let server = victim_server(&test.socket).spawn().expect("server");
+    let honest = Honest::running(&test.socket, Duration::from_secs(10));
     let base = snapshot();
 
     let t0 = Instant::now();
-    let mut attacker = Peer::spawn("rewrite_requests", &hostile::abstract_name(&socket));
+    let mut attacker = test.peer("rewrite_requests");
     let line = attacker.expect("done", Duration::from_secs(150));
     attacker.wait_ok(Duration::from_secs(10));
-    let (ok, bad) = counts(&line);
+    let (ok, bad): (u64, u64) = (field(&line, "ok="), field(&line, "bad="));
     eprintln!(
         "rewrite_requests: {ok} right answers, {bad} refused as bad requests, in {:?}",
         t0.elapsed()
@@ -134,18 +123,10 @@ fn a_client_rewriting_the_string_it_sent_while_the_server_reads_it() {
         Duration::from_secs(10),
         "after the attacker's connection closed",
     );
-    let report = honest.finish();
-    assert!(report.failure.is_none(), "honest client: {report:?}");
+    honest.finish_ok();
     let s = server.stats();
     assert!(s.closed >= 1 && s.accepted >= 2, "{s:?}");
-    let t = Instant::now();
-    drop(server);
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "server drop took {:?}",
-        t.elapsed()
-    );
-    expect_back(&before, Duration::from_secs(10), "after the server stopped");
+    test.stop_server(server);
 }
 
 /// Attacker: fills the server's doorbell end and makes its own end
@@ -216,23 +197,18 @@ fn stuff_doorbell(arg: &str, ctl: &mut Ctl) {
 
 #[test]
 fn a_client_that_blocks_and_floods_its_doorbell_delays_no_one() {
-    let _serial = serial();
-    let _dog = watchdog("stuff_doorbell", Duration::from_secs(120));
-    let socket = socket_name("doorbell");
-    let before = snapshot();
-    let server = victim_server(&socket)
+    let test = Test::start("stuff_doorbell", Duration::from_secs(120));
+    let server = victim_server(&test.socket)
         .wait_strategy(isocall::WaitStrategy::Blocking)
         .spawn()
         .expect("server");
-    let honest = Honest::start(&socket, Duration::from_secs(5));
-    honest.progresses(10, Duration::from_secs(10));
-    let mut attacker = Peer::spawn("stuff_doorbell", &hostile::abstract_name(&socket));
+    let honest = Honest::running(&test.socket, Duration::from_secs(5));
+    let mut attacker = test.peer("stuff_doorbell");
     let calls = attacker.expect("calls", Duration::from_secs(90));
     assert_eq!(calls, "2000");
     // While the doorbell stays stuffed, the server serves the others.
     honest.progresses(200, Duration::from_secs(20));
-    let report = honest.finish();
-    assert!(report.failure.is_none(), "honest client: {report:?}");
+    let report = honest.finish_ok();
     eprintln!(
         "stuff_doorbell: honest client made {} calls, the slowest {:?}",
         report.calls, report.slowest
@@ -244,13 +220,10 @@ fn a_client_that_blocks_and_floods_its_doorbell_delays_no_one() {
     );
     // Dropping the server while the attacker lives, its doorbell stuffed
     // and blocking, returns.
-    let t = Instant::now();
-    drop(server);
-    let took = t.elapsed();
-    assert!(took < Duration::from_secs(5), "server drop took {took:?}");
+    drop_promptly(server, "server");
     attacker.send("exit");
     attacker.wait_ok(Duration::from_secs(10));
-    expect_back(&before, Duration::from_secs(10), "after the server stopped");
+    test.expect_back("after the server stopped");
 }
 
 /// Scribbles in total.
@@ -321,11 +294,8 @@ fn scribble(arg: &str, ctl: &mut Ctl) {
 
 #[test]
 fn a_scribbler_over_live_segments_hurts_only_its_own_connections() {
-    let _serial = serial();
-    let _dog = watchdog("scribble", Duration::from_secs(180));
-    let socket = socket_name("scribble");
-    let before = snapshot();
-    let server = victim_server(&socket)
+    let test = Test::start("scribble", Duration::from_secs(180));
+    let server = victim_server(&test.socket)
         .layout(isocall::raw::SegmentLayout {
             ring_capacity: 16 << 10,
             blobs: isocall::blob::PoolConfig::new()
@@ -334,19 +304,14 @@ fn a_scribbler_over_live_segments_hurts_only_its_own_connections() {
         })
         .spawn()
         .expect("server");
-    let honest = Honest::start(&socket, Duration::from_secs(10));
-    honest.progresses(10, Duration::from_secs(10));
+    let honest = Honest::running(&test.socket, Duration::from_secs(10));
     let base = snapshot();
     let t0 = Instant::now();
-    let mut attacker = Peer::spawn("scribble", &hostile::abstract_name(&socket));
+    let mut attacker = test.peer("scribble");
     let line = attacker.expect("done", Duration::from_secs(150));
     attacker.wait_ok(Duration::from_secs(10));
     eprintln!("scribble: {line} in {:?}", t0.elapsed());
-    let writes: u64 = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("writes="))
-        .and_then(|v| v.parse().ok())
-        .expect("writes=");
+    let writes: u64 = field(&line, "writes=");
     assert!(writes >= SCRIBBLES, "{line}");
     honest.progresses(10, Duration::from_secs(10));
     expect_back(
@@ -354,22 +319,14 @@ fn a_scribbler_over_live_segments_hurts_only_its_own_connections() {
         Duration::from_secs(20),
         "after the scribbled connections closed",
     );
-    let report = honest.finish();
-    assert!(report.failure.is_none(), "honest client: {report:?}");
+    let report = honest.finish_ok();
     eprintln!(
         "scribble: the honest client made {} right calls",
         report.calls
     );
     let s = server.stats();
     eprintln!("scribble: server stats {s:?}");
-    let t = Instant::now();
-    drop(server);
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "server drop took {:?}",
-        t.elapsed()
-    );
-    expect_back(&before, Duration::from_secs(10), "after the server stopped");
+    test.stop_server(server);
 }
 
 /// Accepts the request's blob 0, waits (a bounded while) until its slot
@@ -385,27 +342,13 @@ fn second_accept(arg: &str, ctl: &mut Ctl) {
     let socket = SocketName::Abstract(arg.to_string());
     let mut c = RawClient::connect(&socket).expect("connect");
     let pool = c.link.pool.take().expect("a pool");
-    let region = pool.region();
-    let words = || -> Vec<u64> {
-        (0..region.len() / 8)
-            .map(|i| region.u64_at(i * 8).load(Ordering::Acquire))
-            .collect()
-    };
-    let before = words();
-    let mut blob = pool.alloc(64).expect("alloc");
-    blob.copy_from_slice(&[0x5A; 64]);
-    let h = blob.send().expect("send");
-    let word = |side: u64| (u64::from(h.generation) << 32) | side;
-    let after = words();
     // The slot's state word: it changed to InFlight(server) (code 4).
-    let state_at = (0..after.len())
-        .find(|&i| after[i] != before[i] && after[i] == word(4))
-        .expect("the slot's state word")
-        * 8;
+    let (h, state_at) = send_and_find_state(&pool, 0x5A, 4);
+    let word = |code: u64| slot_word(h.generation, code);
     let method = c.method(HOLD.name());
     let body = archive(&hostile::Add { a: 0, b: 0 });
     c.request(1, method, &[h, h], &body).expect("request");
-    let w = region.u64_at(state_at);
+    let w = pool.region().u64_at(state_at);
     let limit = Instant::now() + Duration::from_secs(10);
     // Held(server) (code 2) -> InFlight(server), as if never accepted.
     while w
@@ -426,11 +369,8 @@ fn second_accept(arg: &str, ctl: &mut Ctl) {
 
 #[test]
 fn a_slot_the_server_holds_rewritten_back_to_in_flight_is_not_accepted_twice() {
-    let _serial = serial();
-    let _dog = watchdog("second_accept", Duration::from_secs(60));
-    let socket = socket_name("second-accept");
-    let before = snapshot();
-    let server = victim_server(&socket)
+    let test = Test::start("second_accept", Duration::from_secs(60));
+    let server = victim_server(&test.socket)
         .method(HOLD, |_: &hostile::ArchivedAdd, ctx: &mut isocall::CallCtx<'_>| {
             let h = ctx.blobs()[0];
             let pool = ctx.pool().expect("a pool");
@@ -466,7 +406,7 @@ fn a_slot_the_server_holds_rewritten_back_to_in_flight_is_not_accepted_twice() {
         })
         .spawn()
         .expect("server");
-    let mut attacker = Peer::spawn("second_accept", &hostile::abstract_name(&socket));
+    let mut attacker = test.peer("second_accept");
     attacker.expect("rewrote", Duration::from_secs(20));
     let sum = attacker.expect("sum", Duration::from_secs(20));
     attacker.wait_ok(Duration::from_secs(10));
@@ -474,12 +414,5 @@ fn a_slot_the_server_holds_rewritten_back_to_in_flight_is_not_accepted_twice() {
         sum, "1",
         "the server accepted a slot it holds a second time"
     );
-    let t = Instant::now();
-    drop(server);
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "server drop took {:?}",
-        t.elapsed()
-    );
-    expect_back(&before, Duration::from_secs(10), "after the server stopped");
+    test.stop_server(server);
 }

@@ -7,12 +7,13 @@
 
 mod hostile;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use hostile::harness::{Test, wait_for_stats};
 use hostile::probe::{expect_back, snapshot, thread_cpu};
-use hostile::proc::{Ctl, Peer, Role, run_role, serial, socket_name, wait_for, watchdog};
-use hostile::raw::RawClient;
+use hostile::proc::{Ctl, Peer, Role, drop_promptly, run_role, wait_for};
+use hostile::raw::{RawClient, RawLink};
 use hostile::{Honest, victim_server};
 use isocall::SocketName;
 use isocall::raw::Side;
@@ -36,22 +37,30 @@ fn socket_and_tid(arg: &str) -> (SocketName, u32) {
     (SocketName::Abstract(s.into()), t.parse().expect("a tid"))
 }
 
+/// The lifeline word of the client side of `link`.
+fn lifeline(link: &RawLink) -> &AtomicU32 {
+    link.segment.lifeline(Side::Client).expect("lifeline word")
+}
+
+/// Connects to the socket in `arg` as a raw client whose lifeline word
+/// holds the `tid` in `arg` before the client says ready (when the
+/// server's watch on it starts); returns the client and that tid.
+fn connect_lying(arg: &str) -> (RawClient, u32) {
+    let (socket, tid) = socket_and_tid(arg);
+    let c = RawClient::connect_with(&socket, |l| {
+        lifeline(l).store(tid & TID_MASK, Ordering::Release);
+    })
+    .expect("connect");
+    (c, tid)
+}
+
 /// Attacker: before it says ready, writes `tid` (a thread of the server's
 /// process, alive throughout) into its lifeline word, so the word reads
 /// "held" forever and the kernel never marks it; then says `lying` and
 /// exits when told, once the server's watch sleeps on the word.
 fn fake_lifeline(arg: &str, ctl: &mut Ctl) {
-    let (socket, tid) = socket_and_tid(arg);
-    let c = RawClient::connect_with(&socket, |l| {
-        let w = l.segment.lifeline(Side::Client).expect("lifeline word");
-        w.store(tid & TID_MASK, Ordering::Release);
-    })
-    .expect("connect");
-    let w = c
-        .link
-        .segment
-        .lifeline(Side::Client)
-        .expect("lifeline word");
+    let (c, tid) = connect_lying(arg);
+    let w = lifeline(&c.link);
     // Until the server's watch announced itself asleep on the word.
     let limit = Instant::now() + Duration::from_secs(10);
     while w.load(Ordering::Acquire) & WAITERS == 0 {
@@ -67,45 +76,40 @@ fn fake_lifeline(arg: &str, ctl: &mut Ctl) {
     assert_eq!(w.load(Ordering::Acquire) & TID_MASK, tid & TID_MASK);
 }
 
-fn gettid() -> u32 {
-    rustix::thread::gettid().as_raw_nonzero().get() as u32
+/// Starts the attacker `role` against the test's server with the id of
+/// this thread (a live thread of the server's process) to lie with.
+fn spawn_liar(test: &Test, role: &str) -> Peer {
+    let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+    Peer::spawn(
+        role,
+        &format!("{} {tid}", hostile::abstract_name(&test.socket)),
+    )
 }
 
 #[test]
 fn a_client_that_wrote_a_live_thread_into_its_lifeline_and_died_is_found_dead() {
-    let _serial = serial();
-    let _dog = watchdog("fake_lifeline", Duration::from_secs(60));
-    let socket = socket_name("fake-lifeline");
-    let before = snapshot();
-    let server = victim_server(&socket).spawn().expect("server");
-    let honest = Honest::start(&socket, Duration::from_secs(10));
-    honest.progresses(10, Duration::from_secs(10));
+    let test = Test::start("fake_lifeline", Duration::from_secs(60));
+    let server = victim_server(&test.socket).spawn().expect("server");
+    let honest = Honest::running(&test.socket, Duration::from_secs(10));
     let base = snapshot();
-    let mut liar = Peer::spawn(
-        "fake_lifeline",
-        &format!("{} {}", hostile::abstract_name(&socket), gettid()),
-    );
+    let mut liar = spawn_liar(&test, "fake_lifeline");
     liar.expect("lying", Duration::from_secs(20));
-    wait_for(Duration::from_secs(10), "the liar's connection", || {
-        let s = server.stats();
-        (s.open == 2 && s.accepted == 2)
-            .then_some(())
-            .ok_or(format!("{s:?}"))
-    });
+    wait_for_stats(
+        &server,
+        Duration::from_secs(10),
+        "the liar's connection",
+        |s| s.open == 2 && s.accepted == 2,
+    );
     liar.send("exit");
     liar.wait_ok(Duration::from_secs(10));
     let died = Instant::now();
     // Death is learnt from the kernel within the watch's recheck (0.5 s);
     // a watch that believed the word would wait forever.
-    wait_for(
+    wait_for_stats(
+        &server,
         Duration::from_secs(5),
         "the server to close the dead liar's connection",
-        || {
-            let s = server.stats();
-            (s.closed == 1 && s.open == 1)
-                .then_some(())
-                .ok_or(format!("{s:?}"))
-        },
+        |s| s.closed == 1 && s.open == 1,
     );
     let took = died.elapsed();
     eprintln!("fake_lifeline: the death was learnt in {took:?}");
@@ -116,33 +120,16 @@ fn a_client_that_wrote_a_live_thread_into_its_lifeline_and_died_is_found_dead() 
         "after the liar's death (segment unmapped, fds and threads back)",
     );
     honest.progresses(10, Duration::from_secs(10));
-    let report = honest.finish();
-    assert!(report.failure.is_none(), "honest client: {report:?}");
-    let t = Instant::now();
-    drop(server);
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "server drop took {:?}",
-        t.elapsed()
-    );
-    expect_back(&before, Duration::from_secs(10), "after the server stopped");
+    honest.finish_ok();
+    test.stop_server(server);
 }
 
 /// Attacker: holds a word that reads "held" by `tid`, then rewrites it
 /// (two held values in turn) and wakes its waiters as fast as it can,
 /// until told to stop; says `flapping` first and `flaps N` at the end.
 fn flap_lifeline(arg: &str, ctl: &mut Ctl) {
-    let (socket, tid) = socket_and_tid(arg);
-    let c = RawClient::connect_with(&socket, |l| {
-        let w = l.segment.lifeline(Side::Client).expect("lifeline word");
-        w.store(tid & TID_MASK, Ordering::Release);
-    })
-    .expect("connect");
-    let w = c
-        .link
-        .segment
-        .lifeline(Side::Client)
-        .expect("lifeline word");
+    let (c, tid) = connect_lying(arg);
+    let w = lifeline(&c.link);
     ctl.say("flapping");
     let mut n = 0u64;
     loop {
@@ -161,17 +148,10 @@ fn flap_lifeline(arg: &str, ctl: &mut Ctl) {
 
 #[test]
 fn a_client_flapping_its_lifeline_burns_no_cpu_of_the_server() {
-    let _serial = serial();
-    let _dog = watchdog("flap_lifeline", Duration::from_secs(60));
-    let socket = socket_name("flap-lifeline");
-    let before = snapshot();
-    let server = victim_server(&socket).spawn().expect("server");
-    let honest = Honest::start(&socket, Duration::from_secs(10));
-    honest.progresses(10, Duration::from_secs(10));
-    let mut flapper = Peer::spawn(
-        "flap_lifeline",
-        &format!("{} {}", hostile::abstract_name(&socket), gettid()),
-    );
+    let test = Test::start("flap_lifeline", Duration::from_secs(60));
+    let server = victim_server(&test.socket).spawn().expect("server");
+    let honest = Honest::running(&test.socket, Duration::from_secs(10));
+    let mut flapper = spawn_liar(&test, "flap_lifeline");
     flapper.expect("flapping", Duration::from_secs(20));
     // The watch threads (ours of the flapper, and both of the honest
     // connection) while the word flaps for two seconds of wall time.
@@ -197,16 +177,12 @@ fn a_client_flapping_its_lifeline_burns_no_cpu_of_the_server() {
         (2, 0),
         "a flapping word is no death: {s:?}"
     );
-    let report = honest.finish();
-    assert!(report.failure.is_none(), "honest client: {report:?}");
+    honest.finish_ok();
     // Dropping the server while the word still flaps returns.
-    let t = Instant::now();
-    drop(server);
-    let took = t.elapsed();
-    assert!(took < Duration::from_secs(5), "server drop took {took:?}");
+    drop_promptly(server, "server");
     flapper.send("stop");
     let flaps = flapper.expect("flaps", Duration::from_secs(10));
     eprintln!("flap_lifeline: {flaps} rewrites of the word");
     flapper.wait_ok(Duration::from_secs(10));
-    expect_back(&before, Duration::from_secs(10), "after the server stopped");
+    test.expect_back("after the server stopped");
 }

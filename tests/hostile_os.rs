@@ -8,7 +8,8 @@ mod hostile;
 
 use std::time::{Duration, Instant};
 
-use hostile::proc::{Ctl, Peer, Role, is_root, run_role, serial, socket_name, wait_for, watchdog};
+use hostile::harness::Test;
+use hostile::proc::{Ctl, OTHER_UID, Peer, Role, is_root, run_role, wait_for};
 use hostile::{ADD, Add, victim_server};
 use isocall::raw::sys::connect_seqpacket;
 use isocall::rpc::PolicyRefusal;
@@ -22,9 +23,6 @@ const ROLES: &[Role] = &[("silent_conns", silent_conns), ("squatter", squatter)]
 fn role() {
     run_role(ROLES);
 }
-
-/// The user the squatter runs as (the tests that need it run as root).
-const OTHER_UID: u32 = 65534;
 
 /// Attacker: opens `arg` connections to the socket named in the first
 /// line it hears and never says a word on them; says `held N`, then holds
@@ -109,11 +107,10 @@ impl Drop for Limit {
 
 #[test]
 fn a_server_out_of_descriptors_backs_off_and_serves_again() {
-    let _serial = serial();
-    let _dog = watchdog("emfile", Duration::from_secs(60));
-    let socket = socket_name("emfile");
-    let name = hostile::abstract_name(&socket);
-    let server = victim_server(&socket)
+    let test = Test::start("emfile", Duration::from_secs(60));
+    let socket = &test.socket;
+    let name = hostile::abstract_name(socket);
+    let server = victim_server(socket)
         .handshake_timeout(Duration::from_secs(30))
         .spawn()
         .expect("server");
@@ -168,7 +165,7 @@ fn a_server_out_of_descriptors_backs_off_and_serves_again() {
     attacker.send("exit");
     attacker.wait_ok(Duration::from_secs(20));
     let reply = wait_for(Duration::from_secs(20), "an honest call", || {
-        let mut c = Client::connect(&socket).map_err(|e| e.to_string())?;
+        let mut c = Client::connect(socket).map_err(|e| e.to_string())?;
         let add = c.method(ADD).map_err(|e| e.to_string())?;
         let sum = c
             .call(add, &Add { a: 40, b: 2 })
@@ -187,17 +184,12 @@ fn a_client_refuses_a_server_of_another_user_squatting_on_the_name() {
         eprintln!("skipped: a squatter of another user needs root to start");
         return;
     }
-    let _serial = serial();
-    let _dog = watchdog("squatter", Duration::from_secs(60));
-    let socket = socket_name("squatter");
-    let mut squatter = Peer::spawn_as(
-        "squatter",
-        &hostile::abstract_name(&socket),
-        Some(OTHER_UID),
-    );
+    let test = Test::start("squatter", Duration::from_secs(60));
+    let socket = &test.socket;
+    let mut squatter = test.peer_as("squatter", OTHER_UID);
     squatter.expect("ready", Duration::from_secs(20));
     let me = rustix::process::getuid().as_raw();
-    match Client::connect(&socket) {
+    match Client::connect(socket) {
         Err(ConnectError::ServerRefused(PolicyRefusal::NotSameUid { uid, expected })) => {
             assert_eq!((uid, expected), (OTHER_UID, me));
         }
@@ -206,7 +198,7 @@ fn a_client_refuses_a_server_of_another_user_squatting_on_the_name() {
     }
     // A client that expects that user gets in.
     let mut c = Client::connect_with(
-        &socket,
+        socket,
         ClientOptions::default().server_policy(Policy::uid(OTHER_UID)),
     )
     .expect("a client that allows the server's user");

@@ -12,14 +12,15 @@ use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use hostile::probe::{expect_back, snapshot};
-use hostile::proc::{Ctl, Peer, Role, run_role, serial, socket_name, watchdog};
+use hostile::harness::Test;
+use hostile::proc::{Ctl, Peer, Role, drop_promptly, run_role};
 use hostile::raw::{RawLink, RawServer, archive, c2s, method_info, s2c};
-use hostile::{ADD, Add, ArchivedAdd, Bystander, ECHO, StringAttack, Sum, Text};
+use hostile::{
+    ADD, Add, ArchivedAdd, Bystander, ECHO, StringAttack, Sum, Text, send_and_find_state, slot_word,
+};
 use isocall::blob::{BlobHandle, PoolConfig};
 use isocall::raw::SegmentLayout;
 use isocall::raw::wire::{CallHead, Status, kind};
-use isocall::ring::ReadRegion;
 use isocall::ring::Region;
 use isocall::ring::layout::CONS_WAIT;
 use isocall::ring::wait::WAITING_DOORBELL;
@@ -114,6 +115,27 @@ fn serve(
     }
 }
 
+/// Starts test `role`: a bystander in this process, then the hostile
+/// server `role`, listening on the test's socket.
+fn start(role: &'static str, limit: Duration) -> (Test, Bystander, Peer) {
+    let test = Test::start(role, limit);
+    let bystander = Bystander::start(role);
+    let mut server = test.peer(role);
+    server.expect("listening", Duration::from_secs(20));
+    (test, bystander, server)
+}
+
+/// Ends a test once the client survived the attack: the bystander still
+/// makes progress, dropping the client returns within 5 s, the server
+/// exits with success, and nothing the client held is left.
+fn close(test: Test, bystander: Bystander, client: Client, mut server: Peer) {
+    bystander.progresses();
+    drop_promptly(client, "client");
+    server.wait_ok(Duration::from_secs(10));
+    bystander.finish();
+    test.expect_back("after the client closed");
+}
+
 /// The string of every rewritten reply.
 fn reply_string() -> String {
     (0..100)
@@ -151,14 +173,8 @@ fn rewrite_replies(arg: &str, ctl: &mut Ctl) {
 
 #[test]
 fn a_server_rewriting_the_string_it_replied_while_the_client_reads_it() {
-    let _serial = serial();
-    let _dog = watchdog("rewrite_replies", Duration::from_secs(180));
-    let socket = socket_name("rewrite-replies");
-    let before = snapshot();
-    let bystander = Bystander::start("rewrite_replies");
-    let mut server = Peer::spawn("rewrite_replies", &hostile::abstract_name(&socket));
-    server.expect("listening", Duration::from_secs(20));
-    let mut client = Client::connect(&socket).expect("connect");
+    let (test, bystander, server) = start("rewrite_replies", Duration::from_secs(180));
+    let mut client = Client::connect(&test.socket).expect("connect");
     let echo = client.method(ECHO).expect("echo");
     let want = reply_string();
     let req = Text { s: "x".repeat(20) };
@@ -185,17 +201,7 @@ fn a_server_rewriting_the_string_it_replied_while_the_client_reads_it() {
     );
     assert!(ok > 0 && bad > 0, "ok={ok} bad={bad}");
     assert!(client.is_alive());
-    bystander.progresses();
-    let t = Instant::now();
-    drop(client);
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "client drop took {:?}",
-        t.elapsed()
-    );
-    server.wait_ok(Duration::from_secs(10));
-    bystander.finish();
-    expect_back(&before, Duration::from_secs(10), "after the client closed");
+    close(test, bystander, client, server);
 }
 
 /// Hostile server: makes both ends of the doorbell blocking (its own, and
@@ -243,15 +249,9 @@ fn stuff_doorbell(arg: &str, ctl: &mut Ctl) {
 
 #[test]
 fn a_server_that_blocks_and_floods_the_clients_doorbell_delays_no_call() {
-    let _serial = serial();
-    let _dog = watchdog("stuff_doorbell", Duration::from_secs(120));
-    let socket = socket_name("stuff-doorbell");
-    let before = snapshot();
-    let bystander = Bystander::start("stuff_doorbell");
-    let mut server = Peer::spawn("stuff_doorbell", &hostile::abstract_name(&socket));
-    server.expect("listening", Duration::from_secs(20));
+    let (test, bystander, server) = start("stuff_doorbell", Duration::from_secs(120));
     let mut client = Client::connect_with(
-        &socket,
+        &test.socket,
         ClientOptions::default().call_timeout(Duration::from_secs(5)),
     )
     .expect("connect");
@@ -268,14 +268,7 @@ fn a_server_that_blocks_and_floods_the_clients_doorbell_delays_no_call() {
     eprintln!("stuff_doorbell: 5000 calls, the slowest {slowest:?}");
     assert!(slowest < Duration::from_secs(2), "a call took {slowest:?}");
     // Dropping the client while the server keeps its doorbell stuffed.
-    bystander.progresses();
-    let t = Instant::now();
-    drop(client);
-    let took = t.elapsed();
-    assert!(took < Duration::from_secs(5), "client drop took {took:?}");
-    server.wait_ok(Duration::from_secs(10));
-    bystander.finish();
-    expect_back(&before, Duration::from_secs(10), "after the client closed");
+    close(test, bystander, client, server);
 }
 
 /// Hostile server: every millisecond publishes a RESPONSE to a call id no
@@ -319,14 +312,8 @@ fn stray_replies(arg: &str, ctl: &mut Ctl) {
 
 #[test]
 fn stray_replies_every_millisecond_do_not_stretch_a_deadline() {
-    let _serial = serial();
-    let _dog = watchdog("stray_replies", Duration::from_secs(60));
-    let socket = socket_name("stray-replies");
-    let before = snapshot();
-    let bystander = Bystander::start("stray_replies");
-    let mut server = Peer::spawn("stray_replies", &hostile::abstract_name(&socket));
-    server.expect("listening", Duration::from_secs(20));
-    let mut client = Client::connect(&socket).expect("connect");
+    let (test, bystander, server) = start("stray_replies", Duration::from_secs(60));
+    let mut client = Client::connect(&test.socket).expect("connect");
     let (echo, add) = (
         client.method(ECHO).expect("echo"),
         client.method(ADD).expect("add"),
@@ -350,17 +337,7 @@ fn stray_replies_every_millisecond_do_not_stretch_a_deadline() {
     assert_eq!(r.sum.to_native(), 42);
     drop(r);
     assert!(client.is_alive());
-    bystander.progresses();
-    let t = Instant::now();
-    drop(client);
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "client drop took {:?}",
-        t.elapsed()
-    );
-    server.wait_ok(Duration::from_secs(10));
-    bystander.finish();
-    expect_back(&before, Duration::from_secs(10), "after the client closed");
+    close(test, bystander, client, server);
 }
 
 /// Hostile server: answers the first `give` with a blob of its pool; on
@@ -370,25 +347,10 @@ fn stray_replies_every_millisecond_do_not_stretch_a_deadline() {
 fn second_accept(arg: &str, ctl: &mut Ctl) {
     let (mut link, _) = accept_one(arg, ctl, false);
     let pool = link.pool.take().expect("a pool");
-    // Where the slot's state word is: the word that changes to
-    // Held(server) when the blob is allocated.
     let region = pool.region();
-    let words = |r: &isocall::ring::SharedRegion| -> Vec<u64> {
-        (0..r.len() / 8)
-            .map(|i| r.u64_at(i * 8).load(Ordering::Acquire))
-            .collect()
-    };
-    let before = words(region);
-    let mut blob = pool.alloc(64).expect("alloc");
-    blob.copy_from_slice(&[0xAB; 64]);
-    let h = blob.send().expect("send");
-    let held_by = |side: u64| (u64::from(h.generation) << 32) | side;
-    let after = words(region);
     // In flight to the client now (code 3): the word that changed to it.
-    let state_at = (0..after.len())
-        .find(|&i| after[i] != before[i] && after[i] == held_by(3))
-        .expect("the slot's state word")
-        * 8;
+    let (h, state_at) = send_and_find_state(&pool, 0xAB, 3);
+    let held_by = |code: u64| slot_word(h.generation, code);
     let mut calls = 0;
     serve(
         &mut link,
@@ -409,14 +371,8 @@ fn second_accept(arg: &str, ctl: &mut Ctl) {
 
 #[test]
 fn a_slot_rewritten_back_to_in_flight_is_not_accepted_twice() {
-    let _serial = serial();
-    let _dog = watchdog("second_accept", Duration::from_secs(60));
-    let socket = socket_name("second-accept");
-    let before = snapshot();
-    let bystander = Bystander::start("second_accept");
-    let mut server = Peer::spawn("second_accept", &hostile::abstract_name(&socket));
-    server.expect("listening", Duration::from_secs(20));
-    let mut client = Client::connect(&socket).expect("connect");
+    let (test, bystander, mut server) = start("second_accept", Duration::from_secs(60));
+    let mut client = Client::connect(&test.socket).expect("connect");
     let pool = client.pool().expect("a pool").clone();
     let give = client.method(GIVE).expect("give");
     let h = client
@@ -447,5 +403,5 @@ fn a_slot_rewritten_back_to_in_flight_is_not_accepted_twice() {
     drop(pool);
     server.wait_ok(Duration::from_secs(10));
     bystander.finish();
-    expect_back(&before, Duration::from_secs(10), "after the client closed");
+    test.expect_back("after the client closed");
 }

@@ -1,20 +1,29 @@
 //! No descriptor or thread outlives its connection: 1,000 connect, call,
 //! disconnect cycles against an in-process server, then the process's fd
 //! and thread counts are back where they started. Its own test binary, so
-//! that no other test opens descriptors or starts threads meanwhile.
+//! that no other test opens descriptors or starts threads meanwhile; on
+//! every transport, one at a time.
 
 mod common;
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use common::calc::*;
+use common::transport::{Transport, serve_on};
 use common::wait_until;
-use isocall::{CallCtx, Client, ServerBuilder, SocketName};
+use isocall::{CallCtx, Client, ServerBuilder};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-fn builder(socket: SocketName) -> ServerBuilder {
-    ServerBuilder::new(socket).method(ADD, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
+on_every_transport!(a_thousand_connections_leak_no_fds_or_threads);
+
+/// One transport's run at a time: each counts this process's descriptors
+/// and threads.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn builder(b: ServerBuilder) -> ServerBuilder {
+    b.method(ADD, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
         Ok(Sum {
             sum: r.a.to_native() + r.b.to_native(),
         })
@@ -25,10 +34,9 @@ fn count_dir(path: &str) -> usize {
     std::fs::read_dir(path).map(|d| d.count()).unwrap_or(0)
 }
 
-#[test]
-fn a_thousand_connections_leak_no_fds_or_threads() {
-    let socket = unique("cycles");
-    let server = builder(socket.clone()).spawn().unwrap();
+fn a_thousand_connections_leak_no_fds_or_threads(t: Transport) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (server, socket) = serve_on(t, "cycles", builder);
     // Warm up once (lazy statics, the first worker wake-up).
     drop(Client::connect(&socket).unwrap());
     wait_until(LIMIT, "the first close", || {

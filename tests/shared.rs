@@ -2,32 +2,39 @@
 //! handle, calling a server in another process at once, every answer
 //! checked against the thread's own operands, one call at a time and with
 //! several in flight per thread; and a dropped `Pending` gives its slot
-//! back.
+//! back. On every transport.
 
 mod common;
 
 use std::collections::VecDeque;
 
 use common::calc::*;
+use common::transport::{Transport, serve_transport_for_parent, server_process_on};
 use common::*;
-use isocall::{CallCtx, ServerBuilder, SharedClient, SocketName};
+use isocall::rpc::Endpoint;
+use isocall::{CallCtx, SharedClient};
+
+on_every_transport!(
+    eight_threads_share_one_connection_and_each_gets_its_own_answers,
+    a_dropped_pending_gives_its_slot_back,
+);
 
 const THREADS: u64 = 8;
 const CALLS: u64 = 10_000;
 /// Calls each thread keeps in flight in the pipelined part.
 const WINDOW: usize = 4;
 
-/// A server in a child process on `socket`; returns once it listens.
-fn server_process(socket: &SocketName) -> Peer {
-    common::server_process("shared_server_entry", socket, "")
+/// A server in a child process on transport `t`; returns once it
+/// listens, with the endpoint to dial.
+fn server_process(t: Transport, tag: &str) -> (Peer, Endpoint) {
+    server_process_on("shared_server_entry", t, tag, "")
 }
 
 #[test]
 #[ignore = "entry point of the server process that the other tests spawn"]
 fn shared_server_entry() {
-    serve_for_parent(|socket, _| {
-        ServerBuilder::new(socket)
-            .workers(2)
+    serve_transport_for_parent(|b, _| {
+        b.workers(2)
             .method(ADD, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
                 Ok(Sum {
                     sum: r.a.to_native().wrapping_add(r.b.to_native()),
@@ -42,10 +49,8 @@ fn operands(t: u64, i: u64) -> (u64, u64) {
     (t << 40 | i, (i << 8) ^ t.wrapping_mul(0x9E37_79B9))
 }
 
-#[test]
-fn eight_threads_share_one_connection_and_each_gets_its_own_answers() {
-    let socket = unique("shared");
-    let _server = server_process(&socket);
+fn eight_threads_share_one_connection_and_each_gets_its_own_answers(t: Transport) {
+    let (_server, socket) = server_process(t, "shared");
     let client = SharedClient::connect(&socket).expect("connect");
     let add = client.method(ADD).expect("add");
     let threads: Vec<_> = (0..THREADS)
@@ -96,10 +101,8 @@ fn eight_threads_share_one_connection_and_each_gets_its_own_answers() {
     assert!(client.is_alive());
 }
 
-#[test]
-fn a_dropped_pending_gives_its_slot_back() {
-    let socket = unique("shared-dropped");
-    let _server = server_process(&socket);
+fn a_dropped_pending_gives_its_slot_back(t: Transport) {
+    let (_server, socket) = server_process(t, "shared-dropped");
     let client = SharedClient::connect(&socket).expect("connect");
     let add = client.method(ADD).expect("add");
     for round in 0..10u64 {

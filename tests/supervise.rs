@@ -12,7 +12,7 @@ use common::services::{
     self, BUMP, Bump, CRASH_ONE_IN, FILE, HOLD, PID, SUM_BLOB, supervisor, temp_file,
 };
 use common::supervised::{
-    add, current_segment, holders_of, patient, segment_inode, sigkill, wait_released,
+    add, current_segment, fails_again, holders_of, patient, segment_inode, sigkill, wait_released,
 };
 use common::wait_until;
 use isocall::blob::{BlobError, SlotState};
@@ -165,15 +165,9 @@ fn a_service_that_crashes_at_start_hits_the_intensity_limit_with_a_clear_error()
     assert_eq!(s.starts, 4, "{s:?}");
     assert_eq!(s.crashes, 4, "{s:?}");
     // Every later call fails the same way, at once.
-    let again = add(&mut c, 1, 2).expect_err("still failed");
-    assert!(
-        matches!(
-            again,
-            SupervisedError::Service(ServiceFailure::TooManyRestarts { .. })
-        ),
-        "{again:?}"
-    );
-    assert_eq!(again.to_string(), msg, "the same failure");
+    fails_again(&mut c, &msg, |f| {
+        matches!(f, ServiceFailure::TooManyRestarts { .. })
+    });
 }
 
 #[test]

@@ -6,17 +6,28 @@
 //! whose bytes the server's type does not accept comes back as
 //! `BadRequest` naming the type the server expects; a handler's
 //! application error reaches the caller with its code, and a handler's
-//! panic with its message while the server goes on serving.
+//! panic with its message while the server goes on serving. Each test runs
+//! on every transport.
 
 mod common;
 
 use common::calc::*;
+use common::transport::{Transport, serve_transport_for_parent, server_process_on};
 use common::*;
-use isocall::rpc::{MethodKind, TypeMismatch, TypeSig};
+use isocall::rpc::{Endpoint, MethodKind, TypeMismatch, TypeSig};
 use isocall::{
     AppError, CallCtx, CallError, Client, Message, Method, Schema, ServerBuilder, SharedClient,
-    SocketName,
 };
+
+on_every_transport!(
+    a_reply_type_that_differs_from_the_server_s_is_refused_at_resolve,
+    a_request_type_that_differs_from_the_server_s_is_refused_at_resolve,
+    a_type_with_one_field_more_is_another_type,
+    a_one_way_message_declared_as_a_call_and_a_call_declared_as_a_message_are_refused,
+    a_request_the_server_s_type_refuses_is_a_bad_request_naming_that_type,
+    an_application_error_reaches_the_caller_with_its_code,
+    a_handler_panic_is_reported_with_its_message_and_the_server_serves_on,
+);
 
 /// A one-way message of the server.
 const LOG: Message<Add> = Message::new("log");
@@ -67,34 +78,34 @@ impl Schema for NotAnAdd {
     const FINGERPRINT: u64 = <Add as Schema>::FINGERPRINT;
 }
 
-fn server(socket: SocketName) -> ServerBuilder {
-    ServerBuilder::new(socket)
-        .method(ADD, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
-            Ok(Sum {
-                sum: r.a.to_native().wrapping_add(r.b.to_native()),
-            })
+fn server(b: ServerBuilder) -> ServerBuilder {
+    b.method(ADD, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
+        Ok(Sum {
+            sum: r.a.to_native().wrapping_add(r.b.to_native()),
         })
-        .message(LOG, |_: &ArchivedAdd, _: &mut CallCtx<'_>| {})
-        .method(REFUSE, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
-            Err(AppError::new(
-                REFUSED,
-                format!("no thanks: {}", r.a.to_native()),
-            ))
-        })
-        .method(BOOM, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
-            panic!("boom at {}", r.a.to_native())
-        })
+    })
+    .message(LOG, |_: &ArchivedAdd, _: &mut CallCtx<'_>| {})
+    .method(REFUSE, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
+        Err(AppError::new(
+            REFUSED,
+            format!("no thanks: {}", r.a.to_native()),
+        ))
+    })
+    .method(BOOM, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
+        panic!("boom at {}", r.a.to_native())
+    })
 }
 
-/// A server in a child process on `socket`; returns once it listens.
-fn server_process(socket: &SocketName) -> Peer {
-    common::server_process("typed_server_entry", socket, "")
+/// A server in a child process on transport `t`; returns once it
+/// listens, with the endpoint to dial.
+fn server_process(t: Transport, tag: &str) -> (Peer, Endpoint) {
+    server_process_on("typed_server_entry", t, tag, "")
 }
 
 #[test]
 #[ignore = "entry point of the server process that the other tests spawn"]
 fn typed_server_entry() {
-    serve_for_parent(|socket, _| server(socket));
+    serve_transport_for_parent(|b, _| server(b));
 }
 
 /// The mismatch `r` must be, for method `name`.
@@ -108,10 +119,8 @@ fn mismatch<T: std::fmt::Debug>(r: Result<T, CallError>, name: &str) -> TypeMism
     }
 }
 
-#[test]
-fn a_reply_type_that_differs_from_the_server_s_is_refused_at_resolve() {
-    let socket = unique("reply-type");
-    let _server = server_process(&socket);
+fn a_reply_type_that_differs_from_the_server_s_is_refused_at_resolve(t: Transport) {
+    let (_server, socket) = server_process(t, "reply-type");
     let c = Client::connect(&socket).expect("connect");
     let m = mismatch(c.method(Method::<Add, Other>::new("add")), "add");
     assert_eq!(m.ours.kind, MethodKind::Call);
@@ -140,10 +149,8 @@ fn a_reply_type_that_differs_from_the_server_s_is_refused_at_resolve() {
     );
 }
 
-#[test]
-fn a_request_type_that_differs_from_the_server_s_is_refused_at_resolve() {
-    let socket = unique("request-type");
-    let _server = server_process(&socket);
+fn a_request_type_that_differs_from_the_server_s_is_refused_at_resolve(t: Transport) {
+    let (_server, socket) = server_process(t, "request-type");
     let mut c = Client::connect(&socket).expect("connect");
     let m = mismatch(c.method(Method::<Sub, Sum>::new("add")), "add");
     assert_eq!(m.ours.request, TypeSig::of::<Sub>());
@@ -156,10 +163,8 @@ fn a_request_type_that_differs_from_the_server_s_is_refused_at_resolve() {
     assert_eq!(add(&mut c, 2, 40).unwrap(), 42);
 }
 
-#[test]
-fn a_type_with_one_field_more_is_another_type() {
-    let socket = unique("field-added");
-    let _server = server_process(&socket);
+fn a_type_with_one_field_more_is_another_type(t: Transport) {
+    let (_server, socket) = server_process(t, "field-added");
     let mut c = Client::connect(&socket).expect("connect");
     let m = mismatch(c.method(Method::<v2::Add, Sum>::new("add")), "add");
     // Both are named `Add`: the fingerprints tell them apart, and the
@@ -181,10 +186,8 @@ fn a_type_with_one_field_more_is_another_type() {
     assert_eq!(add(&mut c, 2, 40).unwrap(), 42);
 }
 
-#[test]
-fn a_one_way_message_declared_as_a_call_and_a_call_declared_as_a_message_are_refused() {
-    let socket = unique("kinds");
-    let _server = server_process(&socket);
+fn a_one_way_message_declared_as_a_call_and_a_call_declared_as_a_message_are_refused(t: Transport) {
+    let (_server, socket) = server_process(t, "kinds");
     let mut c = Client::connect(&socket).expect("connect");
     // The server's `log` is a one-way message.
     let m = mismatch(c.method(Method::<Add, Sum>::new("log")), "log");
@@ -206,10 +209,8 @@ fn a_one_way_message_declared_as_a_call_and_a_call_declared_as_a_message_are_ref
     assert_eq!(add(&mut c, 2, 40).unwrap(), 42);
 }
 
-#[test]
-fn a_request_the_server_s_type_refuses_is_a_bad_request_naming_that_type() {
-    let socket = unique("bad-request");
-    let _server = server_process(&socket);
+fn a_request_the_server_s_type_refuses_is_a_bad_request_naming_that_type(t: Transport) {
+    let (_server, socket) = server_process(t, "bad-request");
     let mut c = Client::connect(&socket).expect("connect");
     let liar = c
         .method(Method::<NotAnAdd, Sum>::new("add"))
@@ -234,10 +235,8 @@ fn a_request_the_server_s_type_refuses_is_a_bad_request_naming_that_type() {
     assert_eq!(add(&mut c, 1, 1).unwrap(), 2);
 }
 
-#[test]
-fn an_application_error_reaches_the_caller_with_its_code() {
-    let socket = unique("app-error");
-    let _server = server_process(&socket);
+fn an_application_error_reaches_the_caller_with_its_code(t: Transport) {
+    let (_server, socket) = server_process(t, "app-error");
     let mut c = Client::connect(&socket).expect("connect");
     let refuse = c.method(REFUSE).unwrap();
     for a in [7u64, 8] {
@@ -253,10 +252,8 @@ fn an_application_error_reaches_the_caller_with_its_code() {
     assert_eq!(add(&mut c, 2, 40).unwrap(), 42);
 }
 
-#[test]
-fn a_handler_panic_is_reported_with_its_message_and_the_server_serves_on() {
-    let socket = unique("panic");
-    let _server = server_process(&socket);
+fn a_handler_panic_is_reported_with_its_message_and_the_server_serves_on(t: Transport) {
+    let (_server, socket) = server_process(t, "panic");
     let mut c = Client::connect(&socket).expect("connect");
     let boom = c.method(BOOM).unwrap();
     for a in [1u64, 2, 3] {

@@ -49,6 +49,25 @@ pub enum TransportError {
     /// The peer corrupted the ring; close the connection.
     #[error(transparent)]
     Corrupt(#[from] Corrupt),
+    /// The stream socket failed, or a frame could not be sent on it: see
+    /// [`StreamError`](crate::stream::StreamError) for which errors close
+    /// the connection.
+    #[error(transparent)]
+    Stream(crate::stream::StreamError),
+}
+
+impl From<crate::stream::StreamError> for TransportError {
+    fn from(e: crate::stream::StreamError) -> Self {
+        use crate::stream::StreamError as S;
+        match e {
+            S::PeerDied => TransportError::PeerDied,
+            S::Timeout => TransportError::Timeout,
+            S::Full => TransportError::Full,
+            S::TooLarge { len, max } => TransportError::TooLarge { len, max },
+            S::BadKind { kind } => TransportError::BadKind { kind },
+            other => TransportError::Stream(other),
+        }
+    }
 }
 
 impl From<ReserveError> for TransportError {

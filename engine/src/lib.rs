@@ -20,10 +20,13 @@
 //! API. Everything the engine needs from the OS is in one contract module
 //! (`sys`), behind safe functions.
 //!
-//! The same frames can also travel over a stream socket (TCP, Unix, under
-//! TLS with the feature `tls`) for a peer on another host: [`stream`] is
-//! that transport, with the ring endpoint's frame-level interface; the
-//! call API does not use it yet.
+//! The same calls also run over a stream socket (TCP, Unix, under TLS with
+//! the feature `tls`) for a peer on another host: a client connects to an
+//! [`Endpoint`] (`"tcp://host:port"`, `"unix-stream:@name"`, or a
+//! shared-memory name), a server [listens](ServerBuilder::listen) on
+//! several at once. [`stream`] is that transport, with the ring
+//! endpoint's frame-level interface; under the call layer the two are the
+//! arms of one enum, the ring's the fast path.
 #![deny(unsafe_code)]
 
 pub mod channel;
@@ -42,9 +45,10 @@ pub use isocall_ringbuf::WaitStrategy;
 pub use isocall_schema::{Fingerprint, NameBuf, Schema};
 
 pub use rpc::{
-    AppError, Body, CallCtx, CallError, Caller, Client, ClientOptions, CloseReason, ConnectError,
-    Limits, Message, MessageRef, Method, MethodRef, PeerCred, Pending, Policy, Refusal, Reply,
-    Server, ServerBuilder, ServerError, ServerStats, SharedClient, SocketName, default_socket,
+    AppError, Body, CallCtx, CallError, Caller, Client, ClientOptions, CloseReason, Compression,
+    ConnectError, Endpoint, IntoEndpoint, Limits, Message, MessageRef, Method, MethodRef, PeerCred,
+    Pending, Policy, Refusal, Reply, Server, ServerBuilder, ServerError, ServerStats, SharedClient,
+    SocketName, default_socket,
 };
 pub use supervise::{
     ServiceFailure, SuperviseError, SupervisedClient, SupervisedError, Supervisor,

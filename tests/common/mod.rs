@@ -4,8 +4,11 @@
 #![allow(dead_code)]
 
 pub mod calc;
+#[cfg(feature = "tls")]
+pub mod pki;
 pub mod services;
 pub mod supervised;
+pub mod transport;
 
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

@@ -147,6 +147,21 @@ pub fn serve() {
                 sum: u64::from(std::process::id()),
             })
         });
+    // Supervised over TCP: open to anyone, or (the test PKI given) to the
+    // test client's certificate under TLS.
+    let tcp = std::env::var(isocall::supervise::ENV_LISTEN).is_ok_and(|a| a.starts_with("tcp://"));
+    if tcp {
+        b = match std::env::var(super::transport::PKI_ENV) {
+            #[cfg(feature = "tls")]
+            Ok(dir) => {
+                b.tls(super::pki::Pki::at(&dir).server())
+                    .policy(isocall::Policy::Certificate(vec![
+                        isocall::stream::CertMatch::CommonName(super::pki::CLIENT_CN.into()),
+                    ]))
+            }
+            _ => b.policy(isocall::Policy::Anyone),
+        };
+    }
     let f = flaky.clone();
     // `bump`: not idempotent; each execution appends its id to the file,
     // then the process may crash before it answers.

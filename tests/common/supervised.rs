@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use isocall::blob::Pool;
 use isocall::ring::{Region, SharedRegion};
-use isocall::{ClientOptions, SupervisedClient, SupervisedError};
+use isocall::{ClientOptions, ServiceFailure, SupervisedClient, SupervisedError};
 use rustix::process::{Pid, Signal, kill_process};
 
 use super::calc::{ADD, Add};
@@ -29,6 +29,18 @@ pub fn sigkill(pid: u32) {
 pub fn add(c: &mut SupervisedClient, a: u64, b: u64) -> Result<u64, SupervisedError> {
     let m = c.method(ADD)?;
     Ok(c.call(m, &Add { a, b })?.sum.to_native())
+}
+
+/// Checks that a later call on `c`, whose supervisor has failed, fails
+/// the same way: with a service failure that `is_it` recognises and the
+/// same message, `msg`.
+pub fn fails_again(c: &mut SupervisedClient, msg: &str, is_it: impl Fn(&ServiceFailure) -> bool) {
+    let again = add(c, 1, 2).expect_err("still failed");
+    assert!(
+        matches!(&again, SupervisedError::Service(f) if is_it(f)),
+        "{again:?}"
+    );
+    assert_eq!(again.to_string(), msg, "the same failure");
 }
 
 /// The isocall segments this process maps: (start, end, inode, line) of

@@ -1,6 +1,7 @@
 //! Shared code of the hostile-peer tests: the methods a victim serves, an
 //! honest client that checks every answer while an attacker works, the
-//! targeted rewrite of an rkyv `String`, and (in submodules) the attacker
+//! targeted rewrite of an rkyv `String` and of a blob slot's state word,
+//! and (in submodules) the frame each test runs in, the attacker
 //! processes, raw peers that speak the protocol themselves, and leak
 //! probes over `/proc/self`.
 //!
@@ -11,6 +12,7 @@
 //! see only its own objects.
 #![allow(dead_code)]
 
+pub mod harness;
 pub mod probe;
 pub mod proc;
 pub mod raw;
@@ -20,6 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use isocall::blob::{BlobHandle, Pool};
+use isocall::ring::{ReadRegion, Region, SharedRegion};
 use isocall::{AppError, CallCtx, Client, ClientOptions, Method, ServerBuilder, SocketName};
 
 /// Two numbers to add.
@@ -149,6 +153,14 @@ impl Honest {
         }
     }
 
+    /// As [`start`](Self::start), then waits for its first ten answers
+    /// (for 10 s).
+    pub fn running(socket: &SocketName, call_timeout: Duration) -> Honest {
+        let honest = Honest::start(socket, call_timeout);
+        honest.progresses(10, Duration::from_secs(10));
+        honest
+    }
+
     /// Calls answered so far.
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Acquire)
@@ -168,6 +180,13 @@ impl Honest {
                 Err(format!("{} calls of {more}", now - from))
             }
         });
+    }
+
+    /// As [`finish`](Self::finish), failing if any of its calls failed.
+    pub fn finish_ok(self) -> HonestReport {
+        let report = self.finish();
+        assert!(report.failure.is_none(), "honest client: {report:?}");
+        report
     }
 
     /// Stops it (and drops its client) and returns what it saw.
@@ -204,8 +223,7 @@ impl Bystander {
     pub fn start(test: &str) -> Bystander {
         let socket = proc::socket_name(&format!("{test}-bystander"));
         let server = victim_server(&socket).spawn().expect("bystander server");
-        let honest = Honest::start(&socket, Duration::from_secs(10));
-        honest.progresses(10, Duration::from_secs(10));
+        let honest = Honest::running(&socket, Duration::from_secs(10));
         Bystander { honest, server }
     }
 
@@ -295,14 +313,7 @@ impl StringAttack {
     /// in the order `first_word_first` says (so every mix appears on the
     /// way).
     #[inline]
-    pub fn set(
-        &self,
-        region: &isocall::ring::SharedRegion,
-        body_at: usize,
-        bad: bool,
-        first_word_first: bool,
-    ) {
-        use isocall::ring::Region;
+    pub fn set(&self, region: &SharedRegion, body_at: usize, bad: bool, first_word_first: bool) {
         let words = if bad { self.bad } else { self.good };
         let w = [
             region.u32_at(body_at + self.root_at),
@@ -313,6 +324,41 @@ impl StringAttack {
             w[i].store(words[i], Ordering::Relaxed);
         }
     }
+}
+
+/// A blob slot's state word as the pool writes it: the state's `code`
+/// (1, 2: held by side A, B; 3, 4: in flight to side A, B) at
+/// `generation`.
+pub fn slot_word(generation: u32, code: u64) -> u64 {
+    (u64::from(generation) << 32) | code
+}
+
+/// Sends a 64-byte blob of `fill` bytes from `pool` and finds its slot's
+/// state word: the word of the pool's region that the send changed to
+/// "in flight" (`in_flight`: its code, 3 or 4) at the blob's generation.
+/// Returns the blob's handle and the word's offset in the region, for a
+/// peer that rewrites the slot's state.
+pub fn send_and_find_state(
+    pool: &Pool<SharedRegion>,
+    fill: u8,
+    in_flight: u64,
+) -> (BlobHandle, usize) {
+    let region = pool.region();
+    let words = || -> Vec<u64> {
+        (0..region.len() / 8)
+            .map(|i| region.u64_at(i * 8).load(Ordering::Acquire))
+            .collect()
+    };
+    let before = words();
+    let mut blob = pool.alloc(64).expect("alloc");
+    blob.copy_from_slice(&[fill; 64]);
+    let h = blob.send().expect("send");
+    let after = words();
+    let state_at = (0..after.len())
+        .find(|&i| after[i] != before[i] && after[i] == slot_word(h.generation, in_flight))
+        .expect("the slot's state word")
+        * 8;
+    (h, state_at)
 }
 
 /// The name of an abstract socket (the hostile tests use no others).

@@ -316,10 +316,31 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Result<T,
     }
 }
 
+/// Drops `value` and fails unless the drop returned within 5 s: dropping
+/// a victim (a client, a server) must not hang on a hostile peer.
+pub fn drop_promptly<T>(value: T, what: &str) {
+    let t = Instant::now();
+    drop(value);
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(5), "{what} drop took {took:?}");
+}
+
+/// The value of the word `KEY=value` in a line a peer said (`key` is
+/// given with its `=`).
+pub fn field<T: std::str::FromStr>(line: &str, key: &str) -> T {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key} in {line:?}"))
+}
+
 /// A socket name unique to this test and this process.
 pub fn socket_name(test: &str) -> isocall::SocketName {
     isocall::SocketName::Abstract(format!("isocall-hostile-{test}-{}", std::process::id()))
 }
+
+/// The second user of the tests that need one (they run as root).
+pub const OTHER_UID: u32 = 65534;
 
 /// Whether this process runs as root (for the tests that need a second
 /// user).

@@ -17,7 +17,9 @@ use isocall::raw::sys::{
     recv_message, send_with_fds,
 };
 use isocall::raw::wire::{self, CallHead, PROTOCOL_VERSION};
-use isocall::raw::{Direction, Liveness, Receiver, Segment, SegmentLayout, Sender, Side, endpoint};
+use isocall::raw::{
+    Direction, Liveness, Receiver, RxFrame, Segment, SegmentLayout, Sender, Side, endpoint,
+};
 use isocall::ring::{Region, SharedRegion};
 use isocall::rpc::Refusal;
 use isocall::{Body, WaitStrategy};
@@ -181,34 +183,19 @@ impl RawLink {
     /// The next call frame: its kind, head, handles and a copy of its
     /// body; `None` when none came before `deadline`.
     pub fn take(&mut self, deadline: Instant) -> Result<Option<Taken>, String> {
-        let frame = match self.rx.recv(Some(deadline)) {
-            Ok(f) => f,
-            Err(isocall::raw::TransportError::Timeout) => return Ok(None),
-            Err(e) => return Err(format!("recv: {e}")),
-        };
-        let k = frame.kind();
-        let out = match wire::parse(frame.payload()) {
-            Ok(p) => (k, p.head, p.blob_vec(), p.body.to_vec()),
-            Err(_) => (k, CallHead::default(), Vec::new(), frame.payload().to_vec()),
-        };
-        frame.release();
-        Ok(Some(out))
+        match self.rx.recv(Some(deadline)) {
+            Ok(f) => Ok(Some(copy_out(f))),
+            Err(isocall::raw::TransportError::Timeout) => Ok(None),
+            Err(e) => Err(format!("recv: {e}")),
+        }
     }
 
     /// The next frame if one is there now (as [`take`](Self::take)).
     pub fn try_take(&mut self) -> Result<Option<Taken>, String> {
-        let frame = match self.rx.try_recv() {
-            Ok(Some(f)) => f,
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(format!("recv: {e}")),
-        };
-        let k = frame.kind();
-        let out = match wire::parse(frame.payload()) {
-            Ok(p) => (k, p.head, p.blob_vec(), p.body.to_vec()),
-            Err(_) => (k, CallHead::default(), Vec::new(), frame.payload().to_vec()),
-        };
-        frame.release();
-        Ok(Some(out))
+        match self.rx.try_recv() {
+            Ok(f) => Ok(f.map(copy_out)),
+            Err(e) => Err(format!("recv: {e}")),
+        }
     }
 
     /// Whether the peer hung up the connection's socket (it closed the
@@ -218,6 +205,18 @@ impl RawLink {
             .map(|r| r[0])
             .unwrap_or(true)
     }
+}
+
+/// Copies `frame` out of the ring (parsed as a call frame if it is one)
+/// and releases it.
+fn copy_out(frame: RxFrame<'_>) -> Taken {
+    let k = frame.kind();
+    let out = match wire::parse(frame.payload()) {
+        Ok(p) => (k, p.head, p.blob_vec(), p.body.to_vec()),
+        Err(_) => (k, CallHead::default(), Vec::new(), frame.payload().to_vec()),
+    };
+    frame.release();
+    out
 }
 
 /// The address of a region's first byte.

@@ -21,7 +21,7 @@ use isocall_ringbuf::SharedRegion;
 
 use crate::WaitStrategy;
 use crate::rpc::handshake::{self, ABORT, READY};
-use crate::rpc::{Admission, HandshakeError, Policy, Refusal, Ticket, TypeSig};
+use crate::rpc::{Admission, HandshakeError, Key, Policy, Refusal, Ticket, TypeSig};
 use crate::segment::{Segment, SegmentLayout, Side};
 use crate::sys::{
     Doorbell, EventFd, PeerCred, Ready, SharedMem, SocketName, accept_seqpacket, peer_cred,
@@ -361,7 +361,7 @@ fn admit(shared: &Shared, sock: &OwnedFd) -> Option<(PeerCred, Ticket)> {
     };
     let refusal = match shared.policy.check(&cred) {
         Err(p) => Refusal::Policy(p),
-        Ok(()) => match shared.admission.admit(cred.uid) {
+        Ok(()) => match shared.admission.admit(Key::Uid(cred.uid)) {
             Ok(t) => return Some((cred, t)),
             Err(r) => r,
         },

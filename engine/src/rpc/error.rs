@@ -44,6 +44,13 @@ pub enum Refusal {
         /// The limit.
         limit: u32,
     },
+    /// The server holds as many connections from this client's address
+    /// (over TCP) as it allows.
+    #[error("the server holds its limit of {limit} connections from this address")]
+    TooManyForAddress {
+        /// The limit.
+        limit: u32,
+    },
     /// Too many handshakes are under way (in all or for this user); try
     /// again.
     #[error("the server has {limit} handshakes under way already; try again")]
@@ -109,6 +116,14 @@ pub enum ConnectError {
     /// An OS error during the handshake.
     #[error("handshake: {0}")]
     Io(#[from] io::Error),
+    /// The endpoint is not one (a string that does not parse).
+    #[error(transparent)]
+    Address(#[from] crate::stream::AddressError),
+    /// The stream connection failed: a TLS handshake (a certificate
+    /// refused either way, with the reason), a name that does not
+    /// resolve, a peer that broke the stream's framing.
+    #[error(transparent)]
+    Stream(crate::stream::StreamError),
 }
 
 /// An application error: what a handler returns instead of a reply, and
@@ -340,4 +355,28 @@ pub enum ServerError {
     /// The OS refused a thread or an eventfd.
     #[error("server: {0}")]
     Io(#[from] io::Error),
+    /// An address to listen on is not one.
+    #[error(transparent)]
+    Address(#[from] crate::stream::AddressError),
+    /// A stream address could not be listened on.
+    #[error(transparent)]
+    Stream(crate::stream::StreamError),
+    /// A TCP address with a policy that lets no TCP peer in: without TLS
+    /// only [`Policy::Anyone`](crate::rpc::Policy::Anyone), said
+    /// explicitly, admits peers over TCP (anyone who reaches the port
+    /// could call); with TLS, `Anyone` or `Certificate`.
+    #[error(
+        "refusing to listen on {address}: {}",
+        if *tls {
+            "the policy admits no TCP peer (they have no credentials): allow them by certificate (Policy::Certificate) or say Policy::Anyone"
+        } else {
+            "without TLS anyone who reaches the port could call; configure TLS, or say Policy::Anyone explicitly"
+        }
+    )]
+    TcpPolicy {
+        /// The TCP address.
+        address: String,
+        /// Whether the server has TLS.
+        tls: bool,
+    },
 }

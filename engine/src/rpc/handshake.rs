@@ -13,6 +13,13 @@
 //! Every message is one seqpacket datagram. A decoder copies what it reads
 //! into owned values and checks every length and count against the
 //! message before it uses it; nothing here trusts the peer.
+//!
+//! Over a stream socket the same messages travel, one per frame of kind
+//! [`HANDSHAKE`](super::wire::kind::HANDSHAKE), with the stream's own
+//! part after the fixed heads: the client's [`StreamClientHello`] (it asks
+//! for lz4), the server's [`StreamServerHello`] (lz4 granted or not, its
+//! pid, the classes of the connection's blob pools, which both sides make
+//! privately). Nothing is attached: there is no segment and no doorbell.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -115,6 +122,49 @@ pub struct MethodInfo {
     pub signature: Signature,
 }
 
+/// A stream connection's part of the client's hello.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct StreamClientHello {
+    /// As on shared memory.
+    pub hello: ClientHello,
+    /// [`STREAM_LZ4`]: the client asks for lz4.
+    pub flags: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+    /// Reserved, zero.
+    pub _reserved2: u64,
+}
+
+/// A stream hello's flag: lz4 asked for (client) or granted (server).
+pub const STREAM_LZ4: u32 = 1;
+
+/// A stream connection's part of the server's hello, after its
+/// [`ServerHelloHead`]; `nclasses` pairs of `u32` (slot size, count)
+/// follow it, then the method table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct StreamServerHello {
+    /// [`STREAM_LZ4`]: lz4 is on for the connection.
+    pub flags: u32,
+    /// The size from which a part is compressed.
+    pub lz4_threshold: u32,
+    /// The server's process id (in its own pid namespace).
+    pub pid: u32,
+    /// Classes of the connection's blob pool that follow (0: no pool).
+    pub nclasses: u32,
+    /// Reserved, zero.
+    pub _reserved: u64,
+    /// Reserved, zero.
+    pub _reserved2: u64,
+}
+
+/// Most bytes of blob pool a client makes for a stream connection (the
+/// server says how much; more is refused at the handshake).
+pub const MAX_STREAM_POOL: usize = 1 << 30;
+/// Largest call frame payload a client accepts from a stream server.
+pub const MAX_STREAM_PAYLOAD: usize = 256 << 20;
+
 /// The server's hello, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerHello {
@@ -179,12 +229,54 @@ pub enum HandshakeError {
         /// The client's reason, for the server's log.
         reason: String,
     },
+    /// A stream server's blob pool classes are not a pool.
+    #[error("the server's blob pool classes are refused: {0}")]
+    BadPool(isocall_blob::BlobError),
+    /// A stream server asks for a larger blob pool or frames than a client
+    /// makes.
+    #[error("the server asks for {what} of {asked} bytes, more than the {max} a client allows")]
+    TooLarge {
+        /// What.
+        what: &'static str,
+        /// Bytes asked for.
+        asked: u64,
+        /// The most allowed.
+        max: u64,
+    },
 }
 
 /// Encodes an accepting hello: tag, fixed part, method table.
 pub fn encode_hello(head: &ServerHelloHead, methods: &[MethodInfo]) -> Vec<u8> {
     let mut m = vec![HELLO];
     m.extend_from_slice(bytemuck::bytes_of(head));
+    encode_methods(&mut m, methods);
+    m
+}
+
+/// Encodes a stream connection's accepting hello: tag, fixed part, the
+/// stream's part and its pool classes, method table.
+pub fn encode_stream_hello(
+    head: &ServerHelloHead,
+    stream: &StreamServerHello,
+    classes: &[isocall_blob::ClassConfig],
+    methods: &[MethodInfo],
+) -> Vec<u8> {
+    let mut m = vec![HELLO];
+    m.extend_from_slice(bytemuck::bytes_of(head));
+    let stream = StreamServerHello {
+        nclasses: classes.len() as u32,
+        ..*stream
+    };
+    m.extend_from_slice(bytemuck::bytes_of(&stream));
+    for c in classes {
+        m.extend_from_slice(&(c.slot_size as u32).to_le_bytes());
+        m.extend_from_slice(&(c.count as u32).to_le_bytes());
+    }
+    encode_methods(&mut m, methods);
+    m
+}
+
+fn encode_methods(m: &mut Vec<u8>, methods: &[MethodInfo]) {
     for info in methods {
         let sig = &info.signature;
         let mut flags = 0;
@@ -219,7 +311,6 @@ pub fn encode_hello(head: &ServerHelloHead, methods: &[MethodInfo]) -> Vec<u8> {
         m.extend_from_slice(&req);
         m.extend_from_slice(&resp);
     }
-    m
 }
 
 /// Bytes of one method entry before its names.
@@ -239,6 +330,11 @@ impl<'a> Reader<'a> {
         let s = &self.msg[self.at..end];
         self.at = end;
         Ok(s)
+    }
+
+    fn u32(&mut self) -> Result<u32, HandshakeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     fn u16(&mut self) -> Result<u16, HandshakeError> {
@@ -273,6 +369,80 @@ pub fn decode_hello(msg: &[u8]) -> Result<ServerHello, HandshakeError> {
     if head.magic != HELLO_MAGIC {
         return Err(HandshakeError::BadMagic { found: head.magic });
     }
+    let methods = decode_methods(&mut r, &head)?;
+    Ok(ServerHello { head, methods })
+}
+
+/// Decodes a stream connection's accepting hello (the bytes after the
+/// tag): the hello, the stream's part, and the pool's classes (checked:
+/// a valid pool of at most [`MAX_STREAM_POOL`] bytes, or none).
+///
+/// # Errors
+///
+/// A [`HandshakeError`] naming what is wrong.
+pub fn decode_stream_hello(
+    msg: &[u8],
+) -> Result<
+    (
+        ServerHello,
+        StreamServerHello,
+        Option<isocall_blob::PoolConfig>,
+    ),
+    HandshakeError,
+> {
+    const N: usize = std::mem::size_of::<ServerHelloHead>();
+    const S: usize = std::mem::size_of::<StreamServerHello>();
+    let mut r = Reader {
+        msg,
+        at: 0,
+        what: "server hello",
+    };
+    let head: ServerHelloHead = bytemuck::pod_read_unaligned(r.take(N)?);
+    if head.magic != HELLO_MAGIC {
+        return Err(HandshakeError::BadMagic { found: head.magic });
+    }
+    let stream: StreamServerHello = bytemuck::pod_read_unaligned(r.take(S)?);
+    if stream.nclasses as usize > isocall_blob::MAX_CLASSES {
+        return Err(HandshakeError::BadPool(
+            isocall_blob::BlobError::TooManyClasses,
+        ));
+    }
+    r.what = "pool classes";
+    let mut pool = isocall_blob::PoolConfig::new();
+    for _ in 0..stream.nclasses {
+        let (size, count) = (r.u32()?, r.u32()?);
+        pool = pool.class(size as usize, count as usize);
+    }
+    let pool = if pool.is_empty() {
+        None
+    } else {
+        let bytes = pool.region_size().map_err(HandshakeError::BadPool)?;
+        if bytes > MAX_STREAM_POOL {
+            return Err(HandshakeError::TooLarge {
+                what: "a blob pool",
+                asked: bytes as u64,
+                max: MAX_STREAM_POOL as u64,
+            });
+        }
+        Some(pool)
+    };
+    if head.max_frame as usize > MAX_STREAM_PAYLOAD {
+        return Err(HandshakeError::TooLarge {
+            what: "frames",
+            asked: head.max_frame.into(),
+            max: MAX_STREAM_PAYLOAD as u64,
+        });
+    }
+    let methods = decode_methods(&mut r, &head)?;
+    Ok((ServerHello { head, methods }, stream, pool))
+}
+
+/// The method table of a hello, after its heads.
+fn decode_methods(
+    r: &mut Reader<'_>,
+    head: &ServerHelloHead,
+) -> Result<Vec<MethodInfo>, HandshakeError> {
+    let msg = r.msg;
     if head.nmethods as usize > msg.len() / ENTRY_FIXED {
         return Err(HandshakeError::TooManyMethods {
             count: head.nmethods,
@@ -311,7 +481,7 @@ pub fn decode_hello(msg: &[u8]) -> Result<ServerHello, HandshakeError> {
             },
         });
     }
-    Ok(ServerHello { head, methods })
+    Ok(methods)
 }
 
 /// Refusal codes on the wire.
@@ -325,11 +495,16 @@ mod code {
     pub const BUSY: u32 = 7;
     pub const STOPPING: u32 = 8;
     pub const RESOURCES: u32 = 9;
+    pub const NO_CREDENTIALS: u32 = 10;
+    pub const NO_CERTIFICATE: u32 = 11;
+    pub const CERTIFICATE: u32 = 12;
+    pub const TOO_MANY_FOR_ADDRESS: u32 = 13;
 }
 
 /// Encodes a refusal: tag, code, three numbers, then a text (a custom
 /// policy's reason).
 pub fn encode_refusal(r: &Refusal) -> Vec<u8> {
+    let text_buf: String;
     let (c, a, b, text): (u32, u32, u32, &str) = match r {
         Refusal::Policy(PolicyRefusal::NotSameUid { uid, expected }) => {
             (code::NOT_SAME_UID, *uid, *expected, "")
@@ -338,6 +513,16 @@ pub fn encode_refusal(r: &Refusal) -> Vec<u8> {
             (code::NOT_ALLOWED, *uid, *gid, "")
         }
         Refusal::Policy(PolicyRefusal::Custom { reason }) => (code::CUSTOM, 0, 0, reason),
+        Refusal::Policy(PolicyRefusal::NoCredentials) => (code::NO_CREDENTIALS, 0, 0, ""),
+        Refusal::Policy(PolicyRefusal::NoCertificate) => (code::NO_CERTIFICATE, 0, 0, ""),
+        Refusal::Policy(PolicyRefusal::Certificate {
+            subject,
+            spki_sha256,
+        }) => {
+            text_buf = format!("{spki_sha256} {subject}");
+            (code::CERTIFICATE, 0, 0, text_buf.as_str())
+        }
+        Refusal::TooManyForAddress { limit } => (code::TOO_MANY_FOR_ADDRESS, *limit, 0, ""),
         Refusal::Version { server, client } => (code::VERSION, *server, *client, ""),
         Refusal::TooManyConnections { limit } => (code::TOO_MANY, *limit, 0, ""),
         Refusal::TooManyForUid { uid, limit } => (code::TOO_MANY_FOR_UID, *uid, *limit, ""),
@@ -388,6 +573,17 @@ pub fn decode_refusal(msg: &[u8]) -> Result<Refusal, HandshakeError> {
         code::BUSY => Refusal::Busy { limit: a },
         code::STOPPING => Refusal::Stopping,
         code::RESOURCES => Refusal::Resources { errno: a as i32 },
+        code::NO_CREDENTIALS => Refusal::Policy(PolicyRefusal::NoCredentials),
+        code::NO_CERTIFICATE => Refusal::Policy(PolicyRefusal::NoCertificate),
+        code::CERTIFICATE => {
+            let text = String::from_utf8_lossy(&msg[12..]);
+            let (spki, subject) = text.split_once(' ').unwrap_or((&text, ""));
+            Refusal::Policy(PolicyRefusal::Certificate {
+                subject: subject.to_string(),
+                spki_sha256: spki.to_string(),
+            })
+        }
+        code::TOO_MANY_FOR_ADDRESS => Refusal::TooManyForAddress { limit: a },
         code => Refusal::Other { code },
     })
 }
@@ -489,6 +685,13 @@ mod tests {
             Refusal::Busy { limit: 4 },
             Refusal::Stopping,
             Refusal::Resources { errno: 24 },
+            Refusal::Policy(PolicyRefusal::NoCredentials),
+            Refusal::Policy(PolicyRefusal::NoCertificate),
+            Refusal::Policy(PolicyRefusal::Certificate {
+                subject: "CN=x, O=y z".into(),
+                spki_sha256: "ab12".into(),
+            }),
+            Refusal::TooManyForAddress { limit: 3 },
         ] {
             let m = encode_refusal(&r);
             assert_eq!(decode_refusal(&m[1..]).unwrap(), r);

@@ -1,30 +1,319 @@
 //! The part of a connection both ends build the same way once the
-//! handshake gave them a segment and a doorbell: this side's sender and
-//! receiver, its view of the blob pool, and the watch on the peer.
+//! handshake gave them a transport: this side's sender and receiver, its
+//! view of the blob pool, and what watches the peer.
+//!
+//! The transport is the seam under the call layer: the rings of a shared
+//! segment, or a stream socket ([`crate::stream`]). Clients and servers
+//! move frames through [`Tx`], [`Rx`], [`Grant`] and [`Frame`], enums
+//! with the frame-level interface both transports share (reserve, write,
+//! commit, publish; receive, read, release). The ring is the first arm of
+//! each: on a shared-memory connection every dispatch is the same,
+//! predictable branch, and the ring's own calls are inlined behind it.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use isocall_blob::Pool;
-use isocall_ringbuf::SharedRegion;
+use isocall_blob::{BlobHandle, Pool};
+use isocall_ringbuf::{Grant as RingGrant, SharedRegion};
 
 use crate::WaitStrategy;
-use crate::endpoint::{EndpointError, Receiver, Sender, endpoint};
+use crate::endpoint::{EndpointError, Receiver, RxFrame, Sender, TransportError, endpoint};
 use crate::liveness::{Liveness, PeerWatch, Watched};
+use crate::rpc::large::large_id;
+use crate::rpc::wire::{self, HANDLE, HEAD, kind};
 use crate::segment::{Segment, SegmentError, Side};
-use crate::sys::{Doorbell, PeerCred, peer_pidfd};
+use crate::stream::{StreamFrame, StreamGrant, StreamRx, StreamTx};
+use crate::sys::{Doorbell, PeerCred, Ready, peer_pidfd, poll_ready};
+use crate::wake::RingParker;
 
-/// One side of an established connection.
-pub(crate) struct Link {
-    pub(crate) tx: Sender,
-    pub(crate) rx: Receiver,
-    pub(crate) pool: Option<Arc<Pool<SharedRegion>>>,
+/// The sending half of a connection.
+#[derive(Debug)]
+pub(crate) enum Tx {
+    /// On the ring this side writes.
+    Ring(Sender),
+    /// On a stream socket, with the connection's pool (to free the blobs
+    /// of a frame that could not be sent).
+    Stream(StreamTx, Option<Arc<Pool<SharedRegion>>>),
+}
+
+/// The receiving half of a connection.
+#[derive(Debug)]
+pub(crate) enum Rx {
+    /// On the ring this side reads.
+    Ring(Receiver),
+    /// On a stream socket.
+    Stream(StreamRx),
+}
+
+/// Room for one frame's payload, from [`Tx`].
+pub(crate) enum Grant<'a> {
+    /// In the ring.
+    Ring(RingGrant<'a, SharedRegion, RingParker>),
+    /// In the stream sender's buffer, with the connection's pool.
+    Stream(StreamGrant<'a>, Option<&'a Pool<SharedRegion>>),
+}
+
+/// A frame read from [`Rx`]; [`release`](Frame::release) it to move on.
+pub(crate) enum Frame<'a> {
+    /// In the ring.
+    Ring(RxFrame<'a>),
+    /// In the stream receiver's private buffer.
+    Stream(StreamFrame<'a>),
+}
+
+impl Tx {
+    /// Reserves room for a frame without waiting.
+    ///
+    /// # Errors
+    ///
+    /// `Full` when there is no room now; `PeerDied`, `TooLarge`,
+    /// `BadKind`, the stream's failure.
+    #[inline]
+    pub(crate) fn try_reserve(
+        &mut self,
+        kind: u16,
+        len: usize,
+    ) -> Result<Grant<'_>, TransportError> {
+        match self {
+            Tx::Ring(s) => Ok(Grant::Ring(s.try_reserve(kind, len)?)),
+            Tx::Stream(s, pool) => Ok(Grant::Stream(s.try_reserve(kind, len)?, pool.as_deref())),
+        }
+    }
+
+    /// Reserves room for a frame, waiting until `deadline`.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_reserve`](Self::try_reserve), and `Timeout` for `Full`.
+    #[inline]
+    pub(crate) fn reserve(
+        &mut self,
+        kind: u16,
+        len: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Grant<'_>, TransportError> {
+        match self {
+            Tx::Ring(s) => Ok(Grant::Ring(s.reserve(kind, len, deadline)?)),
+            Tx::Stream(s, pool) => Ok(Grant::Stream(
+                s.reserve(kind, len, deadline)?,
+                pool.as_deref(),
+            )),
+        }
+    }
+
+    /// Makes committed frames visible to the peer (on a stream: hands
+    /// them to the socket, which takes what it can now). A stream's
+    /// failure is kept by the connection and returned by the next
+    /// operation on either half.
+    #[inline]
+    pub(crate) fn publish(&mut self) {
+        match self {
+            Tx::Ring(s) => s.publish(),
+            Tx::Stream(s, _) => {
+                let _ = s.publish();
+            }
+        }
+    }
+
+    /// Largest payload one frame can carry.
+    #[inline]
+    pub(crate) fn max_payload(&self) -> usize {
+        match self {
+            Tx::Ring(s) => s.max_payload(),
+            Tx::Stream(s, _) => s.max_payload(),
+        }
+    }
+
+    /// The stream's socket and whether published bytes wait for it (to
+    /// poll it writable too); `None` on a ring.
+    pub(crate) fn stream_poll(&self) -> Option<(BorrowedFd<'_>, bool)> {
+        match self {
+            Tx::Ring(_) => None,
+            Tx::Stream(s, _) => Some((s.poll_fd(), s.wants_write())),
+        }
+    }
+
+    /// The stream sender, if this is one.
+    pub(crate) fn stream(&self) -> Option<&StreamTx> {
+        match self {
+            Tx::Ring(_) => None,
+            Tx::Stream(s, _) => Some(s),
+        }
+    }
+}
+
+impl<'a> Grant<'a> {
+    /// The reserved payload bytes.
+    #[inline]
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Grant::Ring(g) => g.bytes_mut(),
+            Grant::Stream(g, _) => g.bytes_mut(),
+        }
+    }
+
+    /// Commits the first `used` bytes as a frame (visible after the next
+    /// publish). On a ring this cannot fail. On a stream a call frame's
+    /// blobs are copied into it now; if it cannot be sent (over the frame
+    /// limit, a blob handle the pool does not hold in flight), the frame
+    /// is dropped and the pool blobs it names are freed, as the peer
+    /// would have freed them.
+    ///
+    /// # Errors
+    ///
+    /// The stream's [`StreamError`](crate::stream::StreamError) (as a
+    /// [`TransportError`]); the connection goes on.
+    #[inline]
+    pub(crate) fn commit(self, used: usize) -> Result<(), TransportError> {
+        match self {
+            Grant::Ring(g) => {
+                g.commit(used);
+                Ok(())
+            }
+            Grant::Stream(mut g, pool) => {
+                let (n, handles) = call_blobs(g.kind(), &g.bytes_mut()[..used]);
+                g.commit(used).map_err(|e| {
+                    if let Some(pool) = pool {
+                        for h in handles.iter().take(n).filter(|h| large_id(h).is_none()) {
+                            drop(pool.recall(h));
+                        }
+                    }
+                    TransportError::from(e)
+                })
+            }
+        }
+    }
+
+    /// Commits the whole reservation.
+    ///
+    /// # Errors
+    ///
+    /// As [`commit`](Self::commit).
+    #[inline]
+    pub(crate) fn commit_all(mut self) -> Result<(), TransportError> {
+        let len = self.bytes_mut().len();
+        self.commit(len)
+    }
+}
+
+/// The blob handles a call frame's payload names (none for other kinds,
+/// or a payload that does not hold what its head says).
+fn call_blobs(k: u16, payload: &[u8]) -> (usize, [BlobHandle; wire::MAX_BLOBS]) {
+    let mut out = [BlobHandle::default(); wire::MAX_BLOBS];
+    if !matches!(k, kind::REQUEST | kind::RESPONSE | kind::MESSAGE) || payload.len() < HEAD {
+        return (0, out);
+    }
+    let at = std::mem::offset_of!(wire::CallHead, nblobs);
+    let n = u32::from_le_bytes([
+        payload[at],
+        payload[at + 1],
+        payload[at + 2],
+        payload[at + 3],
+    ]) as usize;
+    if n > wire::MAX_BLOBS || payload.len() < HEAD + n * HANDLE {
+        return (0, out);
+    }
+    for (i, h) in out.iter_mut().enumerate().take(n) {
+        let b = &payload[HEAD + i * HANDLE..HEAD + (i + 1) * HANDLE];
+        *h = BlobHandle::from_bytes(b).unwrap_or_default();
+    }
+    (n, out)
+}
+
+impl Rx {
+    /// The next frame if one is there now.
+    ///
+    /// # Errors
+    ///
+    /// `PeerDied` once the peer is gone and every frame it sent was read;
+    /// `Corrupt` (a ring) or the stream's failure.
+    #[inline]
+    pub(crate) fn try_recv(&mut self) -> Result<Option<Frame<'_>>, TransportError> {
+        match self {
+            Rx::Ring(r) => Ok(r.try_recv()?.map(Frame::Ring)),
+            Rx::Stream(r) => Ok(r.try_recv()?.map(Frame::Stream)),
+        }
+    }
+
+    /// Waits for the next frame until `deadline` (a stream sends what its
+    /// sender left unsent meanwhile).
+    ///
+    /// # Errors
+    ///
+    /// `Timeout`; as [`try_recv`](Self::try_recv).
+    #[inline]
+    pub(crate) fn recv(&mut self, deadline: Option<Instant>) -> Result<Frame<'_>, TransportError> {
+        match self {
+            Rx::Ring(r) => Ok(Frame::Ring(r.recv(deadline)?)),
+            Rx::Stream(r) => Ok(Frame::Stream(r.recv(deadline)?)),
+        }
+    }
+
+    /// Prepares to sleep in `poll` (on the doorbell of a ring, on the
+    /// socket of a stream): true if a frame is already there.
+    ///
+    /// # Errors
+    ///
+    /// `Corrupt`, the stream's failure.
+    pub(crate) fn arm_doorbell(&mut self) -> Result<bool, TransportError> {
+        match self {
+            Rx::Ring(r) => r.arm_doorbell(),
+            Rx::Stream(r) => Ok(r.arm_doorbell()?),
+        }
+    }
+}
+
+impl Frame<'_> {
+    /// The frame's kind.
+    #[inline]
+    pub(crate) fn kind(&self) -> u16 {
+        match self {
+            Frame::Ring(f) => f.kind(),
+            Frame::Stream(f) => f.kind(),
+        }
+    }
+
+    /// The payload (16-byte aligned).
+    #[inline]
+    pub(crate) fn payload(&self) -> &[u8] {
+        match self {
+            Frame::Ring(f) => f.payload(),
+            Frame::Stream(f) => f.payload(),
+        }
+    }
+
+    /// Moves on to the next frame.
+    #[inline]
+    pub(crate) fn release(self) {
+        match self {
+            Frame::Ring(f) => f.release(),
+            Frame::Stream(f) => f.release(),
+        }
+    }
+}
+
+/// What a shared-memory connection has besides its rings: the peer's
+/// liveness, the doorbells and the connection's socket.
+#[derive(Debug)]
+pub(crate) struct RingLink {
     pub(crate) liveness: Liveness,
     pub(crate) doorbell: Arc<Doorbell>,
     /// Dropped before the socket: the watch thread, then the socket (the
     /// peer's hang-up).
-    pub(crate) watch: PeerWatch,
+    pub(crate) _watch: PeerWatch,
     pub(crate) sock: OwnedFd,
+}
+
+/// One side of an established connection.
+pub(crate) struct Link {
+    pub(crate) tx: Tx,
+    pub(crate) rx: Rx,
+    pub(crate) pool: Option<Arc<Pool<SharedRegion>>>,
+    /// A shared-memory connection's watch and sockets; `None` on a
+    /// stream, whose socket is both halves' and reports the peer's end
+    /// itself.
+    pub(crate) ring: Option<RingLink>,
 }
 
 /// Why a link could not be built.
@@ -74,13 +363,44 @@ impl Link {
             Some(doorbell.clone()),
         )?;
         Ok(Link {
-            tx,
-            rx,
+            tx: Tx::Ring(tx),
+            rx: Rx::Ring(rx),
             pool,
-            liveness,
-            doorbell,
-            watch,
-            sock,
+            ring: Some(RingLink {
+                liveness,
+                doorbell,
+                _watch: watch,
+                sock,
+            }),
         })
     }
+
+    /// A link on the two halves of a stream endpoint (configured by the
+    /// handshake).
+    pub(crate) fn stream(tx: StreamTx, rx: StreamRx) -> Link {
+        let pool = tx.pool().cloned();
+        Link {
+            tx: Tx::Stream(tx, pool.clone()),
+            rx: Rx::Stream(rx),
+            pool,
+            ring: None,
+        }
+    }
+
+    /// Whether the peer is known gone: the kernel marked its lifeline or
+    /// the watch saw it die (a ring), or the connection failed or the
+    /// peer hung up its socket (a stream).
+    pub(crate) fn peer_gone(&self) -> bool {
+        match (&self.ring, &self.tx) {
+            (Some(r), _) => r.liveness.peer_gone(),
+            (None, tx) => tx.stream().is_none_or(stream_gone),
+        }
+    }
+}
+
+/// Whether a stream connection is over: failed, or its peer hung up (a
+/// look at the socket that does not wait, and reads nothing).
+pub(crate) fn stream_gone(tx: &StreamTx) -> bool {
+    tx.is_closed()
+        || poll_ready(&[(tx.poll_fd(), Ready::HangUp)], Some(Duration::ZERO)).is_ok_and(|r| r[0])
 }

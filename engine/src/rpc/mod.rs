@@ -12,6 +12,12 @@
 //! rings only: a REQUEST frame (call id, method id, blob handles, rkyv
 //! body), answered by a RESPONSE (call id, status, blob handles, body).
 //!
+//! Over a stream socket ([`Endpoint`]: `tcp://`, `unix:`, `unix-stream:`)
+//! the same hello travels in frames, with nothing attached, and the calls
+//! follow on the socket; each side keeps a blob pool of its own and blobs
+//! travel inline ([`crate::stream`]). A TCP peer is known by its TLS
+//! certificate, not by credentials ([`Policy`]).
+//!
 //! Methods are typed values declared once ([`Method`], [`Message`]);
 //! resolving one on a client ([`Client::method`]) checks the server's
 //! types. Replies are guards ([`Reply`]) that deref to the validated
@@ -20,6 +26,7 @@
 //! hostile: every wait on it has a deadline, every shared descriptor is
 //! used so it cannot block us, and its death is learnt from the kernel.
 
+mod address;
 pub mod body;
 pub(crate) mod client;
 mod error;
@@ -27,6 +34,7 @@ pub mod handshake;
 pub mod large;
 mod link;
 pub(crate) mod method;
+mod over_stream;
 mod policy;
 mod server;
 pub mod wire;
@@ -34,6 +42,7 @@ pub mod wire;
 use std::io;
 use std::path::PathBuf;
 
+pub use address::{Compression, Endpoint, IntoEndpoint};
 pub use body::{Body, EncodeError, ValidationError};
 pub use client::{Caller, Client, ClientOptions, Pending, Reply, SharedClient};
 pub use error::{
@@ -51,7 +60,7 @@ pub use wire::{CloseReason, FrameError, Status};
 
 pub use crate::sys::{PeerCred, SocketName};
 
-pub(crate) use server::{Admission, Ticket};
+pub(crate) use server::{Admission, Key, Ticket};
 
 /// The default socket of a service: `$XDG_RUNTIME_DIR/isocall/<service>`
 /// (or `/tmp/isocall-<uid>/<service>` without `XDG_RUNTIME_DIR`), in a

@@ -27,6 +27,10 @@ pub mod kind {
     pub const CANCEL: u16 = 4;
     /// The sender closes the connection; the body is a `u32` close reason.
     pub const CLOSE: u16 = 5;
+    /// A handshake message on a stream connection (the body is one message
+    /// of [`handshake`](crate::rpc::handshake), its tag first); never on a
+    /// ring.
+    pub const HANDSHAKE: u16 = 6;
 }
 
 /// What a RESPONSE says about its call.

@@ -265,7 +265,7 @@ impl LargeInner {
             })
     }
 
-    fn bytes_mut(&mut self, id: u64, len: u32) -> Result<&mut [u8], StreamError> {
+    pub(crate) fn bytes_mut(&mut self, id: u64, len: u32) -> Result<&mut [u8], StreamError> {
         let e = self
             .maps
             .get_mut(&id)

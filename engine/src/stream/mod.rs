@@ -5,8 +5,11 @@
 //! It has the frame-level interface of the ring endpoint
 //! ([`raw::endpoint`](crate::raw::endpoint)): a [`StreamTx`] reserves
 //! grants, commits them and publishes; a [`StreamRx`] hands out frames
-//! whose payload is 16-byte aligned and releases them. The call layer is
-//! not wired to it yet; this module is the transport alone.
+//! whose payload is 16-byte aligned and releases them. The call layer runs
+//! on it (see [`Endpoint`](crate::rpc::Endpoint)): its hello travels in
+//! frames of kind [`HANDSHAKE`](crate::raw::wire::kind::HANDSHAKE) and
+//! negotiates compression and the pool; this module is the transport
+//! alone, for programs that move frames themselves.
 //!
 //! # The wire
 //!
@@ -77,7 +80,7 @@
 //! ```
 
 mod address;
-mod blobs;
+pub(crate) mod blobs;
 pub mod codec;
 mod conn;
 mod error;
@@ -226,18 +229,7 @@ pub fn endpoint(
     side: Side,
     config: &StreamConfig,
 ) -> Result<(StreamTx, StreamRx), StreamError> {
-    if config.max_frame > u32::MAX as usize || config.max_frame < config.max_payload + codec::HEADER
-    {
-        return Err(StreamError::Limits {
-            max_frame: config.max_frame,
-            max_payload: config.max_payload,
-        });
-    }
-    let pool = match &config.pool {
-        Some(c) => Some(Arc::new(blobs::LocalPool::new(c, side)?)),
-        None => None,
-    };
-    let large = Arc::new(LargeBlobs::new(config.large));
+    let (pool, large) = config_parts(side, config)?;
     let wire = Arc::new(wire::Wire::new(conn));
     let tx = StreamTx::new(
         wire.clone(),
@@ -261,4 +253,63 @@ pub fn endpoint(
         large,
     );
     Ok((tx, rx))
+}
+
+/// The pool and large blobs `config` asks for, once its limits are
+/// checked.
+fn config_parts(
+    side: Side,
+    config: &StreamConfig,
+) -> Result<(Option<Arc<blobs::LocalPool>>, Arc<LargeBlobs>), StreamError> {
+    if config.max_frame > u32::MAX as usize || config.max_frame < config.max_payload + codec::HEADER
+    {
+        return Err(StreamError::Limits {
+            max_frame: config.max_frame,
+            max_payload: config.max_payload,
+        });
+    }
+    let pool = match &config.pool {
+        Some(c) => Some(Arc::new(blobs::LocalPool::new(c, side)?)),
+        None => None,
+    };
+    Ok((pool, Arc::new(LargeBlobs::new(config.large))))
+}
+
+/// Gives the endpoint `tx`, `rx` (two halves of one [`endpoint`]) the
+/// configuration a handshake negotiated: limits, compression, a new pool
+/// and new large blobs. Call it between frames, with no grant open and
+/// no frame handed out: frames committed before go out as they were
+/// encoded, frames decoded after (including bytes already read) follow
+/// the new limits.
+///
+/// # Errors
+///
+/// As [`endpoint`]; the halves keep their old configuration.
+pub(crate) fn reconfigure(
+    tx: &mut StreamTx,
+    rx: &mut StreamRx,
+    side: Side,
+    config: &StreamConfig,
+) -> Result<(), StreamError> {
+    let (pool, large) = config_parts(side, config)?;
+    tx.reconfigure(
+        tx::SendLimits {
+            max_payload: config.max_payload,
+            max_frame: config.max_frame,
+            send_buffer: config.send_buffer,
+        },
+        config.lz4,
+        pool.clone(),
+        large.clone(),
+    );
+    rx.reconfigure(
+        codec::Limits {
+            max_frame: config.max_frame,
+            max_payload: config.max_payload,
+            lz4: config.lz4.is_some(),
+        },
+        pool,
+        large,
+    );
+    Ok(())
 }

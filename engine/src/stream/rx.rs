@@ -142,6 +142,19 @@ impl StreamRx {
         }
     }
 
+    /// See [`reconfigure`](super::reconfigure).
+    pub(crate) fn reconfigure(
+        &mut self,
+        limits: Limits,
+        pool: Option<Arc<LocalPool>>,
+        large: Arc<LargeBlobs>,
+    ) {
+        debug_assert!(self.current.is_none(), "reconfigured with a frame out");
+        self.limits = limits;
+        self.pool = pool;
+        self.large = large;
+    }
+
     /// The next frame if one is there now (reading what the socket has,
     /// without waiting).
     ///

@@ -133,6 +133,27 @@ impl StreamTx {
         }
     }
 
+    /// See [`reconfigure`](super::reconfigure).
+    pub(crate) fn reconfigure(
+        &mut self,
+        limits: SendLimits,
+        lz4: Option<super::codec::Lz4>,
+        pool: Option<Arc<LocalPool>>,
+        large: Arc<LargeBlobs>,
+    ) {
+        self.limits = limits;
+        self.encoder = Encoder::new(lz4);
+        self.pool = pool;
+        self.large = large;
+    }
+
+    /// Whether the connection is over: an error ended it (the peer's
+    /// death included, once either half saw it), on this half or the
+    /// other.
+    pub fn is_closed(&self) -> bool {
+        self.wire.failure().is_some()
+    }
+
     fn check(&self, kind: u16, len: usize) -> Result<(), StreamError> {
         if let Some(e) = self.wire.failure() {
             return Err(e);
@@ -498,6 +519,11 @@ impl StreamGrant<'_> {
     /// the transport's bits are ignored).
     pub fn set_flags(&mut self, flags: u16) {
         self.flags = flags & super::codec::USER_FLAGS;
+    }
+
+    /// The frame's kind.
+    pub fn kind(&self) -> u16 {
+        self.kind
     }
 
     /// Length of the reservation.

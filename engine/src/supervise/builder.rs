@@ -10,7 +10,8 @@ use super::error::SuperviseError;
 use super::monitor::Monitor;
 use super::stats::StatsBlock;
 use super::{Inner, Premade, State, Supervisor};
-use crate::rpc::ClientOptions;
+use crate::rpc::{ClientOptions, Endpoint, IntoEndpoint};
+use crate::stream::AddressError;
 use crate::sys::EventFd;
 
 /// What the supervisor starts.
@@ -48,6 +49,10 @@ pub struct SupervisorBuilder {
     pub(super) retries: u32,
     pub(super) client: ClientOptions,
     pub(super) grace: Duration,
+    /// Where the instances listen and the clients connect, if not over
+    /// socketpairs handed down.
+    pub(super) address: Option<Endpoint>,
+    pub(super) bad_address: Option<AddressError>,
 }
 
 impl SupervisorBuilder {
@@ -62,6 +67,8 @@ impl SupervisorBuilder {
             retries: 3,
             client: ClientOptions::default(),
             grace: Duration::from_secs(2),
+            address: None,
+            bad_address: None,
         }
     }
 
@@ -151,6 +158,42 @@ impl SupervisorBuilder {
         self
     }
 
+    /// Has the service's instances listen on the stream `address` too
+    /// (`"unix-stream:@svc"`, `"unix:/path"`, `"tcp://127.0.0.1:7000"`, or
+    /// an [`Endpoint`] with the clients' TLS configuration), and the
+    /// supervisor's clients connect there, over the socket transport,
+    /// instead of over a socketpair handed down to the instance.
+    ///
+    /// The address reaches the instance in the environment variable
+    /// [`ENV_LISTEN`](super::ENV_LISTEN), which
+    /// [`ServerBuilder::supervised`](crate::rpc::ServerBuilder::supervised)
+    /// reads: each instance binds it in turn (a successor takes it over
+    /// from a dead one). Its server's policy must admit the clients (over
+    /// TCP: `Policy::Anyone`, or TLS and `Policy::Certificate`); an
+    /// instance whose server cannot listen there exits, and is restarted
+    /// until the intensity limit says otherwise.
+    ///
+    /// Spares ([`standby`](Self::standby)) cannot share one address with
+    /// the instance serving: `spawn` refuses both. Idempotent calls are
+    /// retried after a crash as over shared memory, except calls that sent
+    /// pool blobs: a stream copies those out when it sends them, so there
+    /// is nothing left to send again (they fail with `PeerDied`).
+    #[must_use]
+    pub fn address(mut self, address: impl IntoEndpoint) -> Self {
+        match address.into_endpoint() {
+            Ok(e) if e.is_stream() => self.address = Some(e),
+            Ok(e) => {
+                self.bad_address.get_or_insert(AddressError::UnknownScheme {
+                    address: e.to_string(),
+                });
+            }
+            Err(e) => {
+                self.bad_address.get_or_insert(e);
+            }
+        }
+        self
+    }
+
     /// How long a retired instance may take to exit before it is killed
     /// (default 2 s).
     #[must_use]
@@ -171,7 +214,7 @@ impl SupervisorBuilder {
     /// executable), after the intensity limit for a passing shortage
     /// (`EAGAIN`, `ENOMEM`, `EMFILE`, `ENFILE`, `EINTR`), which is retried
     /// with the backoff.
-    pub fn spawn(self) -> Result<Supervisor, SuperviseError> {
+    pub fn spawn(mut self) -> Result<Supervisor, SuperviseError> {
         if self.service.is_empty() || self.service.contains(['\0', '/']) {
             return Err(SuperviseError::BadName {
                 name: self.service.clone(),
@@ -179,6 +222,12 @@ impl SupervisorBuilder {
         }
         if self.intensity.1.is_zero() {
             return Err(SuperviseError::ZeroPeriod);
+        }
+        if let Some(e) = self.bad_address.take() {
+            return Err(SuperviseError::Address(e));
+        }
+        if self.address.is_some() && self.standby > 0 {
+            return Err(SuperviseError::StandbyOnAddress);
         }
         let io = |source| SuperviseError::Io {
             service: self.service.clone(),

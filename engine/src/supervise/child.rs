@@ -4,7 +4,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use super::{ENV_ROLE, ENV_SERVICE, ENV_SUPERVISOR_PID};
+use super::{ENV_LISTEN, ENV_ROLE, ENV_SERVICE, ENV_SUPERVISOR_PID};
 use crate::rpc::{ServerBuilder, Source};
 use crate::sys::is_seqpacket;
 
@@ -51,7 +51,13 @@ impl ServerBuilder {
     /// connections the supervisor sends over it. The process is killed when
     /// the supervisor dies (`PR_SET_PDEATHSIG`, checked against a
     /// supervisor that died before this call) and [`Server::run`](crate::rpc::Server::run)
-    /// returns when the supervisor retires it.
+    /// returns when the supervisor retires it. A supervisor given a stream
+    /// [`address`](super::SupervisorBuilder::address) has the server listen
+    /// there too (its clients connect there).
+    ///
+    /// A server that listens on TCP this way needs a policy that admits its
+    /// TCP clients (see [`ServerBuilder::listen`]); the address is in
+    /// [`ENV_LISTEN`](super::ENV_LISTEN) for the program to decide.
     ///
     /// # Errors
     ///
@@ -60,10 +66,11 @@ impl ServerBuilder {
     /// that is still alive.
     pub fn supervised() -> Result<ServerBuilder, NotSupervised> {
         let child = ChildEnv::take()?;
-        Ok(ServerBuilder::with_source(
-            Source::Handoff(child.control),
-            child.service,
-        ))
+        let b = ServerBuilder::with_source(Source::Handoff(child.control), child.service);
+        Ok(match std::env::var(ENV_LISTEN) {
+            Ok(address) if !address.is_empty() => b.add_listener(address.as_str()),
+            _ => b,
+        })
     }
 }
 

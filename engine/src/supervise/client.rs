@@ -537,7 +537,10 @@ impl SupervisedClient {
                 // A large blob's memfd went to the dead server only.
                 return Err(CallError::PeerDied.into());
             }
-            let old = old_pool.take_back(h).map_err(CallError::from)?;
+            // A stream copied the blob out and freed it when it sent the
+            // call: nothing is left to send again (the call ran at most
+            // once, as a call that cannot be retried).
+            let old = old_pool.take_back(h).map_err(|_| CallError::PeerDied)?;
             let mut new = new_pool.alloc(old.len()).map_err(CallError::from)?;
             new.copy_from_slice(&old);
             out.push(new.send().map_err(CallError::from)?);

@@ -139,6 +139,15 @@ pub enum SuperviseError {
     /// The restart-intensity period is zero.
     #[error("the intensity period must be longer than 0")]
     ZeroPeriod,
+    /// The address given is not a stream address.
+    #[error("the service's address: {0} (a stream address: tcp://, unix:, unix-stream:)")]
+    Address(crate::stream::AddressError),
+    /// Spares were asked for with an address: they would all have to
+    /// listen on it.
+    #[error(
+        "spares (standby) and an address cannot go together: one instance listens on it at a time"
+    )]
+    StandbyOnAddress,
     /// The OS refused a descriptor, a thread or the first process.
     #[error("supervisor of {service:?}: {source}")]
     Io {

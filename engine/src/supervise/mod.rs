@@ -66,6 +66,13 @@ pub const ENV_SERVICE: &str = "ISOCALL_SERVICE";
 pub const ENV_SUPERVISOR_PID: &str = "ISOCALL_SUPERVISOR_PID";
 /// Environment variable naming the role this executable was re-entered in.
 pub const ENV_ROLE: &str = "ISOCALL_ROLE";
+/// Environment variable with the stream address a supervised server
+/// listens on too (see [`SupervisorBuilder::address`]).
+pub const ENV_LISTEN: &str = "ISOCALL_LISTEN";
+
+/// First pause before connecting again to an instance that does not listen
+/// on the service's address yet.
+const NOT_LISTENING_FIRST: Duration = Duration::from_micros(200);
 
 /// A started instance, as clients see it.
 #[derive(Debug)]
@@ -300,6 +307,9 @@ impl Inner {
         live: &Live,
         handshake_timeout: Duration,
     ) -> Result<Client, ConnectError> {
+        if let Some(address) = &self.config.address {
+            return self.connect_at(address, live, handshake_timeout);
+        }
         let (ours, theirs) = seqpacket_pair()?;
         let seg = self.take_premade();
         hand_off(
@@ -321,6 +331,50 @@ impl Inner {
         let client = Client::over_socket(ours, options)?;
         self.learn_layout(client.layout());
         Ok(client)
+    }
+
+    /// Connects to `live` at the service's stream address: again while it
+    /// does not listen there yet (it is starting) or another process
+    /// answers (the instance it replaces, still going), until the handshake
+    /// timeout.
+    fn connect_at(
+        &self,
+        address: &crate::rpc::Endpoint,
+        live: &Live,
+        handshake_timeout: Duration,
+    ) -> Result<Client, ConnectError> {
+        let deadline = crate::deadline_in(handshake_timeout);
+        let mut pause = NOT_LISTENING_FIRST;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ConnectError::Timeout(handshake_timeout));
+            }
+            let options = self.config.client.clone().handshake_timeout(left);
+            match Client::connect_with(address, options) {
+                Ok(c) if c.server_pid() == Some(live.pid) => return Ok(c),
+                Ok(c) => {
+                    tracing::debug!(target: "isocall::supervise", pid = ?c.server_pid(),
+                        expected = live.pid, "another process answers at the address");
+                }
+                Err(ConnectError::Connect { source, .. })
+                    if matches!(
+                        source.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+            if process_gone(live.pid) {
+                // Gone before it listened: its successor is tried.
+                return Err(ConnectError::Handshake(HandshakeError::Closed));
+            }
+            if Instant::now() + pause >= deadline {
+                return Err(ConnectError::Timeout(handshake_timeout));
+            }
+            let word = std::sync::atomic::AtomicU32::new(0);
+            let _ = crate::sys::futex_wait(&word, 0, Some(pause));
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
     }
 
     pub(crate) fn service(&self) -> &str {

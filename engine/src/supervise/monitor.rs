@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::builder::Program;
 use super::error::{LastExit, ServiceFailure};
 use super::stats::Word;
-use super::{ENV_ROLE, ENV_SERVICE, ENV_SUPERVISOR_PID, Inner, Live, SupervisorState};
+use super::{ENV_LISTEN, ENV_ROLE, ENV_SERVICE, ENV_SUPERVISOR_PID, Inner, Live, SupervisorState};
 use crate::sys::{PidFd, poll_readable, seqpacket_pair};
 
 /// A child the monitor owns.
@@ -352,6 +352,10 @@ impl Monitor {
             .env(ENV_SERVICE, &cfg.service)
             .env(ENV_SUPERVISOR_PID, std::process::id().to_string())
             .stdin(Stdio::from(theirs));
+        match &cfg.address {
+            Some(a) => cmd.env(ENV_LISTEN, a.to_string()),
+            None => cmd.env_remove(ENV_LISTEN),
+        };
         let mut child = cmd.spawn()?;
         drop(cmd);
         match PidFd::open(child.id()) {

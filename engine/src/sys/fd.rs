@@ -37,6 +37,9 @@ pub enum Ready {
     /// to be read does not count. For a socket that may carry messages
     /// while its end is what matters.
     HangUp,
+    /// Readable or writable (or hung up, or in error): a stream socket
+    /// with bytes waiting to be sent.
+    ReadWrite,
 }
 
 /// Waits until any of `fds` is ready as asked, or `timeout` passes; returns
@@ -55,6 +58,7 @@ pub fn poll_ready(
         .map(|(fd, r)| match r {
             Ready::Readable => PollFd::new(fd, PollFlags::IN),
             Ready::HangUp => PollFd::new(fd, PollFlags::RDHUP),
+            Ready::ReadWrite => PollFd::new(fd, PollFlags::IN | PollFlags::OUT),
         })
         .collect();
     let ts = timeout.map(timespec);
@@ -65,6 +69,9 @@ pub fn poll_ready(
             .map(|(p, (_, r))| match r {
                 Ready::Readable => p.revents().intersects(PollFlags::IN | gone),
                 Ready::HangUp => p.revents().intersects(PollFlags::RDHUP | gone),
+                Ready::ReadWrite => p
+                    .revents()
+                    .intersects(PollFlags::IN | PollFlags::OUT | gone),
             })
             .collect()),
         Err(Errno::INTR) => Ok(vec![false; fds.len()]),

@@ -26,6 +26,17 @@ pub struct PeerCred {
     pub gid: u32,
 }
 
+impl PeerCred {
+    /// What a peer over TCP is known as: no credentials (no pid here, uid
+    /// and gid `u32::MAX`, the "no user" id). Its identity, if any, is its
+    /// TLS certificate.
+    pub const REMOTE: PeerCred = PeerCred {
+        pid: None,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    };
+}
+
 /// `SO_PEERPIDFD` (Linux 6.5; the same number on every architecture we
 /// build for), spelt here because the libc crate does not export it for
 /// every target.

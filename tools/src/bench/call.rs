@@ -7,8 +7,9 @@
 //! runs in the peer process.
 //!
 //! Every use of the engine's `Client`/`Server` API by the bench is in this
-//! file (the instruction counts' call loops included), so that a change of
-//! that API is adapted here alone.
+//! file (the instruction counts' call loops included) and, for the socket
+//! transport's figures, in `call_stream.rs`, so that a change of that API
+//! is adapted there alone.
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -19,12 +20,13 @@ use isocall_engine::WaitStrategy;
 use isocall_engine::blob::PoolConfig;
 use isocall_engine::raw::SegmentLayout;
 use isocall_engine::rpc::{
-    AppError, CallCtx, Client, ClientOptions, Method, ServerBuilder, SharedClient, SocketName,
+    AppError, CallCtx, Caller, Client, ClientOptions, Method, ServerBuilder, SharedClient,
+    SocketName,
 };
 
 use super::Res;
 use super::measure::{Budget, Measured, latency, rate};
-use super::peer::{Control, PEER_TIMEOUT, Peer};
+use super::peer::{Control, PEER_TIMEOUT, Peer, strategy_code, strategy_from};
 use super::sockets::{fill_words, sum_words};
 
 /// A 64-byte request or reply.
@@ -58,24 +60,6 @@ pub fn check(reply: &[u8; 64], seq: u64) -> Res<()> {
         return Err(format!("wrong reply to call {seq}").into());
     }
     Ok(())
-}
-
-fn strategy_code(s: WaitStrategy) -> u64 {
-    match s {
-        WaitStrategy::BusySpin => 0,
-        WaitStrategy::Adaptive => 1,
-        WaitStrategy::Blocking => 2,
-        // A strategy this tool does not know: the peer waits the default way.
-        _ => 1,
-    }
-}
-
-fn strategy_from(n: u64) -> WaitStrategy {
-    match n {
-        0 => WaitStrategy::BusySpin,
-        1 => WaitStrategy::Adaptive,
-        _ => WaitStrategy::Blocking,
-    }
 }
 
 /// A request or reply body of any length (the plot's calls).
@@ -126,6 +110,14 @@ fn connect_with_blobs(
     let (peer, socket) = start_server(figure, strategy, blob_len)?;
     let opts = ClientOptions::default().strategy(strategy);
     let client = Client::connect_with(&socket, opts)?;
+    Ok((peer, client))
+}
+
+/// As `connect` (BusySpin), with a [`SharedClient`].
+fn connect_shared(figure: &str) -> Res<(Peer, SharedClient)> {
+    let (peer, socket) = start_server(figure, WaitStrategy::BusySpin, 0)?;
+    let opts = ClientOptions::default().strategy(WaitStrategy::BusySpin);
+    let client = SharedClient::connect_with(&socket, opts)?;
     Ok((peer, client))
 }
 
@@ -205,7 +197,8 @@ pub fn server_peer(mut ctl: Control) -> Res<()> {
     Ok(())
 }
 
-fn finish(mut peer: Peer, client: Client) -> Res<()> {
+/// Closes the connection (`client`), then stops the server peer.
+fn finish<C>(mut peer: Peer, client: C) -> Res<()> {
     drop(client);
     peer.write_line("stop")?;
     peer.finish()
@@ -219,18 +212,24 @@ pub fn rtt(budget: &Budget, strategy: WaitStrategy) -> Res<Measured> {
         WaitStrategy::Blocking => "call.rtt.blocking.64",
         _ => "call.rtt.other.64",
     };
-    let (peer, mut c) = connect(name, strategy)?;
+    let (peer, c) = connect(name, strategy)?;
+    rtt_through(budget, name, peer, c)
+}
+
+/// The round trips of `figure` through `c`, a client of `peer`'s server:
+/// 64-byte calls one at a time, every reply checked (after the timed
+/// loop); then closes `c` and stops `peer`.
+fn rtt_through<C: Caller>(budget: &Budget, figure: &str, peer: Peer, mut c: C) -> Res<Measured> {
     let m = c.method(ECHO64)?;
     let mut wrong = None;
     let out = latency(budget, |seq| {
-        let ok = check(&c.call(m, &request(seq))?.data, seq).is_ok();
-        if !ok {
+        if check(&c.call(m, &request(seq))?.data, seq).is_err() {
             wrong = Some(seq);
         }
         Ok(())
     })?;
     if let Some(seq) = wrong {
-        return Err(format!("{name}: wrong reply to call {seq}").into());
+        return Err(format!("{figure}: wrong reply to call {seq}").into());
     }
     finish(peer, c)?;
     Ok(out)
@@ -272,27 +271,8 @@ pub fn pipelined(budget: &Budget) -> Res<Measured> {
 /// shared by threads costs a lone caller).
 pub fn shared_rtt(budget: &Budget) -> Res<Measured> {
     let figure = "call.shared.rtt.busy.64";
-    let (peer, socket) = start_server(figure, WaitStrategy::BusySpin, 0)?;
-    let c = SharedClient::connect_with(
-        &socket,
-        ClientOptions::default().strategy(WaitStrategy::BusySpin),
-    )?;
-    let m = c.method(ECHO64)?;
-    let mut wrong = None;
-    let out = latency(budget, |seq| {
-        if check(&c.call(m, &request(seq))?.data, seq).is_err() {
-            wrong = Some(seq);
-        }
-        Ok(())
-    })?;
-    if let Some(seq) = wrong {
-        return Err(format!("{figure}: wrong reply to call {seq}").into());
-    }
-    drop(c);
-    let mut peer = peer;
-    peer.write_line("stop")?;
-    peer.finish()?;
-    Ok(out)
+    let (peer, c) = connect_shared(figure)?;
+    rtt_through(budget, figure, peer, c)
 }
 
 /// `call.shared.pipelined.64`: calls per second from two threads sharing
@@ -300,11 +280,7 @@ pub fn shared_rtt(budget: &Budget) -> Res<Measured> {
 /// each (64 in all, as `call.pipelined.64`).
 pub fn shared_pipelined(budget: &Budget) -> Res<Measured> {
     let figure = "call.shared.pipelined.64";
-    let (peer, socket) = start_server(figure, WaitStrategy::BusySpin, 0)?;
-    let c = SharedClient::connect_with(
-        &socket,
-        ClientOptions::default().strategy(WaitStrategy::BusySpin),
-    )?;
+    let (peer, c) = connect_shared(figure)?;
     let m = c.method(ECHO64)?;
     let per_thread = (budget.stream_msgs / 8).max(5_000);
     let mut reps = Vec::new();
@@ -346,10 +322,7 @@ pub fn shared_pipelined(budget: &Budget) -> Res<Measured> {
         }
         reps.push((2 * per_thread, start.elapsed()));
     }
-    drop(c);
-    let mut peer = peer;
-    peer.write_line("stop")?;
-    peer.finish()?;
+    finish(peer, c)?;
     Ok(rate(&mut reps, 64))
 }
 

@@ -4,6 +4,7 @@
 
 mod blob;
 mod call;
+mod call_stream;
 mod callgrind;
 mod floors;
 mod instr;
@@ -330,6 +331,39 @@ pub fn figures() -> Vec<Figure> {
             also: &[],
             run: call::shared_pipelined,
             peer: call::server_peer,
+        },
+        Figure {
+            name: "unix_stream.call.rtt.64",
+            unit: Ns,
+            floor: Some("uds.rtt.64"),
+            also: &["call.rtt.blocking.64"],
+            run: |b| call_stream::rtt(b, call_stream::Net::Unix),
+            peer: call_stream::server_peer,
+        },
+        Figure {
+            name: "tcp.call.rtt.64",
+            unit: Ns,
+            floor: Some("tcp.rtt.64"),
+            also: &[],
+            run: |b| call_stream::rtt(b, call_stream::Net::Tcp),
+            peer: call_stream::server_peer,
+        },
+        #[cfg(feature = "tls")]
+        Figure {
+            name: "tls.call.rtt.64",
+            unit: Ns,
+            floor: Some("tcp.call.rtt.64"),
+            also: &["tcp.rtt.64"],
+            run: |b| call_stream::rtt(b, call_stream::Net::Tls),
+            peer: call_stream::server_peer,
+        },
+        Figure {
+            name: "tcp.call.pipelined.64",
+            unit: CallPerSec,
+            floor: None,
+            also: &[],
+            run: call_stream::pipelined,
+            peer: call_stream::server_peer,
         },
         Figure {
             name: "call.rtt.blob.1048576",

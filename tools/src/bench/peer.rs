@@ -9,6 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use isocall_engine::WaitStrategy;
 use isocall_engine::raw::sys::{allowed_cpus, pin_current_thread, recv_message, send_with_fds};
 
 use super::Res;
@@ -16,6 +17,26 @@ use super::Res;
 /// How long any single exchange with the peer may take before the bench
 /// gives up on it (a dead or stuck peer is an error, not a hang).
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A wait strategy as the peer's `strategy=` parameter.
+pub fn strategy_code(s: WaitStrategy) -> u64 {
+    match s {
+        WaitStrategy::BusySpin => 0,
+        WaitStrategy::Adaptive => 1,
+        WaitStrategy::Blocking => 2,
+        // A strategy this tool does not know: the peer waits the default way.
+        _ => 1,
+    }
+}
+
+/// The wait strategy of a peer's `strategy=` parameter.
+pub fn strategy_from(n: u64) -> WaitStrategy {
+    match n {
+        0 => WaitStrategy::BusySpin,
+        1 => WaitStrategy::Adaptive,
+        _ => WaitStrategy::Blocking,
+    }
+}
 
 /// The two CPUs the sides run on, when the machine has two to give. Read
 /// once, before this process pins itself (after that its mask is one CPU).

@@ -16,7 +16,7 @@ use super::Res;
 use super::measure::{
     Budget, Measured, answer64, check_reply, fill64, latency, pattern_sum, rate, read_all,
 };
-use super::peer::{Control, PEER_TIMEOUT, Peer};
+use super::peer::{Control, PEER_TIMEOUT, Peer, strategy_code, strategy_from};
 
 const DATA: u16 = 1;
 const STOP: u16 = 2;
@@ -28,24 +28,6 @@ fn strategy_name(s: WaitStrategy) -> &'static str {
         WaitStrategy::Adaptive => "adaptive",
         WaitStrategy::Blocking => "blocking",
         _ => "other",
-    }
-}
-
-fn strategy_from(n: u64) -> WaitStrategy {
-    match n {
-        0 => WaitStrategy::BusySpin,
-        1 => WaitStrategy::Adaptive,
-        _ => WaitStrategy::Blocking,
-    }
-}
-
-fn strategy_code(s: WaitStrategy) -> u64 {
-    match s {
-        WaitStrategy::BusySpin => 0,
-        WaitStrategy::Adaptive => 1,
-        WaitStrategy::Blocking => 2,
-        // A strategy this tool does not know: the peer waits the default way.
-        _ => 1,
     }
 }
 
@@ -100,16 +82,22 @@ pub fn setup_with(
     let params = format!("{params} strategy={}", strategy_code(strategy));
     let peer = Peer::start(figure, &params, &[seg.fd(), theirs.as_fd()])?;
     drop(theirs);
-    let seg = Arc::new(seg);
-    seg.attach_side(Side::Server);
-    let (tx, rx) = endpoint(
-        seg.clone(),
-        Side::Server,
-        Arc::new(bell),
-        strategy,
-        Liveness::new(),
-    )?;
+    let (seg, tx, rx) = open_side(seg, Side::Server, bell, strategy)?;
     Ok((peer, seg, tx, rx))
+}
+
+/// `side`'s ends of the rings of `seg`: attaches the side and makes its
+/// endpoint, which rings the other side through `bell`.
+fn open_side(
+    seg: Segment,
+    side: Side,
+    bell: Doorbell,
+    strategy: WaitStrategy,
+) -> Res<(Arc<Segment>, Sender, Receiver)> {
+    let seg = Arc::new(seg);
+    seg.attach_side(side);
+    let (tx, rx) = endpoint(seg.clone(), side, Arc::new(bell), strategy, Liveness::new())?;
+    Ok((seg, tx, rx))
 }
 
 /// The peer's client side on the segment the parent sent.
@@ -121,17 +109,9 @@ fn attach(ctl: &mut Control) -> Res<(Sender, Receiver)> {
 /// The peer's client side on the segment the parent sent, with the segment.
 pub fn attach_segment(ctl: &mut Control) -> Res<(Arc<Segment>, Sender, Receiver)> {
     let bell = Doorbell::from_peer_end(ctl.fds.pop().ok_or("no doorbell")?)?;
-    let seg = Arc::new(Segment::open(ctl.fds.pop().ok_or("no memfd")?)?);
-    seg.attach_side(Side::Client);
+    let seg = Segment::open(ctl.fds.pop().ok_or("no memfd")?)?;
     let strategy = strategy_from(ctl.param("strategy")?);
-    let (tx, rx) = endpoint(
-        seg.clone(),
-        Side::Client,
-        Arc::new(bell),
-        strategy,
-        Liveness::new(),
-    )?;
-    Ok((seg, tx, rx))
+    open_side(seg, Side::Client, bell, strategy)
 }
 
 /// The largest message `rtt` sends in one frame: what a frame of the

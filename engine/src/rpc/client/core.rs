@@ -11,11 +11,11 @@ use isocall_blob::BlobHandle;
 use rkyv::ser::allocator::Arena;
 
 use super::ClientOptions;
-use crate::endpoint::{Sender, TransportError};
+use crate::endpoint::TransportError;
 use crate::rpc::body::{Body, EncodeError};
 use crate::rpc::error::{AppError, CallError, ConnectError, TypeMismatch};
 use crate::rpc::handshake::{self, ClientHello, HELLO, HandshakeError, MethodInfo, READY, REFUSED};
-use crate::rpc::link::Link;
+use crate::rpc::link::{Link, Tx};
 use crate::rpc::method::{Message, MessageRef, Method, MethodRef, next_client_tag};
 use crate::rpc::wire::{self, CallHead, ErrorBody, MAX_BLOBS, PROTOCOL_VERSION, Status};
 use crate::segment::{Segment, SegmentLayout, Side};
@@ -32,6 +32,8 @@ pub(crate) struct Info {
     pub(crate) server: PeerCred,
     pub(crate) layout: SegmentLayout,
     pub(crate) options: ClientOptions,
+    /// The server's pid as it said (stream) or as the socket says.
+    pub(crate) server_pid: Option<u32>,
 }
 
 /// Runs the client's end of the handshake over `sock`.
@@ -131,7 +133,11 @@ pub(crate) fn handshake(
         &server,
     )
     .map_err(|e| io::Error::other(e.to_string()))?;
-    send_with_fds(link.sock.as_fd(), &[READY], &[], deadline)?;
+    let ring = link
+        .ring
+        .as_ref()
+        .expect("a shared-memory link has its socket");
+    send_with_fds(ring.sock.as_fd(), &[READY], &[], deadline)?;
     let by_name = hello
         .methods
         .iter()
@@ -152,6 +158,7 @@ pub(crate) fn handshake(
         server,
         layout,
         options,
+        server_pid: server.pid,
     };
     Ok((link, info))
 }
@@ -255,7 +262,7 @@ impl Info {
 /// waits a little, or fails at the call's deadline); then it tries again.
 #[allow(clippy::too_many_arguments)] // one private writer for every frame
 pub(crate) fn put(
-    tx: &mut Sender,
+    tx: &mut Tx,
     arena: &mut Arena,
     max_frame: usize,
     frame_kind: u16,
@@ -263,7 +270,7 @@ pub(crate) fn put(
     method: u32,
     mut encode: impl FnMut(&mut [u8], &mut Arena) -> Result<usize, EncodeError>,
     blobs: &[BlobHandle],
-    mut on_full: impl FnMut(&mut Sender) -> Result<(), CallError>,
+    mut on_full: impl FnMut(&mut Tx) -> Result<(), CallError>,
 ) -> Result<(), CallError> {
     if blobs.len() > MAX_BLOBS {
         return Err(CallError::TooManyBlobs {
@@ -295,7 +302,7 @@ pub(crate) fn put(
                     _reserved: 0,
                 };
                 wire::write_head(g.bytes_mut(), &head, blobs);
-                g.commit(body_at + n);
+                g.commit(body_at + n)?;
                 tx.publish();
                 return Ok(());
             }

@@ -9,9 +9,9 @@ use isocall_blob::{Blob, BlobHandle, BlobMut, Pool};
 use isocall_ringbuf::SharedRegion;
 use rkyv::util::AlignedVec;
 
-use crate::endpoint::RxFrame;
 use crate::rpc::body::{Body, Checked};
 use crate::rpc::large::large_id;
+use crate::rpc::link::Frame as RxFrame;
 use crate::rpc::server::BlobAccessError;
 use crate::rpc::wire::MAX_BLOBS;
 

@@ -26,16 +26,18 @@ use rkyv::util::AlignedVec;
 use super::core::{Info, put};
 use super::reply::{Abandoned, Handles, Pending, Reply, ReplyBlobSet, ReplyBytes};
 use super::{ClientOptions, connect_link, next_frame, recycle};
-use crate::endpoint::{Receiver, Sender, TransportError};
-use crate::liveness::{Liveness, PeerWatch};
+use crate::endpoint::TransportError;
 use crate::rpc::body::{self, Body};
 use crate::rpc::error::{CallError, ConnectError, ReplyError};
 use crate::rpc::large::LargeBlob;
-use crate::rpc::link::Link;
+// The link's enums under the names the ring endpoint's types had here.
+use crate::rpc::address::IntoEndpoint;
+use crate::rpc::link::{Link, RingLink, Rx as Receiver, Tx as Sender, stream_gone};
 use crate::rpc::method::{Message, MessageRef, Method, MethodRef};
 use crate::rpc::wire::{self, CloseReason, Status, kind};
 use crate::segment::SegmentLayout;
-use crate::sys::{Doorbell, PeerCred, SocketName, futex_wait, futex_wake, send_with_fds};
+use crate::stream::LargeBlobs;
+use crate::sys::{PeerCred, futex_wait, futex_wake};
 
 /// Slot index bits of a call id.
 const INDEX_BITS: u32 = 16;
@@ -96,15 +98,14 @@ struct Inner {
     abandoned: Arc<Abandoned>,
     spares: Mutex<Vec<AlignedVec<16>>>,
     pool: Option<Arc<Pool<SharedRegion>>>,
-    liveness: Liveness,
     /// A reason code once the server closed (0: open), for the paths that
     /// do not hold the receiver.
     closed: AtomicU32,
     next_large: AtomicU64,
-    // Dropped last: the watch, then the socket.
-    _doorbell: Arc<Doorbell>,
-    _watch: PeerWatch,
-    sock: std::os::fd::OwnedFd,
+    /// A stream connection's large blobs (shared by its two halves).
+    large: Option<Arc<LargeBlobs>>,
+    // Dropped last: the watch, then the socket (shared memory).
+    ring: Option<RingLink>,
 }
 
 /// A connection shared by many threads: `Clone + Send + Sync`, `call(&self)`.
@@ -132,8 +133,8 @@ impl SharedClient {
     /// # Errors
     ///
     /// As [`Client::connect`](super::Client::connect).
-    pub fn connect(socket: &SocketName) -> Result<SharedClient, ConnectError> {
-        Self::connect_with(socket, ClientOptions::default())
+    pub fn connect(to: impl IntoEndpoint) -> Result<SharedClient, ConnectError> {
+        Self::connect_with(to, ClientOptions::default())
     }
 
     /// Connects with `options` (`max_in_flight` is the number of calls the
@@ -143,10 +144,10 @@ impl SharedClient {
     ///
     /// As [`Client::connect`](super::Client::connect).
     pub fn connect_with(
-        socket: &SocketName,
+        to: impl IntoEndpoint,
         options: ClientOptions,
     ) -> Result<SharedClient, ConnectError> {
-        let (link, info) = connect_link(socket, &options)?;
+        let (link, info) = connect_link(to, &options)?;
         Ok(Self::from_parts(link, info))
     }
 
@@ -166,16 +167,8 @@ impl SharedClient {
 
     fn from_parts(link: Link, info: Info) -> SharedClient {
         let n = info.options.max_in_flight.clamp(1, MAX_SLOTS - 1);
-        let Link {
-            tx,
-            rx,
-            pool,
-            liveness,
-            doorbell,
-            watch,
-            sock,
-            ..
-        } = link;
+        let Link { tx, rx, pool, ring } = link;
+        let large = tx.stream().map(|s| s.large().clone());
         SharedClient {
             inner: Arc::new(Inner {
                 info,
@@ -193,12 +186,10 @@ impl SharedClient {
                 abandoned: Arc::default(),
                 spares: Mutex::new(Vec::new()),
                 pool,
-                liveness,
                 closed: AtomicU32::new(0),
                 next_large: AtomicU64::new(1),
-                _doorbell: doorbell,
-                _watch: watch,
-                sock,
+                large,
+                ring,
             }),
         }
     }
@@ -230,12 +221,14 @@ impl SharedClient {
         self.inner.pool.as_ref()
     }
 
-    /// The server's credentials, from the socket.
+    /// The server's credentials, from the socket ([`PeerCred::REMOTE`]
+    /// over TCP).
     pub fn server(&self) -> PeerCred {
         self.inner.info.server
     }
 
-    /// The layout of the connection's segment.
+    /// The layout of the connection's segment (over a stream socket: no
+    /// ring, and the classes of each side's pool).
     pub fn layout(&self) -> SegmentLayout {
         self.inner.info.layout
     }
@@ -243,7 +236,7 @@ impl SharedClient {
     /// False once the server is known dead or gone, or closed the
     /// connection.
     pub fn is_alive(&self) -> bool {
-        self.inner.closed.load(Ordering::Acquire) == 0 && !self.inner.liveness.peer_gone()
+        self.inner.closed.load(Ordering::Acquire) == 0 && !self.inner.peer_gone()
     }
 
     /// Calls in flight on this connection, from every thread.
@@ -282,16 +275,13 @@ impl SharedClient {
     pub fn share_large(&self, blob: &mut LargeBlob) -> Result<BlobHandle, CallError> {
         if !blob.shared {
             let deadline = crate::deadline_in(self.inner.info.options.call_timeout);
-            send_with_fds(
-                self.inner.sock.as_fd(),
-                &blob.share_message(),
-                &[blob.mem.fd()],
-                deadline,
-            )
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::TimedOut => CallError::Timeout,
-                _ => CallError::PeerDied,
-            })?;
+            match (&self.inner.ring, &self.inner.large) {
+                (Some(ring), _) => super::share_over(ring.sock.as_fd(), blob, deadline)?,
+                (None, Some(large)) => {
+                    large.share(blob).map_err(TransportError::from)?;
+                }
+                (None, None) => return Err(CallError::PeerDied),
+            }
             blob.shared = true;
         }
         Ok(blob.handle())
@@ -593,6 +583,18 @@ enum Polled {
 }
 
 impl Inner {
+    /// Whether the server is known gone (see `Link::peer_gone`); a stream
+    /// whose sender is busy in another thread is taken as alive.
+    fn peer_gone(&self) -> bool {
+        match &self.ring {
+            Some(r) => r.liveness.peer_gone(),
+            None => match self.tx.try_lock() {
+                Ok(g) => g.0.stream().is_none_or(stream_gone),
+                Err(_) => false,
+            },
+        }
+    }
+
     /// Reads frames as the leader until `id`'s reply comes (returned
     /// directly, never stored), or it was delivered to its slot meanwhile
     /// (`None`), or the deadline passes.
@@ -861,7 +863,7 @@ impl Drop for Inner {
         if let Ok(mut g) = tx.try_reserve(kind::CLOSE, 4) {
             g.bytes_mut()
                 .copy_from_slice(&CloseReason::ClientClosed.code().to_le_bytes());
-            g.commit_all();
+            let _ = g.commit_all();
             tx.publish();
         }
     }

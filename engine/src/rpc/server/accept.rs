@@ -7,6 +7,7 @@
 //! thread stops accepting for a while that doubles up to a second instead
 //! of spinning on the error, and accepts again afterwards.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,7 +24,11 @@ use crate::rpc::wire::PROTOCOL_VERSION;
 use crate::segment::{SIDE_ABSENT, Segment, Side};
 use crate::sys::{Doorbell, PeerCred, Ready, peer_cred, poll_ready, recv_message, send_with_fds};
 
-use super::admission::Ticket;
+use super::stream;
+use crate::stream::Incoming;
+
+use super::admission::{Key, Ticket};
+use super::ctx::Large;
 use super::source::{Conns, Next};
 use super::worker::Conn;
 use super::{Shared, handshake_stack};
@@ -35,6 +40,8 @@ const REFUSAL_SEND: Duration = Duration::from_millis(100);
 const BACKOFF_FIRST: Duration = Duration::from_millis(5);
 /// Longest pause.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How often TLS connections that wait for a handshake slot try again.
+const WAITING_RETRY: Duration = Duration::from_millis(2);
 
 /// The accept loop: until the server stops or its handoff peer hangs up.
 pub(super) fn run(shared: &Arc<Shared>, conns: &Conns) {
@@ -42,66 +49,108 @@ pub(super) fn run(shared: &Arc<Shared>, conns: &Conns) {
     let mut conn_id = 0u32;
     let mut backoff = BACKOFF_FIRST;
     let mut backing_off = false;
-    while !shared.stopping.load(Ordering::Acquire) {
+    // TLS connections waiting for a handshake slot (they cannot be told
+    // they are early), until their handshake's deadline.
+    let mut waiting: VecDeque<(Instant, Incoming)> = VecDeque::new();
+    'accepting: while !shared.stopping.load(Ordering::Acquire) {
         // While backing off, only the stop signal is waited on.
-        let fds = if backing_off {
-            vec![(shared.stop.as_fd(), Ready::Readable)]
-        } else {
-            vec![
-                (shared.stop.as_fd(), Ready::Readable),
-                (conns.fd(), Ready::Readable),
-            ]
+        let mut fds = vec![(shared.stop.as_fd(), Ready::Readable)];
+        if !backing_off {
+            fds.extend(conns.fds().into_iter().map(|fd| (fd, Ready::Readable)));
+        }
+        let timeout = match (backing_off, waiting.is_empty()) {
+            (true, _) => Some(backoff),
+            (false, false) => Some(WAITING_RETRY),
+            (false, true) => None,
         };
-        let timeout = backing_off.then_some(backoff);
-        match poll_ready(&fds, timeout) {
+        let ready: Vec<usize> = match poll_ready(&fds, timeout) {
             Ok(r) if r[0] => break,
-            Ok(r) if backing_off => {
-                let _ = r;
+            Ok(_) if backing_off => {
                 backing_off = false;
                 continue;
             }
-            Ok(r) if r.get(1) == Some(&true) => {}
-            Ok(_) => continue,
+            Ok(r) => (1..r.len()).filter(|&i| r[i]).map(|i| i - 1).collect(),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "accept poll failed; the server stops accepting");
                 break;
             }
-        }
-        let (sock, premade) = match conns.next() {
-            Ok(Next::Conn(s, p)) => {
-                backoff = BACKOFF_FIRST;
-                (s, p)
-            }
-            Ok(Next::Nothing) => continue,
-            Ok(Next::Retired) => {
-                tracing::debug!(service = %shared.service, "the handoff peer retired this server");
+        };
+        drop(fds);
+        let mut nexts: Vec<Next> = Vec::new();
+        for _ in 0..waiting.len() {
+            let Some((until, incoming)) = waiting.pop_front() else {
                 break;
-            }
-            Err(e) => {
-                // Out of descriptors or memory (or another accept error):
-                // back off instead of spinning on it.
-                tracing::warn!(error = %e, pause = ?backoff, "accept failed; pausing");
-                backing_off = true;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
-        };
-        let Some(ticket) = admit(shared, &sock) else {
-            continue;
-        };
-        conn_id = conn_id.wrapping_add(1);
-        let (sh, id) = (shared.clone(), conn_id);
-        handshakes.retain(|h| !h.is_finished());
-        let spawned = std::thread::Builder::new()
-            .name("isocall-handshake".into())
-            .stack_size(handshake_stack())
-            .spawn(move || handshake_thread(&sh, sock, premade, id, ticket));
-        match spawned {
-            Ok(h) => handshakes.push(h),
-            Err(e) => {
-                tracing::warn!(error = %e, "no thread for a handshake; connection dropped");
+            };
+            if Instant::now() < until {
+                nexts.push(Next::Stream(Box::new(incoming)));
+            } else {
                 shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("a TLS connection waited for a handshake slot too long; dropped");
+            }
+        }
+        for i in ready {
+            nexts.push(match conns.next(i) {
+                Ok(Next::Nothing) => continue,
+                Ok(Next::Retired) => {
+                    tracing::debug!(service = %shared.service, "the handoff peer retired this server");
+                    break 'accepting;
+                }
+                Ok(next) => {
+                    backoff = BACKOFF_FIRST;
+                    next
+                }
+                Err(e) => {
+                    // Out of descriptors or memory (or another accept
+                    // error): back off instead of spinning on it.
+                    tracing::warn!(error = %e, pause = ?backoff, "accept failed; pausing");
+                    backing_off = true;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    break;
+                }
+            });
+        }
+        for next in nexts {
+            conn_id = conn_id.wrapping_add(1);
+            let (sh, id) = (shared.clone(), conn_id);
+            let spawned = match next {
+                Next::Conn(sock, premade) => {
+                    let Some(ticket) = admit(shared, &sock) else {
+                        continue;
+                    };
+                    std::thread::Builder::new()
+                        .name("isocall-handshake".into())
+                        .stack_size(handshake_stack())
+                        .spawn(move || handshake_thread(&sh, sock, premade, id, ticket))
+                }
+                Next::Stream(incoming) => {
+                    let (ticket, incoming) = match stream::admit(shared, *incoming) {
+                        stream::Admitted::Go(t, i) => (t, i),
+                        stream::Admitted::Wait(i) => {
+                            if waiting.len() < shared.limits.max_handshakes {
+                                waiting.push_back((
+                                    crate::deadline_in(shared.limits.handshake_timeout),
+                                    i,
+                                ));
+                            }
+                            continue;
+                        }
+                        stream::Admitted::Refused => continue,
+                    };
+                    std::thread::Builder::new()
+                        .name("isocall-handshake".into())
+                        .stack_size(stream::HANDSHAKE_STACK)
+                        .spawn(move || stream::handshake_thread(&sh, incoming, id, ticket))
+                }
+                Next::Nothing | Next::Retired => continue,
+            };
+            handshakes.retain(|h| !h.is_finished());
+            match spawned {
+                Ok(h) => handshakes.push(h),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no thread for a handshake; connection dropped");
+                    shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -124,7 +173,7 @@ fn admit(shared: &Shared, sock: &OwnedFd) -> Option<Ticket> {
     };
     let refusal = match shared.policy.check(&cred) {
         Err(p) => Refusal::Policy(p),
-        Ok(()) => match shared.admission.admit(cred.uid) {
+        Ok(()) => match shared.admission.admit(Key::Uid(cred.uid)) {
             Ok(t) => return Some(t),
             Err(r) => r,
         },
@@ -134,7 +183,7 @@ fn admit(shared: &Shared, sock: &OwnedFd) -> Option<Ticket> {
 }
 
 /// Sends a refusal without waiting for a slow client, and counts it.
-fn refuse(shared: &Shared, sock: &OwnedFd, cred: &PeerCred, r: &Refusal) {
+pub(super) fn refuse(shared: &Shared, sock: &OwnedFd, cred: &PeerCred, r: &Refusal) {
     shared.stats.refused.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(pid = ?cred.pid, uid = cred.uid, refusal = %r, "connection refused");
     let _ = send_with_fds(
@@ -146,7 +195,7 @@ fn refuse(shared: &Shared, sock: &OwnedFd, cred: &PeerCred, r: &Refusal) {
 }
 
 /// Why a handshake did not make a connection.
-enum Failed {
+pub(super) enum Failed {
     /// The client was refused (version); counted as a refusal.
     Refused,
     /// Anything else; counted as a failure.
@@ -158,9 +207,20 @@ fn handshake_thread(
     sock: OwnedFd,
     premade: Option<OwnedFd>,
     id: u32,
+    ticket: Ticket,
+) {
+    finish(shared, handshake(shared, sock, premade, id), id, ticket);
+}
+
+/// Hands a finished handshake's connection to a worker (round-robin), or
+/// counts why there is none.
+pub(super) fn finish(
+    shared: &Arc<Shared>,
+    handshake: Result<Conn, Failed>,
+    id: u32,
     mut ticket: Ticket,
 ) {
-    match handshake(shared, sock, premade, id) {
+    match handshake {
         Ok(conn) => {
             ticket.handshaken();
             shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -283,6 +343,6 @@ fn handshake(
         id,
         cred,
         link,
-        LargeCache::new(shared.limits.large),
+        Large::Mapped(LargeCache::new(shared.limits.large)),
     ))
 }

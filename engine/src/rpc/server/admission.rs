@@ -9,13 +9,21 @@ use crate::rpc::error::Refusal;
 
 use super::builder::Limits;
 
+/// Whom the per-peer caps count a connection against: a user id (shared
+/// memory, Unix sockets), or an IP address (TCP, where there is no uid).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Key {
+    Uid(u32),
+    Ip(std::net::IpAddr),
+}
+
 #[derive(Default)]
 struct Counts {
     /// Connections open, handshakes under way included.
     open: usize,
     handshakes: usize,
-    /// Per uid: (open, handshakes).
-    per_uid: HashMap<u32, (usize, usize)>,
+    /// Per uid or address: (open, handshakes).
+    per_uid: HashMap<Key, (usize, usize)>,
 }
 
 /// The counts, and the limits they are held to.
@@ -31,7 +39,7 @@ pub(crate) struct Admission {
 /// [`handshaken`](Ticket::handshaken), as a handshake) until dropped.
 pub(crate) struct Ticket {
     counts: Arc<Mutex<Counts>>,
-    uid: u32,
+    uid: Key,
     handshaking: bool,
 }
 
@@ -51,7 +59,7 @@ impl Admission {
     }
 
     /// Admits a connection from `uid`, or says which limit refuses it.
-    pub(crate) fn admit(&self, uid: u32) -> Result<Ticket, Refusal> {
+    pub(crate) fn admit(&self, uid: Key) -> Result<Ticket, Refusal> {
         let mut c = lock(&self.counts);
         let (open_uid, hs_uid) = c.per_uid.get(&uid).copied().unwrap_or((0, 0));
         if c.open >= self.max_open {
@@ -60,9 +68,10 @@ impl Admission {
             });
         }
         if open_uid >= self.max_open_per_uid {
-            return Err(Refusal::TooManyForUid {
-                uid,
-                limit: self.max_open_per_uid as u32,
+            let limit = self.max_open_per_uid as u32;
+            return Err(match uid {
+                Key::Uid(uid) => Refusal::TooManyForUid { uid, limit },
+                Key::Ip(_) => Refusal::TooManyForAddress { limit },
             });
         }
         if c.handshakes >= self.max_handshakes {
@@ -144,19 +153,19 @@ mod tests {
     #[test]
     fn each_limit_refuses_with_its_name_and_tickets_give_back() {
         let a = Admission::new(&limits());
-        let mut t1 = a.admit(1).unwrap();
-        let t2 = a.admit(1).unwrap();
-        assert_eq!(a.admit(1).err(), Some(Refusal::Busy { limit: 2 }));
+        let mut t1 = a.admit(Key::Uid(1)).unwrap();
+        let t2 = a.admit(Key::Uid(1)).unwrap();
+        assert_eq!(a.admit(Key::Uid(1)).err(), Some(Refusal::Busy { limit: 2 }));
         t1.handshaken();
-        let mut t3 = a.admit(1).unwrap();
+        let mut t3 = a.admit(Key::Uid(1)).unwrap();
         t3.handshaken();
         assert_eq!(
-            a.admit(1).err(),
+            a.admit(Key::Uid(1)).err(),
             Some(Refusal::TooManyForUid { uid: 1, limit: 3 })
         );
-        let t4 = a.admit(2).unwrap();
+        let t4 = a.admit(Key::Uid(2)).unwrap();
         assert_eq!(
-            a.admit(3).err(),
+            a.admit(Key::Uid(3)).err(),
             Some(Refusal::TooManyConnections { limit: 4 })
         );
         drop((t1, t2, t3, t4));

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::WaitStrategy;
 use crate::rpc::AppError;
+use crate::rpc::address::{At, Compression, Endpoint, IntoEndpoint};
 use crate::rpc::body::{self, Body, Checked};
 use crate::rpc::error::ServerError;
 use crate::rpc::handshake::{MAX_MESSAGE, MAX_NAME, MethodInfo};
@@ -12,10 +13,11 @@ use crate::rpc::large::LargeLimits;
 use crate::rpc::method::{Message, Method};
 use crate::rpc::policy::Policy;
 use crate::segment::SegmentLayout;
+use crate::stream::{AddressError, Security};
 use crate::sys::SocketName;
 
 use super::ctx::CallCtx;
-use super::source::Source;
+use super::source::{Plan, Source};
 use super::{Server, spawn};
 
 /// The limits a server holds its clients to. Every one of them bounds
@@ -112,6 +114,13 @@ fn request<T: Body>(bytes: &[u8], trusted: bool) -> Result<Checked<'_, T>, Failu
 /// methods and threads.
 pub struct ServerBuilder {
     pub(crate) source: Option<Source>,
+    /// More places to listen on (shared-memory names, stream addresses).
+    pub(crate) listen: Vec<Endpoint>,
+    /// The first address given that did not parse (reported by `spawn`).
+    pub(crate) bad_address: Option<AddressError>,
+    pub(crate) compression: Compression,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<std::sync::Arc<crate::stream::TlsServer>>,
     pub(crate) service: String,
     pub(crate) policy: Policy,
     pub(crate) workers: usize,
@@ -128,6 +137,7 @@ impl std::fmt::Debug for ServerBuilder {
         f.debug_struct("ServerBuilder")
             .field("service", &self.service)
             .field("source", &self.source)
+            .field("listen", &self.listen)
             .field("methods", &self.methods.len())
             .finish_non_exhaustive()
     }
@@ -148,16 +158,100 @@ impl ServerBuilder {
         Self::with_source(Source::Listen(socket), service)
     }
 
+    /// A server listening on every one of `addresses` at once: shared-memory
+    /// names (a [`SocketName`], `"@name"`, a path, a service name) and
+    /// stream addresses (`"tcp://0.0.0.0:7000"`, `"unix:/path"`,
+    /// `"unix-stream:@name"`); the same methods are served on each. A TCP
+    /// port 0 picks a free port (see [`Server::addresses`]). The service is
+    /// named after the first address.
+    ///
+    /// Over TCP a client has no credentials: the policy must admit it by
+    /// its TLS certificate (`tls`, feature `tls`, and
+    /// [`Policy::Certificate`](crate::rpc::Policy)), or say
+    /// [`Policy::Anyone`] explicitly; otherwise `spawn` refuses to start.
+    /// An address that does not parse is reported by `spawn` too.
+    ///
+    /// [`Server::addresses`]: crate::rpc::Server::addresses
+    pub fn listen<I>(addresses: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: IntoEndpoint,
+    {
+        let mut bad = None;
+        let mut all = Vec::new();
+        for a in addresses {
+            match a.into_endpoint() {
+                Ok(e) => all.push(e),
+                Err(e) => {
+                    bad.get_or_insert(e);
+                }
+            }
+        }
+        let service = all
+            .first()
+            .map_or_else(|| "server".to_string(), service_name);
+        let mut builder = Self::sourceless(service);
+        builder.listen = all;
+        builder.bad_address = bad;
+        builder
+    }
+
+    /// Listens on `address` too (a shared-memory name or a stream address,
+    /// as for [`listen`](Self::listen)): e.g. a supervised server that
+    /// also takes connections over TCP.
+    #[must_use]
+    pub fn add_listener(mut self, address: impl IntoEndpoint) -> Self {
+        match address.into_endpoint() {
+            Ok(e) => self.listen.push(e),
+            Err(e) => {
+                self.bad_address.get_or_insert(e);
+            }
+        }
+        self
+    }
+
+    /// TLS on the server's TCP addresses (feature `tls`): it presents the
+    /// certificate of `tls`, and requires and checks client certificates
+    /// if `tls` has a client CA. The policy then sees each client's
+    /// verified certificate ([`Policy::Certificate`](crate::rpc::Policy)).
+    /// Unix sockets stay plain (their clients are known by credentials).
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn tls(mut self, tls: crate::stream::TlsServer) -> Self {
+        self.tls = Some(std::sync::Arc::new(tls));
+        self
+    }
+
+    /// Whether lz4 is granted to stream clients that ask for it (default
+    /// [`Compression::Auto`]: granted; `Off`: refused). Shared memory is
+    /// never compressed.
+    #[must_use]
+    pub fn compression(mut self, c: Compression) -> Self {
+        self.compression = c;
+        self
+    }
+
     /// A server for `service` fed by `source` (a listener, or a handoff
     /// socket another process passes connected sockets over).
     pub fn with_source(source: Source, service: impl Into<String>) -> Self {
+        let mut b = Self::sourceless(service.into());
+        b.source = Some(source);
+        b
+    }
+
+    fn sourceless(service: String) -> Self {
         // Register for membarrier now, while the process most likely has
         // one thread: registering later, with threads running, waits for
         // an RCU grace period (milliseconds) on the first connection.
         crate::sys::heavy_barrier_available();
         ServerBuilder {
-            source: Some(source),
-            service: service.into(),
+            source: None,
+            listen: Vec::new(),
+            bad_address: None,
+            compression: Compression::Auto,
+            #[cfg(feature = "tls")]
+            tls: None,
+            service,
             policy: Policy::default(),
             workers: 1,
             strategy: WaitStrategy::Adaptive,
@@ -361,7 +455,75 @@ impl ServerBuilder {
         }
         // A layout that cannot make a segment fails now, not per client.
         crate::segment::Segment::create("isocall:layout-check", &self.layout)?;
-        let source = self.source.take().ok_or(ServerError::NoSource)?;
-        spawn(self, source)
+        let plan = self.plan()?;
+        spawn(self, plan)
+    }
+
+    /// Where it listens, checked: every address parsed, a source at all,
+    /// and TCP only with a policy that can admit a TCP client.
+    fn plan(&mut self) -> Result<Plan, ServerError> {
+        if let Some(e) = self.bad_address.take() {
+            return Err(ServerError::Address(e));
+        }
+        #[cfg(feature = "tls")]
+        let tls = self.tls.clone();
+        #[cfg(not(feature = "tls"))]
+        let tls: Option<()> = None;
+        let mut plan = Plan {
+            source: self.source.take(),
+            shm: Vec::new(),
+            unix: Vec::new(),
+            tcp: Vec::new(),
+            tcp_security: Security::Anyone,
+        };
+        for e in std::mem::take(&mut self.listen) {
+            match e.at {
+                At::Stream(a) if a.is_tcp() => {
+                    if !self.policy.admits(false, tls.is_some()) {
+                        return Err(ServerError::TcpPolicy {
+                            address: a.to_string(),
+                            tls: tls.is_some(),
+                        });
+                    }
+                    plan.tcp.push(a);
+                }
+                At::Stream(a) => plan.unix.push(a),
+                At::Shm(name) => plan.shm.push(name),
+                At::Service(ref n) => {
+                    plan.shm
+                        .push(crate::rpc::default_socket(n).map_err(|source| {
+                            ServerError::Listen {
+                                socket: n.clone(),
+                                source,
+                            }
+                        })?)
+                }
+            }
+        }
+        #[cfg(feature = "tls")]
+        if let Some(t) = tls {
+            plan.tcp_security = Security::Tls(t);
+        }
+        if plan.source.is_none()
+            && plan.shm.is_empty()
+            && plan.unix.is_empty()
+            && plan.tcp.is_empty()
+        {
+            return Err(ServerError::NoSource);
+        }
+        Ok(plan)
+    }
+}
+
+/// A service's name from the first address it listens on.
+fn service_name(e: &Endpoint) -> String {
+    match &e.at {
+        At::Shm(SocketName::Path(p)) => p
+            .file_name()
+            .map_or("server".into(), |n| n.to_string_lossy().into_owned()),
+        At::Shm(SocketName::Abstract(n)) | At::Service(n) => n.clone(),
+        At::Stream(a) => a.to_string(),
+        #[allow(unreachable_patterns)]
+        _ => "server".into(),
     }
 }

@@ -2,12 +2,15 @@
 //! request's blobs, and the way to send blobs back.
 
 use std::os::fd::BorrowedFd;
+use std::sync::{Arc, MutexGuard};
 
 use isocall_blob::{Blob, BlobError, BlobHandle, BlobMut, Pool};
 use isocall_ringbuf::SharedRegion;
 
 use crate::rpc::large::{LargeCache, LargeError, large_id};
 use crate::rpc::wire::MAX_BLOBS;
+use crate::stream::blobs::LargeInner;
+use crate::stream::{LargeBlobs, StreamError};
 use crate::sys::PeerCred;
 
 /// Why a handler could not use a blob of its call.
@@ -54,12 +57,73 @@ pub struct CallCtx<'a> {
     pub(crate) blobs: &'a [BlobHandle],
     pub(crate) pool: Option<&'a Pool<SharedRegion>>,
     pub(crate) reply_blobs: &'a mut Vec<BlobHandle>,
-    pub(crate) large: &'a mut LargeCache,
-    pub(crate) sock: BorrowedFd<'a>,
+    pub(crate) large: LargeAccess<'a>,
+}
+
+/// A connection's large blobs, as its worker keeps them.
+#[derive(Debug)]
+pub(crate) enum Large {
+    /// Shared memory: the client's memfds, mapped on first use.
+    Mapped(LargeCache),
+    /// A stream: the bytes that arrived inline, kept by the transport.
+    Stream(Arc<LargeBlobs>),
+}
+
+impl Large {
+    /// Large blobs mapped or received on the connection so far.
+    pub(crate) fn mapped(&self) -> u64 {
+        match self {
+            Large::Mapped(c) => c.mapped,
+            Large::Stream(b) => b.len() as u64,
+        }
+    }
+
+    /// What a call's handler reaches them through (`sock`: the
+    /// connection's socket, shared memory only).
+    pub(crate) fn access<'a>(&'a mut self, sock: Option<BorrowedFd<'a>>) -> LargeAccess<'a> {
+        match (self, sock) {
+            (Large::Mapped(cache), Some(sock)) => LargeAccess::Mapped { cache, sock },
+            (Large::Stream(blobs), _) => LargeAccess::Stream { blobs, held: None },
+            (Large::Mapped(_), None) => LargeAccess::None,
+        }
+    }
+}
+
+/// How a handler reaches its call's large blobs.
+pub(crate) enum LargeAccess<'a> {
+    /// Mapped from the memfds the client queued on `sock`.
+    Mapped {
+        cache: &'a mut LargeCache,
+        sock: BorrowedFd<'a>,
+    },
+    /// The stream's copies, locked on first use for the rest of the call
+    /// (the sender locks them too, to send the reply; the worker drops the
+    /// context first).
+    Stream {
+        blobs: &'a LargeBlobs,
+        held: Option<MutexGuard<'a, LargeInner>>,
+    },
+    /// None (a connection without its socket).
+    None,
+}
+
+/// A stream's large-blob error as the handler's.
+fn stream_large(e: StreamError) -> LargeError {
+    match e {
+        StreamError::LargeTooLong { id, len, have } => LargeError::LongerThanShared {
+            id,
+            shared: have,
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+        },
+        StreamError::LargeUnknown { id } => LargeError::NeverShared { id },
+        other => LargeError::Socket(std::io::Error::other(other.to_string())),
+    }
 }
 
 impl<'a> CallCtx<'a> {
-    /// The calling process's credentials.
+    /// The calling process's credentials ([`PeerCred::REMOTE`] for a client
+    /// over TCP, which has none; its certificate was checked by the
+    /// server's policy when it connected).
     pub fn peer(&self) -> PeerCred {
         self.peer
     }
@@ -136,7 +200,15 @@ impl<'a> CallCtx<'a> {
             count: self.blobs.len(),
         })?;
         let id = large_id(&h).ok_or(BlobAccessError::NotLarge { index })?;
-        Ok(self.large.get(self.sock, id, h.len)?)
+        match &mut self.large {
+            LargeAccess::Mapped { cache, sock } => Ok(cache.get(*sock, id, h.len)?),
+            LargeAccess::Stream { blobs, held } => {
+                let g = held.get_or_insert_with(|| blobs.lock());
+                g.bytes_mut(id, h.len)
+                    .map_err(|e| BlobAccessError::Large(stream_large(e)))
+            }
+            LargeAccess::None => Err(BlobAccessError::Large(LargeError::NeverShared { id })),
+        }
     }
 
     /// Names request blob `index`, a large blob, in the reply (its bytes

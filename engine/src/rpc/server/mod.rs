@@ -23,6 +23,7 @@ mod admission;
 mod builder;
 mod ctx;
 mod source;
+mod stream;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -34,6 +35,7 @@ pub use ctx::{BlobAccessError, CallCtx};
 pub use source::{HANDOFF, Source, hand_off};
 
 use crate::WaitStrategy;
+use crate::rpc::address::{Compression, Endpoint};
 use crate::rpc::error::ServerError;
 use crate::rpc::policy::Policy;
 use crate::segment::SegmentLayout;
@@ -64,7 +66,13 @@ struct Counters {
 /// What every thread of a server shares.
 struct Shared {
     service: String,
-    socket: Option<SocketName>,
+    /// The shared-memory names it listens on (removed when it stops).
+    sockets: Vec<SocketName>,
+    /// The stream addresses it listens on, as bound.
+    streams: Vec<crate::stream::Address>,
+    compression: Compression,
+    /// Its TCP addresses run TLS.
+    tcp_tls: bool,
     policy: Policy,
     strategy: WaitStrategy,
     layout: SegmentLayout,
@@ -117,13 +125,15 @@ impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("service", &self.shared.service)
-            .field("socket", &self.shared.socket)
+            .field("sockets", &self.shared.sockets)
+            .field("streams", &self.shared.streams)
             .finish()
     }
 }
 
-fn spawn(b: ServerBuilder, source: Source) -> Result<Server, ServerError> {
-    let (conns, socket) = source::Conns::open(source)?;
+fn spawn(b: ServerBuilder, plan: source::Plan) -> Result<Server, ServerError> {
+    let tcp_tls = !matches!(plan.tcp_security, crate::stream::Security::Anyone);
+    let (conns, sockets, streams) = source::Conns::open(plan)?;
     let workers: Vec<Arc<Inbox>> = (0..b.workers)
         .map(|_| {
             Ok(Arc::new(Inbox {
@@ -134,7 +144,10 @@ fn spawn(b: ServerBuilder, source: Source) -> Result<Server, ServerError> {
         .collect::<std::io::Result<_>>()?;
     let shared = Arc::new(Shared {
         service: b.service,
-        socket,
+        sockets,
+        streams,
+        compression: b.compression,
+        tcp_tls,
         policy: b.policy,
         strategy: b.strategy,
         layout: b.layout,
@@ -186,10 +199,19 @@ fn spawn(b: ServerBuilder, source: Source) -> Result<Server, ServerError> {
 }
 
 impl Server {
-    /// The socket it listens on (`None` for a server fed by a handoff
-    /// socket).
+    /// The shared-memory socket it listens on (the first, if it listens
+    /// on several; `None` for a server fed by a handoff socket, or one that
+    /// listens on stream sockets only).
     pub fn socket(&self) -> Option<&SocketName> {
-        self.shared.socket.as_ref()
+        self.shared.sockets.first()
+    }
+
+    /// Every address it listens on: shared-memory names, then stream
+    /// addresses as bound (a TCP port 0 replaced by the port picked).
+    pub fn addresses(&self) -> Vec<Endpoint> {
+        let shm = self.shared.sockets.iter().map(Endpoint::from);
+        let streams = self.shared.streams.iter().cloned().map(Endpoint::from);
+        shm.chain(streams).collect()
     }
 
     /// Its counters.
@@ -232,7 +254,7 @@ impl Drop for Server {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        if let Some(s) = &self.shared.socket {
+        for s in &self.shared.sockets {
             unlink_socket(s);
         }
         tracing::debug!(service = %self.shared.service, "server stopped");
@@ -246,4 +268,4 @@ fn handshake_stack() -> usize {
 
 // The admission counts are shared with the channels' publishers
 // (`crate::channel`), which admit subscribers the same way.
-pub(crate) use admission::{Admission, Ticket};
+pub(crate) use admission::{Admission, Key, Ticket};

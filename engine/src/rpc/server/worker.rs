@@ -17,7 +17,7 @@
 //! timeout when a connection is paused (its client frees room without
 //! ringing) or an idle limit is due.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -27,15 +27,15 @@ use isocall_ringbuf::{SharedRegion, Spinner};
 
 use crate::endpoint::TransportError;
 use crate::rpc::body::Inbox;
-use crate::rpc::large::{LargeCache, large_id};
+use crate::rpc::large::large_id;
 use crate::rpc::link::Link;
 use crate::rpc::method::MethodKind;
 use crate::rpc::wire::{self, CallHead, CloseReason, ErrorBody, FAR_BODY, Status, kind};
-use crate::sys::{PeerCred, poll_readable};
+use crate::sys::{PeerCred, Ready, poll_ready};
 
 use super::admission::Ticket;
 use super::builder::Failure;
-use super::ctx::CallCtx;
+use super::ctx::{CallCtx, Large};
 use super::{BATCH, Inbox as WorkerInbox, Shared};
 
 /// Turns between two looks at the clock for idle connections.
@@ -49,7 +49,9 @@ pub(crate) struct Conn {
     id: u32,
     peer: PeerCred,
     link: Link,
-    large: LargeCache,
+    large: Large,
+    /// Large blobs mapped (or received) on it as last counted.
+    large_seen: u64,
     /// Counted by the admission until dropped.
     ticket: Option<Ticket>,
     /// Served a request or message since the last housekeeping.
@@ -65,12 +67,13 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(id: u32, peer: PeerCred, link: Link, large: LargeCache) -> Conn {
+    pub(crate) fn new(id: u32, peer: PeerCred, link: Link, large: Large) -> Conn {
         Conn {
             id,
             peer,
             link,
             large,
+            large_seen: 0,
             ticket: None,
             active: false,
             last_active: Instant::now(),
@@ -211,6 +214,8 @@ fn wait_for_work(shared: &Shared, conns: &mut [Conn], inbox: &WorkerInbox) {
             _ => return,
         }
     }
+    // A stream's socket is polled for its frames, and for room while
+    // published bytes wait for it; a ring's doorbell for its frames.
     let mut timeout = paused.then_some(PAUSED_POLL);
     if let Some(idle) = shared.limits.idle_timeout {
         let now = Instant::now();
@@ -219,21 +224,43 @@ fn wait_for_work(shared: &Shared, conns: &mut [Conn], inbox: &WorkerInbox) {
             timeout = Some(timeout.map_or(due, |t: Duration| t.min(due)));
         }
     }
-    let mut fds = Vec::with_capacity(conns.len() + 2);
-    fds.push(inbox.bell.as_fd());
-    fds.push(shared.stop.as_fd());
-    fds.extend(conns.iter().map(|c| c.link.doorbell.as_fd()));
-    if let Ok(ready) = poll_readable(&fds, timeout) {
+    let mut fds: Vec<(BorrowedFd<'_>, Ready)> = Vec::with_capacity(conns.len() + 2);
+    fds.push((inbox.bell.as_fd(), Ready::Readable));
+    fds.push((shared.stop.as_fd(), Ready::Readable));
+    fds.extend(
+        conns
+            .iter()
+            .filter_map(|c| match (&c.link.ring, c.link.tx.stream_poll()) {
+                (Some(ring), _) => Some((ring.doorbell.as_fd(), Ready::Readable)),
+                (None, Some((fd, false))) => Some((fd, Ready::Readable)),
+                (None, Some((fd, true))) => Some((fd, Ready::ReadWrite)),
+                (None, None) => None,
+            }),
+    );
+    let polled = poll_ready(&fds, timeout);
+    drop(fds);
+    if let Ok(ready) = polled {
         if ready[0] {
             let _ = inbox.bell.drain();
         }
         for (c, r) in conns.iter_mut().zip(&ready[2..]) {
-            // A doorbell closed for good (the client's end is gone, or
-            // its watch saw it die) is a dead peer: mark it, so `serve`
-            // closes the connection instead of this loop spinning on a
-            // doorbell that stays readable.
-            if *r && !c.link.doorbell.drain() {
-                c.link.liveness.mark_dead();
+            match &c.link.ring {
+                // A doorbell closed for good (the client's end is gone, or
+                // its watch saw it die) is a dead peer: mark it, so `serve`
+                // closes the connection instead of this loop spinning on a
+                // doorbell that stays readable.
+                Some(ring) => {
+                    if *r && !ring.doorbell.drain() {
+                        ring.liveness.mark_dead();
+                    }
+                }
+                // A stream: what the socket takes now goes (its frames,
+                // and its end, are `serve`'s to read).
+                None => {
+                    if *r {
+                        c.link.tx.publish();
+                    }
+                }
             }
         }
     }
@@ -243,8 +270,9 @@ fn close(shared: &Shared, mut c: Conn, why: Close) {
     match &why {
         Close::Dead => {
             // The client is gone: give back every slot it held (its
-            // blobs), then count the close.
-            if let Some(pool) = &c.link.pool {
+            // blobs), then count the close. (A stream's pool is this
+            // process's own, and goes with the connection.)
+            if let (Some(pool), Some(_)) = (&c.link.pool, &c.link.ring) {
                 let r = pool.reclaim(isocall_blob::Side::A);
                 shared
                     .stats
@@ -256,10 +284,12 @@ fn close(shared: &Shared, mut c: Conn, why: Close) {
             // Tell the client why (best effort: a full ring skips it).
             if let Ok(mut g) = c.link.tx.try_reserve(kind::CLOSE, 4) {
                 g.bytes_mut().copy_from_slice(&reason.code().to_le_bytes());
-                g.commit_all();
+                let _ = g.commit_all();
                 c.link.tx.publish();
             }
-            c.link.doorbell.ring_peer();
+            if let Some(ring) = &c.link.ring {
+                ring.doorbell.ring_peer();
+            }
         }
         Close::Reason(..) => {}
     }
@@ -290,7 +320,7 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
                         format!("reply ring full for {:?}", since.elapsed()),
                     ));
                 }
-                if c.link.liveness.peer_gone() {
+                if c.link.peer_gone() {
                     return Err(Close::Dead);
                 }
                 return Ok(Turn::Paused);
@@ -307,13 +337,13 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
     let Conn {
         link,
         large,
+        large_seen,
         peer,
         group,
         ..
     } = c;
-    let Link {
-        tx, rx, pool, sock, ..
-    } = link;
+    let Link { tx, rx, pool, ring } = link;
+    let sock = ring.as_ref().map(|r| r.sock.as_fd());
     let trusted = shared.trusted;
     let mut unpublished = 0;
     for n in 0..BATCH {
@@ -390,14 +420,12 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
         scratch.calls += 1;
         scratch.reply_blobs.clear();
         let method = shared.methods.get(head.method as usize);
-        let mapped = large.mapped;
         let mut ctx = CallCtx {
             peer: *peer,
             blobs: &scratch.req_blobs,
             pool: pool.as_deref(),
             reply_blobs: &mut scratch.reply_blobs,
-            large,
-            sock: sock.as_fd(),
+            large: large.access(sock),
         };
         let Some(mut g) = grant.take() else {
             // A one-way message.
@@ -409,6 +437,7 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
                     tracing::debug!(conn = c.id, method = %m.info.name, "one-way message failed");
                 }
             }
+            drop(ctx);
             frame.release();
             free_unaccepted(pool.as_deref(), &scratch.req_blobs);
             c.active = true;
@@ -437,11 +466,14 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
             )),
             None => Err((Status::UnknownMethod, head.method, String::new())),
         };
-        if large.mapped != mapped {
+        drop(ctx);
+        let mapped = large.mapped();
+        if mapped > *large_seen {
             shared
                 .stats
                 .large_mapped
-                .fetch_add(large.mapped - mapped, Ordering::Relaxed);
+                .fetch_add(mapped - *large_seen, Ordering::Relaxed);
+            *large_seen = mapped;
         }
         frame.release();
         free_unaccepted(pool.as_deref(), &scratch.req_blobs);
@@ -474,7 +506,11 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
             _reserved: 0,
         };
         wire::write_head(g.bytes_mut(), &reply, blobs);
-        g.commit(at + len);
+        if let Err(e) = g.commit(at + len) {
+            // A stream frame that could not be sent (over its frame limit);
+            // its blobs are freed. The caller learns why.
+            reply_failed(tx, room, &reply, &e);
+        }
         c.active = true;
         // Replies go out at once when no request is waiting (a caller
         // waiting for one reply gets it without delay, and the group
@@ -494,6 +530,25 @@ fn serve(shared: &Shared, c: &mut Conn, scratch: &mut Scratch) -> Result<Turn, C
     }
     tx.publish();
     Ok(Turn::Served(BATCH))
+}
+
+/// Answers the call of `reply` with `TooLarge` and why its reply could not
+/// be sent (best effort: a full send buffer skips it, and the caller
+/// times out).
+fn reply_failed(tx: &mut crate::rpc::link::Tx, room: usize, reply: &CallHead, e: &TransportError) {
+    let Ok(mut g) = tx.try_reserve(kind::RESPONSE, room) else {
+        return;
+    };
+    let msg = format!("the reply could not be sent: {e}");
+    let len = ErrorBody::write(&mut g.bytes_mut()[wire::HEAD..], 0, &msg);
+    let head = CallHead {
+        status: Status::TooLarge as u32,
+        nblobs: 0,
+        body_len: len as u32,
+        ..*reply
+    };
+    wire::write_head(g.bytes_mut(), &head, &[]);
+    let _ = g.commit(wire::HEAD + len);
 }
 
 /// Frees request blobs the handler neither accepted nor sent back.
