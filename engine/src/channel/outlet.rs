@@ -77,7 +77,7 @@ pub(crate) struct Outlet {
     full_since: Option<Instant>,
     counters: SubCounters,
     pub(crate) dropped: u64,
-    full: u64,
+    pub(crate) full: u64,
     pub(crate) history: u64,
     /// What a send or poll decided to do with it (acted on by the
     /// publisher's `settle`).

@@ -43,6 +43,7 @@ use isocall_ringbuf::SharedRegion;
 use rkyv::ser::allocator::Arena;
 use rkyv::util::AlignedVec;
 
+use crate::endpoint::TransportError;
 use crate::rpc::body::{self, Body, EncodeError};
 use crate::rpc::wire::{self, CallHead, HANDLE, HEAD, MAX_BLOBS};
 use crate::sys::{PidFd, SocketName, unlink_socket};
@@ -410,7 +411,7 @@ impl<T: Body> Core<T> {
         self.adopt_if_arrived();
         if self.subs.len() == 1
             && !self.history.is_on()
-            && let Some(r) = self.send_in_place(msg)
+            && let Some(r) = self.send_in_place(msg, &mut until)
         {
             return r;
         }
@@ -418,20 +419,39 @@ impl<T: Body> Core<T> {
         self.send_staged(n, &mut until, Vec::new())
     }
 
-    /// The fast path: one subscriber, with room and no backlog; the
-    /// message is serialized straight into its ring. `None` sends the
-    /// message the general way.
+    /// The fast path: one subscriber, with no backlog, and room in its
+    /// ring (or a policy that waits for room, as
+    /// [`Outlet::make_room`] would); the message is serialized straight
+    /// into its ring. `None` sends the message the general way.
     #[inline]
-    fn send_in_place(&mut self, msg: &T) -> Option<Result<(), SendError>> {
+    fn send_in_place(&mut self, msg: &T, until: &mut Until) -> Option<Result<(), SendError>> {
         let sub = &mut self.subs[0];
-        if !sub.backlog.is_empty() {
+        if !sub.backlog.is_empty() || sub.fate.is_some() {
             return None;
         }
         let max = self.max_frame;
         let mut room = (HEAD + self.guess).min(max);
         loop {
-            // Full, dead or broken: the general path sorts it out.
-            let mut g = sub.conn.tx.try_reserve(MESSAGE, room).ok()?;
+            let mut g = match sub.conn.tx.try_reserve(MESSAGE, room) {
+                Ok(g) => g,
+                // A stream outruns its subscriber: wait for room here
+                // rather than stage the message to wait in `make_room`.
+                Err(TransportError::Full) if sub.policy.blocks() => {
+                    sub.full += 1;
+                    match sub.conn.tx.reserve(MESSAGE, room, Some(until.get())) {
+                        Ok(g) => g,
+                        Err(TransportError::Timeout) => {
+                            sub.mirror();
+                            return Some(Err(SendError::Timeout {
+                                subscriber: sub.info.id,
+                            }));
+                        }
+                        // Dead or broken: the general path sorts it out.
+                        Err(_) => return None,
+                    }
+                }
+                Err(_) => return None,
+            };
             match encode_frame(g.bytes_mut(), msg, self.seq, 0, &mut self.arena) {
                 Ok(n) => {
                     g.commit(n);
