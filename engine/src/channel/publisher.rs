@@ -59,6 +59,9 @@ use super::policy::Backpressure;
 use super::stats::{PubWord, PublisherStats, SubscriberStats};
 use super::{FLAG_HISTORY, MESSAGE};
 
+/// Times a send retries a full ring before it waits with a deadline.
+const FULL_TRIES: u32 = 64;
+
 /// A deadline computed only when a send first has to wait (reading the
 /// clock for every message would cost more than the message).
 pub(crate) struct Until {
@@ -435,10 +438,28 @@ impl<T: Body> Core<T> {
             let mut g = match sub.conn.tx.try_reserve(MESSAGE, room) {
                 Ok(g) => g,
                 // A stream outruns its subscriber: wait for room here
-                // rather than stage the message to wait in `make_room`.
+                // rather than stage the message to wait in `make_room`;
+                // a few tries first, since room comes back in batches
+                // and the deadline costs a clock read.
                 Err(TransportError::Full) if sub.policy.blocks() => {
                     sub.full += 1;
-                    match sub.conn.tx.reserve(MESSAGE, room, Some(until.get())) {
+                    let mut tries = 0;
+                    let quick = loop {
+                        if tries == FULL_TRIES {
+                            break None;
+                        }
+                        tries += 1;
+                        std::hint::spin_loop();
+                        match sub.conn.tx.try_reserve(MESSAGE, room) {
+                            Err(TransportError::Full) => {}
+                            other => break Some(other),
+                        }
+                    };
+                    let got = match quick {
+                        Some(got) => got,
+                        None => sub.conn.tx.reserve(MESSAGE, room, Some(until.get())),
+                    };
+                    match got {
                         Ok(g) => g,
                         Err(TransportError::Timeout) => {
                             sub.mirror();

@@ -21,6 +21,7 @@ use super::Res;
 use super::call::Bytes64;
 use super::measure::{Budget, Measured, rate, timed_samples};
 use super::peer::{Control, PEER_TIMEOUT, Peer};
+use super::ring::Deadline;
 use super::sockets::{fill_words, sum_words};
 
 /// Subscribers of the fan-out figures.
@@ -124,8 +125,9 @@ pub fn stream_peer(mut ctl: Control) -> Res<()> {
             return Ok(());
         };
         let mut sum = 0u64;
+        let mut dl = Deadline::new();
         for _ in 0..n.parse::<u64>()? {
-            let m = sub.recv_timeout(PEER_TIMEOUT)?;
+            let m = sub.recv_deadline(dl.get().ok_or("no deadline")?)?;
             sum = sum.wrapping_add(sum_words(&m.data));
         }
         ctl.write_line(&sum.to_string())?;
