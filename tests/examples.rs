@@ -90,3 +90,30 @@ fn snprintf_crashy_gets_every_answer_from_a_service_that_keeps_crashing() {
     assert!(crashes > 1000, "{stdout}");
     assert!(stdout.contains("calls/s") && stdout.contains("mean recovery"));
 }
+
+#[test]
+fn pipeline_streams_frames_through_three_processes_and_a_monitor() {
+    let out = Command::new(example("pipeline"))
+        .arg("20000")
+        .output()
+        .expect("run pipeline");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pipeline failed: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("sink: 20000 frames in") && stdout.contains("every frame checked"),
+        "{stdout}"
+    );
+    for stage in [
+        "source: 20000 frames",
+        "transform: 20000 frames",
+        "monitor: ",
+    ] {
+        assert!(stdout.contains(stage), "{stage}: {stdout}");
+    }
+    assert!(stdout.contains("frames/s") && stdout.contains("dropped by its drop-oldest"));
+}

@@ -29,6 +29,7 @@
 //! arms of one enum, the ring's the fast path.
 #![deny(unsafe_code)]
 
+pub mod channel;
 mod endpoint;
 mod liveness;
 pub mod rpc;
@@ -84,8 +85,8 @@ pub mod raw {
         pub use crate::rpc::wire::*;
     }
     pub use crate::segment::{
-        Direction, LAYOUT_VERSION, MAGIC, PAGE, PartDesc, SIDE_ABSENT, SIDE_ATTACHED, SIDE_CLOSED,
-        Segment, SegmentError, SegmentHeader, SegmentLayout, SideState,
+        Direction, LAYOUT_VERSION, MAGIC, OWNER_WORDS, PAGE, PartDesc, SIDE_ABSENT, SIDE_ATTACHED,
+        SIDE_CLOSED, Segment, SegmentError, SegmentHeader, SegmentLayout, SideState,
     };
     pub use crate::wake::RingParker;
 

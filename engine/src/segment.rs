@@ -110,6 +110,14 @@ const METHODS_AT: usize = 512;
 /// Byte offset of the two sides' lifeline words (see `sys::lifeline`).
 const LIFELINES_AT: usize = 448;
 const _: () = assert!(std::mem::size_of::<SegmentHeader>() <= LIFELINES_AT);
+/// Byte offset of the creator's words (see [`Segment::owner_words`]).
+const OWNER_AT: usize = 128;
+/// How many 64-bit words the segment's creator has for its own use in the
+/// header page (see [`Segment::owner_words`]).
+pub const OWNER_WORDS: usize = 40;
+const _: () = assert!(
+    std::mem::size_of::<SegmentHeader>() <= OWNER_AT && OWNER_AT + OWNER_WORDS * 8 <= LIFELINES_AT
+);
 const SIDES_WORD32: usize = std::mem::offset_of!(SegmentHeader, sides) / 4;
 
 /// A ring's direction.
@@ -530,6 +538,30 @@ impl Segment {
             .unwrap_or(0)
     }
 
+    /// The creator's words: [`OWNER_WORDS`] 64-bit words of the header
+    /// page, between the header and the lifelines, that no part of the
+    /// connection uses, for the creator's own counters (a channel's
+    /// publisher keeps each subscriber's there, for `isocall inspect`).
+    /// `None` on a segment opened read-only (see
+    /// [`owner_word`](Self::owner_word)). Both sides can write them: a
+    /// reader takes what it reads as the peer's word, display only.
+    pub fn owner_words(&self) -> Option<&[std::sync::atomic::AtomicU64]> {
+        self.mem
+            .u64_words()
+            .and_then(|w| w.get(OWNER_AT / 8..OWNER_AT / 8 + OWNER_WORDS))
+    }
+
+    /// Creator's word `i` as it reads now (Acquire; any segment, read-only
+    /// too), or 0 for `i` past [`OWNER_WORDS`].
+    pub fn owner_word(&self, i: usize) -> u64 {
+        if i >= OWNER_WORDS {
+            return 0;
+        }
+        self.mem
+            .load_u64(OWNER_AT / 8 + i, Ordering::Acquire)
+            .unwrap_or(0)
+    }
+
     /// Writes the names of the connection's methods into the free part of
     /// the header page (for the inspector, which has no handshake to learn
     /// them from). Names that do not fit are left out.
@@ -786,6 +818,24 @@ mod tests {
         let got = o.method_table();
         assert!(!got.is_empty() && got.len() < 100);
         assert_eq!(got[..], long[..got.len()]);
+    }
+
+    #[test]
+    fn the_owner_words_are_shared_and_leave_the_header_alone() {
+        let s = fresh();
+        let words = s.owner_words().expect("writable");
+        assert_eq!(words.len(), OWNER_WORDS);
+        for (i, w) in words.iter().enumerate() {
+            w.store(u64::MAX - i as u64, Ordering::Release);
+        }
+        let ro = Segment::open_read_only(s.fd().try_clone_to_owned().unwrap()).unwrap();
+        assert!(ro.owner_words().is_none());
+        assert_eq!(ro.owner_word(3), u64::MAX - 3);
+        assert_eq!(ro.owner_word(OWNER_WORDS), 0);
+        // The header and the lifelines are untouched: a reopen checks out.
+        let o = reopen(&s).unwrap();
+        assert_eq!(o.header(), s.header());
+        assert_eq!(o.lifeline_word(Side::Client), 0);
     }
 
     #[test]

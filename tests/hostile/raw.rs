@@ -79,7 +79,8 @@ pub struct RawLink {
 }
 
 impl RawLink {
-    fn new(
+    /// One side's link over a segment the handshake gave it.
+    pub fn new(
         sock: OwnedFd,
         segment: Segment,
         doorbell: Doorbell,

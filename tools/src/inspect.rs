@@ -26,6 +26,10 @@
 //! "supervisor_pid", "service_pid", "standby", "spares_ready", "starts",
 //! "exits", "crashes", "restarts", "retries", "calls_failed", "recoveries",
 //! "mean_recovery_ns"}`.
+//!
+//! A channel's publisher and subscribers show in `"channels"`, with each
+//! subscriber's counters (sent, dropped, disconnected, queue depth): see
+//! `channels`.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -41,6 +45,8 @@ use isocall_engine::supervise;
 use serde_json::{Value, json};
 
 use crate::bench::Res;
+
+mod channels;
 
 /// Arguments of `isocall inspect`.
 #[derive(clap::Args, Debug)]
@@ -306,22 +312,35 @@ pub fn collect(args: &InspectArgs) -> Value {
     }
     let mut segments = Vec::new();
     let mut supervisors = Vec::new();
+    let mut chans = channels::Channels::default();
     for Found { pid, name, file } in found {
         // The descriptor moves into the reader: no duplicate is needed, so
         // running out of descriptors here is impossible.
+        let fd = OwnedFd::from(file);
         if let Some(service) = name.strip_prefix(supervise::MEMFD_PREFIX) {
-            match supervise::read_stats(OwnedFd::from(file)) {
+            match supervise::read_stats(fd) {
                 Ok(st) => supervisors.push(supervisor_json(service, pid, &st)),
                 Err(e) => errors.push(json!({"name": name, "pid": pid, "error": e.to_string()})),
             }
             continue;
         }
-        match Segment::open_read_only(OwnedFd::from(file)) {
-            Ok(seg) => segments.push(segment_json(&name, pid, &seg, args.dump_frame.unwrap_or(0))),
+        let Some(fd) = chans.take(&name, pid, fd, &mut errors) else {
+            continue;
+        };
+        match Segment::open_read_only(fd) {
+            Ok(seg) => {
+                chans.subscriber(&name, pid, &seg);
+                segments.push(segment_json(&name, pid, &seg, args.dump_frame.unwrap_or(0)));
+            }
             Err(e) => errors.push(json!({"name": name, "pid": pid, "error": e.to_string()})),
         }
     }
-    json!({"segments": segments, "supervisors": supervisors, "errors": errors})
+    json!({
+        "segments": segments,
+        "supervisors": supervisors,
+        "channels": chans.into_json(),
+        "errors": errors,
+    })
 }
 
 fn supervisor_json(service: &str, pid: u32, st: &supervise::SupervisorStats) -> Value {
@@ -364,9 +383,11 @@ fn text(doc: &Value) -> String {
     let empty = Vec::new();
     let segs = doc["segments"].as_array().unwrap_or(&empty);
     let sups = doc["supervisors"].as_array().unwrap_or(&empty);
-    if segs.is_empty() && sups.is_empty() {
+    let chans = doc["channels"].as_array().unwrap_or(&empty);
+    if segs.is_empty() && sups.is_empty() && chans.is_empty() {
         s.push_str("no isocall segments found\n");
     }
+    channels::text(chans, &mut s);
     for v in sups {
         s.push_str(&format!(
             "supervisor of {} (pid {}): {}, serving pid {}, spares {}/{}  starts {} exits {} crashes {} restarts {}  retries {} calls failed {}  mean recovery {}\n",

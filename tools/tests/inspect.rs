@@ -253,3 +253,103 @@ fn inspect_shows_a_supervisors_counters() {
         "{text}"
     );
 }
+
+#[test]
+fn inspect_shows_each_subscribers_counters_per_channel() {
+    use isocall_engine::SocketName;
+    use isocall_engine::channel::{Backpressure, Publisher, Subscriber, SubscriberOptions};
+    use std::time::Duration;
+    let name = format!("inspect-chan-{}", std::process::id());
+    let socket = SocketName::Abstract(name.clone());
+    let mut publisher = Publisher::<Num>::builder(socket.clone())
+        .ring_capacity(4096)
+        .blobs(PoolConfig::new().class(4096, 8))
+        .backpressure_with(|s| match s.label.as_str() {
+            "slow" => Backpressure::DropOldest { backlog: 4 },
+            "lagging" => Backpressure::Disconnect {
+                after: Duration::from_secs(60),
+                backlog: 1,
+            },
+            _ => Backpressure::Block,
+        })
+        .create()
+        .unwrap();
+    let sub = |label: &str| {
+        Subscriber::<Num>::connect_with(&socket, SubscriberOptions::default().label(label)).unwrap()
+    };
+    let mut fast = sub("fast");
+    let slow = sub("slow");
+    let lagging = sub("lagging");
+    assert_eq!(
+        publisher.wait_for_subscribers(3, Duration::from_secs(10)),
+        3
+    );
+    // The fast subscriber reads everything; the slow one nothing (its ring
+    // fills, then its backlog, then the oldest are dropped); the lagging
+    // one is disconnected once its backlog overflows.
+    let n = 500u64;
+    for i in 0..n {
+        publisher.send(&Num { n: i }).unwrap();
+        assert_eq!(fast.recv().unwrap().n, i);
+    }
+    // The publisher's total of messages sent is written every 256 sends
+    // and at each poll.
+    publisher.poll();
+    let (ok, out) = inspect(&[&std::process::id().to_string(), "--json"]);
+    assert!(ok, "{out}");
+    let doc: Value = serde_json::from_str(&out).expect("JSON");
+    let chans = doc["channels"].as_array().unwrap();
+    let c = chans
+        .iter()
+        .find(|c| c["channel"] == name.as_str())
+        .unwrap_or_else(|| panic!("channel not found in {out}"));
+    let p = &c["publisher"];
+    assert_eq!(p["pid"], std::process::id());
+    assert_eq!(p["type_name"], "Num");
+    assert_eq!(p["sent"], n);
+    assert_eq!(p["joined"], 3);
+    assert_eq!(p["subscribers"], 2);
+    assert_eq!(p["disconnected"], 1);
+    assert_eq!(c["pool"]["classes"][0]["count"], 8);
+    let subs = c["subscribers"].as_array().unwrap();
+    assert_eq!(subs.len(), 3, "{out}");
+    let by = |label: &str| {
+        subs.iter()
+            .find(|s| s["label"] == label)
+            .unwrap_or_else(|| panic!("{label} not found in {out}"))
+    };
+    let f = by("fast");
+    assert_eq!(f["policy"], "block");
+    assert_eq!(
+        (&f["sent"], &f["dropped"], &f["queued"]),
+        (&n.into(), &0.into(), &0.into())
+    );
+    // What it read and has not released yet (releases are batched) is
+    // still pending in its ring.
+    assert_eq!(f["queue_depth"], f["ring_pending"]);
+    assert!(f["ring_pending"].as_u64().unwrap() < 64, "{f}");
+    assert!(f["closed"].is_null());
+    assert_eq!(f["pid"], std::process::id());
+    let s = by("slow");
+    let in_ring = s["sent"].as_u64().unwrap();
+    assert!(in_ring > 0 && in_ring < n, "{s}");
+    assert_eq!(s["policy"], "drop-oldest(4)");
+    assert_eq!(s["queued"], 4);
+    assert_eq!(s["ring_pending"], in_ring);
+    assert_eq!(s["queue_depth"], in_ring + 4);
+    assert_eq!(s["dropped"], n - in_ring - 4);
+    assert!(s["closed"].is_null());
+    let l = by("lagging");
+    assert!(l["closed"].as_str().unwrap().contains("fell behind"), "{l}");
+    assert_eq!(l["dropped"], 0);
+    // The readable form says the same.
+    let (ok, text) = inspect(&[&std::process::id().to_string()]);
+    assert!(ok);
+    assert!(text.contains(&format!("channel {name} of Num")), "{text}");
+    assert!(text.contains("\"slow\""), "{text}");
+    assert!(
+        text.contains("closed: the subscriber fell behind"),
+        "{text}"
+    );
+    drop((slow, lagging));
+}

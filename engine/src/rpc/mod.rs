@@ -58,6 +58,8 @@ pub use wire::{CloseReason, FrameError, Status};
 
 pub use crate::sys::{PeerCred, SocketName};
 
+pub(crate) use server::{Admission, Key, Ticket};
+
 /// The default socket of a service: `$XDG_RUNTIME_DIR/isocall/<service>`
 /// (or `/tmp/isocall-<uid>/<service>` without `XDG_RUNTIME_DIR`), in a
 /// directory created with owner-only permissions.

@@ -6,6 +6,7 @@ mod blob;
 mod call;
 mod call_stream;
 mod callgrind;
+mod chan;
 mod floors;
 mod instr;
 mod measure;
@@ -371,6 +372,30 @@ pub fn figures() -> Vec<Figure> {
             also: &[],
             run: call_stream::pipelined,
             peer: call_stream::server_peer,
+        },
+        Figure {
+            name: "chan.stream.64",
+            unit: MsgPerSec,
+            floor: Some("ring.stream.64"),
+            also: &[],
+            run: chan::stream,
+            peer: chan::stream_peer,
+        },
+        Figure {
+            name: "chan.fanout.handle.4096.x4",
+            unit: Ns,
+            floor: None,
+            also: &[],
+            run: |b| chan::fanout(b, 4096),
+            peer: chan::fanout_peer,
+        },
+        Figure {
+            name: "chan.fanout.handle.16777216.x4",
+            unit: Ns,
+            floor: Some("chan.fanout.handle.4096.x4"),
+            also: &[],
+            run: |b| chan::fanout(b, 16 << 20),
+            peer: chan::fanout_peer,
         },
         Figure {
             name: "call.rtt.blob.1048576",

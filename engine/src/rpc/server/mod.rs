@@ -265,3 +265,7 @@ impl Drop for Server {
 fn handshake_stack() -> usize {
     256 << 10
 }
+
+// The admission counts are shared with the channels' publishers
+// (`crate::channel`), which admit subscribers the same way.
+pub(crate) use admission::{Admission, Key, Ticket};
