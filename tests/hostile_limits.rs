@@ -1,6 +1,7 @@
 //! Hostile clients that make a server in the test process spend: clients
-//! that never read their replies (their reply rings stay full), and
-//! clients that send sparse memfds of up to 64 TiB as large blobs. The
+//! that never read their replies (their reply rings stay full), clients
+//! that send sparse memfds of up to 64 TiB as large blobs, and clients
+//! that connect and then say nothing (closed at the idle timeout). The
 //! server's other clients stay fast, what passes its caps is refused with
 //! a typed error, its address space stays bounded, and nothing is left
 //! once the attackers are gone.
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use hostile::harness::Test;
 use hostile::probe::{expect_back, snapshot, vm_size_kib};
-use hostile::proc::{Ctl, Role, run_role};
+use hostile::proc::{Ctl, Role, run_role, wait_for};
 use hostile::raw::{RawClient, archive};
 use hostile::{ADD, Add, ArchivedDigest, Digest, Honest, digest, victim_server};
 use isocall::blob::BlobHandle;
@@ -22,7 +23,7 @@ use isocall::raw::SegmentLayout;
 use isocall::raw::sys::send_with_fds;
 use isocall::raw::wire::{CallHead, ErrorBody, Status, kind};
 use isocall::rpc::{BlobAccessError, LARGE_CLASS, LargeError, LargeLimits};
-use isocall::{AppError, CallCtx, Method, SocketName};
+use isocall::{AppError, CallCtx, CallError, Client, CloseReason, Method, SocketName};
 
 const ROLES: &[Role] = &[("stall", stall), ("huge_blobs", huge_blobs)];
 
@@ -359,5 +360,130 @@ fn sparse_huge_memfds_as_large_blobs_are_mapped_only_as_announced_or_refused() {
         "huge_blobs: VmSize peaked {} MiB above the baseline; {s:?}",
         vm_max.load(Ordering::Relaxed).saturating_sub(base.vm_kib) >> 10
     );
+    test.stop_server(server);
+}
+
+/// The idle limit of the idle tests.
+const IDLE: Duration = Duration::from_millis(300);
+
+/// A real client that made one call and then says nothing: returns it
+/// and when its call ended.
+fn quiet_client(socket: &SocketName) -> (Client, Instant) {
+    let mut quiet = Client::connect(socket).expect("the idle client connects");
+    let add = quiet.method(ADD).expect("add");
+    let sum = quiet.call(add, &Add { a: 1, b: 2 }).expect("a first call");
+    assert_eq!(sum.sum.to_native(), 3);
+    drop(sum);
+    (quiet, Instant::now())
+}
+
+#[test]
+fn an_idle_connection_is_closed_as_idle_while_an_active_one_stays_open() {
+    let test = Test::start("idle", Duration::from_secs(60));
+    let server = victim_server(&test.socket)
+        .idle_timeout(Some(IDLE))
+        .spawn()
+        .expect("server");
+    // The active client calls all the time, through several idle limits.
+    let honest = Honest::running(&test.socket, Duration::from_secs(10));
+    let base = snapshot();
+    // Two idle clients: one that reads its ring itself, one real.
+    let mut raw = RawClient::connect(&test.socket).expect("the raw client connects");
+    let method = raw.method(ADD.name());
+    raw.request(1, method, &[], &archive(&Add { a: 2, b: 3 }))
+        .expect("a request");
+    let limit = Instant::now() + Duration::from_secs(10);
+    let (status, _, _) = raw.response(1, limit).expect("a response");
+    assert_eq!(status, Status::Ok as u32);
+    let raw_last = Instant::now();
+    let (mut quiet, quiet_last) = quiet_client(&test.socket);
+    // The server tells the raw client why it closes it, then hangs up.
+    let (frame_kind, _, _, body) = raw
+        .link
+        .take(limit)
+        .expect("the raw client's ring")
+        .expect("a frame before the deadline");
+    let closed_after = raw_last.elapsed();
+    assert_eq!(
+        frame_kind,
+        kind::CLOSE,
+        "a CLOSE frame, not kind {frame_kind}"
+    );
+    let code = u32::from_le_bytes(body[..4].try_into().expect("a reason code"));
+    assert_eq!(CloseReason::from_code(code), CloseReason::Idle);
+    assert!(
+        closed_after >= IDLE,
+        "closed {closed_after:?} after its last call, before the idle limit of {IDLE:?}"
+    );
+    wait_for(Duration::from_secs(10), "the raw client's hang-up", || {
+        raw.link.hung_up().then_some(()).ok_or("open".to_string())
+    });
+    drop(raw);
+    // The real one too, and its next call fails.
+    wait_for(
+        Duration::from_secs(10),
+        "the server to close both idle connections",
+        || {
+            let s = server.stats();
+            (s.closed >= 2).then_some(()).ok_or(format!("{s:?}"))
+        },
+    );
+    assert!(quiet_last.elapsed() >= IDLE);
+    let add = quiet.method(ADD).expect("add");
+    match quiet.call(add, &Add { a: 1, b: 2 }) {
+        // The reason read from the CLOSE, or (today) the hang-up noticed
+        // first: see `a_client_closed_as_idle_is_told_why`.
+        Err(CallError::Closed(CloseReason::Idle) | CallError::PeerDied) => {}
+        Err(e) => panic!("the idle client's next call failed with {e:?}"),
+        Ok(_) => panic!("the idle client's next call succeeded on a closed connection"),
+    }
+    assert!(!quiet.is_alive());
+    drop(quiet);
+    // The active client stays open through three more idle limits.
+    let t0 = Instant::now();
+    wait_for(IDLE * 6, "three idle limits to pass", || {
+        (t0.elapsed() >= IDLE * 3)
+            .then_some(())
+            .ok_or(format!("{:?} passed", t0.elapsed()))
+    });
+    honest.progresses(10, Duration::from_secs(10));
+    let s = server.stats();
+    assert_eq!(s.closed, 2, "only the idle connections were closed: {s:?}");
+    expect_back(
+        &base,
+        Duration::from_secs(10),
+        "after the idle connections closed",
+    );
+    honest.finish_ok();
+    test.stop_server(server);
+}
+
+/// Fails today: the server writes CLOSE(Idle) into the client's ring
+/// before it hangs up, but the client's next call sees the hang-up first
+/// and fails with `PeerDied`, never reading why.
+#[test]
+#[ignore = "the client reports PeerDied: it notices the hang-up before it reads the server's CLOSE"]
+fn a_client_closed_as_idle_is_told_why() {
+    let test = Test::start("idle_told", Duration::from_secs(60));
+    let server = victim_server(&test.socket)
+        .idle_timeout(Some(IDLE))
+        .spawn()
+        .expect("server");
+    let (mut quiet, _) = quiet_client(&test.socket);
+    wait_for(
+        Duration::from_secs(10),
+        "the server to close the idle connection",
+        || {
+            let s = server.stats();
+            (s.closed >= 1).then_some(()).ok_or(format!("{s:?}"))
+        },
+    );
+    let add = quiet.method(ADD).expect("add");
+    match quiet.call(add, &Add { a: 1, b: 2 }) {
+        Err(CallError::Closed(CloseReason::Idle)) => {}
+        Err(e) => panic!("the idle client's next call failed with {e:?}, not Closed(Idle)"),
+        Ok(_) => panic!("the idle client's next call succeeded on a closed connection"),
+    }
+    drop(quiet);
     test.stop_server(server);
 }
