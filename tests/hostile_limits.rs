@@ -1,10 +1,11 @@
 //! Hostile clients that make a server in the test process spend: clients
 //! that never read their replies (their reply rings stay full), clients
-//! that send sparse memfds of up to 64 TiB as large blobs, and clients
-//! that connect and then say nothing (closed at the idle timeout). The
-//! server's other clients stay fast, what passes its caps is refused with
-//! a typed error, its address space stays bounded, and nothing is left
-//! once the attackers are gone.
+//! that send sparse memfds of up to 64 TiB as large blobs, clients that
+//! connect and then say nothing (closed at the idle timeout), and a
+//! process that holds many connections (each costs the pages it touched,
+//! not its whole segment). The server's other clients stay fast, what
+//! passes its caps is refused with a typed error, its memory and address
+//! space stay bounded, and nothing is left once the attackers are gone.
 
 mod hostile;
 
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hostile::harness::Test;
-use hostile::probe::{expect_back, snapshot, vm_size_kib};
+use hostile::probe::{expect_back, snapshot, snapshot_with_server, vm_size_kib};
 use hostile::proc::{Ctl, Role, run_role, wait_for};
 use hostile::raw::{RawClient, archive};
 use hostile::{ADD, Add, ArchivedDigest, Digest, Honest, digest, victim_server};
@@ -25,7 +26,11 @@ use isocall::raw::wire::{CallHead, ErrorBody, Status, kind};
 use isocall::rpc::{BlobAccessError, LARGE_CLASS, LargeError, LargeLimits};
 use isocall::{AppError, CallCtx, CallError, Client, CloseReason, Method, SocketName};
 
-const ROLES: &[Role] = &[("stall", stall), ("huge_blobs", huge_blobs)];
+const ROLES: &[Role] = &[
+    ("stall", stall),
+    ("huge_blobs", huge_blobs),
+    ("hold_conns", hold_conns),
+];
 
 #[test]
 #[ignore = "the entry point of the hostile peers, run by the tests themselves"]
@@ -485,5 +490,128 @@ fn a_client_closed_as_idle_is_told_why() {
         Ok(_) => panic!("the idle client's next call succeeded on a closed connection"),
     }
     drop(quiet);
+    test.stop_server(server);
+}
+
+/// Connections the holder keeps open.
+const HELD: usize = 50;
+
+/// Attacker: opens `HELD` connections, makes one `add` on each, says
+/// `held N`, then keeps them until told to exit.
+fn hold_conns(arg: &str, ctl: &mut Ctl) {
+    let socket = SocketName::Abstract(arg.to_string());
+    let mut conns = Vec::new();
+    for i in 0..HELD as u64 {
+        let mut c = Client::connect(&socket).expect("connect");
+        let add = c.method(ADD).expect("add");
+        let s = c.call(add, &Add { a: i, b: 1 }).expect("add");
+        assert_eq!(s.sum.to_native(), i + 1);
+        drop(s);
+        conns.push(c);
+    }
+    ctl.say(&format!("held {}", conns.len()));
+    let _ = ctl.hear();
+}
+
+/// Shared memory this process has touched, in bytes (`RssShmem`).
+fn rss_shmem() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssShmem:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("RssShmem in /proc/self/status")
+        << 10
+}
+
+/// The engine's segments this process holds open: how many, and the
+/// bytes of memory their memfds have committed (by whichever side touched
+/// them), from the blocks `fstat` counts.
+fn segments_committed() -> (usize, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let (mut n, mut bytes) = (0, 0);
+    for e in std::fs::read_dir("/proc/self/fd").expect("fds").flatten() {
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        if !target.to_string_lossy().starts_with("/memfd:isocall:") {
+            continue;
+        }
+        if let Ok(m) = std::fs::metadata(e.path()) {
+            n += 1;
+            bytes += m.blocks() * 512;
+        }
+    }
+    (n, bytes)
+}
+
+/// Bytes mapped from the engine's segments in this process.
+fn segments_mapped() -> u64 {
+    snapshot()
+        .mapped
+        .iter()
+        .filter(|(name, _)| name.starts_with("isocall:"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+#[test]
+fn a_held_connection_commits_a_small_part_of_its_segment() {
+    let test = Test::start("hold_conns", Duration::from_secs(120));
+    // The default layout: 1 MiB rings and an 8 MiB blob pool.
+    let server = victim_server(&test.socket).spawn().expect("server");
+    let base = snapshot_with_server();
+    let (segs0, committed0) = segments_committed();
+    let (mapped0, rss0) = (segments_mapped(), rss_shmem());
+    let mut holder = test.peer("hold_conns");
+    let held = holder.expect("held", Duration::from_secs(60));
+    assert_eq!(held, HELD.to_string());
+    let (segs, committed) = segments_committed();
+    let (mapped, rss) = (segments_mapped(), rss_shmem());
+    let n = HELD as u64;
+    let per_segment = mapped.saturating_sub(mapped0) / n;
+    let per_conn_committed = committed.saturating_sub(committed0) / n;
+    let per_conn_rss = rss.saturating_sub(rss0) / n;
+    eprintln!(
+        "hold_conns: {HELD} connections, each a segment of {} KiB mapped: \
+         {} KiB committed and {} KiB of RssShmem in the server per connection \
+         ({} segment memfds held)",
+        per_segment >> 10,
+        per_conn_committed >> 10,
+        per_conn_rss >> 10,
+        segs - segs0
+    );
+    assert!(
+        per_segment >= 8 * MIB,
+        "each connection maps {per_segment} bytes: the test needs the large default segment"
+    );
+    // Held with one call made, a connection touches a few pages of each
+    // ring and the pool's headers: a small part of the segment.
+    let bound = per_segment / 16;
+    assert!(
+        per_conn_rss <= bound,
+        "each held connection grew the server's RssShmem by {per_conn_rss} bytes \
+         (bound {bound}, segment {per_segment})"
+    );
+    // The memory committed, whoever touched it: a segment reserved up
+    // front (`fallocate`) counts here whole even where no side touched it.
+    assert_eq!(
+        segs - segs0,
+        HELD,
+        "the server holds a memfd per connection"
+    );
+    assert!(
+        per_conn_committed <= bound,
+        "each held connection committed {per_conn_committed} bytes of memory \
+         (bound {bound}, segment {per_segment})"
+    );
+    holder.send("exit");
+    holder.wait_ok(Duration::from_secs(20));
+    expect_back(
+        &base,
+        Duration::from_secs(10),
+        "after the held connections closed",
+    );
     test.stop_server(server);
 }
