@@ -369,7 +369,7 @@ fn sparse_huge_memfds_as_large_blobs_are_mapped_only_as_announced_or_refused() {
 }
 
 /// The idle limit of the idle tests.
-const IDLE: Duration = Duration::from_millis(300);
+const IDLE: Duration = Duration::from_millis(500);
 
 /// A real client that made one call and then says nothing: returns it
 /// and when its call ended.
