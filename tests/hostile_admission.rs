@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use hostile::harness::{Test, wait_for_stats};
 use hostile::probe::{expect_back, snapshot_with_server};
-use hostile::proc::{Ctl, OTHER_UID, Role, field, is_root, run_role};
+use hostile::proc::{Ctl, OTHER_UID, Role, field, root_or_skip, run_role};
 use hostile::{ADD, Add, victim_server};
 use isocall::raw::handshake::{self, REFUSED};
 use isocall::raw::sys::{Ready, connect_seqpacket, poll_ready};
@@ -162,15 +162,14 @@ fn a_thousand_connections_from_one_user_are_capped_and_others_still_get_in() {
         t.elapsed()
     );
     // Another user is served meanwhile.
-    if is_root() {
+    if root_or_skip(
+        "flood_conns",
+        "the check that a client of another uid gets in meanwhile",
+    ) {
         let mut p = test.peer_as("one_call", OTHER_UID);
         let l = p.line(Duration::from_secs(30));
         assert!(l.starts_with("ok "), "uid {OTHER_UID}: {l}");
         p.wait_ok(Duration::from_secs(10));
-    } else {
-        eprintln!(
-            "flood_conns: SKIPPED the client of another uid: not root, so no second user to run it as"
-        );
     }
     let s = server.stats();
     assert!(s.refused >= (ATTEMPTS - PER_UID) as u64, "{s:?}");
@@ -229,8 +228,7 @@ fn silent(arg: &str, ctl: &mut Ctl) {
 
 #[test]
 fn silent_connections_of_another_user_delay_no_one_elses_connect() {
-    if !is_root() {
-        eprintln!("silent: SKIPPED: needs root to run the silent peer as a second user");
+    if !root_or_skip("silent", "the silent peer run as a second user") {
         return;
     }
     let test = Test::start("silent", Duration::from_secs(120));

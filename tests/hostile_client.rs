@@ -406,6 +406,8 @@ fn a_slot_the_server_holds_rewritten_back_to_in_flight_is_not_accepted_twice() {
         })
         .spawn()
         .expect("server");
+    let honest = Honest::running(&test.socket, Duration::from_secs(20));
+    let base = snapshot();
     let mut attacker = test.peer("second_accept");
     attacker.expect("rewrote", Duration::from_secs(20));
     let sum = attacker.expect("sum", Duration::from_secs(20));
@@ -414,5 +416,13 @@ fn a_slot_the_server_holds_rewritten_back_to_in_flight_is_not_accepted_twice() {
         sum, "1",
         "the server accepted a slot it holds a second time"
     );
+    // The honest client beside it goes on getting right answers.
+    honest.progresses(10, Duration::from_secs(10));
+    expect_back(
+        &base,
+        Duration::from_secs(10),
+        "after the attacker's connection closed",
+    );
+    honest.finish_ok();
     test.stop_server(server);
 }

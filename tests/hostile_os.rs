@@ -1,15 +1,18 @@
 //! Hostile conditions from the OS's side: a server whose process runs out
 //! of descriptors while clients keep connecting (its accept thread backs
 //! off instead of spinning on `EMFILE`, and it serves again once
-//! descriptors free up), and a process squatting on a server's name as
-//! another user (the client refuses it before it sends anything).
+//! descriptors free up, with nothing left of the connections it could not
+//! take), and a process squatting on a server's name as
+//! another user (the client refuses it before it sends anything, and
+//! keeps nothing of it).
 
 mod hostile;
 
 use std::time::{Duration, Instant};
 
 use hostile::harness::Test;
-use hostile::proc::{Ctl, OTHER_UID, Peer, Role, is_root, run_role, wait_for};
+use hostile::probe::{expect_back, snapshot_with_server};
+use hostile::proc::{Ctl, OTHER_UID, Peer, Role, root_or_skip, run_role, wait_for};
 use hostile::{ADD, Add, victim_server};
 use isocall::raw::sys::connect_seqpacket;
 use isocall::rpc::PolicyRefusal;
@@ -114,6 +117,10 @@ fn a_server_out_of_descriptors_backs_off_and_serves_again() {
         .handshake_timeout(Duration::from_secs(30))
         .spawn()
         .expect("server");
+    // What the process holds with the server up and no client: the
+    // connections accepted (or failed) while out of descriptors must all
+    // be given back.
+    let base = snapshot_with_server();
     // The attacker is started (and its pipes made) before the limit drops,
     // and so is the accept thread's stat file, read while the table is
     // full.
@@ -175,13 +182,18 @@ fn a_server_out_of_descriptors_backs_off_and_serves_again() {
         Ok(sum)
     });
     assert_eq!(reply, 42);
-    drop(server);
+    drop(accept_stat);
+    expect_back(
+        &base,
+        Duration::from_secs(20),
+        "after the descriptors came back and the silent connections went",
+    );
+    test.stop_server(server);
 }
 
 #[test]
 fn a_client_refuses_a_server_of_another_user_squatting_on_the_name() {
-    if !is_root() {
-        eprintln!("skipped: a squatter of another user needs root to start");
+    if !root_or_skip("squatter", "a squatter run as another user") {
         return;
     }
     let test = Test::start("squatter", Duration::from_secs(60));
@@ -207,4 +219,7 @@ fn a_client_refuses_a_server_of_another_user_squatting_on_the_name() {
     drop(c);
     squatter.send("exit");
     squatter.wait_ok(Duration::from_secs(20));
+    // Nothing the squatter sent (its hello's descriptors, if any came)
+    // stays with the client that refused it.
+    test.expect_back("after the squatter was refused");
 }

@@ -61,7 +61,10 @@ fn calls_reach_a_server_in_another_network_namespace() {
     let ns = match Netns::create("netns") {
         Ok(ns) => ns,
         Err(why) => {
-            eprintln!("skipped: no network namespace to put the server in: {why}");
+            eprintln!(
+                "skipped: netns: no network namespace to put the server in: {why} \
+                 (needs root, with CAP_NET_ADMIN and `ip`)"
+            );
             return;
         }
     };

@@ -13,9 +13,10 @@ use isocall::raw::{PAGE, Segment, SegmentLayout};
 use isocall::ring::wait::SpinParker;
 use isocall::ring::{Consumer, HeapRegion, Producer, RING_CONTROL_BYTES, Region};
 use isocall::rpc::{MethodKind, PolicyRefusal, Refusal, Signature, TypeSig};
+use isocall::stream::codec;
 
 /// Every target's seeds, by target name.
-pub fn all() -> [(&'static str, Seeds); 6] {
+pub fn all() -> [(&'static str, Seeds); 8] {
     [
         ("frame_head", frame_seeds()),
         ("hello", hello_seeds()),
@@ -23,6 +24,8 @@ pub fn all() -> [(&'static str, Seeds); 6] {
         ("ring_frames", ring_seeds()),
         ("blob_handles", blob_seeds()),
         ("body", body_seeds()),
+        ("stream_frames", stream_frame_seeds()),
+        ("stream_hello", stream_hello_seeds()),
     ]
 }
 
@@ -600,5 +603,286 @@ fn body_seeds() -> Seeds {
     // The tail (the root) of each, alone: relative pointers to nowhere.
     v.push(("greeting-root-only".into(), g[g.len() - 16..].to_vec()));
     v.push(("record-root-only".into(), r[r.len() - 64..].to_vec()));
+    v
+}
+
+/// A `stream_frames` input: the limits selector, then the bytes.
+fn selected(sel: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut v = vec![sel];
+    v.extend_from_slice(bytes);
+    v
+}
+
+/// `stream_frames` selectors (see `common::stream_frames`).
+const SEL_PLAIN: u8 = 0;
+const SEL_LZ4: u8 = 1;
+const SEL_SMALL_PAYLOAD: u8 = 8;
+const SEL_TINY_FRAME: u8 = 4;
+
+/// A frame written by hand: the varint of its length, the header, `rest`.
+fn raw_stream_frame(len: u32, kind: u16, flags: u16, rest: &[u8]) -> Vec<u8> {
+    let n = (codec::HEADER + rest.len()) as u32;
+    let mut v = [0u8; codec::MAX_VARINT];
+    let vlen = codec::write_varint(n, &mut v);
+    let mut f = v[..vlen].to_vec();
+    f.extend_from_slice(&len.to_le_bytes());
+    f.extend_from_slice(&kind.to_le_bytes());
+    f.extend_from_slice(&flags.to_le_bytes());
+    f.extend_from_slice(rest);
+    f
+}
+
+fn stream_frame_seeds() -> Seeds {
+    let encode = |lz4: bool, kind: u16, flags: u16, payload: &[u8], blobs: &[&[u8]]| {
+        let mut out = Vec::new();
+        codec::Encoder::new(lz4.then(codec::Lz4::default))
+            .encode(&mut out, kind, flags, payload, blobs, 64 << 10)
+            .expect("encode a seed frame");
+        out
+    };
+    let text: Vec<u8> = (0..4096u32)
+        .flat_map(|i| format!("line {i} ").into_bytes())
+        .take(4096)
+        .collect();
+    let plain = encode(false, 1, 0, &[7u8; 64], &[]);
+    let with_blobs = encode(false, 3, 0x0102, b"head", &[b"first blob", &[0xAB; 300]]);
+    let squeezed = encode(true, 2, 0, &text, &[&text[..2048], b"short"]);
+    assert!(squeezed.len() < text.len(), "the lz4 seed is compressed");
+    // Three varint bytes: 20,000 bytes of payload.
+    let long = encode(false, 1, 0, &vec![0x5A; 20_000], &[]);
+    let garbage_lz4 = {
+        let mut rest = 9u32.to_le_bytes().to_vec();
+        rest.extend_from_slice(&[0xFF, 0x00, 0x13, 0x37, 0xDE, 0xAD, 0xBE, 0xEF, 0x42]);
+        raw_stream_frame(64, 1, codec::FLAG_LZ4, &rest)
+    };
+    let mut v = vec![
+        ("plain".into(), selected(SEL_PLAIN, &plain)),
+        ("plain-lz4-allowed".into(), selected(SEL_LZ4, &plain)),
+        (
+            "empty-payload".into(),
+            selected(SEL_PLAIN, &encode(false, 1, 0, &[], &[])),
+        ),
+        ("blobs".into(), selected(SEL_PLAIN, &with_blobs)),
+        ("lz4".into(), selected(SEL_LZ4, &squeezed)),
+        ("lz4-not-negotiated".into(), selected(SEL_PLAIN, &squeezed)),
+        ("varint-3-bytes".into(), selected(SEL_PLAIN, &long)),
+        (
+            "varint-3-bytes-too-large".into(),
+            selected(SEL_TINY_FRAME, &long),
+        ),
+        (
+            "payload-over-limit".into(),
+            selected(SEL_SMALL_PAYLOAD, &long),
+        ),
+        (
+            "two-frames".into(),
+            selected(SEL_PLAIN, &[plain.clone(), with_blobs.clone()].concat()),
+        ),
+        ("lz4-garbage".into(), selected(SEL_LZ4, &garbage_lz4)),
+        (
+            "lz4-garbage-not-negotiated".into(),
+            selected(SEL_PLAIN, &garbage_lz4),
+        ),
+        (
+            "lz4-zero-clen".into(),
+            selected(
+                SEL_LZ4,
+                &raw_stream_frame(16, 1, codec::FLAG_LZ4, &0u32.to_le_bytes()),
+            ),
+        ),
+        (
+            "lz4-clen-past-end".into(),
+            selected(
+                SEL_LZ4,
+                &raw_stream_frame(16, 1, codec::FLAG_LZ4, &999u32.to_le_bytes()),
+            ),
+        ),
+        // Five-byte varints: 2^28, u32::MAX, past u32::MAX; six bytes.
+        (
+            "varint-5-bytes".into(),
+            selected(SEL_PLAIN, &[0x80, 0x80, 0x80, 0x80, 0x01, 1, 0, 0, 0]),
+        ),
+        (
+            "varint-5-bytes-max".into(),
+            selected(SEL_PLAIN, &[0xFF, 0xFF, 0xFF, 0xFF, 0x0F]),
+        ),
+        (
+            "varint-5-bytes-overflow".into(),
+            selected(SEL_PLAIN, &[0xFF, 0xFF, 0xFF, 0xFF, 0x10]),
+        ),
+        (
+            "varint-6-bytes".into(),
+            selected(SEL_PLAIN, &[0x80, 0x80, 0x80, 0x80, 0x80, 0x01]),
+        ),
+        (
+            "varint-4-bytes-unfinished".into(),
+            selected(SEL_PLAIN, &[0x80, 0x80, 0x80, 0x80]),
+        ),
+        ("varint-overlong".into(), selected(SEL_PLAIN, &[0xC8, 0x00])),
+        (
+            "frame-shorter-than-header".into(),
+            selected(SEL_PLAIN, &[0x07, 0, 0, 0, 0, 1, 0, 0]),
+        ),
+        (
+            "kind-0".into(),
+            selected(SEL_PLAIN, &raw_stream_frame(0, 0, 0, &[])),
+        ),
+        (
+            "kind-max".into(),
+            selected(
+                SEL_PLAIN,
+                &raw_stream_frame(0, isocall::ring::MAX_USER_KIND, 0, &[]),
+            ),
+        ),
+        (
+            "kind-past-max".into(),
+            selected(
+                SEL_PLAIN,
+                &raw_stream_frame(0, isocall::ring::MAX_USER_KIND + 1, 0, &[]),
+            ),
+        ),
+        (
+            "blob-count-0".into(),
+            selected(
+                SEL_PLAIN,
+                &raw_stream_frame(0, 1, codec::FLAG_BLOBS, &0u32.to_le_bytes()),
+            ),
+        ),
+        (
+            "blob-count-17".into(),
+            selected(
+                SEL_PLAIN,
+                &raw_stream_frame(0, 1, codec::FLAG_BLOBS, &17u32.to_le_bytes()),
+            ),
+        ),
+        (
+            "blob-count-no-room".into(),
+            selected(
+                SEL_PLAIN,
+                &raw_stream_frame(0, 1, codec::FLAG_BLOBS, &[1, 0]),
+            ),
+        ),
+        (
+            "blob-compressed-not-negotiated".into(),
+            selected(
+                SEL_PLAIN,
+                &raw_stream_frame(
+                    0,
+                    1,
+                    codec::FLAG_BLOBS,
+                    &[1, 0, 0, 0, 4, 0, 0, 0, 2, 0, 0, 0, 0, 0],
+                ),
+            ),
+        ),
+        (
+            "blob-decodes-too-large".into(),
+            selected(
+                SEL_LZ4 | SEL_TINY_FRAME,
+                &raw_stream_frame(
+                    0,
+                    1,
+                    codec::FLAG_BLOBS,
+                    &[1, 0, 0, 0, 0xFF, 0xFF, 0, 0, 1, 0, 0, 0, 0],
+                ),
+            ),
+        ),
+        (
+            "trailing-bytes".into(),
+            selected(SEL_PLAIN, &raw_stream_frame(2, 1, 0, b"abcd")),
+        ),
+        (
+            "payload-past-end".into(),
+            selected(SEL_PLAIN, &raw_stream_frame(200, 1, 0, b"abcd")),
+        ),
+        (
+            "user-flags".into(),
+            selected(SEL_PLAIN, &encode(false, 9, 0x3FFF, b"flags", &[])),
+        ),
+    ];
+    v.extend(cuts(
+        "plain",
+        &selected(SEL_PLAIN, &plain),
+        &[1, 2, 5, 9, 40],
+    ));
+    v.extend(cuts(
+        "blobs",
+        &selected(SEL_PLAIN, &with_blobs),
+        &[14, 20, 30, 100],
+    ));
+    v.extend(cuts("lz4", &selected(SEL_LZ4, &squeezed), &[3, 12, 50]));
+    v
+}
+
+fn stream_hello_seeds() -> Seeds {
+    let methods = vec![
+        MethodInfo {
+            name: "add".into(),
+            idempotent: true,
+            signature: sig("Add", Some("Sum")),
+        },
+        MethodInfo {
+            name: "log".into(),
+            idempotent: false,
+            signature: sig("Line", None),
+        },
+    ];
+    let head = ServerHelloHead {
+        magic: handshake::HELLO_MAGIC,
+        version: PROTOCOL_VERSION,
+        nmethods: methods.len() as u32,
+        max_frame: 64 << 10,
+        conn: 3,
+    };
+    let stream = handshake::StreamServerHello {
+        flags: handshake::STREAM_LZ4,
+        lz4_threshold: 512,
+        pid: 4242,
+        ..handshake::StreamServerHello::default()
+    };
+    let pool = PoolConfig::new().class(4096, 8).class(256, 64);
+    let hello = handshake::encode_stream_hello(&head, &stream, pool.classes(), &methods);
+    let no_pool = handshake::encode_stream_hello(&head, &stream, &[], &methods);
+    let classes = |c: &[(usize, usize)]| -> Vec<isocall::blob::ClassConfig> {
+        c.iter()
+            .map(|&(slot_size, count)| isocall::blob::ClassConfig { slot_size, count })
+            .collect()
+    };
+    let huge_pool =
+        handshake::encode_stream_hello(&head, &stream, &classes(&[(1 << 20, 4096)]), &methods);
+    let bad_pool =
+        handshake::encode_stream_hello(&head, &stream, &classes(&[(100, 3), (0, 1)]), &methods);
+    let many = classes(&[(256, 1); 17]);
+    let too_many_classes = handshake::encode_stream_hello(&head, &stream, &many, &methods);
+    let big_frames = handshake::encode_stream_hello(
+        &ServerHelloHead {
+            max_frame: u32::MAX,
+            ..head
+        },
+        &stream,
+        &[],
+        &methods,
+    );
+    let lying = handshake::encode_stream_hello(
+        &ServerHelloHead {
+            nmethods: 1000,
+            ..head
+        },
+        &stream,
+        pool.classes(),
+        &methods,
+    );
+    let mut bad_magic = hello.clone();
+    bad_magic[1] ^= 0xFF;
+    let mut v = vec![
+        ("stream-hello".into(), hello.clone()),
+        ("stream-hello-no-pool".into(), no_pool),
+        ("stream-hello-huge-pool".into(), huge_pool),
+        ("stream-hello-bad-pool".into(), bad_pool),
+        ("stream-hello-17-classes".into(), too_many_classes),
+        ("stream-hello-big-frames".into(), big_frames),
+        ("stream-hello-lying-count".into(), lying),
+        ("stream-hello-bad-magic".into(), bad_magic),
+    ];
+    v.extend(cuts("stream-hello", &hello, &[1, 10, 25, 41, 57, 70, 100]));
     v
 }

@@ -347,3 +347,15 @@ pub const OTHER_UID: u32 = 65534;
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
+
+/// Whether `test`, or the part of it that `what` describes, can run: it
+/// needs root (CI runs the tests as root). If not, says on one line that
+/// it is skipped and why, so a run as another user shows what it did not
+/// check.
+pub fn root_or_skip(test: &str, what: &str) -> bool {
+    let root = is_root();
+    if !root {
+        eprintln!("skipped: {test}: {what} (needs root)");
+    }
+    root
+}

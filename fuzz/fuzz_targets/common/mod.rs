@@ -21,6 +21,8 @@ mod frame_head;
 mod hello;
 mod ring_frames;
 mod segment_header;
+mod stream_frames;
+mod stream_hello;
 
 pub use blob_handles::{BlobOp, blob_handles};
 pub use body::{Add, Greeting, Record, Shape, body};
@@ -28,6 +30,8 @@ pub use frame_head::frame_head;
 pub use hello::hello;
 pub use ring_frames::{RING_RAW, RING_ZEROES, ring_frames};
 pub use segment_header::segment_header;
+pub use stream_frames::stream_frames;
+pub use stream_hello::stream_hello;
 
 /// A target's body: takes the fuzzer's bytes, panics on a broken contract.
 pub type Target = fn(&[u8]);
@@ -41,6 +45,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ring_frames", ring_frames),
     ("blob_handles", blob_handles),
     ("body", body),
+    ("stream_frames", stream_frames),
+    ("stream_hello", stream_hello),
 ];
 
 /// Whether to let an input go because it would hit a known bug (`hit`).
