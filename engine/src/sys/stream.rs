@@ -297,6 +297,37 @@ pub fn recv_nowait(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Makes reads of `fd` that do not pass `MSG_DONTWAIT` wait, at most
+/// `timeout` each (`SO_RCVTIMEO`), for [`recv_wait`]: a caller then waits
+/// for its peer in one `recv` instead of `poll` and `recv`. Every other
+/// send and receive here passes `MSG_DONTWAIT`, so none of them waits. For
+/// a socket of this process's own only (the flag lives in the file
+/// description).
+///
+/// # Errors
+///
+/// The OS error of `ioctl` or `setsockopt`.
+pub fn block_reads(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {
+    sockopt::set_socket_timeout(fd, sockopt::Timeout::Recv, Some(timeout))?;
+    rustix::io::ioctl_fionbio(fd, false)?;
+    Ok(())
+}
+
+/// Receives into `buf`, waiting for bytes at most the timeout
+/// [`block_reads`] set (a socket without it does not wait); 0 means the
+/// peer closed its end (for a non-empty `buf`).
+///
+/// # Errors
+///
+/// `WouldBlock` when the timeout passed, or a signal came, with nothing
+/// there; `ConnectionReset`; other OS errors.
+pub fn recv_wait(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    match recv(fd, buf, RecvFlags::empty()) {
+        Err(Errno::INTR) => Err(io::ErrorKind::WouldBlock.into()),
+        other => Ok(other?.0),
+    }
+}
+
 /// What [`poll_stream`] found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StreamReady {
