@@ -88,6 +88,12 @@ pub(crate) trait SendFrames {
 
     /// As [`Tx::max_payload`].
     fn max_payload(&self) -> usize;
+
+    /// Whether a server publishes a run of replies in groups that double
+    /// while requests keep coming (the ring: each publication makes a
+    /// cache line the peer takes once), rather than once when no request
+    /// is left (a stream, where each publication is a system call).
+    const GROUPS: bool = true;
 }
 
 /// Room reserved by [`SendFrames`].
@@ -229,6 +235,9 @@ impl ReadFrame for RxFrame<'_> {
 
 impl SendFrames for Tx {
     type Grant<'g> = Grant<'g>;
+
+    // The rings are served through `Sender`; a `Tx` is served as a stream.
+    const GROUPS: bool = false;
 
     fn try_reserve(&mut self, kind: u16, len: usize) -> Result<Grant<'_>, TransportError> {
         Tx::try_reserve(self, kind, len)

@@ -610,12 +610,14 @@ fn serve_frames<T: SendFrames, R: RecvFrames>(
         // shrinks back to one), else in groups that double while requests
         // keep queuing: a pipelining caller that is ahead of us gets its
         // replies in fewer publications, each a cache line it takes once.
+        // (A stream publishes once no request is there: each publication
+        // is a system call, and its send buffer bounds the batch.)
         unpublished += 1;
         if !matches!(rx.try_recv_after(true), Ok(Some(_))) {
             tx.publish();
             unpublished = 0;
             *group = 1;
-        } else if unpublished >= *group {
+        } else if T::GROUPS && unpublished >= *group {
             tx.publish();
             unpublished = 0;
             *group = (*group * 2).min(BATCH);
