@@ -17,7 +17,7 @@ use rustix::event::{PollFd, PollFlags, poll};
 use rustix::io::Errno;
 use rustix::net::{
     AddressFamily, RecvFlags, SendAncillaryBuffer, SendFlags, Shutdown, SocketAddrUnix,
-    SocketFlags, SocketType, accept_with, bind, connect, listen, recv, sendmsg, shutdown,
+    SocketFlags, SocketType, accept_with, bind, connect, listen, recv, send, sendmsg, shutdown,
     socket_with, sockopt,
 };
 
@@ -269,6 +269,16 @@ pub fn peer_inet_addr(fd: BorrowedFd<'_>) -> Option<SocketAddr> {
 /// `WouldBlock` when the socket takes nothing now; `BrokenPipe` or
 /// `ConnectionReset` once the peer is gone; other OS errors.
 pub fn send_nowait(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    if let [one] = bufs {
+        // One buffer (the common case): `send`, which the kernel takes
+        // without a message header and an iovec to copy in.
+        loop {
+            match send(fd, one, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
+                Err(Errno::INTR) => continue,
+                other => return Ok(other?),
+            }
+        }
+    }
     loop {
         match sendmsg(
             fd,
