@@ -88,6 +88,12 @@ pub(crate) trait SendFrames {
 
     /// As [`Tx::max_payload`].
     fn max_payload(&self) -> usize;
+
+    /// Whether a server publishes a run of replies in groups that double
+    /// while requests keep coming (the ring: each publication makes a
+    /// cache line the peer takes once), rather than once when no request
+    /// is left (a stream, where each publication is a system call).
+    const GROUPS: bool = true;
 }
 
 /// Room reserved by [`SendFrames`].
@@ -116,6 +122,17 @@ pub(crate) trait RecvFrames {
     /// As [`Rx::try_recv`], the frame as either transport's (to be kept
     /// past the loop, in a reply).
     fn try_recv_any(&mut self) -> Result<Option<Frame<'_>>, TransportError>;
+
+    /// As [`Rx::try_recv`], for a loop that sleeps on the connection when
+    /// this finds nothing: once `served` (a frame was handled since the
+    /// last wait), a stream whose last read found its socket drained
+    /// answers from its buffer alone (the sleep's `poll` sees the rest).
+    /// The ring ignores `served`.
+    fn try_recv_after(&mut self, served: bool) -> Result<Option<Self::Frame<'_>>, TransportError>;
+
+    /// Whether a stream's last read found its socket drained (more frames
+    /// come only after a wait); false on the ring.
+    fn drained(&self) -> bool;
 }
 
 /// A frame read through [`RecvFrames`].
@@ -187,6 +204,16 @@ impl RecvFrames for Receiver {
     fn try_recv_any(&mut self) -> Result<Option<Frame<'_>>, TransportError> {
         Ok(Receiver::try_recv(self)?.map(Frame::Ring))
     }
+
+    #[inline(always)]
+    fn try_recv_after(&mut self, _served: bool) -> Result<Option<RxFrame<'_>>, TransportError> {
+        Receiver::try_recv(self)
+    }
+
+    #[inline(always)]
+    fn drained(&self) -> bool {
+        false
+    }
 }
 
 impl ReadFrame for RxFrame<'_> {
@@ -208,6 +235,9 @@ impl ReadFrame for RxFrame<'_> {
 
 impl SendFrames for Tx {
     type Grant<'g> = Grant<'g>;
+
+    // The rings are served through `Sender`; a `Tx` is served as a stream.
+    const GROUPS: bool = false;
 
     fn try_reserve(&mut self, kind: u16, len: usize) -> Result<Grant<'_>, TransportError> {
         Tx::try_reserve(self, kind, len)
@@ -254,6 +284,20 @@ impl RecvFrames for Rx {
 
     fn try_recv_any(&mut self) -> Result<Option<Frame<'_>>, TransportError> {
         Rx::try_recv(self)
+    }
+
+    fn try_recv_after(&mut self, served: bool) -> Result<Option<Frame<'_>>, TransportError> {
+        match self {
+            Rx::Ring(r) => Ok(r.try_recv()?.map(Frame::Ring)),
+            Rx::Stream(r) => stream_try_recv_after(r, served),
+        }
+    }
+
+    fn drained(&self) -> bool {
+        match self {
+            Rx::Ring(_) => false,
+            Rx::Stream(r) => r.is_drained(),
+        }
     }
 }
 
@@ -323,6 +367,21 @@ impl Tx {
         }
     }
 
+    /// As [`publish`](Self::publish), but a stream keeps the frames until
+    /// this side waits, or sends them with the next publish, or once they
+    /// pass [`DEFER_LIMIT`](crate::stream::DEFER_LIMIT) bytes (see
+    /// [`StreamTx::defer`]); the ring publishes.
+    pub(crate) fn defer(&mut self) {
+        match self {
+            Tx::Ring(s) => s.publish(),
+            Tx::Stream(s, _) => {
+                // A failure is kept by the connection and returned by its
+                // next operation.
+                let _ = s.defer();
+            }
+        }
+    }
+
     /// Largest payload one frame can carry.
     #[inline]
     pub(crate) fn max_payload(&self) -> usize {
@@ -347,6 +406,47 @@ impl Tx {
             Tx::Ring(_) => None,
             Tx::Stream(s, _) => Some(s),
         }
+    }
+}
+
+/// A connection's sending half whose [`publish`](SendFrames::publish)
+/// defers (see [`Tx::defer`]) unless `now`: for a client that starts a
+/// call while others are in flight, and sends the requests when it waits.
+pub(crate) struct Deferring<'t> {
+    pub(crate) tx: &'t mut Tx,
+    /// Publish at once (a lone call, a message).
+    pub(crate) now: bool,
+}
+
+impl SendFrames for Deferring<'_> {
+    type Grant<'g>
+        = Grant<'g>
+    where
+        Self: 'g;
+
+    fn try_reserve(&mut self, kind: u16, len: usize) -> Result<Grant<'_>, TransportError> {
+        self.tx.try_reserve(kind, len)
+    }
+
+    fn reserve(
+        &mut self,
+        kind: u16,
+        len: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Grant<'_>, TransportError> {
+        self.tx.reserve(kind, len, deadline)
+    }
+
+    fn publish(&mut self) {
+        if self.now {
+            self.tx.publish();
+        } else {
+            self.tx.defer();
+        }
+    }
+
+    fn max_payload(&self) -> usize {
+        self.tx.max_payload()
     }
 }
 
@@ -430,6 +530,19 @@ fn stream_commit(
         }
         TransportError::from(e)
     })
+}
+
+#[inline(never)]
+fn stream_try_recv_after(
+    r: &mut StreamRx,
+    served: bool,
+) -> Result<Option<Frame<'_>>, TransportError> {
+    let f = if served {
+        r.try_recv_buffered()?
+    } else {
+        r.try_recv()?
+    };
+    Ok(f.map(Frame::Stream))
 }
 
 #[inline(never)]

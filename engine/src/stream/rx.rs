@@ -17,7 +17,7 @@ use super::tx::{call_handles, handle_at};
 use super::wire::{Got, Wire};
 use crate::rpc::large::large_id;
 use crate::rpc::wire::{HANDLE, HEAD, kind};
-use crate::sys::poll_stream;
+use crate::sys::{block_reads, poll_stream};
 
 /// Bytes of room a read asks for at least.
 const MIN_READ: usize = 64 << 10;
@@ -73,7 +73,9 @@ struct Current {
 /// release is handed out again by the next call, as on the ring.
 ///
 /// Reads are buffered: each takes what the socket has (64 KiB at least),
-/// and frames are decoded from the buffer. Each frame is checked in full
+/// and frames are decoded from the buffer; a read that comes back short
+/// took all there was, and a caller about to wait anyway does not read
+/// again to find nothing (it waits, and `poll` sees what came since). Each frame is checked in full
 /// before it is handed out ([`codec::decode`]); its inline blobs are then
 /// allocated from the local pool, filled and sent to this side, and the
 /// handles in the frame rewritten to name them, so the call layer accepts
@@ -97,6 +99,14 @@ pub struct StreamRx {
     eof: bool,
     /// The error that ended this receiver.
     failed: Option<StreamError>,
+    /// The last read of a plain socket took all there was (it came back
+    /// short, or with nothing): a caller about to wait anyway skips the
+    /// read that would find nothing more, and waits (`poll` sees what
+    /// comes after). Every read sets it again.
+    drained: bool,
+    /// Reads may wait in `recv` this long at most (see
+    /// [`block_reads`](Self::block_reads)).
+    block: Option<Duration>,
     pool: Option<Arc<LocalPool>>,
     large: Arc<LargeBlobs>,
     stats: RxStats,
@@ -136,6 +146,8 @@ impl StreamRx {
             limits,
             eof: false,
             failed: None,
+            drained: false,
+            block: None,
             pool,
             large,
             stats: RxStats::default(),
@@ -166,20 +178,68 @@ impl StreamRx {
     /// `BlobLength`, `Blob`, `NoPool`, `LargeCap`, `LargeMemory` for
     /// inline blobs that cannot be received; `Tls`; `Os`. All are fatal.
     pub fn try_recv(&mut self) -> Result<Option<StreamFrame<'_>>, StreamError> {
-        Ok(self.ready()?.map(|cur| StreamFrame { rx: self, cur }))
+        Ok(self.ready(false)?.map(|cur| StreamFrame { rx: self, cur }))
+    }
+
+    /// As [`try_recv`](Self::try_recv), but without a read when the last
+    /// one found the socket drained: for a loop that goes on to wait on
+    /// [`poll_fd`](Self::poll_fd) when this finds nothing (the wait sees
+    /// the bytes it did not read), and reads for real first after that
+    /// wait. Saves the system call that would find nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_recv`](Self::try_recv).
+    pub fn try_recv_buffered(&mut self) -> Result<Option<StreamFrame<'_>>, StreamError> {
+        Ok(self.ready(true)?.map(|cur| StreamFrame { rx: self, cur }))
+    }
+
+    /// Whether the last read found the socket drained (see
+    /// [`try_recv_buffered`](Self::try_recv_buffered)): more frames come
+    /// only after a wait.
+    pub fn is_drained(&self) -> bool {
+        self.drained && self.current.is_none()
+    }
+
+    /// Lets [`recv`](Self::recv) wait for bytes in `recv` itself, at most
+    /// `slice` at a time, rather than in `poll` then `recv` (one system
+    /// call per wait instead of two): the socket's reads are made blocking
+    /// with that timeout (every other read and send passes
+    /// `MSG_DONTWAIT`). A wait whose deadline is nearer than `slice`, or
+    /// while published bytes wait for room, still polls. Only a plain
+    /// socket of this process's own (not under TLS) does it; a caller that
+    /// sleeps in an event loop on [`poll_fd`](Self::poll_fd) need not.
+    ///
+    /// # Errors
+    ///
+    /// The OS error of setting the socket up (the receiver goes on
+    /// polling).
+    pub fn block_reads(&mut self, slice: Duration) -> Result<(), StreamError> {
+        if !self.wire.is_plain() || slice.is_zero() {
+            return Ok(());
+        }
+        block_reads(self.wire.fd(), slice).map_err(|e| StreamError::from_io(&e))?;
+        self.block = Some(slice);
+        Ok(())
     }
 
     /// Waits for the next frame until `deadline` (`None`: no limit), in
-    /// `poll` on the socket; meanwhile it sends what the sending half left
-    /// unsent. Each wait is bounded by the deadline, however slowly the
-    /// peer's bytes trickle in.
+    /// `poll` on the socket (or in `recv` itself, see
+    /// [`block_reads`](Self::block_reads)); before it waits, it sends what
+    /// the sending half left unsent or deferred, and while it polls, what
+    /// the socket had no room for. It does not read a socket its last
+    /// read found drained before waiting. Each wait is bounded by the
+    /// deadline, however slowly the peer's bytes trickle in.
     ///
     /// # Errors
     ///
     /// `Timeout`; as [`try_recv`](Self::try_recv).
     pub fn recv(&mut self, deadline: Option<Instant>) -> Result<StreamFrame<'_>, StreamError> {
+        // The read before a wait is skipped when the last one found the
+        // socket drained; after a wait in `poll`, the socket is read.
+        let mut buffered = true;
         loop {
-            if let Some(cur) = self.ready()? {
+            if let Some(cur) = self.ready(buffered)? {
                 return Ok(StreamFrame { rx: self, cur });
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -187,6 +247,16 @@ impl StreamRx {
                 return Err(StreamError::Timeout);
             }
             let write = self.wire.has_pending() && self.wire.failure().is_none();
+            if let Some(slice) = self.block
+                && !write
+                && left.is_none_or(|l| l >= slice)
+            {
+                // Wait in the read itself (at most `slice`).
+                self.read_waiting()?;
+                buffered = true;
+                continue;
+            }
+            buffered = false;
             let r = poll_stream(self.wire.fd(), true, write, left)
                 .map_err(|e| self.fail(StreamError::from_io(&e)))?;
             if write && r.writable {
@@ -208,7 +278,7 @@ impl StreamRx {
     ///
     /// As [`try_recv`](Self::try_recv).
     pub fn arm_doorbell(&mut self) -> Result<bool, StreamError> {
-        Ok(self.ready()?.is_some())
+        Ok(self.ready(true)?.is_some())
     }
 
     /// The socket, for an event loop.
@@ -243,8 +313,45 @@ impl StreamRx {
         e
     }
 
-    /// The current frame, decoding the next one (and reading) if needed.
-    fn ready(&mut self) -> Result<Option<Current>, StreamError> {
+    /// Reads, waiting at most the socket's read timeout (see
+    /// [`block_reads`](Self::block_reads)).
+    fn read_waiting(&mut self) -> Result<(), StreamError> {
+        self.make_room()?;
+        let room = self.buf.len() - self.end;
+        let got = self.wire.read_wait(&mut self.buf[self.end..]);
+        self.took(got, room)
+    }
+
+    /// Takes what a read of `room` bytes at most found.
+    fn took(&mut self, got: Result<Got, StreamError>, room: usize) -> Result<(), StreamError> {
+        match got {
+            Ok(Got::Bytes(n)) => {
+                self.end += n;
+                self.stats.reads += 1;
+                self.drained = n < room && self.wire.is_plain();
+                self.align_in_place();
+            }
+            Ok(Got::WouldBlock) => self.drained = self.wire.is_plain(),
+            Ok(Got::Eof) => self.eof = true,
+            Err(e) => return Err(self.fail(e)),
+        }
+        Ok(())
+    }
+
+    /// Before this side waits for frames: the bytes its sending half
+    /// published or deferred go (the peer may wait for them to answer).
+    fn flush_before_wait(&self) {
+        if self.wire.has_pending() {
+            // A failed send is the sender's to report; the frames already
+            // here are still read.
+            let _ = self.wire.try_flush();
+        }
+    }
+
+    /// The current frame, decoding the next one (and reading) if needed;
+    /// with `buffered`, no read when the last one found the socket drained.
+    /// When it finds nothing, what the sending half left unsent goes.
+    fn ready(&mut self, buffered: bool) -> Result<Option<Current>, StreamError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
@@ -259,9 +366,7 @@ impl StreamRx {
             self.failed = Some(e.clone());
             return Err(e);
         }
-        if self.wire.has_pending() {
-            let _ = self.wire.try_flush();
-        }
+        let mut read = !(buffered && self.drained);
         loop {
             if self.decode_next()? {
                 return Ok(self.current);
@@ -270,17 +375,22 @@ impl StreamRx {
                 let e = self.end_error();
                 return Err(self.fail(e));
             }
-            self.make_room()?;
-            match self.wire.read(&mut self.buf[self.end..]) {
-                Ok(Got::Bytes(n)) => {
-                    self.end += n;
-                    self.stats.reads += 1;
-                    self.align_in_place();
-                }
-                Ok(Got::WouldBlock) => return Ok(None),
-                Ok(Got::Eof) => self.eof = true,
-                Err(e) => return Err(self.fail(e)),
+            if !read {
+                self.flush_before_wait();
+                return Ok(None);
             }
+            self.make_room()?;
+            let room = self.buf.len() - self.end;
+            let got = self.wire.read(&mut self.buf[self.end..]);
+            let would_block = matches!(got, Ok(Got::WouldBlock));
+            self.took(got, room)?;
+            if would_block {
+                self.flush_before_wait();
+                return Ok(None);
+            }
+            // After a short read (all there was), a frame still incomplete
+            // waits for more: no second read to find nothing.
+            read = !(buffered && self.drained);
         }
     }
 

@@ -17,6 +17,10 @@ use crate::rpc::large::{LargeBlob, large_id};
 use crate::rpc::wire::{CallHead, HANDLE, HEAD, kind};
 use crate::sys::poll_stream;
 
+/// Deferred bytes (see [`StreamTx::defer`]) past which they are sent at
+/// once: a few TCP segments, far below any send buffer.
+pub const DEFER_LIMIT: usize = 16 << 10;
+
 /// What a sender allows itself.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SendLimits {
@@ -178,14 +182,18 @@ impl StreamTx {
 
     /// Whether the batch and the unsent bytes leave room for a frame (the
     /// send buffer is a soft limit: one frame always fits an empty one).
+    /// Unsent bytes are offered to the socket only when they fill the
+    /// buffer (deferred frames stay deferred).
     fn room(&mut self) -> Result<bool, StreamError> {
-        let unsent = if self.wire.has_pending() {
-            self.wire.try_flush().map_err(|e| self.fail(e))?;
-            self.wire.unsent()
-        } else {
-            0
-        };
-        let queued = self.staged.len() + unsent;
+        if !self.wire.has_pending() {
+            return Ok(self.staged.is_empty() || self.staged.len() < self.limits.send_buffer);
+        }
+        let queued = self.staged.len() + self.wire.unsent();
+        if queued < self.limits.send_buffer {
+            return Ok(true);
+        }
+        self.wire.try_flush().map_err(|e| self.fail(e))?;
+        let queued = self.staged.len() + self.wire.unsent();
         Ok(queued == 0 || queued < self.limits.send_buffer)
     }
 
@@ -275,6 +283,32 @@ impl StreamTx {
         self.wire
             .publish(&mut self.staged)
             .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    /// Publishes every committed frame without sending it yet: the frames
+    /// go, in order and in one `send` with whatever follows them, with the
+    /// next [`publish`](Self::publish) or [`flush`](Self::flush), when
+    /// either half waits (the receiving half sends them before it waits
+    /// for frames, and [`wants_write`](Self::wants_write) says they wait),
+    /// or at once when they pass [`DEFER_LIMIT`] bytes. For a caller that
+    /// starts many calls and then waits: their requests go in one system
+    /// call.
+    ///
+    /// # Errors
+    ///
+    /// The connection's failure.
+    pub fn defer(&mut self) -> Result<(), StreamError> {
+        if let Some(e) = self.wire.failure() {
+            return Err(e);
+        }
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        self.stats.publishes += 1;
+        if self.wire.defer(&mut self.staged) >= DEFER_LIMIT {
+            self.wire.flush().map_err(|e| self.fail(e))?;
+        }
         Ok(())
     }
 

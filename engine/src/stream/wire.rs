@@ -19,7 +19,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 
 use super::conn::Connection;
 use super::error::StreamError;
-use crate::sys::{recv_nowait, send_nowait, shutdown_stream, shutdown_stream_write};
+use crate::sys::{recv_nowait, recv_wait, send_nowait, shutdown_stream, shutdown_stream_write};
 
 /// Bytes an output buffer keeps allocated when it is empty again.
 const KEEP: usize = 1 << 20;
@@ -98,6 +98,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What a `recv` on a plain socket found.
+fn got(r: io::Result<usize>) -> Result<Got, StreamError> {
+    match r {
+        Ok(0) => Ok(Got::Eof),
+        Ok(n) => Ok(Got::Bytes(n)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Got::WouldBlock),
+        Err(e) => match StreamError::from_io(&e) {
+            StreamError::PeerDied => Ok(Got::Eof),
+            other => Err(other),
+        },
+    }
+}
+
 impl Wire {
     pub(crate) fn new(conn: Connection) -> Wire {
         Wire {
@@ -170,6 +183,23 @@ impl Wire {
             out.buf.append(staged);
         }
         self.flush_locked(&mut out)
+    }
+
+    /// Appends `staged` (left empty) to the bytes to send, without
+    /// sending them: they go with the next publish or flush, or when a
+    /// receiver is about to wait (see [`StreamRx`](super::StreamRx)).
+    /// Returns how many bytes now wait.
+    pub(crate) fn defer(&self, staged: &mut Vec<u8>) -> usize {
+        let mut out = lock(&self.out);
+        if out.unsent() == 0 {
+            out.buf.clear();
+            out.sent = 0;
+            std::mem::swap(&mut out.buf, staged);
+        } else {
+            out.buf.append(staged);
+        }
+        self.pending.store(true, Ordering::Release);
+        out.unsent()
     }
 
     /// Sends what the socket takes now; whether everything went.
@@ -262,6 +292,25 @@ impl Wire {
         }
     }
 
+    /// Whether the socket carries the frames itself (no TLS session in
+    /// between): then a read that took less than it asked for took all
+    /// there was, and `poll` sees everything not yet read.
+    pub(crate) fn is_plain(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if self.tls.is_some() {
+            return false;
+        }
+        true
+    }
+
+    /// Reads into `buf` (non-empty), waiting at most the socket's read
+    /// timeout ([`block_reads`](crate::sys::block_reads); a plain socket
+    /// only).
+    pub(crate) fn read_wait(&self, buf: &mut [u8]) -> Result<Got, StreamError> {
+        debug_assert!(!buf.is_empty() && self.is_plain());
+        got(recv_wait(self.fd(), buf))
+    }
+
     /// Reads what is there into `buf` (non-empty), without waiting.
     pub(crate) fn read(&self, buf: &mut [u8]) -> Result<Got, StreamError> {
         debug_assert!(!buf.is_empty());
@@ -269,15 +318,7 @@ impl Wire {
         if let Some(t) = &self.tls {
             return self.read_tls(buf, &mut lock(t));
         }
-        match recv_nowait(self.fd(), buf) {
-            Ok(0) => Ok(Got::Eof),
-            Ok(n) => Ok(Got::Bytes(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Got::WouldBlock),
-            Err(e) => match StreamError::from_io(&e) {
-                StreamError::PeerDied => Ok(Got::Eof),
-                other => Err(other),
-            },
-        }
+        got(recv_nowait(self.fd(), buf))
     }
 
     #[cfg(feature = "tls")]

@@ -18,9 +18,10 @@
 //!   [`peer_pidfd`]); no send waits past a deadline;
 //! - stream sockets for the socket transport (TCP and Unix `SOCK_STREAM`):
 //!   non-blocking connects with a deadline, listeners, sends that never wait
-//!   nor raise `SIGPIPE`, receives that never wait, and `poll` on one of
-//!   them ([`connect_stream`], [`listen_stream`], [`send_nowait`],
-//!   [`recv_nowait`], [`poll_stream`]);
+//!   nor raise `SIGPIPE`, receives that never wait (or wait a bounded
+//!   time, on a socket that asked for it), and `poll` on one of them
+//!   ([`connect_stream`], [`listen_stream`], [`send_nowait`],
+//!   [`recv_nowait`], [`block_reads`], [`recv_wait`], [`poll_stream`]);
 //! - a handle on another process that becomes readable when it exits
 //!   ([`PidFd`]), and waiting on several descriptors ([`poll_readable`]);
 //! - a heavy memory barrier that fences the running threads of other
@@ -54,7 +55,7 @@ pub use sock::{
     seqpacket_pair, unlink_socket,
 };
 pub use stream::{
-    StreamTarget, accept_stream, connect_stream, is_inet, listen_stream, local_inet_addr,
-    peer_inet_addr, poll_stream, prepare_stream, recv_nowait, send_nowait, shutdown_stream,
-    shutdown_stream_write,
+    StreamTarget, accept_stream, block_reads, connect_stream, is_inet, listen_stream,
+    local_inet_addr, peer_inet_addr, poll_stream, prepare_stream, recv_nowait, recv_wait,
+    send_nowait, shutdown_stream, shutdown_stream_write,
 };

@@ -17,7 +17,7 @@ use rustix::event::{PollFd, PollFlags, poll};
 use rustix::io::Errno;
 use rustix::net::{
     AddressFamily, RecvFlags, SendAncillaryBuffer, SendFlags, Shutdown, SocketAddrUnix,
-    SocketFlags, SocketType, accept_with, bind, connect, listen, recv, sendmsg, shutdown,
+    SocketFlags, SocketType, accept_with, bind, connect, listen, recv, send, sendmsg, shutdown,
     socket_with, sockopt,
 };
 
@@ -269,6 +269,16 @@ pub fn peer_inet_addr(fd: BorrowedFd<'_>) -> Option<SocketAddr> {
 /// `WouldBlock` when the socket takes nothing now; `BrokenPipe` or
 /// `ConnectionReset` once the peer is gone; other OS errors.
 pub fn send_nowait(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    if let [one] = bufs {
+        // One buffer (the common case): `send`, which the kernel takes
+        // without a message header and an iovec to copy in.
+        loop {
+            match send(fd, one, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
+                Err(Errno::INTR) => continue,
+                other => return Ok(other?),
+            }
+        }
+    }
     loop {
         match sendmsg(
             fd,
@@ -294,6 +304,37 @@ pub fn recv_nowait(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
             Err(Errno::INTR) => continue,
             other => return Ok(other?.0),
         }
+    }
+}
+
+/// Makes reads of `fd` that do not pass `MSG_DONTWAIT` wait, at most
+/// `timeout` each (`SO_RCVTIMEO`), for [`recv_wait`]: a caller then waits
+/// for its peer in one `recv` instead of `poll` and `recv`. Every other
+/// send and receive here passes `MSG_DONTWAIT`, so none of them waits. For
+/// a socket of this process's own only (the flag lives in the file
+/// description).
+///
+/// # Errors
+///
+/// The OS error of `ioctl` or `setsockopt`.
+pub fn block_reads(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {
+    sockopt::set_socket_timeout(fd, sockopt::Timeout::Recv, Some(timeout))?;
+    rustix::io::ioctl_fionbio(fd, false)?;
+    Ok(())
+}
+
+/// Receives into `buf`, waiting for bytes at most the timeout
+/// [`block_reads`] set (a socket without it does not wait); 0 means the
+/// peer closed its end (for a non-empty `buf`).
+///
+/// # Errors
+///
+/// `WouldBlock` when the timeout passed, or a signal came, with nothing
+/// there; `ConnectionReset`; other OS errors.
+pub fn recv_wait(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    match recv(fd, buf, RecvFlags::empty()) {
+        Err(Errno::INTR) => Err(io::ErrorKind::WouldBlock.into()),
+        other => Ok(other?.0),
     }
 }
 

@@ -39,11 +39,12 @@ use crate::rpc::error::{CallError, ConnectError, Refusal, ReplyError};
 use crate::rpc::large::LargeBlob;
 // The link's enums under the names the ring endpoint's types had here: the
 // transport seam changes no line of the call paths below.
-use crate::rpc::link::{Link, ReadFrame, RecvFrames, Rx, SendFrames, Tx, WriteFrame};
+use crate::rpc::link::{Deferring, Link, ReadFrame, RecvFrames, Rx, SendFrames, Tx, WriteFrame};
 use crate::rpc::method::{Message, MessageRef, Method, MethodRef};
 use crate::rpc::policy::Policy;
 use crate::rpc::wire::{self, CloseReason, Status, kind};
 use crate::segment::SegmentLayout;
+use crate::stream::StreamTx;
 use crate::sys::{PeerCred, SocketName, connect_seqpacket, send_with_fds};
 
 /// How a client connects and waits.
@@ -505,13 +506,44 @@ impl Client {
         // on the transport per frame.
         match (&mut link.tx, &mut link.rx) {
             (Tx::Ring(tx), Rx::Ring(rx)) => send_on(tx, rx, &mut to, encode),
-            (tx, rx) => send_on(tx, rx, &mut to, encode),
+            (tx, rx) => {
+                // On a stream, a request started while others are in
+                // flight waits in the sender's buffer until this client is
+                // about to wait for a reply (or the buffer fills, or
+                // anything else is sent): the requests of many started
+                // calls go in one `send`, as the server's replies do. A
+                // lone call, and any other frame, go at once.
+                let now = frame_kind != kind::REQUEST || to.window.waiting() == 0;
+                send_on(&mut Deferring { tx, now }, rx, &mut to, encode)
+            }
         }
+    }
+
+    /// Sends now the requests of started calls that still wait in the
+    /// client's buffer. Over a stream socket, a call started while others
+    /// are in flight is sent when the client next waits for a reply (every
+    /// wait that would block sends first), sends a message, closes, or
+    /// once many requests wait; a client that starts calls and then does
+    /// not wait for a while calls this. On shared memory (requests are
+    /// published as they start) it does nothing.
+    ///
+    /// # Errors
+    ///
+    /// `PeerDied`, `Closed` (the connection's failure).
+    pub fn flush(&mut self) -> Result<(), CallError> {
+        self.check_open()?;
+        self.link.tx.publish();
+        if self.link.tx.stream().is_some_and(StreamTx::is_closed) {
+            return Err(CallError::PeerDied);
+        }
+        Ok(())
     }
 
     /// Starts a call with `blobs` (handles of blobs already
     /// [sent](isocall_blob::BlobMut::send) to the server, or shared large
-    /// blobs) and returns at once; many calls may be in flight.
+    /// blobs) and returns at once; many calls may be in flight. Over a
+    /// stream socket, a call started while others are in flight is sent
+    /// with the next wait (or [`flush`](Self::flush)): many in one `send`.
     ///
     /// # Errors
     ///

@@ -31,6 +31,11 @@ use super::core::Info;
 use super::{ClientOptions, wait_quietly};
 use crate::rpc::method::next_client_tag;
 
+/// The longest a wait for a reply sleeps in one `recv` (see
+/// [`StreamRx::block_reads`](crate::stream::StreamRx::block_reads)):
+/// waits with a nearer deadline poll.
+const WAIT_SLICE: Duration = Duration::from_millis(50);
+
 /// Connects to `address` and runs the handshake, trying again while the
 /// server says it is busy, within the handshake timeout.
 pub(crate) fn connect(
@@ -179,6 +184,10 @@ fn attempt(
         .enumerate()
         .map(|(i, m)| (m.name.clone(), i as u32))
         .collect();
+    // Wait for replies in `recv` itself, not in `poll` then `recv` (one
+    // system call per wait, as a blocking socket's caller makes); failing
+    // that, poll.
+    let _ = rx.block_reads(WAIT_SLICE);
     let server = cred.unwrap_or(PeerCred::REMOTE);
     tracing::debug!(%address, server_pid = stream.pid, methods = hello.methods.len(),
         lz4 = lz4.is_some(), "connected over a stream");

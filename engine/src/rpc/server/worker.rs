@@ -11,6 +11,13 @@
 //! handler (the copy rule of [`crate::rpc::body`]); only a trusted server
 //! reads it in place.
 //!
+//! A stream connection's replies go out when no more requests are there
+//! to read (in groups while the client keeps sending). Its socket is read
+//! at the start of its turn; once a read found the socket drained (it came
+//! back short), the turn ends without another read that would find
+//! nothing, and the connection is read again after the worker's `poll`
+//! says it has bytes (or at its next turn).
+//!
 //! When no connection has work the worker spins per the strategy, then
 //! sleeps in `poll` on the doorbells of its connections (each announced to
 //! its client first), its inbox and the server's stop signal, with a
@@ -105,6 +112,10 @@ enum Turn {
     Served(usize),
     /// Its reply ring is full: nothing taken.
     Paused,
+    /// A stream served what it had, and its last read found the socket
+    /// drained: more comes only after the worker's `poll` (no turn again
+    /// before it, to read nothing).
+    Drained,
 }
 
 /// Why a connection is closed.
@@ -144,7 +155,7 @@ pub(super) fn run(shared: &Shared, inbox: &WorkerInbox) {
                     worked |= n > 0;
                     i += 1;
                 }
-                Ok(Turn::Paused) => i += 1,
+                Ok(Turn::Paused | Turn::Drained) => i += 1,
                 Err(why) => {
                     let c = conns.swap_remove(i);
                     close(shared, c, why);
@@ -377,7 +388,11 @@ fn serve_any(
     parts: Parts<'_>,
     scratch: &mut Scratch,
 ) -> Result<Turn, Close> {
-    serve_frames(shared, tx, rx, room, parts, scratch)
+    match serve_frames(shared, tx, rx, room, parts, scratch)? {
+        // Fewer than a batch: it stopped at a frame not there.
+        Turn::Served(n) if n < BATCH && rx.drained() => Ok(Turn::Drained),
+        turn => Ok(turn),
+    }
 }
 
 /// The rest of a connection, beside its two halves, as [`serve_frames`]
@@ -419,7 +434,7 @@ fn serve_frames<T: SendFrames, R: RecvFrames>(
     let trusted = shared.trusted;
     let mut unpublished = 0;
     for n in 0..BATCH {
-        let frame = match rx.try_recv() {
+        let frame = match rx.try_recv_after(n > 0) {
             Ok(Some(f)) => f,
             Ok(None) => {
                 if unpublished > 0 {
@@ -595,12 +610,14 @@ fn serve_frames<T: SendFrames, R: RecvFrames>(
         // shrinks back to one), else in groups that double while requests
         // keep queuing: a pipelining caller that is ahead of us gets its
         // replies in fewer publications, each a cache line it takes once.
+        // (A stream publishes once no request is there: each publication
+        // is a system call, and its send buffer bounds the batch.)
         unpublished += 1;
-        if !matches!(rx.try_recv(), Ok(Some(_))) {
+        if !matches!(rx.try_recv_after(true), Ok(Some(_))) {
             tx.publish();
             unpublished = 0;
             *group = 1;
-        } else if unpublished >= *group {
+        } else if T::GROUPS && unpublished >= *group {
             tx.publish();
             unpublished = 0;
             *group = (*group * 2).min(BATCH);

@@ -1,0 +1,149 @@
+//! Over a stream socket a client sends the requests of calls started
+//! while others are in flight together, when it is about to wait: none of
+//! them may stay in its buffer. Calls started then waited for in any
+//! order (each wait with a deadline, so a request left behind fails the
+//! test instead of hanging it); requests never waited for, sent by
+//! `flush` and by a one-way message (the server counts what it got, as
+//! another connection sees); a lone call and calls
+//! behind it on a shared client, started on one thread and waited for on
+//! another. On every transport (shared memory publishes each request as
+//! it starts).
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::calc::*;
+use common::transport::{Transport, serve_transport_for_parent, server_process_on};
+use common::*;
+use isocall::rpc::Endpoint;
+use isocall::{CallCtx, Client, ClientOptions, Message, Method, SharedClient, WaitStrategy};
+
+on_every_transport!(
+    started_calls_never_stay_in_the_client_s_buffer,
+    calls_started_on_one_thread_are_waited_for_on_another,
+);
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// `tally`: adds `a` to the server's count and answers the count.
+const TALLY: Method<Add, Sum> = Method::new("tally");
+/// `note`: adds `a` to the server's count, no answer.
+const NOTE: Message<Add> = Message::new("note");
+
+/// What the server counted (one server process per test).
+static COUNT: AtomicU64 = AtomicU64::new(0);
+
+fn server_process(t: Transport, tag: &str) -> (Peer, Endpoint) {
+    server_process_on("batching_server_entry", t, tag, "")
+}
+
+#[test]
+#[ignore = "entry point of the server process that the other tests spawn"]
+fn batching_server_entry() {
+    serve_transport_for_parent(|b, _| {
+        b.workers(1)
+            .wait_strategy(WaitStrategy::Blocking)
+            .method(TALLY, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
+                let sum = COUNT.fetch_add(r.a.to_native(), Ordering::Relaxed) + r.a.to_native();
+                Ok(Sum { sum })
+            })
+            .message(NOTE, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
+                COUNT.fetch_add(r.a.to_native(), Ordering::Relaxed);
+            })
+    });
+}
+
+fn soon() -> Option<Instant> {
+    Some(Instant::now() + LIMIT)
+}
+
+fn one(a: u64) -> Add {
+    Add { a, b: 0 }
+}
+
+/// The server's count, asked on another connection.
+fn count(probe: &mut Client) -> u64 {
+    let m = probe.method(TALLY).expect("tally");
+    probe
+        .call_with(m, &one(0), &[], soon())
+        .expect("count")
+        .sum
+        .to_native()
+}
+
+/// Waits until the server has counted `n` (the calls reached it without
+/// this test's client waiting for them).
+fn counted(probe: &mut Client, n: u64, what: &str) {
+    wait_until(LIMIT, what, || (count(probe) == n).then_some(()));
+}
+
+fn started_calls_never_stay_in_the_client_s_buffer(t: Transport) {
+    let (_server, socket) = server_process(t, "batching");
+    let blocking = ClientOptions::default().strategy(WaitStrategy::Blocking);
+    let mut c = Client::connect_with(&socket, blocking).expect("connect");
+    let mut probe = Client::connect(&socket).expect("connect the probe");
+    let tally = c.method(TALLY).unwrap();
+    let note = c.message(NOTE).unwrap();
+
+    // Many started, waited for newest first.
+    let pending: Vec<_> = (0..300)
+        .map(|_| c.start(tally, &one(1), &[]).unwrap())
+        .collect();
+    for p in pending.into_iter().rev() {
+        c.wait(p, soon()).expect("a started call answered");
+    }
+    // Kept 64 in flight, waited for oldest first, as a pipelining caller.
+    let mut window = std::collections::VecDeque::new();
+    for _ in 0..2000 {
+        if window.len() == 64 {
+            c.wait(window.pop_front().unwrap(), soon())
+                .expect("answered");
+        }
+        window.push_back(c.start(tally, &one(1), &[]).unwrap());
+    }
+    for p in window {
+        c.wait(p, soon()).expect("answered");
+    }
+    // A lone call, one behind it, waited for in the reverse order.
+    let first = c.start(tally, &one(1), &[]).unwrap();
+    let second = c.start(tally, &one(1), &[]).unwrap();
+    c.wait(second, soon()).expect("the second answered");
+    c.wait(first, soon()).expect("the first answered");
+    assert_eq!(count(&mut probe), 2302);
+
+    // Started and not waited for: `flush` sends them.
+    let _held: Vec<_> = (0..6)
+        .map(|_| c.start(tally, &one(10), &[]).unwrap())
+        .collect();
+    c.flush().unwrap();
+    counted(&mut probe, 2362, "the calls sent by flush");
+    // A message sends what waits before it.
+    let _more: Vec<_> = (0..5)
+        .map(|_| c.start(tally, &one(100), &[]).unwrap())
+        .collect();
+    c.send(note, &one(1000), &[]).unwrap();
+    counted(&mut probe, 3862, "the calls sent before a message");
+}
+
+fn calls_started_on_one_thread_are_waited_for_on_another(t: Transport) {
+    let (_server, socket) = server_process(t, "shared-batching");
+    let c = SharedClient::connect(&socket).expect("connect");
+    let tally = c.method(TALLY).unwrap();
+    for round in 0..50 {
+        // A lone call, then several: started here, waited for there.
+        let n = if round % 2 == 0 { 1 } else { 40 };
+        let pending: Vec<_> = (0..n)
+            .map(|_| c.start(tally, &one(1), &[]).unwrap())
+            .collect();
+        let waiter = c.clone();
+        std::thread::spawn(move || {
+            for p in pending.into_iter().rev() {
+                waiter.wait(p, soon()).expect("answered on another thread");
+            }
+        })
+        .join()
+        .expect("the waiting thread");
+    }
+}
