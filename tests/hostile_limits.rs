@@ -463,11 +463,10 @@ fn an_idle_connection_is_closed_as_idle_while_an_active_one_stays_open() {
     test.stop_server(server);
 }
 
-/// Fails today: the server writes CLOSE(Idle) into the client's ring
-/// before it hangs up, but the client's next call sees the hang-up first
-/// and fails with `PeerDied`, never reading why.
+/// The server writes CLOSE(Idle) into the client's ring before it hangs
+/// up; the client's next call, which finds the server gone when it sends,
+/// reads that frame and reports why (it used to fail with `PeerDied`).
 #[test]
-#[ignore = "the client reports PeerDied: it notices the hang-up before it reads the server's CLOSE"]
 fn a_client_closed_as_idle_is_told_why() {
     let test = Test::start("idle_told", Duration::from_secs(60));
     let server = victim_server(&test.socket)

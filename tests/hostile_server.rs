@@ -402,11 +402,11 @@ fn flood_stray(arg: &str, ctl: &mut Ctl) {
 const FLOOD_CALLS: u32 = 5;
 const FLOOD_TIMEOUT: Duration = Duration::from_millis(100);
 
-/// Fails today: the client reads the clock only when its ring is empty,
-/// so a server that keeps the ring full of replies to other calls keeps a
-/// call waiting past its deadline for as long as it floods.
+/// The client read the clock only when its ring was empty, so a server
+/// that kept the ring full of replies to other calls kept a call waiting
+/// past its deadline for as long as it flooded; it now reads it after
+/// each frame that is not the call's.
 #[test]
-#[ignore = "fixed by the client deadline change"]
 fn a_flood_of_stray_replies_does_not_keep_a_call_past_its_deadline() {
     let (test, bystander, mut server) = start("flood_stray", Duration::from_secs(60));
     let mut client = Client::connect(&test.socket).expect("connect");

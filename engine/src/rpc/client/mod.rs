@@ -480,6 +480,7 @@ impl Client {
             &mut rkyv::ser::allocator::Arena,
         ) -> Result<usize, body::EncodeError>,
         blobs: &[BlobHandle],
+        deadline: Option<Instant>,
     ) -> Result<(), CallError> {
         let Client {
             link,
@@ -495,6 +496,7 @@ impl Client {
             id,
             method,
             blobs,
+            deadline,
             info,
             window,
             spares,
@@ -556,7 +558,7 @@ impl Client {
         request: &Req,
         blobs: &[BlobHandle],
     ) -> Result<Pending<Resp>, CallError> {
-        let id = self.start_id(m, request, blobs)?;
+        let id = self.start_id(m, request, blobs, None)?;
         Ok(Pending {
             id,
             client: self.info.tag,
@@ -571,9 +573,12 @@ impl Client {
         m: MethodRef<Req, Resp>,
         request: &Req,
         blobs: &[BlobHandle],
+        deadline: Option<Instant>,
     ) -> Result<u64, CallError> {
         self.info.check_ref(m.client, m.name)?;
-        self.start_keep(m.id, |buf, a| body::encode(request, buf, a), blobs, None)
+        let enc =
+            |buf: &mut [u8], a: &mut rkyv::ser::allocator::Arena| body::encode(request, buf, a);
+        self.start_until(m.id, enc, blobs, None, deadline)
     }
 
     /// Starts a call of server method `method` whose body `encode` writes;
@@ -582,12 +587,28 @@ impl Client {
     pub(crate) fn start_keep(
         &mut self,
         method: u32,
+        encode: impl FnMut(
+            &mut [u8],
+            &mut rkyv::ser::allocator::Arena,
+        ) -> Result<usize, body::EncodeError>,
+        blobs: &[BlobHandle],
+        keep: Option<&mut Vec<u8>>,
+    ) -> Result<u64, CallError> {
+        self.start_until(method, encode, blobs, keep, None)
+    }
+
+    /// As [`start_keep`](Self::start_keep), sending by `deadline` (`None`:
+    /// the call timeout from when the ring is first found full).
+    fn start_until(
+        &mut self,
+        method: u32,
         mut encode: impl FnMut(
             &mut [u8],
             &mut rkyv::ser::allocator::Arena,
         ) -> Result<usize, body::EncodeError>,
         blobs: &[BlobHandle],
         mut keep: Option<&mut Vec<u8>>,
+        deadline: Option<Instant>,
     ) -> Result<u64, CallError> {
         self.check_open()?;
         self.forget_given_up();
@@ -605,7 +626,7 @@ impl Client {
             }
             Ok(n)
         };
-        self.send_frame(kind::REQUEST, id, method, enc, blobs)?;
+        self.send_frame(kind::REQUEST, id, method, enc, blobs, deadline)?;
         self.window.push(method);
         Ok(id)
     }
@@ -693,6 +714,12 @@ impl Client {
                 Err(e) => return Err(closed.map_or_else(|| e.into(), CallError::Closed)),
             };
             route(frame, window, info, spares, pool, closed)?;
+            // Not past the deadline however many frames keep coming.
+            if !matches!(window.get(id), Some(Entry::Stashed(_)))
+                && Instant::now() >= *deadline.get_or_insert_with(|| crate::deadline_in(timeout))
+            {
+                return Err(CallError::Timeout);
+            }
         }
     }
 
@@ -727,7 +754,7 @@ impl Client {
         m: MethodRef<Req, Resp>,
         request: &Req,
     ) -> Result<Reply<'_, Resp>, CallError> {
-        let id = self.start_id(m, request, &[])?;
+        let id = self.start_id(m, request, &[], None)?;
         self.wait_id::<Resp>(id, None)
     }
 
@@ -743,7 +770,9 @@ impl Client {
         blobs: &[BlobHandle],
         deadline: Option<Instant>,
     ) -> Result<Reply<'_, Resp>, CallError> {
-        let id = self.start_id(m, request, blobs)?;
+        // One deadline for the whole call: sending (while the ring is
+        // full) and waiting.
+        let id = self.start_id(m, request, blobs, deadline)?;
         self.wait_id::<Resp>(id, deadline)
     }
 
@@ -768,6 +797,7 @@ impl Client {
             m.id,
             |buf, a| body::encode(message, buf, a),
             blobs,
+            None,
         )
     }
 
@@ -856,21 +886,7 @@ fn wait_on<'c, Resp: Body, T: SendFrames, R: RecvFrames>(
             Ok(f) => f,
             Err(TransportError::Timeout) => {
                 window.give_up(id);
-                // Tell the server (best effort: a full ring skips it);
-                // a reply that still comes is discarded.
-                let written = if let Ok(mut g) = tx.try_reserve(kind::CANCEL, wire::HEAD) {
-                    let head = wire::CallHead {
-                        id,
-                        ..wire::CallHead::default()
-                    };
-                    wire::write_head(g.bytes_mut(), &head, &[]);
-                    g.commit(wire::HEAD).is_ok()
-                } else {
-                    false
-                };
-                if written {
-                    tx.publish();
-                }
+                cancel(tx, id);
                 return Err(CallError::Timeout);
             }
             Err(e) => {
@@ -884,6 +900,15 @@ fn wait_on<'c, Resp: Body, T: SendFrames, R: RecvFrames>(
                 if let Err(e) = route(frame, window, info, spares, pool, closed) {
                     window.give_up(id);
                     return Err(e);
+                }
+                // Frames that keep coming (other calls' replies, or a
+                // hostile server's strays) must not keep this call past
+                // its deadline: the clock is read after each.
+                let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
+                if Instant::now() >= d {
+                    window.give_up(id);
+                    cancel(tx, id);
+                    return Err(CallError::Timeout);
                 }
                 continue;
             }
@@ -920,12 +945,32 @@ fn wait_on<'c, Resp: Body, T: SendFrames, R: RecvFrames>(
     }
 }
 
+/// Tells the server call `id` was given up (best effort: a full ring skips
+/// it); a reply that still comes is discarded.
+fn cancel<T: SendFrames>(tx: &mut T, id: u64) {
+    let written = if let Ok(mut g) = tx.try_reserve(kind::CANCEL, wire::HEAD) {
+        let head = wire::CallHead {
+            id,
+            ..wire::CallHead::default()
+        };
+        wire::write_head(g.bytes_mut(), &head, &[]);
+        g.commit(wire::HEAD).is_ok()
+    } else {
+        false
+    };
+    if written {
+        tx.publish();
+    }
+}
+
 /// A frame to send, and what draining replies meanwhile needs.
 struct Outgoing<'a> {
     frame_kind: u16,
     id: u64,
     method: u32,
     blobs: &'a [BlobHandle],
+    /// The call's deadline, if the caller gave one.
+    deadline: Option<Instant>,
     info: &'a Info,
     window: &'a mut Window,
     spares: &'a Mutex<Vec<AlignedVec<16>>>,
@@ -948,6 +993,7 @@ fn send_on<T: SendFrames, R: RecvFrames>(
         id,
         method,
         blobs,
+        deadline,
         info,
         window,
         spares,
@@ -957,7 +1003,7 @@ fn send_on<T: SendFrames, R: RecvFrames>(
     } = to;
     let (frame_kind, pool, info) = (*frame_kind, *pool, *info);
     let timeout = info.options.call_timeout;
-    let mut deadline: Option<Instant> = None;
+    let mut deadline: Option<Instant> = *deadline;
     let mut spinner = Spinner::new(info.options.strategy);
     let on_full = |tx: &mut T| -> Result<(), CallError> {
         // The server may wait for room for our replies: read them.
@@ -966,7 +1012,17 @@ fn send_on<T: SendFrames, R: RecvFrames>(
             drained = true;
             route(frame, window, info, spares, pool, closed)?;
         }
-        if drained || spinner.spin() {
+        if drained {
+            // A server that keeps sending (replies, or strays) while our
+            // ring stays full must not keep the call past its deadline.
+            let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
+            return if Instant::now() >= d {
+                Err(CallError::Timeout)
+            } else {
+                Ok(())
+            };
+        }
+        if spinner.spin() {
             return Ok(());
         }
         let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
@@ -982,7 +1038,7 @@ fn send_on<T: SendFrames, R: RecvFrames>(
             Err(e) => Err(e.into()),
         }
     };
-    put(
+    let sent = put(
         tx,
         arena,
         info.max_frame,
@@ -992,7 +1048,19 @@ fn send_on<T: SendFrames, R: RecvFrames>(
         encode,
         blobs,
         on_full,
-    )
+    );
+    if let Err(CallError::PeerDied) = sent {
+        // A server that closed the connection said why in a CLOSE frame
+        // before it hung up: read it, so the caller learns the reason
+        // (idle, a broken protocol) rather than only that it is gone.
+        while let Ok(Some(frame)) = rx.try_recv() {
+            if route(frame, window, info, spares, pool, closed).is_err() {
+                break;
+            }
+        }
+        return Err(closed.map_or(CallError::PeerDied, CallError::Closed));
+    }
+    sent
 }
 
 /// Where the body of a parsed frame sits in its payload.

@@ -394,7 +394,14 @@ impl SharedClient {
                 drop(rx);
                 inner.hand_off();
                 if drained {
-                    return Ok(());
+                    // A server that keeps sending while our ring stays
+                    // full must not keep the call past its deadline.
+                    let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
+                    return if Instant::now() >= d {
+                        Err(CallError::Timeout)
+                    } else {
+                        Ok(())
+                    };
                 }
             }
             if spinner.spin() {
@@ -608,6 +615,8 @@ impl Inner {
         let idx = (id & ((1 << INDEX_BITS) - 1)) as usize;
         let slot = &self.slots[idx];
         let strategy = self.info.options.strategy;
+        // Frames for other calls handled since the clock was last read.
+        let mut others = 0u32;
         loop {
             if slot.state.load(Ordering::Acquire) == READY {
                 return Ok(None);
@@ -683,6 +692,15 @@ impl Inner {
             }
             self.deliver(&p);
             frame.release();
+            // Replies for others (or a hostile server's strays) that keep
+            // coming must not keep this call past its deadline: the clock
+            // is read every 16 of them.
+            others += 1;
+            if others.is_multiple_of(16)
+                && Instant::now() >= *deadline.get_or_insert_with(|| crate::deadline_in(timeout))
+            {
+                return Err(CallError::Timeout);
+            }
         }
     }
 
