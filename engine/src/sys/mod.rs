@@ -21,6 +21,9 @@
 //!   nor raise `SIGPIPE`, receives that never wait, and `poll` on one of
 //!   them ([`connect_stream`], [`listen_stream`], [`send_nowait`],
 //!   [`recv_nowait`], [`poll_stream`]);
+//! - UDP sockets for lossy channels: bound non-blocking with a receive
+//!   buffer size, and a wait for the next datagram ([`bind_datagram`],
+//!   [`wait_datagram`]);
 //! - a handle on another process that becomes readable when it exits
 //!   ([`PidFd`]), and waiting on several descriptors ([`poll_readable`]);
 //! - a heavy memory barrier that fences the running threads of other
@@ -31,6 +34,7 @@
 
 mod barrier;
 mod cpu;
+mod datagram;
 mod doorbell;
 mod fd;
 mod futex;
@@ -42,6 +46,7 @@ mod stream;
 
 pub use barrier::{heavy_barrier, heavy_barrier_available};
 pub use cpu::{allow_current_thread, allowed_cpus, available_cpus, pin_current_thread};
+pub use datagram::{bind_datagram, wait_datagram};
 pub use doorbell::Doorbell;
 pub use fd::{
     EventFd, MAX_FDS, PidFd, Ready, poll_readable, poll_ready, recv_with_fds, send_with_fds,
