@@ -16,7 +16,7 @@ use isocall::rpc::{MethodKind, PolicyRefusal, Refusal, Signature, TypeSig};
 use isocall::stream::codec;
 
 /// Every target's seeds, by target name.
-pub fn all() -> [(&'static str, Seeds); 8] {
+pub fn all() -> [(&'static str, Seeds); 9] {
     [
         ("frame_head", frame_seeds()),
         ("hello", hello_seeds()),
@@ -26,6 +26,7 @@ pub fn all() -> [(&'static str, Seeds); 8] {
         ("body", body_seeds()),
         ("stream_frames", stream_frame_seeds()),
         ("stream_hello", stream_hello_seeds()),
+        ("udp_datagram", udp_datagram_seeds()),
     ]
 }
 
@@ -885,4 +886,57 @@ fn stream_hello_seeds() -> Seeds {
     ];
     v.extend(cuts("stream-hello", &hello, &[1, 10, 25, 41, 57, 70, 100]));
     v
+}
+
+fn udp_datagram_seeds() -> Seeds {
+    use isocall::channel::udp::datagram::Header;
+    let datagram = |h: Header, body: &[u8]| {
+        let mut d = h.encode().to_vec();
+        d.extend_from_slice(body);
+        d
+    };
+    let body = b"an rkyv body, or not";
+    let h = Header {
+        fingerprint: 0x0123_4567_89ab_cdef,
+        seq: 41,
+        stream: 7,
+        body_len: body.len() as u32,
+    };
+    let good = datagram(h, body);
+    let mut bad_magic = good.clone();
+    bad_magic[0] ^= 0xff;
+    let mut bad_version = good.clone();
+    bad_version[4] = 2;
+    let mut reserved = good.clone();
+    reserved[6] = 0xaa;
+    let mut seeds: Seeds = vec![
+        ("good".into(), good.clone()),
+        (
+            "empty-body".into(),
+            datagram(Header { body_len: 0, ..h }, &[]),
+        ),
+        ("bad-magic".into(), bad_magic),
+        ("bad-version".into(), bad_version),
+        ("reserved-set".into(), reserved),
+        (
+            "long-said".into(),
+            datagram(
+                Header {
+                    body_len: u32::MAX,
+                    ..h
+                },
+                body,
+            ),
+        ),
+        (
+            "short-said".into(),
+            datagram(Header { body_len: 1, ..h }, body),
+        ),
+        (
+            "seq-max".into(),
+            datagram(Header { seq: u64::MAX, ..h }, body),
+        ),
+    ];
+    seeds.extend(cuts("good", &good, &[0, 4, 31, 32, 40]));
+    seeds
 }

@@ -30,6 +30,11 @@
 //! A channel's publisher and subscribers show in `"channels"`, with each
 //! subscriber's counters (sent, dropped, disconnected, queue depth): see
 //! `channels`.
+//!
+//! A lossy (UDP) subscriber keeps its counters (received, lost,
+//! reordered, duplicates, malformed, foreign) in a memfd named
+//! `isocall:udp:<bound address>`; each is an element of
+//! `"udp_subscribers"`: see `udp`.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -47,6 +52,7 @@ use serde_json::{Value, json};
 use crate::bench::Res;
 
 mod channels;
+mod udp;
 
 /// Arguments of `isocall inspect`.
 #[derive(clap::Args, Debug)]
@@ -313,6 +319,7 @@ pub fn collect(args: &InspectArgs) -> Value {
     let mut segments = Vec::new();
     let mut supervisors = Vec::new();
     let mut chans = channels::Channels::default();
+    let mut udp_subs = Vec::new();
     for Found { pid, name, file } in found {
         // The descriptor moves into the reader: no duplicate is needed, so
         // running out of descriptors here is impossible.
@@ -327,6 +334,9 @@ pub fn collect(args: &InspectArgs) -> Value {
         let Some(fd) = chans.take(&name, pid, fd, &mut errors) else {
             continue;
         };
+        let Some(fd) = udp::take(&name, pid, fd, &mut udp_subs, &mut errors) else {
+            continue;
+        };
         match Segment::open_read_only(fd) {
             Ok(seg) => {
                 chans.subscriber(&name, pid, &seg);
@@ -339,6 +349,7 @@ pub fn collect(args: &InspectArgs) -> Value {
         "segments": segments,
         "supervisors": supervisors,
         "channels": chans.into_json(),
+        "udp_subscribers": udp_subs,
         "errors": errors,
     })
 }
@@ -384,10 +395,12 @@ fn text(doc: &Value) -> String {
     let segs = doc["segments"].as_array().unwrap_or(&empty);
     let sups = doc["supervisors"].as_array().unwrap_or(&empty);
     let chans = doc["channels"].as_array().unwrap_or(&empty);
-    if segs.is_empty() && sups.is_empty() && chans.is_empty() {
+    let udp_subs = doc["udp_subscribers"].as_array().unwrap_or(&empty);
+    if segs.is_empty() && sups.is_empty() && chans.is_empty() && udp_subs.is_empty() {
         s.push_str("no isocall segments found\n");
     }
     channels::text(chans, &mut s);
+    udp::text(udp_subs, &mut s);
     for v in sups {
         s.push_str(&format!(
             "supervisor of {} (pid {}): {}, serving pid {}, spares {}/{}  starts {} exits {} crashes {} restarts {}  retries {} calls failed {}  mean recovery {}\n",

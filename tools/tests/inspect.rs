@@ -353,3 +353,98 @@ fn inspect_shows_each_subscribers_counters_per_channel() {
     );
     drop((slow, lagging));
 }
+
+#[test]
+fn inspect_shows_a_lossy_subscribers_counters() {
+    use isocall_engine::Schema;
+    use isocall_engine::channel::udp::datagram::Header;
+    use isocall_engine::channel::udp::{UdpPublisher, UdpSubscriber, UdpSubscriberOptions};
+    use std::net::UdpSocket;
+    use std::time::{Duration, Instant};
+    let label = format!("inspected-{}", std::process::id());
+    let mut sub = UdpSubscriber::<Num>::bind_with(
+        "udp://127.0.0.1:0",
+        UdpSubscriberOptions::default().label(&label),
+    )
+    .unwrap();
+    let to = sub.local_addr();
+    let mut publisher = UdpPublisher::<Num>::connect(&format!("udp://{to}")).unwrap();
+    for i in 0..3 {
+        publisher.send(&Num { n: i }).unwrap();
+        assert_eq!(sub.recv_timeout(Duration::from_secs(10)).unwrap().n, i);
+    }
+    // By hand, a stream of another publisher: 0, then 5 (4 lost), then 3
+    // (reordered: 3 lost now); a datagram of another type; garbage.
+    let raw = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for seq in [0u64, 5, 3] {
+        let body = rkyv::to_bytes::<rkyv::rancor::Error>(&Num { n: 100 + seq }).unwrap();
+        let h = Header {
+            fingerprint: Num::FINGERPRINT,
+            seq,
+            stream: 77,
+            body_len: body.len() as u32,
+        };
+        let mut d = h.encode().to_vec();
+        d.extend_from_slice(&body);
+        raw.send_to(&d, to).unwrap();
+    }
+    let other = Header {
+        fingerprint: Num::FINGERPRINT ^ 1,
+        seq: 0,
+        stream: 1,
+        body_len: 0,
+    }
+    .encode();
+    raw.send_to(&other, to).unwrap();
+    raw.send_to(b"garbage", to).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(sub.recv_deadline(deadline).unwrap().n.to_native());
+    }
+    assert_eq!(got, [100, 105, 103]);
+    // The foreign and garbage datagrams came after: counted once read.
+    while sub.stats().malformed + sub.stats().foreign < 2 {
+        assert!(sub.try_recv().unwrap().is_none(), "a message delivered");
+        assert!(Instant::now() < deadline, "{:?}", sub.stats());
+        std::thread::yield_now();
+    }
+    let (ok, out) = inspect(&[&std::process::id().to_string(), "--json"]);
+    assert!(ok, "{out}");
+    let doc: Value = serde_json::from_str(&out).expect("JSON");
+    let u = doc["udp_subscribers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["label"] == label.as_str())
+        .unwrap_or_else(|| panic!("the lossy subscriber not found in {out}"));
+    assert_eq!(u["address"], to.to_string());
+    assert_eq!(u["pid"], std::process::id());
+    assert_eq!(u["type_name"], "Num");
+    let counts: Vec<u64> = [
+        "received",
+        "lost",
+        "reordered",
+        "duplicates",
+        "late",
+        "malformed",
+        "foreign",
+        "restarts",
+    ]
+    .iter()
+    .map(|k| u[*k].as_u64().unwrap())
+    .collect();
+    assert_eq!(counts, [6, 3, 1, 0, 0, 1, 1, 1], "{u}");
+    let (ok, text) = inspect(&[&std::process::id().to_string()]);
+    assert!(ok, "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains(&label))
+        .unwrap_or_else(|| panic!("no line for the lossy subscriber in {text}"));
+    assert!(
+        line.contains(&format!("udp://{to}"))
+            && line.contains("received 6 lost 3 reordered 1")
+            && line.contains("malformed 1 foreign 1"),
+        "{line}"
+    );
+}

@@ -17,7 +17,7 @@
 //! segment on it; the subscriber checks the publisher's type in the hello
 //! too (a publisher may lie, and the check costs nothing). Refusals,
 //! `Ready` and `Abort` are the call handshake's (see
-//! [`crate::rpc::handshake`]). Every message is one datagram; a decoder
+//! [`crate::raw::handshake`]). Every message is one datagram; a decoder
 //! copies what it reads into owned values and checks every length against
 //! the message first.
 

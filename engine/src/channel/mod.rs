@@ -26,6 +26,9 @@
 //! that join late and ask for it. Counters per subscriber and per
 //! publisher live in shared memory for `isocall inspect` (see [`stats`]).
 //!
+//! A channel may also be published lossy, to a UDP address, one datagram
+//! per message: see [`udp`].
+//!
 //! When the publisher dies, each subscriber reads what was published to it
 //! and then gets [`RecvError::PeerDied`]; when a subscriber dies, the
 //! publisher forgets it and goes on with the others.
@@ -72,6 +75,7 @@ mod publisher;
 mod sample;
 pub mod stats;
 mod subscriber;
+pub mod udp;
 
 pub use accept::{MAX_SUBSCRIBERS, SubscriberInfo};
 pub use builder::PublisherBuilder;

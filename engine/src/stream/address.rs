@@ -49,6 +49,13 @@ pub enum AddressError {
         /// The string.
         address: String,
     },
+    /// A UDP address (of a lossy channel) that does not start with
+    /// `udp://`.
+    #[error("{address:?} is not a UDP address (udp://host:port)")]
+    NotUdp {
+        /// The string.
+        address: String,
+    },
     /// A TCP address without a host.
     #[error("{address:?} has no host")]
     NoHost {

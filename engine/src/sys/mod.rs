@@ -22,6 +22,9 @@
 //!   time, on a socket that asked for it), and `poll` on one of them
 //!   ([`connect_stream`], [`listen_stream`], [`send_nowait`],
 //!   [`recv_nowait`], [`block_reads`], [`recv_wait`], [`poll_stream`]);
+//! - UDP sockets for lossy channels: bound non-blocking with a receive
+//!   buffer size, and a wait for the next datagram ([`bind_datagram`],
+//!   [`wait_datagram`]);
 //! - a handle on another process that becomes readable when it exits
 //!   ([`PidFd`]), and waiting on several descriptors ([`poll_readable`]);
 //! - a heavy memory barrier that fences the running threads of other
@@ -32,6 +35,7 @@
 
 mod barrier;
 mod cpu;
+mod datagram;
 mod doorbell;
 mod fd;
 mod futex;
@@ -43,6 +47,7 @@ mod stream;
 
 pub use barrier::{heavy_barrier, heavy_barrier_available};
 pub use cpu::{allow_current_thread, allowed_cpus, available_cpus, pin_current_thread};
+pub use datagram::{bind_datagram, wait_datagram};
 pub use doorbell::Doorbell;
 pub use fd::{
     EventFd, MAX_FDS, PidFd, Ready, poll_readable, poll_ready, recv_with_fds, send_with_fds,

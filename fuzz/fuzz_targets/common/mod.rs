@@ -23,6 +23,7 @@ mod ring_frames;
 mod segment_header;
 mod stream_frames;
 mod stream_hello;
+mod udp_datagram;
 
 pub use blob_handles::{BlobOp, blob_handles};
 pub use body::{Add, Greeting, Record, Shape, body};
@@ -32,6 +33,7 @@ pub use ring_frames::{RING_RAW, RING_ZEROES, ring_frames};
 pub use segment_header::segment_header;
 pub use stream_frames::stream_frames;
 pub use stream_hello::stream_hello;
+pub use udp_datagram::udp_datagram;
 
 /// A target's body: takes the fuzzer's bytes, panics on a broken contract.
 pub type Target = fn(&[u8]);
@@ -47,6 +49,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("body", body),
     ("stream_frames", stream_frames),
     ("stream_hello", stream_hello),
+    ("udp_datagram", udp_datagram),
 ];
 
 /// Whether to let an input go because it would hit a known bug (`hit`).
