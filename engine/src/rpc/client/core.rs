@@ -84,14 +84,7 @@ pub(crate) fn handshake(
         _ => ConnectError::Io(e),
     })?;
     let msg = &buf[..n];
-    let abort = |reason: &str| {
-        let _ = send_with_fds(
-            sock.as_fd(),
-            &handshake::encode_abort(reason),
-            &[],
-            Instant::now() + Duration::from_millis(100),
-        );
-    };
+    let abort = |reason: &str| handshake::send_abort(sock.as_fd(), reason);
     match msg[0] {
         REFUSED => {
             return Err(ConnectError::Refused(handshake::decode_refusal(&msg[1..])?));
