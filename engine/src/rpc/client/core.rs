@@ -132,32 +132,51 @@ pub(crate) fn handshake(
         .as_ref()
         .expect("a shared-memory link has its socket");
     send_with_fds(ring.sock.as_fd(), &[READY], &[], deadline)?;
-    let by_name = hello
-        .methods
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (m.name.clone(), i as u32))
-        .collect();
     tracing::debug!(
         server_pid = ?server.pid,
         methods = hello.methods.len(),
         conn = hello.head.conn,
         "connected"
     );
-    let info = Info {
-        tag: next_client_tag(),
-        methods: hello.methods,
-        by_name,
-        max_frame: (hello.head.max_frame as usize).max(wire::HEAD),
+    let info = Info::new(
+        hello.methods,
+        (hello.head.max_frame as usize).max(wire::HEAD),
         server,
         layout,
         options,
-        server_pid: server.pid,
-    };
+        server.pid,
+    );
     Ok((link, info))
 }
 
 impl Info {
+    /// What a client learnt from a server's hello, under a new tag, its
+    /// methods indexed by name.
+    pub(crate) fn new(
+        methods: Vec<MethodInfo>,
+        max_frame: usize,
+        server: PeerCred,
+        layout: SegmentLayout,
+        options: ClientOptions,
+        server_pid: Option<u32>,
+    ) -> Info {
+        let by_name = methods
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name.clone(), i as u32))
+            .collect();
+        Info {
+            tag: next_client_tag(),
+            methods,
+            by_name,
+            max_frame,
+            server,
+            layout,
+            options,
+            server_pid,
+        }
+    }
+
     fn find(&self, name: &str) -> Result<(u32, &MethodInfo), CallError> {
         let id = *self
             .by_name
