@@ -31,16 +31,12 @@ const UPPER: Method<Text, Text> = Method::new("upper");
 #[ignore = "entry point of the server process that the test starts in the namespace"]
 fn netns_server_entry() {
     serve_transport_for_parent(|b, _| {
-        b.method(ADD, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
-            Ok(Sum {
-                sum: r.a.to_native().wrapping_add(r.b.to_native()),
+        b.method(ADD, serve_add)
+            .method(UPPER, |r: &ArchivedText, _: &mut CallCtx<'_>| {
+                Ok(Text {
+                    text: r.text.as_str().to_uppercase(),
+                })
             })
-        })
-        .method(UPPER, |r: &ArchivedText, _: &mut CallCtx<'_>| {
-            Ok(Text {
-                text: r.text.as_str().to_uppercase(),
-            })
-        })
     });
 }
 

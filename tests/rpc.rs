@@ -100,54 +100,50 @@ fn blob_error(e: BlobAccessError) -> AppError {
 
 /// Adds the methods every test server offers.
 fn methods(b: ServerBuilder) -> ServerBuilder {
-    b.method(ADD, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
-        Ok(Sum {
-            sum: r.a.to_native().wrapping_add(r.b.to_native()),
+    b.method(ADD, serve_add)
+        .method(UPPER, |r: &ArchivedText, _: &mut CallCtx<'_>| {
+            Ok(Text {
+                text: r.text.as_str().to_uppercase(),
+            })
         })
-    })
-    .method(UPPER, |r: &ArchivedText, _: &mut CallCtx<'_>| {
-        Ok(Text {
-            text: r.text.as_str().to_uppercase(),
+        .method(FAIL, |r: &ArchivedText, _: &mut CallCtx<'_>| {
+            Err(AppError::new(
+                REFUSED,
+                format!("refusing {}", r.text.as_str()),
+            ))
         })
-    })
-    .method(FAIL, |r: &ArchivedText, _: &mut CallCtx<'_>| {
-        Err(AppError::new(
-            REFUSED,
-            format!("refusing {}", r.text.as_str()),
-        ))
-    })
-    .method(PANIC, |_: &ArchivedText, _: &mut CallCtx<'_>| {
-        panic!("handler exploded on purpose")
-    })
-    .method(FILL, |r: &ArchivedText, ctx: &mut CallCtx<'_>| {
-        // Writes the text into the caller's blob, repeated.
-        let mut blob = ctx.blob_mut(0).map_err(blob_error)?;
-        let t = r.text.as_bytes();
-        for (i, b) in blob.iter_mut().enumerate() {
-            *b = t[i % t.len()];
-        }
-        let n = blob.len() as u64;
-        ctx.reply_blob(blob).map_err(blob_error)?;
-        Ok(Sum { sum: n })
-    })
-    .method(STALL, |_: &ArchivedText, _: &mut CallCtx<'_>| {
-        // Never answers (the test kills the server).
-        loop {
-            std::thread::park();
-        }
-    })
-    .method(LARGE_SUM, |_: &ArchivedText, ctx: &mut CallCtx<'_>| {
-        // Reads every byte of the large blob and answers in place.
-        let bytes = ctx.large(0).map_err(blob_error)?;
-        let mut sum = 0u64;
-        for b in bytes.iter_mut() {
-            sum += u64::from(*b);
-            *b = b.wrapping_add(1);
-        }
-        ctx.reply_large(0).map_err(blob_error)?;
-        Ok(Sum { sum })
-    })
-    .message(NOTE, |_: &ArchivedAdd, _: &mut CallCtx<'_>| {})
+        .method(PANIC, |_: &ArchivedText, _: &mut CallCtx<'_>| {
+            panic!("handler exploded on purpose")
+        })
+        .method(FILL, |r: &ArchivedText, ctx: &mut CallCtx<'_>| {
+            // Writes the text into the caller's blob, repeated.
+            let mut blob = ctx.blob_mut(0).map_err(blob_error)?;
+            let t = r.text.as_bytes();
+            for (i, b) in blob.iter_mut().enumerate() {
+                *b = t[i % t.len()];
+            }
+            let n = blob.len() as u64;
+            ctx.reply_blob(blob).map_err(blob_error)?;
+            Ok(Sum { sum: n })
+        })
+        .method(STALL, |_: &ArchivedText, _: &mut CallCtx<'_>| {
+            // Never answers (the test kills the server).
+            loop {
+                std::thread::park();
+            }
+        })
+        .method(LARGE_SUM, |_: &ArchivedText, ctx: &mut CallCtx<'_>| {
+            // Reads every byte of the large blob and answers in place.
+            let bytes = ctx.large(0).map_err(blob_error)?;
+            let mut sum = 0u64;
+            for b in bytes.iter_mut() {
+                sum += u64::from(*b);
+                *b = b.wrapping_add(1);
+            }
+            ctx.reply_large(0).map_err(blob_error)?;
+            Ok(Sum { sum })
+        })
+        .message(NOTE, |_: &ArchivedAdd, _: &mut CallCtx<'_>| {})
 }
 
 /// A server of transport `t` in a child process; returns once it

@@ -11,8 +11,8 @@ use std::collections::VecDeque;
 use common::calc::*;
 use common::transport::{Transport, serve_transport_for_parent, server_process_on};
 use common::*;
+use isocall::SharedClient;
 use isocall::rpc::Endpoint;
-use isocall::{CallCtx, SharedClient};
 
 on_every_transport!(
     eight_threads_share_one_connection_and_each_gets_its_own_answers,
@@ -33,14 +33,7 @@ fn server_process(t: Transport, tag: &str) -> (Peer, Endpoint) {
 #[test]
 #[ignore = "entry point of the server process that the other tests spawn"]
 fn shared_server_entry() {
-    serve_transport_for_parent(|b, _| {
-        b.workers(2)
-            .method(ADD, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
-                Ok(Sum {
-                    sum: r.a.to_native().wrapping_add(r.b.to_native()),
-                })
-            })
-    });
+    serve_transport_for_parent(|b, _| b.workers(2).method(ADD, serve_add));
 }
 
 /// The operands of call `i` of thread `t`: distinct for every thread and

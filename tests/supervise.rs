@@ -4,24 +4,20 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::calc::{ADD, Add};
-use common::services::{
-    self, BUMP, Bump, CRASH_ONE_IN, FILE, HOLD, PID, SUM_BLOB, supervisor, temp_file,
-};
+use common::services::{self, CRASH_ONE_IN, FILE, HOLD, SUM_BLOB, supervisor, temp_file};
 use common::supervised::{
-    add, current_segment, fails_again, holders_of, patient, segment_inode, sigkill, wait_released,
+    add, bumps_at_most_once, current_segment, fails_again, holders_of, patient, pipelined_adds,
+    segment_inode, served_pid, sigkill, wait_released,
 };
 use common::wait_until;
 use isocall::blob::{BlobError, SlotState};
 use isocall::raw::Side;
 use isocall::raw::sys::PidFd;
 use isocall::supervise::{ENV_SERVICE, LastExit, NotSupervised, SupervisorState};
-use isocall::{
-    CallError, ServerBuilder, ServiceFailure, SuperviseError, SupervisedClient, SupervisedError,
-};
+use isocall::{CallError, ServerBuilder, ServiceFailure, SuperviseError, SupervisedError};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -30,14 +26,6 @@ const LIMIT: Duration = Duration::from_secs(30);
 #[ignore = "run by the supervision tests as a supervised child"]
 fn service() {
     services::serve();
-}
-
-fn served_pid(c: &mut SupervisedClient) -> u32 {
-    let m = c.method(PID).expect("pid method");
-    c.call(m, &Add { a: 0, b: 0 })
-        .expect("pid call")
-        .sum
-        .to_native() as u32
 }
 
 #[test]
@@ -49,27 +37,7 @@ fn pipelined_idempotent_calls_through_a_crashing_service_all_answer_right() {
         .spawn()
         .expect("supervisor");
     let mut c = sup.client();
-    let m = c.method(ADD).expect("add");
-    assert!(m.is_idempotent(), "the server declared add idempotent");
-    let mut done = 0u64;
-    for window in 0..250u64 {
-        let pending: Vec<_> = (0..16u64)
-            .map(|k| {
-                let i = window * 16 + k;
-                (i, c.start(m, &Add { a: i, b: 1000 }, &[]).expect("start"))
-            })
-            .collect();
-        for (i, p) in pending {
-            let sum = c
-                .wait(p, None)
-                .unwrap_or_else(|e| panic!("call {i} failed: {e}"))
-                .sum
-                .to_native();
-            assert_eq!(sum, i + 1000, "call {i}");
-            done += 1;
-        }
-    }
-    assert_eq!(done, 4000);
+    pipelined_adds(&mut c, 250, "shared memory");
     let s = sup.stats();
     assert!(s.crashes > 10, "one call in 40 crashes: {s:?}");
     assert!(s.retries >= s.crashes / 2, "{s:?}");
@@ -86,42 +54,7 @@ fn calls_that_are_not_idempotent_run_at_most_once_across_crashes() {
         .spawn()
         .expect("supervisor");
     let mut c = sup.client();
-    let m = c.method(BUMP).expect("bump");
-    assert!(!m.is_idempotent());
-    let (mut ok, mut died) = (Vec::new(), Vec::new());
-    let mut id = 0u64;
-    for _ in 0..100 {
-        // Eight pipelined, each on its own.
-        let pending: Vec<_> = (0..8)
-            .map(|_| {
-                id += 1;
-                (id, c.start(m, &Bump { id }, &[]).expect("start"))
-            })
-            .collect();
-        for (id, p) in pending {
-            match c.wait(p, None) {
-                Ok(v) => {
-                    assert_eq!(v.sum.to_native(), id);
-                    ok.push(id);
-                }
-                Err(SupervisedError::Call(CallError::PeerDied)) => died.push(id),
-                Err(e) => panic!("call {id}: unexpected {e}"),
-            }
-        }
-    }
-    let text = std::fs::read_to_string(&log).expect("the service's log");
-    let _ = std::fs::remove_file(&log);
-    let mut runs: HashMap<u64, u32> = HashMap::new();
-    for line in text.lines() {
-        *runs.entry(line.parse().expect("an id")).or_default() += 1;
-    }
-    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "calls ran twice: {twice:?}");
-    for id in &ok {
-        assert_eq!(runs.get(id), Some(&1), "call {id} succeeded: it ran once");
-    }
-    assert_eq!(ok.len() + died.len(), 800);
-    assert!(!died.is_empty(), "one call in ten crashes the service");
+    let died = bumps_at_most_once(&mut c, 100, &log, "shared memory");
     let s = sup.stats();
     assert_eq!(s.retries, 0, "nothing is retried: {s:?}");
     assert_eq!(s.calls_failed, died.len() as u64, "{s:?}");

@@ -8,15 +8,14 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::calc::{ADD, Add};
-use common::services::{self, BUMP, Bump, CRASH_ONE_IN, FILE, PID, temp_file};
-use common::supervised::sigkill;
+use common::services::{self, CRASH_ONE_IN, FILE, temp_file};
+use common::supervised::{bumps_at_most_once, pipelined_adds, served_pid, sigkill};
 use common::transport::{Transport, supervisor_on};
 use common::wait_until;
-use isocall::{CallError, SuperviseError, SupervisedClient, SupervisedError};
+use isocall::SuperviseError;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -33,14 +32,6 @@ fn service() {
     services::serve();
 }
 
-fn served_pid(c: &mut SupervisedClient) -> u32 {
-    let m = c.method(PID).expect("pid method");
-    c.call(m, &Add { a: 0, b: 0 })
-        .expect("pid call")
-        .sum
-        .to_native() as u32
-}
-
 fn idempotent_calls_through_a_crashing_service_all_answer_right(t: Transport) {
     let sup = supervisor_on(t, "crashy-stream", "crashy")
         .env(CRASH_ONE_IN, "40")
@@ -48,23 +39,7 @@ fn idempotent_calls_through_a_crashing_service_all_answer_right(t: Transport) {
         .spawn()
         .expect("supervisor");
     let mut c = sup.client();
-    let m = c.method(ADD).expect("add");
-    for window in 0..50u64 {
-        let pending: Vec<_> = (0..16u64)
-            .map(|k| {
-                let i = window * 16 + k;
-                (i, c.start(m, &Add { a: i, b: 1000 }, &[]).expect("start"))
-            })
-            .collect();
-        for (i, p) in pending {
-            let sum = c
-                .wait(p, None)
-                .unwrap_or_else(|e| panic!("{t:?}: call {i} failed: {e}"))
-                .sum
-                .to_native();
-            assert_eq!(sum, i + 1000, "call {i}");
-        }
-    }
+    pipelined_adds(&mut c, 50, format!("{t:?}"));
     let s = sup.stats();
     assert!(s.crashes > 2, "one call in 40 crashes: {s:?}");
     assert_eq!(s.calls_failed, 0, "{s:?}");
@@ -78,40 +53,7 @@ fn calls_that_are_not_idempotent_run_at_most_once_across_crashes(t: Transport) {
         .spawn()
         .expect("supervisor");
     let mut c = sup.client();
-    let m = c.method(BUMP).expect("bump");
-    let (mut ok, mut died) = (Vec::new(), Vec::new());
-    let mut id = 0u64;
-    for _ in 0..25 {
-        let pending: Vec<_> = (0..8)
-            .map(|_| {
-                id += 1;
-                (id, c.start(m, &Bump { id }, &[]).expect("start"))
-            })
-            .collect();
-        for (id, p) in pending {
-            match c.wait(p, None) {
-                Ok(v) => {
-                    assert_eq!(v.sum.to_native(), id);
-                    ok.push(id);
-                }
-                Err(SupervisedError::Call(CallError::PeerDied)) => died.push(id),
-                Err(e) => panic!("{t:?}: call {id}: unexpected {e}"),
-            }
-        }
-    }
-    let text = std::fs::read_to_string(&log).expect("the service's log");
-    let _ = std::fs::remove_file(&log);
-    let mut runs: HashMap<u64, u32> = HashMap::new();
-    for line in text.lines() {
-        *runs.entry(line.parse().expect("an id")).or_default() += 1;
-    }
-    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "calls ran twice: {twice:?}");
-    for id in &ok {
-        assert_eq!(runs.get(id), Some(&1), "call {id} succeeded: it ran once");
-    }
-    assert_eq!(ok.len() + died.len(), 200);
-    assert!(!died.is_empty(), "one call in ten crashes the service");
+    bumps_at_most_once(&mut c, 25, &log, format!("{t:?}"));
     assert_eq!(sup.stats().retries, 0);
 }
 

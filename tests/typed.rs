@@ -79,21 +79,17 @@ impl Schema for NotAnAdd {
 }
 
 fn server(b: ServerBuilder) -> ServerBuilder {
-    b.method(ADD, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
-        Ok(Sum {
-            sum: r.a.to_native().wrapping_add(r.b.to_native()),
+    b.method(ADD, serve_add)
+        .message(LOG, |_: &ArchivedAdd, _: &mut CallCtx<'_>| {})
+        .method(REFUSE, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
+            Err(AppError::new(
+                REFUSED,
+                format!("no thanks: {}", r.a.to_native()),
+            ))
         })
-    })
-    .message(LOG, |_: &ArchivedAdd, _: &mut CallCtx<'_>| {})
-    .method(REFUSE, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
-        Err(AppError::new(
-            REFUSED,
-            format!("no thanks: {}", r.a.to_native()),
-        ))
-    })
-    .method(BOOM, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
-        panic!("boom at {}", r.a.to_native())
-    })
+        .method(BOOM, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
+            panic!("boom at {}", r.a.to_native())
+        })
 }
 
 /// A server in a child process on transport `t`; returns once it

@@ -45,7 +45,7 @@ use isocall_ringbuf::{Region, SharedRegion};
 
 use crate::segment::{Direction, Segment, Side};
 use crate::sys::lifeline::{Lifeline, LifelineState, cancel_waiters, wait_lifeline};
-use crate::sys::{Doorbell, EventFd, PidFd, Ready, futex_wake, poll_ready};
+use crate::sys::{Doorbell, EventFd, PeerCred, PidFd, Ready, futex_wake, peer_pidfd, poll_ready};
 
 /// Longest a watch sleeps on the peer's lifeline before it asks the kernel
 /// whether the peer lives: the bound on learning the death of a peer that
@@ -132,6 +132,21 @@ pub struct Watched {
     /// The peer's pidfd: readable once the peer process exited (whatever
     /// became of its descriptors, e.g. inherited by a child it forked).
     pub pidfd: Option<PidFd>,
+}
+
+impl Watched {
+    /// What a connection on `sock` watches: a duplicate of the socket,
+    /// and the pidfd of `peer` (its credentials) if the kernel gives one.
+    ///
+    /// # Errors
+    ///
+    /// The socket cannot be duplicated.
+    pub(crate) fn socket(sock: &OwnedFd, peer: &PeerCred) -> std::io::Result<Watched> {
+        Ok(Watched {
+            sock: Some(sock.try_clone()?),
+            pidfd: peer_pidfd(sock.as_fd(), peer),
+        })
+    }
 }
 
 /// A thread that learns of the peer's death (see the module doc). Dropping

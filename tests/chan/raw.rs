@@ -12,15 +12,14 @@ use isocall::blob::{Party, Pool, PoolConfig};
 use isocall::channel::hello::{self, HELLO};
 use isocall::raw::handshake::READY;
 use isocall::raw::sys::{
-    Doorbell, Ready, SharedMem, accept_seqpacket, connect_seqpacket, listen_seqpacket, poll_ready,
-    recv_message, send_with_fds,
+    Doorbell, SharedMem, connect_seqpacket, listen_seqpacket, recv_message, send_with_fds,
 };
 use isocall::raw::{Segment, SegmentLayout, Side};
 use isocall::ring::SharedRegion;
 use isocall::rpc::TypeSig;
 
 use crate::chan::Item;
-use crate::hostile::raw::RawLink;
+use crate::hostile::raw::{RawLink, accept_hello};
 
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
@@ -90,16 +89,8 @@ impl RawPub {
     /// Accepts one subscriber, gives it id 1 and a segment of `ring`
     /// bytes a ring.
     pub fn accept(&mut self, ring: usize) -> Result<RawLink, String> {
-        let deadline = Instant::now() + HANDSHAKE;
-        let r = poll_ready(&[(self.listener.as_fd(), Ready::Readable)], Some(HANDSHAKE))
-            .map_err(|e| format!("poll: {e}"))?;
-        if !r[0] {
-            return Err("no subscriber came".into());
-        }
-        let sock = accept_seqpacket(self.listener.as_fd()).map_err(|e| format!("accept: {e}"))?;
         let mut buf = [0u8; 1024];
-        let (n, _) = recv_message(sock.as_fd(), &mut buf, 0, deadline, None)
-            .map_err(|e| format!("subscriber hello: {e}"))?;
+        let (sock, n, deadline) = accept_hello(&self.listener, "subscriber", &mut buf)?;
         hello::decode_subscribe(&buf[..n]).map_err(|e| format!("subscriber hello: {e}"))?;
         let layout = SegmentLayout {
             ring_capacity: ring,

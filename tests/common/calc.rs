@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use isocall::{CallError, Client, Method, SocketName};
+use isocall::{AppError, CallCtx, CallError, Client, Method, SocketName};
 
 /// Request of `add`.
 #[derive(rkyv::Archive, rkyv::Serialize, isocall::Schema)]
@@ -22,6 +22,14 @@ pub struct Sum {
 /// `add`: the sum of the request's two numbers. Servers that run it
 /// twice without harm register [`ADD`]`.idempotent()`.
 pub const ADD: Method<Add, Sum> = Method::new("add");
+
+/// The handler of `add` that the tests' servers register (wrapping: a
+/// server must not panic on a client's numbers).
+pub fn serve_add(r: &ArchivedAdd, _: &mut CallCtx<'_>) -> Result<Sum, AppError> {
+    Ok(Sum {
+        sum: r.a.to_native().wrapping_add(r.b.to_native()),
+    })
+}
 
 /// Calls `add`.
 pub fn add(c: &mut Client, a: u64, b: u64) -> Result<u64, CallError> {

@@ -1,15 +1,20 @@
 //! Helpers of the supervision tests: killing an instance, a typed call,
+//! the calls through a crashing service that every transport's tests make,
 //! and where this process still holds a connection's segment.
 
+use std::collections::HashMap;
+use std::fmt::Display;
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::time::Duration;
 
 use isocall::blob::Pool;
 use isocall::ring::{Region, SharedRegion};
-use isocall::{ClientOptions, ServiceFailure, SupervisedClient, SupervisedError};
+use isocall::{CallError, ClientOptions, ServiceFailure, SupervisedClient, SupervisedError};
 use rustix::process::{Pid, Signal, kill_process};
 
 use super::calc::{ADD, Add};
+use super::services::{BUMP, Bump, PID};
 use super::wait_until;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -29,6 +34,89 @@ pub fn sigkill(pid: u32) {
 pub fn add(c: &mut SupervisedClient, a: u64, b: u64) -> Result<u64, SupervisedError> {
     let m = c.method(ADD)?;
     Ok(c.call(m, &Add { a, b })?.sum.to_native())
+}
+
+/// The pid of the instance that serves `c`'s calls now (the services'
+/// `pid`).
+pub fn served_pid(c: &mut SupervisedClient) -> u32 {
+    let m = c.method(PID).expect("pid method");
+    c.call(m, &Add { a: 0, b: 0 })
+        .expect("pid call")
+        .sum
+        .to_native() as u32
+}
+
+/// Makes `windows` windows of 16 pipelined idempotent `add`s on `c` and
+/// checks that every one answers right (`what` starts a failure's
+/// message).
+pub fn pipelined_adds(c: &mut SupervisedClient, windows: u64, what: impl Display) {
+    let m = c.method(ADD).expect("add");
+    assert!(m.is_idempotent(), "the server declared add idempotent");
+    for window in 0..windows {
+        let pending: Vec<_> = (0..16u64)
+            .map(|k| {
+                let i = window * 16 + k;
+                (i, c.start(m, &Add { a: i, b: 1000 }, &[]).expect("start"))
+            })
+            .collect();
+        for (i, p) in pending {
+            let sum = c
+                .wait(p, None)
+                .unwrap_or_else(|e| panic!("{what}: call {i} failed: {e}"))
+                .sum
+                .to_native();
+            assert_eq!(sum, i + 1000, "call {i}");
+        }
+    }
+}
+
+/// Makes `rounds` rounds of 8 pipelined `bump`s (not idempotent) on `c`,
+/// whose service writes the id of each call it runs to `log`, and checks
+/// that no call ran twice and every call that succeeded ran once. The ids
+/// of the calls that failed with `PeerDied` (the others fail the test).
+pub fn bumps_at_most_once(
+    c: &mut SupervisedClient,
+    rounds: usize,
+    log: &Path,
+    what: impl Display,
+) -> Vec<u64> {
+    let m = c.method(BUMP).expect("bump");
+    assert!(!m.is_idempotent());
+    let (mut ok, mut died) = (Vec::new(), Vec::new());
+    let mut id = 0u64;
+    for _ in 0..rounds {
+        // Eight pipelined, each on its own.
+        let pending: Vec<_> = (0..8)
+            .map(|_| {
+                id += 1;
+                (id, c.start(m, &Bump { id }, &[]).expect("start"))
+            })
+            .collect();
+        for (id, p) in pending {
+            match c.wait(p, None) {
+                Ok(v) => {
+                    assert_eq!(v.sum.to_native(), id);
+                    ok.push(id);
+                }
+                Err(SupervisedError::Call(CallError::PeerDied)) => died.push(id),
+                Err(e) => panic!("{what}: call {id}: unexpected {e}"),
+            }
+        }
+    }
+    let text = std::fs::read_to_string(log).expect("the service's log");
+    let _ = std::fs::remove_file(log);
+    let mut runs: HashMap<u64, u32> = HashMap::new();
+    for line in text.lines() {
+        *runs.entry(line.parse().expect("an id")).or_default() += 1;
+    }
+    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "calls ran twice: {twice:?}");
+    for id in &ok {
+        assert_eq!(runs.get(id), Some(&1), "call {id} succeeded: it ran once");
+    }
+    assert_eq!(ok.len() + died.len(), rounds * 8);
+    assert!(!died.is_empty(), "one call in ten crashes the service");
+    died
 }
 
 /// Checks that a later call on `c`, whose supervisor has failed, fails

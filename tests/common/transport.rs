@@ -300,18 +300,6 @@ macro_rules! on_every_transport {
         mod shm {
             $(#[test] fn $name() { super::$name($crate::common::transport::Transport::Shm) })*
         }
-        mod unix_stream {
-            $(#[test] fn $name() { super::$name($crate::common::transport::Transport::UnixStream) })*
-        }
-        mod tcp {
-            $(#[test] fn $name() { super::$name($crate::common::transport::Transport::Tcp) })*
-        }
-        #[cfg(feature = "tls")]
-        mod tls {
-            $(#[test] fn $name() { super::$name($crate::common::transport::Transport::Tls) })*
-        }
-        mod tcp_lz4 {
-            $(#[test] fn $name() { super::$name($crate::common::transport::Transport::TcpLz4) })*
-        }
+        $crate::on_stream_transports!($($name),*);
     };
 }

@@ -335,6 +335,26 @@ impl RawClient {
     }
 }
 
+/// Waits for a peer (`who`, for errors) on `listener`, accepts it and
+/// reads its hello into `buf`: the socket, the hello's length, and the
+/// handshake's deadline.
+pub fn accept_hello(
+    listener: &OwnedFd,
+    who: &str,
+    buf: &mut [u8],
+) -> Result<(OwnedFd, usize, Instant), String> {
+    let deadline = Instant::now() + HANDSHAKE;
+    let r = poll_ready(&[(listener.as_fd(), Ready::Readable)], Some(HANDSHAKE))
+        .map_err(|e| format!("poll: {e}"))?;
+    if !r[0] {
+        return Err(format!("no {who} came"));
+    }
+    let sock = accept_seqpacket(listener.as_fd()).map_err(|e| format!("accept: {e}"))?;
+    let (n, _) = recv_message(sock.as_fd(), buf, 0, deadline, None)
+        .map_err(|e| format!("{who} hello: {e}"))?;
+    Ok((sock, n, deadline))
+}
+
 /// A server that runs the handshake itself, on its own listener.
 pub struct RawServer {
     listener: OwnedFd,
@@ -360,16 +380,8 @@ impl RawServer {
         layout: &SegmentLayout,
         keep_client_end: bool,
     ) -> Result<(RawLink, Option<OwnedFd>), String> {
-        let deadline = Instant::now() + HANDSHAKE;
-        let r = poll_ready(&[(self.listener.as_fd(), Ready::Readable)], Some(HANDSHAKE))
-            .map_err(|e| format!("poll: {e}"))?;
-        if !r[0] {
-            return Err("no client came".into());
-        }
-        let sock = accept_seqpacket(self.listener.as_fd()).map_err(|e| format!("accept: {e}"))?;
         let mut buf = [0u8; 256];
-        let (n, _) = recv_message(sock.as_fd(), &mut buf, 0, deadline, None)
-            .map_err(|e| format!("client hello: {e}"))?;
+        let (sock, n, deadline) = accept_hello(&self.listener, "client", &mut buf)?;
         ClientHello::decode(&buf[..n]).map_err(|e| format!("client hello: {e}"))?;
         self.conns += 1;
         let segment = Segment::create(&format!("isocall:hostile-server:{}", self.conns), layout)

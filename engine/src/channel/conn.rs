@@ -65,10 +65,7 @@ impl Conn {
             strategy,
             liveness.clone(),
         )?;
-        let watched = Watched {
-            sock: Some(sock.try_clone()?),
-            pidfd: peer_pidfd(sock.as_fd(), peer),
-        };
+        let watched = Watched::socket(&sock, peer)?;
         let pidfd = peer_pidfd(sock.as_fd(), peer);
         let watch = PeerWatch::connection(
             watched,

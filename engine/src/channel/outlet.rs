@@ -255,15 +255,21 @@ impl Outlet {
     /// Writes `payload` into the ring, which has room (`has_room` or
     /// `make_room` said so).
     pub(crate) fn write(&mut self, payload: &[u8]) {
-        match self.conn.tx.try_reserve(MESSAGE, payload.len()) {
-            Ok(mut g) => {
-                g.bytes_mut().copy_from_slice(payload);
-                g.commit_all();
-                self.conn.tx.publish();
-                self.full_since = None;
-            }
-            Err(e) => self.fail(&e),
+        if let Err(e) = self.try_write(payload) {
+            self.fail(&e);
         }
+    }
+
+    /// Writes and publishes `payload` as one frame if the ring has room
+    /// for it (`Full` if not).
+    #[inline]
+    fn try_write(&mut self, payload: &[u8]) -> Result<(), TransportError> {
+        let mut g = self.conn.tx.try_reserve(MESSAGE, payload.len())?;
+        g.bytes_mut().copy_from_slice(payload);
+        g.commit_all();
+        self.conn.tx.publish();
+        self.full_since = None;
+        Ok(())
     }
 
     /// Gives it `payload` by its policy: into the ring if there is room
@@ -281,14 +287,8 @@ impl Outlet {
                 self.flush_backlog(kept);
             }
             if self.backlog.is_empty() {
-                match self.conn.tx.try_reserve(MESSAGE, payload.len()) {
-                    Ok(mut g) => {
-                        g.bytes_mut().copy_from_slice(payload);
-                        g.commit_all();
-                        self.conn.tx.publish();
-                        self.full_since = None;
-                        return;
-                    }
+                match self.try_write(payload) {
+                    Ok(()) => return,
                     Err(TransportError::Full) => {}
                     Err(e) => return self.fail(&e),
                 }

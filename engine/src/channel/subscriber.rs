@@ -196,14 +196,7 @@ impl<T: Body> Subscriber<T> {
             }
         };
         let msg = &buf[..n];
-        let abort = |reason: &str| {
-            let _ = send_with_fds(
-                sock.as_fd(),
-                &handshake::encode_abort(reason),
-                &[],
-                Instant::now() + Duration::from_millis(100),
-            );
-        };
+        let abort = |reason: &str| handshake::send_abort(sock.as_fd(), reason);
         match msg[0] {
             REFUSED => {
                 return Err(SubscribeError::Refused(handshake::decode_refusal(

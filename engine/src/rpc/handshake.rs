@@ -588,6 +588,18 @@ pub fn decode_refusal(msg: &[u8]) -> Result<Refusal, HandshakeError> {
     })
 }
 
+/// Tells the peer on `sock` why this side gives the handshake up (the
+/// abort [`encode_abort`] makes), waiting at most 100 ms to send it; a
+/// peer that is gone already is not told.
+pub(crate) fn send_abort(sock: std::os::fd::BorrowedFd<'_>, reason: &str) {
+    let _ = crate::sys::send_with_fds(
+        sock,
+        &encode_abort(reason),
+        &[],
+        std::time::Instant::now() + std::time::Duration::from_millis(100),
+    );
+}
+
 /// Encodes the client's abort with its reason.
 pub fn encode_abort(reason: &str) -> Vec<u8> {
     let mut m = vec![ABORT];

@@ -10,7 +10,7 @@
 //! each: on a shared-memory connection every dispatch is the same,
 //! predictable branch, and the ring's own calls are inlined behind it.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ use crate::rpc::large::large_id;
 use crate::rpc::wire::{self, HANDLE, HEAD, kind};
 use crate::segment::{Segment, SegmentError, Side};
 use crate::stream::{StreamFrame, StreamGrant, StreamRx, StreamTx};
-use crate::sys::{Doorbell, PeerCred, Ready, peer_pidfd, poll_ready};
+use crate::sys::{Doorbell, PeerCred, Ready, poll_ready};
 use crate::wake::RingParker;
 
 /// The sending half of a connection.
@@ -704,10 +704,7 @@ impl Link {
             liveness.clone(),
         )?;
         let pool = segment.blob_pool(side)?.map(Arc::new);
-        let watched = Watched {
-            sock: Some(sock.try_clone()?),
-            pidfd: peer_pidfd(sock.as_fd(), peer),
-        };
+        let watched = Watched::socket(&sock, peer)?;
         let watch = PeerWatch::connection(
             watched,
             liveness.clone(),

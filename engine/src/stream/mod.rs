@@ -233,25 +233,12 @@ pub fn endpoint(
     let wire = Arc::new(wire::Wire::new(conn));
     let tx = StreamTx::new(
         wire.clone(),
-        tx::SendLimits {
-            max_payload: config.max_payload,
-            max_frame: config.max_frame,
-            send_buffer: config.send_buffer,
-        },
+        send_limits(config),
         config.lz4,
         pool.clone(),
         large.clone(),
     );
-    let rx = StreamRx::new(
-        wire,
-        codec::Limits {
-            max_frame: config.max_frame,
-            max_payload: config.max_payload,
-            lz4: config.lz4.is_some(),
-        },
-        pool,
-        large,
-    );
+    let rx = StreamRx::new(wire, recv_limits(config), pool, large);
     Ok((tx, rx))
 }
 
@@ -275,6 +262,24 @@ fn config_parts(
     Ok((pool, Arc::new(LargeBlobs::new(config.large))))
 }
 
+/// What `config` limits the sending half to.
+fn send_limits(config: &StreamConfig) -> tx::SendLimits {
+    tx::SendLimits {
+        max_payload: config.max_payload,
+        max_frame: config.max_frame,
+        send_buffer: config.send_buffer,
+    }
+}
+
+/// What `config` limits the receiving half to.
+fn recv_limits(config: &StreamConfig) -> codec::Limits {
+    codec::Limits {
+        max_frame: config.max_frame,
+        max_payload: config.max_payload,
+        lz4: config.lz4.is_some(),
+    }
+}
+
 /// Gives the endpoint `tx`, `rx` (two halves of one [`endpoint`]) the
 /// configuration a handshake negotiated: limits, compression, a new pool
 /// and new large blobs. Call it between frames, with no grant open and
@@ -292,24 +297,7 @@ pub(crate) fn reconfigure(
     config: &StreamConfig,
 ) -> Result<(), StreamError> {
     let (pool, large) = config_parts(side, config)?;
-    tx.reconfigure(
-        tx::SendLimits {
-            max_payload: config.max_payload,
-            max_frame: config.max_frame,
-            send_buffer: config.send_buffer,
-        },
-        config.lz4,
-        pool.clone(),
-        large.clone(),
-    );
-    rx.reconfigure(
-        codec::Limits {
-            max_frame: config.max_frame,
-            max_payload: config.max_payload,
-            lz4: config.lz4.is_some(),
-        },
-        pool,
-        large,
-    );
+    tx.reconfigure(send_limits(config), config.lz4, pool.clone(), large.clone());
+    rx.reconfigure(recv_limits(config), pool, large);
     Ok(())
 }

@@ -55,6 +55,20 @@ impl Out {
     pub(crate) fn unsent(&self) -> usize {
         self.buf.len() - self.sent
     }
+
+    /// Appends `staged` (left empty) to the bytes to send.
+    #[inline]
+    fn append(&mut self, staged: &mut Vec<u8>) {
+        if self.unsent() == 0 {
+            // The common case: nothing is left over, so the staged frames
+            // become the output buffer as they are (no copy).
+            self.buf.clear();
+            self.sent = 0;
+            std::mem::swap(&mut self.buf, staged);
+        } else {
+            self.buf.append(staged);
+        }
+    }
 }
 
 /// What one read found.
@@ -173,15 +187,7 @@ impl Wire {
     /// Returns whether everything went.
     pub(crate) fn publish(&self, staged: &mut Vec<u8>) -> Result<bool, StreamError> {
         let mut out = lock(&self.out);
-        if out.unsent() == 0 {
-            // The common case: nothing is left over, so the staged frames
-            // become the output buffer as they are (no copy).
-            out.buf.clear();
-            out.sent = 0;
-            std::mem::swap(&mut out.buf, staged);
-        } else {
-            out.buf.append(staged);
-        }
+        out.append(staged);
         self.flush_locked(&mut out)
     }
 
@@ -191,13 +197,7 @@ impl Wire {
     /// Returns how many bytes now wait.
     pub(crate) fn defer(&self, staged: &mut Vec<u8>) -> usize {
         let mut out = lock(&self.out);
-        if out.unsent() == 0 {
-            out.buf.clear();
-            out.sent = 0;
-            std::mem::swap(&mut out.buf, staged);
-        } else {
-            out.buf.append(staged);
-        }
+        out.append(staged);
         self.pending.store(true, Ordering::Release);
         out.unsent()
     }

@@ -209,7 +209,7 @@ pub fn server_peer(mut ctl: Control) -> Res<()> {
 }
 
 /// Closes the connection (`client`), then stops the server peer.
-fn finish<C>(mut peer: Peer, client: C) -> Res<()> {
+pub(super) fn finish<C>(mut peer: Peer, client: C) -> Res<()> {
     drop(client);
     peer.write_line("stop")?;
     peer.finish()
@@ -230,7 +230,12 @@ pub fn rtt(budget: &Budget, strategy: WaitStrategy) -> Res<Measured> {
 /// The round trips of `figure` through `c`, a client of `peer`'s server:
 /// 64-byte calls one at a time, every reply checked (after the timed
 /// loop); then closes `c` and stops `peer`.
-fn rtt_through<C: Caller>(budget: &Budget, figure: &str, peer: Peer, mut c: C) -> Res<Measured> {
+pub(super) fn rtt_through<C: Caller>(
+    budget: &Budget,
+    figure: &str,
+    peer: Peer,
+    mut c: C,
+) -> Res<Measured> {
     let m = c.method(ECHO64)?;
     let mut wrong = None;
     let out = latency(budget, |seq| {
@@ -248,9 +253,23 @@ fn rtt_through<C: Caller>(budget: &Budget, figure: &str, peer: Peer, mut c: C) -
 
 /// `call.pipelined.64`: calls per second with 64 in flight.
 pub fn pipelined(budget: &Budget) -> Res<Measured> {
-    let (peer, mut c) = connect("call.pipelined.64", WaitStrategy::BusySpin)?;
-    let m = c.method(ECHO64)?;
+    let figure = "call.pipelined.64";
+    let (peer, c) = connect(figure, WaitStrategy::BusySpin)?;
     let n = (budget.stream_msgs / 4).max(10_000);
+    pipelined_through(budget, figure, n, peer, c)
+}
+
+/// The rate of `figure` through `c`, a client of `peer`'s server: `n`
+/// 64-byte calls with 64 in flight, every reply checked, per repetition;
+/// then closes `c` and stops `peer`.
+pub(super) fn pipelined_through(
+    budget: &Budget,
+    figure: &str,
+    n: u64,
+    peer: Peer,
+    mut c: Client,
+) -> Res<Measured> {
+    let m = c.method(ECHO64)?;
     let mut reps = Vec::new();
     for _ in 0..budget.stream_reps {
         let start = Instant::now();
@@ -260,15 +279,14 @@ pub fn pipelined(budget: &Budget) -> Res<Measured> {
                 let (p, s) = window.pop_front().ok_or("empty window")?;
                 let r: isocall_engine::Reply<'_, Bytes64> = c.wait(p, None)?;
                 if check(&r.data, s).is_err() {
-                    return Err(format!("call.pipelined.64: wrong reply to {s}").into());
+                    return Err(format!("{figure}: wrong reply to {s}").into());
                 }
             }
             window.push_back((c.start(m, &request(seq), &[])?, seq));
         }
         for (p, s) in window {
-            let ok = check(&c.wait(p, None)?.data, s).is_ok();
-            if !ok {
-                return Err(format!("call.pipelined.64: wrong reply to {s}").into());
+            if check(&c.wait(p, None)?.data, s).is_err() {
+                return Err(format!("{figure}: wrong reply to {s}").into());
             }
         }
         reps.push((n, start.elapsed()));

@@ -16,14 +16,13 @@
 //! sleeps in `poll` on the socket, the server's worker too.
 
 use std::fmt::Write as _;
-use std::time::Instant;
 
 use isocall_engine::WaitStrategy;
 use isocall_engine::rpc::{Client, ClientOptions, Compression, Endpoint, Policy, SocketName};
 
 use super::Res;
-use super::call::{Bytes64, ECHO64, TEXT, check, request, server};
-use super::measure::{Budget, Measured, latency, rate};
+use super::call::{TEXT, finish, pipelined_through, request, rtt_through, server};
+use super::measure::{Budget, Measured, latency};
 use super::netns::Link;
 use super::peer::{Control, Peer};
 use super::sockets::sum_words;
@@ -142,12 +141,6 @@ pub fn server_peer(mut ctl: Control) -> Res<()> {
     Ok(())
 }
 
-fn finish(mut peer: Peer, client: Client) -> Res<()> {
-    drop(client);
-    peer.write_line("stop")?;
-    peer.finish()
-}
-
 /// `unix_stream.call.rtt.64`, `tcp.call.rtt.64`, `tls.call.rtt.64`.
 pub fn rtt(budget: &Budget, net: Net) -> Res<Measured> {
     let name = match net {
@@ -156,51 +149,16 @@ pub fn rtt(budget: &Budget, net: Net) -> Res<Measured> {
         Net::Tls => "tls.call.rtt.64",
         Net::Remote => return Err("the remote link has its own figures".into()),
     };
-    let (peer, mut c) = connect(name, net)?;
-    let m = c.method(ECHO64)?;
-    let mut wrong = None;
-    let out = latency(budget, |seq| {
-        if check(&c.call(m, &request(seq))?.data, seq).is_err() {
-            wrong = Some(seq);
-        }
-        Ok(())
-    })?;
-    if let Some(seq) = wrong {
-        return Err(format!("{name}: wrong reply to call {seq}").into());
-    }
-    finish(peer, c)?;
-    Ok(out)
+    let (peer, c) = connect(name, net)?;
+    rtt_through(budget, name, peer, c)
 }
 
 /// `tcp.call.pipelined.64`: calls per second over TCP with 64 in flight.
 pub fn pipelined(budget: &Budget) -> Res<Measured> {
     let figure = "tcp.call.pipelined.64";
-    let (peer, mut c) = connect(figure, Net::Tcp)?;
-    let m = c.method(ECHO64)?;
+    let (peer, c) = connect(figure, Net::Tcp)?;
     let n = (budget.stream_msgs / 40).max(10_000);
-    let mut reps = Vec::new();
-    for _ in 0..budget.stream_reps {
-        let start = Instant::now();
-        let mut window = std::collections::VecDeque::with_capacity(64);
-        for seq in 0..n {
-            if window.len() == 64 {
-                let (p, s) = window.pop_front().ok_or("empty window")?;
-                let r: isocall_engine::Reply<'_, Bytes64> = c.wait(p, None)?;
-                if check(&r.data, s).is_err() {
-                    return Err(format!("{figure}: wrong reply to {s}").into());
-                }
-            }
-            window.push_back((c.start(m, &request(seq), &[])?, seq));
-        }
-        for (p, s) in window {
-            if check(&c.wait(p, None)?.data, s).is_err() {
-                return Err(format!("{figure}: wrong reply to {s}").into());
-            }
-        }
-        reps.push((n, start.elapsed()));
-    }
-    finish(peer, c)?;
-    Ok(rate(&mut reps, 64))
+    pipelined_through(budget, figure, n, peer, c)
 }
 
 /// Bytes of text a `--netem` call carries.

@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use isocall_blob::BlobHandle;
+use isocall_ringbuf::Spinner;
 use rkyv::ser::allocator::Arena;
 
 use super::ClientOptions;
@@ -83,14 +84,7 @@ pub(crate) fn handshake(
         _ => ConnectError::Io(e),
     })?;
     let msg = &buf[..n];
-    let abort = |reason: &str| {
-        let _ = send_with_fds(
-            sock.as_fd(),
-            &handshake::encode_abort(reason),
-            &[],
-            Instant::now() + Duration::from_millis(100),
-        );
-    };
+    let abort = |reason: &str| handshake::send_abort(sock.as_fd(), reason);
     match msg[0] {
         REFUSED => {
             return Err(ConnectError::Refused(handshake::decode_refusal(&msg[1..])?));
@@ -138,32 +132,51 @@ pub(crate) fn handshake(
         .as_ref()
         .expect("a shared-memory link has its socket");
     send_with_fds(ring.sock.as_fd(), &[READY], &[], deadline)?;
-    let by_name = hello
-        .methods
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (m.name.clone(), i as u32))
-        .collect();
     tracing::debug!(
         server_pid = ?server.pid,
         methods = hello.methods.len(),
         conn = hello.head.conn,
         "connected"
     );
-    let info = Info {
-        tag: next_client_tag(),
-        methods: hello.methods,
-        by_name,
-        max_frame: (hello.head.max_frame as usize).max(wire::HEAD),
+    let info = Info::new(
+        hello.methods,
+        (hello.head.max_frame as usize).max(wire::HEAD),
         server,
         layout,
         options,
-        server_pid: server.pid,
-    };
+        server.pid,
+    );
     Ok((link, info))
 }
 
 impl Info {
+    /// What a client learnt from a server's hello, under a new tag, its
+    /// methods indexed by name.
+    pub(crate) fn new(
+        methods: Vec<MethodInfo>,
+        max_frame: usize,
+        server: PeerCred,
+        layout: SegmentLayout,
+        options: ClientOptions,
+        server_pid: Option<u32>,
+    ) -> Info {
+        let by_name = methods
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name.clone(), i as u32))
+            .collect();
+        Info {
+            tag: next_client_tag(),
+            methods,
+            by_name,
+            max_frame,
+            server,
+            layout,
+            options,
+            server_pid,
+        }
+    }
+
     fn find(&self, name: &str) -> Result<(u32, &MethodInfo), CallError> {
         let id = *self
             .by_name
@@ -329,4 +342,75 @@ enum Next {
     Grow,
     /// The ring is full: let the caller drain and wait.
     Drain,
+}
+
+/// What a client does while its request ring stays full, once it has read
+/// what replies it could (the server may wait for room for them before it
+/// takes our requests): spin a little, then nap until the server frees
+/// room, a millisecond at most, and fail at the call's deadline. Both
+/// clients' `on_full` end here.
+pub(crate) struct RoomWait {
+    /// The call's deadline: the caller's, or `call_timeout` from the first
+    /// time the ring was found full.
+    deadline: Option<Instant>,
+    timeout: Duration,
+    spinner: Spinner,
+}
+
+impl RoomWait {
+    /// A wait for a call that must end by `deadline` (if the caller gave
+    /// one; else `options.call_timeout` from when the ring is first full).
+    pub(crate) fn new(options: &ClientOptions, deadline: Option<Instant>) -> Self {
+        Self {
+            deadline,
+            timeout: options.call_timeout,
+            spinner: Spinner::new(options.strategy),
+        }
+    }
+
+    /// The step after reading replies; `drained` says whether any came.
+    ///
+    /// # Errors
+    ///
+    /// `Timeout` past the deadline; what `tx` reports when it cannot wait.
+    pub(crate) fn after_reading<T: SendFrames>(
+        &mut self,
+        drained: bool,
+        tx: &mut T,
+        frame_kind: u16,
+    ) -> Result<(), CallError> {
+        if drained {
+            // A server that keeps sending (replies, or strays) while our
+            // ring stays full must not keep the call past its deadline.
+            let d = self.deadline();
+            return if Instant::now() >= d {
+                Err(CallError::Timeout)
+            } else {
+                Ok(())
+            };
+        }
+        if self.spinner.spin() {
+            return Ok(());
+        }
+        let d = self.deadline();
+        let now = Instant::now();
+        if now >= d {
+            return Err(CallError::Timeout);
+        }
+        // Sleep until the server frees room, at most a millisecond
+        // (then read replies again).
+        let nap = (now + Duration::from_millis(1)).min(d);
+        match tx.reserve(frame_kind, 0, Some(nap)) {
+            Ok(_) | Err(TransportError::Timeout) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The call's deadline, fixed the first time it is needed.
+    fn deadline(&mut self) -> Instant {
+        let timeout = self.timeout;
+        *self
+            .deadline
+            .get_or_insert_with(|| crate::deadline_in(timeout))
+    }
 }

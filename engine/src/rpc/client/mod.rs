@@ -21,14 +21,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use isocall_blob::{BlobHandle, Pool};
-use isocall_ringbuf::{SharedRegion, Spinner};
+use isocall_ringbuf::SharedRegion;
 use rkyv::util::AlignedVec;
 
 pub use caller::Caller;
 pub use reply::{Pending, Reply};
 pub use shared::SharedClient;
 
-use self::core::{Info, put};
+use self::core::{Info, RoomWait, put};
 use self::reply::{Abandoned, Handles, ReplyBlobSet, ReplyBytes};
 use self::window::{Entry, Stashed, Window};
 use crate::WaitStrategy;
@@ -1002,9 +1002,7 @@ fn send_on<T: SendFrames, R: RecvFrames>(
         arena,
     } = to;
     let (frame_kind, pool, info) = (*frame_kind, *pool, *info);
-    let timeout = info.options.call_timeout;
-    let mut deadline: Option<Instant> = *deadline;
-    let mut spinner = Spinner::new(info.options.strategy);
+    let mut room = RoomWait::new(&info.options, *deadline);
     let on_full = |tx: &mut T| -> Result<(), CallError> {
         // The server may wait for room for our replies: read them.
         let mut drained = false;
@@ -1012,31 +1010,7 @@ fn send_on<T: SendFrames, R: RecvFrames>(
             drained = true;
             route(frame, window, info, spares, pool, closed)?;
         }
-        if drained {
-            // A server that keeps sending (replies, or strays) while our
-            // ring stays full must not keep the call past its deadline.
-            let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
-            return if Instant::now() >= d {
-                Err(CallError::Timeout)
-            } else {
-                Ok(())
-            };
-        }
-        if spinner.spin() {
-            return Ok(());
-        }
-        let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
-        let now = Instant::now();
-        if now >= d {
-            return Err(CallError::Timeout);
-        }
-        // Sleep until the server frees room, at most a millisecond
-        // (then read replies again).
-        let nap = (now + Duration::from_millis(1)).min(d);
-        match tx.reserve(frame_kind, 0, Some(nap)) {
-            Ok(_) | Err(TransportError::Timeout) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        room.after_reading(drained, tx, frame_kind)
     };
     let sent = put(
         tx,

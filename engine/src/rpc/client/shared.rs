@@ -23,7 +23,7 @@ use isocall_blob::{BlobHandle, Pool};
 use isocall_ringbuf::{SharedRegion, Spinner};
 use rkyv::util::AlignedVec;
 
-use super::core::{Info, put};
+use super::core::{Info, RoomWait, put};
 use super::reply::{Abandoned, Handles, Pending, Reply, ReplyBlobSet, ReplyBytes};
 use super::{ClientOptions, connect_link, next_frame, recycle};
 use crate::endpoint::TransportError;
@@ -380,43 +380,19 @@ impl SharedClient {
         blobs: &[BlobHandle],
     ) -> Result<(), CallError> {
         let inner = &*self.inner;
-        let timeout = inner.info.options.call_timeout;
-        let mut deadline: Option<Instant> = None;
-        let mut spinner = Spinner::new(inner.info.options.strategy);
+        let mut room = RoomWait::new(&inner.info.options, None);
         let on_full = |tx: &mut Sender| -> Result<(), CallError> {
             // Read replies if nobody else does: the server may wait for
             // room for them before it takes our requests.
+            let mut drained = false;
             if let Ok(mut rx) = inner.rx.try_lock() {
-                let mut drained = false;
                 while let Polled::Handled = inner.poll_one(&mut rx)? {
                     drained = true;
                 }
                 drop(rx);
                 inner.hand_off();
-                if drained {
-                    // A server that keeps sending while our ring stays
-                    // full must not keep the call past its deadline.
-                    let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
-                    return if Instant::now() >= d {
-                        Err(CallError::Timeout)
-                    } else {
-                        Ok(())
-                    };
-                }
             }
-            if spinner.spin() {
-                return Ok(());
-            }
-            let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
-            let now = Instant::now();
-            if now >= d {
-                return Err(CallError::Timeout);
-            }
-            let nap = (now + Duration::from_millis(1)).min(d);
-            match tx.reserve(frame_kind, 0, Some(nap)) {
-                Ok(_) | Err(TransportError::Timeout) => Ok(()),
-                Err(e) => Err(e.into()),
-            }
+            room.after_reading(drained, tx, frame_kind)
         };
         let mut guard = lock(&inner.tx);
         let (tx, arena) = &mut *guard;

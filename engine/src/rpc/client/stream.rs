@@ -29,7 +29,6 @@ use crate::sys::PeerCred;
 
 use super::core::Info;
 use super::{ClientOptions, wait_quietly};
-use crate::rpc::method::next_client_tag;
 
 /// The longest a wait for a reply sleeps in one `recv` (see
 /// [`StreamRx::block_reads`](crate::stream::StreamRx::block_reads)):
@@ -178,12 +177,6 @@ fn attempt(
     reconfigure(&mut tx, &mut rx, Side::Client, &config).map_err(fail)?;
     tx.send(kind::HANDSHAKE, &[READY], Some(deadline))
         .map_err(fail)?;
-    let by_name = hello
-        .methods
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (m.name.clone(), i as u32))
-        .collect();
     // Wait for replies in `recv` itself, not in `poll` then `recv` (one
     // system call per wait, as a blocking socket's caller makes); failing
     // that, poll.
@@ -191,18 +184,16 @@ fn attempt(
     let server = cred.unwrap_or(PeerCred::REMOTE);
     tracing::debug!(%address, server_pid = stream.pid, methods = hello.methods.len(),
         lz4 = lz4.is_some(), "connected over a stream");
-    let info = Info {
-        tag: next_client_tag(),
-        methods: hello.methods,
-        by_name,
-        max_frame: max_payload,
+    let info = Info::new(
+        hello.methods,
+        max_payload,
         server,
-        layout: SegmentLayout {
+        SegmentLayout {
             ring_capacity: 0,
             blobs: pool.unwrap_or_default(),
         },
-        options: options.clone(),
-        server_pid: Some(stream.pid).filter(|&p| p != 0),
-    };
+        options.clone(),
+        Some(stream.pid).filter(|&p| p != 0),
+    );
     Ok((Link::stream(tx, rx), info))
 }

@@ -212,6 +212,20 @@ fn handshake_thread(
     finish(shared, handshake(shared, sock, premade, id), id, ticket);
 }
 
+/// The method table a server's hello carries, and the head that
+/// announces it to connection `conn` (both transports' hellos start so).
+pub(super) fn hello_head(shared: &Shared, conn: u32) -> (ServerHelloHead, Vec<MethodInfo>) {
+    let infos: Vec<MethodInfo> = shared.methods.iter().map(|m| m.info.clone()).collect();
+    let head = ServerHelloHead {
+        magic: handshake::HELLO_MAGIC,
+        version: PROTOCOL_VERSION,
+        nmethods: infos.len() as u32,
+        max_frame: shared.max_frame as u32,
+        conn,
+    };
+    (head, infos)
+}
+
 /// Hands a finished handshake's connection to a worker (round-robin), or
 /// counts why there is none.
 pub(super) fn finish(
@@ -297,20 +311,11 @@ fn handshake(
             }
         },
     };
-    let infos: Vec<MethodInfo> = shared.methods.iter().map(|m| m.info.clone()).collect();
+    let (head, infos) = hello_head(shared, id);
     let names: Vec<&str> = infos.iter().map(|m| m.name.as_str()).collect();
     segment.write_method_table(&names);
     let (ours, theirs) = Doorbell::pair().map_err(|e| other("doorbell", &e))?;
-    let msg = handshake::encode_hello(
-        &ServerHelloHead {
-            magic: handshake::HELLO_MAGIC,
-            version: PROTOCOL_VERSION,
-            nmethods: infos.len() as u32,
-            max_frame: shared.max_frame as u32,
-            conn: id,
-        },
-        &infos,
-    );
+    let msg = handshake::encode_hello(&head, &infos);
     send_with_fds(
         sock.as_fd(),
         &msg,

@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 use crate::rpc::address::Compression;
 use crate::rpc::error::Refusal;
 use crate::rpc::handshake::{
-    self, ABORT, ClientHello, HandshakeError, MethodInfo, READY, STREAM_LZ4, ServerHelloHead,
-    StreamServerHello,
+    self, ABORT, ClientHello, HandshakeError, READY, STREAM_LZ4, StreamServerHello,
 };
 use crate::rpc::link::Link;
 use crate::rpc::over_stream::{connection_config, handshake_config, recv_message};
@@ -31,7 +30,7 @@ use crate::stream::{Connection, Incoming, Lz4, PeerAddr, StreamTx, endpoint, rec
 use crate::sys::PeerCred;
 
 use super::Shared;
-use super::accept::{Failed, finish};
+use super::accept::{Failed, finish, hello_head};
 use super::admission::{Key, Ticket};
 use super::ctx::Large;
 use super::worker::Conn;
@@ -174,15 +173,9 @@ fn handshake(shared: &Shared, incoming: Incoming, id: u32) -> Result<Conn, Faile
     let lz4 =
         (flags & STREAM_LZ4 != 0 && shared.compression != Compression::Off).then(Lz4::default);
     let pool = (!shared.layout.blobs.is_empty()).then_some(shared.layout.blobs);
-    let infos: Vec<MethodInfo> = shared.methods.iter().map(|m| m.info.clone()).collect();
+    let (head, infos) = hello_head(shared, id);
     let msg = handshake::encode_stream_hello(
-        &ServerHelloHead {
-            magic: handshake::HELLO_MAGIC,
-            version: PROTOCOL_VERSION,
-            nmethods: infos.len() as u32,
-            max_frame: shared.max_frame as u32,
-            conn: id,
-        },
+        &head,
         &StreamServerHello {
             flags: if lz4.is_some() { STREAM_LZ4 } else { 0 },
             lz4_threshold: lz4.map_or(0, |l| l.threshold as u32),
