@@ -24,8 +24,9 @@ use isocall_ringbuf::{SharedRegion, Spinner};
 use rkyv::util::AlignedVec;
 
 use super::core::{Info, RoomWait, put};
+use super::io::{next_frame, recycle};
 use super::reply::{Abandoned, Handles, Pending, Reply, ReplyBlobSet, ReplyBytes};
-use super::{ClientOptions, connect_link, next_frame, recycle};
+use super::{ClientOptions, connect_link};
 use crate::endpoint::TransportError;
 use crate::rpc::body::{self, Body};
 use crate::rpc::error::{CallError, ConnectError, ReplyError};
