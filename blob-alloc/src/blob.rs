@@ -102,12 +102,10 @@ impl<R: Region> SlotRef<'_, R> {
     /// shared borrow of itself.
     #[inline]
     pub(crate) fn bytes(&self) -> &[u8] {
-        // SAFETY: `self` is the slot reference of the blob that holds the
-        // slot (module doc), borrowed shared for the life of the slice, so
-        // no mutable slice of it exists meanwhile (that takes `&mut` of the
-        // blob); or of a shared blob, while this process's record says no
-        // blob holds the slot alone (module doc), so no mutable slice of it
-        // exists in this process at all.
+        // SAFETY: the holder's blob is borrowed shared for the slice's life
+        // (a mutable slice takes `&mut` of it), or a shared blob's slot is
+        // held alone by no blob of this process (module doc): no mutable
+        // slice of these bytes exists meanwhile.
         unsafe { raw::slot_bytes(self.pool.region(), self.offset, self.len, self.capacity) }
     }
 

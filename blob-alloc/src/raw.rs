@@ -18,19 +18,19 @@
 
 use isocall_ringbuf::Region;
 
-/// The first `len` bytes of the slot at `offset`, to read.
-///
-/// # Safety
-///
-/// The caller holds the slot at `offset` (of `capacity` bytes) as the
-/// module doc says, and for the life of the returned slice no mutable
-/// slice of those bytes exists in this process. A hostile peer may still
-/// write them: the caller treats them as untrusted input.
+/// The first `len` bytes of the slot at `offset`, to read. A hostile peer
+/// may still write them: the caller treats them as untrusted input.
 ///
 /// # Panics
 ///
 /// If `len > capacity` or the slot does not lie in the region (a bug in
 /// the pool).
+///
+/// # Safety
+///
+/// SAFETY (the caller's): it holds the slot at `offset` (of `capacity`
+/// bytes) as the module doc says, and no mutable slice of those bytes
+/// exists in this process while the returned one lives.
 #[inline]
 pub(crate) unsafe fn slot_bytes<R: Region>(
     region: &R,
@@ -54,15 +54,15 @@ pub(crate) unsafe fn slot_bytes<R: Region>(
 
 /// The first `len` bytes of the slot at `offset`, to write.
 ///
-/// # Safety
-///
-/// The caller holds the slot at `offset` (of `capacity` bytes) as the
-/// module doc says, and for the life of the returned slice no other slice
-/// of those bytes exists in this process.
-///
 /// # Panics
 ///
 /// As [`slot_bytes`].
+///
+/// # Safety
+///
+/// SAFETY (the caller's): it holds the slot at `offset` (of `capacity`
+/// bytes) as the module doc says, and no other slice of those bytes
+/// exists in this process while the returned one lives.
 #[inline]
 #[allow(clippy::mut_from_ref)]
 pub(crate) unsafe fn slot_bytes_mut<R: Region>(

@@ -303,11 +303,15 @@ macro_rules! impl_region {
             fn u32_at(&self, off: usize) -> &AtomicU32 {
                 self.raw.u32_at(off)
             }
+            // SAFETY: an unsafe method of the trait, forwarded with its contract
+            // (the caller's `off` is aligned and in bounds).
             #[inline]
             unsafe fn u64_at_unchecked(&self, off: usize) -> &AtomicU64 {
                 // SAFETY: forwarded contract.
                 unsafe { self.raw.u64_at_unchecked(off) }
             }
+            // SAFETY: an unsafe method of the trait, forwarded with its contract
+            // (the caller's `off` is aligned and in bounds).
             #[inline]
             unsafe fn u32_at_unchecked(&self, off: usize) -> &AtomicU32 {
                 // SAFETY: forwarded contract.

@@ -125,6 +125,8 @@ pub unsafe trait Region: ReadRegion + Send + Sync {
     /// # Safety
     ///
     /// `off` is 8-aligned and `off + 8 <= len()`.
+    // SAFETY: an unsafe method of the trait, forwarded with its contract
+    // (the caller's `off` is aligned and in bounds).
     #[inline]
     unsafe fn u64_at_unchecked(&self, off: usize) -> &AtomicU64 {
         self.u64_at(off)
@@ -135,6 +137,8 @@ pub unsafe trait Region: ReadRegion + Send + Sync {
     /// # Safety
     ///
     /// `off` is 4-aligned and `off + 4 <= len()`.
+    // SAFETY: an unsafe method of the trait, forwarded with its contract
+    // (the caller's `off` is aligned and in bounds).
     #[inline]
     unsafe fn u32_at_unchecked(&self, off: usize) -> &AtomicU32 {
         self.u32_at(off)
@@ -320,11 +324,15 @@ unsafe impl<T: Region> Region for std::sync::Arc<T> {
     fn u32_at(&self, off: usize) -> &AtomicU32 {
         (**self).u32_at(off)
     }
+    // SAFETY: an unsafe method of the trait, forwarded with its contract
+    // (the caller's `off` is aligned and in bounds).
     #[inline]
     unsafe fn u64_at_unchecked(&self, off: usize) -> &AtomicU64 {
         // SAFETY: forwarded contract.
         unsafe { (**self).u64_at_unchecked(off) }
     }
+    // SAFETY: an unsafe method of the trait, forwarded with its contract
+    // (the caller's `off` is aligned and in bounds).
     #[inline]
     unsafe fn u32_at_unchecked(&self, off: usize) -> &AtomicU32 {
         // SAFETY: forwarded contract.

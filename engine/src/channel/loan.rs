@@ -53,12 +53,10 @@ impl<'a, T: Body> Loan<'a, T> {
     /// The archived message, to change in place.
     pub fn get_mut(&mut self) -> Seal<'_, T::Archived> {
         let body = &mut self.core.scratch[HEAD..self.len];
-        // SAFETY: `body` holds the archive `Core::stage` serialized from a
-        // valid `T` (at `HEAD`, a multiple of 16 in a 16-aligned buffer),
-        // and since then it was only changed through `Seal`s like this
-        // one, which only let through changes that keep an archive valid;
-        // nothing else writes the staging buffer while the loan borrows
-        // the publisher.
+        // SAFETY: `body` holds the archive `Core::stage` made from a valid
+        // `T` (16-aligned), changed since only through `Seal`s, which keep
+        // an archive valid; the loan borrows the publisher, so nothing
+        // else writes the staging buffer.
         unsafe { rkyv::api::access_unchecked_mut::<T::Archived>(body) }
     }
 

@@ -91,12 +91,10 @@ impl<T: Body> std::ops::Deref for Sample<'_, T> {
                 let frame = frame
                     .as_ref()
                     .expect("a sample's frame is released only when it drops");
-                // SAFETY: the subscriber was declared trusted
-                // (`Subscriber::set_trusted`, whose caller promised that
-                // the publisher writes only valid archives of `T` and
-                // never a frame it published); `body` lies inside the
-                // frame (checked by `wire::parse` at receive), which stays
-                // in the ring until this sample drops.
+                // SAFETY: trusted subscriber (`set_trusted`'s caller
+                // promised valid `T` archives, never rewritten); `body` is
+                // inside the frame (parsed at receive), which stays in the
+                // ring until this sample drops.
                 unsafe { Checked::<T>::trusted(&frame.payload()[body.clone()]).get() }
             }
         }

@@ -163,12 +163,10 @@ impl Lifeline {
             Some(v & WAITERS | tid)
         })
         .ok();
-        // SAFETY: `head` is a valid `robust_list_head` listing one entry
-        // whose word (`entry + futex_offset`) is `word`; both stay allocated
-        // until `Drop` unregisters them (forever if the hold is forgotten),
-        // and `word`'s memory lives as long as `owner`, which the hold keeps
-        // (and leaks if forgotten), so the kernel's walk at exit (in
-        // exit_mm, memory still mapped) finds them.
+        // SAFETY: `head` lists one entry whose word is `word`; both boxes
+        // live until `Drop` unregisters them (forever if forgotten), and
+        // `owner`, kept (or leaked) by the hold, keeps `word` mapped for the
+        // kernel's walk at exit.
         let r = last_os_error_if(unsafe {
             libc::syscall(
                 libc::SYS_set_robust_list,

@@ -220,11 +220,9 @@ impl<Resp: Body> Deref for Reply<'_, Resp> {
 
     #[inline]
     fn deref(&self) -> &Resp::Archived {
-        // SAFETY: every `Reply` is made over bytes that passed bytecheck as
-        // a `Resp` archive in private memory (the client's inbox or a
-        // buffer of its own), or over the frame of a connection declared
-        // trusted (`unsafe fn Client::set_trusted`); the reply owns or
-        // borrows them, so they do not change while it lives.
+        // SAFETY: a `Reply`'s bytes passed bytecheck as a `Resp` archive in
+        // private memory, or are a trusted connection's frame (`unsafe fn
+        // Client::set_trusted`); the reply owns or borrows them unchanged.
         #[allow(unsafe_code)]
         unsafe {
             Checked::<Resp>::trusted(self.bytes.bytes()).get()

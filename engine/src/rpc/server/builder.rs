@@ -97,11 +97,9 @@ pub(crate) struct Registered {
 /// The request, checked or (trusted connection) taken as valid.
 fn request<T: Body>(bytes: &[u8], trusted: bool) -> Result<Checked<'_, T>, Failure> {
     if trusted {
-        // SAFETY: `trusted` is only true on a server built with the
-        // `unsafe fn ServerBuilder::trusted`, whose caller promised that
-        // every client writes only valid archives of each method's request
-        // type and leaves a frame alone until it is released; the worker
-        // passes the frame's bytes, which stay in the ring until the
+        // SAFETY: `trusted` only on a server built with `unsafe fn
+        // ServerBuilder::trusted` (clients write valid request archives and
+        // leave frames alone); the frame stays in the ring until the
         // handler returned.
         #[allow(unsafe_code)]
         Ok(unsafe { Checked::trusted(bytes) })
