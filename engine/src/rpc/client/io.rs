@@ -169,6 +169,10 @@ pub(super) fn cancel<T: SendFrames>(tx: &mut T, id: u64) {
     }
 }
 
+/// Most frames read for a CLOSE once the server is found gone while
+/// sending (replies it sent before closing come first).
+const CLOSE_LOOKAHEAD: usize = 4096;
+
 /// A frame to send, and what draining replies meanwhile needs.
 pub(super) struct Outgoing<'a> {
     pub(super) frame_kind: u16,
@@ -232,8 +236,13 @@ pub(super) fn send_on<T: SendFrames, R: RecvFrames>(
     if let Err(CallError::PeerDied) = sent {
         // A server that closed the connection said why in a CLOSE frame
         // before it hung up: read it, so the caller learns the reason
-        // (idle, a broken protocol) rather than only that it is gone.
-        while let Ok(Some(frame)) = rx.try_recv() {
+        // (idle, a broken protocol) rather than only that it is gone. A
+        // bounded look: a hung-up peer that keeps its mapping could keep
+        // the ring from ever running dry.
+        for _ in 0..CLOSE_LOOKAHEAD {
+            let Ok(Some(frame)) = rx.try_recv() else {
+                break;
+            };
             if route(frame, window, info, spares, pool, closed).is_err() {
                 break;
             }
