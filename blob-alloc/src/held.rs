@@ -99,24 +99,34 @@ impl Held {
         }
     }
 
-    /// The record of the region at `base` for a handle that read `classes`
-    /// from its header: the one this process has already, or a new one.
+    /// The record of the region at `base` for a handle that reads its
+    /// layout with `read`: the one this process has already, or a new one.
+    /// `read` runs while the registry is locked (so no handle of this
+    /// process is opened, created or dropped on the region meanwhile) and
+    /// is given the class count of the layout this process has open on the
+    /// region, if any.
     ///
     /// # Errors
     ///
-    /// [`BlobError::LayoutChanged`] if this process holds a record of the
-    /// region made for another layout (its header was rewritten since).
-    pub(crate) fn open(base: usize, classes: &[ClassLayout]) -> Result<Arc<Held>, BlobError> {
+    /// `read`'s; [`BlobError::LayoutChanged`] if this process holds a
+    /// record of the region made for another layout (its header was
+    /// rewritten since).
+    pub(crate) fn open_with(
+        base: usize,
+        read: impl FnOnce(Option<usize>) -> Result<Vec<ClassLayout>, BlobError>,
+    ) -> Result<(Vec<ClassLayout>, Arc<Held>), BlobError> {
         let mut map = registry();
-        if let Some(held) = map.get(&base).and_then(Weak::upgrade) {
+        let open = map.get(&base).and_then(Weak::upgrade);
+        let classes = read(open.as_ref().map(|h| h.classes.len()))?;
+        if let Some(held) = open {
             if *held.classes != *classes {
                 return Err(BlobError::LayoutChanged);
             }
-            return Ok(held);
+            return Ok((classes, held));
         }
-        let held = Arc::new(Held::new(base, classes));
+        let held = Arc::new(Held::new(base, &classes));
         map.insert(base, Arc::downgrade(&held));
-        Ok(held)
+        Ok((classes, held))
     }
 
     /// A new record for a pool about to be formatted at `base`.

@@ -20,7 +20,7 @@
 
 use crate::error::{BlobError, PoolPart};
 use crate::sync::{Ordering, fence};
-use isocall_ringbuf::{ReadRegion, Region};
+use crate::sync::AtomicU64;
 
 /// `b"ISOBLOB1"` read as a little-endian `u64`.
 pub const POOL_MAGIC: u64 = u64::from_le_bytes(*b"ISOBLOB1");
@@ -251,12 +251,17 @@ const fn data_align(slot_size: usize) -> usize {
     if slot_size >= 4096 { 4096 } else { 64 }
 }
 
-/// Formats a region (fresh or reused): every class's
-/// bitmap is set for its slots, every state is free at generation 0, then
-/// the version word, then the magic (Release; pairs with the Acquire in
-/// [`read`]).
-pub(crate) fn write<R: Region>(region: &R, classes: &[ClassLayout], len: usize) {
-    let w = |off: usize, v: u64| region.u64_at(off).store(v, Ordering::Relaxed);
+/// Formats a region of `len` bytes (fresh or reused), whose words `word`
+/// gives (see `raw::format`, which vouches that they alias nothing): every
+/// class's bitmap is set for its slots, every state is free at generation
+/// 0, then the version word, then the magic (Release; pairs with the
+/// Acquire in [`read`]).
+pub(crate) fn write<'r>(
+    word: &dyn Fn(usize) -> &'r AtomicU64,
+    classes: &[ClassLayout],
+    len: usize,
+) {
+    let w = |off: usize, v: u64| word(off).store(v, Ordering::Relaxed);
     w(H_MAGIC, 0);
     for (i, c) in classes.iter().enumerate() {
         for k in 0..c.words() {
@@ -282,19 +287,33 @@ pub(crate) fn write<R: Region>(region: &R, classes: &[ClassLayout], len: usize) 
         H_VERSION,
         u64::from(POOL_VERSION) | ((classes.len() as u64) << 32),
     );
-    region.u64_at(H_MAGIC).store(POOL_MAGIC, Ordering::Release);
+    word(H_MAGIC).store(POOL_MAGIC, Ordering::Release);
 }
 
-/// Reads and checks the header of a pool made by someone else, with loads
-/// only.
-pub(crate) fn read<R: ReadRegion + ?Sized>(region: &R) -> Result<Vec<ClassLayout>, BlobError> {
-    if region.len() < class_desc(1) {
+/// Reads and checks the header of a pool of `len` bytes made by someone
+/// else, with loads only, through `load` (a `Relaxed` load of the word at an offset; see
+/// `raw::open` and `raw::census_region`, which vouch that the words it
+/// loads alias no blob).
+///
+/// Loads only words of the header, `..class_desc(n)` for the `n` classes
+/// it names; with `known` (the number of classes of the layout this
+/// process has open on the region), refuses with
+/// [`BlobError::LayoutChanged`] a header naming another count before it
+/// loads any class descriptor, so that it loads nothing outside the header
+/// of the layout whose blobs may be live here.
+pub(crate) fn read(
+    len: usize,
+    load: impl Fn(usize) -> u64,
+    known: Option<usize>,
+) -> Result<Vec<ClassLayout>, BlobError> {
+    let region_len = len;
+    if region_len < class_desc(1) {
         return Err(BlobError::RegionTooShort {
-            len: region.len(),
+            len: region_len,
             min: class_desc(1),
         });
     }
-    let magic = region.load_u64(H_MAGIC);
+    let magic = load(H_MAGIC);
     // Acquire (a fence after a Relaxed load, which a read-only mapping
     // allows): pairs with the Release store of the magic in `write`.
     fence(Ordering::Acquire);
@@ -304,7 +323,7 @@ pub(crate) fn read<R: ReadRegion + ?Sized>(region: &R) -> Result<Vec<ClassLayout
             expected: POOL_MAGIC,
         });
     }
-    let r = |off: usize| region.load_u64(off);
+    let r = |off: usize| load(off);
     let vw = r(H_VERSION);
     let (version, n) = (vw as u32, (vw >> 32) as usize);
     if version != POOL_VERSION {
@@ -313,14 +332,17 @@ pub(crate) fn read<R: ReadRegion + ?Sized>(region: &R) -> Result<Vec<ClassLayout
             expected: POOL_VERSION,
         });
     }
-    if n == 0 || n > MAX_CLASSES || class_desc(n) > region.len() {
+    if n == 0 || n > MAX_CLASSES || class_desc(n) > region_len {
         return Err(BlobError::BadClassCount { count: n });
     }
+    if known.is_some_and(|k| k != n) {
+        return Err(BlobError::LayoutChanged);
+    }
     let len = r(H_LEN);
-    if len != region.len() as u64 {
+    if len != region_len as u64 {
         return Err(BlobError::LengthMismatch {
             header: len,
-            region: region.len(),
+            region: region_len,
         });
     }
     let mut classes = Vec::with_capacity(n);
@@ -370,18 +392,18 @@ pub(crate) fn read<R: ReadRegion + ?Sized>(region: &R) -> Result<Vec<ClassLayout
         for (off, bytes, al, part) in parts {
             let end = off
                 .checked_add(bytes)
-                .filter(|&e| off.is_multiple_of(al) && e <= region.len());
+                .filter(|&e| off.is_multiple_of(al) && e <= region_len);
             let Some(end) = end else {
                 return Err(BlobError::PartOutOfBounds {
                     part,
                     offset: off,
                     bytes,
-                    region: region.len(),
+                    region: region_len,
                 });
             };
             spans.push((off, end, part));
         }
-        debug_assert!(c.end() <= region.len());
+        debug_assert!(c.end() <= region_len);
         classes.push(c);
     }
     spans.sort();

@@ -127,7 +127,10 @@ pub use blob::{Blob, BlobHandle, BlobMut};
 pub use error::{BlobError, PoolPart};
 pub use layout::{ClassConfig, MAX_CLASSES, MAX_SLOT, MAX_SLOTS, MIN_SLOT, PoolConfig};
 pub use party::{MAX_PARTIES, Parties, Party};
-pub use pool::{ClassInfo, ClassStats, Pool, PoolStats, Reclaimed, census};
+#[cfg(not(loom))]
+pub use pool::census;
+pub use pool::{ClassInfo, ClassStats, Pool, PoolStats, Reclaimed};
+pub use raw::census_region;
 pub use roster::{Member, Roster};
 pub use shared::{SharedBlob, SharedHandle};
 pub use state::{Side, SlotState};

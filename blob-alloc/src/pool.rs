@@ -88,12 +88,13 @@ use core::sync::atomic::{AtomicUsize, Ordering as LocalOrdering};
 use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
-use isocall_ringbuf::{ReadRegion, Region, region_key};
+use isocall_ringbuf::Region;
 
 use crate::blob::{Blob, BlobHandle, BlobMut, SlotRef};
 use crate::error::BlobError;
 use crate::held::Held;
-use crate::layout::{self, ClassLayout, PoolConfig};
+use crate::layout::{ClassLayout, PoolConfig};
+use crate::raw;
 use crate::party::{MAX_PARTIES, Party};
 use crate::state::{Side, SlotState, Word, held_code};
 use crate::sync::{AtomicU64, Ordering};
@@ -339,8 +340,7 @@ impl<R: Region> Pool<R> {
         // Registered before the format: no handle of this process can be
         // open on the region meanwhile (formatting would free its blobs'
         // slots), and none can open a half-written header and use it.
-        let held = Held::create(region_key(&region), &classes)?;
-        layout::write(&region, &classes, region.len());
+        let held = raw::format(&region, &classes)?;
         Ok(Self::with(region, party, classes, held))
     }
 
@@ -377,8 +377,7 @@ impl<R: Region> Pool<R> {
     ///
     /// As [`open`](Self::open).
     pub fn open_as(region: R, party: Party) -> Result<Self, BlobError> {
-        let classes = layout::read(&region)?;
-        let held = Held::open(region_key(&region), &classes)?;
+        let (classes, held) = raw::open(&region)?;
         Ok(Self::with(region, party, classes, held))
     }
 
@@ -483,7 +482,7 @@ impl<R: Region> Pool<R> {
             if wi >= words {
                 wi -= words;
             }
-            let word = self.region.u64_at(c.bitmap + wi * 8);
+            let word = self.bitmap_word(ci, wi);
             let mut bits = word.load(Ordering::Relaxed);
             while bits != 0 {
                 let b = bits.trailing_zeros() as usize;
@@ -527,7 +526,7 @@ impl<R: Region> Pool<R> {
     /// claim of it. The fast path's plain load may be stale either way: the
     /// compare-and-swap decides.
     fn claim(&self, ci: usize, slot: usize, fresh: bool) -> Option<u32> {
-        let word = self.region.u64_at(self.classes[ci].state_at(slot));
+        let word = self.state_word(ci, slot);
         let cur = if fresh {
             word.fetch_add(0, Ordering::Acquire)
         } else {
@@ -639,7 +638,7 @@ impl<R: Region> Pool<R> {
         expected: &'static str,
         success: Ordering,
     ) -> Result<(), BlobError> {
-        let word = self.region.u64_at(self.classes[ci].state_at(slot));
+        let word = self.state_word(ci, slot);
         // The first look is a plain load, which may show a state older than
         // the one the handle was sent in (a handle that came by a way that
         // orders nothing). A refusal is only ever made on a value read by a
@@ -808,21 +807,20 @@ impl<R: Region> Pool<R> {
     /// alloc+free pair then costs one locked instruction on the state word
     /// and one on the process-local flag.
     pub(crate) fn free(&self, class: usize, slot: usize, generation: u32) {
-        let c = &self.classes[class];
         self.held.release(class, slot);
         store_release(
-            self.region.u64_at(c.state_at(slot)),
+            self.state_word(class, slot),
             Word::encode(generation, SlotState::Free),
         );
-        self.mark_free(c, slot);
+        self.mark_free(class, slot);
     }
 
     /// Sets the slot's hint bit, unless it is set already (a claimed slot
     /// keeps its bit until a scan finds it taken, so a slot allocated and
     /// freed by one thread costs no bitmap write at all).
-    pub(crate) fn mark_free(&self, c: &ClassLayout, slot: usize) {
+    pub(crate) fn mark_free(&self, ci: usize, slot: usize) {
         let mask = 1u64 << (slot % 64);
-        let word = self.region.u64_at(c.bitmap + slot / 64 * 8);
+        let word = self.bitmap_word(ci, slot / 64);
         if word.load(Ordering::Relaxed) & mask == 0 {
             word.fetch_or(mask, Ordering::Relaxed);
         }
@@ -832,14 +830,17 @@ impl<R: Region> Pool<R> {
     /// when no side is changing the pool; a moving pool gives a snapshot in
     /// which each slot is counted exactly once.
     pub fn stats(&self) -> PoolStats {
-        count_states(&self.region, &self.classes)
+        count_states(
+            |ci, slot| self.state_word(ci, slot).load(Ordering::Relaxed),
+            &self.classes,
+        )
     }
 
     /// The state of one slot (for tests and the inspector), or `None` if
     /// there is no such slot.
     pub fn slot_state(&self, class: usize, slot: usize) -> Option<(SlotState, u32)> {
-        let c = self.classes.get(class).filter(|c| slot < c.count)?;
-        let w = Word::decode(self.region.u64_at(c.state_at(slot)).load(Ordering::Relaxed));
+        self.classes.get(class).filter(|c| slot < c.count)?;
+        let w = Word::decode(self.state_word(class, slot).load(Ordering::Relaxed));
         Some((w.state, w.generation))
     }
 }
@@ -862,23 +863,32 @@ impl<R: Region> Pool<R> {
 ///
 /// As [`Pool::open`]: the header does not describe a pool that fits the
 /// region.
-pub fn census<R: ReadRegion + ?Sized>(region: &R) -> Result<PoolStats, BlobError> {
-    let classes = layout::read(region)?;
-    Ok(count_states(region, &classes))
+///
+/// The view is an inspector's read-only mapping, which no blob of this
+/// process can alias, so this is safe; [`census_region`](crate::census_region)
+/// takes any readable region.
+#[cfg(not(loom))]
+pub fn census(region: &isocall_ringbuf::ReadOnlyRegion) -> Result<PoolStats, BlobError> {
+    raw::census_read_only(region)
 }
 
-/// Counts the slots of `classes` by their state words, one load each.
-fn count_states<R: ReadRegion + ?Sized>(region: &R, classes: &[ClassLayout]) -> PoolStats {
+/// Counts the slots of `classes` by their state words, one load each
+/// (`load(class, slot)` loads one, `Relaxed`).
+pub(crate) fn count_states(
+    load: impl Fn(usize, usize) -> u64,
+    classes: &[ClassLayout],
+) -> PoolStats {
     let classes = classes
         .iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(ci, c)| {
             let mut s = ClassStats {
                 slot_size: c.slot_size,
                 count: c.count,
                 ..ClassStats::default()
             };
             for slot in 0..c.count {
-                match Word::decode(region.load_u64(c.state_at(slot))).state {
+                match Word::decode(load(ci, slot)).state {
                     SlotState::Free => s.free += 1,
                     SlotState::Held(x) => s.held_by[side_index(x)] += 1,
                     SlotState::HeldBy(p) => s.held_by[p.id()] += 1,

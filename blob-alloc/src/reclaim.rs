@@ -97,7 +97,7 @@ impl<R: Region> Pool<R> {
         let mut r = Reclaimed::default();
         for (ci, c) in self.classes.iter().enumerate() {
             for slot in 0..c.count {
-                let word = self.region().u64_at(c.state_at(slot));
+                let word = self.state_word(ci, slot);
                 let cur = word.load(Ordering::Acquire);
                 match Word::decode(cur).state {
                     SlotState::Shared(holders) if holders.contains(party) => {
@@ -126,7 +126,7 @@ impl<R: Region> Pool<R> {
             r.held_here += 1;
             return;
         }
-        let word = self.region().u64_at(self.classes[ci].state_at(slot));
+        let word = self.state_word(ci, slot);
         let done = bounded_cas(cur, |cur| match clear_reference(word, cur, party, None) {
             Clear::Done { freed } => ControlFlow::Break(Some(freed)),
             Clear::Changed(now) => ControlFlow::Continue(now),
@@ -139,7 +139,7 @@ impl<R: Region> Pool<R> {
                 r.references += 1;
                 if freed {
                     r.shared_freed += 1;
-                    self.mark_free(&self.classes[ci], slot);
+                    self.mark_free(ci, slot);
                 }
             }
             Some(None) => {}
@@ -150,8 +150,7 @@ impl<R: Region> Pool<R> {
     /// Frees a slot the dead party held alone, or, if it is party 0 or 1,
     /// one in flight between them; repairs the hint of a free slot.
     fn reclaim_slot(&self, (ci, slot): (usize, usize), dead: Party, cur: u64, r: &mut Reclaimed) {
-        let c = &self.classes[ci];
-        let word = self.region().u64_at(c.state_at(slot));
+        let word = self.state_word(ci, slot);
         let two_sided = dead.side().is_some();
         let done = bounded_cas(cur, |cur| {
             let w = Word::decode(cur);
@@ -172,7 +171,7 @@ impl<R: Region> Pool<R> {
                 SlotState::InFlight(_) if two_sided => &mut r.in_flight_from_dead,
                 SlotState::Free => {
                     let bit = 1u64 << (slot % 64);
-                    let bits = self.region().u64_at(c.bitmap + slot / 64 * 8);
+                    let bits = self.bitmap_word(ci, slot / 64);
                     if bits.load(Ordering::Relaxed) & bit == 0 {
                         // A stale set bit is harmless (the claim CAS
                         // fails), so setting it cannot double-allocate.
@@ -191,7 +190,7 @@ impl<R: Region> Pool<R> {
             ) {
                 Ok(_) => {
                     *counter += 1;
-                    self.mark_free(c, slot);
+                    self.mark_free(ci, slot);
                     ControlFlow::Break(())
                 }
                 Err(now) => ControlFlow::Continue(now),

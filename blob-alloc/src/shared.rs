@@ -214,7 +214,7 @@ impl<R: Region> Pool<R> {
         if !self.held.claim_ref(ci, slot, me) {
             return Err(BlobError::HeldHere { class: ci, slot });
         }
-        let word = self.region().u64_at(self.classes[ci].state_at(slot));
+        let word = self.state_word(ci, slot);
         let check = |cur: u64| {
             let w = Word::decode(cur);
             if w.generation != h.generation {
@@ -294,7 +294,7 @@ impl<R: Region> Pool<R> {
     /// reclaim of this party) rather than spin.
     pub(crate) fn release_shared(&self, ci: usize, slot: usize, generation: u32) {
         let me = self.party();
-        let word = self.region().u64_at(self.classes[ci].state_at(slot));
+        let word = self.state_word(ci, slot);
         // As in `accept_shared`: give up only on a value read by a
         // read-modify-write.
         let mut fresh = false;
@@ -314,7 +314,7 @@ impl<R: Region> Pool<R> {
         });
         self.held.release_ref(ci, slot, me);
         if done == Some(true) {
-            self.mark_free(&self.classes[ci], slot);
+            self.mark_free(ci, slot);
         }
     }
 }

@@ -41,11 +41,12 @@ fn small() -> PoolConfig {
 /// The state word of the slot `h` names (offsets from the layout module).
 fn state_word<'p>(p: &'p P, h: &BlobHandle) -> &'p AtomicU64 {
     let desc = 64 + 64 * h.class as usize;
-    let states = p
-        .region()
-        .u64_at(desc + 24)
+    // SAFETY: the class descriptor's states offset and the slot's state word
+    // are pool metadata, never blob bytes: no blob's slice covers them.
+    let states = unsafe { p.region().u64_at(desc + 24) }
         .load(std::sync::atomic::Ordering::Relaxed) as usize;
-    p.region().u64_at(states + 8 * h.slot as usize)
+    // SAFETY: as above.
+    unsafe { p.region().u64_at(states + 8 * h.slot as usize) }
 }
 
 /// A state word as the peer would write it (layout of `state.rs`).
@@ -226,7 +227,8 @@ fn a_header_rewritten_since_the_first_open_is_refused() {
     let (a, _b) = pair(&small());
     // The peer rewrites the first class's slot count (64 + 8) from 4 to 3:
     // still a valid header, but not the one this process works with.
-    a.region().u64_at(64 + 8).store(3, Release);
+    // SAFETY: a class descriptor word is pool metadata, never blob bytes.
+    unsafe { a.region().u64_at(64 + 8) }.store(3, Release);
     let e = Pool::open(a.region().clone(), Side::B).unwrap_err();
     assert_eq!(e, BlobError::LayoutChanged);
 }

@@ -93,13 +93,19 @@ impl ReadRegion for LoomRegion {
     fn len(&self) -> usize {
         self.shared.words.len() * 8
     }
-    fn load_u64(&self, off: usize) -> u64 {
-        self.u64_at(off).load(Ordering::Relaxed)
+    // SAFETY: forwards the caller's promise to `u64_at`, whose own (no
+    // slice over the word) it implies for a load.
+    unsafe fn load_u64(&self, off: usize) -> u64 {
+        // SAFETY: the caller's promise; the words are loom atomics apart
+        // from the payload bytes anyway.
+        unsafe { self.u64_at(off) }.load(Ordering::Relaxed)
     }
-    fn load_u32(&self, _off: usize) -> u32 {
+    // SAFETY: never called.
+    unsafe fn load_u32(&self, _off: usize) -> u32 {
         unreachable!("the pool uses no u32 words")
     }
-    fn read_bytes(&self, _off: usize, _buf: &mut [u8]) {
+    // SAFETY: never called.
+    unsafe fn read_bytes(&self, _off: usize, _buf: &mut [u8]) {
         unreachable!("the pool reads its bytes in place")
     }
 }
@@ -108,11 +114,14 @@ impl ReadRegion for LoomRegion {
 // no u32 words; the byte buffer is as long as the region, each byte its own
 // `UnsafeCell`; the views of one region differ only in the modelled process.
 unsafe impl Region for LoomRegion {
-    fn u64_at(&self, off: usize) -> &AtomicU64 {
+    // SAFETY: the words are loom atomics of their own, apart from the
+    // payload bytes: nothing here relies on the caller's promise.
+    unsafe fn u64_at(&self, off: usize) -> &AtomicU64 {
         assert_eq!(off % 8, 0);
         &self.shared.words[off / 8]
     }
-    fn u32_at(&self, _off: usize) -> &AtomicU32 {
+    // SAFETY: never called.
+    unsafe fn u32_at(&self, _off: usize) -> &AtomicU32 {
         unreachable!("the pool uses no u32 words")
     }
     // SAFETY: `Region::bytes` contract; a blob's bytes are its alone while
@@ -343,9 +352,12 @@ fn reclaim_while_the_survivor_allocates() {
         let gone = b.alloc(8).unwrap();
         let h = gone.handle();
         drop(gone);
-        let states = a.region().u64_at(64 + 24).load(Ordering::Relaxed) as usize;
-        a.region()
-            .u64_at(states + 8 * h.slot as usize)
+        // SAFETY: the class descriptor's states offset and a slot's state
+        // word are pool metadata, never a blob's bytes (and a loom region's
+        // words are apart from its bytes anyway).
+        let states = unsafe { a.region().u64_at(64 + 24) }.load(Ordering::Relaxed) as usize;
+        // SAFETY: as above.
+        unsafe { a.region().u64_at(states + 8 * h.slot as usize) }
             .store(u64::from(h.generation) << 32 | 2, Ordering::Release);
         let t = {
             let (a, owners) = (a.clone(), owners.clone());

@@ -100,8 +100,11 @@ impl Live<'_> {
 /// The state word of a slot (offsets from the layout module).
 fn state_word(p: &Pool<R>, class: u32, slot: u32) -> &std::sync::atomic::AtomicU64 {
     let desc = 64 + 64 * class as usize;
-    let states = p.region().u64_at(desc + 24).load(Relaxed) as usize;
-    p.region().u64_at(states + 8 * slot as usize)
+    // SAFETY: the class descriptor's states offset and the slot's state word
+    // are pool metadata, never blob bytes: no blob's slice covers them.
+    let states = unsafe { p.region().u64_at(desc + 24) }.load(Relaxed) as usize;
+    // SAFETY: as above.
+    unsafe { p.region().u64_at(states + 8 * slot as usize) }
 }
 
 /// A state word saying `party` holds the slot at `generation` (layout of

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use isocall_blob::{BlobError, BlobHandle, BlobMut, Pool, PoolConfig, Side, SlotState, census};
+use isocall_blob::{
+    BlobError, BlobHandle, BlobMut, Pool, PoolConfig, Side, SlotState, census_region,
+};
 use isocall_ringbuf::HeapRegion;
 
 type P = Pool<Arc<HeapRegion>>;
@@ -275,11 +277,12 @@ fn free_slots_without_hints_are_still_found() {
 fn state_word<'p>(p: &'p P, h: &BlobHandle) -> &'p std::sync::atomic::AtomicU64 {
     use isocall_ringbuf::Region;
     let desc = 64 + 64 * h.class as usize;
-    let states = p
-        .region()
-        .u64_at(desc + 24)
+    // SAFETY: the class descriptor's states offset and the slot's state word
+    // are pool metadata, never blob bytes: no blob's slice covers them.
+    let states = unsafe { p.region().u64_at(desc + 24) }
         .load(std::sync::atomic::Ordering::Relaxed) as usize;
-    p.region().u64_at(states + 8 * h.slot as usize)
+    // SAFETY: as above.
+    unsafe { p.region().u64_at(states + 8 * h.slot as usize) }
 }
 
 /// A blob whose side dies holding it, as another process would: the blob
@@ -305,11 +308,12 @@ fn died_holding(pool: &P, blob: BlobMut<'_, Arc<HeapRegion>>) {
 fn region_bitmap_word(p: &P, ci: usize) -> &std::sync::atomic::AtomicU64 {
     use isocall_ringbuf::Region;
     let desc = 64 + 64 * ci;
-    let off = p
-        .region()
-        .u64_at(desc + 16)
+    // SAFETY: the class descriptor's bitmap offset and the bitmap word are
+    // pool metadata, never blob bytes: no blob's slice covers them.
+    let off = unsafe { p.region().u64_at(desc + 16) }
         .load(std::sync::atomic::Ordering::Relaxed) as usize;
-    p.region().u64_at(off)
+    // SAFETY: as above.
+    unsafe { p.region().u64_at(off) }
 }
 
 #[test]
@@ -325,7 +329,8 @@ fn open_refuses_bad_headers() {
     };
     // `census` checks the header exactly as `open` does, with loads only.
     let refused = |r: Arc<HeapRegion>| {
-        let e = census(&*r).unwrap_err();
+        // SAFETY: no pool handle, so no blob, is open on the region.
+        let e = unsafe { census_region(&*r) }.unwrap_err();
         assert_eq!(Pool::open(r, Side::B).unwrap_err(), e);
         e.to_string()
     };
@@ -341,7 +346,8 @@ fn open_refuses_bad_headers() {
     ];
     for (off, value, what) in cases {
         let r = fresh();
-        r.u64_at(off).store(value, Relaxed);
+        // SAFETY: the pool was dropped: no blob of the region exists.
+        unsafe { r.u64_at(off) }.store(value, Relaxed);
         let e = refused(r);
         assert!(e.contains(what), "{what}: {e}");
     }
@@ -392,7 +398,9 @@ fn census_counts_what_stats_counts_without_a_pool() {
     let _mine = a.alloc(10).unwrap();
     let _theirs = b.alloc(100).unwrap();
     let _to_b = a.alloc(200).unwrap().send().unwrap();
-    let st = census(&**a.region()).unwrap();
+    // SAFETY: the region is only ever this pool's, and a census loads only
+    // its header and state words, never blob bytes.
+    let st = unsafe { census_region(&**a.region()) }.unwrap();
     assert_eq!(st, a.stats());
     assert_eq!(st.classes[0].held, [1, 0]);
     assert_eq!(st.classes[1].held, [0, 1]);

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::{Relaxed, Release};
 
 use isocall_blob::{
     BlobError, MAX_PARTIES, Parties, Party, Pool, PoolConfig, Roster, SharedBlob, SharedHandle,
-    Side, SlotState, census,
+    Side, SlotState, census_region,
 };
 use isocall_ringbuf::{HeapRegion, Region};
 
@@ -50,8 +50,11 @@ fn publish(p: &P, len: usize, byte: u8, to: &[usize]) -> SharedHandle {
 /// The state word of a slot (offsets from the layout module).
 fn state_word<'p>(p: &'p P, h: &SharedHandle) -> &'p std::sync::atomic::AtomicU64 {
     let desc = 64 + 64 * h.class as usize;
-    let states = p.region().u64_at(desc + 24).load(Relaxed) as usize;
-    p.region().u64_at(states + 8 * h.slot as usize)
+    // SAFETY: the class descriptor's states offset and the slot's state word
+    // are pool metadata, never blob bytes: no blob's slice covers them.
+    let states = unsafe { p.region().u64_at(desc + 24) }.load(Relaxed) as usize;
+    // SAFETY: as above.
+    unsafe { p.region().u64_at(states + 8 * h.slot as usize) }
 }
 
 /// A shared blob whose process dies holding it: the blob is gone (with its
@@ -302,11 +305,11 @@ fn reclaim_party_gives_back_what_a_dead_subscriber_had() {
     died_holding(&ps[2], g3);
     drop(alone);
     let desc = 64usize;
-    let states = ps[0].region().u64_at(desc + 24).load(Relaxed) as usize;
-    ps[0]
-        .region()
-        .u64_at(states + 8 * ah.slot as usize)
-        .store(u64::from(ah.generation) << 32 | 0x42, Release);
+    // SAFETY: the class descriptor's states offset and the slot's state word
+    // are pool metadata, never blob bytes: no blob's slice covers them.
+    let states = unsafe { ps[0].region().u64_at(desc + 24) }.load(Relaxed) as usize;
+    // SAFETY: as above.
+    unsafe { ps[0].region().u64_at(states + 8 * ah.slot as usize) }.store(u64::from(ah.generation) << 32 | 0x42, Release);
     assert_eq!(ps[0].stats().holds(party(2)), 4);
 
     let r = ps[0].reclaim_party(party(2));
@@ -437,7 +440,9 @@ fn the_census_counts_every_slot_once() {
     let _to_b = ps[0].alloc(20).unwrap().send().unwrap();
     let h = publish(&ps[0], 2000, 1, &[1, 2, 3]);
     let _g = ps[2].accept_shared(&h).unwrap();
-    let st = census(&**ps[0].region()).unwrap();
+    // SAFETY: the region is only ever this pool's, and a census loads only
+    // its header and state words, never blob bytes.
+    let st = unsafe { census_region(&**ps[0].region()) }.unwrap();
     assert_eq!(st, ps[0].stats());
     assert!(st.classes.iter().all(|c| c.is_exact()));
     let c0 = &st.classes[0];

@@ -22,8 +22,10 @@
 //! A ring has one [`Producer`] and one [`Consumer`] at a time: attaching a
 //! second of either, in this process or (through the control block) in
 //! another, fails with [`AttachError`], so a grant or a frame is never
-//! aliased. An inspector reads a live ring through a [`ReadRegion`] (e.g. a
-//! read-only mapping) with [`snapshot`], which only loads.
+//! aliased. An inspector reads a live ring through a read-only mapping of
+//! its own ([`ReadOnlyRegion`]) with [`snapshot`], which only loads. No safe
+//! function reaches a region's word by offset: a word of a grant's bytes
+//! would alias the grant (see [`region`]).
 //!
 //! ```
 //! use isocall_ringbuf::{channel, wait::{CondvarParker, WaitStrategy}};
@@ -62,7 +64,9 @@ pub use producer::{Grant, Producer, ProducerStats, ReserveWaitError};
 pub use region::{Access, ReadRegion, Region, region_key};
 #[cfg(not(loom))]
 pub use region::{HeapRegion, ReadOnlyRegion, SharedRegion};
-pub use ring::{RingSide, RingSnapshot, snapshot};
+#[cfg(not(loom))]
+pub use ring::snapshot;
+pub use ring::{RingSide, RingSnapshot, snapshot_region};
 pub use wait::{Parker, Spinner, WaitError, WaitStrategy};
 
 /// Both halves of a ring in a heap region, as [`channel`] returns them.

@@ -31,17 +31,25 @@ unsafe impl Send for RawBytes {}
 unsafe impl Sync for RawBytes {}
 
 impl RawBytes {
+    /// # Safety
+    ///
+    /// As for [`Region::u64_at`]: no slice view of the word's bytes exists
+    /// while the reference lives.
     #[inline]
-    fn u64_at(&self, off: usize) -> &AtomicU64 {
+    unsafe fn u64_at(&self, off: usize) -> &AtomicU64 {
         check_word(off, 8, self.len);
         // SAFETY: `off + 8 <= len` and `off` is 8-aligned (checked above), the
         // base is 128-aligned (invariant), so the word is in bounds and
-        // aligned; the memory lives as long as `self`.
+        // aligned; the memory lives as long as `self`; nothing aliases it
+        // (the caller's promise).
         unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(off).cast()) }
     }
 
+    /// # Safety
+    ///
+    /// As for [`Region::u32_at`].
     #[inline]
-    fn u32_at(&self, off: usize) -> &AtomicU32 {
+    unsafe fn u32_at(&self, off: usize) -> &AtomicU32 {
         check_word(off, 4, self.len);
         // SAFETY: as in `u64_at`, with 4-byte size and alignment.
         unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(off).cast()) }
@@ -73,20 +81,29 @@ impl RawBytes {
     /// only atomic access defined on read-only memory ("sufficiently small"
     /// `Relaxed` loads, see `core::sync::atomic`, "Atomic accesses to
     /// read-only memory").
+    ///
+    /// # Safety
+    ///
+    /// As for [`ReadRegion::load_u64`]: no `&mut [u8]` view of the word's
+    /// bytes exists during the call.
     #[inline]
-    fn load_u64(&self, off: usize) -> u64 {
+    unsafe fn load_u64(&self, off: usize) -> u64 {
         check_word(off, 8, self.len);
         // SAFETY: in bounds and 8-aligned (checked above; the base is
         // 128-aligned), valid for reads while `self` lives; every access to
         // the word is atomic, and a shared `&AtomicU64` asserts no
-        // writability.
+        // writability; no `&mut` view aliases it (the caller's promise).
         let word = unsafe { &*self.ptr.as_ptr().add(off).cast::<AtomicU64>() };
         word.load(Ordering::Relaxed)
     }
 
     /// As [`load_u64`](Self::load_u64), for a `u32`.
+    ///
+    /// # Safety
+    ///
+    /// As for `load_u64`.
     #[inline]
-    fn load_u32(&self, off: usize) -> u32 {
+    unsafe fn load_u32(&self, off: usize) -> u32 {
         check_word(off, 4, self.len);
         // SAFETY: as in `load_u64`, with 4-byte size and alignment.
         let word = unsafe { &*self.ptr.as_ptr().add(off).cast::<AtomicU32>() };
@@ -95,7 +112,11 @@ impl RawBytes {
 
     /// Copies bytes out with one `Relaxed` atomic byte load each (a writer
     /// may be at work on them; see `load_u64` on read-only memory).
-    fn read_bytes(&self, off: usize, buf: &mut [u8]) {
+    ///
+    /// # Safety
+    ///
+    /// As for `load_u64`, for every byte of the range.
+    unsafe fn read_bytes(&self, off: usize, buf: &mut [u8]) {
         assert!(
             off.checked_add(buf.len())
                 .is_some_and(|end| end <= self.len),
@@ -106,7 +127,8 @@ impl RawBytes {
         for (i, b) in buf.iter_mut().enumerate() {
             // SAFETY: `off + i < off + buf.len() <= len` (asserted), so the
             // byte is in bounds and valid for reads; any alignment suits a
-            // `u8`; accessed atomically, as in `load_u64`.
+            // `u8`; accessed atomically, as in `load_u64`; no `&mut` view
+            // aliases it (the caller's promise).
             let byte = unsafe { &*self.ptr.as_ptr().add(off + i).cast::<AtomicU8>() };
             *b = byte.load(Ordering::Relaxed);
         }
@@ -219,7 +241,14 @@ impl std::fmt::Debug for SharedRegion {
 /// of a live ring or pool. It implements [`ReadRegion`] and nothing more
 /// (a store, or even a compare-and-swap, on read-only memory faults), so
 /// only code that loads can use it: [`snapshot`](crate::snapshot), a pool
-/// census, a frame dump through [`ReadRegion::read_bytes`].
+/// census, a frame dump through [`read_bytes`](ReadOnlyRegion::read_bytes).
+///
+/// Its loads are safe (inherent methods beside the `unsafe` ones of
+/// [`ReadRegion`]): its constructor asks for a mapping of its own, at an
+/// address no slice of this process points into, so no grant, frame or
+/// blob can alias what it reads (another process, or another mapping of
+/// the same file, writing those bytes is the untrusted peer of the trust
+/// model: the loads are atomic, and what they return is untrusted input).
 pub struct ReadOnlyRegion {
     raw: RawBytes,
     _owner: Arc<dyn Any + Send + Sync>,
@@ -231,7 +260,12 @@ impl ReadOnlyRegion {
     /// # Safety
     ///
     /// `ptr` is aligned to [`REGION_ALIGN`] and valid for reads of `len`
-    /// bytes for as long as `owner` lives (the mapped file cannot shrink).
+    /// bytes for as long as `owner` lives (the mapped file cannot shrink);
+    /// and for as long as `owner` lives, no `&mut` reference (a
+    /// [`Region::bytes_mut`] slice in particular) to any of these bytes
+    /// exists in this process: they are a mapping of their own (typically
+    /// `PROT_READ`), not a window on memory this process writes through a
+    /// [`Region`].
     pub unsafe fn new(ptr: NonNull<u8>, len: usize, owner: Arc<dyn Any + Send + Sync>) -> Self {
         debug_assert!((ptr.as_ptr() as usize).is_multiple_of(REGION_ALIGN));
         ReadOnlyRegion {
@@ -249,22 +283,80 @@ impl std::fmt::Debug for ReadOnlyRegion {
     }
 }
 
+// Why the reads of a `ReadOnlyRegion` are safe: `ReadOnlyRegion::new`'s
+// contract is that no `&mut` reference to its bytes exists in this process
+// while it lives (a mapping of its own), which is all the loads of
+// `RawBytes` ask for; a foreign process or mapping writing the same file is
+// outside this process's aliasing rules, and the loads are atomic.
+impl ReadOnlyRegion {
+    /// Length of the region in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.raw.len
+    }
+
+    /// Whether the region is empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.raw.len == 0
+    }
+
+    /// [`ReadRegion::load_u64`], safe here (see the type's doc).
+    ///
+    /// # Panics
+    ///
+    /// If `off` is not 8-aligned or `off + 8 > len()`.
+    #[inline]
+    pub fn load_u64(&self, off: usize) -> u64 {
+        // SAFETY: no `&mut` view of this region's bytes exists in this
+        // process (`ReadOnlyRegion::new`'s contract).
+        unsafe { self.raw.load_u64(off) }
+    }
+
+    /// [`ReadRegion::load_u32`], safe here (see the type's doc).
+    ///
+    /// # Panics
+    ///
+    /// If `off` is not 4-aligned or `off + 4 > len()`.
+    #[inline]
+    pub fn load_u32(&self, off: usize) -> u32 {
+        // SAFETY: as in `load_u64`.
+        unsafe { self.raw.load_u32(off) }
+    }
+
+    /// [`ReadRegion::read_bytes`], safe here (see the type's doc): copies
+    /// the bytes `off..off + buf.len()`, which a peer may be writing
+    /// (untrusted input).
+    ///
+    /// # Panics
+    ///
+    /// If the range is not inside the region.
+    #[inline]
+    pub fn read_bytes(&self, off: usize, buf: &mut [u8]) {
+        // SAFETY: as in `load_u64`.
+        unsafe { self.raw.read_bytes(off, buf) }
+    }
+}
+
 impl ReadRegion for ReadOnlyRegion {
     #[inline]
     fn len(&self) -> usize {
         self.raw.len
     }
+    // SAFETY: the safe inherent load, which needs no promise.
     #[inline]
-    fn load_u64(&self, off: usize) -> u64 {
-        self.raw.load_u64(off)
+    unsafe fn load_u64(&self, off: usize) -> u64 {
+        ReadOnlyRegion::load_u64(self, off)
     }
+    // SAFETY: as above.
     #[inline]
-    fn load_u32(&self, off: usize) -> u32 {
-        self.raw.load_u32(off)
+    unsafe fn load_u32(&self, off: usize) -> u32 {
+        ReadOnlyRegion::load_u32(self, off)
     }
+    // SAFETY: as above.
     #[inline]
-    fn read_bytes(&self, off: usize, buf: &mut [u8]) {
-        self.raw.read_bytes(off, buf)
+    unsafe fn read_bytes(&self, off: usize, buf: &mut [u8]) {
+        ReadOnlyRegion::read_bytes(self, off, buf)
     }
 }
 
@@ -275,17 +367,23 @@ macro_rules! impl_region {
             fn len(&self) -> usize {
                 self.raw.len
             }
+            // SAFETY: forwards the caller's `ReadRegion` promise.
             #[inline]
-            fn load_u64(&self, off: usize) -> u64 {
-                self.raw.load_u64(off)
+            unsafe fn load_u64(&self, off: usize) -> u64 {
+                // SAFETY: forwarded contract.
+                unsafe { self.raw.load_u64(off) }
             }
+            // SAFETY: forwards the caller's `ReadRegion` promise.
             #[inline]
-            fn load_u32(&self, off: usize) -> u32 {
-                self.raw.load_u32(off)
+            unsafe fn load_u32(&self, off: usize) -> u32 {
+                // SAFETY: forwarded contract.
+                unsafe { self.raw.load_u32(off) }
             }
+            // SAFETY: forwards the caller's `ReadRegion` promise.
             #[inline]
-            fn read_bytes(&self, off: usize, buf: &mut [u8]) {
-                self.raw.read_bytes(off, buf)
+            unsafe fn read_bytes(&self, off: usize, buf: &mut [u8]) {
+                // SAFETY: forwarded contract.
+                unsafe { self.raw.read_bytes(off, buf) }
             }
         }
 
@@ -295,13 +393,17 @@ macro_rules! impl_region {
         // the overlap rule is the constructors' (`HeapRegion` owns its
         // memory, `SharedRegion::new` asks it of its caller).
         unsafe impl Region for $t {
+            // SAFETY: forwards the caller's `Region::u64_at` promise.
             #[inline]
-            fn u64_at(&self, off: usize) -> &AtomicU64 {
-                self.raw.u64_at(off)
+            unsafe fn u64_at(&self, off: usize) -> &AtomicU64 {
+                // SAFETY: forwarded contract.
+                unsafe { self.raw.u64_at(off) }
             }
+            // SAFETY: forwards the caller's `Region::u32_at` promise.
             #[inline]
-            fn u32_at(&self, off: usize) -> &AtomicU32 {
-                self.raw.u32_at(off)
+            unsafe fn u32_at(&self, off: usize) -> &AtomicU32 {
+                // SAFETY: forwarded contract.
+                unsafe { self.raw.u32_at(off) }
             }
             // SAFETY: an unsafe method of the trait, forwarded with its contract
             // (the caller's `off` is aligned and in bounds).

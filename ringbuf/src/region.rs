@@ -10,6 +10,19 @@
 //! ([`Region::u64_at`], [`Region::u32_at`]); payload bytes are handed out as
 //! slices under the ring protocol's exclusive-access rules.
 //!
+//! The two must never meet in one process: an atomic reference to, or a
+//! load of, bytes that a [`Grant`](crate::Grant), a [`Frame`](crate::Frame)
+//! or a blob holds as `&mut [u8]` (or, for an atomic reference, as `&[u8]`)
+//! aliases that slice, which is undefined behaviour whatever the values.
+//! So every way to reach a word of a [`Region`] by offset is an `unsafe fn`
+//! whose caller promises that no such view of those bytes exists while the
+//! reference lives ([`Region::u64_at`], [`Region::u32_at`] and the loads of
+//! [`ReadRegion`]); a ring or a pool wraps the words it owns at fixed
+//! offsets (its control block, its header, its slot states), which it never
+//! hands out as payload, in small safe accessors that state this once.
+//! Only a [`ReadOnlyRegion`] reads safely: it is a mapping of its own, at
+//! an address no grant, frame or blob of this process points into.
+//!
 //! Those rules are what the loom models check, through [`Region::access`]:
 //! whoever hands out payload slices (a [`Grant`](crate::Grant), a
 //! [`Frame`](crate::Frame), a blob) holds an [`Access`] over the same bytes
@@ -25,7 +38,9 @@
 //! nothing more: an atomic store (or a compare-and-swap, even one bound to
 //! fail) on read-only memory faults, so code that only holds a
 //! `ReadRegion` (a [`snapshot`](crate::snapshot), a pool census) cannot
-//! write, and a ring or pool cannot be built over it at all.
+//! write, and a ring or pool cannot be built over it at all. Its loads are
+//! `unsafe` for the reason above; a `ReadOnlyRegion` also has safe ones of
+//! its own, and [`snapshot`](crate::snapshot) and the pool census take one.
 
 #![allow(unsafe_code)] // declares the `unsafe` Region trait; implementations live in `raw`
 
@@ -45,6 +60,17 @@ pub const REGION_ALIGN: usize = 128;
 /// an Acquire [`fence`](crate::sync::fence) after the load. Nothing in this
 /// trait lets the caller write, so it is safe to implement: no code relies on
 /// it for soundness (a [`Region`], which also implements it, vouches for it).
+///
+/// The loads are `unsafe` to call: on a [`Region`] the same bytes may be a
+/// live grant's, frame's or blob's `&mut [u8]` (see the module doc). Each
+/// has the same contract:
+///
+/// # Safety
+///
+/// For the duration of the call, no `&mut [u8]` view of the bytes read,
+/// obtained from [`Region::bytes_mut`] (a grant or a blob being written),
+/// exists in this process. (Bounds and alignment are checked: a bad offset
+/// panics.) A [`ReadOnlyRegion`] has safe loads of its own.
 pub trait ReadRegion {
     /// Length of the region in bytes.
     fn len(&self) -> usize;
@@ -56,27 +82,41 @@ pub trait ReadRegion {
 
     /// The 64-bit word at byte offset `off`, loaded once (`Relaxed`).
     ///
+    /// # Safety
+    ///
+    /// No `&mut [u8]` view of these bytes exists in this process during the
+    /// call (see the [trait doc](ReadRegion)).
+    ///
     /// # Panics
     ///
     /// If `off` is not 8-aligned or `off + 8 > len()`: a bug in the caller,
     /// never something a peer's data can cause.
-    fn load_u64(&self, off: usize) -> u64;
+    unsafe fn load_u64(&self, off: usize) -> u64;
 
     /// The 32-bit word at byte offset `off`, loaded once (`Relaxed`).
+    ///
+    /// # Safety
+    ///
+    /// As for [`load_u64`](ReadRegion::load_u64).
     ///
     /// # Panics
     ///
     /// If `off` is not 4-aligned or `off + 4 > len()`.
-    fn load_u32(&self, off: usize) -> u32;
+    unsafe fn load_u32(&self, off: usize) -> u32;
 
     /// Copies the bytes `off..off + buf.len()` into `buf`, with atomic loads:
     /// a peer may be writing them, so the copy may be torn (each byte is some
     /// value the peer wrote; treat them as untrusted input).
     ///
+    /// # Safety
+    ///
+    /// As for [`load_u64`](ReadRegion::load_u64), for every byte of the
+    /// range.
+    ///
     /// # Panics
     ///
     /// If the range is not inside the region.
-    fn read_bytes(&self, off: usize, buf: &mut [u8]);
+    unsafe fn read_bytes(&self, off: usize, buf: &mut [u8]);
 }
 
 /// A run of bytes shared by a producer and a consumer (or by the two sides
@@ -105,18 +145,42 @@ pub trait ReadRegion {
 pub unsafe trait Region: ReadRegion + Send + Sync {
     /// The 64-bit atomic word at byte offset `off`.
     ///
+    /// # Safety
+    ///
+    /// For as long as the returned reference lives, no `&[u8]` or
+    /// `&mut [u8]` view of these bytes obtained from
+    /// [`bytes`](Region::bytes) / [`bytes_mut`](Region::bytes_mut) (a grant,
+    /// a frame, a blob) exists in this process: the atomic would alias it.
+    /// A ring's control block and frame header slots and a pool's header and
+    /// slot-state words are never handed out as payload.
+    ///
     /// # Panics
     ///
     /// If `off` is not 8-aligned or `off + 8 > len()`: a bug in the caller,
     /// never something a peer's data can cause.
-    fn u64_at(&self, off: usize) -> &AtomicU64;
+    ///
+    /// # Examples
+    ///
+    /// Safe code cannot reach a word this way (a word of a grant's bytes
+    /// would alias the grant's `&mut [u8]`):
+    ///
+    /// ```compile_fail,E0133
+    /// use isocall_ringbuf::{HeapRegion, Region};
+    /// let region = HeapRegion::new(1024);
+    /// let _word = region.u64_at(0); // error: call to unsafe function
+    /// ```
+    unsafe fn u64_at(&self, off: usize) -> &AtomicU64;
 
     /// The 32-bit atomic word at byte offset `off`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`u64_at`](Region::u64_at).
     ///
     /// # Panics
     ///
     /// If `off` is not 4-aligned or `off + 4 > len()`.
-    fn u32_at(&self, off: usize) -> &AtomicU32;
+    unsafe fn u32_at(&self, off: usize) -> &AtomicU32;
 
     /// [`u64_at`](Region::u64_at) without the bounds and alignment check,
     /// for the ring's hot paths, whose offsets are in bounds by
@@ -124,24 +188,28 @@ pub unsafe trait Region: ReadRegion + Send + Sync {
     ///
     /// # Safety
     ///
-    /// `off` is 8-aligned and `off + 8 <= len()`.
+    /// `off` is 8-aligned and `off + 8 <= len()`; and as for
+    /// [`u64_at`](Region::u64_at).
     // SAFETY: an unsafe method of the trait, forwarded with its contract
-    // (the caller's `off` is aligned and in bounds).
+    // (the caller's `off` is aligned and in bounds, and no view aliases it).
     #[inline]
     unsafe fn u64_at_unchecked(&self, off: usize) -> &AtomicU64 {
-        self.u64_at(off)
+        // SAFETY: the caller's promise covers `u64_at`'s.
+        unsafe { self.u64_at(off) }
     }
 
     /// [`u32_at`](Region::u32_at) without the check, likewise.
     ///
     /// # Safety
     ///
-    /// `off` is 4-aligned and `off + 4 <= len()`.
+    /// `off` is 4-aligned and `off + 4 <= len()`; and as for
+    /// [`u32_at`](Region::u32_at).
     // SAFETY: an unsafe method of the trait, forwarded with its contract
-    // (the caller's `off` is aligned and in bounds).
+    // (the caller's `off` is aligned and in bounds, and no view aliases it).
     #[inline]
     unsafe fn u32_at_unchecked(&self, off: usize) -> &AtomicU32 {
-        self.u32_at(off)
+        // SAFETY: the caller's promise covers `u32_at`'s.
+        unsafe { self.u32_at(off) }
     }
 
     /// The bytes `off..off + len`, to read.
@@ -251,18 +319,18 @@ impl std::fmt::Debug for Access {
 }
 
 /// The key under which the process-local registries of rings and pools know
-/// a region: the address of its first word (see the [`Region`] safety
+/// a region: the address of its first byte (see the [`Region`] safety
 /// contract). Under loom, the modelled process (`Region::process`) is
-/// folded into its low bits (always zero in the address of a `u64`).
-///
-/// # Panics
-///
-/// If the region is shorter than 8 bytes.
+/// folded into it (as three low bits, the address shifted above them: a
+/// loom region's bytes need not be aligned).
 #[inline]
 pub fn region_key<R: Region + ?Sized>(region: &R) -> usize {
-    let addr = std::ptr::from_ref(region.u64_at(0)) as usize;
+    // SAFETY: an empty range is in bounds of any region, and an empty slice
+    // covers no byte, so it aliases no view and no word; only its address
+    // is used.
+    let addr = unsafe { region.bytes(0, 0) }.as_ptr() as usize;
     #[cfg(loom)]
-    let addr = addr | (region.process() & 7);
+    let addr = (addr << 3) | (region.process() & 7);
     addr
 }
 
@@ -280,17 +348,23 @@ impl<T: ReadRegion + ?Sized> ReadRegion for std::sync::Arc<T> {
     fn len(&self) -> usize {
         (**self).len()
     }
+    // SAFETY: forwards the caller's `ReadRegion` promise to `T`.
     #[inline]
-    fn load_u64(&self, off: usize) -> u64 {
-        (**self).load_u64(off)
+    unsafe fn load_u64(&self, off: usize) -> u64 {
+        // SAFETY: forwarded contract.
+        unsafe { (**self).load_u64(off) }
     }
+    // SAFETY: forwards the caller's `ReadRegion` promise to `T`.
     #[inline]
-    fn load_u32(&self, off: usize) -> u32 {
-        (**self).load_u32(off)
+    unsafe fn load_u32(&self, off: usize) -> u32 {
+        // SAFETY: forwarded contract.
+        unsafe { (**self).load_u32(off) }
     }
+    // SAFETY: forwards the caller's `ReadRegion` promise to `T`.
     #[inline]
-    fn read_bytes(&self, off: usize, buf: &mut [u8]) {
-        (**self).read_bytes(off, buf)
+    unsafe fn read_bytes(&self, off: usize, buf: &mut [u8]) {
+        // SAFETY: forwarded contract.
+        unsafe { (**self).read_bytes(off, buf) }
     }
 }
 
@@ -299,30 +373,40 @@ impl<T: ReadRegion + ?Sized> ReadRegion for &T {
     fn len(&self) -> usize {
         (**self).len()
     }
+    // SAFETY: forwards the caller's `ReadRegion` promise to `T`.
     #[inline]
-    fn load_u64(&self, off: usize) -> u64 {
-        (**self).load_u64(off)
+    unsafe fn load_u64(&self, off: usize) -> u64 {
+        // SAFETY: forwarded contract.
+        unsafe { (**self).load_u64(off) }
     }
+    // SAFETY: forwards the caller's `ReadRegion` promise to `T`.
     #[inline]
-    fn load_u32(&self, off: usize) -> u32 {
-        (**self).load_u32(off)
+    unsafe fn load_u32(&self, off: usize) -> u32 {
+        // SAFETY: forwarded contract.
+        unsafe { (**self).load_u32(off) }
     }
+    // SAFETY: forwards the caller's `ReadRegion` promise to `T`.
     #[inline]
-    fn read_bytes(&self, off: usize, buf: &mut [u8]) {
-        (**self).read_bytes(off, buf)
+    unsafe fn read_bytes(&self, off: usize, buf: &mut [u8]) {
+        // SAFETY: forwarded contract.
+        unsafe { (**self).read_bytes(off, buf) }
     }
 }
 
 // SAFETY: forwards every call to the shared `T`, which upholds the contract;
 // the `Arc` keeps it (and so its memory) alive.
 unsafe impl<T: Region> Region for std::sync::Arc<T> {
+    // SAFETY: forwards the caller's `Region::u64_at` promise to `T`.
     #[inline]
-    fn u64_at(&self, off: usize) -> &AtomicU64 {
-        (**self).u64_at(off)
+    unsafe fn u64_at(&self, off: usize) -> &AtomicU64 {
+        // SAFETY: forwarded contract.
+        unsafe { (**self).u64_at(off) }
     }
+    // SAFETY: forwards the caller's `Region::u32_at` promise to `T`.
     #[inline]
-    fn u32_at(&self, off: usize) -> &AtomicU32 {
-        (**self).u32_at(off)
+    unsafe fn u32_at(&self, off: usize) -> &AtomicU32 {
+        // SAFETY: forwarded contract.
+        unsafe { (**self).u32_at(off) }
     }
     // SAFETY: an unsafe method of the trait, forwarded with its contract
     // (the caller's `off` is aligned and in bounds).

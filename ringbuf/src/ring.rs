@@ -261,18 +261,48 @@ impl RingSnapshot {
 }
 
 /// Reads the counters of the ring in `region` without attaching to it, with
-/// loads only: it works on a read-only mapping.
+/// loads only, through an inspector's read-only mapping (which no grant or
+/// frame of this process can alias, so this is safe; see
+/// [`snapshot_region`] for any other region).
 ///
 /// # Errors
 ///
 /// [`AttachError::BadRegionSize`] if the region is not a ring region.
-pub fn snapshot<R: ReadRegion + ?Sized>(region: &R) -> Result<RingSnapshot, AttachError> {
+#[cfg(not(loom))]
+pub fn snapshot(region: &crate::ReadOnlyRegion) -> Result<RingSnapshot, AttachError> {
+    // SAFETY: no `&mut` view of a `ReadOnlyRegion`'s bytes exists in this
+    // process (its constructor's contract).
+    unsafe { snapshot_region(region) }
+}
+
+/// [`snapshot`] of any readable region, e.g. a ring's own [`Region`] in a
+/// test.
+///
+/// # Safety
+///
+/// During the call no `&mut [u8]` view (from [`Region::bytes_mut`]) of the
+/// region's control block, its first [`RING_CONTROL_BYTES`] bytes, exists
+/// in this process. A ring never hands those bytes out as payload, so this
+/// holds for any region used only as a ring; it may not for a region used
+/// as something else (a blob pool's payload, say).
+///
+/// # Errors
+///
+/// [`AttachError::BadRegionSize`] if the region is not a ring region.
+pub unsafe fn snapshot_region<R: ReadRegion + ?Sized>(
+    region: &R,
+) -> Result<RingSnapshot, AttachError> {
     let len = region.len();
     let capacity = len.wrapping_sub(RING_CONTROL_BYTES);
     if len < RING_CONTROL_BYTES || !valid_capacity(capacity) {
         return Err(AttachError::BadRegionSize { len });
     }
-    let w = |off| region.load_u64(off);
+    // SAFETY: every offset read below is a layout constant inside the
+    // control block (`len >= RING_CONTROL_BYTES`, checked), of which no
+    // `&mut` view exists (the caller's promise).
+    let w = |off| unsafe { region.load_u64(off) };
+    // SAFETY: as for `w`.
+    let w32 = |off| unsafe { region.load_u32(off) };
     Ok(RingSnapshot {
         capacity: capacity as u64,
         head: w(HEAD),
@@ -286,8 +316,8 @@ pub fn snapshot<R: ReadRegion + ?Sized>(region: &R) -> Result<RingSnapshot, Atta
         producer_sleeps: w(PROD_SLEEPS),
         consumer_sleeps: w(CONS_SLEEPS),
         full_stalls: w(PROD_FULL_STALLS),
-        consumer_waiting: region.load_u32(CONS_WAIT),
-        producer_waiting: region.load_u32(PROD_WAIT),
+        consumer_waiting: w32(CONS_WAIT),
+        producer_waiting: w32(PROD_WAIT),
         producer_attached: w(PROD_ATTACHED),
         consumer_attached: w(CONS_ATTACHED),
     })

@@ -13,8 +13,8 @@ use isocall_ringbuf::layout::{
 };
 use isocall_ringbuf::wait::SpinParker;
 use isocall_ringbuf::{
-    AttachError, Consumer, Corrupt, HeapRegion, Producer, ReadRegion, Region, RingSide, channel,
-    snapshot,
+    AttachError, Consumer, Corrupt, HeapRegion, Producer, Region, RingSide, RingSnapshot, channel,
+    snapshot_region,
 };
 use proptest::prelude::*;
 
@@ -25,6 +25,22 @@ type Rx = Consumer<Arc<HeapRegion>, SpinParker>;
 
 fn region(capacity: usize) -> Arc<HeapRegion> {
     Arc::new(HeapRegion::new(ring_region_size(capacity).unwrap()))
+}
+
+/// A word of the ring's control block (`off` is a layout constant), where
+/// these tests play the peer.
+fn control(r: &HeapRegion, off: usize) -> &std::sync::atomic::AtomicU64 {
+    assert!(off < isocall_ringbuf::RING_CONTROL_BYTES);
+    // SAFETY: the control block is never handed out as payload, so no grant
+    // or frame's slice covers the word (the region is only ever a ring's).
+    unsafe { r.u64_at(off) }
+}
+
+/// The ring's counters.
+fn snapshot(r: &HeapRegion) -> Result<RingSnapshot, AttachError> {
+    // SAFETY: as in `control`: the region is only ever a ring's, whose
+    // control block is never payload.
+    unsafe { snapshot_region(r) }
 }
 
 fn pid() -> u64 {
@@ -73,8 +89,8 @@ fn the_control_block_names_the_attached_sides() {
     let s = snapshot(&*r).unwrap();
     assert_eq!((s.producer_attached, s.consumer_attached), (0, 0));
     let tx: Tx = Producer::attach(r.clone(), SpinParker).unwrap();
-    assert_eq!(r.load_u64(PROD_ATTACHED), pid());
-    assert_eq!(r.load_u64(CONS_ATTACHED), 0);
+    assert_eq!(control(&r, PROD_ATTACHED).load(RELAXED), pid());
+    assert_eq!(control(&r, CONS_ATTACHED).load(RELAXED), 0);
     let rx: Rx = Consumer::attach(r.clone(), SpinParker).unwrap();
     let s = snapshot(&*r).unwrap();
     assert_eq!((s.producer_attached, s.consumer_attached), (pid(), pid()));
@@ -87,7 +103,7 @@ fn the_control_block_names_the_attached_sides() {
 fn a_side_attached_by_another_process_is_refused() {
     let r = region(4096);
     // The peer (another process) attached a consumer.
-    r.u64_at(CONS_ATTACHED).store(4242, RELAXED);
+    control(&r, CONS_ATTACHED).store(4242, RELAXED);
     assert_eq!(
         Consumer::attach(r.clone(), SpinParker).unwrap_err(),
         AttachError::AttachedElsewhere {
@@ -97,8 +113,8 @@ fn a_side_attached_by_another_process_is_refused() {
     );
     // The refusal left nothing behind in this process: once the word is
     // clear, the consumer attaches.
-    assert_eq!(r.load_u64(CONS_ATTACHED), 4242);
-    r.u64_at(CONS_ATTACHED).store(0, RELAXED);
+    assert_eq!(control(&r, CONS_ATTACHED).load(RELAXED), 4242);
+    control(&r, CONS_ATTACHED).store(0, RELAXED);
     let _rx: Rx = Consumer::attach(r.clone(), SpinParker).unwrap();
 }
 
@@ -108,7 +124,7 @@ fn the_local_registry_holds_whatever_the_peer_writes() {
     let _tx: Tx = Producer::attach(r.clone(), SpinParker).unwrap();
     // The peer clears our mark: a second producer in this process is still
     // refused (two grants over the same bytes would alias).
-    r.u64_at(PROD_ATTACHED).store(0, RELAXED);
+    control(&r, PROD_ATTACHED).store(0, RELAXED);
     assert_eq!(
         Producer::attach(r.clone(), SpinParker).unwrap_err(),
         AttachError::AlreadyAttached {
@@ -121,9 +137,9 @@ fn the_local_registry_holds_whatever_the_peer_writes() {
 fn a_mark_the_peer_rewrote_is_not_ours_to_clear() {
     let r = region(4096);
     let tx: Tx = Producer::attach(r.clone(), SpinParker).unwrap();
-    r.u64_at(PROD_ATTACHED).store(777, RELAXED);
+    control(&r, PROD_ATTACHED).store(777, RELAXED);
     drop(tx);
-    assert_eq!(r.load_u64(PROD_ATTACHED), 777);
+    assert_eq!(control(&r, PROD_ATTACHED).load(RELAXED), 777);
 }
 
 #[test]
@@ -143,8 +159,8 @@ fn counters_past_the_bound_are_refused_at_attach() {
         (MAX_COUNTER_AT_ATTACH + 64, MAX_COUNTER_AT_ATTACH + 64),
     ] {
         let r = region(cap as usize);
-        r.u64_at(HEAD).store(head, RELAXED);
-        r.u64_at(TAIL).store(tail, RELAXED);
+        control(&r, HEAD).store(head, RELAXED);
+        control(&r, TAIL).store(tail, RELAXED);
         let bad = AttachError::Corrupt(Corrupt::BadCounters {
             head,
             tail,
@@ -153,10 +169,10 @@ fn counters_past_the_bound_are_refused_at_attach() {
         assert_eq!(Producer::attach(r.clone(), SpinParker).unwrap_err(), bad);
         assert_eq!(Consumer::attach(r.clone(), SpinParker).unwrap_err(), bad);
         // A refused attach leaves no mark and no registration behind.
-        assert_eq!(r.load_u64(PROD_ATTACHED), 0);
-        assert_eq!(r.load_u64(CONS_ATTACHED), 0);
-        r.u64_at(HEAD).store(0, RELAXED);
-        r.u64_at(TAIL).store(0, RELAXED);
+        assert_eq!(control(&r, PROD_ATTACHED).load(RELAXED), 0);
+        assert_eq!(control(&r, CONS_ATTACHED).load(RELAXED), 0);
+        control(&r, HEAD).store(0, RELAXED);
+        control(&r, TAIL).store(0, RELAXED);
         let _both: (Tx, Rx) = (
             Producer::attach(r.clone(), SpinParker).unwrap(),
             Consumer::attach(r.clone(), SpinParker).unwrap(),
@@ -168,8 +184,8 @@ fn counters_past_the_bound_are_refused_at_attach() {
 /// whose counters start at `start`.
 fn laps_from(start: u64, cap: usize) {
     let r = region(cap);
-    r.u64_at(HEAD).store(start, RELAXED);
-    r.u64_at(TAIL).store(start, RELAXED);
+    control(&r, HEAD).store(start, RELAXED);
+    control(&r, TAIL).store(start, RELAXED);
     let mut tx: Tx = Producer::attach(r.clone(), SpinParker).unwrap();
     let mut rx: Rx = Consumer::attach(r.clone(), SpinParker).unwrap();
     let max = tx.max_payload();
@@ -214,8 +230,8 @@ proptest! {
         let head = if align { head & !63 } else { head };
         let tail = head.wrapping_add(if align { gap & !63 } else { gap });
         let r = region(cap);
-        r.u64_at(HEAD).store(head, RELAXED);
-        r.u64_at(TAIL).store(tail, RELAXED);
+        control(&r, HEAD).store(head, RELAXED);
+        control(&r, TAIL).store(tail, RELAXED);
         let ok = head <= tail
             && tail <= MAX_COUNTER_AT_ATTACH
             && tail - head <= cap as u64

@@ -79,16 +79,23 @@ impl ReadRegion for LoomRegion {
     fn len(&self) -> usize {
         RING_CONTROL_BYTES + CAPACITY
     }
-    fn load_u64(&self, off: usize) -> u64 {
-        self.u64_at(off).load(Ordering::Relaxed)
+    // SAFETY: forwards the caller's promise to `u64_at`, whose own (no
+    // slice over the word) it implies for a load.
+    unsafe fn load_u64(&self, off: usize) -> u64 {
+        // SAFETY: the caller's promise; the words are loom atomics apart
+        // from the payload bytes anyway.
+        unsafe { self.u64_at(off) }.load(Ordering::Relaxed)
     }
-    fn load_u32(&self, off: usize) -> u32 {
-        self.u32_at(off).load(Ordering::Relaxed)
+    // SAFETY: as for `load_u64`.
+    unsafe fn load_u32(&self, off: usize) -> u32 {
+        // SAFETY: as in `load_u64`.
+        unsafe { self.u32_at(off) }.load(Ordering::Relaxed)
     }
-    fn read_bytes(&self, off: usize, buf: &mut [u8]) {
+    // SAFETY: the caller promises no `&mut` view of the range exists.
+    unsafe fn read_bytes(&self, off: usize, buf: &mut [u8]) {
         let _reading = self.access(off, buf.len(), false);
-        // SAFETY: in bounds (checked by `at`); the models never read bytes
-        // this way while a side writes them, which the access checks.
+        // SAFETY: in bounds (checked by `at`); no `&mut` view of the range
+        // exists (the caller's promise), which the access checks.
         buf.copy_from_slice(unsafe {
             std::slice::from_raw_parts(self.at(off, buf.len()), buf.len())
         });
@@ -99,7 +106,9 @@ impl ReadRegion for LoomRegion {
 // every call), u32 and u64 words never overlap in the ring's use, and the
 // byte buffer is as long as the region.
 unsafe impl Region for LoomRegion {
-    fn u64_at(&self, off: usize) -> &AtomicU64 {
+    // SAFETY: the words are loom atomics of their own, apart from the
+    // payload bytes: nothing here relies on the caller's promise.
+    unsafe fn u64_at(&self, off: usize) -> &AtomicU64 {
         if off >= DATA {
             assert_eq!((off - DATA) % 16, 0, "header slot off the frame grid");
             &self.slots[(off - DATA) / 16]
@@ -107,7 +116,8 @@ unsafe impl Region for LoomRegion {
             &self.control[off / 8]
         }
     }
-    fn u32_at(&self, off: usize) -> &AtomicU32 {
+    // SAFETY: as for `u64_at`.
+    unsafe fn u32_at(&self, off: usize) -> &AtomicU32 {
         match off {
             isocall_ringbuf::layout::CONS_WAIT => &self.waits[0],
             isocall_ringbuf::layout::PROD_WAIT => &self.waits[1],
