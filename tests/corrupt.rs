@@ -55,11 +55,14 @@ fn scribbler_entry() {
     let (msg, mut fds, mut sock) = receive_from_parent();
     let seg = Segment::open(fds.pop().expect("memfd")).expect("open segment");
     let ring = seg.ring_region(Direction::ClientToServer);
-    let first = ring.u64_at(DATA);
+    // SAFETY: this process is the scribbling peer: it attaches neither side
+    // of the ring, so no grant or frame of it exists here.
+    let word = |off| unsafe { ring.u64_at(off) };
+    let first = word(DATA);
     let relaxed = std::sync::atomic::Ordering::Relaxed;
     match param(&msg, "what") {
-        "head-forward" => ring.u64_at(HEAD).store(1 << 40, relaxed),
-        "head-misaligned" => ring.u64_at(HEAD).store(8, relaxed),
+        "head-forward" => word(HEAD).store(1 << 40, relaxed),
+        "head-misaligned" => word(HEAD).store(8, relaxed),
         "len" => first.store((first.load(relaxed) & !0xFFFF_FFFF) | 0xFFFF_FF00, relaxed),
         "kind" => first.store(
             (first.load(relaxed) & !(0xFFFF << 32)) | (0x9000 << 32),

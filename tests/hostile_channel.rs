@@ -25,13 +25,12 @@ use std::time::{Duration, Instant};
 use chan::{Item, Tally, fill_blob, is_blob, is_item, item, params};
 use hostile::probe::snapshot;
 use hostile::proc::{self, Ctl, Peer, Role, run_role, serial, socket_name, wait_for, watchdog};
-use hostile::raw::archive;
+use hostile::raw::{archive, peer_u32, peer_u64};
 use isocall::SocketName;
 use isocall::blob::{BlobHandle, Parties, Party, PoolConfig};
 use isocall::channel::{Backpressure, MESSAGE, Publisher, RecvError, Subscriber};
 use isocall::raw::sys::SharedMem;
 use isocall::raw::wire::{CallHead, FrameError};
-use isocall::ring::Region;
 use isocall::ring::layout::{DATA, TAIL};
 
 const ROLES: &[Role] = &[
@@ -324,11 +323,9 @@ fn raw_publisher(arg: &str, ctl: &mut Ctl) {
     loop {
         for &(ptr, len) in &at {
             let r = rnd();
-            region.u32_at(ptr).store(r as u32, Ordering::Relaxed);
+            peer_u32(&region, ptr).store(r as u32, Ordering::Relaxed);
             if r & 0x100 != 0 {
-                region
-                    .u32_at(len)
-                    .store((r >> 32) as u32, Ordering::Relaxed);
+                peer_u32(&region, len).store((r >> 32) as u32, Ordering::Relaxed);
             }
         }
         if ctl.hear_within(Duration::ZERO).is_some() {
@@ -425,11 +422,9 @@ fn corrupting_publisher(arg: &str, ctl: &mut Ctl) {
     link.put(MESSAGE, head, &[], &archive(&item(1)), dl)
         .expect("put");
     let region = link.tx_region();
-    let tail = region.u64_at(TAIL).load(Ordering::Acquire);
+    let tail = peer_u64(&region, TAIL).load(Ordering::Acquire);
     let bogus = 16u64 | (0x9000u64 << 32);
-    region
-        .u64_at(DATA + (tail % ring as u64) as usize)
-        .store(bogus, Ordering::Release);
+    peer_u64(&region, DATA + (tail % ring as u64) as usize).store(bogus, Ordering::Release);
     ctl.say("corrupted");
     let _ = ctl.hear();
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use hostile::harness::Test;
 use hostile::probe::{expect_back, snapshot};
 use hostile::proc::{Ctl, Role, drop_promptly, field, run_role};
-use hostile::raw::{RawClient, archive, s2c};
+use hostile::raw::{RawClient, archive, peer_u32, peer_u64, s2c};
 use hostile::{
     ArchivedDigest, DIGEST, Honest, StringAttack, Text, digest, send_and_find_state, slot_word,
     victim_server,
@@ -22,7 +22,6 @@ use hostile::{
 use isocall::SocketName;
 use isocall::raw::sys::SharedMem;
 use isocall::raw::wire::{Status, kind::RESPONSE};
-use isocall::ring::Region;
 use isocall::ring::layout::CONS_WAIT;
 use isocall::ring::wait::WAITING_DOORBELL;
 
@@ -160,11 +159,7 @@ fn stuff_doorbell(arg: &str, ctl: &mut Ctl) {
     );
     eprintln!("stuff_doorbell: {first} rings queued at the server, our end made blocking");
     let replies = s2c(&c.link);
-    let want_ring = || {
-        replies
-            .u32_at(CONS_WAIT)
-            .store(WAITING_DOORBELL, Ordering::SeqCst)
-    };
+    let want_ring = || peer_u32(&replies, CONS_WAIT).store(WAITING_DOORBELL, Ordering::SeqCst);
     let method = c.method(DIGEST.name());
     let body = archive(&Text { s: attack_string() });
     let mut calls = 0u64;
@@ -348,7 +343,7 @@ fn second_accept(arg: &str, ctl: &mut Ctl) {
     let method = c.method(HOLD.name());
     let body = archive(&hostile::Add { a: 0, b: 0 });
     c.request(1, method, &[h, h], &body).expect("request");
-    let w = pool.region().u64_at(state_at);
+    let w = peer_u64(pool.region(), state_at);
     let limit = Instant::now() + Duration::from_secs(10);
     // Held(server) (code 2) -> InFlight(server), as if never accepted.
     while w

@@ -15,14 +15,13 @@ use std::time::{Duration, Instant};
 
 use hostile::harness::Test;
 use hostile::proc::{Ctl, Peer, Role, drop_promptly, run_role};
-use hostile::raw::{RawLink, RawServer, archive, c2s, method_info, s2c};
+use hostile::raw::{RawLink, RawServer, archive, c2s, method_info, peer_u32, peer_u64, s2c};
 use hostile::{
     ADD, Add, ArchivedAdd, Bystander, ECHO, StringAttack, Sum, Text, send_and_find_state, slot_word,
 };
 use isocall::blob::{BlobHandle, PoolConfig};
 use isocall::raw::SegmentLayout;
 use isocall::raw::wire::{CallHead, Status, kind};
-use isocall::ring::Region;
 use isocall::ring::layout::CONS_WAIT;
 use isocall::ring::wait::WAITING_DOORBELL;
 use isocall::rpc::ReplyError;
@@ -243,9 +242,7 @@ fn stuff_doorbell(arg: &str, ctl: &mut Ctl) {
     serve(
         &mut link,
         |_| {
-            requests
-                .u32_at(CONS_WAIT)
-                .store(WAITING_DOORBELL, Ordering::SeqCst);
+            peer_u32(&requests, CONS_WAIT).store(WAITING_DOORBELL, Ordering::SeqCst);
             turn = turn.wrapping_add(1);
             if turn.is_multiple_of(64) {
                 flood();
@@ -474,7 +471,7 @@ fn second_accept(arg: &str, ctl: &mut Ctl) {
             calls += 1;
             if calls == 2 {
                 // Held(client) -> InFlight(client), as if never accepted.
-                let w = region.u64_at(state_at);
+                let w = peer_u64(region, state_at);
                 w.compare_exchange(held_by(1), held_by(3), Ordering::AcqRel, Ordering::Acquire)
                     .expect("the slot is held by the client");
                 ctl.say("rewrote");

@@ -19,8 +19,8 @@
 //! later changes nothing.
 
 use crate::error::{BlobError, PoolPart};
-use crate::sync::{Ordering, fence};
 use crate::sync::AtomicU64;
+use crate::sync::{Ordering, fence};
 
 /// `b"ISOBLOB1"` read as a little-endian `u64`.
 pub const POOL_MAGIC: u64 = u64::from_le_bytes(*b"ISOBLOB1");

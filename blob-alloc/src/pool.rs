@@ -94,8 +94,8 @@ use crate::blob::{Blob, BlobHandle, BlobMut, SlotRef};
 use crate::error::BlobError;
 use crate::held::Held;
 use crate::layout::{ClassLayout, PoolConfig};
-use crate::raw;
 use crate::party::{MAX_PARTIES, Party};
+use crate::raw;
 use crate::state::{Side, SlotState, Word, held_code};
 use crate::sync::{AtomicU64, Ordering};
 

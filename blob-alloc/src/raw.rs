@@ -128,7 +128,11 @@ impl<R: Region> Pool<R> {
     #[inline]
     pub(crate) fn bitmap_word(&self, ci: usize, wi: usize) -> &AtomicU64 {
         let c = &self.classes[ci];
-        assert!(wi < c.words(), "pool bug: bitmap word {wi} of {}", c.words());
+        assert!(
+            wi < c.words(),
+            "pool bug: bitmap word {wi} of {}",
+            c.words()
+        );
         // SAFETY: `wi < words`, so the word lies in the class's bitmap part
         // of this pool's validated layout, never a blob's bytes (see above).
         unsafe { self.region().u64_at(c.bitmap + wi * 8) }

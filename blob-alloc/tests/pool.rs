@@ -279,8 +279,8 @@ fn state_word<'p>(p: &'p P, h: &BlobHandle) -> &'p std::sync::atomic::AtomicU64 
     let desc = 64 + 64 * h.class as usize;
     // SAFETY: the class descriptor's states offset and the slot's state word
     // are pool metadata, never blob bytes: no blob's slice covers them.
-    let states = unsafe { p.region().u64_at(desc + 24) }
-        .load(std::sync::atomic::Ordering::Relaxed) as usize;
+    let states =
+        unsafe { p.region().u64_at(desc + 24) }.load(std::sync::atomic::Ordering::Relaxed) as usize;
     // SAFETY: as above.
     unsafe { p.region().u64_at(states + 8 * h.slot as usize) }
 }
@@ -310,8 +310,8 @@ fn region_bitmap_word(p: &P, ci: usize) -> &std::sync::atomic::AtomicU64 {
     let desc = 64 + 64 * ci;
     // SAFETY: the class descriptor's bitmap offset and the bitmap word are
     // pool metadata, never blob bytes: no blob's slice covers them.
-    let off = unsafe { p.region().u64_at(desc + 16) }
-        .load(std::sync::atomic::Ordering::Relaxed) as usize;
+    let off =
+        unsafe { p.region().u64_at(desc + 16) }.load(std::sync::atomic::Ordering::Relaxed) as usize;
     // SAFETY: as above.
     unsafe { p.region().u64_at(off) }
 }

@@ -309,7 +309,8 @@ fn reclaim_party_gives_back_what_a_dead_subscriber_had() {
     // are pool metadata, never blob bytes: no blob's slice covers them.
     let states = unsafe { ps[0].region().u64_at(desc + 24) }.load(Relaxed) as usize;
     // SAFETY: as above.
-    unsafe { ps[0].region().u64_at(states + 8 * ah.slot as usize) }.store(u64::from(ah.generation) << 32 | 0x42, Release);
+    unsafe { ps[0].region().u64_at(states + 8 * ah.slot as usize) }
+        .store(u64::from(ah.generation) << 32 | 0x42, Release);
     assert_eq!(ps[0].stats().holds(party(2)), 4);
 
     let r = ps[0].reclaim_party(party(2));

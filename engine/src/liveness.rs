@@ -411,9 +411,15 @@ impl Drop for PeerWatch {
 /// Resets and wakes the wait words this side may sleep on (the producer's
 /// word of the ring it writes and the consumer's word of the ring it reads)
 /// and wakes this side's doorbell for good. Never blocks.
+#[allow(unsafe_code)] // a ring's wait word by offset: see SAFETY
 pub(crate) fn wake_all(segment: &Segment, side_tx: Direction, doorbell: Option<&Doorbell>) {
     let wake = |region: &SharedRegion, off: usize| {
-        let word = region.u32_at(off);
+        debug_assert!(off < isocall_ringbuf::RING_CONTROL_BYTES);
+        // SAFETY: `region` is one of the segment's ring regions (only ever a
+        // ring: the segment's parts do not overlap) and `off` a wait word of
+        // its control block, which a ring never hands out as payload, so no
+        // grant or frame's slice covers it.
+        let word = unsafe { region.u32_at(off) };
         word.swap(NOT_WAITING, Ordering::AcqRel);
         let _ = futex_wake(word, i32::MAX as u32);
     };

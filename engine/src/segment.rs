@@ -344,7 +344,7 @@ impl Segment {
             size: blob_bytes as u64,
         };
         let total = blobs.offset + round_up(blobs.size);
-        let mem = SharedMem::create(name, total as usize)?;
+        let mem = SharedMem::create_with_regions(name, total as usize, PAGE as usize)?;
         let header = SegmentHeader {
             magic: MAGIC,
             version: LAYOUT_VERSION,
@@ -395,7 +395,7 @@ impl Segment {
     /// `BadRings`, each naming the bad values; `Os` for a descriptor that is
     /// not a memfd.
     pub fn open(fd: OwnedFd) -> Result<Segment, SegmentError> {
-        Self::open_with(fd, SharedMem::open)
+        Self::open_with(fd, |fd| SharedMem::open_with_regions(fd, PAGE as usize))
     }
 
     /// Opens a segment read-only, for inspection: its rings cannot be
@@ -499,12 +499,16 @@ impl Segment {
     }
 
     /// The ring going in `dir`, read-only (works on a segment opened
-    /// read-only): for `isocall_ringbuf::snapshot` and frame dumps.
-    pub fn ring_view(&self, dir: Direction) -> isocall_ringbuf::ReadOnlyRegion {
+    /// read-only): for `isocall_ringbuf::snapshot` and frame dumps. Of a
+    /// writable segment it is a new read-only mapping (see
+    /// [`SharedMem::region_read_only`]); `None` if that mapping is refused
+    /// (out of address space).
+    pub fn ring_view(&self, dir: Direction) -> Option<isocall_ringbuf::ReadOnlyRegion> {
         let p = self.part(dir);
         self.mem
             .region_read_only(p.offset as usize, p.size as usize)
-            .expect("ring part of a validated segment")
+            .ok()
+            .flatten()
     }
 
     /// The blob pool, read-only, or `None` if the segment has none: for
@@ -517,6 +521,8 @@ impl Segment {
         }
         self.mem
             .region_read_only(p.offset as usize, p.size as usize)
+            .ok()
+            .flatten()
     }
 
     /// The lifeline word of `side` (see [`crate::sys::lifeline`]): held
@@ -730,7 +736,6 @@ fn validate(h: &SegmentHeader, file: u64) -> Result<(), SegmentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use isocall_ringbuf::{ReadRegion, Region};
 
     fn fresh() -> Segment {
         Segment::create(
@@ -767,15 +772,13 @@ mod tests {
                 blobs: PoolConfig::new().class(64, 16)
             }
         );
-        s.ring_region(Direction::ClientToServer)
-            .u64_at(0)
-            .store(42, Ordering::Release);
-        assert_eq!(
-            o.ring_region(Direction::ClientToServer)
-                .u64_at(0)
-                .load(Ordering::Acquire),
-            42
-        );
+        // Two mappings of one memfd: a word stored through one (a
+        // scribbler's, past the header page) is seen by the other's view.
+        let tail = s.header().ring_c2s.offset as usize / 8;
+        let scribbler = SharedMem::open(s.fd().try_clone_to_owned().unwrap()).unwrap();
+        scribbler.u64_words().unwrap()[tail].store(42, Ordering::Release);
+        let view = o.ring_view(Direction::ClientToServer).unwrap();
+        assert_eq!(view.load_u64(0), 42);
         s.attach_side(Side::Server);
         assert_eq!(o.side_state(Side::Server).state, SIDE_ATTACHED);
         assert_eq!(o.side_state(Side::Server).pid, std::process::id());
@@ -918,7 +921,7 @@ mod tests {
         let s = fresh();
         let ro = Segment::open_read_only(s.fd().try_clone_to_owned().unwrap()).unwrap();
         assert_eq!(
-            ro.ring_view(Direction::ServerToClient).len(),
+            ro.ring_view(Direction::ServerToClient).unwrap().len(),
             ring_region_size(4096).unwrap()
         );
     }

@@ -71,6 +71,14 @@ pub const REGION_ALIGN: usize = 128;
 /// obtained from [`Region::bytes_mut`] (a grant or a blob being written),
 /// exists in this process. (Bounds and alignment are checked: a bad offset
 /// panics.) A [`ReadOnlyRegion`] has safe loads of its own.
+///
+/// So safe code cannot load from a region a grant may be writing:
+///
+/// ```compile_fail,E0133
+/// use isocall_ringbuf::{HeapRegion, ReadRegion};
+/// let region = HeapRegion::new(1024);
+/// let _word = region.load_u64(0); // error: call to unsafe function
+/// ```
 pub trait ReadRegion {
     /// Length of the region in bytes.
     fn len(&self) -> usize;

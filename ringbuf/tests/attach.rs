@@ -86,16 +86,16 @@ fn a_second_producer_or_consumer_in_this_process_is_refused() {
 #[test]
 fn the_control_block_names_the_attached_sides() {
     let r = region(4096);
-    let s = snapshot(&*r).unwrap();
+    let s = snapshot(&r).unwrap();
     assert_eq!((s.producer_attached, s.consumer_attached), (0, 0));
     let tx: Tx = Producer::attach(r.clone(), SpinParker).unwrap();
     assert_eq!(control(&r, PROD_ATTACHED).load(RELAXED), pid());
     assert_eq!(control(&r, CONS_ATTACHED).load(RELAXED), 0);
     let rx: Rx = Consumer::attach(r.clone(), SpinParker).unwrap();
-    let s = snapshot(&*r).unwrap();
+    let s = snapshot(&r).unwrap();
     assert_eq!((s.producer_attached, s.consumer_attached), (pid(), pid()));
     drop((tx, rx));
-    let s = snapshot(&*r).unwrap();
+    let s = snapshot(&r).unwrap();
     assert_eq!((s.producer_attached, s.consumer_attached), (0, 0));
 }
 
@@ -209,7 +209,7 @@ fn laps_from(start: u64, cap: usize) {
         }
     }
     rx.flush();
-    let s = snapshot(&*r).unwrap();
+    let s = snapshot(&r).unwrap();
     assert!(s.head > start && s.head == s.tail, "{s:?}");
 }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use isocall::blob::Pool;
-use isocall::ring::{Region, SharedRegion};
+use isocall::ring::SharedRegion;
 use isocall::{CallError, ClientOptions, ServiceFailure, SupervisedClient, SupervisedError};
 use rustix::process::{Pid, Signal, kill_process};
 
@@ -152,7 +152,7 @@ fn mapped_segments() -> Vec<(usize, usize, u64, String)> {
 
 /// The inode of the segment (memfd) that holds `pool`.
 pub fn segment_inode(pool: &Pool<SharedRegion>) -> u64 {
-    segment_at(std::ptr::from_ref(pool.region().u64_at(0)).addr())
+    segment_at(isocall::ring::region_key(pool.region()))
 }
 
 /// The inode of the segment (memfd) mapped at `addr` in this process.

@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use isocall::blob::{BlobHandle, Pool};
-use isocall::ring::{ReadRegion, Region, SharedRegion};
+use isocall::ring::{ReadRegion, SharedRegion};
 use isocall::{AppError, CallCtx, Client, ClientOptions, Method, ServerBuilder, SocketName};
 
 /// Two numbers to add.
@@ -316,8 +316,8 @@ impl StringAttack {
     pub fn set(&self, region: &SharedRegion, body_at: usize, bad: bool, first_word_first: bool) {
         let words = if bad { self.bad } else { self.good };
         let w = [
-            region.u32_at(body_at + self.root_at),
-            region.u32_at(body_at + self.root_at + 4),
+            raw::peer_u32(region, body_at + self.root_at),
+            raw::peer_u32(region, body_at + self.root_at + 4),
         ];
         let order = if first_word_first { [0, 1] } else { [1, 0] };
         for i in order {
@@ -346,7 +346,7 @@ pub fn send_and_find_state(
     let region = pool.region();
     let words = || -> Vec<u64> {
         (0..region.len() / 8)
-            .map(|i| region.u64_at(i * 8).load(Ordering::Acquire))
+            .map(|i| raw::peer_u64(region, i * 8).load(Ordering::Acquire))
             .collect()
     };
     let before = words();

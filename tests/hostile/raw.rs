@@ -221,7 +221,27 @@ fn copy_out(frame: RxFrame<'_>) -> Taken {
 
 /// The address of a region's first byte.
 pub fn region_base(r: &SharedRegion) -> usize {
-    r.u64_at(0) as *const _ as usize
+    isocall::ring::region_key(r)
+}
+
+/// The 64-bit word at `off` of `region`, to scribble on or look at as a
+/// hostile peer would.
+///
+/// For these tests only, which play the peer: every caller uses it on bytes
+/// this process holds no grant, frame or blob of while the word lives
+/// (frames it published and never reads back in place, ring control words,
+/// blob state words, a pool's words between blobs), which is what
+/// `Region::u64_at` asks.
+pub fn peer_u64(region: &impl Region, off: usize) -> &std::sync::atomic::AtomicU64 {
+    // SAFETY: the callers' promise above: no slice of this process covers
+    // the word while it lives.
+    unsafe { region.u64_at(off) }
+}
+
+/// As [`peer_u64`], for a 32-bit word.
+pub fn peer_u32(region: &impl Region, off: usize) -> &std::sync::atomic::AtomicU32 {
+    // SAFETY: as in `peer_u64`.
+    unsafe { region.u32_at(off) }
 }
 
 /// A client that runs the handshake itself.

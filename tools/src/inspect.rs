@@ -45,7 +45,7 @@ use std::sync::atomic::{Ordering, fence};
 use isocall_engine::blob::census;
 use isocall_engine::raw::{Direction, SIDE_ATTACHED, SIDE_CLOSED, Segment, Side};
 use isocall_engine::ring::layout::{DATA, FRAME_ALIGN, FRAME_HEADER_BYTES, KIND_PAD};
-use isocall_engine::ring::{ReadOnlyRegion, ReadRegion, snapshot};
+use isocall_engine::ring::{ReadOnlyRegion, snapshot};
 use isocall_engine::supervise;
 use serde_json::{Value, json};
 
@@ -231,7 +231,9 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn ring_json(seg: &Segment, dir: Direction, dump: usize, methods: &[String]) -> Value {
-    let view = seg.ring_view(dir);
+    let Some(view) = seg.ring_view(dir) else {
+        return json!({"error": "the ring does not map"});
+    };
     let Ok(s) = snapshot(&view) else {
         return json!({"error": "not a ring"});
     };
@@ -499,7 +501,11 @@ fn text(doc: &Value) -> String {
 mod tests {
     use super::*;
     use isocall_engine::raw::SegmentLayout;
-    use isocall_engine::ring::Region;
+
+    /// The segment's memfd mapped again, as words: what a peer writes.
+    fn peer_words(seg: &Segment) -> isocall_engine::raw::sys::SharedMem {
+        isocall_engine::raw::sys::SharedMem::open(seg.fd().try_clone_to_owned().unwrap()).unwrap()
+    }
 
     fn segment() -> Segment {
         Segment::create("isocall:test:inspect", &SegmentLayout::default()).expect("segment")
@@ -508,7 +514,7 @@ mod tests {
     #[test]
     fn a_misaligned_head_from_the_peer_is_reported_not_a_panic() {
         let seg = segment();
-        let view = seg.ring_view(Direction::ClientToServer);
+        let view = seg.ring_view(Direction::ClientToServer).unwrap();
         let frames = pending_frames(&view, 3, 1000, 4, &[]);
         assert_eq!(frames.len(), 1, "{frames:?}");
         assert_eq!(frames[0]["kind_name"], "corrupt");
@@ -518,17 +524,18 @@ mod tests {
     #[test]
     fn positions_at_the_end_of_the_u64_range_do_not_overflow() {
         let seg = segment();
-        let ring = seg.ring_region(Direction::ClientToServer);
-        let cap = (ring.len() - DATA) as u64;
+        let view = seg.ring_view(Direction::ClientToServer).unwrap();
+        let cap = (view.len() - DATA) as u64;
         let head = u64::MAX - (FRAME_ALIGN as u64 - 1);
-        // A pad frame whose skip to the ring's end passes u64::MAX.
+        // A pad frame whose skip to the ring's end passes u64::MAX, written
+        // as the peer would, through a mapping of its own.
         let off = DATA + (head % cap) as usize;
-        ring.u64_at(off)
-            .store(u64::from(KIND_PAD) << 32, Ordering::Release);
-        let view = seg.ring_view(Direction::ClientToServer);
+        let peer = peer_words(&seg);
+        let at = (seg.header().ring_c2s.offset as usize + off) / 8;
+        peer.u64_words().unwrap()[at].store(u64::from(KIND_PAD) << 32, Ordering::Release);
         assert!(pending_frames(&view, head, u64::MAX, 4, &[]).is_empty());
         // A frame whose size runs past u64::MAX.
-        ring.u64_at(off).store(1 << 32 | 8, Ordering::Release);
+        peer.u64_words().unwrap()[at].store(1 << 32 | 8, Ordering::Release);
         let frames = pending_frames(&view, head, u64::MAX, 4, &[]);
         assert_eq!(frames.len(), 1, "{frames:?}");
         assert_eq!(frames[0]["kind_name"], "REQUEST");
@@ -545,9 +552,8 @@ mod tests {
         let pool = seg.blob_pool(Side::Client).unwrap().expect("a pool");
         let _held = pool.alloc(10).unwrap();
         let _sent = pool.alloc(3000).unwrap().send().unwrap();
-        let ring = seg.ring_region(Direction::ClientToServer);
-        ring.u64_at(isocall_engine::ring::layout::TAIL)
-            .store(128, Ordering::Release);
+        let tail = (seg.header().ring_c2s.offset as usize + isocall_engine::ring::layout::TAIL) / 8;
+        peer_words(&seg).u64_words().unwrap()[tail].store(128, Ordering::Release);
         // A second mapping of the memfd, read-only: only loads work on it.
         let fd = seg.fd().try_clone_to_owned().unwrap();
         let ro = Segment::open_read_only(fd).expect("read-only segment");
@@ -557,7 +563,7 @@ mod tests {
             (st.classes[0].held, st.classes[1].in_flight),
             ([1, 0], [0, 1])
         );
-        let snap = snapshot(&ro.ring_view(Direction::ClientToServer)).expect("snapshot");
+        let snap = snapshot(&ro.ring_view(Direction::ClientToServer).unwrap()).expect("snapshot");
         assert_eq!((snap.capacity, snap.tail), (4096, 128));
     }
 }

@@ -224,7 +224,7 @@ impl<T: Body> PublisherBuilder<T> {
             None
         } else {
             let len = self.blobs.region_size()?;
-            let mem = SharedMem::create(&pool_name(&self.channel), len)?;
+            let mem = SharedMem::create_with_regions(&pool_name(&self.channel), len, 0)?;
             let region = mem.region(0, len).ok_or(PublishError::BadLimit {
                 what: "the blob pool's memory is not writable",
             })?;

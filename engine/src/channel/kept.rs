@@ -122,7 +122,9 @@ mod tests {
     #[test]
     fn a_kept_blob_lives_until_its_last_use_goes() {
         let config = PoolConfig::new().class(4096, 4);
-        let mem = SharedMem::create("isocall:test:kept", config.region_size().unwrap()).unwrap();
+        let mem =
+            SharedMem::create_with_regions("isocall:test:kept", config.region_size().unwrap(), 0)
+                .unwrap();
         let region = mem.region(0, config.region_size().unwrap()).unwrap();
         let pool = Arc::new(Pool::create_as(region, &config, Party::PUBLISHER).unwrap());
         let mut kept = Kept::new(pool.clone());

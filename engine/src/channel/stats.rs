@@ -151,7 +151,9 @@ pub fn subscriber_stats(seg: &Segment) -> Option<SubscriberStats> {
     if w(SubWord::Magic) != SUB_MAGIC || w(SubWord::Version) != VERSION {
         return None;
     }
-    let sent = snapshot(&seg.ring_view(Direction::ServerToClient))
+    let sent = seg
+        .ring_view(Direction::ServerToClient)
+        .and_then(|v| snapshot(&v).ok())
         .map(|s| s.frames_published)
         .unwrap_or(0);
     Some(SubscriberStats {

@@ -435,7 +435,7 @@ impl<T: Body> Subscriber<T> {
 
 /// Maps the channel's blob pool the publisher sent, as party `id`.
 fn open_pool(fd: std::os::fd::OwnedFd, id: u32) -> Result<Pool<SharedRegion>, SubscribeError> {
-    let mem = SharedMem::open(fd)?;
+    let mem = SharedMem::open_with_regions(fd, 0)?;
     let region = mem
         .region(0, mem.len())
         .ok_or(SubscribeError::Blobs(BlobError::NoPool))?;

@@ -42,8 +42,10 @@ impl LocalPool {
     pub(crate) fn new(config: &PoolConfig, side: Side) -> Result<LocalPool, StreamError> {
         let pool_error = |source| StreamError::Blob { index: 0, source };
         let len = config.region_size().map_err(pool_error)?;
-        let mem = SharedMem::create("isocall:stream-pool", len).map_err(|e| StreamError::Os {
-            errno: errno_of(&e),
+        let mem = SharedMem::create_with_regions("isocall:stream-pool", len, 0).map_err(|e| {
+            StreamError::Os {
+                errno: errno_of(&e),
+            }
         })?;
         let region = || mem.region(0, len).expect("a fresh mapping's whole range");
         let local_side: isocall_blob::Side = side.into();

@@ -6,10 +6,21 @@
 //! long as the `SharedMem` (or an `Arc` clone of its mapping handed to a
 //! region) lives. Its memory is only ever accessed through atomics or
 //! through `SharedRegion`s, whose own contract governs the bytes: a
-//! `SharedMem` never hands out a byte slice, so no view it gives can alias
-//! another. A [`BlobMem`] is the other kind: one mapping whose bytes are
-//! handed out as a slice, `&self` to read and `&mut self` to write, so the
-//! borrow checker keeps those views apart.
+//! `SharedMem` never hands out a byte slice itself. A ring or pool built
+//! over a `SharedRegion` does (a grant, a frame, a blob), so the atomics a
+//! `SharedMem` hands out must never cover a region's bytes: a mapping is
+//! split once, when it is made, at its *words* mark. Its bytes before the
+//! mark are words only ([`SharedMem::u64_words`] and the loads reach only
+//! those, safely); its bytes from the mark on are regions only
+//! ([`SharedMem::region`] refuses any range that starts before it). A
+//! memory of words ([`SharedMem::create`], [`SharedMem::open`]) has the mark
+//! at its end and makes no region; a segment keeps its header page as
+//! words and its rings and pool as regions
+//! ([`SharedMem::create_with_regions`]). An inspector's read-only view of a
+//! writable mapping ([`SharedMem::region_read_only`]) is a mapping of its
+//! own, so its loads alias no grant either. A [`BlobMem`] is the other
+//! kind: one mapping whose bytes are handed out as a slice, `&self` to read
+//! and `&mut self` to write, so the borrow checker keeps those views apart.
 //!
 //! Memory is committed lazily: a memfd lives on the kernel's internal shmem
 //! mount, which has no size limit, so a page that cannot be had is an
@@ -38,11 +49,29 @@ pub const REQUIRED_SEALS: SealFlags = SealFlags::SHRINK
     .union(SealFlags::SEAL);
 
 /// A sealed memfd mapped shared, read-write (or read-only for inspection).
+///
+/// Split at its words mark (see the module doc): words before it, regions
+/// from it on, so no atomic it hands out aliases a grant, frame or blob:
+///
+/// ```
+/// use isocall_engine::raw::sys::SharedMem;
+/// let mem = SharedMem::create_with_regions("isocall:doc", 8192, 4096)?;
+/// assert_eq!(mem.u64_words().unwrap().len(), 4096 / 8); // the words only
+/// assert!(mem.region(0, 4096).is_none()); // never a region of them
+/// assert!(mem.region(4096, 4096).is_some());
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct SharedMem {
     fd: OwnedFd,
     map: Arc<MmapRaw>,
     writable: bool,
+    /// The words mark. Invariant: `words <= len`, a multiple of 8; the
+    /// bytes `..words` are only ever accessed as atomics of this mapping
+    /// (`all_u64`/`all_u32` cut to it), the bytes `words..` only through
+    /// regions (`region` refuses any range starting before it). Fixed when
+    /// the value is made.
+    words: usize,
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -80,48 +109,73 @@ fn sealed_size(fd: &OwnedFd) -> io::Result<u64> {
 
 impl SharedMem {
     /// Creates a memfd named `name`, `len` bytes long (zero, committed as
-    /// it is touched), sealed with `REQUIRED_SEALS`, and maps it.
+    /// it is touched), sealed with `REQUIRED_SEALS`, and maps it: a memory
+    /// of words, all of it (no region can be made of it).
     ///
     /// # Errors
     ///
     /// `InvalidInput` for a zero length or a name with a NUL byte or longer
     /// than 249 bytes; the OS's error otherwise.
     pub fn create(name: &str, len: usize) -> io::Result<SharedMem> {
-        let fd = new_memfd(name, len)?;
-        Self::map(fd, len, true)
+        Self::create_with_regions(name, len, usize::MAX)
     }
 
-    /// Maps a memfd received from another process, read-write. Refuses one
-    /// without `REQUIRED_SEALS`: the sender could shrink it under us.
+    /// As [`create`](Self::create), split at `words`: the first `words`
+    /// bytes (rounded down to 8, at most `len`) are words, the rest is for
+    /// [`region`](Self::region)s (`0`: all regions, no words).
+    ///
+    /// # Errors
+    ///
+    /// As [`create`](Self::create).
+    pub fn create_with_regions(name: &str, len: usize, words: usize) -> io::Result<SharedMem> {
+        let fd = new_memfd(name, len)?;
+        Self::map(fd, len, true, words)
+    }
+
+    /// Maps a memfd received from another process, read-write, as a memory
+    /// of words (see [`create`](Self::create)). Refuses one without
+    /// `REQUIRED_SEALS`: the sender could shrink it under us.
     ///
     /// # Errors
     ///
     /// `InvalidData` naming the missing seals, or for an empty file; the
     /// OS's error for a descriptor that is not a sealable file.
     pub fn open(fd: OwnedFd) -> io::Result<SharedMem> {
-        Self::open_mode(fd, true)
+        Self::open_mode(fd, true, usize::MAX)
+    }
+
+    /// As [`open`](Self::open), split at `words` (see
+    /// [`create_with_regions`](Self::create_with_regions)).
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    pub fn open_with_regions(fd: OwnedFd, words: usize) -> io::Result<SharedMem> {
+        Self::open_mode(fd, true, words)
     }
 
     /// Maps a memfd read-only, for inspection: nothing this process does can
-    /// write it. The same seal checks as [`open`](Self::open).
+    /// write it. The same seal checks as [`open`](Self::open). All of it
+    /// can be loaded (a read-only mapping makes no region, so no grant can
+    /// alias it).
     ///
     /// # Errors
     ///
     /// As [`open`](Self::open).
     pub fn open_read_only(fd: OwnedFd) -> io::Result<SharedMem> {
-        Self::open_mode(fd, false)
+        Self::open_mode(fd, false, usize::MAX)
     }
 
-    fn open_mode(fd: OwnedFd, writable: bool) -> io::Result<SharedMem> {
+    fn open_mode(fd: OwnedFd, writable: bool, words: usize) -> io::Result<SharedMem> {
         let len = sealed_size(&fd)?;
         let len = usize::try_from(len)
             .ok()
             .filter(|&l| l > 0)
             .ok_or_else(|| invalid(format!("shared memory has unusable size {len}")))?;
-        Self::map(fd, len, writable)
+        Self::map(fd, len, writable, words)
     }
 
-    fn map(fd: OwnedFd, len: usize, writable: bool) -> io::Result<SharedMem> {
+    fn map(fd: OwnedFd, len: usize, writable: bool, words: usize) -> io::Result<SharedMem> {
         let opts = {
             let mut o = MmapOptions::new();
             o.len(len);
@@ -136,6 +190,7 @@ impl SharedMem {
             fd,
             map: Arc::new(map),
             writable,
+            words: words.min(len) & !7,
         })
     }
 
@@ -159,50 +214,67 @@ impl SharedMem {
         self.writable
     }
 
-    /// The mapping as 64-bit atomic words, to load and store; `None` for a
-    /// read-only mapping (a store there would be undefined behaviour: use
-    /// [`load_u64`](Self::load_u64)).
+    /// Bytes at the start of the mapping that are words (the words mark,
+    /// see the module doc): what [`u64_words`](Self::u64_words) and the
+    /// loads reach; [`region`](Self::region)s start at or after it.
+    pub fn words_len(&self) -> usize {
+        self.words
+    }
+
+    /// The words of the mapping (its bytes before the words mark) as 64-bit
+    /// atomics, to load and store; `None` for a read-only mapping (a store
+    /// there would be undefined behaviour: use [`load_u64`](Self::load_u64)).
     pub fn u64_words(&self) -> Option<&[AtomicU64]> {
         self.writable.then(|| self.all_u64())
     }
 
-    /// The mapping as 32-bit atomic words (see [`u64_words`](Self::u64_words)).
+    /// The words as 32-bit atomics (see [`u64_words`](Self::u64_words)).
     pub fn u32_words(&self) -> Option<&[AtomicU32]> {
         self.writable.then(|| self.all_u32())
     }
 
     /// Loads 64-bit word `i` (any mapping, read-only too); `None` past the
-    /// end.
+    /// words.
     pub fn load_u64(&self, i: usize, order: std::sync::atomic::Ordering) -> Option<u64> {
         self.all_u64().get(i).map(|w| w.load(order))
     }
 
-    /// Loads 32-bit word `i` (any mapping); `None` past the end.
+    /// Loads 32-bit word `i` (any mapping); `None` past the words.
     pub fn load_u32(&self, i: usize, order: std::sync::atomic::Ordering) -> Option<u32> {
         self.all_u32().get(i).map(|w| w.load(order))
     }
 
-    /// Every 64-bit word. Only loaded from when the mapping is read-only
-    /// (atomic loads of read-only memory are allowed; stores are not).
+    /// Every 64-bit word before the words mark. Only loaded from when the
+    /// mapping is read-only (atomic loads of read-only memory are allowed;
+    /// stores are not).
     fn all_u64(&self) -> &[AtomicU64] {
-        // SAFETY: the mapping is page-aligned (so 8-aligned), `len / 8` words
-        // lie inside it, it lives as long as `self` (the Arc), and atomics
-        // permit the concurrent access other processes make. Read-only
-        // mappings reach callers only through `load_u64`.
-        unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU64>(), self.len() / 8) }
+        // SAFETY: the mapping is page-aligned (so 8-aligned), `words / 8`
+        // words lie inside it (`words <= len`), it lives as long as `self`
+        // (the Arc), and atomics permit the concurrent access other
+        // processes make. No region covers these bytes (`region` refuses
+        // any range before the words mark), so no grant, frame or blob of
+        // this process holds a slice of them. Read-only mappings reach
+        // callers only through `load_u64`.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU64>(), self.words / 8) }
     }
 
     fn all_u32(&self) -> &[AtomicU32] {
-        // SAFETY: as in `all_u64`, with 4-byte words.
-        unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU32>(), self.len() / 4) }
+        // SAFETY: as in `all_u64`, with 4-byte words (`words` is a multiple
+        // of 8).
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU32>(), self.words / 4) }
     }
 
     /// The bytes `off..off + len` as a region for a ring, keeping the mapping
-    /// alive. `None` if the range is out of bounds or `off` is not aligned
-    /// to [`REGION_ALIGN`], or the mapping is read-only.
+    /// alive. `None` if the range is out of bounds, starts before the words
+    /// mark (see the module doc) or `off` is not aligned to
+    /// [`REGION_ALIGN`], or the mapping is read-only.
     pub fn region(&self, off: usize, len: usize) -> Option<SharedRegion> {
         let end = off.checked_add(len)?;
-        if end > self.len() || !off.is_multiple_of(REGION_ALIGN) || !self.writable {
+        if end > self.len()
+            || off < self.words
+            || !off.is_multiple_of(REGION_ALIGN)
+            || !self.writable
+        {
             return None;
         }
         // SAFETY: `off < end <= len` (checked), so the pointer is inside the
@@ -212,7 +284,8 @@ impl SharedMem {
         // SAFETY: the range is inside a writable `MAP_SHARED` mapping of a
         // memfd sealed against shrinking (checked at create/open), aligned to
         // REGION_ALIGN (page base + aligned `off`), and `owner` keeps the
-        // mapping alive for the region's life.
+        // mapping alive for the region's life. It lies past the words mark,
+        // so no atomic this `SharedMem` hands out covers it.
         Some(unsafe { SharedRegion::new(ptr, len, owner) })
     }
 }
@@ -221,18 +294,46 @@ impl SharedMem {
     /// The bytes `off..off + len` as a read-only region (writable or not),
     /// for inspection: a `ReadOnlyRegion` offers loads only, so no ring or
     /// pool can be built over it. `None` if out of bounds or misaligned.
-    pub fn region_read_only(&self, off: usize, len: usize) -> Option<ReadOnlyRegion> {
-        let end = off.checked_add(len)?;
-        if end > self.len() || !off.is_multiple_of(REGION_ALIGN) {
-            return None;
+    ///
+    /// Of a writable mapping, whose regions may hold grants, frames and
+    /// blobs, it is a new read-only mapping of the memfd, at an address of
+    /// its own (so its loads alias none of them; they read what another
+    /// process would).
+    ///
+    /// # Errors
+    ///
+    /// The OS's error if the new mapping is refused.
+    pub fn region_read_only(&self, off: usize, len: usize) -> io::Result<Option<ReadOnlyRegion>> {
+        let Some(end) = off.checked_add(len) else {
+            return Ok(None);
+        };
+        if end > self.len() || !off.is_multiple_of(REGION_ALIGN) || len == 0 {
+            return Ok(None);
         }
-        // SAFETY: `off < end <= len` (checked): inside the mapping, non-null.
-        let ptr = unsafe { NonNull::new_unchecked(self.map.as_ptr().add(off).cast_mut()) };
-        let owner: Arc<dyn std::any::Any + Send + Sync> = Arc::new(MapOwner(self.map.clone()));
+        let (map, at) = if self.writable {
+            // `MmapOptions` maps from the page below `off` and points past
+            // the difference; `off` is REGION_ALIGN-aligned, so the pointer
+            // is too.
+            let map = MmapOptions::new()
+                .offset(off as u64)
+                .len(len)
+                .map_raw_read_only(&self.fd)?;
+            (Arc::new(map), 0)
+        } else {
+            (self.map.clone(), off)
+        };
+        // SAFETY: `at + len <= map.len()` (the new mapping is `len` long; the
+        // old one `self.len() >= end`): inside the mapping, non-null.
+        let ptr = unsafe { NonNull::new_unchecked(map.as_ptr().add(at).cast_mut()) };
+        let owner: Arc<dyn std::any::Any + Send + Sync> = Arc::new(MapOwner(map));
         // SAFETY: the range is inside a readable `MAP_SHARED` mapping of a
-        // memfd sealed against shrinking, aligned to REGION_ALIGN, and
-        // `owner` keeps the mapping alive for the region's life.
-        Some(unsafe { ReadOnlyRegion::new(ptr, len, owner) })
+        // memfd sealed against shrinking, aligned to REGION_ALIGN (a page
+        // base plus an aligned offset), and `owner` keeps the mapping alive
+        // for the region's life. No `&mut` to its bytes exists in this
+        // process: it is either a new mapping, at an address nothing else
+        // uses, or a read-only `SharedMem`'s, which makes no region (so no
+        // grant, frame or blob) and hands out no slice.
+        Ok(Some(unsafe { ReadOnlyRegion::new(ptr, len, owner) }))
     }
 }
 
@@ -338,6 +439,28 @@ mod tests {
     }
 
     #[test]
+    fn words_and_regions_never_overlap() {
+        // A memory of words makes no region at all.
+        let w = SharedMem::create("isocall:test:words", 8192).unwrap();
+        assert_eq!(w.u64_words().unwrap().len(), 1024);
+        assert!(w.region(0, 128).is_none() && w.region(4096, 4096).is_none());
+        // Split: the words end where the regions may start.
+        let m = SharedMem::create_with_regions("isocall:test:split", 8192, 4096).unwrap();
+        assert_eq!(m.words_len(), 4096);
+        assert_eq!(m.u64_words().unwrap().len(), 512);
+        assert_eq!(m.u32_words().unwrap().len(), 1024);
+        assert_eq!(m.load_u64(512, Ordering::Relaxed), None);
+        assert!(m.region(3968, 128).is_none(), "a region over the words");
+        let r = m.region(4096, 4096).unwrap();
+        // A read-only view of a writable mapping is a mapping of its own,
+        // reading what the region holds.
+        // SAFETY: the region is no ring or pool: no slice of it exists.
+        unsafe { isocall_ringbuf::Region::u64_at(&r, 8) }.store(7, Ordering::Release);
+        let view = m.region_read_only(4096, 4096).unwrap().unwrap();
+        assert_eq!(view.load_u64(8), 7);
+    }
+
+    #[test]
     fn a_blob_memfd_is_mapped_only_as_far_as_announced() {
         let mut a = BlobMem::create("isocall:test:blob", 3 << 20).unwrap();
         a.as_mut_slice()[..4].copy_from_slice(b"abcd");
@@ -363,7 +486,7 @@ mod tests {
     fn bad_arguments_are_errors() {
         assert!(SharedMem::create("x", 0).is_err());
         assert!(SharedMem::create("a\0b", 4096).is_err());
-        let m = SharedMem::create("isocall:test:region", 4096).unwrap();
+        let m = SharedMem::create_with_regions("isocall:test:region", 4096, 0).unwrap();
         assert!(m.region(0, 4097).is_none());
         assert!(m.region(8, 128).is_none());
         assert!(m.region(usize::MAX, 2).is_none());

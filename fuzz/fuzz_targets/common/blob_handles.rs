@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use isocall::blob::{Blob, BlobHandle, BlobMut, Pool, PoolConfig, Side as PoolSide};
-use isocall::ring::{HeapRegion, ReadRegion, Region};
+use isocall::ring::{HeapRegion, ReadRegion};
 
-use super::{Input, fill_bytes, overlaps, region_base};
+use super::{Input, fill_bytes, overlaps, peer_u64, region_base};
 
 /// `blob_handles`: a pool the peer (side B) formatted, then scribbled on,
 /// opened by this side (A), then a sequence of operations by both sides
@@ -149,13 +149,13 @@ fn run_op<'p>(
     let region = pool.region();
     let desc = |class: usize, field: usize| -> Option<usize> {
         let at = 64 + 64 * class + field;
-        (at + 8 <= region.len()).then(|| region.u64_at(at).load(Ordering::Relaxed) as usize)
+        (at + 8 <= region.len()).then(|| peer_u64(region, at).load(Ordering::Relaxed) as usize)
     };
     let poke = |off: Option<usize>, v: u64| {
         let Some(off) = off.filter(|o| o.is_multiple_of(8) && o + 8 <= region.len()) else {
             return;
         };
-        region.u64_at(off).store(v, Ordering::Relaxed);
+        peer_u64(region, off).store(v, Ordering::Relaxed);
     };
     let keep = |r: Result<BlobMut<'p, Arc<HeapRegion>>, _>, live: &mut Vec<Live<'p>>| match r {
         Ok(mut b) => {
@@ -273,7 +273,7 @@ struct ClassMap {
 impl PoolMap {
     fn read(pool: &Pool<Arc<HeapRegion>>) -> PoolMap {
         let region = pool.region();
-        let w = |at: usize| region.u64_at(at).load(Ordering::Relaxed) as usize;
+        let w = |at: usize| peer_u64(region, at).load(Ordering::Relaxed) as usize;
         let classes = pool
             .classes()
             .enumerate()

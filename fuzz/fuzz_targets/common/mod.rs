@@ -84,9 +84,27 @@ fn overlaps(a: &Range<usize>, b: &Range<usize>) -> bool {
     a.start < b.end && b.start < a.end
 }
 
-/// The address of a region's first byte (the address of its first word).
+/// The address of a region's first byte.
 fn region_base<R: Region>(r: &R) -> usize {
-    std::ptr::from_ref(r.u64_at(0)) as usize
+    isocall::ring::region_key(r)
+}
+
+/// The 64-bit word at `off` of `region`, which the fuzz targets write as
+/// the peer would (the input's bytes) or read back.
+///
+/// Every caller uses it while no slice of the region is borrowed (a grant,
+/// frame or blob makes its slice on each access, and none is held across
+/// these calls), which is what `Region::u64_at` asks.
+fn peer_u64<R: Region>(region: &R, off: usize) -> &std::sync::atomic::AtomicU64 {
+    // SAFETY: the callers' promise above: no slice of the region is live
+    // while the word is.
+    unsafe { region.u64_at(off) }
+}
+
+/// As [`peer_u64`], for a 32-bit word.
+fn peer_u32<R: Region>(region: &R, off: usize) -> &std::sync::atomic::AtomicU32 {
+    // SAFETY: as in `peer_u64`.
+    unsafe { region.u32_at(off) }
 }
 
 /// A little-endian word from up to 8 bytes (missing bytes zero).
@@ -104,7 +122,7 @@ fn fill<R: Region>(region: &R, at: usize, bytes: &[u8]) {
         if off + 8 > region.len() {
             break;
         }
-        region.u64_at(off).store(word(chunk), Ordering::Relaxed);
+        peer_u64(region, off).store(word(chunk), Ordering::Relaxed);
     }
 }
 
@@ -116,7 +134,7 @@ fn fill_bytes<R: Region>(region: &R, at: usize, bytes: &[u8]) {
     let tail = &bytes[whole..];
     let off = at + whole;
     if !tail.is_empty() && off + 8 <= region.len() {
-        let w = region.u64_at(off);
+        let w = peer_u64(region, off);
         let mut b = w.load(Ordering::Relaxed).to_le_bytes();
         b[..tail.len()].copy_from_slice(tail);
         w.store(u64::from_le_bytes(b), Ordering::Relaxed);

@@ -11,7 +11,7 @@ use isocall::ring::{
     AttachError, Consumer, HeapRegion, MAX_USER_KIND, RING_CONTROL_BYTES, Region, frame_size,
 };
 
-use super::{fill, region_base, within_addr, word};
+use super::{fill, peer_u32, peer_u64, region_base, within_addr, word};
 
 /// Ring capacity for a ring input's first byte (128 B to 4 KiB).
 pub fn ring_capacity(config: u8) -> usize {
@@ -51,15 +51,15 @@ pub fn ring_frames(data: &[u8]) {
         let mut p = [0u8; 8];
         p[..pos.len()].copy_from_slice(pos);
         let head = u64::from_le_bytes(p) & !(FRAME_ALIGN as u64 - 1);
-        region.u64_at(HEAD).store(head, Ordering::Relaxed);
-        region.u64_at(TAIL).store(head, Ordering::Relaxed);
+        peer_u64(&*region, HEAD).store(head, Ordering::Relaxed);
+        peer_u64(&*region, TAIL).store(head, Ordering::Relaxed);
         if config & RING_ZEROES != 0 {
-            region.u32_at(CONS_ZEROES).store(1, Ordering::Relaxed);
+            peer_u32(&*region, CONS_ZEROES).store(1, Ordering::Relaxed);
         }
         let start = (head % cap as u64) as usize;
         for (i, chunk) in frames.chunks(8).take(cap / 8).enumerate() {
             let off = DATA + (start + i * 8) % cap;
-            region.u64_at(off).store(word(chunk), Ordering::Relaxed);
+            peer_u64(&*region, off).store(word(chunk), Ordering::Relaxed);
         }
     }
     let base = region_base(&*region);
@@ -78,7 +78,9 @@ pub fn ring_frames(data: &[u8]) {
             );
         }
     }
-    let snap = isocall::ring::snapshot(&region).expect("a ring region");
+    // SAFETY: the consumer is gone, and the region is only ever a ring's:
+    // no slice of its control block exists.
+    let snap = unsafe { isocall::ring::snapshot_region(&*region) }.expect("a ring region");
     let _ = (snap.pending_bytes(), snap.pending_frames());
 }
 

@@ -84,7 +84,9 @@ pub fn segment_header(data: &[u8]) {
         if let Ok(mut rx) = Consumer::attach(region, SpinParker) {
             drain(&mut rx, cap as u64, region_base(&seg.ring_region(dir)));
         }
-        let _ = isocall::ring::snapshot(&seg.ring_view(dir));
+        if let Some(view) = seg.ring_view(dir) {
+            let _ = isocall::ring::snapshot(&view);
+        }
     }
     for side in [Side::Client, Side::Server] {
         let _ = seg.side_state(side);

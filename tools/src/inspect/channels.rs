@@ -94,7 +94,9 @@ impl Channels {
         let Some(st) = subscriber_stats(seg) else {
             return;
         };
-        let pending = snapshot(&seg.ring_view(Direction::ServerToClient))
+        let pending = seg
+            .ring_view(Direction::ServerToClient)
+            .and_then(|v| snapshot(&v).ok())
             .map(|s| s.frames_published.saturating_sub(s.frames_consumed))
             .unwrap_or(0);
         let side = seg.side_state(Side::Client);
@@ -173,6 +175,8 @@ fn pool_json(fd: OwnedFd) -> Result<Value, String> {
     let mem = SharedMem::open_read_only(fd).map_err(|e| e.to_string())?;
     let view = mem
         .region_read_only(0, mem.len())
+        .ok()
+        .flatten()
         .ok_or("the pool's memory does not map")?;
     let st = census(&view).map_err(|e| e.to_string())?;
     Ok(json!({"classes": st.classes.iter().map(|c| json!({
