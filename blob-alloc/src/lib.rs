@@ -51,8 +51,12 @@
 //! Like the ring, the pool is generic over where its bytes live
 //! ([`Region`](isocall_ringbuf::Region)): a heap buffer in tests, a shared
 //! mapping in real use, with the same code. An inspector with a read-only
-//! mapping ([`ReadRegion`](isocall_ringbuf::ReadRegion)) takes a [`census`]
-//! instead: a `Pool`, which writes, cannot be built over one.
+//! mapping ([`ReadOnlyRegion`](isocall_ringbuf::ReadOnlyRegion)) takes a
+//! [`census`] instead: a `Pool`, which writes, cannot be built over one.
+//! The pool's own words (header, bitmaps, slot states) are reached by
+//! offset only inside the crate, through accessors whose one proof is the
+//! validated layout: no safe function reads a region by offset, since a
+//! blob's bytes there would be aliased ([`census_region`] is `unsafe`).
 //!
 //! ```
 //! use std::sync::Arc;
