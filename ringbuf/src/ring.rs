@@ -136,7 +136,9 @@ impl<R: Region> RingRef<R> {
     pub(crate) fn word(&self, off: usize) -> &AtomicU64 {
         assert!(off.is_multiple_of(8) && off + 8 <= RING_CONTROL_BYTES);
         // SAFETY: 8-aligned and inside the control block (checked above),
-        // which `attach` checked the region holds (len >= RING_CONTROL_BYTES).
+        // which `attach` checked the region holds (len >= RING_CONTROL_BYTES);
+        // the control block is never handed out as payload, so no grant or
+        // frame's slice covers the word.
         unsafe { self.region.u64_at_unchecked(off) }
     }
 
@@ -144,7 +146,8 @@ impl<R: Region> RingRef<R> {
     #[inline]
     pub(crate) fn wait_word(&self, off: usize) -> &AtomicU32 {
         assert!(off.is_multiple_of(4) && off + 4 <= RING_CONTROL_BYTES);
-        // SAFETY: 4-aligned and inside the control block, as in `word`.
+        // SAFETY: 4-aligned and inside the control block, never payload, as
+        // in `word`.
         unsafe { self.region.u32_at_unchecked(off) }
     }
 
@@ -157,7 +160,11 @@ impl<R: Region> RingRef<R> {
         // SAFETY: `slot_mask` is `capacity - 1` without the low six bits,
         // so `off` is 64-aligned (DATA is) and at most
         // `DATA + capacity - 64`: the word lies inside the region, whose
-        // length `attach` checked is `DATA + capacity`.
+        // length `attach` checked is `DATA + capacity`. No slice covers it:
+        // a side touches only the header slots of frames and free space the
+        // protocol gives it, never one inside a live grant or frame (those
+        // borrow their side mutably while their slice lives, and lie in the
+        // other side's part of the ring for it).
         unsafe { self.region.u64_at_unchecked(off) }
     }
 

@@ -76,7 +76,8 @@ impl RawPub {
     pub fn listen(socket: &SocketName) -> RawPub {
         let config = PoolConfig::new().class(4096, 16);
         let len = config.region_size().expect("pool size");
-        let pool_mem = SharedMem::create("isocall:hostile:chanpool", len).expect("pool memory");
+        let pool_mem = SharedMem::create_with_regions("isocall:hostile:chanpool", len, 0)
+            .expect("pool memory");
         let region = pool_mem.region(0, len).expect("writable");
         let pool = Pool::create_as(region, &config, Party::PUBLISHER).expect("pool");
         RawPub {
