@@ -267,6 +267,28 @@ impl StreamRx {
         }
     }
 
+    /// For a caller that serves this socket alone: waits for bytes in
+    /// `recv` itself, at most the slice [`block_reads`](Self::block_reads)
+    /// set, and returns true if a frame is whole after it (or the socket
+    /// ended or failed: reading says so). Returns false at once when reads
+    /// were not made blocking, or published bytes wait for room (those
+    /// need a wait for room as well, in `poll`), and after a slice that
+    /// brought no whole frame.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_recv`](Self::try_recv).
+    pub fn wait_in_read(&mut self) -> Result<bool, StreamError> {
+        if self.ready(true)?.is_some() {
+            return Ok(true);
+        }
+        if self.block.is_none() || self.wire.has_pending() || self.eof {
+            return Ok(self.eof);
+        }
+        self.read_waiting()?;
+        Ok(self.eof || self.ready(true)?.is_some())
+    }
+
     /// Prepares for the caller to sleep on [`poll_fd`](Self::poll_fd) (in
     /// epoll or tokio) instead of in [`recv`](Self::recv): reads what is
     /// there, and returns true if a frame is already whole (read it

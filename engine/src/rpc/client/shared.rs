@@ -490,7 +490,7 @@ impl SharedClient {
         let slot = &inner.slots[idx];
         let timeout = inner.info.options.call_timeout;
         let mut deadline = deadline;
-        let mut spinner = Spinner::new(inner.info.options.strategy);
+        let mut spinner = Spinner::yielding(inner.info.options.strategy);
         loop {
             if slot.state.load(Ordering::Acquire) == READY {
                 return inner.take_reply(id);
@@ -553,7 +553,7 @@ impl SharedClient {
                 inner.release_slot(id);
                 return Err(CallError::Timeout);
             }
-            spinner = Spinner::new(inner.info.options.strategy);
+            spinner = Spinner::yielding(inner.info.options.strategy);
         }
     }
 }
