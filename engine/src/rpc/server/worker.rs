@@ -143,7 +143,7 @@ pub(super) fn run(shared: &Shared, inbox: &WorkerInbox) {
     let mut conns: Vec<Conn> = Vec::new();
     // The idle spin before sleeping: as long as a ring's wait spins, with
     // the CPU given up now and then (the client may be waiting for it).
-    let mut spinner = Spinner::yielding(shared.strategy);
+    let mut spinner = Spinner::new(shared.strategy);
     let mut scratch = Scratch {
         inbox: Inbox::new(),
         arena: rkyv::ser::allocator::Arena::new(),
@@ -200,7 +200,7 @@ pub(super) fn run(shared: &Shared, inbox: &WorkerInbox) {
             read_waited = false;
         }
         if worked {
-            spinner = Spinner::yielding(shared.strategy);
+            spinner = Spinner::new(shared.strategy);
             continue;
         }
         if !spinner.spin() {
