@@ -811,13 +811,19 @@ impl Inner {
         let idx = (id & ((1 << INDEX_BITS) - 1)) as usize;
         let slot = &self.slots[idx];
         let method = slot.method.load(Ordering::Relaxed);
+        let spare = self.spare();
         let (status, blobs, body) = {
             let mut d = lock(&slot.data);
-            let spare = self.spare();
             let body = std::mem::replace(&mut d.body, spare);
-            (d.status, std::mem::take(&mut d.blobs), body)
+            let taken = (d.status, std::mem::take(&mut d.blobs), body);
+            // Freed under the same lock (see `release_slot_quiet`).
+            if slot.id.load(Ordering::Acquire) == id {
+                Self::unarm(slot, id);
+                drop(d);
+                self.free.push(idx as u32);
+            }
+            taken
         };
-        self.release_slot_quiet(id);
         let blobs = ReplyBlobSet::new(Handles::Owned(blobs), self.pool.as_deref());
         if status != Status::Ok as u32 {
             let e = self.info.status_error(method, status, &body);
@@ -855,9 +861,7 @@ impl Inner {
             ReplyBlobSet::free(&d.blobs, self.pool.as_deref());
             d.blobs.clear();
         }
-        slot.id
-            .store(id & !((1 << INDEX_BITS) - 1), Ordering::Release);
-        slot.state.store(WAITING, Ordering::Release);
+        Self::unarm(slot, id);
         drop(d);
         self.free.push(idx as u32);
     }
@@ -871,11 +875,17 @@ impl Inner {
             if slot.id.load(Ordering::Acquire) != id {
                 return;
             }
-            slot.id
-                .store(id & !((1 << INDEX_BITS) - 1), Ordering::Release);
-            slot.state.store(WAITING, Ordering::Release);
+            Self::unarm(slot, id);
         }
         self.free.push(idx as u32);
+    }
+
+    /// Marks `slot`, which serves `id`, free (its generation kept): no
+    /// reply's id matches it any more. Under the slot's data lock.
+    fn unarm(slot: &Slot, id: u64) {
+        slot.id
+            .store(id & !((1 << INDEX_BITS) - 1), Ordering::Release);
+        slot.state.store(WAITING, Ordering::Release);
     }
 
     /// The leader left: asks one parked caller to lead (one still waiting:
