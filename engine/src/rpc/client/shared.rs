@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use isocall_blob::{BlobHandle, Pool};
-use isocall_ringbuf::{SharedRegion, Spinner};
+use isocall_ringbuf::{SharedRegion, Spinner, WaitStrategy};
 use rkyv::util::AlignedVec;
 
 use super::core::{Info, RoomWait, put};
@@ -33,7 +33,7 @@ use crate::rpc::error::{CallError, ConnectError, ReplyError};
 use crate::rpc::large::LargeBlob;
 // The link's enums under the names the ring endpoint's types had here.
 use crate::rpc::address::IntoEndpoint;
-use crate::rpc::link::{Link, RingLink, Rx as Receiver, Tx as Sender, stream_gone};
+use crate::rpc::link::{Frame, Link, RingLink, Rx as Receiver, Tx as Sender, stream_gone};
 use crate::rpc::method::{Message, MessageRef, Method, MethodRef};
 use crate::rpc::wire::{self, CloseReason, Status, kind};
 use crate::segment::SegmentLayout;
@@ -682,7 +682,7 @@ impl Inner {
             if rx.broken.is_some() {
                 return Err(CallError::PeerDied);
             }
-            let frame = match next_frame(&mut rx.rx, strategy, deadline, timeout) {
+            let frame = match self.next_frame(&mut rx.rx, strategy, deadline, timeout) {
                 Ok(f) => f,
                 Err(TransportError::Timeout) => return Err(CallError::Timeout),
                 Err(TransportError::PeerDied) => {
@@ -758,6 +758,44 @@ impl Inner {
             {
                 return Err(CallError::Timeout);
             }
+        }
+    }
+
+    /// The leader's wait for the next frame. On a ring with `BusySpin`, a
+    /// spin that yields the CPU now and then (see [`Spinner::yielding`]):
+    /// the threads of a shared client and its server may be more than the
+    /// cores, and a leader that never yields keeps the server off a core
+    /// it shares, for a whole time slice, while nothing can come. A reply
+    /// that comes within a few microseconds is found before any yield.
+    /// Otherwise (a stream, or another strategy), the connection's wait.
+    fn next_frame<'r>(
+        &self,
+        rx: &'r mut Receiver,
+        strategy: WaitStrategy,
+        deadline: &mut Option<Instant>,
+        timeout: Duration,
+    ) -> Result<Frame<'r>, TransportError> {
+        if strategy != WaitStrategy::BusySpin || !matches!(rx, Receiver::Ring(_)) {
+            return next_frame(rx, strategy, deadline, timeout);
+        }
+        let mut spinner = Spinner::yielding(strategy);
+        let mut turns = 0u32;
+        loop {
+            if rx.try_recv()?.is_some() {
+                return rx.try_recv()?.ok_or(TransportError::PeerDied);
+            }
+            turns = turns.wrapping_add(1);
+            if turns.is_multiple_of(1024) {
+                let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
+                if Instant::now() >= d {
+                    return Err(TransportError::Timeout);
+                }
+                if self.peer_gone() {
+                    // What it sent before it died is read first.
+                    return rx.try_recv()?.ok_or(TransportError::PeerDied);
+                }
+            }
+            spinner.spin();
         }
     }
 
