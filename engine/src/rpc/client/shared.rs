@@ -6,8 +6,12 @@
 //! (copying the body out of the ring into the slot's buffer, and waking
 //! the slot's caller if it sleeps) until its own reply comes, then leaves,
 //! waking one parked caller to lead in its place. The others spin on
-//! their slot a while, then sleep on it. A lone caller is always the
-//! leader: it pays a few uncontended locks and no thread hand-off.
+//! their slot a while, then sleep on it (with `BusySpin`, they spin on,
+//! yielding the CPU every few microseconds, as the leader does while no
+//! frame comes: the callers and the server may be more threads than
+//! cores, and a spinner that never yields keeps the thread it waits for
+//! off a core it shares). A lone caller is always the leader: it pays a
+//! lock-free slot, a few uncontended locks and no thread hand-off.
 //!
 //! Call ids carry their slot's index and the slot's generation, so a late
 //! reply to a call given up (timed out, its [`Pending`] dropped) never
