@@ -215,7 +215,18 @@ impl StreamRx {
     /// The OS error of setting the socket up (the receiver goes on
     /// polling).
     pub fn block_reads(&mut self, slice: Duration) -> Result<(), StreamError> {
-        if !self.wire.is_plain() || slice.is_zero() {
+        if !self.wire.is_plain() {
+            return Ok(());
+        }
+        self.block_reads_locked(slice)
+    }
+
+    /// As [`block_reads`](Self::block_reads), under TLS too: the session
+    /// stays locked while a read waits, so the sending half must be used
+    /// by the receiving thread only (a server's worker; not a client that
+    /// threads share).
+    pub(crate) fn block_reads_locked(&mut self, slice: Duration) -> Result<(), StreamError> {
+        if slice.is_zero() {
             return Ok(());
         }
         block_reads(self.wire.fd(), slice).map_err(|e| StreamError::from_io(&e))?;

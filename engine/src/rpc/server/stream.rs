@@ -211,7 +211,7 @@ fn handshake(shared: &Shared, incoming: Incoming, id: u32) -> Result<Conn, Faile
     // in `recv` (a slice at a time), as a blocking server would: one
     // system call per wait rather than `epoll_wait` then `recv`. Failing
     // that, it sleeps in its poller as for any connection.
-    let _ = rx.block_reads(super::worker::LONE_READ_SLICE);
+    let _ = rx.block_reads_locked(super::worker::LONE_READ_SLICE);
     Ok(Conn::new(
         id,
         cred.unwrap_or(PeerCred::REMOTE),
