@@ -373,13 +373,18 @@ const IDLE: Duration = Duration::from_millis(500);
 
 /// A real client that made one call and then says nothing: returns it
 /// and when its call ended.
+/// A client that makes one call, then none; with an instant before that
+/// call (the server saw it active after it: a clock read after the reply
+/// could come late on a loaded machine, and make the server's close look
+/// early).
 fn quiet_client(socket: &SocketName) -> (Client, Instant) {
     let mut quiet = Client::connect(socket).expect("the idle client connects");
     let add = quiet.method(ADD).expect("add");
+    let before = Instant::now();
     let sum = quiet.call(add, &Add { a: 1, b: 2 }).expect("a first call");
     assert_eq!(sum.sum.to_native(), 3);
     drop(sum);
-    (quiet, Instant::now())
+    (quiet, before)
 }
 
 #[test]
@@ -395,12 +400,13 @@ fn an_idle_connection_is_closed_as_idle_while_an_active_one_stays_open() {
     // Two idle clients: one that reads its ring itself, one real.
     let mut raw = RawClient::connect(&test.socket).expect("the raw client connects");
     let method = raw.method(ADD.name());
+    // Before the request: the server's last sight of this client is later.
+    let raw_last = Instant::now();
     raw.request(1, method, &[], &archive(&Add { a: 2, b: 3 }))
         .expect("a request");
     let limit = Instant::now() + Duration::from_secs(10);
     let (status, _, _) = raw.response(1, limit).expect("a response");
     assert_eq!(status, Status::Ok as u32);
-    let raw_last = Instant::now();
     let (mut quiet, quiet_last) = quiet_client(&test.socket);
     // The server tells the raw client why it closes it, then hangs up.
     let (frame_kind, _, _, body) = raw

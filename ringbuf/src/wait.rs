@@ -216,6 +216,8 @@ pub struct Spinner {
     budget: Option<Duration>,
     until: Option<Instant>,
     spins: u32,
+    /// Whether an endless (`BusySpin`) spin yields too.
+    yields: bool,
 }
 
 impl Spinner {
@@ -226,6 +228,20 @@ impl Spinner {
             budget: strategy.spin_budget(),
             until: None,
             spins: 0,
+            yields: false,
+        }
+    }
+
+    /// As [`new`](Self::new), but a `BusySpin` spin yields the CPU as the
+    /// others do (after 128 turns, every 64th turn): for a thread that
+    /// waits on another thread of its own process rather than on the peer
+    /// (a caller whose reply another thread reads for it). On a machine
+    /// with fewer cores than busy threads, the thread it waits for may be
+    /// off the CPU, holding what this one waits for.
+    pub fn yielding(strategy: WaitStrategy) -> Spinner {
+        Spinner {
+            yields: true,
+            ..Spinner::new(strategy)
         }
     }
 
@@ -233,7 +249,12 @@ impl Spinner {
     #[inline]
     pub fn spin(&mut self) -> bool {
         let Some(budget) = self.budget else {
-            crate::sync::spin_hint();
+            self.spins = self.spins.wrapping_add(1);
+            if self.yields && self.spins >= YIELD_AFTER_SPINS && self.spins.is_multiple_of(64) {
+                crate::sync::yield_now();
+            } else {
+                crate::sync::spin_hint();
+            }
             return true;
         };
         if budget.is_zero() {

@@ -615,6 +615,20 @@ impl Rx {
             Rx::Stream(r) => Ok(r.arm_doorbell()?),
         }
     }
+
+    /// A stream served alone: waits for its next frame in `recv` itself,
+    /// a bounded slice (see [`StreamRx::wait_in_read`]); true if a frame
+    /// came (or the stream ended). A ring: false at once.
+    ///
+    /// # Errors
+    ///
+    /// The stream's failure.
+    pub(crate) fn wait_in_read(&mut self) -> Result<bool, TransportError> {
+        match self {
+            Rx::Ring(_) => Ok(false),
+            Rx::Stream(r) => Ok(r.wait_in_read()?),
+        }
+    }
 }
 
 impl Frame<'_> {

@@ -264,6 +264,9 @@ pub enum CloseReason {
     RepliesNotRead,
     /// The peer broke the protocol (garbage frames, corrupt ring).
     ProtocolViolation,
+    /// The server ran out of a resource for this connection (memory, or
+    /// the kernel's limit on watched descriptors).
+    OutOfResources,
     /// A code this build does not know.
     Other(u32),
 }
@@ -277,6 +280,7 @@ impl CloseReason {
             CloseReason::Idle => 3,
             CloseReason::RepliesNotRead => 4,
             CloseReason::ProtocolViolation => 5,
+            CloseReason::OutOfResources => 6,
             CloseReason::Other(c) => c,
         }
     }
@@ -289,6 +293,7 @@ impl CloseReason {
             3 => CloseReason::Idle,
             4 => CloseReason::RepliesNotRead,
             5 => CloseReason::ProtocolViolation,
+            6 => CloseReason::OutOfResources,
             c => CloseReason::Other(c),
         }
     }
@@ -304,6 +309,9 @@ impl std::fmt::Display for CloseReason {
                 f.write_str("the client left its replies unread too long")
             }
             CloseReason::ProtocolViolation => f.write_str("the peer broke the protocol"),
+            CloseReason::OutOfResources => {
+                f.write_str("the server ran out of resources for the connection")
+            }
             CloseReason::Other(c) => write!(f, "closed for reason {c}"),
         }
     }
@@ -377,6 +385,7 @@ mod tests {
             CloseReason::ClientClosed,
             CloseReason::Idle,
             CloseReason::RepliesNotRead,
+            CloseReason::OutOfResources,
             CloseReason::Other(99),
         ] {
             assert_eq!(CloseReason::from_code(r.code()), r);

@@ -215,7 +215,18 @@ impl StreamRx {
     /// The OS error of setting the socket up (the receiver goes on
     /// polling).
     pub fn block_reads(&mut self, slice: Duration) -> Result<(), StreamError> {
-        if !self.wire.is_plain() || slice.is_zero() {
+        if !self.wire.is_plain() {
+            return Ok(());
+        }
+        self.block_reads_locked(slice)
+    }
+
+    /// As [`block_reads`](Self::block_reads), under TLS too: the session
+    /// stays locked while a read waits, so the sending half must be used
+    /// by the receiving thread only (a server's worker; not a client that
+    /// threads share).
+    pub(crate) fn block_reads_locked(&mut self, slice: Duration) -> Result<(), StreamError> {
+        if slice.is_zero() {
             return Ok(());
         }
         block_reads(self.wire.fd(), slice).map_err(|e| StreamError::from_io(&e))?;
@@ -265,6 +276,28 @@ impl StreamRx {
                 let _ = self.wire.flush();
             }
         }
+    }
+
+    /// For a caller that serves this socket alone: waits for bytes in
+    /// `recv` itself, at most the slice [`block_reads`](Self::block_reads)
+    /// set, and returns true if a frame is whole after it (or the socket
+    /// ended or failed: reading says so). Returns false at once when reads
+    /// were not made blocking, or published bytes wait for room (those
+    /// need a wait for room as well, in `poll`), and after a slice that
+    /// brought no whole frame.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_recv`](Self::try_recv).
+    pub fn wait_in_read(&mut self) -> Result<bool, StreamError> {
+        if self.ready(true)?.is_some() {
+            return Ok(true);
+        }
+        if self.block.is_none() || self.wire.has_pending() || self.eof {
+            return Ok(self.eof);
+        }
+        self.read_waiting()?;
+        Ok(self.eof || self.ready(true)?.is_some())
     }
 
     /// Prepares for the caller to sleep on [`poll_fd`](Self::poll_fd) (in

@@ -92,6 +92,18 @@ impl Read for FdIo<'_> {
     }
 }
 
+/// The socket as `Read` for rustls, waiting in `recv` at most the
+/// socket's read timeout ([`block_reads`](crate::sys::block_reads)).
+#[cfg(feature = "tls")]
+struct FdIoWait<'a>(BorrowedFd<'a>);
+
+#[cfg(feature = "tls")]
+impl Read for FdIoWait<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        recv_wait(self.0, buf)
+    }
+}
+
 #[cfg(feature = "tls")]
 impl Write for FdIo<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -304,10 +316,15 @@ impl Wire {
     }
 
     /// Reads into `buf` (non-empty), waiting at most the socket's read
-    /// timeout ([`block_reads`](crate::sys::block_reads); a plain socket
-    /// only).
+    /// timeout ([`block_reads`](crate::sys::block_reads)). Under TLS the
+    /// session stays locked while it waits: for a receiver whose sending
+    /// half is used by the same thread only (a server's worker).
     pub(crate) fn read_wait(&self, buf: &mut [u8]) -> Result<Got, StreamError> {
-        debug_assert!(!buf.is_empty() && self.is_plain());
+        debug_assert!(!buf.is_empty());
+        #[cfg(feature = "tls")]
+        if let Some(t) = &self.tls {
+            return self.read_tls(buf, &mut lock(t), true);
+        }
         got(recv_wait(self.fd(), buf))
     }
 
@@ -316,13 +333,20 @@ impl Wire {
         debug_assert!(!buf.is_empty());
         #[cfg(feature = "tls")]
         if let Some(t) = &self.tls {
-            return self.read_tls(buf, &mut lock(t));
+            return self.read_tls(buf, &mut lock(t), false);
         }
         got(recv_nowait(self.fd(), buf))
     }
 
     #[cfg(feature = "tls")]
-    fn read_tls(&self, buf: &mut [u8], tls: &mut rustls::Connection) -> Result<Got, StreamError> {
+    /// Plaintext into `buf`, reading the socket as needed; with `wait`,
+    /// its first read of the socket waits (see [`read_wait`](Self::read_wait)).
+    fn read_tls(
+        &self,
+        buf: &mut [u8],
+        tls: &mut rustls::Connection,
+        mut wait: bool,
+    ) -> Result<Got, StreamError> {
         let mut socket_eof = false;
         loop {
             match tls.reader().read(buf) {
@@ -337,7 +361,12 @@ impl Wire {
             if socket_eof {
                 return Ok(Got::Eof);
             }
-            match tls.read_tls(&mut FdIo(self.fd())) {
+            let read = if std::mem::take(&mut wait) {
+                tls.read_tls(&mut FdIoWait(self.fd()))
+            } else {
+                tls.read_tls(&mut FdIo(self.fd()))
+            };
+            match read {
                 Ok(0) => socket_eof = true,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Got::WouldBlock),

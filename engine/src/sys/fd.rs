@@ -12,7 +12,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
-use rustix::event::{EventfdFlags, PollFd, PollFlags, eventfd, poll};
+use rustix::event::{EventfdFlags, PollFd, PollFlags, epoll, eventfd, poll};
 use rustix::io::Errno;
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
@@ -76,6 +76,104 @@ pub fn poll_ready(
             .collect()),
         Err(Errno::INTR) => Ok(vec![false; fds.len()]),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// A set of descriptors to sleep on, kept by the kernel between waits
+/// (epoll, level-triggered): a worker with many connections registers each
+/// once, and a wait costs the same with one connection or a thousand,
+/// where `poll` sets up and tears down a wait on every descriptor each
+/// time. Each descriptor is known by a token of the caller's choosing.
+/// Close-on-exec.
+#[derive(Debug)]
+pub struct Poller {
+    fd: OwnedFd,
+}
+
+/// Events read by one [`Poller::wait`]; more stay for the next (level-
+/// triggered).
+const POLLER_BATCH: usize = 64;
+
+fn epoll_flags(ready: Ready) -> epoll::EventFlags {
+    match ready {
+        Ready::Readable => epoll::EventFlags::IN,
+        Ready::HangUp => epoll::EventFlags::RDHUP,
+        Ready::ReadWrite => epoll::EventFlags::IN | epoll::EventFlags::OUT,
+    }
+}
+
+impl Poller {
+    /// An empty set.
+    ///
+    /// # Errors
+    ///
+    /// The OS refused the epoll instance (e.g. out of descriptors).
+    pub fn new() -> io::Result<Poller> {
+        Ok(Poller {
+            fd: epoll::create(epoll::CreateFlags::CLOEXEC)?,
+        })
+    }
+
+    /// Watches `fd` for `ready` (hang-up and errors always count), under
+    /// `token`.
+    ///
+    /// # Errors
+    ///
+    /// The kernel refused (out of memory, the per-user watch limit, or `fd`
+    /// already watched).
+    pub fn watch(&self, fd: BorrowedFd<'_>, token: u64, ready: Ready) -> io::Result<()> {
+        Ok(epoll::add(
+            &self.fd,
+            fd,
+            epoll::EventData::new_u64(token),
+            epoll_flags(ready),
+        )?)
+    }
+
+    /// Changes what a watched `fd` is watched for.
+    ///
+    /// # Errors
+    ///
+    /// As [`watch`](Self::watch), or `fd` is not watched.
+    pub fn rewatch(&self, fd: BorrowedFd<'_>, token: u64, ready: Ready) -> io::Result<()> {
+        Ok(epoll::modify(
+            &self.fd,
+            fd,
+            epoll::EventData::new_u64(token),
+            epoll_flags(ready),
+        )?)
+    }
+
+    /// Stops watching `fd`. Called before `fd` is closed: the kernel keys a
+    /// watch by the open file, which a copy of the descriptor elsewhere
+    /// would keep alive, and with it the watch.
+    ///
+    /// # Errors
+    ///
+    /// `fd` is not watched.
+    pub fn unwatch(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        Ok(epoll::delete(&self.fd, fd)?)
+    }
+
+    /// Waits until a watched descriptor is ready, or `timeout` passes (none:
+    /// no limit); replaces `tokens` with the tokens of those ready (at most
+    /// 64; the others are there at the next wait). `EINTR` gives none.
+    ///
+    /// # Errors
+    ///
+    /// A failure of `epoll_wait` other than `EINTR`.
+    pub fn wait(&self, tokens: &mut Vec<u64>, timeout: Option<Duration>) -> io::Result<()> {
+        tokens.clear();
+        let ts = timeout.map(timespec);
+        let mut events = [MaybeUninit::<epoll::Event>::uninit(); POLLER_BATCH];
+        match epoll::wait(&self.fd, &mut events, ts.as_ref()) {
+            Ok((got, _)) => {
+                tokens.extend(got.iter().map(|e| e.data.u64()));
+                Ok(())
+            }
+            Err(Errno::INTR) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -50,7 +50,7 @@ pub use cpu::{allow_current_thread, allowed_cpus, available_cpus, pin_current_th
 pub use datagram::{bind_datagram, wait_datagram};
 pub use doorbell::Doorbell;
 pub use fd::{
-    EventFd, MAX_FDS, PidFd, Ready, poll_readable, poll_ready, recv_with_fds, send_with_fds,
+    EventFd, MAX_FDS, PidFd, Poller, Ready, poll_readable, poll_ready, recv_with_fds, send_with_fds,
 };
 pub use futex::{futex_wait, futex_wake};
 pub use peer::{PeerCred, peer_cred, peer_pidfd};

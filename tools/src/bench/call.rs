@@ -501,10 +501,11 @@ pub fn uds_call_peer(mut ctl: Control) -> Res<()> {
 /// handler calls `hook` with the 1-based index of each call before
 /// answering, and connects `conns` BusySpin clients to it
 /// (`--instructions`).
-fn instr_connect(
+fn instr_connect<C>(
     conns: usize,
     hook: impl Fn(u64) + Send + Sync + 'static,
-) -> Res<(isocall_engine::rpc::Server, Vec<Client>)> {
+    open: impl Fn(&SocketName, ClientOptions) -> Result<C, isocall_engine::rpc::ConnectError>,
+) -> Res<(isocall_engine::rpc::Server, Vec<C>)> {
     let name = SocketName::Abstract(format!("isocall-bench-instr-{}", std::process::id()));
     let calls = std::sync::atomic::AtomicU64::new(0);
     let server = ServerBuilder::new(name.clone())
@@ -517,7 +518,7 @@ fn instr_connect(
         .spawn()?;
     let opts = ClientOptions::default().strategy(WaitStrategy::BusySpin);
     let clients = (0..conns)
-        .map(|_| Client::connect_with(&name, opts.clone()))
+        .map(|_| open(&name, opts.clone()))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((server, clients))
 }
@@ -534,25 +535,45 @@ fn instr_connect(
 /// round trip on its own connection, without the worker's spin between
 /// two round trips. Iteration `j` is a batch; see [`Marks`](super::instr::Marks).
 pub fn instr_calls(m: super::instr::Marks, batch: u64, conns: usize) -> Res<()> {
+    instr_calls_with(m, batch, conns, |at, o| Client::connect_with(at, o))
+}
+
+/// `--instructions` `call.shared.pipelined.64`: as `call.pipelined.64`
+/// through a [`SharedClient`] used by one thread (what its slots, locks
+/// and copies cost a call, without contention).
+pub fn instr_shared_calls(m: super::instr::Marks, batch: u64) -> Res<()> {
+    instr_calls_with(m, batch, 1, |at, o| SharedClient::connect_with(at, o))
+}
+
+fn instr_calls_with<C: Caller<Error = isocall_engine::rpc::CallError>>(
+    m: super::instr::Marks,
+    batch: u64,
+    conns: usize,
+    open: impl Fn(&SocketName, ClientOptions) -> Result<C, isocall_engine::rpc::ConnectError>,
+) -> Res<()> {
     use super::instr::{
         Baton, CLIENT, SERVER, instr_handoff, instr_mark_end_server, instr_mark_start_server,
     };
     let baton = Baton::new();
     let b = baton.clone();
-    let (server, mut clients) = instr_connect(conns, move |i| {
-        if i.is_multiple_of(batch) {
-            let j = i / batch;
-            if j == m.warmup + m.n {
-                instr_mark_end_server();
+    let (server, mut clients) = instr_connect(
+        conns,
+        move |i| {
+            if i.is_multiple_of(batch) {
+                let j = i / batch;
+                if j == m.warmup + m.n {
+                    instr_mark_end_server();
+                }
+                instr_handoff(&b, SERVER, Some(CLIENT));
+                if j == m.warmup {
+                    instr_mark_start_server();
+                }
             }
-            instr_handoff(&b, SERVER, Some(CLIENT));
-            if j == m.warmup {
-                instr_mark_start_server();
-            }
-        }
-    })?;
+        },
+        open,
+    )?;
     let meths = clients
-        .iter()
+        .iter_mut()
         .map(|c| c.method(ECHO64))
         .collect::<Result<Vec<_>, _>>()?;
     let mut prev = Vec::with_capacity(batch as usize);

@@ -17,7 +17,10 @@
 //!   `Client::wait` to an in-process `Server` (one worker), BusySpin,
 //!   bytecheck on, as in `call.rtt.busy.64`;
 //! - `call.pipelined.64`: the same calls in batches of 64, up to 128 in
-//!   flight.
+//!   flight;
+//! - `call.shared.pipelined.64`: those batches through a `SharedClient`
+//!   used by one thread: what its slots, locks and copies add to a call
+//!   (contention between threads is the timed figure's to show).
 //!
 //! Under valgrind the threads are serialized: one runs at a time, and a
 //! thread that spins waiting for the other spins until valgrind switches
@@ -78,11 +81,12 @@ const DATA: u16 = 1;
 pub const BATCH: u64 = 64;
 
 /// The paths counted, and the baseline every count is corrected with.
-const PATHS: [&str; 4] = [
+const PATHS: [&str; 5] = [
     "ring.rtt.64",
     "ring.stream.64",
     "call.rtt.64",
     "call.pipelined.64",
+    "call.shared.pipelined.64",
 ];
 
 /// The side names, as in the figures and the marker functions.
@@ -366,7 +370,7 @@ struct Shape {
 
 fn shape(figure: &str) -> Shape {
     match figure {
-        "ring.stream.64" | "call.pipelined.64" => Shape {
+        "ring.stream.64" | "call.pipelined.64" | "call.shared.pipelined.64" => Shape {
             per_iter: BATCH,
             handoff: [true, true],
         },
@@ -387,6 +391,7 @@ pub fn child_main(figure: &str, n: u64, warmup: u64) -> Res<()> {
         "ring.stream.64" => ring_stream(m),
         "call.rtt.64" => call::instr_calls(m, 1, 2),
         "call.pipelined.64" => call::instr_calls(m, BATCH, 1),
+        "call.shared.pipelined.64" => call::instr_shared_calls(m, BATCH),
         other => Err(format!("no instruction loop named {other}").into()),
     }
 }
@@ -479,10 +484,12 @@ pub fn run(args: &BenchArgs) -> Res<()> {
         .iter()
         .copied()
         .filter(|p| {
+            // By the path's name, or a figure's.
             args.pattern.as_deref().is_none_or(|pat| {
-                SIDES
-                    .iter()
-                    .any(|s| glob_match(pat, &format!("instr.{p}.{s}")))
+                glob_match(pat, p)
+                    || SIDES
+                        .iter()
+                        .any(|s| glob_match(pat, &format!("instr.{p}.{s}")))
             })
         })
         .collect();
@@ -521,7 +528,7 @@ pub fn run(args: &BenchArgs) -> Res<()> {
             if args
                 .pattern
                 .as_deref()
-                .is_some_and(|pat| !glob_match(pat, &name))
+                .is_some_and(|pat| !glob_match(pat, p) && !glob_match(pat, &name))
             {
                 continue;
             }
@@ -561,7 +568,7 @@ pub fn run(args: &BenchArgs) -> Res<()> {
 /// The text table: one line per path, client and server side by side.
 fn table(rows: &[Row]) -> String {
     let mut out = vec![format!(
-        "{:<20} {:>14} {:>14}",
+        "{:<24} {:>14} {:>14}",
         "path (per message)", "client instr", "server instr"
     )];
     for p in PATHS {
@@ -576,7 +583,7 @@ fn table(rows: &[Row]) -> String {
             .any(|r| r.name.starts_with(&format!("instr.{p}.")))
         {
             out.push(format!(
-                "{p:<20} {:>14} {:>14}",
+                "{p:<24} {:>14} {:>14}",
                 get("client"),
                 get("server")
             ));

@@ -418,8 +418,15 @@ impl Client {
     }
 
     /// Forgets the calls whose [`Pending`] was dropped.
-    #[inline]
+    #[inline(always)]
     fn forget_given_up(&mut self) {
+        if self.abandoned.maybe_any() {
+            self.forget_given_up_slow();
+        }
+    }
+
+    #[inline(never)]
+    fn forget_given_up_slow(&mut self) {
         self.abandoned.take(&mut self.given_up);
         if self.given_up.is_empty() {
             return;

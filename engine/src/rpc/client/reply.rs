@@ -258,6 +258,13 @@ impl Abandoned {
         self.any.store(true, std::sync::atomic::Ordering::Release);
     }
 
+    /// Whether ids may have been pushed since the last `take` (one plain
+    /// load: a call path looks here before it makes room to take them).
+    #[inline(always)]
+    pub(crate) fn maybe_any(&self) -> bool {
+        self.any.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Takes the ids, if any (one load when there are none).
     #[inline]
     pub(crate) fn take(&self, into: &mut Vec<u64>) {

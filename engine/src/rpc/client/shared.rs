@@ -6,8 +6,12 @@
 //! (copying the body out of the ring into the slot's buffer, and waking
 //! the slot's caller if it sleeps) until its own reply comes, then leaves,
 //! waking one parked caller to lead in its place. The others spin on
-//! their slot a while, then sleep on it. A lone caller is always the
-//! leader: it pays a few uncontended locks and no thread hand-off.
+//! their slot a while, then sleep on it (with `BusySpin`, they spin on,
+//! yielding the CPU every few microseconds, as the leader does while no
+//! frame comes: the callers and the server may be more threads than
+//! cores, and a spinner that never yields keeps the thread it waits for
+//! off a core it shares). A lone caller is always the leader: it pays a
+//! lock-free slot, a few uncontended locks and no thread hand-off.
 //!
 //! Call ids carry their slot's index and the slot's generation, so a late
 //! reply to a call given up (timed out, its [`Pending`] dropped) never
@@ -20,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use isocall_blob::{BlobHandle, Pool};
-use isocall_ringbuf::{SharedRegion, Spinner};
+use isocall_ringbuf::{SharedRegion, Spinner, WaitStrategy};
 use rkyv::util::AlignedVec;
 
 use super::core::{Info, RoomWait, put};
@@ -33,7 +37,7 @@ use crate::rpc::error::{CallError, ConnectError, ReplyError};
 use crate::rpc::large::LargeBlob;
 // The link's enums under the names the ring endpoint's types had here.
 use crate::rpc::address::IntoEndpoint;
-use crate::rpc::link::{Link, RingLink, Rx as Receiver, Tx as Sender, stream_gone};
+use crate::rpc::link::{Frame, Link, RingLink, Rx as Receiver, Tx as Sender, stream_gone};
 use crate::rpc::method::{Message, MessageRef, Method, MethodRef};
 use crate::rpc::wire::{self, CloseReason, Status, kind};
 use crate::segment::SegmentLayout;
@@ -60,19 +64,86 @@ const PARKED: u32 = 3;
 #[derive(Default)]
 struct SlotData {
     status: u32,
-    method: u32,
     blobs: Vec<BlobHandle>,
     body: AlignedVec<16>,
 }
 
 #[derive(Default)]
 struct Slot {
-    /// The call id this slot serves now (0: free). Changed, and compared
-    /// with a reply's id, only under `data`'s lock.
+    /// The call id this slot serves now; a free slot's has no index bits
+    /// (its generation only), so no reply's id matches it. Compared with a
+    /// reply's id, and set back to free, only under `data`'s lock (a reply
+    /// being delivered never lands in a slot being freed); armed for a
+    /// call without it (Release, after `method` and `state`): no reply
+    /// can be for a call before it is armed.
     id: AtomicU64,
     /// `WAITING`, `READY`, `LEAD` or `PARKED`; the caller sleeps on it.
     state: AtomicU32,
+    /// The method of the call it serves (for an error reply's message).
+    method: AtomicU32,
     data: Mutex<SlotData>,
+}
+
+/// The free slots: a lock-free stack of slot indices, one
+/// compare-and-swap to take or give back a slot where a lock costs two
+/// locked instructions and a poison check. The head carries a tag bumped
+/// on every change, so a thread that read a top and its successor, then
+/// lost the CPU while others took and gave back that top, fails its swap
+/// instead of installing a stale successor (ABA).
+struct FreeSlots {
+    /// Low 32 bits: the index on top (0: empty; slot 0 is never used).
+    /// High 32 bits: the tag.
+    head: AtomicU64,
+    /// The index under each slot's, while it is free.
+    next: Box<[AtomicU32]>,
+}
+
+impl FreeSlots {
+    /// Slots `1..=n`, 1 on top.
+    fn new(n: u32) -> FreeSlots {
+        FreeSlots {
+            head: AtomicU64::new(u64::from(n.min(1))),
+            next: (0..=n)
+                .map(|i| AtomicU32::new(if i == 0 || i == n { 0 } else { i + 1 }))
+                .collect(),
+        }
+    }
+
+    fn pop(&self) -> Option<u32> {
+        let mut head = self.head.load(Ordering::Acquire);
+        loop {
+            let top = head as u32;
+            if top == 0 {
+                return None;
+            }
+            let under = self.next[top as usize].load(Ordering::Relaxed);
+            let new = (((head >> 32) + 1) << 32) | u64::from(under);
+            // Acquire: the slot's last user's writes (its release) are seen.
+            match self
+                .head
+                .compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire)
+            {
+                Ok(_) => return Some(top),
+                Err(h) => head = h,
+            }
+        }
+    }
+
+    fn push(&self, idx: u32) {
+        let mut head = self.head.load(Ordering::Relaxed);
+        loop {
+            self.next[idx as usize].store(head as u32, Ordering::Relaxed);
+            let new = ((((head >> 32) + 1) & 0xFFFF_FFFF) << 32) | u64::from(idx);
+            // Release: this slot's release, and `next`, before it is seen.
+            match self
+                .head
+                .compare_exchange_weak(head, new, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(h) => head = h,
+            }
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -92,7 +163,7 @@ struct Inner {
     tx: Mutex<(Sender, rkyv::ser::allocator::Arena)>,
     rx: Mutex<Rx>,
     slots: Box<[Slot]>,
-    free: Mutex<Vec<u32>>,
+    free: FreeSlots,
     /// Callers asleep on their slot, to be asked to lead.
     parked: Mutex<VecDeque<u32>>,
     parked_n: AtomicUsize,
@@ -181,7 +252,7 @@ impl SharedClient {
                 }),
                 // Slot 0 is never used: an id is never 0.
                 slots: (0..=n).map(|_| Slot::default()).collect(),
-                free: Mutex::new((1..=n as u32).rev().collect()),
+                free: FreeSlots::new(n as u32),
                 parked: Mutex::new(VecDeque::new()),
                 parked_n: AtomicUsize::new(0),
                 abandoned: Arc::default(),
@@ -242,7 +313,8 @@ impl SharedClient {
 
     /// Calls in flight on this connection, from every thread.
     pub fn in_flight(&self) -> usize {
-        self.inner.slots.len() - 1 - lock(&self.inner.free).len()
+        let taken = |s: &Slot| s.id.load(Ordering::Relaxed) & ((1 << INDEX_BITS) - 1) != 0;
+        self.inner.slots.iter().filter(|s| taken(s)).count()
     }
 
     /// A large blob of `len` bytes (see
@@ -296,7 +368,16 @@ impl SharedClient {
     }
 
     /// Gives up the calls whose `Pending` was dropped.
+    #[inline(always)]
     fn forget_given_up(&self) {
+        if !self.inner.abandoned.maybe_any() {
+            return;
+        }
+        self.forget_given_up_slow();
+    }
+
+    #[inline(never)]
+    fn forget_given_up_slow(&self) {
         let mut ids = Vec::new();
         self.inner.abandoned.take(&mut ids);
         for id in ids {
@@ -306,19 +387,20 @@ impl SharedClient {
 
     /// Takes a free slot for a new call and arms it; returns the call id.
     fn take_slot(&self, method: u32) -> Result<u64, CallError> {
-        let idx = lock(&self.inner.free)
+        let idx = self
+            .inner
+            .free
             .pop()
-            .ok_or(CallError::TooManyInFlight {
+            .ok_or_else(|| CallError::TooManyInFlight {
                 limit: self.inner.slots.len() - 1,
             })?;
         let slot = &self.inner.slots[idx as usize];
-        let mut d = lock(&slot.data);
         let generation = (slot.id.load(Ordering::Relaxed) >> INDEX_BITS).wrapping_add(1);
         let id = (generation.max(1) << INDEX_BITS) | u64::from(idx);
-        d.method = method;
+        slot.method.store(method, Ordering::Relaxed);
         slot.state.store(WAITING, Ordering::Relaxed);
-        // Under the data lock: a leader delivers only to the id it finds
-        // here, under the same lock.
+        // Release: a leader that finds this id here (Acquire, under the
+        // data lock) sees the state and method above.
         slot.id.store(id, Ordering::Release);
         Ok(id)
     }
@@ -490,7 +572,7 @@ impl SharedClient {
         let slot = &inner.slots[idx];
         let timeout = inner.info.options.call_timeout;
         let mut deadline = deadline;
-        let mut spinner = Spinner::new(inner.info.options.strategy);
+        let mut spinner = Spinner::yielding(inner.info.options.strategy);
         loop {
             if slot.state.load(Ordering::Acquire) == READY {
                 return inner.take_reply(id);
@@ -553,7 +635,7 @@ impl SharedClient {
                 inner.release_slot(id);
                 return Err(CallError::Timeout);
             }
-            spinner = Spinner::new(inner.info.options.strategy);
+            spinner = Spinner::yielding(inner.info.options.strategy);
         }
     }
 }
@@ -604,7 +686,7 @@ impl Inner {
             if rx.broken.is_some() {
                 return Err(CallError::PeerDied);
             }
-            let frame = match next_frame(&mut rx.rx, strategy, deadline, timeout) {
+            let frame = match self.next_frame(&mut rx.rx, strategy, deadline, timeout) {
                 Ok(f) => f,
                 Err(TransportError::Timeout) => return Err(CallError::Timeout),
                 Err(TransportError::PeerDied) => {
@@ -649,7 +731,9 @@ impl Inner {
                 // Ours: copied out (the copy rule), checked, returned.
                 let mut body = self.spare();
                 body.extend_from_slice(p.body);
-                let (status, method) = (p.head.status, lock(&slot.data).method);
+                let status = p.head.status;
+                // Read before the slot is freed, and only for an error.
+                let method = slot.method.load(Ordering::Relaxed);
                 let blobs = ReplyBlobSet::new(Handles::Owned(p.blob_vec()), self.pool.as_deref());
                 frame.release();
                 self.release_slot_quiet(id);
@@ -678,6 +762,44 @@ impl Inner {
             {
                 return Err(CallError::Timeout);
             }
+        }
+    }
+
+    /// The leader's wait for the next frame. On a ring with `BusySpin`, a
+    /// spin that yields the CPU now and then (see [`Spinner::yielding`]):
+    /// the threads of a shared client and its server may be more than the
+    /// cores, and a leader that never yields keeps the server off a core
+    /// it shares, for a whole time slice, while nothing can come. A reply
+    /// that comes within a few microseconds is found before any yield.
+    /// Otherwise (a stream, or another strategy), the connection's wait.
+    fn next_frame<'r>(
+        &self,
+        rx: &'r mut Receiver,
+        strategy: WaitStrategy,
+        deadline: &mut Option<Instant>,
+        timeout: Duration,
+    ) -> Result<Frame<'r>, TransportError> {
+        if strategy != WaitStrategy::BusySpin || !matches!(rx, Receiver::Ring(_)) {
+            return next_frame(rx, strategy, deadline, timeout);
+        }
+        let mut spinner = Spinner::yielding(strategy);
+        let mut turns = 0u32;
+        loop {
+            if rx.try_recv()?.is_some() {
+                return rx.try_recv()?.ok_or(TransportError::PeerDied);
+            }
+            turns = turns.wrapping_add(1);
+            if turns.is_multiple_of(1024) {
+                let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
+                if Instant::now() >= d {
+                    return Err(TransportError::Timeout);
+                }
+                if self.peer_gone() {
+                    // What it sent before it died is read first.
+                    return rx.try_recv()?.ok_or(TransportError::PeerDied);
+                }
+            }
+            spinner.spin();
         }
     }
 
@@ -730,13 +852,20 @@ impl Inner {
     fn take_reply<Resp: Body>(&self, id: u64) -> Result<Reply<'_, Resp>, CallError> {
         let idx = (id & ((1 << INDEX_BITS) - 1)) as usize;
         let slot = &self.slots[idx];
-        let (status, method, blobs, body) = {
+        let method = slot.method.load(Ordering::Relaxed);
+        let spare = self.spare();
+        let (status, blobs, body) = {
             let mut d = lock(&slot.data);
-            let spare = self.spare();
             let body = std::mem::replace(&mut d.body, spare);
-            (d.status, d.method, std::mem::take(&mut d.blobs), body)
+            let taken = (d.status, std::mem::take(&mut d.blobs), body);
+            // Freed under the same lock (see `release_slot_quiet`).
+            if slot.id.load(Ordering::Acquire) == id {
+                Self::unarm(slot, id);
+                drop(d);
+                self.free.push(idx as u32);
+            }
+            taken
         };
-        self.release_slot_quiet(id);
         let blobs = ReplyBlobSet::new(Handles::Owned(blobs), self.pool.as_deref());
         if status != Status::Ok as u32 {
             let e = self.info.status_error(method, status, &body);
@@ -774,11 +903,9 @@ impl Inner {
             ReplyBlobSet::free(&d.blobs, self.pool.as_deref());
             d.blobs.clear();
         }
-        slot.id
-            .store(id & !((1 << INDEX_BITS) - 1), Ordering::Release);
-        slot.state.store(WAITING, Ordering::Release);
+        Self::unarm(slot, id);
         drop(d);
-        lock(&self.free).push(idx as u32);
+        self.free.push(idx as u32);
     }
 
     /// Frees `id`'s slot after its reply was taken.
@@ -790,11 +917,17 @@ impl Inner {
             if slot.id.load(Ordering::Acquire) != id {
                 return;
             }
-            slot.id
-                .store(id & !((1 << INDEX_BITS) - 1), Ordering::Release);
-            slot.state.store(WAITING, Ordering::Release);
+            Self::unarm(slot, id);
         }
-        lock(&self.free).push(idx as u32);
+        self.free.push(idx as u32);
+    }
+
+    /// Marks `slot`, which serves `id`, free (its generation kept): no
+    /// reply's id matches it any more. Under the slot's data lock.
+    fn unarm(slot: &Slot, id: u64) {
+        slot.id
+            .store(id & !((1 << INDEX_BITS) - 1), Ordering::Release);
+        slot.state.store(WAITING, Ordering::Release);
     }
 
     /// The leader left: asks one parked caller to lead (one still waiting:
@@ -861,5 +994,44 @@ impl Drop for Inner {
             let _ = g.commit_all();
             tx.publish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FreeSlots;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn free_slots_hand_out_each_slot_once_then_run_dry() {
+        let free = FreeSlots::new(3);
+        let got: Vec<u32> = std::iter::from_fn(|| free.pop()).collect();
+        assert_eq!(got, [1, 2, 3]);
+        free.push(2);
+        assert_eq!((free.pop(), free.pop()), (Some(2), None));
+        assert_eq!(FreeSlots::new(0).pop(), None);
+    }
+
+    #[test]
+    fn threads_taking_and_giving_back_slots_never_share_one() {
+        const SLOTS: u32 = 8;
+        let free = FreeSlots::new(SLOTS);
+        let held: Vec<AtomicBool> = (0..=SLOTS).map(|_| AtomicBool::new(false)).collect();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..50_000 {
+                        let Some(i) = free.pop() else { continue };
+                        let was = held[i as usize].swap(true, Ordering::AcqRel);
+                        assert!(!was, "slot {i} handed out twice");
+                        held[i as usize].store(false, Ordering::Release);
+                        free.push(i);
+                    }
+                });
+            }
+        });
+        let mut all: Vec<u32> = std::iter::from_fn(|| free.pop()).collect();
+        all.sort_unstable();
+        assert_eq!(all, (1..=SLOTS).collect::<Vec<_>>());
     }
 }

@@ -26,6 +26,7 @@ mod source;
 mod stream;
 mod worker;
 
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -39,7 +40,7 @@ use crate::rpc::address::{Compression, Endpoint};
 use crate::rpc::error::ServerError;
 use crate::rpc::policy::Policy;
 use crate::segment::SegmentLayout;
-use crate::sys::{EventFd, SocketName, unlink_socket};
+use crate::sys::{EventFd, Poller, Ready, SocketName, unlink_socket};
 use builder::Registered;
 
 /// Most frames one connection gets served per turn of its worker.
@@ -49,6 +50,9 @@ pub const BATCH: usize = 32;
 struct Inbox {
     new: Mutex<Vec<worker::Conn>>,
     bell: EventFd,
+    /// What the worker sleeps on: this bell, the server's stop signal and
+    /// its connections' descriptors.
+    poller: Poller,
 }
 
 #[derive(Default)]
@@ -134,12 +138,18 @@ impl std::fmt::Debug for Server {
 fn spawn(b: ServerBuilder, plan: source::Plan) -> Result<Server, ServerError> {
     let tcp_tls = !matches!(plan.tcp_security, crate::stream::Security::Anyone);
     let (conns, sockets, streams) = source::Conns::open(plan)?;
+    let stop = EventFd::new()?;
     let workers: Vec<Arc<Inbox>> = (0..b.workers)
         .map(|_| {
-            Ok(Arc::new(Inbox {
+            let inbox = Inbox {
                 new: Mutex::new(Vec::new()),
                 bell: EventFd::new()?,
-            }))
+                poller: Poller::new()?,
+            };
+            let poller = &inbox.poller;
+            poller.watch(inbox.bell.as_fd(), worker::BELL_TOKEN, Ready::Readable)?;
+            poller.watch(stop.as_fd(), worker::STOP_TOKEN, Ready::Readable)?;
+            Ok(Arc::new(inbox))
         })
         .collect::<std::io::Result<_>>()?;
     let shared = Arc::new(Shared {
@@ -157,7 +167,7 @@ fn spawn(b: ServerBuilder, plan: source::Plan) -> Result<Server, ServerError> {
         trusted: b.trusted,
         methods: b.methods,
         stopping: AtomicBool::new(false),
-        stop: EventFd::new()?,
+        stop,
         stats: Counters::default(),
         next_worker: AtomicUsize::new(0),
         workers,

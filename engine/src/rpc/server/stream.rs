@@ -207,6 +207,11 @@ fn handshake(shared: &Shared, incoming: Incoming, id: u32) -> Result<Conn, Faile
     }
     tracing::debug!(pid = ?cred.and_then(|c| c.pid), lz4 = lz4.is_some(), "stream connection accepted");
     let large = Large::Stream(rx.large().clone());
+    // A worker that serves this connection alone waits for its requests
+    // in `recv` (a slice at a time), as a blocking server would: one
+    // system call per wait rather than `epoll_wait` then `recv`. Failing
+    // that, it sleeps in its poller as for any connection.
+    let _ = rx.block_reads_locked(super::worker::LONE_READ_SLICE);
     Ok(Conn::new(
         id,
         cred.unwrap_or(PeerCred::REMOTE),

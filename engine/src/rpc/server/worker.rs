@@ -19,10 +19,15 @@
 //! says it has bytes (or at its next turn).
 //!
 //! When no connection has work the worker spins per the strategy, then
-//! sleeps in `poll` on the doorbells of its connections (each announced to
-//! its client first), its inbox and the server's stop signal, with a
-//! timeout when a connection is paused (its client frees room without
-//! ringing) or an idle limit is due.
+//! sleeps in its [`Poller`] (epoll) on the doorbells and sockets of its
+//! connections (each doorbell announced to its client first), its inbox
+//! and the server's stop signal, with a timeout when a connection is
+//! paused (its client frees room without ringing) or an idle limit is due.
+//! Each descriptor is registered once, when its connection arrives, and
+//! removed before it closes: a sleep costs the same with one connection or
+//! a thousand, where `poll` would set up a wait on each descriptor every
+//! time (the wake-up of a lone stream connection is most of what its
+//! round trip adds to the socket's own).
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -38,7 +43,7 @@ use crate::rpc::large::large_id;
 use crate::rpc::link::{Link, ReadFrame, RecvFrames, Rx, SendFrames, Tx, WriteFrame};
 use crate::rpc::method::MethodKind;
 use crate::rpc::wire::{self, CallHead, CloseReason, ErrorBody, FAR_BODY, Status, kind};
-use crate::sys::{PeerCred, Ready, poll_ready};
+use crate::sys::{PeerCred, Poller, Ready};
 
 use super::admission::Ticket;
 use super::builder::Failure;
@@ -50,6 +55,10 @@ const HOUSEKEEPING_TURNS: u32 = 1024;
 /// Longest sleep while a connection is paused: its client frees room in
 /// the ring without ringing.
 const PAUSED_POLL: Duration = Duration::from_millis(1);
+/// Longest wait in `recv` of a worker that serves one stream connection
+/// alone, before it sleeps in its poller: a new connection handed to the
+/// worker, or the server's stop, waits at most this long for it.
+pub(super) const LONE_READ_SLICE: Duration = Duration::from_millis(1);
 
 /// One connection, served by a worker.
 pub(crate) struct Conn {
@@ -71,6 +80,9 @@ pub(crate) struct Conn {
     /// worker keeps up with this client, doubling (up to [`BATCH`]) for
     /// each group after which more requests were already waiting.
     group: usize,
+    /// What its descriptor is registered in the worker's poller for (none:
+    /// not yet).
+    watching: Option<Ready>,
 }
 
 impl Conn {
@@ -86,6 +98,7 @@ impl Conn {
             last_active: Instant::now(),
             paused_since: None,
             group: 1,
+            watching: None,
         }
     }
 
@@ -114,8 +127,8 @@ enum Turn {
     Paused,
     /// A stream served what it had, and its last read found the socket
     /// drained: more comes only after the worker's `poll` (no turn again
-    /// before it, to read nothing).
-    Drained,
+    /// before it, to read nothing). Served this many frames.
+    Drained(usize),
 }
 
 /// Why a connection is closed.
@@ -139,15 +152,22 @@ pub(super) fn run(shared: &Shared, inbox: &WorkerInbox) {
         calls: 0,
     };
     let mut turn = 0u32;
+    // The tokens of the descriptors found ready by the last sleep.
+    let mut ready: Vec<u64> = Vec::new();
+    // A lone stream connection's wait in `recv` found nothing since the
+    // worker last worked: sleep in the poller instead.
+    let mut read_waited = false;
     loop {
         if shared.stopping.load(Ordering::Acquire) {
             break;
         }
         {
             let mut new = inbox.new.lock().unwrap_or_else(|p| p.into_inner());
-            conns.append(&mut new);
+            adopt(shared, &inbox.poller, &mut conns, &mut new);
         }
         let mut worked = false;
+        // Frames served, by a stream whose socket is drained too.
+        let mut served = false;
         let mut i = 0;
         while i < conns.len() {
             match serve(shared, &mut conns[i], &mut scratch) {
@@ -155,10 +175,14 @@ pub(super) fn run(shared: &Shared, inbox: &WorkerInbox) {
                     worked |= n > 0;
                     i += 1;
                 }
-                Ok(Turn::Paused | Turn::Drained) => i += 1,
+                Ok(Turn::Drained(n)) => {
+                    served |= n > 0;
+                    i += 1;
+                }
+                Ok(Turn::Paused) => i += 1,
                 Err(why) => {
                     let c = conns.swap_remove(i);
-                    close(shared, c, why);
+                    close(shared, &inbox.poller, c, why);
                 }
             }
         }
@@ -170,28 +194,82 @@ pub(super) fn run(shared: &Shared, inbox: &WorkerInbox) {
         }
         turn = turn.wrapping_add(1);
         if turn.is_multiple_of(HOUSEKEEPING_TURNS) {
-            housekeeping(shared, &mut conns);
+            housekeeping(shared, &inbox.poller, &mut conns);
+        }
+        if worked || served {
+            read_waited = false;
         }
         if worked {
             spinner = Spinner::new(shared.strategy);
             continue;
         }
         if !spinner.spin() {
-            housekeeping(shared, &mut conns);
-            wait_for_work(shared, &mut conns, inbox);
+            housekeeping(shared, &inbox.poller, &mut conns);
+            if !read_waited && let [c] = conns.as_mut_slice() {
+                read_waited = true;
+                if c.paused_since.is_none() && !matches!(c.link.rx.wait_in_read(), Ok(false)) {
+                    // A frame (or the end, or a failure: `serve` says).
+                    continue;
+                }
+            }
+            wait_for_work(shared, &mut conns, inbox, &mut ready);
         }
     }
     for c in conns {
         close(
             shared,
+            &inbox.poller,
             c,
             Close::Reason(CloseReason::ServerStopping, String::new()),
         );
     }
 }
 
+/// The token of the inbox's bell in a worker's poller.
+pub(super) const BELL_TOKEN: u64 = 0;
+/// The token of the server's stop signal.
+pub(super) const STOP_TOKEN: u64 = 1;
+
+/// The token of connection `id` in its worker's poller.
+fn token(id: u32) -> u64 {
+    u64::from(id) + 2
+}
+
+/// The descriptor a connection sleeps on, and for what: a ring's doorbell
+/// for its frames; a stream's socket for its frames, and for room while
+/// published bytes wait for it.
+fn wake_source(c: &Conn) -> Option<(BorrowedFd<'_>, Ready)> {
+    match (&c.link.ring, c.link.tx.stream_poll()) {
+        (Some(ring), _) => Some((ring.doorbell.as_fd(), Ready::Readable)),
+        (None, Some((fd, false))) => Some((fd, Ready::Readable)),
+        (None, Some((fd, true))) => Some((fd, Ready::ReadWrite)),
+        (None, None) => None,
+    }
+}
+
+/// Takes the connections handed to this worker, registering each in its
+/// poller; one the kernel will not register is closed (out of resources).
+fn adopt(shared: &Shared, poller: &Poller, conns: &mut Vec<Conn>, new: &mut Vec<Conn>) {
+    for mut c in new.drain(..) {
+        if let Some((fd, want)) = wake_source(&c) {
+            if let Err(e) = poller.watch(fd, token(c.id), want) {
+                let detail = format!("epoll: {e}");
+                close(
+                    shared,
+                    poller,
+                    c,
+                    Close::Reason(CloseReason::OutOfResources, detail),
+                );
+                continue;
+            }
+            c.watching = Some(want);
+        }
+        conns.push(c);
+    }
+}
+
 /// Closes connections idle past the server's limit.
-fn housekeeping(shared: &Shared, conns: &mut Vec<Conn>) {
+fn housekeeping(shared: &Shared, poller: &Poller, conns: &mut Vec<Conn>) {
     let now = Instant::now();
     let idle = shared.limits.idle_timeout;
     let mut i = 0;
@@ -202,7 +280,12 @@ fn housekeeping(shared: &Shared, conns: &mut Vec<Conn>) {
         }
         if idle.is_some_and(|d| now.duration_since(c.last_active) >= d) {
             let c = conns.swap_remove(i);
-            close(shared, c, Close::Reason(CloseReason::Idle, String::new()));
+            close(
+                shared,
+                poller,
+                c,
+                Close::Reason(CloseReason::Idle, String::new()),
+            );
             continue;
         }
         i += 1;
@@ -212,7 +295,7 @@ fn housekeeping(shared: &Shared, conns: &mut Vec<Conn>) {
 /// Sleeps until a connection has a frame (its doorbell rings), a paused
 /// one may have room, an idle limit is due, a new connection arrives, or
 /// the server stops.
-fn wait_for_work(shared: &Shared, conns: &mut [Conn], inbox: &WorkerInbox) {
+fn wait_for_work(shared: &Shared, conns: &mut [Conn], inbox: &WorkerInbox, ready: &mut Vec<u64>) {
     let mut paused = false;
     for c in conns.iter_mut() {
         if c.paused_since.is_some() {
@@ -225,8 +308,6 @@ fn wait_for_work(shared: &Shared, conns: &mut [Conn], inbox: &WorkerInbox) {
             _ => return,
         }
     }
-    // A stream's socket is polled for its frames, and for room while
-    // published bytes wait for it; a ring's doorbell for its frames.
     let mut timeout = paused.then_some(PAUSED_POLL);
     if let Some(idle) = shared.limits.idle_timeout {
         let now = Instant::now();
@@ -235,49 +316,59 @@ fn wait_for_work(shared: &Shared, conns: &mut [Conn], inbox: &WorkerInbox) {
             timeout = Some(timeout.map_or(due, |t: Duration| t.min(due)));
         }
     }
-    let mut fds: Vec<(BorrowedFd<'_>, Ready)> = Vec::with_capacity(conns.len() + 2);
-    fds.push((inbox.bell.as_fd(), Ready::Readable));
-    fds.push((shared.stop.as_fd(), Ready::Readable));
-    fds.extend(
-        conns
-            .iter()
-            .filter_map(|c| match (&c.link.ring, c.link.tx.stream_poll()) {
-                (Some(ring), _) => Some((ring.doorbell.as_fd(), Ready::Readable)),
-                (None, Some((fd, false))) => Some((fd, Ready::Readable)),
-                (None, Some((fd, true))) => Some((fd, Ready::ReadWrite)),
-                (None, None) => None,
-            }),
-    );
-    let polled = poll_ready(&fds, timeout);
-    drop(fds);
-    if let Ok(ready) = polled {
-        if ready[0] {
-            let _ = inbox.bell.drain();
+    // A stream with bytes waiting for room is watched for room too, and
+    // only while they wait.
+    for c in conns.iter_mut() {
+        if c.link.ring.is_some() {
+            continue;
         }
-        for (c, r) in conns.iter_mut().zip(&ready[2..]) {
-            match &c.link.ring {
-                // A doorbell closed for good (the client's end is gone, or
-                // its watch saw it die) is a dead peer: mark it, so `serve`
-                // closes the connection instead of this loop spinning on a
-                // doorbell that stays readable.
-                Some(ring) => {
-                    if *r && !ring.doorbell.drain() {
-                        ring.liveness.mark_dead();
-                    }
-                }
-                // A stream: what the socket takes now goes (its frames,
-                // and its end, are `serve`'s to read).
-                None => {
-                    if *r {
-                        c.link.tx.publish();
-                    }
+        let Some((fd, want)) = wake_source(c) else {
+            continue;
+        };
+        if c.watching != Some(want) {
+            match inbox.poller.rewatch(fd, token(c.id), want) {
+                Ok(()) => c.watching = Some(want),
+                // Served at the next turn anyway: sleep briefly.
+                Err(_) => timeout = Some(timeout.map_or(PAUSED_POLL, |t| t.min(PAUSED_POLL))),
+            }
+        }
+    }
+    if inbox.poller.wait(ready, timeout).is_err() {
+        return;
+    }
+    if ready.len() > 1 {
+        ready.sort_unstable();
+    }
+    if ready.binary_search(&BELL_TOKEN).is_ok() {
+        let _ = inbox.bell.drain();
+    }
+    for c in conns.iter_mut() {
+        if ready.binary_search(&token(c.id)).is_err() {
+            continue;
+        }
+        match &c.link.ring {
+            // A doorbell closed for good (the client's end is gone, or
+            // its watch saw it die) is a dead peer: mark it, so `serve`
+            // closes the connection instead of this loop spinning on a
+            // doorbell that stays readable.
+            Some(ring) => {
+                if !ring.doorbell.drain() {
+                    ring.liveness.mark_dead();
                 }
             }
+            // A stream: what the socket takes now goes (its frames, and
+            // its end, are `serve`'s to read).
+            None => c.link.tx.publish(),
         }
     }
 }
 
-fn close(shared: &Shared, mut c: Conn, why: Close) {
+fn close(shared: &Shared, poller: &Poller, mut c: Conn, why: Close) {
+    if c.watching.is_some() {
+        if let Some((fd, _)) = wake_source(&c) {
+            let _ = poller.unwatch(fd);
+        }
+    }
     match &why {
         Close::Dead => {
             // The client is gone: give back every slot it held (its
@@ -390,7 +481,7 @@ fn serve_any(
 ) -> Result<Turn, Close> {
     match serve_frames(shared, tx, rx, room, parts, scratch)? {
         // Fewer than a batch: it stopped at a frame not there.
-        Turn::Served(n) if n < BATCH && rx.drained() => Ok(Turn::Drained),
+        Turn::Served(n) if n < BATCH && rx.drained() => Ok(Turn::Drained(n)),
         turn => Ok(turn),
     }
 }
