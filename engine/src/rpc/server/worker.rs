@@ -364,10 +364,10 @@ fn wait_for_work(shared: &Shared, conns: &mut [Conn], inbox: &WorkerInbox, ready
 }
 
 fn close(shared: &Shared, poller: &Poller, mut c: Conn, why: Close) {
-    if c.watching.is_some() {
-        if let Some((fd, _)) = wake_source(&c) {
-            let _ = poller.unwatch(fd);
-        }
+    if c.watching.is_some()
+        && let Some((fd, _)) = wake_source(&c)
+    {
+        let _ = poller.unwatch(fd);
     }
     match &why {
         Close::Dead => {
