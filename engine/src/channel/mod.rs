@@ -72,6 +72,7 @@ mod loan;
 mod outlet;
 mod policy;
 mod publisher;
+mod remote;
 mod sample;
 pub mod stats;
 mod subscriber;
