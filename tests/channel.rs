@@ -19,7 +19,6 @@
 mod proc;
 
 mod chan;
-#[allow(dead_code)]
 mod common;
 
 use std::time::{Duration, Instant};

@@ -19,7 +19,6 @@
 mod proc;
 
 mod chan;
-#[allow(dead_code)]
 mod common;
 
 use std::time::Duration;
@@ -87,7 +86,8 @@ fn a_blob_is_written_once_shared_with_every_subscriber_and_freed_by_the_last(tp:
     let _serial = serial();
     let _dog = watchdog("blob-fanout", Duration::from_secs(120));
     let socket = socket_name("chan-blob-fanout");
-    let mut publisher = tp.publisher::<Item>(socket.clone())
+    let mut publisher = tp
+        .publisher::<Item>(socket.clone())
         .blobs(pool_classes())
         .create()
         .expect("publisher");
@@ -140,11 +140,14 @@ fn a_blob_is_written_once_shared_with_every_subscriber_and_freed_by_the_last(tp:
     });
 }
 
-fn a_subscriber_killed_holding_shared_blobs_is_reclaimed_and_the_others_get_everything(tp: Transport) {
+fn a_subscriber_killed_holding_shared_blobs_is_reclaimed_and_the_others_get_everything(
+    tp: Transport,
+) {
     let _serial = serial();
     let _dog = watchdog("blob-kill", Duration::from_secs(120));
     let socket = socket_name("chan-blob-kill");
-    let mut publisher = tp.publisher::<Item>(socket.clone())
+    let mut publisher = tp
+        .publisher::<Item>(socket.clone())
         .blobs(pool_classes())
         .backpressure_with(|s| {
             if s.label == "holder" {
@@ -208,7 +211,8 @@ fn a_lagging_subscriber_gets_queued_blobs_as_copies_and_dropped_ones_cost_nothin
     let _serial = serial();
     let _dog = watchdog("blob-lag", Duration::from_secs(120));
     let socket = socket_name("chan-blob-lag");
-    let mut publisher = tp.publisher::<Item>(socket.clone())
+    let mut publisher = tp
+        .publisher::<Item>(socket.clone())
         .blobs(pool_classes())
         .ring_capacity(4096)
         .backpressure(Backpressure::DropOldest { backlog: 5 })
@@ -248,7 +252,8 @@ fn a_late_subscriber_gets_the_historys_blobs(tp: Transport) {
     let _serial = serial();
     let _dog = watchdog("blob-history", Duration::from_secs(60));
     let socket = socket_name("chan-blob-history");
-    let mut publisher = tp.publisher::<Item>(socket.clone())
+    let mut publisher = tp
+        .publisher::<Item>(socket.clone())
         .blobs(pool_classes())
         .history(4)
         .create()

@@ -82,7 +82,7 @@ fn subscribe<T: isocall_engine::rpc::Body>(
         .map(str::to_string);
     let sub = match at {
         Some(at) => Subscriber::connect_with(at.as_str(), options)?,
-        None => Subscriber::connect_with(&channel(figure, ctl.param("ppid")?), options)?,
+        None => Subscriber::connect_with(channel(figure, ctl.param("ppid")?), options)?,
     };
     ctl.write_line("subscribed")?;
     Ok(sub)
