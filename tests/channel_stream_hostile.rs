@@ -5,7 +5,10 @@
 //! gets every message; a publisher that sends a length past the frame
 //! limit ends its subscriber's subscription with a typed error (after
 //! the messages before it), never a panic or a hang, while another
-//! channel's subscriber in the same process goes on.
+//! channel's subscriber in the same process goes on. And the admission
+//! rules of a TCP publisher: without TLS it refuses to start unless its
+//! policy says `Anyone`; under TLS a subscriber whose certificate no
+//! trusted CA issued is refused while a trusted one is served.
 //!
 //! Socket-only: on shared memory the same hostility is a scribbled ring
 //! (tests/hostile_channel.rs).
@@ -18,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::transport::Transport;
 use isocall::SocketName;
-use isocall::channel::{Publisher, RecvError, Subscriber, hello};
+use isocall::channel::{PublishError, Publisher, RecvError, SubscribeError, Subscriber, hello};
 use isocall::raw::handshake;
 use isocall::raw::wire::kind;
 use isocall::rpc::{Endpoint, TypeSig};
@@ -244,4 +247,51 @@ fn a_publisher_that_sends_a_length_past_the_limit_ends_the_subscription_with_a_t
         real.send(&Tick { seq: 5 }).expect("send");
         assert_eq!(other.recv_timeout(LIMIT).expect("recv").seq, 5);
     }
+}
+
+#[test]
+fn a_tcp_publisher_without_tls_refuses_to_start_unless_its_policy_says_anyone() {
+    let name = SocketName::Abstract(unique("tcp-policy"));
+    let e = Publisher::<Tick>::builder(name.clone())
+        .listen("tcp://127.0.0.1:0")
+        .create()
+        .expect_err("a same-uid policy cannot admit a TCP subscriber");
+    assert!(
+        matches!(e, PublishError::TcpPolicy { tls: false, .. }),
+        "{e}"
+    );
+    // Nothing was left bound: the same name, said Anyone, starts.
+    let p = Publisher::<Tick>::builder(name)
+        .listen("tcp://127.0.0.1:0")
+        .policy(isocall::Policy::Anyone)
+        .create()
+        .expect("publisher");
+    assert!(p.addresses()[0].is_tcp());
+    // A string that is no address is refused too.
+    let e = Publisher::<Tick>::builder(SocketName::Abstract(unique("bad")))
+        .listen("tcp://no-port")
+        .create()
+        .expect_err("no port");
+    assert!(matches!(e, PublishError::Address(_)), "{e}");
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn a_tls_subscriber_with_an_untrusted_certificate_is_refused_and_the_trusted_one_served() {
+    let pki = common::pki::Pki::get();
+    let (mut publisher, at) = publisher(Transport::Tls, "tls-stranger");
+    let stranger = at.clone().tls(
+        pki.client_as(common::pki::STRANGER_CN)
+            .server_name("localhost"),
+    );
+    let e = Subscriber::<Tick>::connect(&stranger).expect_err("an untrusted certificate");
+    assert!(
+        matches!(e, SubscribeError::Stream(_) | SubscribeError::Handshake(_)),
+        "{e}"
+    );
+    let mut good = Subscriber::<Tick>::connect(&at).expect("the trusted subscriber");
+    assert_eq!(publisher.wait_for_subscribers(1, LIMIT), 1);
+    publisher.send(&Tick { seq: 9 }).expect("send");
+    assert_eq!(good.recv_timeout(LIMIT).expect("recv").seq, 9);
+    assert_eq!(publisher.subscribers(), 1);
 }
