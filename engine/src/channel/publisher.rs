@@ -961,6 +961,7 @@ impl<T: Body> Drop for Core<T> {
         // Subscribers that finished their handshake are closed like the
         // others.
         self.adopt();
+        let until = crate::deadline_in(self.linger);
         let _ = self.flush(self.linger);
         let kept = &mut self.kept;
         for mut s in std::mem::take(&mut self.subs) {
@@ -974,9 +975,8 @@ impl<T: Body> Drop for Core<T> {
         for s in std::mem::take(&mut self.closing) {
             s.abandon();
         }
-        // Stream subscribers: what is queued, then the reason, within
-        // what is left of the linger (the flush above spent some).
-        let until = crate::deadline_in(self.linger);
+        // Stream subscribers: what is still unsent, then the reason,
+        // within what is left of the linger.
         for s in std::mem::take(&mut self.streams) {
             s.close_by(CloseReason::PublisherClosed, until);
         }

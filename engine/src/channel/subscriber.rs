@@ -45,7 +45,8 @@ use super::{FLAG_HISTORY, MESSAGE};
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct SubscriberOptions {
-    /// How `recv` waits for a message (default `Adaptive`).
+    /// How `recv` waits for a message (default `Adaptive`). Over a stream
+    /// socket a receive sleeps in the socket, whatever the strategy.
     pub strategy: WaitStrategy,
     /// How long the handshake may take (default 5 s).
     pub handshake_timeout: Duration,
@@ -355,6 +356,9 @@ impl<T: Body> Subscriber<T> {
     /// The publisher must write only valid archives of `T` and never write
     /// a frame after publishing it: an invalid archive read unchecked is
     /// undefined behaviour.
+    ///
+    /// Over a stream socket it changes nothing: a frame arrives in this
+    /// process's own memory, and its body is always checked.
     // SAFETY: the caller's promise (see `# Safety`) is what makes the
     // unchecked reads in `Sample` sound; this only records it.
     #[allow(unsafe_code)] // declares a contract; the unchecked read is in `sample`
