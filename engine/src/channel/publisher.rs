@@ -31,6 +31,15 @@
 //! [`Publisher::wait_for_subscribers`]. A publisher that sends nothing for
 //! a while should call `poll` now and then (a late subscriber gets its
 //! history then).
+//!
+//! Stream subscribers (see [`PublisherBuilder::listen`]) get the same
+//! frame, copied into their connection's send buffer (the ring capacity
+//! in bytes) with their blobs' bytes inline; a full buffer is a full ring
+//! to their policy, and a backlog holds whole messages. What the socket
+//! does not take at once is sent by the publisher's pump thread, so it
+//! reaches the subscriber while the publisher is quiet; a stream
+//! subscriber's hang-up or garbage is noticed at `poll` (or a failed
+//! send), and it is closed with its reason in a last frame.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
