@@ -120,6 +120,20 @@ pub(crate) fn decode_stream_part(
 mod tests {
     use super::*;
 
+    /// The stream side (connections, the pump's handle) keeps both ends
+    /// movable to another thread, as they were.
+    #[test]
+    fn publishers_and_subscribers_stay_send() {
+        fn send<T: Send>() {}
+        #[derive(rkyv::Archive, rkyv::Serialize, isocall_schema::Schema)]
+        #[schema(crate = "isocall_schema")]
+        struct X {
+            a: u64,
+        }
+        send::<super::super::Publisher<X>>();
+        send::<super::super::Subscriber<X>>();
+    }
+
     #[test]
     fn the_stream_part_round_trips_and_every_prefix_is_refused() {
         let pool = PoolConfig::new().class(256, 8).class(4096, 2);
