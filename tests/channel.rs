@@ -2,7 +2,8 @@
 //! backpressure policy, a subscriber killed mid-stream, the publisher
 //! killed (its subscribers read what it published, then learn it died),
 //! subscribers joining and leaving during a stream, history for a late
-//! subscriber, and a subscriber of another type refused at connect.
+//! subscriber, a subscriber of another type refused at connect, and a
+//! subscriber that never reads slowing no one under drop-oldest.
 //!
 //! The subscribers (or the publisher) are this test binary re-executed in
 //! a role; every wait has a deadline, and a watchdog bounds each test.
@@ -46,6 +47,7 @@ on_every_transport!(
     sixteen_subscribers_join_and_leave_during_a_stream_each_seeing_it_whole,
     a_late_subscriber_gets_the_history_it_asks_for_then_the_stream,
     a_subscriber_of_another_type_is_refused_at_connect_naming_both_types,
+    a_subscriber_that_never_reads_slows_no_one_under_drop_oldest,
 );
 
 /// Role: a subscriber connecting where the parent says (see
@@ -501,4 +503,50 @@ fn a_subscriber_of_another_type_is_refused_at_connect_naming_both_types(tp: Tran
     );
     publisher.send(&item(3)).expect("send");
     assert!(chan::is_item(&ok.recv().expect("recv"), 3));
+}
+
+fn a_subscriber_that_never_reads_slows_no_one_under_drop_oldest(tp: Transport) {
+    let _serial = serial();
+    let _dog = watchdog("never-reads", Duration::from_secs(120));
+    // Enough to fill the sleeper's ring, or its socket's buffers.
+    let n = if tp.is_stream() { 200_000 } else { 20_000 };
+    let socket = socket_name("chan-never-reads");
+    let mut publisher = tp
+        .publisher::<Item>(socket.clone())
+        .ring_capacity(16 << 10)
+        .send_timeout(Duration::from_secs(30))
+        .backpressure_with(|s| {
+            if s.label == "sleeper" {
+                Backpressure::DropOldest { backlog: 16 }
+            } else {
+                Backpressure::Block
+            }
+        })
+        .create()
+        .expect("publisher");
+    let at = tp.channel_at(&publisher);
+    let mut reader = subscriber(tp, &at, &format!("want={n} idle_ms=20000"));
+    let mut sleeper = subscriber(tp, &at, "want=0 hold=1 label=sleeper idle_ms=20000");
+    assert_eq!(
+        publisher.wait_for_subscribers(2, Duration::from_secs(10)),
+        2
+    );
+    for i in 0..n {
+        publisher
+            .send(&item(i))
+            .expect("the sleeper never makes a send wait");
+    }
+    let t = tally(&mut reader, Duration::from_secs(60));
+    assert_eq!(
+        (t.got, t.first, t.last, t.gaps, t.bad),
+        (n, Some(0), Some(n - 1), 0, 0),
+        "{t}"
+    );
+    let st = publisher.subscriber_stats();
+    let sleeping = st
+        .iter()
+        .find(|s| s.label == "sleeper")
+        .expect("the sleeper's counters");
+    assert!(sleeping.dropped > 0 && sleeping.queued == 16, "{st:?}");
+    sleeper.kill();
 }
