@@ -550,3 +550,48 @@ fn a_subscriber_that_never_reads_slows_no_one_under_drop_oldest(tp: Transport) {
     assert!(sleeping.dropped > 0 && sleeping.queued == 16, "{st:?}");
     sleeper.kill();
 }
+
+#[test]
+fn a_publisher_listens_on_its_name_and_several_stream_addresses_at_once() {
+    let _serial = serial();
+    let socket = socket_name("chan-several");
+    let unix = format!("unix-stream:@{}-s", name_of(&socket));
+    let mut publisher = isocall::channel::Publisher::<Item>::builder(socket.clone())
+        .listen(unix.as_str())
+        .listen("tcp://127.0.0.1:0")
+        .policy(isocall::Policy::Anyone)
+        .create()
+        .expect("publisher");
+    let addresses = publisher.addresses().to_vec();
+    assert_eq!(addresses.len(), 2);
+    assert_eq!(addresses[0].to_string(), unix);
+    assert!(addresses[1].is_tcp());
+    let mut subs = vec![Subscriber::<Item>::connect(&socket).expect("by name")];
+    for a in &addresses {
+        subs.push(Subscriber::<Item>::connect(a).expect("by address"));
+    }
+    assert!(!subs[0].is_stream() && subs[1].is_stream() && subs[2].is_stream());
+    assert_eq!(
+        publisher.wait_for_subscribers(3, Duration::from_secs(10)),
+        3
+    );
+    for i in 0..100 {
+        publisher.send(&item(i)).expect("send");
+    }
+    for s in &mut subs {
+        let t = receive(s, 100, Duration::from_secs(10));
+        assert_eq!((t.got, t.gaps, t.bad, t.last), (100, 0, 0, Some(99)), "{t}");
+    }
+    // Stream subscribers' counters are the publisher's (in its process).
+    let st = publisher.subscriber_stats();
+    assert_eq!(st.len(), 3);
+    assert!(st.iter().all(|s| s.sent == 100), "{st:?}");
+    assert!(subs[1].stats().is_none() && subs[0].stats().is_some());
+    drop(publisher);
+    for s in &mut subs {
+        assert!(matches!(
+            s.recv_timeout(Duration::from_secs(10)),
+            Err(RecvError::Closed(CloseReason::PublisherClosed))
+        ));
+    }
+}

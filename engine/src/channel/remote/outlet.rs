@@ -56,6 +56,9 @@ pub(crate) struct StreamOutlet {
     pub(crate) full: u64,
     pub(crate) history: u64,
     pub(crate) fate: Option<Fate>,
+    /// Frames the connection had sent before it was adopted (its
+    /// handshake's): not messages.
+    base: u64,
     /// Wakes the publisher's pump when a publish leaves bytes unsent.
     kick: Arc<Kick>,
     _ticket: Ticket,
@@ -93,7 +96,9 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 impl StreamOutlet {
     pub(crate) fn from_arrival(a: StreamArrival, kick: Arc<Kick>) -> StreamOutlet {
+        let base = a.tx.stats().frames;
         StreamOutlet {
+            base,
             info: a.info,
             tx: a.tx,
             rx: a.rx,
@@ -344,7 +349,7 @@ impl StreamOutlet {
             id: self.info.id,
             label: self.info.label.clone(),
             policy: Some(self.policy),
-            sent: self.tx.stats().frames,
+            sent: self.tx.stats().frames - self.base,
             dropped: self.dropped,
             queued: self.queue.len() as u64,
             full: self.full,
