@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::transport::Transport;
 use isocall::SocketName;
-use isocall::channel::{PublishError, Publisher, RecvError, SubscribeError, Subscriber, hello};
+use isocall::channel::{PublishError, Publisher, RecvError, Subscriber, hello};
 use isocall::raw::handshake;
 use isocall::raw::wire::kind;
 use isocall::rpc::{Endpoint, TypeSig};
@@ -278,6 +278,7 @@ fn a_tcp_publisher_without_tls_refuses_to_start_unless_its_policy_says_anyone() 
 #[cfg(feature = "tls")]
 #[test]
 fn a_tls_subscriber_with_an_untrusted_certificate_is_refused_and_the_trusted_one_served() {
+    use isocall::channel::SubscribeError;
     let pki = common::pki::Pki::get();
     let (mut publisher, at) = publisher(Transport::Tls, "tls-stranger");
     let stranger = at.clone().tls(
