@@ -15,20 +15,27 @@
 //! program re-executes itself with a role for each of the four processes,
 //! and waits for all of them whatever happens.
 //!
+//! With a second argument, `unix-stream` or `tcp`, each publisher also
+//! listens on a stream address (a Unix stream socket, or TCP on
+//! 127.0.0.1) and the stages subscribe there instead: the same code, the
+//! frames and their blobs copied over the socket. Only the address
+//! differs.
+//!
 //! ```sh
 //! cargo run --release --example pipeline              # 1,000,000 frames
 //! cargo run --release --example pipeline -- 10000     # fewer
+//! cargo run --release --example pipeline -- 10000 tcp # over TCP
 //! ```
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use isocall::SocketName;
 use isocall::blob::PoolConfig;
 use isocall::channel::{
     Backpressure, CloseReason, Publisher, RecvError, Subscriber, SubscriberOptions,
 };
+use isocall::{Policy, SocketName};
 
 type Error = Box<dyn std::error::Error>;
 
@@ -67,30 +74,45 @@ fn write_words(out: &mut [u8], word: impl Fn(usize) -> u64) {
 
 /// A channel's publisher: blobs of 4 KiB, and rings that hold a few
 /// hundred frames each (so the pool always has a free slot: every slot in
-/// use is in a ring, in the monitor's backlog, or being read).
-fn publisher(name: &str) -> Result<Publisher<Frame>, Error> {
-    Ok(
-        Publisher::<Frame>::builder(SocketName::Abstract(name.into()))
-            .ring_capacity(32 << 10)
-            .blobs(PoolConfig::new().class(FRAME, 2048))
-            .backpressure_with(|s| {
-                if s.label == "monitor" {
-                    Backpressure::DropOldest { backlog: 64 }
-                } else {
-                    Backpressure::Block
-                }
-            })
-            .send_timeout(Duration::from_secs(30))
-            .create()?,
-    )
+/// use is in a ring, in the monitor's backlog, or being read). With `net`
+/// (`unix-stream` or `tcp`), it listens on a stream address too.
+fn publisher(name: &str, net: &str) -> Result<Publisher<Frame>, Error> {
+    let b = Publisher::<Frame>::builder(SocketName::Abstract(name.into()));
+    let b = match net {
+        "shm" => b,
+        "unix-stream" => b.listen(format!("unix-stream:@{name}.stream").as_str()),
+        // Plain TCP on loopback: anyone who reaches the port may
+        // subscribe, said explicitly (a remote channel would use TLS).
+        "tcp" => b.listen("tcp://127.0.0.1:0").policy(Policy::Anyone),
+        other => return Err(format!("unknown transport {other}").into()),
+    };
+    Ok(b.ring_capacity(32 << 10)
+        .blobs(PoolConfig::new().class(FRAME, 2048))
+        .backpressure_with(|s| {
+            if s.label == "monitor" {
+                Backpressure::DropOldest { backlog: 64 }
+            } else {
+                Backpressure::Block
+            }
+        })
+        .send_timeout(Duration::from_secs(30))
+        .create()?)
 }
 
-fn subscribe(name: &str, label: &str) -> Result<Subscriber<Frame>, Error> {
+/// Where a publisher's subscribers connect: its stream address if it
+/// has one, else its shared-memory name.
+fn address(p: &Publisher<Frame>) -> String {
+    match p.addresses().first() {
+        Some(a) => a.to_string(),
+        None => p.socket().to_string(),
+    }
+}
+
+/// Subscribes at `at`: a shared-memory name (`@name`) or a stream address
+/// (`unix-stream:@name`, `tcp://host:port`), the same call for both.
+fn subscribe(at: &str, label: &str) -> Result<Subscriber<Frame>, Error> {
     let options = SubscriberOptions::default().label(label);
-    Ok(Subscriber::connect_with(
-        &SocketName::Abstract(name.into()),
-        options,
-    )?)
+    Ok(Subscriber::connect_with(at, options)?)
 }
 
 /// Says a line to the parent.
@@ -113,9 +135,9 @@ fn report(stage: &str, frames: u64, took: Duration, extra: &str) -> Result<(), E
 
 /// The source: waits for its two subscribers and the parent's `go`, then
 /// writes `frames` frames.
-fn source(name: &str, frames: u64) -> Result<(), Error> {
-    let mut publisher = publisher(&format!("{name}.src"))?;
-    say("ready")?;
+fn source(name: &str, frames: u64, net: &str) -> Result<(), Error> {
+    let mut publisher = publisher(&format!("{name}.src"), net)?;
+    say(&format!("ready {}", address(&publisher)))?;
     let mut go = String::new();
     std::io::stdin().read_line(&mut go)?;
     let joined = publisher.wait_for_subscribers(2, Duration::from_secs(20));
@@ -136,10 +158,10 @@ fn source(name: &str, frames: u64) -> Result<(), Error> {
 
 /// The transform: reads the source's frames, checks each checksum, and
 /// writes each rewritten into a blob of its own channel.
-fn transform(name: &str, frames: u64) -> Result<(), Error> {
-    let mut input = subscribe(&format!("{name}.src"), "transform")?;
-    let mut output = publisher(&format!("{name}.out"))?;
-    say("ready")?;
+fn transform(name: &str, frames: u64, net: &str, src: &str) -> Result<(), Error> {
+    let mut input = subscribe(src, "transform")?;
+    let mut output = publisher(&format!("{name}.out"), net)?;
+    say(&format!("ready {}", address(&output)))?;
     if output.wait_for_subscribers(1, Duration::from_secs(20)) < 1 {
         return Err("the sink did not join".into());
     }
@@ -170,9 +192,9 @@ fn transform(name: &str, frames: u64) -> Result<(), Error> {
 }
 
 /// The sink: checks every frame's sequence number, checksum and bytes.
-fn sink(name: &str, frames: u64) -> Result<(), Error> {
-    let mut input = subscribe(&format!("{name}.out"), "sink")?;
-    say("ready")?;
+fn sink(frames: u64, out: &str) -> Result<(), Error> {
+    let mut input = subscribe(out, "sink")?;
+    say("ready -")?;
     let mut t0 = None;
     for want in 0..frames {
         let frame = input.recv()?;
@@ -204,9 +226,9 @@ fn sink(name: &str, frames: u64) -> Result<(), Error> {
 
 /// The monitor: reads what it can of the source's channel, checks each
 /// frame it sees, and counts the ones its policy dropped.
-fn monitor(name: &str) -> Result<(), Error> {
-    let mut input = subscribe(&format!("{name}.src"), "monitor")?;
-    say("ready")?;
+fn monitor(src: &str) -> Result<(), Error> {
+    let mut input = subscribe(src, "monitor")?;
+    say("ready -")?;
     let (mut seen, mut missed, mut next) = (0u64, 0u64, 0u64);
     let mut t0 = None;
     loop {
@@ -243,12 +265,17 @@ struct Stage {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: std::io::Lines<BufReader<ChildStdout>>,
+    /// Where its subscribers connect (a publishing stage).
+    at: String,
 }
 
 impl Stage {
-    fn spawn(role: &'static str, name: &str, frames: u64) -> Result<Stage, Error> {
+    /// Starts `role` with `args` (`name frames net at`), and waits until it
+    /// is ready.
+    fn spawn(role: &'static str, args: &[&str]) -> Result<Stage, Error> {
         let mut child = Command::new(std::env::current_exe()?)
-            .args(["--role", role, name, &frames.to_string()])
+            .args(["--role", role])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
@@ -259,10 +286,15 @@ impl Stage {
             child,
             stdin,
             lines,
+            at: String::new(),
         };
-        match stage.line()?.as_str() {
-            "ready" => Ok(stage),
-            other => Err(format!("{role}: {other}").into()),
+        let line = stage.line()?;
+        match line.strip_prefix("ready ") {
+            Some(at) => {
+                stage.at = at.to_string();
+                Ok(stage)
+            }
+            None => Err(format!("{role}: {line}").into()),
         }
     }
 
@@ -294,13 +326,15 @@ impl Drop for Stage {
     }
 }
 
-fn run(frames: u64) -> Result<(), Error> {
+fn run(frames: u64, net: &str) -> Result<(), Error> {
     let name = format!("isocall-pipeline-{}", std::process::id());
+    let n = frames.to_string();
     let t0 = Instant::now();
-    let mut source = Stage::spawn("source", &name, frames)?;
-    let transform = Stage::spawn("transform", &name, frames)?;
-    let sink = Stage::spawn("sink", &name, frames)?;
-    let monitor = Stage::spawn("monitor", &name, frames)?;
+    let mut source = Stage::spawn("source", &[&name, &n, net, "-"])?;
+    let src = source.at.clone();
+    let transform = Stage::spawn("transform", &[&name, &n, net, &src])?;
+    let sink = Stage::spawn("sink", &[&name, &n, net, &transform.at])?;
+    let monitor = Stage::spawn("monitor", &[&name, &n, net, &src])?;
     if let Some(mut go) = source.stdin.take() {
         writeln!(go, "go")?;
     }
@@ -313,7 +347,7 @@ fn run(frames: u64) -> Result<(), Error> {
         println!("{r}");
     }
     println!(
-        "{frames} frames of {FRAME} B through source -> transform -> sink (and a monitor) in {:.3} s",
+        "{frames} frames of {FRAME} B through source -> transform -> sink (and a monitor) over {net} in {:.3} s",
         t0.elapsed().as_secs_f64()
     );
     Ok(())
@@ -324,11 +358,12 @@ fn main() -> Result<(), Error> {
     if args.get(1).map(String::as_str) == Some("--role") {
         let (role, name) = (args[2].as_str(), args[3].as_str());
         let frames: u64 = args[4].parse()?;
+        let (net, at) = (args[5].as_str(), args[6].as_str());
         let done = match role {
-            "source" => source(name, frames),
-            "transform" => transform(name, frames),
-            "sink" => sink(name, frames),
-            "monitor" => monitor(name),
+            "source" => source(name, frames, net),
+            "transform" => transform(name, frames, net, at),
+            "sink" => sink(frames, at),
+            "monitor" => monitor(at),
             other => Err(format!("unknown role {other}").into()),
         };
         if let Err(e) = &done {
@@ -343,5 +378,6 @@ fn main() -> Result<(), Error> {
             .map_err(|_| format!("not a number of frames: {n}"))?,
         None => 1_000_000,
     };
-    run(frames)
+    let net = args.get(2).map_or("shm", String::as_str);
+    run(frames, net)
 }

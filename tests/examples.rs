@@ -117,3 +117,26 @@ fn pipeline_streams_frames_through_three_processes_and_a_monitor() {
     }
     assert!(stdout.contains("frames/s") && stdout.contains("dropped by its drop-oldest"));
 }
+
+#[test]
+fn pipeline_runs_unchanged_over_a_unix_stream_and_tcp() {
+    for net in ["unix-stream", "tcp"] {
+        let out = Command::new(example("pipeline"))
+            .args(["5000", net])
+            .output()
+            .expect("run pipeline");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "pipeline over {net} failed: {}\n{stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("sink: 5000 frames in")
+                && stdout.contains("every frame checked")
+                && stdout.contains(&format!("over {net}")),
+            "{stdout}"
+        );
+    }
+}

@@ -11,6 +11,11 @@
 //! not the type, a forged blob handle, bodies rewritten while they are
 //! read, a corrupt ring: each is a typed error for the subscriber (the
 //! message skipped, or the subscription over), never a panic or a hang.
+//!
+//! Shared memory only: every hostility here is written into a segment
+//! (a ring, a blob pool) that the other side maps. Over a stream socket
+//! there is no shared memory to scribble; its hostile peers send bytes
+//! that are no frame (tests/channel_stream_hostile.rs).
 
 mod hostile;
 

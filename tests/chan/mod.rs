@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use isocall::SocketName;
 use isocall::channel::{RecvError, Subscriber, SubscriberOptions};
+use isocall::rpc::Endpoint;
 
 use super::proc::Ctl;
 
@@ -199,14 +200,20 @@ pub fn params(s: &str) -> HashMap<String, String> {
 /// waits for `go` before it reads; receives (see [`receive`]) and says
 /// `done <tally>`.
 pub fn subscriber(arg: &str, ctl: &mut Ctl) {
+    let socket = SocketName::Abstract(params(arg).get("socket").cloned().unwrap_or_default());
+    subscriber_at(arg, ctl, Endpoint::shared_memory(socket));
+}
+
+/// The subscriber role, connecting to `at` (a shared-memory name or a
+/// stream address): as [`subscriber`], the other words the same.
+pub fn subscriber_at(arg: &str, ctl: &mut Ctl, at: Endpoint) {
     let p = params(arg);
     let get = |k: &str| p.get(k).cloned().unwrap_or_default();
     let num = |k: &str| get(k).parse::<u64>().unwrap_or(0);
-    let socket = SocketName::Abstract(get("socket"));
     let options = SubscriberOptions::default()
         .history(num("history") as u32)
         .label(get("label"));
-    let mut sub = match Subscriber::<Item>::connect_with(&socket, options) {
+    let mut sub = match Subscriber::<Item>::connect_with(at, options) {
         Ok(s) => s,
         Err(e) => {
             ctl.say(&format!("error {e}"));

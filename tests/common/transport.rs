@@ -126,6 +126,65 @@ impl Transport {
     }
 }
 
+/// Channels: a publisher of this transport, and where its subscribers
+/// connect.
+impl Transport {
+    /// A publisher builder on the shared-memory name `socket` that also
+    /// listens as this transport wants (a stream transport: a fresh
+    /// address of it; over TCP the policy says `Anyone`, or, TLS, allows
+    /// the test client's certificate). Its subscribers connect to
+    /// [`channel_at`](Self::channel_at).
+    pub fn publisher<T: isocall::rpc::Body>(
+        self,
+        socket: isocall::SocketName,
+    ) -> isocall::channel::PublisherBuilder<T> {
+        self.publisher_in(socket, None)
+    }
+
+    /// As [`publisher`](Self::publisher), in a process that uses the
+    /// PKI another process made in `pki` (TLS).
+    pub fn publisher_in<T: isocall::rpc::Body>(
+        self,
+        socket: isocall::SocketName,
+        pki: Option<&str>,
+    ) -> isocall::channel::PublisherBuilder<T> {
+        let _ = pki;
+        let b = isocall::channel::Publisher::<T>::builder(socket);
+        match self {
+            Transport::Shm => b,
+            Transport::UnixStream => b.listen(self.address("chan").as_str()),
+            Transport::Tcp | Transport::TcpLz4 => {
+                b.listen("tcp://127.0.0.1:0").policy(Policy::Anyone)
+            }
+            #[cfg(feature = "tls")]
+            Transport::Tls => {
+                let pki = pki.map_or_else(
+                    || super::pki::Pki::get().server(),
+                    |d| super::pki::Pki::at(d).server(),
+                );
+                b.listen("tcp://127.0.0.1:0")
+                    .tls(pki)
+                    .policy(Policy::Certificate(vec![
+                        isocall::stream::CertMatch::CommonName(super::pki::CLIENT_CN.into()),
+                    ]))
+            }
+            #[cfg(not(feature = "tls"))]
+            Transport::Tls => panic!("TLS needs the feature tls"),
+        }
+    }
+
+    /// Where a subscriber of this transport connects to `publisher`.
+    pub fn channel_at<T: isocall::rpc::Body>(
+        self,
+        publisher: &isocall::channel::Publisher<T>,
+    ) -> Endpoint {
+        match self {
+            Transport::Shm => Endpoint::shared_memory(publisher.socket().clone()),
+            _ => self.endpoint(&publisher.addresses()[0]),
+        }
+    }
+}
+
 /// A stream connection to `at` as transport `t` dials it, before any
 /// handshake of isocall's (under TLS for [`Transport::Tls`]).
 pub fn dial(t: Transport, at: &Endpoint) -> isocall::stream::Connection {

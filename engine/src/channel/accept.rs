@@ -93,14 +93,16 @@ pub(crate) struct Shared {
     /// each hello carries) and the publisher's handle on it.
     pub(crate) pool: Option<(Arc<SharedMem>, Arc<Pool<SharedRegion>>)>,
     arrivals: Mutex<Vec<Arrival>>,
-    /// Set when `arrivals` holds someone: one load on the send path.
+    /// Stream subscribers that finished their handshake.
+    pub(crate) stream_arrivals: Mutex<Vec<super::remote::outlet::StreamArrival>>,
+    /// Set when `arrivals` or `stream_arrivals` holds someone: one load on the send path.
     pub(crate) arrived: AtomicBool,
     /// Rung on each arrival.
     pub(crate) bell: EventFd,
     pub(crate) block: PubBlock,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -217,6 +219,7 @@ impl Shared {
             }),
             pool: s.pool,
             arrivals: Mutex::new(Vec::new()),
+            stream_arrivals: Mutex::new(Vec::new()),
             arrived: AtomicBool::new(false),
             bell: EventFd::new()?,
             block: s.block,
@@ -224,7 +227,7 @@ impl Shared {
     }
 
     /// A free id, taken (the lowest, or the pool's roster's choice).
-    fn lease(self: &Arc<Self>) -> Option<IdLease> {
+    pub(crate) fn lease(self: &Arc<Self>) -> Option<IdLease> {
         let mut ids = lock(&self.ids);
         let (id, member) = match &mut *ids {
             Ids::Plain(bits) => {
@@ -261,11 +264,16 @@ impl Shared {
     }
 
     /// The subscribers that arrived since the last call.
-    pub(crate) fn take_arrivals(&self) -> Vec<Arrival> {
-        // Cleared before the lock: an arrival pushed after the take sets
+    pub(crate) fn take_arrivals(
+        &self,
+    ) -> (Vec<Arrival>, Vec<super::remote::outlet::StreamArrival>) {
+        // Cleared before the locks: an arrival pushed after the take sets
         // it again.
         self.arrived.store(false, Ordering::Relaxed);
-        std::mem::take(&mut *lock(&self.arrivals))
+        (
+            std::mem::take(&mut *lock(&self.arrivals)),
+            std::mem::take(&mut *lock(&self.stream_arrivals)),
+        )
     }
 }
 

@@ -9,14 +9,16 @@ use isocall_blob::{Party, Pool, PoolConfig};
 
 use crate::WaitStrategy;
 use crate::rpc::body::Body;
-use crate::rpc::{Admission, Limits, Policy, TypeSig};
+use crate::rpc::{Admission, Compression, Endpoint, IntoEndpoint, Limits, Policy, TypeSig};
 use crate::segment::SegmentLayout;
+use crate::stream::{AddressError, Listener, Security};
 use crate::sys::{SharedMem, SocketName, listen_seqpacket, unlink_socket};
 
 use super::accept::{self, Chooser, MAX_SUBSCRIBERS, Setup, Shared, SubscriberInfo};
 use super::error::PublishError;
 use super::policy::Backpressure;
 use super::publisher::Publisher;
+use super::remote::accept::StreamSetup;
 use super::stats::PubBlock;
 
 /// Builds a [`Publisher`]: its name, who may subscribe, backpressure,
@@ -38,6 +40,13 @@ pub struct PublisherBuilder<T> {
     max_handshakes: usize,
     max_handshakes_per_uid: usize,
     blobs: PoolConfig,
+    /// Stream addresses to listen on too.
+    listen: Vec<Endpoint>,
+    /// The first address that did not parse.
+    bad_address: Option<AddressError>,
+    compression: Compression,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<crate::stream::TlsServer>>,
     _t: PhantomData<fn(&T)>,
 }
 
@@ -86,6 +95,11 @@ impl<T: Body> PublisherBuilder<T> {
             max_handshakes: 16,
             max_handshakes_per_uid: 8,
             blobs: PoolConfig::new(),
+            listen: Vec::new(),
+            bad_address: None,
+            compression: Compression::Auto,
+            #[cfg(feature = "tls")]
+            tls: None,
             _t: PhantomData,
         }
     }
@@ -194,6 +208,47 @@ impl<T: Body> PublisherBuilder<T> {
         self
     }
 
+    /// Listens on the stream address `address` too (`tcp://host:port`,
+    /// `unix:/path`, `unix-stream:@name`; a TCP port 0 picks a free port,
+    /// see [`Publisher::addresses`]), beside the shared-memory name; may
+    /// be called for several. A [`Subscriber`](super::Subscriber) that
+    /// connects there gets the same messages, copied over the socket
+    /// (blobs inline), under the same policy, caps and backpressure.
+    ///
+    /// A TCP subscriber has no credentials: without TLS
+    /// ([`tls`](Self::tls)) a TCP address needs the policy
+    /// [`Policy::Anyone`], said explicitly, or [`create`](Self::create)
+    /// refuses to start.
+    #[must_use]
+    pub fn listen(mut self, address: impl IntoEndpoint) -> Self {
+        match address.into_endpoint() {
+            Ok(e) => self.listen.push(e),
+            Err(e) => {
+                self.bad_address.get_or_insert(e);
+            }
+        }
+        self
+    }
+
+    /// TLS on the publisher's TCP addresses (feature `tls`): it presents
+    /// the certificate of `tls`, and requires and checks subscribers'
+    /// certificates if `tls` has a client CA; the policy then sees each
+    /// subscriber's certificate ([`Policy::Certificate`]).
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn tls(mut self, tls: crate::stream::TlsServer) -> Self {
+        self.tls = Some(Arc::new(tls));
+        self
+    }
+
+    /// Whether lz4 is granted to stream subscribers that ask for it
+    /// (default [`Compression::Auto`]: granted; `Off`: refused).
+    #[must_use]
+    pub fn compression(mut self, c: Compression) -> Self {
+        self.compression = c;
+        self
+    }
+
     /// Listens, and starts the accept thread.
     ///
     /// # Errors
@@ -203,8 +258,33 @@ impl<T: Body> PublisherBuilder<T> {
     /// [`MAX_SUBSCRIBERS`]; [`PublishError::Layout`] for a ring capacity
     /// that is not a power of two from 4 KiB to 1 GiB;
     /// [`PublishError::Blobs`] for a blob pool configuration that is not
-    /// valid; [`PublishError::Io`] if the OS refuses a thread or memory.
-    pub fn create(self) -> Result<Publisher<T>, PublishError> {
+    /// valid; [`PublishError::Io`] if the OS refuses a thread or memory;
+    /// for stream addresses, [`PublishError::Address`],
+    /// [`PublishError::TcpPolicy`] and [`PublishError::Stream`] (an
+    /// address that cannot be listened on).
+    pub fn create(mut self) -> Result<Publisher<T>, PublishError> {
+        if let Some(e) = self.bad_address.take() {
+            return Err(e.into());
+        }
+        #[cfg(feature = "tls")]
+        let tls = self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        let tls = false;
+        let mut stream_addresses = Vec::new();
+        for e in std::mem::take(&mut self.listen) {
+            let Some(a) = e.stream_address() else {
+                return Err(PublishError::Address(AddressError::UnknownScheme {
+                    address: format!("{e} (a publisher listens on one shared-memory name)"),
+                }));
+            };
+            if a.is_tcp() && !self.policy.admits(false, tls) {
+                return Err(PublishError::TcpPolicy {
+                    address: a.to_string(),
+                    tls,
+                });
+            }
+            stream_addresses.push(a.clone());
+        }
         let bad = |what| Err(PublishError::BadLimit { what });
         if !(1..=MAX_SUBSCRIBERS).contains(&self.max_subscribers)
             || !(1..=MAX_SUBSCRIBERS).contains(&self.max_subscribers_per_uid)
@@ -260,9 +340,54 @@ impl<T: Body> PublisherBuilder<T> {
             block,
             pool,
         })?);
+        let stream = if stream_addresses.is_empty() {
+            None
+        } else {
+            #[cfg(feature = "tls")]
+            let security = match &self.tls {
+                Some(t) => Security::Tls(t.clone()),
+                None => Security::Anyone,
+            };
+            #[cfg(not(feature = "tls"))]
+            let security = Security::Anyone;
+            let listener = match Listener::bind(&stream_addresses, security) {
+                Ok(l) => l,
+                Err(e) => {
+                    unlink_socket(&self.socket);
+                    return Err(e.into());
+                }
+            };
+            let bound: Vec<Endpoint> = listener
+                .addresses()
+                .into_iter()
+                .map(Endpoint::stream)
+                .collect();
+            let setup = StreamSetup {
+                listener,
+                compression: self.compression,
+                max_payload: isocall_ringbuf::max_payload(cap),
+                pool: (!self.blobs.is_empty()).then_some(self.blobs),
+                send_buffer: cap,
+                tcp_tls: tls,
+            };
+            let spawned = super::remote::pump::Pump::start()
+                .and_then(|p| Ok((super::remote::accept::spawn(shared.clone(), setup)?, p)));
+            match spawned {
+                Ok((t, pump)) => Some((t, bound, pump)),
+                Err(e) => {
+                    unlink_socket(&self.socket);
+                    return Err(e.into());
+                }
+            }
+        };
         let accept = match accept::spawn(shared.clone(), listener) {
             Ok(t) => t,
             Err(e) => {
+                // The stream listener's thread stops too.
+                shared
+                    .stopping
+                    .store(true, std::sync::atomic::Ordering::Release);
+                let _ = shared.stop.notify();
                 unlink_socket(&self.socket);
                 return Err(e.into());
             }
@@ -271,6 +396,7 @@ impl<T: Body> PublisherBuilder<T> {
         Ok(Publisher::new(
             shared,
             accept,
+            stream,
             pool_handle,
             self.history,
             cap,

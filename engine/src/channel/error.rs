@@ -11,6 +11,7 @@ use crate::rpc::{
     EncodeError, FrameError, HandshakeError, PolicyRefusal, Refusal, TypeSig, ValidationError,
 };
 use crate::segment::SegmentError;
+use crate::stream::{AddressError, StreamError};
 
 /// Why a publisher closed a subscriber's connection: what the subscriber
 /// learns once it has read every message the publisher had published to
@@ -129,6 +130,15 @@ pub enum SubscribeError {
     /// An OS error during the handshake.
     #[error("handshake: {0}")]
     Io(#[from] io::Error),
+    /// The address does not parse (a string given to
+    /// [`Subscriber::connect`](super::Subscriber::connect)).
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    /// The stream connection to a publisher's address failed (its TLS
+    /// handshake included: an untrusted certificate is refused here), or
+    /// its handshake frames were malformed.
+    #[error("stream: {0}")]
+    Stream(#[from] StreamError),
 }
 
 /// Why a publisher could not be created.
@@ -161,6 +171,26 @@ pub enum PublishError {
     /// The OS refused a thread, an eventfd or memory.
     #[error("publisher: {0}")]
     Io(#[from] io::Error),
+    /// A stream address does not parse.
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    /// A stream address could not be listened on.
+    #[error("stream listener: {0}")]
+    Stream(#[from] StreamError),
+    /// A TCP address with a policy that cannot admit a TCP subscriber: a
+    /// TCP peer has no credentials, so without TLS only
+    /// [`Policy::Anyone`](crate::rpc::Policy::Anyone), said explicitly,
+    /// lets one in (with TLS, a certificate policy).
+    #[error(
+        "refusing to publish on {address}: a TCP subscriber has no credentials, so the policy must be Anyone{}",
+        if *tls { " or decide by certificate" } else { " (or use TLS)" }
+    )]
+    TcpPolicy {
+        /// The TCP address.
+        address: String,
+        /// Whether the publisher has TLS.
+        tls: bool,
+    },
 }
 
 /// Why a message was not sent. A failed send delivered the message to no
@@ -231,6 +261,21 @@ pub enum RecvError {
     /// handle, or no pool); the message was skipped.
     #[error("a blob of the message: {0}")]
     Blob(#[from] BlobError),
+    /// The stream connection to the publisher failed: a malformed,
+    /// truncated or oversized frame, a TLS error, an OS error. The
+    /// subscription is over (the messages read before it were whole).
+    #[error("stream: {0}")]
+    Stream(StreamError),
+}
+
+impl From<StreamError> for RecvError {
+    fn from(e: StreamError) -> Self {
+        match e {
+            StreamError::PeerDied => RecvError::PeerDied,
+            StreamError::Timeout => RecvError::Timeout,
+            other => RecvError::Stream(other),
+        }
+    }
 }
 
 impl From<TransportError> for RecvError {

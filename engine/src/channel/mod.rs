@@ -26,6 +26,39 @@
 //! that join late and ask for it. Counters per subscriber and per
 //! publisher live in shared memory for `isocall inspect` (see [`stats`]).
 //!
+//! A publisher may also listen on stream addresses beside its name
+//! ([`PublisherBuilder::listen`]: `tcp://host:port`, `unix:/path`,
+//! `unix-stream:@name`, with TLS and lz4 negotiated as for calls), and a
+//! subscriber connects to one with the same [`Subscriber::connect`]: only
+//! the address says which transport runs. Over a stream socket each
+//! message (and its blobs, copied inline) is framed by the socket
+//! transport ([`crate::stream`]) and arrives in the subscriber's own
+//! memory; the subscriber's send buffer in the publisher takes the place
+//! of its ring, so the backpressure policies, history and the ends
+//! (`PeerDied`, `Closed`) keep their meaning. Admission is a server's: a
+//! Unix socket's credentials, a TCP peer's IP address and TLS
+//! certificate; a TCP address without TLS needs
+//! [`Policy::Anyone`](crate::rpc::Policy::Anyone) said explicitly. A
+//! stream subscriber's counters live in the publisher's process
+//! ([`Publisher::subscriber_stats`]), not in a segment for `isocall
+//! inspect`.
+//!
+//! ```
+//! # use std::time::Duration;
+//! # use isocall_engine::channel::{Publisher, Subscriber};
+//! # use isocall_engine::SocketName;
+//! # #[derive(rkyv::Archive, rkyv::Serialize, isocall_schema::Schema)]
+//! # #[schema(crate = "isocall_schema")]
+//! # struct Tick { seq: u64 }
+//! let name = SocketName::Abstract(format!("doc-stream-{}", std::process::id()));
+//! let addr = format!("unix-stream:@doc-stream-{}.s", std::process::id());
+//! let mut publisher = Publisher::<Tick>::builder(name).listen(addr.as_str()).create().unwrap();
+//! let mut subscriber = Subscriber::<Tick>::connect(addr.as_str()).unwrap();
+//! publisher.wait_for_subscribers(1, Duration::from_secs(5));
+//! publisher.send(&Tick { seq: 3 }).unwrap();
+//! assert_eq!(subscriber.recv().unwrap().seq, 3);
+//! ```
+//!
 //! A channel may also be published lossy, to a UDP address, one datagram
 //! per message: see [`udp`].
 //!
@@ -72,6 +105,7 @@ mod loan;
 mod outlet;
 mod policy;
 mod publisher;
+mod remote;
 mod sample;
 pub mod stats;
 mod subscriber;

@@ -31,6 +31,15 @@
 //! [`Publisher::wait_for_subscribers`]. A publisher that sends nothing for
 //! a while should call `poll` now and then (a late subscriber gets its
 //! history then).
+//!
+//! Stream subscribers (see [`PublisherBuilder::listen`]) get the same
+//! frame, copied into their connection's send buffer (the ring capacity
+//! in bytes) with their blobs' bytes inline; a full buffer is a full ring
+//! to their policy, and a backlog holds whole messages. What the socket
+//! does not take at once is sent by the publisher's pump thread, so it
+//! reaches the subscriber while the publisher is quiet; a stream
+//! subscriber's hang-up or garbage is noticed at `poll` (or a failed
+//! send), and it is closed with its reason in a last frame.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -56,6 +65,9 @@ use super::kept::Kept;
 use super::loan::{BlobLoan, Loan};
 use super::outlet::{Fate, Outlet, release_frame};
 use super::policy::Backpressure;
+use super::remote::outlet::StreamOutlet;
+use super::remote::pump::Pump;
+use super::remote::{Msg, Queued};
 use super::stats::{PubWord, PublisherStats, SubscriberStats};
 use super::{FLAG_HISTORY, MESSAGE};
 
@@ -125,7 +137,18 @@ pub struct Publisher<T: Body> {
 pub(crate) struct Core<T: Body> {
     shared: Arc<Shared>,
     accept: Option<JoinHandle<()>>,
+    /// The stream listener's thread, if the publisher listens on stream
+    /// addresses.
+    stream_accept: Option<JoinHandle<()>>,
+    /// The stream addresses listened on (TCP ports as bound).
+    addresses: Vec<crate::rpc::Endpoint>,
     subs: Vec<Outlet>,
+    /// Subscribers over a stream socket.
+    streams: Vec<StreamOutlet>,
+    /// Sends what stream sockets did not take, and closes closed stream
+    /// subscribers (with a stream listener only). Dropped after the
+    /// subscribers.
+    pump: Option<Pump>,
     /// Subscribers the publisher closed that have not let go yet: they
     /// keep their id (and their blob pool party) until then.
     closing: Vec<Outlet>,
@@ -156,7 +179,7 @@ impl<T: Body> std::fmt::Debug for Publisher<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Publisher")
             .field("socket", &self.core.shared.socket)
-            .field("subscribers", &self.core.subs.len())
+            .field("subscribers", &self.core.count())
             .field("seq", &self.core.seq)
             .finish_non_exhaustive()
     }
@@ -190,6 +213,19 @@ fn encode_frame<T: Body>(
     Ok(body_at + n)
 }
 
+/// A history frame as a stream subscriber gets it: the payload marked as
+/// history, with its blobs' bytes (read from the kept blobs it names);
+/// `None` if a blob is no longer there.
+fn stream_message(f: &[u8], kept: Option<&Kept>) -> Option<Queued> {
+    let mut payload = f.to_vec();
+    mark_history(&mut payload);
+    let mut blobs = Vec::new();
+    for h in super::outlet::frame_handles(f) {
+        blobs.push(kept?.bytes(&h)?.to_vec());
+    }
+    Some(Arc::new(Msg { payload, blobs }))
+}
+
 /// Marks a frame payload as a history message (its head's status word).
 fn mark_history(payload: &mut [u8]) {
     if let Some(w) = payload.get_mut(12..16) {
@@ -198,20 +234,30 @@ fn mark_history(payload: &mut [u8]) {
 }
 
 impl<T: Body> Publisher<T> {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         shared: Arc<Shared>,
         accept: JoinHandle<()>,
+        stream: Option<(JoinHandle<()>, Vec<crate::rpc::Endpoint>, Pump)>,
         pool: Option<Arc<Pool<SharedRegion>>>,
         history: usize,
         ring_capacity: usize,
         send_timeout: Duration,
         linger: Duration,
     ) -> Publisher<T> {
+        let (stream_accept, addresses, pump) = match stream {
+            Some((t, a, p)) => (Some(t), a, Some(p)),
+            None => (None, Vec::new(), None),
+        };
         Publisher {
             core: Core {
                 shared,
                 accept: Some(accept),
+                stream_accept,
+                addresses,
                 subs: Vec::new(),
+                streams: Vec::new(),
+                pump,
                 closing: Vec::new(),
                 departed: Vec::new(),
                 history: History::new(history),
@@ -248,6 +294,13 @@ impl<T: Body> Publisher<T> {
     /// The socket it listens on.
     pub fn socket(&self) -> &SocketName {
         &self.core.shared.socket
+    }
+
+    /// The stream addresses it listens on too (see
+    /// [`PublisherBuilder::listen`]), TCP ports as bound: what a
+    /// [`Subscriber`](super::Subscriber) connects to over a socket.
+    pub fn addresses(&self) -> &[crate::rpc::Endpoint] {
+        &self.core.addresses
     }
 
     /// Sends `msg` to every subscriber, waiting for a blocking subscriber
@@ -336,14 +389,16 @@ impl<T: Body> Publisher<T> {
         self.core.poll()
     }
 
-    /// Messages queued outside the rings now, over every subscriber.
+    /// Messages queued outside the rings (and stream send buffers) now,
+    /// over every subscriber.
     pub fn queued(&self) -> usize {
-        self.core.subs.iter().map(|s| s.backlog.len()).sum()
+        self.core.queued()
     }
 
     /// Delivers what is queued for the subscribers, waiting for room up to
     /// `timeout` (subscribers closed meanwhile by their policy count as
-    /// delivered).
+    /// delivered). A stream subscriber's messages are delivered once its
+    /// socket has taken them all.
     ///
     /// # Errors
     ///
@@ -360,22 +415,27 @@ impl<T: Body> Publisher<T> {
         loop {
             self.core.poll();
             let now = Instant::now();
-            if self.core.subs.len() >= n || now >= deadline {
-                return self.core.subs.len();
+            if self.core.count() >= n || now >= deadline {
+                return self.core.count();
             }
             let _ = self.core.shared.bell.wait(Some(deadline - now));
         }
     }
 
-    /// Subscribers connected now (the ones adopted so far).
+    /// Subscribers connected now (the ones adopted so far), over shared
+    /// memory and stream sockets.
     pub fn subscribers(&self) -> usize {
-        self.core.subs.len()
+        self.core.count()
     }
 
     /// Sets the backpressure policy of subscriber `id`; false if there is
     /// no such subscriber.
     pub fn set_backpressure(&mut self, id: u32, policy: Backpressure) -> bool {
-        match self.core.subs.iter_mut().find(|s| s.info.id == id) {
+        if let Some(s) = self.core.subs.iter_mut().find(|s| s.info.id == id) {
+            s.set_policy(policy);
+            return true;
+        }
+        match self.core.streams.iter_mut().find(|s| s.info.id == id) {
             Some(s) => {
                 s.set_policy(policy);
                 true
@@ -384,9 +444,13 @@ impl<T: Body> Publisher<T> {
         }
     }
 
-    /// The counters of each subscriber connected now.
+    /// The counters of each subscriber connected now. A shared-memory
+    /// subscriber's are mirrored in its segment too (for `isocall
+    /// inspect`); a stream subscriber's live only in this process.
     pub fn subscriber_stats(&self) -> Vec<SubscriberStats> {
-        self.core.subs.iter().map(Outlet::stats).collect()
+        let shm = self.core.subs.iter().map(Outlet::stats);
+        shm.chain(self.core.streams.iter().map(StreamOutlet::stats))
+            .collect()
     }
 
     /// The publisher's totals.
@@ -402,6 +466,17 @@ impl<T: Body> Publisher<T> {
 }
 
 impl<T: Body> Core<T> {
+    /// Subscribers connected, over either transport.
+    fn count(&self) -> usize {
+        self.subs.len() + self.streams.len()
+    }
+
+    /// Messages queued outside the rings and send buffers.
+    fn queued(&self) -> usize {
+        self.subs.iter().map(|s| s.backlog.len()).sum::<usize>()
+            + self.streams.iter().map(|s| s.queue.len()).sum::<usize>()
+    }
+
     #[inline]
     pub(crate) fn adopt_if_arrived(&mut self) {
         if self.shared.arrived.load(Ordering::Relaxed) {
@@ -413,6 +488,7 @@ impl<T: Body> Core<T> {
     fn send(&mut self, msg: &T, mut until: Until) -> Result<(), SendError> {
         self.adopt_if_arrived();
         if self.subs.len() == 1
+            && self.streams.is_empty()
             && !self.history.is_on()
             && let Some(r) = self.send_in_place(msg, &mut until)
         {
@@ -547,6 +623,19 @@ impl<T: Body> Core<T> {
                 return Err(e);
             }
         }
+        for sub in self.streams.iter_mut().filter(|s| s.policy.blocks()) {
+            if let Err(e) = sub.make_room(n, until) {
+                self.settle();
+                return Err(e);
+            }
+        }
+        // Stream subscribers get the blobs' bytes (copied inline), taken
+        // before the blobs are shared.
+        let stream_blobs: Vec<Vec<u8>> = if self.streams.is_empty() {
+            Vec::new()
+        } else {
+            blobs.iter().map(|b| b.to_vec()).collect()
+        };
         if !blobs.is_empty() {
             self.share_blobs(n, blobs)?;
         }
@@ -557,6 +646,19 @@ impl<T: Body> Core<T> {
                 sub.write(payload);
             } else {
                 sub.deliver(payload, &mut self.kept);
+            }
+        }
+        if !self.streams.is_empty() {
+            let m: Queued = Arc::new(Msg {
+                payload: payload.to_vec(),
+                blobs: stream_blobs,
+            });
+            let check = self.seq.is_multiple_of(256);
+            for sub in &mut self.streams {
+                sub.deliver(&m);
+                if check {
+                    sub.check_peer();
+                }
             }
         }
         if self.history.is_on() {
@@ -635,9 +737,25 @@ impl<T: Body> Core<T> {
     /// Adopts the subscribers the accept thread handshook: each gets the
     /// history it asked for (as much as is kept), before any new message.
     fn adopt(&mut self) {
-        let arrivals = self.shared.take_arrivals();
-        if arrivals.is_empty() {
+        let (arrivals, streams) = self.shared.take_arrivals();
+        if arrivals.is_empty() && streams.is_empty() {
             return;
+        }
+        for a in streams {
+            let want = a.history as usize;
+            let Some(pump) = &self.pump else {
+                continue;
+            };
+            let mut sub = StreamOutlet::from_arrival(a, pump.kick());
+            for f in self.history.last(want) {
+                match stream_message(f, self.kept.as_ref()) {
+                    Some(m) => sub.queue_history(m),
+                    None => sub.dropped += 1,
+                }
+            }
+            sub.flush_queue();
+            self.totals.joined += 1;
+            self.streams.push(sub);
         }
         for a in arrivals {
             let want = a.history as usize;
@@ -701,6 +819,28 @@ impl<T: Body> Core<T> {
                 }
             }
         }
+        let mut j = 0;
+        while j < self.streams.len() {
+            let Some(fate) = self.streams[j].fate.take() else {
+                j += 1;
+                continue;
+            };
+            changed = true;
+            let s = self.streams.swap_remove(j);
+            self.totals.left += 1;
+            self.totals.dropped += s.dropped;
+            match fate {
+                Fate::Dead => {
+                    tracing::debug!(id = s.info.id, "stream subscriber left");
+                    s.finish();
+                }
+                Fate::Close(reason) => {
+                    tracing::debug!(id = s.info.id, %reason, "stream subscriber closed");
+                    self.totals.disconnected += 1;
+                    s.close(reason);
+                }
+            }
+        }
         let mut k = 0;
         while k < self.closing.len() {
             if self.closing[k].conn.peer_left() {
@@ -732,12 +872,14 @@ impl<T: Body> Core<T> {
 
     fn mirror_totals(&self) {
         let b = &self.shared.block;
-        b.set(PubWord::Subscribers, self.subs.len() as u64);
+        b.set(PubWord::Subscribers, self.count() as u64);
         b.set(PubWord::Joined, self.totals.joined);
         b.set(PubWord::Left, self.totals.left);
         b.set(
             PubWord::Dropped,
-            self.totals.dropped + self.subs.iter().map(|s| s.dropped).sum::<u64>(),
+            self.totals.dropped
+                + self.subs.iter().map(|s| s.dropped).sum::<u64>()
+                + self.streams.iter().map(|s| s.dropped).sum::<u64>(),
         );
         b.set(PubWord::Disconnected, self.totals.disconnected);
         b.set(PubWord::Sent, self.seq);
@@ -754,24 +896,48 @@ impl<T: Body> Core<T> {
             }
             s.check_deadline();
         }
+        for s in &mut self.streams {
+            s.check_peer();
+            if !s.queue.is_empty() {
+                s.flush_queue();
+            }
+            s.check_deadline();
+        }
         self.settle();
         self.mirror_totals();
-        self.subs.iter().map(|s| s.backlog.len()).sum()
+        self.queued()
     }
 
     fn flush(&mut self, timeout: Duration) -> Result<(), SendError> {
         let deadline = crate::deadline_in(timeout);
         loop {
             if self.poll() == 0 {
+                // Stream subscribers: until their sockets took it all.
+                for s in &mut self.streams {
+                    s.flush_socket(deadline)?;
+                }
                 return Ok(());
+            }
+            // Wait at most until the next deadline check of a
+            // `Disconnect` subscriber is due.
+            let slice = deadline.min(Instant::now() + Duration::from_millis(10));
+            if let Some(s) = self.streams.iter_mut().find(|s| !s.queue.is_empty()) {
+                match s.wait_room(slice) {
+                    Ok(()) => {}
+                    Err(crate::stream::StreamError::Timeout) if Instant::now() >= deadline => {
+                        return Err(SendError::Timeout {
+                            subscriber: s.info.id,
+                        });
+                    }
+                    Err(crate::stream::StreamError::Timeout) => {}
+                    Err(e) => s.fail(&e),
+                }
+                continue;
             }
             let Some(s) = self.subs.iter_mut().find(|s| !s.backlog.is_empty()) else {
                 return Ok(());
             };
             let need = s.backlog.front().map_or(0, <[u8]>::len);
-            // Wait at most until the next deadline check of a
-            // `Disconnect` subscriber is due.
-            let slice = deadline.min(Instant::now() + Duration::from_millis(10));
             match s.conn.tx.reserve(MESSAGE, need, Some(slice)) {
                 Ok(_) => {}
                 Err(crate::endpoint::TransportError::Timeout) if Instant::now() >= deadline => {
@@ -798,9 +964,13 @@ impl<T: Body> Drop for Core<T> {
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }
+        if let Some(t) = self.stream_accept.take() {
+            let _ = t.join();
+        }
         // Subscribers that finished their handshake are closed like the
         // others.
         self.adopt();
+        let until = crate::deadline_in(self.linger);
         let _ = self.flush(self.linger);
         let kept = &mut self.kept;
         for mut s in std::mem::take(&mut self.subs) {
@@ -814,6 +984,13 @@ impl<T: Body> Drop for Core<T> {
         for s in std::mem::take(&mut self.closing) {
             s.abandon();
         }
+        // Stream subscribers: what is still unsent, then the reason,
+        // within what is left of the linger.
+        for s in std::mem::take(&mut self.streams) {
+            s.close_by(CloseReason::PublisherClosed, until);
+        }
+        // The pump (a field) stops after this, closing what it still
+        // holds.
         self.mirror_totals();
         unlink_socket(&self.shared.socket);
         tracing::debug!(channel = %self.shared.channel, "publisher closed");

@@ -11,11 +11,30 @@
 
 use std::ops::Range;
 
-use isocall_blob::SharedBlob;
+use isocall_blob::{Blob, SharedBlob};
 use isocall_ringbuf::SharedRegion;
 
 use crate::endpoint::RxFrame;
 use crate::rpc::body::{Body, Checked};
+
+/// One blob of a sample: shared in the channel's pool (shared memory), or
+/// a blob of the stream connection's own pool, its bytes copied in as
+/// the message arrived.
+pub(crate) enum SampleBlob<'a> {
+    Shared(SharedBlob<'a, SharedRegion>),
+    Local(Blob<'a, SharedRegion>),
+}
+
+impl std::ops::Deref for SampleBlob<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            SampleBlob::Shared(b) => b,
+            SampleBlob::Local(b) => b,
+        }
+    }
+}
 
 /// Where a sample's body is.
 pub(crate) enum Source<'a, T: Body> {
@@ -27,13 +46,15 @@ pub(crate) enum Source<'a, T: Body> {
 }
 
 /// A message received from a channel: derefs to the archived value, and
-/// holds the message's blobs, read in place in the channel's pool. It
+/// holds the message's blobs, read in place in the channel's pool (over
+/// a stream socket: in the connection's own pool, where they were copied
+/// as they arrived). It
 /// borrows its subscriber; drop it before the next receive. Dropping it
 /// gives up this subscriber's references to the blobs (the last holder's
 /// drop frees a blob's slot).
 pub struct Sample<'a, T: Body> {
     src: Source<'a, T>,
-    blobs: Vec<SharedBlob<'a, SharedRegion>>,
+    blobs: Vec<SampleBlob<'a>>,
     seq: u64,
     history: bool,
 }
@@ -41,7 +62,7 @@ pub struct Sample<'a, T: Body> {
 impl<'a, T: Body> Sample<'a, T> {
     pub(crate) fn new(
         src: Source<'a, T>,
-        blobs: Vec<SharedBlob<'a, SharedRegion>>,
+        blobs: Vec<SampleBlob<'a>>,
         seq: u64,
         history: bool,
     ) -> Self {

@@ -17,7 +17,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use isocall_blob::{BlobError, Party, Pool, SharedBlob, SharedHandle};
+use isocall_blob::{BlobError, Party, Pool, SharedHandle};
 use isocall_ringbuf::SharedRegion;
 
 use crate::WaitStrategy;
@@ -25,8 +25,9 @@ use crate::endpoint::{RxFrame, TransportError};
 use crate::rpc::body::{self, Body, Checked, Inbox};
 use crate::rpc::handshake::{self, REFUSED};
 use crate::rpc::wire;
-use crate::rpc::{HandshakeError, Policy, TypeSig};
+use crate::rpc::{HandshakeError, IntoEndpoint, Policy, TypeSig};
 use crate::segment::{Segment, Side};
+use crate::stream::{StreamRx, StreamTx};
 use crate::sys::{
     Doorbell, PeerCred, SharedMem, SocketName, connect_seqpacket, peer_cred, recv_message,
     send_with_fds,
@@ -35,7 +36,8 @@ use crate::sys::{
 use super::conn::Conn;
 use super::error::{ChannelTypeMismatch, CloseReason, RecvError, SubscribeError};
 use super::hello::{self, CHANNEL_VERSION, HELLO, MISMATCH};
-use super::sample::{Sample, Source};
+use super::remote;
+use super::sample::{Sample, SampleBlob, Source};
 use super::stats::{self, SubscriberStats};
 use super::{FLAG_HISTORY, MESSAGE};
 
@@ -43,7 +45,8 @@ use super::{FLAG_HISTORY, MESSAGE};
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct SubscriberOptions {
-    /// How `recv` waits for a message (default `Adaptive`).
+    /// How `recv` waits for a message (default `Adaptive`). Over a stream
+    /// socket a receive sleeps in the socket, whatever the strategy.
     pub strategy: WaitStrategy,
     /// How long the handshake may take (default 5 s).
     pub handshake_timeout: Duration,
@@ -116,13 +119,36 @@ enum End {
     Closed(CloseReason),
 }
 
+/// How a subscriber is connected.
+enum Via {
+    /// Its own segment and ring.
+    Shm {
+        /// `None` once the subscription is over and this side let go.
+        conn: Option<Conn>,
+        segment: Arc<Segment>,
+        /// The channel's blob pool, as this subscriber's party, if it has
+        /// one.
+        pool: Option<Pool<SharedRegion>>,
+    },
+    /// A stream socket: frames copied, blobs inline into the
+    /// connection's own pool.
+    Stream {
+        /// Kept open: the publisher reads its end as this subscriber's
+        /// hang-up.
+        _tx: StreamTx,
+        rx: StreamRx,
+        pool: Option<Arc<Pool<SharedRegion>>>,
+    },
+}
+
 /// Receives messages of type `T` from a channel's publisher.
+///
+/// It connects to a publisher's shared-memory name (its own ring) or to
+/// one of its stream addresses (`tcp://host:port`, `unix:/path`,
+/// `unix-stream:@name`): the API is the same, and only the address says
+/// which.
 pub struct Subscriber<T: Body> {
-    /// `None` once the subscription is over and this side let go.
-    conn: Option<Conn>,
-    segment: Arc<Segment>,
-    /// The channel's blob pool, as this subscriber's party, if it has one.
-    pool: Option<Pool<SharedRegion>>,
+    via: Via,
     inbox: Inbox,
     trusted: bool,
     /// Set when a receive found the subscription over.
@@ -144,16 +170,19 @@ impl<T: Body> std::fmt::Debug for Subscriber<T> {
 }
 
 impl<T: Body> Subscriber<T> {
-    /// Connects to the publisher on `socket` with the default options.
+    /// Connects to the publisher at `at` with the default options: a
+    /// shared-memory name (a [`SocketName`], `@name`, a path) or a stream
+    /// address (`tcp://host:port`, `unix:/path`, `unix-stream:@name`, or
+    /// an [`Endpoint`](crate::rpc::Endpoint) with TLS and compression).
     ///
     /// # Errors
     ///
     /// As [`connect_with`](Self::connect_with).
-    pub fn connect(socket: &SocketName) -> Result<Subscriber<T>, SubscribeError> {
-        Self::connect_with(socket, SubscriberOptions::default())
+    pub fn connect(at: impl IntoEndpoint) -> Result<Subscriber<T>, SubscribeError> {
+        Self::connect_with(at, SubscriberOptions::default())
     }
 
-    /// Connects to the publisher on `socket`.
+    /// Connects to the publisher at `at` (see [`connect`](Self::connect)).
     ///
     /// # Errors
     ///
@@ -161,8 +190,40 @@ impl<T: Body> Subscriber<T> {
     /// [`SubscribeError::TypeMismatch`] naming both types if the
     /// publisher sends another type; `Refused` (policy, caps, version),
     /// `PublisherRefused`, `VersionMismatch`, `Timeout`, `Handshake`,
-    /// `Segment` for the handshake's other failures.
+    /// `Segment` for the handshake's other failures; `Address` for a
+    /// string that is no address, `Stream` for a stream connection's
+    /// failure (TLS included).
     pub fn connect_with(
+        at: impl IntoEndpoint,
+        options: SubscriberOptions,
+    ) -> Result<Subscriber<T>, SubscribeError> {
+        let at = at.into_endpoint()?;
+        if let Some(address) = at.stream_address() {
+            let ours = TypeSig::of::<T>();
+            let l = super::remote::connect::connect(address, &at, &ours, &options)?;
+            return Ok(Subscriber {
+                via: Via::Stream {
+                    _tx: l.tx,
+                    rx: l.rx,
+                    pool: l.pool,
+                },
+                inbox: Inbox::new(),
+                trusted: false,
+                end: None,
+                id: l.id,
+                channel: address.to_string(),
+                publisher: l.publisher,
+                _t: PhantomData,
+            });
+        }
+        let socket = at
+            .shm_socket()
+            .expect("not a stream address")
+            .map_err(SubscribeError::Io)?;
+        Self::connect_shm(&socket, options)
+    }
+
+    fn connect_shm(
         socket: &SocketName,
         options: SubscriberOptions,
     ) -> Result<Subscriber<T>, SubscribeError> {
@@ -271,9 +332,11 @@ impl<T: Body> Subscriber<T> {
         send_with_fds(conn.sock.as_fd(), &[handshake::READY], &[], deadline)?;
         tracing::debug!(channel = %socket, id = accept.subscriber, publisher = ?publisher.pid, "subscribed");
         Ok(Subscriber {
-            conn: Some(conn),
-            segment,
-            pool,
+            via: Via::Shm {
+                conn: Some(conn),
+                segment,
+                pool,
+            },
             inbox: Inbox::new(),
             trusted: false,
             end: None,
@@ -293,6 +356,9 @@ impl<T: Body> Subscriber<T> {
     /// The publisher must write only valid archives of `T` and never write
     /// a frame after publishing it: an invalid archive read unchecked is
     /// undefined behaviour.
+    ///
+    /// Over a stream socket it changes nothing: a frame arrives in this
+    /// process's own memory, and its body is always checked.
     // SAFETY: the caller's promise (see `# Safety`) is what makes the
     // unchecked reads in `Sample` sound; this only records it.
     #[allow(unsafe_code)] // declares a contract; the unchecked read is in `sample`
@@ -348,13 +414,19 @@ impl<T: Body> Subscriber<T> {
     /// connection (the publisher then frees this subscriber's id).
     fn ended(&mut self) -> Option<RecvError> {
         let end = self.end?;
-        if let Some(conn) = self.conn.take() {
+        if let Via::Shm {
+            conn,
+            segment,
+            pool,
+        } = &mut self.via
+            && let Some(conn) = conn.take()
+        {
             // No sample lives (they borrow the subscriber): this side holds
             // nothing of the pool any more, and says so before it hangs up.
-            if let Some(pool) = &self.pool {
+            if let Some(pool) = pool {
                 pool.leave();
             }
-            self.segment.close_side(Side::Client);
+            segment.close_side(Side::Client);
             drop(conn);
         }
         Some(match end {
@@ -373,14 +445,22 @@ impl<T: Body> Subscriber<T> {
             return Err(self.ended().expect("the subscription is over"));
         }
         let Subscriber {
-            conn,
-            segment,
-            pool,
+            via,
             inbox,
             trusted,
             end,
             ..
         } = self;
+        let (conn, segment, pool) = match via {
+            Via::Shm {
+                conn,
+                segment,
+                pool,
+            } => (conn, segment, pool),
+            Via::Stream { rx, pool, .. } => {
+                return next_stream(rx, pool, inbox, end, deadline, wait);
+            }
+        };
         let Some(conn) = conn.as_mut() else {
             return Err(RecvError::PeerDied);
         };
@@ -427,9 +507,70 @@ impl<T: Body> Subscriber<T> {
     }
 
     /// The counters the publisher keeps for this subscriber (its words:
-    /// display only).
+    /// display only). `None` over a stream socket: there the publisher
+    /// keeps them in its own process (see
+    /// [`Publisher::subscriber_stats`](super::Publisher::subscriber_stats)).
     pub fn stats(&self) -> Option<SubscriberStats> {
-        stats::subscriber_stats(&self.segment)
+        match &self.via {
+            Via::Shm { segment, .. } => stats::subscriber_stats(segment),
+            Via::Stream { .. } => None,
+        }
+    }
+
+    /// Whether it is connected over a stream socket (not shared memory).
+    pub fn is_stream(&self) -> bool {
+        matches!(self.via, Via::Stream { .. })
+    }
+}
+
+/// The next message over a stream: as `Subscriber::next`, from a stream
+/// frame (the body is copied out and validated; trusted or not, a stream
+/// frame is private memory, but its body is still checked).
+fn next_stream<'a, T: Body>(
+    rx: &'a mut StreamRx,
+    pool: &'a Option<Arc<Pool<SharedRegion>>>,
+    inbox: &'a mut Inbox,
+    end: &mut Option<End>,
+    deadline: Option<Instant>,
+    wait: bool,
+) -> Result<Option<Sample<'a, T>>, RecvError> {
+    let got = if wait {
+        rx.recv(deadline).map(Some)
+    } else {
+        rx.try_recv()
+    };
+    let frame = match got {
+        Ok(Some(f)) => f,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            let e = RecvError::from(e);
+            if !matches!(e, RecvError::Timeout) {
+                // The connection is over: what came before was read.
+                *end = Some(End::Died);
+            }
+            return Err(e);
+        }
+    };
+    let pool = pool.as_deref();
+    match remote::connect::read_frame(frame, pool, inbox)? {
+        remote::connect::Got::Closed(r) => {
+            *end = Some(End::Closed(r));
+            Err(RecvError::Closed(r))
+        }
+        remote::connect::Got::Message {
+            seq,
+            history,
+            blobs,
+        } => {
+            let checked: Checked<'a, T> = body::check::<T>(inbox.bytes())?;
+            let blobs = blobs.into_iter().map(SampleBlob::Local).collect();
+            Ok(Some(Sample::new(
+                Source::Private(checked),
+                blobs,
+                seq,
+                history,
+            )))
+        }
     }
 }
 
@@ -448,7 +589,7 @@ fn open_pool(fd: std::os::fd::OwnedFd, id: u32) -> Result<Pool<SharedRegion>, Su
 fn accept_blobs<'a>(
     handles: &[u8],
     pool: Option<&'a Pool<SharedRegion>>,
-) -> Result<Vec<SharedBlob<'a, SharedRegion>>, BlobError> {
+) -> Result<Vec<SampleBlob<'a>>, BlobError> {
     if handles.is_empty() {
         return Ok(Vec::new());
     }
@@ -460,7 +601,7 @@ fn accept_blobs<'a>(
     for c in handles.chunks_exact(wire::HANDLE) {
         let h = SharedHandle::from_bytes(c).expect("16 bytes");
         match pool.accept_shared(&h) {
-            Ok(b) => out.push(b),
+            Ok(b) => out.push(SampleBlob::Shared(b)),
             Err(e) => {
                 failed.get_or_insert(e);
             }
@@ -528,11 +669,16 @@ impl<T: Body> Drop for Subscriber<T> {
         // its ring) are given up, and the segment says this side holds
         // nothing any more (the publisher then reclaims what was shared to
         // it since), before the connection closes.
-        if self.conn.is_some() {
-            if let Some(pool) = &self.pool {
+        if let Via::Shm {
+            conn: Some(_),
+            segment,
+            pool,
+        } = &self.via
+        {
+            if let Some(pool) = pool {
                 pool.leave();
             }
-            self.segment.close_side(Side::Client);
+            segment.close_side(Side::Client);
         }
     }
 }

@@ -34,7 +34,7 @@ pub(crate) mod handshake;
 pub(crate) mod large;
 mod link;
 pub(crate) mod method;
-mod over_stream;
+pub(crate) mod over_stream;
 mod policy;
 mod server;
 pub(crate) mod wire;
@@ -58,6 +58,7 @@ pub use wire::{CloseReason, FrameError, Status};
 
 pub use crate::sys::{PeerCred, SocketName};
 
+pub(crate) use policy::Who;
 pub(crate) use server::{Admission, Key, Ticket};
 
 /// The default socket of a service: `$XDG_RUNTIME_DIR/isocall/<service>`

@@ -108,6 +108,7 @@ pub use net::{Incoming, Listener, Security, connect};
 pub use rx::{RxStats, StreamFrame, StreamRx};
 #[cfg(feature = "tls")]
 pub use tls::{CertMatch, CertPolicy, PeerIdentity, TlsClient, TlsError, TlsServer, Untrusted};
+pub(crate) use tx::Flusher;
 pub use tx::{DEFER_LIMIT, StreamGrant, StreamTx, TxStats};
 
 use crate::rpc::large::LargeLimits;

@@ -84,6 +84,44 @@ impl std::fmt::Debug for StreamTx {
     }
 }
 
+/// Sends, from another thread, what a [`StreamTx`] published and the
+/// socket did not take yet (a channel publisher's pump: its subscribers
+/// get every byte published even while the publisher sends nothing).
+/// Shares the sender's connection, whose output is locked.
+#[derive(Clone)]
+pub(crate) struct Flusher(Arc<Wire>);
+
+impl Flusher {
+    /// The socket, to poll for writability.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.0.fd()
+    }
+
+    /// Whether published bytes wait for the socket (and the connection
+    /// has not failed).
+    pub(crate) fn has_pending(&self) -> bool {
+        self.0.failure().is_none() && self.0.has_pending()
+    }
+
+    /// Gives the socket what it takes now (never waits); a failure is
+    /// the connection's, which both halves then report.
+    pub(crate) fn flush(&self) {
+        if let Err(e) = self.0.flush() {
+            self.0.fail(e);
+        }
+    }
+
+    /// Bytes published and not yet taken by the socket.
+    pub(crate) fn unsent(&self) -> usize {
+        self.0.unsent()
+    }
+
+    /// Whether two flushers send on the same connection.
+    pub(crate) fn same(&self, other: &Flusher) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 /// Room for one frame's payload: write it with
 /// [`bytes_mut`](Self::bytes_mut), then [`commit`](Self::commit) it.
 /// Dropping a grant sends nothing and leaks nothing.
@@ -245,6 +283,25 @@ impl StreamTx {
         if !self.room()? {
             return Err(StreamError::Full);
         }
+        Ok(self.grant(kind, len))
+    }
+
+    /// A handle that sends what this sender published, from another
+    /// thread.
+    pub(crate) fn flusher(&self) -> Flusher {
+        Flusher(self.wire.clone())
+    }
+
+    /// Reserves room for a small frame past the send buffer's limit,
+    /// without waiting: for the last word to a peer that is being closed
+    /// (a channel's CLOSE to a subscriber that lags), which must not wait
+    /// for the room the peer does not make.
+    pub(crate) fn reserve_past_limit(
+        &mut self,
+        kind: u16,
+        len: usize,
+    ) -> Result<StreamGrant<'_>, StreamError> {
+        self.check(kind, len)?;
         Ok(self.grant(kind, len))
     }
 

@@ -5,8 +5,14 @@
 //! all four have it, which must not grow with the blob's size, since
 //! nothing is copied).
 //!
+//! The same stream over a stream socket (`unix_stream.chan.stream.64`,
+//! `tcp.chan.stream.64`: the publisher listens on an address beside its
+//! name, the subscriber connects there; frames copied over the socket),
+//! beside `uds.stream.64`.
+//!
 //! The parent publishes; each peer subscribes by the channel's name (made
-//! of the figure's name and the parent's pid).
+//! of the figure's name and the parent's pid), or at the address the
+//! parent says (`at=`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -16,6 +22,7 @@ use isocall_engine::WaitStrategy;
 use isocall_engine::blob::PoolConfig;
 use isocall_engine::channel::{Publisher, RecvError, Subscriber, SubscriberOptions};
 use isocall_engine::raw::sys::SharedMem;
+use isocall_engine::rpc::{Compression, Policy};
 
 use super::Res;
 use super::call::Bytes64;
@@ -68,7 +75,15 @@ fn subscribe<T: isocall_engine::rpc::Body>(
     let options = SubscriberOptions::default()
         .strategy(strategy)
         .label(format!("bench-{}", ctl.param("idx")?));
-    let sub = Subscriber::connect_with(&channel(figure, ctl.param("ppid")?), options)?;
+    let at = ctl
+        .params
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("at="))
+        .map(str::to_string);
+    let sub = match at {
+        Some(at) => Subscriber::connect_with(at.as_str(), options)?,
+        None => Subscriber::connect_with(channel(figure, ctl.param("ppid")?), options)?,
+    };
     ctl.write_line("subscribed")?;
     Ok(sub)
 }
@@ -78,13 +93,56 @@ fn subscribe<T: isocall_engine::rpc::Body>(
 /// its private copy) and reads every byte; both sides busy-spin, as for
 /// `ring.stream.64`.
 pub fn stream(budget: &Budget) -> Res<Measured> {
-    let figure = "chan.stream.64";
-    let mut publisher = Publisher::<Bytes64>::builder(channel(figure, std::process::id().into()))
+    stream_over(budget, None)
+}
+
+/// A stream socket a channel figure runs over.
+#[derive(Clone, Copy, Debug)]
+pub enum Net {
+    /// A Unix stream socket (abstract name).
+    Unix,
+    /// TCP on 127.0.0.1 (plain, lz4 off: the messages are 64 bytes).
+    Tcp,
+}
+
+/// `unix_stream.chan.stream.64`, `tcp.chan.stream.64`: as
+/// `chan.stream.64`, the subscriber connected to the publisher's stream
+/// address; the publisher publishes each message (one `send` while the
+/// socket takes it), the subscriber reads in `recv` with a deadline.
+pub fn stream_net(budget: &Budget, net: Net) -> Res<Measured> {
+    stream_over(budget, Some(net))
+}
+
+fn stream_over(budget: &Budget, net: Option<Net>) -> Res<Measured> {
+    let figure = match net {
+        None => "chan.stream.64",
+        Some(Net::Unix) => "unix_stream.chan.stream.64",
+        Some(Net::Tcp) => "tcp.chan.stream.64",
+    };
+    let b = Publisher::<Bytes64>::builder(channel(figure, std::process::id().into()))
         .ring_capacity(1 << 20)
         .wait_strategy(WaitStrategy::BusySpin)
-        .send_timeout(PEER_TIMEOUT)
-        .create()?;
-    let mut peers = start_peers(figure, "", 1, &mut publisher, &[])?;
+        .send_timeout(PEER_TIMEOUT);
+    let b = match net {
+        None => b,
+        Some(Net::Unix) => b.listen(
+            format!(
+                "unix-stream:@isocall-bench-{figure}-{}-stream",
+                std::process::id()
+            )
+            .as_str(),
+        ),
+        Some(Net::Tcp) => b
+            .listen("tcp://127.0.0.1:0")
+            .compression(Compression::Off)
+            .policy(Policy::Anyone),
+    };
+    let mut publisher = b.create()?;
+    let params = match publisher.addresses().first() {
+        Some(a) => format!("at={a}"),
+        None => String::new(),
+    };
+    let mut peers = start_peers(figure, &params, 1, &mut publisher, &[])?;
     let peer = &mut peers[0];
     // Half of ring.stream.64's count: a rate all the same, and the quick
     // run stays short.
@@ -119,6 +177,9 @@ pub fn stream(budget: &Budget) -> Res<Measured> {
 /// answers with the sum of their bytes.
 pub fn stream_peer(mut ctl: Control) -> Res<()> {
     let mut sub = subscribe::<Bytes64>(&mut ctl, "chan.stream.64", WaitStrategy::BusySpin)?;
+    if sub.is_stream() {
+        return stream_peer_loop(ctl, sub);
+    }
     loop {
         let line = ctl.read_line()?;
         let Some(n) = line.strip_prefix("go ") else {
@@ -128,6 +189,24 @@ pub fn stream_peer(mut ctl: Control) -> Res<()> {
         let mut dl = Deadline::new();
         for _ in 0..n.parse::<u64>()? {
             let m = sub.recv_deadline(dl.get().ok_or("no deadline")?)?;
+            sum = sum.wrapping_add(sum_words(&m.data));
+        }
+        ctl.write_line(&sum.to_string())?;
+    }
+}
+
+/// The stream peer's loop over a socket: as [`stream_peer`]'s, with a
+/// deadline per message rather than per burst (a socket subscriber
+/// sleeps in `recv`, and the deadline is cheap next to a system call).
+fn stream_peer_loop(mut ctl: Control, mut sub: Subscriber<Bytes64>) -> Res<()> {
+    loop {
+        let line = ctl.read_line()?;
+        let Some(n) = line.strip_prefix("go ") else {
+            return Ok(());
+        };
+        let mut sum = 0u64;
+        for _ in 0..n.parse::<u64>()? {
+            let m = sub.recv_timeout(PEER_TIMEOUT)?;
             sum = sum.wrapping_add(sum_words(&m.data));
         }
         ctl.write_line(&sum.to_string())?;

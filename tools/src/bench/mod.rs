@@ -382,6 +382,22 @@ pub fn figures() -> Vec<Figure> {
             peer: chan::stream_peer,
         },
         Figure {
+            name: "unix_stream.chan.stream.64",
+            unit: MsgPerSec,
+            floor: Some("uds.stream.64"),
+            also: &["chan.stream.64"],
+            run: |b| chan::stream_net(b, chan::Net::Unix),
+            peer: chan::stream_peer,
+        },
+        Figure {
+            name: "tcp.chan.stream.64",
+            unit: MsgPerSec,
+            floor: Some("uds.stream.64"),
+            also: &["chan.stream.64"],
+            run: |b| chan::stream_net(b, chan::Net::Tcp),
+            peer: chan::stream_peer,
+        },
+        Figure {
             name: "chan.fanout.handle.4096.x4",
             unit: Ns,
             floor: None,
