@@ -163,7 +163,9 @@ pub(super) fn run(shared: &Shared, inbox: &WorkerInbox) {
         }
         {
             let mut new = inbox.new.lock().unwrap_or_else(|p| p.into_inner());
-            adopt(shared, &inbox.poller, &mut conns, &mut new);
+            if !new.is_empty() {
+                adopt(shared, &inbox.poller, &mut conns, &mut new);
+            }
         }
         let mut worked = false;
         // Frames served, by a stream whose socket is drained too.
@@ -249,6 +251,7 @@ fn wake_source(c: &Conn) -> Option<(BorrowedFd<'_>, Ready)> {
 
 /// Takes the connections handed to this worker, registering each in its
 /// poller; one the kernel will not register is closed (out of resources).
+#[inline(never)] // rare: out of the worker's loop
 fn adopt(shared: &Shared, poller: &Poller, conns: &mut Vec<Conn>, new: &mut Vec<Conn>) {
     for mut c in new.drain(..) {
         if let Some((fd, want)) = wake_source(&c) {
