@@ -31,7 +31,7 @@ use crate::stream::{
 };
 use crate::sys::{PeerCred, Ready, poll_ready};
 
-use super::super::accept::{MAX_SUBSCRIBERS, Shared, SubscriberInfo, lock};
+use super::super::accept::{MAX_SUBSCRIBERS, Shared, SubscriberInfo, lock, spawn_handshake};
 use super::super::hello::{self, CHANNEL_VERSION};
 use super::super::stats::PubWord;
 use super::encode_stream_part;
@@ -112,19 +112,10 @@ fn run(shared: &Arc<Shared>, setup: &Arc<StreamSetup>) {
         let Some((ticket, incoming)) = admit(shared, setup, incoming) else {
             continue;
         };
-        handshakes.retain(|h| !h.is_finished());
         let (sh, st) = (shared.clone(), setup.clone());
-        let spawned = std::thread::Builder::new()
-            .name("isocall-chan-handshake".into())
-            .stack_size(HANDSHAKE_STACK)
-            .spawn(move || handshake_thread(&sh, &st, incoming, ticket));
-        match spawned {
-            Ok(h) => handshakes.push(h),
-            Err(e) => {
-                tracing::warn!(error = %e, "no thread for a subscriber's handshake; dropped");
-                shared.block.add(PubWord::Failed, 1);
-            }
-        }
+        spawn_handshake(shared, &mut handshakes, HANDSHAKE_STACK, move || {
+            handshake_thread(&sh, &st, incoming, ticket)
+        });
     }
     for h in handshakes {
         let _ = h.join();
