@@ -26,7 +26,7 @@ use crate::sys::PeerCred;
 
 use super::super::error::{ChannelTypeMismatch, CloseReason, RecvError, SubscribeError};
 use super::super::hello::{self, CHANNEL_VERSION, HELLO, MISMATCH};
-use super::super::subscriber::SubscriberOptions;
+use super::super::subscriber::{SubscriberOptions, parse_message};
 use super::accept::stream_config;
 use super::decode_stream_part;
 
@@ -190,18 +190,13 @@ pub(crate) fn read_frame<'a>(
             CloseReason::from_code(code).unwrap_or(CloseReason::Other(0)),
         ));
     }
-    if kind != super::super::MESSAGE {
-        frame.release();
-        return Err(RecvError::UnexpectedKind { kind });
-    }
-    let p = match wire::parse(frame.payload()) {
-        Ok(p) => p,
+    let (p, seq, history) = match parse_message(kind, frame.payload()) {
+        Ok(m) => m,
         Err(e) => {
             frame.release();
-            return Err(e.into());
+            return Err(e);
         }
     };
-    let (seq, history) = (p.head.id, p.head.status & super::super::FLAG_HISTORY != 0);
     let handles: Vec<BlobHandle> = p
         .blobs
         .chunks_exact(wire::HANDLE)
