@@ -15,18 +15,18 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::linux::net::SocketAddrExt;
 use std::time::{Duration, Instant};
 
+use common::raw::{Socket, frame, raw_socket, read_frame, wait_closed};
 use common::transport::Transport;
 use isocall::SocketName;
 use isocall::channel::{PublishError, Publisher, RecvError, Subscriber, hello};
 use isocall::raw::handshake;
 use isocall::raw::wire::kind;
 use isocall::rpc::{Endpoint, TypeSig};
-use isocall::stream::codec::Encoder;
-use isocall::stream::{Address, StreamError};
+use isocall::stream::StreamError;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -37,72 +37,6 @@ const PLAIN: [Transport; 2] = [Transport::UnixStream, Transport::Tcp];
 #[derive(rkyv::Archive, rkyv::Serialize, isocall::Schema)]
 struct Tick {
     seq: u64,
-}
-
-/// A blocking socket, as a hostile peer holds it.
-trait Socket: Read + Write + Send {}
-impl Socket for std::net::TcpStream {}
-impl Socket for std::os::unix::net::UnixStream {}
-
-fn raw_socket(at: &Endpoint) -> Box<dyn Socket> {
-    match at.stream_address().expect("a stream endpoint") {
-        Address::Tcp { host, port } => {
-            let s = std::net::TcpStream::connect((host.as_str(), *port)).unwrap();
-            s.set_read_timeout(Some(LIMIT)).unwrap();
-            Box::new(s)
-        }
-        Address::Abstract(name) => {
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
-            let s = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap();
-            s.set_read_timeout(Some(LIMIT)).unwrap();
-            Box::new(s)
-        }
-        other => panic!("no raw socket to {other}"),
-    }
-}
-
-/// One frame of `kind` with `payload`, as the codec writes it.
-fn frame(kind: u16, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    Encoder::new(None)
-        .encode(&mut out, kind, 0, payload, &[], u32::MAX as usize)
-        .unwrap();
-    out
-}
-
-/// Reads one frame (no compression, no blobs): its kind and payload;
-/// `None` at the end of the stream.
-fn read_frame(s: &mut dyn Socket) -> Option<(u16, Vec<u8>)> {
-    let mut n: u32 = 0;
-    for i in 0..5 {
-        let mut b = [0u8; 1];
-        if s.read(&mut b).ok()? == 0 {
-            return None;
-        }
-        n |= u32::from(b[0] & 0x7F) << (7 * i);
-        if b[0] & 0x80 == 0 {
-            break;
-        }
-    }
-    let mut f = vec![0u8; n as usize];
-    s.read_exact(&mut f).ok()?;
-    let len = u32::from_le_bytes(f[..4].try_into().unwrap()) as usize;
-    let k = u16::from_le_bytes(f[4..6].try_into().unwrap());
-    Some((k, f[8..8 + len].to_vec()))
-}
-
-/// Reads until the peer closes the connection; fails the test if it does
-/// not within [`LIMIT`].
-fn wait_closed(s: &mut dyn Socket) {
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
-            Err(e) => panic!("the connection was not closed within {LIMIT:?}: {e}"),
-        }
-    }
 }
 
 fn unique(tag: &str) -> String {
@@ -154,7 +88,7 @@ fn a_subscriber_that_sends_garbage_after_its_handshake_is_closed_and_the_others_
             publisher.poll();
         }
         assert_eq!(publisher.stats().disconnected, 1, "{t:?}");
-        wait_closed(&mut *s);
+        wait_closed(&mut *s, "the connection was not closed");
         for k in seq..seq + 10 {
             publisher.send(&Tick { seq: k }).expect("send");
         }
@@ -242,7 +176,7 @@ fn a_publisher_that_sends_a_length_past_the_limit_ends_the_subscription_with_a_t
         assert!(matches!(sub.try_recv(), Err(RecvError::PeerDied)), "{t:?}");
         let mut s = fake.join().expect("the fake publisher");
         drop(sub);
-        wait_closed(&mut *s);
+        wait_closed(&mut *s, "the connection was not closed");
         // The other channel goes on.
         real.send(&Tick { seq: 5 }).expect("send");
         assert_eq!(other.recv_timeout(LIMIT).expect("recv").seq, 5);

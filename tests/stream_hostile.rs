@@ -13,13 +13,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::linux::net::SocketAddrExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::calc::*;
+use common::raw::{Socket, frame, raw_socket, read_frame, wait_closed};
 use common::transport::{Transport, serve_on};
 use common::*;
 use isocall::raw::handshake::{
@@ -27,8 +28,7 @@ use isocall::raw::handshake::{
 };
 use isocall::raw::wire::{self, kind};
 use isocall::rpc::Endpoint;
-use isocall::stream::codec::Encoder;
-use isocall::stream::{Address, StreamError};
+use isocall::stream::StreamError;
 use isocall::{CallCtx, CallError, Client, ConnectError, Server, ServerBuilder};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -45,97 +45,11 @@ fn methods(b: ServerBuilder) -> ServerBuilder {
     .handshake_timeout(Duration::from_secs(1))
 }
 
-/// A blocking socket to a stream endpoint, as a hostile peer holds it.
-trait Socket: Read + Write + Send {
-    fn shut_write(&self);
-    fn clone_box(&self) -> Box<dyn Socket>;
-}
-
-impl Socket for std::net::TcpStream {
-    fn shut_write(&self) {
-        let _ = self.shutdown(std::net::Shutdown::Write);
-    }
-    fn clone_box(&self) -> Box<dyn Socket> {
-        Box::new(self.try_clone().unwrap())
-    }
-}
-
-impl Socket for std::os::unix::net::UnixStream {
-    fn shut_write(&self) {
-        let _ = self.shutdown(std::net::Shutdown::Write);
-    }
-    fn clone_box(&self) -> Box<dyn Socket> {
-        Box::new(self.try_clone().unwrap())
-    }
-}
-
-fn raw_socket(at: &Endpoint) -> Box<dyn Socket> {
-    let s: Box<dyn Socket> = match at.stream_address().expect("a stream endpoint") {
-        Address::Tcp { host, port } => {
-            let s = std::net::TcpStream::connect((host.as_str(), *port)).unwrap();
-            s.set_read_timeout(Some(LIMIT)).unwrap();
-            Box::new(s)
-        }
-        Address::Abstract(name) => {
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
-            let s = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap();
-            s.set_read_timeout(Some(LIMIT)).unwrap();
-            Box::new(s)
-        }
-        other => panic!("no raw socket to {other}"),
-    };
-    s
-}
-
-/// One frame of `kind` with `payload`, as the codec writes it.
-fn frame(kind: u16, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    Encoder::new(None)
-        .encode(&mut out, kind, 0, payload, &[], u32::MAX as usize)
-        .unwrap();
-    out
-}
-
 /// The client hello over a stream (no compression asked for).
 fn hello_frame() -> Vec<u8> {
     let mut msg = bytemuck::bytes_of(&ClientHello::ours()).to_vec();
     msg.resize(32, 0);
     frame(kind::HANDSHAKE, &msg)
-}
-
-/// Reads one frame (no compression, no blobs): its kind and payload;
-/// `None` at the end of the stream.
-fn read_frame(s: &mut dyn Socket) -> Option<(u16, Vec<u8>)> {
-    let mut n: u32 = 0;
-    for i in 0..5 {
-        let mut b = [0u8; 1];
-        if s.read(&mut b).ok()? == 0 {
-            return None;
-        }
-        n |= u32::from(b[0] & 0x7F) << (7 * i);
-        if b[0] & 0x80 == 0 {
-            break;
-        }
-    }
-    let mut f = vec![0u8; n as usize];
-    s.read_exact(&mut f).ok()?;
-    let len = u32::from_le_bytes(f[..4].try_into().unwrap()) as usize;
-    let k = u16::from_le_bytes(f[4..6].try_into().unwrap());
-    Some((k, f[8..8 + len].to_vec()))
-}
-
-/// Reads until the server closes the connection (a CLOSE frame may come
-/// first); fails the test if it does not within [`LIMIT`].
-fn wait_closed(s: &mut dyn Socket) {
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
-            Err(e) => panic!("the server did not close the connection within {LIMIT:?}: {e}"),
-        }
-    }
 }
 
 /// A raw connection that did the handshake by hand.
@@ -182,14 +96,14 @@ fn lengths_that_are_no_frame_close_the_connection() {
         for (i, bytes) in cases.iter().enumerate() {
             let mut s = handshaken(&at);
             s.write_all(bytes).unwrap();
-            wait_closed(&mut *s);
+            wait_closed(&mut *s, "the server did not close the connection");
             closed(&server, i as u64 + 1);
             assert_eq!(add(&mut good, i as u64, 2).unwrap(), i as u64 + 2, "{t:?}");
         }
         // Garbage instead of a hello: the handshake fails.
         let mut s = raw_socket(&at);
         s.write_all(&random).unwrap();
-        wait_closed(&mut *s);
+        wait_closed(&mut *s, "the server did not close the connection");
         wait_until(LIMIT, "the handshake failing", || {
             (server.stats().failed == 1).then_some(())
         });
@@ -206,7 +120,7 @@ fn a_length_past_the_frame_limit_is_refused_before_its_bytes_come() {
         // does not wait for (or make room for) 4 GiB.
         s.write_all(&[0xFF, 0xFF, 0xFF, 0xFF, 0x0F]).unwrap();
         let started = Instant::now();
-        wait_closed(&mut *s);
+        wait_closed(&mut *s, "the server did not close the connection");
         closed(&server, 1);
         assert!(started.elapsed() < LIMIT);
         assert_eq!(add(&mut good, 2, 2).unwrap(), 4, "{t:?}");
@@ -231,7 +145,7 @@ fn a_frame_cut_off_and_closed_closes_only_its_connection() {
         let f = frame(kind::REQUEST, &call);
         s.write_all(&f[..f.len() / 2]).unwrap();
         s.shut_write();
-        wait_closed(&mut *s);
+        wait_closed(&mut *s, "the server did not close the connection");
         closed(&server, 1);
         assert_eq!(add(&mut good, 3, 3).unwrap(), 6, "{t:?}");
     }
@@ -265,7 +179,7 @@ fn a_hello_one_byte_a_second_is_ended_by_the_handshake_timeout() {
         // The whole hello would take 41 seconds; the server's handshake
         // timeout is one.
         assert!(took < Duration::from_secs(20), "{took:?}");
-        wait_closed(&mut *s);
+        wait_closed(&mut *s, "the server did not close the connection");
         // Served meanwhile and after.
         assert_eq!(add(&mut good, 4, 4).unwrap(), 8, "{t:?}");
         stop.store(true, Ordering::Release);

@@ -7,6 +7,7 @@ pub mod calc;
 pub mod netns;
 #[cfg(feature = "tls")]
 pub mod pki;
+pub mod raw;
 pub mod services;
 pub mod supervised;
 pub mod transport;

@@ -337,22 +337,36 @@ fn run(shared: &Arc<Shared>, listener: &OwnedFd) {
         let Some((cred, ticket)) = admit(shared, &sock) else {
             continue;
         };
-        handshakes.retain(|h| !h.is_finished());
         let sh = shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("isocall-chan-handshake".into())
-            .stack_size(HANDSHAKE_STACK)
-            .spawn(move || handshake_thread(&sh, sock, cred, ticket));
-        match spawned {
-            Ok(h) => handshakes.push(h),
-            Err(e) => {
-                tracing::warn!(error = %e, "no thread for a subscriber's handshake; dropped");
-                shared.block.add(PubWord::Failed, 1);
-            }
-        }
+        spawn_handshake(shared, &mut handshakes, HANDSHAKE_STACK, move || {
+            handshake_thread(&sh, sock, cred, ticket)
+        });
     }
     for h in handshakes {
         let _ = h.join();
+    }
+}
+
+/// Runs a subscriber's handshake `run` on a thread of `stack` bytes,
+/// kept in `handshakes` (the finished ones dropped first); without a
+/// thread, the subscriber is dropped and counted as failed.
+pub(crate) fn spawn_handshake(
+    shared: &Shared,
+    handshakes: &mut Vec<JoinHandle<()>>,
+    stack: usize,
+    run: impl FnOnce() + Send + 'static,
+) {
+    handshakes.retain(|h| !h.is_finished());
+    let spawned = std::thread::Builder::new()
+        .name("isocall-chan-handshake".into())
+        .stack_size(stack)
+        .spawn(run);
+    match spawned {
+        Ok(h) => handshakes.push(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "no thread for a subscriber's handshake; dropped");
+            shared.block.add(PubWord::Failed, 1);
+        }
     }
 }
 

@@ -9,7 +9,9 @@ use isocall_blob::{Party, Pool, PoolConfig};
 
 use crate::WaitStrategy;
 use crate::rpc::body::Body;
-use crate::rpc::{Admission, Compression, Endpoint, IntoEndpoint, Limits, Policy, TypeSig};
+use crate::rpc::{
+    Admission, Compression, Endpoint, IntoEndpoint, Limits, Policy, TypeSig, push_endpoint,
+};
 use crate::segment::SegmentLayout;
 use crate::stream::{AddressError, Listener, Security};
 use crate::sys::{SharedMem, SocketName, listen_seqpacket, unlink_socket};
@@ -221,12 +223,7 @@ impl<T: Body> PublisherBuilder<T> {
     /// refuses to start.
     #[must_use]
     pub fn listen(mut self, address: impl IntoEndpoint) -> Self {
-        match address.into_endpoint() {
-            Ok(e) => self.listen.push(e),
-            Err(e) => {
-                self.bad_address.get_or_insert(e);
-            }
-        }
+        push_endpoint(&mut self.listen, &mut self.bad_address, address);
         self
     }
 

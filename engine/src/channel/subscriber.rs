@@ -613,6 +613,22 @@ fn accept_blobs<'a>(
     }
 }
 
+/// A message frame's wire parts, its sequence number and whether it is
+/// history; an error for a frame of another `kind` or a payload that is
+/// no message (the caller still holds the frame, and releases it).
+#[inline]
+pub(super) fn parse_message(
+    kind: u16,
+    payload: &[u8],
+) -> Result<(wire::Parsed<'_>, u64, bool), RecvError> {
+    if kind != MESSAGE {
+        return Err(RecvError::UnexpectedKind { kind });
+    }
+    let p = wire::parse(payload)?;
+    let (seq, history) = (p.head.id, p.head.status & FLAG_HISTORY != 0);
+    Ok((p, seq, history))
+}
+
 /// Turns a ring frame into a sample: checks its kind and head, accepts
 /// its blobs, copies its body out and validates it (or, trusted, keeps
 /// the frame).
@@ -623,19 +639,13 @@ fn read_frame<'a, T: Body>(
     pool: Option<&'a Pool<SharedRegion>>,
     trusted: bool,
 ) -> Result<Sample<'a, T>, RecvError> {
-    let kind = frame.kind();
-    if kind != MESSAGE {
-        frame.release();
-        return Err(RecvError::UnexpectedKind { kind });
-    }
-    let p = match wire::parse(frame.payload()) {
-        Ok(p) => p,
+    let (p, seq, history) = match parse_message(frame.kind(), frame.payload()) {
+        Ok(m) => m,
         Err(e) => {
             frame.release();
-            return Err(e.into());
+            return Err(e);
         }
     };
-    let (seq, history) = (p.head.id, p.head.status & FLAG_HISTORY != 0);
     let blobs = match accept_blobs(p.blobs, pool) {
         Ok(b) => b,
         Err(e) => {

@@ -239,6 +239,22 @@ pub trait IntoEndpoint {
     fn into_endpoint(self) -> Result<Endpoint, AddressError>;
 }
 
+/// Adds `address` to a builder's endpoints `all`, or, if it does not
+/// parse, keeps its error in `bad` (the first one), for the builder to
+/// report when it builds.
+pub(crate) fn push_endpoint(
+    all: &mut Vec<Endpoint>,
+    bad: &mut Option<AddressError>,
+    address: impl IntoEndpoint,
+) {
+    match address.into_endpoint() {
+        Ok(e) => all.push(e),
+        Err(e) => {
+            bad.get_or_insert(e);
+        }
+    }
+}
+
 impl IntoEndpoint for Endpoint {
     fn into_endpoint(self) -> Result<Endpoint, AddressError> {
         Ok(self)

@@ -373,6 +373,36 @@ pub fn decode_hello(msg: &[u8]) -> Result<ServerHello, HandshakeError> {
     Ok(ServerHello { head, methods })
 }
 
+/// How many pool classes follow a stream hello part: at most
+/// [`MAX_CLASSES`](isocall_blob::MAX_CLASSES).
+pub(crate) fn stream_classes(stream: &StreamServerHello) -> Result<usize, HandshakeError> {
+    if stream.nclasses as usize > isocall_blob::MAX_CLASSES {
+        return Err(HandshakeError::BadPool(
+            isocall_blob::BlobError::TooManyClasses,
+        ));
+    }
+    Ok(stream.nclasses as usize)
+}
+
+/// The pool a stream hello lists, checked: none without a class, else a
+/// valid pool of at most [`MAX_STREAM_POOL`] bytes.
+pub(crate) fn stream_pool(
+    pool: isocall_blob::PoolConfig,
+) -> Result<Option<isocall_blob::PoolConfig>, HandshakeError> {
+    if pool.is_empty() {
+        return Ok(None);
+    }
+    let bytes = pool.region_size().map_err(HandshakeError::BadPool)?;
+    if bytes > MAX_STREAM_POOL {
+        return Err(HandshakeError::TooLarge {
+            what: "a blob pool",
+            asked: bytes as u64,
+            max: MAX_STREAM_POOL as u64,
+        });
+    }
+    Ok(Some(pool))
+}
+
 /// Decodes a stream connection's accepting hello (the bytes after the
 /// tag): the hello, the stream's part, and the pool's classes (checked:
 /// a valid pool of at most [`MAX_STREAM_POOL`] bytes, or none).
@@ -402,30 +432,14 @@ pub fn decode_stream_hello(
         return Err(HandshakeError::BadMagic { found: head.magic });
     }
     let stream: StreamServerHello = bytemuck::pod_read_unaligned(r.take(S)?);
-    if stream.nclasses as usize > isocall_blob::MAX_CLASSES {
-        return Err(HandshakeError::BadPool(
-            isocall_blob::BlobError::TooManyClasses,
-        ));
-    }
+    stream_classes(&stream)?;
     r.what = "pool classes";
     let mut pool = isocall_blob::PoolConfig::new();
     for _ in 0..stream.nclasses {
         let (size, count) = (r.u32()?, r.u32()?);
         pool = pool.class(size as usize, count as usize);
     }
-    let pool = if pool.is_empty() {
-        None
-    } else {
-        let bytes = pool.region_size().map_err(HandshakeError::BadPool)?;
-        if bytes > MAX_STREAM_POOL {
-            return Err(HandshakeError::TooLarge {
-                what: "a blob pool",
-                asked: bytes as u64,
-                max: MAX_STREAM_POOL as u64,
-            });
-        }
-        Some(pool)
-    };
+    let pool = stream_pool(pool)?;
     if head.max_frame as usize > MAX_STREAM_PAYLOAD {
         return Err(HandshakeError::TooLarge {
             what: "frames",

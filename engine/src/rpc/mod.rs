@@ -42,6 +42,7 @@ pub(crate) mod wire;
 use std::io;
 use std::path::PathBuf;
 
+pub(crate) use address::push_endpoint;
 pub use address::{Compression, Endpoint, IntoEndpoint};
 pub use body::{Body, EncodeError, ValidationError};
 pub use client::{Caller, Client, ClientOptions, Pending, Reply, SharedClient};

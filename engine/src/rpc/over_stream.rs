@@ -1,6 +1,8 @@
-//! What both ends of a call connection over a stream socket share: the
-//! configuration of the endpoint during the handshake and after it, and
-//! waiting for one handshake message.
+//! What both ends of a connection over a stream socket share (a call's
+//! and a channel's): opening it and checking who the peer is, the
+//! configuration of the endpoint during the handshake and after it,
+//! deciding on lz4, waiting for one handshake message, and abandoning a
+//! handshake.
 //!
 //! The handshake runs on a provisional endpoint (small frames, no pool,
 //! no compression), in frames of kind [`HANDSHAKE`](kind::HANDSHAKE); once
@@ -9,19 +11,117 @@
 //! already read is lost.
 
 use std::os::fd::BorrowedFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use isocall_blob::PoolConfig;
 
-use crate::rpc::handshake::MAX_MESSAGE;
+use crate::rpc::address::{Compression, Endpoint};
+use crate::rpc::handshake::StreamServerHello;
+use crate::rpc::handshake::{self, ABORT, HandshakeError, MAX_MESSAGE, READY, STREAM_LZ4};
 use crate::rpc::large::LargeLimits;
+use crate::rpc::policy::{Policy, PolicyRefusal, Who};
 use crate::rpc::wire::{MAX_BLOBS, kind};
-use crate::stream::{DEFAULT_MAX_FRAME, Lz4, StreamConfig, StreamError, StreamRx, codec};
-use crate::sys::{Ready, poll_ready};
+use crate::stream::{
+    Address, Connection, DEFAULT_MAX_FRAME, Lz4, SocketKind, StreamConfig, StreamError, StreamRx,
+    StreamTx, codec,
+};
+use crate::sys::{PeerCred, Ready, poll_ready};
 
 /// Largest handshake message on a stream: a hello (at most
 /// [`MAX_MESSAGE`]) and the stream's part.
 const MAX_HANDSHAKE: usize = MAX_MESSAGE + 4096;
+
+/// The socket to `address`, connected (and TLS established, if `to` asks
+/// for it and the address is TCP).
+pub(crate) fn open(
+    address: &Address,
+    to: &Endpoint,
+    deadline: Instant,
+) -> Result<Connection, StreamError> {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = to.tls.as_ref().filter(|_| address.is_tcp()) {
+        return crate::stream::connect_tls(address, tls, deadline);
+    }
+    let _ = to;
+    crate::stream::connect(address, deadline)
+}
+
+/// Checks the peer of a connection this side opened against `policy`:
+/// on a Unix socket its credentials (returned); without them (TCP), its
+/// certificate, and only if the policy decides by certificates (else the
+/// address dialled is taken as the peer it names).
+pub(crate) fn check_peer(
+    conn: &Connection,
+    policy: &Policy,
+) -> Result<Option<PeerCred>, PolicyRefusal> {
+    let cred = conn.peer_cred();
+    match &cred {
+        Some(c) => policy.check(c)?,
+        None if policy.without_credentials() => policy.decide(&Who::remote(conn))?,
+        None => {}
+    }
+    Ok(cred)
+}
+
+/// Whether to ask for lz4 on `conn`, as `compression` says (`Auto`: over
+/// TCP).
+pub(crate) fn wants_lz4(conn: &Connection, compression: Compression) -> bool {
+    match compression {
+        Compression::Auto => conn.kind() == SocketKind::Tcp,
+        Compression::Lz4 => true,
+        Compression::Off => false,
+    }
+}
+
+/// The lz4 the accepting side grants for the `flags` the connecting side
+/// sent: the default, if it asked and `compression` is not `Off`.
+pub(crate) fn grant_lz4(flags: u32, compression: Compression) -> Option<Lz4> {
+    (flags & STREAM_LZ4 != 0 && compression != Compression::Off).then(Lz4::default)
+}
+
+/// The accepting side's stream part of its hello (before the pool's
+/// classes): `lz4` as granted, and this process's id.
+pub(crate) fn stream_hello(lz4: Option<Lz4>) -> StreamServerHello {
+    StreamServerHello {
+        flags: if lz4.is_some() { STREAM_LZ4 } else { 0 },
+        lz4_threshold: lz4.map_or(0, |l| l.threshold as u32),
+        pid: std::process::id(),
+        ..StreamServerHello::default()
+    }
+}
+
+/// The lz4 that the accepting side's stream part `stream` turns on, if
+/// any.
+pub(crate) fn granted_lz4(stream: &StreamServerHello) -> Option<Lz4> {
+    (stream.flags & STREAM_LZ4 != 0).then(|| Lz4 {
+        threshold: (stream.lz4_threshold as usize).max(1),
+    })
+}
+
+/// Tells the peer why this side gives the handshake up, as far as the
+/// socket takes it at once (best effort: the peer may be gone).
+pub(crate) fn abort(tx: &mut StreamTx, reason: &str) {
+    let _ = tx.send(
+        kind::HANDSHAKE,
+        &handshake::encode_abort(reason),
+        Some(Instant::now()),
+    );
+    let _ = tx.flush(Some(Instant::now() + Duration::from_millis(100)));
+}
+
+/// Reads the connecting side's last handshake message: `Ok` for
+/// [`READY`]; its reason if it aborted; an unexpected tag otherwise.
+pub(crate) fn expect_ready(msg: &[u8]) -> Result<(), HandshakeError> {
+    match msg.first() {
+        Some(&READY) => Ok(()),
+        Some(&ABORT) => Err(HandshakeError::Aborted {
+            reason: String::from_utf8_lossy(&msg[1..]).into_owned(),
+        }),
+        tag => Err(HandshakeError::UnexpectedTag {
+            tag: tag.copied().unwrap_or(0),
+        }),
+    }
+}
 
 /// The provisional endpoint's configuration: handshake messages only.
 pub(crate) fn handshake_config() -> StreamConfig {

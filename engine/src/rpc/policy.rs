@@ -74,6 +74,17 @@ impl<'a> Who<'a> {
             identity: None,
         }
     }
+
+    /// The peer of a stream connection that has no credentials (TCP):
+    /// known by its verified certificate over TLS, else not at all.
+    pub(crate) fn remote(conn: &'a crate::stream::Connection) -> Who<'a> {
+        let _ = conn;
+        Who {
+            cred: None,
+            #[cfg(feature = "tls")]
+            identity: conn.peer_identity(),
+        }
+    }
 }
 
 impl fmt::Debug for Policy {

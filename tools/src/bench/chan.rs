@@ -180,37 +180,29 @@ pub fn stream_peer(mut ctl: Control) -> Res<()> {
     if sub.is_stream() {
         return stream_peer_loop(ctl, sub);
     }
-    loop {
-        let line = ctl.read_line()?;
-        let Some(n) = line.strip_prefix("go ") else {
-            return Ok(());
-        };
+    ctl.serve_reps(|n| {
         let mut sum = 0u64;
         let mut dl = Deadline::new();
-        for _ in 0..n.parse::<u64>()? {
+        for _ in 0..n {
             let m = sub.recv_deadline(dl.get().ok_or("no deadline")?)?;
             sum = sum.wrapping_add(sum_words(&m.data));
         }
-        ctl.write_line(&sum.to_string())?;
-    }
+        Ok(sum)
+    })
 }
 
 /// The stream peer's loop over a socket: as [`stream_peer`]'s, with a
 /// deadline per message rather than per burst (a socket subscriber
 /// sleeps in `recv`, and the deadline is cheap next to a system call).
 fn stream_peer_loop(mut ctl: Control, mut sub: Subscriber<Bytes64>) -> Res<()> {
-    loop {
-        let line = ctl.read_line()?;
-        let Some(n) = line.strip_prefix("go ") else {
-            return Ok(());
-        };
+    ctl.serve_reps(|n| {
         let mut sum = 0u64;
-        for _ in 0..n.parse::<u64>()? {
+        for _ in 0..n {
             let m = sub.recv_timeout(PEER_TIMEOUT)?;
             sum = sum.wrapping_add(sum_words(&m.data));
         }
-        ctl.write_line(&sum.to_string())?;
-    }
+        Ok(sum)
+    })
 }
 
 /// The message of a fan-out: its number (each subscriber stores it in

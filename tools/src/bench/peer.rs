@@ -206,13 +206,20 @@ impl Control {
     /// runs `rep(N)` and answers with the checksum it returns; stops at any
     /// other line.
     pub fn serve_reps(&mut self, mut rep: impl FnMut(u64) -> Res<u64>) -> Res<()> {
-        loop {
-            let line = self.read_line()?;
-            let Some(n) = line.strip_prefix("go ") else {
-                return Ok(());
-            };
-            let sum = rep(n.parse()?)?;
+        while let Some(n) = self.next_reps()? {
+            let sum = rep(n)?;
             self.write_line(&sum.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The parent's next repetition of a stream: `N` for a `go N` line,
+    /// `None` for any other line (the end).
+    pub fn next_reps(&mut self) -> Res<Option<u64>> {
+        let line = self.read_line()?;
+        match line.strip_prefix("go ") {
+            Some(n) => Ok(Some(n.parse()?)),
+            None => Ok(None),
         }
     }
 

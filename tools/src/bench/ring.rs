@@ -203,13 +203,9 @@ pub fn stream(budget: &Budget, len: usize) -> Res<Measured> {
 pub fn stream_peer(mut ctl: Control) -> Res<()> {
     let (mut tx, mut rx) = attach(&mut ctl)?;
     let mut dl = Deadline::new();
-    loop {
-        let line = ctl.read_line()?;
-        let Some(n) = line.strip_prefix("go ") else {
-            return Ok(());
-        };
+    while let Some(n) = ctl.next_reps()? {
         let mut sum = 0u64;
-        for _ in 0..n.parse::<u64>()? {
+        for _ in 0..n {
             let f = rx.recv(dl.get())?;
             sum = sum.wrapping_add(read_all(f.payload()));
             f.release();
@@ -218,4 +214,5 @@ pub fn stream_peer(mut ctl: Control) -> Res<()> {
         // stops when the last frame was read, not when a socket woke it.
         tx.send(DATA, &sum.to_le_bytes(), dl.get())?;
     }
+    Ok(())
 }

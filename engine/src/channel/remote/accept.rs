@@ -19,17 +19,19 @@ use std::time::{Duration, Instant};
 use isocall_blob::PoolConfig;
 
 use crate::rpc::Compression;
-use crate::rpc::handshake::{self, ABORT, READY, STREAM_LZ4, StreamServerHello};
-use crate::rpc::over_stream::{connection_config, handshake_config, recv_message};
+use crate::rpc::handshake;
+use crate::rpc::over_stream::{
+    connection_config, expect_ready, grant_lz4, handshake_config, recv_message, stream_hello,
+};
 use crate::rpc::wire::kind;
-use crate::rpc::{HandshakeError, Key, Refusal, Ticket, Who};
+use crate::rpc::{Key, Refusal, Ticket, Who};
 use crate::segment::Side;
 use crate::stream::{
     Connection, Incoming, Listener, Lz4, PeerAddr, StreamConfig, StreamTx, endpoint, reconfigure,
 };
 use crate::sys::{PeerCred, Ready, poll_ready};
 
-use super::super::accept::{MAX_SUBSCRIBERS, Shared, SubscriberInfo, lock};
+use super::super::accept::{MAX_SUBSCRIBERS, Shared, SubscriberInfo, lock, spawn_handshake};
 use super::super::hello::{self, CHANNEL_VERSION};
 use super::super::stats::PubWord;
 use super::encode_stream_part;
@@ -110,19 +112,10 @@ fn run(shared: &Arc<Shared>, setup: &Arc<StreamSetup>) {
         let Some((ticket, incoming)) = admit(shared, setup, incoming) else {
             continue;
         };
-        handshakes.retain(|h| !h.is_finished());
         let (sh, st) = (shared.clone(), setup.clone());
-        let spawned = std::thread::Builder::new()
-            .name("isocall-chan-handshake".into())
-            .stack_size(HANDSHAKE_STACK)
-            .spawn(move || handshake_thread(&sh, &st, incoming, ticket));
-        match spawned {
-            Ok(h) => handshakes.push(h),
-            Err(e) => {
-                tracing::warn!(error = %e, "no thread for a subscriber's handshake; dropped");
-                shared.block.add(PubWord::Failed, 1);
-            }
-        }
+        spawn_handshake(shared, &mut handshakes, HANDSHAKE_STACK, move || {
+            handshake_thread(&sh, &st, incoming, ticket)
+        });
     }
     for h in handshakes {
         let _ = h.join();
@@ -246,17 +239,12 @@ fn handshake(
     let conn = incoming
         .establish(deadline)
         .map_err(|e| other("TLS handshake", &e))?;
-    if cred.is_none() {
-        let who = Who {
-            cred: None,
-            #[cfg(feature = "tls")]
-            identity: conn.peer_identity(),
-        };
-        if let Err(p) = shared.policy.decide(&who) {
-            shared.block.add(PubWord::Refused, 1);
-            send_refusal(conn, &handshake::encode_refusal(&Refusal::Policy(p)));
-            return Ok(None);
-        }
+    if cred.is_none()
+        && let Err(p) = shared.policy.decide(&Who::remote(&conn))
+    {
+        shared.block.add(PubWord::Refused, 1);
+        send_refusal(conn, &handshake::encode_refusal(&Refusal::Policy(p)));
+        return Ok(None);
     }
     let (mut tx, mut rx) =
         endpoint(conn, Side::Server, &handshake_config()).map_err(|e| other("endpoint", &e))?;
@@ -295,39 +283,17 @@ fn handshake(
         label: req.label,
     };
     let policy = (shared.choose)(&info);
-    let lz4 = (flags & STREAM_LZ4 != 0 && setup.compression != Compression::Off).then(Lz4::default);
+    let lz4 = grant_lz4(flags, setup.compression);
     let msg = hello::encode_hello(info.id, &shared.ty, setup.max_payload as u32, false);
     tx.send(kind::HANDSHAKE, &msg, Some(deadline))
         .map_err(|e| other("hello", &e))?;
-    let part = encode_stream_part(
-        &StreamServerHello {
-            flags: if lz4.is_some() { STREAM_LZ4 } else { 0 },
-            lz4_threshold: lz4.map_or(0, |l| l.threshold as u32),
-            pid: std::process::id(),
-            ..StreamServerHello::default()
-        },
-        setup.pool.as_ref(),
-    );
+    let part = encode_stream_part(&stream_hello(lz4), setup.pool.as_ref());
     tx.send(kind::HANDSHAKE, &part, Some(deadline))
         .map_err(|e| other("stream hello", &e))?;
     let config = stream_config(setup.max_payload, setup.pool, lz4, setup.send_buffer);
     reconfigure(&mut tx, &mut rx, Side::Server, &config).map_err(|e| other("configure", &e))?;
     let msg = recv_message(&mut rx, deadline, stop).map_err(|e| other("subscriber ready", &e))?;
-    match msg.first() {
-        Some(&READY) => {}
-        Some(&ABORT) => {
-            let e = HandshakeError::Aborted {
-                reason: String::from_utf8_lossy(&msg[1..]).into_owned(),
-            };
-            return Err(e.to_string());
-        }
-        tag => {
-            let e = HandshakeError::UnexpectedTag {
-                tag: tag.copied().unwrap_or(0),
-            };
-            return Err(e.to_string());
-        }
-    }
+    expect_ready(&msg).map_err(|e| e.to_string())?;
     Ok(Some(Joined {
         info,
         tx,

@@ -8,25 +8,25 @@
 //! dialled), and the policy only if it decides by certificates; a plain
 //! TCP address is taken as the publisher it names.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use isocall_blob::{Blob, BlobHandle, Pool};
 use isocall_ringbuf::SharedRegion;
 
+use crate::rpc::Endpoint;
 use crate::rpc::handshake::{self, READY, REFUSED, STREAM_LZ4};
-use crate::rpc::over_stream::{NoMessage, handshake_config, recv_message};
-use crate::rpc::wire::{self, kind};
-use crate::rpc::{Compression, Endpoint};
-use crate::rpc::{HandshakeError, TypeSig, Who};
-use crate::segment::Side;
-use crate::stream::{
-    Address, Connection, Lz4, SocketKind, StreamError, StreamRx, StreamTx, endpoint, reconfigure,
+use crate::rpc::over_stream::{
+    NoMessage, abort, check_peer, granted_lz4, handshake_config, open, recv_message, wants_lz4,
 };
+use crate::rpc::wire::{self, kind};
+use crate::rpc::{HandshakeError, TypeSig};
+use crate::segment::Side;
+use crate::stream::{Address, StreamError, StreamRx, StreamTx, endpoint, reconfigure};
 use crate::sys::PeerCred;
 
 use super::super::error::{ChannelTypeMismatch, CloseReason, RecvError, SubscribeError};
 use super::super::hello::{self, CHANNEL_VERSION, HELLO, MISMATCH};
-use super::super::subscriber::SubscriberOptions;
+use super::super::subscriber::{SubscriberOptions, parse_message};
 use super::accept::stream_config;
 use super::decode_stream_part;
 
@@ -41,16 +41,6 @@ pub(crate) struct Linked {
     pub(crate) pool: Option<std::sync::Arc<Pool<SharedRegion>>>,
     pub(crate) id: u32,
     pub(crate) publisher: PeerCred,
-}
-
-/// The socket, connected (and TLS established, if asked for).
-fn open(address: &Address, to: &Endpoint, deadline: Instant) -> Result<Connection, StreamError> {
-    #[cfg(feature = "tls")]
-    if let Some(tls) = to.tls.as_ref().filter(|_| address.is_tcp()) {
-        return crate::stream::connect_tls(address, tls, deadline);
-    }
-    let _ = to;
-    crate::stream::connect(address, deadline)
 }
 
 /// A stream error while connecting, as a subscribe error.
@@ -77,30 +67,9 @@ pub(crate) fn connect(
     let deadline = crate::deadline_in(options.handshake_timeout);
     let fail = |e| connect_error(e, options);
     let conn = open(address, to, deadline).map_err(fail)?;
-    let cred = conn.peer_cred();
-    match &cred {
-        Some(c) => options
-            .publisher_policy
-            .check(c)
-            .map_err(SubscribeError::PublisherRefused)?,
-        None if options.publisher_policy.without_credentials() => {
-            let who = Who {
-                cred: None,
-                #[cfg(feature = "tls")]
-                identity: conn.peer_identity(),
-            };
-            options
-                .publisher_policy
-                .decide(&who)
-                .map_err(SubscribeError::PublisherRefused)?;
-        }
-        None => {}
-    }
-    let lz4 = match to.compression {
-        Compression::Auto => conn.kind() == SocketKind::Tcp,
-        Compression::Lz4 => true,
-        Compression::Off => false,
-    };
+    let cred =
+        check_peer(&conn, &options.publisher_policy).map_err(SubscribeError::PublisherRefused)?;
+    let lz4 = wants_lz4(&conn, to.compression);
     let (mut tx, mut rx) = endpoint(conn, Side::Client, &handshake_config()).map_err(fail)?;
     let msg = hello::encode_subscribe(ours, options.history, &options.label);
     let flags = if lz4 { STREAM_LZ4 } else { 0u32 };
@@ -149,14 +118,6 @@ pub(crate) fn connect(
             .into());
         }
     }
-    let abort = |tx: &mut StreamTx, reason: &str| {
-        let _ = tx.send(
-            kind::HANDSHAKE,
-            &handshake::encode_abort(reason),
-            Some(Instant::now()),
-        );
-        let _ = tx.flush(Some(Instant::now() + Duration::from_millis(100)));
-    };
     let accept = hello::decode_hello(&msg[1..]).inspect_err(|e| abort(&mut tx, &e.to_string()))?;
     if accept.version != CHANNEL_VERSION {
         abort(&mut tx, "channel protocol version mismatch");
@@ -178,9 +139,7 @@ pub(crate) fn connect(
     let part = recv(&mut rx)?;
     let (stream, pool) =
         decode_stream_part(&part).inspect_err(|e| abort(&mut tx, &e.to_string()))?;
-    let lz4 = (stream.flags & STREAM_LZ4 != 0).then(|| Lz4 {
-        threshold: (stream.lz4_threshold as usize).max(1),
-    });
+    let lz4 = granted_lz4(&stream);
     let max_payload = (accept.max_frame as usize).max(wire::HEAD);
     let config = stream_config(max_payload, pool, lz4, crate::stream::DEFAULT_SEND_BUFFER);
     reconfigure(&mut tx, &mut rx, Side::Client, &config).map_err(fail)?;
@@ -231,18 +190,13 @@ pub(crate) fn read_frame<'a>(
             CloseReason::from_code(code).unwrap_or(CloseReason::Other(0)),
         ));
     }
-    if kind != super::super::MESSAGE {
-        frame.release();
-        return Err(RecvError::UnexpectedKind { kind });
-    }
-    let p = match wire::parse(frame.payload()) {
-        Ok(p) => p,
+    let (p, seq, history) = match parse_message(kind, frame.payload()) {
+        Ok(m) => m,
         Err(e) => {
             frame.release();
-            return Err(e.into());
+            return Err(e);
         }
     };
-    let (seq, history) = (p.head.id, p.head.status & super::super::FLAG_HISTORY != 0);
     let handles: Vec<BlobHandle> = p
         .blobs
         .chunks_exact(wire::HANDLE)

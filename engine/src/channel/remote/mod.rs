@@ -47,7 +47,7 @@ use std::sync::Arc;
 use isocall_blob::PoolConfig;
 
 use crate::rpc::HandshakeError;
-use crate::rpc::handshake::{MAX_STREAM_POOL, StreamServerHello};
+use crate::rpc::handshake::{StreamServerHello, stream_classes, stream_pool};
 
 /// One message as the publisher queues it for stream subscribers: the
 /// frame's payload (head, handles to be rewritten, body) and the bytes
@@ -78,7 +78,7 @@ pub(crate) fn encode_stream_part(stream: &StreamServerHello, pool: Option<&PoolC
 }
 
 /// Decodes the publisher's stream part: every length checked, the pool at
-/// most [`MAX_STREAM_POOL`] bytes.
+/// most [`MAX_STREAM_POOL`](crate::rpc::handshake::MAX_STREAM_POOL) bytes.
 pub(crate) fn decode_stream_part(
     msg: &[u8],
 ) -> Result<(StreamServerHello, Option<PoolConfig>), HandshakeError> {
@@ -87,12 +87,7 @@ pub(crate) fn decode_stream_part(
         what: "stream hello",
     };
     let head: StreamServerHello = bytemuck::pod_read_unaligned(msg.get(..S).ok_or(truncated)?);
-    if head.nclasses as usize > isocall_blob::MAX_CLASSES {
-        return Err(HandshakeError::BadPool(
-            isocall_blob::BlobError::TooManyClasses,
-        ));
-    }
-    let n = head.nclasses as usize;
+    let n = stream_classes(&head)?;
     let body = msg.get(S..S + n * 8).ok_or(HandshakeError::Truncated {
         what: "pool classes",
     })?;
@@ -102,18 +97,7 @@ pub(crate) fn decode_stream_part(
         let count = u32::from_le_bytes([c[4], c[5], c[6], c[7]]);
         pool = pool.class(size as usize, count as usize);
     }
-    if pool.is_empty() {
-        return Ok((head, None));
-    }
-    let bytes = pool.region_size().map_err(HandshakeError::BadPool)?;
-    if bytes > MAX_STREAM_POOL {
-        return Err(HandshakeError::TooLarge {
-            what: "a blob pool",
-            asked: bytes as u64,
-            max: MAX_STREAM_POOL as u64,
-        });
-    }
-    Ok((head, Some(pool)))
+    Ok((head, stream_pool(pool)?))
 }
 
 #[cfg(test)]

@@ -11,20 +11,19 @@
 
 use std::time::{Duration, Instant};
 
-use crate::rpc::address::{Compression, Endpoint};
+use crate::rpc::address::Endpoint;
 use crate::rpc::error::{ConnectError, Refusal};
 use crate::rpc::handshake::{
     self, ClientHello, HELLO, HandshakeError, READY, REFUSED, STREAM_LZ4, StreamClientHello,
 };
 use crate::rpc::link::Link;
-use crate::rpc::over_stream::{NoMessage, connection_config, handshake_config, recv_message};
-use crate::rpc::policy::Who;
+use crate::rpc::over_stream::{
+    NoMessage, abort, check_peer, connection_config, granted_lz4, handshake_config, open,
+    recv_message, wants_lz4,
+};
 use crate::rpc::wire::{self, PROTOCOL_VERSION, kind};
 use crate::segment::{SegmentLayout, Side};
-use crate::stream::{
-    Address, Connection, Lz4, SocketKind, StreamConfig, StreamError, StreamTx, endpoint,
-    reconfigure,
-};
+use crate::stream::{Address, StreamConfig, StreamError, endpoint, reconfigure};
 use crate::sys::PeerCred;
 
 use super::core::Info;
@@ -72,16 +71,6 @@ fn connect_error(e: StreamError, options: &ClientOptions) -> ConnectError {
     }
 }
 
-/// The socket, connected (and TLS established, if asked for).
-fn open(address: &Address, to: &Endpoint, deadline: Instant) -> Result<Connection, StreamError> {
-    #[cfg(feature = "tls")]
-    if let Some(tls) = to.tls.as_ref().filter(|_| address.is_tcp()) {
-        return crate::stream::connect_tls(address, tls, deadline);
-    }
-    let _ = to;
-    crate::stream::connect(address, deadline)
-}
-
 fn attempt(
     address: &Address,
     to: &Endpoint,
@@ -90,30 +79,8 @@ fn attempt(
 ) -> Result<(Link, Info), ConnectError> {
     let fail = |e| connect_error(e, options);
     let conn = open(address, to, deadline).map_err(fail)?;
-    let cred = conn.peer_cred();
-    match &cred {
-        Some(c) => options
-            .server_policy
-            .check(c)
-            .map_err(ConnectError::ServerRefused)?,
-        None if options.server_policy.without_credentials() => {
-            let who = Who {
-                cred: None,
-                #[cfg(feature = "tls")]
-                identity: conn.peer_identity(),
-            };
-            options
-                .server_policy
-                .decide(&who)
-                .map_err(ConnectError::ServerRefused)?;
-        }
-        None => {}
-    }
-    let lz4 = match to.compression {
-        Compression::Auto => conn.kind() == SocketKind::Tcp,
-        Compression::Lz4 => true,
-        Compression::Off => false,
-    };
+    let cred = check_peer(&conn, &options.server_policy).map_err(ConnectError::ServerRefused)?;
+    let lz4 = wants_lz4(&conn, to.compression);
     let (mut tx, mut rx) = endpoint(conn, Side::Client, &handshake_config()).map_err(fail)?;
     let hello = StreamClientHello {
         hello: ClientHello::ours(),
@@ -147,14 +114,6 @@ fn attempt(
             .into());
         }
     }
-    let abort = |tx: &mut StreamTx, reason: &str| {
-        let _ = tx.send(
-            kind::HANDSHAKE,
-            &handshake::encode_abort(reason),
-            Some(Instant::now()),
-        );
-        let _ = tx.flush(Some(Instant::now() + Duration::from_millis(100)));
-    };
     let (hello, stream, pool) = match handshake::decode_stream_hello(&msg[1..]) {
         Ok(h) => h,
         Err(e) => {
@@ -170,9 +129,7 @@ fn attempt(
         });
     }
     let max_payload = (hello.head.max_frame as usize).max(wire::HEAD);
-    let lz4 = (stream.flags & STREAM_LZ4 != 0).then(|| Lz4 {
-        threshold: (stream.lz4_threshold as usize).max(1),
-    });
+    let lz4 = granted_lz4(&stream);
     let config = connection_config(max_payload, pool, lz4, StreamConfig::default().large);
     reconfigure(&mut tx, &mut rx, Side::Client, &config).map_err(fail)?;
     tx.send(kind::HANDSHAKE, &[READY], Some(deadline))

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::WaitStrategy;
 use crate::rpc::AppError;
-use crate::rpc::address::{At, Compression, Endpoint, IntoEndpoint};
+use crate::rpc::address::{At, Compression, Endpoint, IntoEndpoint, push_endpoint};
 use crate::rpc::body::{self, Body, Checked};
 use crate::rpc::error::ServerError;
 use crate::rpc::handshake::{MAX_MESSAGE, MAX_NAME, MethodInfo};
@@ -178,12 +178,7 @@ impl ServerBuilder {
         let mut bad = None;
         let mut all = Vec::new();
         for a in addresses {
-            match a.into_endpoint() {
-                Ok(e) => all.push(e),
-                Err(e) => {
-                    bad.get_or_insert(e);
-                }
-            }
+            push_endpoint(&mut all, &mut bad, a);
         }
         let service = all
             .first()
@@ -199,12 +194,7 @@ impl ServerBuilder {
     /// also takes connections over TCP.
     #[must_use]
     pub fn add_listener(mut self, address: impl IntoEndpoint) -> Self {
-        match address.into_endpoint() {
-            Ok(e) => self.listen.push(e),
-            Err(e) => {
-                self.bad_address.get_or_insert(e);
-            }
-        }
+        push_endpoint(&mut self.listen, &mut self.bad_address, address);
         self
     }
 

@@ -16,17 +16,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::rpc::address::Compression;
 use crate::rpc::error::Refusal;
-use crate::rpc::handshake::{
-    self, ABORT, ClientHello, HandshakeError, READY, STREAM_LZ4, StreamServerHello,
-};
+use crate::rpc::handshake::{self, ClientHello, HandshakeError};
 use crate::rpc::link::Link;
-use crate::rpc::over_stream::{connection_config, handshake_config, recv_message};
+use crate::rpc::over_stream::{
+    connection_config, expect_ready, grant_lz4, handshake_config, recv_message, stream_hello,
+};
 use crate::rpc::policy::Who;
 use crate::rpc::wire::{PROTOCOL_VERSION, kind};
 use crate::segment::Side;
-use crate::stream::{Connection, Incoming, Lz4, PeerAddr, StreamTx, endpoint, reconfigure};
+use crate::stream::{Connection, Incoming, PeerAddr, StreamTx, endpoint, reconfigure};
 use crate::sys::PeerCred;
 
 use super::Shared;
@@ -142,12 +141,7 @@ fn handshake(shared: &Shared, incoming: Incoming, id: u32) -> Result<Conn, Faile
         .map_err(|e| other("TLS handshake", &e))?;
     if cred.is_none() {
         // A TCP client: its certificate (if TLS) is known now.
-        let who = Who {
-            cred: None,
-            #[cfg(feature = "tls")]
-            identity: conn.peer_identity(),
-        };
-        if let Err(p) = shared.policy.decide(&who) {
+        if let Err(p) = shared.policy.decide(&Who::remote(&conn)) {
             shared.stats.refused.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(refusal = %p, "stream connection refused by the policy");
             send_refusal(conn, &Refusal::Policy(p));
@@ -170,18 +164,12 @@ fn handshake(shared: &Shared, incoming: Incoming, id: u32) -> Result<Conn, Faile
     let flags = msg
         .get(16..20)
         .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    let lz4 =
-        (flags & STREAM_LZ4 != 0 && shared.compression != Compression::Off).then(Lz4::default);
+    let lz4 = grant_lz4(flags, shared.compression);
     let pool = (!shared.layout.blobs.is_empty()).then_some(shared.layout.blobs);
     let (head, infos) = hello_head(shared, id);
     let msg = handshake::encode_stream_hello(
         &head,
-        &StreamServerHello {
-            flags: if lz4.is_some() { STREAM_LZ4 } else { 0 },
-            lz4_threshold: lz4.map_or(0, |l| l.threshold as u32),
-            pid: std::process::id(),
-            ..StreamServerHello::default()
-        },
+        &stream_hello(lz4),
         pool.as_ref().map_or(&[][..], |p| p.classes()),
         &infos,
     );
@@ -190,21 +178,10 @@ fn handshake(shared: &Shared, incoming: Incoming, id: u32) -> Result<Conn, Faile
     let config = connection_config(shared.max_frame, pool, lz4, shared.limits.large);
     reconfigure(&mut tx, &mut rx, Side::Server, &config).map_err(|e| other("configure", &e))?;
     let msg = recv_message(&mut rx, deadline, stop).map_err(|e| other("client ready", &e))?;
-    match msg.first() {
-        Some(&READY) => {}
-        Some(&ABORT) => {
-            let e = HandshakeError::Aborted {
-                reason: String::from_utf8_lossy(&msg[1..]).into_owned(),
-            };
-            return Err(other("client", &e));
-        }
-        tag => {
-            let e = HandshakeError::UnexpectedTag {
-                tag: tag.copied().unwrap_or(0),
-            };
-            return Err(other("client ready", &e));
-        }
-    }
+    expect_ready(&msg).map_err(|e| match e {
+        HandshakeError::Aborted { .. } => other("client", &e),
+        _ => other("client ready", &e),
+    })?;
     tracing::debug!(pid = ?cred.and_then(|c| c.pid), lz4 = lz4.is_some(), "stream connection accepted");
     let large = Large::Stream(rx.large().clone());
     // A worker that serves this connection alone waits for its requests
