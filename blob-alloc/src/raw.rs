@@ -152,12 +152,11 @@ pub(crate) fn format<R: Region>(
 ) -> Result<Arc<Held>, BlobError> {
     let held = Held::create(region_key(region), classes)?;
     let word = |off| {
-        // SAFETY: `write` stores only to the header, bitmap and state words
-        // of `classes`, a planned layout whose parts do not overlap, so never
-        // to a byte of its data parts; `Held::create` succeeded, so any pool
-        // handle of this process on the region has this layout (no other
-        // was open, and `open` refuses another from now on), and any blob
-        // of this process holds bytes of its data parts only.
+        // `write` stores only to header, bitmap and state words of `classes`
+        // (parts that do not overlap its data parts); `Held::create` made
+        // this the layout of every pool handle of this process on the
+        // region, and a blob holds bytes of data parts only.
+        // SAFETY: so no slice of this process covers the word.
         unsafe { region.u64_at(off) }
     };
     layout::write(&word, classes, region.len());
@@ -172,13 +171,11 @@ pub(crate) fn format<R: Region>(
 /// As [`layout::read`] and [`Held::open`].
 pub(crate) fn open<R: Region>(region: &R) -> Result<(Vec<ClassLayout>, Arc<Held>), BlobError> {
     Held::open_with(region_key(region), |known| {
-        // SAFETY: if no pool handle of this process is open on the region
-        // (`known` is `None`), no blob and so no slice of its bytes exists
-        // here (every blob borrows a handle); if one is (`known` is its
-        // layout), `read` loads only words of that layout's header (it
-        // refuses a header that names another class count before reading
-        // a descriptor), which is never a blob's bytes (see above). The
-        // registry is locked meanwhile, so neither changes during the read.
+        // With no pool handle of this process open (`known` is `None`), no
+        // blob exists here; with one, `read` loads only that layout's
+        // header words (it refuses another class count before reading a
+        // descriptor), never a blob's bytes; the registry stays locked.
+        // SAFETY: so no `&mut` slice of this process covers what is loaded.
         let load = |off| unsafe { region.load_u64(off) };
         layout::read(region.len(), load, known)
     })

@@ -157,14 +157,11 @@ impl<R: Region> RingRef<R> {
     pub(crate) fn header(&self, pos: u64) -> &AtomicU64 {
         debug_assert!(pos.is_multiple_of(FRAME_ALIGN as u64));
         let off = DATA + (pos & self.slot_mask) as usize;
-        // SAFETY: `slot_mask` is `capacity - 1` without the low six bits,
-        // so `off` is 64-aligned (DATA is) and at most
-        // `DATA + capacity - 64`: the word lies inside the region, whose
-        // length `attach` checked is `DATA + capacity`. No slice covers it:
-        // a side touches only the header slots of frames and free space the
-        // protocol gives it, never one inside a live grant or frame (those
-        // borrow their side mutably while their slice lives, and lie in the
-        // other side's part of the ring for it).
+        // `off` is 64-aligned and at most `DATA + capacity - 64` (the mask),
+        // inside the region `attach` checked; a side touches header slots
+        // only where the protocol gives it the space, never inside a live
+        // grant or frame (those borrow their side mutably meanwhile).
+        // SAFETY: so in bounds, aligned, and covered by no slice.
         unsafe { self.region.u64_at_unchecked(off) }
     }
 

@@ -248,13 +248,10 @@ impl SharedMem {
     /// mapping is read-only (atomic loads of read-only memory are allowed;
     /// stores are not).
     fn all_u64(&self) -> &[AtomicU64] {
-        // SAFETY: the mapping is page-aligned (so 8-aligned), `words / 8`
-        // words lie inside it (`words <= len`), it lives as long as `self`
-        // (the Arc), and atomics permit the concurrent access other
-        // processes make. No region covers these bytes (`region` refuses
-        // any range before the words mark), so no grant, frame or blob of
-        // this process holds a slice of them. Read-only mappings reach
-        // callers only through `load_u64`.
+        // The mapping is page-aligned, holds `words / 8` words (`words <=
+        // len`) and lives as long as `self`; `region` refuses any range
+        // before the words mark, so no grant, frame or blob covers them.
+        // SAFETY: aligned, in bounds, alive, atomics, and never aliased.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU64>(), self.words / 8) }
     }
 
@@ -326,13 +323,10 @@ impl SharedMem {
         // old one `self.len() >= end`): inside the mapping, non-null.
         let ptr = unsafe { NonNull::new_unchecked(map.as_ptr().add(at).cast_mut()) };
         let owner: Arc<dyn std::any::Any + Send + Sync> = Arc::new(MapOwner(map));
-        // SAFETY: the range is inside a readable `MAP_SHARED` mapping of a
-        // memfd sealed against shrinking, aligned to REGION_ALIGN (a page
-        // base plus an aligned offset), and `owner` keeps the mapping alive
-        // for the region's life. No `&mut` to its bytes exists in this
-        // process: it is either a new mapping, at an address nothing else
-        // uses, or a read-only `SharedMem`'s, which makes no region (so no
-        // grant, frame or blob) and hands out no slice.
+        // The range is inside a readable mapping of a memfd sealed against
+        // shrinking, REGION_ALIGN-aligned, kept alive by `owner`; it is a
+        // new mapping or a read-only `SharedMem`'s (which makes no region).
+        // SAFETY: so no `&mut` of this process points into it.
         Ok(Some(unsafe { ReadOnlyRegion::new(ptr, len, owner) }))
     }
 }
