@@ -197,8 +197,8 @@ pub fn params(s: &str) -> HashMap<String, String> {
 
 /// Role: a subscriber. Its argument: `socket=NAME want=N hold=0|1
 /// history=H label=L idle_ms=MS`. Says `ready id=ID`; with `hold=1`
-/// waits for `go` before it reads; receives (see [`receive`]) and says
-/// `done <tally>`.
+/// waits for `go` (or `go N`: then it wants N) before it reads; receives
+/// (see [`receive`]) and says `done <tally>`.
 pub fn subscriber(arg: &str, ctl: &mut Ctl) {
     let socket = SocketName::Abstract(params(arg).get("socket").cloned().unwrap_or_default());
     subscriber_at(arg, ctl, Endpoint::shared_memory(socket));
@@ -221,12 +221,18 @@ pub fn subscriber_at(arg: &str, ctl: &mut Ctl, at: Endpoint) {
         }
     };
     ctl.say(&format!("ready id={}", sub.id()));
+    let mut want = num("want");
     if num("hold") == 1 {
         loop {
-            match ctl.hear().as_str() {
-                "go" => break,
+            let line = ctl.hear();
+            match line.split_once(' ') {
+                _ if line == "go" => break,
+                Some(("go", n)) => {
+                    want = n.parse().unwrap_or(want);
+                    break;
+                }
                 // The parent is gone.
-                "" => return,
+                _ if line.is_empty() => return,
                 _ => {}
             }
         }
@@ -238,9 +244,9 @@ pub fn subscriber_at(arg: &str, ctl: &mut Ctl, at: Endpoint) {
             ctl.say("holding");
             let _ = ctl.hear();
         };
-        receive_holding(&mut sub, num("want"), idle, Some(&mut hold));
+        receive_holding(&mut sub, want, idle, Some(&mut hold));
         return;
     }
-    let t = receive(&mut sub, num("want"), idle);
+    let t = receive(&mut sub, want, idle);
     ctl.say(&format!("done {t}"));
 }
