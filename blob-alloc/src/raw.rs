@@ -208,6 +208,7 @@ pub(crate) fn census_read_only(region: &ReadOnlyRegion) -> Result<PoolStats, Blo
 /// # Errors
 ///
 /// As [`layout::read`].
+// SAFETY: a contract for callers, stated in `# Safety` above.
 pub unsafe fn census_region<R: ReadRegion + ?Sized>(region: &R) -> Result<PoolStats, BlobError> {
     // SAFETY: `read` loads only header words and `count_states` only the
     // slot-state words of the layout just read and checked, none of them

@@ -220,6 +220,7 @@ impl SharedRegion {
     /// many handles: see the [`Region`] contract).
     // SAFETY: the caller guarantees the pointer, length and lifetime listed
     // above; every later access is bounds-checked against `len`.
+    // SAFETY: a contract for callers, stated in `# Safety` above.
     pub unsafe fn new(ptr: NonNull<u8>, len: usize, owner: Arc<dyn Any + Send + Sync>) -> Self {
         debug_assert!((ptr.as_ptr() as usize).is_multiple_of(REGION_ALIGN));
         SharedRegion {

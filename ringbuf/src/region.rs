@@ -99,6 +99,7 @@ pub trait ReadRegion {
     ///
     /// If `off` is not 8-aligned or `off + 8 > len()`: a bug in the caller,
     /// never something a peer's data can cause.
+    // SAFETY: a contract for callers, stated in `# Safety` above.
     unsafe fn load_u64(&self, off: usize) -> u64;
 
     /// The 32-bit word at byte offset `off`, loaded once (`Relaxed`).
@@ -110,6 +111,7 @@ pub trait ReadRegion {
     /// # Panics
     ///
     /// If `off` is not 4-aligned or `off + 4 > len()`.
+    // SAFETY: a contract for callers, stated in `# Safety` above.
     unsafe fn load_u32(&self, off: usize) -> u32;
 
     /// Copies the bytes `off..off + buf.len()` into `buf`, with atomic loads:
@@ -124,6 +126,7 @@ pub trait ReadRegion {
     /// # Panics
     ///
     /// If the range is not inside the region.
+    // SAFETY: a contract for callers, stated in `# Safety` above.
     unsafe fn read_bytes(&self, off: usize, buf: &mut [u8]);
 }
 
@@ -177,6 +180,7 @@ pub unsafe trait Region: ReadRegion + Send + Sync {
     /// let region = HeapRegion::new(1024);
     /// let _word = region.u64_at(0); // error: call to unsafe function
     /// ```
+    // SAFETY: a contract for callers, stated in `# Safety` above.
     unsafe fn u64_at(&self, off: usize) -> &AtomicU64;
 
     /// The 32-bit atomic word at byte offset `off`.
@@ -188,6 +192,7 @@ pub unsafe trait Region: ReadRegion + Send + Sync {
     /// # Panics
     ///
     /// If `off` is not 4-aligned or `off + 4 > len()`.
+    // SAFETY: a contract for callers, stated in `# Safety` above.
     unsafe fn u32_at(&self, off: usize) -> &AtomicU32;
 
     /// [`u64_at`](Region::u64_at) without the bounds and alignment check,

@@ -293,6 +293,7 @@ pub fn snapshot(region: &crate::ReadOnlyRegion) -> Result<RingSnapshot, AttachEr
 /// # Errors
 ///
 /// [`AttachError::BadRegionSize`] if the region is not a ring region.
+// SAFETY: a contract for callers, stated in `# Safety` above.
 pub unsafe fn snapshot_region<R: ReadRegion + ?Sized>(
     region: &R,
 ) -> Result<RingSnapshot, AttachError> {
