@@ -40,6 +40,10 @@ pub enum Ready {
     /// Readable or writable (or hung up, or in error): a stream socket
     /// with bytes waiting to be sent.
     ReadWrite,
+    /// Writable (or hung up, or in error), whatever there is to read: a
+    /// stream socket whose reading is paused until its peer takes what was
+    /// sent (bytes the peer keeps sending must not wake the sleeper).
+    Writable,
 }
 
 /// Waits until any of `fds` is ready as asked, or `timeout` passes; returns
@@ -59,6 +63,7 @@ pub fn poll_ready(
             Ready::Readable => PollFd::new(fd, PollFlags::IN),
             Ready::HangUp => PollFd::new(fd, PollFlags::RDHUP),
             Ready::ReadWrite => PollFd::new(fd, PollFlags::IN | PollFlags::OUT),
+            Ready::Writable => PollFd::new(fd, PollFlags::OUT),
         })
         .collect();
     let ts = timeout.map(timespec);
@@ -72,6 +77,7 @@ pub fn poll_ready(
                 Ready::ReadWrite => p
                     .revents()
                     .intersects(PollFlags::IN | PollFlags::OUT | gone),
+                Ready::Writable => p.revents().intersects(PollFlags::OUT | gone),
             })
             .collect()),
         Err(Errno::INTR) => Ok(vec![false; fds.len()]),
@@ -99,6 +105,7 @@ fn epoll_flags(ready: Ready) -> epoll::EventFlags {
         Ready::Readable => epoll::EventFlags::IN,
         Ready::HangUp => epoll::EventFlags::RDHUP,
         Ready::ReadWrite => epoll::EventFlags::IN | epoll::EventFlags::OUT,
+        Ready::Writable => epoll::EventFlags::OUT,
     }
 }
 

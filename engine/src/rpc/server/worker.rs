@@ -320,14 +320,18 @@ fn wait_for_work(shared: &Shared, conns: &mut [Conn], inbox: &WorkerInbox, ready
         }
     }
     // A stream with bytes waiting for room is watched for room too, and
-    // only while they wait.
+    // only while they wait; a paused one only for room (a client that
+    // sends requests and reads no replies keeps its socket readable, and
+    // must not keep the worker from sleeping until its reply timeout).
     for c in conns.iter_mut() {
         if c.link.ring.is_some() {
             continue;
         }
+        let paused = c.paused_since.is_some();
         let Some((fd, want)) = wake_source(c) else {
             continue;
         };
+        let want = if paused { Ready::Writable } else { want };
         if c.watching != Some(want) {
             match inbox.poller.rewatch(fd, token(c.id), want) {
                 Ok(()) => c.watching = Some(want),
