@@ -112,8 +112,32 @@ pub struct ValidationError {
     pub source: rancor::BoxedError,
 }
 
-/// Bodies up to this many bytes are copied by [`Inbox::fill`]'s word loop.
+/// Bodies up to this many bytes are copied by [`copy_body`]'s word loop.
 const SHORT_BODY: usize = 256;
+
+/// Copies `src` into `dst` (the same length): a short body (the common
+/// case: a few words) a word at a time rather than through the libc
+/// `memcpy` call, which on the Sapphire Rapids hosts we measure on made
+/// `call.rtt.busy.64` 15-20 % slower than the word loop in A/B runs of the
+/// same binary otherwise (see docs/performance.md); a long one through
+/// `memcpy`, whose wide moves win once the copy is more than a few lines.
+#[inline]
+pub(crate) fn copy_body(dst: &mut [u8], src: &[u8]) {
+    if src.len() > SHORT_BODY {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let mut src_words = src.chunks_exact(8);
+    let mut dst_words = dst.chunks_exact_mut(8);
+    for (d, s) in (&mut dst_words).zip(&mut src_words) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(s);
+        d.copy_from_slice(&u64::from_ne_bytes(word).to_ne_bytes());
+    }
+    dst_words
+        .into_remainder()
+        .copy_from_slice(src_words.remainder());
+}
 
 /// Private, 16-aligned memory a body is copied into before it is checked
 /// and read (see the module doc). Reused: after the first calls it grows no
@@ -133,14 +157,8 @@ impl Inbox {
         Inbox::default()
     }
 
-    /// Copies `bytes` (the peer's) in, replacing what was there.
-    ///
-    /// Short bodies (the common case: a few words of request) are copied a
-    /// word at a time rather than through the libc `memcpy` call: on the
-    /// Sapphire Rapids hosts we measure on, the call made `call.rtt.busy.64`
-    /// 15-20 % slower than the word loop in A/B runs of the same binary
-    /// otherwise (see docs/performance.md). Long bodies take `memcpy`, whose
-    /// wide moves win once the copy is more than a few lines.
+    /// Copies `bytes` (the peer's) in, replacing what was there (see
+    /// [`copy_body`] for how).
     #[inline]
     pub fn fill(&mut self, bytes: &[u8]) {
         let n = bytes.len();
@@ -148,21 +166,7 @@ impl Inbox {
             self.buf.resize(n, 0);
         }
         self.used = n;
-        let dst = &mut self.buf[..n];
-        if n > SHORT_BODY {
-            dst.copy_from_slice(bytes);
-            return;
-        }
-        let mut src_words = bytes.chunks_exact(8);
-        let mut dst_words = dst.chunks_exact_mut(8);
-        for (d, s) in (&mut dst_words).zip(&mut src_words) {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(s);
-            d.copy_from_slice(&u64::from_ne_bytes(word).to_ne_bytes());
-        }
-        dst_words
-            .into_remainder()
-            .copy_from_slice(src_words.remainder());
+        copy_body(&mut self.buf[..n], bytes);
     }
 
     /// The bytes copied in last.

@@ -92,14 +92,15 @@ impl std::fmt::Debug for SupervisedClient {
 
 impl SupervisedClient {
     pub(super) fn new(inner: Arc<Inner>) -> Self {
+        let tag = crate::rpc::method::next_client_tag();
         SupervisedClient {
             inner,
-            tag: crate::rpc::method::next_client_tag(),
+            tag,
             known: Vec::new(),
             current: None,
             old: Vec::new(),
             calls: HashMap::new(),
-            abandoned: Arc::default(),
+            abandoned: Abandoned::register(tag),
             given_up: Vec::new(),
             next: 1,
             died_at: None,
@@ -334,7 +335,7 @@ impl SupervisedClient {
             id: seq,
             client: self.tag,
             method: m.name,
-            abandoned: Some(self.abandoned.clone()),
+            armed: true,
             _t: std::marker::PhantomData,
         })
     }

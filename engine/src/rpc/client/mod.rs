@@ -12,6 +12,7 @@
 mod caller;
 mod core;
 mod io;
+mod lock;
 pub(crate) mod reply;
 mod shared;
 mod stream;
@@ -282,11 +283,12 @@ impl Client {
     }
 
     fn from_parts(link: Link, info: Info) -> Client {
+        let abandoned = Abandoned::register(info.tag);
         Client {
             link,
             info,
             window: Window::new(),
-            abandoned: Arc::default(),
+            abandoned,
             given_up: Vec::new(),
             inbox: Inbox::new(),
             reply_blobs: Vec::new(),
@@ -540,7 +542,7 @@ impl Client {
             id,
             client: self.info.tag,
             method: m.name,
-            abandoned: Some(self.abandoned.clone()),
+            armed: true,
             _t: std::marker::PhantomData,
         })
     }

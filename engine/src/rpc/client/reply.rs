@@ -1,9 +1,10 @@
 //! What a call gives back: a [`Reply`] guard over the validated reply and
 //! its blobs, and a [`Pending`] call to wait for.
 
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::ops::Deref;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use isocall_blob::{Blob, BlobHandle, BlobMut, Pool};
 use isocall_ringbuf::SharedRegion;
@@ -26,14 +27,45 @@ pub(crate) enum ReplyBytes<'c> {
     /// In place in the ring (a trusted connection): the frame is released
     /// when the reply is dropped.
     Frame(Option<RxFrame<'c>>, std::ops::Range<usize>),
+    /// In the reply itself (a shared client's short reply): no buffer to
+    /// fetch from, or give back to, a list other threads share.
+    Inline(InlineBody),
+}
+
+/// The longest reply body a [`ReplyBytes::Inline`] holds.
+pub(crate) const INLINE_BODY: usize = 128;
+
+/// A short reply body, copied into the reply (16-aligned, as an archive's
+/// root wants).
+#[repr(C, align(16))]
+pub(crate) struct InlineBody {
+    buf: [u8; INLINE_BODY],
+    len: u8,
+}
+
+impl InlineBody {
+    /// A copy of `bytes`, if it is short enough.
+    #[inline]
+    pub(crate) fn copy(bytes: &[u8]) -> Option<InlineBody> {
+        let len = u8::try_from(bytes.len())
+            .ok()
+            .filter(|&n| usize::from(n) <= INLINE_BODY)?;
+        let mut b = InlineBody {
+            buf: [0; INLINE_BODY],
+            len,
+        };
+        crate::rpc::body::copy_body(&mut b.buf[..bytes.len()], bytes);
+        Some(b)
+    }
 }
 
 impl ReplyBytes<'_> {
-    fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             ReplyBytes::Borrowed(b) => b,
             ReplyBytes::Owned(v, _) => v,
             ReplyBytes::Frame(f, r) => f.as_ref().map_or(&[][..], |f| &f.payload()[r.clone()]),
+            ReplyBytes::Inline(b) => &b.buf[..usize::from(b.len)],
         }
     }
 }
@@ -243,16 +275,61 @@ where
 }
 
 /// Ids of calls whose [`Pending`] was dropped, for the client to forget.
-#[derive(Debug, Default)]
+///
+/// A `Pending` does not point at it: it names its client by tag, and a
+/// drop looks the client up in a table of this process's clients. A
+/// pointer would be an `Arc`, whose count is a locked instruction on every
+/// call (at `start`, and again at `wait`); a locked instruction waits for
+/// this thread's stores to drain, and the stores just made are the
+/// request's, to a line the server's core holds: the pipelined calls paid
+/// a cross-core transfer each, one at a time, where they otherwise overlap.
+/// A drop that gives up a call is rare; it pays the table's lock.
+#[derive(Debug)]
 pub(crate) struct Abandoned {
+    tag: u32,
     ids: Mutex<Vec<u64>>,
     /// Set when `ids` may hold something: a call path looks at this flag,
     /// not at the lock.
     any: std::sync::atomic::AtomicBool,
 }
 
+/// The clients of this process that may be told of a dropped `Pending`,
+/// by tag.
+fn clients() -> &'static Mutex<HashMap<u32, Weak<Abandoned>>> {
+    static CLIENTS: OnceLock<Mutex<HashMap<u32, Weak<Abandoned>>>> = OnceLock::new();
+    CLIENTS.get_or_init(Mutex::default)
+}
+
 impl Abandoned {
-    pub(crate) fn push(&self, id: u64) {
+    /// The list of the client tagged `tag`, which dropped `Pending`s of
+    /// that tag reach until it is dropped.
+    pub(crate) fn register(tag: u32) -> Arc<Abandoned> {
+        let a = Arc::new(Abandoned {
+            tag,
+            ids: Mutex::default(),
+            any: std::sync::atomic::AtomicBool::new(false),
+        });
+        clients()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tag, Arc::downgrade(&a));
+        a
+    }
+
+    /// Tells the client tagged `tag`, if it is still there, that call `id`
+    /// was given up.
+    fn report(tag: u32, id: u64) {
+        let a = clients()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&tag)
+            .and_then(Weak::upgrade);
+        if let Some(a) = a {
+            a.push(id);
+        }
+    }
+
+    fn push(&self, id: u64) {
         self.ids.lock().unwrap_or_else(|p| p.into_inner()).push(id);
         // Release: the id pushed above is seen by whoever sees the flag.
         self.any.store(true, std::sync::atomic::Ordering::Release);
@@ -280,15 +357,27 @@ impl Abandoned {
     }
 }
 
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        let mut c = clients().lock().unwrap_or_else(|p| p.into_inner());
+        // Only our own entry: a tag is never reused, but be exact.
+        if c.get(&self.tag).is_some_and(|w| w.strong_count() == 0) {
+            c.remove(&self.tag);
+        }
+    }
+}
+
 /// A call in flight, to wait for with the client's `wait`. Dropping it
 /// gives the call up: its reply is discarded when it comes, with its
 /// blobs freed.
 #[must_use = "a pending call is waited for; dropping it gives the call up"]
 pub struct Pending<Resp> {
     pub(crate) id: u64,
+    /// The tag of the client it was started on.
     pub(crate) client: u32,
     pub(crate) method: &'static str,
-    pub(crate) abandoned: Option<Arc<Abandoned>>,
+    /// Whether a drop gives the call up (false once it is waited for).
+    pub(crate) armed: bool,
     pub(crate) _t: PhantomData<fn() -> Resp>,
 }
 
@@ -300,7 +389,7 @@ impl<Resp> Pending<Resp> {
 
     /// Disarms the drop (the call is being waited for).
     pub(crate) fn defuse(mut self) -> (u64, u32) {
-        self.abandoned = None;
+        self.armed = false;
         (self.id, self.client)
     }
 }
@@ -316,8 +405,8 @@ impl<Resp> std::fmt::Debug for Pending<Resp> {
 
 impl<Resp> Drop for Pending<Resp> {
     fn drop(&mut self) {
-        if let Some(a) = self.abandoned.take() {
-            a.push(self.id);
+        if self.armed {
+            Abandoned::report(self.client, self.id);
         }
     }
 }

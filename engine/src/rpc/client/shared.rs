@@ -20,7 +20,7 @@
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use isocall_blob::{BlobHandle, Pool};
@@ -28,8 +28,9 @@ use isocall_ringbuf::{SharedRegion, Spinner, WaitStrategy};
 use rkyv::util::AlignedVec;
 
 use super::core::{Info, RoomWait, put};
-use super::io::{next_frame, recycle};
-use super::reply::{Abandoned, Handles, Pending, Reply, ReplyBlobSet, ReplyBytes};
+use super::io::next_frame;
+use super::lock::StoreLock;
+use super::reply::{Abandoned, Handles, InlineBody, Pending, Reply, ReplyBlobSet, ReplyBytes};
 use super::{ClientOptions, connect_link};
 use crate::endpoint::TransportError;
 use crate::rpc::body::{self, Body};
@@ -160,8 +161,10 @@ struct Rx {
 
 struct Inner {
     info: Info,
-    tx: Mutex<(Sender, rkyv::ser::allocator::Arena)>,
-    rx: Mutex<Rx>,
+    /// The sender and its serializer's arena; released by a plain store
+    /// (see `StoreLock`), as is the receiver.
+    tx: StoreLock<(Sender, rkyv::ser::allocator::Arena)>,
+    rx: StoreLock<Rx>,
     slots: Box<[Slot]>,
     free: FreeSlots,
     /// Callers asleep on their slot, to be asked to lead.
@@ -239,13 +242,14 @@ impl SharedClient {
 
     fn from_parts(link: Link, info: Info) -> SharedClient {
         let n = info.options.max_in_flight.clamp(1, MAX_SLOTS - 1);
+        let abandoned = Abandoned::register(info.tag);
         let Link { tx, rx, pool, ring } = link;
         let large = tx.stream().map(|s| s.large().clone());
         SharedClient {
             inner: Arc::new(Inner {
                 info,
-                tx: Mutex::new((tx, rkyv::ser::allocator::Arena::new())),
-                rx: Mutex::new(Rx {
+                tx: StoreLock::new((tx, rkyv::ser::allocator::Arena::new())),
+                rx: StoreLock::new(Rx {
                     rx,
                     closed: None,
                     broken: None,
@@ -255,7 +259,7 @@ impl SharedClient {
                 free: FreeSlots::new(n as u32),
                 parked: Mutex::new(VecDeque::new()),
                 parked_n: AtomicUsize::new(0),
-                abandoned: Arc::default(),
+                abandoned,
                 spares: Mutex::new(Vec::new()),
                 pool,
                 closed: AtomicU32::new(0),
@@ -422,7 +426,7 @@ impl SharedClient {
             id,
             client: self.inner.info.tag,
             method: m.name,
-            abandoned: Some(self.inner.abandoned.clone()),
+            armed: true,
             _t: std::marker::PhantomData,
         })
     }
@@ -468,7 +472,7 @@ impl SharedClient {
             // Read replies if nobody else does: the server may wait for
             // room for them before it takes our requests.
             let mut drained = false;
-            if let Ok(mut rx) = inner.rx.try_lock() {
+            if let Some(mut rx) = inner.rx.try_lock() {
                 while let Polled::Handled = inner.poll_one(&mut rx)? {
                     drained = true;
                 }
@@ -477,7 +481,7 @@ impl SharedClient {
             }
             room.after_reading(drained, tx, frame_kind)
         };
-        let mut guard = lock(&inner.tx);
+        let mut guard = inner.tx.lock();
         let (tx, arena) = &mut *guard;
         put(
             tx,
@@ -577,26 +581,18 @@ impl SharedClient {
             if slot.state.load(Ordering::Acquire) == READY {
                 return inner.take_reply(id);
             }
-            match inner.rx.try_lock() {
-                Ok(mut rx) => {
-                    let r = inner.lead::<Resp>(&mut rx, id, &mut deadline, timeout);
-                    drop(rx);
-                    inner.hand_off();
-                    return match r {
-                        Ok(Some(bytes_and_blobs)) => Ok(bytes_and_blobs),
-                        Ok(None) => inner.take_reply(id),
-                        Err(e) => {
-                            inner.release_slot(id);
-                            Err(e)
-                        }
-                    };
-                }
-                Err(TryLockError::Poisoned(p)) => {
-                    drop(p);
-                    inner.rx.clear_poison();
-                    continue;
-                }
-                Err(TryLockError::WouldBlock) => {}
+            if let Some(mut rx) = inner.rx.try_lock() {
+                let r = inner.lead::<Resp>(&mut rx, id, &mut deadline, timeout);
+                drop(rx);
+                inner.hand_off();
+                return match r {
+                    Ok(Some(bytes_and_blobs)) => Ok(bytes_and_blobs),
+                    Ok(None) => inner.take_reply(id),
+                    Err(e) => {
+                        inner.release_slot(id);
+                        Err(e)
+                    }
+                };
             }
             if spinner.spin() {
                 continue;
@@ -607,7 +603,7 @@ impl SharedClient {
             lock(&inner.parked).push_back(idx as u32);
             inner.parked_n.fetch_add(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
-            let free_now = inner.rx.try_lock().is_ok();
+            let free_now = inner.rx.try_lock().is_some();
             let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
             // Asleep only from WAITING: a reply delivered or a lead asked
             // for meanwhile fails the exchange, and we look again instead.
@@ -655,8 +651,8 @@ impl Inner {
         match &self.ring {
             Some(r) => r.liveness.peer_gone(),
             None => match self.tx.try_lock() {
-                Ok(g) => g.0.stream().is_none_or(stream_gone),
-                Err(_) => false,
+                Some(g) => g.0.stream().is_none_or(stream_gone),
+                None => false,
             },
         }
     }
@@ -729,27 +725,16 @@ impl Inner {
             };
             if p.head.id == id {
                 // Ours: copied out (the copy rule), checked, returned.
-                let mut body = self.spare();
-                body.extend_from_slice(p.body);
+                let body = self.reply_bytes(p.body);
                 let status = p.head.status;
                 // Read before the slot is freed, and only for an error.
                 let method = slot.method.load(Ordering::Relaxed);
                 let blobs = ReplyBlobSet::new(Handles::Owned(p.blob_vec()), self.pool.as_deref());
+                // The slot first: its locked instruction then waits for no
+                // store to the ring (the frame's release is one).
+                self.release_own_slot(id);
                 frame.release();
-                self.release_slot_quiet(id);
-                if status != Status::Ok as u32 {
-                    let e = self.info.status_error(method, status, &body);
-                    recycle(&self.spares, body);
-                    return Err(e);
-                }
-                if let Err(e) = body::check::<Resp>(&body) {
-                    recycle(&self.spares, body);
-                    return Err(CallError::BadReply(ReplyError::Invalid(e)));
-                }
-                return Ok(Some(Reply::new(
-                    ReplyBytes::Owned(body, Some(&self.spares)),
-                    blobs,
-                )));
+                return self.finish_reply(method, status, body, blobs).map(Some);
             }
             self.deliver(&p);
             frame.release();
@@ -853,12 +838,17 @@ impl Inner {
         let idx = (id & ((1 << INDEX_BITS) - 1)) as usize;
         let slot = &self.slots[idx];
         let method = slot.method.load(Ordering::Relaxed);
-        let spare = self.spare();
         let (status, blobs, body) = {
             let mut d = lock(&slot.data);
-            let body = std::mem::replace(&mut d.body, spare);
+            let body = match InlineBody::copy(&d.body) {
+                Some(b) => ReplyBytes::Inline(b),
+                None => {
+                    let spare = self.spare();
+                    ReplyBytes::Owned(std::mem::replace(&mut d.body, spare), Some(&self.spares))
+                }
+            };
             let taken = (d.status, std::mem::take(&mut d.blobs), body);
-            // Freed under the same lock (see `release_slot_quiet`).
+            // Freed under the same lock (a reply never lands in a slot being freed).
             if slot.id.load(Ordering::Acquire) == id {
                 Self::unarm(slot, id);
                 drop(d);
@@ -867,19 +857,41 @@ impl Inner {
             taken
         };
         let blobs = ReplyBlobSet::new(Handles::Owned(blobs), self.pool.as_deref());
-        if status != Status::Ok as u32 {
-            let e = self.info.status_error(method, status, &body);
-            recycle(&self.spares, body);
-            return Err(e);
+        self.finish_reply(method, status, body, blobs)
+    }
+
+    /// `bytes` (a reply body in the ring) copied out: into the reply itself
+    /// when short, else into a spare buffer.
+    #[inline]
+    fn reply_bytes(&self, bytes: &[u8]) -> ReplyBytes<'_> {
+        match InlineBody::copy(bytes) {
+            Some(b) => ReplyBytes::Inline(b),
+            None => {
+                let mut v = self.spare();
+                v.extend_from_slice(bytes);
+                ReplyBytes::Owned(v, Some(&self.spares))
+            }
         }
-        if let Err(e) = body::check::<Resp>(&body) {
-            recycle(&self.spares, body);
+    }
+
+    /// The reply of a call of `method` from its status, private body and
+    /// blobs: the server's error, a body that fails the check, or the
+    /// checked reply.
+    #[inline]
+    fn finish_reply<'c, Resp: Body>(
+        &self,
+        method: u32,
+        status: u32,
+        body: ReplyBytes<'c>,
+        blobs: ReplyBlobSet<'c>,
+    ) -> Result<Reply<'c, Resp>, CallError> {
+        if status != Status::Ok as u32 {
+            return Err(self.info.status_error(method, status, body.bytes()));
+        }
+        if let Err(e) = body::check::<Resp>(body.bytes()) {
             return Err(CallError::BadReply(ReplyError::Invalid(e)));
         }
-        Ok(Reply::new(
-            ReplyBytes::Owned(body, Some(&self.spares)),
-            blobs,
-        ))
+        Ok(Reply::new(body, blobs))
     }
 
     fn spare(&self) -> AlignedVec<16> {
@@ -908,17 +920,19 @@ impl Inner {
         self.free.push(idx as u32);
     }
 
-    /// Frees `id`'s slot after its reply was taken.
-    fn release_slot_quiet(&self, id: u64) {
+    /// Frees `id`'s slot after the leader took its own reply from the
+    /// ring. Without the slot's lock, which keeps a reply from being
+    /// delivered into a slot being freed: replies are delivered only by
+    /// the receiver's holder, the leader itself, and no other thread frees
+    /// a call whose caller waits for it (only given-up calls are freed by
+    /// others).
+    fn release_own_slot(&self, id: u64) {
         let idx = (id & ((1 << INDEX_BITS) - 1)) as usize;
         let slot = &self.slots[idx];
-        {
-            let _d = lock(&slot.data);
-            if slot.id.load(Ordering::Acquire) != id {
-                return;
-            }
-            Self::unarm(slot, id);
+        if slot.id.load(Ordering::Relaxed) != id {
+            return;
         }
+        Self::unarm(slot, id);
         self.free.push(idx as u32);
     }
 
@@ -931,8 +945,14 @@ impl Inner {
     }
 
     /// The leader left: asks one parked caller to lead (one still waiting:
-    /// a parked caller whose reply came meanwhile is passed over).
+    /// a parked caller whose reply came meanwhile is passed over). Nothing
+    /// to do with `BusySpin`, whose callers never park (their spinner has
+    /// no budget to run out of): not even the fence, a locked instruction
+    /// that waits for this thread's stores to the ring to drain.
     fn hand_off(&self) {
+        if self.info.options.strategy == WaitStrategy::BusySpin {
+            return;
+        }
         fence(Ordering::SeqCst);
         if self.parked_n.load(Ordering::SeqCst) == 0 {
             return;
@@ -987,7 +1007,7 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let (tx, _) = self.tx.get_mut().unwrap_or_else(|p| p.into_inner());
+        let (tx, _) = self.tx.get_mut();
         if let Ok(mut g) = tx.try_reserve(kind::CLOSE, 4) {
             g.bytes_mut()
                 .copy_from_slice(&CloseReason::ClientClosed.code().to_le_bytes());
