@@ -33,7 +33,7 @@ pub(crate) enum ReplyBytes<'c> {
 }
 
 /// The longest reply body a [`ReplyBytes::Inline`] holds.
-pub(crate) const INLINE_BODY: usize = 128;
+pub(crate) const INLINE_BODY: usize = 64;
 
 /// A short reply body, copied into the reply (16-aligned, as an archive's
 /// root wants).

@@ -38,7 +38,9 @@ use crate::rpc::error::{CallError, ConnectError, ReplyError};
 use crate::rpc::large::LargeBlob;
 // The link's enums under the names the ring endpoint's types had here.
 use crate::rpc::address::IntoEndpoint;
-use crate::rpc::link::{Frame, Link, RingLink, Rx as Receiver, Tx as Sender, stream_gone};
+use crate::rpc::link::{
+    Link, ReadFrame, RecvFrames, RingLink, Rx as Receiver, SendFrames, Tx as Sender, stream_gone,
+};
 use crate::rpc::method::{Message, MessageRef, Method, MethodRef};
 use crate::rpc::wire::{self, CloseReason, Status, kind};
 use crate::segment::SegmentLayout;
@@ -110,6 +112,7 @@ impl FreeSlots {
         }
     }
 
+    #[inline]
     fn pop(&self) -> Option<u32> {
         let mut head = self.head.load(Ordering::Acquire);
         loop {
@@ -130,6 +133,7 @@ impl FreeSlots {
         }
     }
 
+    #[inline]
     fn push(&self, idx: u32) {
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
@@ -390,6 +394,7 @@ impl SharedClient {
     }
 
     /// Takes a free slot for a new call and arms it; returns the call id.
+    #[inline]
     fn take_slot(&self, method: u32) -> Result<u64, CallError> {
         let idx = self
             .inner
@@ -467,33 +472,14 @@ impl SharedClient {
         blobs: &[BlobHandle],
     ) -> Result<(), CallError> {
         let inner = &*self.inner;
-        let mut room = RoomWait::new(&inner.info.options, None);
-        let on_full = |tx: &mut Sender| -> Result<(), CallError> {
-            // Read replies if nobody else does: the server may wait for
-            // room for them before it takes our requests.
-            let mut drained = false;
-            if let Some(mut rx) = inner.rx.try_lock() {
-                while let Polled::Handled = inner.poll_one(&mut rx)? {
-                    drained = true;
-                }
-                drop(rx);
-                inner.hand_off();
-            }
-            room.after_reading(drained, tx, frame_kind)
-        };
         let mut guard = inner.tx.lock();
         let (tx, arena) = &mut *guard;
-        put(
-            tx,
-            arena,
-            inner.info.max_frame,
-            frame_kind,
-            id,
-            method,
-            encode,
-            blobs,
-            on_full,
-        )
+        // One dispatch per call: the ring's path is built without a branch
+        // on the transport per frame operation.
+        match tx {
+            Sender::Ring(ring) => inner.put_on(ring, arena, frame_kind, id, method, encode, blobs),
+            other => inner.put_on(other, arena, frame_kind, id, method, encode, blobs),
+        }
     }
 
     /// Waits for the reply of `pending` (see
@@ -645,6 +631,50 @@ enum Polled {
 }
 
 impl Inner {
+    /// Writes a frame on `tx` (the sender, under its lock), reading
+    /// replies while the ring is full if nobody else does.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn put_on<T: SendFrames>(
+        &self,
+        tx: &mut T,
+        arena: &mut rkyv::ser::allocator::Arena,
+        frame_kind: u16,
+        id: u64,
+        method: u32,
+        encode: impl FnMut(
+            &mut [u8],
+            &mut rkyv::ser::allocator::Arena,
+        ) -> Result<usize, body::EncodeError>,
+        blobs: &[BlobHandle],
+    ) -> Result<(), CallError> {
+        let mut room = RoomWait::new(&self.info.options, None);
+        let on_full = |tx: &mut T| -> Result<(), CallError> {
+            // Read replies if nobody else does: the server may wait for
+            // room for them before it takes our requests.
+            let mut drained = false;
+            if let Some(mut rx) = self.rx.try_lock() {
+                while let Polled::Handled = self.poll_one(&mut rx)? {
+                    drained = true;
+                }
+                drop(rx);
+                self.hand_off();
+            }
+            room.after_reading(drained, tx, frame_kind)
+        };
+        put(
+            tx,
+            arena,
+            self.info.max_frame,
+            frame_kind,
+            id,
+            method,
+            encode,
+            blobs,
+            on_full,
+        )
+    }
+
     /// Whether the server is known gone (see `Link::peer_gone`); a stream
     /// whose sender is busy in another thread is taken as alive.
     fn peer_gone(&self) -> bool {
@@ -660,9 +690,32 @@ impl Inner {
     /// Reads frames as the leader until `id`'s reply comes (returned
     /// directly, never stored), or it was delivered to its slot meanwhile
     /// (`None`), or the deadline passes.
+    #[inline(always)]
     fn lead<Resp: Body>(
         &self,
         rx: &mut Rx,
+        id: u64,
+        deadline: &mut Option<Instant>,
+        timeout: Duration,
+    ) -> Result<Option<Reply<'_, Resp>>, CallError> {
+        let Rx { rx, closed, broken } = rx;
+        // One dispatch per wait: the ring's path is built without a branch
+        // on the transport per frame operation.
+        match rx {
+            Receiver::Ring(ring) => self.lead_on(ring, true, closed, broken, id, deadline, timeout),
+            other => self.lead_on(other, false, closed, broken, id, deadline, timeout),
+        }
+    }
+
+    /// `lead` on the receiver `rx` (`ring`: the shared-memory one).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn lead_on<Resp: Body, R: RecvFrames>(
+        &self,
+        rx: &mut R,
+        ring: bool,
+        closed: &mut Option<CloseReason>,
+        broken: &mut Option<String>,
         id: u64,
         deadline: &mut Option<Instant>,
         timeout: Duration,
@@ -676,13 +729,13 @@ impl Inner {
             if slot.state.load(Ordering::Acquire) == READY {
                 return Ok(None);
             }
-            if let Some(r) = rx.closed {
+            if let Some(r) = *closed {
                 return Err(CallError::Closed(r));
             }
-            if rx.broken.is_some() {
+            if broken.is_some() {
                 return Err(CallError::PeerDied);
             }
-            let frame = match self.next_frame(&mut rx.rx, strategy, deadline, timeout) {
+            let frame = match self.next_frame(rx, ring, strategy, deadline, timeout) {
                 Ok(f) => f,
                 Err(TransportError::Timeout) => return Err(CallError::Timeout),
                 Err(TransportError::PeerDied) => {
@@ -690,7 +743,7 @@ impl Inner {
                     return Err(CallError::PeerDied);
                 }
                 Err(e) => {
-                    rx.broken = Some(e.to_string());
+                    *broken = Some(e.to_string());
                     self.wake_everyone();
                     return Err(e.into());
                 }
@@ -703,14 +756,14 @@ impl Inner {
                     .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
                 let r = CloseReason::from_code(code);
                 frame.release();
-                rx.closed = Some(r);
+                *closed = Some(r);
                 self.closed.store(r.code().max(1), Ordering::Release);
                 self.wake_everyone();
                 return Err(CallError::Closed(r));
             }
             if k != kind::RESPONSE {
                 frame.release();
-                rx.broken = Some(format!("frame kind {k}"));
+                *broken = Some(format!("frame kind {k}"));
                 self.wake_everyone();
                 return Err(CallError::BadReply(ReplyError::UnexpectedKind { kind: k }));
             }
@@ -718,7 +771,7 @@ impl Inner {
                 Ok(p) => p,
                 Err(e) => {
                     // The frame stays unreleased: the ring is broken.
-                    rx.broken = Some(e.to_string());
+                    *broken = Some(e.to_string());
                     self.wake_everyone();
                     return Err(CallError::BadReply(e.into()));
                 }
@@ -757,14 +810,16 @@ impl Inner {
     /// it shares, for a whole time slice, while nothing can come. A reply
     /// that comes within a few microseconds is found before any yield.
     /// Otherwise (a stream, or another strategy), the connection's wait.
-    fn next_frame<'r>(
+    #[inline(always)]
+    fn next_frame<'r, R: RecvFrames>(
         &self,
-        rx: &'r mut Receiver,
+        rx: &'r mut R,
+        ring: bool,
         strategy: WaitStrategy,
         deadline: &mut Option<Instant>,
         timeout: Duration,
-    ) -> Result<Frame<'r>, TransportError> {
-        if strategy != WaitStrategy::BusySpin || !matches!(rx, Receiver::Ring(_)) {
+    ) -> Result<R::Frame<'r>, TransportError> {
+        if strategy != WaitStrategy::BusySpin || !ring {
             return next_frame(rx, strategy, deadline, timeout);
         }
         let mut spinner = Spinner::yielding(strategy);
@@ -877,7 +932,7 @@ impl Inner {
     /// The reply of a call of `method` from its status, private body and
     /// blobs: the server's error, a body that fails the check, or the
     /// checked reply.
-    #[inline]
+    #[inline(always)]
     fn finish_reply<'c, Resp: Body>(
         &self,
         method: u32,
@@ -926,6 +981,7 @@ impl Inner {
     /// the receiver's holder, the leader itself, and no other thread frees
     /// a call whose caller waits for it (only given-up calls are freed by
     /// others).
+    #[inline]
     fn release_own_slot(&self, id: u64) {
         let idx = (id & ((1 << INDEX_BITS) - 1)) as usize;
         let slot = &self.slots[idx];
@@ -949,10 +1005,15 @@ impl Inner {
     /// to do with `BusySpin`, whose callers never park (their spinner has
     /// no budget to run out of): not even the fence, a locked instruction
     /// that waits for this thread's stores to the ring to drain.
+    #[inline(always)]
     fn hand_off(&self) {
-        if self.info.options.strategy == WaitStrategy::BusySpin {
-            return;
+        if self.info.options.strategy != WaitStrategy::BusySpin {
+            self.hand_off_parked();
         }
+    }
+
+    #[inline(never)]
+    fn hand_off_parked(&self) {
         fence(Ordering::SeqCst);
         if self.parked_n.load(Ordering::SeqCst) == 0 {
             return;

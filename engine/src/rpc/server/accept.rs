@@ -245,6 +245,8 @@ pub(super) fn finish(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(conn.with_ticket(ticket));
+            // Release: the push above is seen by the worker that sees it.
+            inbox.has_new.store(true, Ordering::Release);
             let _ = inbox.bell.notify();
         }
         Err(Failed::Refused) => {}

@@ -161,7 +161,9 @@ pub(super) fn run(shared: &Shared, inbox: &WorkerInbox) {
         if shared.stopping.load(Ordering::Acquire) {
             break;
         }
-        {
+        // A plain load on every turn; the lock only when a connection came.
+        // Acquire (the swap): pairs with the acceptor's Release store.
+        if inbox.has_new.load(Ordering::Relaxed) && inbox.has_new.swap(false, Ordering::Acquire) {
             let mut new = inbox.new.lock().unwrap_or_else(|p| p.into_inner());
             if !new.is_empty() {
                 adopt(shared, &inbox.poller, &mut conns, &mut new);
@@ -189,10 +191,10 @@ pub(super) fn run(shared: &Shared, inbox: &WorkerInbox) {
             }
         }
         if scratch.calls > 0 {
-            shared
-                .stats
-                .calls
-                .fetch_add(std::mem::take(&mut scratch.calls), Ordering::Relaxed);
+            // Only this worker writes its count: a load and a plain store.
+            let served = std::mem::take(&mut scratch.calls);
+            let was = inbox.calls.load(Ordering::Relaxed);
+            inbox.calls.store(was + served, Ordering::Relaxed);
         }
         turn = turn.wrapping_add(1);
         if turn.is_multiple_of(HOUSEKEEPING_TURNS) {
