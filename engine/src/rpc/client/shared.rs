@@ -472,13 +472,19 @@ impl SharedClient {
         blobs: &[BlobHandle],
     ) -> Result<(), CallError> {
         let inner = &*self.inner;
+        let out = Out {
+            frame_kind,
+            id,
+            method,
+            blobs,
+        };
         let mut guard = inner.tx.lock();
         let (tx, arena) = &mut *guard;
         // One dispatch per call: the ring's path is built without a branch
         // on the transport per frame operation.
         match tx {
-            Sender::Ring(ring) => inner.put_on(ring, arena, frame_kind, id, method, encode, blobs),
-            other => inner.put_on(other, arena, frame_kind, id, method, encode, blobs),
+            Sender::Ring(ring) => inner.put_on(ring, arena, out, encode),
+            other => inner.put_on(other, arena, out, encode),
         }
     }
 
@@ -622,6 +628,14 @@ impl SharedClient {
     }
 }
 
+/// A frame to send, but its body.
+struct Out<'b> {
+    frame_kind: u16,
+    id: u64,
+    method: u32,
+    blobs: &'b [BlobHandle],
+}
+
 /// What one look at the ring gave the leader.
 enum Polled {
     /// The ring is empty.
@@ -633,21 +647,23 @@ enum Polled {
 impl Inner {
     /// Writes a frame on `tx` (the sender, under its lock), reading
     /// replies while the ring is full if nobody else does.
-    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn put_on<T: SendFrames>(
         &self,
         tx: &mut T,
         arena: &mut rkyv::ser::allocator::Arena,
-        frame_kind: u16,
-        id: u64,
-        method: u32,
+        out: Out<'_>,
         encode: impl FnMut(
             &mut [u8],
             &mut rkyv::ser::allocator::Arena,
         ) -> Result<usize, body::EncodeError>,
-        blobs: &[BlobHandle],
     ) -> Result<(), CallError> {
+        let Out {
+            frame_kind,
+            id,
+            method,
+            blobs,
+        } = out;
         let mut room = RoomWait::new(&self.info.options, None);
         let on_full = |tx: &mut T| -> Result<(), CallError> {
             // Read replies if nobody else does: the server may wait for
