@@ -794,7 +794,7 @@ impl Inner {
             };
             if p.head.id == id {
                 // Ours: copied out (the copy rule), checked, returned.
-                let body = self.reply_bytes(p.body);
+                let body = self.reply_bytes::<Resp>(p.body);
                 let status = p.head.status;
                 // Read before the slot is freed, and only for an error.
                 let method = slot.method.load(Ordering::Relaxed);
@@ -911,7 +911,7 @@ impl Inner {
         let method = slot.method.load(Ordering::Relaxed);
         let (status, blobs, body) = {
             let mut d = lock(&slot.data);
-            let body = match InlineBody::copy(&d.body) {
+            let body = match InlineBody::copy::<Resp>(&d.body) {
                 Some(b) => ReplyBytes::Inline(b),
                 None => {
                     let spare = self.spare();
@@ -934,8 +934,8 @@ impl Inner {
     /// `bytes` (a reply body in the ring) copied out: into the reply itself
     /// when short, else into a spare buffer.
     #[inline]
-    fn reply_bytes(&self, bytes: &[u8]) -> ReplyBytes<'_> {
-        match InlineBody::copy(bytes) {
+    fn reply_bytes<Resp: Body>(&self, bytes: &[u8]) -> ReplyBytes<'_> {
+        match InlineBody::copy::<Resp>(bytes) {
             Some(b) => ReplyBytes::Inline(b),
             None => {
                 let mut v = self.spare();
