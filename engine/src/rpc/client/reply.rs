@@ -417,3 +417,17 @@ impl<Resp> Drop for Pending<Resp> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{INLINE_BODY, InlineBody};
+
+    #[test]
+    fn a_short_body_travels_inline_unless_its_archive_needs_more_alignment() {
+        assert!(InlineBody::copy::<u64>(&7u64.to_le_bytes()).is_some());
+        assert!(InlineBody::copy::<Vec<u8>>(&[0u8; INLINE_BODY + 1]).is_none());
+        // u128's archive is 16-aligned: it takes the buffer path.
+        assert_eq!(std::mem::align_of::<rkyv::Archived<u128>>(), 16);
+        assert!(InlineBody::copy::<u128>(&[0u8; 16]).is_none());
+    }
+}
