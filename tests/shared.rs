@@ -17,6 +17,7 @@ use isocall::rpc::Endpoint;
 on_every_transport!(
     eight_threads_share_one_connection_and_each_gets_its_own_answers,
     a_dropped_pending_gives_its_slot_back,
+    max_in_flight_is_exact_however_the_slots_come_back,
 );
 
 const THREADS: u64 = 8;
@@ -116,4 +117,42 @@ fn a_dropped_pending_gives_its_slot_back(t: Transport) {
         );
         assert_eq!(client.in_flight(), 0, "round {round}");
     }
+}
+
+/// The limit counts calls, not free slots: a call past `max_in_flight` is
+/// refused every time, and one under it is never refused, whether the
+/// slots came back one at a time (a leader's own) or by another path (a
+/// dropped pending, a reply taken from a slot).
+fn max_in_flight_is_exact_however_the_slots_come_back(t: Transport) {
+    const LIMIT: usize = 8;
+    let (_server, socket) = server_process(t, "shared-limit");
+    let client = SharedClient::connect_with(
+        &socket,
+        isocall::ClientOptions::default().max_in_flight(LIMIT),
+    )
+    .expect("connect");
+    let add = client.method(ADD).expect("add");
+    let start = |i: u64| client.start(add, &Add { a: i, b: 1 }, &[]);
+    let mut window: VecDeque<_> = (0..LIMIT as u64)
+        .map(|i| (start(i).expect("under the limit"), i))
+        .collect();
+    for i in LIMIT as u64..2_000 {
+        match start(u64::MAX) {
+            Err(isocall::CallError::TooManyInFlight { limit }) => assert_eq!(limit, LIMIT),
+            other => panic!("call {i}: {LIMIT} in flight, then {other:?}"),
+        }
+        // Every 7th call comes back by a drop (given up, freed on the
+        // next start), the others by a wait.
+        let (p, j) = window.pop_front().expect("window");
+        if i % 7 == 0 {
+            drop(p);
+        } else {
+            assert_eq!(client.wait(p, None).expect("wait").sum.to_native(), j + 1);
+        }
+        window.push_back((start(i).expect("one came back"), i));
+    }
+    for (p, j) in window {
+        assert_eq!(client.wait(p, None).expect("wait").sum.to_native(), j + 1);
+    }
+    assert_eq!(client.in_flight(), 0);
 }
