@@ -208,7 +208,7 @@ impl fmt::Display for Signature {
 /// error ([`CallError::ForeignMethod`](super::CallError::ForeignMethod)).
 pub struct MethodRef<Req, Resp> {
     pub(crate) id: u32,
-    pub(crate) client: u32,
+    pub(crate) client: u64,
     pub(crate) name: &'static str,
     pub(crate) idempotent: bool,
     _t: PhantomData<fn(Req) -> Resp>,
@@ -232,7 +232,7 @@ impl<Req, Resp> fmt::Debug for MethodRef<Req, Resp> {
 }
 
 impl<Req, Resp> MethodRef<Req, Resp> {
-    pub(crate) fn new(id: u32, client: u32, name: &'static str, idempotent: bool) -> Self {
+    pub(crate) fn new(id: u32, client: u64, name: &'static str, idempotent: bool) -> Self {
         MethodRef {
             id,
             client,
@@ -269,7 +269,7 @@ impl<Req, Resp> MethodRef<Req, Resp> {
 /// A one-way message resolved on one client.
 pub struct MessageRef<M> {
     pub(crate) id: u32,
-    pub(crate) client: u32,
+    pub(crate) client: u64,
     pub(crate) name: &'static str,
     _t: PhantomData<fn(M)>,
 }
@@ -291,7 +291,7 @@ impl<M> fmt::Debug for MessageRef<M> {
 }
 
 impl<M> MessageRef<M> {
-    pub(crate) fn new(id: u32, client: u32, name: &'static str) -> Self {
+    pub(crate) fn new(id: u32, client: u64, name: &'static str) -> Self {
         MessageRef {
             id,
             client,
@@ -308,8 +308,10 @@ impl<M> MessageRef<M> {
 
 /// A distinct tag for each client made in this process, so a
 /// [`MethodRef`] cannot be used on a client it was not resolved on.
-pub(crate) fn next_client_tag() -> u32 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(1);
+pub(crate) fn next_client_tag() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // 64 bits: never reused (a tag also keys the table that dropped
+    // `Pending`s report to, see `Abandoned`).
+    static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }

@@ -66,7 +66,7 @@ struct InFlight {
 /// successor.
 pub struct SupervisedClient {
     inner: Arc<Inner>,
-    tag: u32,
+    tag: u64,
     known: Vec<Known>,
     current: Option<Conn>,
     /// Dead connections with calls still to wait for (their replies from
@@ -292,7 +292,7 @@ impl SupervisedClient {
             })
     }
 
-    fn check_ref(&self, client: u32, method: &'static str) -> Result<(), CallError> {
+    fn check_ref(&self, client: u64, method: &'static str) -> Result<(), CallError> {
         if client == self.tag {
             Ok(())
         } else {

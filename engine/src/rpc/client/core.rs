@@ -26,7 +26,7 @@ use crate::sys::{Doorbell, PeerCred, peer_cred, recv_message, send_with_fds};
 #[derive(Debug)]
 pub(crate) struct Info {
     /// Tells this client's method refs from others'.
-    pub(crate) tag: u32,
+    pub(crate) tag: u64,
     pub(crate) methods: Vec<MethodInfo>,
     pub(crate) by_name: HashMap<String, u32>,
     pub(crate) max_frame: usize,
@@ -260,7 +260,7 @@ impl Info {
 
     /// Checks that a method ref was resolved on this client.
     #[inline]
-    pub(crate) fn check_ref(&self, client: u32, method: &'static str) -> Result<(), CallError> {
+    pub(crate) fn check_ref(&self, client: u64, method: &'static str) -> Result<(), CallError> {
         if client == self.tag {
             Ok(())
         } else {

@@ -17,6 +17,7 @@
 //! does anyway; two senders that meet wait a few hundred nanoseconds.
 
 use std::cell::UnsafeCell;
+use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -41,6 +42,9 @@ unsafe impl<T: Send> Sync for StoreLock<T> {}
 /// Access to a [`StoreLock`]'s value; releases the lock when dropped.
 pub(crate) struct StoreGuard<'a, T> {
     lock: &'a StoreLock<T>,
+    /// Makes the guard `Sync` only when `T` is (as `MutexGuard`): shared
+    /// guards give shared `&T`s on several threads.
+    _t: PhantomData<&'a mut T>,
 }
 
 impl<T> StoreLock<T> {
@@ -62,7 +66,10 @@ impl<T> StoreLock<T> {
         self.held
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .ok()
-            .map(|_| StoreGuard { lock: self })
+            .map(|_| StoreGuard {
+                lock: self,
+                _t: PhantomData,
+            })
     }
 
     /// The value, once the lock is free (see the module doc for the wait).

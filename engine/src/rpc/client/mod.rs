@@ -642,7 +642,7 @@ impl Client {
     }
 
     /// This client's tag (what its method refs carry).
-    pub(crate) fn tag(&self) -> u32 {
+    pub(crate) fn tag(&self) -> u64 {
         self.info.tag
     }
 

@@ -75,10 +75,13 @@ struct SlotData {
 struct Slot {
     /// The call id this slot serves now; a free slot's has no index bits
     /// (its generation only), so no reply's id matches it. Compared with a
-    /// reply's id, and set back to free, only under `data`'s lock (a reply
-    /// being delivered never lands in a slot being freed); armed for a
-    /// call without it (Release, after `method` and `state`): no reply
-    /// can be for a call before it is armed.
+    /// reply's id under `data`'s lock, by the receiver's holder; set back
+    /// to free under that lock too (a reply being delivered never lands in
+    /// a slot being freed), except by the leader freeing its own call's
+    /// slot, which holds the receiver and so is the only deliverer (see
+    /// `release_own_slot`). Armed for a call without it (Release, after
+    /// `method` and `state`): no reply can be for a call before it is
+    /// armed.
     id: AtomicU64,
     /// `WAITING`, `READY`, `LEAD` or `PARKED`; the caller sleeps on it.
     state: AtomicU32,
@@ -794,7 +797,7 @@ impl Inner {
             };
             if p.head.id == id {
                 // Ours: copied out (the copy rule), checked, returned.
-                let body = self.reply_bytes::<Resp>(p.body);
+                let body = self.reply_bytes(p.body);
                 let status = p.head.status;
                 // Read before the slot is freed, and only for an error.
                 let method = slot.method.load(Ordering::Relaxed);
@@ -911,7 +914,7 @@ impl Inner {
         let method = slot.method.load(Ordering::Relaxed);
         let (status, blobs, body) = {
             let mut d = lock(&slot.data);
-            let body = match InlineBody::copy::<Resp>(&d.body) {
+            let body = match InlineBody::copy(&d.body) {
                 Some(b) => ReplyBytes::Inline(b),
                 None => {
                     let spare = self.spare();
@@ -934,8 +937,8 @@ impl Inner {
     /// `bytes` (a reply body in the ring) copied out: into the reply itself
     /// when short, else into a spare buffer.
     #[inline]
-    fn reply_bytes<Resp: Body>(&self, bytes: &[u8]) -> ReplyBytes<'_> {
-        match InlineBody::copy::<Resp>(bytes) {
+    fn reply_bytes(&self, bytes: &[u8]) -> ReplyBytes<'_> {
+        match InlineBody::copy(bytes) {
             Some(b) => ReplyBytes::Inline(b),
             None => {
                 let mut v = self.spare();
