@@ -28,8 +28,11 @@ pub(crate) enum ReplyBytes<'c> {
     /// when the reply is dropped.
     Frame(Option<RxFrame<'c>>, std::ops::Range<usize>),
     /// In the reply itself (a shared client's short reply): no buffer to
-    /// fetch from, or give back to, a list other threads share.
-    Inline(InlineBody),
+    /// fetch from, or give back to, a list other threads share. The
+    /// length beside the bytes, not in them: it shares the tag's 16 bytes,
+    /// so a `Reply` is 128 bytes, which moves by vector stores where a
+    /// larger one took a `memcpy` call at each move.
+    Inline { len: u8, body: InlineBody },
 }
 
 /// The longest reply body a [`ReplyBytes::Inline`] holds.
@@ -43,22 +46,20 @@ pub(crate) const INLINE_BODY: usize = 64;
 #[repr(C, align(16))]
 pub(crate) struct InlineBody {
     buf: [u8; INLINE_BODY],
-    len: u8,
 }
 
-impl InlineBody {
-    /// A copy of `bytes`, if it is short enough.
+impl ReplyBytes<'static> {
+    /// `bytes` copied into the reply, if they are short enough.
     #[inline]
-    pub(crate) fn copy(bytes: &[u8]) -> Option<InlineBody> {
+    pub(crate) fn inline(bytes: &[u8]) -> Option<ReplyBytes<'static>> {
         let len = u8::try_from(bytes.len())
             .ok()
             .filter(|&n| usize::from(n) <= INLINE_BODY)?;
-        let mut b = InlineBody {
+        let mut body = InlineBody {
             buf: [0; INLINE_BODY],
-            len,
         };
-        crate::rpc::body::copy_body(&mut b.buf[..bytes.len()], bytes);
-        Some(b)
+        crate::rpc::body::copy_body(&mut body.buf[..bytes.len()], bytes);
+        Some(ReplyBytes::Inline { len, body })
     }
 }
 
@@ -68,7 +69,7 @@ impl ReplyBytes<'_> {
             ReplyBytes::Borrowed(b) => b,
             ReplyBytes::Owned(v, _) => v,
             ReplyBytes::Frame(f, r) => f.as_ref().map_or(&[][..], |f| &f.payload()[r.clone()]),
-            ReplyBytes::Inline(b) => &b.buf[..usize::from(b.len)],
+            ReplyBytes::Inline { len, body } => &body.buf[..usize::from(*len)],
         }
     }
 }
@@ -416,19 +417,19 @@ impl<Resp> Drop for Pending<Resp> {
 
 #[cfg(test)]
 mod tests {
-    use super::{INLINE_BODY, InlineBody};
+    use super::{INLINE_BODY, ReplyBytes};
 
     #[test]
     fn an_inline_body_keeps_what_its_sub_objects_need_wherever_it_moves() {
-        assert!(InlineBody::copy(&[0u8; INLINE_BODY + 1]).is_none());
+        assert!(ReplyBytes::inline(&[0u8; INLINE_BODY + 1]).is_none());
+        assert!(std::mem::size_of::<super::Reply<'static, u64>>() <= 128);
         // A root that needs 4 over elements that need 16.
         let v: Vec<u128> = vec![u128::MAX - 1, 7];
         let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&v).expect("serialize");
         assert!(bytes.len() <= INLINE_BODY);
-        let inline = InlineBody::copy(&bytes).expect("short");
-        let at = |b: &InlineBody| b.buf[..usize::from(b.len)].as_ptr() as usize;
-        let held = |b: &InlineBody| {
-            crate::rpc::body::check::<Vec<u128>>(&b.buf[..usize::from(b.len)])
+        let inline = ReplyBytes::inline(&bytes).expect("short");
+        let held = |b: &ReplyBytes<'_>| {
+            crate::rpc::body::check::<Vec<u128>>(b.bytes())
                 .map(|c| c.get().iter().map(|x| x.to_native()).collect::<Vec<u128>>())
         };
         // Checked here, then moved (as a `Reply` is, on its way out) to
@@ -439,14 +440,14 @@ mod tests {
         #[repr(C)]
         struct Shifted {
             word: u64,
-            body: InlineBody,
+            body: ReplyBytes<'static>,
         }
         let moved = Box::new(Shifted {
             word: 0,
             body: inline,
         });
-        assert_eq!((moved.word, at(&moved.body) % 16), (0, 0));
-        let got = held(&moved.body).expect("aligned there");
-        assert_eq!(got, v);
+        let at = moved.body.bytes().as_ptr() as usize;
+        assert_eq!((moved.word, at % 16), (0, 0));
+        assert_eq!(held(&moved.body).expect("aligned there"), v);
     }
 }

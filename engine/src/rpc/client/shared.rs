@@ -30,7 +30,7 @@ use rkyv::util::AlignedVec;
 use super::core::{Info, RoomWait, put};
 use super::io::next_frame;
 use super::lock::StoreLock;
-use super::reply::{Abandoned, Handles, InlineBody, Pending, Reply, ReplyBlobSet, ReplyBytes};
+use super::reply::{Abandoned, Handles, Pending, Reply, ReplyBlobSet, ReplyBytes};
 use super::{ClientOptions, connect_link};
 use crate::endpoint::TransportError;
 use crate::rpc::body::{self, Body};
@@ -914,8 +914,8 @@ impl Inner {
         let method = slot.method.load(Ordering::Relaxed);
         let (status, blobs, body) = {
             let mut d = lock(&slot.data);
-            let body = match InlineBody::copy(&d.body) {
-                Some(b) => ReplyBytes::Inline(b),
+            let body = match ReplyBytes::inline(&d.body) {
+                Some(b) => b,
                 None => {
                     let spare = self.spare();
                     ReplyBytes::Owned(std::mem::replace(&mut d.body, spare), Some(&self.spares))
@@ -938,8 +938,8 @@ impl Inner {
     /// when short, else into a spare buffer.
     #[inline]
     fn reply_bytes(&self, bytes: &[u8]) -> ReplyBytes<'_> {
-        match InlineBody::copy(bytes) {
-            Some(b) => ReplyBytes::Inline(b),
+        match ReplyBytes::inline(bytes) {
+            Some(b) => b,
             None => {
                 let mut v = self.spare();
                 v.extend_from_slice(bytes);
