@@ -267,6 +267,8 @@ impl ReadOnlyRegion {
     /// exists in this process: they are a mapping of their own (typically
     /// `PROT_READ`), not a window on memory this process writes through a
     /// [`Region`].
+    // SAFETY: a contract for callers, stated in # Safety above; the body
+    // only stores the pointer, and every read through it relies on it.
     pub unsafe fn new(ptr: NonNull<u8>, len: usize, owner: Arc<dyn Any + Send + Sync>) -> Self {
         debug_assert!((ptr.as_ptr() as usize).is_multiple_of(REGION_ALIGN));
         ReadOnlyRegion {
