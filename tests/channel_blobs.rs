@@ -232,7 +232,17 @@ fn a_lagging_subscriber_gets_queued_blobs_as_copies_and_dropped_ones_cost_nothin
     }
     let st = publisher.subscriber_stats();
     let dropped = st[0].dropped;
-    assert!(dropped > 0 && st[0].queued == 5, "{st:?}");
+    // On shared memory the ring stays full, so the backlog stays full.
+    // Over a stream the publisher's pump keeps sending the backlog into
+    // the socket whenever the kernel takes more (its buffers grow on
+    // their own), so it may be anywhere up to its bound by now: every
+    // message is still sent, dropped or queued, once.
+    if tp.is_stream() {
+        assert!(dropped > 0 && st[0].queued <= 5, "{st:?}");
+        assert_eq!(st[0].sent + st[0].dropped + st[0].queued, n, "{st:?}");
+    } else {
+        assert!(dropped > 0 && st[0].queued == 5, "{st:?}");
+    }
     // In use: the ring's messages' blobs and the five queued ones (kept by
     // the publisher); nothing for the dropped ones. (Over a stream the
     // queued messages hold copies of their blobs' bytes, and the pool
