@@ -93,9 +93,10 @@ pub const HEAD: usize = 32;
 pub const HANDLE: usize = 16;
 /// Most blobs one call frame may carry.
 pub const MAX_BLOBS: usize = 16;
-/// Where a body starts when the frame carries every possible blob: the
-/// server writes a reply's body there, before it knows how many blobs the
-/// handler returns.
+/// Where a body starts when the frame carries every possible blob: a
+/// reply's body may move this far (the server writes it right after the
+/// head, before it knows how many blobs the handler returns, in a span
+/// that ends this much before the frame's room does).
 pub const FAR_BODY: usize = HEAD + MAX_BLOBS * HANDLE;
 
 const _: () = {
@@ -152,6 +153,10 @@ impl Parsed<'_> {
     #[inline]
     pub fn copy_blobs(&self, into: &mut Vec<BlobHandle>) {
         into.clear();
+        if self.blobs.is_empty() {
+            // Most frames: no call into `extend` for nothing.
+            return;
+        }
         into.extend(
             self.blobs
                 .chunks_exact(HANDLE)
