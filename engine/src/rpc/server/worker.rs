@@ -533,12 +533,26 @@ fn serve_frames<T: SendFrames, R: RecvFrames>(
     } = parts;
     let trusted = shared.trusted;
     let mut unpublished = 0;
+    // A group of replies was just published.
+    let mut grew = false;
     for n in 0..BATCH {
         let frame = match rx.try_recv_after(n > 0) {
-            Ok(Some(f)) => f,
+            Ok(Some(f)) => {
+                if grew {
+                    // Requests keep queuing: fewer, larger publications.
+                    *group = (*group * 2).min(BATCH);
+                    grew = false;
+                }
+                f
+            }
             Ok(None) => {
                 if unpublished > 0 {
                     tx.publish();
+                }
+                if n > 0 {
+                    // No request waits: a lone caller's reply goes out at
+                    // once.
+                    *group = 1;
                 }
                 return Ok(Turn::Served(n));
             }
@@ -636,12 +650,15 @@ fn serve_frames<T: SendFrames, R: RecvFrames>(
             continue;
         };
         drop(grant); // empty now; see `reserved` above
-        // The reply is written in place: the body first lands after room
-        // for every possible handle, then moves down once the handler said
-        // how many blobs it returns.
+        // The reply is written in place: the body lands right after the
+        // head, as if no blob came back, in a span that leaves room at the
+        // end for every possible handle; if the handler returns blobs it
+        // moves up past their handles. So the usual reply, without blobs,
+        // is never moved.
+        let body_end = g.bytes_mut().len().saturating_sub(FAR_BODY - wire::HEAD);
         let outcome = match method {
             Some(m) if m.info.signature.kind == MethodKind::Call => {
-                let out = &mut g.bytes_mut()[FAR_BODY..];
+                let out = &mut g.bytes_mut()[wire::HEAD..body_end.max(wire::HEAD)];
                 match catch_unwind(AssertUnwindSafe(|| {
                     (m.run)(body, trusted, &mut ctx, out, &mut scratch.arena)
                 })) {
@@ -679,7 +696,11 @@ fn serve_frames<T: SendFrames, R: RecvFrames>(
                         drop(pool.recall(h));
                     }
                 }
-                let len = ErrorBody::write(&mut g.bytes_mut()[FAR_BODY..], code, &msg);
+                let len = ErrorBody::write(
+                    &mut g.bytes_mut()[wire::HEAD..body_end.max(wire::HEAD)],
+                    code,
+                    &msg,
+                );
                 (status, len)
             }
         };
@@ -689,7 +710,9 @@ fn serve_frames<T: SendFrames, R: RecvFrames>(
             &[]
         };
         let at = wire::HEAD + blobs.len() * wire::HANDLE;
-        g.bytes_mut().copy_within(FAR_BODY..FAR_BODY + len, at);
+        if at != wire::HEAD {
+            g.bytes_mut().copy_within(wire::HEAD..wire::HEAD + len, at);
+        }
         let reply = CallHead {
             id: head.id,
             method: head.method,
@@ -713,14 +736,21 @@ fn serve_frames<T: SendFrames, R: RecvFrames>(
         // (A stream publishes once no request is there: each publication
         // is a system call, and its send buffer bounds the batch.)
         unpublished += 1;
-        if !matches!(rx.try_recv_after(true), Ok(Some(_))) {
+        if T::GROUPS {
+            // The ring: a full group goes out before we look for the next
+            // request. That look loads the next request's header slot, a
+            // line the caller last wrote (it zeroes slots ahead), so it is
+            // one cross-core fetch; made before the publication, it would
+            // delay every lone caller's reply by that fetch. The group
+            // grows at the top of the loop, if a request is waiting.
+            if unpublished >= *group {
+                tx.publish();
+                unpublished = 0;
+                grew = true;
+            }
+        } else if !matches!(rx.try_recv_after(true), Ok(Some(_))) {
             tx.publish();
             unpublished = 0;
-            *group = 1;
-        } else if T::GROUPS && unpublished >= *group {
-            tx.publish();
-            unpublished = 0;
-            *group = (*group * 2).min(BATCH);
         }
     }
     tx.publish();
