@@ -50,7 +50,7 @@ pub(crate) struct InlineBody {
 
 impl ReplyBytes<'static> {
     /// `bytes` copied into the reply, if they are short enough.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn inline(bytes: &[u8]) -> Option<ReplyBytes<'static>> {
         let len = u8::try_from(bytes.len())
             .ok()
