@@ -112,52 +112,37 @@ pub struct ValidationError {
     pub source: rancor::BoxedError,
 }
 
-/// Copies `src` into the start of `dst` (at least as long). A body of up to 128 bytes
-/// (the common case: a few words) is moved in at most eight 16-byte (or
-/// smaller) loads and stores, the last ones overlapping the first, with no
-/// loop and no call; a longer one goes through `memcpy`, whose wide moves
-/// win once the copy is more than a few lines.
+/// Copies `src` into the start of `dst` (at least as long). A body of up
+/// to 128 bytes (the common case: a few words) is moved as its first and
+/// its last 2, 4, 8, 16, 32 or 64 bytes (two moves that overlap in the
+/// middle), with no loop and no call; a longer one goes through `memcpy`,
+/// whose wide moves win once the copy is more than a few lines.
 ///
 /// Not a word loop: LLVM recognises a loop that copies words as `memcpy`
 /// and calls libc, twice (the words, then the tail), which is what a word
-/// loop here compiled to (about 80 instructions for 64 bytes, against 12
-/// now; see docs/performance.md).
+/// loop here compiled to (78 instructions for 64 bytes; see
+/// docs/performance.md).
 #[inline]
 pub(crate) fn copy_body(dst: &mut [u8], src: &[u8]) {
-    /// Moves `W` bytes at `at`.
+    /// Moves the first `W` and the last `W` bytes (`W <= n <= 2 * W`: the
+    /// two moves cover all `n`, overlapping in the middle).
     #[inline(always)]
-    fn mv<const W: usize>(dst: &mut [u8], src: &[u8], at: usize) {
-        dst[at..at + W].copy_from_slice(&src[at..at + W]);
+    fn ends<const W: usize>(dst: &mut [u8], src: &[u8]) {
+        let n = src.len();
+        dst[..W].copy_from_slice(&src[..W]);
+        dst[n - W..n].copy_from_slice(&src[n - W..]);
     }
     let n = src.len();
     let dst = &mut dst[..n];
     match n {
         0 => {}
         1 => dst[0] = src[0],
-        2..=3 => {
-            mv::<2>(dst, src, 0);
-            mv::<2>(dst, src, n - 2);
-        }
-        4..=7 => {
-            mv::<4>(dst, src, 0);
-            mv::<4>(dst, src, n - 4);
-        }
-        8..=16 => {
-            mv::<8>(dst, src, 0);
-            mv::<8>(dst, src, n - 8);
-        }
-        17..=32 => {
-            mv::<16>(dst, src, 0);
-            mv::<16>(dst, src, n - 16);
-        }
-        33..=64 => {
-            mv::<32>(dst, src, 0);
-            mv::<32>(dst, src, n - 32);
-        }
-        65..=128 => {
-            mv::<64>(dst, src, 0);
-            mv::<64>(dst, src, n - 64);
-        }
+        2..=3 => ends::<2>(dst, src),
+        4..=7 => ends::<4>(dst, src),
+        8..=16 => ends::<8>(dst, src),
+        17..=32 => ends::<16>(dst, src),
+        33..=64 => ends::<32>(dst, src),
+        65..=128 => ends::<64>(dst, src),
         _ => dst.copy_from_slice(src),
     }
 }
