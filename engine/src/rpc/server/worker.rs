@@ -549,15 +549,19 @@ fn serve_frames<T: SendFrames, R: RecvFrames>(
                 if unpublished > 0 {
                     tx.publish();
                 }
-                if n > 0 {
-                    // No request waits: a lone caller's reply goes out at
-                    // once.
-                    *group = 1;
-                }
+                // No request waits (also after a turn that ended with a
+                // full batch): the next lone caller's reply goes out at
+                // once.
+                *group = 1;
                 return Ok(Turn::Served(n));
             }
             Err(TransportError::PeerDied) => return Err(Close::Dead),
             Err(e) => {
+                // Replies already written still reach their callers
+                // before the CLOSE that follows.
+                if unpublished > 0 {
+                    tx.publish();
+                }
                 return Err(Close::Reason(
                     CloseReason::ProtocolViolation,
                     format!("ring: {e}"),
