@@ -122,6 +122,11 @@ pub struct ValidationError {
 /// and calls libc, twice (the words, then the tail), which is what a word
 /// loop here compiled to (78 instructions for 64 bytes; see
 /// docs/performance.md).
+///
+/// The bytes where the two moves overlap are read twice from `src`, which
+/// may be the peer's ring: a peer that rewrites them in between changes
+/// only what lands in `dst`, and `dst` (private) is what is checked and
+/// read afterwards (the copy rule), so the double read gives it nothing.
 #[inline]
 pub(crate) fn copy_body(dst: &mut [u8], src: &[u8]) {
     /// Moves the first `W` and the last `W` bytes (`W <= n <= 2 * W`: the
