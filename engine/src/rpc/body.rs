@@ -193,7 +193,7 @@ impl Inbox {
     /// # Errors
     ///
     /// [`ValidationError`] naming the type and what is wrong.
-    #[inline]
+    #[inline(always)]
     pub fn check<T: Body>(&self) -> Result<Checked<'_, T>, ValidationError> {
         check::<T>(self.bytes())
     }
@@ -252,7 +252,7 @@ impl<'a, T: Body> Checked<'a, T> {
 /// # Errors
 ///
 /// [`ValidationError`] naming the type and what is wrong.
-#[inline]
+#[inline(always)]
 pub(crate) fn check<T: Body>(bytes: &[u8]) -> Result<Checked<'_, T>, ValidationError> {
     match rkyv::api::low::access::<T::Archived, rancor::BoxedError>(bytes) {
         Ok(_) => Ok(Checked {

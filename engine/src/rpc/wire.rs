@@ -152,7 +152,15 @@ impl Parsed<'_> {
     /// first).
     #[inline]
     pub fn copy_blobs(&self, into: &mut Vec<BlobHandle>) {
-        into.clear();
+        // An empty vector is left unwritten: a store of its length here,
+        // read back by the caller as half of the slice's (pointer, length)
+        // pair, cannot be forwarded to that wider load, which then waits
+        // for every older store to reach the cache, among them the
+        // request's stores to ring lines the peer's core holds (one
+        // cross-core transfer per call; see docs/performance.md).
+        if !into.is_empty() {
+            into.clear();
+        }
         if self.blobs.is_empty() {
             // Most frames: no call into `extend` for nothing.
             return;
