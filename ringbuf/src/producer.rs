@@ -261,14 +261,26 @@ impl<R: Region, P: Parker> Producer<R, P> {
     /// fetch it back). Runs after the Release store of a publish, so it
     /// delays no frame; the zeroes are ordered before any frame that
     /// reaches them by that frame's own publish.
+    ///
+    /// Each line is first asked for (`prefetch_write`) a kilobyte before
+    /// it is zeroed: the zero then finds the line owned. Zeroed without
+    /// that, a line the consumer read a lap ago may still sit in its
+    /// core's caches, and the store would wait in the store buffer for it
+    /// to come over; every later store waits behind it, and so does any
+    /// locked instruction (a shared client's lock), which then costs a
+    /// cross-core transfer per call (see docs/performance.md).
     #[inline]
     fn zero_ahead(&mut self) {
         let step = FRAME_ALIGN as u64;
-        let limit = (self.tail + ZERO_AHEAD).min(self.head_cache + self.ring.capacity);
+        let room = self.head_cache + self.ring.capacity;
+        let limit = (self.tail + ZERO_AHEAD).min(room);
         let mut pos = self.clean_to.max(self.tail + step);
         for _ in 0..ZERO_PER_PUBLISH {
             if pos + step > limit {
                 break;
+            }
+            if pos + ZERO_AHEAD + step <= room {
+                crate::sync::prefetch_write(self.ring.header(pos + ZERO_AHEAD));
             }
             self.ring.header(pos).store(0, Ordering::Relaxed);
             pos += step;

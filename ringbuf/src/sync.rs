@@ -28,6 +28,32 @@ pub fn spin_hint() {
     core::hint::spin_loop();
 }
 
+/// Asks the CPU to fetch the cache line holding `at` for writing
+/// (`prefetchw`), without waiting for it: a later store to the line then
+/// finds it owned and commits at once, instead of holding every younger
+/// store (and any locked instruction) in the store buffer while the line
+/// comes from another core. A hint only: nothing is read or written, and
+/// a CPU without the instruction treats it as a no-op. Not on other
+/// architectures, nor under loom.
+#[inline(always)]
+pub fn prefetch_write<T>(at: &T) {
+    #[cfg(all(target_arch = "x86_64", not(loom)))]
+    // SAFETY: `prefetchw` neither reads nor writes memory as the program
+    // sees it and never faults (a hint on any address); `at` is a live
+    // reference anyway. It touches no register but its operand and no
+    // flags, and needs no stack.
+    #[allow(unsafe_code)]
+    unsafe {
+        core::arch::asm!(
+            "prefetchw byte ptr [{p}]",
+            p = in(reg) at as *const T,
+            options(nostack, preserves_flags, readonly)
+        );
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(loom))))]
+    let _ = at;
+}
+
 /// Gives the CPU to another runnable thread, if there is one (loom: yield
 /// to the model's scheduler).
 #[inline]
