@@ -104,6 +104,22 @@ pub(crate) enum Handles<'c> {
 }
 
 impl Handles<'_> {
+    /// The blob handles frame `p` carries, copied; none (the usual case)
+    /// without a vector. A vector made and moved here is written by one
+    /// function and read back as a whole by another, by loads wider than
+    /// the stores, which the CPU cannot forward: each such load waits for
+    /// every older store to reach the cache, among them the request's
+    /// stores to ring lines the server's core holds (see
+    /// docs/performance.md, "Stores that wait").
+    #[inline(always)]
+    pub(crate) fn of(p: &crate::rpc::wire::Parsed<'_>) -> Self {
+        if p.blobs.is_empty() {
+            Handles::Borrowed(&[])
+        } else {
+            Handles::Owned(p.blob_vec())
+        }
+    }
+
     fn as_slice(&self) -> &[BlobHandle] {
         match self {
             Handles::Borrowed(h) => h,

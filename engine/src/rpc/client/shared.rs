@@ -801,7 +801,7 @@ impl Inner {
                 let status = p.head.status;
                 // Read before the slot is freed, and only for an error.
                 let method = slot.method.load(Ordering::Relaxed);
-                let blobs = ReplyBlobSet::new(Handles::Owned(p.blob_vec()), self.pool.as_deref());
+                let blobs = ReplyBlobSet::new(Handles::of(&p), self.pool.as_deref());
                 // The slot first: its locked instruction then waits for no
                 // store to the ring (the frame's release is one).
                 self.release_own_slot(id);
@@ -930,7 +930,13 @@ impl Inner {
             }
             taken
         };
-        let blobs = ReplyBlobSet::new(Handles::Owned(blobs), self.pool.as_deref());
+        let blobs = if blobs.is_empty() {
+            // No vector moved for nothing (see `Handles::of`).
+            Handles::Borrowed(&[])
+        } else {
+            Handles::Owned(blobs)
+        };
+        let blobs = ReplyBlobSet::new(blobs, self.pool.as_deref());
         self.finish_reply(method, status, body, blobs)
     }
 
