@@ -229,6 +229,13 @@ impl<R: Region, P: Parker> Consumer<R, P> {
                     room: (cap - off).saturating_sub(FRAME_HEADER_BYTES as u64),
                 });
             }
+            // The frame's second line (most of a small payload), asked
+            // for now: it comes over from the producer's core while the
+            // caller reads the header and the first line, instead of when
+            // the caller reaches it.
+            if size > FRAME_ALIGN as u64 {
+                crate::sync::prefetch_read(self.ring.header(self.head + FRAME_ALIGN as u64));
+            }
             return Ok(Some(header));
         }
     }

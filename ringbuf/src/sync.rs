@@ -54,6 +54,26 @@ pub fn prefetch_write<T>(at: &T) {
     let _ = at;
 }
 
+/// Asks the CPU to fetch the cache line holding `at` for reading
+/// (`prefetcht0`), without waiting for it. A hint only, as
+/// [`prefetch_write`].
+#[inline(always)]
+pub fn prefetch_read<T>(at: &T) {
+    #[cfg(all(target_arch = "x86_64", not(loom)))]
+    // SAFETY: as `prefetch_write`: a hint that neither reads nor writes
+    // memory as the program sees it and never faults.
+    #[allow(unsafe_code)]
+    unsafe {
+        core::arch::asm!(
+            "prefetcht0 byte ptr [{p}]",
+            p = in(reg) at as *const T,
+            options(nostack, preserves_flags, readonly)
+        );
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(loom))))]
+    let _ = at;
+}
+
 /// Gives the CPU to another runnable thread, if there is one (loom: yield
 /// to the model's scheduler).
 #[inline]
