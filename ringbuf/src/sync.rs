@@ -38,11 +38,11 @@ pub fn spin_hint() {
 #[inline(always)]
 pub fn prefetch_write<T>(at: &T) {
     #[cfg(all(target_arch = "x86_64", not(loom)))]
+    #[allow(unsafe_code)]
     // SAFETY: `prefetchw` neither reads nor writes memory as the program
     // sees it and never faults (a hint on any address); `at` is a live
     // reference anyway. It touches no register but its operand and no
     // flags, and needs no stack.
-    #[allow(unsafe_code)]
     unsafe {
         core::arch::asm!(
             "prefetchw byte ptr [{p}]",
@@ -60,9 +60,9 @@ pub fn prefetch_write<T>(at: &T) {
 #[inline(always)]
 pub fn prefetch_read<T>(at: &T) {
     #[cfg(all(target_arch = "x86_64", not(loom)))]
+    #[allow(unsafe_code)]
     // SAFETY: as `prefetch_write`: a hint that neither reads nor writes
     // memory as the program sees it and never faults.
-    #[allow(unsafe_code)]
     unsafe {
         core::arch::asm!(
             "prefetcht0 byte ptr [{p}]",
