@@ -37,21 +37,7 @@ pub fn spin_hint() {
 /// architectures, nor under loom.
 #[inline(always)]
 pub fn prefetch_write<T>(at: &T) {
-    #[cfg(all(target_arch = "x86_64", not(loom)))]
-    #[allow(unsafe_code)]
-    // SAFETY: `prefetchw` neither reads nor writes memory as the program
-    // sees it and never faults (a hint on any address); `at` is a live
-    // reference anyway. It touches no register but its operand and no
-    // flags, and needs no stack.
-    unsafe {
-        core::arch::asm!(
-            "prefetchw byte ptr [{p}]",
-            p = in(reg) at as *const T,
-            options(nostack, preserves_flags, readonly)
-        );
-    }
-    #[cfg(not(all(target_arch = "x86_64", not(loom))))]
-    let _ = at;
+    prefetch::<T, true>(at);
 }
 
 /// Asks the CPU to fetch the cache line holding `at` for reading
@@ -59,16 +45,26 @@ pub fn prefetch_write<T>(at: &T) {
 /// [`prefetch_write`].
 #[inline(always)]
 pub fn prefetch_read<T>(at: &T) {
+    prefetch::<T, false>(at);
+}
+
+#[inline(always)]
+fn prefetch<T, const WRITE: bool>(at: &T) {
     #[cfg(all(target_arch = "x86_64", not(loom)))]
     #[allow(unsafe_code)]
-    // SAFETY: as `prefetch_write`: a hint that neither reads nor writes
-    // memory as the program sees it and never faults.
+    // SAFETY: a prefetch neither reads nor writes memory as the program
+    // sees it and never faults (a hint on any address); `at` is a live
+    // reference anyway. It touches no register but its operand and no
+    // flags, and needs no stack.
     unsafe {
-        core::arch::asm!(
-            "prefetcht0 byte ptr [{p}]",
-            p = in(reg) at as *const T,
-            options(nostack, preserves_flags, readonly)
-        );
+        let p = at as *const T;
+        if WRITE {
+            core::arch::asm!("prefetchw byte ptr [{p}]", p = in(reg) p,
+                options(nostack, preserves_flags, readonly));
+        } else {
+            core::arch::asm!("prefetcht0 byte ptr [{p}]", p = in(reg) p,
+                options(nostack, preserves_flags, readonly));
+        }
     }
     #[cfg(not(all(target_arch = "x86_64", not(loom))))]
     let _ = at;
