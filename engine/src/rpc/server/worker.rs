@@ -396,8 +396,12 @@ fn close(shared: &Shared, poller: &Poller, mut c: Conn, why: Close) {
             if let Ok(mut g) = c.link.tx.try_reserve(kind::CLOSE, 4) {
                 g.bytes_mut().copy_from_slice(&reason.code().to_le_bytes());
                 let _ = g.commit_all();
-                c.link.tx.publish();
             }
+            // Replies the worker wrote but had not yet published (a group
+            // cut short by the error that closes the connection) reach
+            // their callers, before the CLOSE, even when the CLOSE itself
+            // found no room.
+            c.link.tx.publish();
             if let Some(ring) = &c.link.ring {
                 ring.doorbell.ring_peer();
             }
@@ -557,11 +561,8 @@ fn serve_frames<T: SendFrames, R: RecvFrames>(
             }
             Err(TransportError::PeerDied) => return Err(Close::Dead),
             Err(e) => {
-                // Replies already written still reach their callers
-                // before the CLOSE that follows.
-                if unpublished > 0 {
-                    tx.publish();
-                }
+                // Replies already written go out with the close (see
+                // `close`), as on every error return of this loop.
                 return Err(Close::Reason(
                     CloseReason::ProtocolViolation,
                     format!("ring: {e}"),
