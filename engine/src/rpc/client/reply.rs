@@ -120,6 +120,16 @@ impl Handles<'_> {
         }
     }
 
+    /// `v`, or no vector when it is empty (as [`of`](Self::of)).
+    #[inline(always)]
+    pub(crate) fn owned(v: Vec<BlobHandle>) -> Self {
+        if v.is_empty() {
+            Handles::Borrowed(&[])
+        } else {
+            Handles::Owned(v)
+        }
+    }
+
     fn as_slice(&self) -> &[BlobHandle] {
         match self {
             Handles::Borrowed(h) => h,

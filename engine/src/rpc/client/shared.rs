@@ -930,13 +930,7 @@ impl Inner {
             }
             taken
         };
-        let blobs = if blobs.is_empty() {
-            // No vector moved for nothing (see `Handles::of`).
-            Handles::Borrowed(&[])
-        } else {
-            Handles::Owned(blobs)
-        };
-        let blobs = ReplyBlobSet::new(blobs, self.pool.as_deref());
+        let blobs = ReplyBlobSet::new(Handles::owned(blobs), self.pool.as_deref());
         self.finish_reply(method, status, body, blobs)
     }
 
