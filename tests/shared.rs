@@ -11,8 +11,8 @@ use std::collections::VecDeque;
 use common::calc::*;
 use common::transport::{Transport, serve_transport_for_parent, server_process_on};
 use common::*;
-use isocall::SharedClient;
 use isocall::rpc::Endpoint;
+use isocall::{ClientOptions, SharedClient, WaitStrategy};
 
 on_every_transport!(
     eight_threads_share_one_connection_and_each_gets_its_own_answers,
@@ -44,10 +44,28 @@ fn operands(t: u64, i: u64) -> (u64, u64) {
 }
 
 fn eight_threads_share_one_connection_and_each_gets_its_own_answers(t: Transport) {
+    share_one_connection(t, ClientOptions::default(), THREADS);
+}
+
+/// Under `BusySpin` the leader's wait is a spin of its own (one that
+/// yields); two threads wrap the ring hundreds of times through it, past
+/// the padding frame that ends each lap.
+#[test]
+fn busy_spinning_callers_share_one_ring_lap_after_lap() {
+    share_one_connection(
+        Transport::Shm,
+        ClientOptions::default().strategy(WaitStrategy::BusySpin),
+        2,
+    );
+}
+
+/// `threads` threads call through one connection on transport `t`, one
+/// call at a time and then several in flight each, every answer checked.
+fn share_one_connection(t: Transport, options: ClientOptions, threads: u64) {
     let (_server, socket) = server_process(t, "shared");
-    let client = SharedClient::connect(&socket).expect("connect");
+    let client = SharedClient::connect_with(&socket, options).expect("connect");
     let add = client.method(ADD).expect("add");
-    let threads: Vec<_> = (0..THREADS)
+    let threads: Vec<_> = (0..threads)
         .map(|t| {
             let c = client.clone();
             std::thread::Builder::new()

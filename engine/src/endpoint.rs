@@ -291,6 +291,17 @@ impl Receiver {
         Ok(self.rx.try_next(|| live.peer_gone())?)
     }
 
+    /// Whether a frame is there now, for a spin (one load; see
+    /// `Consumer::has_frame`): [`try_recv`](Self::try_recv) takes it.
+    ///
+    /// # Errors
+    ///
+    /// `Corrupt`.
+    #[inline]
+    pub fn has_frame(&mut self) -> Result<bool, TransportError> {
+        Ok(self.rx.has_frame()?)
+    }
+
     /// Announces that the caller will sleep on [`doorbell`](Self::doorbell)
     /// (in epoll or tokio) instead of in [`recv`](Self::recv). Returns true if
     /// a frame is already there: read it instead of sleeping.

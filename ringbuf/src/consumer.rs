@@ -109,6 +109,38 @@ impl<R: Region, P: Parker> Consumer<R, P> {
         Ok(self.poll()?.map(|header| Frame::new(self, header)))
     }
 
+    /// Whether a frame is published at the head, so that
+    /// [`peek`](Self::peek) finds it now. For a loop that spins until a
+    /// frame comes and then takes it with one `peek`, instead of a `peek`
+    /// per turn and a second one to take what the last found: a frame's
+    /// header is one load here, with none of `peek`'s checks (the `peek`
+    /// that takes the frame makes them, so a producer that rewrites a
+    /// header after publishing it can make a `true` wrong, never unsafe).
+    /// The padding that ends a lap is skipped as `peek` skips it, and
+    /// finding the ring empty releases the frames read so far to the
+    /// producer, as `peek` does.
+    ///
+    /// # Errors
+    ///
+    /// [`Corrupt`] if the padding at the head is not a valid one.
+    #[inline]
+    pub fn has_frame(&mut self) -> Result<bool, Corrupt> {
+        // Relaxed: only a hint; the `peek` that takes the frame loads the
+        // word again with Acquire.
+        let word = self.ring.header(self.head).load(Ordering::Relaxed);
+        if word == 0 {
+            if self.head != self.head_shared {
+                self.flush();
+            }
+            return Ok(false);
+        }
+        if Header::decode(word).kind == KIND_PAD {
+            // Once a lap: `poll` checks and skips the padding.
+            return Ok(self.poll()?.is_some());
+        }
+        Ok(true)
+    }
+
     /// The next frame if one is published; if none is, asks `stop()`, and
     /// when it says stop, looks once more (so a frame published just before
     /// the peer died is still delivered) and gives

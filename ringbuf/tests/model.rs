@@ -25,7 +25,8 @@ enum Op {
     Consume {
         n: usize,
     },
-    /// Peek without releasing.
+    /// Peek without releasing (and ask `has_frame` first: it must agree,
+    /// at the padding before a wrap too).
     Peek,
     /// Latency mode on (zero ahead, terminators) or off (streaming: the
     /// consumer zeroes what it releases, terminators skipped).
@@ -106,6 +107,7 @@ fn run(capacity: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Consume { n } => {
                 for _ in 0..n {
+                    prop_assert_eq!(rx.has_frame().unwrap(), !published.is_empty());
                     match rx.peek().unwrap() {
                         None => {
                             prop_assert!(published.is_empty());
@@ -124,6 +126,7 @@ fn run(capacity: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Peek => {
+                prop_assert_eq!(rx.has_frame().unwrap(), !published.is_empty());
                 let got = rx.peek().unwrap().map(|f| f.payload().to_vec());
                 prop_assert_eq!(got, published.front().map(|f| f.2.clone()));
             }

@@ -119,6 +119,14 @@ pub(crate) trait RecvFrames {
     /// As [`Rx::recv`].
     fn recv(&mut self, deadline: Option<Instant>) -> Result<Self::Frame<'_>, TransportError>;
 
+    /// Whether [`try_recv`](Self::try_recv) would find a frame now: for a
+    /// loop that spins until one comes, then takes it with one `try_recv`.
+    /// A ring answers with one load (a hint: the `try_recv` checks); a
+    /// stream tries the read.
+    fn has_frame(&mut self) -> Result<bool, TransportError> {
+        Ok(self.try_recv()?.is_some())
+    }
+
     /// As [`Rx::try_recv`], the frame as either transport's (to be kept
     /// past the loop, in a reply).
     fn try_recv_any(&mut self) -> Result<Option<Frame<'_>>, TransportError>;
@@ -201,6 +209,11 @@ impl RecvFrames for Receiver {
     }
 
     #[inline(always)]
+    fn has_frame(&mut self) -> Result<bool, TransportError> {
+        Receiver::has_frame(self)
+    }
+
+    #[inline(always)]
     fn try_recv_any(&mut self) -> Result<Option<Frame<'_>>, TransportError> {
         Ok(Receiver::try_recv(self)?.map(Frame::Ring))
     }
@@ -280,6 +293,13 @@ impl RecvFrames for Rx {
 
     fn recv(&mut self, deadline: Option<Instant>) -> Result<Frame<'_>, TransportError> {
         Rx::recv(self, deadline)
+    }
+
+    fn has_frame(&mut self) -> Result<bool, TransportError> {
+        match self {
+            Rx::Ring(r) => r.has_frame(),
+            Rx::Stream(_) => Ok(self.try_recv()?.is_some()),
+        }
     }
 
     fn try_recv_any(&mut self) -> Result<Option<Frame<'_>>, TransportError> {

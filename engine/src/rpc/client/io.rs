@@ -34,23 +34,19 @@ pub(crate) fn next_frame<'r, R: RecvFrames>(
     deadline: &mut Option<Instant>,
     timeout: Duration,
 ) -> Result<R::Frame<'r>, TransportError> {
-    let mut ready = false;
     if strategy != WaitStrategy::Blocking {
         for _ in 0..SPINS_BEFORE_DEADLINE {
-            if rx.try_recv()?.is_some() {
-                ready = true;
-                break;
+            if rx.has_frame()? {
+                // Found while spinning: no clock read at all, and one
+                // frame check (a ring's `has_frame` is one load). A peer
+                // that rewrote the header in between broke the ring.
+                return rx.try_recv()?.ok_or(TransportError::PeerDied);
             }
             std::hint::spin_loop();
         }
     }
-    if ready {
-        // Found while spinning: no clock read at all.
-        rx.try_recv()?.ok_or(TransportError::PeerDied)
-    } else {
-        let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
-        rx.recv(Some(d))
-    }
+    let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
+    rx.recv(Some(d))
 }
 
 /// A reply waited for, and what routing the others meanwhile needs.

@@ -844,7 +844,7 @@ impl Inner {
         let mut spinner = Spinner::yielding(strategy);
         let mut turns = 0u32;
         loop {
-            if rx.try_recv()?.is_some() {
+            if rx.has_frame()? {
                 return rx.try_recv()?.ok_or(TransportError::PeerDied);
             }
             turns = turns.wrapping_add(1);
