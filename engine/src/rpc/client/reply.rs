@@ -64,6 +64,7 @@ impl ReplyBytes<'static> {
 }
 
 impl ReplyBytes<'_> {
+    #[inline(always)]
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             ReplyBytes::Borrowed(b) => b,
@@ -75,7 +76,22 @@ impl ReplyBytes<'_> {
 }
 
 impl Drop for ReplyBytes<'_> {
+    /// Inlined where a reply is dropped: the common replies (in the inbox,
+    /// or in the reply itself) have nothing to give back, and cost a
+    /// branch instead of a call.
+    #[inline(always)]
     fn drop(&mut self) {
+        if !matches!(self, ReplyBytes::Borrowed(_) | ReplyBytes::Inline { .. }) {
+            self.give_back();
+        }
+    }
+}
+
+impl ReplyBytes<'_> {
+    /// A buffer back to its list, or a frame back to its ring.
+    #[cold]
+    #[inline(never)]
+    fn give_back(&mut self) {
         match self {
             ReplyBytes::Owned(v, Some(spares)) => {
                 let v = std::mem::take(v);
@@ -130,6 +146,7 @@ impl Handles<'_> {
         }
     }
 
+    #[inline(always)]
     fn as_slice(&self) -> &[BlobHandle] {
         match self {
             Handles::Borrowed(h) => h,
@@ -191,11 +208,21 @@ impl<'c> ReplyBlobSet<'c> {
 }
 
 impl Drop for ReplyBlobSet<'_> {
-    #[inline]
+    /// Inlined where a reply is dropped: a reply without blobs (the common
+    /// case) costs a branch instead of a call.
+    #[inline(always)]
     fn drop(&mut self) {
-        if self.handles.as_slice().is_empty() {
-            return;
+        if !self.handles.as_slice().is_empty() {
+            self.free_untaken();
         }
+    }
+}
+
+impl ReplyBlobSet<'_> {
+    /// Frees the pool blobs the caller did not take.
+    #[cold]
+    #[inline(never)]
+    fn free_untaken(&mut self) {
         let Some(pool) = self.pool else {
             return;
         };
