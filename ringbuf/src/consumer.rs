@@ -11,7 +11,9 @@ use crate::layout::*;
 use crate::region::{Access, Region};
 use crate::ring::{RingRef, RingSide};
 use crate::sync::{Ordering, fence, light_fence};
-use crate::wait::{NOT_WAITING, Parker, Spinner, WAITING_DOORBELL, WaitError, WaitStrategy};
+use crate::wait::{
+    NOT_WAITING, Parker, Spinner, WAITING_DOORBELL, WaitError, WaitStrategy, sleep_until,
+};
 
 /// The reading side of a ring. One per ring; `Send`, not `Clone`.
 pub struct Consumer<R: Region, P: Parker> {
@@ -317,8 +319,9 @@ impl<R: Region, P: Parker> Consumer<R, P> {
         ctl.word(HEAD).store(self.head, Ordering::Release);
         // Pairs with the producer's fence after it announces sleep on a full
         // ring: a full fence, or a compiler fence if the producer declared
-        // that it issues a heavy barrier there.
-        if ctl.wait_word(PROD_FENCING).load(Ordering::Relaxed) == FENCING_ASYMMETRIC {
+        // that it issues a heavy barrier there and ours is asymmetric too
+        // (so that barrier reaches us: see `Producer::publish`).
+        if self.asym && ctl.wait_word(PROD_FENCING).load(Ordering::Relaxed) == FENCING_ASYMMETRIC {
             light_fence();
         } else {
             fence(Ordering::SeqCst);
@@ -387,8 +390,11 @@ impl<R: Region, P: Parker> Consumer<R, P> {
                         None => self.poll()?.ok_or(WaitError::Stopped),
                     };
                 }
-                self.parker
-                    .park(self.ring.wait_word(CONS_WAIT), announce, deadline);
+                self.parker.park(
+                    self.ring.wait_word(CONS_WAIT),
+                    announce,
+                    sleep_until(deadline),
+                );
                 self.stats.sleeps += 1;
                 self.ring
                     .word(CONS_SLEEPS)

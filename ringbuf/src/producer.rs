@@ -11,7 +11,7 @@ use crate::layout::*;
 use crate::region::{Access, Region};
 use crate::ring::{RingRef, RingSide};
 use crate::sync::{Ordering, fence, light_fence};
-use crate::wait::{NOT_WAITING, Parker, Spinner, WaitError, WaitStrategy};
+use crate::wait::{NOT_WAITING, Parker, Spinner, WaitError, WaitStrategy, sleep_until};
 
 /// The writing side of a ring. One per ring; it is `Send` but not `Clone`.
 pub struct Producer<R: Region, P: Parker> {
@@ -208,8 +208,13 @@ impl<R: Region, P: Parker> Producer<R, P> {
         // Pairs with the fence the consumer issues after announcing sleep
         // (see `Consumer::wait`): either it sees our header, or we see its
         // announcement. A compiler fence suffices if the consumer declared
-        // that its fence there is a heavy barrier (fencing our CPU too).
-        if self.ring.wait_word(CONS_FENCING).load(Ordering::Relaxed) == FENCING_ASYMMETRIC {
+        // that its fence there is a heavy barrier, and only if that
+        // barrier reaches our CPU too: our own parker being asymmetric
+        // says so (see `Parker::asymmetric`; a `membarrier` fences only
+        // processes registered for it).
+        if self.asym
+            && self.ring.wait_word(CONS_FENCING).load(Ordering::Relaxed) == FENCING_ASYMMETRIC
+        {
             light_fence();
         } else {
             fence(Ordering::SeqCst);
@@ -508,8 +513,11 @@ impl<R: Region, P: Parker> Producer<R, P> {
                         other => Ok(other?),
                     };
                 }
-                self.parker
-                    .park(self.ring.wait_word(PROD_WAIT), announce, deadline);
+                self.parker.park(
+                    self.ring.wait_word(PROD_WAIT),
+                    announce,
+                    sleep_until(deadline),
+                );
                 self.stats.sleeps += 1;
                 self.ring
                     .word(PROD_SLEEPS)

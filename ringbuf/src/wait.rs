@@ -12,7 +12,8 @@
 //! 4. otherwise [`Parker::park`] while the word still holds the value.
 //!
 //! After publishing, the producer issues a `SeqCst` fence and loads the word;
-//! (if the consumer declared itself asymmetric, see [`Parker::asymmetric`],
+//! (if the consumer declared itself asymmetric and the producer's parker
+//! is asymmetric too, see [`Parker::asymmetric`],
 //! the producer's fence is a compiler fence and the consumer's fence after
 //! announcing is a heavy barrier that fences the producer's CPU too: the
 //! hot path then has no fence instruction at all);
@@ -79,6 +80,31 @@ impl WaitStrategy {
 /// Spin time of [`WaitStrategy::Adaptive`].
 pub const ADAPTIVE_SPIN: Duration = Duration::from_micros(50);
 
+/// Longest a side of a ring sleeps before it looks at the ring again,
+/// whatever its deadline: a frame or room that came without a wake-up is
+/// found within it. The handshake above makes wake-ups enough on its own;
+/// this is the net under it, for a peer that never wakes us (a hostile
+/// one, or one whose fence did not pair with ours: a lost wake-up seen
+/// about once in 100,000 fan-out messages between processes, cause not
+/// yet found, see docs/performance.md) and for a death that no wake-up
+/// reported. It costs an idle sleeper one look at the ring per interval.
+pub const RECHECK: Duration = Duration::from_millis(50);
+
+/// The deadline a sleep is given: the caller's, or [`RECHECK`] from now if
+/// that comes first. (Under loom, the caller's: the model has no clock.)
+#[inline]
+pub(crate) fn sleep_until(deadline: Option<Instant>) -> Option<Instant> {
+    #[cfg(loom)]
+    {
+        deadline
+    }
+    #[cfg(not(loom))]
+    {
+        let at = Instant::now() + RECHECK;
+        Some(deadline.map_or(at, |d| d.min(at)))
+    }
+}
+
 /// Puts a thread to sleep on a wait word and wakes it.
 ///
 /// Implementations must tolerate spurious returns from `park` (the ring
@@ -98,8 +124,11 @@ pub trait Parker {
 
     /// Whether this side fences asymmetrically: it issues
     /// [`heavy_fence`](Self::heavy_fence) after announcing sleep, so its peer
-    /// may use a compiler-only fence on its hot path. Fixed for the life of
-    /// the side; the default is no.
+    /// may use a compiler-only fence on its hot path; and the peer's heavy
+    /// fence reaches this side, so this side may too, where the peer fences
+    /// asymmetrically as well (a `membarrier` fences only the processes
+    /// registered for it: true only once this process is). Fixed for the
+    /// life of the side; the default is no.
     fn asymmetric(&self) -> bool {
         false
     }

@@ -122,3 +122,60 @@ fn a_wait_that_times_out_sleeps_once() {
     // turn until the next clock read.
     assert!(rx.stats().sleeps <= 2, "slept {} times", rx.stats().sleeps);
 }
+
+/// A parker that sleeps as a condition variable does but never wakes the
+/// peer: a producer that publishes without the wake-up (a hostile one, or
+/// a lost wake-up).
+#[derive(Clone, Default)]
+struct Deaf {
+    inner: isocall_ringbuf::wait::CondvarParker,
+    parked: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl isocall_ringbuf::Parker for Deaf {
+    fn announce(&self) -> u32 {
+        self.inner.announce()
+    }
+    fn park(
+        &self,
+        word: &isocall_ringbuf::sync::AtomicU32,
+        expected: u32,
+        deadline: Option<Instant>,
+    ) {
+        self.parked.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.park(word, expected, deadline);
+    }
+    fn unpark(&self, _word: &isocall_ringbuf::sync::AtomicU32, _announced: u32) {}
+}
+
+#[test]
+fn a_sleeper_that_is_never_woken_finds_the_frame_at_its_next_look() {
+    let parker = Deaf::default();
+    let parked = parker.parked.clone();
+    let (mut tx, mut rx) = channel(4096, parker).unwrap();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        // No deadline: only the ring's own look after `RECHECK` can end
+        // this sleep.
+        let f = rx.wait(WaitStrategy::Blocking, None, || false).map(|f| {
+            let p = f.payload().to_vec();
+            f.release();
+            p
+        });
+        let _ = done_tx.send(f);
+    });
+    let until = Instant::now() + Duration::from_secs(10);
+    while !parked.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(Instant::now() < until, "the reader never went to sleep");
+        std::thread::yield_now();
+    }
+    let mut g = tx.reserve(1, 5).unwrap();
+    g.bytes_mut().copy_from_slice(b"found");
+    g.commit_all();
+    tx.publish(); // wakes nobody
+    let got = done
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the reader found the frame without a wake-up");
+    assert_eq!(got.unwrap(), b"found");
+    reader.join().unwrap();
+}
