@@ -232,7 +232,7 @@ pub fn fanout(budget: &Budget, len: usize) -> Res<Measured> {
     let acks = SharedMem::create("isocall:bench:acks", 4096)?;
     let words = acks.u64_words().ok_or("the acknowledgements do not map")?;
     let params = format!("len={len}");
-    let peers = start_peers(&figure, &params, FANOUT, &mut publisher, &[acks.fd()])?;
+    let mut peers = start_peers(&figure, &params, FANOUT, &mut publisher, &[acks.fd()])?;
     // Every slot filled once, as `blob.rtt.handle.*` fills its blob once:
     // a sample writes only the words the subscribers check, so the time
     // between samples (and whether the subscribers went to sleep
@@ -260,12 +260,48 @@ pub fn fanout(budget: &Budget, len: usize) -> Res<Measured> {
         }
         Ok(start.elapsed())
     };
-    let m = timed_samples(budget, u64::MAX, &mut sample)?;
+    let m = match timed_samples(budget, u64::MAX, &mut sample) {
+        Ok(m) => m,
+        // The peers are killed and reaped as they drop, after the report.
+        Err(e) => return Err(fanout_report(e, &publisher, words, &mut peers).into()),
+    };
     drop(publisher);
     for p in peers {
         p.finish()?;
     }
     Ok(m)
+}
+
+/// The error `e` of a fan-out, with what each subscriber's side can tell:
+/// its acknowledgement now (a late one reads the message's number), what
+/// the publisher counted for it (gone from the list: closed or dead), and
+/// what its peer said and is doing (see [`Peer::report`]).
+fn fanout_report(
+    e: Box<dyn std::error::Error + Send + Sync>,
+    publisher: &Publisher<Fanned>,
+    words: &[AtomicU64],
+    peers: &mut [Peer],
+) -> String {
+    let stats = publisher.subscriber_stats();
+    let mut out = format!(
+        "{e}\n  publisher: sequence {}, {} subscribers",
+        publisher.sequence(),
+        stats.len()
+    );
+    for (i, peer) in peers.iter_mut().enumerate() {
+        let ack = words[i * ACK_STRIDE].load(Ordering::Acquire);
+        let label = format!("bench-{i}");
+        let counted = match stats.iter().find(|s| s.label == label) {
+            Some(s) => format!(
+                "sent {}, dropped {}, queued {}, full {}, closed {:?}",
+                s.sent, s.dropped, s.queued, s.full, s.closed
+            ),
+            None => "not the publisher's any more".into(),
+        };
+        let report = peer.report(Duration::from_millis(200));
+        out += &format!("\n  subscriber {i}: ack {ack}; {counted}; peer {report}");
+    }
+    out
 }
 
 /// Waits until `word` reads `seq`: spins a little, then yields the CPU
@@ -292,7 +328,9 @@ fn wait_for_ack(word: &AtomicU64, seq: u64, deadline: Instant) -> Result<(), u64
 }
 
 /// Peer of `chan.fanout.handle.*`: receives each blob, checks its first
-/// and last word, and stores the message's number in its word.
+/// and last word, and stores the message's number in its word. Says on
+/// its control socket how the subscription ended (the parent reads it
+/// only if the figure failed).
 pub fn fanout_peer(mut ctl: Control) -> Res<()> {
     let len = ctl.param("len")? as usize;
     let idx = ctl.param("idx")? as usize;
@@ -303,17 +341,34 @@ pub fn fanout_peer(mut ctl: Control) -> Res<()> {
         .ok_or("subscriber index out of range")?;
     let figure = format!("chan.fanout.handle.{len}.x4");
     let mut sub = subscribe::<Fanned>(&mut ctl, &figure, WaitStrategy::Adaptive)?;
+    let end = fanout_receive(&mut sub, word, len);
+    // The parent may be gone (then nobody asks).
+    let _ = ctl.write_line(&match &end {
+        Ok(why) => format!("ended at ack {}: {why}", word.load(Ordering::Relaxed)),
+        Err(e) => format!("failed at ack {}: {e}", word.load(Ordering::Relaxed)),
+    });
+    end.map(drop)
+}
+
+/// The fan-out peer's loop: until the publisher closes the subscription
+/// or dies (`Ok`, with the error that said so) or a message is wrong.
+fn fanout_receive(sub: &mut Subscriber<Fanned>, word: &AtomicU64, len: usize) -> Res<RecvError> {
     loop {
         let m = match sub.recv() {
             Ok(m) => m,
-            Err(RecvError::Closed(_) | RecvError::PeerDied) => return Ok(()),
+            Err(e @ (RecvError::Closed(_) | RecvError::PeerDied)) => return Ok(e),
             Err(e) => return Err(e.into()),
         };
         let seq = m.seq.to_native();
-        let blob = m.blob(0).ok_or("a message without its blob")?;
+        let blob = m
+            .blob(0)
+            .ok_or_else(|| format!("message {seq} without its blob"))?;
+        if blob.len() != len {
+            return Err(format!("blob {seq}: {} bytes, not {len}", blob.len()).into());
+        }
         let first = u64::from_le_bytes(blob[..8].try_into()?);
         let last = u64::from_le_bytes(blob[len - 8..].try_into()?);
-        if blob.len() != len || first != seq || last != seq {
+        if first != seq || last != seq {
             return Err(format!("blob {seq}: wrong bytes").into());
         }
         // Release: the blob's reads happen before the parent sees it.

@@ -138,6 +138,54 @@ impl Peer {
         Ok(())
     }
 
+    /// What the peer can tell of itself now, for an error message: the
+    /// lines it wrote that nobody read (waiting at most `wait` for them),
+    /// then whether it exited and how or, while it runs, where its main
+    /// thread sleeps in the kernel (`wchan`, e.g. `futex_do_wait`, and
+    /// `syscall`: its number and arguments, e.g. a futex's address, op and
+    /// expected value). Stops nothing: the peer is still killed and reaped
+    /// when it drops.
+    pub fn report(&mut self, wait: Duration) -> String {
+        let mut said = Vec::new();
+        // The reader reads a duplicate of this socket: one receive timeout.
+        if self.ctl.set_read_timeout(Some(wait)).is_ok() {
+            // A few lines at most: a peer that floods its socket is
+            // reported by its first lines.
+            for _ in 0..8 {
+                let mut line = String::new();
+                let got = self.reader.read_line(&mut line);
+                let line = line.trim_end();
+                if !line.is_empty() {
+                    said.push(line.to_string());
+                }
+                if !matches!(got, Ok(n) if n > 0) {
+                    break;
+                }
+            }
+        }
+        let state = match self.child.try_wait() {
+            Ok(Some(status)) => format!("exited ({status})"),
+            Ok(None) => {
+                let pid = self.child.id();
+                let proc = |what: &str| {
+                    std::fs::read_to_string(format!("/proc/{pid}/{what}"))
+                        .map_or_else(|e| format!("? ({e})"), |s| s.trim().to_string())
+                };
+                format!(
+                    "running (pid {pid}, wchan {}, syscall {})",
+                    proc("wchan"),
+                    proc("syscall")
+                )
+            }
+            Err(e) => format!("status unknown ({e})"),
+        };
+        if said.is_empty() {
+            format!("{state}, said nothing more")
+        } else {
+            format!("{state}, said {}", said.join(" / "))
+        }
+    }
+
     /// Waits for the peer to exit successfully.
     pub fn finish(mut self) -> Res<()> {
         let status = self.child.wait()?;
