@@ -87,8 +87,8 @@ pub const ADAPTIVE_SPIN: Duration = Duration::from_micros(50);
 /// one, or one whose fence did not pair with ours: a lost wake-up seen
 /// in a few of every thousand runs of a fan-out benchmark between
 /// processes, cause not yet found, see docs/performance.md) and for a
-/// death that no wake-up
-/// reported. It costs an idle sleeper one look at the ring per interval.
+/// death that no wake-up reported. It costs an idle sleeper one look at
+/// the ring per interval.
 pub const RECHECK: Duration = Duration::from_millis(50);
 
 /// The deadline a sleep is given: the caller's, or [`RECHECK`] from now if
