@@ -4,7 +4,8 @@
 //! sends replies nobody asked for every millisecond and one that sends
 //! them as fast as it can, and one that rewrites
 //! a blob slot the client holds back to "in flight" and sends its handle
-//! again. The client's calls succeed or fail with a typed error within
+//! again, and one that answers while the client sleeps but never wakes
+//! it. The client's calls succeed or fail with a typed error within
 //! their deadlines, dropping it never hangs, and it leaks nothing.
 
 mod hostile;
@@ -23,9 +24,9 @@ use isocall::blob::{BlobHandle, PoolConfig};
 use isocall::raw::SegmentLayout;
 use isocall::raw::wire::{CallHead, Status, kind};
 use isocall::ring::layout::CONS_WAIT;
-use isocall::ring::wait::WAITING_DOORBELL;
+use isocall::ring::wait::{NOT_WAITING, RECHECK, WAITING_DOORBELL, WAITING_FUTEX};
 use isocall::rpc::ReplyError;
-use isocall::{CallError, Client, ClientOptions, Method, SocketName};
+use isocall::{CallError, Client, ClientOptions, Method, SocketName, WaitStrategy};
 
 const ROLES: &[Role] = &[
     ("rewrite_replies", rewrite_replies),
@@ -33,6 +34,7 @@ const ROLES: &[Role] = &[
     ("stray_replies", stray_replies),
     ("flood_stray", flood_stray),
     ("second_accept", second_accept),
+    ("silent_wakes", silent_wakes),
 ];
 
 #[test]
@@ -280,6 +282,35 @@ fn a_server_that_blocks_and_floods_the_clients_doorbell_delays_no_call() {
     close(test, bystander, client, server);
 }
 
+/// Hostile server: answers every `add`, but only once the client sleeps
+/// for the answer, and withholds the wake-up: it waits for the client's
+/// announcement in its reply ring's wait word, gives the client a moment
+/// to be asleep in the kernel, erases the announcement (so that its own
+/// publish wakes no one) and publishes.
+fn silent_wakes(arg: &str, ctl: &mut Ctl) {
+    let (mut link, _) = accept_one(arg, ctl, false);
+    let replies = s2c(&link);
+    serve(
+        &mut link,
+        |_| {},
+        |link, h, body| {
+            let wait = peer_u32(&replies, CONS_WAIT);
+            let until = Instant::now() + Duration::from_secs(5);
+            while wait.load(Ordering::SeqCst) != WAITING_FUTEX && Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            // Well past the client's announce-look-sleep (microseconds).
+            let asleep = Instant::now() + Duration::from_millis(2);
+            while Instant::now() < asleep {
+                std::hint::spin_loop();
+            }
+            wait.store(NOT_WAITING, Ordering::SeqCst);
+            let sum = sum_of(&body);
+            reply(link, &h, &[], &sum);
+        },
+    );
+}
+
 /// Hostile server: every millisecond publishes a RESPONSE to a call id no
 /// one waits for (every other one naming a forged blob); answers `add`,
 /// never `echo`.
@@ -516,4 +547,34 @@ fn a_slot_rewritten_back_to_in_flight_is_not_accepted_twice() {
     server.wait_ok(Duration::from_secs(10));
     bystander.finish();
     test.expect_back("after the client closed");
+}
+
+#[test]
+fn a_server_that_never_wakes_the_client_delays_each_answer_by_a_recheck_at_most() {
+    // Without the ring's recheck a sleeping client would see each answer
+    // only at its call's deadline (10 s here).
+    let (test, bystander, server) = start("silent_wakes", Duration::from_secs(120));
+    let mut client = Client::connect_with(
+        &test.socket,
+        ClientOptions::default()
+            .strategy(WaitStrategy::Blocking)
+            .call_timeout(Duration::from_secs(10)),
+    )
+    .expect("connect");
+    let add = client.method(ADD).expect("add");
+    for i in 0..20u64 {
+        let t = Instant::now();
+        let r = client
+            .call(add, &Add { a: i, b: 7 })
+            .unwrap_or_else(|e| panic!("call {i}: {e}"));
+        assert_eq!(r.sum.to_native(), i + 7);
+        // A hundred rechecks of margin on a loaded machine; the deadline
+        // it would otherwise wait for is 10 s.
+        assert!(
+            t.elapsed() < RECHECK * 100,
+            "call {i} waited {:?} for an answer published long before",
+            t.elapsed()
+        );
+    }
+    close(test, bystander, client, server);
 }
