@@ -44,7 +44,7 @@ fn operands(t: u64, i: u64) -> (u64, u64) {
 }
 
 fn eight_threads_share_one_connection_and_each_gets_its_own_answers(t: Transport) {
-    share_one_connection(t, ClientOptions::default(), THREADS);
+    share_one_connection(t, ClientOptions::default(), THREADS, None);
 }
 
 /// Under `BusySpin` the leader's wait is a spin of its own (one that
@@ -56,12 +56,32 @@ fn busy_spinning_callers_share_one_ring_lap_after_lap() {
         Transport::Shm,
         ClientOptions::default().strategy(WaitStrategy::BusySpin),
         2,
+        None,
+    );
+}
+
+/// Under `BusySpin`, four callers pinned to one CPU: more busy threads
+/// than cores, the case the callers' yielding spin is for (a leader
+/// preempted on that CPU runs again only once the others let it). Every
+/// answer checked, and every thread ends.
+#[test]
+fn busy_spinning_callers_pinned_to_one_cpu_take_turns() {
+    let cpu = isocall::raw::sys::allowed_cpus()
+        .first()
+        .copied()
+        .expect("a CPU to run on");
+    share_one_connection(
+        Transport::Shm,
+        ClientOptions::default().strategy(WaitStrategy::BusySpin),
+        4,
+        Some(cpu),
     );
 }
 
 /// `threads` threads call through one connection on transport `t`, one
-/// call at a time and then several in flight each, every answer checked.
-fn share_one_connection(t: Transport, options: ClientOptions, threads: u64) {
+/// call at a time and then several in flight each, every answer checked;
+/// each thread pinned to CPU `pin`, if given.
+fn share_one_connection(t: Transport, options: ClientOptions, threads: u64, pin: Option<usize>) {
     let (_server, socket) = server_process(t, "shared");
     let client = SharedClient::connect_with(&socket, options).expect("connect");
     let add = client.method(ADD).expect("add");
@@ -71,6 +91,9 @@ fn share_one_connection(t: Transport, options: ClientOptions, threads: u64) {
             std::thread::Builder::new()
                 .name(format!("caller-{t}"))
                 .spawn(move || {
+                    if let Some(cpu) = pin {
+                        isocall::raw::sys::pin_current_thread(cpu).expect("pin to one CPU");
+                    }
                     // One call at a time.
                     for i in 0..CALLS {
                         let (a, b) = operands(t, i);

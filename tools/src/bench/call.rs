@@ -308,29 +308,48 @@ pub fn shared_rtt(budget: &Budget) -> Res<Measured> {
 /// one connection through clones of a [`SharedClient`], 32 calls in flight
 /// each (64 in all, as `call.pipelined.64`).
 pub fn shared_pipelined(budget: &Budget) -> Res<Measured> {
-    let figure = "call.shared.pipelined.64";
+    shared_pipelined_by(budget, "call.shared.pipelined.64", 2, 32)
+}
+
+/// `call.shared.pipelined.1x64.64`: `call.pipelined.64` (one thread, 64
+/// calls in flight) through a [`SharedClient`]. Beside
+/// `call.shared.pipelined.64` it tells what the shared handle costs per
+/// call from what two threads taking turns on one CPU cost.
+pub fn shared_pipelined_lone(budget: &Budget) -> Res<Measured> {
+    shared_pipelined_by(budget, "call.shared.pipelined.1x64.64", 1, 64)
+}
+
+/// Calls per second from `threads` threads sharing one connection through
+/// clones of a [`SharedClient`], `window` 64-byte calls in flight each,
+/// every reply checked.
+fn shared_pipelined_by(
+    budget: &Budget,
+    figure: &str,
+    threads: u64,
+    window: usize,
+) -> Res<Measured> {
     let (peer, c) = connect_shared(figure)?;
     let m = c.method(ECHO64)?;
-    let per_thread = (budget.stream_msgs / 16).max(5_000);
+    let per_thread = (budget.stream_msgs / 8 / threads).max(5_000);
     let mut reps = Vec::new();
     for _ in 0..budget.stream_reps {
         let start = Instant::now();
         let results: Vec<Res<()>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..2u64)
+            let handles: Vec<_> = (0..threads)
                 .map(|t| {
                     let c = c.clone();
                     s.spawn(move || -> Res<()> {
-                        let mut window = std::collections::VecDeque::with_capacity(32);
+                        let mut pending = std::collections::VecDeque::with_capacity(window);
                         for i in 0..per_thread {
                             let seq = t * per_thread + i;
-                            if window.len() == 32 {
-                                let (p, s) = window.pop_front().ok_or("empty window")?;
+                            if pending.len() == window {
+                                let (p, s) = pending.pop_front().ok_or("empty window")?;
                                 let r: isocall_engine::Reply<'_, Bytes64> = c.wait(p, None)?;
                                 check(&r.data, s)?;
                             }
-                            window.push_back((c.start(m, &request(seq), &[])?, seq));
+                            pending.push_back((c.start(m, &request(seq), &[])?, seq));
                         }
-                        for (p, s) in window {
+                        for (p, s) in pending {
                             let r: isocall_engine::Reply<'_, Bytes64> = c.wait(p, None)?;
                             check(&r.data, s)?;
                         }
@@ -349,7 +368,7 @@ pub fn shared_pipelined(budget: &Budget) -> Res<Measured> {
         for r in results {
             r.map_err(|e| format!("{figure}: {e}"))?;
         }
-        reps.push((2 * per_thread, start.elapsed()));
+        reps.push((threads * per_thread, start.elapsed()));
     }
     finish(peer, c)?;
     Ok(rate(&mut reps, 64))

@@ -341,6 +341,14 @@ pub fn figures() -> Vec<Figure> {
             peer: call::server_peer,
         },
         Figure {
+            name: "call.shared.pipelined.1x64.64",
+            unit: CallPerSec,
+            floor: Some("call.pipelined.64"),
+            also: &["call.shared.pipelined.64"],
+            run: call::shared_pipelined_lone,
+            peer: call::server_peer,
+        },
+        Figure {
             name: "unix_stream.call.rtt.64",
             unit: Ns,
             floor: Some("uds.rtt.64"),
