@@ -57,6 +57,9 @@ pub struct ConsumerStats {
     pub wakes: u64,
     /// Times this side slept on an empty ring.
     pub sleeps: u64,
+    /// Sleeps that ended with a frame waiting and no wake-up given for it
+    /// (see [`CONS_UNWOKEN`](crate::layout::CONS_UNWOKEN)).
+    pub unwoken: u64,
 }
 
 impl<R: Region, P: Parker> Consumer<R, P> {
@@ -332,6 +335,14 @@ impl<R: Region, P: Parker> Consumer<R, P> {
     }
 
     #[cold]
+    fn count_unwoken(&mut self) {
+        self.stats.unwoken += 1;
+        self.ring
+            .word(CONS_UNWOKEN)
+            .store(self.stats.unwoken, Ordering::Relaxed);
+    }
+
+    #[cold]
     fn wake_producer(&mut self) {
         let word = self.ring.wait_word(PROD_WAIT);
         let announced = word.swap(NOT_WAITING, Ordering::Relaxed);
@@ -390,11 +401,9 @@ impl<R: Region, P: Parker> Consumer<R, P> {
                         None => self.poll()?.ok_or(WaitError::Stopped),
                     };
                 }
-                self.parker.park(
-                    self.ring.wait_word(CONS_WAIT),
-                    announce,
-                    sleep_until(deadline),
-                );
+                let until = sleep_until(deadline);
+                self.parker
+                    .park(self.ring.wait_word(CONS_WAIT), announce, until);
                 self.stats.sleeps += 1;
                 self.ring
                     .word(CONS_SLEEPS)
@@ -404,9 +413,16 @@ impl<R: Region, P: Parker> Consumer<R, P> {
                 if let Some(h) = self.poll()? {
                     // Woken early or for nothing, the announcement may still
                     // stand: withdraw it, or the next publish wakes no one.
-                    self.ring
+                    let stood = self
+                        .ring
                         .wait_word(CONS_WAIT)
                         .swap(NOT_WAITING, Ordering::Relaxed);
+                    // No wake-up came for this frame if its producer did not
+                    // take our announcement down, or took it down but the
+                    // sleep still lasted until its end.
+                    if stood == announce || until.is_some_and(|u| Instant::now() >= u) {
+                        self.count_unwoken();
+                    }
                     return Ok(h);
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {

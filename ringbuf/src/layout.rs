@@ -83,6 +83,14 @@ pub const CONS_BYTES: usize = 144;
 pub const CONS_WAKES: usize = 152;
 /// Offset of the consumer's sleeps counter.
 pub const CONS_SLEEPS: usize = 160;
+/// Offset of the consumer's unwoken-sleeps counter: sleeps after which a
+/// frame was waiting although no wake-up had come for it: the consumer's
+/// announcement still stood (the producer published without seeing it),
+/// or the sleep lasted to its end (its deadline, or
+/// [`RECHECK`](crate::wait::RECHECK)) although the producer had taken the
+/// announcement down. Each is a wake-up owed and not received (or one
+/// arriving just then): zero on a healthy ring.
+pub const CONS_UNWOKEN: usize = 168;
 
 /// Offset of the consumer's wait word (`u32`).
 pub const CONS_WAIT: usize = 256;
@@ -123,7 +131,8 @@ pub const DATA: usize = RING_CONTROL_BYTES;
 
 const _: () = {
     assert!(PROD_FULL_STALLS + 8 <= HEAD);
-    assert!(CONS_SLEEPS + 8 <= CONS_WAIT);
+    assert!(CONS_SLEEPS + 8 <= CONS_UNWOKEN);
+    assert!(CONS_UNWOKEN + 8 <= CONS_WAIT);
     assert!(PROD_WAIT + 4 <= PROD_ATTACHED);
     assert!(CONS_ATTACHED + 8 <= DATA);
     assert!((DATA + FRAME_HEADER_BYTES).is_multiple_of(16));

@@ -238,6 +238,10 @@ pub struct RingSnapshot {
     pub producer_sleeps: u64,
     /// Times the consumer slept on an empty ring.
     pub consumer_sleeps: u64,
+    /// Consumer sleeps that ended with a frame waiting and no wake-up given
+    /// for it (see [`CONS_UNWOKEN`]): lost wake-ups, found by the
+    /// consumer's own next look.
+    pub consumer_unwoken: u64,
     /// Times the producer found the ring full.
     pub full_stalls: u64,
     /// The consumer's wait word (non-zero: it is or is about to be asleep).
@@ -320,6 +324,7 @@ pub unsafe fn snapshot_region<R: ReadRegion + ?Sized>(
         consumer_wakes: w(CONS_WAKES),
         producer_sleeps: w(PROD_SLEEPS),
         consumer_sleeps: w(CONS_SLEEPS),
+        consumer_unwoken: w(CONS_UNWOKEN),
         full_stalls: w(PROD_FULL_STALLS),
         consumer_waiting: w32(CONS_WAIT),
         producer_waiting: w32(PROD_WAIT),

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use isocall_ringbuf::wait::{ADAPTIVE_SPIN, SpinParker};
-use isocall_ringbuf::{HeapRegion, Producer, Spinner, WaitError, WaitStrategy, channel};
+use isocall_ringbuf::{
+    ConsumerStats, HeapRegion, Producer, Spinner, WaitError, WaitStrategy, channel,
+};
 
 fn send(tx: &mut Producer<Arc<HeapRegion>, SpinParker>, b: &[u8]) {
     let mut g = tx.reserve(1, b.len()).unwrap();
@@ -123,13 +125,14 @@ fn a_wait_that_times_out_sleeps_once() {
     assert!(rx.stats().sleeps <= 2, "slept {} times", rx.stats().sleeps);
 }
 
-/// A parker that sleeps as a condition variable does but never wakes the
-/// peer: a producer that publishes without the wake-up (a hostile one, or
-/// a lost wake-up).
+/// A parker that sleeps as a condition variable does and, unless it
+/// `hears`, never wakes the peer: a producer that publishes without the
+/// wake-up (a hostile one, or a lost wake-up).
 #[derive(Clone, Default)]
 struct Deaf {
     inner: isocall_ringbuf::wait::CondvarParker,
     parked: Arc<std::sync::atomic::AtomicBool>,
+    hears: bool,
 }
 
 impl isocall_ringbuf::Parker for Deaf {
@@ -145,24 +148,33 @@ impl isocall_ringbuf::Parker for Deaf {
         self.parked.store(true, std::sync::atomic::Ordering::SeqCst);
         self.inner.park(word, expected, deadline);
     }
-    fn unpark(&self, _word: &isocall_ringbuf::sync::AtomicU32, _announced: u32) {}
+    fn unpark(&self, word: &isocall_ringbuf::sync::AtomicU32, announced: u32) {
+        if self.hears {
+            self.inner.unpark(word, announced);
+        }
+    }
 }
 
-#[test]
-fn a_sleeper_that_is_never_woken_finds_the_frame_at_its_next_look() {
-    let parker = Deaf::default();
+/// A reader with no deadline goes to sleep; then a frame is published
+/// through a producer whose parker wakes it if it `hears`. The frame the
+/// reader got, and its counters after it.
+fn sleep_then_publish(hears: bool) -> (Vec<u8>, ConsumerStats) {
+    let parker = Deaf {
+        hears,
+        ..Deaf::default()
+    };
     let parked = parker.parked.clone();
     let (mut tx, mut rx) = channel(4096, parker).unwrap();
     let (done_tx, done) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
-        // No deadline: only the ring's own look after `RECHECK` can end
-        // this sleep.
+        // No deadline: only a wake-up, or the ring's own look after
+        // `RECHECK`, can end this sleep.
         let f = rx.wait(WaitStrategy::Blocking, None, || false).map(|f| {
             let p = f.payload().to_vec();
             f.release();
             p
         });
-        let _ = done_tx.send(f);
+        let _ = done_tx.send(f.map(|p| (p, rx.stats())));
     });
     let until = Instant::now() + Duration::from_secs(10);
     while !parked.load(std::sync::atomic::Ordering::SeqCst) {
@@ -172,10 +184,26 @@ fn a_sleeper_that_is_never_woken_finds_the_frame_at_its_next_look() {
     let mut g = tx.reserve(1, 5).unwrap();
     g.bytes_mut().copy_from_slice(b"found");
     g.commit_all();
-    tx.publish(); // wakes nobody
+    tx.publish();
     let got = done
         .recv_timeout(Duration::from_secs(10))
-        .expect("the reader found the frame without a wake-up");
-    assert_eq!(got.unwrap(), b"found");
+        .expect("the reader found the frame");
     reader.join().unwrap();
+    got.unwrap()
+}
+
+#[test]
+fn a_sleeper_that_is_never_woken_finds_the_frame_at_its_next_look() {
+    let (got, stats) = sleep_then_publish(false);
+    assert_eq!(got, b"found");
+    // The lost wake-up is counted, where `isocall inspect` shows it.
+    assert_eq!(stats.unwoken, 1, "{stats:?}");
+}
+
+#[test]
+fn a_sleeper_that_is_woken_counts_no_lost_wake_up() {
+    let (got, stats) = sleep_then_publish(true);
+    assert_eq!(got, b"found");
+    assert!(stats.sleeps >= 1, "{stats:?}");
+    assert_eq!(stats.unwoken, 0, "{stats:?}");
 }
