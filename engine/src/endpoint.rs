@@ -255,6 +255,18 @@ impl Sender {
         self.tx.stats()
     }
 
+    /// The peer consumer's count of sleeps that no wake-up ended (see
+    /// [`Producer::consumer_unwoken`](isocall_ringbuf::Producer::consumer_unwoken)).
+    pub fn consumer_unwoken(&self) -> u64 {
+        self.tx.consumer_unwoken()
+    }
+
+    /// Of those, the sleeps whose announcement this side never took down
+    /// (see [`Producer::consumer_unseen`](isocall_ringbuf::Producer::consumer_unseen)).
+    pub fn consumer_unseen(&self) -> u64 {
+        self.tx.consumer_unseen()
+    }
+
     /// Largest payload one frame can carry.
     pub fn max_payload(&self) -> usize {
         self.tx.max_payload()

@@ -60,6 +60,9 @@ pub struct ConsumerStats {
     /// Sleeps that ended with a frame waiting and no wake-up given for it
     /// (see [`CONS_UNWOKEN`](crate::layout::CONS_UNWOKEN)).
     pub unwoken: u64,
+    /// Of those, the sleeps whose announcement the producer never took
+    /// down (see [`CONS_UNSEEN`](crate::layout::CONS_UNSEEN)).
+    pub unseen: u64,
 }
 
 impl<R: Region, P: Parker> Consumer<R, P> {
@@ -334,12 +337,20 @@ impl<R: Region, P: Parker> Consumer<R, P> {
         }
     }
 
+    /// Counts a sleep no wake-up ended; `unseen`: the producer never took
+    /// the announcement down.
     #[cold]
-    fn count_unwoken(&mut self) {
+    fn count_unwoken(&mut self, unseen: bool) {
         self.stats.unwoken += 1;
         self.ring
             .word(CONS_UNWOKEN)
             .store(self.stats.unwoken, Ordering::Relaxed);
+        if unseen {
+            self.stats.unseen += 1;
+            self.ring
+                .word(CONS_UNSEEN)
+                .store(self.stats.unseen, Ordering::Relaxed);
+        }
     }
 
     #[cold]
@@ -420,8 +431,9 @@ impl<R: Region, P: Parker> Consumer<R, P> {
                     // No wake-up came for this frame if its producer did not
                     // take our announcement down, or took it down but the
                     // sleep still lasted until its end.
-                    if stood == announce || until.is_some_and(|u| Instant::now() >= u) {
-                        self.count_unwoken();
+                    let unseen = stood == announce;
+                    if unseen || until.is_some_and(|u| Instant::now() >= u) {
+                        self.count_unwoken(unseen);
                     }
                     return Ok(h);
                 }

@@ -91,6 +91,12 @@ pub const CONS_SLEEPS: usize = 160;
 /// announcement down. Each is a wake-up owed and not received (or one
 /// arriving just then): zero on a healthy ring.
 pub const CONS_UNWOKEN: usize = 168;
+/// Offset of the consumer's unseen-announcements counter: of the sleeps
+/// counted at [`CONS_UNWOKEN`], those whose announcement still stood when
+/// the frame was found (the producer published without seeing it: a
+/// failure of the publish/announce handshake, not of the wake-up's
+/// delivery).
+pub const CONS_UNSEEN: usize = 176;
 
 /// Offset of the consumer's wait word (`u32`).
 pub const CONS_WAIT: usize = 256;
@@ -132,7 +138,8 @@ pub const DATA: usize = RING_CONTROL_BYTES;
 const _: () = {
     assert!(PROD_FULL_STALLS + 8 <= HEAD);
     assert!(CONS_SLEEPS + 8 <= CONS_UNWOKEN);
-    assert!(CONS_UNWOKEN + 8 <= CONS_WAIT);
+    assert!(CONS_UNWOKEN + 8 <= CONS_UNSEEN);
+    assert!(CONS_UNSEEN + 8 <= CONS_WAIT);
     assert!(PROD_WAIT + 4 <= PROD_ATTACHED);
     assert!(CONS_ATTACHED + 8 <= DATA);
     assert!((DATA + FRAME_HEADER_BYTES).is_multiple_of(16));

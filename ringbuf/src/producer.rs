@@ -135,6 +135,19 @@ impl<R: Region, P: Parker> Producer<R, P> {
         self.stats
     }
 
+    /// The consumer's count of sleeps that no wake-up ended (see
+    /// [`CONS_UNWOKEN`]), as the consumer wrote it: a statistic for
+    /// reports, which a hostile consumer may set to anything.
+    pub fn consumer_unwoken(&self) -> u64 {
+        self.ring.word(CONS_UNWOKEN).load(Ordering::Relaxed)
+    }
+
+    /// Of those, the sleeps whose announcement this side never took down
+    /// (see [`CONS_UNSEEN`]), as the consumer wrote it.
+    pub fn consumer_unseen(&self) -> u64 {
+        self.ring.word(CONS_UNSEEN).load(Ordering::Relaxed)
+    }
+
     /// Reserves room for a frame of `kind` with up to `len` payload bytes and
     /// returns a [`Grant`] to write it in place. Nothing is visible to the
     /// consumer until the grant is committed and [`publish`](Self::publish)ed;

@@ -242,6 +242,9 @@ pub struct RingSnapshot {
     /// for it (see [`CONS_UNWOKEN`]): lost wake-ups, found by the
     /// consumer's own next look.
     pub consumer_unwoken: u64,
+    /// Of those, the sleeps whose announcement the producer never took
+    /// down (see [`CONS_UNSEEN`]).
+    pub consumer_unseen: u64,
     /// Times the producer found the ring full.
     pub full_stalls: u64,
     /// The consumer's wait word (non-zero: it is or is about to be asleep).
@@ -325,6 +328,7 @@ pub unsafe fn snapshot_region<R: ReadRegion + ?Sized>(
         producer_sleeps: w(PROD_SLEEPS),
         consumer_sleeps: w(CONS_SLEEPS),
         consumer_unwoken: w(CONS_UNWOKEN),
+        consumer_unseen: w(CONS_UNSEEN),
         full_stalls: w(PROD_FULL_STALLS),
         consumer_waiting: w32(CONS_WAIT),
         producer_waiting: w32(PROD_WAIT),

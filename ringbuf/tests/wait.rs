@@ -125,14 +125,27 @@ fn a_wait_that_times_out_sleeps_once() {
     assert!(rx.stats().sleeps <= 2, "slept {} times", rx.stats().sleeps);
 }
 
-/// A parker that sleeps as a condition variable does and, unless it
-/// `hears`, never wakes the peer: a producer that publishes without the
-/// wake-up (a hostile one, or a lost wake-up).
+/// What a producer's wake-up does, in [`Deaf`].
+#[derive(Clone, Copy, Default, PartialEq)]
+enum Wake {
+    /// It wakes the sleeper.
+    #[default]
+    Wakes,
+    /// It takes the announcement down but the wake-up never arrives.
+    Lost,
+    /// It leaves the announcement standing, as a producer that published
+    /// without seeing it would.
+    Unseen,
+}
+
+/// A parker that sleeps as a condition variable does and wakes the peer
+/// as `wake` says: a producer that publishes without the wake-up (a
+/// hostile one, or a lost wake-up).
 #[derive(Clone, Default)]
 struct Deaf {
     inner: isocall_ringbuf::wait::CondvarParker,
     parked: Arc<std::sync::atomic::AtomicBool>,
-    hears: bool,
+    wake: Wake,
 }
 
 impl isocall_ringbuf::Parker for Deaf {
@@ -149,18 +162,22 @@ impl isocall_ringbuf::Parker for Deaf {
         self.inner.park(word, expected, deadline);
     }
     fn unpark(&self, word: &isocall_ringbuf::sync::AtomicU32, announced: u32) {
-        if self.hears {
-            self.inner.unpark(word, announced);
+        match self.wake {
+            Wake::Wakes => self.inner.unpark(word, announced),
+            Wake::Lost => {}
+            // The producer swapped the word down before calling us: put
+            // it back.
+            Wake::Unseen => word.store(announced, std::sync::atomic::Ordering::SeqCst),
         }
     }
 }
 
 /// A reader with no deadline goes to sleep; then a frame is published
-/// through a producer whose parker wakes it if it `hears`. The frame the
+/// through a producer whose wake-up does what `wake` says. The frame the
 /// reader got, and its counters after it.
-fn sleep_then_publish(hears: bool) -> (Vec<u8>, ConsumerStats) {
+fn sleep_then_publish(wake: Wake) -> (Vec<u8>, ConsumerStats) {
     let parker = Deaf {
-        hears,
+        wake,
         ..Deaf::default()
     };
     let parked = parker.parked.clone();
@@ -194,16 +211,24 @@ fn sleep_then_publish(hears: bool) -> (Vec<u8>, ConsumerStats) {
 
 #[test]
 fn a_sleeper_that_is_never_woken_finds_the_frame_at_its_next_look() {
-    let (got, stats) = sleep_then_publish(false);
+    let (got, stats) = sleep_then_publish(Wake::Lost);
     assert_eq!(got, b"found");
-    // The lost wake-up is counted, where `isocall inspect` shows it.
-    assert_eq!(stats.unwoken, 1, "{stats:?}");
+    // The lost wake-up is counted, where `isocall inspect` shows it; the
+    // producer had seen the announcement.
+    assert_eq!((stats.unwoken, stats.unseen), (1, 0), "{stats:?}");
+}
+
+#[test]
+fn a_sleeper_whose_announcement_the_producer_missed_counts_it_unseen() {
+    let (got, stats) = sleep_then_publish(Wake::Unseen);
+    assert_eq!(got, b"found");
+    assert_eq!((stats.unwoken, stats.unseen), (1, 1), "{stats:?}");
 }
 
 #[test]
 fn a_sleeper_that_is_woken_counts_no_lost_wake_up() {
-    let (got, stats) = sleep_then_publish(true);
+    let (got, stats) = sleep_then_publish(Wake::Wakes);
     assert_eq!(got, b"found");
     assert!(stats.sleeps >= 1, "{stats:?}");
-    assert_eq!(stats.unwoken, 0, "{stats:?}");
+    assert_eq!((stats.unwoken, stats.unseen), (0, 0), "{stats:?}");
 }

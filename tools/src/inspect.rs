@@ -15,7 +15,8 @@
 //! "misaligned_at"}), "consumer_waiting", "producer_waiting",
 //! "frames_published", "frames_consumed", "bytes_published",
 //! "bytes_consumed", "producer_wakes", "consumer_wakes", "producer_sleeps",
-//! "consumer_sleeps", "consumer_unwoken", "full_stalls"}}, "blobs": null | {"classes":
+//! "consumer_sleeps", "consumer_unwoken", "consumer_unseen",
+//! "full_stalls"}}, "blobs": null | {"classes":
 //! [{"slot_size", "count", "free", "held_client", "held_server",
 //! "in_flight_to_client", "in_flight_to_server", "invalid",
 //! "held_by_dead"}]}}`; each error is `{"name", "pid", "error"}`.
@@ -255,6 +256,7 @@ fn ring_json(seg: &Segment, dir: Direction, dump: usize, methods: &[String]) -> 
         "producer_sleeps": s.producer_sleeps,
         "consumer_sleeps": s.consumer_sleeps,
         "consumer_unwoken": s.consumer_unwoken,
+        "consumer_unseen": s.consumer_unseen,
         "full_stalls": s.full_stalls,
     })
 }
@@ -450,10 +452,10 @@ fn text(doc: &Value) -> String {
         for dir in ["c2s", "s2c"] {
             let r = &g["rings"][dir];
             s.push_str(&format!(
-                "  ring {dir}: cap {} head {} tail {}  pending {} B / {} frames  waiting: consumer {} producer {}  frames {}/{} wakes {}/{} sleeps {}/{} (unwoken {}) full {}\n",
+                "  ring {dir}: cap {} head {} tail {}  pending {} B / {} frames  waiting: consumer {} producer {}  frames {}/{} wakes {}/{} sleeps {}/{} (unwoken {}, unseen {}) full {}\n",
                 r["capacity"], r["head"], r["tail"], r["pending_bytes"], r["pending_frames"],
                 r["consumer_waiting"], r["producer_waiting"], r["frames_published"], r["frames_consumed"],
-                r["producer_wakes"], r["consumer_wakes"], r["producer_sleeps"], r["consumer_sleeps"], r["consumer_unwoken"], r["full_stalls"]
+                r["producer_wakes"], r["consumer_wakes"], r["producer_sleeps"], r["consumer_sleeps"], r["consumer_unwoken"], r["consumer_unseen"], r["full_stalls"]
             ));
             for f in r["first_frames"].as_array().unwrap_or(&empty) {
                 s.push_str(&format!(

@@ -330,6 +330,9 @@ fn inspect_shows_each_subscribers_counters_per_channel() {
     assert!(f["ring_pending"].as_u64().unwrap() < 64, "{f}");
     assert!(f["closed"].is_null());
     assert_eq!(f["pid"], std::process::id());
+    // Every message was there before its `recv`: no sleep, so no sleep
+    // that a wake-up failed to end.
+    assert_eq!(f["unwoken"], 0, "{f}");
     let s = by("slow");
     let in_ring = s["sent"].as_u64().unwrap();
     assert!(in_ring > 0 && in_ring < n, "{s}");

@@ -380,6 +380,8 @@ impl Outlet {
             full: self.full,
             history: self.history,
             closed: None,
+            unwoken: self.conn.tx.consumer_unwoken(),
+            unseen: self.conn.tx.consumer_unseen(),
         }
     }
 

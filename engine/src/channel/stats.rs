@@ -85,6 +85,17 @@ pub struct SubscriberStats {
     pub history: u64,
     /// Why the publisher closed it, if it did.
     pub closed: Option<CloseReason>,
+    /// Sleeps of its ring's consumer that ended with a message waiting
+    /// and no wake-up given for it: lost wake-ups, each found by the
+    /// subscriber's own look after at most
+    /// [`RECHECK`](crate::raw::RECHECK) (see
+    /// [`CONS_UNWOKEN`](isocall_ringbuf::layout::CONS_UNWOKEN)). As the
+    /// subscriber wrote it; 0 over a stream or once it is gone.
+    pub unwoken: u64,
+    /// Of those, the sleeps whose announcement the publisher never took
+    /// down (it published without seeing that the subscriber slept); the
+    /// rest were wake-ups given and not received.
+    pub unseen: u64,
 }
 
 /// A subscriber's counters in its segment, written by the publisher.
@@ -151,11 +162,12 @@ pub fn subscriber_stats(seg: &Segment) -> Option<SubscriberStats> {
     if w(SubWord::Magic) != SUB_MAGIC || w(SubWord::Version) != VERSION {
         return None;
     }
-    let sent = seg
+    let ring = seg
         .ring_view(Direction::ServerToClient)
-        .and_then(|v| snapshot(&v).ok())
-        .map(|s| s.frames_published)
-        .unwrap_or(0);
+        .and_then(|v| snapshot(&v).ok());
+    let sent = ring.as_ref().map_or(0, |s| s.frames_published);
+    let unwoken = ring.as_ref().map_or(0, |s| s.consumer_unwoken);
+    let unseen = ring.as_ref().map_or(0, |s| s.consumer_unseen);
     Some(SubscriberStats {
         id: w(SubWord::Id) as u32,
         label: seg.method_table().into_iter().nth(2).unwrap_or_default(),
@@ -170,6 +182,8 @@ pub fn subscriber_stats(seg: &Segment) -> Option<SubscriberStats> {
         full: w(SubWord::Full),
         history: w(SubWord::History),
         closed: CloseReason::from_code(w(SubWord::Close) as u32),
+        unwoken,
+        unseen,
     })
 }
 

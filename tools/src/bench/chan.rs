@@ -265,6 +265,18 @@ pub fn fanout(budget: &Budget, len: usize) -> Res<Measured> {
         // The peers are killed and reaped as they drop, after the report.
         Err(e) => return Err(fanout_report(e, &publisher, words, &mut peers).into()),
     };
+    // Lost wake-ups are rescued by the subscribers' own looks (`RECHECK`),
+    // so the figure still ends; say how many there were.
+    let stats = publisher.subscriber_stats();
+    let unwoken: u64 = stats.iter().map(|s| s.unwoken).sum();
+    if unwoken > 0 {
+        let unseen: u64 = stats.iter().map(|s| s.unseen).sum();
+        eprintln!(
+            "isocall bench: {figure}: {unwoken} lost wake-up(s) across the subscribers ({:?}), \
+             {unseen} of them unseen by the publisher",
+            stats.iter().map(|s| s.unwoken).collect::<Vec<_>>()
+        );
+    }
     drop(publisher);
     for p in peers {
         p.finish()?;
@@ -293,8 +305,8 @@ fn fanout_report(
         let label = format!("bench-{i}");
         let counted = match stats.iter().find(|s| s.label == label) {
             Some(s) => format!(
-                "sent {}, dropped {}, queued {}, full {}, closed {:?}",
-                s.sent, s.dropped, s.queued, s.full, s.closed
+                "sent {}, dropped {}, queued {}, full {}, unwoken {} (unseen {}), closed {:?}",
+                s.sent, s.dropped, s.queued, s.full, s.unwoken, s.unseen, s.closed
             ),
             None => "not the publisher's any more".into(),
         };

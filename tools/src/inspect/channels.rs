@@ -11,7 +11,8 @@
 //! {"classes": [{"slot_size", "count", "free", "shared", "invalid"}]},
 //! "subscribers": [{"id", "label", "segment", "pid", "alive", "policy",
 //! "sent", "dropped", "queued", "ring_pending", "queue_depth",
-//! "full_stalls", "history", "closed"}]}`. A subscriber's `queue_depth` is
+//! "full_stalls", "history", "unwoken", "unseen",
+//! "closed"}]}`. A subscriber's `queue_depth` is
 //! what waits for it: its backlog (`queued`, outside its ring) and the
 //! frames pending in its ring (`ring_pending`); `closed` is why the
 //! publisher disconnected it (`null` while it is connected). Every number
@@ -114,6 +115,8 @@ impl Channels {
             "queue_depth": st.queued.saturating_add(pending),
             "full_stalls": st.full,
             "history": st.history,
+            "unwoken": st.unwoken,
+            "unseen": st.unseen,
             "closed": st.closed.map(|r| r.to_string()),
         });
         let publisher = seg.header().creator_pid;
@@ -208,14 +211,14 @@ pub fn text(channels: &[Value], s: &mut String) {
         }
         for u in c["subscribers"].as_array().into_iter().flatten() {
             s.push_str(&format!(
-                "  subscriber {} {:?} pid {}{}  {}  sent {} dropped {} queue {} ({} queued, {} in ring) full {} history {}{}\n",
+                "  subscriber {} {:?} pid {}{}  {}  sent {} dropped {} queue {} ({} queued, {} in ring) full {} history {} unwoken {} (unseen {}){}\n",
                 u["id"],
                 u["label"].as_str().unwrap_or(""),
                 u["pid"],
                 if u["alive"].as_bool() == Some(true) { "" } else { " (dead)" },
                 u["policy"].as_str().unwrap_or("?"),
                 u["sent"], u["dropped"], u["queue_depth"], u["queued"], u["ring_pending"],
-                u["full_stalls"], u["history"],
+                u["full_stalls"], u["history"], u["unwoken"], u["unseen"],
                 u["closed"].as_str().map(|r| format!("  closed: {r}")).unwrap_or_default(),
             ));
         }

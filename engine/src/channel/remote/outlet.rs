@@ -355,6 +355,8 @@ impl StreamOutlet {
             full: self.full,
             history: self.history,
             closed: None,
+            unwoken: 0,
+            unseen: 0,
         }
     }
 
