@@ -27,8 +27,8 @@
 //! moved to CPU 0, registered and moved back took no interrupt on CPU 1 in
 //! 1,000 barriers (1,000 when it registered on CPU 1), and a litmus test
 //! of the sleep handshake failed up to 56 times in a million rounds that
-//! way, never otherwise. It is what lost the fan-out benchmark's wake-ups
-//! (see docs/performance.md, "A wake-up that did not come").
+//! way, never otherwise (docs/performance.md, "A CPU the barrier does not
+//! reach").
 //!
 //! So registration ends with a short-lived child process that runs once on
 //! every CPU this process may use ([`visit_every_cpu`]): on each, the switch
