@@ -40,11 +40,19 @@
 
 use std::io;
 use std::sync::OnceLock;
+use std::time::Duration;
 
-use rustix::process::{Pid, WaitOptions, waitpid};
+use rustix::process::{Pid, Signal, WaitOptions, kill_process, waitpid};
 use rustix::thread::{
     CpuSet, MembarrierCommand, membarrier, membarrier_query, sched_getaffinity, sched_setaffinity,
 };
+
+use super::PidFd;
+
+/// Longest the CPU visit may take (it takes well under a millisecond on an
+/// ordinary machine): past it the visit is abandoned and heavy barriers
+/// are reported unavailable.
+const VISIT_LIMIT: Duration = Duration::from_secs(2);
 
 /// Registers this process for expedited global barriers (once) and says
 /// whether heavy barriers reach every thread of it. A process must call
@@ -54,8 +62,10 @@ use rustix::thread::{
 /// (see the module's doc): call it early, as the server, channel and
 /// subscriber builders do, while the process has few threads and a small
 /// address space. A process whose children are reaped by someone else
-/// (`SIGCHLD` ignored, a `waitpid(-1)` loop) may get `false`: then its
-/// rings fence on both sides, correct and a little slower.
+/// (`SIGCHLD` ignored, a `waitpid(-1)` loop) may get `false`, and so does
+/// one with a CPU that the child cannot get onto within 2 s
+/// (a real-time thread spinning there): then its rings fence on both
+/// sides, correct and a little slower.
 pub fn heavy_barrier_available() -> bool {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     *REGISTERED.get_or_init(|| {
@@ -99,6 +109,14 @@ fn visit_every_cpu() -> io::Result<()> {
         _ => {}
     }
     let child = Pid::from_raw(pid).ok_or_else(|| io::Error::other("fork returned no pid"))?;
+    // A CPU held by a real-time thread that never yields would keep the
+    // child from ever running there: give up (and fence on both sides)
+    // rather than wait forever. Without pidfds (Linux < 5.3) the wait
+    // below is unbounded.
+    let exited = PidFd::open(pid.unsigned_abs()).and_then(|fd| fd.wait_exit(Some(VISIT_LIMIT)));
+    if matches!(exited, Ok(false)) {
+        let _ = kill_process(child, Signal::KILL);
+    }
     loop {
         match waitpid(Some(child), WaitOptions::empty()) {
             Err(rustix::io::Errno::INTR) => continue,
