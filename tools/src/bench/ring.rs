@@ -140,9 +140,48 @@ pub fn rtt(budget: &Budget, strategy: WaitStrategy, len: usize) -> Res<Measured>
         f.release();
         r
     })?;
+    // Read before the stop: the peer's counts are in its ring's control
+    // block, which it may unmap once it leaves.
+    let lost = LostWakeUps::of(&tx, &rx);
     tx.send(STOP, &[], dl.get())?;
     peer.finish()?;
+    lost.report(&figure);
     Ok(m)
+}
+
+/// The lost wake-ups of both directions of a ring pair: sleeps that ended
+/// with a frame waiting and no wake-up given for it (see
+/// `ConsumerStats::unwoken`), rescued by the sleepers' own looks
+/// (`RECHECK`), so a figure still ends with them.
+struct LostWakeUps {
+    /// This side's receiver: (unwoken, unseen).
+    here: (u64, u64),
+    /// The peer's receiver, read from our sender's ring.
+    peer: (u64, u64),
+}
+
+impl LostWakeUps {
+    fn of(tx: &Sender, rx: &Receiver) -> LostWakeUps {
+        let ours = rx.stats();
+        LostWakeUps {
+            here: (ours.unwoken, ours.unseen),
+            peer: (tx.consumer_unwoken(), tx.consumer_unseen()),
+        }
+    }
+
+    /// Says on stderr how many there were, if any.
+    fn report(&self, figure: &str) {
+        let (a, b) = (self.here, self.peer);
+        if a.0 + b.0 > 0 {
+            eprintln!(
+                "isocall bench: {figure}: {} lost wake-up(s) here and {} at the peer, \
+                 {} of them unseen by the publisher",
+                a.0,
+                b.0,
+                a.1 + b.1
+            );
+        }
+    }
 }
 
 /// Peer of `ring.rtt.*`.
