@@ -57,8 +57,8 @@ pub struct ConsumerStats {
     pub wakes: u64,
     /// Times this side slept on an empty ring.
     pub sleeps: u64,
-    /// Sleeps that ended with a frame waiting and no wake-up given for it
-    /// (see [`CONS_UNWOKEN`](crate::layout::CONS_UNWOKEN)).
+    /// Sleeps that lasted to their end and found a frame waiting: no
+    /// wake-up came for it (see [`CONS_UNWOKEN`](crate::layout::CONS_UNWOKEN)).
     pub unwoken: u64,
     /// Of those, the sleeps whose announcement the producer never took
     /// down (see [`CONS_UNSEEN`](crate::layout::CONS_UNSEEN)).
@@ -428,12 +428,13 @@ impl<R: Region, P: Parker> Consumer<R, P> {
                         .ring
                         .wait_word(CONS_WAIT)
                         .swap(NOT_WAITING, Ordering::Relaxed);
-                    // No wake-up came for this frame if its producer did not
-                    // take our announcement down, or took it down but the
-                    // sleep still lasted until its end.
-                    let unseen = stood == announce;
-                    if unseen || until.is_some_and(|u| Instant::now() >= u) {
-                        self.count_unwoken(unseen);
+                    // No wake-up came for this frame if the sleep lasted to
+                    // its end. Cut short (a wake-up left over from an
+                    // earlier frame, a signal), it proves nothing: the
+                    // producer may be between its publish and its look at
+                    // our announcement. `unseen`: it never took it down.
+                    if until.is_some_and(|u| Instant::now() >= u) {
+                        self.count_unwoken(stood == announce);
                     }
                     return Ok(h);
                 }

@@ -83,19 +83,19 @@ pub const CONS_BYTES: usize = 144;
 pub const CONS_WAKES: usize = 152;
 /// Offset of the consumer's sleeps counter.
 pub const CONS_SLEEPS: usize = 160;
-/// Offset of the consumer's unwoken-sleeps counter: sleeps after which a
-/// frame was waiting although no wake-up had come for it: the consumer's
-/// announcement still stood (the producer published without seeing it),
-/// or the sleep lasted to its end (its deadline, or
-/// [`RECHECK`](crate::wait::RECHECK)) although the producer had taken the
-/// announcement down. Each is a wake-up owed and not received (or one
-/// arriving just then): zero on a healthy ring.
+/// Offset of the consumer's unwoken-sleeps counter: sleeps that lasted to
+/// their end (the deadline, or [`RECHECK`](crate::wait::RECHECK)) and
+/// then found a frame waiting. Each is a wake-up owed and not received
+/// (or one arriving just then): zero on a healthy ring. A sleep cut short
+/// is not counted, even with a frame waiting and the announcement still
+/// standing: the producer may be between its publish and its look at the
+/// announcement, about to wake a sleeper that is already up.
 pub const CONS_UNWOKEN: usize = 168;
 /// Offset of the consumer's unseen-announcements counter: of the sleeps
 /// counted at [`CONS_UNWOKEN`], those whose announcement still stood when
 /// the frame was found (the producer published without seeing it: a
 /// failure of the publish/announce handshake, not of the wake-up's
-/// delivery).
+/// delivery); the others' wake-up was issued and not received.
 pub const CONS_UNSEEN: usize = 176;
 
 /// Offset of the consumer's wait word (`u32`).

@@ -238,9 +238,9 @@ pub struct RingSnapshot {
     pub producer_sleeps: u64,
     /// Times the consumer slept on an empty ring.
     pub consumer_sleeps: u64,
-    /// Consumer sleeps that ended with a frame waiting and no wake-up given
-    /// for it (see [`CONS_UNWOKEN`]): lost wake-ups, found by the
-    /// consumer's own next look.
+    /// Consumer sleeps that lasted to their end and found a frame waiting
+    /// (see [`CONS_UNWOKEN`]): lost wake-ups, found by the consumer's own
+    /// next look.
     pub consumer_unwoken: u64,
     /// Of those, the sleeps whose announcement the producer never took
     /// down (see [`CONS_UNSEEN`]).

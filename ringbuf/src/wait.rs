@@ -84,12 +84,12 @@ pub const ADAPTIVE_SPIN: Duration = Duration::from_micros(50);
 /// whatever its deadline: a frame or room that came without a wake-up is
 /// found within it. The handshake above makes wake-ups enough on its own;
 /// this is the net under it, for a peer that never wakes us (a hostile
-/// one, or one that published without seeing our announcement: a lost
-/// wake-up seen once or twice in a thousand runs of a fan-out benchmark
-/// between processes, each counted as unseen (`CONS_UNSEEN`), cause not
-/// yet found, see docs/performance.md) and for a death that no wake-up
-/// reported. It costs an idle sleeper one look at
-/// the ring per interval.
+/// one, or one that published without seeing our announcement, as a CPU
+/// that a `membarrier` did not reach would: one such gap in Linux's
+/// registration is closed by the engine, and benchmark loops still count
+/// a lost wake-up now and then, see docs/performance.md) and for a death
+/// that no wake-up reported. It costs an idle sleeper one look at the
+/// ring per interval.
 pub const RECHECK: Duration = Duration::from_millis(50);
 
 /// The deadline a sleep is given: the caller's, or [`RECHECK`] from now if
