@@ -25,7 +25,7 @@
 //! is ours; `sync_runqueues_membarrier_state` updates only CPUs whose
 //! current task runs ours). Measured here: a process that ran on CPU 1,
 //! moved to CPU 0, registered and moved back took no interrupt on CPU 1 in
-//! 1,000 barriers (1,000 when it registered on CPU 1), and a litmus test
+//! 1,000 barriers (916-1,000 when it registered on CPU 1), and a litmus test
 //! of the sleep handshake failed up to 56 times in a million rounds that
 //! way, never otherwise (docs/performance.md, "A CPU the barrier does not
 //! reach").
@@ -40,32 +40,38 @@
 
 use std::io;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rustix::process::{Pid, Signal, WaitOptions, kill_process, waitpid};
+use rustix::process::{
+    Pid, Signal, WaitOptions, getpid, getppid, kill_process, pidfd_send_signal,
+    set_parent_process_death_signal, waitpid,
+};
 use rustix::thread::{
     CpuSet, MembarrierCommand, membarrier, membarrier_query, sched_getaffinity, sched_setaffinity,
 };
 
 use super::PidFd;
 
-/// Longest the CPU visit may take (it takes well under a millisecond on an
-/// ordinary machine): past it the visit is abandoned and heavy barriers
-/// are reported unavailable.
+/// Longest the CPU visit may take (under a millisecond on a 2-CPU VM):
+/// past it the visit is abandoned and heavy barriers are reported
+/// unavailable.
 const VISIT_LIMIT: Duration = Duration::from_secs(2);
 
 /// Registers this process for expedited global barriers (once) and says
 /// whether heavy barriers reach every thread of it. A process must call
 /// this before it relies on a peer's heavy barrier to fence it.
 ///
-/// The first call forks a child process that lives for about a millisecond
-/// (see the module's doc): call it early, as the server, channel and
-/// subscriber builders do, while the process has few threads and a small
-/// address space. A process whose children are reaped by someone else
-/// (`SIGCHLD` ignored, a `waitpid(-1)` loop) may get `false`, and so does
-/// one with a CPU that the child cannot get onto within 2 s
-/// (a real-time thread spinning there): then its rings fence on both
-/// sides, correct and a little slower.
+/// The first call forks a child process that visits every CPU (see the
+/// module's doc): under a millisecond in all on a 2-CPU VM, more with more
+/// CPUs (one migration each) and a larger address space (the fork copies
+/// its page tables). Call it early, as the server, channel and subscriber
+/// builders and the client's connect do, while the process has few
+/// threads and little memory. `false` also when the visit cannot be made:
+/// no pidfd to watch the child, a process whose children are reaped by
+/// someone else (`SIGCHLD` ignored, a `waitpid(-1)` loop), or a CPU that
+/// the child cannot get onto within 2 s (a real-time thread spinning
+/// there). Then this process's rings fence on both sides: correct, and a
+/// little slower.
 pub fn heavy_barrier_available() -> bool {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     *REGISTERED.get_or_init(|| {
@@ -94,50 +100,125 @@ pub fn heavy_barrier() {
 /// # Errors
 ///
 /// The OS's error if the child cannot be forked or reaped; `Other` if it
-/// could not run on one of the CPUs.
+/// could not run on one of the CPUs within [`VISIT_LIMIT`], or if this
+/// process cannot watch it (no pidfd).
 #[allow(unsafe_code)] // `fork`: see SAFETY
 fn visit_every_cpu() -> io::Result<()> {
-    // SAFETY: `fork` duplicates only the calling thread. The child runs
-    // `visit_and_exit`, which makes system calls on its own stack values
-    // and exits with `_exit`: it allocates nothing, takes no lock that
-    // another thread may have held at the fork, runs no destructor and
-    // never returns into the parent's code.
+    let parent = getpid();
+    // Every signal stays blocked across the fork, and so in the child,
+    // which inherits the mask: none of this process's handlers runs there
+    // (a signal to the process group during the visit waits, and dies
+    // with the child).
+    let Some(mask) = SignalsBlocked::now() else {
+        return Err(io::Error::other("the signal mask could not be set"));
+    };
+    // SAFETY: `fork` duplicates only the calling thread; the child gets a
+    // copy of memory that other threads may have been changing, and locks
+    // they may have held. It runs `visit_and_exit` only, which touches
+    // nothing of that: it makes system calls (rustix's, raw `syscall`
+    // instructions on Linux, and `_exit`) on values on its own stack,
+    // allocates nothing, takes no lock, runs no destructor, cannot panic
+    // (its indexes are below `CpuSet::MAX_CPU`) and never returns into the
+    // parent's code. glibc runs the process's `pthread_atfork` handlers
+    // around the fork, as for any fork; they are written for it.
     let pid = unsafe { libc::fork() };
-    match pid {
-        -1 => return Err(io::Error::last_os_error()),
-        0 => visit_and_exit(),
-        _ => {}
+    if pid == 0 {
+        visit_and_exit(parent);
     }
-    let child = Pid::from_raw(pid).ok_or_else(|| io::Error::other("fork returned no pid"))?;
-    // A CPU held by a real-time thread that never yields would keep the
-    // child from ever running there: give up (and fence on both sides)
-    // rather than wait forever. Without pidfds (Linux < 5.3) the wait
-    // below is unbounded.
-    let exited = PidFd::open(pid.unsigned_abs()).and_then(|fd| fd.wait_exit(Some(VISIT_LIMIT)));
-    if matches!(exited, Ok(false)) {
-        let _ = kill_process(child, Signal::KILL);
-    }
+    let forked = if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(pid)
+    };
+    drop(mask);
+    let Some(child) = Pid::from_raw(forked?) else {
+        return Err(io::Error::other("fork returned pid 0 to the parent"));
+    };
+    let watched = watch_visit(child);
     loop {
         match waitpid(Some(child), WaitOptions::empty()) {
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
-            Ok(Some((_, status))) if status.exit_status() == Some(0) => return Ok(()),
+            Ok(Some((_, status))) if status.exit_status() == Some(0) => return watched,
             Ok(_) => return Err(io::Error::other("the CPU visit did not reach every CPU")),
+        }
+    }
+}
+
+/// Waits for the visiting `child` to exit, for [`VISIT_LIMIT`] at most (a
+/// CPU held by a real-time thread that never yields would keep it from
+/// ever running there), and kills it past that. Without a pidfd (Linux
+/// before 5.3, a sandbox, no descriptor left) it is killed at once: it
+/// cannot be waited for with a limit.
+fn watch_visit(child: Pid) -> io::Result<()> {
+    let deadline = Instant::now() + VISIT_LIMIT;
+    let Ok(fd) = PidFd::open(child.as_raw_pid().unsigned_abs()) else {
+        // Not reaped yet, so the pid is still the child's.
+        let _ = kill_process(child, Signal::KILL);
+        return Err(io::Error::other("no pidfd to watch the CPU visit"));
+    };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // `false` also when a signal cut the wait short: look again.
+        match fd.wait_exit(Some(left)) {
+            Ok(true) => return Ok(()),
+            Ok(false) if !left.is_zero() => continue,
+            _ => {
+                let _ = pidfd_send_signal(&fd, Signal::KILL);
+                return Err(io::Error::other("the CPU visit took too long"));
+            }
+        }
+    }
+}
+
+/// Every signal blocked in the calling thread until dropped, which restores
+/// the mask it found.
+struct SignalsBlocked(libc::sigset_t);
+
+impl SignalsBlocked {
+    /// Blocks every signal; `None` if the mask could not be changed.
+    #[allow(unsafe_code)] // `sigfillset`, `pthread_sigmask`: see SAFETY
+    fn now() -> Option<SignalsBlocked> {
+        let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: `sigfillset` initialises `all` (it cannot fail on a valid
+        // pointer); `pthread_sigmask` reads it and, when it returns 0,
+        // has written the previous mask to `old`, which is read only then.
+        unsafe {
+            libc::sigfillset(all.as_mut_ptr());
+            (libc::pthread_sigmask(libc::SIG_BLOCK, all.as_ptr(), old.as_mut_ptr()) == 0)
+                .then(|| SignalsBlocked(old.assume_init()))
+        }
+    }
+}
+
+impl Drop for SignalsBlocked {
+    #[allow(unsafe_code)] // `pthread_sigmask`: see SAFETY
+    fn drop(&mut self) {
+        // SAFETY: `self.0` is the mask `pthread_sigmask` wrote; restoring it
+        // reads it only.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut());
         }
     }
 }
 
 /// The child of [`visit_every_cpu`]: widens its affinity to every CPU its
 /// cpuset allows, runs on each in turn, and exits (0 if it ran on all).
+/// It dies with `parent` if the parent dies first.
 #[allow(unsafe_code)] // `_exit`: see SAFETY
-fn visit_and_exit() -> ! {
+fn visit_and_exit(parent: Pid) -> ! {
+    let orphan =
+        set_parent_process_death_signal(Some(Signal::KILL)).is_err() || getppid() != Some(parent);
     let mut every = CpuSet::new();
     for cpu in 0..CpuSet::MAX_CPU {
         every.set(cpu);
     }
     // The kernel narrows the mask to the CPUs the cpuset allows, which are
-    // the only ones any thread of ours can run on.
-    let visited = sched_setaffinity(None, &every).is_ok()
+    // the ones the process's threads can run on (unless threads sit in
+    // cpusets of their own, which the visit does not see).
+    let visited = !orphan
+        && sched_setaffinity(None, &every).is_ok()
         && sched_getaffinity(None).is_ok_and(|allowed| {
             (0..CpuSet::MAX_CPU)
                 .filter(|&cpu| allowed.is_set(cpu))

@@ -149,6 +149,10 @@ fn connect_link(
 fn connect_shm(socket: &SocketName, options: &ClientOptions) -> Result<(Link, Info), ConnectError> {
     let span = tracing::debug_span!("isocall_connect", %socket);
     let _enter = span.enter();
+    // Register for membarrier before the handshake's deadline starts (the
+    // first time, it forks a short-lived child: see
+    // `sys::heavy_barrier_available`), as the builders do.
+    crate::sys::heavy_barrier_available();
     let deadline = crate::deadline_in(options.handshake_timeout);
     let mut pause = Duration::from_micros(200);
     loop {
