@@ -16,6 +16,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
@@ -28,6 +29,8 @@ use isocall_engine::raw::sys::{
 const ROLE_ENV: &str = "ISOCALL_TEST_MEMBARRIER_CPUS";
 /// Heavy barriers issued while the child spins on its CPU.
 const BARRIERS: u64 = 400;
+/// Longest a child may take to register and say so.
+const READY_LIMIT: Duration = Duration::from_secs(30);
 /// Children, each of which must be reached.
 const ROUNDS: usize = 3;
 
@@ -96,20 +99,37 @@ fn main() {
         registered_spinner(a.parse().unwrap(), b.parse().unwrap());
         return;
     }
-    println!("test a_process_registered_after_leaving_a_cpu_is_still_fenced_there ...");
-    a_process_registered_after_leaving_a_cpu_is_still_fenced_there();
-    println!("test a_process_registered_after_leaving_a_cpu_is_still_fenced_there ... ok");
+    // The harness's own arguments, as far as they concern one test:
+    // `--list`, and a name filter.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        println!("{TEST}: test");
+        return;
+    }
+    if args
+        .iter()
+        .any(|a| !a.starts_with('-') && !TEST.contains(a.as_str()))
+    {
+        return;
+    }
+    println!("test {TEST} ...");
+    let outcome = a_process_registered_after_leaving_a_cpu_is_still_fenced_there();
+    println!("test {TEST} ... {outcome}");
 }
 
-fn a_process_registered_after_leaving_a_cpu_is_still_fenced_there() {
+/// The only test.
+const TEST: &str = "a_process_registered_after_leaving_a_cpu_is_still_fenced_there";
+
+/// "ok", or "skipped" (and why, on stderr) where the machine cannot run it.
+fn a_process_registered_after_leaving_a_cpu_is_still_fenced_there() -> &'static str {
     let cpus = allowed_cpus();
     let [a, b, ..] = cpus[..] else {
         eprintln!("skipped: needs two CPUs, has {cpus:?}");
-        return;
+        return "skipped";
     };
     if call_interrupts(a).is_none() {
         eprintln!("skipped: /proc/interrupts shows no CAL count for CPU {a}");
-        return;
+        return "skipped";
     }
     // The parent stays on `b`, so that nothing of another process runs
     // on `a` (which would refresh its state and hide the gap) while the
@@ -119,18 +139,19 @@ fn a_process_registered_after_leaving_a_cpu_is_still_fenced_there() {
     pin_current_thread(b).expect("pin the parent");
     for round in 0..ROUNDS {
         let Some(interrupts) = barriers_seen_by_a_registered_child(a, b) else {
-            return;
+            return "skipped";
         };
-        // Every barrier interrupts `a` while the child runs there; a few
-        // may find it switched out. Without the visit at registration:
-        // none.
+        // Every barrier interrupts `a` while the child runs there; some
+        // may find it switched out on a loaded machine. Without the visit
+        // at registration: exactly none.
         assert!(
-            interrupts >= BARRIERS / 2,
+            interrupts >= BARRIERS / 10,
             "child {round}: CPU {a} took {interrupts} function-call interrupts during \
              {BARRIERS} heavy barriers while a registered process ran on it: the barrier \
              does not reach it"
         );
     }
+    "ok"
 }
 
 /// Starts a child that registers after leaving `a` and then spins on it,
@@ -148,13 +169,18 @@ fn barriers_seen_by_a_registered_child(a: usize, b: usize) -> Option<u64> {
     let stdout = child.stdout.take().expect("child stdout");
     let stdin = child.stdin.take();
     let mut child = Reaped(child, stdin);
-    // Kept until the child ends.
-    let mut lines = BufReader::new(stdout)
-        .lines()
-        .map(|l| l.expect("read the child"));
-    let ready = lines
-        .find(|l| l.starts_with("ready "))
-        .expect("the child said nothing");
+    // Its lines come through a thread, so that a child stuck before it is
+    // ready fails the test instead of hanging it; read until the child
+    // ends (it writes nothing else).
+    let (line_tx, line_rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = line_tx.send(line);
+        }
+    });
+    let ready = line_rx
+        .recv_timeout(READY_LIMIT)
+        .expect("the child did not say it was ready");
     if ready != "ready true" {
         // Without heavy barriers both sides fence for themselves.
         eprintln!("skipped: heavy barriers unavailable here ({ready})");
@@ -166,7 +192,7 @@ fn barriers_seen_by_a_registered_child(a: usize, b: usize) -> Option<u64> {
     }
     let after = call_interrupts(a).expect("CAL count");
     drop(child.1.take());
-    lines.for_each(drop);
+    reader.join().expect("the child's reader");
     let status = child.0.wait().expect("reap the child");
     assert!(status.success(), "the registered process failed: {status}");
     Some(after - before)
