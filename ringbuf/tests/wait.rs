@@ -190,6 +190,7 @@ fn sleep_then_publish(wake: Wake) -> (Vec<u8>, ConsumerStats) {
         ..Deaf::default()
     };
     let parked = parker.parked.clone();
+    let stray = parker.clone();
     let (mut tx, mut rx) = channel(4096, parker).unwrap();
     let (done_tx, done) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
@@ -211,9 +212,25 @@ fn sleep_then_publish(wake: Wake) -> (Vec<u8>, ConsumerStats) {
     g.bytes_mut().copy_from_slice(b"found");
     g.commit_all();
     tx.publish();
-    let got = done
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the reader found the frame");
+    // The stray wake-up that `publish` gave may have come before the
+    // reader's wait began (`parked` is set just before it): give it again
+    // until the reader is up, as a wake-up left over would have found it
+    // asleep.
+    let got = loop {
+        match done.try_recv() {
+            Ok(got) => break got,
+            Err(_) if wake == Wake::Stray && Instant::now() < until => {
+                let word = isocall_ringbuf::sync::AtomicU32::new(0);
+                isocall_ringbuf::Parker::unpark(&stray, &word, 0);
+                std::thread::yield_now();
+            }
+            Err(_) => {
+                break done
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("the reader found the frame");
+            }
+        }
+    };
     reader.join().unwrap();
     got.unwrap()
 }
