@@ -86,10 +86,10 @@ pub const ADAPTIVE_SPIN: Duration = Duration::from_micros(50);
 /// this is the net under it, for a peer that never wakes us (a hostile
 /// one, or one that published without seeing our announcement, as a CPU
 /// that a `membarrier` did not reach would: one such gap in Linux's
-/// registration is closed by the engine, and benchmark loops still count
-/// a lost wake-up now and then, see docs/performance.md) and for a death
-/// that no wake-up reported. It costs an idle sleeper one look at the
-/// ring per interval.
+/// registration is closed by the engine; benchmark loops counted a lost
+/// wake-up now and then, under a looser count, see docs/performance.md)
+/// and for a death that no wake-up reported. It costs an idle sleeper one
+/// look at the ring per interval.
 pub const RECHECK: Duration = Duration::from_millis(50);
 
 /// The deadline a sleep is given: the caller's, or [`RECHECK`] from now if

@@ -85,8 +85,8 @@ pub struct SubscriberStats {
     pub history: u64,
     /// Why the publisher closed it, if it did.
     pub closed: Option<CloseReason>,
-    /// Sleeps of its ring's consumer that ended with a message waiting
-    /// and no wake-up given for it: lost wake-ups, each found by the
+    /// Sleeps of its ring's consumer that lasted to their end and found a
+    /// message waiting: lost wake-ups, each found by the
     /// subscriber's own look after at most
     /// [`RECHECK`](crate::raw::RECHECK) (see
     /// [`CONS_UNWOKEN`](isocall_ringbuf::layout::CONS_UNWOKEN)). As the

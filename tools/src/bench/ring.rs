@@ -140,19 +140,18 @@ pub fn rtt(budget: &Budget, strategy: WaitStrategy, len: usize) -> Res<Measured>
         f.release();
         r
     })?;
-    // Read before the stop: the peer's counts are in its ring's control
-    // block, which it may unmap once it leaves.
+    // Every frame sent has been answered: both sides' counts are final.
     let lost = LostWakeUps::of(&tx, &rx);
+    lost.report(&figure);
     tx.send(STOP, &[], dl.get())?;
     peer.finish()?;
-    lost.report(&figure);
     Ok(m)
 }
 
-/// The lost wake-ups of both directions of a ring pair: sleeps that ended
-/// with a frame waiting and no wake-up given for it (see
-/// `ConsumerStats::unwoken`), rescued by the sleepers' own looks
-/// (`RECHECK`), so a figure still ends with them.
+/// The lost wake-ups of both directions of a ring pair: sleeps that lasted
+/// to their end and found a frame waiting (see `ConsumerStats::unwoken`),
+/// rescued by the sleepers' own looks (`RECHECK`), so a figure still ends
+/// with them.
 struct LostWakeUps {
     /// This side's receiver: (unwoken, unseen).
     here: (u64, u64),
