@@ -141,45 +141,27 @@ pub fn rtt(budget: &Budget, strategy: WaitStrategy, len: usize) -> Res<Measured>
         r
     })?;
     // Every frame sent has been answered: both sides' counts are final.
-    let lost = LostWakeUps::of(&tx, &rx);
-    lost.report(&figure);
+    report_lost_wake_ups(&figure, &tx, &rx);
     tx.send(STOP, &[], dl.get())?;
     peer.finish()?;
     Ok(m)
 }
 
-/// The lost wake-ups of both directions of a ring pair: sleeps that lasted
-/// to their end and found a frame waiting (see `ConsumerStats::unwoken`),
-/// rescued by the sleepers' own looks (`RECHECK`), so a figure still ends
-/// with them.
-struct LostWakeUps {
-    /// This side's receiver: (unwoken, unseen).
-    here: (u64, u64),
-    /// The peer's receiver, read from our sender's ring.
-    peer: (u64, u64),
-}
-
-impl LostWakeUps {
-    fn of(tx: &Sender, rx: &Receiver) -> LostWakeUps {
-        let ours = rx.stats();
-        LostWakeUps {
-            here: (ours.unwoken, ours.unseen),
-            peer: (tx.consumer_unwoken(), tx.consumer_unseen()),
-        }
-    }
-
-    /// Says on stderr how many there were, if any.
-    fn report(&self, figure: &str) {
-        let (a, b) = (self.here, self.peer);
-        if a.0 + b.0 > 0 {
-            eprintln!(
-                "isocall bench: {figure}: {} lost wake-up(s) here and {} at the peer, \
-                 {} of them unseen by the publisher",
-                a.0,
-                b.0,
-                a.1 + b.1
-            );
-        }
+/// Says on stderr how many lost wake-ups each side of a ring pair
+/// counted, if any: sleeps that lasted to their end and found a frame
+/// waiting (see `ConsumerStats::unwoken`), rescued by the sleepers' own
+/// looks (`RECHECK`), so a figure still ends with them. The peer's counts
+/// are words it writes: read once, only shown.
+fn report_lost_wake_ups(figure: &str, tx: &Sender, rx: &Receiver) {
+    let here = rx.stats();
+    let (peer, peer_unseen) = (tx.consumer_unwoken(), tx.consumer_unseen());
+    if here.unwoken.saturating_add(peer) > 0 {
+        eprintln!(
+            "isocall bench: {figure}: {} lost wake-up(s) here and {peer} at the peer, \
+             {} of them unseen by the producer",
+            here.unwoken,
+            here.unseen.saturating_add(peer_unseen)
+        );
     }
 }
 
