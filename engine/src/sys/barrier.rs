@@ -112,15 +112,12 @@ fn visit_every_cpu() -> io::Result<()> {
     let Some(mask) = SignalsBlocked::now() else {
         return Err(io::Error::other("the signal mask could not be set"));
     };
-    // SAFETY: `fork` duplicates only the calling thread; the child gets a
-    // copy of memory that other threads may have been changing, and locks
-    // they may have held. It runs `visit_and_exit` only, which touches
-    // nothing of that: it makes system calls (rustix's, raw `syscall`
-    // instructions on Linux, and `_exit`) on values on its own stack,
-    // allocates nothing, takes no lock, runs no destructor, cannot panic
-    // (its indexes are below `CpuSet::MAX_CPU`) and never returns into the
-    // parent's code. glibc runs the process's `pthread_atfork` handlers
-    // around the fork, as for any fork; they are written for it.
+    // The child may hold copies of locks other threads held and memory
+    // they were changing; glibc runs the process's `pthread_atfork`
+    // handlers around the fork, as for any fork.
+    // SAFETY: the child only runs `visit_and_exit`, which is
+    // async-signal-safe (see its doc): it touches none of that state and
+    // never returns into the parent's code.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         visit_and_exit(parent);
@@ -206,6 +203,12 @@ impl Drop for SignalsBlocked {
 /// The child of [`visit_every_cpu`]: widens its affinity to every CPU its
 /// cpuset allows, runs on each in turn, and exits (0 if it ran on all).
 /// It dies with `parent` if the parent dies first.
+///
+/// Async-signal-safe, as a child forked from a threaded process must be:
+/// it makes system calls only (rustix's, raw `syscall` instructions on
+/// Linux, and `_exit`) on values on its own stack, allocates nothing,
+/// takes no lock, runs no destructor and cannot panic (its indexes are
+/// below `CpuSet::MAX_CPU`).
 #[allow(unsafe_code)] // `_exit`: see SAFETY
 fn visit_and_exit(parent: Pid) -> ! {
     let orphan =
