@@ -235,29 +235,31 @@ fn sleep_then_publish(wake: Wake) -> (Vec<u8>, ConsumerStats) {
     got.unwrap()
 }
 
+/// The reader's (unwoken, unseen) counts after [`sleep_then_publish`],
+/// which must have delivered the frame.
+fn lost_counts(wake: Wake) -> (u64, u64) {
+    let (got, stats) = sleep_then_publish(wake);
+    assert_eq!(got, b"found", "{stats:?}");
+    (stats.unwoken, stats.unseen)
+}
+
 #[test]
 fn a_sleeper_that_is_never_woken_finds_the_frame_at_its_next_look() {
-    let (got, stats) = sleep_then_publish(Wake::Lost);
-    assert_eq!(got, b"found");
     // The lost wake-up is counted, where `isocall inspect` shows it; the
     // producer had seen the announcement.
-    assert_eq!((stats.unwoken, stats.unseen), (1, 0), "{stats:?}");
+    assert_eq!(lost_counts(Wake::Lost), (1, 0));
 }
 
 #[test]
 fn a_sleeper_whose_announcement_the_producer_missed_counts_it_unseen() {
-    let (got, stats) = sleep_then_publish(Wake::Unseen);
-    assert_eq!(got, b"found");
-    assert_eq!((stats.unwoken, stats.unseen), (1, 1), "{stats:?}");
+    assert_eq!(lost_counts(Wake::Unseen), (1, 1));
 }
 
 #[test]
 fn a_sleep_cut_short_counts_no_lost_wake_up_even_with_the_announcement_standing() {
-    let (got, stats) = sleep_then_publish(Wake::Stray);
-    assert_eq!(got, b"found");
     // Nothing was lost: the sleeper got up long before `RECHECK`, and the
     // producer may only have been about to look.
-    assert_eq!((stats.unwoken, stats.unseen), (0, 0), "{stats:?}");
+    assert_eq!(lost_counts(Wake::Stray), (0, 0));
 }
 
 #[test]
