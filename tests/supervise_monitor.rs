@@ -6,8 +6,9 @@
 
 mod common;
 
+use std::os::fd::AsFd;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::calc::ADD;
 use common::services::{
@@ -15,8 +16,8 @@ use common::services::{
 };
 use common::supervised::{add, fails_again, patient, sigkill};
 use common::wait_until;
-use isocall::raw::sys::{PidFd, seqpacket_pair};
-use isocall::supervise::{ENV_SERVICE, ENV_SUPERVISOR_PID, LastExit, SupervisorState};
+use isocall::raw::sys::{PidFd, send_with_fds, seqpacket_pair};
+use isocall::supervise::{ENV_LISTEN, ENV_SERVICE, ENV_SUPERVISOR_PID, LastExit, SupervisorState};
 use isocall::{CallError, ClientOptions, ServiceFailure, SupervisedError, Supervisor};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -69,8 +70,21 @@ impl Drop for Reaped {
 /// supervisor's environment), but claiming `supervisor_pid` supervises
 /// it. Returns the child and the other end of its control socket.
 fn start_as_supervised(supervisor_pid: u32) -> (Reaped, std::os::fd::OwnedFd) {
+    start_as_supervised_at(supervisor_pid, None)
+}
+
+/// [`start_as_supervised`], told to listen on the stream address `listen`
+/// too if given (as [`ENV_LISTEN`] says it).
+fn start_as_supervised_at(
+    supervisor_pid: u32,
+    listen: Option<&str>,
+) -> (Reaped, std::os::fd::OwnedFd) {
     let (ours, theirs) = seqpacket_pair().expect("socketpair");
-    let child = Command::new(std::env::current_exe().expect("current_exe"))
+    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
+    if let Some(a) = listen {
+        cmd.env(ENV_LISTEN, a);
+    }
+    let child = cmd
         .args(["--exact", "service", "--ignored", "--nocapture", "-q"])
         .env(SERVICE, "plain")
         .env(ENV_SERVICE, "orphan")
@@ -117,6 +131,39 @@ fn a_supervised_child_whose_supervisor_is_gone_refuses_to_serve() {
         "the control case serves: {status}; {stderr}"
     );
     assert!(!stderr.contains("SupervisorGone"), "{stderr}");
+}
+
+/// With a stream address, the supervisor's listening socket must come
+/// first on the control socket: a child sent anything else (here a
+/// hand-off of a connection, as over shared memory), or nothing before
+/// the supervisor hangs up, refuses to serve and says what came.
+#[test]
+fn a_supervised_child_with_an_address_but_no_listening_socket_refuses_to_serve() {
+    let me = std::process::id();
+    let at = Some("unix-stream:@isocall-test-no-listener");
+    let (child, control) = start_as_supervised_at(me, at);
+    let (conn, _other) = seqpacket_pair().expect("socketpair");
+    send_with_fds(
+        control.as_fd(),
+        b"C",
+        &[conn.as_fd()],
+        Instant::now() + LIMIT,
+    )
+    .expect("a hand-off");
+    let (status, stderr) = child.finish(LIMIT);
+    drop(control);
+    assert!(!status.success(), "it must not serve: {status}; {stderr}");
+    assert!(
+        stderr.contains("did not hand over the listening socket")
+            && stderr.contains("tag 0x43, 1 descriptor"),
+        "says what came instead: {stderr}"
+    );
+
+    let (child, control) = start_as_supervised_at(me, at);
+    drop(control);
+    let (status, stderr) = child.finish(LIMIT);
+    assert!(!status.success(), "it must not serve: {status}; {stderr}");
+    assert!(stderr.contains("the supervisor hung up"), "{stderr}");
 }
 
 #[test]

@@ -11,11 +11,12 @@ mod common;
 use std::time::Duration;
 
 use common::calc::{ADD, Add};
-use common::services::{self, CRASH_ONE_IN, FILE, temp_file};
+use common::services::{self, CRASH_ONE_IN, FILE, PID, SERVICE, SLOW_START, temp_file};
 use common::supervised::{bumps_at_most_once, pipelined_adds, served_pid, sigkill};
 use common::transport::{Transport, supervisor_on};
 use common::wait_until;
-use isocall::SuperviseError;
+use isocall::supervise::SupervisorState;
+use isocall::{Client, ClientOptions, ConnectError, SuperviseError};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -23,13 +24,17 @@ on_stream_transports!(
     idempotent_calls_through_a_crashing_service_all_answer_right,
     calls_that_are_not_idempotent_run_at_most_once_across_crashes,
     a_killed_instance_is_replaced_at_the_same_address,
+    a_client_that_connects_while_no_instance_runs_waits_for_the_next,
 );
 
 /// The entry the supervised children run (see `common::services`).
 #[test]
 #[ignore = "run by the supervision tests as a supervised child"]
 fn service() {
-    services::serve();
+    match std::env::var(SERVICE).as_deref() {
+        Ok(SLOW_START) => services::slow_start(),
+        _ => services::serve(),
+    }
 }
 
 fn idempotent_calls_through_a_crashing_service_all_answer_right(t: Transport) {
@@ -95,4 +100,65 @@ fn spares_and_an_address_are_refused_together() {
         .spawn()
         .unwrap_err();
     assert!(matches!(e, SuperviseError::Address(_)), "{e}");
+}
+
+/// The supervisor holds the address's socket across instances: a client
+/// (not the supervisor's own) that connects after an instance was killed
+/// and before its successor, slow to start, is up waits in the socket's
+/// backlog and is served by the successor. Where each instance bound the
+/// address itself, nothing listened meanwhile and the connect was refused.
+fn a_client_that_connects_while_no_instance_runs_waits_for_the_next(t: Transport) {
+    let sup = supervisor_on(t, "between-stream", SLOW_START)
+        .spawn()
+        .expect("supervisor");
+    let first = sup.wait_serving(LIMIT).expect("the first instance serving");
+    let at = sup.address().expect("a stream address").clone();
+    sigkill(first);
+    // The successor is started once the first is reaped; it then takes
+    // `SLOW_START_DELAY` before it serves.
+    let second = wait_until(LIMIT, "the successor started", || {
+        sup.service_pid().filter(|&p| p != first)
+    });
+    let mut c = Client::connect_with(at, ClientOptions::default().handshake_timeout(LIMIT))
+        .expect("connected through the backlog while the successor started");
+    let pid = c.method(PID).expect("pid method");
+    let served = c.call(pid, &Add { a: 0, b: 0 }).expect("pid call");
+    assert_eq!(served.sum.to_native() as u32, second);
+}
+
+#[test]
+fn an_address_in_use_fails_the_spawn_and_names_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let at = format!("tcp://{}", taken.local_addr().expect("its address"));
+    let e = services::supervisor("taken-stream", "plain")
+        .address(at.as_str())
+        .spawn()
+        .unwrap_err();
+    assert!(matches!(e, SuperviseError::Listen { .. }), "{e}");
+    let port = taken.local_addr().expect("its address").port().to_string();
+    assert!(e.to_string().contains(&port), "{e}");
+}
+
+/// A service that failed (the restart-intensity limit) lets its address
+/// go: a client that connects then is refused at once, instead of waiting
+/// in the backlog of a socket no instance will accept on until its
+/// handshake timeout.
+#[test]
+fn a_failed_service_lets_its_address_go() {
+    let sup = supervisor_on(Transport::UnixStream, "failed-stream", "crash-at-start")
+        .intensity(2, Duration::from_secs(60))
+        .backoff(Duration::from_millis(1), Duration::from_millis(20))
+        .spawn()
+        .expect("supervisor");
+    let at = sup.address().expect("a stream address").clone();
+    wait_until(LIMIT, "the service failed", || {
+        (sup.stats().state == SupervisorState::Failed).then_some(())
+    });
+    let e = Client::connect_with(at, ClientOptions::default().handshake_timeout(LIMIT))
+        .expect_err("nobody listens");
+    assert!(
+        matches!(&e, ConnectError::Connect { source, .. }
+            if source.kind() == std::io::ErrorKind::ConnectionRefused),
+        "{e:?}"
+    );
 }

@@ -612,3 +612,58 @@ fn a_listener_takes_connections_on_several_addresses() {
     assert!(matches!(e, StreamError::Connect { .. }), "{e}");
     assert!(e.to_string().contains("none"), "{e}");
 }
+
+/// A listening socket bound by one holder and adopted by another (a
+/// supervisor's address, taken over by each instance): the adopter
+/// accepts on it, learns the port picked, and leaves the Unix socket file
+/// to the holder that bound it. Anything else handed over is refused,
+/// naming what it is not.
+#[test]
+fn an_adopted_listener_accepts_and_leaves_the_socket_file_to_its_owner() {
+    use std::os::fd::{AsFd, OwnedFd};
+    let dup = |l: &Listener| -> OwnedFd { l.poll_fds()[0].try_clone_to_owned().unwrap() };
+
+    let tcp = Listener::bind(
+        &[Address::parse("tcp://127.0.0.1:0").unwrap()],
+        Security::Anyone,
+    )
+    .unwrap();
+    let bound = tcp.addresses()[0].clone();
+    let asked = Address::parse("tcp://127.0.0.1:0").unwrap();
+    let adopted = Listener::adopt(&asked, dup(&tcp), Security::Anyone).unwrap();
+    assert_eq!(adopted.addresses(), vec![bound.clone()], "the port picked");
+    let _c = connect(&bound, soon()).unwrap();
+    adopted
+        .accept(Some(soon()))
+        .expect("accepted on the adopted socket");
+
+    let path = std::env::temp_dir().join(format!("isocall-adopt-{}", std::process::id()));
+    let unix = Address::parse(&format!("unix:{}", path.display())).unwrap();
+    let owner = Listener::bind(std::slice::from_ref(&unix), Security::Plain).unwrap();
+    drop(Listener::adopt(&unix, dup(&owner), Security::Plain).unwrap());
+    assert!(path.exists(), "the adopter removed its owner's socket file");
+    let _c = connect(&unix, soon()).unwrap();
+    owner.accept(Some(soon())).expect("the owner still listens");
+    drop(owner);
+    assert!(!path.exists(), "the owner removes its file");
+
+    let refused = |fd: OwnedFd, a: &Address, what: &str| {
+        let e = Listener::adopt(a, fd, Security::Anyone).unwrap_err();
+        assert!(matches!(e, StreamError::Adopt { .. }), "{e}");
+        assert!(e.to_string().contains(what), "{e} (wanted {what:?})");
+    };
+    // A socket that does not listen, the wrong family, not a socket.
+    let (a, _b) = UnixStream::pair().unwrap();
+    refused(
+        a.as_fd().try_clone_to_owned().unwrap(),
+        &unix,
+        "a listening socket",
+    );
+    refused(dup(&tcp), &unix, "a Unix socket");
+    let file = std::fs::File::open("/dev/null").unwrap();
+    refused(
+        file.as_fd().try_clone_to_owned().unwrap(),
+        &bound,
+        "a stream socket",
+    );
+}

@@ -238,12 +238,10 @@ pub fn supervisor_on(t: Transport, name: &str, service: &str) -> isocall::Superv
         Transport::Shm => b,
         Transport::UnixStream => b.address(t.address(name).as_str()),
         _ => {
-            // A port the instances take over one after the other.
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .unwrap()
-                .port();
-            let at = Endpoint::parse(&format!("tcp://127.0.0.1:{port}")).unwrap();
+            // The supervisor binds it and picks the port, once for all
+            // its instances (a port picked here and let go could be taken,
+            // by any connection's local end, before the supervisor binds).
+            let at = Endpoint::parse("tcp://127.0.0.1:0").unwrap();
             #[cfg(feature = "tls")]
             let b = if t == Transport::Tls {
                 b.env(PKI_ENV, super::pki::Pki::get().dir.as_os_str())

@@ -142,6 +142,12 @@ impl Endpoint {
         }
     }
 
+    /// The same endpoint (compression, TLS) at the stream address `a`
+    /// instead: a TCP port 0 once a port was picked.
+    pub(crate) fn set_stream_address(&mut self, a: Address) {
+        self.at = At::Stream(a);
+    }
+
     /// Whether it is a stream socket (not shared memory).
     pub fn is_stream(&self) -> bool {
         matches!(self.at, At::Stream(_))

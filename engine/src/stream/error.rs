@@ -165,6 +165,16 @@ pub enum StreamError {
         /// The OS error.
         errno: i32,
     },
+    /// A listening socket handed over by another process (see
+    /// [`Listener::adopt`](super::Listener::adopt)) is not what its
+    /// address says.
+    #[error("the socket handed over for {address} cannot be listened on: {detail}")]
+    Adopt {
+        /// The address it was handed over for.
+        address: String,
+        /// What it is not (a stream socket, listening, of that family).
+        detail: String,
+    },
     /// A plain (non-TLS) TCP listener was asked for without saying that
     /// anyone may connect ([`Security::Anyone`](super::Security::Anyone)).
     #[error(

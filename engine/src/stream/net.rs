@@ -9,8 +9,8 @@ use super::address::Address;
 use super::conn::{Connection, PeerAddr};
 use super::error::{StreamError, errno_of};
 use crate::sys::{
-    PeerCred, StreamTarget, accept_stream, connect_stream, listen_stream, local_inet_addr,
-    poll_readable, unlink_socket,
+    PeerCred, StreamTarget, accept_stream, adopt_listener, connect_stream, listen_stream,
+    local_inet_addr, poll_readable, unlink_socket,
 };
 
 /// Connects to `address` (a TCP name is resolved first; each of its
@@ -104,11 +104,15 @@ pub enum Security {
 ///
 /// Sockets are non-blocking and close-on-exec; a Unix socket file left by
 /// a dead server is replaced (one a live server listens on is not), and
-/// removed again when the listener is dropped.
+/// removed again when the listener is dropped (by the listener that bound
+/// it: one [adopted](Self::adopt) from another process leaves the file to
+/// its owner).
 #[derive(Debug)]
 pub struct Listener {
     socks: Vec<(Address, OwnedFd)>,
     security: Security,
+    /// Bound here (not adopted): its Unix socket files go with it.
+    owns_files: bool,
     /// Where the next accept starts looking (turns taken fairly).
     next: AtomicUsize,
 }
@@ -165,6 +169,50 @@ impl Listener {
         Ok(Listener {
             socks,
             security,
+            owns_files: true,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Accepts on `fd`, a socket another process bound to `address` and
+    /// listens on (a supervisor that binds its service's address once, so
+    /// that each instance takes the same socket over: no instance waits
+    /// for its predecessor to let the address go, and connections made
+    /// between two instances wait in the backlog instead of being
+    /// refused). The socket is made non-blocking; dropping the listener
+    /// closes this process's descriptor and leaves a Unix socket file to
+    /// its owner.
+    ///
+    /// # Errors
+    ///
+    /// [`StreamError::PlainTcpRefused`] as for [`bind`](Self::bind);
+    /// [`StreamError::Adopt`] if `fd` is not a listening stream socket of
+    /// `address`'s kind (TCP or Unix).
+    pub fn adopt(
+        address: &Address,
+        fd: OwnedFd,
+        security: Security,
+    ) -> Result<Listener, StreamError> {
+        if address.is_tcp() && matches!(security, Security::Plain) {
+            return Err(StreamError::PlainTcpRefused {
+                address: address.to_string(),
+            });
+        }
+        let adopt_error = |e: std::io::Error| StreamError::Adopt {
+            address: address.to_string(),
+            detail: e.to_string(),
+        };
+        adopt_listener(fd.as_fd(), address.is_tcp()).map_err(adopt_error)?;
+        let address = if address.is_tcp() {
+            let port = local_inet_addr(fd.as_fd()).map_err(adopt_error)?.port();
+            address.with_port(port)
+        } else {
+            address.clone()
+        };
+        Ok(Listener {
+            socks: vec![(address, fd)],
+            security,
+            owns_files: false,
             next: AtomicUsize::new(0),
         })
     }
@@ -235,6 +283,9 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
+        if !self.owns_files {
+            return;
+        }
         for (a, _) in &self.socks {
             if let Address::Unix(p) = a {
                 unlink_socket(&crate::sys::SocketName::Path(p.clone()));

@@ -11,7 +11,7 @@ use super::monitor::Monitor;
 use super::stats::StatsBlock;
 use super::{Inner, Premade, State, Supervisor};
 use crate::rpc::{ClientOptions, Endpoint, IntoEndpoint};
-use crate::stream::AddressError;
+use crate::stream::{AddressError, Listener, Security};
 use crate::sys::EventFd;
 
 /// What the supervisor starts.
@@ -164,14 +164,18 @@ impl SupervisorBuilder {
     /// supervisor's clients connect there, over the socket transport,
     /// instead of over a socketpair handed down to the instance.
     ///
-    /// The address reaches the instance in the environment variable
-    /// [`ENV_LISTEN`](super::ENV_LISTEN), which
+    /// [`spawn`](Self::spawn) binds the address, once (a TCP port 0 picks
+    /// a port there, and the clients connect to it), and every instance
+    /// accepts on that one socket, sent to it first thing on its control
+    /// socket and taken by
     /// [`ServerBuilder::supervised`](crate::rpc::ServerBuilder::supervised)
-    /// reads: each instance binds it in turn (a successor takes it over
-    /// from a dead one). Its server's policy must admit the clients (over
-    /// TCP: `Policy::Anyone`, or TLS and `Policy::Certificate`); an
-    /// instance whose server cannot listen there exits, and is restarted
-    /// until the intensity limit says otherwise.
+    /// (the address itself is in [`ENV_LISTEN`](super::ENV_LISTEN)). So a
+    /// successor never waits for, or fails on, a predecessor that has not
+    /// let the address go yet (still exiting, or hung), and a client that
+    /// connects while no instance runs waits in the socket's backlog
+    /// instead of being refused. Its server's policy must admit the
+    /// clients (over TCP: `Policy::Anyone`, or TLS and
+    /// `Policy::Certificate`).
     ///
     /// Spares ([`standby`](Self::standby)) cannot share one address with
     /// the instance serving: `spawn` refuses both. Idempotent calls are
@@ -208,7 +212,9 @@ impl SupervisorBuilder {
     /// # Errors
     ///
     /// A bad configuration (empty service name, an intensity period of
-    /// 0); the OS refusing the counters' memfd, an eventfd or the thread.
+    /// 0); an [`address`](Self::address) that cannot be listened on
+    /// ([`SuperviseError::Listen`]: in use, say); the OS refusing the
+    /// counters' memfd, an eventfd or the thread.
     /// A service that cannot be started shows up as failed calls, with the
     /// reason: at once for a program that cannot run at all (missing, not
     /// executable), after the intensity limit for a passing shortage
@@ -229,6 +235,29 @@ impl SupervisorBuilder {
         if self.address.is_some() && self.standby > 0 {
             return Err(SuperviseError::StandbyOnAddress);
         }
+        // The address is bound here, once: every instance takes this
+        // socket over (see `address`). A TCP port 0 is picked now, and
+        // clients connect to the port picked.
+        let listener = match self.address.as_mut() {
+            Some(e) => {
+                let a = e.stream_address().cloned().ok_or_else(|| {
+                    SuperviseError::Address(AddressError::UnknownScheme {
+                        address: e.to_string(),
+                    })
+                })?;
+                let l = Listener::bind(&[a], Security::Anyone).map_err(|source| {
+                    SuperviseError::Listen {
+                        service: self.service.clone(),
+                        source,
+                    }
+                })?;
+                if let Some(bound) = l.addresses().pop() {
+                    e.set_stream_address(bound);
+                }
+                Some(l)
+            }
+            None => None,
+        };
         let io = |source| SuperviseError::Io {
             service: self.service.clone(),
             source,
@@ -237,6 +266,7 @@ impl SupervisorBuilder {
         let wake = EventFd::new().map_err(io)?;
         let inner = Arc::new(Inner {
             config: self,
+            listener: Mutex::new(listener),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             wake,

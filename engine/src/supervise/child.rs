@@ -2,11 +2,12 @@
 //! takes from its supervisor (the control socket on standard input, the
 //! death signal armed against a parent that may already be gone).
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
 
-use super::{ENV_LISTEN, ENV_ROLE, ENV_SERVICE, ENV_SUPERVISOR_PID};
-use crate::rpc::{ServerBuilder, Source};
-use crate::sys::is_seqpacket;
+use super::{ENV_LISTEN, ENV_ROLE, ENV_SERVICE, ENV_SUPERVISOR_PID, LISTENER};
+use crate::rpc::{Endpoint, ServerBuilder, Source};
+use crate::sys::{is_seqpacket, poll_readable, recv_with_fds};
 
 /// Why a process cannot serve as a supervised child.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,16 @@ pub enum NotSupervised {
         service: String,
         /// This process's parent now.
         parent: i32,
+    },
+    /// The supervisor did not hand over the listening socket of the
+    /// service's address (see [`ENV_LISTEN`](super::ENV_LISTEN)) in time,
+    /// or handed over something else.
+    #[error(
+        "the supervisor did not hand over the listening socket of the service's address: {detail}"
+    )]
+    NoListener {
+        /// What came instead.
+        detail: String,
     },
     /// Standard input is not the supervisor's control socket.
     #[error("standard input is not the supervisor's control socket (a SOCK_SEQPACKET socket)")]
@@ -53,7 +64,10 @@ impl ServerBuilder {
     /// supervisor that died before this call) and [`Server::run`](crate::rpc::Server::run)
     /// returns when the supervisor retires it. A supervisor given a stream
     /// [`address`](super::SupervisorBuilder::address) has the server listen
-    /// there too (its clients connect there).
+    /// there too (its clients connect there), on the socket the supervisor
+    /// bound once and sends first on the control socket: every instance
+    /// accepts on that same socket, so none waits for its predecessor to
+    /// let the address go.
     ///
     /// A server that listens on TCP this way needs a policy that admits its
     /// TCP clients (see [`ServerBuilder::listen`]); the address is in
@@ -62,15 +76,27 @@ impl ServerBuilder {
     /// # Errors
     ///
     /// [`NotSupervised`] naming what is missing: the environment the
-    /// supervisor sets, a control socket on standard input, or a supervisor
-    /// that is still alive.
+    /// supervisor sets, a control socket on standard input, a supervisor
+    /// that is still alive, or (with an address) the listening socket.
     pub fn supervised() -> Result<ServerBuilder, NotSupervised> {
         let child = ChildEnv::take()?;
-        let b = ServerBuilder::with_source(Source::Handoff(child.control), child.service);
-        Ok(match std::env::var(ENV_LISTEN) {
-            Ok(address) if !address.is_empty() => b.add_listener(address.as_str()),
-            _ => b,
-        })
+        let listen = std::env::var(ENV_LISTEN).ok().filter(|a| !a.is_empty());
+        // The supervisor's socket for the address comes first on the
+        // control socket (taken before the server reads it for hand-offs).
+        let adopted = match &listen {
+            Some(_) => Some(take_listener(child.control.as_fd())?),
+            None => None,
+        };
+        let mut b = ServerBuilder::with_source(Source::Handoff(child.control), child.service);
+        if let Some(address) = listen {
+            let parsed = Endpoint::parse(&address).ok();
+            match (parsed.as_ref().and_then(Endpoint::stream_address), adopted) {
+                (Some(a), Some(fd)) => b.adopted.push((a.clone(), fd)),
+                // Reported by `spawn` as a bad address.
+                _ => b = b.add_listener(address.as_str()),
+            }
+        }
+        Ok(b)
     }
 }
 
@@ -82,6 +108,44 @@ impl ServerBuilder {
 pub fn role() -> Option<String> {
     std::env::var_os(ENV_SUPERVISOR_PID)?;
     std::env::var(ENV_ROLE).ok()
+}
+
+/// How long a supervised child waits for its listening socket: the
+/// supervisor sends it right after the start, so only a supervisor that
+/// stopped (SIGSTOP, a debugger) keeps it waiting.
+const LISTENER_WAIT: Duration = Duration::from_secs(10);
+
+/// The listening socket the supervisor sends first on `control` when the
+/// service has a stream address.
+fn take_listener(control: BorrowedFd<'_>) -> Result<OwnedFd, NotSupervised> {
+    let no = |detail: String| NotSupervised::NoListener { detail };
+    let deadline = crate::deadline_in(LISTENER_WAIT);
+    loop {
+        let mut tag = [0u8; 8];
+        match recv_with_fds(control, &mut tag, 1) {
+            Ok((0, fds)) if fds.is_empty() => return Err(no("the supervisor hung up".into())),
+            Ok((n, mut fds)) => {
+                return match (n, tag[0], fds.pop()) {
+                    (1, LISTENER, Some(fd)) => Ok(fd),
+                    (n, t, fd) => Err(no(format!(
+                        "a message of {n} bytes, tag {t:#04x}, {} descriptor(s)",
+                        usize::from(fd.is_some())
+                    ))),
+                };
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(no(e.to_string())),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(no(format!("nothing within {LISTENER_WAIT:?}")));
+        }
+        poll_readable(&[control], Some(left)).map_err(|e| no(e.to_string()))?;
+    }
 }
 
 /// What a supervised child takes from its supervisor.

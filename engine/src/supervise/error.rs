@@ -148,6 +148,17 @@ pub enum SuperviseError {
         "spares (standby) and an address cannot go together: one instance listens on it at a time"
     )]
     StandbyOnAddress,
+    /// The service's stream address cannot be listened on (in use,
+    /// refused, a name that does not resolve). The supervisor binds it
+    /// once, before any instance starts, and hands the socket to each.
+    #[error("supervisor of {service:?}: {source}")]
+    Listen {
+        /// The service.
+        service: String,
+        /// Why.
+        #[source]
+        source: crate::stream::StreamError,
+    },
     /// The OS refused a descriptor, a thread or the first process.
     #[error("supervisor of {service:?}: {source}")]
     Io {

@@ -70,6 +70,10 @@ pub const ENV_ROLE: &str = "ISOCALL_ROLE";
 /// listens on too (see [`SupervisorBuilder::address`]).
 pub const ENV_LISTEN: &str = "ISOCALL_LISTEN";
 
+/// Tag of the first message on an instance's control socket when the
+/// service has a stream address: the listening socket, attached.
+pub(crate) const LISTENER: u8 = b'L';
+
 /// First pause before connecting again to an instance that does not listen
 /// on the service's address yet.
 const NOT_LISTENING_FIRST: Duration = Duration::from_micros(200);
@@ -145,6 +149,10 @@ impl State {
 
 pub(crate) struct Inner {
     config: SupervisorBuilder,
+    /// The service's stream address, bound once and handed to each
+    /// instance (see [`SupervisorBuilder::address`]); dropped (a Unix
+    /// socket file removed) with the supervisor, or once it failed.
+    listener: Mutex<Option<crate::stream::Listener>>,
     state: Mutex<State>,
     changed: Condvar,
     wake: EventFd,
@@ -183,6 +191,12 @@ pub(crate) struct Connection {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The service's listening socket (`None` without an address, or once
+    /// the service failed).
+    fn lock_listener(&self) -> MutexGuard<'_, Option<crate::stream::Listener>> {
+        self.listener.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Wakes the waiters on `changed` after a change made outside the
@@ -333,10 +347,11 @@ impl Inner {
         Ok(client)
     }
 
-    /// Connects to `live` at the service's stream address: again while it
-    /// does not listen there yet (it is starting) or another process
-    /// answers (the instance it replaces, still going), until the handshake
-    /// timeout.
+    /// Connects to `live` at the service's stream address: again while
+    /// another process answers, or hangs up before its hello (the instance
+    /// it replaces, still going: all instances accept on one socket), or
+    /// nobody listens (the supervisor's socket is always there, so only
+    /// for a foreign server), until the handshake timeout.
     fn connect_at(
         &self,
         address: &crate::rpc::Endpoint,
@@ -362,6 +377,9 @@ impl Inner {
                         source.kind(),
                         std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
                     ) => {}
+                // Accepted, then dropped, by a predecessor on its way out
+                // (or `live` died: looked at below).
+                Err(ConnectError::Handshake(HandshakeError::Closed)) => {}
                 Err(e) => return Err(e),
             }
             if process_gone(live.pid) {
@@ -650,6 +668,15 @@ impl Supervisor {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+    }
+
+    /// Where the service's clients connect over a stream, if it was given
+    /// an [`address`](SupervisorBuilder::address): the address as bound
+    /// (a TCP port 0 replaced by the port picked), with the clients'
+    /// compression and TLS settings. A client that is not the
+    /// supervisor's own (a [`Client`] in another program) dials this.
+    pub fn address(&self) -> Option<&crate::rpc::Endpoint> {
+        self.inner.config.address.as_ref()
     }
 
     /// The pid of the instance serving now, if one is.

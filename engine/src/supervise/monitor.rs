@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 use super::builder::Program;
 use super::error::{LastExit, ServiceFailure};
 use super::stats::Word;
-use super::{ENV_LISTEN, ENV_ROLE, ENV_SERVICE, ENV_SUPERVISOR_PID, Inner, Live, SupervisorState};
-use crate::sys::{PidFd, poll_readable, seqpacket_pair};
+use super::{
+    ENV_LISTEN, ENV_ROLE, ENV_SERVICE, ENV_SUPERVISOR_PID, Inner, LISTENER, Live, SupervisorState,
+};
+use crate::sys::{PidFd, poll_readable, send_with_fds, seqpacket_pair};
 
 /// A child the monitor owns.
 struct Running {
@@ -245,9 +247,12 @@ impl Monitor {
     fn fail(&mut self, failure: ServiceFailure) {
         tracing::error!(target: "isocall::supervise", service = %self.service(), "{failure}");
         self.inner.set_failed(failure);
-        // The instances still alive are retired.
+        // The instances still alive are retired, and the address let go:
+        // a client that connects now is refused at once, where the
+        // socket's backlog would hold it until its handshake timeout.
         let rest = std::mem::take(&mut self.children);
         self.retire(rest);
+        drop(self.inner.lock_listener().take());
     }
 
     /// Starts an instance (the service or a spare), unless the restart
@@ -358,12 +363,24 @@ impl Monitor {
         };
         let mut child = cmd.spawn()?;
         drop(cmd);
-        match PidFd::open(child.id()) {
+        // The service's listening socket, first thing on the control
+        // socket (its buffer is empty: this never waits).
+        let handed = match &*self.inner.lock_listener() {
+            Some(l) => send_with_fds(
+                ours.as_fd(),
+                &[LISTENER],
+                &l.poll_fds(),
+                crate::deadline_in(cfg.client.handshake_timeout),
+            ),
+            None => Ok(()),
+        };
+        match handed.and_then(|()| PidFd::open(child.id())) {
             Ok(pidfd) => Ok((child, pidfd, ours)),
             Err(e) => {
-                // Without a pidfd the loop would never see it exit: it is
-                // killed and reaped here (not yet reaped, its pid cannot
-                // have been reused).
+                // Without a pidfd the loop would never see it exit (and
+                // without its socket it could not serve): it is killed
+                // and reaped here (not yet reaped, its pid cannot have
+                // been reused).
                 let _ = child.kill();
                 let _ = child.wait();
                 Err(e)

@@ -243,6 +243,37 @@ pub fn prepare_stream(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Takes `fd`, a listening socket made by another process (a supervisor
+/// that binds a service's address once for all its instances), to accept
+/// on: checks that it is a stream socket, listening, of the family
+/// `inet` says (TCP, or Unix if false), and makes it non-blocking (a flag
+/// of the file description, shared with every holder: the others accept
+/// without waiting too, or not at all).
+///
+/// # Errors
+///
+/// `InvalidInput` naming what the descriptor is not; the OS error of the
+/// checks.
+pub fn adopt_listener(fd: BorrowedFd<'_>, inet: bool) -> io::Result<()> {
+    let not = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("not {what}"));
+    if !is_stream(fd) {
+        return Err(not("a stream socket"));
+    }
+    if !sockopt::socket_acceptconn(fd)? {
+        return Err(not("a listening socket"));
+    }
+    let family = sockopt::socket_domain(fd)?;
+    let is_inet = matches!(family, AddressFamily::INET | AddressFamily::INET6);
+    if inet && !is_inet {
+        return Err(not("a TCP socket"));
+    }
+    if !inet && family != AddressFamily::UNIX {
+        return Err(not("a Unix socket"));
+    }
+    rustix::io::ioctl_fionbio(fd, true)?;
+    Ok(())
+}
+
 /// The local IP address and port of an inet socket.
 ///
 /// # Errors

@@ -13,7 +13,7 @@ use crate::rpc::large::LargeLimits;
 use crate::rpc::method::{Message, Method};
 use crate::rpc::policy::Policy;
 use crate::segment::SegmentLayout;
-use crate::stream::{AddressError, Security};
+use crate::stream::{Address, AddressError, Security};
 use crate::sys::SocketName;
 
 use super::ctx::CallCtx;
@@ -114,6 +114,9 @@ pub struct ServerBuilder {
     pub(crate) source: Option<Source>,
     /// More places to listen on (shared-memory names, stream addresses).
     pub(crate) listen: Vec<Endpoint>,
+    /// Listening sockets handed over by a supervisor, with their
+    /// addresses (see [`Listener::adopt`](crate::stream::Listener::adopt)).
+    pub(crate) adopted: Vec<(Address, std::os::fd::OwnedFd)>,
     /// The first address given that did not parse (reported by `spawn`).
     pub(crate) bad_address: Option<AddressError>,
     pub(crate) compression: Compression,
@@ -235,6 +238,7 @@ impl ServerBuilder {
         ServerBuilder {
             source: None,
             listen: Vec::new(),
+            adopted: Vec::new(),
             bad_address: None,
             compression: Compression::Auto,
             #[cfg(feature = "tls")]
@@ -463,6 +467,7 @@ impl ServerBuilder {
             unix: Vec::new(),
             tcp: Vec::new(),
             tcp_security: Security::Anyone,
+            adopted: Vec::new(),
         };
         for e in std::mem::take(&mut self.listen) {
             match e.at {
@@ -488,6 +493,15 @@ impl ServerBuilder {
                 }
             }
         }
+        for (a, fd) in std::mem::take(&mut self.adopted) {
+            if a.is_tcp() && !self.policy.admits(false, tls.is_some()) {
+                return Err(ServerError::TcpPolicy {
+                    address: a.to_string(),
+                    tls: tls.is_some(),
+                });
+            }
+            plan.adopted.push((a, fd));
+        }
         #[cfg(feature = "tls")]
         if let Some(t) = tls {
             plan.tcp_security = Security::Tls(t);
@@ -496,6 +510,7 @@ impl ServerBuilder {
             && plan.shm.is_empty()
             && plan.unix.is_empty()
             && plan.tcp.is_empty()
+            && plan.adopted.is_empty()
         {
             return Err(ServerError::NoSource);
         }

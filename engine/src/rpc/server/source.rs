@@ -76,6 +76,9 @@ pub(crate) struct Plan {
     pub(crate) tcp: Vec<Address>,
     /// The TCP listener's security (TLS, or open to anyone).
     pub(crate) tcp_security: Security,
+    /// Listening sockets handed over (by a supervisor), with their
+    /// addresses.
+    pub(crate) adopted: Vec<(Address, OwnedFd)>,
 }
 
 impl Conns {
@@ -119,6 +122,25 @@ impl Conns {
             }
         }
         let mut bound = Vec::new();
+        for (a, fd) in plan.adopted {
+            let security = if a.is_tcp() {
+                plan.tcp_security.clone()
+            } else {
+                Security::Plain
+            };
+            match Listener::adopt(&a, fd, security) {
+                Ok(l) => {
+                    bound.extend(l.addresses());
+                    conns.streams.push(l);
+                }
+                Err(e) => {
+                    for n in &names {
+                        unlink_socket(n);
+                    }
+                    return Err(super::ServerError::Stream(e));
+                }
+            }
+        }
         for (addresses, security) in [(plan.unix, Security::Plain), (plan.tcp, plan.tcp_security)] {
             if addresses.is_empty() {
                 continue;
