@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::calc::{ADD, Add};
-use common::services::{self, CRASH_ONE_IN, FILE, PID, SERVICE, SLOW_START, temp_file};
+use common::services::{self, CRASH_ONE_IN, FILE, PID, SABOTAGE, SERVICE, SLOW_START, temp_file};
 use common::supervised::{bumps_at_most_once, pipelined_adds, served_pid, sigkill};
 use common::transport::{Transport, supervisor_on};
 use common::wait_until;
@@ -25,6 +25,7 @@ on_stream_transports!(
     calls_that_are_not_idempotent_run_at_most_once_across_crashes,
     a_killed_instance_is_replaced_at_the_same_address,
     a_client_that_connects_while_no_instance_runs_waits_for_the_next,
+    an_instance_that_shuts_the_socket_down_does_not_take_the_address_with_it,
 );
 
 /// The entry the supervised children run (see `common::services`).
@@ -160,5 +161,29 @@ fn a_failed_service_lets_its_address_go() {
         matches!(&e, ConnectError::Connect { source, .. }
             if source.kind() == std::io::ErrorKind::ConnectionRefused),
         "{e:?}"
+    );
+}
+
+/// Every instance holds the supervisor's listening socket, so one can shut
+/// it down for all (TCP then stops listening; a Unix socket refuses every
+/// connection). The supervisor binds the address again before it starts
+/// the successor, which serves at the same address. Without that, the
+/// successor took the dead socket and every later call failed.
+fn an_instance_that_shuts_the_socket_down_does_not_take_the_address_with_it(t: Transport) {
+    let sup = supervisor_on(t, "sabotage-stream", "plain")
+        .spawn()
+        .expect("supervisor");
+    let at = sup.address().expect("a stream address").clone();
+    let mut c = sup.client();
+    let first = served_pid(&mut c);
+    let m = c.method(SABOTAGE).expect("sabotage");
+    let e = c.call(m, &Add { a: 0, b: 0 }).map(|_| ()).unwrap_err();
+    assert!(e.to_string().contains("died"), "{e}");
+    let second = served_pid(&mut c);
+    assert_ne!(second, first);
+    assert_eq!(
+        sup.address().and_then(|e| e.stream_address()),
+        at.stream_address(),
+        "the same address"
     );
 }

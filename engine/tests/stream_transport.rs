@@ -666,4 +666,18 @@ fn an_adopted_listener_accepts_and_leaves_the_socket_file_to_its_owner() {
         &bound,
         "a stream socket",
     );
+
+    // One holder shutting the socket down stops it for every holder: TCP
+    // stops listening, a Unix socket refuses (and says it still listens).
+    let owner = Listener::bind(std::slice::from_ref(&unix), Security::Plain).unwrap();
+    for l in [&tcp, &owner] {
+        assert!(l.listens());
+        let other = Listener::adopt(&l.addresses()[0], dup(l), Security::Anyone).unwrap();
+        rustix::net::shutdown(other.poll_fds()[0], rustix::net::Shutdown::Both).unwrap();
+        assert!(
+            !l.listens(),
+            "{:?} shut down by another holder",
+            l.addresses()
+        );
+    }
 }

@@ -30,6 +30,10 @@ pub const PID: Method<Add, Sum> = Method::new("pid").idempotent();
 pub const BUMP: Method<Bump, Sum> = Method::new("bump");
 /// `hold`: takes the request's blob and never answers.
 pub const HOLD: Method<Add, Sum> = Method::new("hold");
+/// `sabotage`: shuts down every listening socket the process holds (the
+/// supervisor's socket for the service's stream address, which every
+/// instance shares), then crashes.
+pub const SABOTAGE: Method<Add, Sum> = Method::new("sabotage");
 /// `sum_blob`: the sum of the blob's bytes (idempotent).
 pub const SUM_BLOB: Method<Add, Sum> = Method::new("sum_blob").idempotent();
 
@@ -118,6 +122,29 @@ fn supervised() -> ServerBuilder {
     }
 }
 
+/// Shuts down (both ways) every listening socket among this process's
+/// descriptors: a hostile instance's parting shot at its successors.
+fn shut_down_listeners() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    for n in fds {
+        // SAFETY: `n` was open when listed, and nothing here closes it;
+        // should a server thread close it meanwhile, the calls below fail
+        // with EBADF or touch the descriptor that took its number, which
+        // this deliberately hostile handler accepts (it aborts next).
+        // Neither call reads or writes memory through the descriptor.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(n) };
+        if rustix::net::sockopt::socket_acceptconn(fd).unwrap_or(false) {
+            let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
+        }
+    }
+}
+
 fn file() -> PathBuf {
     PathBuf::from(std::env::var_os(FILE).expect("the test sets the service's file"))
 }
@@ -179,6 +206,10 @@ pub fn serve() {
         Ok(Sum {
             sum: r.id.to_native(),
         })
+    });
+    b = b.method(SABOTAGE, |_: &ArchivedAdd, _: &mut CallCtx<'_>| {
+        shut_down_listeners();
+        std::process::abort()
     });
     // `hold`: takes the request's blob and never answers (until killed).
     b = b.method(HOLD, |_: &ArchivedAdd, ctx: &mut CallCtx<'_>| {

@@ -5,6 +5,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use rustix::event::{PollFd, PollFlags, poll};
+
 use super::address::Address;
 use super::conn::{Connection, PeerAddr};
 use super::error::{StreamError, errno_of};
@@ -220,6 +222,28 @@ impl Listener {
     /// The addresses listened on, in the order given (TCP ports as bound).
     pub fn addresses(&self) -> Vec<Address> {
         self.socks.iter().map(|(a, _)| a.clone()).collect()
+    }
+
+    /// Whether every socket still listens: another holder of an
+    /// [adopted](Self::adopt) socket may have shut it down (TCP then stops
+    /// listening; a Unix socket still says it listens, but refuses every
+    /// connection and polls as hung up).
+    pub fn listens(&self) -> bool {
+        self.socks.iter().all(|(_, fd)| {
+            let listening = rustix::net::sockopt::socket_acceptconn(fd).unwrap_or(false);
+            let mut p = [PollFd::new(fd, PollFlags::IN | PollFlags::RDHUP)];
+            let zero = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            let hung_up = match poll(&mut p, Some(&zero)) {
+                Ok(_) => p[0]
+                    .revents()
+                    .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR),
+                Err(_) => true,
+            };
+            listening && !hung_up
+        })
     }
 
     /// The listening sockets, for an event loop (readable: a connection

@@ -199,6 +199,49 @@ impl Inner {
         self.listener.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Binds the service's address again if its socket no longer listens:
+    /// every instance holds the socket, and one (buggy or hostile) that
+    /// shut it down stopped it listening for all of them, its successors
+    /// included.
+    ///
+    /// # Errors
+    ///
+    /// Why the address cannot be bound again (taken meanwhile, say).
+    fn relisten(&self) -> std::io::Result<()> {
+        let Some(address) = self
+            .config
+            .address
+            .as_ref()
+            .and_then(|e| e.stream_address())
+        else {
+            return Ok(());
+        };
+        let mut l = self.lock_listener();
+        if l.as_ref().is_some_and(crate::stream::Listener::listens) {
+            return Ok(());
+        }
+        if l.take().is_some() {
+            // The old socket goes first (a Unix socket file with it).
+            tracing::warn!(target: "isocall::supervise", service = %self.config.service,
+                "the service's socket no longer listens (an instance shut it down); binding it again");
+        }
+        // The address as bound (a port picked stays the port).
+        let fresh = crate::stream::Listener::bind(
+            std::slice::from_ref(address),
+            crate::stream::Security::Anyone,
+        )
+        .map_err(|e| match e {
+            // `EADDRINUSE` while an instance on its way out still holds
+            // the old socket: a passing condition (see `is_transient`).
+            crate::stream::StreamError::Listen { errno, .. } => {
+                std::io::Error::from_raw_os_error(errno)
+            }
+            e => std::io::Error::other(e.to_string()),
+        })?;
+        *l = Some(fresh);
+        Ok(())
+    }
+
     /// Wakes the waiters on `changed` after a change made outside the
     /// state lock (the premade segment, the graveyard). A waiter checks
     /// those while holding the state lock and then waits: taking the lock

@@ -67,15 +67,25 @@ fn describe(status: ExitStatus) -> String {
 }
 
 /// Whether a failure to start a process may pass (a shortage of
-/// processes, memory or descriptors, or a signal), so that the start is
-/// tried again after the backoff. Any other (`ENOENT`, `EACCES`,
-/// `ENOEXEC`, `ENOTDIR`, `EISDIR`, `ELOOP`, `ENAMETOOLONG`, `E2BIG`, or an
-/// error without an errno) would fail the same way again.
+/// processes, memory or descriptors, a signal, or an address still held),
+/// so that the start is tried again after the backoff. Any other
+/// (`ENOENT`, `EACCES`, `ENOEXEC`, `ENOTDIR`, `EISDIR`, `ELOOP`,
+/// `ENAMETOOLONG`, `E2BIG`, or an error without an errno) would fail the
+/// same way again.
 fn is_transient(e: &std::io::Error) -> bool {
     use rustix::io::Errno;
+    // `EADDRINUSE`: the service's address, bound again after an instance
+    // shut its socket down, is still held by an instance on its way out.
     matches!(
         Errno::from_io_error(e),
-        Some(Errno::AGAIN | Errno::NOMEM | Errno::MFILE | Errno::NFILE | Errno::INTR)
+        Some(
+            Errno::AGAIN
+                | Errno::NOMEM
+                | Errno::MFILE
+                | Errno::NFILE
+                | Errno::INTR
+                | Errno::ADDRINUSE
+        )
     )
 }
 
@@ -340,6 +350,7 @@ impl Monitor {
     /// returns it with its pidfd and the supervisor's end of the socket.
     fn spawn_child(&self) -> std::io::Result<(Child, PidFd, OwnedFd)> {
         let cfg = &self.inner.config;
+        self.inner.relisten()?;
         let (ours, theirs) = seqpacket_pair()?;
         let mut cmd = match &cfg.program {
             Program::Command { program, args } => {
