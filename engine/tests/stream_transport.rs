@@ -16,8 +16,8 @@ use isocall_engine::raw::Side;
 use isocall_engine::raw::wire::{self, CallHead, kind};
 use isocall_engine::stream::codec::{self, CodecError};
 use isocall_engine::stream::{
-    Address, Connection, Listener, Lz4, Security, StreamConfig, StreamError, StreamRx, StreamTx,
-    connect, endpoint,
+    Address, AdoptProblem, Connection, Listener, Lz4, Security, StreamConfig, StreamError,
+    StreamRx, StreamTx, connect, endpoint,
 };
 
 mod stream_common;
@@ -620,8 +620,9 @@ fn a_listener_takes_connections_on_several_addresses() {
 /// naming what it is not.
 #[test]
 fn an_adopted_listener_accepts_and_leaves_the_socket_file_to_its_owner() {
-    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
     let dup = |l: &Listener| -> OwnedFd { l.poll_fds()[0].try_clone_to_owned().unwrap() };
+    let owner_of = |a: &Address| Listener::bind(std::slice::from_ref(a), Security::Plain).unwrap();
 
     let tcp = Listener::bind(
         &[Address::parse("tcp://127.0.0.1:0").unwrap()],
@@ -647,25 +648,25 @@ fn an_adopted_listener_accepts_and_leaves_the_socket_file_to_its_owner() {
     drop(owner);
     assert!(!path.exists(), "the owner removes its file");
 
-    let refused = |fd: OwnedFd, a: &Address, what: &str| {
+    let refused = |fd: OwnedFd, a: &Address, problem: AdoptProblem| {
         let e = Listener::adopt(a, fd, Security::Anyone).unwrap_err();
-        assert!(matches!(e, StreamError::Adopt { .. }), "{e}");
-        assert!(e.to_string().contains(what), "{e} (wanted {what:?})");
+        assert_eq!(
+            e,
+            StreamError::Adopt {
+                address: a.to_string(),
+                problem
+            }
+        );
     };
-    // A socket that does not listen, the wrong family, not a socket.
+    // A socket that does not listen, the wrong family both ways, not a
+    // socket.
     let (a, _b) = UnixStream::pair().unwrap();
-    refused(
-        a.as_fd().try_clone_to_owned().unwrap(),
-        &unix,
-        "a listening socket",
-    );
-    refused(dup(&tcp), &unix, "a Unix socket");
+    let own = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().unwrap();
+    refused(own(a.as_fd()), &unix, AdoptProblem::NotListening);
+    refused(dup(&tcp), &unix, AdoptProblem::NotUnix);
+    refused(dup(&owner_of(&unix)), &bound, AdoptProblem::NotTcp);
     let file = std::fs::File::open("/dev/null").unwrap();
-    refused(
-        file.as_fd().try_clone_to_owned().unwrap(),
-        &bound,
-        "a stream socket",
-    );
+    refused(own(file.as_fd()), &bound, AdoptProblem::NotStream);
 
     // One holder shutting the socket down stops it for every holder: TCP
     // stops listening, a Unix socket refuses (and says it still listens).

@@ -32,7 +32,7 @@ pub const BUMP: Method<Bump, Sum> = Method::new("bump");
 pub const HOLD: Method<Add, Sum> = Method::new("hold");
 /// `sabotage`: shuts down every listening socket the process holds (the
 /// supervisor's socket for the service's stream address, which every
-/// instance shares), then crashes.
+/// instance shares), then crashes if `a` is 1, or answers.
 pub const SABOTAGE: Method<Add, Sum> = Method::new("sabotage");
 /// `sum_blob`: the sum of the blob's bytes (idempotent).
 pub const SUM_BLOB: Method<Add, Sum> = Method::new("sum_blob").idempotent();
@@ -207,9 +207,12 @@ pub fn serve() {
             sum: r.id.to_native(),
         })
     });
-    b = b.method(SABOTAGE, |_: &ArchivedAdd, _: &mut CallCtx<'_>| {
+    b = b.method(SABOTAGE, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
         shut_down_listeners();
-        std::process::abort()
+        if r.a.to_native() == 1 {
+            std::process::abort();
+        }
+        Ok(Sum { sum: 0 })
     });
     // `hold`: takes the request's blob and never answers (until killed).
     b = b.method(HOLD, |_: &ArchivedAdd, ctx: &mut CallCtx<'_>| {

@@ -217,8 +217,8 @@ impl<T: Body> PublisherBuilder<T> {
     /// connects there gets the same messages, copied over the socket
     /// (blobs inline), under the same policy, caps and backpressure.
     ///
-    /// A TCP subscriber has no credentials: without TLS
-    /// ([`tls`](Self::tls)) a TCP address needs the policy
+    /// A TCP subscriber has no credentials: without TLS (`tls`, with the
+    /// feature of that name) a TCP address needs the policy
     /// [`Policy::Anyone`], said explicitly, or [`create`](Self::create)
     /// refuses to start.
     #[must_use]

@@ -170,8 +170,8 @@ impl Inbox {
         Inbox::default()
     }
 
-    /// Copies `bytes` (the peer's) in, replacing what was there (see
-    /// [`copy_body`] for how).
+    /// Copies `bytes` (the peer's) in, replacing what was there (by two
+    /// overlapping moves for a short body; see `copy_body`).
     #[inline]
     pub fn fill(&mut self, bytes: &[u8]) {
         let n = bytes.len();

@@ -6,6 +6,31 @@ use isocall_blob::BlobError;
 
 use super::codec::CodecError;
 
+/// What is wrong with a socket handed over to listen on
+/// ([`StreamError::Adopt`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdoptProblem {
+    /// It is not a stream socket (another kind of socket, or a file).
+    #[error("not a stream socket")]
+    NotStream,
+    /// It does not listen (a connected socket, or one shut down).
+    #[error("not a listening socket")]
+    NotListening,
+    /// The address is TCP and the socket is not.
+    #[error("not a TCP socket")]
+    NotTcp,
+    /// The address is a Unix socket's and the socket is not.
+    #[error("not a Unix socket")]
+    NotUnix,
+    /// The OS refused to look at it or make it non-blocking.
+    #[error("{}", os(*errno))]
+    Os {
+        /// The OS error.
+        errno: i32,
+    },
+}
+
 /// Why a stream connection could not be made, or a frame sent or received.
 ///
 /// Errors marked *fatal* close the connection: the socket is shut down
@@ -168,12 +193,12 @@ pub enum StreamError {
     /// A listening socket handed over by another process (see
     /// [`Listener::adopt`](super::Listener::adopt)) is not what its
     /// address says.
-    #[error("the socket handed over for {address} cannot be listened on: {detail}")]
+    #[error("the socket handed over for {address} cannot be listened on: {problem}")]
     Adopt {
         /// The address it was handed over for.
         address: String,
-        /// What it is not (a stream socket, listening, of that family).
-        detail: String,
+        /// What is wrong with it.
+        problem: AdoptProblem,
     },
     /// A plain (non-TLS) TCP listener was asked for without saying that
     /// anyone may connect ([`Security::Anyone`](super::Security::Anyone)).

@@ -101,7 +101,7 @@ pub use address::{Address, AddressError, MAX_UNIX_NAME};
 pub use blobs::LargeBlobs;
 pub use codec::{CodecError, Lz4, Part};
 pub use conn::{Connection, PeerAddr, SocketKind};
-pub use error::StreamError;
+pub use error::{AdoptProblem, StreamError};
 #[cfg(feature = "tls")]
 pub use net::connect_tls;
 pub use net::{Incoming, Listener, Security, connect};

@@ -5,14 +5,12 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use rustix::event::{PollFd, PollFlags, poll};
-
 use super::address::Address;
 use super::conn::{Connection, PeerAddr};
-use super::error::{StreamError, errno_of};
+use super::error::{AdoptProblem, StreamError, errno_of};
 use crate::sys::{
-    PeerCred, StreamTarget, accept_stream, adopt_listener, connect_stream, listen_stream,
-    local_inet_addr, poll_readable, unlink_socket,
+    PeerCred, StreamTarget, accept_stream, connect_stream, is_inet, is_listening, is_stream,
+    is_unix, listen_stream, local_inet_addr, poll_readable, set_nonblocking, unlink_socket,
 };
 
 /// Connects to `address` (a TCP name is resolved first; each of its
@@ -200,13 +198,30 @@ impl Listener {
                 address: address.to_string(),
             });
         }
-        let adopt_error = |e: std::io::Error| StreamError::Adopt {
+        let refuse = |problem| StreamError::Adopt {
             address: address.to_string(),
-            detail: e.to_string(),
+            problem,
         };
-        adopt_listener(fd.as_fd(), address.is_tcp()).map_err(adopt_error)?;
+        let os = |e: std::io::Error| {
+            refuse(AdoptProblem::Os {
+                errno: errno_of(&e),
+            })
+        };
+        if !is_stream(fd.as_fd()) {
+            return Err(refuse(AdoptProblem::NotStream));
+        }
+        if !is_listening(fd.as_fd()) {
+            return Err(refuse(AdoptProblem::NotListening));
+        }
+        if address.is_tcp() && !is_inet(fd.as_fd()) {
+            return Err(refuse(AdoptProblem::NotTcp));
+        }
+        if !address.is_tcp() && !is_unix(fd.as_fd()) {
+            return Err(refuse(AdoptProblem::NotUnix));
+        }
+        set_nonblocking(fd.as_fd()).map_err(os)?;
         let address = if address.is_tcp() {
-            let port = local_inet_addr(fd.as_fd()).map_err(adopt_error)?.port();
+            let port = local_inet_addr(fd.as_fd()).map_err(os)?.port();
             address.with_port(port)
         } else {
             address.clone()
@@ -229,21 +244,7 @@ impl Listener {
     /// listening; a Unix socket still says it listens, but refuses every
     /// connection and polls as hung up).
     pub fn listens(&self) -> bool {
-        self.socks.iter().all(|(_, fd)| {
-            let listening = rustix::net::sockopt::socket_acceptconn(fd).unwrap_or(false);
-            let mut p = [PollFd::new(fd, PollFlags::IN | PollFlags::RDHUP)];
-            let zero = rustix::event::Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            let hung_up = match poll(&mut p, Some(&zero)) {
-                Ok(_) => p[0]
-                    .revents()
-                    .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR),
-                Err(_) => true,
-            };
-            listening && !hung_up
-        })
+        self.socks.iter().all(|(_, fd)| is_listening(fd.as_fd()))
     }
 
     /// The listening sockets, for an event loop (readable: a connection

@@ -11,7 +11,7 @@ use super::monitor::Monitor;
 use super::stats::StatsBlock;
 use super::{Inner, Premade, State, Supervisor};
 use crate::rpc::{ClientOptions, Endpoint, IntoEndpoint};
-use crate::stream::{AddressError, Listener, Security};
+use crate::stream::AddressError;
 use crate::sys::EventFd;
 
 /// What the supervisor starts.
@@ -175,7 +175,18 @@ impl SupervisorBuilder {
     /// connects while no instance runs waits in the socket's backlog
     /// instead of being refused. Its server's policy must admit the
     /// clients (over TCP: `Policy::Anyone`, or TLS and
-    /// `Policy::Certificate`).
+    /// `Policy::Certificate`). Over a Unix socket the kernel gives each
+    /// client the credentials of the process that made the socket listen:
+    /// the supervisor's, in [`Client::server`](crate::rpc::Client::server).
+    ///
+    /// Every instance holds the socket, so one can shut it down for all:
+    /// the supervisor binds the address again before it starts the next
+    /// instance (an `EADDRINUSE` there, the old socket still held by an
+    /// instance on its way out, is retried after the backoff, as a start
+    /// that failed; any other error fails the service with
+    /// [`ServiceFailure::Listen`](super::ServiceFailure::Listen)), and
+    /// replaces the serving instance when a connection to it is refused
+    /// because of it.
     ///
     /// Spares ([`standby`](Self::standby)) cannot share one address with
     /// the instance serving: `spawn` refuses both. Idempotent calls are
@@ -245,11 +256,9 @@ impl SupervisorBuilder {
                         address: e.to_string(),
                     })
                 })?;
-                let l = Listener::bind(&[a], Security::Anyone).map_err(|source| {
-                    SuperviseError::Listen {
-                        service: self.service.clone(),
-                        source,
-                    }
+                let l = super::bind_address(&a).map_err(|source| SuperviseError::Listen {
+                    service: self.service.clone(),
+                    source,
                 })?;
                 if let Some(bound) = l.addresses().pop() {
                     e.set_stream_address(bound);

@@ -3,11 +3,11 @@
 //! death signal armed against a parent that may already be gone).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{ENV_LISTEN, ENV_ROLE, ENV_SERVICE, ENV_SUPERVISOR_PID, LISTENER};
 use crate::rpc::{Endpoint, ServerBuilder, Source};
-use crate::sys::{is_seqpacket, poll_readable, recv_with_fds};
+use crate::sys::{is_seqpacket, recv_message};
 
 /// Why a process cannot serve as a supervised child.
 #[derive(Debug, thiserror::Error)]
@@ -31,15 +31,28 @@ pub enum NotSupervised {
         /// This process's parent now.
         parent: i32,
     },
-    /// The supervisor did not hand over the listening socket of the
-    /// service's address (see [`ENV_LISTEN`](super::ENV_LISTEN)) in time,
-    /// or handed over something else.
+    /// The service has a stream address (see [`ENV_LISTEN`](super::ENV_LISTEN))
+    /// and the supervisor hung up before it handed over the address's
+    /// listening socket.
+    #[error("the supervisor hung up before it handed over the listening socket of {address}")]
+    ListenerNeverCame {
+        /// The address.
+        address: String,
+    },
+    /// The service has a stream address and the first message on the
+    /// control socket was not its listening socket.
     #[error(
-        "the supervisor did not hand over the listening socket of the service's address: {detail}"
+        "the supervisor sent {bytes} byte(s) tagged {tag:#04x} with {fds} descriptor(s) where the listening socket of {address} was due"
     )]
-    NoListener {
-        /// What came instead.
-        detail: String,
+    NotAListener {
+        /// The address.
+        address: String,
+        /// The message's length.
+        bytes: usize,
+        /// Its first byte.
+        tag: u8,
+        /// How many descriptors came with it.
+        fds: usize,
     },
     /// Standard input is not the supervisor's control socket.
     #[error("standard input is not the supervisor's control socket (a SOCK_SEQPACKET socket)")]
@@ -84,7 +97,7 @@ impl ServerBuilder {
         // The supervisor's socket for the address comes first on the
         // control socket (taken before the server reads it for hand-offs).
         let adopted = match &listen {
-            Some(_) => Some(take_listener(child.control.as_fd())?),
+            Some(a) => Some(take_listener(child.control.as_fd(), a)?),
             None => None,
         };
         let mut b = ServerBuilder::with_source(Source::Handoff(child.control), child.service);
@@ -111,40 +124,42 @@ pub fn role() -> Option<String> {
 }
 
 /// How long a supervised child waits for its listening socket: the
-/// supervisor sends it right after the start, so only a supervisor that
-/// stopped (SIGSTOP, a debugger) keeps it waiting.
+/// supervisor queues it before the child starts, so only a broken
+/// supervisor keeps it waiting.
 const LISTENER_WAIT: Duration = Duration::from_secs(10);
 
-/// The listening socket the supervisor sends first on `control` when the
-/// service has a stream address.
-fn take_listener(control: BorrowedFd<'_>) -> Result<OwnedFd, NotSupervised> {
-    let no = |detail: String| NotSupervised::NoListener { detail };
-    let deadline = crate::deadline_in(LISTENER_WAIT);
-    loop {
-        let mut tag = [0u8; 8];
-        match recv_with_fds(control, &mut tag, 1) {
-            Ok((0, fds)) if fds.is_empty() => return Err(no("the supervisor hung up".into())),
-            Ok((n, mut fds)) => {
-                return match (n, tag[0], fds.pop()) {
-                    (1, LISTENER, Some(fd)) => Ok(fd),
-                    (n, t, fd) => Err(no(format!(
-                        "a message of {n} bytes, tag {t:#04x}, {} descriptor(s)",
-                        usize::from(fd.is_some())
-                    ))),
-                };
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(no(e.to_string())),
+/// The listening socket of `address` that the supervisor queues first on
+/// `control` when the service has a stream address.
+fn take_listener(control: BorrowedFd<'_>, address: &str) -> Result<OwnedFd, NotSupervised> {
+    let mut tag = [0u8; 8];
+    let got = recv_message(
+        control,
+        &mut tag,
+        1,
+        crate::deadline_in(LISTENER_WAIT),
+        None,
+    );
+    match got {
+        Ok((1, mut fds)) if tag[0] == LISTENER && fds.len() == 1 => {
+            fds.pop().ok_or(NotSupervised::ListenerNeverCame {
+                address: address.to_string(),
+            })
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(no(format!("nothing within {LISTENER_WAIT:?}")));
+        Ok((bytes, fds)) => Err(NotSupervised::NotAListener {
+            address: address.to_string(),
+            bytes,
+            tag: tag[0],
+            fds: fds.len(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(NotSupervised::ListenerNeverCame {
+                address: address.to_string(),
+            })
         }
-        poll_readable(&[control], Some(left)).map_err(|e| no(e.to_string()))?;
+        Err(source) => Err(NotSupervised::Os {
+            what: "the listening socket from the supervisor",
+            source,
+        }),
     }
 }
 

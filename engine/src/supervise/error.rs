@@ -89,6 +89,16 @@ pub enum ServiceFailure {
         #[source]
         source: Arc<ConnectError>,
     },
+    /// The service's stream address, bound again after an instance shut
+    /// its socket down, cannot be bound (someone else took it).
+    #[error("service {service:?} cannot listen on its address again: {source}")]
+    Listen {
+        /// The service.
+        service: String,
+        /// Why.
+        #[source]
+        source: crate::stream::StreamError,
+    },
     /// The supervisor's monitor failed (its poll failed, or it panicked).
     #[error("the supervisor of {service:?} stopped: {cause}")]
     Monitor {
@@ -142,10 +152,11 @@ pub enum SuperviseError {
     /// The address given is not a stream address.
     #[error("the service's address: {0} (a stream address: tcp://, unix:, unix-stream:)")]
     Address(crate::stream::AddressError),
-    /// Spares were asked for with an address: they would all have to
-    /// listen on it.
+    /// Spares were asked for with an address: every instance accepts on
+    /// the address's one socket, so a spare would take the serving
+    /// instance's clients.
     #[error(
-        "spares (standby) and an address cannot go together: one instance listens on it at a time"
+        "spares (standby) and an address cannot go together: a spare would accept the serving instance's clients"
     )]
     StandbyOnAddress,
     /// The service's stream address cannot be listened on (in use,

@@ -55,6 +55,7 @@ use stats::{StatsBlock, Word};
 
 use crate::rpc::{CallError, Client, ConnectError, HandshakeError, hand_off};
 use crate::segment::{Segment, SegmentLayout};
+use crate::stream::{Address, Listener, Security, StreamError};
 use crate::sys::{EventFd, PidFd, seqpacket_pair};
 
 /// Longest a spare's replacement waits for the recovery it would slow.
@@ -69,6 +70,12 @@ pub const ENV_ROLE: &str = "ISOCALL_ROLE";
 /// Environment variable with the stream address a supervised server
 /// listens on too (see [`SupervisorBuilder::address`]).
 pub const ENV_LISTEN: &str = "ISOCALL_LISTEN";
+
+/// Binds and listens on a service's stream address, for its instances to
+/// accept on (the supervisor never accepts).
+pub(crate) fn bind_address(address: &Address) -> Result<Listener, StreamError> {
+    Listener::bind(std::slice::from_ref(address), Security::Anyone)
+}
 
 /// Tag of the first message on an instance's control socket when the
 /// service has a stream address: the listening socket, attached.
@@ -151,8 +158,9 @@ pub(crate) struct Inner {
     config: SupervisorBuilder,
     /// The service's stream address, bound once and handed to each
     /// instance (see [`SupervisorBuilder::address`]); dropped (a Unix
-    /// socket file removed) with the supervisor, or once it failed.
-    listener: Mutex<Option<crate::stream::Listener>>,
+    /// socket file removed) when the supervisor is dropped or the service
+    /// fails.
+    listener: Mutex<Option<Listener>>,
     state: Mutex<State>,
     changed: Condvar,
     wake: EventFd,
@@ -195,7 +203,7 @@ impl Inner {
 
     /// The service's listening socket (`None` without an address, or once
     /// the service failed).
-    fn lock_listener(&self) -> MutexGuard<'_, Option<crate::stream::Listener>> {
+    fn lock_listener(&self) -> MutexGuard<'_, Option<Listener>> {
         self.listener.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -206,8 +214,10 @@ impl Inner {
     ///
     /// # Errors
     ///
-    /// Why the address cannot be bound again (taken meanwhile, say).
-    fn relisten(&self) -> std::io::Result<()> {
+    /// Why the address cannot be bound again: `EADDRINUSE` while an
+    /// instance on its way out still holds the old socket (a Unix name),
+    /// or someone took the port meanwhile.
+    pub(super) fn relisten(&self) -> Result<(), StreamError> {
         let Some(address) = self
             .config
             .address
@@ -217,7 +227,7 @@ impl Inner {
             return Ok(());
         };
         let mut l = self.lock_listener();
-        if l.as_ref().is_some_and(crate::stream::Listener::listens) {
+        if l.as_ref().is_some_and(Listener::listens) {
             return Ok(());
         }
         if l.take().is_some() {
@@ -225,20 +235,7 @@ impl Inner {
             tracing::warn!(target: "isocall::supervise", service = %self.config.service,
                 "the service's socket no longer listens (an instance shut it down); binding it again");
         }
-        // The address as bound (a port picked stays the port).
-        let fresh = crate::stream::Listener::bind(
-            std::slice::from_ref(address),
-            crate::stream::Security::Anyone,
-        )
-        .map_err(|e| match e {
-            // `EADDRINUSE` while an instance on its way out still holds
-            // the old socket: a passing condition (see `is_transient`).
-            crate::stream::StreamError::Listen { errno, .. } => {
-                std::io::Error::from_raw_os_error(errno)
-            }
-            e => std::io::Error::other(e.to_string()),
-        })?;
-        *l = Some(fresh);
+        *l = Some(bind_address(address)?);
         Ok(())
     }
 
@@ -391,10 +388,10 @@ impl Inner {
     }
 
     /// Connects to `live` at the service's stream address: again while
-    /// another process answers, or hangs up before its hello (the instance
-    /// it replaces, still going: all instances accept on one socket), or
-    /// nobody listens (the supervisor's socket is always there, so only
-    /// for a foreign server), until the handshake timeout.
+    /// another process answers (the instance it replaces, still going:
+    /// all instances accept on one socket) or nobody listens, until the
+    /// handshake timeout. A socket that an instance shut down fails the
+    /// connection as a dead instance's would.
     fn connect_at(
         &self,
         address: &crate::rpc::Endpoint,
@@ -419,10 +416,16 @@ impl Inner {
                     if matches!(
                         source.kind(),
                         std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
-                    ) => {}
-                // Accepted, then dropped, by a predecessor on its way out
-                // (or `live` died: looked at below).
-                Err(ConnectError::Handshake(HandshakeError::Closed)) => {}
+                    ) =>
+                {
+                    if self.lock_listener().as_ref().is_some_and(|l| !l.listens()) {
+                        // An instance shut the socket down under `live`,
+                        // which can no longer be reached: it is replaced
+                        // as if dead, and its successor gets the address
+                        // bound again (see `relisten`).
+                        return Err(ConnectError::Handshake(HandshakeError::Closed));
+                    }
+                }
                 Err(e) => return Err(e),
             }
             if process_gone(live.pid) {
@@ -474,6 +477,10 @@ impl Inner {
     /// gets `Service` with `failure`, the connections waiting are dropped
     /// and the counters say so.
     pub(super) fn set_failed(&self, failure: ServiceFailure) {
+        // The address is let go before anyone can see the failure: a
+        // client that connects then is refused at once, where the
+        // socket's backlog would hold it until its handshake timeout.
+        drop(self.lock_listener().take());
         let mut st = self.lock();
         st.failed.get_or_insert(failure);
         let gone = st.clear();
@@ -741,6 +748,9 @@ impl Drop for Supervisor {
         if let Some(m) = self.monitor.take() {
             let _ = m.join();
         }
+        // The address goes with the supervisor, though its clients may
+        // outlive it (a later supervisor may bind it again).
+        drop(self.inner.lock_listener().take());
         // The instances are gone, so a spare's handshake still under way
         // ends at once; no helper outlives the supervisor.
         self.inner.join_helpers();

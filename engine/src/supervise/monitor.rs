@@ -16,6 +16,7 @@ use super::stats::Word;
 use super::{
     ENV_LISTEN, ENV_ROLE, ENV_SERVICE, ENV_SUPERVISOR_PID, Inner, LISTENER, Live, SupervisorState,
 };
+use crate::stream::StreamError;
 use crate::sys::{PidFd, poll_readable, send_with_fds, seqpacket_pair};
 
 /// A child the monitor owns.
@@ -74,8 +75,8 @@ fn describe(status: ExitStatus) -> String {
 /// same way again.
 fn is_transient(e: &std::io::Error) -> bool {
     use rustix::io::Errno;
-    // `EADDRINUSE`: the service's address, bound again after an instance
-    // shut its socket down, is still held by an instance on its way out.
+    // `EADDRINUSE`: the service's address, to be bound again after an
+    // instance shut its socket down, still held by one on its way out.
     matches!(
         Errno::from_io_error(e),
         Some(
@@ -298,6 +299,21 @@ impl Monitor {
             self.restarts.push_back(now);
             self.inner.stats.add(Word::Restarts, 1);
         }
+        if let Err(e) = self.inner.relisten() {
+            return match e {
+                // Still held by an instance on its way out: tried again
+                // after the backoff, as a passing shortage is.
+                StreamError::Listen { errno, .. }
+                    if errno == rustix::io::Errno::ADDRINUSE.raw_os_error() =>
+                {
+                    self.cannot_start(std::io::Error::from_raw_os_error(errno))
+                }
+                source => self.fail(ServiceFailure::Listen {
+                    service: self.service().to_string(),
+                    source,
+                }),
+            };
+        }
         let (child, pidfd, ours) = match self.spawn_child() {
             Ok(c) => c,
             Err(e) => return self.cannot_start(e),
@@ -350,8 +366,18 @@ impl Monitor {
     /// returns it with its pidfd and the supervisor's end of the socket.
     fn spawn_child(&self) -> std::io::Result<(Child, PidFd, OwnedFd)> {
         let cfg = &self.inner.config;
-        self.inner.relisten()?;
         let (ours, theirs) = seqpacket_pair()?;
+        // The service's listening socket, queued first on the control
+        // socket before the child exists (so a child that dies at once
+        // cannot fail the send; the buffer is empty, so it never waits).
+        if let Some(l) = &*self.inner.lock_listener() {
+            send_with_fds(
+                ours.as_fd(),
+                &[LISTENER],
+                &l.poll_fds(),
+                crate::deadline_in(cfg.client.handshake_timeout),
+            )?;
+        }
         let mut cmd = match &cfg.program {
             Program::Command { program, args } => {
                 let mut c = Command::new(program);
@@ -374,24 +400,12 @@ impl Monitor {
         };
         let mut child = cmd.spawn()?;
         drop(cmd);
-        // The service's listening socket, first thing on the control
-        // socket (its buffer is empty: this never waits).
-        let handed = match &*self.inner.lock_listener() {
-            Some(l) => send_with_fds(
-                ours.as_fd(),
-                &[LISTENER],
-                &l.poll_fds(),
-                crate::deadline_in(cfg.client.handshake_timeout),
-            ),
-            None => Ok(()),
-        };
-        match handed.and_then(|()| PidFd::open(child.id())) {
+        match PidFd::open(child.id()) {
             Ok(pidfd) => Ok((child, pidfd, ours)),
             Err(e) => {
-                // Without a pidfd the loop would never see it exit (and
-                // without its socket it could not serve): it is killed
-                // and reaped here (not yet reaped, its pid cannot have
-                // been reused).
+                // Without a pidfd the loop would never see it exit: it is
+                // killed and reaped here (not yet reaped, its pid cannot
+                // have been reused).
                 let _ = child.kill();
                 let _ = child.wait();
                 Err(e)

@@ -60,7 +60,7 @@ pub use sock::{
     seqpacket_pair, unlink_socket,
 };
 pub use stream::{
-    StreamTarget, accept_stream, adopt_listener, block_reads, connect_stream, is_inet,
-    listen_stream, local_inet_addr, peer_inet_addr, poll_stream, prepare_stream, recv_nowait,
-    recv_wait, send_nowait, shutdown_stream, shutdown_stream_write,
+    StreamTarget, accept_stream, block_reads, connect_stream, is_inet, is_listening, is_stream,
+    is_unix, listen_stream, local_inet_addr, peer_inet_addr, poll_stream, prepare_stream,
+    recv_nowait, recv_wait, send_nowait, set_nonblocking, shutdown_stream, shutdown_stream_write,
 };

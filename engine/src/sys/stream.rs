@@ -243,35 +243,45 @@ pub fn prepare_stream(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// Takes `fd`, a listening socket made by another process (a supervisor
-/// that binds a service's address once for all its instances), to accept
-/// on: checks that it is a stream socket, listening, of the family
-/// `inet` says (TCP, or Unix if false), and makes it non-blocking (a flag
-/// of the file description, shared with every holder: the others accept
-/// without waiting too, or not at all).
+/// Whether `fd` is a Unix socket.
+pub fn is_unix(fd: BorrowedFd<'_>) -> bool {
+    matches!(sockopt::socket_domain(fd), Ok(AddressFamily::UNIX))
+}
+
+/// Whether `fd` is a socket that listens and accepts: `SO_ACCEPTCONN`,
+/// and no hang-up (another holder may have shut it down: TCP then stops
+/// listening; a Unix socket still says it listens, but refuses every
+/// connection and polls as hung up).
+pub fn is_listening(fd: BorrowedFd<'_>) -> bool {
+    if !sockopt::socket_acceptconn(fd).unwrap_or(false) {
+        return false;
+    }
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    loop {
+        let mut p = [PollFd::new(&fd, PollFlags::IN | PollFlags::RDHUP)];
+        match poll(&mut p, Some(&zero)) {
+            Ok(_) => {
+                return !p[0]
+                    .revents()
+                    .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR);
+            }
+            Err(Errno::INTR) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Makes `fd` non-blocking (a flag of the file description: every holder
+/// of the description sees it).
 ///
 /// # Errors
 ///
-/// `InvalidInput` naming what the descriptor is not; the OS error of the
-/// checks.
-pub fn adopt_listener(fd: BorrowedFd<'_>, inet: bool) -> io::Result<()> {
-    let not = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("not {what}"));
-    if !is_stream(fd) {
-        return Err(not("a stream socket"));
-    }
-    if !sockopt::socket_acceptconn(fd)? {
-        return Err(not("a listening socket"));
-    }
-    let family = sockopt::socket_domain(fd)?;
-    let is_inet = matches!(family, AddressFamily::INET | AddressFamily::INET6);
-    if inet && !is_inet {
-        return Err(not("a TCP socket"));
-    }
-    if !inet && family != AddressFamily::UNIX {
-        return Err(not("a Unix socket"));
-    }
-    rustix::io::ioctl_fionbio(fd, true)?;
-    Ok(())
+/// The OS error.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rustix::io::ioctl_fionbio(fd, true)?)
 }
 
 /// The local IP address and port of an inet socket.

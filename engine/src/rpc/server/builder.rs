@@ -469,15 +469,22 @@ impl ServerBuilder {
             tcp_security: Security::Anyone,
             adopted: Vec::new(),
         };
+        // A TCP client has no credentials: without TLS, the policy must
+        // say that anyone may call.
+        let policy = &self.policy;
+        let tcp_admitted = |a: &Address| {
+            if a.is_tcp() && !policy.admits(false, tls.is_some()) {
+                return Err(ServerError::TcpPolicy {
+                    address: a.to_string(),
+                    tls: tls.is_some(),
+                });
+            }
+            Ok(())
+        };
         for e in std::mem::take(&mut self.listen) {
             match e.at {
                 At::Stream(a) if a.is_tcp() => {
-                    if !self.policy.admits(false, tls.is_some()) {
-                        return Err(ServerError::TcpPolicy {
-                            address: a.to_string(),
-                            tls: tls.is_some(),
-                        });
-                    }
+                    tcp_admitted(&a)?;
                     plan.tcp.push(a);
                 }
                 At::Stream(a) => plan.unix.push(a),
@@ -494,12 +501,7 @@ impl ServerBuilder {
             }
         }
         for (a, fd) in std::mem::take(&mut self.adopted) {
-            if a.is_tcp() && !self.policy.admits(false, tls.is_some()) {
-                return Err(ServerError::TcpPolicy {
-                    address: a.to_string(),
-                    tls: tls.is_some(),
-                });
-            }
+            tcp_admitted(&a)?;
             plan.adopted.push((a, fd));
         }
         #[cfg(feature = "tls")]

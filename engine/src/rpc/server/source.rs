@@ -121,31 +121,24 @@ impl Conns {
                 }
             }
         }
-        let mut bound = Vec::new();
+        // Stream listeners: the sockets handed over, then those bound here.
+        let mut streams: Vec<Result<Listener, StreamError>> = Vec::new();
         for (a, fd) in plan.adopted {
             let security = if a.is_tcp() {
                 plan.tcp_security.clone()
             } else {
                 Security::Plain
             };
-            match Listener::adopt(&a, fd, security) {
-                Ok(l) => {
-                    bound.extend(l.addresses());
-                    conns.streams.push(l);
-                }
-                Err(e) => {
-                    for n in &names {
-                        unlink_socket(n);
-                    }
-                    return Err(super::ServerError::Stream(e));
-                }
-            }
+            streams.push(Listener::adopt(&a, fd, security));
         }
         for (addresses, security) in [(plan.unix, Security::Plain), (plan.tcp, plan.tcp_security)] {
-            if addresses.is_empty() {
-                continue;
+            if !addresses.is_empty() {
+                streams.push(Listener::bind(&addresses, security));
             }
-            match Listener::bind(&addresses, security) {
+        }
+        let mut bound = Vec::new();
+        for l in streams {
+            match l {
                 Ok(l) => {
                     bound.extend(l.addresses());
                     conns.streams.push(l);
