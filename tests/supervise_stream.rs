@@ -184,24 +184,25 @@ fn an_instance_that_shuts_the_socket_down_does_not_take_the_address_with_it(t: T
 }
 
 /// The instance that shut the socket down lives on: its clients keep
-/// their connections, but a new client is refused at the address. The
-/// supervisor takes that for the instance's death, replaces it, and the
-/// successor serves on the address bound again.
+/// their connections, but no new client reaches it. The supervisor sees
+/// its socket hang up, replaces the instance, and the successor serves on
+/// the address bound again, to an outside client (not the supervisor's
+/// own) and to a new supervised client alike.
 fn an_instance_that_shuts_the_socket_down_and_lives_on_is_replaced(t: Transport) {
     let sup = supervisor_on(t, "shut-stream", "plain")
         .spawn()
         .expect("supervisor");
+    let at = sup.address().expect("a stream address").clone();
     let mut c = sup.client();
     let first = served_pid(&mut c);
     let m = c.method(SABOTAGE).expect("sabotage");
     c.call(m, &Add { a: 0, b: 0 })
         .expect("shut down, and lives on");
-    let mut late = sup.client();
-    let second = served_pid(&mut late);
-    assert_ne!(
-        second, first,
-        "the instance that cannot be reached is replaced"
-    );
+    let second = wait_until(LIMIT, "the instance replaced", || {
+        sup.service_pid().filter(|&p| p != first)
+    });
+    assert_eq!(outside_served_pid(at), second);
+    assert_eq!(served_pid(&mut sup.client()), second);
 }
 
 /// The pid of the instance that serves a client at `at` that is not the

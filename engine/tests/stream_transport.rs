@@ -680,5 +680,6 @@ fn an_adopted_listener_accepts_and_leaves_the_socket_file_to_its_owner() {
             "{:?} shut down by another holder",
             l.addresses()
         );
+        refused(dup(l), &l.addresses()[0], AdoptProblem::NotListening);
     }
 }

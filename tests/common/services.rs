@@ -123,7 +123,7 @@ fn supervised() -> ServerBuilder {
 }
 
 /// Shuts down (both ways) every listening socket among this process's
-/// descriptors: a hostile instance's parting shot at its successors.
+/// descriptors: a hostile instance's shot at its successors.
 fn shut_down_listeners() {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return;
@@ -135,9 +135,10 @@ fn shut_down_listeners() {
     for n in fds {
         // SAFETY: `n` was open when listed, and nothing here closes it;
         // should a server thread close it meanwhile, the calls below fail
-        // with EBADF or touch the descriptor that took its number, which
-        // this deliberately hostile handler accepts (it aborts next).
-        // Neither call reads or writes memory through the descriptor.
+        // with EBADF or touch the descriptor that took its number (shut
+        // down only if it listens), which this deliberately hostile
+        // handler accepts. Neither call reads or writes memory through
+        // the descriptor.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(n) };
         if rustix::net::sockopt::socket_acceptconn(fd).unwrap_or(false) {
             let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);

@@ -84,7 +84,8 @@ impl Transport {
         );
         match self {
             Transport::Shm => format!("@{name}"),
-            Transport::UnixStream => format!("unix-stream:@{name}"),
+            // Unique per test process: runs side by side do not collide.
+            Transport::UnixStream => format!("unix-stream:@{name}-{}", std::process::id()),
             Transport::Tcp | Transport::Tls | Transport::TcpLz4 => "tcp://127.0.0.1:0".into(),
         }
     }

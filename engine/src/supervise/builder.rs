@@ -184,9 +184,9 @@ impl SupervisorBuilder {
     /// instance (an `EADDRINUSE` there, the old socket still held by an
     /// instance on its way out, is retried after the backoff, as a start
     /// that failed; any other error fails the service with
-    /// [`ServiceFailure::Listen`](super::ServiceFailure::Listen)), and
-    /// replaces the serving instance when a connection to it is refused
-    /// because of it.
+    /// [`ServiceFailure::Listen`](super::ServiceFailure::Listen)). It
+    /// watches the socket for that hang-up, and replaces the serving
+    /// instance, which no new client can reach, as soon as it sees one.
     ///
     /// Spares ([`standby`](Self::standby)) cannot share one address with
     /// the instance serving: `spawn` refuses both. Idempotent calls are

@@ -32,9 +32,11 @@ pub enum NotSupervised {
         parent: i32,
     },
     /// The service has a stream address (see [`ENV_LISTEN`](super::ENV_LISTEN))
-    /// and the supervisor hung up before it handed over the address's
-    /// listening socket.
-    #[error("the supervisor hung up before it handed over the listening socket of {address}")]
+    /// and the supervisor hung up, or sent nothing for 10 s, before it
+    /// handed over the address's listening socket.
+    #[error(
+        "the supervisor hung up or went silent before it handed over the listening socket of {address}"
+    )]
     ListenerNeverCame {
         /// The address.
         address: String,
@@ -139,22 +141,26 @@ fn take_listener(control: BorrowedFd<'_>, address: &str) -> Result<OwnedFd, NotS
         crate::deadline_in(LISTENER_WAIT),
         None,
     );
+    let never = || NotSupervised::ListenerNeverCame {
+        address: address.to_string(),
+    };
     match got {
-        Ok((1, mut fds)) if tag[0] == LISTENER && fds.len() == 1 => {
-            fds.pop().ok_or(NotSupervised::ListenerNeverCame {
+        Ok((bytes, mut fds)) => match (bytes, tag[0], fds.len()) {
+            (1, LISTENER, 1) => fds.pop().ok_or_else(never),
+            (bytes, tag, n) => Err(NotSupervised::NotAListener {
                 address: address.to_string(),
-            })
-        }
-        Ok((bytes, fds)) => Err(NotSupervised::NotAListener {
-            address: address.to_string(),
-            bytes,
-            tag: tag[0],
-            fds: fds.len(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Err(NotSupervised::ListenerNeverCame {
-                address: address.to_string(),
-            })
+                bytes,
+                tag,
+                fds: n,
+            }),
+        },
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(never())
         }
         Err(source) => Err(NotSupervised::Os {
             what: "the listening socket from the supervisor",

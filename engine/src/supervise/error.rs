@@ -89,8 +89,11 @@ pub enum ServiceFailure {
         #[source]
         source: Arc<ConnectError>,
     },
-    /// The service's stream address, bound again after an instance shut
-    /// its socket down, cannot be bound (someone else took it).
+    /// The service's stream address, to be bound again after an instance
+    /// shut its socket down, cannot be bound for a reason that will not
+    /// pass (a name that no longer resolves, say). One still in use is
+    /// tried again after the backoff, as a start that failed, and ends in
+    /// [`TooManyRestarts`](Self::TooManyRestarts) if it stays so.
     #[error("service {service:?} cannot listen on its address again: {source}")]
     Listen {
         /// The service.

@@ -107,6 +107,9 @@ struct State {
     /// Ids of instances known dead (reported by a client or reaped), the
     /// last 64.
     dead: VecDeque<u64>,
+    /// Instances replaced but not yet reaped (they may still accept on
+    /// the service's stream socket); kept by the monitor.
+    lingering: usize,
     /// A spare was promoted: its replacement waits until the promoted one
     /// answered (a client reports the recovery) or until this instant, so
     /// that starting a process does not compete for the CPU with the
@@ -207,6 +210,34 @@ impl Inner {
         self.listener.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A descriptor of the service's socket for the monitor to watch for
+    /// a hang-up (a duplicate: the lock is not held across the wait).
+    pub(super) fn listener_watch(&self) -> Option<OwnedFd> {
+        let l = self.lock_listener();
+        let fd = l.as_ref()?.poll_fds().into_iter().next()?;
+        fd.try_clone_to_owned().ok()
+    }
+
+    /// The watched socket hung up: if it no longer listens (an instance
+    /// shut it down), it is let go, to be bound again before the next
+    /// start, and the serving instance, which no new client can reach, is
+    /// replaced.
+    pub(super) fn listener_hung_up(&self) {
+        {
+            let mut l = self.lock_listener();
+            if l.as_ref().is_none_or(Listener::listens) {
+                return;
+            }
+            *l = None;
+        }
+        tracing::warn!(target: "isocall::supervise", service = %self.config.service,
+            "the service's socket no longer listens (an instance shut it down); replacing the instance");
+        let active = self.lock().active.as_ref().map(|a| a.id);
+        if let Some(id) = active {
+            self.report_dead(id);
+        }
+    }
+
     /// Binds the service's address again if its socket no longer listens:
     /// every instance holds the socket, and one (buggy or hostile) that
     /// shut it down stopped it listening for all of them, its successors
@@ -230,11 +261,8 @@ impl Inner {
         if l.as_ref().is_some_and(Listener::listens) {
             return Ok(());
         }
-        if l.take().is_some() {
-            // The old socket goes first (a Unix socket file with it).
-            tracing::warn!(target: "isocall::supervise", service = %self.config.service,
-                "the service's socket no longer listens (an instance shut it down); binding it again");
-        }
+        // The old socket goes first (a Unix socket file with it).
+        drop(l.take());
         *l = Some(bind_address(address)?);
         Ok(())
     }
@@ -418,7 +446,7 @@ impl Inner {
                         std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
                     ) =>
                 {
-                    if self.lock_listener().as_ref().is_some_and(|l| !l.listens()) {
+                    if !self.lock_listener().as_ref().is_some_and(Listener::listens) {
                         // An instance shut the socket down under `live`,
                         // which can no longer be reached: it is replaced
                         // as if dead, and its successor gets the address
@@ -426,6 +454,11 @@ impl Inner {
                         return Err(ConnectError::Handshake(HandshakeError::Closed));
                     }
                 }
+                // Accepted, then dropped before its hello: by an instance
+                // on its way out (all accept on one socket) while one is,
+                // else by `live` itself (a dead instance's error).
+                Err(ConnectError::Handshake(HandshakeError::Closed))
+                    if self.lock().lingering > 0 => {}
                 Err(e) => return Err(e),
             }
             if process_gone(live.pid) {

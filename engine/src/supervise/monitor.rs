@@ -17,7 +17,7 @@ use super::{
     ENV_LISTEN, ENV_ROLE, ENV_SERVICE, ENV_SUPERVISOR_PID, Inner, LISTENER, Live, SupervisorState,
 };
 use crate::stream::StreamError;
-use crate::sys::{PidFd, poll_readable, send_with_fds, seqpacket_pair};
+use crate::sys::{PidFd, Ready, poll_ready, send_with_fds, seqpacket_pair};
 
 /// A child the monitor owns.
 struct Running {
@@ -159,6 +159,7 @@ impl Monitor {
                 failed
             };
             let live = self.children.iter().filter(|r| !r.replaced).count();
+            self.inner.lock().lingering = self.children.len() - live;
             let mut timeout = None;
             let (serving, hold) = {
                 let mut st = self.inner.lock();
@@ -185,9 +186,18 @@ impl Monitor {
             if let Some(next) = self.kill_overdue() {
                 timeout = Some(timeout.map_or(next, |t: Duration| t.min(next)));
             }
-            let mut fds = vec![self.inner.wake.as_fd()];
-            fds.extend(self.children.iter().map(|c| c.pidfd.as_fd()));
-            let ready = match poll_readable(&fds, timeout) {
+            let mut fds = vec![(self.inner.wake.as_fd(), Ready::Readable)];
+            fds.extend(
+                self.children
+                    .iter()
+                    .map(|c| (c.pidfd.as_fd(), Ready::Readable)),
+            );
+            // The service's socket, watched for a hang-up only (connections
+            // queued on it do not wake us): an instance that shut it down
+            // is seen even when only outside clients dial the address.
+            let watch = self.inner.listener_watch();
+            fds.extend(watch.as_ref().map(|fd| (fd.as_fd(), Ready::HangUp)));
+            let ready = match poll_ready(&fds, timeout) {
                 Ok(r) => r,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -218,6 +228,9 @@ impl Monitor {
                     self.inner.burying.store(false, Ordering::Release);
                     self.inner.notify_changed();
                 }
+            }
+            if watch.is_some() && ready.last() == Some(&true) {
+                self.inner.listener_hung_up();
             }
             let exited: Vec<usize> = (0..self.children.len())
                 .filter(|&i| ready[i + 1])
@@ -258,12 +271,10 @@ impl Monitor {
     fn fail(&mut self, failure: ServiceFailure) {
         tracing::error!(target: "isocall::supervise", service = %self.service(), "{failure}");
         self.inner.set_failed(failure);
-        // The instances still alive are retired, and the address let go:
-        // a client that connects now is refused at once, where the
-        // socket's backlog would hold it until its handshake timeout.
+        // The instances still alive are retired (`set_failed` let the
+        // address go).
         let rest = std::mem::take(&mut self.children);
         self.retire(rest);
-        drop(self.inner.lock_listener().take());
     }
 
     /// Starts an instance (the service or a spare), unless the restart
@@ -301,10 +312,10 @@ impl Monitor {
         }
         if let Err(e) = self.inner.relisten() {
             return match e {
-                // Still held by an instance on its way out: tried again
-                // after the backoff, as a passing shortage is.
+                // A passing shortage, or the name still held by an
+                // instance on its way out: tried again after the backoff.
                 StreamError::Listen { errno, .. }
-                    if errno == rustix::io::Errno::ADDRINUSE.raw_os_error() =>
+                    if is_transient(&std::io::Error::from_raw_os_error(errno)) =>
                 {
                     self.cannot_start(std::io::Error::from_raw_os_error(errno))
                 }
