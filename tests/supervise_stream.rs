@@ -205,6 +205,35 @@ fn an_instance_that_shuts_the_socket_down_and_lives_on_is_replaced(t: Transport)
     assert_eq!(served_pid(&mut sup.client()), second);
 }
 
+/// The instance that shut the socket down hangs (it never exits until
+/// killed after the grace period) and keeps the Unix name bound: the
+/// supervisor waits for its reap before it binds the name again, instead
+/// of counting a failed start at every backoff, which the tight
+/// intensity limit here would turn into a failed service.
+#[test]
+fn a_name_held_by_a_hung_instance_is_bound_again_once_it_is_reaped() {
+    let sup = supervisor_on(Transport::UnixStream, "hung-stream", "plain")
+        .intensity(3, Duration::from_secs(60))
+        .backoff(Duration::from_millis(1), Duration::from_millis(5))
+        .grace(Duration::from_millis(300))
+        .spawn()
+        .expect("supervisor");
+    let at = sup.address().expect("a stream address").clone();
+    let mut c = sup.client();
+    let first = served_pid(&mut c);
+    let m = c.method(SABOTAGE).expect("sabotage");
+    // Never answered: the instance is killed under the call.
+    let e = c.call(m, &Add { a: 2, b: 0 }).map(|_| ()).unwrap_err();
+    assert!(e.to_string().contains("died"), "{e}");
+    let second = wait_until(LIMIT, "the instance replaced", || {
+        sup.service_pid().filter(|&p| p != first)
+    });
+    assert_eq!(outside_served_pid(at), second);
+    let s = sup.stats();
+    assert_eq!(s.state, SupervisorState::Running, "{s:?}");
+    assert_eq!(s.restarts, 1, "{s:?}");
+}
+
 /// The pid of the instance that serves a client at `at` that is not the
 /// supervisor's own (a plain `Client`, waiting up to `LIMIT` for an
 /// instance to accept and greet it).

@@ -32,7 +32,8 @@ pub const BUMP: Method<Bump, Sum> = Method::new("bump");
 pub const HOLD: Method<Add, Sum> = Method::new("hold");
 /// `sabotage`: shuts down every listening socket the process holds (the
 /// supervisor's socket for the service's stream address, which every
-/// instance shares), then crashes if `a` is 1, or answers.
+/// instance shares), then crashes if `a` is 1, hangs (never answers,
+/// never exits until killed) if `a` is 2, or answers.
 pub const SABOTAGE: Method<Add, Sum> = Method::new("sabotage");
 /// `sum_blob`: the sum of the blob's bytes (idempotent).
 pub const SUM_BLOB: Method<Add, Sum> = Method::new("sum_blob").idempotent();
@@ -210,10 +211,13 @@ pub fn serve() {
     });
     b = b.method(SABOTAGE, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
         shut_down_listeners();
-        if r.a.to_native() == 1 {
-            std::process::abort();
+        match r.a.to_native() {
+            1 => std::process::abort(),
+            2 => loop {
+                std::thread::park();
+            },
+            _ => Ok(Sum { sum: 0 }),
         }
-        Ok(Sum { sum: 0 })
     });
     // `hold`: takes the request's blob and never answers (until killed).
     b = b.method(HOLD, |_: &ArchivedAdd, ctx: &mut CallCtx<'_>| {

@@ -51,6 +51,9 @@ pub(super) struct Monitor {
     /// Starts left before every start replaces a dead instance (the
     /// first instance and the first spares are not restarts).
     initial: usize,
+    /// The address could not be bound again while an instance on its
+    /// way out held it: the next reap makes the start due at once.
+    rebind_waits: bool,
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -123,6 +126,7 @@ impl Monitor {
             not_before: Instant::now(),
             last_exit: LastExit::None,
             initial,
+            rebind_waits: false,
         }
     }
 
@@ -236,6 +240,9 @@ impl Monitor {
                 .filter(|&i| ready[i + 1])
                 .rev()
                 .collect();
+            if !exited.is_empty() && std::mem::take(&mut self.rebind_waits) {
+                self.not_before = Instant::now();
+            }
             for i in exited {
                 let r = self.children.swap_remove(i);
                 self.reaped(r);
@@ -282,6 +289,20 @@ impl Monitor {
     /// counts as an instance that died before it served; one that can
     /// never succeed fails the supervisor.
     fn start(&mut self) {
+        // The service's address, bound again if an instance shut its
+        // socket down. Still held by an instance on its way out (a Unix
+        // name): its reap, which wakes the loop, is waited for (at most
+        // the grace period, after which it is killed), and no restart is
+        // counted meanwhile.
+        let rebound = self.inner.relisten();
+        if let Err(StreamError::Listen { errno, .. }) = &rebound
+            && is_transient(&std::io::Error::from_raw_os_error(*errno))
+            && self.children.iter().any(|r| r.replaced)
+        {
+            self.not_before = Instant::now() + self.inner.config.grace;
+            self.rebind_waits = true;
+            return;
+        }
         let restart = self.initial == 0;
         if restart {
             let now = Instant::now();
@@ -310,10 +331,11 @@ impl Monitor {
             self.restarts.push_back(now);
             self.inner.stats.add(Word::Restarts, 1);
         }
-        if let Err(e) = self.inner.relisten() {
+        if let Err(e) = rebound {
             return match e {
-                // A passing shortage, or the name still held by an
-                // instance on its way out: tried again after the backoff.
+                // A passing shortage, or the address held by another
+                // process: tried again after the backoff, a restart
+                // counted, as a start that failed.
                 StreamError::Listen { errno, .. }
                     if is_transient(&std::io::Error::from_raw_os_error(errno)) =>
                 {
