@@ -167,14 +167,8 @@ fn a_failed_service_lets_its_address_go() {
 /// the successor, which serves at the same address. Without that, the
 /// successor took the dead socket and every later call failed.
 fn an_instance_that_shuts_the_socket_down_does_not_take_the_address_with_it(t: Transport) {
-    let sup = supervisor_on(t, "sabotage-stream", "plain")
-        .spawn()
-        .expect("supervisor");
-    let at = sup.address().expect("a stream address").clone();
-    let mut c = sup.client();
-    let first = served_pid(&mut c);
-    let m = c.method(SABOTAGE).expect("sabotage");
-    let e = c.call(m, &Add { a: 1, b: 0 }).map(|_| ()).unwrap_err();
+    let (_sup, at, mut c, first, r) = sabotaged(supervisor_on(t, "sabotage-stream", "plain"), 1);
+    let e = r.unwrap_err();
     assert!(e.to_string().contains("died"), "{e}");
     let second = served_pid(&mut c);
     assert_ne!(second, first);
@@ -189,15 +183,8 @@ fn an_instance_that_shuts_the_socket_down_does_not_take_the_address_with_it(t: T
 /// the address bound again, to an outside client (not the supervisor's
 /// own) and to a new supervised client alike.
 fn an_instance_that_shuts_the_socket_down_and_lives_on_is_replaced(t: Transport) {
-    let sup = supervisor_on(t, "shut-stream", "plain")
-        .spawn()
-        .expect("supervisor");
-    let at = sup.address().expect("a stream address").clone();
-    let mut c = sup.client();
-    let first = served_pid(&mut c);
-    let m = c.method(SABOTAGE).expect("sabotage");
-    c.call(m, &Add { a: 0, b: 0 })
-        .expect("shut down, and lives on");
+    let (sup, at, _c, first, r) = sabotaged(supervisor_on(t, "shut-stream", "plain"), 0);
+    r.expect("shut down, and lives on");
     let second = wait_until(LIMIT, "the instance replaced", || {
         sup.service_pid().filter(|&p| p != first)
     });
@@ -212,18 +199,13 @@ fn an_instance_that_shuts_the_socket_down_and_lives_on_is_replaced(t: Transport)
 /// intensity limit here would turn into a failed service.
 #[test]
 fn a_name_held_by_a_hung_instance_is_bound_again_once_it_is_reaped() {
-    let sup = supervisor_on(Transport::UnixStream, "hung-stream", "plain")
+    let b = supervisor_on(Transport::UnixStream, "hung-stream", "plain")
         .intensity(3, Duration::from_secs(60))
         .backoff(Duration::from_millis(1), Duration::from_millis(5))
-        .grace(Duration::from_millis(300))
-        .spawn()
-        .expect("supervisor");
-    let at = sup.address().expect("a stream address").clone();
-    let mut c = sup.client();
-    let first = served_pid(&mut c);
-    let m = c.method(SABOTAGE).expect("sabotage");
+        .grace(Duration::from_millis(300));
+    let (sup, at, _c, first, r) = sabotaged(b, 2);
     // Never answered: the instance is killed under the call.
-    let e = c.call(m, &Add { a: 2, b: 0 }).map(|_| ()).unwrap_err();
+    let e = r.unwrap_err();
     assert!(e.to_string().contains("died"), "{e}");
     let second = wait_until(LIMIT, "the instance replaced", || {
         sup.service_pid().filter(|&p| p != first)
@@ -232,6 +214,29 @@ fn a_name_held_by_a_hung_instance_is_bound_again_once_it_is_reaped() {
     let s = sup.stats();
     assert_eq!(s.state, SupervisorState::Running, "{s:?}");
     assert_eq!(s.restarts, 1, "{s:?}");
+}
+
+/// Spawns `b`, then has its first instance shut its socket down with
+/// `sabotage(a)` (see `services::SABOTAGE`). Returns the supervisor, its
+/// address, the client that called, the first instance's pid and what
+/// the call gave.
+fn sabotaged(
+    b: isocall::SupervisorBuilder,
+    a: u64,
+) -> (
+    isocall::Supervisor,
+    isocall::Endpoint,
+    isocall::SupervisedClient,
+    u32,
+    Result<(), isocall::SupervisedError>,
+) {
+    let sup = b.spawn().expect("supervisor");
+    let at = sup.address().expect("a stream address").clone();
+    let mut c = sup.client();
+    let first = served_pid(&mut c);
+    let m = c.method(SABOTAGE).expect("sabotage");
+    let r = c.call(m, &Add { a, b: 0 }).map(|_| ());
+    (sup, at, c, first, r)
 }
 
 /// The pid of the instance that serves a client at `at` that is not the
