@@ -134,12 +134,10 @@ fn shut_down_listeners() {
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect();
     for n in fds {
-        // SAFETY: `n` was open when listed, and nothing here closes it;
-        // should a server thread close it meanwhile, the calls below fail
-        // with EBADF or touch the descriptor that took its number (shut
-        // down only if it listens), which this deliberately hostile
-        // handler accepts. Neither call reads or writes memory through
-        // the descriptor.
+        // SAFETY: `n` was open when listed and nothing here closes it; a
+        // number a server thread closes meanwhile gives EBADF, or names
+        // the descriptor that took it (shut down only if it listens),
+        // which this hostile handler accepts; no memory is touched.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(n) };
         if rustix::net::sockopt::socket_acceptconn(fd).unwrap_or(false) {
             let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
