@@ -253,25 +253,11 @@ pub fn is_unix(fd: BorrowedFd<'_>) -> bool {
 /// listening; a Unix socket still says it listens, but refuses every
 /// connection and polls as hung up).
 pub fn is_listening(fd: BorrowedFd<'_>) -> bool {
-    if !sockopt::socket_acceptconn(fd).unwrap_or(false) {
-        return false;
-    }
-    let zero = rustix::event::Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    loop {
-        let mut p = [PollFd::new(&fd, PollFlags::IN | PollFlags::RDHUP)];
-        match poll(&mut p, Some(&zero)) {
-            Ok(_) => {
-                return !p[0]
-                    .revents()
-                    .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR);
-            }
-            Err(Errno::INTR) => {}
-            Err(_) => return false,
-        }
-    }
+    // A hang-up shows at once, so the look does not wait (an `EINTR`
+    // reads as none: the next look sees it).
+    sockopt::socket_acceptconn(fd).unwrap_or(false)
+        && super::poll_ready(&[(fd, super::Ready::HangUp)], Some(Duration::ZERO))
+            .is_ok_and(|r| !r[0])
 }
 
 /// Makes `fd` non-blocking (a flag of the file description: every holder
