@@ -211,7 +211,15 @@ fn drop_oldest_drops_only_from_the_backlog_counts_it_and_never_waits(tp: Transpo
     let st = publisher.subscriber_stats();
     assert_eq!(st.len(), 1);
     let dropped = st[0].dropped;
-    assert_eq!(st[0].queued, 100, "{st:?}");
+    // The backlog was full at the last drop. Over loopback TCP the socket's
+    // buffers keep growing, and may take some of it after the last drop:
+    // never more than the backlog, and what they took still arrives (the
+    // count below).
+    if tp.is_tcp() {
+        assert!(st[0].queued <= 100, "{st:?}");
+    } else {
+        assert_eq!(st[0].queued, 100, "{st:?}");
+    }
     assert!(dropped > 0 && dropped < n, "{st:?}");
     sub.send("go");
     publisher
