@@ -78,6 +78,51 @@ fn busy_spinning_callers_pinned_to_one_cpu_take_turns() {
     );
 }
 
+/// A lone caller makes enough calls for the receiver to be biased to it
+/// (taken with plain stores, see the engine's `BiasedLock`); then a
+/// second thread waits for a call the first one started, alone or while
+/// the first goes on calling: the second takes the bias away, mid-call or
+/// between calls, round after round. Every answer checked.
+#[test]
+fn a_second_thread_takes_the_receiver_from_a_lone_caller() {
+    let (_server, socket) = server_process(Transport::Shm, "shared-bias");
+    let client = SharedClient::connect(&socket).expect("connect");
+    let add = client.method(ADD).expect("add");
+    let call = |t: u64, i: u64| {
+        let (a, b) = operands(t, i);
+        let sum = client
+            .call(add, &Add { a, b })
+            .expect("call")
+            .sum
+            .to_native();
+        assert_eq!(sum, a + b, "thread {t} call {i}");
+    };
+    for round in 0..12u64 {
+        // Alone, long enough to earn the bias in the first rounds (the run
+        // it takes doubles with each revocation).
+        for i in 0..(1_000 << round.min(6)) {
+            call(0, i);
+        }
+        let (a, b) = operands(1, round);
+        let handed = client.start(add, &Add { a, b }, &[]).expect("start");
+        std::thread::scope(|s| {
+            let c = client.clone();
+            s.spawn(move || {
+                let got = c.wait(handed, None).expect("wait").sum.to_native();
+                assert_eq!(got, a + b, "round {round}, handed over");
+            });
+            // Every other round the first thread calls on meanwhile (and
+            // may lead for the second); else the second must lead.
+            if round % 2 == 0 {
+                for i in 0..100 {
+                    call(2, round * 100 + i);
+                }
+            }
+        });
+    }
+    assert_eq!(client.in_flight(), 0);
+}
+
 /// `threads` threads call through one connection on transport `t`, one
 /// call at a time and then several in flight each, every answer checked;
 /// each thread pinned to CPU `pin`, if given.

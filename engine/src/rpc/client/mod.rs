@@ -9,6 +9,7 @@
 //! validated there, and handed out as a [`Reply`] guard (see the copy rule
 //! in [`crate::rpc::body`]).
 
+mod biased;
 mod caller;
 mod core;
 mod io;

@@ -27,6 +27,7 @@ use isocall_blob::{BlobHandle, Pool};
 use isocall_ringbuf::{SharedRegion, Spinner, WaitStrategy};
 use rkyv::util::AlignedVec;
 
+use super::biased::BiasedLock;
 use super::core::{Info, RoomWait, put};
 use super::io::next_frame;
 use super::lock::StoreLock;
@@ -169,9 +170,10 @@ struct Rx {
 struct Inner {
     info: Info,
     /// The sender and its serializer's arena; released by a plain store
-    /// (see `StoreLock`), as is the receiver.
+    /// (see `StoreLock`). The receiver is biased to the thread that leads
+    /// most (see `BiasedLock`).
     tx: StoreLock<(Sender, rkyv::ser::allocator::Arena)>,
-    rx: StoreLock<Rx>,
+    rx: BiasedLock<Rx>,
     slots: Box<[Slot]>,
     free: FreeSlots,
     /// Callers asleep on their slot, to be asked to lead.
@@ -256,7 +258,7 @@ impl SharedClient {
             inner: Arc::new(Inner {
                 info,
                 tx: StoreLock::new((tx, rkyv::ser::allocator::Arena::new())),
-                rx: StoreLock::new(Rx {
+                rx: BiasedLock::new(Rx {
                     rx,
                     closed: None,
                     broken: None,
