@@ -13,7 +13,6 @@ mod biased;
 mod caller;
 mod core;
 mod io;
-mod lock;
 pub(crate) mod reply;
 mod shared;
 mod stream;
