@@ -78,11 +78,12 @@ fn busy_spinning_callers_pinned_to_one_cpu_take_turns() {
     );
 }
 
-/// A lone caller makes enough calls for the receiver to be biased to it
-/// (taken with plain stores, see the engine's `BiasedLock`); then a
+/// A lone caller makes a long run of calls, leading every one; then a
 /// second thread waits for a call the first one started, alone or while
-/// the first goes on calling: the second takes the bias away, mid-call or
-/// between calls, round after round. Every answer checked.
+/// the first goes on calling: the receiver passes to the second, mid-call
+/// or between calls, round after round (a lock that favours the thread
+/// that takes it most, tried for the receiver, let two threads hold it
+/// here). Every answer checked.
 #[test]
 fn a_second_thread_takes_the_receiver_from_a_lone_caller() {
     let (_server, socket) = server_process(Transport::Shm, "shared-bias");

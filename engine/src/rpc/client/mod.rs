@@ -9,10 +9,10 @@
 //! validated there, and handed out as a [`Reply`] guard (see the copy rule
 //! in [`crate::rpc::body`]).
 
-mod biased;
 mod caller;
 mod core;
 mod io;
+mod lock;
 pub(crate) mod reply;
 mod shared;
 mod stream;

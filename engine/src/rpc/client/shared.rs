@@ -27,9 +27,9 @@ use isocall_blob::{BlobHandle, Pool};
 use isocall_ringbuf::{SharedRegion, Spinner, WaitStrategy};
 use rkyv::util::AlignedVec;
 
-use super::biased::BiasedLock;
 use super::core::{Info, RoomWait, put};
 use super::io::next_frame;
+use super::lock::StoreLock;
 use super::reply::{Abandoned, Handles, Pending, Reply, ReplyBlobSet, ReplyBytes};
 use super::{ClientOptions, connect_link};
 use crate::endpoint::TransportError;
@@ -166,31 +166,13 @@ struct Rx {
     broken: Option<String>,
 }
 
-/// The most free slots the sender's stash keeps.
-const STASH: usize = 256;
-
-/// The sending half, under its lock.
-struct Tx {
-    tx: Sender,
-    /// The serializer's arena.
-    arena: rkyv::ser::allocator::Arena,
-    /// Free slots, taken and given back under this lock: a lone caller
-    /// (whose locks are biased to it) then takes and frees a slot without
-    /// a locked instruction, where `FreeSlots` costs one each way, and each
-    /// waited on the stores before it (a request's, to ring lines the
-    /// server polls) to drain. Any sender takes from here first, so no
-    /// slot is hidden from a caller that needs one.
-    stash: Vec<u32>,
-}
-
 struct Inner {
     info: Info,
-    /// Both halves are biased to the thread that takes them most (see
-    /// `BiasedLock`): a lone caller takes them with plain stores.
-    tx: BiasedLock<Tx>,
-    rx: BiasedLock<Rx>,
+    /// The sender and its serializer's arena; released by a plain store
+    /// (see `StoreLock`), as is the receiver.
+    tx: StoreLock<(Sender, rkyv::ser::allocator::Arena)>,
+    rx: StoreLock<Rx>,
     slots: Box<[Slot]>,
-    /// The free slots not in the sender's stash.
     free: FreeSlots,
     /// Callers asleep on their slot, to be asked to lead.
     parked: Mutex<VecDeque<u32>>,
@@ -273,12 +255,8 @@ impl SharedClient {
         SharedClient {
             inner: Arc::new(Inner {
                 info,
-                tx: BiasedLock::new(Tx {
-                    tx,
-                    arena: rkyv::ser::allocator::Arena::new(),
-                    stash: Vec::with_capacity(n.min(STASH)),
-                }),
-                rx: BiasedLock::new(Rx {
+                tx: StoreLock::new((tx, rkyv::ser::allocator::Arena::new())),
+                rx: StoreLock::new(Rx {
                     rx,
                     closed: None,
                     broken: None,
@@ -418,18 +396,17 @@ impl SharedClient {
         }
     }
 
-    /// Takes a free slot for a new call (from the sender's stash, which
-    /// `stash` is, or else the shared list) and arms it; returns the call
-    /// id.
+    /// Takes a free slot for a new call and arms it; returns the call id.
     #[inline]
-    fn take_slot(inner: &Inner, stash: &mut Vec<u32>, method: u32) -> Result<u64, CallError> {
-        let idx = match stash.pop() {
-            Some(idx) => idx,
-            None => inner.free.pop().ok_or_else(|| CallError::TooManyInFlight {
-                limit: inner.slots.len() - 1,
-            })?,
-        };
-        let slot = &inner.slots[idx as usize];
+    fn take_slot(&self, method: u32) -> Result<u64, CallError> {
+        let idx = self
+            .inner
+            .free
+            .pop()
+            .ok_or_else(|| CallError::TooManyInFlight {
+                limit: self.inner.slots.len() - 1,
+            })?;
+        let slot = &self.inner.slots[idx as usize];
         let generation = (slot.id.load(Ordering::Relaxed) >> INDEX_BITS).wrapping_add(1);
         let id = (generation.max(1) << INDEX_BITS) | u64::from(idx);
         slot.method.store(method, Ordering::Relaxed);
@@ -471,56 +448,46 @@ impl SharedClient {
         self.inner.info.check_ref(m.client, m.name)?;
         self.check_open()?;
         self.forget_given_up();
-        self.send_frame(
+        let id = self.take_slot(m.id)?;
+        let sent = self.send_frame(
             kind::REQUEST,
+            id,
             m.id,
             |buf, a| body::encode(request, buf, a),
             blobs,
-        )
+        );
+        if let Err(e) = sent {
+            self.inner.release_slot(id);
+            return Err(e);
+        }
+        Ok(id)
     }
 
-    /// Sends a frame of `frame_kind` for `method`; a request takes a slot
-    /// first (freed again if the frame is not sent) and gets its call id
-    /// back, a message 0.
     fn send_frame(
         &self,
         frame_kind: u16,
+        id: u64,
         method: u32,
         encode: impl FnMut(
             &mut [u8],
             &mut rkyv::ser::allocator::Arena,
         ) -> Result<usize, body::EncodeError>,
         blobs: &[BlobHandle],
-    ) -> Result<u64, CallError> {
+    ) -> Result<(), CallError> {
         let inner = &*self.inner;
-        let mut guard = inner.tx.lock();
-        let Tx { tx, arena, stash } = &mut *guard;
-        let id = if frame_kind == kind::REQUEST {
-            Self::take_slot(inner, stash, method)?
-        } else {
-            0
-        };
         let out = Out {
             frame_kind,
             id,
             method,
             blobs,
         };
+        let mut guard = inner.tx.lock();
+        let (tx, arena) = &mut *guard;
         // One dispatch per call: the ring's path is built without a branch
         // on the transport per frame operation.
-        let sent = match tx {
+        match tx {
             Sender::Ring(ring) => inner.put_on(ring, arena, out, encode),
             other => inner.put_on(other, arena, out, encode),
-        };
-        match sent {
-            Ok(()) => Ok(id),
-            Err(e) => {
-                drop(guard);
-                if id != 0 {
-                    inner.release_slot(id);
-                }
-                Err(e)
-            }
         }
     }
 
@@ -587,11 +554,11 @@ impl SharedClient {
         self.forget_given_up();
         self.send_frame(
             kind::MESSAGE,
+            0,
             m.id,
             |buf, a| body::encode(message, buf, a),
             blobs,
         )
-        .map(drop)
     }
 
     fn wait_id<Resp: Body>(
@@ -733,7 +700,7 @@ impl Inner {
         match &self.ring {
             Some(r) => r.liveness.peer_gone(),
             None => match self.tx.try_lock() {
-                Some(g) => g.tx.stream().is_none_or(stream_gone),
+                Some(g) => g.0.stream().is_none_or(stream_gone),
                 None => false,
             },
         }
@@ -1028,11 +995,10 @@ impl Inner {
     }
 
     /// Frees `id`'s slot after the leader took its own reply from the
-    /// ring, into the sender's stash if the sender is free (see `Tx`).
-    /// Without the slot's lock, which keeps a reply from being delivered
-    /// into a slot being freed: replies are delivered only by the
-    /// receiver's holder, the leader itself, and no other thread frees a
-    /// call whose caller waits for it (only given-up calls are freed by
+    /// ring. Without the slot's lock, which keeps a reply from being
+    /// delivered into a slot being freed: replies are delivered only by
+    /// the receiver's holder, the leader itself, and no other thread frees
+    /// a call whose caller waits for it (only given-up calls are freed by
     /// others).
     #[inline]
     fn release_own_slot(&self, id: u64) {
@@ -1042,12 +1008,6 @@ impl Inner {
             return;
         }
         Self::unarm(slot, id);
-        if let Some(mut tx) = self.tx.try_lock()
-            && tx.stash.len() < STASH
-        {
-            tx.stash.push(idx as u32);
-            return;
-        }
         self.free.push(idx as u32);
     }
 
@@ -1127,7 +1087,7 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let tx = &mut self.tx.get_mut().tx;
+        let (tx, _) = self.tx.get_mut();
         if let Ok(mut g) = tx.try_reserve(kind::CLOSE, 4) {
             g.bytes_mut()
                 .copy_from_slice(&CloseReason::ClientClosed.code().to_le_bytes());
