@@ -18,6 +18,7 @@ on_every_transport!(
     eight_threads_share_one_connection_and_each_gets_its_own_answers,
     a_dropped_pending_gives_its_slot_back,
     max_in_flight_is_exact_however_the_slots_come_back,
+    held_replies_keep_their_bytes_and_their_slots,
 );
 
 const THREADS: u64 = 8;
@@ -86,7 +87,7 @@ fn busy_spinning_callers_pinned_to_one_cpu_take_turns() {
 /// here). Every answer checked.
 #[test]
 fn a_second_thread_takes_the_receiver_from_a_lone_caller() {
-    let (_server, socket) = server_process(Transport::Shm, "shared-bias");
+    let (_server, socket) = server_process(Transport::Shm, "shared-handoff");
     let client = SharedClient::connect(&socket).expect("connect");
     let add = client.method(ADD).expect("add");
     let call = |t: u64, i: u64| {
@@ -99,8 +100,7 @@ fn a_second_thread_takes_the_receiver_from_a_lone_caller() {
         assert_eq!(sum, a + b, "thread {t} call {i}");
     };
     for round in 0..12u64 {
-        // Alone, long enough to earn the bias in the first rounds (the run
-        // it takes doubles with each revocation).
+        // Alone, a long run (longer each round, up to 64,000 calls).
         for i in 0..(1_000 << round.min(6)) {
             call(0, i);
         }
@@ -241,5 +241,45 @@ fn max_in_flight_is_exact_however_the_slots_come_back(t: Transport) {
     for (p, j) in window {
         assert_eq!(client.wait(p, None).expect("wait").sum.to_native(), j + 1);
     }
+    assert_eq!(client.in_flight(), 0);
+}
+
+/// A reply its caller keeps holds its bytes while other calls go through
+/// the same slots (a short reply lives in its call's slot until dropped),
+/// and holds that slot: with every slot held by a reply a new call is
+/// refused, and a dropped reply lets the next one in.
+fn held_replies_keep_their_bytes_and_their_slots(t: Transport) {
+    const LIMIT: usize = 4;
+    let (_server, socket) = server_process(t, "shared-held");
+    let client = SharedClient::connect_with(
+        &socket,
+        isocall::ClientOptions::default().max_in_flight(LIMIT),
+    )
+    .expect("connect");
+    let add = client.method(ADD).expect("add");
+    let held = client.call(add, &Add { a: 7, b: 5 }).expect("call");
+    for i in 0..1_000u64 {
+        let (a, b) = operands(0, i);
+        let r = client.call(add, &Add { a, b }).expect("call");
+        assert_eq!(r.sum.to_native(), a + b, "call {i}");
+        assert_eq!(held.sum.to_native(), 12, "the held reply, after call {i}");
+    }
+    let rest: Vec<_> = (1..LIMIT as u64)
+        .map(|i| client.call(add, &Add { a: i, b: 0 }).expect("call"))
+        .collect();
+    match client.start(add, &Add { a: 0, b: 0 }, &[]) {
+        Err(isocall::CallError::TooManyInFlight { limit }) => assert_eq!(limit, LIMIT),
+        other => panic!("every slot held by a reply, then {other:?}"),
+    }
+    drop(held);
+    let r = client
+        .call(add, &Add { a: 1, b: 1 })
+        .expect("a slot came back");
+    assert_eq!(r.sum.to_native(), 2);
+    drop(r);
+    for (i, r) in rest.iter().enumerate() {
+        assert_eq!(r.sum.to_native(), i as u64 + 1, "held reply {i}");
+    }
+    drop(rest);
     assert_eq!(client.in_flight(), 0);
 }

@@ -68,7 +68,9 @@ pub struct ClientOptions {
     /// decides by certificates (`Policy::Certificate`, or `Anyone`);
     /// otherwise a TCP address is taken as the server it names.
     pub server_policy: Policy,
-    /// Most calls in flight at once (default 1024).
+    /// Most calls in flight at once (default 1024). On a
+    /// [`SharedClient`], a short reply not yet dropped counts as in flight
+    /// too: its body lives in its call's slot until then.
     pub max_in_flight: usize,
 }
 

@@ -1,6 +1,7 @@
 //! What a call gives back: a [`Reply`] guard over the validated reply and
 //! its blobs, and a [`Pending`] call to wait for.
 
+use std::cell::UnsafeCell;
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::ops::Deref;
@@ -10,7 +11,8 @@ use isocall_blob::{Blob, BlobHandle, BlobMut, Pool};
 use isocall_ringbuf::SharedRegion;
 use rkyv::util::AlignedVec;
 
-use crate::rpc::body::{Body, Checked};
+use super::shared::FreeSlots;
+use crate::rpc::body::{Body, Checked, copy_body};
 use crate::rpc::large::large_id;
 use crate::rpc::link::Frame as RxFrame;
 use crate::rpc::server::BlobAccessError;
@@ -33,6 +35,15 @@ pub(crate) enum ReplyBytes<'c> {
     /// so a `Reply` is 128 bytes, which moves by vector stores where a
     /// larger one took a `memcpy` call at each move.
     Inline { len: u8, body: InlineBody },
+    /// In the buffer of the call's slot in a shared client (the leader's
+    /// own short reply): copied once, to an address that does not move
+    /// with the reply. The slot stays out of `free` until the reply is
+    /// dropped, which gives it back.
+    Slot {
+        bytes: &'c [u8],
+        free: &'c FreeSlots,
+        idx: u32,
+    },
 }
 
 /// The longest reply body a [`ReplyBytes::Inline`] holds.
@@ -46,6 +57,50 @@ pub(crate) const INLINE_BODY: usize = 64;
 #[repr(C, align(16))]
 pub(crate) struct InlineBody {
     buf: [u8; INLINE_BODY],
+}
+
+/// The buffer of one slot of a shared client for its call's own short
+/// reply body (see [`ReplyBytes::Slot`]). It belongs to the call that holds
+/// the slot: from the slot's taking off the free list to its giving back.
+#[derive(Default)]
+pub(crate) struct SlotBody(UnsafeCell<InlineBody>);
+
+impl Default for InlineBody {
+    fn default() -> Self {
+        InlineBody {
+            buf: [0; INLINE_BODY],
+        }
+    }
+}
+
+// SAFETY: the buffer is written and read only by the call that holds its
+// slot (see `fill`'s contract), one thread at a time; handing the slot to
+// another call goes through the free list's Release/Acquire.
+#[allow(unsafe_code)]
+unsafe impl Sync for SlotBody {}
+
+impl SlotBody {
+    /// Copies `bytes` in, if they fit, and gives them back from there.
+    ///
+    /// # Safety
+    ///
+    /// The caller's call holds this buffer's slot (took it off the free
+    /// list and has not given it back), and no slice from an earlier
+    /// `fill` is alive (each is given back with the slot it lives in).
+    #[allow(unsafe_code)]
+    #[inline(always)]
+    pub(crate) unsafe fn fill(&self, bytes: &[u8]) -> Option<&[u8]> {
+        if bytes.len() > INLINE_BODY {
+            return None;
+        }
+        // SAFETY: by the contract nothing else reads or writes the buffer
+        // while this borrow lives, nor while the shared slice returned from
+        // it does.
+        let body = unsafe { &mut *self.0.get() };
+        let dst = &mut body.buf[..bytes.len()];
+        copy_body(dst, bytes);
+        Some(dst)
+    }
 }
 
 impl ReplyBytes<'static> {
@@ -71,6 +126,7 @@ impl ReplyBytes<'_> {
             ReplyBytes::Owned(v, _) => v,
             ReplyBytes::Frame(f, r) => f.as_ref().map_or(&[][..], |f| &f.payload()[r.clone()]),
             ReplyBytes::Inline { len, body } => &body.buf[..usize::from(*len)],
+            ReplyBytes::Slot { bytes, .. } => bytes,
         }
     }
 }
@@ -81,8 +137,10 @@ impl Drop for ReplyBytes<'_> {
     /// branch instead of a call.
     #[inline(always)]
     fn drop(&mut self) {
-        if !matches!(self, ReplyBytes::Borrowed(_) | ReplyBytes::Inline { .. }) {
-            self.give_back();
+        match self {
+            ReplyBytes::Borrowed(_) | ReplyBytes::Inline { .. } => {}
+            ReplyBytes::Slot { free, idx, .. } => free.push(*idx),
+            _ => self.give_back(),
         }
     }
 }

@@ -13,6 +13,12 @@
 //! off a core it shares). A lone caller is always the leader: it pays a
 //! lock-free slot, a few uncontended locks and no thread hand-off.
 //!
+//! The leader's own reply, if short, is copied once, into a buffer of its
+//! call's slot, and the `Reply` points there: the slot stays out of the
+//! free list until the reply is dropped (a held reply counts against
+//! `max_in_flight`), and a reply that moves carries a pointer rather than
+//! its bytes.
+//!
 //! Call ids carry their slot's index and the slot's generation, so a late
 //! reply to a call given up (timed out, its [`Pending`] dropped) never
 //! reaches the slot's next call: it is discarded, its blobs freed.
@@ -30,7 +36,7 @@ use rkyv::util::AlignedVec;
 use super::core::{Info, RoomWait, put};
 use super::io::next_frame;
 use super::lock::StoreLock;
-use super::reply::{Abandoned, Handles, Pending, Reply, ReplyBlobSet, ReplyBytes};
+use super::reply::{Abandoned, Handles, Pending, Reply, ReplyBlobSet, ReplyBytes, SlotBody};
 use super::{ClientOptions, connect_link};
 use crate::endpoint::TransportError;
 use crate::rpc::body::{self, Body};
@@ -79,7 +85,7 @@ struct Slot {
     /// to free under that lock too (a reply being delivered never lands in
     /// a slot being freed), except by the leader freeing its own call's
     /// slot, which holds the receiver and so is the only deliverer (see
-    /// `release_own_slot`). Armed for a call without it (Release, after
+    /// `own_reply_bytes`). Armed for a call without it (Release, after
     /// `method` and `state`): no reply can be for a call before it is
     /// armed.
     id: AtomicU64,
@@ -88,6 +94,9 @@ struct Slot {
     /// The method of the call it serves (for an error reply's message).
     method: AtomicU32,
     data: Mutex<SlotData>,
+    /// The call's own short reply, when its caller led (see
+    /// `Inner::own_reply_bytes`).
+    own: SlotBody,
 }
 
 /// The free slots: a lock-free stack of slot indices, one
@@ -96,7 +105,7 @@ struct Slot {
 /// on every change, so a thread that read a top and its successor, then
 /// lost the CPU while others took and gave back that top, fails its swap
 /// instead of installing a stale successor (ABA).
-struct FreeSlots {
+pub(crate) struct FreeSlots {
     /// Low 32 bits: the index on top (0: empty; slot 0 is never used).
     /// High 32 bits: the tag.
     head: AtomicU64,
@@ -137,7 +146,7 @@ impl FreeSlots {
     }
 
     #[inline]
-    fn push(&self, idx: u32) {
+    pub(crate) fn push(&self, idx: u32) {
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
             self.next[idx as usize].store(head as u32, Ordering::Relaxed);
@@ -797,14 +806,11 @@ impl Inner {
             };
             if p.head.id == id {
                 // Ours: copied out (the copy rule), checked, returned.
-                let body = self.reply_bytes(p.body);
                 let status = p.head.status;
                 // Read before the slot is freed, and only for an error.
                 let method = slot.method.load(Ordering::Relaxed);
                 let blobs = ReplyBlobSet::new(Handles::of(&p), self.pool.as_deref());
-                // The slot first: its locked instruction then waits for no
-                // store to the ring (the frame's release is one).
-                self.release_own_slot(id);
+                let body = self.own_reply_bytes(id, p.body);
                 frame.release();
                 return self.finish_reply(method, status, body, blobs).map(Some);
             }
@@ -994,21 +1000,42 @@ impl Inner {
         self.free.push(idx as u32);
     }
 
-    /// Frees `id`'s slot after the leader took its own reply from the
-    /// ring. Without the slot's lock, which keeps a reply from being
-    /// delivered into a slot being freed: replies are delivered only by
-    /// the receiver's holder, the leader itself, and no other thread frees
-    /// a call whose caller waits for it (only given-up calls are freed by
+    /// The leader's own reply body `bytes` (`id`'s), copied out of the
+    /// ring: a short one into its slot's buffer, the slot unarmed and kept
+    /// out of the free list until the reply is dropped (a reply that moves
+    /// carries a pointer, not the bytes); a long one as `reply_bytes`, the
+    /// slot freed.
+    ///
+    /// Without the slot's lock, which keeps a reply from being delivered
+    /// into a slot being freed: replies are delivered only by the
+    /// receiver's holder, the leader itself, and no other thread frees a
+    /// call whose caller waits for it (only given-up calls are freed by
     /// others).
     #[inline]
-    fn release_own_slot(&self, id: u64) {
+    fn own_reply_bytes(&self, id: u64, bytes: &[u8]) -> ReplyBytes<'_> {
         let idx = (id & ((1 << INDEX_BITS) - 1)) as usize;
         let slot = &self.slots[idx];
         if slot.id.load(Ordering::Relaxed) != id {
-            return;
+            return self.reply_bytes(bytes);
         }
         Self::unarm(slot, id);
-        self.free.push(idx as u32);
+        // SAFETY: this call took the slot off the free list and it is not
+        // back there: unarmed, no reply is delivered into it any more, and
+        // no call takes it until the `ReplyBytes::Slot` made here gives it
+        // back when dropped; the slice from the buffer's last fill was
+        // given back with the slot before this call took it.
+        #[allow(unsafe_code)]
+        match unsafe { slot.own.fill(bytes) } {
+            Some(b) => ReplyBytes::Slot {
+                bytes: b,
+                free: &self.free,
+                idx: idx as u32,
+            },
+            None => {
+                self.free.push(idx as u32);
+                self.reply_bytes(bytes)
+            }
+        }
     }
 
     /// Marks `slot`, which serves `id`, free (its generation kept): no
