@@ -87,8 +87,9 @@ impl SlotBody {
     /// The caller's call holds this buffer's slot (took it off the free
     /// list and has not given it back), and no slice from an earlier
     /// `fill` is alive (each is given back with the slot it lives in).
-    #[allow(unsafe_code)]
     #[inline(always)]
+    #[allow(unsafe_code)]
+    // SAFETY: an unsafe fn: its callers uphold the contract above.
     pub(crate) unsafe fn fill(&self, bytes: &[u8]) -> Option<&[u8]> {
         if bytes.len() > INLINE_BODY {
             return None;

@@ -1019,12 +1019,12 @@ impl Inner {
             return self.reply_bytes(bytes);
         }
         Self::unarm(slot, id);
-        // SAFETY: this call took the slot off the free list and it is not
-        // back there: unarmed, no reply is delivered into it any more, and
-        // no call takes it until the `ReplyBytes::Slot` made here gives it
-        // back when dropped; the slice from the buffer's last fill was
-        // given back with the slot before this call took it.
+        // Unarmed, the slot gets no delivery; off the free list, no call
+        // takes it until the `ReplyBytes::Slot` made here gives it back
+        // when dropped; the last fill's slice went back with the slot
+        // before this call took it.
         #[allow(unsafe_code)]
+        // SAFETY: this call holds the slot (see above).
         match unsafe { slot.own.fill(bytes) } {
             Some(b) => ReplyBytes::Slot {
                 bytes: b,
