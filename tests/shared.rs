@@ -264,6 +264,28 @@ fn held_replies_keep_their_bytes_and_their_slots(t: Transport) {
         assert_eq!(r.sum.to_native(), a + b, "call {i}");
         assert_eq!(held.sum.to_native(), 12, "the held reply, after call {i}");
     }
+    // A reply that another thread's lead delivered, held likewise: this
+    // thread started it, then another thread waited for a later call and
+    // read this one's reply first.
+    let x = client.start(add, &Add { a: 40, b: 2 }, &[]).expect("start");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let y = client.start(add, &Add { a: 1, b: 2 }, &[]).expect("start");
+            assert_eq!(client.wait(y, None).expect("wait").sum.to_native(), 3);
+        });
+    });
+    let delivered = client.wait(x, None).expect("wait");
+    for i in 0..100u64 {
+        let (a, b) = operands(1, i);
+        let r = client.call(add, &Add { a, b }).expect("call");
+        assert_eq!(r.sum.to_native(), a + b, "call {i}");
+        assert_eq!(
+            delivered.sum.to_native(),
+            42,
+            "the delivered reply, after call {i}"
+        );
+    }
+    drop(delivered);
     let rest: Vec<_> = (1..LIMIT as u64)
         .map(|i| client.call(add, &Add { a: i, b: 0 }).expect("call"))
         .collect();
