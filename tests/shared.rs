@@ -206,18 +206,22 @@ fn a_dropped_pending_gives_its_slot_back(t: Transport) {
     }
 }
 
+/// A server process on transport `t` and a shared client of it that has
+/// at most `limit` calls in flight.
+fn limited_client(t: Transport, tag: &str, limit: usize) -> (Peer, SharedClient) {
+    let (server, socket) = server_process(t, tag);
+    let options = isocall::ClientOptions::default().max_in_flight(limit);
+    let client = SharedClient::connect_with(&socket, options).expect("connect");
+    (server, client)
+}
+
 /// The limit counts calls, not free slots: a call past `max_in_flight` is
 /// refused every time, and one under it is never refused, whether the
 /// slots came back one at a time (a leader's own) or by another path (a
 /// dropped pending, a reply taken from a slot).
 fn max_in_flight_is_exact_however_the_slots_come_back(t: Transport) {
     const LIMIT: usize = 8;
-    let (_server, socket) = server_process(t, "shared-limit");
-    let client = SharedClient::connect_with(
-        &socket,
-        isocall::ClientOptions::default().max_in_flight(LIMIT),
-    )
-    .expect("connect");
+    let (_server, client) = limited_client(t, "shared-limit", LIMIT);
     let add = client.method(ADD).expect("add");
     let start = |i: u64| client.start(add, &Add { a: i, b: 1 }, &[]);
     let mut window: VecDeque<_> = (0..LIMIT as u64)
@@ -250,12 +254,7 @@ fn max_in_flight_is_exact_however_the_slots_come_back(t: Transport) {
 /// refused, and a dropped reply lets the next one in.
 fn held_replies_keep_their_bytes_and_their_slots(t: Transport) {
     const LIMIT: usize = 4;
-    let (_server, socket) = server_process(t, "shared-held");
-    let client = SharedClient::connect_with(
-        &socket,
-        isocall::ClientOptions::default().max_in_flight(LIMIT),
-    )
-    .expect("connect");
+    let (_server, client) = limited_client(t, "shared-held", LIMIT);
     let add = client.method(ADD).expect("add");
     let held = client.call(add, &Add { a: 7, b: 5 }).expect("call");
     for i in 0..1_000u64 {
