@@ -330,7 +330,8 @@ fn shared_pipelined_by(
 ) -> Res<Measured> {
     let (peer, c) = connect_shared(figure)?;
     let m = c.method(ECHO64)?;
-    let per_thread = (budget.stream_msgs / 8 / threads).max(5_000);
+    // As many calls in all as `call.pipelined.64` makes.
+    let per_thread = (budget.stream_msgs / 4 / threads).max(5_000);
     let mut reps = Vec::new();
     for _ in 0..budget.stream_reps {
         let start = Instant::now();
