@@ -73,6 +73,16 @@ impl Default for InlineBody {
     }
 }
 
+impl InlineBody {
+    /// Copies `bytes` in, if they fit; the bytes now here.
+    #[inline(always)]
+    fn copy_in(&mut self, bytes: &[u8]) -> Option<&mut [u8]> {
+        let dst = self.buf.get_mut(..bytes.len())?;
+        copy_body(dst, bytes);
+        Some(dst)
+    }
+}
+
 // SAFETY: the buffer is written and read only by the call that holds its
 // slot (see `fill`'s contract), one thread at a time; handing the slot to
 // another call goes through the free list's Release/Acquire.
@@ -91,16 +101,11 @@ impl SlotBody {
     #[allow(unsafe_code)]
     // SAFETY: an unsafe fn: its callers uphold the contract above.
     pub(crate) unsafe fn fill(&self, bytes: &[u8]) -> Option<&[u8]> {
-        if bytes.len() > INLINE_BODY {
-            return None;
-        }
         // SAFETY: by the contract nothing else reads or writes the buffer
         // while this borrow lives, nor while the shared slice returned from
         // it does.
         let body = unsafe { &mut *self.0.get() };
-        let dst = &mut body.buf[..bytes.len()];
-        copy_body(dst, bytes);
-        Some(dst)
+        body.copy_in(bytes).map(|b| &*b)
     }
 }
 
@@ -108,13 +113,8 @@ impl ReplyBytes<'static> {
     /// `bytes` copied into the reply, if they are short enough.
     #[inline(always)]
     pub(crate) fn inline(bytes: &[u8]) -> Option<ReplyBytes<'static>> {
-        let len = u8::try_from(bytes.len())
-            .ok()
-            .filter(|&n| usize::from(n) <= INLINE_BODY)?;
-        let mut body = InlineBody {
-            buf: [0; INLINE_BODY],
-        };
-        crate::rpc::body::copy_body(&mut body.buf[..bytes.len()], bytes);
+        let mut body = InlineBody::default();
+        let len = u8::try_from(body.copy_in(bytes)?.len()).ok()?;
         Some(ReplyBytes::Inline { len, body })
     }
 }
