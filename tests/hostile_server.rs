@@ -1,5 +1,6 @@
 //! Hostile servers against a client in the test process: a server that
-//! rewrites the reply bodies it published while the client reads them,
+//! rewrites the reply bodies it published while the client reads them
+//! (long ones to a `Client`, short ones to a `SharedClient`),
 //! one that makes the client's doorbell blocking and floods it, one that
 //! sends replies nobody asked for every millisecond and one that sends
 //! them as fast as it can, and one that rewrites
@@ -26,10 +27,13 @@ use isocall::raw::wire::{CallHead, Status, kind};
 use isocall::ring::layout::CONS_WAIT;
 use isocall::ring::wait::{NOT_WAITING, RECHECK, WAITING_DOORBELL, WAITING_FUTEX};
 use isocall::rpc::ReplyError;
-use isocall::{CallError, Client, ClientOptions, Method, MethodRef, SocketName, WaitStrategy};
+use isocall::{
+    CallError, Client, ClientOptions, Method, MethodRef, SharedClient, SocketName, WaitStrategy,
+};
 
 const ROLES: &[Role] = &[
     ("rewrite_replies", rewrite_replies),
+    ("rewrite_short_replies", rewrite_short_replies),
     ("stuff_doorbell", stuff_doorbell),
     ("stray_replies", stray_replies),
     ("flood_stray", flood_stray),
@@ -141,7 +145,7 @@ fn start(role: &'static str, limit: Duration) -> (Test, Bystander, Peer) {
 /// Ends a test once the client survived the attack: the bystander still
 /// makes progress, dropping the client returns within 5 s, the server
 /// exits with success, and nothing the client held is left.
-fn close(test: Test, bystander: Bystander, client: Client, mut server: Peer) {
+fn close<C>(test: Test, bystander: Bystander, client: C, mut server: Peer) {
     bystander.progresses();
     drop_promptly(client, "client");
     server.wait_ok(Duration::from_secs(10));
@@ -149,11 +153,22 @@ fn close(test: Test, bystander: Bystander, client: Client, mut server: Peer) {
     test.expect_back("after the client closed");
 }
 
-/// The string of every rewritten reply.
-fn reply_string() -> String {
-    (0..100)
+/// The string of every rewritten reply, `len` letters.
+fn reply_string_of(len: usize) -> String {
+    (0..len)
         .map(|i| char::from(b'A' + (i % 26) as u8))
         .collect()
+}
+
+/// The string of every rewritten long reply.
+fn reply_string() -> String {
+    reply_string_of(100)
+}
+
+/// The string of every rewritten short reply: its archive fits the 64
+/// bytes that a shared client's leader copies into its call's slot.
+fn short_reply_string() -> String {
+    reply_string_of(40)
 }
 
 const REWRITTEN_CALLS: u64 = 10_000;
@@ -162,8 +177,18 @@ const REWRITTEN_CALLS: u64 = 10_000;
 /// then keeps rewriting that reply's relative pointer and length until the
 /// next request comes.
 fn rewrite_replies(arg: &str, ctl: &mut Ctl) {
+    rewrite_replies_of(arg, ctl, &reply_string());
+}
+
+/// As [`rewrite_replies`], with [`short_reply_string`].
+fn rewrite_short_replies(arg: &str, ctl: &mut Ctl) {
+    rewrite_replies_of(arg, ctl, &short_reply_string());
+}
+
+/// As [`rewrite_replies`], the reply's string `s`.
+fn rewrite_replies_of(arg: &str, ctl: &mut Ctl, s: &str) {
     let (mut link, _) = accept_one(arg, ctl, false);
-    let attack = StringAttack::new(&reply_string());
+    let attack = StringAttack::new(s);
     let region = s2c(&link);
     let last: std::cell::Cell<Option<usize>> = std::cell::Cell::new(None);
     let mut round = 0u64;
@@ -191,30 +216,67 @@ fn a_server_rewriting_the_string_it_replied_while_the_client_reads_it() {
     let echo = client.method(ECHO).expect("echo");
     let want = reply_string();
     let req = Text { s: "x".repeat(20) };
-    let (mut ok, mut bad) = (0u64, 0u64);
     let t0 = Instant::now();
+    let counts = rewritten_calls("rewrite_replies", |deadline| {
+        let r = client.call_with(echo, &req, &[], Some(deadline))?;
+        Ok(r.s.as_str() == want)
+    });
+    eprintln!(
+        "rewrite_replies: {counts:?} (right, invalid) in {:?}",
+        t0.elapsed()
+    );
+    assert!(client.is_alive());
+    close(test, bystander, client, server);
+}
+
+/// The leader of a shared client copies its own short reply into its
+/// call's slot and checks it there: a server that rewrites the reply's
+/// pointer and length while the client reads gets the right string or an
+/// invalid-reply error, never a reply read from its rewritten bytes.
+#[test]
+fn a_server_rewriting_a_short_reply_while_a_shared_client_reads_it() {
+    assert!(
+        StringAttack::new(&short_reply_string()).body.len() <= 64,
+        "the short reply must fit a slot's buffer"
+    );
+    let (test, bystander, server) = start("rewrite_short_replies", Duration::from_secs(180));
+    let client = SharedClient::connect(&test.socket).expect("connect");
+    let echo = client.method(ECHO).expect("echo");
+    let want = short_reply_string();
+    let req = Text { s: "x".repeat(20) };
+    let t0 = Instant::now();
+    let counts = rewritten_calls("rewrite_short_replies", |deadline| {
+        let r = client.call_with(echo, &req, &[], Some(deadline))?;
+        Ok(r.s.as_str() == want)
+    });
+    eprintln!(
+        "rewrite_short_replies: {counts:?} (right, invalid) in {:?}",
+        t0.elapsed()
+    );
+    assert!(client.is_alive());
+    close(test, bystander, client, server);
+}
+
+/// Makes [`REWRITTEN_CALLS`] calls through `call` (given each its
+/// deadline; true if its reply was the string sent): every one gives the
+/// right string or is refused as invalid, and both happen. The two counts.
+fn rewritten_calls(
+    role: &str,
+    mut call: impl FnMut(Instant) -> Result<bool, CallError>,
+) -> (u64, u64) {
+    let (mut ok, mut bad) = (0u64, 0u64);
     for i in 0..REWRITTEN_CALLS {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        match client.call_with(echo, &req, &[], Some(deadline)) {
-            Ok(r) => {
-                assert_eq!(
-                    r.s.as_str(),
-                    want,
-                    "call {i}: a reply other than the one sent"
-                );
+        match call(Instant::now() + Duration::from_secs(10)) {
+            Ok(right) => {
+                assert!(right, "{role} call {i}: a reply other than the one sent");
                 ok += 1;
             }
             Err(CallError::BadReply(ReplyError::Invalid(_))) => bad += 1,
-            Err(e) => panic!("call {i}: {e:?}"),
+            Err(e) => panic!("{role} call {i}: {e:?}"),
         }
     }
-    eprintln!(
-        "rewrite_replies: {ok} right replies, {bad} refused as invalid, in {:?}",
-        t0.elapsed()
-    );
-    assert!(ok > 0 && bad > 0, "ok={ok} bad={bad}");
-    assert!(client.is_alive());
-    close(test, bystander, client, server);
+    assert!(ok > 0 && bad > 0, "{role}: ok={ok} bad={bad}");
+    (ok, bad)
 }
 
 /// Hostile server: makes both ends of the doorbell blocking (its own, and
