@@ -15,6 +15,7 @@ mod io;
 mod lock;
 pub(crate) mod reply;
 mod shared;
+mod slots;
 mod stream;
 mod window;
 

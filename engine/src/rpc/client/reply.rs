@@ -11,7 +11,7 @@ use isocall_blob::{Blob, BlobHandle, BlobMut, Pool};
 use isocall_ringbuf::SharedRegion;
 use rkyv::util::AlignedVec;
 
-use super::shared::FreeSlots;
+use super::slots::FreeMark;
 use crate::rpc::body::{Body, Checked, copy_body};
 use crate::rpc::large::large_id;
 use crate::rpc::link::Frame as RxFrame;
@@ -37,13 +37,9 @@ pub(crate) enum ReplyBytes<'c> {
     Inline { len: u8, body: InlineBody },
     /// In the buffer of the call's slot in a shared client (the leader's
     /// own short reply): copied once, to an address that does not move
-    /// with the reply. The slot stays out of `free` until the reply is
-    /// dropped, which gives it back.
-    Slot {
-        bytes: &'c [u8],
-        free: &'c FreeSlots,
-        idx: u32,
-    },
+    /// with the reply. The slot is given back (`free`) when the reply is
+    /// dropped.
+    Slot { bytes: &'c [u8], free: &'c FreeMark },
 }
 
 /// The longest reply body a [`ReplyBytes::Inline`] holds.
@@ -61,7 +57,7 @@ pub(crate) struct InlineBody {
 
 /// The buffer of one slot of a shared client for its call's own short
 /// reply body (see [`ReplyBytes::Slot`]). It belongs to the call that holds
-/// the slot: from the slot's taking off the free list to its giving back.
+/// the slot: from the slot's taking to its giving back.
 #[derive(Default)]
 pub(crate) struct SlotBody(UnsafeCell<InlineBody>);
 
@@ -85,7 +81,8 @@ impl InlineBody {
 
 // SAFETY: the buffer is written and read only by the call that holds its
 // slot (see `fill`'s contract), one thread at a time; handing the slot to
-// another call goes through the free list's Release/Acquire.
+// another call goes through the slot's free mark (Release when given
+// back, Acquire when taken).
 #[allow(unsafe_code)]
 unsafe impl Sync for SlotBody {}
 
@@ -94,8 +91,8 @@ impl SlotBody {
     ///
     /// # Safety
     ///
-    /// The caller's call holds this buffer's slot (took it off the free
-    /// list and has not given it back), and no slice from an earlier
+    /// The caller's call holds this buffer's slot (took it and has not
+    /// given it back), and no slice from an earlier
     /// `fill` is alive (each is given back with the slot it lives in).
     #[inline(always)]
     #[allow(unsafe_code)]
@@ -140,7 +137,7 @@ impl Drop for ReplyBytes<'_> {
     fn drop(&mut self) {
         match self {
             ReplyBytes::Borrowed(_) | ReplyBytes::Inline { .. } => {}
-            ReplyBytes::Slot { free, idx, .. } => free.push(*idx),
+            ReplyBytes::Slot { free, .. } => free.give_back(),
             _ => self.give_back(),
         }
     }

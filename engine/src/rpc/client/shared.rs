@@ -10,12 +10,14 @@
 //! yielding the CPU every few microseconds, as the leader does while no
 //! frame comes: the callers and the server may be more threads than
 //! cores, and a spinner that never yields keeps the thread it waits for
-//! off a core it shares). A lone caller is always the leader: it pays a
-//! lock-free slot, a few uncontended locks and no thread hand-off.
+//! off a core it shares). A lone caller is always the leader: it pays two
+//! uncontended locks (the sender's, under which it also takes its slot,
+//! and the receiver's) and no thread hand-off. A slot is given back with
+//! a plain store, and taken by the sender alone (see `slots`).
 //!
 //! The leader's own reply, if short, is copied once, into a buffer of its
-//! call's slot, and the `Reply` points there: the slot stays out of the
-//! free list until the reply is dropped (a held reply counts against
+//! call's slot, and the `Reply` points there: the slot is not given back
+//! until the reply is dropped (a held reply counts against
 //! `max_in_flight`), and a reply that moves carries a pointer rather than
 //! its bytes.
 //!
@@ -37,6 +39,7 @@ use super::core::{Info, RoomWait, put};
 use super::io::next_frame;
 use super::lock::StoreLock;
 use super::reply::{Abandoned, Handles, Pending, Reply, ReplyBlobSet, ReplyBytes, SlotBody};
+use super::slots::{FreeMark, SlotOrder};
 use super::{ClientOptions, connect_link};
 use crate::endpoint::TransportError;
 use crate::rpc::body::{self, Body};
@@ -97,70 +100,8 @@ struct Slot {
     /// The call's own short reply, when its caller led (see
     /// `Inner::own_reply_bytes`).
     own: SlotBody,
-}
-
-/// The free slots: a lock-free stack of slot indices, one
-/// compare-and-swap to take or give back a slot where a lock costs two
-/// locked instructions and a poison check. The head carries a tag bumped
-/// on every change, so a thread that read a top and its successor, then
-/// lost the CPU while others took and gave back that top, fails its swap
-/// instead of installing a stale successor (ABA).
-pub(crate) struct FreeSlots {
-    /// Low 32 bits: the index on top (0: empty; slot 0 is never used).
-    /// High 32 bits: the tag.
-    head: AtomicU64,
-    /// The index under each slot's, while it is free.
-    next: Box<[AtomicU32]>,
-}
-
-impl FreeSlots {
-    /// Slots `1..=n`, 1 on top.
-    fn new(n: u32) -> FreeSlots {
-        FreeSlots {
-            head: AtomicU64::new(u64::from(n.min(1))),
-            next: (0..=n)
-                .map(|i| AtomicU32::new(if i == 0 || i == n { 0 } else { i + 1 }))
-                .collect(),
-        }
-    }
-
-    #[inline]
-    fn pop(&self) -> Option<u32> {
-        let mut head = self.head.load(Ordering::Acquire);
-        loop {
-            let top = head as u32;
-            if top == 0 {
-                return None;
-            }
-            let under = self.next[top as usize].load(Ordering::Relaxed);
-            let new = (((head >> 32) + 1) << 32) | u64::from(under);
-            // Acquire: the slot's last user's writes (its release) are seen.
-            match self
-                .head
-                .compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire)
-            {
-                Ok(_) => return Some(top),
-                Err(h) => head = h,
-            }
-        }
-    }
-
-    #[inline]
-    pub(crate) fn push(&self, idx: u32) {
-        let mut head = self.head.load(Ordering::Relaxed);
-        loop {
-            self.next[idx as usize].store(head as u32, Ordering::Relaxed);
-            let new = ((((head >> 32) + 1) & 0xFFFF_FFFF) << 32) | u64::from(idx);
-            // Release: this slot's release, and `next`, before it is seen.
-            match self
-                .head
-                .compare_exchange_weak(head, new, Ordering::Release, Ordering::Relaxed)
-            {
-                Ok(_) => return,
-                Err(h) => head = h,
-            }
-        }
-    }
+    /// Whether the slot is free (taken by the sender, see `slots`).
+    free: FreeMark,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -175,14 +116,21 @@ struct Rx {
     broken: Option<String>,
 }
 
+/// What the sender's lock holds.
+struct Tx {
+    tx: Sender,
+    arena: rkyv::ser::allocator::Arena,
+    /// Only the sender takes slots (see `slots`).
+    order: SlotOrder,
+}
+
 struct Inner {
     info: Info,
-    /// The sender and its serializer's arena; released by a plain store
-    /// (see `StoreLock`), as is the receiver.
-    tx: StoreLock<(Sender, rkyv::ser::allocator::Arena)>,
+    /// The sender, its serializer's arena and the order of the slots;
+    /// released by a plain store (see `StoreLock`), as is the receiver.
+    tx: StoreLock<Tx>,
     rx: StoreLock<Rx>,
     slots: Box<[Slot]>,
-    free: FreeSlots,
     /// Callers asleep on their slot, to be asked to lead.
     parked: Mutex<VecDeque<u32>>,
     parked_n: AtomicUsize,
@@ -264,7 +212,11 @@ impl SharedClient {
         SharedClient {
             inner: Arc::new(Inner {
                 info,
-                tx: StoreLock::new((tx, rkyv::ser::allocator::Arena::new())),
+                tx: StoreLock::new(Tx {
+                    tx,
+                    arena: rkyv::ser::allocator::Arena::new(),
+                    order: SlotOrder::new(n as u32),
+                }),
                 rx: StoreLock::new(Rx {
                     rx,
                     closed: None,
@@ -272,7 +224,6 @@ impl SharedClient {
                 }),
                 // Slot 0 is never used: an id is never 0.
                 slots: (0..=n).map(|_| Slot::default()).collect(),
-                free: FreeSlots::new(n as u32),
                 parked: Mutex::new(VecDeque::new()),
                 parked_n: AtomicUsize::new(0),
                 abandoned,
@@ -405,27 +356,6 @@ impl SharedClient {
         }
     }
 
-    /// Takes a free slot for a new call and arms it; returns the call id.
-    #[inline]
-    fn take_slot(&self, method: u32) -> Result<u64, CallError> {
-        let idx = self
-            .inner
-            .free
-            .pop()
-            .ok_or_else(|| CallError::TooManyInFlight {
-                limit: self.inner.slots.len() - 1,
-            })?;
-        let slot = &self.inner.slots[idx as usize];
-        let generation = (slot.id.load(Ordering::Relaxed) >> INDEX_BITS).wrapping_add(1);
-        let id = (generation.max(1) << INDEX_BITS) | u64::from(idx);
-        slot.method.store(method, Ordering::Relaxed);
-        slot.state.store(WAITING, Ordering::Relaxed);
-        // Release: a leader that finds this id here (Acquire, under the
-        // data lock) sees the state and method above.
-        slot.id.store(id, Ordering::Release);
-        Ok(id)
-    }
-
     /// Starts a call (see [`Client::start`](super::Client::start)); the
     /// threads together may have `max_in_flight` calls in flight.
     ///
@@ -457,46 +387,54 @@ impl SharedClient {
         self.inner.info.check_ref(m.client, m.name)?;
         self.check_open()?;
         self.forget_given_up();
-        let id = self.take_slot(m.id)?;
-        let sent = self.send_frame(
+        self.send_frame(
             kind::REQUEST,
-            id,
             m.id,
             |buf, a| body::encode(request, buf, a),
             blobs,
-        );
-        if let Err(e) = sent {
-            self.inner.release_slot(id);
-            return Err(e);
-        }
-        Ok(id)
+        )
     }
 
+    /// Sends a frame of `frame_kind`; a request first takes a slot, under
+    /// the sender's lock (only the sender takes slots), and its call id is
+    /// returned (0 for another frame).
     fn send_frame(
         &self,
         frame_kind: u16,
-        id: u64,
         method: u32,
         encode: impl FnMut(
             &mut [u8],
             &mut rkyv::ser::allocator::Arena,
         ) -> Result<usize, body::EncodeError>,
         blobs: &[BlobHandle],
-    ) -> Result<(), CallError> {
+    ) -> Result<u64, CallError> {
         let inner = &*self.inner;
+        let mut guard = inner.tx.lock();
+        let Tx { tx, arena, order } = &mut *guard;
+        let id = if frame_kind == kind::REQUEST {
+            inner.take_slot(order, method)?
+        } else {
+            0
+        };
         let out = Out {
             frame_kind,
             id,
             method,
             blobs,
         };
-        let mut guard = inner.tx.lock();
-        let (tx, arena) = &mut *guard;
         // One dispatch per call: the ring's path is built without a branch
         // on the transport per frame operation.
-        match tx {
+        let sent = match tx {
             Sender::Ring(ring) => inner.put_on(ring, arena, out, encode),
             other => inner.put_on(other, arena, out, encode),
+        };
+        drop(guard);
+        match sent {
+            Ok(()) => Ok(id),
+            Err(e) => {
+                inner.release_slot(id);
+                Err(e)
+            }
         }
     }
 
@@ -563,11 +501,11 @@ impl SharedClient {
         self.forget_given_up();
         self.send_frame(
             kind::MESSAGE,
-            0,
             m.id,
             |buf, a| body::encode(message, buf, a),
             blobs,
         )
+        .map(drop)
     }
 
     fn wait_id<Resp: Body>(
@@ -657,6 +595,36 @@ enum Polled {
 }
 
 impl Inner {
+    /// Takes a free slot for a new call (`order`: the sender's, whose lock
+    /// the caller holds) and arms it; returns the call id.
+    #[inline]
+    fn take_slot(&self, order: &mut SlotOrder, method: u32) -> Result<u64, CallError> {
+        let idx = order
+            .take(self.last_given_here(), |i| &self.slots[i as usize].free)
+            .ok_or(CallError::TooManyInFlight {
+                limit: self.slots.len() - 1,
+            })?;
+        let slot = &self.slots[idx as usize];
+        let generation = (slot.id.load(Ordering::Relaxed) >> INDEX_BITS).wrapping_add(1);
+        let id = (generation.max(1) << INDEX_BITS) | u64::from(idx);
+        slot.method.store(method, Ordering::Relaxed);
+        slot.state.store(WAITING, Ordering::Relaxed);
+        // Release: a leader that finds this id here (Acquire, under the
+        // data lock) sees the state and method above.
+        slot.id.store(id, Ordering::Release);
+        Ok(id)
+    }
+
+    /// The slot whose mark this thread gave back last, if it is one of
+    /// ours (see `slots`).
+    #[inline]
+    fn last_given_here(&self) -> Option<u32> {
+        let at = FreeMark::last_given()
+            .wrapping_sub(self.slots.as_ptr() as usize + std::mem::offset_of!(Slot, free));
+        let i = at / std::mem::size_of::<Slot>();
+        (at.is_multiple_of(std::mem::size_of::<Slot>()) && i < self.slots.len()).then_some(i as u32)
+    }
+
     /// Writes a frame on `tx` (the sender, under its lock), reading
     /// replies while the ring is full if nobody else does.
     #[inline(always)]
@@ -709,7 +677,7 @@ impl Inner {
         match &self.ring {
             Some(r) => r.liveness.peer_gone(),
             None => match self.tx.try_lock() {
-                Some(g) => g.0.stream().is_none_or(stream_gone),
+                Some(g) => g.tx.stream().is_none_or(stream_gone),
                 None => false,
             },
         }
@@ -932,7 +900,7 @@ impl Inner {
             if slot.id.load(Ordering::Acquire) == id {
                 Self::unarm(slot, id);
                 drop(d);
-                self.free.push(idx as u32);
+                slot.free.give_back();
             }
             taken
         };
@@ -997,12 +965,12 @@ impl Inner {
         }
         Self::unarm(slot, id);
         drop(d);
-        self.free.push(idx as u32);
+        slot.free.give_back();
     }
 
     /// The leader's own reply body `bytes` (`id`'s), copied out of the
-    /// ring: a short one into its slot's buffer, the slot unarmed and kept
-    /// out of the free list until the reply is dropped (a reply that moves
+    /// ring: a short one into its slot's buffer, the slot unarmed and not
+    /// given back until the reply is dropped (a reply that moves
     /// carries a pointer, not the bytes); a long one as `reply_bytes`, the
     /// slot freed.
     ///
@@ -1019,7 +987,7 @@ impl Inner {
             return self.reply_bytes(bytes);
         }
         Self::unarm(slot, id);
-        // Unarmed, the slot gets no delivery; off the free list, no call
+        // Unarmed, the slot gets no delivery; not given back, no call
         // takes it until the `ReplyBytes::Slot` made here gives it back
         // when dropped; the last fill's slice went back with the slot
         // before this call took it.
@@ -1028,11 +996,10 @@ impl Inner {
         match unsafe { slot.own.fill(bytes) } {
             Some(b) => ReplyBytes::Slot {
                 bytes: b,
-                free: &self.free,
-                idx: idx as u32,
+                free: &slot.free,
             },
             None => {
-                self.free.push(idx as u32);
+                slot.free.give_back();
                 self.reply_bytes(bytes)
             }
         }
@@ -1114,51 +1081,12 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let (tx, _) = self.tx.get_mut();
+        let tx = &mut self.tx.get_mut().tx;
         if let Ok(mut g) = tx.try_reserve(kind::CLOSE, 4) {
             g.bytes_mut()
                 .copy_from_slice(&CloseReason::ClientClosed.code().to_le_bytes());
             let _ = g.commit_all();
             tx.publish();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::FreeSlots;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    #[test]
-    fn free_slots_hand_out_each_slot_once_then_run_dry() {
-        let free = FreeSlots::new(3);
-        let got: Vec<u32> = std::iter::from_fn(|| free.pop()).collect();
-        assert_eq!(got, [1, 2, 3]);
-        free.push(2);
-        assert_eq!((free.pop(), free.pop()), (Some(2), None));
-        assert_eq!(FreeSlots::new(0).pop(), None);
-    }
-
-    #[test]
-    fn threads_taking_and_giving_back_slots_never_share_one() {
-        const SLOTS: u32 = 8;
-        let free = FreeSlots::new(SLOTS);
-        let held: Vec<AtomicBool> = (0..=SLOTS).map(|_| AtomicBool::new(false)).collect();
-        std::thread::scope(|s| {
-            for _ in 0..4 {
-                s.spawn(|| {
-                    for _ in 0..50_000 {
-                        let Some(i) = free.pop() else { continue };
-                        let was = held[i as usize].swap(true, Ordering::AcqRel);
-                        assert!(!was, "slot {i} handed out twice");
-                        held[i as usize].store(false, Ordering::Release);
-                        free.push(i);
-                    }
-                });
-            }
-        });
-        let mut all: Vec<u32> = std::iter::from_fn(|| free.pop()).collect();
-        all.sort_unstable();
-        assert_eq!(all, (1..=SLOTS).collect::<Vec<_>>());
     }
 }
