@@ -80,7 +80,6 @@ struct SlotData {
     body: AlignedVec<16>,
 }
 
-#[derive(Default)]
 struct Slot {
     /// The call id this slot serves now; a free slot's has no index bits
     /// (its generation only), so no reply's id matches it. Compared with a
@@ -102,6 +101,20 @@ struct Slot {
     own: SlotBody,
     /// Whether the slot is free (taken by the sender, see `slots`).
     free: FreeMark,
+}
+
+impl Slot {
+    /// Slot `index`, free.
+    fn new(index: u32) -> Slot {
+        Slot {
+            id: AtomicU64::new(0),
+            state: AtomicU32::new(WAITING),
+            method: AtomicU32::new(0),
+            data: Mutex::default(),
+            own: SlotBody::default(),
+            free: FreeMark::new(index),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -223,7 +236,7 @@ impl SharedClient {
                     broken: None,
                 }),
                 // Slot 0 is never used: an id is never 0.
-                slots: (0..=n).map(|_| Slot::default()).collect(),
+                slots: (0..=n as u32).map(Slot::new).collect(),
                 parked: Mutex::new(VecDeque::new()),
                 parked_n: AtomicUsize::new(0),
                 abandoned,
@@ -600,8 +613,8 @@ impl Inner {
     #[inline]
     fn take_slot(&self, order: &mut SlotOrder, method: u32) -> Result<u64, CallError> {
         let idx = order
-            .take(self.last_given_here(), |i| &self.slots[i as usize].free)
-            .ok_or(CallError::TooManyInFlight {
+            .take(|i| &self.slots[i as usize].free)
+            .ok_or_else(|| CallError::TooManyInFlight {
                 limit: self.slots.len() - 1,
             })?;
         let slot = &self.slots[idx as usize];
@@ -613,16 +626,6 @@ impl Inner {
         // data lock) sees the state and method above.
         slot.id.store(id, Ordering::Release);
         Ok(id)
-    }
-
-    /// The slot whose mark this thread gave back last, if it is one of
-    /// ours (see `slots`).
-    #[inline]
-    fn last_given_here(&self) -> Option<u32> {
-        let at = FreeMark::last_given()
-            .wrapping_sub(self.slots.as_ptr() as usize + std::mem::offset_of!(Slot, free));
-        let i = at / std::mem::size_of::<Slot>();
-        (at.is_multiple_of(std::mem::size_of::<Slot>()) && i < self.slots.len()).then_some(i as u32)
     }
 
     /// Writes a frame on `tx` (the sender, under its lock), reading

@@ -20,63 +20,65 @@
 //! cross-core fetch each.
 
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 thread_local! {
-    /// The address of the mark this thread last gave back (0: none).
-    static LAST_GIVEN: Cell<usize> = const { Cell::new(0) };
+    /// The mark this thread last gave back (its address, 0 for none) and
+    /// its slot: a hint, checked against the marks it is used on.
+    static LAST_GIVEN: Cell<(usize, u32)> = const { Cell::new((0, 0)) };
 }
 
 /// Whether one slot is free.
 #[derive(Debug)]
-pub(crate) struct FreeMark(AtomicBool);
-
-impl Default for FreeMark {
-    fn default() -> Self {
-        FreeMark(AtomicBool::new(true))
-    }
+pub(crate) struct FreeMark {
+    free: AtomicBool,
+    /// The slot's index.
+    slot: u32,
 }
 
 impl FreeMark {
+    /// The mark of slot `slot`, free.
+    pub(crate) fn new(slot: u32) -> FreeMark {
+        FreeMark {
+            free: AtomicBool::new(true),
+            slot,
+        }
+    }
+
     /// Gives the slot back; only the holder of the slot's call does.
     #[inline]
     pub(crate) fn give_back(&self) {
         // Release: the holder's last writes to the slot before its next
         // taker's first (which reads the mark with Acquire).
-        self.0.store(true, Ordering::Release);
-        LAST_GIVEN.set(std::ptr::from_ref(self) as usize);
-    }
-
-    /// The address of the mark this thread gave back last (0: none); a
-    /// hint for [`SlotOrder::take`], which checks the mark it names.
-    #[inline]
-    pub(crate) fn last_given() -> usize {
-        LAST_GIVEN.get()
+        self.free.store(true, Ordering::Release);
+        LAST_GIVEN.set((std::ptr::from_ref(self) as usize, self.slot));
     }
 
     /// Takes the slot if it is free; only the sender's lock holder does.
     #[inline]
     fn try_take(&self) -> bool {
-        if self.0.load(Ordering::Acquire) {
+        if self.free.load(Ordering::Acquire) {
             // Nobody else writes a free mark: the taker is alone (the
             // sender's lock), and a free slot has no holder to give it back.
-            self.0.store(false, Ordering::Relaxed);
+            self.free.store(false, Ordering::Relaxed);
             return true;
         }
         false
     }
 }
 
-/// How many slots, from the oldest taken, the sender looks at before it
+/// How many used slots the sender looks at, from its cursor, before it
 /// takes a slot never used.
-const LOOK_AHEAD: usize = 8;
+const LOOK_AHEAD: u32 = 8;
 
-/// The order in which the sender looks for a free slot: every slot taken
-/// at least once, oldest taking first, then the slots never taken.
+/// Where the sender looks for a free slot: the slot its thread gave back
+/// last, then the used slots (`1..fresh`) in turn from a cursor that moves
+/// past each one looked at (taken in turn and given back in turn, the
+/// cursor's slot is the one taken longest ago), then a slot never used.
 #[derive(Debug)]
 pub(crate) struct SlotOrder {
-    used: VecDeque<u32>,
+    /// The next used slot to look at.
+    cursor: u32,
     /// The next slot never taken (slot 0 is never used).
     fresh: u32,
     /// The last slot.
@@ -87,58 +89,55 @@ impl SlotOrder {
     /// Slots `1..=last`, none taken yet.
     pub(crate) fn new(last: u32) -> SlotOrder {
         SlotOrder {
-            used: VecDeque::new(),
+            cursor: 1,
             fresh: 1,
             last,
         }
     }
 
-    /// Takes a free slot of `marks` (indexed by slot; `marks(i)` is slot
-    /// `i`'s mark), or `None` if all are taken; `hint` is a slot to look
-    /// at first (this thread's last given back, see the module doc).
+    /// Takes a free slot of `marks` (indexed by slot: `marks(i)` is slot
+    /// `i`'s), or `None` if all are taken.
     #[inline]
-    pub(crate) fn take<'m>(
-        &mut self,
-        hint: Option<u32>,
-        marks: impl Fn(u32) -> &'m FreeMark,
-    ) -> Option<u32> {
-        // Taken at least once (it was given back), so it is in `used`;
-        // where it is there does not matter.
-        if let Some(i) = hint.filter(|&i| (1..self.fresh).contains(&i))
-            && marks(i).try_take()
-        {
+    pub(crate) fn take<'m>(&mut self, marks: impl Fn(u32) -> &'m FreeMark) -> Option<u32> {
+        if let Some(i) = self.take_hinted(&marks) {
             return Some(i);
         }
-        // The slot taken longest ago, then a few more.
-        let near = self.used.len().min(LOOK_AHEAD);
-        if let Some(i) = self.take_used(0..near, &marks) {
+        let used = self.fresh - 1;
+        if let Some(i) = self.take_used(used.min(LOOK_AHEAD), &marks) {
             return Some(i);
         }
-        if self.fresh <= self.last {
-            let i = self.fresh;
+        if self.fresh <= self.last && marks(self.fresh).try_take() {
             self.fresh += 1;
+            return Some(self.fresh - 1);
+        }
+        // Every slot has been used: look at them all.
+        self.take_used(used, &marks)
+    }
+
+    /// Takes the slot this thread gave back last, if it is one of these
+    /// and free.
+    #[inline]
+    fn take_hinted<'m>(&self, marks: &impl Fn(u32) -> &'m FreeMark) -> Option<u32> {
+        let (addr, i) = LAST_GIVEN.get();
+        if !(1..self.fresh).contains(&i) {
+            return None;
+        }
+        let m = marks(i);
+        (std::ptr::from_ref(m) as usize == addr && m.try_take()).then_some(i)
+    }
+
+    /// Looks at up to `n` used slots from the cursor, taking the first
+    /// free one; the cursor moves past each slot looked at.
+    #[inline]
+    fn take_used<'m>(&mut self, n: u32, marks: &impl Fn(u32) -> &'m FreeMark) -> Option<u32> {
+        for _ in 0..n {
+            let i = self.cursor;
+            self.cursor = if i + 1 >= self.fresh { 1 } else { i + 1 };
             if marks(i).try_take() {
-                self.used.push_back(i);
                 return Some(i);
             }
         }
-        // Every slot has been used: look at them all.
-        self.take_used(near..self.used.len(), &marks)
-    }
-
-    /// Takes the first free slot among the used ones at `at` (positions
-    /// from the oldest taking); it goes to the back, the others keep their
-    /// places.
-    #[inline]
-    fn take_used<'m>(
-        &mut self,
-        at: std::ops::Range<usize>,
-        marks: &impl Fn(u32) -> &'m FreeMark,
-    ) -> Option<u32> {
-        let k = at.into_iter().find(|&k| marks(self.used[k]).try_take())?;
-        let i = self.used.remove(k)?;
-        self.used.push_back(i);
-        Some(i)
+        None
     }
 }
 
@@ -148,18 +147,18 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     fn marks(n: u32) -> Vec<FreeMark> {
-        (0..=n).map(|_| FreeMark::default()).collect()
+        (0..=n).map(FreeMark::new).collect()
     }
 
     #[test]
     fn every_slot_is_taken_once_then_none() {
         let m = marks(5);
         let mut order = SlotOrder::new(5);
-        let got: Vec<u32> = std::iter::from_fn(|| order.take(None, |i| &m[i as usize])).collect();
+        let got: Vec<u32> = std::iter::from_fn(|| order.take(|i| &m[i as usize])).collect();
         assert_eq!(got, [1, 2, 3, 4, 5]);
         m[3].give_back();
-        assert_eq!(order.take(None, |i| &m[i as usize]), Some(3));
-        assert_eq!(order.take(None, |i| &m[i as usize]), None);
+        assert_eq!(order.take(|i| &m[i as usize]), Some(3));
+        assert_eq!(order.take(|i| &m[i as usize]), None);
     }
 
     #[test]
@@ -173,7 +172,7 @@ mod tests {
                 let i: u32 = in_flight.pop_front().expect("in flight");
                 m[i as usize].give_back();
             }
-            let i = order.take(None, |i| &m[i as usize]).expect("a free slot");
+            let i = order.take(|i| &m[i as usize]).expect("a free slot");
             seen.insert(i);
             in_flight.push_back(i);
         }
@@ -184,14 +183,14 @@ mod tests {
     fn a_long_call_at_the_front_does_not_stop_the_others() {
         let m = marks(16);
         let mut order = SlotOrder::new(16);
-        let long = order.take(None, |i| &m[i as usize]).expect("a slot");
+        let long = order.take(|i| &m[i as usize]).expect("a slot");
         for _ in 0..1000 {
-            let i = order.take(None, |i| &m[i as usize]).expect("a free slot");
+            let i = order.take(|i| &m[i as usize]).expect("a free slot");
             assert_ne!(i, long, "the long call's slot handed out again");
             m[i as usize].give_back();
         }
         // All but the long call's slot are free and found.
-        let got: Vec<u32> = std::iter::from_fn(|| order.take(None, |i| &m[i as usize])).collect();
+        let got: Vec<u32> = std::iter::from_fn(|| order.take(|i| &m[i as usize])).collect();
         assert_eq!(got.len(), 15);
         assert!(!got.contains(&long));
     }
@@ -200,15 +199,14 @@ mod tests {
     fn slots_given_back_out_of_order_are_all_found() {
         let m = marks(64);
         let mut order = SlotOrder::new(64);
-        let all: Vec<u32> = std::iter::from_fn(|| order.take(None, |i| &m[i as usize])).collect();
+        let all: Vec<u32> = std::iter::from_fn(|| order.take(|i| &m[i as usize])).collect();
         assert_eq!(all.len(), 64);
         // Give back every third slot, from the back.
         let back: Vec<u32> = all.iter().rev().step_by(3).copied().collect();
         for &i in &back {
             m[i as usize].give_back();
         }
-        let mut again: Vec<u32> =
-            std::iter::from_fn(|| order.take(None, |i| &m[i as usize])).collect();
+        let mut again: Vec<u32> = std::iter::from_fn(|| order.take(|i| &m[i as usize])).collect();
         again.sort_unstable();
         let mut want = back.clone();
         want.sort_unstable();
@@ -228,7 +226,7 @@ mod tests {
             for _ in 0..4 {
                 s.spawn(|| {
                     for _ in 0..50_000 {
-                        let taken = order.lock().expect("order").take(None, |i| &m[i as usize]);
+                        let taken = order.lock().expect("order").take(|i| &m[i as usize]);
                         let Some(i) = taken else { continue };
                         let was = held[i as usize].swap(true, Ordering::AcqRel);
                         assert!(!was, "slot {i} handed out twice");
@@ -239,8 +237,7 @@ mod tests {
             }
         });
         let mut order = order.into_inner().expect("order");
-        let mut all: Vec<u32> =
-            std::iter::from_fn(|| order.take(None, |i| &m[i as usize])).collect();
+        let mut all: Vec<u32> = std::iter::from_fn(|| order.take(|i| &m[i as usize])).collect();
         all.sort_unstable();
         assert_eq!(all, (1..=SLOTS).collect::<Vec<_>>());
     }
@@ -249,19 +246,24 @@ mod tests {
     fn the_slot_this_thread_gave_back_last_is_taken_first() {
         let m = marks(64);
         let mut order = SlotOrder::new(64);
-        let all: Vec<u32> = std::iter::from_fn(|| order.take(None, |i| &m[i as usize])).collect();
+        let all: Vec<u32> = std::iter::from_fn(|| order.take(|i| &m[i as usize])).collect();
+        assert_eq!(all.len(), 64);
         m[40].give_back();
         m[9].give_back();
-        let addr = FreeMark::last_given();
-        let hint = (1..=64u32).find(|&i| std::ptr::from_ref(&m[i as usize]) as usize == addr);
-        assert_eq!(hint, Some(9));
-        assert_eq!(order.take(hint, |i| &m[i as usize]), Some(9));
+        assert_eq!(order.take(|i| &m[i as usize]), Some(9));
         // Taken already: the hint is passed over, the other one found.
-        assert_eq!(order.take(hint, |i| &m[i as usize]), Some(40));
-        assert_eq!(order.take(hint, |i| &m[i as usize]), None);
-        // A hint never handed out is ignored.
-        let m = marks(4);
-        assert_eq!(SlotOrder::new(4).take(Some(3), |i| &m[i as usize]), Some(1));
-        assert_eq!(all.len(), 64);
+        assert_eq!(order.take(|i| &m[i as usize]), Some(40));
+        assert_eq!(order.take(|i| &m[i as usize]), None);
+        // The hint names a mark of `m`: other marks pass it over.
+        let other = marks(64);
+        let mut fresh = SlotOrder::new(64);
+        for want in 1..=10 {
+            assert_eq!(fresh.take(|i| &other[i as usize]), Some(want));
+        }
+        other[9].give_back();
+        m[9].give_back();
+        assert_eq!(fresh.take_hinted(&|i| &other[i as usize]), None);
+        other[9].give_back();
+        assert_eq!(fresh.take_hinted(&|i| &other[i as usize]), Some(9));
     }
 }
