@@ -19,6 +19,7 @@ on_every_transport!(
     a_dropped_pending_gives_its_slot_back,
     max_in_flight_is_exact_however_the_slots_come_back,
     held_replies_keep_their_bytes_and_their_slots,
+    a_wait_that_times_out_gives_its_slot_back,
 );
 
 const THREADS: u64 = 8;
@@ -201,6 +202,39 @@ fn a_dropped_pending_gives_its_slot_back(t: Transport) {
             round + 1
         );
         assert_eq!(client.in_flight(), 0, "round {round}");
+    }
+}
+
+/// A leader whose wait ends before its reply came (a deadline already
+/// past) gives its call's slot back: with `LIMIT` slots, hundreds of such
+/// calls leave every slot free, and the replies that come late are
+/// discarded, never handed to the calls that reuse the slots.
+fn a_wait_that_times_out_gives_its_slot_back(t: Transport) {
+    const LIMIT: usize = 4;
+    let (_server, client) = limited_client(t, "shared-timeout", LIMIT);
+    let add = client.method(ADD).expect("add");
+    let mut timeouts = 0;
+    for i in 0..400u64 {
+        let p = client.start(add, &Add { a: i, b: 1 }, &[]).expect("start");
+        match client.wait(p, Some(std::time::Instant::now())) {
+            Ok(r) => assert_eq!(r.sum.to_native(), i + 1, "call {i}"),
+            Err(isocall::CallError::Timeout) => timeouts += 1,
+            Err(e) => panic!("call {i}: {e:?}"),
+        }
+        assert_eq!(client.in_flight(), 0, "call {i}");
+    }
+    assert!(timeouts > 0, "no wait timed out");
+    // Every slot is free, and every answer is the right one.
+    let pending: Vec<_> = (0..LIMIT as u64)
+        .map(|i| {
+            client
+                .start(add, &Add { a: i, b: 100 }, &[])
+                .expect("start")
+        })
+        .collect();
+    for (i, p) in pending.into_iter().enumerate() {
+        let r = client.wait(p, None).expect("wait");
+        assert_eq!(r.sum.to_native(), i as u64 + 100);
     }
 }
 

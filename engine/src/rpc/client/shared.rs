@@ -344,10 +344,11 @@ impl SharedClient {
         Ok(blob.handle())
     }
 
+    #[inline(always)]
     fn check_open(&self) -> Result<(), CallError> {
         match self.inner.closed.load(Ordering::Acquire) {
             0 => Ok(()),
-            c => Err(CallError::Closed(CloseReason::from_code(c))),
+            c => Err(closed_error(c)),
         }
     }
 
@@ -540,14 +541,7 @@ impl SharedClient {
                 let r = inner.lead::<Resp>(&mut rx, id, &mut deadline, timeout);
                 drop(rx);
                 inner.hand_off();
-                return match r {
-                    Ok(Some(bytes_and_blobs)) => Ok(bytes_and_blobs),
-                    Ok(None) => inner.take_reply(id),
-                    Err(e) => {
-                        inner.release_slot(id);
-                        Err(e)
-                    }
-                };
+                return r;
             }
             if spinner.spin() {
                 continue;
@@ -589,6 +583,12 @@ impl SharedClient {
             spinner = Spinner::yielding(inner.info.options.strategy);
         }
     }
+}
+
+/// The error of a call on a connection the server closed with `code`.
+#[cold]
+fn closed_error(code: u32) -> CallError {
+    CallError::Closed(CloseReason::from_code(code))
 }
 
 /// A frame to send, but its body.
@@ -688,7 +688,10 @@ impl Inner {
 
     /// Reads frames as the leader until `id`'s reply comes (returned
     /// directly, never stored), or it was delivered to its slot meanwhile
-    /// (`None`), or the deadline passes.
+    /// (taken from there), or the deadline passes (the call given up, its
+    /// slot freed). One return type all the way up: the reply is built
+    /// where the caller gets it, not moved (128 bytes) from one wrapper to
+    /// the next.
     #[inline(always)]
     fn lead<Resp: Body>(
         &self,
@@ -696,7 +699,7 @@ impl Inner {
         id: u64,
         deadline: &mut Option<Instant>,
         timeout: Duration,
-    ) -> Result<Option<Reply<'_, Resp>>, CallError> {
+    ) -> Result<Reply<'_, Resp>, CallError> {
         let Rx { rx, closed, broken } = rx;
         // One dispatch per wait: the ring's path is built without a branch
         // on the transport per frame operation.
@@ -718,7 +721,7 @@ impl Inner {
         id: u64,
         deadline: &mut Option<Instant>,
         timeout: Duration,
-    ) -> Result<Option<Reply<'_, Resp>>, CallError> {
+    ) -> Result<Reply<'_, Resp>, CallError> {
         let idx = (id & ((1 << INDEX_BITS) - 1)) as usize;
         let slot = &self.slots[idx];
         let strategy = self.info.options.strategy;
@@ -726,25 +729,25 @@ impl Inner {
         let mut others = 0u32;
         loop {
             if slot.state.load(Ordering::Acquire) == READY {
-                return Ok(None);
+                return self.take_reply(id);
             }
             if let Some(r) = *closed {
-                return Err(CallError::Closed(r));
+                return Err(self.give_up(id, CallError::Closed(r)));
             }
             if broken.is_some() {
-                return Err(CallError::PeerDied);
+                return Err(self.give_up(id, CallError::PeerDied));
             }
             let frame = match self.next_frame(rx, ring, strategy, deadline, timeout) {
                 Ok(f) => f,
-                Err(TransportError::Timeout) => return Err(CallError::Timeout),
+                Err(TransportError::Timeout) => return Err(self.give_up(id, CallError::Timeout)),
                 Err(TransportError::PeerDied) => {
                     self.wake_everyone();
-                    return Err(CallError::PeerDied);
+                    return Err(self.give_up(id, CallError::PeerDied));
                 }
                 Err(e) => {
                     *broken = Some(e.to_string());
                     self.wake_everyone();
-                    return Err(e.into());
+                    return Err(self.give_up(id, e.into()));
                 }
             };
             let k = frame.kind();
@@ -758,13 +761,16 @@ impl Inner {
                 *closed = Some(r);
                 self.closed.store(r.code().max(1), Ordering::Release);
                 self.wake_everyone();
-                return Err(CallError::Closed(r));
+                return Err(self.give_up(id, CallError::Closed(r)));
             }
             if k != kind::RESPONSE {
                 frame.release();
                 *broken = Some(format!("frame kind {k}"));
                 self.wake_everyone();
-                return Err(CallError::BadReply(ReplyError::UnexpectedKind { kind: k }));
+                return Err(self.give_up(
+                    id,
+                    CallError::BadReply(ReplyError::UnexpectedKind { kind: k }),
+                ));
             }
             let p = match wire::parse(frame.payload()) {
                 Ok(p) => p,
@@ -772,7 +778,7 @@ impl Inner {
                     // The frame stays unreleased: the ring is broken.
                     *broken = Some(e.to_string());
                     self.wake_everyone();
-                    return Err(CallError::BadReply(e.into()));
+                    return Err(self.give_up(id, CallError::BadReply(e.into())));
                 }
             };
             if p.head.id == id {
@@ -783,7 +789,7 @@ impl Inner {
                 let blobs = ReplyBlobSet::new(Handles::of(&p), self.pool.as_deref());
                 let body = self.own_reply_bytes(id, p.body);
                 frame.release();
-                return self.finish_reply(method, status, body, blobs).map(Some);
+                return self.finish_reply(method, status, body, blobs);
             }
             self.deliver(&p);
             frame.release();
@@ -794,9 +800,17 @@ impl Inner {
             if others.is_multiple_of(16)
                 && Instant::now() >= *deadline.get_or_insert_with(|| crate::deadline_in(timeout))
             {
-                return Err(CallError::Timeout);
+                return Err(self.give_up(id, CallError::Timeout));
             }
         }
+    }
+
+    /// `e`, the error that ends the wait for `id`'s reply before it came:
+    /// the call is given up, its slot freed.
+    #[cold]
+    fn give_up(&self, id: u64, e: CallError) -> CallError {
+        self.release_slot(id);
+        e
     }
 
     /// The leader's wait for the next frame. On a ring with `BusySpin`, a
@@ -982,7 +996,7 @@ impl Inner {
     /// receiver's holder, the leader itself, and no other thread frees a
     /// call whose caller waits for it (only given-up calls are freed by
     /// others).
-    #[inline]
+    #[inline(always)]
     fn own_reply_bytes(&self, id: u64, bytes: &[u8]) -> ReplyBytes<'_> {
         let idx = (id & ((1 << INDEX_BITS) - 1)) as usize;
         let slot = &self.slots[idx];
@@ -1010,6 +1024,7 @@ impl Inner {
 
     /// Marks `slot`, which serves `id`, free (its generation kept): no
     /// reply's id matches it any more. Under the slot's data lock.
+    #[inline(always)]
     fn unarm(slot: &Slot, id: u64) {
         slot.id
             .store(id & !((1 << INDEX_BITS) - 1), Ordering::Release);
