@@ -20,6 +20,7 @@ on_every_transport!(
     max_in_flight_is_exact_however_the_slots_come_back,
     held_replies_keep_their_bytes_and_their_slots,
     a_wait_that_times_out_gives_its_slot_back,
+    a_pending_waited_on_another_client_is_given_up_on_its_own,
 );
 
 const THREADS: u64 = 8;
@@ -235,6 +236,43 @@ fn a_wait_that_times_out_gives_its_slot_back(t: Transport) {
     for (i, p) in pending.into_iter().enumerate() {
         let r = client.wait(p, None).expect("wait");
         assert_eq!(r.sum.to_native(), i as u64 + 100);
+    }
+}
+
+/// A pending call waited on a client it was not started on is refused
+/// (`ForeignMethod`) and given up on the client it was started on: its
+/// slot comes back there, for a `SharedClient` and a `Client` alike.
+fn a_pending_waited_on_another_client_is_given_up_on_its_own(t: Transport) {
+    let (_server, socket) = server_process(t, "shared-foreign");
+    let limited = ClientOptions::default().max_in_flight(2);
+    let a = SharedClient::connect_with(&socket, limited.clone()).expect("connect a");
+    let b = SharedClient::connect(&socket).expect("connect b");
+    let add = a.method(ADD).expect("add");
+    for round in 0..10u64 {
+        let p = a.start(add, &Add { a: round, b: 1 }, &[]).expect("start");
+        match b.wait(p, None) {
+            Err(isocall::CallError::ForeignMethod { .. }) => {}
+            other => panic!("round {round}: {other:?}"),
+        }
+        // Given up on `a`: its slot is free again for the next starts
+        // (two slots; ten rounds would run out of them).
+        let r = a.call(add, &Add { a: round, b: 2 }).expect("call");
+        assert_eq!(r.sum.to_native(), round + 2);
+        drop(r);
+        assert_eq!(a.in_flight(), 0, "round {round}");
+    }
+    let mut c = isocall::Client::connect_with(&socket, limited).expect("connect c");
+    let add_c = c.method(ADD).expect("add");
+    for round in 0..10u64 {
+        let p = c.start(add_c, &Add { a: round, b: 1 }, &[]).expect("start");
+        match b.wait(p, None) {
+            Err(isocall::CallError::ForeignMethod { .. }) => {}
+            other => panic!("round {round}: {other:?}"),
+        }
+        let r = c.call(add_c, &Add { a: round, b: 3 }).expect("call");
+        assert_eq!(r.sum.to_native(), round + 3);
+        drop(r);
+        assert_eq!(c.in_flight(), 0, "round {round}");
     }
 }
 

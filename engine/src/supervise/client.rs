@@ -420,8 +420,10 @@ impl SupervisedClient {
         pending: Pending<Resp>,
         deadline: Option<Instant>,
     ) -> Result<Reply<'_, Resp>, SupervisedError> {
-        let (seq, client) = pending.defuse();
-        self.check_ref(client, "a pending call")?;
+        // Checked before the pending is disarmed: one of another client,
+        // refused, is dropped armed and given up on its own client.
+        self.check_ref(pending.client, "a pending call")?;
+        let (seq, _) = pending.defuse();
         let mut call = self.calls.remove(&seq).ok_or(CallError::ForeignMethod {
             method: "a call waited for twice",
         })?;

@@ -723,8 +723,10 @@ impl Client {
         pending: Pending<Resp>,
         deadline: Option<Instant>,
     ) -> Result<Reply<'_, Resp>, CallError> {
-        let (id, client) = pending.defuse();
-        self.info.check_ref(client, "a pending call")?;
+        // Checked before the pending is disarmed: one of another client,
+        // refused, is dropped armed and given up on its own client.
+        self.info.check_ref(pending.client, "a pending call")?;
+        let (id, _) = pending.defuse();
         self.wait_id::<Resp>(id, deadline)
     }
 

@@ -12,7 +12,9 @@
 //! cores, and a spinner that never yields keeps the thread it waits for
 //! off a core it shares). A lone caller is always the leader: it pays two
 //! uncontended locks (the sender's, under which it also takes its slot,
-//! and the receiver's) and no thread hand-off. A slot is given back with
+//! and the receiver's; a reply over 64 bytes also takes a spare buffer
+//! from, and gives it back to, a list under a mutex) and no thread
+//! hand-off. A slot is given back with
 //! a plain store, and taken by the sender alone (see `slots`).
 //!
 //! The leader's own reply, if short, is copied once, into a buffer of its
@@ -463,8 +465,12 @@ impl SharedClient {
         pending: Pending<Resp>,
         deadline: Option<Instant>,
     ) -> Result<Reply<'_, Resp>, CallError> {
-        let (id, client) = pending.defuse();
-        self.inner.info.check_ref(client, "a pending call")?;
+        // Checked before the pending is disarmed: one of another client,
+        // refused, is dropped armed and given up on its own client.
+        self.inner
+            .info
+            .check_ref(pending.client, "a pending call")?;
+        let (id, _) = pending.defuse();
         self.wait_id(id, deadline)
     }
 
@@ -687,7 +693,7 @@ impl Inner {
     }
 
     /// Reads frames as the leader until `id`'s reply comes (returned
-    /// directly, never stored), or it was delivered to its slot meanwhile
+    /// directly, never delivered to the slot's data), or it was delivered to its slot meanwhile
     /// (taken from there), or the deadline passes (the call given up, its
     /// slot freed). One return type all the way up: the reply is built
     /// where the caller gets it, not moved (128 bytes) from one wrapper to
@@ -1022,8 +1028,10 @@ impl Inner {
         }
     }
 
-    /// Marks `slot`, which serves `id`, free (its generation kept): no
-    /// reply's id matches it any more. Under the slot's data lock.
+    /// Unarms `slot`, which serves `id` (its generation kept): no reply's
+    /// id matches it any more; the slot is not given back (see `FreeMark`).
+    /// Under the slot's data lock, but by the leader for its own call (see
+    /// `own_reply_bytes`).
     #[inline(always)]
     fn unarm(slot: &Slot, id: u64) {
         slot.id

@@ -1,9 +1,13 @@
 //! Which of a shared client's slots are free, without a locked instruction.
 //!
-//! A slot is given back by whoever ends its call (its caller, the reply it
-//! holds, a leader freeing a given-up call) with one Release store to its
-//! [`FreeMark`]; it is taken only by the sender's lock holder, which alone
-//! uses the [`SlotOrder`]. So neither end pays a compare-and-swap: on x86
+//! A slot is given back by whoever ends its call (its caller taking the
+//! reply, the short reply it holds when dropped, a leader whose wait ended
+//! without the reply, a caller whose request could not be sent, the next
+//! thread to start a call after a `Pending` was dropped) with one Release
+//! store to its [`FreeMark`]; it is taken only by the sender's lock
+//! holder, which alone uses the [`SlotOrder`]. So a call refused for want
+//! of a slot waits for the sender's lock first, as a call that gets one
+//! does (the holder may be waiting for room in a full ring). So neither end pays a compare-and-swap: on x86
 //! a locked instruction waits for every store before it to leave the
 //! core, and a caller's last stores are to the ring, lines its server
 //! reads, so each one costs a cross-core fetch (a lone pipelining caller
