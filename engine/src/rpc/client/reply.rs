@@ -92,8 +92,8 @@ impl SlotBody {
     /// # Safety
     ///
     /// The caller's call holds this buffer's slot (took it and has not
-    /// given it back), and no slice from an earlier
-    /// `fill` is alive (each is given back with the slot it lives in).
+    /// given it back), and no slice from an earlier `fill` is alive (each
+    /// is given back with the slot it lives in).
     #[inline(always)]
     #[allow(unsafe_code)]
     // SAFETY: an unsafe fn: its callers uphold the contract above.

@@ -14,8 +14,8 @@
 //! uncontended locks (the sender's, under which it also takes its slot,
 //! and the receiver's; a reply over 64 bytes also takes a spare buffer
 //! from, and gives it back to, a list under a mutex) and no thread
-//! hand-off. A slot is given back with
-//! a plain store, and taken by the sender alone (see `slots`).
+//! hand-off. A slot is given back with a plain store, and taken by the
+//! sender alone (see `slots`).
 //!
 //! The leader's own reply, if short, is copied once, into a buffer of its
 //! call's slot, and the `Reply` points there: the slot is not given back
@@ -693,9 +693,9 @@ impl Inner {
     }
 
     /// Reads frames as the leader until `id`'s reply comes (returned
-    /// directly, never delivered to the slot's data), or it was delivered to its slot meanwhile
-    /// (taken from there), or the deadline passes (the call given up, its
-    /// slot freed). One return type all the way up: the reply is built
+    /// directly, never delivered to the slot's data), or it was delivered
+    /// to its slot meanwhile (taken from there), or the deadline passes
+    /// (the call given up, its slot freed). One return type all the way up: the reply is built
     /// where the caller gets it, not moved (128 bytes) from one wrapper to
     /// the next.
     #[inline(always)]
@@ -993,9 +993,9 @@ impl Inner {
 
     /// The leader's own reply body `bytes` (`id`'s), copied out of the
     /// ring: a short one into its slot's buffer, the slot unarmed and not
-    /// given back until the reply is dropped (a reply that moves
-    /// carries a pointer, not the bytes); a long one as `reply_bytes`, the
-    /// slot freed.
+    /// given back until the reply is dropped (a reply that moves carries a
+    /// pointer, not the bytes); a long one as `reply_bytes`, the slot
+    /// freed.
     ///
     /// Without the slot's lock, which keeps a reply from being delivered
     /// into a slot being freed: replies are delivered only by the

@@ -5,23 +5,23 @@
 //! without the reply, a caller whose request could not be sent, the next
 //! thread to start a call after a `Pending` was dropped) with one Release
 //! store to its [`FreeMark`]; it is taken only by the sender's lock
-//! holder, which alone uses the [`SlotOrder`]. So a call refused for want
-//! of a slot waits for the sender's lock first, as a call that gets one
-//! does (the holder may be waiting for room in a full ring). So neither end pays a compare-and-swap: on x86
-//! a locked instruction waits for every store before it to leave the
-//! core, and a caller's last stores are to the ring, lines its server
-//! reads, so each one costs a cross-core fetch (a lone pipelining caller
-//! measured about 5 % more calls a second than with a lock-free stack).
+//! holder, which alone uses the [`SlotOrder`]. So neither end pays a
+//! compare-and-swap: on x86 a locked instruction waits for every store
+//! before it to leave the core, and a caller's last stores are to the
+//! ring, lines its server reads, so each one cost a cross-core fetch (a
+//! lone pipelining caller measured about 5 % more calls a second than
+//! with a lock-free stack). A call refused for want of a slot waits for
+//! the sender's lock first, as a call that gets one does.
 //!
 //! The sender looks first at the slot its own thread gave back last (a
-//! thread that waits for a reply, drops it and starts the next call
-//! takes back the slot it just gave), then at the slot taken longest ago
-//! (with replies taken in the order calls started, that one is free: a
-//! thread that only starts calls while another waits for them), then at a
-//! few after it, then at a slot never used, then at all. So the slots in
-//! use stay about as many as the calls in flight, and their lines stay in
-//! the cache: looking at the marks of slots other threads wait on costs a
-//! cross-core fetch each.
+//! thread that waits for a reply, drops it and starts the next call takes
+//! back the slot it just gave), then at a few used slots from a cursor
+//! (taken in turn and given back in turn, the cursor's slot is the one
+//! taken longest ago: a thread that only starts calls while another waits
+//! for them), then at a slot never used, then at all the used ones. So
+//! the slots in use stay about as many as the calls in flight, and their
+//! lines stay in the cache: looking at the marks of slots other threads
+//! wait on costs a cross-core fetch each.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
