@@ -64,7 +64,8 @@ pub struct Producer<R: Region, P: Parker> {
 
 /// How far ahead of the tail the producer keeps header slots zeroed.
 const ZERO_AHEAD: u64 = 1024;
-/// Most slots zeroed per publish (the rest wait for the next publish).
+/// Slots zeroed per publish, or more after a publication of several
+/// frames (see `zero_ahead`; the rest wait for the next publish).
 const ZERO_PER_PUBLISH: usize = 4;
 
 /// Counters the producer keeps (mirrored into the ring's control block).
@@ -148,6 +149,13 @@ impl<R: Region, P: Parker> Producer<R, P> {
         self.ring.word(CONS_UNSEEN).load(Ordering::Relaxed)
     }
 
+    /// Frames committed and not yet published (held back by a producer
+    /// that publishes several at once).
+    #[inline]
+    pub fn unpublished(&self) -> u64 {
+        self.pending_frames
+    }
+
     /// Reserves room for a frame of `kind` with up to `len` payload bytes and
     /// returns a [`Grant`] to write it in place. Nothing is visible to the
     /// consumer until the grant is committed and [`publish`](Self::publish)ed;
@@ -207,6 +215,13 @@ impl<R: Region, P: Parker> Producer<R, P> {
         // word; it publishes this frame's payload, every later committed
         // frame's header and payload, and the terminator after the last one.
         self.ring.header(pos).store(word, Ordering::Release);
+        // Lines a publication of several frames covered: `zero_ahead`
+        // readies as many.
+        let lines = if self.pending_frames > 1 {
+            ((self.tail - self.published) / FRAME_ALIGN as u64) as usize
+        } else {
+            0
+        };
         self.published = self.tail;
         self.stats.frames += self.pending_frames;
         self.stats.bytes += self.pending_bytes;
@@ -236,7 +251,7 @@ impl<R: Region, P: Parker> Producer<R, P> {
             self.wake_consumer();
         }
         if self.zero_ahead {
-            self.zero_ahead();
+            self.zero_ahead(lines);
         }
     }
 
@@ -273,10 +288,15 @@ impl<R: Region, P: Parker> Producer<R, P> {
         }
     }
 
-    /// Zeroes a few header slots past the tail, within free space and at
-    /// most `ZERO_AHEAD` ahead. It skips the slot at the tail itself, which
-    /// the consumer may be polling (taking that line would only make it
-    /// fetch it back). Runs after the Release store of a publish, so it
+    /// Zeroes header slots past the tail, within free space and at most
+    /// `ZERO_AHEAD` ahead: `ZERO_PER_PUBLISH`, or as many as the lines a
+    /// publication of several frames covered (`lines`), so that a producer
+    /// that publishes frames in groups stays as far ahead as one that
+    /// publishes each (at four a publish, a group of eight two-line frames
+    /// would find twelve of the next group's sixteen lines not yet its
+    /// own: each a store that waits for a line from the consumer's core).
+    /// It skips the slot at the tail itself, which the consumer may be
+    /// polling (taking that line would only make it fetch it back). Runs after the Release store of a publish, so it
     /// delays no frame; the zeroes are ordered before any frame that
     /// reaches them by that frame's own publish.
     ///
@@ -288,12 +308,12 @@ impl<R: Region, P: Parker> Producer<R, P> {
     /// locked instruction (a shared client's lock), which then costs a
     /// cross-core transfer per call (see docs/performance.md).
     #[inline]
-    fn zero_ahead(&mut self) {
+    fn zero_ahead(&mut self, lines: usize) {
         let step = FRAME_ALIGN as u64;
         let room = self.head_cache + self.ring.capacity;
         let limit = (self.tail + ZERO_AHEAD).min(room);
         let mut pos = self.clean_to.max(self.tail + step);
-        for _ in 0..ZERO_PER_PUBLISH {
+        for _ in 0..ZERO_PER_PUBLISH.max(lines) {
             if pos + step > limit {
                 break;
             }
@@ -649,5 +669,36 @@ impl<R: Region, P: Parker> Grant<'_, R, P> {
     pub fn commit_all(self) {
         let len = self.len;
         self.commit(len);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use crate::layout::FRAME_ALIGN;
+    use crate::wait::SpinParker;
+
+    /// Lines zeroed ahead of the tail after a publish.
+    fn ahead<R: crate::Region, P: crate::Parker>(p: &super::Producer<R, P>) -> u64 {
+        (p.clean_to - p.tail) / FRAME_ALIGN as u64
+    }
+
+    #[test]
+    fn a_group_published_at_once_leaves_as_many_lines_ready_as_it_covered() {
+        let (mut tx, _rx) = crate::channel(1 << 16, SpinParker).unwrap();
+        // Warm up: single frames, one publish each, as a latency producer.
+        for _ in 0..64 {
+            tx.push(1, &[7; 100]).unwrap();
+            tx.publish();
+        }
+        let single = ahead(&tx);
+        assert_eq!(single, 16, "one frame a publish keeps a kilobyte ready");
+        // Eight two-line frames held back, then published together: the
+        // sixteen lines they took are readied again at once.
+        for _ in 0..8 {
+            tx.push(1, &[7; 100]).unwrap();
+        }
+        tx.publish();
+        assert_eq!(ahead(&tx), 16, "a group of eight keeps a kilobyte ready");
+        // (Four lines a publish, the rule before, left five ready here.)
     }
 }
