@@ -6,8 +6,11 @@
 //! `flush` and by a one-way message (the server counts what it got, as
 //! another connection sees); a lone call and calls
 //! behind it on a shared client, started on one thread and waited for on
-//! another. On every transport (shared memory publishes each request as
-//! it starts).
+//! another. On every transport, each test twice: as configured by default
+//! (shared memory publishes each request as it starts), and with
+//! `ClientOptions::batch_requests`, with which shared memory holds
+//! requests back too; then also many threads pipelining through one
+//! shared client, with waits that spin, sleep, or block.
 
 mod common;
 
@@ -18,11 +21,16 @@ use common::calc::*;
 use common::transport::{Transport, serve_transport_for_parent, server_process_on};
 use common::*;
 use isocall::rpc::Endpoint;
-use isocall::{CallCtx, Client, ClientOptions, Message, Method, SharedClient, WaitStrategy};
+use isocall::{
+    CallCtx, Client, ClientOptions, Message, Method, Pending, SharedClient, WaitStrategy,
+};
 
 on_every_transport!(
     started_calls_never_stay_in_the_client_s_buffer,
+    started_calls_never_stay_held_back,
     calls_started_on_one_thread_are_waited_for_on_another,
+    calls_held_back_on_one_thread_are_waited_for_on_another,
+    threads_pipelining_batched_requests_get_every_answer,
 );
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -80,8 +88,21 @@ fn counted(probe: &mut Client, n: u64, what: &str) {
 }
 
 fn started_calls_never_stay_in_the_client_s_buffer(t: Transport) {
-    let (_server, socket) = server_process(t, "batching");
-    let blocking = ClientOptions::default().strategy(WaitStrategy::Blocking);
+    no_started_call_stays_behind(t, false);
+}
+
+fn started_calls_never_stay_held_back(t: Transport) {
+    no_started_call_stays_behind(t, true);
+}
+
+/// Calls started and waited for in every order, or never waited for
+/// (sent by `flush`, or by the message after them), all reach the server,
+/// the requests published in batches if `batch`.
+fn no_started_call_stays_behind(t: Transport, batch: bool) {
+    let (_server, socket) = server_process(t, if batch { "held" } else { "batching" });
+    let blocking = ClientOptions::default()
+        .strategy(WaitStrategy::Blocking)
+        .batch_requests(batch);
     let mut c = Client::connect_with(&socket, blocking).expect("connect");
     let mut probe = Client::connect(&socket).expect("connect the probe");
     let tally = c.method(TALLY).unwrap();
@@ -128,8 +149,28 @@ fn started_calls_never_stay_in_the_client_s_buffer(t: Transport) {
 }
 
 fn calls_started_on_one_thread_are_waited_for_on_another(t: Transport) {
-    let (_server, socket) = server_process(t, "shared-batching");
-    let c = SharedClient::connect(&socket).expect("connect");
+    waited_for_on_another_thread(t, false);
+}
+
+fn calls_held_back_on_one_thread_are_waited_for_on_another(t: Transport) {
+    waited_for_on_another_thread(t, true);
+}
+
+/// Calls started on a shared client, alone or several, waited for on
+/// another thread; then several started and not waited for, sent by
+/// `flush` (the requests published in batches if `batch`).
+fn waited_for_on_another_thread(t: Transport, batch: bool) {
+    let (_server, socket) = server_process(
+        t,
+        if batch {
+            "shared-held"
+        } else {
+            "shared-batching"
+        },
+    );
+    let opts = ClientOptions::default().batch_requests(batch);
+    let c = SharedClient::connect_with(&socket, opts).expect("connect");
+    let mut probe = Client::connect(&socket).expect("connect the probe");
     let tally = c.method(TALLY).unwrap();
     for round in 0..50 {
         // A lone call, then several: started here, waited for there.
@@ -145,5 +186,65 @@ fn calls_started_on_one_thread_are_waited_for_on_another(t: Transport) {
         })
         .join()
         .expect("the waiting thread");
+    }
+    assert_eq!(count(&mut probe), 25 * 41);
+    let _held: Vec<_> = (0..9)
+        .map(|_| c.start(tally, &one(10), &[]).unwrap())
+        .collect();
+    c.flush().unwrap();
+    counted(&mut probe, 25 * 41 + 90, "the calls sent by flush");
+}
+
+/// Eight threads keep 16 calls each in flight through one shared client
+/// whose requests are published in batches, each wait by `strategy`
+/// (spinning, spinning then sleeping, sleeping at once: a thread must not
+/// sleep while a request it waits on is held back); every answer is
+/// checked against the server's running count.
+fn threads_pipelining_batched_requests_get_every_answer(t: Transport) {
+    for (i, strategy) in [
+        WaitStrategy::BusySpin,
+        WaitStrategy::Adaptive,
+        WaitStrategy::Blocking,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (_server, socket) = server_process(t, &format!("threads-held-{i}"));
+        let opts = ClientOptions::default()
+            .strategy(strategy)
+            .batch_requests(true);
+        let c = SharedClient::connect_with(&socket, opts).expect("connect");
+        let tally = c.method(TALLY).unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    let mut window: std::collections::VecDeque<Pending<Sum>> =
+                        std::collections::VecDeque::new();
+                    let mut last = 0;
+                    let mut check = |sum: u64| {
+                        // The count only grows, and each call adds one.
+                        assert!(sum > last, "{strategy:?}: count {sum} after {last}");
+                        last = sum;
+                    };
+                    for _ in 0..2000 {
+                        if window.len() == 16 {
+                            let p = window.pop_front().unwrap();
+                            check(c.wait(p, soon()).expect("answered").sum.to_native());
+                        }
+                        window.push_back(c.start(tally, &one(1), &[]).unwrap());
+                    }
+                    for p in window {
+                        check(c.wait(p, soon()).expect("answered").sum.to_native());
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().expect("a pipelining thread");
+        }
+        let m = c.method(TALLY).unwrap();
+        let total = c.call_with(m, &one(0), &[], soon()).expect("count");
+        assert_eq!(total.sum.to_native(), 8 * 2000, "{strategy:?}");
     }
 }

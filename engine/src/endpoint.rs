@@ -225,6 +225,12 @@ impl Sender {
         self.tx.publish();
     }
 
+    /// Frames committed and not yet published.
+    #[inline]
+    pub fn unpublished(&self) -> u64 {
+        self.tx.unpublished()
+    }
+
     /// Copies `payload` into a frame and publishes it.
     ///
     /// # Errors

@@ -86,6 +86,13 @@ pub(crate) trait SendFrames {
     /// As [`Tx::publish`].
     fn publish(&mut self);
 
+    /// Publishes the requests a client holds back on a ring (see
+    /// `ClientOptions::batch_requests`), before it waits for a reply it
+    /// did not find. A stream's own deferred frames go when its receiver
+    /// waits (see `StreamRx`): nothing to do here.
+    #[inline(always)]
+    fn publish_held(&mut self) {}
+
     /// As [`Tx::max_payload`].
     fn max_payload(&self) -> usize;
 
@@ -174,6 +181,11 @@ impl SendFrames for Sender {
 
     #[inline(always)]
     fn publish(&mut self) {
+        Sender::publish(self);
+    }
+
+    #[inline(always)]
+    fn publish_held(&mut self) {
         Sender::publish(self);
     }
 
@@ -267,6 +279,12 @@ impl SendFrames for Tx {
 
     fn publish(&mut self) {
         Tx::publish(self);
+    }
+
+    fn publish_held(&mut self) {
+        if let Tx::Ring(s) = self {
+            s.publish();
+        }
     }
 
     fn max_payload(&self) -> usize {

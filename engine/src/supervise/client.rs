@@ -274,6 +274,19 @@ impl SupervisedClient {
         self.current.as_ref().map(|c| c.live.pid)
     }
 
+    /// Publishes the requests of started calls held back on the current
+    /// connection (see [`Client::flush`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::flush`].
+    pub fn flush(&mut self) -> Result<(), SupervisedError> {
+        match &mut self.current {
+            Some(c) => Ok(c.client.flush()?),
+            None => Ok(()),
+        }
+    }
+
     /// Calls started and not yet waited for.
     pub fn in_flight(&self) -> usize {
         self.calls.len()
@@ -690,5 +703,9 @@ impl Caller for SupervisedClient {
 
     fn pool(&mut self) -> Result<Option<Arc<Pool<SharedRegion>>>, SupervisedError> {
         SupervisedClient::pool(self)
+    }
+
+    fn flush(&mut self) -> Result<(), SupervisedError> {
+        SupervisedClient::flush(self)
     }
 }

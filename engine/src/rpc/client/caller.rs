@@ -123,6 +123,15 @@ pub trait Caller {
     ///
     /// Connection errors for a client that connects lazily.
     fn pool(&mut self) -> Result<Option<Arc<Pool<SharedRegion>>>, Self::Error>;
+
+    /// Sends now the requests of started calls the client holds back (over
+    /// a stream socket, or on shared memory with
+    /// [`batch_requests`](super::ClientOptions::batch_requests)).
+    ///
+    /// # Errors
+    ///
+    /// As the client's `flush`.
+    fn flush(&mut self) -> Result<(), Self::Error>;
 }
 
 macro_rules! forward_caller {
@@ -187,6 +196,10 @@ macro_rules! forward_caller {
 
             fn pool(&mut self) -> Result<Option<Arc<Pool<SharedRegion>>>, CallError> {
                 Ok(<$t>::pool(self).cloned())
+            }
+
+            fn flush(&mut self) -> Result<(), CallError> {
+                <$t>::flush(self)
             }
         }
     };

@@ -270,12 +270,15 @@ impl Info {
 }
 
 /// Writes one frame: head, blob handles, and the body `encode` writes into
-/// the grant (returning its length), then publishes it. When the ring is
-/// full `on_full` runs (it drains replies so the server can go on, and
-/// waits a little, or fails at the call's deadline); then it tries again.
+/// the grant (returning its length), then publishes it, unless `defer`
+/// (then the writer publishes it later, with the frames after it). When
+/// the ring is full, what was written is published and `on_full` runs (it
+/// drains replies so the server can go on, and waits a little, or fails
+/// at the call's deadline); then it tries again.
 #[allow(clippy::too_many_arguments)] // one private writer for every frame
 #[inline(always)]
 pub(crate) fn put<T: SendFrames>(
+    defer: bool,
     tx: &mut T,
     arena: &mut Arena,
     max_frame: usize,
@@ -325,11 +328,18 @@ pub(crate) fn put<T: SendFrames>(
         };
         match next {
             Next::Publish => {
-                tx.publish();
+                if !defer {
+                    tx.publish();
+                }
                 return Ok(());
             }
             Next::Grow => room = max,
-            Next::Drain => on_full(tx)?,
+            Next::Drain => {
+                // Frames held back fill the ring too: the server must see
+                // them to make room.
+                tx.publish();
+                on_full(tx)?;
+            }
         }
     }
 }

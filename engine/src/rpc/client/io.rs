@@ -27,13 +27,22 @@ use crate::rpc::wire::{self, CloseReason, Status, kind};
 /// (once per call) and waits for real.
 pub(super) const SPINS_BEFORE_DEADLINE: u32 = 64;
 
+/// The next frame of `rx`, waited for by `strategy` (see
+/// [`SPINS_BEFORE_DEADLINE`]); `idle` runs once, if the first look finds
+/// nothing, before any spin or sleep (a client publishes the requests it
+/// held back there: the reply it waits for may need them).
 #[inline(always)]
 pub(crate) fn next_frame<'r, R: RecvFrames>(
     rx: &'r mut R,
     strategy: WaitStrategy,
     deadline: &mut Option<Instant>,
     timeout: Duration,
+    idle: impl FnOnce(),
 ) -> Result<R::Frame<'r>, TransportError> {
+    if rx.has_frame()? {
+        return rx.try_recv()?.ok_or(TransportError::PeerDied);
+    }
+    idle();
     if strategy != WaitStrategy::Blocking {
         for _ in 0..SPINS_BEFORE_DEADLINE {
             if rx.has_frame()? {
@@ -84,7 +93,9 @@ pub(super) fn wait_on<'c, Resp: Body, T: SendFrames, R: RecvFrames>(
     let timeout = info.options.call_timeout;
     let strategy = info.options.strategy;
     let blobs = loop {
-        let frame = match next_frame(&mut *rx, strategy, &mut deadline, timeout) {
+        let frame = match next_frame(&mut *rx, strategy, &mut deadline, timeout, || {
+            tx.publish_held()
+        }) {
             Ok(f) => f,
             Err(TransportError::Timeout) => {
                 window.give_up(id);
@@ -183,6 +194,9 @@ pub(super) struct Outgoing<'a> {
     pub(super) pool: Option<&'a Pool<SharedRegion>>,
     pub(super) closed: &'a mut Option<CloseReason>,
     pub(super) arena: &'a mut rkyv::ser::allocator::Arena,
+    /// Held back: written but not published (see
+    /// `ClientOptions::batch_requests`).
+    pub(super) defer: bool,
 }
 
 /// Writes `to`'s frame on `tx`, reading replies from `rx` while `tx` is
@@ -206,8 +220,9 @@ pub(super) fn send_on<T: SendFrames, R: RecvFrames>(
         pool,
         closed,
         arena,
+        defer,
     } = to;
-    let (frame_kind, pool, info) = (*frame_kind, *pool, *info);
+    let (frame_kind, pool, info, defer) = (*frame_kind, *pool, *info, *defer);
     let mut room = RoomWait::new(&info.options, *deadline);
     let on_full = |tx: &mut T| -> Result<(), CallError> {
         // The server may wait for room for our replies: read them.
@@ -219,6 +234,7 @@ pub(super) fn send_on<T: SendFrames, R: RecvFrames>(
         room.after_reading(drained, tx, frame_kind)
     };
     let sent = put(
+        defer,
         tx,
         arena,
         info.max_frame,

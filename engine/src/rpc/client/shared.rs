@@ -23,6 +23,15 @@
 //! `max_in_flight`), and a reply that moves carries a pointer rather than
 //! its bytes.
 //!
+//! With [`ClientOptions::batch_requests`](super::ClientOptions::batch_requests),
+//! the requests of calls *started* ([`SharedClient::start`]) on the ring
+//! while others are in flight are written but held back, and published
+//! together once they make half of the calls in flight (an estimate: the
+//! requests sent less the replies read), when a thread waiting for a reply
+//! finds none to read (before it spins, and it does not sleep while any is
+//! held back), with any other frame (`call`, `send`), or on `flush`. A
+//! call waited for at once (`call`) is published at once.
+//!
 //! Call ids carry their slot's index and the slot's generation, so a late
 //! reply to a call given up (timed out, its [`Pending`] dropped) never
 //! reaches the slot's next call: it is discarded, its blobs freed.
@@ -137,6 +146,8 @@ struct Tx {
     arena: rkyv::ser::allocator::Arena,
     /// Only the sender takes slots (see `slots`).
     order: SlotOrder,
+    /// Requests sent (held back or published).
+    started: u64,
 }
 
 struct Inner {
@@ -155,6 +166,14 @@ struct Inner {
     /// A reason code once the server closed (0: open), for the paths that
     /// do not hold the receiver.
     closed: AtomicU32,
+    /// Requests written but held back (not yet published), on the ring:
+    /// changed only under the sender's lock, read without it (a waiter
+    /// publishes them before it spins or sleeps).
+    held_back: AtomicU32,
+    /// Replies read from the ring: written only under the receiver's
+    /// lock (a load and a store), read by the sender to estimate the
+    /// calls in flight.
+    answered: AtomicU64,
     next_large: AtomicU64,
     /// A stream connection's large blobs (shared by its two halves).
     large: Option<Arc<LargeBlobs>>,
@@ -231,6 +250,7 @@ impl SharedClient {
                     tx,
                     arena: rkyv::ser::allocator::Arena::new(),
                     order: SlotOrder::new(n as u32),
+                    started: 0,
                 }),
                 rx: StoreLock::new(Rx {
                     rx,
@@ -245,6 +265,8 @@ impl SharedClient {
                 spares: Mutex::new(Vec::new()),
                 pool,
                 closed: AtomicU32::new(0),
+                held_back: AtomicU32::new(0),
+                answered: AtomicU64::new(0),
                 next_large: AtomicU64::new(1),
                 large,
                 ring,
@@ -373,7 +395,10 @@ impl SharedClient {
     }
 
     /// Starts a call (see [`Client::start`](super::Client::start)); the
-    /// threads together may have `max_in_flight` calls in flight.
+    /// threads together may have `max_in_flight` calls in flight. With
+    /// [`batch_requests`](super::ClientOptions::batch_requests), its
+    /// request may be held back until some thread waits for a reply it
+    /// does not find yet, or [`flush`](Self::flush) (see the module doc).
     ///
     /// # Errors
     ///
@@ -384,7 +409,7 @@ impl SharedClient {
         request: &Req,
         blobs: &[BlobHandle],
     ) -> Result<Pending<Resp>, CallError> {
-        let id = self.start_id(m, request, blobs)?;
+        let id = self.start_id(m, request, blobs, true)?;
         Ok(Pending {
             id,
             client: self.inner.info.tag,
@@ -394,11 +419,14 @@ impl SharedClient {
         })
     }
 
+    /// Starts a call; its request may be held back if `hold` (the caller
+    /// does not wait for it at once; see the module doc).
     fn start_id<Req: Body, Resp: Body>(
         &self,
         m: MethodRef<Req, Resp>,
         request: &Req,
         blobs: &[BlobHandle],
+        hold: bool,
     ) -> Result<u64, CallError> {
         self.inner.info.check_ref(m.client, m.name)?;
         self.check_open()?;
@@ -408,12 +436,15 @@ impl SharedClient {
             m.id,
             |buf, a| body::encode(request, buf, a),
             blobs,
+            hold,
         )
     }
 
     /// Sends a frame of `frame_kind`; a request first takes a slot, under
     /// the sender's lock (only the sender takes slots), and its call id is
-    /// returned (0 for another frame).
+    /// returned (0 for another frame). On the ring a request may be held
+    /// back if `hold` (see the module doc); any other frame publishes
+    /// every frame held back before it.
     fn send_frame(
         &self,
         frame_kind: u16,
@@ -423,10 +454,16 @@ impl SharedClient {
             &mut rkyv::ser::allocator::Arena,
         ) -> Result<usize, body::EncodeError>,
         blobs: &[BlobHandle],
+        hold: bool,
     ) -> Result<u64, CallError> {
         let inner = &*self.inner;
         let mut guard = inner.tx.lock();
-        let Tx { tx, arena, order } = &mut *guard;
+        let Tx {
+            tx,
+            arena,
+            order,
+            started,
+        } = &mut *guard;
         let id = if frame_kind == kind::REQUEST {
             inner.take_slot(order, method)?
         } else {
@@ -437,10 +474,25 @@ impl SharedClient {
             id,
             method,
             blobs,
+            defer: false,
         };
         // One dispatch per call: the ring's path is built without a branch
         // on the transport per frame operation.
         let sent = match tx {
+            Sender::Ring(ring) if inner.info.options.batch_requests => {
+                // Held back while the requests held back, this one among
+                // them, are fewer than half of the calls in flight (see
+                // `Client::send_frame`).
+                let in_flight = started.wrapping_sub(inner.answered.load(Ordering::Relaxed));
+                let defer = hold && (ring.unpublished() + 1) * 2 < in_flight + 1;
+                let sent = inner.put_on(ring, arena, Out { defer, ..out }, encode);
+                if sent.is_ok() && frame_kind == kind::REQUEST {
+                    *started += 1;
+                }
+                let held = u32::try_from(ring.unpublished()).unwrap_or(u32::MAX);
+                inner.held_back.store(held, Ordering::Relaxed);
+                sent
+            }
             Sender::Ring(ring) => inner.put_on(ring, arena, out, encode),
             other => inner.put_on(other, arena, out, encode),
         };
@@ -452,6 +504,26 @@ impl SharedClient {
                 Err(e)
             }
         }
+    }
+
+    /// Publishes now the requests of started calls held back (with
+    /// [`batch_requests`](super::ClientOptions::batch_requests); see the
+    /// module doc): a thread that starts calls and then does not wait for
+    /// a while calls this, or the server may not see them until some
+    /// thread waits. Without the option, or over a stream socket, it does
+    /// nothing.
+    ///
+    /// # Errors
+    ///
+    /// `Closed` (the server closed the connection).
+    pub fn flush(&self) -> Result<(), CallError> {
+        self.check_open()?;
+        let mut g = self.inner.tx.lock();
+        if let Sender::Ring(ring) = &mut g.tx {
+            ring.publish();
+        }
+        self.inner.held_back.store(0, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Waits for the reply of `pending` (see
@@ -485,7 +557,7 @@ impl SharedClient {
         m: MethodRef<Req, Resp>,
         request: &Req,
     ) -> Result<Reply<'_, Resp>, CallError> {
-        let id = self.start_id(m, request, &[])?;
+        let id = self.start_id(m, request, &[], false)?;
         self.wait_id(id, None)
     }
 
@@ -501,7 +573,7 @@ impl SharedClient {
         blobs: &[BlobHandle],
         deadline: Option<Instant>,
     ) -> Result<Reply<'_, Resp>, CallError> {
-        let id = self.start_id(m, request, blobs)?;
+        let id = self.start_id(m, request, blobs, false)?;
         self.wait_id(id, deadline)
     }
 
@@ -524,6 +596,7 @@ impl SharedClient {
             m.id,
             |buf, a| body::encode(message, buf, a),
             blobs,
+            false,
         )
         .map(drop)
     }
@@ -549,6 +622,9 @@ impl SharedClient {
                 inner.hand_off();
                 return r;
             }
+            // Before this caller spins or sleeps: the requests held back
+            // (its own among them) go out.
+            inner.publish_held_back();
             if spinner.spin() {
                 continue;
             }
@@ -603,6 +679,8 @@ struct Out<'b> {
     id: u64,
     method: u32,
     blobs: &'b [BlobHandle],
+    /// Held back: written but not published (see the module doc).
+    defer: bool,
 }
 
 /// What one look at the ring gave the leader.
@@ -652,6 +730,7 @@ impl Inner {
             id,
             method,
             blobs,
+            defer,
         } = out;
         let mut room = RoomWait::new(&self.info.options, None);
         let on_full = |tx: &mut T| -> Result<(), CallError> {
@@ -668,6 +747,7 @@ impl Inner {
             room.after_reading(drained, tx, frame_kind)
         };
         put(
+            defer,
             tx,
             arena,
             self.info.max_frame,
@@ -795,10 +875,12 @@ impl Inner {
                 let blobs = ReplyBlobSet::new(Handles::of(&p), self.pool.as_deref());
                 let body = self.own_reply_bytes(id, p.body);
                 frame.release();
+                self.count_answered();
                 return self.finish_reply(method, status, body, blobs);
             }
             self.deliver(&p);
             frame.release();
+            self.count_answered();
             // Replies for others (or a hostile server's strays) that keep
             // coming must not keep this call past its deadline: the clock
             // is read every 16 of them.
@@ -808,6 +890,29 @@ impl Inner {
             {
                 return Err(self.give_up(id, CallError::Timeout));
             }
+        }
+    }
+
+    /// Counts a reply read (under the receiver's lock, the only writer),
+    /// if requests are published in batches (the count is for them).
+    #[inline(always)]
+    fn count_answered(&self) {
+        if self.info.options.batch_requests {
+            let n = self.answered.load(Ordering::Relaxed);
+            self.answered.store(n + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes the requests held back, if any, unless a sender holds
+    /// the lock now (it may hold back more: the caller looks again before
+    /// it sleeps, see `next_frame`).
+    #[inline]
+    fn publish_held_back(&self) {
+        if self.held_back.load(Ordering::Relaxed) != 0
+            && let Some(mut g) = self.tx.try_lock()
+        {
+            g.tx.publish();
+            self.held_back.store(0, Ordering::Relaxed);
         }
     }
 
@@ -836,7 +941,17 @@ impl Inner {
         timeout: Duration,
     ) -> Result<R::Frame<'r>, TransportError> {
         if strategy != WaitStrategy::BusySpin || !ring {
-            return next_frame(rx, strategy, deadline, timeout);
+            // This wait may sleep: not before every request held back is
+            // out (the reply waited for may need one), whatever a sender
+            // busy meanwhile holds back; frames that come are read.
+            while self.held_back.load(Ordering::Relaxed) != 0 {
+                self.publish_held_back();
+                if rx.has_frame()? {
+                    return rx.try_recv()?.ok_or(TransportError::PeerDied);
+                }
+                std::hint::spin_loop();
+            }
+            return next_frame(rx, strategy, deadline, timeout, || ());
         }
         let mut spinner = Spinner::yielding(strategy);
         let mut turns = 0u32;
@@ -844,6 +959,8 @@ impl Inner {
             if rx.has_frame()? {
                 return rx.try_recv()?.ok_or(TransportError::PeerDied);
             }
+            // Nothing to read: the requests held back go out now.
+            self.publish_held_back();
             turns = turns.wrapping_add(1);
             if turns.is_multiple_of(1024) {
                 let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
@@ -876,6 +993,7 @@ impl Inner {
             Err(_) => return Ok(Polled::Nothing),
         }
         frame.release();
+        self.count_answered();
         Ok(Polled::Handled)
     }
 
