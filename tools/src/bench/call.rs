@@ -119,8 +119,16 @@ fn connect_with_blobs(
 
 /// As `connect` (BusySpin), with a [`SharedClient`].
 fn connect_shared(figure: &str) -> Res<(Peer, SharedClient)> {
+    connect_shared_batched(figure, false)
+}
+
+/// As `connect_shared`, its requests published in batches if `batch`
+/// (`ClientOptions::batch_requests`).
+fn connect_shared_batched(figure: &str, batch: bool) -> Res<(Peer, SharedClient)> {
     let (peer, socket) = start_server(figure, WaitStrategy::BusySpin, 0)?;
-    let opts = ClientOptions::default().strategy(WaitStrategy::BusySpin);
+    let opts = ClientOptions::default()
+        .strategy(WaitStrategy::BusySpin)
+        .batch_requests(batch);
     let client = SharedClient::connect_with(&socket, opts)?;
     Ok((peer, client))
 }
@@ -259,6 +267,19 @@ pub fn pipelined(budget: &Budget) -> Res<Measured> {
     pipelined_through(budget, figure, n, peer, c)
 }
 
+/// `call.pipelined.batched.64`: `call.pipelined.64` with the requests
+/// published in batches (`ClientOptions::batch_requests`).
+pub fn pipelined_batched(budget: &Budget) -> Res<Measured> {
+    let figure = "call.pipelined.batched.64";
+    let (peer, socket) = start_server(figure, WaitStrategy::BusySpin, 0)?;
+    let opts = ClientOptions::default()
+        .strategy(WaitStrategy::BusySpin)
+        .batch_requests(true);
+    let c = Client::connect_with(&socket, opts)?;
+    let n = (budget.stream_msgs / 4).max(10_000);
+    pipelined_through(budget, figure, n, peer, c)
+}
+
 /// The rate of `figure` through `c`, a client of `peer`'s server: `n`
 /// 64-byte calls with 64 in flight, every reply checked, per repetition;
 /// then closes `c` and stops `peer`.
@@ -308,7 +329,19 @@ pub fn shared_rtt(budget: &Budget) -> Res<Measured> {
 /// one connection through clones of a [`SharedClient`], 32 calls in flight
 /// each (64 in all, as `call.pipelined.64`).
 pub fn shared_pipelined(budget: &Budget) -> Res<Measured> {
-    shared_pipelined_by(budget, "call.shared.pipelined.64", 2, 32)
+    shared_pipelined_by(budget, "call.shared.pipelined.64", 2, 32, false)
+}
+
+/// `call.shared.pipelined.batched.64`: `call.shared.pipelined.64` with the
+/// requests published in batches (`ClientOptions::batch_requests`).
+pub fn shared_pipelined_batched(budget: &Budget) -> Res<Measured> {
+    shared_pipelined_by(budget, "call.shared.pipelined.batched.64", 2, 32, true)
+}
+
+/// `call.shared.pipelined.1x64.batched.64`: `call.shared.pipelined.1x64.64`
+/// with the requests published in batches.
+pub fn shared_pipelined_lone_batched(budget: &Budget) -> Res<Measured> {
+    shared_pipelined_by(budget, "call.shared.pipelined.1x64.batched.64", 1, 64, true)
 }
 
 /// `call.shared.pipelined.1x64.64`: `call.pipelined.64` (one thread, 64
@@ -316,19 +349,20 @@ pub fn shared_pipelined(budget: &Budget) -> Res<Measured> {
 /// `call.shared.pipelined.64` it tells what the shared handle costs per
 /// call from what two threads taking turns on one CPU cost.
 pub fn shared_pipelined_lone(budget: &Budget) -> Res<Measured> {
-    shared_pipelined_by(budget, "call.shared.pipelined.1x64.64", 1, 64)
+    shared_pipelined_by(budget, "call.shared.pipelined.1x64.64", 1, 64, false)
 }
 
 /// Calls per second from `threads` threads sharing one connection through
 /// clones of a [`SharedClient`], `window` 64-byte calls in flight each,
-/// every reply checked.
+/// every reply checked; requests published in batches if `batch`.
 fn shared_pipelined_by(
     budget: &Budget,
     figure: &str,
     threads: u64,
     window: usize,
+    batch: bool,
 ) -> Res<Measured> {
-    let (peer, c) = connect_shared(figure)?;
+    let (peer, c) = connect_shared_batched(figure, batch)?;
     let m = c.method(ECHO64)?;
     // As many calls in all as `call.pipelined.64` makes.
     let per_thread = (budget.stream_msgs / 4 / threads).max(5_000);
