@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 use common::calc::*;
 use common::transport::{Transport, serve_transport_for_parent, server_process_on};
 use common::*;
+use isocall::raw::SegmentLayout;
 use isocall::rpc::Endpoint;
 use isocall::{
-    CallCtx, Client, ClientOptions, Message, Method, Pending, SharedClient, WaitStrategy,
+    CallCtx, CallError, Client, ClientOptions, Message, Method, Pending, SharedClient, WaitStrategy,
 };
 
 on_every_transport!(
@@ -34,6 +35,32 @@ on_every_transport!(
 );
 
 const LIMIT: Duration = Duration::from_secs(30);
+
+/// On shared memory with `batch_requests`, requests are really held back:
+/// of 20 calls started and not waited for, the rule (held while those held
+/// are fewer than half the calls in flight) publishes the first 16 and
+/// holds 4, which the server never sees until `flush`. (Without holding
+/// back, the server would count all 20.)
+#[test]
+fn shm_requests_started_while_others_are_in_flight_are_held_back() {
+    let (_server, socket) = server_process(Transport::Shm, "held-rule");
+    let opts = ClientOptions::default().batch_requests(true);
+    let mut c = Client::connect_with(&socket, opts).expect("connect");
+    let mut probe = Client::connect(&socket).expect("connect the probe");
+    let tally = c.method(TALLY).unwrap();
+    let pending: Vec<_> = (0..20)
+        .map(|_| c.start(tally, &one(1), &[]).unwrap())
+        .collect();
+    counted(&mut probe, 16, "the 16 calls published");
+    // Nothing else can reach the server: the other 4 wait in the ring,
+    // unpublished.
+    assert_eq!(count(&mut probe), 16, "4 requests held back");
+    c.flush().unwrap();
+    counted(&mut probe, 20, "the calls held back, sent by flush");
+    for p in pending {
+        c.wait(p, soon()).expect("answered");
+    }
+}
 
 /// `tally`: adds `a` to the server's count and answers the count.
 const TALLY: Method<Add, Sum> = Method::new("tally");
@@ -61,6 +88,103 @@ fn batching_server_entry() {
                 COUNT.fetch_add(r.a.to_native(), Ordering::Relaxed);
             })
     });
+}
+
+/// `busy`: works (spins) for `a` milliseconds, then answers `a`.
+const BUSY: Method<Add, Sum> = Method::new("busy");
+
+#[test]
+#[ignore = "entry point of the server process that the other tests spawn"]
+fn small_ring_server_entry() {
+    serve_transport_for_parent(|b, _| {
+        b.workers(1)
+            .layout(SegmentLayout {
+                ring_capacity: 16 << 10,
+                ..SegmentLayout::default()
+            })
+            .method(BUSY, |r: &ArchivedAdd, _: &mut CallCtx<'_>| {
+                let until = Instant::now() + Duration::from_millis(r.a.to_native());
+                while Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+                Ok(Sum {
+                    sum: r.a.to_native(),
+                })
+            })
+    });
+}
+
+/// A thread waiting on a shared client with a deadline gets `Timeout` at
+/// its deadline while another thread, its requests held back, finds the
+/// ring full and waits for room (the server busy in a long call): the
+/// waiter must not wait for that sender. (It used to spin until the
+/// server answered, long after its deadline.) Each wait strategy.
+#[test]
+fn shm_a_waiter_keeps_its_deadline_while_a_sender_waits_for_room() {
+    for (i, strategy) in [
+        WaitStrategy::Blocking,
+        WaitStrategy::Adaptive,
+        WaitStrategy::BusySpin,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (_server, socket) = server_process_on(
+            "small_ring_server_entry",
+            Transport::Shm,
+            &format!("room-{i}"),
+            "",
+        );
+        let opts = ClientOptions::default()
+            .strategy(strategy)
+            .batch_requests(true)
+            .call_timeout(LIMIT);
+        let c = SharedClient::connect_with(&socket, opts).expect("connect");
+        let busy = c.method(BUSY).unwrap();
+        // The server works on this one for 3 s.
+        let long = c.start(busy, &one(3000), &[]).unwrap();
+        // Ours, published behind it: answered only after the long one.
+        let ours = c.start(busy, &one(0), &[]).unwrap();
+        c.flush().unwrap();
+        let filler = c.clone();
+        let fill = std::thread::spawn(move || {
+            // Starts until the 16 KiB ring is full: the last waits for
+            // room (until the long call ends), holding the sender's lock.
+            (0..400)
+                .map(|_| filler.start(busy, &one(0), &[]))
+                .collect::<Vec<_>>()
+        });
+        // Until the ring is full (a request first asks for room for a
+        // 4 KiB body: about 190 of these fit before it finds none) and the
+        // filler waits for room, holding the sender's lock: the calls in
+        // flight stop growing.
+        wait_until(LIMIT, "the ring full", || {
+            (c.in_flight() >= 150).then_some(())
+        });
+        let mut last = 0;
+        wait_until(LIMIT, "the filler stopped", || {
+            let now = c.in_flight();
+            let stopped = now == last;
+            last = now;
+            stopped.then_some(())
+        });
+        let deadline = Instant::now() + Duration::from_millis(200);
+        let r = c.wait(ours, Some(deadline));
+        assert!(
+            matches!(r, Err(CallError::Timeout)),
+            "{strategy:?}: {:?} instead of a timeout",
+            r.map(|s| s.sum.to_native())
+        );
+        for p in fill
+            .join()
+            .expect("the filling thread")
+            .into_iter()
+            .flatten()
+        {
+            c.wait(p, soon()).expect("answered after the long call");
+        }
+        c.wait(long, soon()).expect("the long call answered");
+    }
 }
 
 fn soon() -> Option<Instant> {

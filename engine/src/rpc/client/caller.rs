@@ -130,8 +130,11 @@ pub trait Caller {
     ///
     /// # Errors
     ///
-    /// As the client's `flush`.
-    fn flush(&mut self) -> Result<(), Self::Error>;
+    /// As the client's `flush`. The default does nothing (a client that
+    /// holds nothing back).
+    fn flush(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
 }
 
 macro_rules! forward_caller {

@@ -29,8 +29,9 @@ pub(super) const SPINS_BEFORE_DEADLINE: u32 = 64;
 
 /// The next frame of `rx`, waited for by `strategy` (see
 /// [`SPINS_BEFORE_DEADLINE`]); `idle` runs once, if the first look finds
-/// nothing, before any spin or sleep (a client publishes the requests it
-/// held back there: the reply it waits for may need them).
+/// nothing (or before the first look, with `Blocking`), before any spin or
+/// sleep: a client publishes the requests it held back there (the reply
+/// it waits for may need them).
 #[inline(always)]
 pub(crate) fn next_frame<'r, R: RecvFrames>(
     rx: &'r mut R,
@@ -39,10 +40,7 @@ pub(crate) fn next_frame<'r, R: RecvFrames>(
     timeout: Duration,
     idle: impl FnOnce(),
 ) -> Result<R::Frame<'r>, TransportError> {
-    if rx.has_frame()? {
-        return rx.try_recv()?.ok_or(TransportError::PeerDied);
-    }
-    idle();
+    let mut idle = Some(idle);
     if strategy != WaitStrategy::Blocking {
         for _ in 0..SPINS_BEFORE_DEADLINE {
             if rx.has_frame()? {
@@ -51,8 +49,14 @@ pub(crate) fn next_frame<'r, R: RecvFrames>(
                 // that rewrote the header in between broke the ring.
                 return rx.try_recv()?.ok_or(TransportError::PeerDied);
             }
+            if let Some(idle) = idle.take() {
+                idle();
+            }
             std::hint::spin_loop();
         }
+    }
+    if let Some(idle) = idle.take() {
+        idle();
     }
     let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
     rx.recv(Some(d))

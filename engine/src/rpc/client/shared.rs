@@ -28,8 +28,8 @@
 //! while others are in flight are written but held back, and published
 //! together once they make half of the calls in flight (an estimate: the
 //! requests sent less the replies read), when a thread waiting for a reply
-//! finds none to read (before it spins, and it does not sleep while any is
-//! held back), with any other frame (`call`, `send`), or on `flush`. A
+//! finds none to read (before it spins; no waiter goes to sleep while any
+//! is held back), with any other frame (`call`, `send`), or on `flush`. A
 //! call waited for at once (`call`) is published at once.
 //!
 //! Call ids carry their slot's index and the slot's generation, so a late
@@ -483,7 +483,9 @@ impl SharedClient {
                 // Held back while the requests held back, this one among
                 // them, are fewer than half of the calls in flight (see
                 // `Client::send_frame`).
-                let in_flight = started.wrapping_sub(inner.answered.load(Ordering::Relaxed));
+                // (Saturating: a hostile server's stray replies are counted
+                // too, and must not make every request look held.)
+                let in_flight = started.saturating_sub(inner.answered.load(Ordering::Relaxed));
                 let defer = hold && (ring.unpublished() + 1) * 2 < in_flight + 1;
                 let sent = inner.put_on(ring, arena, Out { defer, ..out }, encode);
                 if sent.is_ok() && frame_kind == kind::REQUEST {
@@ -628,6 +630,20 @@ impl SharedClient {
             if spinner.spin() {
                 continue;
             }
+            if inner.held_back.load(Ordering::Relaxed) != 0 {
+                // Not asleep while a request is held back (it may be
+                // ours): a sender holding its lock now publishes them, or
+                // holds back more and leaves, and the next look here
+                // publishes them all (a sender that finds the ring full
+                // publishes first and clears the count).
+                let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
+                if Instant::now() >= d && slot.state.load(Ordering::Acquire) != READY {
+                    inner.release_slot(id);
+                    return Err(CallError::Timeout);
+                }
+                std::hint::spin_loop();
+                continue;
+            }
             // Sleep on the slot until the leader delivers the reply or asks
             // us to lead; registered before the last look at the receiver,
             // so a leader leaving now finds us.
@@ -734,6 +750,10 @@ impl Inner {
         } = out;
         let mut room = RoomWait::new(&self.info.options, None);
         let on_full = |tx: &mut T| -> Result<(), CallError> {
+            // `put` published every request held back before this: a
+            // waiter must not wait for this sender to (it may wait here
+            // for room until the call's deadline).
+            self.held_back.store(0, Ordering::Relaxed);
             // Read replies if nobody else does: the server may wait for
             // room for them before it takes our requests.
             let mut drained = false;
@@ -904,8 +924,9 @@ impl Inner {
     }
 
     /// Publishes the requests held back, if any, unless a sender holds
-    /// the lock now (it may hold back more: the caller looks again before
-    /// it sleeps, see `next_frame`).
+    /// the lock now (it may hold back more: the caller looks again, and
+    /// does not sleep while any is held back; see `next_frame` and
+    /// `SharedClient::wait_id`).
     #[inline]
     fn publish_held_back(&self) {
         if self.held_back.load(Ordering::Relaxed) != 0
@@ -944,10 +965,23 @@ impl Inner {
             // This wait may sleep: not before every request held back is
             // out (the reply waited for may need one), whatever a sender
             // busy meanwhile holds back; frames that come are read.
+            // (Not the sender's lock itself: a sender waiting for room
+            // in a full ring waits for this leader to read.)
+            let mut turns = 0u32;
             while self.held_back.load(Ordering::Relaxed) != 0 {
                 self.publish_held_back();
                 if rx.has_frame()? {
                     return rx.try_recv()?.ok_or(TransportError::PeerDied);
+                }
+                turns = turns.wrapping_add(1);
+                if turns.is_multiple_of(1024) {
+                    let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
+                    if Instant::now() >= d {
+                        return Err(TransportError::Timeout);
+                    }
+                    if self.peer_gone() {
+                        return rx.try_recv()?.ok_or(TransportError::PeerDied);
+                    }
                 }
                 std::hint::spin_loop();
             }
