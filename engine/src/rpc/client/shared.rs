@@ -973,15 +973,8 @@ impl Inner {
                 if rx.has_frame()? {
                     return rx.try_recv()?.ok_or(TransportError::PeerDied);
                 }
-                turns = turns.wrapping_add(1);
-                if turns.is_multiple_of(1024) {
-                    let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
-                    if Instant::now() >= d {
-                        return Err(TransportError::Timeout);
-                    }
-                    if self.peer_gone() {
-                        return rx.try_recv()?.ok_or(TransportError::PeerDied);
-                    }
+                if self.turn_ends_wait(&mut turns, deadline, timeout)? {
+                    return rx.try_recv()?.ok_or(TransportError::PeerDied);
                 }
                 std::hint::spin_loop();
             }
@@ -995,19 +988,33 @@ impl Inner {
             }
             // Nothing to read: the requests held back go out now.
             self.publish_held_back();
-            turns = turns.wrapping_add(1);
-            if turns.is_multiple_of(1024) {
-                let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
-                if Instant::now() >= d {
-                    return Err(TransportError::Timeout);
-                }
-                if self.peer_gone() {
-                    // What it sent before it died is read first.
-                    return rx.try_recv()?.ok_or(TransportError::PeerDied);
-                }
+            if self.turn_ends_wait(&mut turns, deadline, timeout)? {
+                return rx.try_recv()?.ok_or(TransportError::PeerDied);
             }
             spinner.spin();
         }
+    }
+
+    /// Counts a turn of a leader's spin; every 1024th reads the clock and
+    /// looks at the server: `Err(Timeout)` past the deadline, `Ok(true)`
+    /// if the server is gone (the caller reads what it sent before it
+    /// died, or fails with `PeerDied`).
+    #[inline(always)]
+    fn turn_ends_wait(
+        &self,
+        turns: &mut u32,
+        deadline: &mut Option<Instant>,
+        timeout: Duration,
+    ) -> Result<bool, TransportError> {
+        *turns = turns.wrapping_add(1);
+        if !turns.is_multiple_of(1024) {
+            return Ok(false);
+        }
+        let d = *deadline.get_or_insert_with(|| crate::deadline_in(timeout));
+        if Instant::now() >= d {
+            return Err(TransportError::Timeout);
+        }
+        Ok(self.peer_gone())
     }
 
     /// One frame for whoever it is (used while waiting for room to send):
