@@ -84,7 +84,7 @@ pub struct ClientOptions {
     /// requests queued, and the client's stores do not wait, request after
     /// request, for the cache line the server is polling (the costly part
     /// of a pipelined call otherwise): on the development VM a client with
-    /// 64 calls in flight made 1.6-1.8× the calls a second
+    /// 64 calls in flight made 1.6-2.1× the calls a second
     /// (`call.pipelined.batched.64`). A call started alone goes at once.
     /// The cost: a started call the caller does not wait for may not reach
     /// the server until some wait or `flush`, as over a stream socket,
