@@ -269,6 +269,18 @@ impl Info {
     }
 }
 
+/// Whether a request is held back (see `ClientOptions::batch_requests`):
+/// while the requests held back, this one among them, are fewer than half
+/// the calls in flight before it, `sent` less `answered` (saturating: a
+/// hostile server's stray replies count as answers, and then nothing is
+/// held), so that a batch reaches the server while the replies to the one
+/// before come back.
+#[inline(always)]
+pub(crate) fn holds_back(held: u64, sent: u64, answered: u64) -> bool {
+    let in_flight = sent.saturating_sub(answered);
+    held.saturating_add(1).saturating_mul(2) < in_flight.saturating_add(1)
+}
+
 /// Writes one frame: head, blob handles, and the body `encode` writes into
 /// the grant (returning its length), then publishes it, unless `defer`
 /// (then the writer publishes it later, with the frames after it). When
@@ -422,5 +434,42 @@ impl RoomWait {
         *self
             .deadline
             .get_or_insert_with(|| crate::deadline_in(timeout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holds_back;
+
+    #[test]
+    fn requests_are_held_back_up_to_half_the_calls_in_flight() {
+        // Alone, or behind one call: published at once.
+        assert!(!holds_back(0, 0, 0));
+        assert!(!holds_back(0, 1, 0));
+        // 20 started, none answered: 1, 2, 4, 8, 16 published, the rest
+        // held (tests/batching.rs counts the same at the server).
+        let mut held = 0;
+        let mut published = 0;
+        for sent in 0..20 {
+            if holds_back(held, sent, 0) {
+                held += 1;
+            } else {
+                published += held + 1;
+                held = 0;
+            }
+        }
+        assert_eq!((published, held), (16, 4));
+        // 64 in flight: 31 held, the 32nd publishes.
+        assert!(holds_back(30, 64, 1));
+        assert!(!holds_back(31, 64, 1));
+    }
+
+    #[test]
+    fn stray_replies_counted_as_answers_hold_nothing_back() {
+        // More replies read than requests sent (a hostile server's strays):
+        // no call counts as in flight, nothing is held, nothing overflows.
+        assert!(!holds_back(0, 3, 1000));
+        assert!(!holds_back(0, 0, u64::MAX));
+        assert!(!holds_back(u64::MAX, u64::MAX, 0));
     }
 }

@@ -31,7 +31,7 @@ pub use caller::Caller;
 pub use reply::{Pending, Reply};
 pub use shared::SharedClient;
 
-use self::core::Info;
+use self::core::{Info, holds_back};
 use self::io::{Outgoing, Waiter, next_frame, recycle, route, send_on, stashed_reply, wait_on};
 use self::reply::{Abandoned, ReplyBlobSet};
 use self::window::{Entry, Window};
@@ -507,13 +507,7 @@ impl Client {
             arena,
             ..
         } = self;
-        // Held back (see `ClientOptions::batch_requests`) while the calls
-        // held back, this one among them, are fewer than half of those in
-        // flight: a batch goes to the server while the replies to the one
-        // before come back.
         let batch = hold && info.options.batch_requests && frame_kind == kind::REQUEST;
-        let in_flight = if batch { window.waiting() as u64 } else { 0 };
-        let hold = |unpublished: u64| batch && (unpublished + 1) * 2 < in_flight + 1;
         let mut to = Outgoing {
             frame_kind,
             id,
@@ -532,7 +526,7 @@ impl Client {
         // on the transport per frame.
         match (&mut link.tx, &mut link.rx) {
             (Tx::Ring(tx), Rx::Ring(rx)) => {
-                to.defer = hold(tx.unpublished());
+                to.defer = batch && holds_back(tx.unpublished(), to.window.waiting() as u64, 0);
                 send_on(tx, rx, &mut to, encode)
             }
             (tx, rx) => {

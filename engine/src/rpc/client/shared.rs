@@ -46,7 +46,7 @@ use isocall_blob::{BlobHandle, Pool};
 use isocall_ringbuf::{SharedRegion, Spinner, WaitStrategy};
 use rkyv::util::AlignedVec;
 
-use super::core::{Info, RoomWait, put};
+use super::core::{Info, RoomWait, holds_back, put};
 use super::io::next_frame;
 use super::lock::StoreLock;
 use super::reply::{Abandoned, Handles, Pending, Reply, ReplyBlobSet, ReplyBytes, SlotBody};
@@ -480,13 +480,8 @@ impl SharedClient {
         // on the transport per frame operation.
         let sent = match tx {
             Sender::Ring(ring) if inner.info.options.batch_requests => {
-                // Held back while the requests held back, this one among
-                // them, are fewer than half of the calls in flight (see
-                // `Client::send_frame`).
-                // (Saturating: a hostile server's stray replies are counted
-                // too, and must not make every request look held.)
-                let in_flight = started.saturating_sub(inner.answered.load(Ordering::Relaxed));
-                let defer = hold && (ring.unpublished() + 1) * 2 < in_flight + 1;
+                let answered = inner.answered.load(Ordering::Relaxed);
+                let defer = hold && holds_back(ring.unpublished(), *started, answered);
                 let sent = inner.put_on(ring, arena, Out { defer, ..out }, encode);
                 if sent.is_ok() && frame_kind == kind::REQUEST {
                     *started += 1;
