@@ -790,9 +790,9 @@ impl Inner {
     /// Reads frames as the leader until `id`'s reply comes (returned
     /// directly, never delivered to the slot's data), or it was delivered
     /// to its slot meanwhile (taken from there), or the deadline passes
-    /// (the call given up, its slot freed). One return type all the way up: the reply is built
-    /// where the caller gets it, not moved (128 bytes) from one wrapper to
-    /// the next.
+    /// (the call given up, its slot freed). One return type all the way
+    /// up: the reply is built where the caller gets it, not moved (128
+    /// bytes) from one wrapper to the next.
     #[inline(always)]
     fn lead<Resp: Body>(
         &self,
