@@ -157,8 +157,10 @@ struct Inner {
     tx: StoreLock<Tx>,
     rx: StoreLock<Rx>,
     slots: Box<[Slot]>,
-    /// Callers asleep on their slot, to be asked to lead.
-    parked: Mutex<VecDeque<u32>>,
+    /// The calls whose callers sleep on their slot, to be asked to lead
+    /// (call ids, not slot indexes: a slot may serve another call by the
+    /// time its entry is taken, see `ask_to_lead`).
+    parked: Mutex<VecDeque<u64>>,
     parked_n: AtomicUsize,
     abandoned: Arc<Abandoned>,
     spares: Mutex<Vec<AlignedVec<16>>>,
@@ -642,7 +644,7 @@ impl SharedClient {
             // Sleep on the slot until the leader delivers the reply or asks
             // us to lead; registered before the last look at the receiver,
             // so a leader leaving now finds us.
-            lock(&inner.parked).push_back(idx as u32);
+            lock(&inner.parked).push_back(id);
             inner.parked_n.fetch_add(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             let free_now = inner.rx.try_lock().is_some();
@@ -663,15 +665,19 @@ impl SharedClient {
                     Some(left.min(Duration::from_millis(100))),
                 );
             }
-            inner.unpark(idx as u32);
+            inner.unpark(id);
+            // Out of time: the slot is freed with any request to lead still
+            // in it, which `release_slot` passes on (taken down first, it
+            // would be lost with this caller, and every other parked caller
+            // would sleep out its bound with nobody reading).
+            if Instant::now() >= d && slot.state.load(Ordering::Acquire) != READY {
+                inner.release_slot(id);
+                return Err(CallError::Timeout);
+            }
             for from in [PARKED, LEAD] {
                 let _ =
                     slot.state
                         .compare_exchange(from, WAITING, Ordering::AcqRel, Ordering::Acquire);
-            }
-            if Instant::now() >= d && slot.state.load(Ordering::Acquire) != READY {
-                inner.release_slot(id);
-                return Err(CallError::Timeout);
             }
             spinner = Spinner::yielding(inner.info.options.strategy);
         }
@@ -1126,7 +1132,8 @@ impl Inner {
     }
 
     /// Frees `id`'s slot if it still serves `id` (a reply already in it is
-    /// discarded, its blobs freed).
+    /// discarded, its blobs freed). A caller that was asked to lead and
+    /// gives up instead passes the request on to another parked caller.
     fn release_slot(&self, id: u64) {
         let idx = (id & ((1 << INDEX_BITS) - 1)) as usize;
         let Some(slot) = self.slots.get(idx).filter(|_| idx != 0) else {
@@ -1140,9 +1147,16 @@ impl Inner {
             ReplyBlobSet::free(&d.blobs, self.pool.as_deref());
             d.blobs.clear();
         }
-        Self::unarm(slot, id);
+        slot.id
+            .store(id & !((1 << INDEX_BITS) - 1), Ordering::Release);
+        // A swap, not `unarm`'s store: a request to lead that came meanwhile
+        // must be seen to be passed on.
+        let was = slot.state.swap(WAITING, Ordering::AcqRel);
         drop(d);
         slot.free.give_back();
+        if was == LEAD {
+            self.hand_off_parked();
+        }
     }
 
     /// The leader's own reply body `bytes` (`id`'s), copied out of the
@@ -1212,20 +1226,20 @@ impl Inner {
             return;
         }
         loop {
-            let Some(idx) = lock(&self.parked).pop_front() else {
+            let Some(id) = lock(&self.parked).pop_front() else {
                 return;
             };
             self.parked_n.fetch_sub(1, Ordering::SeqCst);
-            if self.ask_to_lead(idx) {
+            if self.ask_to_lead(id) {
                 return;
             }
         }
     }
 
     /// Removes a parked caller (it woke up).
-    fn unpark(&self, idx: u32) {
+    fn unpark(&self, id: u64) {
         let mut p = lock(&self.parked);
-        if let Some(pos) = p.iter().position(|&i| i == idx) {
+        if let Some(pos) = p.iter().position(|&i| i == id) {
             p.remove(pos);
             self.parked_n.fetch_sub(1, Ordering::SeqCst);
         }
@@ -1233,17 +1247,25 @@ impl Inner {
 
     /// Wakes every parked caller (the connection is over: each finds out).
     fn wake_everyone(&self) {
-        let parked: Vec<u32> = lock(&self.parked).drain(..).collect();
+        let parked: Vec<u64> = lock(&self.parked).drain(..).collect();
         self.parked_n.fetch_sub(parked.len(), Ordering::SeqCst);
-        for idx in parked {
-            self.ask_to_lead(idx);
+        for id in parked {
+            self.ask_to_lead(id);
         }
     }
 
-    /// Asks the caller of slot `idx` to lead, waking it if it sleeps;
-    /// false if its reply came meanwhile (it needs no leader).
-    fn ask_to_lead(&self, idx: u32) -> bool {
-        let state = &self.slots[idx as usize].state;
+    /// Asks the caller of call `id` to lead, waking it if it sleeps; false
+    /// if it cannot be relied on to: its reply came meanwhile (it needs no
+    /// leader), or its slot serves another call now. Between the entry's
+    /// removal from `parked` and this, the caller may have woken, given
+    /// up and freed the slot, and another call taken it, whose caller may
+    /// not be waiting at all (a call started and not yet waited for).
+    /// That caller gets the request anyway (harmless: one asked to lead
+    /// only tries the receiver's lock), and the next parked caller is
+    /// asked too.
+    fn ask_to_lead(&self, id: u64) -> bool {
+        let slot = &self.slots[(id & ((1 << INDEX_BITS) - 1)) as usize];
+        let state = &slot.state;
         for from in [PARKED, WAITING] {
             if state
                 .compare_exchange(from, LEAD, Ordering::AcqRel, Ordering::Acquire)
@@ -1252,7 +1274,10 @@ impl Inner {
                 if from == PARKED {
                     let _ = futex_wake(state, 1);
                 }
-                return true;
+                // Acquire: a slot taken by another call since is armed
+                // (Release) with that call's id before its caller can
+                // park or be asked.
+                return slot.id.load(Ordering::Acquire) == id;
             }
         }
         false
@@ -1268,5 +1293,104 @@ impl Drop for Inner {
             let _ = g.commit_all();
             tx.publish();
         }
+    }
+}
+
+/// The hand-off of the receiver between parked callers, played step by
+/// step on a real connection: calls are started (their requests reach an
+/// in-process server, whose replies nobody reads), and the parking and
+/// waking a race would interleave are made by hand.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::{AppError, CallCtx, Server, ServerBuilder};
+    use crate::sys::SocketName;
+
+    const ECHO: Method<u64, u64> = Method::new("echo");
+
+    fn server_and_client(test: &str) -> (Server, SharedClient) {
+        let name = format!("isocall-unit-{test}-{}", std::process::id());
+        let server = ServerBuilder::new(SocketName::Abstract(name.clone()))
+            .method(ECHO, |n: &rkyv::rend::u64_le, _: &mut CallCtx<'_>| {
+                Ok::<u64, AppError>(n.to_native())
+            })
+            .spawn()
+            .expect("server");
+        let opts = ClientOptions::default().strategy(WaitStrategy::Blocking);
+        let client = SharedClient::connect_with(SocketName::Abstract(name), opts).expect("client");
+        (server, client)
+    }
+
+    /// `id`'s caller, as `wait_id` parks it.
+    fn park(inner: &Inner, id: u64) {
+        lock(&inner.parked).push_back(id);
+        inner.parked_n.fetch_add(1, Ordering::SeqCst);
+        let slot = &inner.slots[(id & ((1 << INDEX_BITS) - 1)) as usize];
+        assert!(
+            slot.state
+                .compare_exchange(WAITING, PARKED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        );
+    }
+
+    fn state(inner: &Inner, id: u64) -> u32 {
+        inner.slots[(id & ((1 << INDEX_BITS) - 1)) as usize]
+            .state
+            .load(Ordering::Acquire)
+    }
+
+    #[test]
+    fn a_hand_off_passes_over_a_parked_entry_whose_slot_serves_another_call() {
+        let (_server, c) = server_and_client("handoff-reused");
+        let m = c.method(ECHO).expect("method");
+        let inner = &*c.inner;
+        let (x, _) = c.start(m, &1, &[]).expect("start x").defuse();
+        let (z, _) = c.start(m, &2, &[]).expect("start z").defuse();
+        park(inner, x);
+        park(inner, z);
+        // x's caller woke and gave up before the leaving leader took its
+        // entry, and a call started since took its slot (not waited for).
+        inner.slots[(x & ((1 << INDEX_BITS) - 1)) as usize]
+            .state
+            .store(WAITING, Ordering::Release);
+        inner.release_slot(x);
+        let mut later = Vec::new();
+        let y = loop {
+            let (y, _) = c.start(m, &3, &[]).expect("start y").defuse();
+            if (y ^ x) & ((1 << INDEX_BITS) - 1) == 0 {
+                break y;
+            }
+            later.push(y);
+            assert!(later.len() < 1000, "x's slot was never taken again");
+        };
+        assert_ne!(y, x);
+        inner.hand_off_parked();
+        assert_eq!(
+            state(inner, z),
+            LEAD,
+            "the parked caller z was not asked to lead: the request went to x's slot, now y's"
+        );
+    }
+
+    #[test]
+    fn a_caller_asked_to_lead_that_gives_up_passes_the_request_on() {
+        let (_server, c) = server_and_client("handoff-given-up");
+        let m = c.method(ECHO).expect("method");
+        let inner = &*c.inner;
+        let (x, _) = c.start(m, &1, &[]).expect("start x").defuse();
+        let (z, _) = c.start(m, &2, &[]).expect("start z").defuse();
+        park(inner, x);
+        park(inner, z);
+        // The leader leaves and asks x, which then runs out of time.
+        inner.hand_off_parked();
+        assert_eq!(state(inner, x), LEAD);
+        assert_eq!(state(inner, z), PARKED);
+        inner.unpark(x);
+        inner.release_slot(x);
+        assert_eq!(
+            state(inner, z),
+            LEAD,
+            "x gave up with the request to lead, and z was left asleep"
+        );
     }
 }
