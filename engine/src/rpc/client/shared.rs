@@ -321,10 +321,18 @@ impl SharedClient {
         self.inner.closed.load(Ordering::Acquire) == 0 && !self.inner.peer_gone()
     }
 
-    /// Calls in flight on this connection, from every thread.
+    /// Calls in flight on this connection, from every thread, counted as
+    /// [`max_in_flight`](ClientOptions#structfield.max_in_flight) counts
+    /// them: a call whose short reply is still held (its body lives in the
+    /// call's slot until the [`Reply`] is dropped) counts too, so that
+    /// `in_flight() < max_in_flight` means a slot is free for the next
+    /// start (unless another thread takes it first).
     pub fn in_flight(&self) -> usize {
-        let taken = |s: &Slot| s.id.load(Ordering::Relaxed) & ((1 << INDEX_BITS) - 1) != 0;
-        self.inner.slots.iter().filter(|s| taken(s)).count()
+        self.inner
+            .slots
+            .iter()
+            .filter(|s| !s.free.is_free())
+            .count()
     }
 
     /// A large blob of `len` bytes (see
@@ -1370,6 +1378,20 @@ mod tests {
             LEAD,
             "the parked caller z was not asked to lead: the request went to x's slot, now y's"
         );
+    }
+
+    #[test]
+    fn a_short_reply_still_held_counts_as_in_flight() {
+        let (_server, c) = server_and_client("in-flight");
+        let m = c.method(ECHO).expect("method");
+        assert_eq!(c.in_flight(), 0);
+        let p = c.start(m, &7, &[]).expect("start");
+        assert_eq!(c.in_flight(), 1);
+        let r = c.wait(p, None).expect("reply");
+        assert_eq!(*r, 7);
+        assert_eq!(c.in_flight(), 1, "the reply holds its call's slot");
+        drop(r);
+        assert_eq!(c.in_flight(), 0);
     }
 
     #[test]

@@ -58,6 +58,11 @@ impl FreeMark {
         LAST_GIVEN.set((std::ptr::from_ref(self) as usize, self.slot));
     }
 
+    /// Whether the slot is free now (a snapshot, for counting).
+    pub(crate) fn is_free(&self) -> bool {
+        self.free.load(Ordering::Relaxed)
+    }
+
     /// Takes the slot if it is free; only the sender's lock holder does.
     #[inline]
     fn try_take(&self) -> bool {
