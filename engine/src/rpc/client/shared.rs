@@ -1329,38 +1329,41 @@ mod tests {
         (server, client)
     }
 
-    /// `id`'s caller, as `wait_id` parks it.
-    fn park(inner: &Inner, id: u64) {
-        lock(&inner.parked).push_back(id);
-        inner.parked_n.fetch_add(1, Ordering::SeqCst);
-        let slot = &inner.slots[(id & ((1 << INDEX_BITS) - 1)) as usize];
-        assert!(
-            slot.state
-                .compare_exchange(WAITING, PARKED, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        );
+    /// A connection with two calls started, `x` and then `z`, whose
+    /// callers are parked in that order, as `wait_id` parks them.
+    fn two_parked(test: &str) -> (Server, SharedClient, MethodRef<u64, u64>, u64, u64) {
+        let (server, c) = server_and_client(test);
+        let m = c.method(ECHO).expect("method");
+        let (x, _) = c.start(m, &1, &[]).expect("start x").defuse();
+        let (z, _) = c.start(m, &2, &[]).expect("start z").defuse();
+        for id in [x, z] {
+            lock(&c.inner.parked).push_back(id);
+            c.inner.parked_n.fetch_add(1, Ordering::SeqCst);
+            assert!(
+                slot(&c.inner, id)
+                    .state
+                    .compare_exchange(WAITING, PARKED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            );
+        }
+        (server, c, m, x, z)
+    }
+
+    fn slot(inner: &Inner, id: u64) -> &Slot {
+        &inner.slots[(id & ((1 << INDEX_BITS) - 1)) as usize]
     }
 
     fn state(inner: &Inner, id: u64) -> u32 {
-        inner.slots[(id & ((1 << INDEX_BITS) - 1)) as usize]
-            .state
-            .load(Ordering::Acquire)
+        slot(inner, id).state.load(Ordering::Acquire)
     }
 
     #[test]
     fn a_hand_off_passes_over_a_parked_entry_whose_slot_serves_another_call() {
-        let (_server, c) = server_and_client("handoff-reused");
-        let m = c.method(ECHO).expect("method");
+        let (_server, c, m, x, z) = two_parked("handoff-reused");
         let inner = &*c.inner;
-        let (x, _) = c.start(m, &1, &[]).expect("start x").defuse();
-        let (z, _) = c.start(m, &2, &[]).expect("start z").defuse();
-        park(inner, x);
-        park(inner, z);
         // x's caller woke and gave up before the leaving leader took its
         // entry, and a call started since took its slot (not waited for).
-        inner.slots[(x & ((1 << INDEX_BITS) - 1)) as usize]
-            .state
-            .store(WAITING, Ordering::Release);
+        slot(inner, x).state.store(WAITING, Ordering::Release);
         inner.release_slot(x);
         let mut later = Vec::new();
         let y = loop {
@@ -1396,13 +1399,8 @@ mod tests {
 
     #[test]
     fn a_caller_asked_to_lead_that_gives_up_passes_the_request_on() {
-        let (_server, c) = server_and_client("handoff-given-up");
-        let m = c.method(ECHO).expect("method");
+        let (_server, c, _, x, z) = two_parked("handoff-given-up");
         let inner = &*c.inner;
-        let (x, _) = c.start(m, &1, &[]).expect("start x").defuse();
-        let (z, _) = c.start(m, &2, &[]).expect("start z").defuse();
-        park(inner, x);
-        park(inner, z);
         // The leader leaves and asks x, which then runs out of time.
         inner.hand_off_parked();
         assert_eq!(state(inner, x), LEAD);
