@@ -730,7 +730,11 @@ impl Inner {
         let generation = (slot.id.load(Ordering::Relaxed) >> INDEX_BITS).wrapping_add(1);
         let id = (generation.max(1) << INDEX_BITS) | u64::from(idx);
         slot.method.store(method, Ordering::Relaxed);
-        slot.state.store(WAITING, Ordering::Relaxed);
+        // Release: an ask to lead whose exchange reads this store
+        // (`ask_to_lead`, Acquire) then sees the id cleared when the slot
+        // was freed (before the free mark's Release), not the id of the
+        // call that had it.
+        slot.state.store(WAITING, Ordering::Release);
         // Release: a leader that finds this id here (Acquire, under the
         // data lock) sees the state and method above.
         slot.id.store(id, Ordering::Release);
@@ -1155,10 +1159,10 @@ impl Inner {
             ReplyBlobSet::free(&d.blobs, self.pool.as_deref());
             d.blobs.clear();
         }
-        slot.id
-            .store(id & !((1 << INDEX_BITS) - 1), Ordering::Release);
+        Self::clear_id(slot, id);
         // A swap, not `unarm`'s store: a request to lead that came meanwhile
-        // must be seen to be passed on.
+        // must be seen to be passed on. Release: an ask whose exchange
+        // reads it (Acquire) sees the id cleared above.
         let was = slot.state.swap(WAITING, Ordering::AcqRel);
         drop(d);
         slot.free.give_back();
@@ -1210,9 +1214,16 @@ impl Inner {
     /// `own_reply_bytes`).
     #[inline(always)]
     fn unarm(slot: &Slot, id: u64) {
+        Self::clear_id(slot, id);
+        slot.state.store(WAITING, Ordering::Release);
+    }
+
+    /// Clears the index bits of `slot`'s id (`id`), keeping its generation:
+    /// no reply's id, nor any parked entry's, matches it any more.
+    #[inline(always)]
+    fn clear_id(slot: &Slot, id: u64) {
         slot.id
             .store(id & !((1 << INDEX_BITS) - 1), Ordering::Release);
-        slot.state.store(WAITING, Ordering::Release);
     }
 
     /// The leader left: asks one parked caller to lead (one still waiting:
@@ -1282,10 +1293,13 @@ impl Inner {
                 if from == PARKED {
                     let _ = futex_wake(state, 1);
                 }
-                // Acquire: a slot taken by another call since is armed
-                // (Release) with that call's id before its caller can
-                // park or be asked.
-                return slot.id.load(Ordering::Acquire) == id;
+                // The exchange (Acquire) read a state stored, with
+                // Release, after any clearing of the id: by
+                // `release_slot`'s swap, which follows its clearing, or by
+                // `take_slot`'s store, which follows the clearing through
+                // the free mark. So a slot given up since shows an id other
+                // than `id` here.
+                return slot.id.load(Ordering::Relaxed) == id;
             }
         }
         false
@@ -1361,9 +1375,10 @@ mod tests {
     fn a_hand_off_passes_over_a_parked_entry_whose_slot_serves_another_call() {
         let (_server, c, m, x, z) = two_parked("handoff-reused");
         let inner = &*c.inner;
-        // x's caller woke and gave up before the leaving leader took its
-        // entry, and a call started since took its slot (not waited for).
-        slot(inner, x).state.store(WAITING, Ordering::Release);
+        // Between the leaving leader's taking x's entry and its asking,
+        // x's caller wakes and gives up, and a call started since takes
+        // its slot (not waited for). The entry is left in the list here:
+        // the ask that follows is the one that leader makes.
         inner.release_slot(x);
         let mut later = Vec::new();
         let y = loop {
@@ -1380,6 +1395,25 @@ mod tests {
             state(inner, z),
             LEAD,
             "the parked caller z was not asked to lead: the request went to x's slot, now y's"
+        );
+    }
+
+    #[test]
+    fn a_caller_asked_to_lead_whose_wait_runs_out_passes_the_request_on() {
+        let (_server, c, _, x, z) = two_parked("handoff-wait-late");
+        let inner = &*c.inner;
+        // The leader leaves and asks x; another thread takes the receiver
+        // before x can, and x's deadline has passed when it looks.
+        inner.hand_off_parked();
+        assert_eq!(state(inner, x), LEAD);
+        let rx = inner.rx.try_lock().expect("the receiver is free");
+        let r = c.wait_id::<u64>(x, Some(Instant::now()));
+        assert!(matches!(r, Err(CallError::Timeout)), "{r:?}");
+        drop(rx);
+        assert_eq!(
+            state(inner, z),
+            LEAD,
+            "x's wait ran out with the request to lead, and z was left asleep"
         );
     }
 
