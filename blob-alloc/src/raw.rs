@@ -207,7 +207,10 @@ pub(crate) fn census_read_only(region: &ReadOnlyRegion) -> Result<PoolStats, Blo
 ///
 /// # Errors
 ///
-/// As [`layout::read`].
+/// A [`BlobError`] naming what is wrong with the pool's header:
+/// `RegionTooShort`, `BadMagic`, `BadVersion`, `LengthMismatch` or
+/// `BadClassCount` (the header is checked, with loads only, before any
+/// slot-state word is read).
 // SAFETY: a contract for callers, stated in `# Safety` above.
 pub unsafe fn census_region<R: ReadRegion + ?Sized>(region: &R) -> Result<PoolStats, BlobError> {
     // SAFETY: `read` loads only header words and `count_states` only the
