@@ -296,9 +296,10 @@ impl<R: Region, P: Parker> Producer<R, P> {
     /// would find twelve of the next group's sixteen lines not yet its
     /// own: each a store that waits for a line from the consumer's core).
     /// It skips the slot at the tail itself, which the consumer may be
-    /// polling (taking that line would only make it fetch it back). Runs after the Release store of a publish, so it
-    /// delays no frame; the zeroes are ordered before any frame that
-    /// reaches them by that frame's own publish.
+    /// polling (taking that line would only make it fetch it back). Runs
+    /// after the Release store of a publish, so it delays no frame; the
+    /// zeroes are ordered before any frame that reaches them by that
+    /// frame's own publish.
     ///
     /// Each line is first asked for (`prefetch_write`) a kilobyte before
     /// it is zeroed: the zero then finds the line owned. Zeroed without

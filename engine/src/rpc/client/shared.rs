@@ -71,6 +71,14 @@ use crate::sys::{PeerCred, futex_wait, futex_wake};
 const INDEX_BITS: u32 = 16;
 /// Most slots (calls in flight) of a shared client.
 const MAX_SLOTS: usize = 1 << INDEX_BITS;
+/// The slot index bits of a call id.
+const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
+
+/// The index of the slot of call `id`.
+#[inline(always)]
+fn slot_index(id: u64) -> usize {
+    (id & INDEX_MASK) as usize
+}
 
 /// A slot's caller waits for its reply.
 const WAITING: u32 = 0;
@@ -614,7 +622,7 @@ impl SharedClient {
         deadline: Option<Instant>,
     ) -> Result<Reply<'_, Resp>, CallError> {
         let inner = &*self.inner;
-        let idx = (id & ((1 << INDEX_BITS) - 1)) as usize;
+        let idx = slot_index(id);
         let slot = &inner.slots[idx];
         let timeout = inner.info.options.call_timeout;
         let mut deadline = deadline;
@@ -841,7 +849,7 @@ impl Inner {
         deadline: &mut Option<Instant>,
         timeout: Duration,
     ) -> Result<Reply<'_, Resp>, CallError> {
-        let idx = (id & ((1 << INDEX_BITS) - 1)) as usize;
+        let idx = slot_index(id);
         let slot = &self.slots[idx];
         let strategy = self.info.options.strategy;
         // Frames for other calls handled since the clock was last read.
@@ -1055,7 +1063,7 @@ impl Inner {
     /// wakes its caller; discards one whose call is gone, freeing its
     /// blobs.
     fn deliver(&self, p: &wire::Parsed<'_>) {
-        let idx = (p.head.id & ((1 << INDEX_BITS) - 1)) as usize;
+        let idx = slot_index(p.head.id);
         if let Some(slot) = self.slots.get(idx).filter(|_| idx != 0) {
             let mut d = lock(&slot.data);
             if slot.id.load(Ordering::Acquire) == p.head.id
@@ -1078,7 +1086,7 @@ impl Inner {
 
     /// The reply delivered to `id`'s slot; frees the slot.
     fn take_reply<Resp: Body>(&self, id: u64) -> Result<Reply<'_, Resp>, CallError> {
-        let idx = (id & ((1 << INDEX_BITS) - 1)) as usize;
+        let idx = slot_index(id);
         let slot = &self.slots[idx];
         let method = slot.method.load(Ordering::Relaxed);
         let (status, blobs, body) = {
@@ -1147,7 +1155,7 @@ impl Inner {
     /// discarded, its blobs freed). A caller that was asked to lead and
     /// gives up instead passes the request on to another parked caller.
     fn release_slot(&self, id: u64) {
-        let idx = (id & ((1 << INDEX_BITS) - 1)) as usize;
+        let idx = slot_index(id);
         let Some(slot) = self.slots.get(idx).filter(|_| idx != 0) else {
             return;
         };
@@ -1184,7 +1192,7 @@ impl Inner {
     /// others).
     #[inline(always)]
     fn own_reply_bytes(&self, id: u64, bytes: &[u8]) -> ReplyBytes<'_> {
-        let idx = (id & ((1 << INDEX_BITS) - 1)) as usize;
+        let idx = slot_index(id);
         let slot = &self.slots[idx];
         if slot.id.load(Ordering::Relaxed) != id {
             return self.reply_bytes(bytes);
@@ -1222,8 +1230,7 @@ impl Inner {
     /// no reply's id, nor any parked entry's, matches it any more.
     #[inline(always)]
     fn clear_id(slot: &Slot, id: u64) {
-        slot.id
-            .store(id & !((1 << INDEX_BITS) - 1), Ordering::Release);
+        slot.id.store(id & !INDEX_MASK, Ordering::Release);
     }
 
     /// The leader left: asks one parked caller to lead (one still waiting:
@@ -1283,7 +1290,7 @@ impl Inner {
     /// only tries the receiver's lock), and the next parked caller is
     /// asked too.
     fn ask_to_lead(&self, id: u64) -> bool {
-        let slot = &self.slots[(id & ((1 << INDEX_BITS) - 1)) as usize];
+        let slot = &self.slots[slot_index(id)];
         let state = &slot.state;
         for from in [PARKED, WAITING] {
             if state
@@ -1364,7 +1371,7 @@ mod tests {
     }
 
     fn slot(inner: &Inner, id: u64) -> &Slot {
-        &inner.slots[(id & ((1 << INDEX_BITS) - 1)) as usize]
+        &inner.slots[slot_index(id)]
     }
 
     fn state(inner: &Inner, id: u64) -> u32 {
@@ -1383,7 +1390,7 @@ mod tests {
         let mut later = Vec::new();
         let y = loop {
             let (y, _) = c.start(m, &3, &[]).expect("start y").defuse();
-            if (y ^ x) & ((1 << INDEX_BITS) - 1) == 0 {
+            if slot_index(y) == slot_index(x) {
                 break y;
             }
             later.push(y);
