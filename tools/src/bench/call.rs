@@ -264,7 +264,19 @@ pub fn pipelined(budget: &Budget) -> Res<Measured> {
     let figure = "call.pipelined.64";
     let (peer, c) = connect(figure, WaitStrategy::BusySpin)?;
     let n = (budget.stream_msgs / 4).max(10_000);
-    pipelined_through(budget, figure, n, peer, c)
+    pipelined_through(budget, figure, n, 64, peer, c)
+}
+
+/// `call.pipelined.1x32.64`: `call.pipelined.64` with 32 calls in flight,
+/// the window of each caller of `call.shared.pipelined.64`. Where those
+/// two callers share one CPU (a 2-CPU machine: the server has the other),
+/// one runs at a time, and while it does, the other's calls are answered
+/// and it starts no more: this figure is what they can reach together.
+pub fn pipelined_half(budget: &Budget) -> Res<Measured> {
+    let figure = "call.pipelined.1x32.64";
+    let (peer, c) = connect(figure, WaitStrategy::BusySpin)?;
+    let n = (budget.stream_msgs / 4).max(10_000);
+    pipelined_through(budget, figure, n, 32, peer, c)
 }
 
 /// `call.pipelined.batched.64`: `call.pipelined.64` with the requests
@@ -277,16 +289,17 @@ pub fn pipelined_batched(budget: &Budget) -> Res<Measured> {
         .batch_requests(true);
     let c = Client::connect_with(&socket, opts)?;
     let n = (budget.stream_msgs / 4).max(10_000);
-    pipelined_through(budget, figure, n, peer, c)
+    pipelined_through(budget, figure, n, 64, peer, c)
 }
 
 /// The rate of `figure` through `c`, a client of `peer`'s server: `n`
-/// 64-byte calls with 64 in flight, every reply checked, per repetition;
-/// then closes `c` and stops `peer`.
+/// 64-byte calls with `in_flight` in flight, every reply checked, per
+/// repetition; then closes `c` and stops `peer`.
 pub(super) fn pipelined_through(
     budget: &Budget,
     figure: &str,
     n: u64,
+    in_flight: usize,
     peer: Peer,
     mut c: Client,
 ) -> Res<Measured> {
@@ -294,9 +307,9 @@ pub(super) fn pipelined_through(
     let mut reps = Vec::new();
     for _ in 0..budget.stream_reps {
         let start = Instant::now();
-        let mut window = std::collections::VecDeque::with_capacity(64);
+        let mut window = std::collections::VecDeque::with_capacity(in_flight);
         for seq in 0..n {
-            if window.len() == 64 {
+            if window.len() == in_flight {
                 let (p, s) = window.pop_front().ok_or("empty window")?;
                 let r: isocall_engine::Reply<'_, Bytes64> = c.wait(p, None)?;
                 if check(&r.data, s).is_err() {
@@ -327,7 +340,11 @@ pub fn shared_rtt(budget: &Budget) -> Res<Measured> {
 
 /// `call.shared.pipelined.64`: calls per second from two threads sharing
 /// one connection through clones of a [`SharedClient`], 32 calls in flight
-/// each (64 in all, as `call.pipelined.64`).
+/// each (64 in all, as `call.pipelined.64`), each thread on a CPU of its
+/// own if the machine has one besides the server's. On two CPUs they
+/// share one and take turns, and together reach at most what one caller
+/// with 32 in flight does (`call.pipelined.1x32.64`, the figure it is also
+/// compared to).
 pub fn shared_pipelined(budget: &Budget) -> Res<Measured> {
     shared_pipelined_by(budget, "call.shared.pipelined.64", 2, 32, false)
 }
@@ -354,7 +371,9 @@ pub fn shared_pipelined_lone(budget: &Budget) -> Res<Measured> {
 
 /// Calls per second from `threads` threads sharing one connection through
 /// clones of a [`SharedClient`], `window` 64-byte calls in flight each,
-/// every reply checked; requests published in batches if `batch`.
+/// every reply checked; requests published in batches if `batch`. Each
+/// thread runs on the CPU [`caller_cpu`](super::peer::caller_cpu) gives
+/// it.
 fn shared_pipelined_by(
     budget: &Budget,
     figure: &str,
@@ -374,6 +393,10 @@ fn shared_pipelined_by(
                 .map(|t| {
                     let c = c.clone();
                     s.spawn(move || -> Res<()> {
+                        // A CPU of its own where the machine has one to
+                        // spare (this process is pinned to one CPU, which
+                        // a new thread would share).
+                        super::peer::pin(super::peer::caller_cpu(t as usize));
                         let mut pending = std::collections::VecDeque::with_capacity(window);
                         for i in 0..per_thread {
                             let seq = t * per_thread + i;

@@ -158,7 +158,7 @@ pub fn pipelined(budget: &Budget) -> Res<Measured> {
     let figure = "tcp.call.pipelined.64";
     let (peer, c) = connect(figure, Net::Tcp)?;
     let n = (budget.stream_msgs / 40).max(10_000);
-    pipelined_through(budget, figure, n, peer, c)
+    pipelined_through(budget, figure, n, 64, peer, c)
 }
 
 /// Bytes of text a `--netem` call carries.

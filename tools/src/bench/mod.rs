@@ -325,6 +325,14 @@ pub fn figures() -> Vec<Figure> {
             peer: call::server_peer,
         },
         Figure {
+            name: "call.pipelined.1x32.64",
+            unit: CallPerSec,
+            floor: Some("call.pipelined.64"),
+            also: &[],
+            run: call::pipelined_half,
+            peer: call::server_peer,
+        },
+        Figure {
             name: "call.shared.rtt.busy.64",
             unit: Ns,
             floor: Some("call.rtt.busy.64"),
@@ -336,7 +344,7 @@ pub fn figures() -> Vec<Figure> {
             name: "call.shared.pipelined.64",
             unit: CallPerSec,
             floor: Some("call.pipelined.64"),
-            also: &[],
+            also: &["call.pipelined.1x32.64"],
             run: call::shared_pipelined,
             peer: call::server_peer,
         },

@@ -38,14 +38,29 @@ pub fn strategy_from(n: u64) -> WaitStrategy {
     }
 }
 
-/// The two CPUs the sides run on, when the machine has two to give. Read
-/// once, before this process pins itself (after that its mask is one CPU).
+/// The CPUs this process may run on, read once, before it pins itself
+/// (after that its mask is one CPU).
+fn all_cpus() -> &'static [usize] {
+    static CPUS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+    CPUS.get_or_init(allowed_cpus)
+}
+
+/// The two CPUs the sides run on, when the machine has two to give.
 pub fn cpus() -> Option<(usize, usize)> {
-    static CPUS: std::sync::OnceLock<Option<(usize, usize)>> = std::sync::OnceLock::new();
-    *CPUS.get_or_init(|| {
-        let cpus = allowed_cpus();
-        (cpus.len() >= 2).then(|| (cpus[0], cpus[1]))
-    })
+    match all_cpus() {
+        [a, b, ..] => Some((*a, *b)),
+        _ => None,
+    }
+}
+
+/// The CPU of caller thread `t` of a figure with several: one of its own
+/// while the machine has CPUs besides the peer's, then in turns (on two
+/// CPUs, every caller shares the first with the others). `None` when the
+/// sides are not pinned.
+pub fn caller_cpu(t: usize) -> Option<usize> {
+    let (_, peer) = cpus()?;
+    let ours: Vec<usize> = all_cpus().iter().copied().filter(|&c| c != peer).collect();
+    ours.get(t % ours.len().max(1)).copied()
 }
 
 /// Pins the calling thread to `cpu` if there is one; failure only warns.
