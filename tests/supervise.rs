@@ -7,10 +7,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::calc::{ADD, Add};
-use common::services::{self, CRASH_ONE_IN, FILE, HOLD, SUM_BLOB, supervisor, temp_file};
+use common::services::{
+    self, BUMP, Bump, CRASH_ONE_IN, FILE, HOLD, SUM_BLOB, supervisor, temp_file,
+};
 use common::supervised::{
     add, bumps_at_most_once, current_segment, fails_again, holders_of, patient, pipelined_adds,
-    segment_inode, served_pid, sigkill, wait_released,
+    segment_inode, served_pid, sigkill, sigstop, wait_released,
 };
 use common::wait_until;
 use isocall::blob::{BlobError, SlotState};
@@ -57,6 +59,76 @@ fn calls_that_are_not_idempotent_run_at_most_once_across_crashes() {
     let died = bumps_at_most_once(&mut c, 100, &log, "shared memory");
     let s = sup.stats();
     assert_eq!(s.retries, 0, "nothing is retried: {s:?}");
+    assert_eq!(s.calls_failed, died.len() as u64, "{s:?}");
+    assert!(s.crashes > 0);
+}
+
+/// With `batch_requests`, the third of three calls started together is
+/// held back (written, not published). The server is stopped before the
+/// calls (it reads none of them), then killed. The two published calls
+/// fail with `PeerDied`: the server may have run them, and `bump` is not
+/// idempotent. The one held back never reached it: it is sent to the
+/// successor, and answered, and runs once. Before, it failed with
+/// `PeerDied` too, and a wait published it into the dead server's ring.
+#[test]
+fn a_call_held_back_when_its_server_dies_goes_to_the_successor_whatever_its_method() {
+    let log = temp_file("held-back");
+    let sup = supervisor("held-back", "counter")
+        .env(FILE, &log)
+        .client_options(patient().batch_requests(true))
+        .spawn()
+        .expect("supervisor");
+    let mut c = sup.client();
+    let victim = served_pid(&mut c);
+    let m = c.method(BUMP).expect("bump");
+    assert!(!m.is_idempotent());
+    sigstop(victim);
+    let pending: Vec<_> = (1..=3u64)
+        .map(|id| (id, c.start(m, &Bump { id }, &[]).expect("start")))
+        .collect();
+    sigkill(victim);
+    wait_until(LIMIT, "the supervisor to count the crash", || {
+        (sup.stats().crashes >= 1).then_some(())
+    });
+    let mut answered = Vec::new();
+    for (id, p) in pending {
+        match c.wait(p, None) {
+            Ok(v) => {
+                assert_eq!(v.sum.to_native(), id);
+                answered.push(id);
+            }
+            Err(SupervisedError::Call(CallError::PeerDied)) => assert!(id < 3, "call {id} lost"),
+            Err(e) => panic!("call {id}: unexpected {e}"),
+        }
+    }
+    assert_eq!(answered, [3], "only the call held back is sent again");
+    assert_ne!(served_pid(&mut c), victim);
+    let text = std::fs::read_to_string(&log).expect("the successor's log");
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(
+        text, "3\n",
+        "the stopped server ran nothing, the successor call 3 once"
+    );
+    let s = sup.stats();
+    assert_eq!((s.retries, s.calls_failed), (1, 2), "{s:?}");
+}
+
+/// As above, with `batch_requests`: requests are held back as the calls
+/// start and published by the first wait, so a crash (in a handler) finds
+/// them published, and none may be sent again: the client's record of
+/// what it held back must not let one run twice.
+#[test]
+fn calls_that_are_not_idempotent_run_at_most_once_across_crashes_when_held_back() {
+    let log = temp_file("bump-held");
+    let sup = supervisor("at-most-once-held", "counter")
+        .env(CRASH_ONE_IN, "10")
+        .env(FILE, &log)
+        .client_options(patient().batch_requests(true))
+        .spawn()
+        .expect("supervisor");
+    let mut c = sup.client();
+    let died = bumps_at_most_once(&mut c, 100, &log, "shared memory, held back");
+    let s = sup.stats();
     assert_eq!(s.calls_failed, died.len() as u64, "{s:?}");
     assert!(s.crashes > 0);
 }

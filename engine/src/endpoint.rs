@@ -231,6 +231,13 @@ impl Sender {
         self.tx.unpublished()
     }
 
+    /// Whether the peer is known dead (its liveness flag, or its lifeline
+    /// that the kernel marks when it dies).
+    #[inline]
+    pub fn peer_gone(&self) -> bool {
+        self.liveness.peer_gone()
+    }
+
     /// Copies `payload` into a frame and publishes it.
     ///
     /// # Errors

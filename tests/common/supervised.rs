@@ -30,6 +30,12 @@ pub fn sigkill(pid: u32) {
     kill_process(Pid::from_raw(pid as i32).expect("pid"), Signal::KILL).expect("kill");
 }
 
+/// Sends `SIGSTOP` to `pid`: it runs no more (and reads nothing) until
+/// killed or continued.
+pub fn sigstop(pid: u32) {
+    kill_process(Pid::from_raw(pid as i32).expect("pid"), Signal::STOP).expect("stop");
+}
+
 /// Calls the common services' `add`.
 pub fn add(c: &mut SupervisedClient, a: u64, b: u64) -> Result<u64, SupervisedError> {
     let m = c.method(ADD)?;

@@ -186,7 +186,11 @@ impl SendFrames for Sender {
 
     #[inline(always)]
     fn publish_held(&mut self) {
-        Sender::publish(self);
+        // Not to a server known dead: frames still held back then provably
+        // never reached it (see `Client::never_sent`).
+        if self.unpublished() != 0 && !self.peer_gone() {
+            Sender::publish(self);
+        }
     }
 
     #[inline(always)]
@@ -282,7 +286,12 @@ impl SendFrames for Tx {
     }
 
     fn publish_held(&mut self) {
-        if let Tx::Ring(s) = self {
+        // Not to a server known dead: frames still held back then provably
+        // never reached it (see `Client::never_sent`).
+        if let Tx::Ring(s) = self
+            && s.unpublished() != 0
+            && !s.peer_gone()
+        {
             s.publish();
         }
     }

@@ -44,7 +44,8 @@ struct InFlight {
     /// Index of its method in `known`.
     method: u32,
     idempotent: bool,
-    /// The request's archive, kept for a retry (idempotent calls only).
+    /// The request's archive, kept for a retry: an idempotent call's, and
+    /// another's while its request is held back (see `start_until`).
     body: Option<Vec<u8>>,
     blobs: Vec<BlobHandle>,
     deadline: Instant,
@@ -60,7 +61,10 @@ struct InFlight {
 /// successor (at most [`retries`](super::SupervisorBuilder::retries)
 /// times, within its deadline) and its caller sees only the answer; any
 /// other fails with `PeerDied` and is never sent again (it ran at most
-/// once). A reply that arrived before the crash is still delivered, with
+/// once), unless its request was still held back
+/// ([`batch_requests`](crate::rpc::ClientOptions::batch_requests)) when
+/// the server died: never published, it never reached the server, and it
+/// is sent to the successor as an idempotent call is. A reply that arrived before the crash is still delivered, with
 /// the blobs of the pool it came in. Blobs of a retried call are copied
 /// into the successor's pool. The next call after a crash goes to the
 /// successor.
@@ -378,8 +382,10 @@ impl SupervisedClient {
                 blobs = self.move_blobs(from, &blobs)?;
             }
             self.drop_idle_old(None);
-            let mut keep = idempotent.then(Vec::new);
             let conn = self.current.as_mut().expect("ensured");
+            // A request that may be held back is kept too: if the server
+            // dies before it is published, it is sent to the successor.
+            let mut keep = (idempotent || conn.client.batches()).then(Vec::new);
             let sent = conn.client.start_keep(
                 id,
                 |buf, a| body::encode(request, buf, a),
@@ -388,6 +394,9 @@ impl SupervisedClient {
             );
             match sent {
                 Ok(call) => {
+                    if !idempotent && !conn.client.never_sent(call) {
+                        keep = None;
+                    }
                     let seq = self.next;
                     self.next += 1;
                     let conn = conn.live.id;
@@ -419,8 +428,9 @@ impl SupervisedClient {
     }
 
     /// Waits for a started call; see [`Client::wait`]. If the server died,
-    /// an idempotent call is sent again on the successor (blobs copied
-    /// over) and waited for there. The reply's blobs are in the pool of the
+    /// an idempotent call, or one whose request was still held back (never
+    /// published), is sent again on the successor (blobs copied over) and
+    /// waited for there. The reply's blobs are in the pool of the
     /// instance that answered.
     ///
     /// # Errors
@@ -450,10 +460,16 @@ impl SupervisedClient {
             match r {
                 Ok(()) => break Ok(conn_id),
                 Err(CallError::PeerDied) => {
+                    // Still held back: never published, so the server never
+                    // saw it, and any call may go to the successor.
+                    let unsent = call.body.is_some()
+                        && self
+                            .conn_mut(conn_id)
+                            .is_some_and(|c| c.client.never_sent(call.call));
                     if self.current.as_ref().is_some_and(|c| c.live.id == conn_id) {
                         self.retire_current();
                     }
-                    let retry = call.idempotent
+                    let retry = (call.idempotent || unsent)
                         && call.attempts < self.inner.retries()
                         && Instant::now() < deadline;
                     if !retry {
@@ -523,7 +539,7 @@ impl SupervisedClient {
         call.attempts += 1;
         self.inner.stats.add(Word::Retries, 1);
         tracing::debug!(target: "isocall::supervise", service = %self.inner.service(),
-            attempt = call.attempts, "idempotent call sent again");
+            attempt = call.attempts, idempotent = call.idempotent, "call sent again");
         Ok(())
     }
 

@@ -88,7 +88,11 @@ pub struct ClientOptions {
     /// (`call.pipelined.batched.64`). A call started alone goes at once.
     /// The cost: a started call the caller does not wait for may not reach
     /// the server until some wait or `flush`, as over a stream socket,
-    /// where requests are always batched this way.
+    /// where requests are always batched this way. A wait does not publish
+    /// them to a server known dead: a
+    /// [`SupervisedClient`](crate::supervise::SupervisedClient) sends a
+    /// request still held back when its server died to the successor,
+    /// whatever its method (the server never saw it).
     pub batch_requests: bool,
 }
 
@@ -692,6 +696,26 @@ impl Client {
         let id = *self.info.by_name.get(name)?;
         let m = &self.info.methods[id as usize];
         (m.signature == *sig).then_some((id, m.idempotent))
+    }
+
+    /// Whether call `id`'s request is still held back on the ring, written
+    /// and never published (see
+    /// [`batch_requests`](ClientOptions::batch_requests)): no server ever
+    /// saw it. The frames held back are always the requests of the calls
+    /// started last (any other frame publishes them), and a wait does not
+    /// publish them to a server known dead.
+    pub(crate) fn never_sent(&self, id: u64) -> bool {
+        let Tx::Ring(tx) = &self.link.tx else {
+            return false;
+        };
+        let next = self.window.next_id();
+        id < next && next - id <= tx.unpublished()
+    }
+
+    /// Whether requests may be held back (see
+    /// [`batch_requests`](ClientOptions::batch_requests)).
+    pub(crate) fn batches(&self) -> bool {
+        self.info.options.batch_requests
     }
 
     /// This client's tag (what its method refs carry).
