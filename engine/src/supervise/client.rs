@@ -64,10 +64,10 @@ struct InFlight {
 /// once), unless its request was still held back
 /// ([`batch_requests`](crate::rpc::ClientOptions::batch_requests)) when
 /// the server died: never published, it never reached the server, and it
-/// is sent to the successor as an idempotent call is. A reply that arrived before the crash is still delivered, with
-/// the blobs of the pool it came in. Blobs of a retried call are copied
-/// into the successor's pool. The next call after a crash goes to the
-/// successor.
+/// is sent to the successor as an idempotent call is. A reply that
+/// arrived before the crash is still delivered, with the blobs of the pool
+/// it came in. Blobs of a retried call are copied into the successor's
+/// pool. The next call after a crash goes to the successor.
 pub struct SupervisedClient {
     inner: Arc<Inner>,
     tag: u64,
