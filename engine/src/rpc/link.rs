@@ -286,13 +286,8 @@ impl SendFrames for Tx {
     }
 
     fn publish_held(&mut self) {
-        // Not to a server known dead: frames still held back then provably
-        // never reached it (see `Client::never_sent`).
-        if let Tx::Ring(s) = self
-            && s.unpublished() != 0
-            && !s.peer_gone()
-        {
-            s.publish();
+        if let Tx::Ring(s) = self {
+            SendFrames::publish_held(s);
         }
     }
 
