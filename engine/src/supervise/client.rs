@@ -82,6 +82,9 @@ pub struct SupervisedClient {
     next: u64,
     /// When a connection was last seen dead, until a call succeeds again.
     died_at: Option<Instant>,
+    /// The buffer a call's body is copied into in case it is held back,
+    /// kept for the next call when it was not (no allocation per call).
+    spare_body: Vec<u8>,
 }
 
 impl std::fmt::Debug for SupervisedClient {
@@ -108,6 +111,7 @@ impl SupervisedClient {
             given_up: Vec::new(),
             next: 1,
             died_at: None,
+            spare_body: Vec::new(),
         }
     }
 
@@ -385,7 +389,13 @@ impl SupervisedClient {
             let conn = self.current.as_mut().expect("ensured");
             // A request that may be held back is kept too: if the server
             // dies before it is published, it is sent to the successor.
-            let mut keep = (idempotent || conn.client.batches()).then(Vec::new);
+            let mut keep = if idempotent {
+                Some(Vec::new())
+            } else if conn.client.batches() {
+                Some(std::mem::take(&mut self.spare_body))
+            } else {
+                None
+            };
             let sent = conn.client.start_keep(
                 id,
                 |buf, a| body::encode(request, buf, a),
@@ -394,8 +404,11 @@ impl SupervisedClient {
             );
             match sent {
                 Ok(call) => {
-                    if !idempotent && !conn.client.never_sent(call) {
-                        keep = None;
+                    if !idempotent
+                        && !conn.client.never_sent(call)
+                        && let Some(spare) = keep.take()
+                    {
+                        self.spare_body = spare;
                     }
                     let seq = self.next;
                     self.next += 1;
