@@ -1370,6 +1370,16 @@ mod tests {
         (server, c, m, x, z)
     }
 
+    /// `two_parked`, then the leader leaves and asks x to lead (z sleeps
+    /// on).
+    fn x_asked_to_lead(test: &str) -> (Server, SharedClient, u64, u64) {
+        let (server, c, _, x, z) = two_parked(test);
+        c.inner.hand_off_parked();
+        assert_eq!(state(&c.inner, x), LEAD);
+        assert_eq!(state(&c.inner, z), PARKED);
+        (server, c, x, z)
+    }
+
     fn slot(inner: &Inner, id: u64) -> &Slot {
         &inner.slots[slot_index(id)]
     }
@@ -1407,12 +1417,10 @@ mod tests {
 
     #[test]
     fn a_caller_asked_to_lead_whose_wait_runs_out_passes_the_request_on() {
-        let (_server, c, _, x, z) = two_parked("handoff-wait-late");
-        let inner = &*c.inner;
         // The leader leaves and asks x; another thread takes the receiver
         // before x can, and x's deadline has passed when it looks.
-        inner.hand_off_parked();
-        assert_eq!(state(inner, x), LEAD);
+        let (_server, c, x, z) = x_asked_to_lead("handoff-wait-late");
+        let inner = &*c.inner;
         let rx = inner.rx.try_lock().expect("the receiver is free");
         let r = c.wait_id::<u64>(x, Some(Instant::now()));
         assert!(matches!(r, Err(CallError::Timeout)), "{r:?}");
@@ -1440,12 +1448,9 @@ mod tests {
 
     #[test]
     fn a_caller_asked_to_lead_that_gives_up_passes_the_request_on() {
-        let (_server, c, _, x, z) = two_parked("handoff-given-up");
-        let inner = &*c.inner;
         // The leader leaves and asks x, which then runs out of time.
-        inner.hand_off_parked();
-        assert_eq!(state(inner, x), LEAD);
-        assert_eq!(state(inner, z), PARKED);
+        let (_server, c, x, z) = x_asked_to_lead("handoff-given-up");
+        let inner = &*c.inner;
         inner.unpark(x);
         inner.release_slot(x);
         assert_eq!(
