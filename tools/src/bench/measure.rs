@@ -18,12 +18,15 @@ pub struct Budget {
     pub stream_msgs: u64,
     /// Repetitions of each stream per round; the median is kept.
     pub stream_reps: usize,
-    /// Rounds: every selected figure is measured once per round, and each
-    /// figure reports the median over rounds of its values and of its ratio
-    /// to its floor *within* a round. On a shared machine the speed of
-    /// cross-core traffic drifts for seconds at a time; a figure and its
-    /// floor measured seconds apart can land in different phases, so a
-    /// ratio across the whole run would compare apples with oranges.
+    /// Rounds: every selected figure is measured once per round, each
+    /// just after the figures it is compared to (measured again if
+    /// needed: `round_order` in the bench's module), and each figure
+    /// reports the median of its measurements and the median over rounds
+    /// of its ratio to each of them. On a shared machine the speed of
+    /// cross-core traffic jumps as the host moves the two CPUs (4x seen
+    /// here, at times several times a second); a figure and its floor
+    /// measured seconds apart would compare two machines, and short
+    /// measurements taken back to back rarely straddle a jump.
     pub rounds: usize,
     /// Round trips a latency figure measures at least, even past
     /// `measure` (so that the p99 of a slow figure rests on more than a
@@ -32,12 +35,12 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// The `--quick` budget: the whole run under a minute (27 to 47 s on
-    /// the shared 2-core development VM, another build running).
+    /// The `--quick` budget: the whole run under a minute (31 to 33 s on
+    /// the shared 2-core development VM).
     pub fn quick() -> Budget {
         Budget {
-            warmup: Duration::from_millis(30),
-            measure: Duration::from_millis(120),
+            warmup: Duration::from_millis(20),
+            measure: Duration::from_millis(60),
             stream_msgs: 1_000_000,
             stream_reps: 1,
             rounds: 5,
@@ -48,8 +51,8 @@ impl Budget {
     /// The default budget.
     pub fn full() -> Budget {
         Budget {
-            warmup: Duration::from_millis(100),
-            measure: Duration::from_millis(500),
+            warmup: Duration::from_millis(50),
+            measure: Duration::from_millis(300),
             stream_msgs: 5_000_000,
             stream_reps: 1,
             rounds: 9,

@@ -580,11 +580,65 @@ pub struct Spec {
     pub also: Vec<String>,
 }
 
+/// One measurement of a round: figure `fig`, and whether its ratios are
+/// taken from it (false: a figure measured again only because a figure
+/// after it is compared to it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// Index into the specs.
+    pub fig: usize,
+    /// Its ratios to the figures it is compared to are taken here.
+    pub compare: bool,
+}
+
+/// The indices of the figures of `specs` that figure `i` is compared to
+/// (its floor first), among those present.
+fn refs_of(specs: &[Spec], i: usize) -> Vec<usize> {
+    let f = &specs[i];
+    f.floor
+        .iter()
+        .chain(&f.also)
+        .filter_map(|name| specs.iter().position(|g| &g.name == name))
+        .collect()
+}
+
+/// The measurements of one round, in order: every figure once, in the
+/// order of `specs`, each preceded by those of the figures it is compared
+/// to that were not measured just before it (with nothing between but
+/// others of them). A ratio then divides two measurements taken back to
+/// back: on a shared machine the cost of a cache line crossing between
+/// the two CPUs jumps (by 4x, seen here) as the host moves them, at times
+/// several times a second, and a figure and its floor measured a few
+/// seconds apart compared two different machines.
+pub fn round_order(specs: &[Spec]) -> Vec<Step> {
+    let mut order: Vec<Step> = Vec::new();
+    for i in 0..specs.len() {
+        let refs = refs_of(specs, i);
+        for &j in &refs {
+            let since = order.iter().rposition(|s| s.fig == j);
+            let fresh = since.is_some_and(|k| order[k + 1..].iter().all(|s| refs.contains(&s.fig)));
+            if !fresh {
+                order.push(Step {
+                    fig: j,
+                    compare: false,
+                });
+            }
+        }
+        order.push(Step {
+            fig: i,
+            compare: true,
+        });
+    }
+    order
+}
+
 /// Measures every figure of `specs` once per round (`run(i)` measures
-/// figure i), with progress on stderr, and gives one row per figure: the
-/// median over rounds, and each ratio as the median of the ratios within
-/// a round (see [`measure::Budget::rounds`]). Ratios to figures not in
-/// `specs` are left out.
+/// figure i) in [`round_order`], with progress on stderr, and gives one
+/// row per figure: the median of all its measurements, and each ratio
+/// as the median over rounds of the ratio of the figure to the
+/// measurement of the other taken just before it (see
+/// [`measure::Budget::rounds`]). Ratios to figures not in `specs` are
+/// left out.
 pub fn measure_rounds(
     specs: &[Spec],
     rounds: usize,
@@ -596,12 +650,16 @@ pub fn measure_rounds(
         eprintln!("isocall bench: fewer than 2 CPUs allowed; the two processes are not pinned");
     }
     let started = Instant::now();
-    // measured[r][i]: figure i measured in round r.
-    let mut measured: Vec<Vec<Measured>> = Vec::with_capacity(rounds);
+    let order = round_order(specs);
+    // Every measurement of each figure.
+    let mut all: Vec<Vec<Measured>> = vec![Vec::new(); specs.len()];
+    // ratios[i][k]: figure i to its k-th reference, one per round.
+    let refs: Vec<Vec<usize>> = (0..specs.len()).map(|i| refs_of(specs, i)).collect();
+    let mut ratios: Vec<Vec<Vec<f64>>> = refs.iter().map(|r| vec![Vec::new(); r.len()]).collect();
     // On a terminal, a progress bar on stderr; otherwise (CI, pipes) one
     // line per measurement.
     let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
-        let bar = indicatif::ProgressBar::new((rounds * specs.len()) as u64);
+        let bar = indicatif::ProgressBar::new((rounds * order.len()) as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
                 "isocall bench {bar:30} {pos}/{len} {elapsed} {msg}",
@@ -611,44 +669,53 @@ pub fn measure_rounds(
         bar
     });
     for r in 0..rounds {
-        let mut this = Vec::with_capacity(specs.len());
-        for (i, f) in specs.iter().enumerate() {
+        // The latest measurement of each figure in this round.
+        let mut latest: Vec<Option<Measured>> = vec![None; specs.len()];
+        for step in &order {
+            let f = &specs[step.fig];
             let what = format!("round {}/{rounds}: {}", r + 1, f.name);
             match &bar {
                 Some(b) => b.set_message(what),
                 None => eprintln!("isocall bench: {what}"),
             }
-            this.push(run(i).map_err(|e| format!("{}: {e}", f.name))?);
+            let m = run(step.fig).map_err(|e| format!("{}: {e}", f.name))?;
+            if step.compare {
+                for (k, &j) in refs[step.fig].iter().enumerate() {
+                    if let Some(x) = latest[j].as_ref().and_then(|o| ratio(f.unit, &m, o)) {
+                        ratios[step.fig][k].push(x);
+                    }
+                }
+            }
+            all[step.fig].push(m);
+            latest[step.fig] = Some(m);
             if let Some(b) = &bar {
                 b.inc(1);
             }
         }
-        measured.push(this);
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let index = |name: &str| specs.iter().position(|f| f.name == name);
-    // The median over rounds of the ratio measured within each round.
-    let ratio_to = |i: usize, other: &str| -> Option<(String, f64)> {
-        let j = index(other)?;
-        let mut per_round: Vec<f64> = measured
-            .iter()
-            .filter_map(|round| ratio(specs[i].unit, &round[i], &round[j]))
-            .collect();
-        Some((other.to_string(), measure::median(&mut per_round)?))
-    };
     let rows = specs
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            let per_round: Vec<Measured> = measured.iter().map(|round| round[i]).collect();
+            let mut compared = refs[i]
+                .iter()
+                .zip(&mut ratios[i])
+                .map(|(&j, per_round)| Some((specs[j].name.clone(), measure::median(per_round)?)));
+            // The floor, if present, is the first reference.
+            let floor = f
+                .floor
+                .as_ref()
+                .filter(|fl| specs.iter().any(|g| &g.name == *fl))
+                .and_then(|_| compared.next().flatten());
             Row {
                 name: f.name.clone(),
                 unit: f.unit,
-                m: measure::median_of(&per_round),
-                floor: f.floor.as_deref().and_then(|fl| ratio_to(i, fl)),
-                also: f.also.iter().filter_map(|o| ratio_to(i, o)).collect(),
+                m: measure::median_of(&all[i]),
+                floor,
+                also: compared.flatten().collect(),
             }
         })
         .collect();
@@ -823,6 +890,69 @@ mod tests {
         );
         assert!(select(&all, Some("nope")).is_empty());
         assert_eq!(select(&all, None).len(), all.len());
+    }
+
+    /// A spec named `name`, compared to `floor` and `also`.
+    fn spec(name: &str, floor: Option<&str>, also: &[&str]) -> Spec {
+        Spec {
+            name: name.into(),
+            unit: Unit::Ns,
+            floor: floor.map(str::to_string),
+            also: also.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_round_measures_each_reference_just_before_the_figure_compared_to_it() {
+        let specs = [
+            spec("a", None, &[]),
+            spec("b", Some("a"), &[]),
+            spec("c", None, &[]),
+            spec("d", Some("a"), &["c"]),
+            spec("e", Some("d"), &["missing"]),
+        ];
+        let got: Vec<(&str, bool)> = round_order(&specs)
+            .iter()
+            .map(|s| (specs[s.fig].name.as_str(), s.compare))
+            .collect();
+        // `a` is measured again before `d` (`b` and `c` came between),
+        // `c` is not (only `a`, another reference of `d`, came since),
+        // `d` is not before `e` (it was the last one).
+        assert_eq!(
+            got,
+            [
+                ("a", true),
+                ("b", true),
+                ("c", true),
+                ("a", false),
+                ("d", true),
+                ("e", true)
+            ]
+        );
+    }
+
+    #[test]
+    fn every_ratio_divides_measurements_taken_back_to_back() {
+        let all = figures();
+        let specs: Vec<Spec> = all.iter().map(|f| spec(f.name, f.floor, f.also)).collect();
+        let order = round_order(&specs);
+        for (k, step) in order.iter().enumerate().filter(|(_, s)| s.compare) {
+            let refs = refs_of(&specs, step.fig);
+            for &j in &refs {
+                let at = order[..k]
+                    .iter()
+                    .rposition(|s| s.fig == j)
+                    .unwrap_or_else(|| panic!("{} before its reference", specs[step.fig].name));
+                assert!(
+                    order[at + 1..k].iter().all(|s| refs.contains(&s.fig)),
+                    "{}: {} measured too long before it",
+                    specs[step.fig].name,
+                    specs[j].name
+                );
+            }
+        }
+        // Each figure is measured for itself once a round.
+        assert_eq!(order.iter().filter(|s| s.compare).count(), all.len());
     }
 
     #[test]
