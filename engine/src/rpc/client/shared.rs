@@ -1338,6 +1338,12 @@ mod tests {
     const ECHO: Method<u64, u64> = Method::new("echo");
 
     fn server_and_client(test: &str) -> (Server, SharedClient) {
+        server_and_client_with(test, ClientOptions::default())
+    }
+
+    /// An in-process echo server and a `Blocking` client of it with
+    /// `opts` otherwise.
+    fn server_and_client_with(test: &str, opts: ClientOptions) -> (Server, SharedClient) {
         let name = format!("isocall-unit-{test}-{}", std::process::id());
         let server = ServerBuilder::new(SocketName::Abstract(name.clone()))
             .method(ECHO, |n: &rkyv::rend::u64_le, _: &mut CallCtx<'_>| {
@@ -1345,9 +1351,18 @@ mod tests {
             })
             .spawn()
             .expect("server");
-        let opts = ClientOptions::default().strategy(WaitStrategy::Blocking);
+        let opts = opts.strategy(WaitStrategy::Blocking);
         let client = SharedClient::connect_with(SocketName::Abstract(name), opts).expect("client");
         (server, client)
+    }
+
+    /// Waits until `cond` holds, failing the test after 10 s.
+    fn wait_until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            std::thread::yield_now();
+        }
     }
 
     /// A connection with two calls started, `x` and then `z`, whose
@@ -1430,6 +1445,91 @@ mod tests {
             LEAD,
             "x's wait ran out with the request to lead, and z was left asleep"
         );
+    }
+
+    #[test]
+    fn a_leader_does_not_sleep_while_a_request_is_held_back_behind_a_busy_sender() {
+        // With batch_requests, the third of three calls started is held
+        // back. Its caller leads, reads the first two replies and then
+        // waits for its own, which cannot come before its request is out.
+        // Meanwhile a sender holds the sender's lock (here, the test), so
+        // the leader's try to publish fails. Were it to go to sleep on the
+        // ring then, nobody would publish the request after the sender
+        // leaves, and the call would time out.
+        let opts = ClientOptions::default()
+            .batch_requests(true)
+            .call_timeout(Duration::from_secs(20));
+        let (_server, c) = server_and_client_with("held-back-busy-sender", opts);
+        let m = c.method(ECHO).expect("method");
+        let (a, _) = c.start(m, &1, &[]).expect("start a").defuse();
+        let (b, _) = c.start(m, &2, &[]).expect("start b").defuse();
+        let p = c.start(m, &3, &[]).expect("start the third");
+        let inner = &*c.inner;
+        assert_eq!(
+            inner.held_back.load(Ordering::Relaxed),
+            1,
+            "the third request is not held back"
+        );
+        let sender = inner.tx.lock();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| c.wait(p, None).map(|r| r.to_native()));
+            // The waiter leads and has read both replies that can come:
+            // it now waits for its own.
+            wait_until(
+                "the waiter leads and has read the first two replies",
+                || {
+                    state(inner, a) == READY
+                        && state(inner, b) == READY
+                        && inner.rx.try_lock().is_none()
+                },
+            );
+            drop(sender);
+            let r = waiter.join().expect("the waiter panicked");
+            assert!(
+                matches!(r, Ok(3)),
+                "the held-back request was never published: {r:?}"
+            );
+        });
+    }
+
+    #[test]
+    fn a_waiter_does_not_park_while_a_request_is_held_back_behind_a_busy_sender() {
+        // As above, but another thread leads (here, the test holds the
+        // receiver) and so cannot publish for the waiter either. Asleep on
+        // its slot, the waiter would wait for a leader that has nothing to
+        // read until the request goes out, which nobody would do: it must
+        // keep looking until it can publish it itself.
+        let opts = ClientOptions::default()
+            .batch_requests(true)
+            .call_timeout(Duration::from_secs(20));
+        let (_server, c) = server_and_client_with("held-back-busy-both", opts);
+        let m = c.method(ECHO).expect("method");
+        let _a = c.start(m, &1, &[]).expect("start a");
+        let _b = c.start(m, &2, &[]).expect("start b");
+        let p = c.start(m, &3, &[]).expect("start the third");
+        let inner = &*c.inner;
+        assert_eq!(inner.held_back.load(Ordering::Relaxed), 1);
+        let id = p.id;
+        let leader = inner.rx.try_lock().expect("the receiver is free");
+        let sender = inner.tx.lock();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| c.wait(p, None).map(|r| r.to_native()));
+            // Far longer than a wait spins before it parks (a `Blocking`
+            // waiter parks within microseconds).
+            let until = Instant::now() + Duration::from_millis(300);
+            while Instant::now() < until {
+                assert_ne!(
+                    state(inner, id),
+                    PARKED,
+                    "the waiter went to sleep with its request held back"
+                );
+                std::thread::yield_now();
+            }
+            drop(sender);
+            drop(leader);
+            let r = waiter.join().expect("the waiter panicked");
+            assert!(matches!(r, Ok(3)), "{r:?}");
+        });
     }
 
     #[test]
