@@ -1356,6 +1356,26 @@ mod tests {
         (server, client)
     }
 
+    /// A client with `batch_requests` (calls time out after 20 s) and
+    /// three calls started: the ids of the first two, published, and the
+    /// third, whose request is held back.
+    fn third_held_back(test: &str) -> (Server, SharedClient, [u64; 2], Pending<u64>) {
+        let opts = ClientOptions::default()
+            .batch_requests(true)
+            .call_timeout(Duration::from_secs(20));
+        let (server, c) = server_and_client_with(test, opts);
+        let m = c.method(ECHO).expect("method");
+        let (a, _) = c.start(m, &1, &[]).expect("start a").defuse();
+        let (b, _) = c.start(m, &2, &[]).expect("start b").defuse();
+        let p = c.start(m, &3, &[]).expect("start the third");
+        assert_eq!(
+            c.inner.held_back.load(Ordering::Relaxed),
+            1,
+            "the third request is not held back"
+        );
+        (server, c, [a, b], p)
+    }
+
     /// Waits until `cond` holds, failing the test after 10 s.
     fn wait_until(what: &str, cond: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -1456,20 +1476,8 @@ mod tests {
         // the leader's try to publish fails. Were it to go to sleep on the
         // ring then, nobody would publish the request after the sender
         // leaves, and the call would time out.
-        let opts = ClientOptions::default()
-            .batch_requests(true)
-            .call_timeout(Duration::from_secs(20));
-        let (_server, c) = server_and_client_with("held-back-busy-sender", opts);
-        let m = c.method(ECHO).expect("method");
-        let (a, _) = c.start(m, &1, &[]).expect("start a").defuse();
-        let (b, _) = c.start(m, &2, &[]).expect("start b").defuse();
-        let p = c.start(m, &3, &[]).expect("start the third");
+        let (_server, c, [a, b], p) = third_held_back("held-back-busy-sender");
         let inner = &*c.inner;
-        assert_eq!(
-            inner.held_back.load(Ordering::Relaxed),
-            1,
-            "the third request is not held back"
-        );
         let sender = inner.tx.lock();
         std::thread::scope(|s| {
             let waiter = s.spawn(|| c.wait(p, None).map(|r| r.to_native()));
@@ -1499,16 +1507,8 @@ mod tests {
         // its slot, the waiter would wait for a leader that has nothing to
         // read until the request goes out, which nobody would do: it must
         // keep looking until it can publish it itself.
-        let opts = ClientOptions::default()
-            .batch_requests(true)
-            .call_timeout(Duration::from_secs(20));
-        let (_server, c) = server_and_client_with("held-back-busy-both", opts);
-        let m = c.method(ECHO).expect("method");
-        let _a = c.start(m, &1, &[]).expect("start a");
-        let _b = c.start(m, &2, &[]).expect("start b");
-        let p = c.start(m, &3, &[]).expect("start the third");
+        let (_server, c, _, p) = third_held_back("held-back-busy-both");
         let inner = &*c.inner;
-        assert_eq!(inner.held_back.load(Ordering::Relaxed), 1);
         let id = p.id;
         let leader = inner.rx.try_lock().expect("the receiver is free");
         let sender = inner.tx.lock();
