@@ -1512,10 +1512,17 @@ mod tests {
         let id = p.id;
         let leader = inner.rx.try_lock().expect("the receiver is free");
         let sender = inner.tx.lock();
+        let started = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|s| {
-            let waiter = s.spawn(|| c.wait(p, None).map(|r| r.to_native()));
-            // Far longer than a wait spins before it parks (a `Blocking`
-            // waiter parks within microseconds).
+            let waiter = s.spawn(|| {
+                started.store(true, Ordering::Release);
+                c.wait(p, None).map(|r| r.to_native())
+            });
+            // Timed from the waiter's start (a thread slow to be scheduled
+            // would otherwise let the window pass before it waits): far
+            // longer than a wait spins before it parks (a `Blocking` waiter
+            // parks within microseconds).
+            wait_until("the waiter starts", || started.load(Ordering::Acquire));
             let until = Instant::now() + Duration::from_millis(300);
             while Instant::now() < until {
                 assert_ne!(
