@@ -75,6 +75,10 @@ pub fn body(data: &[u8]) {
     let mut inbox = Inbox::new();
     inbox.fill(data);
     let buf = inbox.bytes();
+    same_verdict_as_rkyv::<Greeting>(&inbox);
+    same_verdict_as_rkyv::<Add>(&inbox);
+    same_verdict_as_rkyv::<Shape>(&inbox);
+    same_verdict_as_rkyv::<Record>(&inbox);
     if let Ok(c) = inbox.check::<Greeting>() {
         let g = c.get();
         greeting_inside(g, buf);
@@ -116,6 +120,20 @@ pub fn body(data: &[u8]) {
             let _ = e.to_string();
         }
     }
+}
+
+/// The engine's check (its own root bookkeeping, see `body::check`)
+/// passes exactly the bodies rkyv's `access` passes.
+fn same_verdict_as_rkyv<T: isocall::Body>(inbox: &Inbox) {
+    let ours = inbox.check::<T>().is_ok();
+    let rkyvs =
+        rkyv::api::low::access::<T::Archived, rkyv::rancor::BoxedError>(inbox.bytes()).is_ok();
+    assert_eq!(
+        ours,
+        rkyvs,
+        "the engine and rkyv disagree on a {}",
+        std::any::type_name::<T>()
+    );
 }
 
 fn greeting_inside(g: &ArchivedGreeting, buf: &[u8]) {
