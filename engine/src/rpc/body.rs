@@ -18,22 +18,83 @@
 //! bodies in place in the ring, without copy or validation.
 #![allow(unsafe_code)] // `access_unchecked` on bytes checked before: see SAFETY
 
+use std::alloc::Layout;
 use std::marker::PhantomData;
+use std::ptr::NonNull;
 
 use rkyv::Portable;
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
-use rkyv::ser::allocator::Arena;
+use rkyv::ser::allocator::{Arena, ArenaHandle};
 use rkyv::util::AlignedVec;
 
 /// The serializer bodies are written with: rkyv's low-level serializer,
 /// writing into a frame, with scratch space from an arena the caller keeps
-/// (a client's, a worker's) and no pointer sharing.
-pub type Ser<'a, 'b> = rkyv::api::low::LowSerializer<
-    rkyv::ser::writer::Buffer<'b>,
-    rkyv::ser::allocator::ArenaHandle<'a>,
-    rancor::Error,
->;
+/// (a client's, a worker's; see [`Scratch`]) and no pointer sharing.
+pub type Ser<'a, 'b> =
+    rkyv::api::low::LowSerializer<rkyv::ser::writer::Buffer<'b>, Scratch<'a>, rancor::Error>;
+
+/// A serializer's scratch space: an arena acquired only when the value
+/// asks for some. Fields of numbers, strings and lists of numbers need
+/// none (lists of structs or strings, and maps, do); rkyv's
+/// `Arena::acquire` first walks and frees the blocks the last
+/// serialization added, some 25 instructions a body, which such a body now
+/// skips.
+pub struct Scratch<'a> {
+    /// The arena, until the first request for space.
+    arena: Option<&'a mut Arena>,
+    /// Its handle, from then on.
+    handle: Option<ArenaHandle<'a>>,
+}
+
+impl<'a> Scratch<'a> {
+    /// Scratch space from `arena`, acquired on first use.
+    pub fn new(arena: &'a mut Arena) -> Scratch<'a> {
+        Scratch {
+            arena: Some(arena),
+            handle: None,
+        }
+    }
+}
+
+/// A request for scratch space that found neither the arena nor its
+/// handle (cannot happen: the arena leaves only to become the handle).
+#[derive(Debug, thiserror::Error)]
+#[error("the serializer's scratch space is gone")]
+struct ScratchGone;
+
+// SAFETY: every allocation comes from the arena's handle, which upholds the
+// trait's contract (unaliased memory that fits `layout`); this type only
+// puts off acquiring it until the first `push_alloc`. A `pop_alloc` before
+// any push would break the caller's side of the contract (it pops only
+// what it pushed), and finds nothing to give back.
+unsafe impl<E: rancor::Source> rkyv::ser::Allocator<E> for Scratch<'_> {
+    #[inline]
+    unsafe fn push_alloc(&mut self, layout: Layout) -> Result<NonNull<[u8]>, E> {
+        if self.handle.is_none()
+            && let Some(arena) = self.arena.take()
+        {
+            self.handle = Some(arena.acquire());
+        }
+        match &mut self.handle {
+            // SAFETY: the caller's promise (`layout` has a non-zero size)
+            // is the handle's requirement.
+            Some(handle) => unsafe { handle.push_alloc(layout) },
+            None => Err(E::new(ScratchGone)),
+        }
+    }
+
+    #[inline]
+    unsafe fn pop_alloc(&mut self, ptr: NonNull<u8>, layout: Layout) -> Result<(), E> {
+        match &mut self.handle {
+            // SAFETY: the caller's promise (`ptr` and `layout` are the last
+            // allocation pushed and not popped) is the handle's
+            // requirement, and every push went to this handle.
+            Some(handle) => unsafe { handle.pop_alloc(ptr, layout) },
+            None => Ok(()),
+        }
+    }
+}
 
 /// The validator bodies are checked with (no pointer sharing); its errors
 /// keep their message.
@@ -92,7 +153,7 @@ where
     rkyv::api::low::to_bytes_in_with_alloc::<_, _, rancor::Error>(
         value,
         rkyv::ser::writer::Buffer::from(buf),
-        arena.acquire(),
+        Scratch::new(arena),
     )
     .map(|w| w.len())
     .map_err(|source| EncodeError {
@@ -436,6 +497,39 @@ mod tests {
         buf.extend_from_slice(&bytes);
         let skewed = check::<[u64; 8]>(&buf[..]).err().unwrap();
         assert!(skewed.to_string().contains("not aligned to 8"), "{skewed}");
+    }
+
+    #[test]
+    fn bodies_that_need_scratch_space_and_bodies_that_do_not_encode() {
+        // A list of strings (its resolvers go in scratch space) and a map
+        // (built in scratch space) between plain arrays, in one arena.
+        type Mixed = (Vec<String>, std::collections::HashMap<String, u32>);
+        let mixed: Mixed = (
+            (0..40).map(|i| format!("item {i}")).collect(),
+            (0..40).map(|i| (format!("key {i}"), i)).collect(),
+        );
+        let mut arena = Arena::new();
+        let mut out = AlignedVec::<16>::new();
+        out.resize(1 << 16, 0);
+        for round in 0..3u64 {
+            let n = encode(&[round; 8], &mut out, &mut arena).unwrap();
+            assert_eq!(check::<[u64; 8]>(&out[..n]).unwrap().get(), &[round; 8]);
+            let n = encode(&mixed, &mut out, &mut arena).unwrap();
+            let back = check::<Mixed>(&out[..n]).unwrap();
+            let (list, map) = (&back.get().0, &back.get().1);
+            assert!(
+                list.iter()
+                    .map(|s| s.as_str())
+                    .eq(mixed.0.iter().map(|s| s.as_str()))
+            );
+            assert_eq!(map.len(), 40);
+            assert!(
+                mixed
+                    .1
+                    .iter()
+                    .all(|(k, v)| map.get(k.as_str()).map(|v| v.to_native()) == Some(*v))
+            );
+        }
     }
 
     #[test]
