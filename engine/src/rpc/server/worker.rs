@@ -690,7 +690,10 @@ fn serve_frames<T: SendFrames, R: RecvFrames>(
                 .fetch_add(mapped - *large_seen, Ordering::Relaxed);
             *large_seen = mapped;
         }
-        frame.release();
+        // What the caller may look at once it has the reply (the pool's
+        // count of the request's blobs the handler did not take, the
+        // server's statistics) is settled before the reply goes out; the
+        // request's frame is released after it (below).
         free_unaccepted(pool, &scratch.req_blobs);
         let (status, len) = match outcome {
             Ok(len) => (Status::Ok, len),
@@ -753,9 +756,13 @@ fn serve_frames<T: SendFrames, R: RecvFrames>(
                 unpublished = 0;
                 grew = true;
             }
-        } else if !matches!(rx.try_recv_after(true), Ok(Some(_))) {
-            tx.publish();
-            unpublished = 0;
+            frame.release();
+        } else {
+            frame.release();
+            if !matches!(rx.try_recv_after(true), Ok(Some(_))) {
+                tx.publish();
+                unpublished = 0;
+            }
         }
     }
     tx.publish();
