@@ -233,7 +233,7 @@ impl Inbox {
 
     /// Copies `bytes` (the peer's) in, replacing what was there (by two
     /// overlapping moves for a short body; see `copy_body`).
-    #[inline]
+    #[inline(always)]
     pub fn fill(&mut self, bytes: &[u8]) {
         let n = bytes.len();
         if n > self.buf.len() {
