@@ -16,7 +16,7 @@
 //! Only a connection whose owner declared the peer trusted (an `unsafe`
 //! promise that it writes only valid archives of the right types) reads
 //! bodies in place in the ring, without copy or validation.
-#![allow(unsafe_code)] // `access_unchecked` on bytes checked before: see SAFETY
+#![allow(unsafe_code)] // bytecheck and access on bounds checked here, and the arena behind `Scratch`: see each SAFETY
 
 use std::alloc::Layout;
 use std::marker::PhantomData;
