@@ -69,6 +69,9 @@ struct ScratchGone;
 // any push would break the caller's side of the contract (it pops only
 // what it pushed), and finds nothing to give back.
 unsafe impl<E: rancor::Source> rkyv::ser::Allocator<E> for Scratch<'_> {
+    // SAFETY (the caller's, as the trait states): `layout` has a non-zero
+    // size. Passed on unchanged to the arena's handle, which returns
+    // unaliased memory that fits it.
     #[inline]
     unsafe fn push_alloc(&mut self, layout: Layout) -> Result<NonNull<[u8]>, E> {
         if self.handle.is_none()
@@ -84,6 +87,10 @@ unsafe impl<E: rancor::Source> rkyv::ser::Allocator<E> for Scratch<'_> {
         }
     }
 
+    // SAFETY (the caller's, as the trait states): `ptr` and `layout` are
+    // the last allocation pushed and not yet popped. Every push went to the
+    // handle, so it is the handle's to take back; with no handle there was
+    // no push, and nothing is freed.
     #[inline]
     unsafe fn pop_alloc(&mut self, ptr: NonNull<u8>, layout: Layout) -> Result<(), E> {
         match &mut self.handle {
