@@ -30,10 +30,31 @@ pub fn sigkill(pid: u32) {
     kill_process(Pid::from_raw(pid as i32).expect("pid"), Signal::KILL).expect("kill");
 }
 
-/// Sends `SIGSTOP` to `pid`: it runs no more (and reads nothing) until
-/// killed or continued.
+/// Sends `SIGSTOP` to `pid` and returns once every one of its threads is
+/// stopped: from then on it runs no more (and reads nothing) until killed
+/// or continued. `kill` only queues the signal; a worker spinning on
+/// another core goes on reading its rings until the stop reaches it, so
+/// the return waits for `/proc` to show each thread in state `T`.
 pub fn sigstop(pid: u32) {
     kill_process(Pid::from_raw(pid as i32).expect("pid"), Signal::STOP).expect("stop");
+    wait_until(LIMIT, "every thread of the stopped server to stop", || {
+        all_threads_stopped(pid).then_some(())
+    });
+}
+
+/// Whether every thread of `pid` is in state `T` (stopped by a signal).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses
+            // and may itself hold any byte: read after the last ')'.
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+    })
 }
 
 /// Calls the common services' `add`.
