@@ -605,16 +605,26 @@ fn refs_of(specs: &[Spec], i: usize) -> Vec<usize> {
 /// The measurements of one round, in order: every figure once, in the
 /// order of `specs`, each preceded by those of the figures it is compared
 /// to that were not measured just before it (with nothing between but
-/// others of them). A ratio then divides two measurements taken back to
-/// back: on a shared machine the cost of a cache line crossing between
-/// the two CPUs jumps (by 4x, seen here) as the host moves them, at times
-/// several times a second, and a figure and its floor measured a few
-/// seconds apart compared two different machines.
+/// others of them), and its floor last, right before it. A ratio then
+/// divides two measurements taken back to back: on a shared machine the
+/// cost of a cache line crossing between the two CPUs jumps (by 4x, seen
+/// here) as the host moves them, at times several times a second, and a
+/// figure and its floor measured a few seconds apart compared two
+/// different machines. The floor, the ratio a target reads, is never more
+/// than one measurement away: with a socket baseline between them (a
+/// quarter of a second of `uds.call.64`), the host had time to change
+/// state between the floor and the figure.
 pub fn round_order(specs: &[Spec]) -> Vec<Step> {
     let mut order: Vec<Step> = Vec::new();
     for i in 0..specs.len() {
         let refs = refs_of(specs, i);
-        for &j in &refs {
+        // `refs_of` puts the floor first when it is present.
+        let floor = specs[i]
+            .floor
+            .as_ref()
+            .is_some_and(|fl| specs.iter().any(|g| &g.name == fl))
+            .then(|| refs[0]);
+        for &j in refs.iter().filter(|&&j| Some(j) != floor) {
             let since = order.iter().rposition(|s| s.fig == j);
             let fresh = since.is_some_and(|k| order[k + 1..].iter().all(|s| refs.contains(&s.fig)));
             if !fresh {
@@ -623,6 +633,12 @@ pub fn round_order(specs: &[Spec]) -> Vec<Step> {
                     compare: false,
                 });
             }
+        }
+        if let Some(j) = floor.filter(|&j| order.last().is_none_or(|s| s.fig != j)) {
+            order.push(Step {
+                fig: j,
+                compare: false,
+            });
         }
         order.push(Step {
             fig: i,
@@ -948,6 +964,15 @@ mod tests {
                     "{}: {} measured too long before it",
                     specs[step.fig].name,
                     specs[j].name
+                );
+            }
+            // The floor (the ratio a target reads) right before it.
+            if let Some(fl) = &specs[step.fig].floor {
+                assert_eq!(
+                    &specs[order[k - 1].fig].name,
+                    fl,
+                    "{}: its floor is not measured right before it",
+                    specs[step.fig].name
                 );
             }
         }
