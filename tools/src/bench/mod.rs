@@ -622,8 +622,8 @@ pub fn round_order(specs: &[Spec]) -> Vec<Step> {
         let floor = specs[i]
             .floor
             .as_ref()
-            .is_some_and(|fl| specs.iter().any(|g| &g.name == fl))
-            .then(|| refs[0]);
+            .filter(|fl| specs.iter().any(|g| &g.name == *fl))
+            .and_then(|_| refs.first().copied());
         for &j in refs.iter().filter(|&&j| Some(j) != floor) {
             let since = order.iter().rposition(|s| s.fig == j);
             let fresh = since.is_some_and(|k| order[k + 1..].iter().all(|s| refs.contains(&s.fig)));
