@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::calc::{ADD, Add};
-use common::services::{self, CRASH_ONE_IN, FILE, PID, SABOTAGE, SERVICE, SLOW_START, temp_file};
+use common::services::{self, CRASH_ONE_IN, FILE, PID, QUEUED_START, SABOTAGE, SERVICE, temp_file};
 use common::supervised::{bumps_at_most_once, pipelined_adds, served_pid, sigkill};
 use common::transport::{Transport, supervisor_on};
 use common::wait_until;
@@ -34,7 +34,7 @@ on_stream_transports!(
 #[ignore = "run by the supervision tests as a supervised child"]
 fn service() {
     match std::env::var(SERVICE).as_deref() {
-        Ok(SLOW_START) => services::slow_start(),
+        Ok(QUEUED_START) => services::queued_start(),
         _ => services::serve(),
     }
 }
@@ -106,22 +106,25 @@ fn spares_and_an_address_are_refused_together() {
 
 /// The supervisor holds the address's socket across instances: a client
 /// (not the supervisor's own) that connects after an instance was killed
-/// and before its successor, slow to start, is up waits in the socket's
-/// backlog and is served by the successor. Where each instance bound the
-/// address itself, nothing listened meanwhile and the connect was refused.
+/// and before its successor accepts waits in the socket's backlog and is
+/// served by the successor. Where each instance bound the address itself,
+/// nothing listened meanwhile and the connect was refused.
 fn a_client_that_connects_while_no_instance_runs_waits_for_the_next(t: Transport) {
-    let sup = supervisor_on(t, "between-stream", SLOW_START)
+    let marker = temp_file(&format!("between-{}", t.name()));
+    let sup = supervisor_on(t, "between-stream", QUEUED_START)
+        .env(FILE, &marker)
         .spawn()
         .expect("supervisor");
     let first = sup.wait_serving(LIMIT).expect("the first instance serving");
     let at = sup.address().expect("a stream address").clone();
     sigkill(first);
-    // The successor is started once the first is reaped; it then takes
-    // `SLOW_START_DELAY` before it serves.
+    // The successor is started once the first is reaped; it serves only
+    // once this client's connection is queued on the socket.
     let second = wait_until(LIMIT, "the successor started", || {
         sup.service_pid().filter(|&p| p != first)
     });
     assert_eq!(outside_served_pid(at), second);
+    let _ = std::fs::remove_file(&marker);
 }
 
 #[test]

@@ -123,9 +123,8 @@ fn supervised() -> ServerBuilder {
     }
 }
 
-/// Shuts down (both ways) every listening socket among this process's
-/// descriptors: a hostile instance's shot at its successors.
-fn shut_down_listeners() {
+/// Runs `f` on every listening socket among this process's descriptors.
+fn for_each_listener(mut f: impl FnMut(std::os::fd::BorrowedFd<'_>)) {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return;
     };
@@ -136,11 +135,48 @@ fn shut_down_listeners() {
     for n in fds {
         // SAFETY: `n` was open when listed and nothing here closes it; a
         // number a server thread closes meanwhile gives EBADF, or names
-        // the descriptor that took it (shut down only if it listens),
-        // which this hostile handler accepts; no memory is touched.
+        // the descriptor that took it (used only if it listens), which
+        // these test services accept; no memory is touched.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(n) };
         if rustix::net::sockopt::socket_acceptconn(fd).unwrap_or(false) {
-            let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
+            f(fd);
+        }
+    }
+}
+
+/// Shuts down (both ways) every listening socket among this process's
+/// descriptors: a hostile instance's shot at its successors.
+fn shut_down_listeners() {
+    for_each_listener(|fd| {
+        let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
+    });
+}
+
+/// Waits (up to `limit`) until a client waits in the backlog of one of
+/// this process's listening sockets: a listening socket polls readable
+/// while a connection is queued for `accept`.
+fn wait_for_a_queued_client(limit: Duration) {
+    let mut raw = Vec::new();
+    for_each_listener(|fd| raw.push(std::os::fd::AsRawFd::as_raw_fd(&fd)));
+    // SAFETY: as in `for_each_listener`; the descriptors are the
+    // supervisor's listening socket, which this process keeps open.
+    let fds: Vec<_> = raw
+        .iter()
+        .map(|&n| unsafe { std::os::fd::BorrowedFd::borrow_raw(n) })
+        .collect();
+    let mut polled: Vec<_> = fds
+        .iter()
+        .map(|fd| rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN))
+        .collect();
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let timeout = rustix::time::Timespec::try_from(left).expect("a timeout");
+        match rustix::event::poll(&mut polled, Some(&timeout)) {
+            Ok(n) if n > 0 => return,
+            Err(rustix::io::Errno::INTR) => {}
+            _ if left.is_zero() => return,
+            _ => {}
         }
     }
 }
@@ -152,6 +188,12 @@ fn file() -> PathBuf {
 /// Runs the service named in the environment; returns when the supervisor
 /// retires it.
 pub fn serve() {
+    serve_after(|| {});
+}
+
+/// As [`serve`], running `ready` once the server is built (its listening
+/// socket, if any, taken from the supervisor) and before it serves.
+fn serve_after(ready: impl FnOnce()) {
     let service = std::env::var(SERVICE).expect("run by a supervision test");
     if service == "crash-at-start" {
         std::process::abort();
@@ -247,6 +289,7 @@ pub fn serve() {
             sum: blob.iter().map(|&b| u64::from(b)).sum(),
         })
     });
+    ready();
     b.spawn().expect("server").run();
 }
 
@@ -269,6 +312,27 @@ pub fn log_start_and_exit() -> ! {
     out.write_all(format!("{ns}\n").as_bytes())
         .expect("append the start");
     std::process::exit(1);
+}
+
+/// Service kind of [`queued_start`] (dispatched by the test's `service`
+/// entry, not by [`serve`]).
+pub const QUEUED_START: &str = "queued-start";
+
+/// A service whose first instance serves at once (it creates the file),
+/// and whose later instances serve only once a client waits in the
+/// backlog of the service's listening socket: a client is then known to
+/// have connected while no instance accepted.
+pub fn queued_start() {
+    let first = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(file())
+        .is_ok();
+    serve_after(|| {
+        if !first {
+            wait_for_a_queued_client(Duration::from_secs(30));
+        }
+    });
 }
 
 /// Service kind of [`slow_start`] (dispatched by the test's `service`
