@@ -95,12 +95,12 @@ pub mod raw {
     pub mod sys {
         pub use crate::sys::lifeline;
         pub use crate::sys::{
-            BlobMem, Doorbell, EventFd, MAX_FDS, PeerCred, PidFd, Ready, SharedMem, SocketName,
-            accept_seqpacket, allow_current_thread, allowed_cpus, available_cpus,
-            connect_seqpacket, futex_wait, futex_wake, heavy_barrier, heavy_barrier_available,
-            is_seqpacket, listen_seqpacket, peer_cred, peer_pidfd, pin_current_thread,
-            poll_readable, poll_ready, recv_message, recv_with_fds, send_with_fds, seqpacket_pair,
-            unlink_socket,
+            BlobMem, CpuTopology, Doorbell, EventFd, MAX_FDS, PeerCred, PidFd, Ready, SharedMem,
+            SocketName, accept_seqpacket, allow_current_thread, allowed_cpus, available_cpus,
+            connect_seqpacket, cpu_topology, futex_wait, futex_wake, heavy_barrier,
+            heavy_barrier_available, is_seqpacket, listen_seqpacket, peer_cred, peer_pidfd,
+            pin_current_thread, poll_readable, poll_ready, recv_message, recv_with_fds,
+            send_with_fds, seqpacket_pair, unlink_socket,
         };
         pub use crate::sys::{
             StreamTarget, accept_stream, connect_stream, listen_stream, local_inet_addr,

@@ -29,7 +29,8 @@
 //!   ([`PidFd`]), and waiting on several descriptors ([`poll_readable`]);
 //! - a heavy memory barrier that fences the running threads of other
 //!   processes ([`heavy_barrier`]), so hot paths can use compiler fences;
-//! - pinning a thread to a CPU ([`pin_current_thread`], [`available_cpus`]).
+//! - pinning a thread to a CPU ([`pin_current_thread`], [`available_cpus`]),
+//!   and where a CPU sits: its core and last-level cache ([`cpu_topology`]).
 //!
 //! Only Linux is implemented.
 
@@ -46,7 +47,10 @@ mod sock;
 mod stream;
 
 pub use barrier::{heavy_barrier, heavy_barrier_available};
-pub use cpu::{allow_current_thread, allowed_cpus, available_cpus, pin_current_thread};
+pub use cpu::{
+    CpuTopology, allow_current_thread, allowed_cpus, available_cpus, cpu_topology,
+    pin_current_thread,
+};
 pub use datagram::{bind_datagram, wait_datagram};
 pub use doorbell::Doorbell;
 pub use fd::{
