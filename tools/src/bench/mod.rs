@@ -660,8 +660,12 @@ pub fn measure_rounds(
     rounds: usize,
     mut run: impl FnMut(usize) -> Res<Measured>,
 ) -> Res<Vec<Row>> {
-    if let Some((a, _)) = peer::cpus() {
+    if let Some((a, b, relation)) = peer::pair() {
         peer::pin(Some(a));
+        eprintln!(
+            "isocall bench: the two sides run on cpu {a} and cpu {b}: {}",
+            relation.describe()
+        );
     } else {
         eprintln!("isocall bench: fewer than 2 CPUs allowed; the two processes are not pinned");
     }

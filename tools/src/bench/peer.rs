@@ -10,7 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use isocall_engine::WaitStrategy;
-use isocall_engine::raw::sys::{allowed_cpus, pin_current_thread, recv_message, send_with_fds};
+use isocall_engine::raw::sys::{
+    CpuTopology, allowed_cpus, cpu_topology, pin_current_thread, recv_message, send_with_fds,
+};
 
 use super::Res;
 
@@ -45,12 +47,76 @@ fn all_cpus() -> &'static [usize] {
     CPUS.get_or_init(allowed_cpus)
 }
 
+/// How the two CPUs the sides run on relate, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Relation {
+    /// Two cores that share their last-level cache.
+    CoresSharingCache,
+    /// Two cores not known to share a last-level cache.
+    Cores,
+    /// The kernel does not say whether they are one core's.
+    Unknown,
+    /// Two hardware threads of one core: no other CPU to give.
+    OneCore,
+}
+
+impl Relation {
+    /// What it means for the figures, for the report.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Relation::CoresSharingCache => "two cores that share their last-level cache",
+            Relation::Cores => {
+                "two cores, not sharing a last-level cache as far as the kernel says"
+            }
+            Relation::Unknown => "the kernel does not say whether they are two threads of one core",
+            Relation::OneCore => {
+                "two threads of one core, as no other core is allowed: lines cross through the \
+                 core's own caches, so the spin floor is that of one core (faster than between \
+                 two), and ratios to it are larger than between cores"
+            }
+        }
+    }
+}
+
+/// How CPU `b` relates to the CPU whose topology is `a`.
+fn relation(a: &CpuTopology, b: usize) -> Relation {
+    if a.core.is_empty() {
+        Relation::Unknown
+    } else if a.core.contains(&b) {
+        Relation::OneCore
+    } else if a.last_level_cache.contains(&b) {
+        Relation::CoresSharingCache
+    } else {
+        Relation::Cores
+    }
+}
+
+/// The two CPUs of `allowed` the sides run on: the first, and the first of
+/// the others on another core, one that shares its last-level cache if
+/// any does (DESIGN.md, "How we measure": two threads of one physical core
+/// flatter every figure); two threads of one core only if nothing else is
+/// allowed. `topology` says where a CPU sits.
+fn choose(
+    allowed: &[usize],
+    topology: impl Fn(usize) -> CpuTopology,
+) -> Option<(usize, usize, Relation)> {
+    let (&a, others) = allowed.split_first()?;
+    let ta = topology(a);
+    others
+        .iter()
+        .map(|&b| (a, b, relation(&ta, b)))
+        .min_by_key(|&(_, _, r)| r)
+}
+
+/// The two CPUs the sides run on and how they relate, chosen once.
+pub fn pair() -> Option<(usize, usize, Relation)> {
+    static PAIR: std::sync::OnceLock<Option<(usize, usize, Relation)>> = std::sync::OnceLock::new();
+    *PAIR.get_or_init(|| choose(all_cpus(), cpu_topology))
+}
+
 /// The two CPUs the sides run on, when the machine has two to give.
 pub fn cpus() -> Option<(usize, usize)> {
-    match all_cpus() {
-        [a, b, ..] => Some((*a, *b)),
-        _ => None,
-    }
+    pair().map(|(a, b, _)| (a, b))
 }
 
 /// The CPU of caller thread `t` of a figure with several: one of its own
@@ -293,5 +359,85 @@ impl Control {
             return Err("peer: parent closed the control socket".into());
         }
         Ok(line.trim_end().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A machine of `cores` cores of `threads` threads each, numbered as
+    /// Linux does on most x86 (the first thread of every core, then the
+    /// second), `per_cache` cores to a last-level cache.
+    fn machine(cores: usize, threads: usize, per_cache: usize) -> impl Fn(usize) -> CpuTopology {
+        move |cpu| {
+            let core = cpu % cores;
+            let cache = core / per_cache;
+            CpuTopology {
+                core: (0..threads).map(|t| core + t * cores).collect(),
+                last_level_cache: (0..cores * threads)
+                    .filter(|c| (c % cores) / per_cache == cache)
+                    .collect(),
+            }
+        }
+    }
+
+    #[test]
+    fn the_sides_run_on_two_cores_that_share_a_cache_when_there_are_any() {
+        // Siblings numbered apart (0 and 4): the first two are two cores.
+        let all: Vec<usize> = (0..8).collect();
+        assert_eq!(
+            choose(&all, machine(4, 2, 4)),
+            Some((0, 1, Relation::CoresSharingCache))
+        );
+        // Siblings numbered side by side (0 and 1, as many VMs do): not 1.
+        let adjacent = |cpu: usize| CpuTopology {
+            core: vec![cpu & !1, cpu | 1],
+            last_level_cache: (0..8).collect(),
+        };
+        assert_eq!(
+            choose(&all, adjacent),
+            Some((0, 2, Relation::CoresSharingCache))
+        );
+        // Two caches of two cores each: the core beside it, not the far one.
+        let two_caches = machine(4, 1, 2);
+        assert_eq!(
+            choose(&[0, 2, 1], &two_caches),
+            Some((0, 1, Relation::CoresSharingCache))
+        );
+        assert_eq!(choose(&[0, 2], &two_caches), Some((0, 2, Relation::Cores)));
+    }
+
+    #[test]
+    fn one_core_is_used_only_when_nothing_else_is_allowed_and_is_said() {
+        assert_eq!(
+            choose(&[0, 4], machine(4, 2, 4)),
+            Some((0, 4, Relation::OneCore))
+        );
+        assert_eq!(choose(&[0, 4, 5], machine(4, 2, 4)).map(|p| p.1), Some(5));
+        assert!(Relation::OneCore.describe().contains("one core"));
+        // The kernel silent: the first two, said to be unknown.
+        assert_eq!(
+            choose(&[3, 7], |_| CpuTopology::default()),
+            Some((3, 7, Relation::Unknown))
+        );
+        assert_eq!(choose(&[3], machine(4, 2, 4)), None);
+        assert_eq!(choose(&[], machine(4, 2, 4)), None);
+    }
+
+    #[test]
+    fn this_machine_gives_two_distinct_cpus_when_it_has_two() {
+        match (allowed_cpus().len(), pair()) {
+            (n, None) => assert!(n < 2),
+            (_, Some((a, b, r))) => {
+                assert_ne!(a, b);
+                // Where the kernel says, the pair is not one core's unless
+                // every allowed CPU is in the first one's core.
+                let core = cpu_topology(a).core;
+                if r == Relation::OneCore {
+                    assert!(allowed_cpus().iter().all(|c| core.contains(c)));
+                }
+            }
+        }
     }
 }
