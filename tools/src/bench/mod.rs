@@ -602,6 +602,15 @@ fn refs_of(specs: &[Spec], i: usize) -> Vec<usize> {
         .collect()
 }
 
+/// Whether figure `i`'s floor is among `specs` (then it is the first of
+/// [`refs_of`]).
+fn floor_present(specs: &[Spec], i: usize) -> bool {
+    specs[i]
+        .floor
+        .as_ref()
+        .is_some_and(|fl| specs.iter().any(|g| &g.name == fl))
+}
+
 /// The measurements of one round, in order: every figure once, in the
 /// order of `specs`, each preceded by those of the figures it is compared
 /// to that were not measured just before it (with nothing between but
@@ -618,12 +627,7 @@ pub fn round_order(specs: &[Spec]) -> Vec<Step> {
     let mut order: Vec<Step> = Vec::new();
     for i in 0..specs.len() {
         let refs = refs_of(specs, i);
-        // `refs_of` puts the floor first when it is present.
-        let floor = specs[i]
-            .floor
-            .as_ref()
-            .filter(|fl| specs.iter().any(|g| &g.name == *fl))
-            .and_then(|_| refs.first().copied());
+        let floor = refs.first().copied().filter(|_| floor_present(specs, i));
         for &j in refs.iter().filter(|&&j| Some(j) != floor) {
             let since = order.iter().rposition(|s| s.fig == j);
             let fresh = since.is_some_and(|k| order[k + 1..].iter().all(|s| refs.contains(&s.fig)));
@@ -725,11 +729,9 @@ pub fn measure_rounds(
                 .zip(&mut ratios[i])
                 .map(|(&j, per_round)| Some((specs[j].name.clone(), measure::median(per_round)?)));
             // The floor, if present, is the first reference.
-            let floor = f
-                .floor
-                .as_ref()
-                .filter(|fl| specs.iter().any(|g| &g.name == *fl))
-                .and_then(|_| compared.next().flatten());
+            let floor = floor_present(specs, i)
+                .then(|| compared.next().flatten())
+                .flatten();
             Row {
                 name: f.name.clone(),
                 unit: f.unit,
